@@ -1,0 +1,77 @@
+"""Values that cross module boundaries inside `flows/`: the validated job spec and its cells.
+
+`flows.spec` builds a `JobSpec` from YAML (after validation); `flows.matrix` expands it into
+`Cell`s; the runner, the plan and the manifest read only these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_OUTPUT_PATH = "{cell_id}.{ext}"
+DEFAULT_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class ProviderLimits:
+    """Throttle settings of one provider account; None means the documented default."""
+
+    rate: str | None = None            # "20/10s": creates per window
+    max_in_flight: int | None = None   # remote tasks not yet terminal
+    poll_interval_s: float | None = None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    target: str                         # fsspec URL or local path (resolved, templated)
+    format: str = "png"
+    path: str = DEFAULT_OUTPUT_PATH      # template relative to target
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job spec. Paths are already resolved against the spec file's folder."""
+
+    name: str
+    providers: tuple[str, ...]          # fallback order; first is primary
+    output: OutputSpec
+    source: str = "<memory>"             # where the spec came from (for messages)
+    repeat: int = 1
+    retries: int = DEFAULT_RETRIES
+    fail_fast: bool = False
+    max_usd: float | None = None
+    seed: int | None = None
+    limits: Mapping[str, ProviderLimits] = field(default_factory=dict)
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # provider -> res -> USD
+    base_urls: Mapping[str, str] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict)  # the parsed YAML, for expansion
+
+    @property
+    def provider(self) -> str:
+        return self.providers[0]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One image request of a job: the unit of submission, journal, manifest and gallery.
+
+    `cell_id` is a stable hash (see `flows.cells.cell_id`) of everything that changes the
+    image: the same cell has the same id in every run and on every machine.
+    """
+
+    cell_id: str
+    index: int                          # position in the expansion (for stable ordering)
+    prompt: str
+    aspect_ratio: str
+    resolution: str
+    output_format: str
+    references: tuple[str, ...]          # resolved URIs (local paths, fsspec or http URLs)
+    vars: Mapping[str, str]              # template variables: axes + dataset columns
+    replicate: int
+    output_path: str                    # relative to the target, sanitised
+    seed: int | None = None
+    dataset_row: int | None = None

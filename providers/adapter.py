@@ -1,0 +1,163 @@
+"""`HttpAdapter`: what every built-in adapter shares, so each adapter module holds only its
+provider's wire format, its documented constants and its error mapping.
+
+Subclasses set `name`, `capabilities`, `default_base_url` (and `extra_url_defaults` for
+other hosts, e.g. Kie's upload host) and implement `submit` and `poll`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import httpx
+
+from providers import http
+from providers.base import (
+    Capabilities,
+    Finished,
+    ImageRequest,
+    Pending,
+    ProviderSettings,
+    ResultImage,
+    Secret,
+    Submitted,
+    env_base_url,
+)
+from providers.errors import AuthError, LimitExceeded
+
+
+class HttpAdapter:
+    """Base class of the built-in adapters (see `providers.base.Provider` for the contract)."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    default_base_url: ClassVar[str]
+    extra_url_defaults: ClassVar[Mapping[str, str]] = {}  # key -> documented URL
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.settings = settings
+        self.base_url = settings.base_url.rstrip("/")
+        self.client = http.make_client(settings.timeout_s)
+
+    @classmethod
+    def settings_from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        base_url: str | None = None,
+        extra_urls: Mapping[str, str] | None = None,
+    ) -> ProviderSettings:
+        """Documented base URLs unless `NBP_<PROVIDER>_BASE_URL` (or an argument) replaces
+        them; credentials from the env vars named in `capabilities`."""
+        env = os.environ if environ is None else environ
+        names = (*cls.capabilities.env_vars, *cls.capabilities.optional_env_vars)
+        credentials = {n: Secret(env[n]) for n in names if env.get(n)}
+        urls = {
+            key: env.get(f"NBP_{cls.name.upper()}_{key.upper()}_BASE_URL") or default
+            for key, default in cls.extra_url_defaults.items()
+        }
+        urls.update(extra_urls or {})
+        return ProviderSettings(
+            base_url=base_url or env_base_url(cls.name, cls.default_base_url, env),
+            credentials=credentials,
+            extra_urls=urls,
+        )
+
+    def require_credential(self, env_var: str) -> str:
+        """A credential's value, or an `AuthError` that names the variable (not the value)."""
+        value = self.settings.credential(env_var)
+        if not value:
+            raise AuthError(f"{self.name}: set {env_var} in the environment")
+        return value
+
+    def check_limits(self, request: ImageRequest) -> None:
+        """Raise `LimitExceeded` for anything the provider documents it would reject."""
+        for problem in limit_problems(self.name, self.capabilities, request):
+            raise LimitExceeded(problem)
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    async def submit(self, request: ImageRequest) -> Submitted:
+        raise NotImplementedError
+
+    async def poll(self, submitted: Submitted) -> Pending | Finished:
+        raise NotImplementedError
+
+    async def recover(self, request: ImageRequest) -> Submitted | None:
+        return None
+
+    async def download(self, image: ResultImage) -> bytes:
+        if image.data is not None:
+            return image.data
+        if image.url is None:
+            raise ValueError("result image has neither data nor url")
+        return await http.download(self.client, image.url)
+
+    async def cancel(self, submitted: Submitted) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def limit_problems(name: str, caps: Capabilities, request: ImageRequest) -> list[str]:
+    """Every documented limit `request` breaks, as plain sentences (empty when none).
+
+    Spec validation calls this for every cell before a run, adapters again before sending.
+    """
+    problems: list[str] = []
+    if len(request.prompt) > caps.max_prompt_chars:
+        problems.append(
+            f"{name} accepts prompts of at most {caps.max_prompt_chars} characters; "
+            f"this one has {len(request.prompt)}"
+        )
+    if len(request.prompt) < caps.min_prompt_chars:
+        problems.append(f"{name} needs a prompt of at least {caps.min_prompt_chars} characters")
+    if request.aspect_ratio not in caps.aspect_ratios:
+        problems.append(
+            f"{name} does not accept aspect ratio {request.aspect_ratio!r}; "
+            f"accepted: {', '.join(caps.aspect_ratios)}"
+        )
+    if request.resolution not in caps.resolutions:
+        problems.append(
+            f"{name} does not accept resolution {request.resolution!r}; "
+            f"accepted: {', '.join(caps.resolutions)}"
+        )
+    if request.output_format not in caps.output_formats:
+        problems.append(
+            f"{name} does not write {request.output_format!r}; "
+            f"it writes: {', '.join(caps.output_formats)}"
+        )
+    if len(request.references) > caps.max_references:
+        problems.append(
+            f"{name} takes at most {caps.max_references} reference images; "
+            f"this request has {len(request.references)}"
+        )
+    if caps.reference_delivery == "url_only":
+        local = [r.uri for r in request.references if not r.is_url]
+        if local:
+            problems.append(
+                f"{name} takes reference images as http(s) URLs only; {local[0]!r} is a local "
+                "file: publish it at a URL (or use a provider with uploads: wiro, runware, "
+                "kie, apikley)"
+            )
+    return problems
+
+
+def status_message(response: httpx.Response, body: Any, *keys: str) -> str:
+    """A readable error message from the first present body key, else the HTTP status."""
+    if isinstance(body, Mapping):
+        for key in keys:
+            value = body.get(key)
+            if value:
+                return str(value)
+    return f"HTTP {response.status_code}"

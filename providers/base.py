@@ -1,0 +1,204 @@
+"""The provider contract: a tiny async interface, everything else built on it in `flows/`.
+
+An adapter turns a provider-neutral `ImageRequest` into one remote task and follows it to a
+terminal state. It knows HTTP and its provider's wire format, nothing about specs, matrices,
+Prefect or storage. Retries, throttling and fan-out live outside adapters.
+
+    provider = registry.create("kie", ProviderSettings.from_env("kie"))
+    submitted = await provider.submit(request)        # remote task id, as soon as known
+    while isinstance(outcome := await provider.poll(submitted), Pending):
+        await asyncio.sleep(...)
+    data = await provider.download(outcome.images[0])
+    await provider.aclose()
+
+`submit` checks the provider's documented limits (`Capabilities`) before sending anything and
+raises `LimitExceeded`; every other provider signal arrives as one of `providers.errors`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+ReferenceDelivery = Literal["url_only", "upload"]
+
+
+class Secret:
+    """A credential that never shows itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference image: a URL the provider can fetch itself, or local content to deliver.
+
+    `uri` is what the spec named (for the manifest); `data` is set for local files (read by
+    flows through fsspec), and None for http(s) URLs passed through as they are.
+    """
+
+    uri: str
+    data: bytes | None = None
+    mime_type: str = "image/png"
+
+    @property
+    def is_url(self) -> bool:
+        return self.data is None and self.uri.startswith(("http://", "https://"))
+
+    @property
+    def filename(self) -> str:
+        name = self.uri.rstrip("/").rsplit("/", 1)[-1]
+        return name or "reference"
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image, provider-neutral. `idempotency_key` is stable for one cell and attempt, so a
+    re-sent create can be recognised by providers that support it (HiAPI, Runware)."""
+
+    prompt: str
+    aspect_ratio: str = "1:1"
+    resolution: str = "1K"
+    output_format: str = "png"
+    references: tuple[Reference, ...] = ()
+    seed: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A remote task the provider accepted. `extra` holds provider handles (e.g. Wiro's
+    socket access token) as strings, so the whole value can be journalled as JSON."""
+
+    provider: str
+    task_id: str
+    extra: Mapping[str, str] = field(default_factory=dict)
+    finished: Finished | None = None  # set when the provider answered synchronously
+
+    def to_json(self) -> dict[str, Any]:
+        return {"provider": self.provider, "task_id": self.task_id, "extra": dict(self.extra)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Submitted:
+        return cls(str(data["provider"]), str(data["task_id"]), dict(data.get("extra") or {}))
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The task is still running; `state` is the provider's own word for where it is."""
+
+    state: str
+    progress: float | None = None
+
+
+@dataclass(frozen=True)
+class ResultImage:
+    """An image the provider produced: a URL to download, or inline bytes."""
+
+    url: str | None = None
+    data: bytes | None = None
+    mime_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The task succeeded. `cost_usd` is what the provider reported, None when it doesn't."""
+
+    images: tuple[ResultImage, ...]
+    cost_usd: float | None = None
+    state: str = "success"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """A provider's documented limits and defaults; validation and planning read these
+    before anything is sent. Each adapter cites where its numbers are documented."""
+
+    aspect_ratios: tuple[str, ...]
+    resolutions: tuple[str, ...]
+    output_formats: tuple[str, ...]
+    max_prompt_chars: int
+    max_references: int
+    reference_delivery: ReferenceDelivery
+    min_prompt_chars: int = 1
+    idempotent_submit: bool = False      # a re-sent create returns the original task
+    recoverable_submit: bool = False     # a lost create answer can be found again (`recover`)
+    can_cancel: bool = False
+    prices_usd: Mapping[str, float] = field(default_factory=dict)  # resolution -> USD / image
+    price_is_published: bool = True
+    default_rate: str | None = None      # "20/10s": creates per window, None when undocumented
+    default_max_in_flight: int = 50
+    poll_interval_s: float = 3.0         # documented polling guidance, first interval
+    option_schema: Mapping[str, Any] = field(default_factory=dict)  # JSON Schema of options
+    env_vars: tuple[str, ...] = ()       # credentials read from the environment
+    optional_env_vars: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """Where and as whom to talk to a provider. Secrets are `Secret`s: never printed."""
+
+    base_url: str
+    credentials: Mapping[str, Secret] = field(default_factory=dict)
+    extra_urls: Mapping[str, str] = field(default_factory=dict)  # e.g. Kie's upload host
+    timeout_s: float = 60.0
+
+    def credential(self, name: str) -> str | None:
+        secret = self.credentials.get(name)
+        return secret.get() if secret else None
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """What every adapter implements. See the module docstring for the life of a task."""
+
+    name: str
+    capabilities: Capabilities
+
+    async def submit(self, request: ImageRequest) -> Submitted:
+        """Create the remote task; return as soon as the provider names it."""
+        ...
+
+    async def poll(self, submitted: Submitted) -> Pending | Finished:
+        """Where the task is; raises `TaskFailed` when it ended in failure."""
+        ...
+
+    async def recover(self, request: ImageRequest) -> Submitted | None:
+        """Find the task an earlier `submit` of this request created when its answer was
+        lost; None when there is none or the protocol cannot tell."""
+        ...
+
+    async def download(self, image: ResultImage) -> bytes:
+        """The bytes of a result image (inline data or an HTTP download)."""
+        ...
+
+    async def cancel(self, submitted: Submitted) -> None:
+        """Stop the remote task where the API can; a no-op where it cannot."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+def env_base_url(provider: str, default: str, environ: Mapping[str, str] | None = None) -> str:
+    """`NBP_<PROVIDER>_BASE_URL` replaces the documented base URL exactly when set."""
+    env = os.environ if environ is None else environ
+    return env.get(f"NBP_{provider.upper()}_BASE_URL") or default

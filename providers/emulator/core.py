@@ -1,0 +1,332 @@
+"""What every provider emulator shares: fault configuration, a clock-driven remote task,
+a create log for tests to assert on, a create-rate window, and generated result images.
+
+Fault injection works by configuration, like dlt's `dummy` destination: probabilities drawn
+from a seeded RNG, plus deterministic prompt markers for tests that need one exact outcome:
+
+    "[emulate:fail]"      the task runs and fails (provider's generic failure)
+    "[emulate:content]"   the task fails as a content/policy rejection
+    "[emulate:noimage]"   the task "succeeds" with no image
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute
+
+from providers.model import MIME_TYPE, PILLOW_FORMAT, pixel_size
+
+FAIL_MARKER = "[emulate:fail]"
+CONTENT_MARKER = "[emulate:content]"
+NO_IMAGE_MARKER = "[emulate:noimage]"
+
+
+@dataclass
+class FaultConfig:
+    """Knobs of one provider emulator. Probabilities are per request, in [0, 1]."""
+
+    latency_s: float = 1.0             # create -> terminal state
+    fail_prob: float = 0.0             # task ends in the provider's failure state
+    submit_5xx_prob: float = 0.0       # create answers 500/503 and creates nothing
+    poll_5xx_prob: float = 0.0         # status query answers 500/503
+    drop_after_create_prob: float = 0.0  # task is created, then the connection is cut
+    truncate_download_prob: float = 0.0  # image download stops half-way
+    download_delay_s: float = 0.0      # extra seconds before an image download answers
+    rate_limit: tuple[int, float] | None = None  # at most N creates per window seconds
+    max_concurrency: int | None = None  # tasks not yet terminal, per account
+    seed: int = 0
+
+
+@dataclass
+class CreateRecord:
+    """One accepted create request, as the emulator saw it (for tests: count creates)."""
+
+    task_id: str
+    body: Any
+    at: float
+    prompt: str
+    idempotency_key: str | None = None
+
+
+@dataclass
+class RemoteTask:
+    """A task whose state follows the clock: queued, then running, then terminal."""
+
+    task_id: str
+    prompt: str
+    aspect_ratio: str
+    resolution: str
+    output_format: str
+    created: float
+    latency_s: float
+    outcome: str  # "success" | "fail" | "content" | "noimage"
+    body: Any = None
+    references: list[str] = field(default_factory=list)  # as the provider received them
+    cancelled_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def phase(self, now: float | None = None) -> str:
+        """"queued" | "running" | "done" | "cancelled": where the clock puts the task."""
+        if self.cancelled_at is not None:
+            return "cancelled"
+        elapsed = (time.time() if now is None else now) - self.created
+        if elapsed >= self.latency_s:
+            return "done"
+        return "queued" if elapsed < self.latency_s * 0.25 else "running"
+
+    def progress(self, now: float | None = None) -> float:
+        elapsed = (time.time() if now is None else now) - self.created
+        return max(0.0, min(1.0, elapsed / self.latency_s)) if self.latency_s else 1.0
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase() in ("done", "cancelled")
+
+
+class RateWindow:
+    """Sliding-window counter of creates: `admit()` is False when the window is full."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit, self.window_s = limit, window_s
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+        self.rejected = 0
+        self.admitted = 0
+
+    def admit(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._times and now - self._times[0] >= self.window_s:
+                self._times.popleft()
+            if len(self._times) >= self.limit:
+                self.rejected += 1
+                return False
+            self._times.append(now)
+            self.admitted += 1
+            return True
+
+    def retry_after(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return max(0.0, self.window_s - (now - self._times[0])) if self._times else 0.0
+
+
+class ProviderEmulator:
+    """Base of the five emulators. Subclasses set `name` and build `routes()`; the hub
+    mounts them under `/{name}` and serves result files under `/files/`."""
+
+    name: str = ""
+
+    def __init__(self, config: FaultConfig | None = None, *, api_key: str = "test-key") -> None:
+        self.config = config or FaultConfig()
+        self.api_key = api_key
+        self.tasks: dict[str, RemoteTask] = {}
+        self.creates: list[CreateRecord] = []
+        self.rejected_for_rate = 0
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request
+        self.hub: Any = None  # set by EmulatorHub: file store and public URL
+        self._rng = random.Random(self.config.seed)
+        self._lock = threading.Lock()
+        self.rate = self._make_rate_window()
+
+    def _make_rate_window(self) -> RateWindow | None:
+        if self.config.rate_limit is None:
+            return None
+        return RateWindow(*self.config.rate_limit)
+
+    def configure(self, **changes: Any) -> None:
+        """Change fault knobs at run time (tests); resets the rate window when it changes."""
+        for key, value in changes.items():
+            if not hasattr(self.config, key):
+                raise AttributeError(f"FaultConfig has no field {key!r}")
+            setattr(self.config, key, value)
+        if "rate_limit" in changes:
+            self.rate = self._make_rate_window()
+        if "seed" in changes:
+            self._rng = random.Random(self.config.seed)
+
+    def reset(self) -> None:
+        """Forget tasks and records (between tests)."""
+        with self._lock:
+            self.tasks.clear()
+            self.creates.clear()
+            self.requests.clear()
+            self.rejected_for_rate = 0
+        self.rate = self._make_rate_window()
+
+    def routes(self) -> Sequence[BaseRoute]:
+        """The documented API, mounted by the hub under `/{name}`."""
+        raise NotImplementedError
+
+    def extra_mounts(self) -> dict[str, Sequence[BaseRoute]]:
+        """Other hosts of the provider (e.g. Kie's upload host) by hub prefix."""
+        return {}
+
+    # -- helpers for subclasses -------------------------------------------------------
+
+    def chance(self, probability: float) -> bool:
+        with self._lock:
+            return probability > 0 and self._rng.random() < probability
+
+    def admit_create(self) -> bool:
+        """False (and counted) when the create-rate window is full."""
+        if self.rate is None or self.rate.admit():
+            return True
+        self.rejected_for_rate += 1
+        return False
+
+    def in_flight(self) -> int:
+        return sum(1 for t in list(self.tasks.values()) if not t.terminal)
+
+    def over_concurrency(self) -> bool:
+        limit = self.config.max_concurrency
+        return limit is not None and self.in_flight() >= limit
+
+    def new_task(
+        self,
+        task_id: str,
+        *,
+        prompt: str,
+        aspect_ratio: str,
+        resolution: str,
+        output_format: str,
+        body: Any,
+        references: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> RemoteTask:
+        """Create and log a task; its outcome is decided now from markers and fault odds."""
+        if CONTENT_MARKER in prompt:
+            outcome = "content"
+        elif FAIL_MARKER in prompt or self.chance(self.config.fail_prob):
+            outcome = "fail"
+        elif NO_IMAGE_MARKER in prompt:
+            outcome = "noimage"
+        else:
+            outcome = "success"
+        now = time.time()
+        task = RemoteTask(
+            task_id, prompt, aspect_ratio, resolution, output_format, now,
+            self.config.latency_s, outcome, body, list(references),
+        )
+        with self._lock:
+            self.tasks[task_id] = task
+            self.creates.append(CreateRecord(task_id, body, now, prompt, idempotency_key))
+        return task
+
+    def creates_for(self, prompt_contains: str) -> int:
+        """How many tasks were created whose prompt contains the text (tests)."""
+        return sum(1 for c in self.creates if prompt_contains in c.prompt)
+
+    def result_url(self, task: RemoteTask, index: int = 0) -> str:
+        """Public URL of a task's result image, served by the hub's file store."""
+        if self.hub is None:
+            raise RuntimeError("emulator is not mounted on a hub")
+        key = f"{self.name}-{_safe(task.task_id)}-{index}.{task.output_format}"
+        width, height = pixel_size(task.aspect_ratio, task.resolution)
+        self.hub.files.register_generated(
+            key, width, height, task.output_format, seed_text=task.prompt
+        )
+        url: str = f"{self.hub.url}/files/{key}"
+        return url
+
+    def dropped_connection(self, body: bytes) -> Response:
+        """A response that sends its status and then cuts the connection mid-body."""
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield body[: max(1, len(body) // 3)]
+            raise ConnectionAbortedError("emulated connection drop")
+
+        return StreamingResponse(
+            stream(), media_type="application/json", headers={"Content-Length": str(len(body))}
+        )
+
+    def log_request(self, request: Request) -> None:
+        self.requests.append((request.method, request.url.path))
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+@dataclass
+class _FileEntry:
+    width: int = 0
+    height: int = 0
+    fmt: str = "png"
+    seed_text: str = ""
+    data: bytes | None = None
+    mime: str = "image/png"
+
+
+class FileStore:
+    """Result images and uploaded files served by the hub under `/files/{key}`.
+
+    Generated images are rendered lazily on first download (a smooth colour field seeded by
+    the prompt, at the exact pixel size), then cached.
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[str, _FileEntry] = {}
+        self._lock = threading.Lock()
+        self.downloads = 0
+
+    def register_generated(
+        self, key: str, width: int, height: int, fmt: str, *, seed_text: str
+    ) -> None:
+        with self._lock:
+            self._files.setdefault(key, _FileEntry(width, height, fmt, seed_text))
+
+    def put(self, key: str, data: bytes, mime: str) -> None:
+        with self._lock:
+            self._files[key] = _FileEntry(data=data, mime=mime)
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        with self._lock:
+            entry = self._files.get(key)
+        if entry is None:
+            return None
+        if entry.data is None:
+            entry.data = render_image(entry.width, entry.height, entry.fmt, entry.seed_text)
+            entry.mime = MIME_TYPE[entry.fmt]
+        return entry.data, entry.mime
+
+
+def render_image(width: int, height: int, fmt: str, seed_text: str) -> bytes:
+    """A pleasant, deterministic picture of the exact size: a smooth colour field seeded by
+    the prompt (an 8x8 random grid scaled up bicubically) with a soft vignette."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    digest = hashlib.sha256(seed_text.encode()).digest()
+    rng = random.Random(digest)
+    base = [rng.randrange(256) for _ in range(3)]
+    small = Image.new("RGB", (8, 8))
+    small.putdata([
+        tuple(max(0, min(255, c + rng.randrange(-90, 90))) for c in base)  # type: ignore[misc]
+        for _ in range(64)
+    ])
+    image = small.resize((width, height), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    radius = min(width, height) // 5
+    cx, cy = rng.randrange(radius, width - radius), rng.randrange(radius, height - radius)
+    light = tuple(min(255, c + 70) for c in base)
+    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=light)  # type: ignore[arg-type]
+    image = image.filter(ImageFilter.GaussianBlur(radius=max(2, radius // 6)))
+    buffer = io.BytesIO()
+    save_format = PILLOW_FORMAT[fmt]
+    options: dict[str, Any] = {"quality": 90} if save_format in ("JPEG", "WEBP") else {}
+    if save_format == "PNG":
+        options["compress_level"] = 1
+    image.save(buffer, format=save_format, **options)
+    return buffer.getvalue()
+

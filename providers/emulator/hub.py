@@ -1,0 +1,175 @@
+"""`EmulatorHub`: all five provider emulators behind one loopback HTTP server.
+
+Each emulator is mounted under its own prefix, so one port serves every documented base URL:
+
+    with EmulatorHub.start() as hub:          # real HTTP on 127.0.0.1, a free port
+        os.environ.update(hub.environ())      # NBP_<PROVIDER>_BASE_URL + test API keys
+        hub["kie"].configure(rate_limit=(20, 10.0))
+        ...
+        assert hub["kie"].creates_for("lemon") == 1
+
+Result images and uploaded files are served under `/files/{key}` (fault knobs of the owning
+provider apply: slow and truncated downloads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+
+from providers.emulator.core import FaultConfig, FileStore, ProviderEmulator
+
+EMULATORS: dict[str, str] = {
+    "wiro": "providers.emulator.wiro:WiroEmulator",
+    "hiapi": "providers.emulator.hiapi:HiapiEmulator",
+    "runware": "providers.emulator.runware:RunwareEmulator",
+    "kie": "providers.emulator.kie:KieEmulator",
+    "apikley": "providers.emulator.apikley:ApikleyEmulator",
+}
+
+# Credentials the emulators accept; `environ()` hands them to the real clients.
+TEST_CREDENTIALS: dict[str, str] = {
+    "WIRO_API_KEY": "emulated-wiro-key",
+    "WIRO_API_SECRET": "emulated-wiro-secret",
+    "HIAPI_API_KEY": "emulated-hiapi-key",
+    "RUNWARE_API_KEY": "emulated-runware-key",
+    "KIE_API_KEY": "emulated-kie-key",
+    "APIKLEY_API_KEY": "emulated-apikley-key",
+}
+
+# Under `--emulate` a task takes this long unless a test or the CLI says otherwise.
+DEFAULT_LATENCY_S = 1.0
+
+
+def emulator_class(name: str) -> type[ProviderEmulator]:
+    module_name, _, attr = EMULATORS[name].partition(":")
+    cls: type[ProviderEmulator] = getattr(importlib.import_module(module_name), attr)
+    return cls
+
+
+class EmulatorHub:
+    """One Starlette app + uvicorn server on a background thread, serving every emulator."""
+
+    def __init__(
+        self,
+        providers: list[str] | None = None,
+        *,
+        config: Mapping[str, FaultConfig] | None = None,
+        latency_s: float = DEFAULT_LATENCY_S,
+    ) -> None:
+        self.files = FileStore()
+        self.url = ""
+        self.emulators: dict[str, ProviderEmulator] = {}
+        for name in list(EMULATORS) if providers is None else providers:
+            fault_config = (config or {}).get(name) or FaultConfig(latency_s=latency_s)
+            emulator = emulator_class(name)(fault_config)
+            emulator.hub = self
+            self.emulators[name] = emulator
+        self.app = self._build_app()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def __getitem__(self, name: str) -> ProviderEmulator:
+        return self.emulators[name]
+
+    def _build_app(self) -> Starlette:
+        routes: list[Any] = [Route("/files/{key:path}", self._serve_file, methods=["GET"])]
+        for name, emulator in self.emulators.items():
+            routes.append(Mount(f"/{name}", routes=list(emulator.routes())))
+            for prefix, extra in emulator.extra_mounts().items():
+                routes.append(Mount(prefix, routes=list(extra)))
+        return Starlette(routes=routes)
+
+    async def _serve_file(self, request: Request) -> Response:
+        key = request.path_params["key"]
+        found = self.files.get(key)
+        if found is None:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        data, mime = found
+        self.files.downloads += 1
+        owner = self.emulators.get(key.split("-", 1)[0])
+        if owner is not None:
+            if owner.config.download_delay_s:
+                await asyncio.sleep(owner.config.download_delay_s)
+            if owner.chance(owner.config.truncate_download_prob):
+                return _truncated(data, mime)
+        return Response(data, media_type=mime)
+
+    def base_url(self, provider: str) -> str:
+        """The URL that replaces `provider`'s documented base."""
+        root = f"{self.url}/{provider}"
+        return f"{root}/v1" if provider in ("wiro", "runware") else root
+
+    def environ(self) -> dict[str, str]:
+        """Env vars that point the real clients at this hub, with credentials it accepts."""
+        env = {f"NBP_{name.upper()}_BASE_URL": self.base_url(name) for name in self.emulators}
+        if "kie" in self.emulators:
+            env["NBP_KIE_UPLOAD_BASE_URL"] = f"{self.url}/kie-upload"  # mounted by KieEmulator
+        env.update(TEST_CREDENTIALS)
+        return env
+
+    def reset(self) -> None:
+        for emulator in self.emulators.values():
+            emulator.reset()
+
+    # -- serving ----------------------------------------------------------------------
+
+    def serve_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        config = uvicorn.Config(
+            self.app, log_level="warning", access_log=False, lifespan="off",
+            timeout_keep_alive=30, backlog=2048,
+        )
+        self._server = uvicorn.Server(config)
+        self.url = f"http://{host}:{sock.getsockname()[1]}"
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="nbp-emulator", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("emulator server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    @classmethod
+    @contextmanager
+    def start(
+        cls, providers: list[str] | None = None, *, port: int = 0, **kwargs: Any
+    ) -> Iterator[EmulatorHub]:
+        hub = cls(providers, **kwargs)
+        hub.serve_in_thread(port=port)
+        try:
+            yield hub
+        finally:
+            hub.stop()
+
+
+def _truncated(data: bytes, mime: str) -> Response:
+    async def stream() -> AsyncIterator[bytes]:
+        yield data[: len(data) // 2]
+        raise ConnectionAbortedError("emulated truncated download")
+
+    return StreamingResponse(
+        stream(), media_type=mime, headers={"Content-Length": str(len(data))}
+    )

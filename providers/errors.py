@@ -1,0 +1,103 @@
+"""The one exception tree of nbp's provider layer.
+
+Every adapter translates its provider's HTTP statuses and body codes into these classes
+exactly once, at its boundary; everything above (retries, throttles, fallback) reads only
+these classes.
+
+    ProviderError
+    ├── TransientError            network fault, 5xx, timeout: retry with backoff
+    │   └── RateLimited           429 / body code 429 / Wiro 96: slow down, honour retry_after
+    ├── Rejected                  the request is invalid: never retried, never paid
+    │   ├── AuthError             missing or wrong credentials
+    │   ├── InsufficientBalance   the account cannot pay
+    │   └── LimitExceeded         fails a documented provider limit before anything is sent
+    ├── SubmitUncertain           a create was sent but its answer was lost: it may exist
+    ├── TaskFailed                the provider ran the task and it failed (code, message)
+    │   └── ContentRejected       a content/policy rejection: retrying or falling back won't help
+    ├── ResultMismatch            the image is not what was asked (format, size, undecodable)
+    └── TaskNotFound              the provider does not know the remote task id
+
+Messages never contain credentials: adapters build them from response bodies and codes only.
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """Base of every error raised by a provider adapter."""
+
+    code: str | None
+
+    def __init__(self, message: str, *, code: str | int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = None if code is None else str(code)
+
+
+class TransientError(ProviderError):
+    """A fault that may pass: retrying the same request later can succeed."""
+
+
+class RateLimited(TransientError):
+    """The provider asked us to slow down; `retry_after` is seconds when it said how long."""
+
+    def __init__(
+        self, message: str, *, code: str | int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class Rejected(ProviderError):
+    """The provider refused the request as invalid; sending it again cannot succeed."""
+
+
+class AuthError(Rejected):
+    """Credentials are missing, wrong, or not allowed for this endpoint."""
+
+
+class InsufficientBalance(Rejected):
+    """The account has no money or credits left for this request."""
+
+
+class LimitExceeded(Rejected):
+    """The request breaks a documented provider limit; raised before anything is sent."""
+
+
+class SubmitUncertain(ProviderError):
+    """A create request went out but no answer came back: the task may exist and be billed.
+
+    Re-sending is safe only where the protocol is idempotent (HiAPI `Idempotency-Key`) or
+    the task can be found again (Runware `taskUUID` + getResponse)."""
+
+
+class TaskFailed(ProviderError):
+    """The remote task reached a terminal failure state."""
+
+
+class ContentRejected(TaskFailed):
+    """The provider refused the content (moderation / policy); no retry, no fallback."""
+
+
+class ResultMismatch(ProviderError):
+    """The delivered image is not what was asked for (undecodable, wrong format or size)."""
+
+
+class TaskNotFound(ProviderError):
+    """The provider does not know the remote task id (expired, other account, never created)."""
+
+
+__all__ = [
+    "AuthError",
+    "ContentRejected",
+    "InsufficientBalance",
+    "LimitExceeded",
+    "ProviderError",
+    "RateLimited",
+    "Rejected",
+    "ResultMismatch",
+    "SubmitUncertain",
+    "TaskFailed",
+    "TaskNotFound",
+    "TransientError",
+]

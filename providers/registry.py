@@ -1,0 +1,87 @@
+"""Adapters by name, fsspec style: a table of dotted paths imported on first use, plus the
+`nbp.providers` entry-point group for adapters that live outside this package.
+
+    from providers import registry
+    cls = registry.get_class("kie")              # imports providers.kie on first use
+    provider = registry.create("kie")             # settings from the environment
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+from providers.base import Capabilities, Provider, ProviderSettings
+
+ENTRY_POINT_GROUP = "nbp.providers"
+
+known_implementations: dict[str, str] = {
+    "wiro": "providers.wiro:WiroProvider",
+    "hiapi": "providers.hiapi:HiapiProvider",
+    "runware": "providers.runware:RunwareProvider",
+    "kie": "providers.kie:KieProvider",
+    "apikley": "providers.apikley:ApikleyProvider",
+}
+
+_registry: dict[str, type[Any]] = {}
+
+
+class UnknownProvider(KeyError):
+    """No adapter is registered under this name."""
+
+    def __str__(self) -> str:
+        return f"unknown provider {self.args[0]!r}; known: {', '.join(available())}"
+
+
+def register(name: str, cls: type[Any], *, clobber: bool = False) -> None:
+    """Register an adapter class; refuses to replace an existing one unless `clobber`."""
+    if not clobber and name in _registry and _registry[name] is not cls:
+        raise ValueError(f"provider {name!r} is already registered; pass clobber=True")
+    _registry[name] = cls
+
+
+def available() -> list[str]:
+    """Every name `get_class` can resolve, built-in and from entry points."""
+    names = set(known_implementations) | set(_registry)
+    names |= {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(names)
+
+
+def get_class(name: str) -> type[Any]:
+    """The adapter class for `name`, importing it on first use."""
+    if name in _registry:
+        return _registry[name]
+    target = known_implementations.get(name)
+    if target is None:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == name:
+                target = ep.value
+                break
+    if target is None:
+        raise UnknownProvider(name)
+    module_name, _, attr = target.partition(":")
+    cls: type[Any] = getattr(importlib.import_module(module_name), attr)
+    _registry[name] = cls
+    return cls
+
+
+def capabilities(name: str) -> Capabilities:
+    """A provider's documented limits, without building a client."""
+    caps: Capabilities = get_class(name).capabilities
+    return caps
+
+
+def create(
+    name: str,
+    settings: ProviderSettings | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Provider:
+    """Build an adapter; settings default to the documented base URL and env credentials."""
+    cls = get_class(name)
+    if settings is None:
+        settings = cls.settings_from_env(environ)
+    provider: Provider = cls(settings)
+    return provider
