@@ -46,7 +46,8 @@ class JobSpec:
     seed: int | None = None
     limits: Mapping[str, ProviderLimits] = field(default_factory=dict)
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # provider -> res -> USD
+    # provider -> resolution -> USD per image
+    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     base_urls: Mapping[str, str] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)  # the parsed YAML, for expansion
 

@@ -312,7 +312,7 @@ def render_image(width: int, height: int, fmt: str, seed_text: str) -> bytes:
     base = [rng.randrange(256) for _ in range(3)]
     small = Image.new("RGB", (8, 8))
     small.putdata([
-        tuple(max(0, min(255, c + rng.randrange(-90, 90))) for c in base)  # type: ignore[misc]
+        tuple(max(0, min(255, c + rng.randrange(-90, 90))) for c in base)
         for _ in range(64)
     ])
     image = small.resize((width, height), Image.Resampling.BICUBIC)
@@ -320,7 +320,7 @@ def render_image(width: int, height: int, fmt: str, seed_text: str) -> bytes:
     radius = min(width, height) // 5
     cx, cy = rng.randrange(radius, width - radius), rng.randrange(radius, height - radius)
     light = tuple(min(255, c + 70) for c in base)
-    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=light)  # type: ignore[arg-type]
+    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=light)
     image = image.filter(ImageFilter.GaussianBlur(radius=max(2, radius // 6)))
     buffer = io.BytesIO()
     save_format = PILLOW_FORMAT[fmt]

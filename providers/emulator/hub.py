@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import socket
 import threading
 import time
@@ -51,6 +52,17 @@ TEST_CREDENTIALS: dict[str, str] = {
 
 # Under `--emulate` a task takes this long unless a test or the CLI says otherwise.
 DEFAULT_LATENCY_S = 1.0
+
+
+class _QuietEmulatedDrops(logging.Filter):
+    """Emulated connection drops are faults we asked for, not server errors to print."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, ConnectionAbortedError) and "emulated" in str(exc))
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietEmulatedDrops())
 
 
 def emulator_class(name: str) -> type[ProviderEmulator]:

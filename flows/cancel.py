@@ -1,0 +1,41 @@
+"""Cancel the remote tasks a run left running (Prefect's cancellation and crash hooks).
+
+Reads the journal; for each cell still `submitted` at a provider whose API can cancel, asks
+the provider to cancel and marks the cell `cancelled`. Tasks at providers without a cancel
+API stay `submitted`, so the next run polls them instead of paying again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+
+from flows.job import RunOptions, open_providers
+from flows.journal import Journal
+from flows.spec import load_spec
+from outputs.sink import Sink
+
+
+async def cancel_submitted(spec_path: str, target: str | None = None) -> int:
+    """Cancel what can be cancelled; returns how many remote tasks were cancelled."""
+    spec = load_spec(spec_path)
+    if target:
+        spec = replace(spec, output=replace(spec.output, target=target))
+    sink = Sink(spec.output.target, spec.output.storage_options)
+    journal = Journal(sink)
+    running = [e for e in journal.load().values() if e.state == "submitted" and e.submitted]
+    if not running:
+        return 0
+    cancelled = 0
+    async with open_providers(spec, RunOptions(spec=spec_path)) as (providers, _):
+        for entry in running:
+            provider = providers.get(entry.provider)
+            submitted = entry.submitted
+            if provider is None or submitted is None or not provider.capabilities.can_cancel:
+                continue
+            with contextlib.suppress(Exception):
+                await provider.cancel(submitted)
+                entry.state = "cancelled"
+                journal.write(entry)
+                cancelled += 1
+    return cancelled

@@ -1,0 +1,181 @@
+"""`nbp`: validate, plan, run, emulate, status.
+
+Exit codes: 0 success; 1 some cells failed (run) or a runtime error; 2 invalid spec or
+configuration (nothing was submitted or written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        print("nbp: interrupted", file=sys.stderr)
+        code = 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbp", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check specs; every problem, with its line")
+    validate.add_argument("specs", nargs="+", metavar="SPEC")
+    validate.set_defaults(handler=cmd_validate)
+
+    plan = commands.add_parser("plan", help="cells, estimated cost and duration")
+    plan.add_argument("spec", metavar="SPEC")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(handler=cmd_plan)
+
+    run = commands.add_parser("run", help="run a spec as the Prefect flow nbp-run")
+    run.add_argument("spec", metavar="SPEC")
+    run.add_argument("--target", help="write here instead of the spec's output.target")
+    run.add_argument("--emulate", action="store_true",
+                     help="serve the provider emulators in-process and use them (offline)")
+    run.add_argument("--force", action="store_true", help="redo cells that already succeeded")
+    run.add_argument("--max-usd", type=float, help="hard spending cap for this run")
+    run.add_argument("--shard", help="i/n: run only this shard of the cells (several workers)")
+    run.add_argument("--chunk-size", type=int, default=200, help="cells per Prefect task")
+    run.add_argument("--emulator-latency", type=float, default=None,
+                     help="seconds an emulated task takes (with --emulate)")
+    run.set_defaults(handler=cmd_run)
+
+    emulate = commands.add_parser("emulate", help="serve the five provider emulators")
+    emulate.add_argument("--port", type=int, default=8787)
+    emulate.add_argument("--latency", type=float, default=1.0, help="seconds per task")
+    emulate.set_defaults(handler=cmd_emulate)
+
+    status = commands.add_parser("status", help="summarise a target's manifest")
+    status.add_argument("target", metavar="TARGET")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+    return parser
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from flows.spec import validate_spec_file
+
+    worst = EXIT_OK
+    for path in args.specs:
+        problems = validate_spec_file(path)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            worst = EXIT_INVALID
+            print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
+        else:
+            print(f"{path}: valid")
+    return worst
+
+
+def _load_or_report(path: str) -> Any:
+    from flows.spec import SpecInvalid, load_spec
+
+    try:
+        return load_spec(path)
+    except SpecInvalid as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} problem(s); nothing was submitted", file=sys.stderr)
+        return None
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from flows.cells import expand
+    from flows.plan import make_plan
+
+    spec = _load_or_report(args.spec)
+    if spec is None:
+        return EXIT_INVALID
+    plan = make_plan(spec, list(expand(spec)))
+    print(json.dumps(plan.to_json(), indent=2) if args.json else plan.render())
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if _load_or_report(args.spec) is None:
+        return EXIT_INVALID
+    if args.shard:
+        try:
+            _check_shard(args.shard)
+        except ValueError as exc:
+            print(f"nbp run: --shard: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows import flow as nbp_flow
+    from flows.display import TerminalDisplay
+
+    display = TerminalDisplay(sys.stderr)
+    nbp_flow.progress_listeners.append(display.update)
+    try:
+        result: dict[str, Any] = asyncio.run(nbp_flow.nbp_run(
+            spec=args.spec, target=args.target, emulate=args.emulate, force=args.force,
+            max_usd=args.max_usd, shard=args.shard, chunk_size=args.chunk_size,
+            emulator_latency_s=args.emulator_latency,
+        ))
+    finally:
+        nbp_flow.progress_listeners.remove(display.update)
+        display.close()
+    print(display.summary(result))
+    return int(result["exit_code"])
+
+
+def _check_shard(shard: str) -> None:
+    index, sep, count = shard.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or int(index) >= int(count):
+        raise ValueError(f"{shard!r} is not of the form i/n with 0 <= i < n, e.g. 0/4")
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from providers.emulator.hub import EmulatorHub
+
+    hub = EmulatorHub(latency_s=args.latency)
+    hub.serve_in_thread(port=args.port)
+    print(f"nbp emulators serving on {hub.url}; point nbp at them with:")
+    for key, value in hub.environ().items():
+        if key.startswith("NBP_"):
+            print(f"  export {key}={value}")
+    print("  (test credentials: any of the emulated-*-key values; see README)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        hub.stop()
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from outputs.manifest import read_manifest
+    from outputs.sink import Sink
+    from outputs.status import render_status, summarise
+
+    frame = read_manifest(Sink(args.target))
+    if frame is None:
+        print(f"nbp status: no manifest.parquet at {args.target}", file=sys.stderr)
+        return EXIT_INVALID
+    summary = summarise(frame)
+    if args.json:
+        print(json.dumps(summary.to_json() if hasattr(summary, "to_json") else summary,
+                         indent=2, default=str))
+    else:
+        print(render_status(summary))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

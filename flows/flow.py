@@ -1,0 +1,133 @@
+"""The Prefect flow `nbp-run`: the same flow for `nbp run` and `prefect deployment run`.
+
+Prefect sees one task run per chunk of cells (never one per image); inside a chunk cells
+run concurrently on asyncio under the shared throttles. The flow reports progress as an
+artifact while it runs, and a summary table and a markdown artifact linking the gallery and
+manifest at the end. If the run is cancelled or crashes, the hooks cancel the remote tasks
+the journal says are still running, where the provider's API can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import FlowRun
+from prefect.flows import Flow
+from prefect.states import State
+
+from flows.job import DEFAULT_CHUNK_SIZE, RunOptions, RunResult, run_job
+from flows.model import Cell
+from flows.progress import Progress
+from flows.runner import Runner
+
+FLOW_NAME = "nbp-run"
+ARTIFACT_INTERVAL_S = 5.0
+
+# Set by the CLI before it calls the flow in-process: listeners for the terminal display.
+progress_listeners: list[Callable[[Progress], None]] = []
+
+
+@task(name="nbp-chunk", task_run_name="chunk-{index}", cache_policy=NO_CACHE, retries=0)
+async def run_chunk(
+    runner: Runner, index: int, cells: Sequence[Cell], workers: int
+) -> list[dict[str, Any]]:
+    """One chunk of cells; retries happen per cell inside, never by re-running a chunk."""
+    return await runner.run_cells(cells, workers=workers)
+
+
+async def _chunk_as_task(
+    runner: Runner, index: int, cells: Sequence[Cell], workers: int
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = await run_chunk(runner, index, cells, workers)
+    return rows
+
+
+def cancel_remote_tasks(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """on_cancellation / on_crashed: cancel what the journal says is still running."""
+    from flows.cancel import cancel_submitted
+
+    parameters = flow_run.parameters or {}
+    with contextlib.suppress(Exception):
+        asyncio.run(cancel_submitted(parameters["spec"], parameters.get("target")))
+
+
+@flow(
+    name=FLOW_NAME,
+    on_cancellation=[cancel_remote_tasks],
+    on_crashed=[cancel_remote_tasks],
+    persist_result=False,
+    log_prints=False,
+)
+async def nbp_run(
+    spec: str,
+    target: str | None = None,
+    emulate: bool = False,
+    force: bool = False,
+    max_usd: float | None = None,
+    shard: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    emulator_latency_s: float | None = None,
+) -> dict[str, Any]:
+    """Run the job spec `spec` (a path or fsspec URL); see `nbp run --help`."""
+    logger = get_run_logger()
+    options = RunOptions(
+        spec=spec, target=target, emulate=emulate, force=force, max_usd=max_usd,
+        shard=shard, chunk_size=chunk_size, emulator_latency_s=emulator_latency_s,
+    )
+    progress = Progress(listeners=list(progress_listeners))
+    reporter = asyncio.create_task(_report_progress(progress, logger))
+    try:
+        result = await run_job(options, chunk_runner=_chunk_as_task, progress=progress)
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+    await _final_artifacts(result)
+    logger.info("%s: %s", result.job, progress.line())
+    return result.to_json()
+
+
+async def _report_progress(progress: Progress, logger: logging.LoggerAdapter[Any] | Any) -> None:
+    """A progress artifact updated every few seconds (cheap: one API call each)."""
+    artifact_id = None
+    while True:
+        await asyncio.sleep(ARTIFACT_INTERVAL_S)
+        percent = 100.0 * progress.done / max(1, progress.total)
+        with contextlib.suppress(Exception):
+            if artifact_id is None:
+                artifact_id = await acreate_progress_artifact(
+                    percent, key="nbp-progress", description=progress.line()
+                )
+            else:
+                await aupdate_progress_artifact(artifact_id, percent, progress.line())
+        logger.info(progress.line())
+
+
+async def _final_artifacts(result: RunResult) -> None:
+    table = [{"status": status, "cells": count} for status, count in result.counts.items()]
+    table.append({"status": "spent_usd", "cells": round(result.spent_usd, 4)})
+    with contextlib.suppress(Exception):
+        await acreate_table_artifact(table, key="nbp-summary", description=result.job)
+        lines = [
+            f"# nbp run `{result.run_id}` of `{result.job}`",
+            "",
+            f"- gallery: [{result.gallery_uri}]({result.gallery_uri})",
+            f"- manifest: [{result.manifest_uri}]({result.manifest_uri})",
+            f"- cells: {result.counts}",
+            f"- spent: ${result.spent_usd:.2f}",
+        ]
+        if result.stop_reason:
+            lines.append(f"- stopped early: {result.stop_reason}")
+        await acreate_markdown_artifact("\n".join(lines), key="nbp-result")

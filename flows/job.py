@@ -1,0 +1,238 @@
+"""Assembling and running one job: spec -> cells -> chunks -> manifest and gallery.
+
+Plain asyncio; `flows.flow` wraps each chunk in a Prefect task, tests can run it without
+Prefect. Chunks are the unit of orchestration (a few hundred cells each, never a task per
+image); throttles, budget and providers are shared by every chunk of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from flows.budget import Budget
+from flows.cells import expand
+from flows.journal import Journal
+from flows.model import Cell, JobSpec
+from flows.progress import Progress
+from flows.runner import RunContext, Runner
+from flows.spec import load_spec
+from flows.throttle import AccountThrottle, InFlightLimit, Rate, SlidingWindowLimiter
+from outputs.gallery import write_gallery
+from outputs.manifest import merge_manifest, read_manifest, rows_to_frame, write_manifest
+from outputs.sink import Sink
+from providers import registry
+from providers.base import Provider
+
+log = logging.getLogger("nbp.job")
+
+DEFAULT_CHUNK_SIZE = 200
+EMULATED_POLL_INTERVAL_S = 0.25  # emulated tasks take about a second; don't wait 3 s to look
+
+ChunkRunner = Callable[[Runner, int, Sequence[Cell], int], Awaitable[list[dict[str, Any]]]]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `nbp run` and the `nbp-run` flow take besides the spec."""
+
+    spec: str
+    target: str | None = None
+    emulate: bool = False
+    force: bool = False
+    max_usd: float | None = None
+    shard: str | None = None            # "i/n": this run takes the cells with hash % n == i
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    emulator_latency_s: float | None = None
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+@dataclass
+class RunResult:
+    job: str
+    run_id: str
+    target: str
+    manifest_uri: str
+    gallery_uri: str | None
+    counts: dict[str, int]
+    spent_usd: float
+    stop_reason: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every cell of the job succeeded, 1 otherwise."""
+        bad = sum(v for k, v in self.counts.items() if k != "succeeded")
+        return 0 if bad == 0 else 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job": self.job, "run_id": self.run_id, "target": self.target,
+            "manifest": self.manifest_uri, "gallery": self.gallery_uri,
+            "counts": self.counts, "spent_usd": round(self.spent_usd, 4),
+            "stop_reason": self.stop_reason, "exit_code": self.exit_code,
+        }
+
+
+async def run_plain_chunk(
+    runner: Runner, index: int, cells: Sequence[Cell], workers: int
+) -> list[dict[str, Any]]:
+    return await runner.run_cells(cells, workers=workers)
+
+
+async def run_job(
+    options: RunOptions,
+    *,
+    chunk_runner: ChunkRunner = run_plain_chunk,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run a job to the end and write its manifest and gallery."""
+    spec = load_spec(options.spec)
+    if options.target:
+        spec = replace(spec, output=replace(spec.output, target=options.target))
+    if options.max_usd is not None:
+        spec = replace(spec, max_usd=options.max_usd)
+    cells = select_shard(list(expand(spec)), options.shard)
+    progress = progress or Progress()
+    progress.total = len(cells)
+    async with open_providers(spec, options) as (providers, env_is_emulated):
+        sink = Sink(spec.output.target, spec.output.storage_options)
+        journal = Journal(sink)
+        previous_manifest = await asyncio.to_thread(read_manifest, sink)
+        ctx = RunContext(
+            spec=spec, run_id=options.run_id, sink=sink, journal=journal,
+            providers=providers,
+            throttles=make_throttles(spec, providers, emulated=env_is_emulated),
+            budget=Budget(spec.max_usd), progress=progress,
+            previous=await asyncio.to_thread(journal.load),
+            path_owners=_path_owners(previous_manifest), force=options.force,
+            models={name: getattr(p, "model", name) for name, p in providers.items()},
+        )
+        runner = Runner(ctx)
+        rows = await run_chunks(runner, cells, options.chunk_size, chunk_runner)
+    frame = merge_manifest(previous_manifest, rows_to_frame(rows))
+    manifest_uri = await asyncio.to_thread(write_manifest, sink, frame)
+    gallery_uri = await asyncio.to_thread(write_gallery, sink, frame, title=spec.name)
+    counts = {s: 0 for s in ("succeeded", "failed", "skipped", "cancelled")}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    stop = runner.stop.message if runner.stop else None
+    return RunResult(
+        spec.name, options.run_id, spec.output.target, str(manifest_uri), str(gallery_uri),
+        counts, ctx.budget.spent_usd, stop,
+    )
+
+
+async def run_chunks(
+    runner: Runner, cells: Sequence[Cell], chunk_size: int, chunk_runner: ChunkRunner
+) -> list[dict[str, Any]]:
+    """Run chunks concurrently, enough of them at once to keep every in-flight slot busy."""
+    widest = max((t.in_flight.limit for t in runner.ctx.throttles.values()), default=1)
+    workers = min(widest, chunk_size)
+    parallel = max(2, -(-widest // max(1, chunk_size)) + 1)
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(index: int, chunk: Sequence[Cell]) -> list[dict[str, Any]]:
+        async with gate:
+            return await chunk_runner(runner, index, chunk, workers)
+
+    chunks = list(_chunked(cells, chunk_size))
+    results = await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
+    return [row for chunk_rows in results for row in chunk_rows]
+
+
+def select_shard(cells: list[Cell], shard: str | None) -> list[Cell]:
+    """Cells of shard "i/n" (by cell-id hash, so shards are stable across runs)."""
+    if not shard:
+        return cells
+    index, _, count = shard.partition("/")
+    i, n = int(index), int(count)
+    if not 0 <= i < n:
+        raise ValueError(f"shard {shard!r} must be i/n with 0 <= i < n")
+    return [c for c in cells if int(c.cell_id, 16) % n == i]
+
+
+@contextlib.asynccontextmanager
+async def open_providers(
+    spec: JobSpec, options: RunOptions
+) -> AsyncIterator[tuple[dict[str, Provider], bool]]:
+    """Adapters for every provider of the spec; under `emulate`, pointed at in-process
+    emulators (same clients, loopback HTTP)."""
+    hub = None
+    environ: Mapping[str, str] = os.environ
+    if options.emulate:
+        from providers.emulator.hub import DEFAULT_LATENCY_S, EmulatorHub
+
+        latency = options.emulator_latency_s
+        hub = EmulatorHub(list(spec.providers), latency_s=latency or DEFAULT_LATENCY_S)
+        await asyncio.to_thread(hub.serve_in_thread)
+        environ = {**os.environ, **hub.environ()}
+    else:
+        environ = {**os.environ, **resolve_credentials(spec)}
+    providers: dict[str, Provider] = {}
+    try:
+        for name in spec.providers:
+            cls = registry.get_class(name)
+            base_url = None if options.emulate or f"NBP_{name.upper()}_BASE_URL" in environ \
+                else spec.base_urls.get(name)
+            providers[name] = cls(cls.settings_from_env(environ, base_url=base_url))
+        yield providers, hub is not None
+    finally:
+        for provider in providers.values():
+            await provider.aclose()
+        if hub is not None:
+            await asyncio.to_thread(hub.stop)
+
+
+def resolve_credentials(spec: JobSpec) -> dict[str, str]:
+    """Credentials named in the spec as Prefect Secret blocks, for env vars not already set."""
+    wanted = {
+        var: block for var, block in getattr(spec, "credentials", {}).items()
+        if not os.environ.get(var)
+    }
+    if not wanted:
+        return {}
+    from prefect.blocks.system import Secret
+
+    return {var: str(Secret.load(block).get()) for var, block in wanted.items()}
+
+
+def make_throttles(
+    spec: JobSpec, providers: Mapping[str, Provider], *, emulated: bool = False
+) -> dict[str, AccountThrottle]:
+    """One throttle per provider account: the spec's `limits` over documented defaults."""
+    throttles = {}
+    for name, provider in providers.items():
+        caps = provider.capabilities
+        limits = spec.limits.get(name)
+        rate_text = (limits.rate if limits else None) or caps.default_rate
+        poll = (limits.poll_interval_s if limits else None) or (
+            min(caps.poll_interval_s, EMULATED_POLL_INTERVAL_S) if emulated
+            else caps.poll_interval_s
+        )
+        throttles[name] = AccountThrottle(
+            provider=name,
+            rate=SlidingWindowLimiter(Rate.parse(rate_text)) if rate_text else None,
+            in_flight=InFlightLimit(
+                (limits.max_in_flight if limits else None) or caps.default_max_in_flight
+            ),
+            poll_interval_s=poll,
+        )
+    return throttles
+
+
+def _path_owners(manifest: Any) -> dict[str, str]:
+    if manifest is None or "output_path" not in manifest.columns:
+        return {}
+    pairs = manifest.select("output_path", "cell_id").drop_nulls().iter_rows()
+    return {str(path): str(cell_id) for path, cell_id in pairs}
+
+
+def _chunked(cells: Sequence[Cell], size: int) -> Iterator[Sequence[Cell]]:
+    for start in range(0, len(cells), max(1, size)):
+        yield cells[start:start + size]

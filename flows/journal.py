@@ -1,0 +1,67 @@
+"""The durable journal under `{target}/.nbp/`: what was paid for, written before anything else.
+
+One small JSON file per cell (`.nbp/cells/{cell_id}.json`), replaced whole on every change, so
+it works on object stores without append or rename. The remote task id is written the moment
+the provider returns it; a run that was killed or cancelled reads the journal and polls the
+tasks it already created instead of creating them again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+from providers.base import Submitted
+
+JOURNAL_DIR = ".nbp/cells"
+JournalState = Literal["submitted", "succeeded", "failed", "cancelled", "skipped"]
+
+
+class JsonStore(Protocol):
+    """What the journal needs of `outputs.sink.Sink`."""
+
+    def put_json(self, rel: str, obj: Any) -> None: ...
+    def list_json(self, rel_dir: str) -> list[Any]: ...
+
+
+@dataclass
+class JournalEntry:
+    cell_id: str
+    state: JournalState
+    run_id: str
+    provider: str
+    attempts: int = 0
+    task: dict[str, Any] | None = None        # Submitted.to_json() of the live remote task
+    submitted_at: float | None = None
+    row: dict[str, Any] | None = None         # manifest row once terminal
+    updated_at: float = field(default_factory=time.time)
+
+    @property
+    def submitted(self) -> Submitted | None:
+        return Submitted.from_json(self.task) if self.task else None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JournalEntry:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+class Journal:
+    """Reads all entries once at start, then writes one file per change."""
+
+    def __init__(self, store: JsonStore) -> None:
+        self.store = store
+
+    def load(self) -> dict[str, JournalEntry]:
+        entries: dict[str, JournalEntry] = {}
+        for data in self.store.list_json(JOURNAL_DIR):
+            if isinstance(data, Mapping) and "cell_id" in data:
+                entry = JournalEntry.from_json(data)
+                entries[entry.cell_id] = entry
+        return entries
+
+    def write(self, entry: JournalEntry) -> None:
+        entry.updated_at = time.time()
+        self.store.put_json(f"{JOURNAL_DIR}/{entry.cell_id}.json", asdict(entry))

@@ -1,0 +1,153 @@
+"""Per-account throttles: a create-rate window, a cap on tasks in flight, both adaptive.
+
+A provider + API key is one quota holder, so one `AccountThrottle` serves every cell of a run
+that uses that account. Throttling lives here, never in adapters.
+
+Create rate: documented limits are sliding windows ("20 new generation requests per 10 s",
+protocols.md §4.5), so the limiter is a token bucket whose tokens come back exactly one window
+after they were spent: N creates in any window, never more, and a full burst when idle.
+A plain refilling bucket would allow 2N in a window after an idle burst.
+
+Adaptive: a rate-limit signal halves the usable tokens (never below one) and pauses creates
+for Retry-After when given; every quiet window gives one token back. Wiro's code 96
+(concurrency) lowers the in-flight cap the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# Server and client clocks see a create a few ms apart; leave that much room in each window.
+WINDOW_MARGIN_S = 0.05
+
+
+@dataclass(frozen=True)
+class Rate:
+    """`count` creates per `window_s` seconds. `Rate.parse("20/10s")`."""
+
+    count: int
+    window_s: float
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        match = _RATE.match(text)
+        if not match:
+            raise ValueError(f"rate {text!r} is not of the form N/Ws, e.g. '20/10s'")
+        count, amount, unit = int(match[1]), match[2], match[3]
+        window = (float(amount) if amount else 1.0) * _UNIT_S[unit]
+        if count < 1 or window <= 0:
+            raise ValueError(f"rate {text!r} must allow at least one create per positive window")
+        return cls(count, window)
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.window_s
+
+
+class SlidingWindowLimiter:
+    """At most `usable` creates in any `window_s` seconds; adaptive `usable`."""
+
+    def __init__(self, rate: Rate) -> None:
+        self.rate = rate
+        self.window_s = rate.window_s + WINDOW_MARGIN_S
+        self.usable = rate.count
+        self._spent: deque[float] = deque()
+        self._paused_until = 0.0
+        self._last_signal = 0.0
+        self._lock = asyncio.Lock()
+        self.signals = 0
+
+    def _wait_time(self, now: float) -> float:
+        while self._spent and now - self._spent[0] >= self.window_s:
+            self._spent.popleft()
+        self._recover(now)
+        wait = max(0.0, self._paused_until - now)
+        if len(self._spent) >= self.usable:
+            oldest_needed = self._spent[len(self._spent) - self.usable]
+            wait = max(wait, oldest_needed + self.window_s - now)
+        return wait
+
+    async def acquire(self) -> None:
+        """Wait until a create fits inside the window, then spend it."""
+        async with self._lock:  # FIFO: waiters are served in arrival order
+            while (wait := self._wait_time(time.monotonic())) > 0:
+                await asyncio.sleep(wait)
+            self._spent.append(time.monotonic())
+
+    def penalise(self, retry_after: float | None) -> None:
+        """The provider said slow down: halve the usable window, pause if told how long."""
+        now = time.monotonic()
+        self.signals += 1
+        self._last_signal = now
+        self.usable = max(1, self.usable // 2)
+        pause = retry_after if retry_after is not None else self.rate.window_s / self.rate.count
+        self._paused_until = max(self._paused_until, now + pause)
+
+    def _recover(self, now: float) -> None:
+        if self.usable < self.rate.count and now - self._last_signal >= self.window_s:
+            self.usable += 1
+            self._last_signal = now
+
+
+class InFlightLimit:
+    """A cap on remote tasks not yet terminal; `shrink()` on a concurrency signal and a slow
+    climb back as tasks finish without one."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.usable = self.limit
+        self.in_flight = 0
+        self._cond = asyncio.Condition()
+        self._finished_since_shrink = 0
+
+    async def acquire(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_flight < self.usable)
+            self.in_flight += 1
+
+    async def release(self) -> None:
+        async with self._cond:
+            self.in_flight -= 1
+            if self.usable < self.limit:
+                self._finished_since_shrink += 1
+                if self._finished_since_shrink >= self.usable:
+                    self.usable += 1
+                    self._finished_since_shrink = 0
+            self._cond.notify_all()
+
+    def shrink(self) -> None:
+        """The provider refused for concurrency: allow one fewer than we have now."""
+        self.usable = max(1, min(self.usable, self.in_flight) - 1)
+        self._finished_since_shrink = 0
+
+
+@dataclass
+class AccountThrottle:
+    """Everything that paces one provider account."""
+
+    provider: str
+    rate: SlidingWindowLimiter | None
+    in_flight: InFlightLimit
+    poll_interval_s: float
+    max_poll_interval_s: float = 30.0
+
+    async def before_create(self) -> None:
+        if self.rate is not None:
+            await self.rate.acquire()
+
+    def rate_limited(self, retry_after: float | None, *, concurrency: bool = False) -> None:
+        if concurrency:
+            self.in_flight.shrink()
+        if self.rate is not None:
+            self.rate.penalise(retry_after)
+
+    def next_poll_delay(self, polls_so_far: int) -> float:
+        """Documented guidance is to poll often at first and back off (protocols.md §1.3,
+        §4.3): 1.25x per poll from the provider's first interval, capped."""
+        return float(min(self.max_poll_interval_s, self.poll_interval_s * 1.25**polls_so_far))
