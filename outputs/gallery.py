@@ -1,0 +1,270 @@
+"""`{target}/index.html`: a contact sheet of a job that works offline, from disk or a bucket.
+
+One self-contained file: thumbnails are JPEG `data:` URIs made with Pillow, the CSS is inline,
+there is no script and no external asset. Each thumbnail links to its full image by relative
+path, so the links work wherever the target folder is opened.
+
+Layout: a summary line on top; one section per dataset row (header: the row's variables),
+or a single section for jobs without a dataset; in each section a grid of prompts (rows) by
+aspect ratio × resolution (columns). Failed, skipped and cancelled cells are cards with their
+status and reason. Every card shows its cell id, cost and latency (caption and tooltip).
+
+Thumbnails are cached under `.nbp/thumbs/{sha256}.jpg`, so a rerun does not download every
+full image again. Past `max_thumbnails` images, cards link to the image without a thumbnail
+(the page would otherwise grow without bound at catalog scale).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import polars as pl
+from PIL import Image
+
+from outputs.manifest import conform
+from outputs.sink import Sink
+from outputs.status import summarise
+
+GALLERY_NAME = "index.html"
+THUMB_DIR = ".nbp/thumbs"
+THUMB_PX = 256  # long side
+THUMB_QUALITY = 80
+MAX_THUMBNAILS = 2000
+THUMB_WORKERS = 8
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+Row = Mapping[str, Any]
+
+
+def write_gallery(
+    sink: Sink,
+    manifest: pl.DataFrame,
+    *,
+    title: str,
+    max_thumbnails: int = MAX_THUMBNAILS,
+) -> str:
+    """Render the manifest's cells to `{target}/index.html` (atomic); returns its URI."""
+    rows = conform(manifest).to_dicts()
+    wanted = [row for row in rows if _has_image(row)][:max_thumbnails]
+    with ThreadPoolExecutor(max_workers=THUMB_WORKERS) as pool:
+        made = pool.map(lambda row: _thumb(sink, row), wanted)
+        thumbs = dict(zip((row["cell_id"] for row in wanted), made, strict=True))
+    page = render_gallery(manifest, thumbs, title=title)
+    return sink.write_bytes(GALLERY_NAME, page.encode(), overwrite=True)
+
+
+def _has_image(row: Row) -> bool:
+    return row["status"] == "succeeded" and bool(row["output_path"])
+
+
+def _thumb(sink: Sink, row: Row) -> str | None:
+    """A `data:` URI of the cell's thumbnail, from the cache or the image; None if unreadable."""
+    sha = row["sha256"] or ""
+    cache = f"{THUMB_DIR}/{sha}.jpg" if _SHA256.fullmatch(sha) else None
+    data = sink.read_bytes(cache) if cache else None
+    if data is None:
+        try:
+            image = sink.read_bytes(row["output_path"])
+        except ValueError:  # an output_path that is not a safe relative path
+            return None
+        data = make_thumbnail(image) if image is not None else None
+        if data is None:
+            return None
+        if cache:
+            sink.write_bytes(cache, data, overwrite=True)
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode()
+
+
+def make_thumbnail(image: bytes, px: int = THUMB_PX) -> bytes | None:
+    """JPEG bytes at most `px` on the long side, or None when `image` does not decode."""
+    try:
+        with Image.open(io.BytesIO(image)) as img:
+            img.draft("RGB", (px, px))  # JPEG: decode at reduced size
+            img.thumbnail((px, px))
+            if img.mode in ("RGBA", "LA", "P"):
+                rgba = img.convert("RGBA")
+                flat = Image.new("RGB", rgba.size, "white")
+                flat.paste(rgba, mask=rgba.getchannel("A"))
+            else:
+                flat = img.convert("RGB")
+            out = io.BytesIO()
+            flat.save(out, "JPEG", quality=THUMB_QUALITY, optimize=True)
+            return out.getvalue()
+    except Exception:  # any undecodable or hostile file: no thumbnail, the card says so
+        return None
+
+
+# -- HTML --------------------------------------------------------------------------------------
+
+
+def render_gallery(manifest: pl.DataFrame, thumbs: Mapping[str, str | None], *, title: str) -> str:
+    """The page for `manifest`; `thumbs` maps cell_id to a thumbnail URI (absent: none)."""
+    rows = conform(manifest).to_dicts()
+    columns = _unique((row["aspect_ratio"], row["resolution"]) for row in rows)
+    parts = [_head(title), _summary(manifest, len(thumbs), title)]
+    for key, section in _sections(rows).items():
+        parts.append(_section(key, section, columns, thumbs))
+    parts.append("</body>\n</html>\n")
+    return "".join(parts)
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _unique(items: Iterable[Any]) -> list[Any]:
+    return list(dict.fromkeys(items))
+
+
+def _sections(rows: list[dict[str, Any]]) -> dict[int | None, list[dict[str, Any]]]:
+    """Rows grouped by dataset row: cells without one first, then rows in dataset order."""
+    sections: dict[int | None, list[dict[str, Any]]] = {}
+    for row in rows:
+        sections.setdefault(row["dataset_row"], []).append(row)
+    return dict(sorted(sections.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0)))
+
+
+def _head(title: str) -> str:
+    return (
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+    )
+
+
+def _summary(manifest: pl.DataFrame, thumbnails: int, title: str) -> str:
+    summary = summarise(manifest)
+    counts = [f"{summary.cells} cells"]
+    counts += [f"{n} {status}" for status, n in summary.by_status.items() if n]
+    counts.append(f"spend ${summary.spend_usd:.2f}")
+    meta = f"generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    if summary.jobs:
+        meta += f" · job {', '.join(summary.jobs)} · {summary.runs} run(s)"
+    if summary.succeeded > thumbnails:
+        meta += f" · thumbnails for the first {thumbnails} of {summary.succeeded} images"
+    return (
+        f"<header>\n<h1>{_e(title)}</h1>\n"
+        f'<p class="summary">{_e(" · ".join(counts))}</p>\n'
+        f'<p class="meta">{_e(meta)}</p>\n</header>\n'
+    )
+
+
+def _section(
+    key: int | None,
+    rows: list[dict[str, Any]],
+    columns: list[tuple[str, str]],
+    thumbs: Mapping[str, str | None],
+) -> str:
+    out = ['<section class="rows">\n']
+    if key is not None:
+        out.append(f'<h2 id="row-{key}">Dataset row {key}</h2>\n')
+        shared = _shared_vars(rows)
+        if shared:
+            items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in shared.items())
+            out.append(f'<dl class="vars">{items}</dl>\n')
+    out.append('<table class="grid">\n<thead><tr><th>prompt</th>')
+    out += [f"<th>{_e(ratio)} · {_e(res)}</th>" for ratio, res in columns]
+    out.append("</tr></thead>\n<tbody>\n")
+    grid: dict[tuple[str, str, str], list[str]] = {}
+    for row in rows:
+        key3 = (row["prompt"], row["aspect_ratio"], row["resolution"])
+        grid.setdefault(key3, []).append(_card(row, thumbs.get(row["cell_id"])))
+    for prompt in _unique(row["prompt"] for row in rows):
+        out.append(f'<tr><th class="prompt" title="{_e(prompt)}">{_e(prompt)}</th>')
+        out += [f"<td>{''.join(grid.get((prompt, *col), []))}</td>" for col in columns]
+        out.append("</tr>\n")
+    out.append("</tbody>\n</table>\n</section>\n")
+    return "".join(out)
+
+
+def _shared_vars(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Variables with one value across the section: the dataset row's columns (and fixed axes)."""
+    decoded = [_vars(row) for row in rows]
+    first = decoded[0]
+    return {k: v for k, v in first.items() if all(d.get(k, object()) == v for d in decoded[1:])}
+
+
+def _vars(row: Row) -> dict[str, Any]:
+    try:
+        value = json.loads(row["vars"] or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _card(row: Row, thumb: str | None) -> str:
+    status = row["status"] or "unknown"
+    facts = _facts(row)
+    tooltip = "\n".join([f"cell {row['cell_id']}", *facts])
+    caption = (
+        f'<figcaption><code>{_e(row["cell_id"][:12])}</code> {_e(" · ".join(facts[:2]))}'
+        "</figcaption>"
+    )
+    href = quote(row["output_path"]) if row["output_path"] else None
+    if status == "succeeded":
+        if thumb:
+            body = f'<img src="{_e(thumb)}" alt="{_e(row["prompt"])}" loading="lazy">'
+        else:
+            body = '<span class="nothumb">no thumbnail</span>'
+        if href:
+            body = f'<a href="{_e(href)}">{body}</a>'
+    else:
+        reason = ": ".join(str(x) for x in (row["error_code"], row["error_message"]) if x)
+        body = (
+            f'<div class="reason"><strong>{_e(status)}</strong>'
+            f"<span>{_e(reason or 'no reason recorded')}</span></div>"
+        )
+    css = _e(status if status in ("succeeded", "failed", "skipped", "cancelled") else "unknown")
+    return (
+        f'<figure class="card {css}" id="cell-{_e(row["cell_id"])}" title="{_e(tooltip)}">'
+        f"{body}{caption}</figure>"
+    )
+
+
+def _facts(row: Row) -> list[str]:
+    """Cost and latency first (the caption shows those two), then details for the tooltip."""
+    cost = row["cost_usd"]
+    latency = row["latency_s"]
+    facts = [
+        f"${cost:.3f}" if cost is not None else "$ –",
+        f"{latency:.1f} s" if latency is not None else "– s",
+    ]
+    if row["width"] and row["height"]:
+        facts.append(f"{row['width']}×{row['height']}")
+    for label, key in (("provider", "provider"), ("replicate", "replicate"),
+                       ("attempts", "attempts"), ("task", "remote_task_id")):
+        if row[key] is not None:
+            facts.append(f"{label} {row[key]}")
+    return facts
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#222;background:#fafafa}
+h1{margin:0 0 .25rem;font-size:1.4rem}h2{font-size:1.1rem;margin:2rem 0 .25rem}
+.summary{font-weight:600;margin:.25rem 0}.meta{color:#666;margin:0 0 1rem}
+dl.vars{display:flex;flex-wrap:wrap;gap:.25rem 1rem;margin:.25rem 0 .75rem}
+dl.vars dt{font-weight:600}dl.vars dt::after{content:":"}dl.vars dd{margin:0}
+table.grid{border-collapse:collapse}
+table.grid th,table.grid td{border:1px solid #ddd;padding:.4rem;vertical-align:top}
+table.grid thead th{background:#eee;white-space:nowrap}
+th.prompt{max-width:16rem;font-weight:400;text-align:left;font-size:12px;
+overflow:hidden;display:-webkit-box;-webkit-line-clamp:8;-webkit-box-orient:vertical}
+.card{display:inline-block;margin:.2rem;width:264px;vertical-align:top}
+.card img{display:block;max-width:256px;max-height:256px;margin:auto}
+.card figcaption{font-size:11px;color:#555;margin-top:.2rem}
+.card .reason{height:8rem;overflow:auto;padding:.5rem;border-radius:4px;font-size:12px}
+.card .reason strong{display:block;text-transform:uppercase;margin-bottom:.25rem}
+.failed .reason{background:#fde8e8;color:#8a1c1c;border:1px solid #f5b5b5}
+.cancelled .reason,.skipped .reason,.unknown .reason{background:#eee;color:#444;
+border:1px solid #ccc}
+.nothumb{display:block;padding:2rem .5rem;text-align:center;background:#eee;color:#666}
+"""

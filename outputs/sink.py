@@ -1,0 +1,186 @@
+"""One job target on any fsspec filesystem: atomic writes, no clobbering, no escaping the root.
+
+    sink = Sink("s3://bucket/runs/spring", {"anon": False})
+    sink.write_bytes("sku-1/4_5_1K.png", data, overwrite=False)   # -> "s3://bucket/runs/..."
+
+Atomicity, by filesystem:
+- local disk: the bytes go to a hidden temp file in the destination folder, are fsynced, then
+  renamed into place (`os.replace`; `os.link` when the file must not exist yet, which fails
+  atomically if another writer got there first). A reader sees the old file or the new one.
+- object stores (s3, gcs, azure, memory, ...): one `pipe_file`, i.e. a single PUT, which the
+  store commits whole; `mode="create"` makes "do not overwrite" a server-side precondition
+  (S3 `If-None-Match: *`) where the store has one, and an exists-check where it has not.
+  On s3 and gcs the PUT carries a Content-Type, so index.html opens in a browser.
+
+Relative paths are checked, not rewritten: templated paths are made safe upstream by
+`outputs.paths.sanitise_relative_path`; here anything that could leave the target (`..`,
+absolute paths, URLs, backslashes) is refused with `ValueError`. All methods are synchronous
+and thread-safe (the runner calls them through `asyncio.to_thread`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mimetypes
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec.core
+from fsspec.implementations.local import LocalFileSystem
+
+TEMP_MARKER = ".nbp-tmp-"  # in every temp file name; never ends in a real extension
+
+
+class Sink:
+    """A target folder (`target` is any fsspec URL or local path) seen through fsspec."""
+
+    def __init__(self, target: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        if not target:
+            raise ValueError("empty output target")
+        self.target = target
+        fs, root = fsspec.core.url_to_fs(target, **dict(storage_options or {}))
+        self.fs: Any = fs
+        self.root: str = root.rstrip("/") or root
+        self.local = isinstance(fs, LocalFileSystem)
+
+    def __repr__(self) -> str:  # storage options may hold credentials: never shown
+        return f"Sink({self.target!r})"
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def path(self, rel: str) -> str:
+        """The filesystem path (no protocol) of `rel`, after checking it stays inside the root."""
+        check_relative(rel)
+        return f"{self.root}/{rel}" if self.root != "/" else f"/{rel}"
+
+    def uri(self, rel: str) -> str:
+        """Full location of `rel`: an absolute path for local targets, else a URL (`s3://...`)."""
+        path = self.path(rel)
+        return path if self.local else str(self.fs.unstrip_protocol(path))
+
+    # -- bytes -------------------------------------------------------------------------------
+
+    def write_bytes(self, rel: str, data: bytes, *, overwrite: bool) -> str:
+        """Write `data` at `rel` atomically; returns `uri(rel)`.
+
+        Raises FileExistsError when `overwrite` is false and the file exists (also when another
+        writer creates it concurrently, on local disks and stores with conditional writes).
+        """
+        path = self.path(rel)
+        if self.local:
+            _write_local(path, data, overwrite=overwrite)
+            return self.uri(rel)
+        extra = self._content_type(rel)
+        if overwrite:
+            self.fs.pipe_file(path, data, **extra)
+        else:
+            self.fs.pipe_file(path, data, mode="create", **extra)
+        return self.uri(rel)
+
+    def _content_type(self, rel: str) -> dict[str, str]:
+        """Content-Type for stores that serve files over HTTP, so a browser opens index.html
+        from the bucket instead of downloading it (the default is binary/octet-stream)."""
+        kind = mimetypes.guess_type(rel)[0]
+        if kind is None:
+            return {}
+        if kind.startswith("text/"):
+            kind += "; charset=utf-8"
+        protocol = self.fs.protocol
+        protocols = {protocol} if isinstance(protocol, str) else set(protocol)
+        if protocols & {"s3", "s3a"}:
+            return {"ContentType": kind}
+        if protocols & {"gs", "gcs"}:
+            return {"content_type": kind}
+        return {}
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        """The content of `rel`, or None when there is no such file."""
+        try:
+            data: bytes = self.fs.cat_file(self.path(rel))
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        return data
+
+    def exists(self, rel: str) -> bool:
+        return bool(self.fs.exists(self.path(rel)))
+
+    def delete(self, rel: str) -> None:
+        """Remove `rel`; a missing file is not an error."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(rel))
+
+    # -- JSON --------------------------------------------------------------------------------
+
+    def put_json(self, rel: str, obj: Any) -> None:
+        """Write `obj` as JSON at `rel` (atomic, replaces any previous version)."""
+        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        self.write_bytes(rel, data, overwrite=True)
+
+    def get_json(self, rel: str) -> Any | None:
+        data = self.read_bytes(rel)
+        return None if data is None else json.loads(data)
+
+    def list_json(self, rel_dir: str) -> list[Any]:
+        """Every `*.json` file under `rel_dir` (recursively), parsed, in path order.
+
+        One listing plus one batched read (`fs.cat` fetches concurrently on object stores), so
+        thousands of journal entries cost a few round trips, not thousands. Files that vanish
+        between listing and reading are skipped; a missing folder gives [].
+        """
+        base = self.path(rel_dir)
+        self.fs.invalidate_cache(base)  # another process may have added entries since
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        names = sorted(p for p in found if p.endswith(".json") and TEMP_MARKER not in p)
+        if not names:
+            return []
+        contents: Mapping[str, bytes] = self.fs.cat(names, on_error="omit")
+        return [json.loads(contents[name]) for name in names if name in contents]
+
+
+def check_relative(rel: str) -> None:
+    """Refuse any relative path that is empty, absolute, a URL or could climb out of the root."""
+    if not rel or rel.startswith("/") or "\\" in rel or "\0" in rel or "://" in rel:
+        raise ValueError(f"not a safe relative path: {rel!r}")
+    if any(part in ("", ".", "..") for part in rel.split("/")):
+        raise ValueError(f"not a safe relative path: {rel!r}")
+    if ":" in rel.split("/", 1)[0]:  # "C:" drive letters, "s3:" without slashes
+        raise ValueError(f"not a safe relative path: {rel!r}")
+
+
+def _write_local(path: str, data: bytes, *, overwrite: bool) -> None:
+    """Temp file in the same folder + fsync + rename: the final name only ever holds whole files."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(path)
+    temp = os.path.join(folder, f".{name}{TEMP_MARKER}{uuid.uuid4().hex}")
+    try:
+        with open(temp, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            _link_exclusive(temp, path)
+    finally:
+        if os.path.lexists(temp):
+            os.unlink(temp)
+
+
+def _link_exclusive(temp: str, path: str) -> None:
+    """Give `temp` the name `path` unless `path` exists (atomically where hard links exist)."""
+    try:
+        os.link(temp, path)  # FileExistsError if another writer won the race
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this filesystem: best effort
+        if os.path.lexists(path):
+            raise FileExistsError(path) from None
+        os.replace(temp, path)

@@ -1,0 +1,125 @@
+"""`nbp status TARGET`: what a job's manifest says, in a few lines.
+
+    summary = summarise(read_manifest(Sink(target)))
+    print(render_status(summary))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from outputs.manifest import STATUSES, conform
+
+MAX_FAILURE_GROUPS = 10
+MAX_MESSAGE_CHARS = 200
+EXAMPLE_CELLS = 3
+PERCENTILES = (0.5, 0.9, 0.99)
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """Cells that did not succeed for the same reason."""
+
+    status: str
+    error_code: str | None
+    error_message: str | None
+    count: int
+    cell_ids: tuple[str, ...]  # a few examples
+
+
+@dataclass(frozen=True)
+class Summary:
+    cells: int
+    by_status: dict[str, int]  # every status in STATUSES (0 when absent), then any others
+    spend_usd: float
+    jobs: tuple[str, ...] = ()
+    runs: int = 0
+    by_provider: dict[str, int] = field(default_factory=dict)
+    latency_s: dict[str, float] = field(default_factory=dict)  # "p50", "p90", "p99", "max"
+    failures: tuple[FailureGroup, ...] = ()  # largest group first, at most MAX_FAILURE_GROUPS
+    failure_groups: int = 0  # groups in total (more than `failures` holds when truncated)
+
+    @property
+    def succeeded(self) -> int:
+        return self.by_status.get("succeeded", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.by_status.get("failed", 0)
+
+
+def summarise(df: pl.DataFrame) -> Summary:
+    """Cells by status and provider, spend, latency percentiles of succeeded cells, and the
+    reasons of every cell that did not succeed, grouped by (status, error_code, message)."""
+    df = conform(df)
+    counts = dict(df.group_by("status").len().iter_rows())
+    by_status = {status: int(counts.pop(status, 0)) for status in STATUSES}
+    by_status.update({str(k): int(v) for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))})
+    providers = df.filter(pl.col("provider").is_not_null()).group_by("provider").len()
+    groups = _failure_groups(df)
+    return Summary(
+        cells=df.height,
+        by_status=by_status,
+        spend_usd=float(df["cost_usd"].fill_null(0.0).sum()),
+        jobs=tuple(sorted(df["job"].drop_nulls().unique().to_list())),
+        runs=df["run_id"].drop_nulls().n_unique(),
+        by_provider=dict(sorted(providers.iter_rows())),
+        latency_s=_latency(df),
+        failures=tuple(groups[:MAX_FAILURE_GROUPS]),
+        failure_groups=len(groups),
+    )
+
+
+def _latency(df: pl.DataFrame) -> dict[str, float]:
+    values = df.filter(pl.col("status") == "succeeded")["latency_s"].drop_nulls()
+    if values.is_empty():
+        return {}
+    out = {f"p{round(q * 100)}": _number(values.quantile(q, "linear")) for q in PERCENTILES}
+    out["max"] = _number(values.max())
+    return out
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _failure_groups(df: pl.DataFrame) -> list[FailureGroup]:
+    keys = ["status", "error_code", "error_message"]
+    grouped = (
+        df.filter(pl.col("status") != "succeeded")
+        .group_by(keys)
+        .agg(pl.len().alias("count"), pl.col("cell_id").head(EXAMPLE_CELLS).alias("cells"))
+        .sort(["count", *keys], descending=[True, False, False, False], nulls_last=True)
+    )
+    return [
+        FailureGroup(row["status"], row["error_code"], row["error_message"], row["count"],
+                     tuple(row["cells"]))
+        for row in grouped.iter_rows(named=True)
+    ]
+
+
+def render_status(summary: Summary) -> str:
+    """Plain text for a terminal: one fact per line, reasons indented under their count."""
+    statuses = ", ".join(f"{n} {status}" for status, n in summary.by_status.items() if n)
+    lines = [f"{summary.cells} cells: {statuses or 'none'}"]
+    if summary.jobs:
+        lines.append(f"job: {', '.join(summary.jobs)} ({summary.runs} run(s))")
+    lines.append(f"spend: ${summary.spend_usd:.2f}")
+    if summary.by_provider:
+        lines.append("providers: " + ", ".join(f"{p} {n}" for p, n in summary.by_provider.items()))
+    if summary.latency_s:
+        lines.append("latency: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.latency_s.items()))
+    if summary.failures:
+        lines.append("not succeeded:")
+        for group in summary.failures:
+            reason = ": ".join(x for x in (group.error_code, group.error_message) if x)
+            if len(reason) > MAX_MESSAGE_CHARS:
+                reason = reason[: MAX_MESSAGE_CHARS - 1] + "…"
+            lines.append(f"  {group.count:>6} {group.status}  {reason or '(no reason recorded)'}")
+            lines.append(f"         e.g. {', '.join(group.cell_ids)}")
+        hidden = summary.failure_groups - len(summary.failures)
+        if hidden > 0:
+            lines.append(f"  ... and {hidden} more reason(s)")
+    return "\n".join(lines)

@@ -1,0 +1,438 @@
+"""Runware adapter: `google:4@2` (Nano Banana Pro) through Runware's task-array API.
+
+    POST {base}  [{"taskType": "imageInference", "taskUUID": <uuid4>, ...}]   -> ack item
+    POST {base}  [{"taskType": "getResponse", "taskUUID": <uuid4>}]           -> status items
+    POST {base}  [{"taskType": "imageUpload", "taskUUID": <uuid4>, "image": <data URI>}]
+
+Bearer auth; every answer is `{"data": [...]}` and/or `{"errors": [...]}` with the HTTP status
+of the failure category. The client names each task (`taskUUID`), so nbp derives it from the
+request's idempotency key: a create whose answer was lost is found again with `getResponse`
+(`recover`), and a re-sent create is refused by Runware as a duplicate instead of being billed
+twice. Sources: seeds/runware.txt (S2), protocols.md §3 and §7, runware.ai/docs (RD).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import httpx
+import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
+
+from providers import http
+from providers.adapter import HttpAdapter
+from providers.base import (
+    Capabilities,
+    Finished,
+    ImageRequest,
+    Pending,
+    ProviderSettings,
+    Reference,
+    ResultImage,
+    Submitted,
+)
+from providers.errors import (
+    AuthError,
+    ContentRejected,
+    InsufficientBalance,
+    LimitExceeded,
+    RateLimited,
+    Rejected,
+    TaskFailed,
+    TaskNotFound,
+    TransientError,
+)
+from providers.model import ASPECT_RATIOS, OUTPUT_FORMATS, PIXEL_SIZES, RESOLUTIONS
+
+# -- documented constants (seeds/runware.txt = S2, protocols.md §3) -----------------------
+MODEL_ID = "google:4@2"
+API_KEY_ENV = "RUNWARE_API_KEY"
+MIN_PROMPT_CHARS, MAX_PROMPT_CHARS = 3, 45_000      # S2 positivePrompt
+MAX_REFERENCES = 14                                 # S2 inputs.referenceImages 1..14
+WIRE_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPG", "webp": "WEBP"}  # S2 outputFormat
+PRICES_USD: dict[str, float] = {"1K": 0.138, "2K": 0.138, "4K": 0.244}       # §3.8 / RD
+PRICE_PER_REFERENCE_USD = 0.0011  # §3.8 [I]: S2 shows 0.1424 for 2K with 4 references
+# Runware's supported width x height pairs (RD model page, "Compatibility & Validation"). They
+# are Google's sizes (protocols.md §7) except 1K 21:9, which Runware lists as 1548x672 while
+# the model returns 1584x672. Runware validates against its own list, so nbp sends 1548x672
+# and expects a 1584x672 image. Runware lists 4K 3:2 / 2:3 twice (5096 and 5056); nbp sends
+# Google's 5056, which is listed too.
+WIRE_DIMENSIONS: dict[tuple[str, str], tuple[int, int]] = {
+    **PIXEL_SIZES, ("21:9", "1K"): (1548, 672),
+}
+# providerSettings.google.safetyTolerance: RD lists 5 values, default "none", "off" = Google's
+# defaults; "none" and "off" also appear in public clients. The other three are inferred from
+# Google's HarmBlockThreshold (BLOCK_LOW_AND_ABOVE / MEDIUM_AND_ABOVE / ONLY_HIGH) [I].
+SAFETY_TOLERANCES: tuple[str, ...] = ("none", "low", "medium", "high", "off")
+DELIVERY_METHODS: tuple[str, ...] = ("sync", "async")  # S2 deliveryMethod
+DEFAULT_DELIVERY = "async"
+SYNC_TIMEOUT_S = 300.0        # RP: the SDK waits up to 300 s for an image inference
+INLINE_MAX_BYTES = 1_000_000  # local references up to ~1 MB go inline as data URIs
+PROCESSING, SUCCESS, ERROR = "processing", "success", "error"  # getResponse `status` (§3.3)
+
+# Error `code`s (RD platform/errors; others seen in public clients, marked [I]).
+AUTH_CODES = frozenset({"invalidApiKey"})
+BALANCE_CODES = frozenset({"insufficientCredits"})                      # [I]
+RATE_CODES = frozenset({"providerRateLimitExceeded", "queueCapacityExceeded"})  # RD google / [I]
+TRANSIENT_CODES = frozenset({"timeoutProvider", "serviceUnavailable", "timeoutQueue"})
+NOT_FOUND_CODES = frozenset({"taskNotFound"})                           # [I]
+# Runware documents no moderation code; public clients handling Runware's Google models
+# match `invalidProviderContent` ("Invalid content detected") [I].
+CONTENT_CODES = frozenset({"invalidProviderContent", "invalidContent"})
+DUPLICATE_CODE = "duplicateTaskUUID"  # [I] a taskUUID the account already used
+UUID_V4 = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.IGNORECASE
+)
+
+OPTION_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "settings": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "systemPrompt": {"type": "string", "minLength": 1, "maxLength": 50_000},
+                "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+                "topP": {"type": "number", "minimum": 0, "maximum": 1},
+            },
+        },
+        "providerSettings": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "google": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "safetyTolerance": {"enum": list(SAFETY_TOLERANCES)},
+                        "webSearch": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+        "numberResults": {"type": "integer", "minimum": 1, "maximum": 20},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+        "outputQuality": {"type": "integer", "minimum": 20, "maximum": 99},
+        "deliveryMethod": {"enum": list(DELIVERY_METHODS)},
+        "safety": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "checkContent": {"type": "boolean"},
+                "mode": {"enum": ["none", "fast"]},
+            },
+        },
+        "ttl": {"type": "integer", "minimum": 60},
+        "includeCost": {"type": "boolean"},
+    },
+}
+
+
+class RunwareProvider(HttpAdapter):
+    """Nano Banana Pro via Runware (`runware`). Local references go inline as data URIs, or
+    through `imageUpload` (once per content) when larger than `INLINE_MAX_BYTES`."""
+
+    name: ClassVar[str] = "runware"
+    default_base_url: ClassVar[str] = "https://api.runware.ai/v1"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        aspect_ratios=ASPECT_RATIOS,
+        resolutions=RESOLUTIONS,
+        output_formats=OUTPUT_FORMATS,
+        max_prompt_chars=MAX_PROMPT_CHARS,
+        min_prompt_chars=MIN_PROMPT_CHARS,
+        max_references=MAX_REFERENCES,
+        reference_delivery="upload",
+        recoverable_submit=True,  # taskUUID is ours: getResponse finds a lost create
+        can_cancel=False,         # no cancel task documented
+        prices_usd=PRICES_USD,
+        default_rate=None,        # "no hard rate limits", fair queue (§3.6)
+        default_max_in_flight=50,
+        poll_interval_s=1.5,      # RD task-polling: start with 1-2 s, back off
+        option_schema=OPTION_SCHEMA,
+        env_vars=(API_KEY_ENV,),
+    )
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        super().__init__(settings)
+        self._uploads: dict[str, str] = {}  # sha256 of content -> imageUUID
+        self._upload_locks: dict[str, asyncio.Lock] = {}
+
+    async def submit(self, request: ImageRequest) -> Submitted:
+        self.check_limits(request)
+        check_options(request.options)
+        seed = request_seed(request)
+        headers = self._auth_headers()
+        task_uuid = task_uuid_for(request.idempotency_key)
+        references = [await self._reference(ref) for ref in request.references]
+        task = wire_task(request, task_uuid, references, seed)
+        sync = task["deliveryMethod"] == "sync"
+        response = await http.send(
+            self.client, "POST", self.base_url, creates_task=True, json=[task],
+            headers=headers, timeout=_sync_timeout() if sync else httpx.USE_CLIENT_DEFAULT,
+        )
+        body = http.json_body(response)
+        if _has_error_code(body, task_uuid, DUPLICATE_CODE):
+            # Our earlier create with this taskUUID got through: it is the same task.
+            return Submitted(self.name, task_uuid, {"resent": "true"})
+        items = self._task_items(response, body, task_uuid)
+        if not sync:
+            return Submitted(self.name, task_uuid)
+        outcome = outcome_of(items)
+        if isinstance(outcome, Pending):
+            return Submitted(self.name, task_uuid)
+        return Submitted(self.name, task_uuid, finished=outcome)
+
+    async def poll(self, submitted: Submitted) -> Pending | Finished:
+        items = await self._get_response(submitted.task_id)
+        if not items:
+            raise TaskNotFound(f"runware: no task {submitted.task_id} on this account")
+        return outcome_of(items)
+
+    async def recover(self, request: ImageRequest) -> Submitted | None:
+        """The task an earlier submit of `request` created, found by its derived taskUUID."""
+        if not request.idempotency_key:
+            return None
+        task_uuid = task_uuid_for(request.idempotency_key)
+        try:
+            items = await self._get_response(task_uuid)
+        except TaskNotFound:
+            return None
+        return Submitted(self.name, task_uuid) if items else None
+
+    # -- wire helpers -----------------------------------------------------------------------
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.require_credential(API_KEY_ENV)}"}
+
+    async def _get_response(self, task_uuid: str) -> list[Mapping[str, Any]]:
+        task = {"taskType": "getResponse", "taskUUID": task_uuid}
+        response = await http.send(
+            self.client, "POST", self.base_url, json=[task], headers=self._auth_headers()
+        )
+        return self._task_items(response, http.json_body(response), task_uuid)
+
+    def _task_items(
+        self, response: httpx.Response, body: Any, task_uuid: str
+    ) -> list[Mapping[str, Any]]:
+        """This task's items (data and failed generations), after request-level errors."""
+        raise_for_errors(response, body, task_uuid)
+        data = body.get("data") if isinstance(body, Mapping) else None
+        if isinstance(data, Mapping):  # some pages show `data` as one object, not an array
+            data = [data]
+        return [
+            item for item in [*(data or []), *_errors_of(body)]
+            if isinstance(item, Mapping) and item.get("taskUUID") == task_uuid
+        ]
+
+    async def _reference(self, ref: Reference) -> str:
+        """The string Runware takes for a reference: URL, data URI, or an imageUUID."""
+        if ref.data is None:
+            if ref.is_url or ref.uri.startswith("data:") or UUID_V4.match(ref.uri):
+                return ref.uri
+            raise LimitExceeded(
+                f"runware: reference {ref.uri!r} is neither a URL nor local content"
+            )
+        if len(ref.data) <= INLINE_MAX_BYTES:
+            return data_uri(ref.data, ref.mime_type)
+        digest = hashlib.sha256(ref.data).hexdigest()
+        lock = self._upload_locks.setdefault(digest, asyncio.Lock())
+        async with lock:  # cells sharing a product photo wait for one upload
+            if digest not in self._uploads:
+                self._uploads[digest] = await self._upload(ref)
+            return self._uploads[digest]
+
+    async def _upload(self, ref: Reference) -> str:
+        """`imageUpload` (§3.4): the imageUUID to use in referenceImages."""
+        assert ref.data is not None
+        task_uuid = str(uuid.uuid4())
+        task = {
+            "taskType": "imageUpload", "taskUUID": task_uuid,
+            "image": data_uri(ref.data, ref.mime_type),
+        }
+        response = await http.send(
+            self.client, "POST", self.base_url, json=[task], headers=self._auth_headers()
+        )
+        items = self._task_items(response, http.json_body(response), task_uuid)
+        for item in items:
+            if item.get("status") == ERROR:
+                raise task_failure(item)
+            image_uuid = item.get("imageUUID")
+            if isinstance(image_uuid, str) and image_uuid:
+                return image_uuid
+        raise TransientError(f"runware: imageUpload of {ref.filename!r} returned no imageUUID")
+
+
+def wire_task(
+    request: ImageRequest, task_uuid: str, references: Sequence[str], seed: int | None
+) -> dict[str, Any]:
+    """The imageInference task for `request` (S2 request parameters, field by field).
+
+    Size goes as width+height from Runware's list (never `resolution` too: they exclude each
+    other); the request's resolution is what that pair encodes.
+    """
+    options = request.options
+    width, height = WIRE_DIMENSIONS[(request.aspect_ratio, request.resolution)]
+    task: dict[str, Any] = {
+        "taskType": "imageInference",
+        "taskUUID": task_uuid,
+        "model": MODEL_ID,
+        "positivePrompt": request.prompt,
+        "width": width,
+        "height": height,
+        "outputType": "URL",
+        "outputFormat": WIRE_FORMATS[request.output_format],
+        "numberResults": 1,
+        "includeCost": options.get("includeCost", True),
+        "deliveryMethod": options.get("deliveryMethod", DEFAULT_DELIVERY),
+    }
+    if references:
+        task["inputs"] = {"referenceImages": list(references)}
+    if seed is not None:
+        task["seed"] = seed
+    for key in ("outputQuality", "ttl", "safety", "settings", "providerSettings"):
+        if key in options:
+            task[key] = options[key]
+    return task
+
+
+def check_options(options: Mapping[str, Any]) -> None:
+    """`LimitExceeded` naming every option `OPTION_SCHEMA` (or nbp) rejects."""
+    validator = jsonschema.Draft202012Validator(OPTION_SCHEMA)
+    problems: list[str] = []
+    for error in sorted(validator.iter_errors(dict(options)), key=lambda e: e.json_path):
+        path = ["options.runware", *(str(p) for p in error.absolute_path)]
+        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+            known = error.schema.get("properties", {})
+            for extra in sorted(set(error.instance) - set(known)):
+                accepted = ", ".join(known) or "none"
+                where = ".".join([*path, extra])
+                problems.append(f"{where}: unknown option (accepted: {accepted})")
+        else:
+            problems.append(f"{'.'.join(path)}: {error.message}")
+    if not problems and options.get("numberResults", 1) != 1:
+        problems.append(
+            "options.runware.numberResults: nbp makes one image per cell, so only 1 is "
+            "supported (use `repeat` in the spec for more images)"
+        )
+    if problems:
+        raise LimitExceeded(f"runware: invalid provider options: {'; '.join(problems)}")
+
+
+def request_seed(request: ImageRequest) -> int | None:
+    """The seed to send: the neutral one, or `options.runware.seed`; both must agree."""
+    option = request.options.get("seed")
+    if request.seed is not None and option is not None and option != request.seed:
+        raise LimitExceeded(
+            f"runware: seed {request.seed} and options.runware.seed {option} disagree"
+        )
+    seed = request.seed if request.seed is not None else option
+    if seed is not None and not 0 <= seed <= 2**63 - 1:
+        raise LimitExceeded(f"runware: seed must be in 0..2^63-1, got {seed}")
+    return seed
+
+
+def task_uuid_for(idempotency_key: str | None) -> str:
+    """A UUID v4-shaped taskUUID: derived from the idempotency key (same cell and attempt,
+    same task), random without one."""
+    if not idempotency_key:
+        return str(uuid.uuid4())
+    digest = hashlib.sha256(f"nbp-runware:{idempotency_key}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+def data_uri(data: bytes, mime_type: str) -> str:
+    return f"data:{mime_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def outcome_of(items: Sequence[Mapping[str, Any]]) -> Pending | Finished:
+    """Where one task is, from its items: a failed generation raises, any success finishes,
+    otherwise it is still processing. Sync items carry no `status`: they are results."""
+    for item in items:
+        if item.get("status") == ERROR or "code" in item:
+            raise task_failure(item)
+    done = [item for item in items if item.get("status", SUCCESS) == SUCCESS]
+    if not done:
+        return Pending(state=str(items[0].get("status") or PROCESSING))
+    images = tuple(image for item in done if (image := _image_of(item)) is not None)
+    if not images:
+        raise TaskFailed("runware: task succeeded but returned no image", code="no_image")
+    costs = [float(c) for item in done if isinstance(c := item.get("cost"), int | float)]
+    return Finished(images=images, cost_usd=round(sum(costs), 6) if costs else None)
+
+
+def _image_of(item: Mapping[str, Any]) -> ResultImage | None:
+    url = item.get("imageURL")
+    if isinstance(url, str) and url:
+        return ResultImage(url=url)
+    for key in ("imageBase64Data", "imageDataURI"):  # other outputTypes (RP types.py)
+        value = item.get(key)
+        if isinstance(value, str) and value:
+            return ResultImage(data=base64.b64decode(value.split(",", 1)[-1]))
+    return None
+
+
+def task_failure(item: Mapping[str, Any]) -> TaskFailed:
+    """The exception for a failed generation (`status: error` item in `errors`)."""
+    code = str(item.get("code") or ERROR)
+    text = f"runware: {item.get('message') or 'the task failed'} ({code})"
+    if code in CONTENT_CODES:
+        return ContentRejected(text, code=code)
+    return TaskFailed(text, code=code)
+
+
+def raise_for_errors(response: httpx.Response, body: Any, task_uuid: str) -> None:
+    """Translate Runware's request-level error signals into `providers.errors`.
+
+    The one place where Runware's `errors[].code`s and HTTP statuses are read. Failed
+    generations (`status: "error"` items of this task) are task outcomes, left to the
+    caller; errors of other tasks in the same array are not ours (RD errors: per task).
+    """
+    status = response.status_code
+    mine = [
+        e for e in _errors_of(body)
+        if e.get("status") != ERROR and e.get("taskUUID") in (None, task_uuid)
+    ]
+    if not mine and status < 400:
+        return
+    error = mine[0] if mine else {}
+    code = str(error.get("code") or "") or None
+    message = f"runware: {error.get('message') or f'HTTP {status}'}"
+    if code:
+        message = f"{message} ({code})"
+    retry_after = http.parse_retry_after(response.headers.get("Retry-After"))
+    key: str | int = code or status
+    if code in AUTH_CODES or status in (401, 403):
+        raise AuthError(message, code=key)
+    if code in BALANCE_CODES or status == 402:
+        raise InsufficientBalance(message, code=key)
+    if code in RATE_CODES or status == 429:
+        raise RateLimited(message, code=key, retry_after=retry_after)
+    if code in CONTENT_CODES:
+        raise ContentRejected(message, code=key)
+    if code in NOT_FOUND_CODES or status == 404:
+        raise TaskNotFound(message, code=key)
+    if code in TRANSIENT_CODES or status >= 500 or status in (408, 409, 425):
+        raise TransientError(message, code=key)
+    raise Rejected(message, code=key)
+
+
+def _errors_of(body: Any) -> list[Mapping[str, Any]]:
+    errors = body.get("errors") if isinstance(body, Mapping) else None
+    return [e for e in errors or [] if isinstance(e, Mapping)]
+
+
+def _has_error_code(body: Any, task_uuid: str, code: str) -> bool:
+    return any(
+        e.get("code") == code and e.get("taskUUID") in (None, task_uuid) for e in _errors_of(body)
+    )
+
+
+def _sync_timeout() -> httpx.Timeout:
+    return httpx.Timeout(SYNC_TIMEOUT_S, connect=10.0)

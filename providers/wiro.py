@@ -1,0 +1,339 @@
+"""Wiro adapter for `google/nano-banana-pro` (protocols.md §1, seed wiro.txt).
+
+Wire format in one paragraph: `POST /Run/google/nano-banana-pro` with JSON (only URLs) or
+multipart/form-data (local files, repeated `inputImage` field) answers `{result, errors,
+taskid, socketaccesstoken}`; `POST /Task/Detail {"taskid"}` returns a `tasklist` whose
+fields are all strings; the task is over only at `task_postprocess_end` (success iff
+`pexit == "0"` with outputs) or `task_cancel`. Errors come back HTTP 200 with
+`result:false` and a numeric code, except auth (HTTP 401) and rate limiting (HTTP 429).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import httpx
+import jsonschema
+
+from providers import http
+from providers.adapter import HttpAdapter
+from providers.base import (
+    Capabilities,
+    Finished,
+    ImageRequest,
+    Pending,
+    ResultImage,
+    Submitted,
+)
+from providers.errors import (
+    AuthError,
+    ContentRejected,
+    InsufficientBalance,
+    LimitExceeded,
+    RateLimited,
+    Rejected,
+    SubmitUncertain,
+    TaskFailed,
+    TaskNotFound,
+    TransientError,
+)
+from providers.model import ASPECT_RATIOS, RESOLUTIONS
+
+# -- documented constants (protocols.md §1; WD = github wiroai/Wiro-Docs markdown/) ----------
+
+DOCUMENTED_BASE_URL = "https://api.wiro.ai/v1"
+MODEL_OWNER, MODEL_PROJECT = "google", "nano-banana-pro"
+RUN_PATH = f"/Run/{MODEL_OWNER}/{MODEL_PROJECT}"
+DETAIL_PATH = "/Task/Detail"
+CANCEL_PATH = "/Task/Cancel"
+KILL_PATH = "/Task/Kill"
+UPLOAD_PATH = "/File/Upload"
+
+API_KEY_ENV, API_SECRET_ENV = "WIRO_API_KEY", "WIRO_API_SECRET"
+
+# Seed inputs: `aspectRatio` select (default match_input_image), `resolution` 1K|2K|4K,
+# `inputImage` combinefileinput "up to 14 reference images" (seed, protocols.md §1.2).
+MATCH_INPUT_IMAGE = "match_input_image"
+WIRE_ASPECT_RATIOS: tuple[str, ...] = (MATCH_INPUT_IMAGE, *ASPECT_RATIOS)
+MAX_REFERENCES = 14
+# Wiro documents no prompt limit (seed: `textarea`); the longest prompt another reseller
+# documents for this same model is Runware's 45000 characters (protocols.md §3.2).
+MAX_PROMPT_CHARS = 45_000
+# Wiro returns the model's PNG (seed outputs `0.png`, `image/png`); no output-format input.
+OUTPUT_FORMATS: tuple[str, ...] = ("png",)
+# Price unpublished (protocols.md §1.7, §8): Google's standard price as the estimate (§6.4).
+ESTIMATED_PRICES_USD: dict[str, float] = {"1K": 0.134, "2K": 0.134, "4K": 0.24}
+# Concurrency = max(1, floor(balance_usd * 0.10)) up to $250 of balance, unlimited above
+# (protocols.md §1.5, WD concurrency-limits.md): 10 in flight is what a $100 balance allows.
+DEFAULT_MAX_IN_FLIGHT = 10
+POLL_INTERVAL_S = 3.0  # "start at 3 seconds" (WD concurrency-limits.md, protocols.md §1.3)
+
+# Task statuses (protocols.md §1.3, WD tasks.md). Only these two end a task; `task_end`
+# and `task_error` (a stderr log event) are not terminal.
+STATE_DONE = "task_postprocess_end"
+STATE_CANCELLED = "task_cancel"
+TASK_LIFECYCLE: tuple[str, ...] = (
+    "task_queue", "task_accept", "task_preprocess_start", "task_preprocess_end",
+    "task_assign", "task_start", "task_output", "task_output_full", "task_end",
+    "task_postprocess_start", STATE_DONE,
+)
+
+# Body error codes (protocols.md §1.2, WD error-reference.md).
+CODE_GENERAL = 0       # validation, server and general errors
+CODE_NOT_FOUND = 1     # not found / not accessible / not cancellable
+CODE_CONCURRENCY = 96  # concurrent task limit reached: retry after a task ends
+CODE_BALANCE = 97      # insufficient balance (minimum $0.50)
+CODE_SIGN_IN = 98      # sign in required
+CODE_TOKEN = 99        # bearer token missing, invalid or expired
+NO_TASK_MESSAGE = "There is no task yet."
+# Code-0 messages WD error-reference.md lists as request or account problems: never retried.
+# Any other code-0 message is taken for the "server" kind, which WD says to retry.
+REJECTION_PHRASES: tuple[str, ...] = (
+    "request parameter", "request files", "request parameters are invalid",
+    "suspended", "permission", "not available for your team", "model name",
+    "name is not allowed", "already in use", "taskid or socketaccesstoken is required",
+)
+# Wiro documents no representation of a content/policy block: the model's refusal reaches
+# us only as a failed task (pexit != "0") whose `debugerror` carries the upstream reason
+# (Gemini finishReason IMAGE_SAFETY, PROHIBITED_CONTENT, BLOCKLIST, SPII, ...; protocols.md
+# §6.1). We therefore classify by keywords; this is a heuristic, not a documented signal.
+CONTENT_BLOCK_PATTERN = re.compile(
+    r"safety|prohibited|blocklist|blocked|policy|moderation|nsfw|\bspii\b", re.IGNORECASE
+)
+
+OPTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        # Common Run parameter: Wiro POSTs the task result there (WD run-a-model.md).
+        "callbackUrl": {"type": "string", "format": "uri", "pattern": "^https?://"},
+    },
+    "additionalProperties": False,
+}
+
+
+class WiroProvider(HttpAdapter):
+    """Wiro's `google/nano-banana-pro`: signature or key-only auth, uploads inside Run.
+
+    Signature mode (`x-api-key`, `x-nonce`, `x-signature`) is used when `WIRO_API_SECRET`
+    is set, key-only mode (`x-api-key`) otherwise; the project's setting on Wiro decides
+    which one is accepted. Wiro has no seed input: `ImageRequest.seed` is not sent.
+    """
+
+    name: ClassVar[str] = "wiro"
+    default_base_url: ClassVar[str] = DOCUMENTED_BASE_URL
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        aspect_ratios=ASPECT_RATIOS,
+        resolutions=RESOLUTIONS,
+        output_formats=OUTPUT_FORMATS,
+        max_prompt_chars=MAX_PROMPT_CHARS,
+        max_references=MAX_REFERENCES,
+        reference_delivery="upload",
+        can_cancel=True,
+        prices_usd=ESTIMATED_PRICES_USD,
+        price_is_published=False,
+        default_rate=None,
+        default_max_in_flight=DEFAULT_MAX_IN_FLIGHT,
+        poll_interval_s=POLL_INTERVAL_S,
+        option_schema=OPTION_SCHEMA,
+        env_vars=(API_KEY_ENV,),
+        optional_env_vars=(API_SECRET_ENV,),
+    )
+
+    async def submit(self, request: ImageRequest) -> Submitted:
+        self.check_limits(request)
+        options = checked_options(self.name, self.capabilities.option_schema, request.options)
+        for ref in request.references:
+            if ref.data is None and not ref.is_url:
+                raise LimitExceeded(
+                    f"wiro: reference {ref.uri!r} is neither an http(s) URL nor loaded content"
+                )
+        fields: dict[str, str] = {
+            "prompt": request.prompt,
+            "aspectRatio": request.aspect_ratio,
+            "resolution": request.resolution,
+            **{key: str(value) for key, value in options.items()},
+        }
+        kwargs: dict[str, Any]
+        if any(ref.data is not None for ref in request.references):
+            # combinefileinput: files and URLs repeat the same field, in the caller's order
+            # (WD model-parameters.md). A part without filename is a plain text field.
+            parts: list[tuple[str, tuple[str | None, bytes, str | None]]] = [
+                ("inputImage", (ref.filename, ref.data, ref.mime_type))
+                if ref.data is not None
+                else ("inputImage", (None, ref.uri.encode(), None))
+                for ref in request.references
+            ]
+            kwargs = {"data": fields, "files": parts}
+        else:
+            body: dict[str, Any] = dict(fields)
+            if request.references:
+                body["inputImage"] = [ref.uri for ref in request.references]
+            kwargs = {"json": body}
+        response = await http.send(
+            self.client, "POST", self.url(RUN_PATH), creates_task=True,
+            headers=self._auth_headers(), **kwargs,
+        )
+        answer = _checked(response, "run")
+        task_id = str(answer.get("taskid") or "")
+        if not task_id:
+            raise SubmitUncertain("wiro run: result:true without a taskid")
+        token = str(answer.get("socketaccesstoken") or "")
+        return Submitted(self.name, task_id, {"socketaccesstoken": token} if token else {})
+
+    async def poll(self, submitted: Submitted) -> Pending | Finished:
+        answer = await self._task_call(DETAIL_PATH, {"taskid": submitted.task_id}, "detail")
+        tasks = answer.get("tasklist")
+        if not isinstance(tasks, list) or not tasks or not isinstance(tasks[0], Mapping):
+            raise TaskNotFound(f"wiro detail: no task {submitted.task_id}", code=CODE_NOT_FOUND)
+        return task_outcome(tasks[0])
+
+    async def cancel(self, submitted: Submitted) -> None:
+        """Task/Cancel while queued, else Task/Kill while running; quiet when it is over."""
+        body = {"taskid": submitted.task_id}
+        token = submitted.extra.get("socketaccesstoken")
+        if token:
+            body["tasktoken"] = token  # WD tasks.md names `tasktoken`, the seed `taskid`
+        try:
+            await self._task_call(CANCEL_PATH, body, "cancel")
+            return
+        except Rejected as exc:
+            if exc.code != str(CODE_NOT_FOUND):  # "Task is not in a cancellable state."
+                raise
+        try:
+            await self._task_call(KILL_PATH, body, "kill")
+        except Rejected as exc:
+            if exc.code != str(CODE_NOT_FOUND):  # "Task could not be killed: {reason}"
+                raise
+
+    async def _task_call(self, path: str, body: Mapping[str, str], what: str) -> Mapping[str, Any]:
+        response = await http.send(
+            self.client, "POST", self.url(path), json=dict(body), headers=self._auth_headers()
+        )
+        return _checked(response, what)
+
+    def _auth_headers(self) -> dict[str, str]:
+        """Fresh headers per request (protocols.md §1.1): the nonce is unix seconds, as in
+        the seed recipe and Wiro's own n8n node."""
+        key = self.require_credential(API_KEY_ENV)
+        secret = self.settings.credential(API_SECRET_ENV)
+        if not secret:
+            return {"x-api-key": key}
+        nonce = str(int(time.time()))
+        return {"x-api-key": key, "x-nonce": nonce, "x-signature": sign(key, secret, nonce)}
+
+
+def sign(api_key: str, api_secret: str, nonce: str) -> str:
+    """`x-signature`: lowercase hex HMAC-SHA256 keyed with the API *key* over secret + nonce
+    (protocols.md §1.1; the seed's openssl recipe leaves a `SHA2-256(stdin)= ` prefix)."""
+    return hmac.new(api_key.encode(), (api_secret + nonce).encode(), hashlib.sha256).hexdigest()
+
+
+def checked_options(
+    provider: str, schema: Mapping[str, Any], options: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """`options` if they fit the provider's schema, else `LimitExceeded` naming each bad one."""
+    validator = jsonschema.Draft202012Validator(
+        dict(schema), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    problems = [
+        f"options.{provider}{''.join(f'.{p}' for p in error.absolute_path)}: {error.message}"
+        for error in validator.iter_errors(dict(options))
+    ]
+    if problems:
+        raise LimitExceeded("; ".join(sorted(problems)))
+    return options
+
+
+def task_outcome(task: Mapping[str, Any]) -> Pending | Finished:
+    """A Task/Detail task object -> Pending, Finished, or the failure it ended in."""
+    status = str(task.get("status") or "")
+    task_id = str(task.get("id") or "?")
+    if status == STATE_CANCELLED:
+        raise TaskFailed(f"wiro task {task_id} was cancelled", code=STATE_CANCELLED)
+    if status != STATE_DONE:
+        return Pending(state=status or "unknown")
+    pexit = str(task.get("pexit") or "").strip()
+    outputs = [o for o in task.get("outputs") or [] if isinstance(o, Mapping) and o.get("url")]
+    if pexit not in ("", "0"):
+        reason = str(task.get("debugerror") or "").strip()[-500:] or f"exit code {pexit}"
+        if CONTENT_BLOCK_PATTERN.search(reason):
+            raise ContentRejected(f"wiro task {task_id} was blocked: {reason}", code="content")
+        raise TaskFailed(f"wiro task {task_id} failed: {reason}", code=f"pexit_{pexit}")
+    if not outputs:
+        # pexit "0" (or absent, as in older docs) without files: nothing to deliver.
+        raise TaskFailed(f"wiro task {task_id} ended without an image", code="no_image")
+    images = tuple(
+        ResultImage(url=str(o["url"]), mime_type=str(o.get("contenttype") or "") or None)
+        for o in outputs
+    )
+    return Finished(images=images, cost_usd=_cost(task.get("totalcost")), state=status)
+
+
+def raise_for_error(response: httpx.Response, body: Any, what: str) -> None:
+    """Every Wiro error signal -> `providers.errors`, in one place; quiet on success.
+
+    HTTP 401 auth, 404 unknown endpoint ("Error parsing url."), 429 rate limit
+    (introduction.md; error-reference.md says everything is HTTP 200, so both are handled),
+    5xx; then HTTP 200 `result:false` with the body codes of protocols.md §1.2.
+    """
+    status = response.status_code
+    code, text = _first_error(body)
+    message = f"wiro {what}: {text or f'HTTP {status}'}"
+    if status == 404:
+        raise Rejected(f"{message} (wrong base URL or path)", code=status)
+    if status >= 300:
+        http.raise_for_http_status(response, message)
+    if not isinstance(body, Mapping):
+        raise TransientError(f"wiro {what}: HTTP {status}: answer is not a JSON object")
+    if body.get("result") is True:
+        return
+    if code == CODE_CONCURRENCY:
+        raise RateLimited(message, code=code)  # no Retry-After: wait for a task to end
+    if code == CODE_BALANCE:
+        raise InsufficientBalance(message, code=code)
+    if code in (CODE_SIGN_IN, CODE_TOKEN):
+        raise AuthError(message, code=code)
+    if code == CODE_NOT_FOUND:
+        if NO_TASK_MESSAGE.lower() in text.lower():
+            raise TaskNotFound(message, code=code)
+        raise Rejected(message, code=code)
+    if code == CODE_GENERAL and not any(p in text.lower() for p in REJECTION_PHRASES):
+        raise TransientError(message, code=code)
+    raise Rejected(message, code=code)
+
+
+def _checked(response: httpx.Response, what: str) -> Mapping[str, Any]:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    raise_for_error(response, body, what)
+    assert isinstance(body, Mapping)  # raise_for_error let it through
+    return body
+
+
+def _first_error(body: Any) -> tuple[int | None, str]:
+    errors = body.get("errors") if isinstance(body, Mapping) else None
+    if not isinstance(errors, list) or not errors or not isinstance(errors[0], Mapping):
+        return None, ""
+    raw_code: Any = errors[0].get("code")
+    text = str(errors[0].get("message") or "")
+    try:
+        return int(raw_code), text
+    except (TypeError, ValueError):
+        return None, text
+
+
+def _cost(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+__all__ = ["WiroProvider", "raise_for_error", "sign", "task_outcome"]

@@ -1,0 +1,117 @@
+"""Budget cap, image verification and the retry loop: plain functions, no Prefect."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+from PIL import Image
+
+from flows.budget import Budget, BudgetExhausted
+from flows.retry import RetryPolicy, with_retries
+from flows.throttle import AccountThrottle, InFlightLimit, Rate, SlidingWindowLimiter
+from flows.verify import verify_image
+from providers.errors import Rejected, RateLimited, ResultMismatch, TransientError
+
+
+def test_budget_counts_tasks_in_flight() -> None:
+    budget = Budget(max_usd=0.25)
+    budget.reserve(0.09)
+    budget.reserve(0.09)
+    with pytest.raises(BudgetExhausted, match=r"\$0.25"):
+        budget.reserve(0.09)  # 0.27 could be spent if both in flight succeed
+    budget.settle(0.09, 0.0)  # one failed: not billed
+    budget.reserve(0.09)
+    assert budget.reserved_usd == pytest.approx(0.18)
+
+
+def test_no_budget_means_no_cap() -> None:
+    budget = Budget(max_usd=None)
+    for _ in range(1000):
+        budget.reserve(1.0)
+
+
+def image_bytes(size: tuple[int, int], fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise(size, 60).convert("RGB").save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_verify_accepts_exactly_what_was_asked() -> None:
+    assert verify_image(image_bytes((1376, 768), "PNG"), "png", (1376, 768)) == (1376, 768)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        pytest.param(image_bytes((1376, 768), "JPEG"), "wrong_format", id="jpeg-for-png"),
+        pytest.param(image_bytes((1024, 1024), "PNG"), "wrong_size", id="wrong-size"),
+        pytest.param(image_bytes((1376, 768), "PNG")[:-5000], "undecodable", id="truncated"),
+        pytest.param(b"<html>not an image</html>", "undecodable", id="html"),
+    ],
+)
+def test_verify_rejects_what_was_not_asked(data: bytes, code: str) -> None:
+    with pytest.raises(ResultMismatch) as caught:
+        verify_image(data, "png", (1376, 768))
+    assert caught.value.code == code
+
+
+FAST = RetryPolicy(max_attempts=4, base_s=0.001, cap_s=0.002)
+
+
+def test_transient_errors_are_retried_then_raised() -> None:
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise TransientError("503")
+        return "ok"
+
+    assert asyncio.run(with_retries(flaky, policy=FAST)) == "ok"
+
+    async def down() -> str:
+        raise TransientError("503")
+
+    with pytest.raises(TransientError):
+        asyncio.run(with_retries(down, policy=FAST))
+
+
+def test_rejections_are_never_retried() -> None:
+    calls = 0
+
+    async def invalid() -> None:
+        nonlocal calls
+        calls += 1
+        raise Rejected("bad enum")
+
+    with pytest.raises(Rejected):
+        asyncio.run(with_retries(invalid, policy=FAST))
+    assert calls == 1
+
+
+def test_rate_limits_slow_the_account_down_and_honour_retry_after() -> None:
+    throttle = AccountThrottle(
+        "kie", SlidingWindowLimiter(Rate(20, 10.0)), InFlightLimit(5), poll_interval_s=1.0
+    )
+    calls = 0
+
+    async def limited() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RateLimited("429", retry_after=0.05)
+        if calls == 2:
+            raise RateLimited("concurrency", code=96)
+        return "ok"
+
+    async def go() -> str:
+        await throttle.in_flight.acquire()
+        await throttle.in_flight.acquire()
+        return await with_retries(limited, throttle=throttle, policy=FAST)
+
+    assert asyncio.run(go()) == "ok"
+    assert throttle.rate is not None and throttle.rate.usable == 5  # halved twice
+    assert throttle.in_flight.usable == 1  # Wiro's 96 lowered the cap

@@ -1,0 +1,268 @@
+"""The engine against the emulators with fault injection, no Prefect: every assertion that
+matters is on what the emulator recorded (creates per cell), not only on what nbp believes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+from PIL import Image
+
+from flows.job import RunOptions, RunResult, run_job
+from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
+from providers.emulator.hub import EmulatorHub
+from providers.model import pixel_size
+
+LATENCY_S = 0.15
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[EmulatorHub]:
+    with EmulatorHub.start(["kie", "hiapi", "runware", "wiro"], latency_s=LATENCY_S) as running:
+        saved = dict(os.environ)
+        os.environ.update(running.environ())
+        try:
+            yield running
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def fresh(hub: EmulatorHub) -> None:
+    hub.reset()
+    for emulator in hub.emulators.values():
+        emulator.configure(
+            latency_s=LATENCY_S, rate_limit=None, submit_5xx_prob=0.0, poll_5xx_prob=0.0,
+            drop_after_create_prob=0.0, fail_prob=0.0, truncate_download_prob=0.0,
+            max_concurrency=None,
+        )
+
+
+def write_spec(tmp_path: Path, prompts: list[str], **top: Any) -> Path:
+    spec: dict[str, Any] = {
+        "version": 1,
+        "name": "engine-test",
+        "provider": "kie",
+        "matrix": {"prompt": prompts, "aspect_ratio": ["1:1", "16:9"]},
+        "output": {"target": str(tmp_path / "out")},
+        "limits": {name: {"poll_interval": 0.05} for name in ("kie", "hiapi", "runware", "wiro")},
+    }
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run(spec: Path, **options: Any) -> RunResult:
+    return asyncio.run(run_job(RunOptions(spec=str(spec), **options)))
+
+
+def manifest(tmp_path: Path) -> pl.DataFrame:
+    return pl.read_parquet(tmp_path / "out" / "manifest.parquet")
+
+
+def test_a_job_writes_verified_images_and_one_manifest_row_per_cell(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    result = run(write_spec(tmp_path, ["a lemon", "a lime"]))
+    assert result.exit_code == 0 and result.counts["succeeded"] == 4
+    frame = manifest(tmp_path)
+    assert frame.height == 4 and frame["cell_id"].n_unique() == 4
+    assert set(frame["status"]) == {"succeeded"}
+    for row in frame.iter_rows(named=True):
+        path = tmp_path / "out" / row["output_path"]
+        with Image.open(path) as image:
+            assert image.size == pixel_size(row["aspect_ratio"], row["resolution"])
+            assert image.format == "PNG"
+        assert row["remote_task_id"] in hub["kie"].tasks
+        assert row["cost_usd"] > 0 and row["attempts"] == 1
+    assert len(hub["kie"].creates) == 4
+
+
+def test_a_rerun_pays_nothing_and_force_pays_again(hub: EmulatorHub, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, ["a pear"])
+    run(spec)
+    second = run(spec)
+    assert second.exit_code == 0 and len(hub["kie"].creates) == 2
+    assert manifest(tmp_path).height == 2
+    run(spec, force=True)
+    assert len(hub["kie"].creates) == 4
+    assert manifest(tmp_path).height == 2  # rows updated, never duplicated
+
+
+def test_a_429_storm_slows_down_but_pays_once_per_cell(hub: EmulatorHub, tmp_path: Path) -> None:
+    hub["kie"].configure(rate_limit=(3, 1.0))
+    prompts = [f"storm {i}" for i in range(6)]
+    result = run(write_spec(tmp_path, prompts, limits={"kie": {"rate": "50/1s",
+                                                                  "poll_interval": 0.05}}))
+    assert result.exit_code == 0
+    assert hub["kie"].rejected_for_rate > 0
+    for prompt in prompts:
+        assert hub["kie"].creates_for(prompt) == 2  # two ratios, once each
+
+
+def test_server_errors_and_broken_downloads_are_ridden_out(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    hub["kie"].configure(submit_5xx_prob=0.3, poll_5xx_prob=0.3, truncate_download_prob=0.3)
+    prompts = [f"flaky {i}" for i in range(5)]
+    result = run(write_spec(tmp_path, prompts))
+    assert result.exit_code == 0
+    assert all(hub["kie"].creates_for(p) == 2 for p in prompts)
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "creates"),
+    [
+        pytest.param("kie", "failed", 1, id="kie-no-idempotency-fails-without-paying-twice"),
+        pytest.param("hiapi", "succeeded", 1, id="hiapi-idempotency-key"),
+        pytest.param("runware", "succeeded", 1, id="runware-task-uuid-recovered"),
+    ],
+)
+def test_a_dropped_create_never_pays_twice(
+    hub: EmulatorHub, tmp_path: Path, provider: str, status: str, creates: int
+) -> None:
+    hub[provider].configure(drop_after_create_prob=1.0)
+    spec = write_spec(tmp_path, ["dropped"], provider=provider,
+                      matrix={"prompt": ["dropped"], "aspect_ratio": ["1:1"]})
+
+    async def heal() -> None:  # the network heals after the first create
+        while not hub[provider].creates:
+            await asyncio.sleep(0.01)
+        hub[provider].configure(drop_after_create_prob=0.0)
+
+    async def go() -> RunResult:
+        healer = asyncio.create_task(heal())
+        result = await run_job(RunOptions(spec=str(spec)))
+        healer.cancel()
+        return result
+
+    result = asyncio.run(go())
+    row = manifest(tmp_path).row(0, named=True)
+    assert row["status"] == status, row["error_message"]
+    assert len(hub[provider].creates) == creates
+    if status == "failed":
+        assert "never pay twice" in row["error_message"]
+        assert result.exit_code == 1
+
+
+def test_failed_tasks_are_retried_and_content_rejections_are_not(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path, [f"fails {FAIL_MARKER}", f"blocked {CONTENT_MARKER}"],
+                      matrix={"aspect_ratio": ["1:1"]}, retries=2)
+    result = run(spec)
+    assert result.exit_code == 1
+    rows = {r["prompt"].split()[0]: r for r in manifest(tmp_path).iter_rows(named=True)}
+    assert rows["fails"]["status"] == "failed" and rows["fails"]["attempts"] == 3
+    assert rows["blocked"]["status"] == "failed" and rows["blocked"]["attempts"] == 1
+    assert hub["kie"].creates_for("fails") == 3
+    assert hub["kie"].creates_for("blocked") == 1
+    assert rows["fails"]["cost_usd"] == 0  # failed tasks are not billed
+
+
+def test_fallback_takes_over_when_the_first_provider_fails_for_good(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    hub["kie"].configure(fail_prob=1.0)
+    spec = write_spec(tmp_path, ["fallback"], provider=["kie", "runware"], retries=1,
+                      matrix={"aspect_ratio": ["4:5"]})
+    result = run(spec)
+    row = manifest(tmp_path).row(0, named=True)
+    assert result.exit_code == 0, row["error_message"]
+    assert row["provider"] == "runware" and row["aspect_ratio"] == "4:5"
+    assert len(hub["kie"].creates) == 2 and len(hub["runware"].creates) == 1
+    assert hub["runware"].creates[0].prompt == "fallback"
+
+
+def test_the_budget_is_a_hard_cap(hub: EmulatorHub, tmp_path: Path) -> None:
+    prompts = [f"budget {i}" for i in range(5)]
+    spec = write_spec(tmp_path, prompts, budget={"max_usd": 0.2},
+                      matrix={"aspect_ratio": ["1:1"]})
+    result = run(spec)
+    assert result.exit_code == 1 and result.stop_reason and "budget" in result.stop_reason
+    frame = manifest(tmp_path)
+    assert frame.filter(pl.col("status") == "succeeded").height == 2  # 2 x $0.09 <= $0.20
+    assert frame.filter(pl.col("status") == "skipped").height == 3
+    assert len(hub["kie"].creates) == 2
+    assert frame["cost_usd"].sum() <= 0.2
+
+
+def test_a_refused_account_stops_early(hub: EmulatorHub, tmp_path: Path) -> None:
+    os.environ["KIE_API_KEY"] = "revoked"
+    try:
+        result = run(write_spec(tmp_path, [f"auth {i}" for i in range(4)]))
+    finally:
+        os.environ["KIE_API_KEY"] = hub.environ()["KIE_API_KEY"]
+    frame = manifest(tmp_path)
+    assert result.exit_code == 1 and set(frame["status"]) == {"failed"}
+    assert hub["kie"].creates == []
+    create_calls = [r for r in hub["kie"].requests if r[1].endswith("createTask")]
+    assert len(create_calls) < frame.height + 2  # not every cell tried once it was refused
+    assert "revoked" not in json.dumps(frame["error_message"].to_list())
+
+
+def test_fail_fast_stops_submitting_after_the_first_permanent_failure(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    prompts = [f"first {CONTENT_MARKER}"] + [f"later {i}" for i in range(6)]
+    spec = write_spec(tmp_path, prompts, fail_fast=True, matrix={"aspect_ratio": ["1:1"]},
+                      limits={"kie": {"max_in_flight": 1, "poll_interval": 0.05}})
+    run(spec)
+    frame = manifest(tmp_path)
+    assert frame.filter(pl.col("status") == "skipped").height >= 4
+
+
+def test_wiro_concurrency_limit_slows_the_run_instead_of_failing_cells(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    hub["wiro"].configure(max_concurrency=2)
+    prompts = [f"concurrency {i}" for i in range(4)]
+    spec = write_spec(tmp_path, prompts, provider="wiro",
+                      limits={"wiro": {"max_in_flight": 8, "poll_interval": 0.05}})
+    result = run(spec)
+    assert result.exit_code == 0
+    assert all(hub["wiro"].creates_for(p) == 2 for p in prompts)
+
+
+def test_a_cancelled_run_resumes_by_polling_what_it_paid_for(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    hub["kie"].configure(latency_s=1.0)
+    prompts = [f"resume {i}" for i in range(4)]
+    spec = write_spec(tmp_path, prompts)
+
+    async def interrupted() -> None:
+        job = asyncio.create_task(run_job(RunOptions(spec=str(spec))))
+        while len(hub["kie"].creates) < 8:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # journal writes follow the create answers
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+
+    asyncio.run(interrupted())
+    journal = list((tmp_path / "out" / ".nbp" / "cells").glob("*.json"))
+    assert len(journal) == 8
+    assert all(json.loads(p.read_text())["state"] == "submitted" for p in journal)
+    result = run(spec)
+    assert result.exit_code == 0
+    assert len(hub["kie"].creates) == 8  # resumed by polling: nothing created twice
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size

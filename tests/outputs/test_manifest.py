@@ -1,0 +1,223 @@
+"""The manifest: exact schema, plain-polars readable, merged across runs without duplicates;
+and `nbp status`, its summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from outputs.manifest import (
+    MANIFEST_COLUMNS,
+    MANIFEST_DOC,
+    MANIFEST_NAME,
+    manifest_doc_markdown,
+    merge_manifest,
+    read_manifest,
+    rows_to_frame,
+    update_manifest,
+    write_manifest,
+)
+from outputs.sink import Sink
+from outputs.status import MAX_FAILURE_GROUPS, render_status, summarise
+
+# design.md "Outputs (contract)", in its order
+DESIGN_COLUMNS = [
+    "cell_id", "job", "run_id", "provider", "model", "prompt", "aspect_ratio", "resolution",
+    "output_format", "references", "vars", "replicate", "status", "remote_task_id", "attempts",
+    "cost_usd", "submitted_at", "completed_at", "latency_s", "output_uri", "sha256", "bytes",
+    "width", "height", "error_code", "error_message",
+]  # fmt: skip
+
+
+def row(cell_id: str, **values: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "cell_id": cell_id, "job": "spring", "run_id": "run-1", "provider": "kie",
+        "model": "nano-banana-pro", "prompt": f"photo of {cell_id}", "aspect_ratio": "4:5",
+        "resolution": "1K", "output_format": "png", "references": ["s3://b/ref.png"],
+        "vars": {"sku": cell_id, "title": "Shoe"}, "replicate": 0, "status": "succeeded",
+        "remote_task_id": f"task-{cell_id}", "attempts": 1, "cost_usd": 0.09,
+        "submitted_at": "2026-03-01T10:00:00+00:00", "completed_at": "2026-03-01T10:00:12+00:00",
+        "latency_s": 12.0, "output_path": f"{cell_id}.png", "output_uri": f"/t/{cell_id}.png",
+        "sha256": "ab" * 32, "bytes": 1234, "width": 928, "height": 1152, "dataset_row": 3,
+    }  # fmt: skip
+    return {**base, **values}
+
+
+def test_design_columns_present_with_exact_dtypes() -> None:
+    frame = rows_to_frame([row("c1")])
+    assert list(frame.columns) == list(MANIFEST_COLUMNS)
+    assert dict(frame.schema) == MANIFEST_COLUMNS
+    assert set(DESIGN_COLUMNS) <= set(frame.columns)
+    assert {"output_path", "dataset_row", "updated_at"} <= set(frame.columns)
+    assert frame.schema["references"] == pl.List(pl.String)
+    for stamp in ("submitted_at", "completed_at", "updated_at"):
+        assert frame.schema[stamp] == pl.Datetime("us", "UTC")
+
+
+def test_missing_keys_are_null_and_updated_at_is_filled() -> None:
+    frame = rows_to_frame([{"cell_id": "only-id", "status": "cancelled"}])
+    values = frame.row(0, named=True)
+    assert values["cell_id"] == "only-id" and values["status"] == "cancelled"
+    assert values["references"] is None and values["cost_usd"] is None
+    assert values["updated_at"] is not None
+    assert datetime.now(UTC) - values["updated_at"] < timedelta(minutes=1)
+
+
+def test_empty_rows_give_an_empty_frame_with_the_schema() -> None:
+    frame = rows_to_frame([])
+    assert frame.height == 0 and dict(frame.schema) == MANIFEST_COLUMNS
+
+
+def test_timestamps_are_converted_to_utc() -> None:
+    plus2 = timezone(timedelta(hours=2))
+    frame = rows_to_frame([
+        row("a", submitted_at=datetime(2026, 3, 1, 12, 0, tzinfo=plus2),
+            completed_at="2026-03-01T12:00:30+02:00", updated_at=1_772_359_200.0),
+        row("b", submitted_at=datetime(2026, 3, 1, 10, 0)),  # naive: taken as UTC
+    ])  # fmt: skip
+    expected = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    assert frame["submitted_at"].to_list() == [expected, expected]
+    assert frame["completed_at"][0] == expected + timedelta(seconds=30)
+    assert frame["updated_at"][0] == datetime.fromtimestamp(1_772_359_200, UTC)
+
+
+def test_vars_are_a_json_object_queryable_with_plain_polars() -> None:
+    frame = rows_to_frame([row("a", vars={"sku": "A-1", "title": 'Quote " é'}), row("b")])
+    assert json.loads(frame["vars"][0]) == {"sku": "A-1", "title": 'Quote " é'}
+    skus = frame.select(pl.col("vars").str.json_path_match("$.sku"))["vars"].to_list()
+    assert skus == ["A-1", "b"]
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        pytest.param({"colour": "red"}, ValueError, id="unknown-column"),
+        pytest.param({"status": "done"}, ValueError, id="unknown-status"),
+        pytest.param({"cell_id": None}, ValueError, id="no-cell-id"),
+        pytest.param({"replicate": "zero"}, TypeError, id="wrong-type"),
+    ],
+)
+def test_bad_rows_are_refused(values: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        rows_to_frame([{**row("a"), **values}])
+
+
+def test_rerun_updates_rows_and_never_duplicates() -> None:
+    first = rows_to_frame([row("a"), row("b", status="failed", error_code="TaskFailed"),
+                           row("c")])  # fmt: skip
+    second = rows_to_frame([row("b", run_id="run-2", attempts=2), row("d", run_id="run-2")])
+    merged = merge_manifest(first, second)
+    assert merged["cell_id"].to_list() == ["a", "b", "c", "d"]  # old order kept, new appended
+    by_id = {r["cell_id"]: r for r in merged.iter_rows(named=True)}
+    assert by_id["b"]["run_id"] == "run-2" and by_id["b"]["status"] == "succeeded"
+    assert by_id["b"]["attempts"] == 2 and by_id["b"]["error_code"] is None
+    assert by_id["a"]["run_id"] == "run-1"  # not in the rerun: kept as it was
+    again = merge_manifest(merged, second)
+    assert again.equals(merged)
+    assert dict(merged.schema) == MANIFEST_COLUMNS
+
+
+def test_last_row_of_a_cell_within_one_run_wins() -> None:
+    new = rows_to_frame([row("a", status="failed"), row("b"), row("a", attempts=3)])
+    merged = merge_manifest(None, new)
+    assert merged["cell_id"].to_list() == ["a", "b"]
+    assert merged.row(0, named=True)["attempts"] == 3
+
+
+def test_merge_accepts_a_manifest_of_an_older_schema() -> None:
+    old = rows_to_frame([row("a")]).drop("updated_at", "seed").with_columns(
+        pl.lit("gone").alias("column_we_no_longer_write"), pl.col("replicate").cast(pl.Int64)
+    )
+    merged = merge_manifest(old, rows_to_frame([row("b")]))
+    assert dict(merged.schema) == MANIFEST_COLUMNS
+    assert merged["cell_id"].to_list() == ["a", "b"]
+    assert merged["updated_at"][0] is None
+
+
+def test_written_manifest_is_plain_parquet(tmp_path: Path) -> None:
+    sink = Sink(str(tmp_path))
+    assert read_manifest(sink) is None
+    frame = rows_to_frame([row("a"), row("b", status="failed", error_message="<nope>")])
+    uri = write_manifest(sink, frame)
+    assert uri == str(tmp_path / MANIFEST_NAME)
+    assert os.listdir(tmp_path) == [MANIFEST_NAME]  # no temp file left behind
+    plain = pl.read_parquet(tmp_path / MANIFEST_NAME)  # no nbp code involved
+    assert plain.equals(frame)
+    assert dict(plain.schema) == MANIFEST_COLUMNS
+    assert plain.filter(pl.col("status") == "failed")["error_message"].to_list() == ["<nope>"]
+    lazy = pl.scan_parquet(tmp_path / MANIFEST_NAME).select(pl.col("references").list.len())
+    assert lazy.collect()["references"].to_list() == [1, 1]
+    read = read_manifest(sink)
+    assert read is not None and read.equals(frame)
+
+
+def test_update_manifest_twice_keeps_one_row_per_cell(tmp_path: Path) -> None:
+    sink = Sink(str(tmp_path))
+    update_manifest(sink, rows_to_frame([row("a"), row("b", status="failed")]))
+    update_manifest(sink, rows_to_frame([row("b", run_id="run-2")]))
+    final = pl.read_parquet(tmp_path / MANIFEST_NAME)
+    assert final["cell_id"].to_list() == ["a", "b"]
+    assert final["status"].to_list() == ["succeeded", "succeeded"]
+    assert final["run_id"].to_list() == ["run-1", "run-2"]
+
+
+def test_schema_documentation_covers_every_column() -> None:
+    assert [name for name, _, _ in MANIFEST_DOC] == list(MANIFEST_COLUMNS)
+    assert all(kind and meaning for _, kind, meaning in MANIFEST_DOC)
+    table = manifest_doc_markdown()
+    assert table.count("\n") == len(MANIFEST_COLUMNS) + 1
+    assert "| `references` | `list[str]` |" in table
+    assert "| `submitted_at` | `datetime[us, UTC]` |" in table
+
+
+# -- nbp status: the summary of a manifest ---------------------------------------------------
+
+
+def test_status_summarises_cells_spend_latency_and_reasons() -> None:
+    rows = [row(f"ok{n}", latency_s=float(n), cost_usd=0.1) for n in range(1, 11)]
+    rows += [
+        row("f1", status="failed", error_code="TaskFailed", error_message="content policy"),
+        row("f2", status="failed", error_code="TaskFailed", error_message="content policy"),
+        row("f3", status="failed", error_code="Timeout", error_message="no result in 600 s",
+            cost_usd=None),
+        row("s1", status="skipped", error_code="Budget", error_message="max_usd reached",
+            cost_usd=None, provider="runware", run_id="run-2"),
+    ]  # fmt: skip
+    summary = summarise(rows_to_frame(rows))
+    assert summary.cells == 14
+    assert summary.by_status == {"succeeded": 10, "failed": 3, "skipped": 1, "cancelled": 0}
+    assert summary.spend_usd == pytest.approx(1.18)  # billed failures count too
+    assert summary.by_provider == {"kie": 13, "runware": 1}
+    assert summary.runs == 2 and summary.jobs == ("spring",)
+    assert summary.latency_s["p50"] == pytest.approx(5.5)
+    assert summary.latency_s["max"] == 10.0
+    first = summary.failures[0]
+    assert (first.status, first.error_code, first.count) == ("failed", "TaskFailed", 2)
+    assert first.cell_ids == ("f1", "f2")
+    text = render_status(summary)
+    assert "14 cells: 10 succeeded, 3 failed, 1 skipped" in text
+    assert "spend: $1.18" in text
+    assert "TaskFailed: content policy" in text and "Timeout: no result in 600 s" in text
+    assert "Budget: max_usd reached" in text
+    assert "p50 5.5s" in text
+
+
+def test_status_of_an_empty_manifest() -> None:
+    summary = summarise(rows_to_frame([]))
+    assert summary.cells == 0 and summary.spend_usd == 0 and summary.failures == ()
+    assert render_status(summary).startswith("0 cells")
+
+
+def test_status_keeps_the_largest_failure_groups() -> None:
+    rows = [row(f"f{n}-{k}", status="failed", error_code=f"E{n}", error_message="x")
+            for n in range(MAX_FAILURE_GROUPS + 5) for k in range(n + 1)]  # fmt: skip
+    summary = summarise(rows_to_frame(rows))
+    assert len(summary.failures) == MAX_FAILURE_GROUPS
+    assert summary.failures[0].error_code == f"E{MAX_FAILURE_GROUPS + 4}"
+    assert "... and 5 more reason(s)" in render_status(summary)

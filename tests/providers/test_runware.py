@@ -1,0 +1,515 @@
+"""Runware-only behaviour: the imageInference task field by field, Bearer and in-array auth,
+the `{"data", "errors"}` shapes, taskUUID derivation, duplicate refusal and recovery of a lost
+create, sync delivery, Runware's size list, uploads and provider options. Generic behaviour
+(states, markers, faults) is in the shared conformance suite."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from providers.base import Finished, ImageRequest, Pending, Reference, Submitted
+from providers.emulator.core import FaultConfig
+from providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
+from providers.emulator.runware import RunwareEmulator
+from providers.errors import (
+    AuthError,
+    ContentRejected,
+    LimitExceeded,
+    RateLimited,
+    SubmitUncertain,
+    TaskFailed,
+    TaskNotFound,
+)
+from providers.model import pixel_size
+from providers.runware import INLINE_MAX_BYTES, WIRE_DIMENSIONS, RunwareProvider, task_uuid_for
+
+LATENCY_S = 0.1
+KEY = TEST_CREDENTIALS["RUNWARE_API_KEY"]
+URL_REF = "https://example.com/reference.jpg"
+
+# The dimension table of runware.ai/docs/models/google-nano-banana-pro, as published, minus
+# its 4K 3:2 / 2:3 duplicates 5096x3392 / 3392x5096 (nbp sends the 5056 variants).
+RUNWARE_PUBLISHED = {
+    (1024, 1024), (1264, 848), (848, 1264), (1200, 896), (896, 1200), (928, 1152),
+    (1152, 928), (768, 1376), (1376, 768), (1548, 672),
+    (2048, 2048), (2528, 1696), (1696, 2528), (2400, 1792), (1792, 2400), (1856, 2304),
+    (2304, 1856), (1536, 2752), (2752, 1536), (3168, 1344),
+    (4096, 4096), (5056, 3392), (3392, 5056), (4800, 3584), (3584, 4800), (3712, 4608),
+    (4608, 3712), (3072, 5504), (5504, 3072), (6336, 2688),
+}
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[EmulatorHub]:
+    with EmulatorHub.start(["runware"], latency_s=LATENCY_S) as running:
+        yield running
+
+
+@pytest.fixture
+def emulator(hub: EmulatorHub) -> RunwareEmulator:
+    hub.reset()
+    emu = hub["runware"]
+    assert isinstance(emu, RunwareEmulator)
+    defaults = FaultConfig(latency_s=LATENCY_S)
+    emu.configure(**{k: getattr(defaults, k) for k in vars(defaults)})
+    return emu
+
+
+def provider_for(hub: EmulatorHub, **env: str) -> RunwareProvider:
+    return RunwareProvider(RunwareProvider.settings_from_env({**hub.environ(), **env}))
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def png(size: tuple[int, int] = (8, 8), *, noise: bool = False) -> bytes:
+    if noise:  # incompressible, so the file is about 3 bytes per pixel
+        image = Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))
+    else:
+        image = Image.new("RGB", size, (200, 180, 40))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def post(hub: EmulatorHub, tasks: Any, *, auth: bool = True) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {KEY}"} if auth else {}
+    return httpx.post(hub.base_url("runware"), json=tasks, headers=headers)
+
+
+def inference(**fields: Any) -> dict[str, Any]:
+    task = {
+        "taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": "google:4@2",
+        "positivePrompt": "a ripe banana", "width": 1024, "height": 1024,
+        "deliveryMethod": "async",
+    }
+    task.update(fields)
+    return {k: v for k, v in task.items() if v is not None}
+
+
+async def until_done(provider: RunwareProvider, submitted: Submitted) -> Finished:
+    for _ in range(200):
+        outcome = await provider.poll(submitted)
+        if isinstance(outcome, Finished):
+            return outcome
+        assert outcome.state == "processing"
+        await asyncio.sleep(0.02)
+    raise AssertionError("task never finished")
+
+
+# -- adapter: wire format, taskUUID, auth ----------------------------------------------------
+
+
+def test_wire_task_field_by_field(hub: EmulatorHub, emulator: RunwareEmulator) -> None:
+    small = png()
+    request = ImageRequest(
+        prompt="Studio photo of a lemon",
+        aspect_ratio="4:5",
+        resolution="2K",
+        output_format="webp",
+        references=(Reference(URL_REF), Reference("specs/data/lemon.png", small)),
+        seed=42,
+        options={
+            "settings": {"systemPrompt": "Be precise.", "temperature": 0.7, "topP": 0.9},
+            "providerSettings": {"google": {"safetyTolerance": "off", "webSearch": True}},
+            "outputQuality": 90,
+            "safety": {"checkContent": True, "mode": "fast"},
+            "ttl": 3600,
+        },
+        idempotency_key="cell-1:attempt-0",
+    )
+
+    async def go() -> Submitted:
+        async with provider_for(hub) as provider:
+            result: Submitted = await provider.submit(request)
+            return result
+
+    submitted = run(go())
+    assert submitted.task_id == task_uuid_for("cell-1:attempt-0")
+    [create] = emulator.creates
+    assert create.body == {
+        "taskType": "imageInference",
+        "taskUUID": submitted.task_id,
+        "model": "google:4@2",
+        "positivePrompt": "Studio photo of a lemon",
+        "width": 1856,
+        "height": 2304,
+        "outputType": "URL",
+        "outputFormat": "WEBP",
+        "numberResults": 1,
+        "includeCost": True,
+        "deliveryMethod": "async",
+        "inputs": {"referenceImages": [
+            URL_REF, "data:image/png;base64," + base64.b64encode(small).decode(),
+        ]},
+        "seed": 42,
+        "outputQuality": 90,
+        "ttl": 3600,
+        "safety": {"checkContent": True, "mode": "fast"},
+        "settings": {"systemPrompt": "Be precise.", "temperature": 0.7, "topP": 0.9},
+        "providerSettings": {"google": {"safetyTolerance": "off", "webSearch": True}},
+    }
+    task = emulator.tasks[submitted.task_id]
+    assert (task.aspect_ratio, task.resolution, task.output_format) == ("4:5", "2K", "webp")
+    assert task.references[0] == URL_REF
+    assert httpx.get(task.references[1]).content == small  # the inline image, as received
+
+
+def test_task_uuid_is_a_stable_uuid4_per_idempotency_key() -> None:
+    first, again = task_uuid_for("cell-7:attempt-0"), task_uuid_for("cell-7:attempt-0")
+    other, random_one = task_uuid_for("cell-7:attempt-1"), task_uuid_for(None)
+    assert first == again != other
+    for value in (first, other, random_one):
+        parsed = uuid.UUID(value)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+    assert random_one != task_uuid_for(None)
+
+
+def test_wrong_key_is_an_auth_error_without_the_key(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    async def go() -> None:
+        async with provider_for(hub, RUNWARE_API_KEY="wrong-secret-123") as provider:
+            await provider.submit(ImageRequest(prompt="a banana"))
+
+    with pytest.raises(AuthError) as caught:
+        run(go())
+    assert caught.value.code == "invalidApiKey"
+    assert "wrong-secret-123" not in str(caught.value)
+    assert emulator.creates == []
+
+
+def test_emulator_auth_by_header_or_authentication_task(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    task = inference()
+    answer = post(hub, [{"taskType": "authentication", "apiKey": KEY}, task], auth=False)
+    assert answer.status_code == 200
+    session, ack = answer.json()["data"]
+    assert session["taskType"] == "authentication" and uuid.UUID(session["connectionSessionUUID"])
+    assert ack == {"taskType": "imageInference", "taskUUID": task["taskUUID"]}
+
+    wrong = post(hub, [{"taskType": "authentication", "apiKey": "nope"}, inference()], auth=False)
+    assert wrong.status_code == 401
+    assert wrong.json()["errors"][0] | {"message": ""} == {
+        "code": "invalidApiKey", "message": "", "parameter": "apiKey",
+        "taskType": "authentication", "documentation": wrong.json()["errors"][0]["documentation"],
+    }
+    assert post(hub, [inference()], auth=False).status_code == 401
+    assert len(emulator.creates) == 1
+
+
+# -- emulator strictness ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        pytest.param({"steps": 30}, "unsupportedParameter", id="steps"),
+        pytest.param({"CFGScale": 7}, "unsupportedParameter", id="cfg-scale"),
+        pytest.param({"referenceImages": [URL_REF]}, "unsupportedParameter", id="top-level-refs"),
+        pytest.param({"taskUUID": "task-1"}, "invalidTaskUUID", id="slug-uuid"),
+        pytest.param({"taskUUID": str(uuid.uuid1())}, "invalidTaskUUID", id="uuid1"),
+        pytest.param({"model": "google:4@1"}, "invalidModel", id="model"),
+        pytest.param({"positivePrompt": "ab"}, "invalidPositivePrompt", id="short-prompt"),
+        pytest.param({"positivePrompt": "a" * 45_001}, "invalidPositivePrompt", id="long-prompt"),
+        pytest.param({"width": 1000, "height": 1000}, "unsupportedDimensions", id="free-size"),
+        pytest.param({"width": 1584, "height": 672}, "unsupportedDimensions", id="google-21-9"),
+        pytest.param({"height": None}, "invalidHeight", id="width-alone"),
+        pytest.param({"resolution": "2K"}, "conflictingParameters", id="resolution-and-size"),
+        pytest.param({"inputs": {"referenceImages": [URL_REF] * 15}}, "invalidReferenceImages",
+                     id="15-references"),
+        pytest.param({"outputFormat": "GIF"}, "invalidOutputFormat", id="format"),
+        pytest.param({"outputQuality": 100}, "invalidOutputQuality", id="quality"),
+        pytest.param({"numberResults": 21}, "invalidNumberResults", id="number-results"),
+        pytest.param({"deliveryMethod": "stream"}, "invalidDeliveryMethod", id="delivery"),
+        pytest.param({"settings": {"temperature": 1.5}}, "invalidTemperature", id="temperature"),
+        pytest.param({"providerSettings": {"google": {"search": True}}}, "unsupportedParameter",
+                     id="google-search-drift"),
+        pytest.param({"providerSettings": {"google": {"safetyTolerance": "max"}}},
+                     "invalidSafetyTolerance", id="safety-tolerance"),
+    ],
+)
+def test_emulator_refuses_what_runware_refuses(
+    hub: EmulatorHub, emulator: RunwareEmulator, fields: dict[str, Any], code: str
+) -> None:
+    task = inference(**fields)
+    answer = post(hub, [task])
+    assert answer.status_code == 400
+    [error] = answer.json()["errors"]
+    assert error["code"] == code
+    assert error["taskType"] == "imageInference"
+    assert emulator.creates == []
+
+
+def test_sizes_are_runwares_list_and_images_googles(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    assert set(WIRE_DIMENSIONS.values()) == RUNWARE_PUBLISHED
+    for width, height in sorted(RUNWARE_PUBLISHED):
+        answer = post(hub, [inference(width=width, height=height)])
+        assert answer.status_code == 200, (width, height, answer.text)
+    request = ImageRequest(prompt="a wide banana", aspect_ratio="21:9", resolution="1K")
+
+    async def go() -> bytes:
+        async with provider_for(hub) as provider:
+            submitted = await provider.submit(request)
+            data: bytes = await provider.download((await until_done(provider, submitted)).images[0])
+            return data
+
+    image = Image.open(io.BytesIO(run(go())))
+    assert emulator.creates[-1].body["width"] == 1548
+    assert (image.size, image.format) == (pixel_size("21:9", "1K"), "PNG")
+
+
+def test_errors_are_scoped_per_task_and_coexist_with_data(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    good, bad = inference(), inference(steps=4)
+    answer = post(hub, [good, bad])
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["data"] == [{"taskType": "imageInference", "taskUUID": good["taskUUID"]}]
+    [error] = body["errors"]
+    assert (error["code"], error["taskUUID"]) == ("unsupportedParameter", bad["taskUUID"])
+    assert [c.task_id for c in emulator.creates] == [good["taskUUID"]]
+
+
+def test_get_response_states_cost_and_failure_items(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    refs = {"inputs": {"referenceImages": [URL_REF] * 4}}
+    task = inference(width=2528, height=1696, includeCost=True, seed=7, **refs)
+    content = inference(positivePrompt="a banana [emulate:content]")
+    assert post(hub, [task, content]).status_code == 200
+    poll = [{"taskType": "getResponse", "taskUUID": t["taskUUID"]} for t in (task, content)]
+    early = post(hub, poll).json()
+    assert [item["status"] for item in early["data"]] == ["processing", "processing"]
+    asyncio.run(asyncio.sleep(LATENCY_S * 1.5))
+    late = post(hub, poll)
+    assert late.status_code == 200
+    [done] = late.json()["data"]
+    assert done["status"] == "success" and done["seed"] == 7
+    assert done["cost"] == pytest.approx(0.1424)  # S2: 2K with 4 references
+    assert done["imageURL"].endswith(".jpg")      # outputFormat defaults to JPG
+    [failed] = late.json()["errors"]
+    assert failed | {"message": "", "documentation": ""} == {
+        "taskType": "imageInference", "taskUUID": content["taskUUID"], "status": "error",
+        "code": "invalidProviderContent", "message": "", "documentation": "",
+    }
+    unknown = post(hub, [{"taskType": "getResponse", "taskUUID": str(uuid.uuid4())}])
+    assert (unknown.status_code, unknown.json()["errors"][0]["code"]) == (404, "taskNotFound")
+
+
+def test_poll_translates_failures_and_unknown_tasks(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    async def go(prompt: str) -> Any:
+        async with provider_for(hub) as provider:
+            return await until_done(provider, await provider.submit(ImageRequest(prompt=prompt)))
+
+    with pytest.raises(ContentRejected) as content:
+        run(go("a banana [emulate:content]"))
+    assert content.value.code == "invalidProviderContent"
+    with pytest.raises(TaskFailed) as failed:
+        run(go("a banana [emulate:fail]"))
+    assert failed.value.code == "providerError" and not isinstance(failed.value, ContentRejected)
+
+    async def unknown() -> Any:
+        async with provider_for(hub) as provider:
+            return await provider.poll(Submitted("runware", str(uuid.uuid4())))
+
+    with pytest.raises(TaskNotFound):
+        run(unknown())
+
+
+# -- duplicates, recovery, sync delivery -----------------------------------------------------
+
+
+def test_reused_task_uuid_is_refused_not_billed_twice(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    task = inference()
+    assert post(hub, [task]).status_code == 200
+    again = post(hub, [task])
+    assert again.status_code == 400
+    assert again.json()["errors"][0]["code"] == "duplicateTaskUUID"
+    assert (len(emulator.creates), emulator.duplicates) == (1, 1)
+
+
+def test_lost_create_is_recovered_not_paid_twice(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    request = ImageRequest(prompt="a dropped banana", idempotency_key="cell-9:attempt-0")
+
+    async def go() -> tuple[Submitted | None, Submitted, Finished]:
+        async with provider_for(hub) as provider:
+            emulator.configure(drop_after_create_prob=1.0)
+            with pytest.raises(SubmitUncertain):
+                await provider.submit(request)
+            emulator.configure(drop_after_create_prob=0.0)
+            recovered = await provider.recover(request)
+            resent = await provider.submit(request)  # a blind re-send lands on the same task
+            return recovered, resent, await until_done(provider, resent)
+
+    recovered, resent, finished = run(go())
+    expected = task_uuid_for("cell-9:attempt-0")
+    assert recovered is not None and recovered.task_id == expected
+    assert resent.task_id == expected and resent.extra == {"resent": "true"}
+    assert finished.cost_usd == pytest.approx(0.138)
+    assert (emulator.creates_for("a dropped banana"), emulator.duplicates) == (1, 1)
+
+
+def test_recover_finds_nothing_without_a_task(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    async def go() -> tuple[Submitted | None, Submitted | None]:
+        async with provider_for(hub) as provider:
+            keyed = await provider.recover(ImageRequest("a banana", idempotency_key="never"))
+            unkeyed = await provider.recover(ImageRequest("a banana"))
+            return keyed, unkeyed
+
+    assert run(go()) == (None, None)
+    assert len(emulator.requests) == 1  # without a key there is nothing to look up
+
+
+def test_sync_delivery_answers_with_the_result(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    sync = {"deliveryMethod": "sync"}
+
+    async def go(prompt: str) -> Submitted:
+        async with provider_for(hub) as provider:
+            result: Submitted = await provider.submit(ImageRequest(prompt=prompt, options=sync))
+            return result
+
+    submitted = run(go("a quick banana"))
+    assert submitted.finished is not None and submitted.finished.cost_usd == pytest.approx(0.138)
+    assert emulator.creates[0].body["deliveryMethod"] == "sync"
+    assert len(emulator.requests) == 1  # no polling
+    with pytest.raises(TaskFailed) as no_image:
+        run(go("a banana [emulate:noimage]"))
+    assert no_image.value.code == "no_image"
+    with pytest.raises(TaskFailed) as failed:
+        run(go("a banana [emulate:fail]"))
+    assert failed.value.code == "providerError"
+
+
+def test_capacity_excess_is_429_without_retry_after(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    emulator.configure(rate_limit=(1, 60.0))
+    assert post(hub, [inference()]).status_code == 200
+    refused = post(hub, [inference()])
+    assert refused.status_code == 429 and "Retry-After" not in refused.headers
+    assert refused.json()["errors"][0]["code"] == "queueCapacityExceeded"
+
+    async def go() -> None:
+        async with provider_for(hub) as provider:
+            await provider.submit(ImageRequest(prompt="a banana", idempotency_key="k"))
+
+    with pytest.raises(RateLimited) as caught:
+        run(go())
+    assert caught.value.retry_after is None
+    emulator.configure(rate_limit=None)
+    run(go())  # the refused taskUUID was not used up: the retry is accepted
+    assert emulator.duplicates == 0
+
+
+# -- references and uploads ------------------------------------------------------------------
+
+
+def test_large_local_reference_is_uploaded_once(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    big = png((640, 640), noise=True)
+    assert len(big) > INLINE_MAX_BYTES
+    ref = Reference("specs/data/big.png", big)
+
+    async def go() -> None:
+        async with provider_for(hub) as provider:
+            await asyncio.gather(*(
+                provider.submit(ImageRequest(prompt=f"banana {i}", references=(ref,)))
+                for i in range(3)
+            ))
+
+    run(go())
+    [(image_uuid, url)] = emulator.uploads.items()
+    assert len(emulator.requests) == 4  # one imageUpload, three creates
+    for create in emulator.creates:
+        assert create.body["inputs"] == {"referenceImages": [image_uuid]}
+        assert emulator.tasks[create.task_id].references == [url]
+    assert httpx.get(url).content == big
+
+
+def test_emulator_upload_task(hub: EmulatorHub, emulator: RunwareEmulator) -> None:
+    upload = {"taskType": "imageUpload", "taskUUID": str(uuid.uuid4()),
+              "image": base64.b64encode(png()).decode()}
+    [item] = post(hub, [upload]).json()["data"]
+    assert item["taskUUID"] == upload["taskUUID"] and uuid.UUID(item["imageUUID"])
+    bad = dict(upload, taskUUID=str(uuid.uuid4()), image="not an image!")
+    assert post(hub, [bad]).json()["errors"][0]["code"] == "invalidImage"
+    unknown = inference(inputs={"referenceImages": [str(uuid.uuid4())]})
+    assert post(hub, [unknown]).json()["errors"][0]["code"] == "invalidReferenceImages"
+    known = inference(inputs={"referenceImages": [item["imageUUID"]]})
+    assert post(hub, [known]).status_code == 200
+
+
+# -- provider options ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        pytest.param({"steps": 30}, "options.runware.steps: unknown option", id="unknown"),
+        pytest.param({"numberResults": 2}, "only 1 is supported", id="number-results"),
+        pytest.param({"settings": {"temperature": 2}}, "options.runware.settings.temperature",
+                     id="temperature"),
+        pytest.param({"providerSettings": {"google": {"search": True}}},
+                     "options.runware.providerSettings.google.search", id="google-search"),
+        pytest.param({"providerSettings": {"google": {"safetyTolerance": "strict"}}},
+                     "safetyTolerance", id="safety-tolerance"),
+        pytest.param({"safety": {"mode": "full"}}, "options.runware.safety.mode", id="safety"),
+        pytest.param({"deliveryMethod": "stream"}, "options.runware.deliveryMethod",
+                     id="delivery"),
+        pytest.param({"outputQuality": 10}, "options.runware.outputQuality", id="quality"),
+        pytest.param({"ttl": 30}, "options.runware.ttl", id="ttl"),
+        pytest.param({"seed": 5}, "disagree", id="seed-conflict"),
+    ],
+)
+def test_bad_options_are_refused_before_sending(
+    hub: EmulatorHub, emulator: RunwareEmulator, options: dict[str, Any], named: str
+) -> None:
+    async def go() -> None:
+        async with provider_for(hub) as provider:
+            await provider.submit(ImageRequest(prompt="a banana", seed=4, options=options))
+
+    with pytest.raises(LimitExceeded, match=named):
+        run(go())
+    assert emulator.requests == []
+
+
+def test_option_seed_is_sent_when_the_request_has_none(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    async def go() -> Pending | Finished:
+        async with provider_for(hub) as provider:
+            request = ImageRequest(prompt="a banana", options={"seed": 5, "includeCost": False})
+            submitted = await provider.submit(request)
+            return await until_done(provider, submitted)
+
+    finished = run(go())
+    assert isinstance(finished, Finished) and finished.cost_usd is None
+    body = emulator.creates[0].body
+    assert (body["seed"], body["includeCost"]) == (5, False)
