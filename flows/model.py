@@ -32,6 +32,23 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class MatrixSpec:
+    """The matrix with every value as template text. `axes` always has `prompt`,
+    `aspect_ratio` and `resolution` (defaults filled in), then the extra axes in spec order."""
+
+    axes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    include: tuple[Mapping[str, str], ...] = ()
+    exclude: tuple[Mapping[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    path: str                           # resolved: absolute local path or fsspec URL
+    format: str | None = None           # csv | parquet | jsonl; None: from the extension
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A validated job spec. Paths are already resolved against the spec file's folder."""
 
@@ -50,6 +67,11 @@ class JobSpec:
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     base_urls: Mapping[str, str] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)  # the parsed YAML, for expansion
+    credentials: Mapping[str, str] = field(default_factory=dict)  # ENV_VAR -> Secret block name
+    matrix: MatrixSpec = field(default_factory=MatrixSpec)
+    dataset: DatasetSpec | None = None
+    references: tuple[str, ...] = ()     # templates, as written
+    base_dir: str = "."                  # the spec file's folder: relative paths start here
 
     @property
     def provider(self) -> str:

@@ -1,0 +1,572 @@
+"""A job spec expanded into cells: dataset row × matrix combination × replicate.
+
+    cells = expand(spec)                 # list[Cell], in a stable order
+    cells[0].cell_id                     # "3f9a0c1d2b4e5f60"
+
+Each cell's prompt, references and output path are its templates filled with the cell's
+variables: the matrix combination, the dataset row, and the built-ins `name`,
+`aspect_ratio`, `resolution`, `replicate` (0-based), `format` and `ext`; output paths also get
+`cell_id`. A reference template that renders empty is left out of that cell.
+
+A combination that `include` adds without naming `prompt`, `aspect_ratio` or `resolution`
+takes the axis's value when the axis has exactly one (so the defaults `1:1` and `1K` apply);
+with several values the include entry must name one.
+
+`cell_id` (see `cell_id`) hashes the provider-neutral request only, so it is the same in
+every run, on every machine, whatever the order of the axes and whichever provider of the
+fallback list ends up running it. Two cells with the same id and the same output path are
+one cell (e.g. an axis that neither the prompt nor the path uses): it is kept once. The
+same id with different paths would pay twice for one request: that is a problem.
+
+Expansion is also the last step of validation: `Expansion.run()` collects `Issue`s (missing
+reference files, colliding output paths, identical requests...) instead of raising, and
+`flows.spec` turns them into located problems.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json.encoder
+import os
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from flows import matrix as gha
+from flows.dataset import Dataset, read_dataset
+from flows.model import Cell, JobSpec
+from flows.templating import MissingVariable, Template, TemplateError
+from flows.yamlpos import JsonPath
+from outputs.paths import sanitise_relative_path
+
+ID_CHARS = 16
+REQUEST_KEYS = ("prompt", "aspect_ratio", "resolution")  # every cell needs these
+TEMPLATE_BUILTINS = ("name", "aspect_ratio", "resolution", "replicate", "format", "ext")
+RESERVED_NAMES = frozenset({"name", "replicate", "format", "ext", "cell_id"})
+MAX_MISSING_FILES = 10
+_HTTP = ("http://", "https://")
+_json_string: Callable[[str], str] = json.encoder.encode_basestring  # as ensure_ascii=False
+_IDENTITY_CACHE: dict[tuple[str, int, int], str] = {}
+_EXPANDED: dict[int, list[Cell]] = {}  # id(spec) -> cells validation already built
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A reason the spec cannot expand, shown at `path` (a JSON path into the spec)."""
+
+    path: JsonPath
+    message: str
+    key: bool = False  # point at the key rather than the value
+
+
+class ExpansionError(ValueError):
+    def __init__(self, issues: Sequence[Issue]) -> None:
+        super().__init__("; ".join(issue.message for issue in issues))
+        self.issues = list(issues)
+
+
+@dataclass
+class PromptStats:
+    """Lengths of one prompt template's renderings, for provider prompt limits."""
+
+    shortest: int
+    longest: int
+    longest_example: str
+
+
+@dataclass
+class Stats:
+    """What validation needs to check provider limits without looking at every cell again."""
+
+    combinations: int = 0
+    rows: int | None = None
+    merged: int = 0  # cells dropped as identical to an earlier one (request and path)
+    aspect_ratios: set[str] = field(default_factory=set)
+    resolutions: set[str] = field(default_factory=set)
+    prompts: dict[str, PromptStats] = field(default_factory=dict)  # template -> lengths
+    most_references: int = 0
+    most_references_example: str = ""
+    # template index -> the first rendering that is not an http(s) URL (must be delivered)
+    local_references: dict[int, str] = field(default_factory=dict)
+
+
+def expand(spec: JobSpec) -> list[Cell]:
+    """Every cell of a validated spec; raises `ExpansionError` when it cannot expand."""
+    cached = _EXPANDED.get(id(spec))
+    if cached is not None:
+        return list(cached)
+    expansion = Expansion(spec)
+    cells = expansion.run()
+    if expansion.issues:
+        raise ExpansionError(expansion.issues)
+    return cells
+
+
+def remember(spec: JobSpec, cells: list[Cell]) -> None:
+    """Keep the cells validation built, so `expand(spec)` does not build them twice."""
+    key = id(spec)
+    _EXPANDED[key] = cells
+    weakref.finalize(spec, _EXPANDED.pop, key, None)
+
+
+def cell_id(
+    prompt: str,
+    aspect_ratio: str,
+    resolution: str,
+    output_format: str,
+    reference_identities: Sequence[str],
+    seed: int | None,
+    replicate: int,
+) -> str:
+    """Stable id of a provider-neutral request: sha256 of its canonical JSON, 16 hex chars."""
+    # json.dumps([...], ensure_ascii=False, separators=(",", ":")), spelled out: 3x faster
+    refs = ",".join(_json_string(r) for r in reference_identities)
+    canonical = (
+        f"[{_json_string(prompt)},{_json_string(aspect_ratio)},{_json_string(resolution)},"
+        f"{_json_string(output_format)},[{refs}],{'null' if seed is None else int(seed)},"
+        f"{int(replicate)}]"
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:ID_CHARS]
+
+
+def is_remote(uri: str) -> bool:
+    """http(s) or any other fsspec URL (`s3://...`); `file://` counts as local."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def resolve_local(uri: str, base_dir: str) -> str:
+    """A local path made absolute against the spec's folder; URLs unchanged."""
+    if is_remote(uri):
+        return uri
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(uri)))
+
+
+def reference_identity(uri: str) -> str:
+    """What a reference contributes to a cell id: the sha256 of a local file's content
+    (cached by path, size and mtime), the URL itself for anything remote.
+    Raises `FileNotFoundError` for a missing local file."""
+    if is_remote(uri):
+        return uri
+    stat = os.stat(uri)
+    key = (uri, stat.st_size, stat.st_mtime_ns)
+    identity = _IDENTITY_CACHE.get(key)
+    if identity is None:
+        digest = hashlib.sha256()
+        with open(uri, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        identity = _IDENTITY_CACHE[key] = f"sha256:{digest.hexdigest()}"
+    return identity
+
+
+def read_rows(spec: JobSpec) -> Dataset | None:
+    if spec.dataset is None:
+        return None
+    return read_dataset(
+        spec.dataset.path, format=spec.dataset.format,
+        storage_options=spec.dataset.storage_options,
+    )
+
+
+def combinations(spec: JobSpec) -> list[gha.Combination]:
+    m = spec.matrix
+    return gha.expand(m.axes, m.include, m.exclude)
+
+
+ValuePath = Callable[[str, str], JsonPath]
+
+
+def _default_value_path(key: str, value: str) -> JsonPath:
+    return ("matrix", key)
+
+
+class Expansion:
+    """One pass over every cell of a spec, collecting `issues` and `stats` on the way.
+
+    `value_path(key, value)` says where a matrix value is written in the spec (for issue
+    locations); `dataset` saves reading the file again when the caller already has it.
+    """
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        *,
+        dataset: Dataset | None = None,
+        value_path: ValuePath = _default_value_path,
+    ) -> None:
+        self.spec = spec
+        self.dataset = dataset if dataset is not None else read_rows(spec)
+        self.value_path = value_path
+        self.issues: list[Issue] = []
+        self.stats = Stats(rows=None if self.dataset is None else len(self.dataset.rows))
+        self._reported: set[tuple[JsonPath, str]] = set()
+        self._missing_files: dict[str, None] = {}
+        self._missing_file_issues = 0
+        self._missing_vars: set[tuple[JsonPath, str]] = set()
+        self._references: dict[str, tuple[str, str]] = {}  # rendered -> (uri, identity)
+        self._shared_paths = _Collisions()
+        self._identical_requests = _Collisions()
+        self._verbatim_prompts = False  # a malformed prompt stands in as plain text
+
+    # -- issues -------------------------------------------------------------------------
+
+    def report(self, path: JsonPath, message: str, *, key: bool = False) -> None:
+        """Record an issue once per place and message."""
+        if (path, message) not in self._reported:
+            self._reported.add((path, message))
+            self.issues.append(Issue(path, message, key))
+
+    # -- templates ----------------------------------------------------------------------
+
+    def variables(self) -> set[str]:
+        """Names a template may use (path templates additionally get cell_id)."""
+        names = set(self.spec.matrix.axes) | set(TEMPLATE_BUILTINS)
+        for entry in self.spec.matrix.include:
+            names.update(entry)
+        if self.dataset is not None:
+            names.update(self.dataset.columns)
+        return names
+
+    def template(
+        self, text: str, path: JsonPath, known: set[str], what: str
+    ) -> Template | None:
+        try:
+            template = Template.parse(text)
+        except TemplateError as exc:
+            self.report(path, str(exc))
+            return None
+        unknown = [name for name in template.names if name not in known]
+        for name in unknown:
+            self.report(path, _unknown_placeholder(name, known, what))
+        return None if unknown else template
+
+    def templates(self) -> tuple[dict[str, Template], list[Template | None], Template | None]:
+        known = self.variables()
+        prompt_known = known - {"prompt"}
+        prompts: dict[str, Template] = {}
+        for text in self._distinct("prompt"):
+            parsed = self.template(text, self.value_path("prompt", text), prompt_known, "prompt")
+            if parsed is not None:
+                prompts[text] = parsed
+        references = [
+            self.template(text, ("references", i), prompt_known, "reference")
+            for i, text in enumerate(self.spec.references)
+        ]
+        path = self.template(
+            self.spec.output.path, ("output", "path"), known | {"cell_id"}, "output path"
+        )
+        return prompts, references, path
+
+    def _distinct(self, key: str) -> list[str]:
+        values = dict.fromkeys(self.spec.matrix.axes.get(key, ()))
+        for entry in self.spec.matrix.include:
+            if key in entry:
+                values[entry[key]] = None
+        return list(values)
+
+    # -- expansion ----------------------------------------------------------------------
+
+    def complete(self, combos: list[gha.Combination]) -> list[dict[str, str]]:
+        """Fill the request keys an added combination left out, where that is unambiguous."""
+        axes = self.spec.matrix.axes
+        complete: list[dict[str, str]] = []
+        for combo in combos:
+            values = combo.values
+            missing = [key for key in REQUEST_KEYS if key not in values]
+            ambiguous = [key for key in missing if len(axes.get(key, ())) != 1]
+            if ambiguous and combo.added_by is not None:
+                self.report(
+                    ("matrix", "include", combo.added_by),
+                    f"this include entry adds a new combination without {_names(ambiguous)} "
+                    "and the matrix has several values for it; name one in the entry "
+                    "(an entry that matches no combination is added as a new one, "
+                    "GitHub Actions semantics)",
+                )
+                continue
+            if missing:
+                values = {**values, **{key: axes[key][0] for key in missing}}
+            complete.append(values)
+        return complete
+
+    def run(self) -> list[Cell]:
+        """Every cell; problems go to `issues`, numbers for limit checks to `stats`."""
+        # 100,000 cells are ~10 allocations each and no cycles: the cyclic GC would only
+        # rescan them again and again (a third of the time), so it pauses meanwhile.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run()
+        finally:
+            if paused:
+                gc.enable()
+
+    def _run(self) -> list[Cell]:
+        spec = self.spec
+        prompts, references, path_template = self.templates()
+        self._verbatim_prompts = len(prompts) < len(self._distinct("prompt"))
+        combos = self.complete(combinations(spec))
+        if not combos and not self.issues:
+            self.report(("matrix",), "the matrix has no combinations: exclude removes them all")
+        self.stats.combinations = len(combos)
+        for values in combos:
+            self.stats.aspect_ratios.add(values["aspect_ratio"])
+            self.stats.resolutions.add(values["resolution"])
+        if path_template is None:  # reported; keep checking everything else
+            path_template = Template.parse("{cell_id}.{ext}")
+        rows: Sequence[Mapping[str, str]] = self.dataset.rows if self.dataset else [{}]
+        cells: list[Cell] = []
+        by_path: dict[str, Cell] = {}
+        by_id: dict[str, Cell] = {}
+        fmt = spec.output.format
+        builtins = {"name": spec.name, "format": fmt, "ext": fmt}
+        for row_index, row in enumerate(rows):
+            for values in combos:
+                prompt_template = prompts.get(values["prompt"]) or _verbatim(values["prompt"])
+                cell_vars = {**values, **row}
+                for replicate in range(spec.repeat):
+                    cell = self._cell(
+                        len(cells), cell_vars, {**cell_vars, **builtins}, replicate,
+                        row_index if self.dataset is not None else None,
+                        prompt_template, references, path_template,
+                    )
+                    if cell is None:
+                        continue
+                    if self._check_unique(cell, by_path, by_id):
+                        cells.append(cell)
+        self._summarise()
+        return cells
+
+    def _cell(
+        self,
+        index: int,
+        cell_vars: dict[str, str],
+        values: dict[str, str],
+        replicate: int,
+        row: int | None,
+        prompt_template: Template,
+        reference_templates: list[Template | None],
+        path_template: Template,
+    ) -> Cell | None:
+        spec = self.spec
+        values["replicate"] = str(replicate)
+        try:
+            prompt = prompt_template.render(values)
+        except MissingVariable as exc:
+            prompt_path = self.value_path("prompt", prompt_template.text)
+            self._missing_variable(prompt_path, exc.name, cell_vars, row)
+            return None
+        uris: list[str] = []
+        identities: list[str] = []
+        for i, template in enumerate(reference_templates):
+            if template is None:  # malformed, reported: check the others
+                continue
+            try:
+                text = template.render(values).strip()
+            except MissingVariable as exc:
+                self._missing_variable(("references", i), exc.name, cell_vars, row)
+                return None
+            if not text:
+                continue
+            known = self._references.get(text)
+            if known is None:
+                uri = resolve_local(text, spec.base_dir)
+                try:
+                    known = self._references[text] = (uri, reference_identity(uri))
+                except OSError:  # reported; the cell still expands so later checks run
+                    self._missing_file(i, template, uri, row)
+                    known = (uri, f"missing:{uri}")
+            uri = known[0]
+            identities.append(known[1])
+            if i not in self.stats.local_references and not uri.startswith(_HTTP):
+                self.stats.local_references[i] = uri
+            uris.append(uri)
+        seed = None if spec.seed is None else spec.seed + replicate
+        ratio, resolution, fmt = values["aspect_ratio"], values["resolution"], values["format"]
+        cid = cell_id(prompt, ratio, resolution, fmt, identities, seed, replicate)
+        values["cell_id"] = cid
+        try:
+            output_path = sanitise_relative_path(path_template.render(values))
+        except MissingVariable as exc:
+            self._missing_variable(("output", "path"), exc.name, cell_vars, row)
+            return None
+        except ValueError as exc:
+            self.report(("output", "path"), f"{exc} (for {_describe(cell_vars, row)})")
+            return None
+        self._count(prompt_template.text, prompt, len(uris), cell_vars, row)
+        return Cell(
+            cell_id=cid, index=index, prompt=prompt, aspect_ratio=ratio,
+            resolution=resolution, output_format=fmt, references=tuple(uris),
+            vars=cell_vars, replicate=replicate, output_path=output_path, seed=seed,
+            dataset_row=row,
+        )
+
+    def _count(
+        self, template: str, prompt: str, references: int, cell_vars: Mapping[str, str],
+        row: int | None,
+    ) -> None:
+        stats = self.stats.prompts.get(template)
+        length = len(prompt)
+        if stats is None:
+            self.stats.prompts[template] = PromptStats(length, length, _describe(cell_vars, row))
+        elif length > stats.longest:
+            stats.longest, stats.longest_example = length, _describe(cell_vars, row)
+        elif length < stats.shortest:
+            stats.shortest = length
+        if references > self.stats.most_references:
+            self.stats.most_references = references
+            self.stats.most_references_example = _describe(cell_vars, row)
+
+    def _missing_variable(
+        self, path: JsonPath, name: str, cell_vars: Mapping[str, str], row: int | None
+    ) -> None:
+        if (path, name) in self._missing_vars:
+            return
+        self._missing_vars.add((path, name))
+        self.report(
+            path,
+            f"placeholder {{{name}}} has no value in some cells, e.g. "
+            f"{_describe(cell_vars, row)}: only some include entries set {name!r}; set it "
+            "in every combination or drop the placeholder",
+        )
+
+    def _missing_file(self, index: int, template: Template, uri: str, row: int | None) -> None:
+        if uri in self._missing_files:
+            return
+        self._missing_files[uri] = None
+        columns = set(self.dataset.columns) if self.dataset is not None else set()
+        from_data = row is not None and bool(template.names) and set(template.names) <= columns
+        self._missing_file_issues += 1
+        if self._missing_file_issues > MAX_MISSING_FILES:
+            return
+        if from_data:
+            shown = ", ".join(f"column {n!r}" for n in template.names)
+            self.report(
+                ("dataset", "path"),
+                f"row {row} ({shown}): reference image {uri!r} does not exist",
+            )
+        else:
+            self.report(("references", index), f"reference image {uri!r} does not exist")
+
+    def _check_unique(self, cell: Cell, by_path: dict[str, Cell], by_id: dict[str, Cell]) -> bool:
+        """False for a cell identical to an earlier one (same request, same path)."""
+        other = by_id.setdefault(cell.cell_id, cell)
+        if other is not cell and not self._verbatim_prompts:  # else ids say nothing
+            if other.output_path == cell.output_path:
+                self.stats.merged += 1
+                return False
+            self._collide(self._identical_requests, other, cell)
+            return True  # the same request: its output path is not a separate problem
+        other = by_path.setdefault(cell.output_path, cell)
+        if other is not cell:
+            self._collide(self._shared_paths, other, cell)
+        return True
+
+    def _collide(self, collisions: _Collisions, first: Cell, second: Cell) -> None:
+        collisions.count += 1
+        if collisions.example is None:
+            collisions.example = (first, second)
+        if collisions.count <= 100:  # enough to name every differing variable
+            collisions.differ.update(dict.fromkeys(_differences(first, second)))
+
+    def _summarise(self) -> None:
+        shared = self._shared_paths
+        if shared.example is not None:
+            first, second = shared.example
+            names = list(shared.differ) or ["cell_id"]
+            hint = ", ".join(f"{{{name}}}" for name in names[:3])
+            self.report(
+                ("output", "path"),
+                f"{_cells(shared.count)} write to a path another cell writes, e.g. "
+                f"{first.cell_id} ({_describe(first.vars, first.dataset_row)}) and "
+                f"{second.cell_id} ({_describe(second.vars, second.dataset_row)}) both write "
+                f"{second.output_path!r}; add {hint} or {{cell_id}} to output.path",
+            )
+        same = self._identical_requests
+        if same.example is not None:
+            self._identical(same)
+        if self._missing_file_issues > MAX_MISSING_FILES:
+            self.report(
+                ("references",),
+                f"{self._missing_file_issues} reference images in all do not exist",
+            )
+
+    def _identical(self, same: _Collisions) -> None:
+        assert same.example is not None
+        first, second = same.example
+        differ = list(same.differ)
+        axes = self.spec.matrix.axes
+        axis = next((name for name in differ if name in axes), None)
+        if axis is not None:
+            path: JsonPath = ("matrix", axis)
+        elif self.dataset is not None and first.dataset_row != second.dataset_row:
+            path = ("dataset", "path")
+        else:
+            path = ("matrix", "prompt")
+        what = ", ".join(differ) or "nothing"
+        self.report(
+            path,
+            f"{_cells(same.count)} send the same request as another cell (same prompt, "
+            "aspect ratio, resolution, references and seed) and would be paid twice, e.g. "
+            f"{_describe(first.vars, first.dataset_row)} and "
+            f"{_describe(second.vars, second.dataset_row)}; they differ only in {what}: "
+            "use it in the prompt (or use repeat for replicates)",
+        )
+
+
+@dataclass
+class _Collisions:
+    count: int = 0
+    example: tuple[Cell, Cell] | None = None
+    differ: dict[str, None] = field(default_factory=dict)
+
+
+def _cells(count: int) -> str:
+    return "1 cell" if count == 1 else f"{count} cells"
+
+
+def _verbatim(text: str) -> Template:
+    """A malformed template (already reported) as plain text, so the rest still expands."""
+    return Template(text.replace("{", "{{").replace("}", "}}"), ())
+
+
+def _differences(first: Cell, second: Cell) -> list[str]:
+    names = [
+        name for name in dict.fromkeys([*first.vars, *second.vars])
+        if first.vars.get(name) != second.vars.get(name)
+    ]
+    if first.replicate != second.replicate:
+        names.append("replicate")
+    return names
+
+
+def _describe(cell_vars: Mapping[str, str], row: int | None) -> str:
+    parts = [] if row is None else [f"row {row}"]
+    for name, value in cell_vars.items():
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        parts.append(f"{name}={shown!r}")
+        if len(parts) >= 6:
+            parts.append("...")
+            break
+    return ", ".join(parts)
+
+
+def _names(keys: Sequence[str]) -> str:
+    return " and ".join(repr(key) for key in keys)
+
+
+def _unknown_placeholder(name: str, known: set[str], what: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f"; did you mean {{{close[0]}}}?" if close else ""
+    if name == "cell_id":
+        return f"{{cell_id}} is only available in output.path{hint}"
+    if name == "prompt" and what != "output path":
+        return f"a {what} cannot use {{prompt}}"
+    return (
+        f"placeholder {{{name}}} in this {what} is not a matrix axis, an include key, a dataset "
+        f"column or a built-in ({', '.join(TEMPLATE_BUILTINS)}){hint}"
+    )

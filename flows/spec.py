@@ -1,0 +1,702 @@
+"""Load and validate a job spec: every problem, located, before anything is spent.
+
+    problems = validate_spec_file("specs/demo.yaml")   # [] when valid
+    spec = load_spec("specs/demo.yaml")                # JobSpec, or raises SpecInvalid
+
+A problem names file, line and column, the JSON path and what is wrong, e.g.
+
+    specs/x.yaml:7:31: matrix.aspect_ratio[2]: wiro does not accept aspect ratio '7:3'; ...
+
+Checks, in order: YAML syntax (the parser stops at the first syntax error, so that one is
+all a broken file can report), duplicate keys, the JSON Schema (`schemas/job.schema.json`,
+unknown keys included), providers (unknown names, each provider's option schema),
+template placeholders, the dataset, then a full expansion into cells (missing reference
+files, colliding output paths, identical requests) and every documented limit of every
+provider of the fallback list (`providers.adapter.limit_problems`). Each distinct problem
+is reported once, at the most precise place: the list item, the prompt, the dataset path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
+
+from flows import cells as cellmod
+from flows import yamlpos
+from flows.dataset import Dataset, DatasetError, read_dataset
+from flows.model import (
+    DEFAULT_OUTPUT_PATH,
+    DEFAULT_RETRIES,
+    DatasetSpec,
+    JobSpec,
+    MatrixSpec,
+    OutputSpec,
+    ProviderLimits,
+)
+from flows.templating import Template, TemplateError
+from flows.throttle import Rate
+from flows.yamlpos import JsonPath, LocatedDocument
+from providers import registry
+from providers.adapter import limit_problems
+from providers.base import Capabilities, ImageRequest, Reference
+from schemas import load_job_schema
+
+DEFAULT_TARGET = "./runs/{name}"
+DEFAULT_ASPECT_RATIOS = ("1:1",)
+DEFAULT_RESOLUTIONS = ("1K",)
+PROVIDER_SECTIONS = ("limits", "options", "prices", "base_urls")
+# Parts of the spec a cell is built from: with a schema error in one of them, the spec is
+# not expanded (the problems it would add would only repeat that error).
+EXPANSION_INPUTS = {
+    (key,) for key in ("matrix", "dataset", "references", "repeat", "seed", "output")
+}
+_TYPE_NAMES = {
+    "string": "a string", "array": "a list", "object": "a mapping", "integer": "an integer",
+    "number": "a number", "boolean": "true or false", "null": "nothing",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem of a spec; `str()` is `file:line:col: path: message`."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.path}: {self.message}"
+
+
+class SpecInvalid(Exception):
+    """The spec has problems; `.problems` lists every one."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def load_spec(path: str) -> JobSpec:
+    """The validated spec at `path`; raises `SpecInvalid` with every problem."""
+    spec, problems = check_spec_file(path)
+    if problems or spec is None:
+        raise SpecInvalid(problems)
+    return spec
+
+
+def validate_spec_file(path: str) -> list[Problem]:
+    """Every problem of the spec at `path`, in file order; empty when it is valid."""
+    return check_spec_file(path)[1]
+
+
+def parse_spec(text: str, *, source: str = "<memory>", base_dir: str | None = None) -> JobSpec:
+    """`load_spec` for YAML text; relative paths resolve against `base_dir` (default: cwd)."""
+    spec, problems = check_spec(text, source=source, base_dir=base_dir)
+    if problems or spec is None:
+        raise SpecInvalid(problems)
+    return spec
+
+
+def check_spec_file(path: str) -> tuple[JobSpec | None, list[Problem]]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return None, [Problem(path, 1, 1, "$", f"cannot read the spec: {reason}")]
+    return check_spec(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def check_spec(
+    text: str, *, source: str = "<memory>", base_dir: str | None = None
+) -> tuple[JobSpec | None, list[Problem]]:
+    """The spec (None when it cannot be built) and every problem found."""
+    checker = _Checker(text, source, os.path.abspath(base_dir or os.getcwd()))
+    spec = checker.run()
+    return (spec if not checker.problems else None), checker.sorted_problems()
+
+
+@cache
+def _job_validator() -> Any:
+    return jsonschema.Draft202012Validator(load_job_schema())
+
+
+def _validator_for(schema: Mapping[str, Any]) -> Any:
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema)
+
+
+def text_value(value: Any) -> str:
+    """A YAML scalar as template text: true/false, numbers as written, null as ""."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+class _Checker:
+    def __init__(self, text: str, source: str, base_dir: str) -> None:
+        self.text = text
+        self.source = source
+        self.base_dir = base_dir
+        self.doc = LocatedDocument(None)
+        self.problems: list[Problem] = []
+        self._seen: set[tuple[int, int, str, str]] = set()
+        self.schema_paths: list[JsonPath] = []  # where a value is wrong (not unknown keys)
+        self.blocking: list[JsonPath] = []      # ... and the value cannot be expanded
+        self.caps: dict[str, Capabilities] = {}
+        self.known: list[str] = []
+        self.blocked = False  # expansion would only repeat problems already found
+        self._value_paths: dict[tuple[str, str], JsonPath] = {}
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def add(self, path: JsonPath, message: str, *, key: bool = False) -> None:
+        position = self.doc.position(path, key=key)
+        shown = yamlpos.format_path(path)
+        mark = (position.line, position.column, shown, message)
+        if mark not in self._seen:
+            self._seen.add(mark)
+            self.problems.append(Problem(self.source, position.line, position.column, shown,
+                                         message))
+
+    def sorted_problems(self) -> list[Problem]:
+        return sorted(self.problems, key=lambda p: (p.line, p.column))
+
+    def broken(self, path: JsonPath) -> bool:
+        """A schema error at `path`, inside it, or at one of its parents' own values."""
+        n = len(path)
+        return any(p[:n] == path or path[: len(p)] == p for p in self.schema_paths)
+
+    # -- the checks -----------------------------------------------------------------------
+
+    def run(self) -> JobSpec | None:
+        try:
+            self.doc = yamlpos.load(self.text)
+        except yamlpos.YamlSyntaxError as exc:
+            pos = exc.position
+            self.problems.append(Problem(self.source, pos.line, pos.column, "$", exc.message))
+            return None
+        for dup in self.doc.duplicates:
+            self.problems.append(Problem(
+                self.source, dup.position.line, dup.position.column,
+                yamlpos.format_path(dup.path),
+                f"duplicate key {dup.path[-1]!r} (first written at line {dup.first.line}); "
+                "write each key once",
+            ))
+        data = self.doc.value
+        if not isinstance(data, dict):
+            self.add((), "a job spec is a mapping with the keys version, name, provider and "
+                         "matrix (see schemas/job.schema.json)")
+            return None
+        self.check_schema(data)
+        providers = self.check_providers(data)
+        self.check_options(data)
+        self.check_limits(data)
+        self.check_credentials(data, providers)
+        matrix = self.matrix_spec(data)
+        dataset_spec = self.dataset_spec(data)
+        dataset = self.read(dataset_spec)
+        output = self.output_spec(data)
+        if dataset is not None:
+            self.check_columns(dataset, matrix)
+        self.blocked = self.blocked or any(p[:1] in EXPANSION_INPUTS for p in self.blocking)
+        spec = self.job_spec(data, providers, matrix, dataset_spec, output)
+        if spec is None or (dataset_spec is not None and dataset is None):
+            self.check_template_syntax(data)  # names cannot be judged without the rest
+            return None
+        expansion = cellmod.Expansion(spec, dataset=dataset, value_path=self.value_path)
+        cells = expansion.run()
+        for issue in expansion.issues:
+            self.add(issue.path, issue.message, key=issue.key)
+        self.check_provider_limits(spec, expansion.stats)
+        if not self.problems:
+            cellmod.remember(spec, cells)
+        return spec
+
+    def check_schema(self, data: Mapping[str, Any]) -> None:
+        for error in _job_validator().iter_errors(data):
+            base = tuple(error.absolute_path)
+            for path, message, key in schema_messages(error, base):
+                self.add(path, message, key=key)
+                if error.validator == "additionalProperties":
+                    continue  # an unknown key changes no value: the rest can still expand
+                self.schema_paths.append(path)
+                if error.validator != "enum":  # a wrong ratio still expands, unchecked
+                    self.blocking.append(path)
+
+    def check_providers(self, data: Mapping[str, Any]) -> list[str]:
+        """The spec's fallback list; loads each known provider's capabilities."""
+        self.known = registry.available()
+        raw = data.get("provider")
+        items: list[tuple[JsonPath, Any]]
+        if isinstance(raw, list):
+            items = [(("provider", i), name) for i, name in enumerate(raw)]
+        else:
+            items = [(("provider",), raw)]
+        names = [name for _, name in items if isinstance(name, str)]
+        for path, name in items:
+            if isinstance(name, str):
+                self.load_provider(path, name)
+        for section in PROVIDER_SECTIONS:
+            table = data.get(section)
+            if isinstance(table, dict):
+                for name in table:
+                    if name not in self.known:
+                        self.add((section, name), self.unknown_provider(name), key=True)
+                    else:
+                        self.load_provider((section, name), name, key=True)
+        return names
+
+    def load_provider(self, path: JsonPath, name: str, *, key: bool = False) -> None:
+        if name in self.caps:
+            return
+        if name not in self.known:
+            self.add(path, self.unknown_provider(name), key=key)
+            return
+        try:
+            self.caps[name] = registry.capabilities(name)
+        except Exception as exc:  # any adapter, incl. third-party entry points
+            self.add(path, f"provider {name!r} cannot be loaded ({type(exc).__name__}: {exc}); "
+                           "its limits cannot be checked", key=key)
+
+    def unknown_provider(self, name: str) -> str:
+        close = difflib.get_close_matches(name, self.known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown provider {name!r}; {hint}known: {', '.join(self.known)}"
+
+    def check_options(self, data: Mapping[str, Any]) -> None:
+        options = data.get("options")
+        if not isinstance(options, dict):
+            return
+        for name, value in options.items():
+            caps = self.caps.get(name)
+            if caps is None or not isinstance(value, dict) or not caps.option_schema:
+                continue
+            for error in _validator_for(caps.option_schema).iter_errors(value):
+                base = ("options", name, *error.absolute_path)
+                for path, message, key in schema_messages(error, base):
+                    self.add(path, f"{message} ({name} options)", key=key)
+
+    def check_limits(self, data: Mapping[str, Any]) -> None:
+        limits = data.get("limits")
+        if not isinstance(limits, dict):
+            return
+        for name, value in limits.items():
+            rate = value.get("rate") if isinstance(value, dict) else None
+            if isinstance(rate, str) and not self.broken(("limits", name, "rate")):
+                try:
+                    Rate.parse(rate)
+                except ValueError as exc:
+                    self.add(("limits", name, "rate"), str(exc))
+
+    def check_credentials(self, data: Mapping[str, Any], providers: list[str]) -> None:
+        credentials = data.get("credentials")
+        if not isinstance(credentials, dict) or not providers:
+            return
+        if any(name not in self.caps for name in providers):
+            return  # an unknown provider is reported already; its variables are unknown
+        used: dict[str, None] = {}
+        for name in providers:
+            caps = self.caps[name]
+            used.update(dict.fromkeys((*caps.env_vars, *caps.optional_env_vars)))
+        for var in credentials:
+            if var not in used and not self.broken(("credentials",)):
+                self.add(("credentials", var),
+                         f"no provider of this job reads {var}; they read: {', '.join(used)}",
+                         key=True)
+
+    # -- building the spec ------------------------------------------------------------------
+
+    def matrix_spec(self, data: Mapping[str, Any]) -> MatrixSpec:
+        raw = data.get("matrix")
+        if not isinstance(raw, dict):
+            self.blocked = True
+            return MatrixSpec()
+        axes: dict[str, tuple[str, ...]] = {}
+        for key, values in raw.items():
+            if key in ("include", "exclude"):
+                continue
+            if key in cellmod.RESERVED_NAMES:
+                self.add(("matrix", key), f"{key!r} is a built-in template variable; give "
+                                          "the axis another name", key=True)
+                self.blocked = True
+            if isinstance(values, list):
+                axes[key] = tuple(text_value(v) for v in values)
+        axes.setdefault("aspect_ratio", DEFAULT_ASPECT_RATIOS)
+        axes.setdefault("resolution", DEFAULT_RESOLUTIONS)
+        entries = {kind: self.entries(raw, kind) for kind in ("include", "exclude")}
+        for i, entry in enumerate(entries["exclude"]):
+            for key in entry:
+                if key not in axes:
+                    self.add(("matrix", "exclude", i, key),
+                             f"exclude key {key!r} is not a matrix axis (axes: "
+                             f"{', '.join(axes)}); exclude entries match axis values",
+                             key=True)
+        return MatrixSpec(axes, tuple(entries["include"]), tuple(entries["exclude"]))
+
+    def entries(self, raw: Mapping[str, Any], kind: str) -> list[dict[str, str]]:
+        entries = raw.get(kind)
+        if not isinstance(entries, list):
+            return []
+        result = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue
+            for key in entry:
+                if key in cellmod.RESERVED_NAMES:
+                    self.add(("matrix", kind, i, key),
+                             f"{key!r} is a built-in template variable", key=True)
+                    self.blocked = True
+            result.append({key: text_value(value) for key, value in entry.items()})
+        return result
+
+    def dataset_spec(self, data: Mapping[str, Any]) -> DatasetSpec | None:
+        raw = data.get("dataset")
+        if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
+            return None
+        fmt = raw.get("format")
+        options = raw.get("storage_options")
+        return DatasetSpec(
+            path=cellmod.resolve_local(raw["path"], self.base_dir),
+            format=fmt if isinstance(fmt, str) else None,
+            storage_options=dict(options) if isinstance(options, dict) else {},
+        )
+
+    def read(self, spec: DatasetSpec | None) -> Dataset | None:
+        if spec is None or self.broken(("dataset",)):
+            return None
+        try:
+            return read_dataset(spec.path, format=spec.format,
+                                storage_options=spec.storage_options)
+        except DatasetError as exc:
+            self.add(("dataset", "path"), str(exc))
+            return None
+
+    def check_columns(self, dataset: Dataset, matrix: MatrixSpec) -> None:
+        taken = set(matrix.axes)
+        for entry in matrix.include:
+            taken.update(entry)
+        for column in dataset.columns:
+            if column in cellmod.RESERVED_NAMES or column in cellmod.TEMPLATE_BUILTINS:
+                self.add(("dataset", "path"), f"column {column!r} has the name of a built-in "
+                                              "template variable; rename the column")
+                self.blocked = True
+            elif column in taken:
+                self.add(("dataset", "path"), f"column {column!r} has the name of a matrix "
+                                              "variable; rename the column or the axis")
+                self.blocked = True
+
+    def output_spec(self, data: Mapping[str, Any]) -> OutputSpec:
+        raw = data.get("output")
+        raw = raw if isinstance(raw, dict) else {}
+        name = data.get("name") if isinstance(data.get("name"), str) else "job"
+        target: str = raw["target"] if isinstance(raw.get("target"), str) else DEFAULT_TARGET
+        try:
+            template = Template.parse(target)
+            unknown = [n for n in template.names if n != "name"]
+            if unknown:
+                self.add(("output", "target"), f"placeholder {{{unknown[0]}}}: the target is "
+                                               "one folder per job; only {name} is available")
+                self.blocked = True
+            else:
+                target = cellmod.resolve_local(template.render({"name": str(name)}),
+                                               self.base_dir)
+        except TemplateError as exc:
+            self.add(("output", "target"), str(exc))
+            self.blocked = True
+        fmt, path, options = raw.get("format"), raw.get("path"), raw.get("storage_options")
+        return OutputSpec(
+            target=target,
+            format=fmt if isinstance(fmt, str) else "png",
+            path=path if isinstance(path, str) else DEFAULT_OUTPUT_PATH,
+            storage_options=dict(options) if isinstance(options, dict) else {},
+        )
+
+    def job_spec(
+        self,
+        data: Mapping[str, Any],
+        providers: list[str],
+        matrix: MatrixSpec,
+        dataset: DatasetSpec | None,
+        output: OutputSpec,
+    ) -> JobSpec | None:
+        if self.blocked:
+            return None
+        limits = {
+            name: ProviderLimits(
+                rate=value["rate"] if isinstance(value.get("rate"), str) else None,
+                max_in_flight=_integer(value.get("max_in_flight"), None),
+                poll_interval_s=(
+                    float(value["poll_interval"]) if _is_number(value.get("poll_interval"))
+                    else None
+                ),
+            )
+            for name, value in _mapping(data.get("limits")).items() if isinstance(value, dict)
+        }
+        max_usd = _mapping(data.get("budget")).get("max_usd")
+        return JobSpec(
+            name=data["name"] if isinstance(data.get("name"), str) else "job",
+            providers=tuple(providers),
+            output=output,
+            source=self.source,
+            repeat=_integer(data.get("repeat"), 1),
+            retries=_integer(data.get("retries"), DEFAULT_RETRIES),
+            fail_fast=data.get("fail_fast") is True,
+            max_usd=float(max_usd) if max_usd is not None and _is_number(max_usd) else None,
+            seed=_integer(data.get("seed"), None),
+            limits=limits,
+            options={k: dict(v) for k, v in _mapping(data.get("options")).items()
+                     if isinstance(v, dict)},
+            prices={
+                k: {res: float(usd) for res, usd in _mapping(v).items() if _is_number(usd)}
+                for k, v in _mapping(data.get("prices")).items()
+            },
+            base_urls={k: v for k, v in _mapping(data.get("base_urls")).items()
+                       if isinstance(v, str)},
+            raw=data,
+            credentials={str(k): str(v) for k, v in _mapping(data.get("credentials")).items()},
+            matrix=matrix,
+            dataset=dataset,
+            references=tuple(data.get("references") or ()),
+            base_dir=self.base_dir,
+        )
+
+    def check_template_syntax(self, data: Mapping[str, Any]) -> None:
+        """Malformed templates, for a spec that cannot be expanded (names are not judged)."""
+        matrix = _mapping(data.get("matrix"))
+        places: list[tuple[JsonPath, Any]] = []
+        prompts = matrix.get("prompt")
+        if isinstance(prompts, list):
+            places += [(("matrix", "prompt", i), text) for i, text in enumerate(prompts)]
+        for j, entry in enumerate(matrix.get("include") or []):
+            if isinstance(entry, dict) and "prompt" in entry:
+                places.append((("matrix", "include", j, "prompt"), entry["prompt"]))
+        references = data.get("references")
+        if isinstance(references, list):
+            places += [(("references", i), text) for i, text in enumerate(references)]
+        places.append((("output", "path"), _mapping(data.get("output")).get("path")))
+        for path, text in places:
+            if isinstance(text, str):
+                try:
+                    Template.parse(text)
+                except TemplateError as exc:
+                    self.add(path, str(exc))
+
+    # -- locations and provider limits --------------------------------------------------
+
+    def value_path(self, key: str, value: str) -> JsonPath:
+        """Where a matrix value is first written: the axis item, else an include entry."""
+        found = self._value_paths.get((key, value))
+        if found is not None:
+            return found
+        matrix = _mapping(self.doc.value.get("matrix"))
+        path: JsonPath = ("matrix", key)
+        items = matrix.get(key)
+        candidates: list[tuple[JsonPath, Any]] = []
+        if isinstance(items, list):
+            candidates += [(("matrix", key, i), v) for i, v in enumerate(items)]
+        for j, entry in enumerate(matrix.get("include") or []):
+            if isinstance(entry, dict) and key in entry:
+                candidates.append((("matrix", "include", j, key), entry[key]))
+        for candidate, raw in candidates:
+            if text_value(raw) == value:
+                path = candidate
+                break
+        self._value_paths[(key, value)] = path
+        return path
+
+    def check_provider_limits(self, spec: JobSpec, stats: cellmod.Stats) -> None:
+        """Each documented limit of each provider of the fallback list, once per value."""
+        for name in spec.providers:
+            caps = self.caps.get(name)
+            if caps is not None:
+                _LimitCheck(self, name, caps).run(spec, stats)
+
+
+class _LimitCheck:
+    """Asks `limit_problems` about one varied field at a time, so each problem it finds
+    belongs to exactly one place of the spec."""
+
+    def __init__(self, checker: _Checker, name: str, caps: Capabilities) -> None:
+        self.checker, self.name, self.caps = checker, name, caps
+        self.neutral = ImageRequest(
+            prompt="x" * max(1, caps.min_prompt_chars),
+            aspect_ratio=caps.aspect_ratios[0] if caps.aspect_ratios else "1:1",
+            resolution=caps.resolutions[0] if caps.resolutions else "1K",
+            output_format=caps.output_formats[0] if caps.output_formats else "png",
+        )
+        self.baseline = set(limit_problems(name, caps, self.neutral))
+
+    def check(self, path: JsonPath, suffix: str = "", **change: Any) -> None:
+        if self.checker.broken(path):
+            return  # the schema error there says it already
+        request = dataclasses.replace(self.neutral, **change)
+        for message in limit_problems(self.name, self.caps, request):
+            if message not in self.baseline:
+                self.checker.add(path, message + suffix)
+
+    def run(self, spec: JobSpec, stats: cellmod.Stats) -> None:
+        value_path = self.checker.value_path
+        for ratio in sorted(stats.aspect_ratios):
+            self.check(value_path("aspect_ratio", ratio), aspect_ratio=ratio)
+        for resolution in sorted(stats.resolutions):
+            self.check(value_path("resolution", resolution), resolution=resolution)
+        output = _mapping(spec.raw.get("output"))
+        self.check(("output", "format") if "format" in output else ("output",),
+                   "" if "format" in output else " (png is the default output.format)",
+                   output_format=spec.output.format)
+        for template, lengths in stats.prompts.items():
+            where = value_path("prompt", template)
+            example = f" (e.g. {lengths.longest_example})" if "{" in template else ""
+            self.check(where, example, prompt="x" * lengths.longest)
+            self.check(where, prompt="x" * lengths.shortest)
+        count = stats.most_references
+        if count:
+            fake = tuple(Reference(f"https://example.invalid/{i}") for i in range(count))
+            limit = self.caps.max_references
+            path: JsonPath = ("references", limit) if len(spec.references) > limit else (
+                "references",)
+            suffix = f" (e.g. {stats.most_references_example})" if spec.dataset else ""
+            self.check(path, suffix, references=fake)
+        for index, uri in sorted(stats.local_references.items()):
+            self.check(("references", index), references=(Reference(uri, data=b""),))
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(value: Any, default: Any) -> Any:
+    if _is_number(value) and float(value).is_integer():
+        return int(value)
+    return default
+
+
+# -- JSON Schema errors in plain words ----------------------------------------------------
+
+def schema_messages(error: Any, base: JsonPath) -> list[tuple[JsonPath, str, bool]]:
+    """(path, message, point-at-key) for one jsonschema error."""
+    kind = error.validator
+    instance = error.instance
+    if "propertyNames" in error.schema_path:
+        return [((*base, instance), _bad_key_message(base, instance), True)]
+    if kind == "additionalProperties" and error.validator_value is False:
+        allowed = list(error.schema.get("properties", {}))
+        extra = [k for k in instance if k not in allowed]
+        return [((*base, k), _unknown_key_message(k, allowed), True) for k in extra]
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in instance]
+        return [((*base, k), f"missing required key {k!r}", False) for k in missing]
+    if kind in ("anyOf", "oneOf"):
+        # the branch of the instance's own type explains best: `provider: [kie, 3]`
+        deeper = [e for e in error.context or [] if e.path or e.validator != "type"]
+        if deeper:
+            found: list[tuple[JsonPath, str, bool]] = []
+            for sub in deeper:
+                found += schema_messages(sub, (*base, *tuple(sub.path)))
+            return found
+        return [(base, _any_of_message(error), False)]
+    return [(base, _plain_message(error, base), False)]
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "nothing" if value is None else type(value).__name__
+
+
+def _type_names(types: Any) -> str:
+    names = [types] if isinstance(types, str) else list(types)
+    return " or ".join(_TYPE_NAMES.get(t, t) for t in names)
+
+
+def _plain_message(error: Any, base: JsonPath) -> str:
+    kind, value, instance = error.validator, error.validator_value, error.instance
+    if kind == "type":
+        return f"expected {_type_names(value)}, got {_describe(instance)}"
+    if kind == "enum":
+        close = difflib.get_close_matches(text_value(instance), [text_value(v) for v in value], 1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{instance!r} is not one of {', '.join(map(repr, value))}{hint}"
+    if kind == "const":
+        return f"must be {value!r}"
+    if kind == "pattern":
+        return _pattern_message(base, instance, value)
+    if kind in ("minItems", "minLength", "minProperties") and value == 1:
+        return "must not be empty"
+    if kind == "minItems":
+        return f"needs at least {value} items"
+    if kind == "uniqueItems":
+        return "lists the same value twice"
+    if kind == "minimum":
+        return f"must be at least {value}"
+    if kind == "exclusiveMinimum":
+        return f"must be greater than {value}"
+    if kind == "maximum":
+        return f"must be at most {value}"
+    return str(error.message)
+
+
+def _pattern_message(base: JsonPath, instance: Any, pattern: str) -> str:
+    if base == ("name",):
+        return (f"{instance!r} is not a valid job name: lowercase letters, digits, '.', '_' "
+                "and '-', starting with a letter or digit")
+    if base[-1:] == ("rate",):
+        return f"{instance!r} is not a rate like '20/10s' (N creates per window: ms, s, m, h)"
+    if base[:1] == ("base_urls",):
+        return f"{instance!r} is not an http(s) URL"
+    if base[:1] == ("provider",):
+        return f"{instance!r} is not a provider name (lowercase letters, digits, '-', '_')"
+    return f"{instance!r} does not match {pattern}"
+
+
+def _bad_key_message(base: JsonPath, key: str) -> str:
+    if base[:1] == ("credentials",):
+        return f"{key!r} is not an environment variable name (A-Z, 0-9, _), e.g. KIE_API_KEY"
+    if base[:1] == ("matrix",):
+        return (f"{key!r} is not a valid variable name: letters, digits and '_', not "
+                "starting with a digit (it is used as a {placeholder})")
+    return f"{key!r} is not a provider name (lowercase letters, digits, '-', '_')"
+
+
+def _unknown_key_message(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key {key!r}; {hint}allowed here: {', '.join(allowed)}"
+
+
+def _any_of_message(error: Any) -> str:
+    branches = list(error.context or [])
+    if branches and all(e.validator == "type" and not e.path for e in branches):
+        wanted = " or ".join(_type_names(e.validator_value) for e in branches)
+        if tuple(error.absolute_path) == ("provider",):
+            wanted = "a provider name or a list of provider names"
+        return f"expected {wanted}, got {_describe(error.instance)}"
+    best = jsonschema.exceptions.best_match(branches)
+    if best is None:
+        return str(error.message)
+    path = (*tuple(error.absolute_path), *tuple(best.path))
+    return _plain_message(best, path)

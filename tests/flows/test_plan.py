@@ -1,0 +1,152 @@
+"""Plans: counts per provider and resolution, cost, duration, and speed at 100,000 cells."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.cells import expand
+from flows.plan import Plan, duration_s, make_plan
+from flows.spec import load_spec
+from flows.throttle import Rate
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def plan_for(folder: Path, text: str) -> Plan:
+    path = folder / "job.yaml"
+    path.write_text(textwrap.dedent(text))
+    spec = load_spec(str(path))
+    return make_plan(spec, expand(spec))
+
+
+def test_demo_plan_json() -> None:
+    spec = load_spec(str(REPO / "specs" / "demo.yaml"))
+    data = make_plan(spec, expand(spec)).to_json()
+    assert data["cells"] == 18
+    assert data["by_provider_resolution"] == [
+        {"provider": "kie", "resolution": "1K", "cells": 9, "price_usd": 0.09,
+         "price_source": "published", "cost_usd": 0.81},
+        {"provider": "kie", "resolution": "2K", "cells": 9, "price_usd": 0.09,
+         "price_source": "published", "cost_usd": 0.81},
+    ]
+    assert data["estimated_cost_usd"] == pytest.approx(1.62)
+    # 18 creates fit in one 20/10s window and 100 in flight: one ~20 s wave
+    assert data["estimated_seconds"] == 20.0
+    assert data["cost_is_estimate"] is False
+    assert data["within_budget"] is True
+    assert json.loads(json.dumps(data)) == data
+
+
+@pytest.mark.parametrize(
+    ("cells", "rate", "in_flight", "latency", "expected"),
+    [
+        pytest.param(0, Rate(20, 10.0), 100, 20.0, 0.0, id="nothing"),
+        pytest.param(20, Rate(20, 10.0), 100, 20.0, 20.0, id="one-window"),
+        pytest.param(100, Rate(20, 10.0), 100, 20.0, 60.0, id="rate-bound"),
+        pytest.param(100, None, 10, 20.0, 200.0, id="concurrency-bound"),
+        pytest.param(100, Rate(100, 1.0), 50, 40.0, 80.0, id="4k-waves"),
+    ],
+)
+def test_duration_formula(
+    cells: int, rate: Rate | None, in_flight: int, latency: float, expected: float
+) -> None:
+    assert duration_s(cells, rate, in_flight, latency) == pytest.approx(expected)
+
+
+def test_spec_limits_and_prices_override_documented_ones(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, """\
+        version: 1
+        name: slow
+        provider: kie
+        matrix:
+          prompt: [a, b, c, d, e, f]
+          resolution: ["1K", "4K"]
+          aspect_ratio: ["1:1", "3:2", "2:3"]
+        limits:
+          kie: {rate: "5/10s", max_in_flight: 200}
+        prices:
+          kie: {4K: 0.5}
+    """)
+    data = plan.to_json()
+    assert data["cells"] == 36
+    rows = {r["resolution"]: r for r in data["by_provider_resolution"]}
+    assert (rows["1K"]["price_usd"], rows["1K"]["price_source"]) == (0.09, "published")
+    assert (rows["4K"]["price_usd"], rows["4K"]["price_source"]) == (0.5, "spec")
+    assert data["estimated_cost_usd"] == pytest.approx(18 * 0.09 + 18 * 0.5)
+    # 36 creates at 5 per 10 s: the last goes out after 70 s; mean latency (20+40)/2 = 30 s
+    assert data["estimated_seconds"] == pytest.approx(70 + 30)
+    assert data["timing"][0]["rate"] == "5/10s"
+
+
+def test_unpublished_prices_are_marked_as_estimates(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, """\
+        version: 1
+        name: guess
+        provider: [apikley, kie]
+        matrix: {prompt: [a fox]}
+        budget: {max_usd: 0.05}
+    """)
+    data = plan.to_json()
+    assert data["by_provider_resolution"][0]["price_source"] == "estimate"
+    assert data["cost_is_estimate"] is True
+    assert data["within_budget"] is False
+    text = plan.render()
+    assert "0.134*" in text and "an estimate" in text and "OVER" in text
+    assert "fallback: kie" in text
+
+
+def test_render_for_people() -> None:
+    spec = load_spec(str(REPO / "specs" / "catalog.yaml"))
+    text = make_plan(spec, expand(spec)).render()
+    assert "6 combinations x 5 dataset rows x 1 replicate = 30 cells" in text
+    assert "estimated cost:      $2.70 (budget $25.00)" in text
+    assert "estimated duration:  30 s" in text
+
+
+def test_cli_plan_json() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "plan", "specs/experiment.yaml", "--json"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )
+    data = json.loads(out.stdout)
+    assert {"cells", "estimated_cost_usd", "estimated_seconds"} <= set(data)
+    assert data["cells"] == 44
+
+
+def test_plan_of_100000_cells_is_fast(tmp_path: Path) -> None:
+    images = []
+    for i in range(5):
+        image = tmp_path / f"p{i}.jpg"
+        image.write_bytes(f"not decoded, only hashed {i}".encode())
+        images.append(image.name)
+    lines = ["sku,title,image"] + [
+        f"SKU-{i:06d},product {i},{images[i % 5]}" for i in range(25_000)
+    ]
+    (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "big.yaml").write_text(textwrap.dedent("""\
+        version: 1
+        name: big
+        provider: [kie, runware]
+        dataset: {path: rows.csv}
+        matrix:
+          prompt: ["Studio photo of the {title} on white marble"]
+          aspect_ratio: ["1:1", "4:5", "16:9", "9:16"]
+        references: ["{image}"]
+        output: {path: "{sku}/{aspect_ratio}_{resolution}.{ext}"}
+    """))
+    started = time.perf_counter()
+    spec = load_spec(str(tmp_path / "big.yaml"))
+    data = make_plan(spec, expand(spec)).to_json()
+    elapsed = time.perf_counter() - started
+    assert data["cells"] == 100_000
+    assert data["estimated_cost_usd"] == pytest.approx(100_000 * 0.09)
+    # 100,000 creates at 20 per 10 s
+    assert data["estimated_seconds"] == pytest.approx(10 * (5000 - 1) + 20)
+    assert elapsed < 5.0, f"planning 100,000 cells took {elapsed:.1f} s"

@@ -1,0 +1,579 @@
+"""Spec loading and validation: every problem, with file, line, column and JSON path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jsonschema
+import pytest
+from PIL import Image
+
+from flows.cells import expand
+from flows.model import ProviderLimits
+from flows.spec import Problem, SpecInvalid, load_spec, validate_spec_file
+from providers.model import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
+from schemas import load_job_schema
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(folder: Path, text: str, name: str = "job.yaml") -> str:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def where(problems: list[Problem]) -> list[tuple[int, int, str]]:
+    return [(p.line, p.column, p.path) for p in problems]
+
+
+def only(problems: list[Problem], path: str) -> Problem:
+    found = [p for p in problems if p.path == path]
+    assert len(found) == 1, problems
+    return found[0]
+
+
+def photo(path: Path) -> None:
+    Image.new("RGB", (16, 16), (90, 120, 150)).save(path, "PNG")
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "experiment.yaml", "catalog.yaml"])
+def test_example_specs_are_valid(name: str) -> None:
+    path = REPO / "specs" / name
+    assert validate_spec_file(str(path)) == []
+    assert path.read_text().startswith(
+        "# yaml-language-server: $schema=../schemas/job.schema.json"
+    )
+
+
+def test_demo_writes_to_repo_demo_output() -> None:
+    spec = load_spec(str(REPO / "specs" / "demo.yaml"))
+    assert spec.output.target == str(REPO / "demo-output")
+    assert spec.providers == ("kie",)
+
+
+# -- YAML ------------------------------------------------------------------------------
+
+
+def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        version: 1
+        name: broken
+        provider: kie
+        matrix:
+          prompt: ["a", "b"
+          aspect_ratio: ["1:1"]
+    """)
+    [problem] = validate_spec_file(path)
+    assert (problem.file, problem.line, problem.path) == (path, 6, "$")
+    assert problem.message.startswith("YAML syntax error:")
+    assert str(problem).startswith(f"{path}:6:")
+
+
+def test_duplicate_key_is_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        version: 1
+        name: dup
+        provider: kie
+        matrix: {prompt: ["a"]}
+        name: dup2
+    """)
+    problem = only(validate_spec_file(path), "name")
+    assert (problem.line, problem.column) == (5, 1)
+    assert "first written at line 2" in problem.message
+
+
+def test_unquoted_ratios_stay_ratios(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, """\
+        version: 1
+        name: ratios
+        provider: kie
+        matrix:
+          prompt: [a cat]
+          aspect_ratio: [16:9, 4:5, 21:9]
+    """))
+    assert [c.aspect_ratio for c in expand(spec)] == ["16:9", "4:5", "21:9"]
+
+
+def test_missing_file_is_a_problem(tmp_path: Path) -> None:
+    [problem] = validate_spec_file(str(tmp_path / "nope.yaml"))
+    assert "cannot read" in problem.message
+
+
+# -- every problem at once -------------------------------------------------------------
+
+MANY_PROBLEMS = """\
+version: 1
+name: Spring Catalog
+provider: [kie, kei]
+matrix:
+  prompt:
+    - "Photo of {titel}"
+  aspect_ratio: ["1:1", "7:3"]
+  resolution: ["1K"]
+references: ["missing.png"]
+output:
+  fromat: png
+limits:
+  kie: {rate: "20 per 10s", max_inflight: 4}
+budjet: {max_usd: 3}
+"""
+
+
+def test_every_problem_is_listed_in_file_order(tmp_path: Path) -> None:
+    path = write(tmp_path, MANY_PROBLEMS)
+    problems = validate_spec_file(path)
+    assert where(problems) == [
+        (2, 7, "name"),
+        (3, 17, "provider[1]"),
+        (6, 7, "matrix.prompt[0]"),
+        (7, 25, "matrix.aspect_ratio[1]"),
+        (9, 14, "references[0]"),
+        (11, 3, "output.fromat"),
+        (13, 15, "limits.kie.rate"),
+        (13, 29, "limits.kie.max_inflight"),
+        (14, 1, "budjet"),
+    ]
+    messages = {p.path: p.message for p in problems}
+    assert "not a valid job name" in messages["name"]
+    assert "unknown provider 'kei'; did you mean 'kie'?" in messages["provider[1]"]
+    assert "placeholder {titel}" in messages["matrix.prompt[0]"]
+    assert "'7:3' is not one of" in messages["matrix.aspect_ratio[1]"]
+    assert "missing.png' does not exist" in messages["references[0]"]
+    assert "unknown key 'fromat'; did you mean 'format'?" in messages["output.fromat"]
+    assert "is not a rate like '20/10s'" in messages["limits.kie.rate"]
+    assert "did you mean 'max_in_flight'?" in messages["limits.kie.max_inflight"]
+    assert "unknown key 'budjet'; did you mean 'budget'?" in messages["budjet"]
+    assert all(p.file == path for p in problems)
+    with pytest.raises(SpecInvalid) as caught:
+        load_spec(path)
+    assert caught.value.problems == problems
+    assert str(problems[0]) == f"{path}:2:7: name: {problems[0].message}"
+
+
+def test_missing_required_keys(tmp_path: Path) -> None:
+    problems = validate_spec_file(write(tmp_path, "version: 1\nname: x\n"))
+    assert [p.message for p in problems] == [
+        "missing required key 'provider'", "missing required key 'matrix'",
+    ]
+
+
+def test_wrong_types_in_plain_words(tmp_path: Path) -> None:
+    problems = validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: types
+        provider: 5
+        matrix:
+          prompt: [a]
+          style: photo
+        repeat: 0
+    """))
+    messages = {p.path: p.message for p in problems}
+    assert messages["provider"] == (
+        "expected a provider name or a list of provider names, got an integer"
+    )
+    assert messages["matrix.style"] == "expected a list, got a string"
+    assert messages["repeat"] == "must be at least 1"
+
+
+def test_a_fallback_list_item_of_the_wrong_type(tmp_path: Path) -> None:
+    problem = only(validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: list
+        provider: [kie, 3]
+        matrix: {prompt: [a]}
+    """)), "provider[1]")
+    assert (problem.line, problem.column, problem.message) == (
+        3, 17, "expected a string, got an integer"
+    )
+
+
+# -- providers -------------------------------------------------------------------------
+
+
+def limit_spec(provider: str, **parts: str) -> str:
+    body = {
+        "matrix": 'matrix:\n  prompt: ["a small red fox"]',
+        "references": "",
+        "output": "",
+    }
+    body.update(parts)
+    return (
+        f"version: 1\nname: limits\nprovider: {provider}\n"
+        f"{body['matrix']}\n{body['references']}\n{body['output']}\n"
+    )
+
+
+def test_wiro_writes_png_only(tmp_path: Path) -> None:
+    path = write(tmp_path, limit_spec("[kie, wiro]", output="output:\n  format: jpg"))
+    problem = only(validate_spec_file(path), "output.format")
+    assert (problem.line, problem.column) == (8, 11)
+    assert problem.message.startswith("wiro does not write 'jpg'")
+
+
+def test_apikley_caps_prompts_at_10000_characters(tmp_path: Path) -> None:
+    long = "x" * 10_001
+    ok = "y" * 10_000
+    path = write(tmp_path, limit_spec(
+        "[kie, apikley]", matrix=f'matrix:\n  prompt:\n    - "{ok}"\n    - "{long}"'
+    ))
+    problem = only(validate_spec_file(path), "matrix.prompt[1]")
+    assert problem.line == 7
+    assert "apikley accepts prompts of at most 10000 characters; this one has 10001" in (
+        problem.message
+    )
+
+
+def test_prompt_length_after_templating_names_an_example_row(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text(f"sku,title\nA,short\nB,{'t' * 10_000}\n")
+    path = write(tmp_path, """\
+        version: 1
+        name: long-titles
+        provider: apikley
+        dataset: {path: rows.csv}
+        matrix: {prompt: ["Photo of {title}"], resolution: ["1K", "2K"]}
+    """)
+    problem = only(validate_spec_file(path), "matrix.prompt[0]")
+    assert "this one has 10009" in problem.message and "row 1" in problem.message
+
+
+def test_hiapi_takes_references_as_urls_only(tmp_path: Path) -> None:
+    photo(tmp_path / "local.png")
+    path = write(tmp_path, limit_spec(
+        "hiapi", references='references: ["https://cdn.example.com/a.png", "local.png"]'
+    ))
+    problem = only(validate_spec_file(path), "references[1]")
+    assert "hiapi takes reference images as http(s) URLs only" in problem.message
+    assert (problem.line, problem.column) == (6, 47)
+
+
+def test_kie_takes_at_most_8_references(tmp_path: Path) -> None:
+    refs = ", ".join(f'"https://cdn.example.com/{i}.png"' for i in range(9))
+    path = write(tmp_path, limit_spec("[runware, kie]", references=f"references: [{refs}]"))
+    problem = only(validate_spec_file(path), "references[8]")
+    assert problem.message == (
+        "kie takes at most 8 reference images; this request has 9"
+    )
+
+
+def test_each_problem_is_reported_once_not_per_cell(tmp_path: Path) -> None:
+    path = write(tmp_path, limit_spec(
+        "wiro",
+        matrix='matrix:\n  prompt: [a, b, c]\n  aspect_ratio: ["1:1", "4:5"]',
+        output="output: {format: webp}",
+    ))
+    assert len(validate_spec_file(path)) == 1
+
+
+def test_unknown_provider_everywhere_it_is_named(tmp_path: Path) -> None:
+    problems = validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: who
+        provider: runwere
+        matrix: {prompt: [a]}
+        limits:
+          kei: {rate: "5/s"}
+        prices:
+          wirro: {1K: 0.1}
+    """))
+    assert where(problems) == [(3, 11, "provider"), (6, 3, "limits.kei"), (8, 3, "prices.wirro")]
+    assert "did you mean 'runware'?" in problems[0].message
+    assert "known: apikley, hiapi, kie, runware, wiro" in problems[0].message
+
+
+def test_options_are_validated_against_each_providers_schema(tmp_path: Path) -> None:
+    problems = validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: opts
+        provider: [runware, kie]
+        matrix: {prompt: [a fox]}
+        options:
+          runware: {settings: {temperature: 3, topk: 1}}
+          kie: {callBackUrl: 5}
+    """))
+    messages = {p.path: p.message for p in problems}
+    assert set(messages) == {
+        "options.runware.settings.temperature", "options.runware.settings.topk",
+        "options.kie.callBackUrl",
+    }
+    assert "unknown key 'topk'" in messages["options.runware.settings.topk"]
+    assert messages["options.kie.callBackUrl"].endswith("(kie options)")
+
+
+def test_credentials_must_be_variables_the_providers_read(tmp_path: Path) -> None:
+    problems = validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: creds
+        provider: kie
+        matrix: {prompt: [a fox]}
+        credentials:
+          KIE_API_KEY: kie-key
+          KEI_API_KEY: typo
+    """))
+    assert where(problems) == [(7, 3, "credentials.KEI_API_KEY")]
+
+
+# -- templates, datasets, paths ----------------------------------------------------------
+
+
+def test_placeholder_problems(tmp_path: Path) -> None:
+    problems = validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: holes
+        provider: kie
+        matrix:
+          prompt: ["a {colour} fox {cell_id}", "a {{literal}} {bad.attr}"]
+          include:
+            - {prompt: "a {tint} fox", tint: blue}
+            - {tint: red, prompt: "x"}
+        output: {path: "{tint}/{cell_id}.{ext}"}
+    """))
+    messages = [(p.path, p.message) for p in problems]
+    assert ("matrix.prompt[0]", messages[0][1]) == messages[0]
+    assert "placeholder {colour}" in messages[0][1]
+    assert "{cell_id} is only available in output.path" in messages[1][1]
+    assert messages[2][0] == "matrix.prompt[1]" and "{bad.attr}" in messages[2][1]
+    # {tint} exists only where include set it: output.path has no value for other cells
+    assert messages[3][0] == "output.path" and "{tint} has no value in some cells" in (
+        messages[3][1]
+    )
+    assert len(messages) == 4
+
+
+def test_include_adding_a_combination_must_name_a_prompt_when_there_are_several(
+    tmp_path: Path,
+) -> None:
+    problem = only(validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: which
+        provider: kie
+        matrix:
+          prompt: [a, b]
+          include:
+            - {aspect_ratio: "21:9"}
+    """)), "matrix.include[0]")
+    assert "without 'prompt'" in problem.message
+
+
+def test_dataset_problems_point_at_the_dataset_path(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("sku,name,image\nA,x,a.png\nB,y,b.png\n")
+    photo(tmp_path / "a.png")
+    problems = validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: rows
+        provider: kie
+        dataset:
+          path: rows.csv
+        matrix: {prompt: ["{sku}"]}
+        references: ["{image}"]
+    """))
+    assert {(p.line, p.column, p.path) for p in problems} == {(5, 9, "dataset.path")}
+    messages = sorted(p.message for p in problems)
+    assert "column 'name' has the name of a built-in" in messages[0]
+
+
+def test_missing_reference_from_a_dataset_row(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("sku,image\nA,a.png\nB,b.png\n")
+    photo(tmp_path / "a.png")
+    problem = only(validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: rows
+        provider: kie
+        dataset: {path: rows.csv}
+        matrix: {prompt: ["{sku}"]}
+        references: ["{image}"]
+    """)), "dataset.path")
+    assert problem.message == (
+        f"row 1 (column 'image'): reference image '{tmp_path / 'b.png'}' does not exist"
+    )
+
+
+def test_missing_dataset_file(tmp_path: Path) -> None:
+    problem = only(validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: rows
+        provider: kie
+        dataset: {path: nope.csv}
+        matrix: {prompt: ["{sku}"]}
+    """)), "dataset.path")
+    assert "does not exist" in problem.message
+
+
+def test_two_cells_with_one_output_path_name_both(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        version: 1
+        name: clash
+        provider: kie
+        matrix:
+          prompt: ["a {style} fox"]
+          style: [ink, oil]
+        output: {path: "fox.{ext}"}
+    """)
+    problem = only(validate_spec_file(path), "output.path")
+    assert "add {style}" in problem.message and "'fox.png'" in problem.message
+    # ids do not depend on the output path: the same spec with {cell_id} names them
+    Path(path).write_text(Path(path).read_text().replace('"fox.{ext}"', '"{cell_id}.{ext}"'))
+    ink, oil = expand(load_spec(path))
+    assert f"{ink.cell_id} (" in problem.message and f"{oil.cell_id} (" in problem.message
+
+
+def test_identical_requests_would_be_paid_twice(tmp_path: Path) -> None:
+    problem = only(validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: twice
+        provider: kie
+        matrix:
+          prompt: ["a fox"]
+          style: [ink, oil]
+        output: {path: "{style}.{ext}"}
+    """)), "matrix.style")
+    assert "same request" in problem.message and "differ only in style" in problem.message
+
+
+def test_matrix_without_combinations(tmp_path: Path) -> None:
+    problem = only(validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: empty
+        provider: kie
+        matrix: {prompt: [a], exclude: [{prompt: a}]}
+    """)), "matrix")
+    assert "no combinations" in problem.message
+
+
+def test_reserved_axis_name(tmp_path: Path) -> None:
+    problem = only(validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: reserved
+        provider: kie
+        matrix: {prompt: ["{name}"], name: [a, b]}
+    """)), "matrix.name")
+    assert "built-in template variable" in problem.message
+
+
+# -- the JobSpec ------------------------------------------------------------------------
+
+DESIGN_EXAMPLE = """\
+version: 1
+name: spring-catalog
+provider: [kie, runware]
+matrix:
+  prompt:
+    - "Studio photo of {title} on white marble, soft shadow"
+  aspect_ratio: ["1:1", "4:5", "16:9"]
+  resolution: ["1K", "2K"]
+  style: [photo, watercolor]
+  exclude:
+    - {aspect_ratio: "16:9", resolution: "2K"}
+  include:
+    - {aspect_ratio: "21:9", resolution: "4K", style: photo}
+dataset:
+  path: data/products.csv
+references: ["{image_url}"]
+repeat: 1
+retries: 4
+fail_fast: true
+seed: 7
+output:
+  target: ./runs/{name}
+  format: png
+  path: "{sku}/{aspect_ratio}_{resolution}.{ext}"
+  storage_options: {anon: true}
+limits:
+  kie: {rate: "20/10s", max_in_flight: 100, poll_interval: 2.5}
+budget:
+  max_usd: 25.0
+options:
+  runware: {settings: {temperature: 0.7}}
+prices:
+  kie: {1K: 0.1, 2K: 0.1, 4K: 0.15}
+base_urls:
+  kie: http://127.0.0.1:9999/kie
+credentials:
+  KIE_API_KEY: kie-api-key
+"""
+
+
+def test_design_example_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "specs" / "data").mkdir(parents=True)
+    (tmp_path / "specs" / "data" / "products.csv").write_text(
+        "sku,title,image_url\n"
+        "S1,a linen shirt,https://cdn.example.com/s1.jpg\n"
+        "S2,a wool scarf,https://cdn.example.com/s2.jpg\n"
+    )
+    path = write(tmp_path / "specs", DESIGN_EXAMPLE)
+    monkeypatch.chdir("/")  # relative paths follow the spec, not the working directory
+    spec = load_spec(path)
+    assert spec.name == "spring-catalog" and spec.providers == ("kie", "runware")
+    assert spec.output.target == str(tmp_path / "specs" / "runs" / "spring-catalog")
+    assert spec.output.storage_options == {"anon": True}
+    assert (spec.repeat, spec.retries, spec.fail_fast, spec.seed) == (1, 4, True, 7)
+    assert spec.max_usd == 25.0
+    assert spec.limits == {"kie": ProviderLimits("20/10s", 100, 2.5)}
+    assert spec.options == {"runware": {"settings": {"temperature": 0.7}}}
+    assert spec.prices == {"kie": {"1K": 0.1, "2K": 0.1, "4K": 0.15}}
+    assert spec.base_urls == {"kie": "http://127.0.0.1:9999/kie"}
+    assert spec.credentials == {"KIE_API_KEY": "kie-api-key"}
+    cells = expand(spec)
+    # design.md's prompt and path do not use {style}: photo and watercolor cells are the
+    # same request written to the same file, so each is kept once
+    assert len(cells) == 2 * (3 * 2 - 1 + 1)
+    assert cells[0].references == ("https://cdn.example.com/s1.jpg",)
+    assert cells[0].output_path == "S1/1_1_1K.png"
+    assert cells[-1].output_path == "S2/21_9_4K.png"
+    assert cells[-1].vars["style"] == "photo"
+
+
+def test_design_example_with_style_in_prompt_and_path(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "products.csv").write_text("sku,title,image_url\nS1,a shirt,\n")
+    text = DESIGN_EXAMPLE.replace("soft shadow", "soft shadow, {style}").replace(
+        '"{sku}/{aspect_ratio}', '"{sku}/{style}/{aspect_ratio}'
+    )
+    cells = expand(load_spec(write(tmp_path, text)))
+    assert len(cells) == 3 * 2 * 2 - 2 + 1
+    assert cells[-1].output_path == "S1/photo/21_9_4K.png"
+    assert cells[-1].prompt.endswith("soft shadow, photo")
+
+
+def test_validation_writes_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path, limit_spec("wiro", output="output: {format: jpg, target: out}"))
+    before = sorted(tmp_path.rglob("*"))
+    assert validate_spec_file(path)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_no_prefect_import_for_validate_expand_plan() -> None:
+    code = (
+        "import sys; from flows.spec import load_spec; from flows.cells import expand; "
+        "from flows.plan import make_plan; s = load_spec('specs/catalog.yaml'); "
+        "make_plan(s, expand(s)).to_json(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True)
+    assert json.loads(out.stdout.replace("'", '"')) == []
+
+
+# -- the schema -------------------------------------------------------------------------
+
+
+def test_schema_ships_as_package_data_and_is_valid_2020_12() -> None:
+    schema = load_job_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["additionalProperties"] is False
+    for key, prop in schema["properties"].items():
+        assert prop.get("title"), key
+
+
+def test_schema_enums_follow_the_model_facts() -> None:
+    defs = load_job_schema()["$defs"]
+    assert tuple(defs["aspectRatio"]["enum"]) == ASPECT_RATIOS
+    assert tuple(defs["resolution"]["enum"]) == RESOLUTIONS
+    assert tuple(load_job_schema()["properties"]["output"]["properties"]["format"]["enum"]) == (
+        OUTPUT_FORMATS
+    )

@@ -1,0 +1,166 @@
+"""End to end: the real CLI, the real Prefect flow on a real local Prefect server, the real
+clients over loopback HTTP against the emulators, the real filesystem (and S3 via moto)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+from PIL import Image
+
+from providers.emulator.hub import EmulatorHub
+from providers.model import pixel_size
+from tests.conftest import ROOT, run_nbp
+from tests.s3server import s3_server
+
+
+def small_spec(tmp_path: Path, name: str = "e2e", **changes: Any) -> Path:
+    spec: dict[str, Any] = {
+        "version": 1,
+        "name": name,
+        "provider": "kie",
+        "matrix": {
+            "prompt": ["a teal lamp on a desk", "a red sneaker on marble"],
+            "aspect_ratio": ["1:1", "9:16"],
+            "resolution": ["1K"],
+        },
+        "output": {"target": str(tmp_path / "out"), "path": "{aspect_ratio}/{cell_id}.{ext}"},
+        "limits": {"kie": {"poll_interval": 0.1}},
+    }
+    spec.update(changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def child_env(prefect_api_url: str, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, **extra}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return env
+
+
+def check_job_output(target: Path, cells: int) -> pl.DataFrame:
+    frame = pl.read_parquet(target / "manifest.parquet")
+    assert frame.height == cells
+    assert set(frame["status"]) == {"succeeded"}
+    for row in frame.iter_rows(named=True):
+        with Image.open(target / row["output_path"]) as image:
+            assert image.format == row["output_format"].upper().replace("JPG", "JPEG")
+            assert image.size == pixel_size(row["aspect_ratio"], row["resolution"])
+    assert (target / "index.html").stat().st_size > 0
+    return frame
+
+
+@pytest.mark.prefect
+def test_the_flow_runs_a_spec_on_a_prefect_server(prefect_api_url: str, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.flow import nbp_run
+
+    spec = small_spec(tmp_path)
+    result = asyncio.run(nbp_run(spec=str(spec), emulate=True, emulator_latency_s=0.2))
+    assert result["exit_code"] == 0 and result["counts"]["succeeded"] == 4
+    check_job_output(tmp_path / "out", 4)
+
+    async def flow_runs() -> list[Any]:
+        async with get_client() as client:
+            return list(await client.read_flow_runs())
+
+    runs = [r for r in asyncio.run(flow_runs()) if r.parameters.get("spec") == str(spec)]
+    assert runs and runs[0].state and runs[0].state.is_completed()
+
+
+@pytest.mark.prefect
+def test_nbp_run_emulate_from_the_command_line(prefect_api_url: str, tmp_path: Path) -> None:
+    spec = small_spec(tmp_path)
+    done = run_nbp("run", str(spec), "--emulate", "--emulator-latency", "0.2",
+                   env=child_env(prefect_api_url))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "succeeded" in done.stdout
+    frame = check_job_output(tmp_path / "out", 4)
+    status = run_nbp("status", str(tmp_path / "out"))
+    assert status.returncode == 0 and "succeeded" in status.stdout
+    assert frame["job"].unique().to_list() == ["e2e"]
+
+
+def test_invalid_spec_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path, provider="nope", colour="blue")
+    for command in (["validate", str(spec)], ["run", str(spec), "--emulate"], ["plan", str(spec)]):
+        done = run_nbp(*command)
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert f"{spec}:" in done.stderr and "nope" in done.stderr and "colour" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_json(tmp_path: Path) -> None:
+    done = run_nbp("plan", str(small_spec(tmp_path)), "--json")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["cells"] == 4
+    assert plan["estimated_cost_usd"] == pytest.approx(4 * 0.09)
+    assert plan["estimated_seconds"] > 0
+    assert "prefect" not in done.stderr.lower()
+
+
+@pytest.fixture
+def kie_hub() -> Iterator[EmulatorHub]:
+    with EmulatorHub.start(["kie"], latency_s=1.5) as hub:
+        yield hub
+
+
+@pytest.mark.prefect
+def test_a_run_killed_with_sigkill_resumes_without_paying_twice(
+    prefect_api_url: str, kie_hub: EmulatorHub, tmp_path: Path
+) -> None:
+    prompts = [f"kill test {i}" for i in range(6)]
+    spec = small_spec(tmp_path, matrix={"prompt": prompts, "aspect_ratio": ["1:1"]})
+    env = child_env(prefect_api_url, **kie_hub.environ())
+    journal = tmp_path / "out" / ".nbp" / "cells"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", str(spec)], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while len(list(journal.glob("*.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    created_before = len(kie_hub["kie"].creates)
+    assert 3 <= created_before <= 6
+    done = run_nbp("run", str(spec), env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for prompt in prompts:
+        assert kie_hub["kie"].creates_for(prompt) == 1, prompt
+    check_job_output(tmp_path / "out", 6)
+
+
+@pytest.mark.prefect
+def test_a_job_writes_to_s3(prefect_api_url: str, tmp_path: Path) -> None:
+    with s3_server() as s3:
+        target = s3.url("jobs/e2e")
+        spec = small_spec(
+            tmp_path,
+            output={"target": target, "storage_options": s3.storage_options},
+        )
+        done = run_nbp("run", str(spec), "--emulate", "--emulator-latency", "0.2",
+                       env=child_env(prefect_api_url))
+        assert done.returncode == 0, done.stderr[-3000:]
+        fs = s3.fresh_fs()
+        root = target.removeprefix("s3://")
+        with fs.open(f"{root}/manifest.parquet", "rb") as handle:
+            frame = pl.read_parquet(handle)
+        assert frame.height == 4 and set(frame["status"]) == {"succeeded"}
+        for row in frame.iter_rows(named=True):
+            assert fs.exists(f"{root}/{row['output_path']}")
+        assert fs.exists(f"{root}/index.html")
