@@ -23,9 +23,8 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
-from prefect.states import State
 
 from flows.job import DEFAULT_CHUNK_SIZE, RunOptions, RunResult, run_job
 from flows.model import Cell

@@ -173,7 +173,7 @@ async def open_providers(
         await asyncio.to_thread(hub.serve_in_thread)
         environ = {**os.environ, **hub.environ()}
     else:
-        environ = {**os.environ, **resolve_credentials(spec)}
+        environ = {**os.environ, **await resolve_credentials(spec)}
     providers: dict[str, Provider] = {}
     try:
         for name in spec.providers:
@@ -189,7 +189,7 @@ async def open_providers(
             await asyncio.to_thread(hub.stop)
 
 
-def resolve_credentials(spec: JobSpec) -> dict[str, str]:
+async def resolve_credentials(spec: JobSpec) -> dict[str, str]:
     """Credentials named in the spec as Prefect Secret blocks, for env vars not already set."""
     wanted = {
         var: block for var, block in getattr(spec, "credentials", {}).items()
@@ -199,7 +199,11 @@ def resolve_credentials(spec: JobSpec) -> dict[str, str]:
         return {}
     from prefect.blocks.system import Secret
 
-    return {var: str(Secret.load(block).get()) for var, block in wanted.items()}
+    values: dict[str, str] = {}
+    for var, block in wanted.items():
+        secret: Secret[str] = await Secret.aload(block)
+        values[var] = str(secret.get())
+    return values
 
 
 def make_throttles(

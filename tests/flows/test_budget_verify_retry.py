@@ -12,7 +12,7 @@ from flows.budget import Budget, BudgetExhausted
 from flows.retry import RetryPolicy, with_retries
 from flows.throttle import AccountThrottle, InFlightLimit, Rate, SlidingWindowLimiter
 from flows.verify import verify_image
-from providers.errors import Rejected, RateLimited, ResultMismatch, TransientError
+from providers.errors import RateLimited, Rejected, ResultMismatch, TransientError
 
 
 def test_budget_counts_tasks_in_flight() -> None:
