@@ -111,7 +111,7 @@ async def run_job(
             budget=Budget(spec.max_usd), progress=progress,
             previous=await asyncio.to_thread(journal.load),
             path_owners=_path_owners(previous_manifest), force=options.force,
-            models={name: getattr(p, "model", name) for name, p in providers.items()},
+            models={name: str(getattr(p, "model", name)) for name, p in providers.items()},
         )
         runner = Runner(ctx)
         rows = await run_chunks(runner, cells, options.chunk_size, chunk_runner)

@@ -32,6 +32,7 @@ class HttpAdapter:
     """Base class of the built-in adapters (see `providers.base.Provider` for the contract)."""
 
     name: ClassVar[str]
+    model: ClassVar[str]                  # the model id as this provider names it
     capabilities: ClassVar[Capabilities]
     default_base_url: ClassVar[str]
     extra_url_defaults: ClassVar[Mapping[str, str]] = {}  # key -> documented URL

@@ -89,6 +89,7 @@ class HiapiProvider(HttpAdapter):
     """Nano Banana Pro via HiAPI (`hiapi`). References must be http(s) URLs."""
 
     name: ClassVar[str] = "hiapi"
+    model: ClassVar[str] = MODEL_ID
     default_base_url: ClassVar[str] = "https://api.hiapi.ai"
     capabilities: ClassVar[Capabilities] = Capabilities(
         aspect_ratios=ASPECT_RATIOS,

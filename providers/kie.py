@@ -93,6 +93,7 @@ class KieProvider(HttpAdapter):
     content hash) to the upload host and passed as `image_input` URLs."""
 
     name = "kie"
+    model = MODEL_ID
     default_base_url = "https://api.kie.ai"
     extra_url_defaults: ClassVar[Mapping[str, str]] = {
         "upload": "https://kieai.redpandaai.co"  # NBP_KIE_UPLOAD_BASE_URL replaces it

@@ -140,6 +140,7 @@ class RunwareProvider(HttpAdapter):
     through `imageUpload` (once per content) when larger than `INLINE_MAX_BYTES`."""
 
     name: ClassVar[str] = "runware"
+    model: ClassVar[str] = MODEL_ID
     default_base_url: ClassVar[str] = "https://api.runware.ai/v1"
     capabilities: ClassVar[Capabilities] = Capabilities(
         aspect_ratios=ASPECT_RATIOS,

@@ -125,6 +125,7 @@ class WiroProvider(HttpAdapter):
     """
 
     name: ClassVar[str] = "wiro"
+    model: ClassVar[str] = f"{MODEL_OWNER}/{MODEL_PROJECT}"
     default_base_url: ClassVar[str] = DOCUMENTED_BASE_URL
     capabilities: ClassVar[Capabilities] = Capabilities(
         aspect_ratios=ASPECT_RATIOS,
