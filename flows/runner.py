@@ -2,7 +2,7 @@
 
 One coroutine per cell in flight (a bounded worker pool, so memory stays flat in the number
 of cells). For each cell, in order: skip it when an earlier run already succeeded, resume its
-remote task when an earlier run created one, else reserve budget, take an in-flight slot and a
+remote task when an earlier run created one, else take an in-flight slot, reserve budget and a
 create token, submit, journal the remote task id at once, poll to a terminal state, download,
 verify, write. A failed task is tried again up to `retries` times, then the next provider of
 the fallback list; content rejections are final.
@@ -86,6 +86,7 @@ class _Attempt:
     provider: str = ""
     submitted: Submitted | None = None
     submitted_at: float | None = None
+    spent_usd: float = 0.0  # every billed attempt of this cell
 
 
 class Runner:
@@ -183,13 +184,18 @@ class Runner:
         ctx, cell = self.ctx, state.cell
         provider, throttle = ctx.providers[name], ctx.throttles[name]
         estimate = self.price(name, cell)
-        try:
-            ctx.budget.reserve(estimate)
-        except BudgetExhausted as exc:
-            self.stop = Unsubmittable("skipped", "budget", str(exc))
-            raise self.stop from exc
-        billed = 0.0
         await throttle.in_flight.acquire()
+        try:
+            self._check_still_submittable(name)
+            await ctx.budget.reserve(estimate)
+        except BudgetExhausted as exc:
+            await throttle.in_flight.release()
+            self.stop = self.stop or Unsubmittable("skipped", "budget", str(exc))
+            raise self.stop from exc
+        except BaseException:
+            await throttle.in_flight.release()
+            raise
+        billed = 0.0
         ctx.progress.in_flight += 1
         try:
             state.provider = name
@@ -208,9 +214,16 @@ class Runner:
         finally:
             await throttle.in_flight.release()
             ctx.progress.in_flight -= 1
-            ctx.budget.settle(estimate, billed)
-        row = await self._deliver(state, provider, finished, billed)
-        return row
+            await ctx.budget.settle(estimate, billed)
+            state.spent_usd += billed
+        return await self._deliver(state, provider, finished)
+
+    def _check_still_submittable(self, name: str) -> None:
+        """Cells that waited for a slot re-check what changed meanwhile."""
+        if self.stop is not None:
+            raise self.stop
+        if name in self.dead:
+            raise self.dead[name]
 
     async def _request(self, cell: Cell, name: str, attempt: int) -> ImageRequest:
         references = tuple(
@@ -263,7 +276,7 @@ class Runner:
             assert isinstance(outcome, Pending)
 
     async def _deliver(
-        self, state: _Attempt, provider: Provider, finished: Finished, cost: float
+        self, state: _Attempt, provider: Provider, finished: Finished
     ) -> dict[str, Any]:
         cell = state.cell
         if not finished.images:
@@ -272,7 +285,7 @@ class Runner:
         expected = pixel_size(cell.aspect_ratio, cell.resolution)
         width, height = verify_image(data, cell.output_format, expected)
         uri = await asyncio.to_thread(self._write, cell, data)
-        row = self._row(state, "succeeded", cost_usd=cost)
+        row = self._row(state, "succeeded")
         row.update(
             output_uri=uri, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data),
             width=width, height=height,
@@ -346,7 +359,7 @@ class Runner:
             "status": status,
             "remote_task_id": state.submitted.task_id if state.submitted else None,
             "attempts": state.attempts,
-            "cost_usd": 0.0,
+            "cost_usd": round(state.spent_usd, 6),
             "submitted_at": _utc(submitted_at),
             "completed_at": _utc(now) if status in ("succeeded", "failed") else None,
             "latency_s": round(now - submitted_at, 3) if submitted_at else None,

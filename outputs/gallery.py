@@ -171,7 +171,7 @@ def _section(
         if shared:
             items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in shared.items())
             out.append(f'<dl class="vars">{items}</dl>\n')
-    out.append('<table class="grid">\n<thead><tr><th>prompt</th>')
+    out.append('<div class="scroll">\n<table class="grid">\n<thead><tr><th>prompt</th>')
     out += [f"<th>{_e(ratio)} · {_e(res)}</th>" for ratio, res in columns]
     out.append("</tr></thead>\n<tbody>\n")
     grid: dict[tuple[str, str, str], list[str]] = {}
@@ -179,10 +179,10 @@ def _section(
         key3 = (row["prompt"], row["aspect_ratio"], row["resolution"])
         grid.setdefault(key3, []).append(_card(row, thumbs.get(row["cell_id"])))
     for prompt in _unique(row["prompt"] for row in rows):
-        out.append(f'<tr><th class="prompt" title="{_e(prompt)}">{_e(prompt)}</th>')
+        out.append(f'<tr><th class="prompt" title="{_e(prompt)}"><div>{_e(prompt)}</div></th>')
         out += [f"<td>{''.join(grid.get((prompt, *col), []))}</td>" for col in columns]
         out.append("</tr>\n")
-    out.append("</tbody>\n</table>\n</section>\n")
+    out.append("</tbody>\n</table>\n</div>\n</section>\n")
     return "".join(out)
 
 
@@ -206,8 +206,8 @@ def _card(row: Row, thumb: str | None) -> str:
     facts = _facts(row)
     tooltip = "\n".join([f"cell {row['cell_id']}", *facts])
     caption = (
-        f'<figcaption><code>{_e(row["cell_id"][:12])}</code> {_e(" · ".join(facts[:2]))}'
-        "</figcaption>"
+        f'<figcaption><code>{_e(row["cell_id"][:12])}</code>'
+        f'<span>{_e(" · ".join(facts[:2]))}</span></figcaption>'
     )
     href = quote(row["output_path"]) if row["output_path"] else None
     if status == "succeeded":
@@ -215,6 +215,7 @@ def _card(row: Row, thumb: str | None) -> str:
             body = f'<img src="{_e(thumb)}" alt="{_e(row["prompt"])}" loading="lazy">'
         else:
             body = '<span class="nothumb">no thumbnail</span>'
+        body = f'<div class="frame">{body}</div>'
         if href:
             body = f'<a href="{_e(href)}">{body}</a>'
     else:
@@ -248,23 +249,32 @@ def _facts(row: Row) -> list[str]:
 
 
 _CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#222;background:#fafafa}
-h1{margin:0 0 .25rem;font-size:1.4rem}h2{font-size:1.1rem;margin:2rem 0 .25rem}
+body{font:14px/1.4 system-ui,sans-serif;margin:1.25rem;color:#222;background:#f6f6f4}
+h1{margin:0 0 .25rem;font-size:1.4rem}h2{font-size:1.1rem;margin:1.75rem 0 .25rem}
 .summary{font-weight:600;margin:.25rem 0}.meta{color:#666;margin:0 0 1rem}
 dl.vars{display:flex;flex-wrap:wrap;gap:.25rem 1rem;margin:.25rem 0 .75rem}
 dl.vars dt{font-weight:600}dl.vars dt::after{content:":"}dl.vars dd{margin:0}
-table.grid{border-collapse:collapse}
-table.grid th,table.grid td{border:1px solid #ddd;padding:.4rem;vertical-align:top}
-table.grid thead th{background:#eee;white-space:nowrap}
-th.prompt{max-width:16rem;font-weight:400;text-align:left;font-size:12px;
-overflow:hidden;display:-webkit-box;-webkit-line-clamp:8;-webkit-box-orient:vertical}
-.card{display:inline-block;margin:.2rem;width:264px;vertical-align:top}
-.card img{display:block;max-width:256px;max-height:256px;margin:auto}
-.card figcaption{font-size:11px;color:#555;margin-top:.2rem}
-.card .reason{height:8rem;overflow:auto;padding:.5rem;border-radius:4px;font-size:12px}
+.scroll{overflow-x:auto}
+table.grid{border-collapse:collapse;background:#fff}
+table.grid th,table.grid td{border:1px solid #ddd;padding:.35rem;vertical-align:top}
+table.grid thead th{background:#ecebe7;white-space:nowrap;font-size:13px}
+th.prompt{width:12rem;min-width:9rem;font-weight:400;text-align:left;font-size:12px;
+background:#fff;position:sticky;left:0;z-index:1}
+th.prompt div{overflow:hidden;display:-webkit-box;-webkit-line-clamp:10;
+-webkit-box-orient:vertical}
+.card{display:inline-block;margin:0;width:180px;vertical-align:top}
+.card+.card{margin-left:.35rem}
+.card .frame{height:180px;display:flex;align-items:center;justify-content:center;
+background:#f1f0ec;border-radius:3px;overflow:hidden}
+.card img{display:block;max-width:180px;max-height:180px}
+.card figcaption{display:flex;justify-content:space-between;gap:.25rem;font-size:11px;
+color:#555;margin-top:.2rem;white-space:nowrap}
+.card figcaption code{font-size:10.5px;overflow:hidden;text-overflow:ellipsis}
+.card .reason{box-sizing:border-box;height:180px;overflow:auto;padding:.5rem;
+border-radius:3px;font-size:12px;overflow-wrap:anywhere}
 .card .reason strong{display:block;text-transform:uppercase;margin-bottom:.25rem}
 .failed .reason{background:#fde8e8;color:#8a1c1c;border:1px solid #f5b5b5}
 .cancelled .reason,.skipped .reason,.unknown .reason{background:#eee;color:#444;
 border:1px solid #ccc}
-.nothumb{display:block;padding:2rem .5rem;text-align:center;background:#eee;color:#666}
+.nothumb{color:#666}
 """

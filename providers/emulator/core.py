@@ -11,6 +11,7 @@ from a seeded RNG, plus deterministic prompt markers for tests that need one exa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import random
@@ -302,9 +303,14 @@ class FileStore:
         return entry.data, entry.mime
 
 
+@functools.lru_cache(maxsize=32)
 def render_image(width: int, height: int, fmt: str, seed_text: str) -> bytes:
     """A pleasant, deterministic picture of the exact size: a smooth colour field seeded by
-    the prompt (an 8x8 random grid scaled up bicubically) with a soft vignette."""
+    the prompt (an 8x8 random grid scaled up bicubically) with a soft vignette.
+
+    Cached: a 1K PNG takes ~150 ms of CPU, so a job of many cells with one prompt (`repeat`)
+    would otherwise make the emulator, not the client, the bottleneck; equal arguments give
+    equal bytes either way, and cached bytes are shared instead of held once per task."""
     from PIL import Image, ImageDraw, ImageFilter
 
     digest = hashlib.sha256(seed_text.encode()).digest()

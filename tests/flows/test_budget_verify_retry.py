@@ -15,21 +15,32 @@ from flows.verify import verify_image
 from providers.errors import RateLimited, Rejected, ResultMismatch, TransientError
 
 
-def test_budget_counts_tasks_in_flight() -> None:
-    budget = Budget(max_usd=0.25)
-    budget.reserve(0.09)
-    budget.reserve(0.09)
-    with pytest.raises(BudgetExhausted, match=r"\$0.25"):
-        budget.reserve(0.09)  # 0.27 could be spent if both in flight succeed
-    budget.settle(0.09, 0.0)  # one failed: not billed
-    budget.reserve(0.09)
-    assert budget.reserved_usd == pytest.approx(0.18)
+def test_budget_counts_tasks_in_flight_and_waits_for_them() -> None:
+    async def go() -> None:
+        budget = Budget(max_usd=0.25)
+        await budget.reserve(0.09)
+        await budget.reserve(0.09)
+        third = asyncio.create_task(budget.reserve(0.09))  # 0.27 could be spent: wait
+        await asyncio.sleep(0.01)
+        assert not third.done()
+        await budget.settle(0.09, 0.0)  # one failed and was not billed: room again
+        await asyncio.wait_for(third, 1)
+        assert budget.reserved_usd == pytest.approx(0.18)
+        await budget.settle(0.09, 0.09)
+        await budget.settle(0.09, 0.09)
+        with pytest.raises(BudgetExhausted, match=r"\$0.25"):
+            await budget.reserve(0.09)  # nothing in flight and 0.27 > 0.25: stop
+
+    asyncio.run(go())
 
 
 def test_no_budget_means_no_cap() -> None:
-    budget = Budget(max_usd=None)
-    for _ in range(1000):
-        budget.reserve(1.0)
+    async def go() -> None:
+        budget = Budget(max_usd=None)
+        for _ in range(1000):
+            await budget.reserve(1.0)
+
+    asyncio.run(go())
 
 
 def image_bytes(size: tuple[int, int], fmt: str) -> bytes:

@@ -1,0 +1,254 @@
+"""The gallery as a person sees it: Debian's headless Chromium opens a real job's index.html
+from disk, offline, and we check the DOM it built, the pixels it drew and the requests it made.
+
+Each assertion has a control page that must fail it (broken thumbnails, a page that fetches
+from the network), so the checks cannot pass by measuring nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+from PIL import Image
+
+from flows.job import RunOptions, run_job
+from outputs.gallery import GALLERY_NAME
+from providers.emulator.core import CONTENT_MARKER
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="chromium is not installed (`make browser` installs Debian's package)",
+    ),
+]
+
+# Headless flags that work offline; the resolver rule makes sure nothing (not even Chromium's
+# own background services) resolves a name, so no request can leave the machine.
+OFFLINE_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+)  # fmt: skip
+WINDOW = (900, 700)
+PROMPTS = ["A lemon on a blue plate, studio photo", f"{CONTENT_MARKER} a forbidden picture"]
+RATIOS = ["1:1", "16:9"]
+
+
+@dataclass(frozen=True)
+class Job:
+    target: Path
+    manifest: pl.DataFrame
+
+    @property
+    def page(self) -> Path:
+        return self.target / GALLERY_NAME
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
+    """2 prompts x 2 ratios run through the emulated Kie API; the content prompt fails."""
+    root = tmp_path_factory.mktemp("gallery-job")
+    spec: dict[str, Any] = {
+        "version": 1, "name": "browser-test", "provider": "kie",
+        "matrix": {"prompt": PROMPTS, "aspect_ratio": RATIOS},
+        "output": {"target": str(root / "out")},
+        "limits": {"kie": {"poll_interval": 0.05}},
+    }  # fmt: skip
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    options = RunOptions(spec=str(root / "spec.yaml"), emulate=True, emulator_latency_s=0.2)
+    result = asyncio.run(run_job(options))
+    assert result.counts["succeeded"] == 2 and result.counts["failed"] == 2
+    target = Path(result.target)
+    return Job(target, pl.read_parquet(target / "manifest.parquet"))
+
+
+def chromium(url: str, *flags: str) -> str:
+    """Run headless Chromium once on `url` with a throwaway profile; returns its stdout."""
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory(prefix="nbp-chromium-") as profile:
+        done = subprocess.run(
+            [CHROMIUM, *OFFLINE_FLAGS, f"--user-data-dir={profile}", *flags, url],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@dataclass
+class Rendered:
+    dom: str
+    page_requests: list[str]  # network URLs the page itself asked for
+
+
+def render(page: Path, tmp: Path) -> Rendered:
+    """The DOM after load (`--dump-dom`) and the page's own requests from Chromium's net log."""
+    netlog = tmp / f"{page.stem}-netlog.json"
+    dom = chromium(page.as_uri(), "--dump-dom", f"--log-net-log={netlog}")
+    return Rendered(dom, page_requests(netlog))
+
+
+def page_requests(netlog: Path) -> list[str]:
+    """URL requests started on behalf of a page. Chromium's own services (updater, sign-in,
+    network time) log their requests with the initiator "not an origin"; anything a page asks
+    for carries the page's origin, "null" for a file:// page."""
+    log = json.loads(netlog.read_text())
+    start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    return [
+        params["url"]
+        for event in log["events"]
+        if event["type"] == start and "url" in (params := event.get("params") or {})
+        if params.get("initiator") != "not an origin"
+    ]
+
+
+def screenshot(page: Path, tmp: Path) -> Image.Image:
+    shot = tmp / f"{page.stem}.png"
+    chromium(page.as_uri(), f"--screenshot={shot}", "--window-size={},{}".format(*WINDOW))
+    with Image.open(shot) as img:
+        return img.convert("RGB")
+
+
+def colours(img: Image.Image) -> dict[tuple[int, int, int], int]:
+    """Pixel counts by colour at 4 bits a channel (coarse enough to survive browser scaling)."""
+    coarse = img.convert("RGB").point(lambda v: v & 0xF0)
+    return {rgb: n for n, rgb in coarse.getcolors(maxcolors=1 << 12) or []}
+
+
+def main_colours(images: list[Image.Image], share: float = 0.8) -> list[tuple[int, int, int]]:
+    """The most frequent coarse colours that together cover `share` of the images' pixels."""
+    counts: dict[tuple[int, int, int], int] = {}
+    for img in images:
+        for rgb, n in colours(img).items():
+            counts[rgb] = counts.get(rgb, 0) + n
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    total, covered, out = sum(counts.values()), 0, []
+    for rgb, n in ranked:
+        out.append(rgb)
+        covered += n
+        if covered >= share * total:
+            break
+    return out
+
+
+def drawn_share(shot: Image.Image, wanted: list[tuple[int, int, int]]) -> float:
+    seen = colours(shot)
+    return sum(seen.get(rgb, 0) >= 5 for rgb in wanted) / len(wanted)
+
+
+class Cards(HTMLParser):
+    """Each card's id, tooltip, image sources, link targets, caption and body text."""
+
+    def __init__(self, dom: str) -> None:
+        super().__init__()
+        self.cards: dict[str, dict[str, Any]] = {}
+        self.attribute_urls: list[str] = []
+        self._card: dict[str, Any] | None = None
+        self._in_caption = False
+        self.feed(dom)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        self.attribute_urls += [a[k] for k in ("src", "href", "srcset", "poster") if k in a]
+        if tag == "figure":
+            self._card = {"title": a["title"], "srcs": [], "hrefs": [], "caption": "", "text": ""}
+            self.cards[a["id"].removeprefix("cell-")] = self._card
+        elif self._card is not None and tag == "img":
+            self._card["srcs"].append(a["src"])
+        elif self._card is not None and tag == "a":
+            self._card["hrefs"].append(a["href"])
+        self._in_caption = self._in_caption or tag == "figcaption"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figcaption":
+            self._in_caption = False
+        elif tag == "figure":
+            self._card = None
+
+    def handle_data(self, data: str) -> None:
+        if self._card is not None:
+            self._card["text"] += data
+            if self._in_caption:
+                self._card["caption"] += data + " "
+
+
+@pytest.fixture(scope="module")
+def rendered(job: Job, tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+    return render(job.page, tmp_path_factory.mktemp("render"))
+
+
+def test_every_cell_has_a_card_with_id_cost_and_latency(job: Job, rendered: Rendered) -> None:
+    cards = Cards(rendered.dom).cards
+    assert sorted(cards) == sorted(job.manifest["cell_id"].to_list())
+    for row in job.manifest.iter_rows(named=True):
+        card = cards[row["cell_id"]]
+        assert f"cell {row['cell_id']}" in card["title"]
+        assert row["cell_id"][:12] in card["caption"]
+        assert re.search(r"(\$\d+\.\d{3}|\$ –) · (\d+\.\d s|– s)", card["caption"]), card
+        if row["status"] == "succeeded":
+            assert f"${row['cost_usd']:.3f}" in card["caption"]
+            assert f"{row['latency_s']:.1f} s" in card["caption"]
+
+
+def test_failed_cells_show_their_reason(job: Job, rendered: Rendered) -> None:
+    cards = Cards(rendered.dom).cards
+    failed = job.manifest.filter(pl.col("status") == "failed")
+    assert failed.height == 2 and set(failed["prompt"]) == {PROMPTS[1]}
+    for row in failed.iter_rows(named=True):
+        card = cards[row["cell_id"]]
+        assert row["error_message"] and row["error_message"] in card["text"]
+        assert "failed" in card["text"] and not card["srcs"]
+
+
+def test_thumbnails_are_embedded_and_link_to_the_image(job: Job, rendered: Rendered) -> None:
+    cards = Cards(rendered.dom).cards
+    for row in job.manifest.filter(pl.col("status") == "succeeded").iter_rows(named=True):
+        card = cards[row["cell_id"]]
+        assert len(card["srcs"]) == 1 and card["srcs"][0].startswith("data:image/jpeg;base64,")
+        assert [(job.target / href).is_file() for href in card["hrefs"]] == [True]
+
+
+def test_thumbnails_are_drawn(job: Job, tmp_path: Path) -> None:
+    """The browser decoded the data URIs: the thumbnails' main colours (decoded here with
+    Pillow) are in the screenshot, and not in that of the same page with broken thumbnails."""
+    text = job.page.read_text("utf-8")
+    thumbs = [
+        Image.open(io.BytesIO(base64.b64decode(data)))
+        for data in re.findall(r'src="data:image/jpeg;base64,([^"]+)"', text)
+    ]
+    assert len(thumbs) == 2
+    wanted = main_colours(thumbs)
+    shot = screenshot(job.page, tmp_path)
+    assert shot.size == WINDOW and len(wanted) > 20
+    (job.target / "broken.html").write_text(re.sub(r"base64,[^\"]+", "base64,AAAA", text))
+    control = screenshot(job.target / "broken.html", tmp_path)
+    drawn, undrawn = drawn_share(shot, wanted), drawn_share(control, wanted)
+    assert drawn > 0.9 and undrawn < 0.1, (drawn, undrawn)  # measured: 1.0 and 0.0
+
+
+def test_the_page_fetches_nothing_from_the_network(rendered: Rendered, tmp_path: Path) -> None:
+    assert rendered.page_requests == []
+    assert not [u for u in Cards(rendered.dom).attribute_urls if re.match(r"(https?:)?//", u)]
+    assert not re.search(r"url\(|@import|<script|<link", rendered.dom)
+    # Control: the same check sees a page that does fetch (the resolver rule stops it there).
+    fetching = tmp_path / "fetching.html"
+    fetching.write_text('<img src="http://example.invalid/a.png"><img src="https://example.com/b">')
+    assert sorted(render(fetching, tmp_path).page_requests) == [
+        "http://example.invalid/a.png", "https://example.com/b",
+    ]
