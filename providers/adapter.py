@@ -8,6 +8,7 @@ other hosts, e.g. Kie's upload host) and implement `submit` and `poll`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -152,6 +153,22 @@ def limit_problems(name: str, caps: Capabilities, request: ImageRequest) -> list
                 "kie, apikley)"
             )
     return problems
+
+
+# No reseller documents a moderation code. What reaches us is the model's own refusal reason
+# (Gemini finishReason IMAGE_SAFETY, PROHIBITED_CONTENT, BLOCKLIST, SPII, ...: protocols.md
+# §6.1) or the reseller's wording ("content policy", "flagged by moderation"), inside a failure
+# message. This is a heuristic, kept in one place so every adapter classifies alike.
+CONTENT_REJECTION_PATTERN = re.compile(
+    r"safety|prohibited|blocklist|blocked|polic(?:y|ies)|moderat|flagged|violat|nsfw"
+    r"|sensitive|inappropriate|\bspii\b",
+    re.IGNORECASE,
+)
+
+
+def looks_like_content_rejection(*texts: object) -> bool:
+    """True when a failure's code or message reads like a content/policy refusal."""
+    return any(CONTENT_REJECTION_PATTERN.search(str(t)) for t in texts if t)
 
 
 def status_message(response: httpx.Response, body: Any, *keys: str) -> str:

@@ -19,7 +19,7 @@ import httpx
 import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
 from providers import http
-from providers.adapter import HttpAdapter, status_message
+from providers.adapter import HttpAdapter, looks_like_content_rejection, status_message
 from providers.base import (
     Capabilities,
     Finished,
@@ -62,9 +62,8 @@ SUCCESS_STATE, FAIL_STATE = "success", "fail"
 RETRYABLE_CODES = frozenset({"MODEL_UNAVAILABLE", "STORAGE_UNAVAILABLE", "TASK_TIMEOUT"})
 PROCESSING_CODE = "IDEMPOTENCY_KEY_PROCESSING"  # 409: first create with this key in flight
 MISMATCH_CODE = "IDEMPOTENCY_KEY_MISMATCH"      # 422: same key, different body
-# HiAPI documents no content-moderation code: a task error (or create error) is taken as a
-# content rejection when its code or message carries one of these words.
-CONTENT_WORDS = ("content", "policy", "safety", "moderation", "nsfw", "prohibited", "blocked")
+# HiAPI documents no content-moderation code: a task or create error is taken as a content
+# rejection when `looks_like_content_rejection` recognises its code or message.
 
 OPTION_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -230,8 +229,7 @@ def task_failure(error: Any) -> TaskFailed:
 
 
 def is_content_rejection(code: Any, message: Any) -> bool:
-    text = f"{code or ''} {message or ''}".lower()
-    return any(word in text for word in CONTENT_WORDS)
+    return looks_like_content_rejection(code, message)
 
 
 def raise_for_error(response: httpx.Response, body: Any) -> None:

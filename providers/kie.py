@@ -22,7 +22,7 @@ import httpx
 import jsonschema
 
 from providers import http
-from providers.adapter import HttpAdapter, status_message
+from providers.adapter import HttpAdapter, looks_like_content_rejection, status_message
 from providers.base import (
     Capabilities,
     Finished,
@@ -80,11 +80,6 @@ OPTION_SCHEMA: Mapping[str, Any] = {
     "additionalProperties": False,
 }
 
-# Words of a moderation failMsg; Kie documents no failCode for it (protocols.md §4.3).
-CONTENT_WORDS = (
-    "content polic", "moderation", "flagged", "violat", "sensitive", "nsfw", "prohibited",
-    "safety", "inappropriate",
-)
 PENDING_STATES = ("waiting", "queuing", "generating")  # protocols.md §4.3
 
 
@@ -250,7 +245,7 @@ class KieProvider(HttpAdapter):
         code = str(data.get("failCode") or "") or None
         message = str(data.get("failMsg") or "") or "the task failed"
         text = f"{self.name}: {message}"
-        if any(word in message.lower() for word in CONTENT_WORDS):
+        if looks_like_content_rejection(message):  # Kie documents no failCode for it
             return ContentRejected(text, code=code or "content")
         return TaskFailed(text, code=code or "fail")
 

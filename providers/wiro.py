@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -21,7 +20,7 @@ import httpx
 import jsonschema
 
 from providers import http
-from providers.adapter import HttpAdapter
+from providers.adapter import HttpAdapter, looks_like_content_rejection
 from providers.base import (
     Capabilities,
     Finished,
@@ -99,12 +98,8 @@ REJECTION_PHRASES: tuple[str, ...] = (
     "name is not allowed", "already in use", "taskid or socketaccesstoken is required",
 )
 # Wiro documents no representation of a content/policy block: the model's refusal reaches
-# us only as a failed task (pexit != "0") whose `debugerror` carries the upstream reason
-# (Gemini finishReason IMAGE_SAFETY, PROHIBITED_CONTENT, BLOCKLIST, SPII, ...; protocols.md
-# §6.1). We therefore classify by keywords; this is a heuristic, not a documented signal.
-CONTENT_BLOCK_PATTERN = re.compile(
-    r"safety|prohibited|blocklist|blocked|policy|moderation|nsfw|\bspii\b", re.IGNORECASE
-)
+# us only as a failed task (pexit != "0") whose `debugerror` carries the upstream reason,
+# classified by `looks_like_content_rejection` (a heuristic, not a documented signal).
 
 OPTION_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -262,7 +257,7 @@ def task_outcome(task: Mapping[str, Any]) -> Pending | Finished:
     outputs = [o for o in task.get("outputs") or [] if isinstance(o, Mapping) and o.get("url")]
     if pexit not in ("", "0"):
         reason = str(task.get("debugerror") or "").strip()[-500:] or f"exit code {pexit}"
-        if CONTENT_BLOCK_PATTERN.search(reason):
+        if looks_like_content_rejection(reason):
             raise ContentRejected(f"wiro task {task_id} was blocked: {reason}", code="content")
         raise TaskFailed(f"wiro task {task_id} failed: {reason}", code=f"pexit_{pexit}")
     if not outputs:
