@@ -80,6 +80,15 @@ def test_the_flow_runs_a_spec_on_a_prefect_server(prefect_api_url: str, tmp_path
     runs = [r for r in asyncio.run(flow_runs()) if r.parameters.get("spec") == str(spec)]
     assert runs and runs[0].state and runs[0].state.is_completed()
 
+    async def artifacts() -> list[Any]:
+        async with get_client() as client:
+            return list(await client.read_artifacts(limit=200))
+
+    mine = {a.key: a for a in asyncio.run(artifacts()) if a.flow_run_id == runs[0].id}
+    assert {"nbp-summary", "nbp-result"} <= set(mine)
+    assert "index.html" in str(mine["nbp-result"].data)
+    assert "manifest.parquet" in str(mine["nbp-result"].data)
+
 
 @pytest.mark.prefect
 def test_nbp_run_emulate_from_the_command_line(prefect_api_url: str, tmp_path: Path) -> None:
