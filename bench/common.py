@@ -135,14 +135,23 @@ def run_child(
 
 
 def run_nbp(args: Sequence[str], *, env: Mapping[str, str], cwd: Path = ROOT,
-            timeout: float = 900) -> tuple[Child, dict[str, Any]]:
+            timeout: float = 900, profile_as: str = "") -> tuple[Child, dict[str, Any]]:
     """The real `nbp` CLI in a child process, and its self-reported start-up / command split
-    (see `bench.nbp_child`)."""
+    (see `bench.nbp_child`).
+
+    With NBP_BENCH_PROFILE=DIR and a `profile_as` name, the child runs under
+    `py-spy record` (pip install py-spy) and its collapsed stacks go to DIR/{name}.txt
+    (read them with `python -m bench.hotspots`); its CPU figures then include py-spy."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         report_path = handle.name
+    argv = [PYTHON, "-m", "bench.nbp_child", report_path, *args]
+    profile_dir = os.environ.get("NBP_BENCH_PROFILE")
+    if profile_dir and profile_as:
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        argv = [str(Path(PYTHON).parent / "py-spy"), "record", "--format", "raw", "--rate", "250",
+                "--threads", "-o", str(Path(profile_dir) / f"{profile_as}.txt"), "--", *argv]
     try:
-        child = run_child([PYTHON, "-m", "bench.nbp_child", report_path, *args],
-                          env=env, cwd=cwd, timeout=timeout)
+        child = run_child(argv, env=env, cwd=cwd, timeout=timeout)
         text = Path(report_path).read_text()
         report: dict[str, Any] = json.loads(text) if text else {}
     finally:

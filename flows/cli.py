@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="redo cells that already succeeded")
     run.add_argument("--max-usd", type=float, help="hard spending cap for this run")
     run.add_argument("--shard", help="i/n: run only this shard of the cells (several workers)")
+    run.add_argument("--shared-limits", action="store_true",
+                     help="share provider create rates through the Prefect server "
+                          "(several workers on one account)")
     run.add_argument("--chunk-size", type=int, default=200, help="cells per Prefect task")
     run.add_argument("--emulator-latency", type=float, default=None,
                      help="seconds an emulated task takes (with --emulate)")
@@ -126,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         result: dict[str, Any] = asyncio.run(nbp_flow.nbp_run(
             spec=args.spec, target=args.target, emulate=args.emulate, force=args.force,
             max_usd=args.max_usd, shard=args.shard, chunk_size=args.chunk_size,
-            emulator_latency_s=args.emulator_latency,
+            emulator_latency_s=args.emulator_latency, shared_limits=args.shared_limits,
         ))
     finally:
         nbp_flow.progress_listeners.remove(display.update)

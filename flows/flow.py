@@ -78,12 +78,14 @@ async def nbp_run(
     shard: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     emulator_latency_s: float | None = None,
+    shared_limits: bool = False,
 ) -> dict[str, Any]:
     """Run the job spec `spec` (a path or fsspec URL); see `nbp run --help`."""
     logger = get_run_logger()
     options = RunOptions(
         spec=spec, target=target, emulate=emulate, force=force, max_usd=max_usd,
         shard=shard, chunk_size=chunk_size, emulator_latency_s=emulator_latency_s,
+        shared_limits=shared_limits,
     )
     progress = Progress(listeners=list(progress_listeners))
     reporter = asyncio.create_task(_report_progress(progress, logger))

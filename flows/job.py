@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import polars as pl
+
 from flows.budget import Budget
 from flows.cells import expand
 from flows.journal import Journal
@@ -25,7 +27,13 @@ from flows.runner import RunContext, Runner
 from flows.spec import load_spec
 from flows.throttle import AccountThrottle, InFlightLimit, Rate, SlidingWindowLimiter
 from outputs.gallery import write_gallery
-from outputs.manifest import merge_manifest, read_manifest, rows_to_frame, write_manifest
+from outputs.manifest import (
+    MANIFEST_COLUMNS,
+    merge_manifest,
+    read_manifest,
+    rows_to_frame,
+    write_manifest,
+)
 from outputs.sink import Sink
 from providers import registry
 from providers.base import Provider
@@ -33,6 +41,7 @@ from providers.base import Provider
 log = logging.getLogger("nbp.job")
 
 DEFAULT_CHUNK_SIZE = 200
+MAX_SHARED_WRITES = 10  # a shard rewrites the manifest while other shards keep finishing
 EMULATED_POLL_INTERVAL_S = 0.25  # emulated tasks take about a second; don't wait 3 s to look
 
 ChunkRunner = Callable[[Runner, int, Sequence[Cell], int], Awaitable[list[dict[str, Any]]]]
@@ -50,6 +59,7 @@ class RunOptions:
     shard: str | None = None            # "i/n": this run takes the cells with hash % n == i
     chunk_size: int = DEFAULT_CHUNK_SIZE
     emulator_latency_s: float | None = None
+    shared_limits: bool = False         # share create rates through the Prefect server
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
@@ -97,7 +107,8 @@ async def run_job(
         spec = replace(spec, output=replace(spec.output, target=options.target))
     if options.max_usd is not None:
         spec = replace(spec, max_usd=options.max_usd)
-    cells = select_shard(list(expand(spec)), options.shard)
+    all_cells = list(expand(spec))
+    cells = select_shard(all_cells, options.shard)
     progress = progress or Progress()
     progress.total = len(cells)
     async with open_providers(spec, options) as (providers, env_is_emulated):
@@ -107,7 +118,9 @@ async def run_job(
         ctx = RunContext(
             spec=spec, run_id=options.run_id, sink=sink, journal=journal,
             providers=providers,
-            throttles=make_throttles(spec, providers, emulated=env_is_emulated),
+            throttles=make_throttles(
+                spec, providers, emulated=env_is_emulated, shared=options.shared_limits
+            ),
             budget=Budget(spec.max_usd), progress=progress,
             previous=await asyncio.to_thread(journal.load),
             path_owners=_path_owners(previous_manifest), force=options.force,
@@ -115,9 +128,14 @@ async def run_job(
         )
         runner = Runner(ctx)
         rows = await run_chunks(runner, cells, options.chunk_size, chunk_runner)
-    frame = merge_manifest(previous_manifest, rows_to_frame(rows))
-    manifest_uri = await asyncio.to_thread(write_manifest, sink, frame)
-    gallery_uri = await asyncio.to_thread(write_gallery, sink, frame, title=spec.name)
+    if options.shard:
+        manifest_uri, gallery_uri = await asyncio.to_thread(
+            write_shared_outputs, sink, journal, rows, all_cells, title=spec.name
+        )
+    else:
+        frame = merge_manifest(previous_manifest, rows_to_frame(rows))
+        manifest_uri = await asyncio.to_thread(write_manifest, sink, frame)
+        gallery_uri = await asyncio.to_thread(write_gallery, sink, frame, title=spec.name)
     counts = {s: 0 for s in ("succeeded", "failed", "skipped", "cancelled")}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -144,6 +162,42 @@ async def run_chunks(
     chunks = list(_chunked(cells, chunk_size))
     results = await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
     return [row for chunk_rows in results for row in chunk_rows]
+
+
+def write_shared_outputs(
+    sink: Sink, journal: Journal, rows: Sequence[Mapping[str, Any]],
+    all_cells: Sequence[Cell], *, title: str,
+) -> tuple[str, str]:
+    """Manifest and gallery of a target that other shards write at the same time.
+
+    Each shard finishes its cells (every final row is in the journal first), then builds the
+    table from the manifest on disk, the journal and its own rows, writes it, and reads the
+    journal again: if a row is missing or stale, another shard finished in between and this
+    shard writes again. The last write of all is made by a shard that looked after every
+    shard had finished its cells, so the table ends complete whatever the order.
+    """
+    entries = journal.load()
+    for _ in range(MAX_SHARED_WRITES):
+        final = {e.cell_id: e.row for e in entries.values() if e.row is not None}
+        final.update({str(row["cell_id"]): dict(row) for row in rows})
+        known = [{k: v for k, v in row.items() if k in MANIFEST_COLUMNS} for row in final.values()]
+        frame = _in_spec_order(merge_manifest(read_manifest(sink), rows_to_frame(known)), all_cells)
+        manifest_uri = write_manifest(sink, frame)
+        gallery_uri = write_gallery(sink, frame, title=title)
+        entries = journal.load()
+        written = dict(zip(frame["cell_id"], zip(frame["run_id"], frame["status"], strict=True),
+                           strict=True))
+        if all(written.get(e.cell_id) == (e.row.get("run_id"), e.row.get("status"))
+               for e in entries.values() if e.row is not None):
+            break
+    return manifest_uri, gallery_uri
+
+
+def _in_spec_order(frame: pl.DataFrame, all_cells: Sequence[Cell]) -> pl.DataFrame:
+    """Cells of the spec in expansion order, after rows of cells the spec no longer has."""
+    position = {cell.cell_id: cell.index for cell in all_cells}
+    order = pl.Series("_order", [position.get(c, -1) for c in frame["cell_id"]], pl.Int64)
+    return frame.with_columns(order).sort("_order", maintain_order=True).drop("_order")
 
 
 def select_shard(cells: list[Cell], shard: str | None) -> list[Cell]:
@@ -207,9 +261,12 @@ async def resolve_credentials(spec: JobSpec) -> dict[str, str]:
 
 
 def make_throttles(
-    spec: JobSpec, providers: Mapping[str, Provider], *, emulated: bool = False
+    spec: JobSpec, providers: Mapping[str, Provider], *, emulated: bool = False,
+    shared: bool = False,
 ) -> dict[str, AccountThrottle]:
-    """One throttle per provider account: the spec's `limits` over documented defaults."""
+    """One throttle per provider account: the spec's `limits` over documented defaults.
+    `shared`: create rates also go through the account's Prefect rate limit, so several
+    processes (shards on several workers) stay inside one provider limit together."""
     throttles = {}
     for name, provider in providers.items():
         caps = provider.capabilities
@@ -221,13 +278,21 @@ def make_throttles(
         )
         throttles[name] = AccountThrottle(
             provider=name,
-            rate=SlidingWindowLimiter(Rate.parse(rate_text)) if rate_text else None,
+            rate=_rate_limiter(Rate.parse(rate_text), provider, shared) if rate_text else None,
             in_flight=InFlightLimit(
                 (limits.max_in_flight if limits else None) or caps.default_max_in_flight
             ),
             poll_interval_s=poll,
         )
     return throttles
+
+
+def _rate_limiter(rate: Rate, provider: Provider, shared: bool) -> SlidingWindowLimiter:
+    if not shared:
+        return SlidingWindowLimiter(rate)
+    from flows.shared_limits import shared_limiter
+
+    return shared_limiter(rate, provider)
 
 
 def _path_owners(manifest: Any) -> dict[str, str]:

@@ -49,15 +49,21 @@ async def with_retries(
     throttle: AccountThrottle | None = None,
     policy: RetryPolicy = DEFAULT_RETRY,
     before_each: Callable[[], Awaitable[None]] | None = None,
+    after_each: Callable[[], None] | None = None,
 ) -> T:
-    """Run `call` until it returns or fails for good; see the module docstring."""
+    """Run `call` until it returns or fails for good; see the module docstring.
+    `before_each` / `after_each` bracket every attempt (a create-rate token and its answer)."""
     transient = 0
     limited = 0
     while True:
         if before_each is not None:
             await before_each()
         try:
-            return await call()
+            try:
+                return await call()
+            finally:
+                if after_each is not None:
+                    after_each()
         except RateLimited as exc:
             limited += 1
             if limited > policy.max_rate_limited:

@@ -251,6 +251,7 @@ class Runner:
                 return await with_retries(
                     lambda: provider.submit(request), throttle=throttle,
                     policy=self.ctx.retry, before_each=throttle.before_create,
+                    after_each=throttle.after_create,
                 )
             except SubmitUncertain:
                 if caps.recoverable_submit:

@@ -6,7 +6,11 @@ that uses that account. Throttling lives here, never in adapters.
 Create rate: documented limits are sliding windows ("20 new generation requests per 10 s",
 protocols.md §4.5), so the limiter is a token bucket whose tokens come back exactly one window
 after they were spent: N creates in any window, never more, and a full burst when idle.
-A plain refilling bucket would allow 2N in a window after an idle burst.
+A plain refilling bucket would allow 2N in a window after an idle burst. A create counts from
+when its token is taken and, once its answer arrives (`answered()`), from the answer: the
+provider admitted it somewhere in between, so the provider's window never sees more than
+ours even when a create travels slowly (bench/rate.py measured 6 rejections and half the
+rate when every create counted from its token: the first burst left late).
 
 Adaptive: a rate-limit signal halves the usable tokens (never below one) and pauses creates
 for Retry-After when given; every quiet window gives one token back. Wiro's code 96
@@ -58,6 +62,7 @@ class SlidingWindowLimiter:
         self.window_s = rate.window_s + WINDOW_MARGIN_S
         self.usable = rate.count
         self._spent: deque[float] = deque()
+        self._answered = 0  # the first entries of `_spent`: answer times, not token times
         self._paused_until = 0.0
         self._last_signal = 0.0
         self._lock = asyncio.Lock()
@@ -66,10 +71,12 @@ class SlidingWindowLimiter:
     def _wait_time(self, now: float) -> float:
         while self._spent and now - self._spent[0] >= self.window_s:
             self._spent.popleft()
+            self._answered = max(0, self._answered - 1)
         self._recover(now)
         wait = max(0.0, self._paused_until - now)
         if len(self._spent) >= self.usable:
-            oldest_needed = self._spent[len(self._spent) - self.usable]
+            # Sorted: an answer time may be later than the token times after it.
+            oldest_needed = sorted(self._spent)[len(self._spent) - self.usable]
             wait = max(wait, oldest_needed + self.window_s - now)
         return wait
 
@@ -79,6 +86,18 @@ class SlidingWindowLimiter:
             while (wait := self._wait_time(time.monotonic())) > 0:
                 await asyncio.sleep(wait)
             self._spent.append(time.monotonic())
+
+    def answered(self) -> None:
+        """A create's answer (or failure) arrived: count the oldest unanswered create from now.
+
+        Answers may come back in any order; which create takes which answer time does not
+        matter, since the window only counts times."""
+        now = time.monotonic()
+        if self._answered < len(self._spent):
+            self._spent[self._answered] = now
+        else:  # its token already left the window (a very slow create): count it again
+            self._spent.append(now)
+        self._answered += 1
 
     def penalise(self, retry_after: float | None) -> None:
         """The provider said slow down: halve the usable window, pause if told how long."""
@@ -140,6 +159,11 @@ class AccountThrottle:
     async def before_create(self) -> None:
         if self.rate is not None:
             await self.rate.acquire()
+
+    def after_create(self) -> None:
+        """Every `before_create` is followed by this once the create answered or failed."""
+        if self.rate is not None:
+            self.rate.answered()
 
     def rate_limited(self, retry_after: float | None, *, concurrency: bool = False) -> None:
         if concurrency:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -27,6 +28,8 @@ USER_AGENT = "nbp/0.1 (+https://github.com/nbp; python-httpx)"
 # (protocols.md §4.1), so every request carries one.
 DEFAULT_HEADERS = {"User-Agent": USER_AGENT, "Accept": "application/json"}
 MAX_RETRY_AFTER_S = 300.0
+# 64 pooled connections in 8 pools of 8: see `ShardedTransport`.
+POOL_SHARDS, CONNECTIONS_PER_SHARD = 8, 8
 
 
 def make_client(timeout_s: float, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
@@ -34,9 +37,75 @@ def make_client(timeout_s: float, headers: dict[str, str] | None = None) -> http
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
         headers={**DEFAULT_HEADERS, **(headers or {})},
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        transport=ShardedTransport(POOL_SHARDS, CONNECTIONS_PER_SHARD),
         follow_redirects=True,
     )
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """Several small httpcore pools instead of one big one; each request goes to the pool
+    with the fewest requests open.
+
+    httpcore 1.0.x re-examines every pooled connection (a poll() and a getpeername() each,
+    plus a count over the whole pool per idle one) whenever a request starts or ends, so its
+    cost per request grows with the pool: bench/cost.py measured ~19 ms of CPU per cell with
+    one pool of 200 (50 kept alive) and ~8 ms with 8 pools of 8, the same 64 connections.
+    (encode/httpcore#1035 fixes it upstream; drop this class when a release has it.)
+    """
+
+    def __init__(self, shards: int, connections_per_shard: int) -> None:
+        limits = httpx.Limits(
+            max_connections=connections_per_shard,
+            max_keepalive_connections=connections_per_shard,
+        )
+        context = httpx.create_ssl_context()  # one for all pools: each costs ~20 ms to build
+        self._pools = [
+            httpx.AsyncHTTPTransport(verify=context, limits=limits) for _ in range(shards)
+        ]
+        self._open = [0] * shards  # requests whose response body is not closed yet
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        index = min(range(len(self._pools)), key=self._open.__getitem__)
+        self._open[index] += 1
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._open[index] -= 1
+
+        try:
+            response = await self._pools[index].handle_async_request(request)
+        except BaseException:
+            release()
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            response.status_code, headers=response.headers,
+            stream=_ReleasingStream(response.stream, release), extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that tells its pool's counter when it is closed."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._inner, self._release = inner, release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._release()
 
 
 def parse_retry_after(value: str | None) -> float | None:

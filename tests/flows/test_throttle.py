@@ -91,3 +91,21 @@ def test_polling_backs_off_to_a_cap() -> None:
     assert delays[0] == 2.0
     assert delays == sorted(delays)
     assert delays[-1] == throttle.max_poll_interval_s
+
+
+def test_a_create_counts_from_its_answer_when_the_answer_comes_late() -> None:
+    """The provider admits a create somewhere between sending and answering, so a slow
+    create must not free its place in the window before the provider's copy does."""
+
+    async def go() -> float:
+        limiter = SlidingWindowLimiter(Rate(2, 0.3))
+        start = time.monotonic()
+        await limiter.acquire()
+        await limiter.acquire()
+        await asyncio.sleep(0.2)  # both creates travel slowly
+        limiter.answered()
+        limiter.answered()
+        await limiter.acquire()
+        return time.monotonic() - start
+
+    assert asyncio.run(go()) >= 0.2 + 0.3

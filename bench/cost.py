@@ -1,0 +1,106 @@
+"""Framework cost: CPU per cell and peak memory of the `nbp run` process at 1,000 and 10,000
+cells, the emulator in a process of its own.
+
+The same Runware spec at 1, 1,000 and 10,000 cells (1K JPEG, 200 in flight, 0.5 s per task),
+each through the real CLI (Prefect flow on a running server) in a fresh child process that
+reports its own CPU split into start-up (interpreter and imports) and the command
+(`bench.nbp_child`). The 1-cell run's command CPU is the fixed cost of a run (flow run,
+providers, manifest, gallery); the figure is the rest divided by the cells:
+
+    CPU per cell = (command CPU(N) - command CPU(1)) / (N - 1)
+
+Memory: peak RSS of the process, and its growth per cell against what the manifest itself
+takes in memory. Goal: <= 2 ms CPU per cell; memory flat beyond the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from bench.common import (
+    EmulatorProcess,
+    PrefectServer,
+    log,
+    quiet_env,
+    run_nbp,
+    scratch,
+    write_result,
+    write_spec,
+)
+
+SIZES = tuple(int(n) for n in os.environ.get("NBP_BENCH_COST_SIZES", "1,1000,10000").split(","))
+LATENCY_S, IN_FLIGHT, POLL_S, FORMAT = 0.5, 200, 0.25, "jpg"
+GOAL_MS = 2.0
+
+
+def spec(target: Path, cells: int) -> dict[str, Any]:
+    return {
+        "version": 1, "name": "bench-cost", "provider": "runware",
+        "matrix": {"prompt": ["A folded paper crane on slate, overhead light"],
+                   "aspect_ratio": ["1:1"], "resolution": ["1K"]},
+        "repeat": cells,
+        "output": {"target": str(target), "format": FORMAT},
+        "limits": {"runware": {"max_in_flight": IN_FLIGHT, "poll_interval": POLL_S}},
+    }
+
+
+def one_run(cells: int, emulator: EmulatorProcess, server: PrefectServer,
+            work: Path) -> dict[str, Any]:
+    emulator.reset()
+    before = emulator.stats()["cpu_s"]
+    out = work / f"out-{cells}"
+    env = quiet_env(**emulator.env, PREFECT_API_URL=server.url,
+                    PREFECT_HOME=str(work / "prefect-home"))
+    child, report = run_nbp(["run", str(write_spec(work / f"cost-{cells}.yaml",
+                                                    spec(out, cells)))], env=env,
+                            profile_as=f"cost-{cells}")
+    child.check(f"nbp run ({cells} cells)")
+    manifest = pl.read_parquet(out / "manifest.parquet")
+    if manifest.height != cells or set(manifest["status"]) != {"succeeded"}:
+        raise RuntimeError(f"{cells} cells: manifest has {manifest.height} rows")
+    figures = {
+        "cells": cells, **report, "process_cpu_s": round(child.cpu_s, 3),
+        "manifest_in_memory_mb": round(manifest.estimated_size("mb"), 2),
+        "manifest_file_mb": round((out / "manifest.parquet").stat().st_size / 2**20, 2),
+        "emulator_cpu_s": round(emulator.stats()["cpu_s"] - before, 2),
+    }
+    log(f"  {cells:>6} cells: command {report['command_cpu_s']:7.2f} s CPU in "
+        f"{report['command_wall_s']:6.1f} s wall; start-up {report['startup_cpu_s']:.2f} s; "
+        f"peak RSS {report['peak_rss_mb']:.0f} MB; emulator {figures['emulator_cpu_s']} s CPU")
+    return figures
+
+
+def main() -> dict[str, Any]:
+    log(f"cost: Runware, {FORMAT} 1K, {IN_FLIGHT} in flight, {LATENCY_S:g} s per task; "
+        f"cells {', '.join(map(str, SIZES))}")
+    runs = []
+    with scratch("cost") as work, EmulatorProcess(LATENCY_S, providers=("runware",)) as emu, \
+            PrefectServer(work) as server:
+        for cells in SIZES:
+            runs.append(one_run(cells, emu, server, work))
+    base = runs[0]
+    per_cell: dict[str, Any] = {}
+    for run in runs[1:]:
+        n = run["cells"] - base["cells"]
+        cpu_ms = 1000 * (run["command_cpu_s"] - base["command_cpu_s"]) / n
+        rss_kb = 1024 * (run["peak_rss_mb"] - base["peak_rss_mb"]) / n
+        manifest_kb = 1024 * run["manifest_in_memory_mb"] / run["cells"]
+        per_cell[str(run["cells"])] = {"cpu_ms": round(cpu_ms, 3),
+                                       "peak_rss_growth_kb": round(rss_kb, 2),
+                                       "manifest_kb": round(manifest_kb, 3)}
+        log(f"  {run['cells']:>6} cells: {cpu_ms:.2f} ms CPU per cell (goal <= {GOAL_MS}); "
+            f"peak RSS +{rss_kb:.1f} KB per cell (manifest {manifest_kb:.2f} KB per cell)")
+    worst = max((v["cpu_ms"] for v in per_cell.values()), default=0.0)
+    figures = {
+        "setup": {"provider": "runware", "format": FORMAT, "resolution": "1K",
+                  "in_flight": IN_FLIGHT, "latency_s": LATENCY_S, "poll_interval_s": POLL_S},
+        "runs": runs, "per_cell": per_cell,
+        "goal": f"<= {GOAL_MS} ms CPU per cell; memory flat beyond the manifest",
+        "goal_met": worst <= GOAL_MS,
+    }
+    write_result("cost", figures)
+    return figures
