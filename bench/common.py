@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import yaml
 
@@ -199,7 +199,7 @@ class EmulatorProcess:
         return line
 
     def _ask(self, command: str) -> dict[str, Any]:
-        stdin: TextIO | None = self.proc.stdin
+        stdin = self.proc.stdin
         assert stdin is not None
         stdin.write(command + "\n")
         stdin.flush()

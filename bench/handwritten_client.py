@@ -5,7 +5,8 @@
 asyncio + httpx against `NBP_RUNWARE_BASE_URL` with `RUNWARE_API_KEY`: create an async
 `imageInference` task, poll `getResponse` until it succeeds, download the image, write it.
 At most `--in-flight` tasks are created and not yet finished (the slot is freed before the
-download, as nbp does). No journal, no verification, no retries, no manifest. The poll
+download, as nbp does). No journal, no verification, no retries, no manifest; httpx's default
+connection pool. The poll
 schedule is nbp's by default (first poll after `--poll` s, then 1.25x longer each time), so
 a span comparison measures the framework, not the polling policy; `--backoff 1` polls at a
 fixed interval.
@@ -59,8 +60,7 @@ async def run(cells: int, in_flight: int, poll: float, backoff: float, out: Path
     }
     out.mkdir(parents=True, exist_ok=True)
     slots = asyncio.Semaphore(in_flight)
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(headers=headers, timeout=60) as client:  # httpx's own pool
         await asyncio.gather(*(
             make_one(client, base, task, slots, poll, backoff, out) for _ in range(cells)
         ))

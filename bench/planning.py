@@ -14,8 +14,17 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, ROOT, log, quiet_env, run_child, scratch, summarise, \
-    write_result, write_spec
+from bench.common import (
+    PYTHON,
+    ROOT,
+    log,
+    quiet_env,
+    run_child,
+    scratch,
+    summarise,
+    write_result,
+    write_spec,
+)
 
 RATIOS = ("1:1", "4:5", "16:9", "9:16")
 SIZES = (100_000, 1_000_000)

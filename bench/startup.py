@@ -15,8 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, PrefectServer, log, quiet_env, run_child, scratch, \
-    summarise, write_result, write_spec
+from bench.common import (
+    PYTHON,
+    PrefectServer,
+    log,
+    quiet_env,
+    run_child,
+    scratch,
+    summarise,
+    write_result,
+    write_spec,
+)
 
 REPEATS = 3
 

@@ -142,9 +142,11 @@ class EmulatorHub:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        # log_config=None: uvicorn's default dictConfig would replace the host process's
+        # logging handlers (under a Prefect flow run: flushing its API log handler blocks ~5 s).
         config = uvicorn.Config(
             self.app, log_level="warning", access_log=False, lifespan="off",
-            timeout_keep_alive=30, backlog=2048,
+            timeout_keep_alive=30, backlog=2048, log_config=None,
         )
         self._server = uvicorn.Server(config)
         self.url = f"http://{host}:{sock.getsockname()[1]}"
