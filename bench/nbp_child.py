@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     out_path, args = argv[0], argv[1:]
     started = usage()
     import flows.cli
-    import flows.flow  # Prefect: the bulk of start-up, imported by `run` anyway
+    import flows.orchestration.flow  # Prefect: the bulk of start-up, imported by `run` anyway
 
     imported = usage()
     code = flows.cli.main(args)

@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from flows.spec import validate_spec_file
+    from flows.spec.loader import validate_spec_file
 
     worst = EXIT_OK
     for path in args.specs:
@@ -87,7 +87,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _load_or_report(path: str) -> Any:
-    from flows.spec import SpecInvalid, load_spec
+    from flows.spec.loader import SpecInvalid, load_spec
 
     try:
         return load_spec(path)
@@ -99,8 +99,8 @@ def _load_or_report(path: str) -> Any:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from flows.cells import expand
-    from flows.plan import make_plan
+    from flows.spec.cells import expand
+    from flows.spec.plan import make_plan
 
     spec = _load_or_report(args.spec)
     if spec is None:
@@ -120,8 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"nbp run: --shard: {exc}", file=sys.stderr)
             return EXIT_INVALID
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows import flow as nbp_flow
     from flows.display import TerminalDisplay
+    from flows.orchestration import flow as nbp_flow
 
     display = TerminalDisplay(sys.stderr)
     nbp_flow.progress_listeners.append(display.update)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any, TextIO
 
-from flows.progress import Progress
+from flows.engine.progress import Progress
 
 BAR_WIDTH = 28
 REDRAW_S = 0.2

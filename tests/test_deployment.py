@@ -25,16 +25,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows.cells import expand
-from flows.job import RunOptions, run_job, select_shard
-from flows.shared_limits import (
+from flows.engine.job import RunOptions, run_job, select_shard
+from flows.engine.throttle import Rate
+from flows.orchestration.shared_limits import (
     TOKEN_TTL_S,
     TRANSIT_GRACE_S,
     SharedRate,
     account_limit_name,
 )
-from flows.spec import load_spec
-from flows.throttle import Rate
+from flows.spec.cells import expand
+from flows.spec.loader import load_spec
 from providers.emulator.core import FaultConfig
 from providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
 from providers.model import pixel_size

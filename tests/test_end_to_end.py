@@ -66,7 +66,7 @@ def check_job_output(target: Path, cells: int) -> pl.DataFrame:
 def test_the_flow_runs_a_spec_on_a_prefect_server(prefect_api_url: str, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
 
-    from flows.flow import nbp_run
+    from flows.orchestration.flow import nbp_run
 
     spec = small_spec(tmp_path)
     result = asyncio.run(nbp_run(spec=str(spec), emulate=True, emulator_latency_s=0.2))

@@ -8,10 +8,10 @@ import io
 import pytest
 from PIL import Image
 
-from flows.budget import Budget, BudgetExhausted
-from flows.retry import RetryPolicy, with_retries
-from flows.throttle import AccountThrottle, InFlightLimit, Rate, SlidingWindowLimiter
-from flows.verify import verify_image
+from flows.engine.budget import Budget, BudgetExhausted
+from flows.engine.retry import RetryPolicy, with_retries
+from flows.engine.throttle import AccountThrottle, InFlightLimit, Rate, SlidingWindowLimiter
+from flows.engine.verify import verify_image
 from providers.errors import RateLimited, Rejected, ResultMismatch, TransientError
 
 

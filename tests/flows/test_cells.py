@@ -13,11 +13,11 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from flows.cells import cell_id, expand
-from flows.dataset import DatasetError, read_dataset
-from flows.model import Cell
-from flows.spec import load_spec
-from flows.templating import MissingVariable, Template, TemplateError
+from flows.spec.cells import cell_id, expand
+from flows.spec.dataset import DatasetError, read_dataset
+from flows.spec.loader import load_spec
+from flows.spec.model import Cell
+from flows.spec.templating import MissingVariable, Template, TemplateError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -264,7 +264,8 @@ def test_same_ids_in_another_process(tmp_path: Path) -> None:
     ))
     here = [c.cell_id for c in expand(load_spec(path))]
     code = (
-        "import json, sys; from flows.spec import load_spec; from flows.cells import expand; "
+        "import json, sys; from flows.spec.loader import load_spec; "
+        "from flows.spec.cells import expand; "
         "print(json.dumps([c.cell_id for c in expand(load_spec(sys.argv[1]))]))"
     )
     out = subprocess.run(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from flows.display import TerminalDisplay
-from flows.progress import Progress
+from flows.engine.progress import Progress
 
 
 class Terminal(io.StringIO):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.cells import expand
-from flows.plan import Plan, duration_s, make_plan
-from flows.spec import load_spec
-from flows.throttle import Rate
+from flows.engine.throttle import Rate
+from flows.spec.cells import expand
+from flows.spec.loader import load_spec
+from flows.spec.plan import Plan, duration_s, make_plan
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows.job import RunOptions, RunResult, run_job
+from flows.engine.job import RunOptions, RunResult, run_job
 from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
 from providers.emulator.hub import EmulatorHub
 from providers.model import pixel_size

@@ -12,9 +12,9 @@ import jsonschema
 import pytest
 from PIL import Image
 
-from flows.cells import expand
-from flows.model import ProviderLimits
-from flows.spec import Problem, SpecInvalid, load_spec, validate_spec_file
+from flows.spec.cells import expand
+from flows.spec.loader import Problem, SpecInvalid, load_spec, validate_spec_file
+from flows.spec.model import ProviderLimits
 from providers.model import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
 from schemas import load_job_schema
 
@@ -548,8 +548,8 @@ def test_validation_writes_nothing(tmp_path: Path) -> None:
 
 def test_no_prefect_import_for_validate_expand_plan() -> None:
     code = (
-        "import sys; from flows.spec import load_spec; from flows.cells import expand; "
-        "from flows.plan import make_plan; s = load_spec('specs/catalog.yaml'); "
+        "import sys; from flows.spec.loader import load_spec; from flows.spec.cells import expand; "
+        "from flows.spec.plan import make_plan; s = load_spec('specs/catalog.yaml'); "
         "make_plan(s, expand(s)).to_json(); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))"
     )

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from flows.throttle import AccountThrottle, InFlightLimit, Rate, SlidingWindowLimiter
+from flows.engine.throttle import AccountThrottle, InFlightLimit, Rate, SlidingWindowLimiter
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows.job import RunOptions, run_job
+from flows.engine.job import RunOptions, run_job
 from outputs.gallery import GALLERY_NAME
 from providers.emulator.core import CONTENT_MARKER
 

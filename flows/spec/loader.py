@@ -28,10 +28,11 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
-from flows import cells as cellmod
-from flows import yamlpos
-from flows.dataset import Dataset, DatasetError, read_dataset
-from flows.model import (
+from flows.engine.throttle import Rate
+from flows.spec import cells as cellmod
+from flows.spec import yamlpos
+from flows.spec.dataset import Dataset, DatasetError, read_dataset
+from flows.spec.model import (
     DEFAULT_OUTPUT_PATH,
     DEFAULT_RETRIES,
     DatasetSpec,
@@ -40,9 +41,8 @@ from flows.model import (
     OutputSpec,
     ProviderLimits,
 )
-from flows.templating import Template, TemplateError
-from flows.throttle import Rate
-from flows.yamlpos import JsonPath, LocatedDocument
+from flows.spec.templating import Template, TemplateError
+from flows.spec.yamlpos import JsonPath, LocatedDocument
 from providers import registry
 from providers.adapter import limit_problems
 from providers.base import Capabilities, ImageRequest, Reference

@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flows.model import Cell, JobSpec
-from flows.throttle import Rate
+from flows.engine.throttle import Rate
+from flows.spec.model import Cell, JobSpec
 from providers import registry
 from providers.base import Capabilities
 

@@ -26,10 +26,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
 
-from flows.job import DEFAULT_CHUNK_SIZE, RunOptions, RunResult, run_job
-from flows.model import Cell
-from flows.progress import Progress
-from flows.runner import Runner
+from flows.engine.job import DEFAULT_CHUNK_SIZE, RunOptions, RunResult, run_job
+from flows.engine.progress import Progress
+from flows.engine.runner import Runner
+from flows.spec.model import Cell
 
 FLOW_NAME = "nbp-run"
 ARTIFACT_INTERVAL_S = 5.0
@@ -55,7 +55,7 @@ async def _chunk_as_task(
 
 def cancel_remote_tasks(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
     """on_cancellation / on_crashed: cancel what the journal says is still running."""
-    from flows.cancel import cancel_submitted
+    from flows.orchestration.cancel import cancel_submitted
 
     parameters = flow_run.parameters or {}
     with contextlib.suppress(Exception):

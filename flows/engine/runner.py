@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from flows.budget import Budget, BudgetExhausted
-from flows.journal import Journal, JournalEntry, JournalState
-from flows.model import Cell, JobSpec
-from flows.progress import Progress
-from flows.references import ReferenceLoader
-from flows.retry import DEFAULT_RETRY, RetryPolicy, with_retries
-from flows.throttle import AccountThrottle
-from flows.verify import verify_image
+from flows.engine.budget import Budget, BudgetExhausted
+from flows.engine.journal import Journal, JournalEntry, JournalState
+from flows.engine.progress import Progress
+from flows.engine.references import ReferenceLoader
+from flows.engine.retry import DEFAULT_RETRY, RetryPolicy, with_retries
+from flows.engine.throttle import AccountThrottle
+from flows.engine.verify import verify_image
+from flows.spec.model import Cell, JobSpec
 from providers.base import Finished, ImageRequest, Pending, Provider, Submitted
 from providers.errors import (
     AuthError,

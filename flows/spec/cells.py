@@ -20,7 +20,7 @@ same id with different paths would pay twice for one request: that is a problem.
 
 Expansion is also the last step of validation: `Expansion.run()` collects `Issue`s (missing
 reference files, colliding output paths, identical requests...) instead of raising, and
-`flows.spec` turns them into located problems.
+`flows.spec.loader` turns them into located problems.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from flows import matrix as gha
-from flows.dataset import Dataset, read_dataset
-from flows.model import Cell, JobSpec
-from flows.templating import MissingVariable, Template, TemplateError
-from flows.yamlpos import JsonPath
+from flows.spec import matrix as gha
+from flows.spec.dataset import Dataset, read_dataset
+from flows.spec.model import Cell, JobSpec
+from flows.spec.templating import MissingVariable, Template, TemplateError
+from flows.spec.yamlpos import JsonPath
 from outputs.paths import sanitise_relative_path
 
 ID_CHARS = 16

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from flows.throttle import AccountThrottle
+from flows.engine.throttle import AccountThrottle
 from providers.errors import RateLimited, TransientError
 
 T = TypeVar("T")

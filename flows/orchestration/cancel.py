@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 
-from flows.job import RunOptions, open_providers
-from flows.journal import Journal
-from flows.spec import load_spec
+from flows.engine.job import RunOptions, open_providers
+from flows.engine.journal import Journal
+from flows.spec.loader import load_spec
 from outputs.sink import Sink
 
 

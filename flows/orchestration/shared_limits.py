@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from flows.throttle import Rate, SlidingWindowLimiter
+from flows.engine.throttle import Rate, SlidingWindowLimiter
 from providers.base import Provider
 
 log = logging.getLogger("nbp.shared_limits")

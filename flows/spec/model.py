@@ -1,7 +1,7 @@
 """Values that cross module boundaries inside `flows/`: the validated job spec and its cells.
 
-`flows.spec` builds a `JobSpec` from YAML (after validation); `flows.matrix` expands it into
-`Cell`s; the runner, the plan and the manifest read only these.
+`flows.spec.loader` builds a `JobSpec` from YAML (after validation); `flows.spec.cells`
+expands it into `Cell`s; the runner, the plan and the manifest read only these.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class JobSpec:
 class Cell:
     """One image request of a job: the unit of submission, journal, manifest and gallery.
 
-    `cell_id` is a stable hash (see `flows.cells.cell_id`) of everything that changes the
+    `cell_id` is a stable hash (see `flows.spec.cells.cell_id`) of everything that changes the
     image: the same cell has the same id in every run and on every machine.
     """
 

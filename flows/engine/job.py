@@ -1,7 +1,7 @@
 """Assembling and running one job: spec -> cells -> chunks -> manifest and gallery.
 
-Plain asyncio; `flows.flow` wraps each chunk in a Prefect task, tests can run it without
-Prefect. Chunks are the unit of orchestration (a few hundred cells each, never a task per
+Plain asyncio; `flows.orchestration.flow` wraps each chunk in a Prefect task, tests can run
+it without Prefect. Chunks are the unit of orchestration (a few hundred cells each, never a task per
 image); throttles, budget and providers are shared by every chunk of the process.
 """
 
@@ -18,14 +18,14 @@ from typing import Any
 
 import polars as pl
 
-from flows.budget import Budget
-from flows.cells import expand
-from flows.journal import Journal
-from flows.model import Cell, JobSpec
-from flows.progress import Progress
-from flows.runner import RunContext, Runner
-from flows.spec import load_spec
-from flows.throttle import AccountThrottle, InFlightLimit, Rate, SlidingWindowLimiter
+from flows.engine.budget import Budget
+from flows.engine.journal import Journal
+from flows.engine.progress import Progress
+from flows.engine.runner import RunContext, Runner
+from flows.engine.throttle import AccountThrottle, InFlightLimit, Rate, SlidingWindowLimiter
+from flows.spec.cells import expand
+from flows.spec.loader import load_spec
+from flows.spec.model import Cell, JobSpec
 from outputs.gallery import write_gallery
 from outputs.manifest import (
     MANIFEST_COLUMNS,
@@ -290,7 +290,7 @@ def make_throttles(
 def _rate_limiter(rate: Rate, provider: Provider, shared: bool) -> SlidingWindowLimiter:
     if not shared:
         return SlidingWindowLimiter(rate)
-    from flows.shared_limits import shared_limiter
+    from flows.orchestration.shared_limits import shared_limiter
 
     return shared_limiter(rate, provider)
 
