@@ -121,18 +121,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_INVALID
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.display import TerminalDisplay
-    from flows.orchestration import flow as nbp_flow
+    from flows.orchestration.flow import build_flow
 
     display = TerminalDisplay(sys.stderr)
-    nbp_flow.progress_listeners.append(display.update)
+    nbp_run = build_flow(listeners=[display.update])
     try:
-        result: dict[str, Any] = asyncio.run(nbp_flow.nbp_run(
+        result: dict[str, Any] = asyncio.run(nbp_run(
             spec=args.spec, target=args.target, emulate=args.emulate, force=args.force,
             max_usd=args.max_usd, shard=args.shard, chunk_size=args.chunk_size,
             emulator_latency_s=args.emulator_latency, shared_limits=args.shared_limits,
         ))
     finally:
-        nbp_flow.progress_listeners.remove(display.update)
         display.close()
     print(display.summary(result))
     return int(result["exit_code"])
@@ -173,8 +172,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     summary = summarise(frame)
     if args.json:
-        print(json.dumps(summary.to_json() if hasattr(summary, "to_json") else summary,
-                         indent=2, default=str))
+        print(json.dumps(summary.to_json(), indent=2))
     else:
         print(render_status(summary))
     return EXIT_OK

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,45 +23,112 @@ MANIFEST_NAME = "manifest.parquet"
 STATUSES = ("succeeded", "failed", "skipped", "cancelled")
 
 _TS = pl.Datetime("us", "UTC")
+Timestamp = datetime | str | float  # aware or naive (UTC) datetime, ISO 8601, epoch seconds
 
-# column -> (dtype, meaning); the order is the column order of the file
-_SCHEMA: dict[str, tuple[pl.DataType, str]] = {
-    "cell_id": (pl.String(), "stable hash of everything that changes the image; the row key"),
-    "job": (pl.String(), "job name from the spec"),
-    "run_id": (pl.String(), "the run that last wrote this row"),
-    "provider": (pl.String(), "reseller that served the cell (wiro, hiapi, runware, kie, apikley)"),
-    "model": (pl.String(), "model id as the provider names it"),
-    "prompt": (pl.String(), "prompt after templating"),
-    "aspect_ratio": (pl.String(), 'requested aspect ratio, e.g. "4:5"'),
-    "resolution": (pl.String(), '"1K", "2K" or "4K"'),
-    "output_format": (pl.String(), "png, jpg or webp"),
-    "references": (pl.List(pl.String()), "reference image URIs after templating, in order"),
-    "vars": (pl.String(), "template variables (matrix axes + dataset columns) as a JSON object"),
-    "replicate": (pl.Int32(), "replicate index, 0-based (spec `repeat`)"),
-    "seed": (pl.Int64(), "seed sent to the provider, if any"),
-    "dataset_row": (pl.Int64(), "0-based row of the dataset this cell came from, if any"),
-    "status": (pl.String(), "succeeded, failed, skipped or cancelled"),
-    "remote_task_id": (pl.String(), "the provider's task id of the last attempt"),
-    "attempts": (pl.Int32(), "submissions made for this cell (retries and fallbacks included)"),
-    "cost_usd": (pl.Float64(), "what the cell cost (USD); 0 or null when nothing was billed"),
-    "submitted_at": (_TS, "when the last attempt was submitted (UTC)"),
-    "completed_at": (_TS, "when the cell reached its final status (UTC)"),
-    "latency_s": (pl.Float64(), "completed_at - submitted_at in seconds"),
-    "output_path": (pl.String(), "image path relative to the target"),
-    "output_uri": (pl.String(), "full URI of the image (local path or fsspec URL)"),
-    "sha256": (pl.String(), "hex SHA-256 of the image bytes"),
-    "bytes": (pl.Int64(), "size of the image file in bytes"),
-    "width": (pl.Int32(), "image width in pixels"),
-    "height": (pl.Int32(), "image height in pixels"),
-    "error_code": (
+
+def _column(dtype: pl.DataType, meaning: str, default: Any = None) -> Any:
+    """A manifest column: its Parquet dtype and its meaning (the README's table) on the field."""
+    return field(default=default, metadata={"dtype": dtype, "meaning": meaning})
+
+
+@dataclass
+class ManifestRow:
+    """One cell's row of the manifest, the only shape a row has inside nbp.
+
+    The Parquet schema (`MANIFEST_COLUMNS`) and the README's table (`MANIFEST_DOC`) are read
+    off these fields, in this order. `vars` may be a mapping or its JSON text; timestamps any
+    `Timestamp`; `rows_to_frame` normalises both.
+    """
+
+    cell_id: str = _column(
         pl.String(),
-        "machine-readable reason of a failure (our error class or the provider's code)",
-    ),
-    "error_message": (pl.String(), "human-readable reason of a failure"),
-    "updated_at": (_TS, "when this row was written (UTC)"),
-}
+        "stable hash of everything that changes the image; the row key", ""
+    )
+    job: str | None = _column(pl.String(), "job name from the spec")
+    run_id: str | None = _column(pl.String(), "the run that last wrote this row")
+    provider: str | None = _column(
+        pl.String(),
+        "provider that served the cell (wiro, hiapi, runware, kie, apikley)"
+    )
+    model: str | None = _column(pl.String(), "model id as the provider names it")
+    prompt: str | None = _column(pl.String(), "prompt after templating")
+    aspect_ratio: str | None = _column(pl.String(), 'requested aspect ratio, e.g. "4:5"')
+    resolution: str | None = _column(pl.String(), '"1K", "2K" or "4K"')
+    output_format: str | None = _column(pl.String(), "png, jpg or webp")
+    references: Sequence[str] | None = _column(
+        pl.List(pl.String()),
+        "reference image URIs after templating, in order"
+    )
+    vars: Mapping[str, Any] | str | None = _column(
+        pl.String(),
+        "template variables (matrix axes + dataset columns) as a JSON object"
+    )
+    replicate: int | None = _column(pl.Int32(), "replicate index, 0-based (spec `repeat`)")
+    seed: int | None = _column(
+        pl.Int64(),
+        "seed of the request (spec `seed` + replicate), if any"
+    )
+    dataset_row: int | None = _column(
+        pl.Int64(),
+        "0-based row of the dataset this cell came from, if any"
+    )
+    status: str | None = _column(pl.String(), "succeeded, failed, skipped or cancelled")
+    remote_task_id: str | None = _column(pl.String(), "the provider's task id of the last attempt")
+    attempts: int | None = _column(
+        pl.Int32(),
+        "submissions made for this cell (retries and fallbacks included)"
+    )
+    cost_usd: float | None = _column(
+        pl.Float64(),
+        "what the cell cost (USD); 0 or null when nothing was billed"
+    )
+    submitted_at: Timestamp | None = _column(_TS, "when the last attempt was submitted (UTC)")
+    completed_at: Timestamp | None = _column(_TS, "when the cell reached its final status (UTC)")
+    latency_s: float | None = _column(pl.Float64(), "completed_at - submitted_at in seconds")
+    output_path: str | None = _column(pl.String(), "image path relative to the target")
+    output_uri: str | None = _column(
+        pl.String(),
+        "full URI of the image (local path or fsspec URL)"
+    )
+    sha256: str | None = _column(pl.String(), "hex SHA-256 of the image bytes")
+    bytes: int | None = _column(pl.Int64(), "size of the image file in bytes")
+    width: int | None = _column(pl.Int32(), "image width in pixels")
+    height: int | None = _column(pl.Int32(), "image height in pixels")
+    error_code: str | None = _column(
+        pl.String(),
+        "machine-readable reason of a failure (our error class or the provider's code)"
+    )
+    error_message: str | None = _column(pl.String(), "human-readable reason of a failure")
+    updated_at: Timestamp | None = _column(_TS, "when this row was written (UTC)")
 
-MANIFEST_COLUMNS: dict[str, pl.DataType] = {name: dtype for name, (dtype, _) in _SCHEMA.items()}
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> ManifestRow:
+        """A row from a mapping (a journal entry, a test); unknown keys raise ValueError."""
+        unknown = sorted(set(values) - _FIELD_NAMES)
+        if unknown:
+            raise ValueError(f"unknown manifest columns: {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe values (timestamps as ISO 8601 text), for the journal."""
+        out = {}
+        for name in MANIFEST_COLUMNS:
+            value = getattr(self, name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif name == "references":
+                value = list(value)
+            elif name == "vars" and isinstance(value, Mapping):
+                value = dict(value)
+            out[name] = value
+        return out
+
+
+MANIFEST_COLUMNS: dict[str, pl.DataType] = {
+    f.name: f.metadata["dtype"] for f in fields(ManifestRow)
+}
+_FIELD_NAMES = frozenset(MANIFEST_COLUMNS)
+
 
 def _type_name(dtype: object) -> str:
     """Readable type names for the README: `list[str]`, `datetime[us, UTC]`, `int32`."""
@@ -72,7 +140,7 @@ def _type_name(dtype: object) -> str:
 
 
 MANIFEST_DOC: list[tuple[str, str, str]] = [
-    (name, _type_name(dtype), meaning) for name, (dtype, meaning) in _SCHEMA.items()
+    (f.name, _type_name(f.metadata["dtype"]), f.metadata["meaning"]) for f in fields(ManifestRow)
 ]
 
 
@@ -88,29 +156,26 @@ def manifest_doc_markdown() -> str:
 # -- rows -> frame -----------------------------------------------------------------------------
 
 
-def rows_to_frame(rows: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
-    """A manifest frame from row dicts: missing keys are null, dtypes exactly MANIFEST_COLUMNS.
+def rows_to_frame(rows: Iterable[ManifestRow | Mapping[str, Any]]) -> pl.DataFrame:
+    """A manifest frame from rows, column by column: dtypes exactly MANIFEST_COLUMNS.
 
-    Accepted value shapes beyond the column types: `references` any sequence of str, `vars` a
-    mapping (stored as JSON) or a JSON string, timestamps aware datetimes (converted to UTC),
-    naive datetimes (taken as UTC), ISO-8601 strings or epoch seconds; `updated_at` defaults to
-    now. Unknown keys and unknown statuses raise ValueError (a typo should fail a test, not
-    silently drop a column); a value of the wrong type raises TypeError.
+    Mappings go through `ManifestRow.from_mapping` (unknown keys raise ValueError);
+    `updated_at` defaults to now. Unknown statuses raise ValueError; a value of the wrong
+    type raises TypeError.
     """
     now = datetime.now(UTC)
-    rows = [{**row, "updated_at": row.get("updated_at") or now} for row in rows]
-    unknown = sorted({key for row in rows for key in row} - MANIFEST_COLUMNS.keys())
-    if unknown:
-        raise ValueError(f"unknown manifest columns: {', '.join(unknown)}")
+    typed = [r if isinstance(r, ManifestRow) else ManifestRow.from_mapping(r) for r in rows]
     columns = {}
     for name, dtype in MANIFEST_COLUMNS.items():
-        values = [_normalise(name, row.get(name)) for row in rows]
+        values = [_normalise(name, getattr(row, name)) for row in typed]
+        if name == "updated_at":
+            values = [now if value is None else value for value in values]
         columns[name] = pl.Series(name, values, dtype=dtype)
     frame = pl.DataFrame(columns)
     bad = frame.filter(pl.col("status").is_not_null() & ~pl.col("status").is_in(STATUSES))
     if bad.height:
         raise ValueError(f"unknown status {bad['status'][0]!r} (expected one of {STATUSES})")
-    if frame["cell_id"].null_count():
+    if frame["cell_id"].null_count() or (frame["cell_id"] == "").any():
         raise ValueError("every manifest row needs a cell_id")
     return frame
 
@@ -127,7 +192,7 @@ def _normalise(name: str, value: Any) -> Any:
     return value
 
 
-def _utc(value: datetime | str | float) -> datetime:
+def _utc(value: Timestamp) -> datetime:
     if isinstance(value, int | float):
         return datetime.fromtimestamp(value, UTC)
     stamp = datetime.fromisoformat(value) if isinstance(value, str) else value

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import polars as pl
 
@@ -48,6 +49,17 @@ class Summary:
     @property
     def failed(self) -> int:
         return self.by_status.get("failed", 0)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON object of every field (`nbp status --json`)."""
+        return {
+            "cells": self.cells, "by_status": dict(self.by_status),
+            "spend_usd": round(self.spend_usd, 6), "jobs": list(self.jobs), "runs": self.runs,
+            "by_provider": dict(self.by_provider), "latency_s": dict(self.latency_s),
+            "failures": [asdict(group) | {"cell_ids": list(group.cell_ids)}
+                         for group in self.failures],
+            "failure_groups": self.failure_groups,
+        }
 
 
 def summarise(df: pl.DataFrame) -> Summary:

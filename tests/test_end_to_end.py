@@ -92,15 +92,22 @@ def test_the_flow_runs_a_spec_on_a_prefect_server(prefect_api_url: str, tmp_path
 
 @pytest.mark.prefect
 def test_nbp_run_emulate_from_the_command_line(prefect_api_url: str, tmp_path: Path) -> None:
-    spec = small_spec(tmp_path)
+    spec = small_spec(tmp_path, seed=40, repeat=2)
     done = run_nbp("run", str(spec), "--emulate", "--emulator-latency", "0.2",
                    env=child_env(prefect_api_url))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "succeeded" in done.stdout
-    frame = check_job_output(tmp_path / "out", 4)
+    frame = check_job_output(tmp_path / "out", 8)
     status = run_nbp("status", str(tmp_path / "out"))
     assert status.returncode == 0 and "succeeded" in status.stdout
     assert frame["job"].unique().to_list() == ["e2e"]
+    # seed + replicate, as sent to the provider
+    assert sorted(zip(frame["replicate"], frame["seed"], strict=True)) == [(0, 40)] * 4 + [
+        (1, 41)] * 4
+    as_json = run_nbp("status", str(tmp_path / "out"), "--json")
+    summary = json.loads(as_json.stdout)
+    assert summary["cells"] == 8 and summary["by_status"]["succeeded"] == 8
+    assert summary["by_provider"] == {"kie": 8}
 
 
 def test_invalid_spec_exits_2_and_writes_nothing(tmp_path: Path) -> None:

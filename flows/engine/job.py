@@ -1,8 +1,11 @@
 """Assembling and running one job: spec -> cells -> chunks -> manifest and gallery.
 
-Plain asyncio; `flows.orchestration.flow` wraps each chunk in a Prefect task, tests can run
-it without Prefect. Chunks are the unit of orchestration (a few hundred cells each, never a task per
-image); throttles, budget and providers are shared by every chunk of the process.
+Plain asyncio, no Prefect: `flows.orchestration.flow` plugs Prefect in through `RunHooks`
+(each chunk a task, Secret blocks, shared rate limits); tests and benchmarks run it as is.
+Chunks are the unit of orchestration (a few hundred cells each, never a task per image);
+throttles, budget and providers are shared by every chunk of the process. Each chunk's rows
+become a small Parquet-ready frame as soon as it ends, so a run holds its manifest, not a
+Python object per cell.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from flows.engine.budget import Budget
 from flows.engine.journal import Journal
 from flows.engine.progress import Progress
 from flows.engine.runner import RunContext, Runner
-from flows.engine.throttle import AccountThrottle, InFlightLimit, Rate, SlidingWindowLimiter
-from flows.spec.cells import expand
-from flows.spec.loader import load_spec
+from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
+from flows.spec.loader import load_job
 from flows.spec.model import Cell, JobSpec
+from flows.spec.rate import Rate
+from flows.spec.settings import ProviderRules, provider_rules
 from outputs.gallery import write_gallery
 from outputs.manifest import (
-    MANIFEST_COLUMNS,
+    ManifestRow,
     merge_manifest,
     read_manifest,
     rows_to_frame,
@@ -42,9 +46,30 @@ log = logging.getLogger("nbp.job")
 
 DEFAULT_CHUNK_SIZE = 200
 MAX_SHARED_WRITES = 10  # a shard rewrites the manifest while other shards keep finishing
-EMULATED_POLL_INTERVAL_S = 0.25  # emulated tasks take about a second; don't wait 3 s to look
 
-ChunkRunner = Callable[[Runner, int, Sequence[Cell], int], Awaitable[list[dict[str, Any]]]]
+ChunkRunner = Callable[[Runner, int, Sequence[Cell], int], Awaitable[list[ManifestRow]]]
+CredentialSource = Callable[[JobSpec], Awaitable[Mapping[str, str]]]
+LimiterFactory = Callable[[Rate, Provider], SlidingWindowLimiter]
+
+
+async def run_plain_chunk(
+    runner: Runner, index: int, cells: Sequence[Cell], workers: int
+) -> list[ManifestRow]:
+    return await runner.run_cells(cells, workers=workers)
+
+
+def local_limiter(rate: Rate, provider: Provider) -> SlidingWindowLimiter:
+    """The create-rate window of this process alone."""
+    return SlidingWindowLimiter(rate)
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What the layer above plugs into a run; the defaults run it without Prefect."""
+
+    chunk_runner: ChunkRunner = run_plain_chunk
+    credentials: CredentialSource | None = None   # values of env vars the environment lacks
+    rate_limiter: LimiterFactory = local_limiter
 
 
 @dataclass(frozen=True)
@@ -59,7 +84,6 @@ class RunOptions:
     shard: str | None = None            # "i/n": this run takes the cells with hash % n == i
     chunk_size: int = DEFAULT_CHUNK_SIZE
     emulator_latency_s: float | None = None
-    shared_limits: bool = False         # share create rates through the Prefect server
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
@@ -89,56 +113,52 @@ class RunResult:
         }
 
 
-async def run_plain_chunk(
-    runner: Runner, index: int, cells: Sequence[Cell], workers: int
-) -> list[dict[str, Any]]:
-    return await runner.run_cells(cells, workers=workers)
-
-
 async def run_job(
     options: RunOptions,
     *,
-    chunk_runner: ChunkRunner = run_plain_chunk,
+    hooks: RunHooks = RunHooks(),
     progress: Progress | None = None,
 ) -> RunResult:
     """Run a job to the end and write its manifest and gallery."""
-    spec = load_spec(options.spec)
+    job = load_job(options.spec)
+    spec = job.spec
     if options.target:
         spec = replace(spec, output=replace(spec.output, target=options.target))
     if options.max_usd is not None:
         spec = replace(spec, max_usd=options.max_usd)
-    all_cells = list(expand(spec))
-    cells = select_shard(all_cells, options.shard)
+    cells = select_shard(job.cells, options.shard)
     progress = progress or Progress()
     progress.total = len(cells)
-    async with open_providers(spec, options) as (providers, env_is_emulated):
+    async with open_providers(spec, options, hooks.credentials) as (providers, emulated):
         sink = Sink(spec.output.target, spec.output.storage_options)
         journal = Journal(sink)
         previous_manifest = await asyncio.to_thread(read_manifest, sink)
+        rules = {
+            name: provider_rules(spec, name, provider.capabilities, emulated=emulated)
+            for name, provider in providers.items()
+        }
         ctx = RunContext(
             spec=spec, run_id=options.run_id, sink=sink, journal=journal,
-            providers=providers,
-            throttles=make_throttles(
-                spec, providers, emulated=env_is_emulated, shared=options.shared_limits
-            ),
+            providers=providers, rules=rules,
+            throttles=make_throttles(rules, providers, hooks.rate_limiter),
             budget=Budget(spec.max_usd), progress=progress,
             previous=await asyncio.to_thread(journal.load),
             path_owners=_path_owners(previous_manifest), force=options.force,
             models={name: str(getattr(p, "model", name)) for name, p in providers.items()},
         )
         runner = Runner(ctx)
-        rows = await run_chunks(runner, cells, options.chunk_size, chunk_runner)
+        frame = await run_chunks(runner, cells, options.chunk_size, hooks.chunk_runner)
     if options.shard:
         manifest_uri, gallery_uri = await asyncio.to_thread(
-            write_shared_outputs, sink, journal, rows, all_cells, title=spec.name
+            write_shared_outputs, sink, journal, frame, job.cells, title=spec.name
         )
     else:
-        frame = merge_manifest(previous_manifest, rows_to_frame(rows))
-        manifest_uri = await asyncio.to_thread(write_manifest, sink, frame)
-        gallery_uri = await asyncio.to_thread(write_gallery, sink, frame, title=spec.name)
+        merged = merge_manifest(previous_manifest, frame)
+        manifest_uri = await asyncio.to_thread(write_manifest, sink, merged)
+        gallery_uri = await asyncio.to_thread(write_gallery, sink, merged, title=spec.name)
     counts = {s: 0 for s in ("succeeded", "failed", "skipped", "cancelled")}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    for status, count in frame.group_by("status").len().iter_rows():
+        counts[str(status)] = counts.get(str(status), 0) + int(count)
     stop = runner.stop.message if runner.stop else None
     return RunResult(
         spec.name, options.run_id, spec.output.target, str(manifest_uri), str(gallery_uri),
@@ -148,25 +168,25 @@ async def run_job(
 
 async def run_chunks(
     runner: Runner, cells: Sequence[Cell], chunk_size: int, chunk_runner: ChunkRunner
-) -> list[dict[str, Any]]:
-    """Run chunks concurrently, enough of them at once to keep every in-flight slot busy."""
+) -> pl.DataFrame:
+    """Run chunks concurrently, enough of them at once to keep every in-flight slot busy;
+    the manifest rows of this run, in cell order."""
     widest = max((t.in_flight.limit for t in runner.ctx.throttles.values()), default=1)
     workers = min(widest, chunk_size)
     parallel = max(2, -(-widest // max(1, chunk_size)) + 1)
     gate = asyncio.Semaphore(parallel)
 
-    async def one(index: int, chunk: Sequence[Cell]) -> list[dict[str, Any]]:
+    async def one(index: int, chunk: Sequence[Cell]) -> pl.DataFrame:
         async with gate:
-            return await chunk_runner(runner, index, chunk, workers)
+            return rows_to_frame(await chunk_runner(runner, index, chunk, workers))
 
     chunks = list(_chunked(cells, chunk_size))
-    results = await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
-    return [row for chunk_rows in results for row in chunk_rows]
+    frames = await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
+    return pl.concat(frames, how="vertical") if frames else rows_to_frame([])
 
 
 def write_shared_outputs(
-    sink: Sink, journal: Journal, rows: Sequence[Mapping[str, Any]],
-    all_cells: Sequence[Cell], *, title: str,
+    sink: Sink, journal: Journal, rows: pl.DataFrame, all_cells: Sequence[Cell], *, title: str,
 ) -> tuple[str, str]:
     """Manifest and gallery of a target that other shards write at the same time.
 
@@ -178,16 +198,16 @@ def write_shared_outputs(
     """
     entries = journal.load()
     for _ in range(MAX_SHARED_WRITES):
-        final = {e.cell_id: e.row for e in entries.values() if e.row is not None}
-        final.update({str(row["cell_id"]): dict(row) for row in rows})
-        known = [{k: v for k, v in row.items() if k in MANIFEST_COLUMNS} for row in final.values()]
-        frame = _in_spec_order(merge_manifest(read_manifest(sink), rows_to_frame(known)), all_cells)
+        mine = set(rows["cell_id"])
+        others = [e.row for e in entries.values() if e.row is not None and e.cell_id not in mine]
+        known = merge_manifest(rows_to_frame(others), rows)
+        frame = _in_spec_order(merge_manifest(read_manifest(sink), known), all_cells)
         manifest_uri = write_manifest(sink, frame)
         gallery_uri = write_gallery(sink, frame, title=title)
         entries = journal.load()
         written = dict(zip(frame["cell_id"], zip(frame["run_id"], frame["status"], strict=True),
                            strict=True))
-        if all(written.get(e.cell_id) == (e.row.get("run_id"), e.row.get("status"))
+        if all(written.get(e.cell_id) == (e.row.run_id, e.row.status)
                for e in entries.values() if e.row is not None):
             break
     return manifest_uri, gallery_uri
@@ -200,7 +220,7 @@ def _in_spec_order(frame: pl.DataFrame, all_cells: Sequence[Cell]) -> pl.DataFra
     return frame.with_columns(order).sort("_order", maintain_order=True).drop("_order")
 
 
-def select_shard(cells: list[Cell], shard: str | None) -> list[Cell]:
+def select_shard(cells: Sequence[Cell], shard: str | None) -> Sequence[Cell]:
     """Cells of shard "i/n" (by cell-id hash, so shards are stable across runs)."""
     if not shard:
         return cells
@@ -213,10 +233,10 @@ def select_shard(cells: list[Cell], shard: str | None) -> list[Cell]:
 
 @contextlib.asynccontextmanager
 async def open_providers(
-    spec: JobSpec, options: RunOptions
+    spec: JobSpec, options: RunOptions, credentials: CredentialSource | None = None
 ) -> AsyncIterator[tuple[dict[str, Provider], bool]]:
-    """Adapters for every provider of the spec; under `emulate`, pointed at in-process
-    emulators (same clients, loopback HTTP)."""
+    """Adapters for every provider of the spec, and whether they are emulated: under
+    `emulate`, pointed at in-process emulators (same clients, loopback HTTP)."""
     hub = None
     environ: Mapping[str, str] = os.environ
     if options.emulate:
@@ -226,8 +246,8 @@ async def open_providers(
         hub = EmulatorHub(list(spec.providers), latency_s=latency or DEFAULT_LATENCY_S)
         await asyncio.to_thread(hub.serve_in_thread)
         environ = {**os.environ, **hub.environ()}
-    else:
-        environ = {**os.environ, **await resolve_credentials(spec)}
+    elif credentials is not None:
+        environ = {**os.environ, **await credentials(spec)}
     providers: dict[str, Provider] = {}
     try:
         for name in spec.providers:
@@ -243,56 +263,22 @@ async def open_providers(
             await asyncio.to_thread(hub.stop)
 
 
-async def resolve_credentials(spec: JobSpec) -> dict[str, str]:
-    """Credentials named in the spec as Prefect Secret blocks, for env vars not already set."""
-    wanted = {
-        var: block for var, block in getattr(spec, "credentials", {}).items()
-        if not os.environ.get(var)
-    }
-    if not wanted:
-        return {}
-    from prefect.blocks.system import Secret
-
-    values: dict[str, str] = {}
-    for var, block in wanted.items():
-        secret: Secret[str] = await Secret.aload(block)
-        values[var] = str(secret.get())
-    return values
-
-
 def make_throttles(
-    spec: JobSpec, providers: Mapping[str, Provider], *, emulated: bool = False,
-    shared: bool = False,
+    rules: Mapping[str, ProviderRules], providers: Mapping[str, Provider],
+    rate_limiter: LimiterFactory = local_limiter,
 ) -> dict[str, AccountThrottle]:
-    """One throttle per provider account: the spec's `limits` over documented defaults.
-    `shared`: create rates also go through the account's Prefect rate limit, so several
-    processes (shards on several workers) stay inside one provider limit together."""
+    """One throttle per provider account, paced by its rules; `rate_limiter` builds the
+    create-rate window (shared across processes through Prefect in orchestration)."""
     throttles = {}
     for name, provider in providers.items():
-        caps = provider.capabilities
-        limits = spec.limits.get(name)
-        rate_text = (limits.rate if limits else None) or caps.default_rate
-        poll = (limits.poll_interval_s if limits else None) or (
-            min(caps.poll_interval_s, EMULATED_POLL_INTERVAL_S) if emulated
-            else caps.poll_interval_s
-        )
+        rate = rules[name].rate
         throttles[name] = AccountThrottle(
             provider=name,
-            rate=_rate_limiter(Rate.parse(rate_text), provider, shared) if rate_text else None,
-            in_flight=InFlightLimit(
-                (limits.max_in_flight if limits else None) or caps.default_max_in_flight
-            ),
-            poll_interval_s=poll,
+            rate=rate_limiter(rate, provider) if rate else None,
+            in_flight=InFlightLimit(rules[name].max_in_flight),
+            poll_interval_s=rules[name].poll_interval_s,
         )
     return throttles
-
-
-def _rate_limiter(rate: Rate, provider: Provider, shared: bool) -> SlidingWindowLimiter:
-    if not shared:
-        return SlidingWindowLimiter(rate)
-    from flows.orchestration.shared_limits import shared_limiter
-
-    return shared_limiter(rate, provider)
 
 
 def _path_owners(manifest: Any) -> dict[str, str]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from outputs.manifest import ManifestRow
 from providers.base import Submitted
 
 JOURNAL_DIR = ".nbp/cells"
@@ -35,7 +36,7 @@ class JournalEntry:
     attempts: int = 0
     task: dict[str, Any] | None = None        # Submitted.to_json() of the live remote task
     submitted_at: float | None = None
-    row: dict[str, Any] | None = None         # manifest row once terminal
+    row: ManifestRow | None = None            # manifest row once terminal
     updated_at: float = field(default_factory=time.time)
 
     @property
@@ -45,7 +46,18 @@ class JournalEntry:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JournalEntry:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if isinstance(known.get("row"), Mapping):
+            known["row"] = ManifestRow.from_mapping(known["row"])
         return cls(**known)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cell_id": self.cell_id, "state": self.state, "run_id": self.run_id,
+            "provider": self.provider, "attempts": self.attempts, "task": self.task,
+            "submitted_at": self.submitted_at,
+            "row": self.row.to_json() if self.row is not None else None,
+            "updated_at": self.updated_at,
+        }
 
 
 class Journal:
@@ -64,4 +76,4 @@ class Journal:
 
     def write(self, entry: JournalEntry) -> None:
         entry.updated_at = time.time()
-        self.store.put_json(f"{JOURNAL_DIR}/{entry.cell_id}.json", asdict(entry))
+        self.store.put_json(f"{JOURNAL_DIR}/{entry.cell_id}.json", entry.to_json())

@@ -22,40 +22,31 @@ from typing import Any
 
 from flows.engine.budget import Budget, BudgetExhausted
 from flows.engine.journal import Journal, JournalEntry, JournalState
+from flows.engine.policy import (
+    DEFAULT_RETRY,
+    HANDLED,
+    Decision,
+    OutputTaken,
+    Resend,
+    RetryPolicy,
+    Unsubmittable,
+    decide,
+    resend_rule,
+    with_retries,
+)
 from flows.engine.progress import Progress
 from flows.engine.references import ReferenceLoader
-from flows.engine.retry import DEFAULT_RETRY, RetryPolicy, with_retries
 from flows.engine.throttle import AccountThrottle
 from flows.engine.verify import verify_image
 from flows.spec.model import Cell, JobSpec
+from flows.spec.settings import ProviderRules
+from outputs.manifest import ManifestRow
+from outputs.sink import Sink
 from providers.base import Finished, ImageRequest, Pending, Provider, Submitted
-from providers.errors import (
-    AuthError,
-    ContentRejected,
-    InsufficientBalance,
-    ProviderError,
-    Rejected,
-    ResultMismatch,
-    SubmitUncertain,
-    TaskFailed,
-    TaskNotFound,
-    TransientError,
-)
+from providers.errors import ProviderError, SubmitUncertain, TaskFailed
 from providers.model import pixel_size
 
 log = logging.getLogger("nbp.runner")
-
-
-class OutputTaken(Exception):
-    """The output path already holds a file that belongs to another cell (or to no cell)."""
-
-
-class Unsubmittable(Exception):
-    """Nothing more may be submitted for this cell (budget, fail-fast, account refused)."""
-
-    def __init__(self, status: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 @dataclass
@@ -64,9 +55,10 @@ class RunContext:
 
     spec: JobSpec
     run_id: str
-    sink: Any                                   # outputs.sink.Sink
+    sink: Sink
     journal: Journal
     providers: Mapping[str, Provider]
+    rules: Mapping[str, ProviderRules]          # prices and limits, one resolver for all
     throttles: Mapping[str, AccountThrottle]
     budget: Budget
     progress: Progress
@@ -94,17 +86,17 @@ class Runner:
         self.ctx = ctx
         self.references = ReferenceLoader()
         self.stop: Unsubmittable | None = None               # fail-fast / budget: run-wide
-        self.dead: dict[str, ProviderError] = {}           # account refused: per provider
+        self.dead: dict[str, ProviderError] = {}             # account refused: per provider
 
     # -- fan-out ------------------------------------------------------------------------
 
-    async def run_cells(self, cells: Iterable[Cell], *, workers: int) -> list[dict[str, Any]]:
+    async def run_cells(self, cells: Iterable[Cell], *, workers: int) -> list[ManifestRow]:
         """Run every cell with at most `workers` cells active; rows in input order."""
         queue: asyncio.Queue[tuple[int, Cell] | None] = asyncio.Queue()
         items = list(cells)
         for item in enumerate(items):
             queue.put_nowait(item)
-        rows: list[dict[str, Any] | None] = [None] * len(items)
+        rows: list[ManifestRow | None] = [None] * len(items)
 
         async def worker() -> None:
             while True:
@@ -122,7 +114,7 @@ class Runner:
 
     # -- one cell -----------------------------------------------------------------------
 
-    async def run_cell(self, cell: Cell) -> dict[str, Any]:
+    async def run_cell(self, cell: Cell) -> ManifestRow:
         ctx = self.ctx
         previous = ctx.previous.get(cell.cell_id)
         if previous and previous.state == "succeeded" and previous.row and not ctx.force:
@@ -135,52 +127,45 @@ class Runner:
         except asyncio.CancelledError:
             await self._on_cancel(state)
             raise
-        if row["status"] != "succeeded":
-            await self._journal(state, "failed" if row["status"] == "failed" else "skipped", row)
-        ctx.progress.finished(row["status"], row.get("cost_usd") or 0.0)
+        if row.status != "succeeded":
+            await self._journal(state, "failed" if row.status == "failed" else "skipped", row)
+        ctx.progress.finished(str(row.status), row.cost_usd or 0.0)
         return row
 
-    async def _run_providers(self, state: _Attempt, resume: Submitted | None) -> dict[str, Any]:
+    async def _run_providers(self, state: _Attempt, resume: Submitted | None) -> ManifestRow:
+        """Providers in fallback order; what each failure leads to is `policy.decide`'s."""
         spec = self.ctx.spec
-        last: Exception | None = None
+        last: BaseException | None = None
         for name in spec.providers:
             if self.stop is not None:
                 return self._final(state, self.stop.status, self.stop.code, self.stop.message)
             if name in self.dead:
                 last = self.dead[name]
                 continue
-            tries = 0
-            while tries <= spec.retries:
-                tries += 1
+            for _ in range(spec.retries + 1):
+                resumed = resume if resume is not None and resume.provider == name else None
+                resume = None
                 try:
-                    resumed = resume if resume is not None and resume.provider == name else None
-                    resume = None
                     return await self._attempt(state, name, resumed)
-                except Unsubmittable as exc:
-                    return self._final(state, exc.status, exc.code, exc.message)
-                except ContentRejected as exc:
-                    return self._failed(state, exc)  # no retry, no fallback: same content
-                except SubmitUncertain as exc:
-                    # The provider may have created (and will bill) the task; re-sending
-                    # could pay twice and the protocol cannot tell. Rerun to try again.
-                    return self._failed(state, exc, hint=" (not re-sent, to never pay twice)")
-                except (AuthError, InsufficientBalance) as exc:
-                    self.dead[name] = exc  # every later cell of this account would hit it
-                    last = exc
+                except HANDLED as exc:
+                    decision, last = decide(exc), exc
+                if isinstance(last, Unsubmittable):
+                    return self._final(state, last.status, last.code, last.message)
+                if decision is Decision.FINAL:
+                    hint = " (not re-sent, to never pay twice)" \
+                        if isinstance(last, SubmitUncertain) else ""
+                    return self._failed(state, last, hint=hint)
+                if decision is Decision.DROP_ACCOUNT:
+                    assert isinstance(last, ProviderError)
+                    self.dead[name] = last  # every later cell of this account would hit it
+                if decision is not Decision.RETRY_TASK:
                     break
-                except (Rejected, TransientError) as exc:
-                    last = exc  # invalid for this provider, or it stayed down: next provider
-                    break
-                except (TaskFailed, ResultMismatch, TaskNotFound, OutputTaken) as exc:
-                    last = exc
-                    if isinstance(exc, OutputTaken):
-                        break
         assert last is not None
         return self._failed(state, last)
 
     async def _attempt(
         self, state: _Attempt, name: str, resumed: Submitted | None
-    ) -> dict[str, Any]:
+    ) -> ManifestRow:
         ctx, cell = self.ctx, state.cell
         provider, throttle = ctx.providers[name], ctx.throttles[name]
         estimate = self.price(name, cell)
@@ -245,7 +230,7 @@ class Runner:
     ) -> Submitted:
         """Create the task; after a lost answer, re-send only where the protocol makes that
         safe (idempotency key, or a client-chosen id that can be looked up)."""
-        caps = provider.capabilities
+        rule = resend_rule(provider.capabilities)
         for _ in range(self.ctx.retry.max_attempts):
             try:
                 return await with_retries(
@@ -254,12 +239,12 @@ class Runner:
                     after_each=throttle.after_create,
                 )
             except SubmitUncertain:
-                if caps.recoverable_submit:
+                if rule is Resend.RECOVER:
                     found = await with_retries(lambda: provider.recover(request))
                     if found is not None:
                         return found
                     continue  # never created: sending again is safe
-                if caps.idempotent_submit:
+                if rule is Resend.SAME_KEY:
                     continue  # the provider returns the original task for the same key
                 raise
         raise SubmitUncertain("create answers kept getting lost; giving up")
@@ -278,7 +263,7 @@ class Runner:
 
     async def _deliver(
         self, state: _Attempt, provider: Provider, finished: Finished
-    ) -> dict[str, Any]:
+    ) -> ManifestRow:
         cell = state.cell
         if not finished.images:
             raise TaskFailed("the provider reported success but returned no image", code="no_image")
@@ -289,10 +274,9 @@ class Runner:
             verify_image, data, cell.output_format, expected
         )
         uri = await asyncio.to_thread(self._write, cell, data)
-        row = self._row(state, "succeeded")
-        row.update(
-            output_uri=uri, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data),
-            width=width, height=height,
+        row = self._row(
+            state, "succeeded", output_uri=uri, sha256=hashlib.sha256(data).hexdigest(),
+            bytes=len(data), width=width, height=height,
         )
         await self._journal(state, "succeeded", row)
         return row
@@ -325,13 +309,10 @@ class Runner:
     # -- rows and journal ---------------------------------------------------------------
 
     def price(self, provider: str, cell: Cell) -> float:
-        override = self.ctx.spec.prices.get(provider, {})
-        if cell.resolution in override:
-            return float(override[cell.resolution])
-        prices = self.ctx.providers[provider].capabilities.prices_usd
-        return float(prices.get(cell.resolution, max(prices.values(), default=0.0)))
+        """What one task of `cell` costs on `provider`: the plan's price, reserved in full."""
+        return self.ctx.rules[provider].price(cell.resolution, len(cell.references))
 
-    def _failed(self, state: _Attempt, exc: Exception, hint: str = "") -> dict[str, Any]:
+    def _failed(self, state: _Attempt, exc: BaseException, hint: str = "") -> ManifestRow:
         code = getattr(exc, "code", None) or type(exc).__name__
         message = f"{type(exc).__name__}: {exc}{hint}"
         if self.ctx.spec.fail_fast and self.stop is None:
@@ -340,55 +321,56 @@ class Runner:
             )
         return self._final(state, "failed", str(code), message)
 
-    def _final(self, state: _Attempt, status: str, code: str, message: str) -> dict[str, Any]:
+    def _final(self, state: _Attempt, status: str, code: str, message: str) -> ManifestRow:
         return self._row(state, status, error_code=code, error_message=message)
 
-    def _row(self, state: _Attempt, status: str, **values: Any) -> dict[str, Any]:
+    def _row(self, state: _Attempt, status: str, **results: Any) -> ManifestRow:
+        """The cell's manifest row: the only place the engine builds one."""
         cell, ctx = state.cell, self.ctx
         now = time.time()
         submitted_at = state.submitted_at
-        row: dict[str, Any] = {
-            "cell_id": cell.cell_id,
-            "job": ctx.spec.name,
-            "run_id": ctx.run_id,
-            "provider": state.provider or ctx.spec.provider,
-            "model": ctx.models.get(state.provider or ctx.spec.provider),
-            "prompt": cell.prompt,
-            "aspect_ratio": cell.aspect_ratio,
-            "resolution": cell.resolution,
-            "output_format": cell.output_format,
-            "references": list(cell.references),
-            "vars": dict(cell.vars),
-            "replicate": cell.replicate,
-            "status": status,
-            "remote_task_id": state.submitted.task_id if state.submitted else None,
-            "attempts": state.attempts,
-            "cost_usd": round(state.spent_usd, 6),
-            "submitted_at": _utc(submitted_at),
-            "completed_at": _utc(now) if status in ("succeeded", "failed") else None,
-            "latency_s": round(now - submitted_at, 3) if submitted_at else None,
-            "output_path": cell.output_path,
-            "dataset_row": cell.dataset_row,
-        }
-        row.update(values)
-        return row
+        provider = state.provider or ctx.spec.provider
+        return ManifestRow(
+            cell_id=cell.cell_id,
+            job=ctx.spec.name,
+            run_id=ctx.run_id,
+            provider=provider,
+            model=ctx.models.get(provider),
+            prompt=cell.prompt,
+            aspect_ratio=cell.aspect_ratio,
+            resolution=cell.resolution,
+            output_format=cell.output_format,
+            references=list(cell.references),
+            vars=dict(cell.vars),
+            replicate=cell.replicate,
+            seed=cell.seed,
+            dataset_row=cell.dataset_row,
+            status=status,
+            remote_task_id=state.submitted.task_id if state.submitted else None,
+            attempts=state.attempts,
+            cost_usd=round(state.spent_usd, 6),
+            submitted_at=_utc(submitted_at),
+            completed_at=_utc(now) if status in ("succeeded", "failed") else None,
+            latency_s=round(now - submitted_at, 3) if submitted_at else None,
+            output_path=cell.output_path,
+            **results,
+        )
 
     async def _journal(
-        self, state: _Attempt, entry_state: JournalState, row: dict[str, Any] | None = None
+        self, state: _Attempt, entry_state: JournalState, row: ManifestRow | None = None
     ) -> None:
         await asyncio.to_thread(self.ctx.journal.write, self._entry(state, entry_state, row))
 
     def _entry(
-        self, state: _Attempt, entry_state: JournalState, row: dict[str, Any] | None
+        self, state: _Attempt, entry_state: JournalState, row: ManifestRow | None
     ) -> JournalEntry:
         return JournalEntry(
             cell_id=state.cell.cell_id, state=entry_state, run_id=self.ctx.run_id,
             provider=state.provider, attempts=state.attempts,
             task=state.submitted.to_json() if state.submitted else None,
-            submitted_at=state.submitted_at, row=dict(row) if row else None,
+            submitted_at=state.submitted_at, row=row,
         )
 
 
-def _utc(timestamp: float | None) -> str | None:
-    """ISO 8601 in UTC: JSON-safe for the journal; the manifest parses it to a datetime."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat() if timestamp else None
+def _utc(timestamp: float | None) -> datetime | None:
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp else None

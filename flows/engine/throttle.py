@@ -20,38 +20,14 @@ for Retry-After when given; every quiet window gives one token back. Wiro's code
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import deque
 from dataclasses import dataclass
 
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+from flows.spec.rate import Rate
+
 # Server and client clocks see a create a few ms apart; leave that much room in each window.
 WINDOW_MARGIN_S = 0.05
-
-
-@dataclass(frozen=True)
-class Rate:
-    """`count` creates per `window_s` seconds. `Rate.parse("20/10s")`."""
-
-    count: int
-    window_s: float
-
-    @classmethod
-    def parse(cls, text: str) -> Rate:
-        match = _RATE.match(text)
-        if not match:
-            raise ValueError(f"rate {text!r} is not of the form N/Ws, e.g. '20/10s'")
-        count, amount, unit = int(match[1]), match[2], match[3]
-        window = (float(amount) if amount else 1.0) * _UNIT_S[unit]
-        if count < 1 or window <= 0:
-            raise ValueError(f"rate {text!r} must allow at least one create per positive window")
-        return cls(count, window)
-
-    @property
-    def per_second(self) -> float:
-        return self.count / self.window_s
 
 
 class SlidingWindowLimiter:

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from flows.engine.job import RunOptions, open_providers
 from flows.engine.journal import Journal
+from flows.orchestration.secrets import secret_blocks
 from flows.spec.loader import load_spec
 from outputs.sink import Sink
 
@@ -27,7 +28,8 @@ async def cancel_submitted(spec_path: str, target: str | None = None) -> int:
     if not running:
         return 0
     cancelled = 0
-    async with open_providers(spec, RunOptions(spec=spec_path)) as (providers, _):
+    options = RunOptions(spec=spec_path)
+    async with open_providers(spec, options, secret_blocks) as (providers, _):
         for entry in running:
             provider = providers.get(entry.provider)
             submitted = entry.submitted

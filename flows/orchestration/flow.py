@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -26,30 +26,38 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
 
-from flows.engine.job import DEFAULT_CHUNK_SIZE, RunOptions, RunResult, run_job
+from flows.engine.job import (
+    DEFAULT_CHUNK_SIZE,
+    LimiterFactory,
+    RunHooks,
+    RunOptions,
+    RunResult,
+    local_limiter,
+    run_job,
+)
 from flows.engine.progress import Progress
 from flows.engine.runner import Runner
+from flows.orchestration.secrets import secret_blocks
+from flows.orchestration.shared_limits import shared_limiter
 from flows.spec.model import Cell
+from outputs.manifest import ManifestRow
 
 FLOW_NAME = "nbp-run"
 ARTIFACT_INTERVAL_S = 5.0
-
-# Set by the CLI before it calls the flow in-process: listeners for the terminal display.
-progress_listeners: list[Callable[[Progress], None]] = []
 
 
 @task(name="nbp-chunk", task_run_name="chunk-{index}", cache_policy=NO_CACHE, retries=0)
 async def run_chunk(
     runner: Runner, index: int, cells: Sequence[Cell], workers: int
-) -> list[dict[str, Any]]:
+) -> list[ManifestRow]:
     """One chunk of cells; retries happen per cell inside, never by re-running a chunk."""
     return await runner.run_cells(cells, workers=workers)
 
 
 async def _chunk_as_task(
     runner: Runner, index: int, cells: Sequence[Cell], workers: int
-) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = await run_chunk(runner, index, cells, workers)
+) -> list[ManifestRow]:
+    rows: list[ManifestRow] = await run_chunk(runner, index, cells, workers)
     return rows
 
 
@@ -62,42 +70,56 @@ def cancel_remote_tasks(flow: Flow[Any, Any], flow_run: FlowRun, state: State[An
         asyncio.run(cancel_submitted(parameters["spec"], parameters.get("target")))
 
 
-@flow(
-    name=FLOW_NAME,
-    on_cancellation=[cancel_remote_tasks],
-    on_crashed=[cancel_remote_tasks],
-    persist_result=False,
-    log_prints=False,
-)
-async def nbp_run(
-    spec: str,
-    target: str | None = None,
-    emulate: bool = False,
-    force: bool = False,
-    max_usd: float | None = None,
-    shard: str | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    emulator_latency_s: float | None = None,
-    shared_limits: bool = False,
-) -> dict[str, Any]:
-    """Run the job spec `spec` (a path or fsspec URL); see `nbp run --help`."""
-    logger = get_run_logger()
-    options = RunOptions(
-        spec=spec, target=target, emulate=emulate, force=force, max_usd=max_usd,
-        shard=shard, chunk_size=chunk_size, emulator_latency_s=emulator_latency_s,
-        shared_limits=shared_limits,
+def build_flow(
+    listeners: Iterable[Callable[[Progress], None]] = (),
+) -> Flow[..., Coroutine[Any, Any, dict[str, Any]]]:
+    """The `nbp-run` flow; `listeners` see every progress update (the CLI's live line)."""
+    watchers = tuple(listeners)
+
+    @flow(
+        name=FLOW_NAME,
+        on_cancellation=[cancel_remote_tasks],
+        on_crashed=[cancel_remote_tasks],
+        persist_result=False,
+        log_prints=False,
     )
-    progress = Progress(listeners=list(progress_listeners))
-    reporter = asyncio.create_task(_report_progress(progress, logger))
-    try:
-        result = await run_job(options, chunk_runner=_chunk_as_task, progress=progress)
-    finally:
-        reporter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reporter
-    await _final_artifacts(result)
-    logger.info("%s: %s", result.job, progress.line())
-    return result.to_json()
+    async def nbp_run(
+        spec: str,
+        target: str | None = None,
+        emulate: bool = False,
+        force: bool = False,
+        max_usd: float | None = None,
+        shard: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        emulator_latency_s: float | None = None,
+        shared_limits: bool = False,
+    ) -> dict[str, Any]:
+        """Run the job spec `spec` (a path or fsspec URL); see `nbp run --help`."""
+        logger = get_run_logger()
+        options = RunOptions(
+            spec=spec, target=target, emulate=emulate, force=force, max_usd=max_usd,
+            shard=shard, chunk_size=chunk_size, emulator_latency_s=emulator_latency_s,
+        )
+        limiter: LimiterFactory = shared_limiter if shared_limits else local_limiter
+        hooks = RunHooks(chunk_runner=_chunk_as_task, credentials=secret_blocks,
+                         rate_limiter=limiter)
+        progress = Progress(listeners=list(watchers))
+        reporter = asyncio.create_task(_report_progress(progress, logger))
+        try:
+            result = await run_job(options, hooks=hooks, progress=progress)
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+        await _final_artifacts(result)
+        logger.info("%s: %s", result.job, progress.line())
+        return result.to_json()
+
+    return nbp_run
+
+
+# The deployments' entrypoint (prefect.yaml: flows/orchestration/flow.py:nbp_run).
+nbp_run = build_flow()
 
 
 async def _report_progress(progress: Progress, logger: logging.LoggerAdapter[Any] | Any) -> None:

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from flows.engine.throttle import Rate, SlidingWindowLimiter
+from flows.engine.throttle import SlidingWindowLimiter
+from flows.spec.rate import Rate
 from providers.base import Provider
 
 log = logging.getLogger("nbp.shared_limits")

@@ -29,7 +29,6 @@ import gc
 import hashlib
 import json.encoder
 import os
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -48,7 +47,6 @@ MAX_MISSING_FILES = 10
 _HTTP = ("http://", "https://")
 _json_string: Callable[[str], str] = json.encoder.encode_basestring  # as ensure_ascii=False
 _IDENTITY_CACHE: dict[tuple[str, int, int], str] = {}
-_EXPANDED: dict[int, list[Cell]] = {}  # id(spec) -> cells validation already built
 
 
 @dataclass(frozen=True)
@@ -92,22 +90,14 @@ class Stats:
 
 
 def expand(spec: JobSpec) -> list[Cell]:
-    """Every cell of a validated spec; raises `ExpansionError` when it cannot expand."""
-    cached = _EXPANDED.get(id(spec))
-    if cached is not None:
-        return list(cached)
+    """Every cell of a validated spec; raises `ExpansionError` when it cannot expand.
+    (`flows.spec.loader.load_job` returns the cells validation built, without expanding
+    again.)"""
     expansion = Expansion(spec)
     cells = expansion.run()
     if expansion.issues:
         raise ExpansionError(expansion.issues)
     return cells
-
-
-def remember(spec: JobSpec, cells: list[Cell]) -> None:
-    """Keep the cells validation built, so `expand(spec)` does not build them twice."""
-    key = id(spec)
-    _EXPANDED[key] = cells
-    weakref.finalize(spec, _EXPANDED.pop, key, None)
 
 
 def cell_id(

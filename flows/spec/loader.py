@@ -28,24 +28,27 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
-from flows.engine.throttle import Rate
 from flows.spec import cells as cellmod
 from flows.spec import yamlpos
 from flows.spec.dataset import Dataset, DatasetError, read_dataset
 from flows.spec.model import (
     DEFAULT_OUTPUT_PATH,
     DEFAULT_RETRIES,
+    Cell,
     DatasetSpec,
+    Job,
     JobSpec,
     MatrixSpec,
     OutputSpec,
     ProviderLimits,
 )
+from flows.spec.rate import Rate
 from flows.spec.templating import Template, TemplateError
 from flows.spec.yamlpos import JsonPath, LocatedDocument
 from providers import registry
-from providers.adapter import limit_problems
 from providers.base import Capabilities, ImageRequest, Reference
+from providers.limits import limit_problems
+from providers.options import option_problems
 from schemas import load_job_schema
 
 DEFAULT_TARGET = "./runs/{name}"
@@ -85,44 +88,69 @@ class SpecInvalid(Exception):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+def load_job(path: str) -> Job:
+    """The validated spec at `path` with its cells; raises `SpecInvalid` with every problem."""
+    job, problems = check_job_file(path)
+    if problems or job is None:
+        raise SpecInvalid(problems)
+    return job
+
+
 def load_spec(path: str) -> JobSpec:
     """The validated spec at `path`; raises `SpecInvalid` with every problem."""
-    spec, problems = check_spec_file(path)
-    if problems or spec is None:
-        raise SpecInvalid(problems)
-    return spec
+    return load_job(path).spec
 
 
 def validate_spec_file(path: str) -> list[Problem]:
     """Every problem of the spec at `path`, in file order; empty when it is valid."""
-    return check_spec_file(path)[1]
+    return check_job_file(path)[1]
+
+
+def parse_job(text: str, *, source: str = "<memory>", base_dir: str | None = None) -> Job:
+    """`load_job` for YAML text; relative paths resolve against `base_dir` (default: cwd)."""
+    job, problems = check_job(text, source=source, base_dir=base_dir)
+    if problems or job is None:
+        raise SpecInvalid(problems)
+    return job
 
 
 def parse_spec(text: str, *, source: str = "<memory>", base_dir: str | None = None) -> JobSpec:
     """`load_spec` for YAML text; relative paths resolve against `base_dir` (default: cwd)."""
-    spec, problems = check_spec(text, source=source, base_dir=base_dir)
-    if problems or spec is None:
-        raise SpecInvalid(problems)
-    return spec
+    return parse_job(text, source=source, base_dir=base_dir).spec
 
 
-def check_spec_file(path: str) -> tuple[JobSpec | None, list[Problem]]:
+def check_job_file(path: str) -> tuple[Job | None, list[Problem]]:
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return None, [Problem(path, 1, 1, "$", f"cannot read the spec: {reason}")]
-    return check_spec(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+    return check_job(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def check_spec_file(path: str) -> tuple[JobSpec | None, list[Problem]]:
+    job, problems = check_job_file(path)
+    return (job.spec if job else None), problems
+
+
+def check_job(
+    text: str, *, source: str = "<memory>", base_dir: str | None = None
+) -> tuple[Job | None, list[Problem]]:
+    """The job (None when it cannot be built) and every problem found. Validation expands
+    every cell to check it, so the job carries those cells: nothing expands twice."""
+    checker = _Checker(text, source, os.path.abspath(base_dir or os.getcwd()))
+    spec = checker.run()
+    job = Job(spec, checker.cells) if spec is not None and not checker.problems else None
+    return job, checker.sorted_problems()
 
 
 def check_spec(
     text: str, *, source: str = "<memory>", base_dir: str | None = None
 ) -> tuple[JobSpec | None, list[Problem]]:
     """The spec (None when it cannot be built) and every problem found."""
-    checker = _Checker(text, source, os.path.abspath(base_dir or os.getcwd()))
-    spec = checker.run()
-    return (spec if not checker.problems else None), checker.sorted_problems()
+    job, problems = check_job(text, source=source, base_dir=base_dir)
+    return (job.spec if job else None), problems
 
 
 @cache
@@ -152,6 +180,7 @@ class _Checker:
         self._seen: set[tuple[int, int, str, str]] = set()
         self.schema_paths: list[JsonPath] = []  # where a value is wrong (not unknown keys)
         self.blocking: list[JsonPath] = []      # ... and the value cannot be expanded
+        self.cells: list[Cell] = []             # every cell, once the spec expands
         self.caps: dict[str, Capabilities] = {}
         self.known: list[str] = []
         self.blocked = False  # expansion would only repeat problems already found
@@ -214,12 +243,10 @@ class _Checker:
             self.check_template_syntax(data)  # names cannot be judged without the rest
             return None
         expansion = cellmod.Expansion(spec, dataset=dataset, value_path=self.value_path)
-        cells = expansion.run()
+        self.cells = expansion.run()
         for issue in expansion.issues:
             self.add(issue.path, issue.message, key=issue.key)
         self.check_provider_limits(spec, expansion.stats)
-        if not self.problems:
-            cellmod.remember(spec, cells)
         return spec
 
     def check_schema(self, data: Mapping[str, Any]) -> None:
@@ -281,10 +308,9 @@ class _Checker:
             caps = self.caps.get(name)
             if caps is None or not isinstance(value, dict) or not caps.option_schema:
                 continue
-            for error in _validator_for(caps.option_schema).iter_errors(value):
-                base = ("options", name, *error.absolute_path)
-                for path, message, key in schema_messages(error, base):
-                    self.add(path, f"{message} ({name} options)", key=key)
+            for problem in option_problems(caps.option_schema, value):
+                self.add(("options", name, *problem.path), f"{problem.message} ({name} options)",
+                         key=problem.at_key)
 
     def check_limits(self, data: Mapping[str, Any]) -> None:
         limits = data.get("limits")

@@ -6,7 +6,7 @@ expands it into `Cell`s; the runner, the plan and the manifest read only these.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +78,7 @@ class JobSpec:
         return self.providers[0]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Cell:
     """One image request of a job: the unit of submission, journal, manifest and gallery.
 
@@ -98,3 +98,11 @@ class Cell:
     output_path: str                    # relative to the target, sanitised
     seed: int | None = None
     dataset_row: int | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated spec and every cell it expands to (`flows.spec.loader.load_job`)."""
+
+    spec: JobSpec
+    cells: Sequence[Cell]

@@ -7,10 +7,9 @@
 Every cell is counted for the primary provider (the first of the fallback list): fallbacks
 run only cells the primary cannot.
 
-Cost: cells x price per image, by resolution. A price comes from the spec's `prices`, else
-the provider's published price (`Capabilities.prices_usd`, protocols.md §8), else Google's
-standard price (protocols.md §6.4) as a stand-in; anything not published by the provider is
-marked as an estimate.
+Cost: cells x price per image, by resolution, plus per-reference charges where a provider
+makes them. Prices come from `flows.spec.settings.provider_rules`, the same resolver the
+budget reserves with; anything not published by the provider is marked as an estimate.
 
 Duration, per provider, for n cells, a create rate of c per W seconds (`limits.rate`, else
 the documented default; none means no create limit), at most m tasks in flight and a mean
@@ -30,20 +29,14 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from flows.engine.throttle import Rate
 from flows.spec.model import Cell, JobSpec
-from providers import registry
-from providers.base import Capabilities
+from flows.spec.rate import Rate
+from flows.spec.settings import PriceSource, ProviderRules, provider_rules
 
 LATENCY_S: Mapping[str, float] = {"1K": 20.0, "2K": 20.0, "4K": 40.0}  # protocols.md §6.2
 DEFAULT_LATENCY_S = 20.0
-# Google's standard price per image (protocols.md §6.4): the stand-in for unpublished prices.
-FALLBACK_PRICES_USD: Mapping[str, float] = {"1K": 0.134, "2K": 0.134, "4K": 0.24}
-DEFAULT_MAX_IN_FLIGHT = 50
-
-PriceSource = Literal["spec", "published", "estimate"]
 
 
 @dataclass(frozen=True)
@@ -53,17 +46,21 @@ class PlanRow:
     provider: str
     resolution: str
     cells: int
-    price_usd: float
+    price_usd: float              # per image, before per-reference charges
     price_source: PriceSource
+    references: int = 0           # reference images sent by these cells, in all
+    price_per_reference_usd: float = 0.0
 
     @property
     def cost_usd(self) -> float:
-        return self.cells * self.price_usd
+        return self.cells * self.price_usd + self.references * self.price_per_reference_usd
 
     def to_json(self) -> dict[str, Any]:
         return {
             "provider": self.provider, "resolution": self.resolution, "cells": self.cells,
             "price_usd": self.price_usd, "price_source": self.price_source,
+            "references": self.references,
+            "price_per_reference_usd": self.price_per_reference_usd,
             "cost_usd": round(self.cost_usd, 6),
         }
 
@@ -175,22 +172,25 @@ class Plan:
 def make_plan(spec: JobSpec, cells: Iterable[Cell]) -> Plan:
     """Count, price and time the cells of `spec` (fast: one pass, no I/O, no Prefect)."""
     by_resolution: Counter[str] = Counter()
+    references: Counter[str] = Counter()
     by_ratio: Counter[str] = Counter()
     rows: set[int] = set()
     total = 0
     for cell in cells:
         total += 1
         by_resolution[cell.resolution] += 1
+        references[cell.resolution] += len(cell.references)
         by_ratio[cell.aspect_ratio] += 1
         if cell.dataset_row is not None:
             rows.add(cell.dataset_row)
     provider = spec.providers[0]
-    caps = _capabilities(provider)
+    rules = provider_rules(spec, provider)
     plan_rows = tuple(
-        PlanRow(provider, res, count, *price(spec, provider, res, caps))
+        PlanRow(provider, res, count, rules.base_price(res), rules.price_source(res),
+                references[res], rules.price_per_reference_usd)
         for res, count in sorted(by_resolution.items(), key=lambda item: _res_order(item[0]))
     )
-    timings = (_timing(spec, provider, caps, by_resolution),) if total else ()
+    timings = (_timing(rules, by_resolution),) if total else ()
     dataset_rows = len(rows) if spec.dataset is not None else None
     per_row = max(1, dataset_rows or 1) * max(1, spec.repeat)
     return Plan(
@@ -198,19 +198,6 @@ def make_plan(spec: JobSpec, cells: Iterable[Cell]) -> Plan:
         combinations=total // per_row, dataset_rows=dataset_rows, repeat=spec.repeat,
         rows=plan_rows, timings=timings, max_usd=spec.max_usd, by_aspect_ratio=dict(by_ratio),
     )
-
-
-def price(
-    spec: JobSpec, provider: str, resolution: str, caps: Capabilities | None = None
-) -> tuple[float, PriceSource]:
-    """USD per image and where that number comes from."""
-    override = spec.prices.get(provider, {}).get(resolution)
-    if override is not None:
-        return float(override), "spec"
-    if caps is not None and resolution in caps.prices_usd:
-        source: PriceSource = "published" if caps.price_is_published else "estimate"
-        return float(caps.prices_usd[resolution]), source
-    return FALLBACK_PRICES_USD.get(resolution, max(FALLBACK_PRICES_USD.values())), "estimate"
 
 
 def duration_s(
@@ -224,27 +211,14 @@ def duration_s(
     return max(by_rate, by_concurrency) + mean_latency_s
 
 
-def _timing(
-    spec: JobSpec, provider: str, caps: Capabilities | None, by_resolution: Counter[str]
-) -> Timing:
-    limits = spec.limits.get(provider)
-    rate_text = (limits.rate if limits else None) or (caps.default_rate if caps else None)
-    in_flight = (limits.max_in_flight if limits else None) or (
-        caps.default_max_in_flight if caps else DEFAULT_MAX_IN_FLIGHT
-    )
+def _timing(rules: ProviderRules, by_resolution: Counter[str]) -> Timing:
     cells = sum(by_resolution.values())
     latency = sum(LATENCY_S.get(res, DEFAULT_LATENCY_S) * n for res, n in by_resolution.items())
     mean = latency / cells
-    rate = Rate.parse(rate_text) if rate_text else None
-    return Timing(provider, cells, rate_text, in_flight, mean,
-                  duration_s(cells, rate, in_flight, mean))
-
-
-def _capabilities(provider: str) -> Capabilities | None:
-    try:
-        return registry.capabilities(provider)
-    except Exception:  # validation reported it; plan with stand-in numbers
-        return None
+    rate = rules.rate
+    rate_text = f"{rate.count}/{rate.window_s:g}s" if rate else None
+    return Timing(rules.provider, cells, rate_text, rules.max_in_flight, mean,
+                  duration_s(cells, rate, rules.max_in_flight, mean))
 
 
 def _res_order(resolution: str) -> tuple[int, str]:

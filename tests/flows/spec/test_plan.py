@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from flows.engine.throttle import Rate
 from flows.spec.cells import expand
 from flows.spec.loader import load_spec
 from flows.spec.plan import Plan, duration_s, make_plan
+from flows.spec.rate import Rate
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def plan_for(folder: Path, text: str) -> Plan:
@@ -32,9 +32,11 @@ def test_demo_plan_json() -> None:
     assert data["cells"] == 18
     assert data["by_provider_resolution"] == [
         {"provider": "kie", "resolution": "1K", "cells": 9, "price_usd": 0.09,
-         "price_source": "published", "cost_usd": 0.81},
+         "price_source": "published", "references": 0, "price_per_reference_usd": 0.0,
+         "cost_usd": 0.81},
         {"provider": "kie", "resolution": "2K", "cells": 9, "price_usd": 0.09,
-         "price_source": "published", "cost_usd": 0.81},
+         "price_source": "published", "references": 0, "price_per_reference_usd": 0.0,
+         "cost_usd": 0.81},
     ]
     assert data["estimated_cost_usd"] == pytest.approx(1.62)
     # 18 creates fit in one 20/10s window and 100 in flight: one ~20 s wave

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from flows.engine.throttle import AccountThrottle, InFlightLimit, Rate, SlidingWindowLimiter
+from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
+from flows.spec.rate import Rate
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from flows.spec.loader import load_spec
 from flows.spec.model import Cell
 from flows.spec.templating import MissingVariable, Template, TemplateError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def write(folder: Path, text: str, name: str = "job.yaml") -> str:

@@ -18,7 +18,7 @@ from flows.spec.model import ProviderLimits
 from providers.model import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
 from schemas import load_job_schema
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def write(folder: Path, text: str, name: str = "job.yaml") -> str:

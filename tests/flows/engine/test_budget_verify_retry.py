@@ -6,12 +6,13 @@ import asyncio
 import io
 
 import pytest
+from flows.engine.policy import RetryPolicy, with_retries
 from PIL import Image
 
 from flows.engine.budget import Budget, BudgetExhausted
-from flows.engine.retry import RetryPolicy, with_retries
-from flows.engine.throttle import AccountThrottle, InFlightLimit, Rate, SlidingWindowLimiter
+from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
 from flows.engine.verify import verify_image
+from flows.spec.rate import Rate
 from providers.errors import RateLimited, Rejected, ResultMismatch, TransientError
 
 
@@ -115,7 +116,7 @@ def test_rate_limits_slow_the_account_down_and_honour_retry_after() -> None:
         if calls == 1:
             raise RateLimited("429", retry_after=0.05)
         if calls == 2:
-            raise RateLimited("concurrency", code=96)
+            raise RateLimited("too many tasks in flight", concurrency=True)
         return "ok"
 
     async def go() -> str:
@@ -125,4 +126,4 @@ def test_rate_limits_slow_the_account_down_and_honour_retry_after() -> None:
 
     assert asyncio.run(go()) == "ok"
     assert throttle.rate is not None and throttle.rate.usable == 5  # halved twice
-    assert throttle.in_flight.usable == 1  # Wiro's 96 lowered the cap
+    assert throttle.in_flight.usable == 1  # a concurrency signal lowered the cap

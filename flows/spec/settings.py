@@ -1,0 +1,115 @@
+"""The effective settings of one provider for one job: the only place where the spec's
+`prices` and `limits` are merged over the adapter's documented `Capabilities`.
+
+    rules = provider_rules(spec, "runware")
+    rules.price("2K", references=4)   # 0.1424: the plan's price and the budget's reservation
+    rules.rate, rules.max_in_flight, rules.poll_interval_s   # what the throttle enforces
+
+The plan, the budget and the throttles all call this, so a price or a limit cannot differ
+between what `nbp plan` promised and what `nbp run` reserves and paces.
+
+A price per image comes from the spec (`prices.<provider>.<resolution>`), else the price the
+provider publishes (`Capabilities.prices_usd`), else Google's standard price
+(protocols.md §6.4) as a stand-in. Per-reference charges (Runware, protocols.md §3.8) are
+added per reference image sent; `prices.<provider>.per_reference` overrides them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from flows.spec.model import JobSpec
+from flows.spec.rate import Rate
+from providers import registry
+from providers.base import Capabilities
+from providers.model import GOOGLE_STANDARD_PRICES_USD
+
+PriceSource = Literal["spec", "published", "estimate"]
+PER_REFERENCE_KEY = "per_reference"
+# Used only for a provider whose adapter cannot be loaded (validation reports that).
+STAND_IN_MAX_IN_FLIGHT = 50
+STAND_IN_POLL_INTERVAL_S = 3.0
+# Emulated tasks finish in about a second; polling them on a provider's 3 s schedule would
+# make the demo and the tests wait for nothing.
+EMULATED_POLL_INTERVAL_S = 0.25
+
+
+@dataclass(frozen=True)
+class ProviderRules:
+    """What one provider costs and how fast it may be driven, for one job."""
+
+    provider: str
+    prices_usd: Mapping[str, float]           # resolution -> USD per image
+    price_sources: Mapping[str, PriceSource]  # resolution -> where that price comes from
+    price_per_reference_usd: float
+    rate: Rate | None                          # creates per window; None: no documented limit
+    max_in_flight: int
+    poll_interval_s: float
+
+    def price(self, resolution: str, references: int = 0) -> float:
+        """USD for one image at `resolution` with `references` reference images."""
+        return self.base_price(resolution) + references * self.price_per_reference_usd
+
+    def base_price(self, resolution: str) -> float:
+        if resolution in self.prices_usd:
+            return self.prices_usd[resolution]
+        stand_in = GOOGLE_STANDARD_PRICES_USD
+        return stand_in.get(resolution, max(stand_in.values()))
+
+    def price_source(self, resolution: str) -> PriceSource:
+        return self.price_sources.get(resolution, "estimate")
+
+
+def provider_rules(
+    spec: JobSpec, provider: str, caps: Capabilities | None = None, *, emulated: bool = False
+) -> ProviderRules:
+    """The settings of `provider` for `spec`; `caps` defaults to the registered adapter's."""
+    if caps is None:
+        caps = _capabilities(provider)
+    prices, sources = _prices(spec.prices.get(provider, {}), caps)
+    override = spec.prices.get(provider, {}).get(PER_REFERENCE_KEY)
+    per_reference = float(override) if override is not None else (
+        caps.price_per_reference_usd if caps else 0.0
+    )
+    limits = spec.limits.get(provider)
+    rate_text = (limits.rate if limits else None) or (caps.default_rate if caps else None)
+    documented_poll = caps.poll_interval_s if caps else STAND_IN_POLL_INTERVAL_S
+    if emulated:
+        documented_poll = min(documented_poll, EMULATED_POLL_INTERVAL_S)
+    return ProviderRules(
+        provider=provider,
+        prices_usd=prices,
+        price_sources=sources,
+        price_per_reference_usd=per_reference,
+        rate=Rate.parse(rate_text) if rate_text else None,
+        max_in_flight=(limits.max_in_flight if limits else None)
+        or (caps.default_max_in_flight if caps else STAND_IN_MAX_IN_FLIGHT),
+        poll_interval_s=(limits.poll_interval_s if limits else None) or documented_poll,
+    )
+
+
+def _prices(
+    spec_prices: Mapping[str, float], caps: Capabilities | None
+) -> tuple[dict[str, float], dict[str, PriceSource]]:
+    prices: dict[str, float] = {}
+    sources: dict[str, PriceSource] = {}
+    published = caps.prices_usd if caps else {}
+    for resolution in {*GOOGLE_STANDARD_PRICES_USD, *published, *spec_prices} - {PER_REFERENCE_KEY}:
+        if resolution in spec_prices:
+            prices[resolution], sources[resolution] = float(spec_prices[resolution]), "spec"
+        elif resolution in published:
+            prices[resolution] = float(published[resolution])
+            sources[resolution] = "published" if caps and caps.price_is_published else "estimate"
+        else:
+            prices[resolution] = GOOGLE_STANDARD_PRICES_USD[resolution]
+            sources[resolution] = "estimate"
+    return prices, sources
+
+
+def _capabilities(provider: str) -> Capabilities | None:
+    try:
+        return registry.capabilities(provider)
+    except Exception:  # an unknown provider: validation reports it; plan with stand-ins
+        return None
