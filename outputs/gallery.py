@@ -39,6 +39,9 @@ THUMB_DIR = ".nbp/thumbs"
 THUMB_PX = 256  # long side
 THUMB_QUALITY = 80
 MAX_THUMBNAILS = 2000
+# Past this many cells the page shows the first ones only (every cell is in the manifest):
+# ~1 KB of HTML per card, so a 1,000,000-cell catalog would otherwise be a 1 GB page.
+MAX_CARDS = 10_000
 THUMB_WORKERS = 8
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -53,7 +56,7 @@ def write_gallery(
     max_thumbnails: int = MAX_THUMBNAILS,
 ) -> str:
     """Render the manifest's cells to `{target}/index.html` (atomic); returns its URI."""
-    rows = conform(manifest).to_dicts()
+    rows = conform(manifest.head(MAX_CARDS)).to_dicts()
     wanted = [row for row in rows if _has_image(row)][:max_thumbnails]
     with ThreadPoolExecutor(max_workers=THUMB_WORKERS) as pool:
         made = pool.map(lambda row: _thumb(sink, row), wanted)
@@ -108,7 +111,7 @@ def make_thumbnail(image: bytes, px: int = THUMB_PX) -> bytes | None:
 
 def render_gallery(manifest: pl.DataFrame, thumbs: Mapping[str, str | None], *, title: str) -> str:
     """The page for `manifest`; `thumbs` maps cell_id to a thumbnail URI (absent: none)."""
-    rows = conform(manifest).to_dicts()
+    rows = conform(manifest.head(MAX_CARDS)).to_dicts()
     columns = _unique((row["aspect_ratio"], row["resolution"]) for row in rows)
     parts = [_head(title), _summary(manifest, len(thumbs), title)]
     for key, section in _sections(rows).items():
@@ -149,6 +152,8 @@ def _summary(manifest: pl.DataFrame, thumbnails: int, title: str) -> str:
     meta = f"generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     if summary.jobs:
         meta += f" · job {', '.join(summary.jobs)} · {summary.runs} run(s)"
+    if summary.cells > MAX_CARDS:
+        meta += f" · the first {MAX_CARDS} of {summary.cells} cells (all in manifest.parquet)"
     if summary.succeeded > thumbnails:
         meta += f" · thumbnails for the first {thumbnails} of {summary.succeeded} images"
     return (

@@ -25,7 +25,7 @@ import json
 import mimetypes
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import fsspec.core
@@ -122,6 +122,25 @@ class Sink:
     def get_json(self, rel: str) -> Any | None:
         data = self.read_bytes(rel)
         return None if data is None else json.loads(data)
+
+    def json_names(self, rel_dir: str) -> set[str]:
+        """Names (without `.json`) of the JSON files directly in `rel_dir`: one listing."""
+        base = self.path(rel_dir)
+        self.fs.invalidate_cache(base)
+        try:
+            found = self.fs.ls(base, detail=False)
+        except FileNotFoundError:
+            return set()
+        names = (str(p).rsplit("/", 1)[-1] for p in found)
+        return {n[: -len(".json")] for n in names if n.endswith(".json") and TEMP_MARKER not in n}
+
+    def read_json_many(self, rels: Iterable[str]) -> dict[str, Any]:
+        """`rel -> parsed JSON` for those of `rels` that exist, in one batched read."""
+        paths = {self.path(rel): rel for rel in rels}
+        if not paths:
+            return {}
+        contents: Mapping[str, bytes] = self.fs.cat(list(paths), on_error="omit")
+        return {paths[path]: json.loads(data) for path, data in contents.items()}
 
     def list_json(self, rel_dir: str) -> list[Any]:
         """Every `*.json` file under `rel_dir` (recursively), parsed, in path order.

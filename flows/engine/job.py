@@ -142,7 +142,7 @@ async def run_job(
             providers=providers, rules=rules,
             throttles=make_throttles(rules, providers, hooks.rate_limiter),
             budget=Budget(spec.max_usd), progress=progress,
-            previous=await asyncio.to_thread(journal.load),
+            journalled=await asyncio.to_thread(journal.cell_ids),
             path_owners=_path_owners(previous_manifest), force=options.force,
             models={name: str(getattr(p, "model", name)) for name, p in providers.items()},
         )

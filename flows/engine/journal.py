@@ -9,7 +9,7 @@ tasks it already created instead of creating them again.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -25,6 +25,8 @@ class JsonStore(Protocol):
 
     def put_json(self, rel: str, obj: Any) -> None: ...
     def list_json(self, rel_dir: str) -> list[Any]: ...
+    def json_names(self, rel_dir: str) -> set[str]: ...
+    def read_json_many(self, rels: Iterable[str]) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -61,12 +63,25 @@ class JournalEntry:
 
 
 class Journal:
-    """Reads all entries once at start, then writes one file per change."""
+    """One file per cell, written on every change. A run lists which cells have an entry
+    (`cell_ids`) and reads the entries of a chunk when the chunk starts (`read`), so memory
+    holds a chunk's entries, not the whole journal."""
 
     def __init__(self, store: JsonStore) -> None:
         self.store = store
 
+    def cell_ids(self) -> set[str]:
+        """Cells that have an entry: one listing, no reads."""
+        return self.store.json_names(JOURNAL_DIR)
+
+    def read(self, cell_ids: Iterable[str]) -> dict[str, JournalEntry]:
+        """The entries of `cell_ids` that exist, in one batched read."""
+        found = self.store.read_json_many(f"{JOURNAL_DIR}/{cid}.json" for cid in cell_ids)
+        entries = (JournalEntry.from_json(d) for d in found.values() if isinstance(d, Mapping))
+        return {entry.cell_id: entry for entry in entries}
+
     def load(self) -> dict[str, JournalEntry]:
+        """Every entry (for a shard's final manifest and the cancel hook)."""
         entries: dict[str, JournalEntry] = {}
         for data in self.store.list_json(JOURNAL_DIR):
             if isinstance(data, Mapping) and "cell_id" in data:

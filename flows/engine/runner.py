@@ -62,7 +62,7 @@ class RunContext:
     throttles: Mapping[str, AccountThrottle]
     budget: Budget
     progress: Progress
-    previous: dict[str, JournalEntry] = field(default_factory=dict)
+    journalled: set[str] = field(default_factory=set)  # cells with a journal entry
     path_owners: Mapping[str, str] = field(default_factory=dict)  # output_path -> cell_id
     force: bool = False
     retry: RetryPolicy = DEFAULT_RETRY
@@ -92,8 +92,10 @@ class Runner:
 
     async def run_cells(self, cells: Iterable[Cell], *, workers: int) -> list[ManifestRow]:
         """Run every cell with at most `workers` cells active; rows in input order."""
-        queue: asyncio.Queue[tuple[int, Cell] | None] = asyncio.Queue()
         items = list(cells)
+        wanted = [c.cell_id for c in items if c.cell_id in self.ctx.journalled]
+        previous = await asyncio.to_thread(self.ctx.journal.read, wanted) if wanted else {}
+        queue: asyncio.Queue[tuple[int, Cell]] = asyncio.Queue()
         for item in enumerate(items):
             queue.put_nowait(item)
         rows: list[ManifestRow | None] = [None] * len(items)
@@ -101,22 +103,19 @@ class Runner:
         async def worker() -> None:
             while True:
                 try:
-                    item = queue.get_nowait()
+                    index, cell = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                if item is None:
-                    return
-                index, cell = item
-                rows[index] = await self.run_cell(cell)
+                rows[index] = await self.run_cell(cell, previous.get(cell.cell_id))
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(items))))))
         return [row for row in rows if row is not None]
 
     # -- one cell -----------------------------------------------------------------------
 
-    async def run_cell(self, cell: Cell) -> ManifestRow:
+    async def run_cell(self, cell: Cell, previous: JournalEntry | None = None) -> ManifestRow:
+        """One cell to its end; `previous` is its journal entry from an earlier run."""
         ctx = self.ctx
-        previous = ctx.previous.get(cell.cell_id)
         if previous and previous.state == "succeeded" and previous.row and not ctx.force:
             ctx.progress.finished("succeeded", 0.0, reused=True)
             return previous.row

@@ -188,3 +188,16 @@ def test_thumbnail_count_is_bounded(job: tuple[Sink, pl.DataFrame]) -> None:
     assert text.count('src="data:') == 3
     assert "thumbnails for the first 3 of 9 images" in text
     assert len(Page(text).cards) == frame.height
+
+
+def test_card_count_is_bounded_and_the_page_says_so(
+    job: tuple[Sink, pl.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At catalog scale the page shows the first cells only; the manifest has them all."""
+    import outputs.gallery
+
+    sink, frame = job
+    monkeypatch.setattr(outputs.gallery, "MAX_CARDS", 3)
+    page = Page(Path(write_gallery(sink, frame, title="big")).read_text("utf-8"))
+    assert sorted(page.cards) == sorted(frame["cell_id"].head(3).to_list())
+    assert f"the first 3 of {frame.height} cells" in Path(sink.uri("index.html")).read_text()
