@@ -2,8 +2,8 @@
 cells, the emulator in a process of its own.
 
 The same Runware spec at 1, 1,000, 10,000 and 100,000 cells (1K JPEG, 200 in flight, 0.5 s
-per task), each through the real CLI (Prefect flow on a running server) in a fresh child process that
-reports its own CPU split into start-up (interpreter and imports) and the command
+per task), each through the real CLI (Prefect flow on a running server) in a fresh child
+process that reports its own CPU split into start-up (interpreter and imports) and the command
 (`bench.nbp_child`). The 1-cell run's command CPU is the fixed cost of a run (flow run,
 providers, manifest, gallery); the figure is the rest divided by the cells:
 
