@@ -35,11 +35,13 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check specs; every problem, with its line")
     validate.add_argument("specs", nargs="+", metavar="SPEC")
+    add_input_options(validate)
     validate.set_defaults(handler=cmd_validate)
 
     plan = commands.add_parser("plan", help="cells, estimated cost and duration")
     plan.add_argument("spec", metavar="SPEC")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_input_options(plan)
     plan.set_defaults(handler=cmd_plan)
 
     run = commands.add_parser("run", help="run a spec as the Prefect flow nbp-run")
@@ -53,7 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--shared-limits", action="store_true",
                      help="share provider create rates through the Prefect server "
                           "(several workers on one account)")
+    run.add_argument("--retry-uncertain", action="store_true",
+                     help="create again cells whose create may have reached a provider that "
+                          "cannot be asked (they may be paid twice)")
+    run.add_argument("--run-id", help="this run's id; shards started as one run pass the same "
+                                      "one and share budget.max_usd")
     run.add_argument("--chunk-size", type=int, default=200, help="cells per Prefect task")
+    add_input_options(run)
     run.add_argument("--emulator-latency", type=float, default=None,
                      help="seconds an emulated task takes (with --emulate)")
     run.set_defaults(handler=cmd_run)
@@ -70,12 +78,51 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    """--allow-path and --max-cells: what a spec may read and how large it may be
+    (`flows.spec.inputs.InputPolicy`)."""
+    parser.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                        help="also read local references and datasets under DIR "
+                             "(besides the spec's folder); repeatable")
+    parser.add_argument("--max-cells", type=int, metavar="N",
+                        help="refuse specs with more than N cells (default 1,000,000, "
+                             "or NBP_MAX_CELLS)")
+
+
+def input_policy(args: argparse.Namespace) -> Any:
+    """The `InputPolicy` of `add_input_options`' flags over the environment's defaults;
+    raises ValueError for a bad value."""
+    from flows.spec.inputs import InputPolicy
+
+    changes: dict[str, Any] = {}
+    allow = getattr(args, "allow_path", None)
+    if allow:
+        changes["allow_paths"] = tuple(os.path.abspath(path) for path in allow)
+    max_cells = getattr(args, "max_cells", None)
+    if max_cells is not None:
+        if max_cells < 1:
+            raise ValueError(f"--max-cells {max_cells}: give a positive number of cells")
+        changes["max_cells"] = max_cells
+    return InputPolicy.from_environ(**changes)
+
+
+def _policy_or_report(args: argparse.Namespace, command: str) -> Any:
+    try:
+        return input_policy(args)
+    except ValueError as exc:
+        print(f"nbp {command}: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from flows.spec.loader import validate_spec_file
 
+    policy = _policy_or_report(args, "validate")
+    if policy is None:
+        return EXIT_INVALID
     worst = EXIT_OK
     for path in args.specs:
-        problems = validate_spec_file(path)
+        problems = validate_spec_file(path, policy=policy)
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
@@ -86,11 +133,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return worst
 
 
-def _load_or_report(path: str) -> Any:
-    from flows.spec.loader import SpecInvalid, load_spec
+def _load_or_report(path: str, policy: Any = None) -> Any:
+    """The `Job` at `path` (spec and cells), or None after printing every problem."""
+    from flows.spec.loader import SpecInvalid, load_job
 
     try:
-        return load_spec(path)
+        return load_job(path, policy=policy)
     except SpecInvalid as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -99,20 +147,29 @@ def _load_or_report(path: str) -> Any:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from flows.spec.cells import expand
     from flows.spec.plan import make_plan
 
-    spec = _load_or_report(args.spec)
-    if spec is None:
+    policy = _policy_or_report(args, "plan")
+    job = None if policy is None else _load_or_report(args.spec, policy)
+    if job is None:
         return EXIT_INVALID
-    plan = make_plan(spec, list(expand(spec)))
+    plan = make_plan(job.spec, job.cells)  # the cells validation expanded
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.render())
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if _load_or_report(args.spec) is None:
+    policy = _policy_or_report(args, "run")
+    if policy is None or _load_or_report(args.spec, policy) is None:
         return EXIT_INVALID
+    if args.target:
+        from flows.spec.inputs import protocol_problem, split_protocol
+
+        protocol = split_protocol(args.target)[0]
+        problem = protocol_problem(protocol) if protocol else None
+        if problem:
+            print(f"nbp run: --target {args.target}: {problem}", file=sys.stderr)
+            return EXIT_INVALID
     if args.shard:
         try:
             _check_shard(args.shard)
@@ -130,6 +187,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             spec=args.spec, target=args.target, emulate=args.emulate, force=args.force,
             max_usd=args.max_usd, shard=args.shard, chunk_size=args.chunk_size,
             emulator_latency_s=args.emulator_latency, shared_limits=args.shared_limits,
+            retry_uncertain=args.retry_uncertain, run_id=args.run_id,
+            allow_paths=list(policy.allow_paths) or None, max_cells=args.max_cells,
         ))
     finally:
         display.close()

@@ -20,7 +20,7 @@ import polars as pl
 from outputs.sink import Sink
 
 MANIFEST_NAME = "manifest.parquet"
-STATUSES = ("succeeded", "failed", "skipped", "cancelled")
+STATUSES = ("succeeded", "failed", "skipped", "cancelled", "pending", "uncertain")
 
 _TS = pl.Datetime("us", "UTC")
 Timestamp = datetime | str | float  # aware or naive (UTC) datetime, ISO 8601, epoch seconds
@@ -72,7 +72,12 @@ class ManifestRow:
         pl.Int64(),
         "0-based row of the dataset this cell came from, if any"
     )
-    status: str | None = _column(pl.String(), "succeeded, failed, skipped or cancelled")
+    status: str | None = _column(
+        pl.String(),
+        "succeeded, failed, skipped, cancelled, pending (a created task the next run collects) "
+        "or uncertain (a create that may have reached a provider that cannot be asked: never "
+        "re-sent unless asked)",
+    )
     remote_task_id: str | None = _column(pl.String(), "the provider's task id of the last attempt")
     attempts: int | None = _column(
         pl.Int32(),
@@ -80,7 +85,8 @@ class ManifestRow:
     )
     cost_usd: float | None = _column(
         pl.Float64(),
-        "what the cell cost (USD); 0 or null when nothing was billed"
+        "what the cell cost (USD): reported costs, else the price of every task that may be "
+        "billed; 0 when nothing was"
     )
     submitted_at: Timestamp | None = _column(_TS, "when the last attempt was submitted (UTC)")
     completed_at: Timestamp | None = _column(_TS, "when the cell reached its final status (UTC)")

@@ -134,13 +134,14 @@ class Sink:
         names = (str(p).rsplit("/", 1)[-1] for p in found)
         return {n[: -len(".json")] for n in names if n.endswith(".json") and TEMP_MARKER not in n}
 
-    def read_json_many(self, rels: Iterable[str]) -> dict[str, Any]:
-        """`rel -> parsed JSON` for those of `rels` that exist, in one batched read."""
-        paths = {self.path(rel): rel for rel in rels}
+    def read_bytes_many(self, rels: Iterable[str]) -> dict[str, bytes]:
+        """`rel -> content` for those of `rels` that exist, in one batched read."""
+        strip = self.fs._strip_protocol
+        paths = {strip(self.path(rel)): rel for rel in rels}
         if not paths:
             return {}
         contents: Mapping[str, bytes] = self.fs.cat(list(paths), on_error="omit")
-        return {paths[path]: json.loads(data) for path, data in contents.items()}
+        return {paths[strip(path)]: data for path, data in contents.items()}
 
     def list_json(self, rel_dir: str) -> list[Any]:
         """Every `*.json` file under `rel_dir` (recursively), parsed, in path order.

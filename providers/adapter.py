@@ -3,6 +3,13 @@ provider's wire format, its documented constants and its error mapping.
 
 Subclasses set `name`, `capabilities`, `default_base_url` (and `extra_url_defaults` for
 other hosts, e.g. Kie's upload host) and implement `submit` and `poll`.
+
+Every adapter module has the same sections, in this order, marked by these comment lines
+(`SECTIONS`; tests/providers/test_layout.py holds every built-in adapter to it): module
+docstring (wire format in one paragraph, sources), imports, documented constants, options
+(the JSON Schema of provider options), the adapter class (submit, poll, recover, download,
+cancel, then its helpers), wire format (request and response mapping), errors (the one
+place mapping HTTP statuses and body codes to `providers.errors`, via `http`'s ladder).
 """
 
 from __future__ import annotations
@@ -27,6 +34,13 @@ from providers.base import (
     env_base_url,
 )
 from providers.errors import AuthError, LimitExceeded
+from providers.limits import limit_problems
+from providers.options import check_options
+
+SECTIONS: tuple[str, ...] = tuple(
+    f"# -- {title} ".ljust(94, "-")
+    for title in ("documented constants", "options", "adapter", "wire format", "errors")
+)
 
 
 class HttpAdapter:
@@ -79,6 +93,11 @@ class HttpAdapter:
         for problem in limit_problems(self.name, self.capabilities, request):
             raise LimitExceeded(problem)
 
+    def checked_options(self, request: ImageRequest) -> Mapping[str, Any]:
+        """The request's options if they fit `capabilities.option_schema`, else
+        `LimitExceeded` naming every problem (`providers.options`, as spec loading does)."""
+        return check_options(self.name, self.capabilities.option_schema, request.options)
+
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
 
@@ -109,50 +128,6 @@ class HttpAdapter:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-def limit_problems(name: str, caps: Capabilities, request: ImageRequest) -> list[str]:
-    """Every documented limit `request` breaks, as plain sentences (empty when none).
-
-    Spec validation calls this for every cell before a run, adapters again before sending.
-    """
-    problems: list[str] = []
-    if len(request.prompt) > caps.max_prompt_chars:
-        problems.append(
-            f"{name} accepts prompts of at most {caps.max_prompt_chars} characters; "
-            f"this one has {len(request.prompt)}"
-        )
-    if len(request.prompt) < caps.min_prompt_chars:
-        problems.append(f"{name} needs a prompt of at least {caps.min_prompt_chars} characters")
-    if request.aspect_ratio not in caps.aspect_ratios:
-        problems.append(
-            f"{name} does not accept aspect ratio {request.aspect_ratio!r}; "
-            f"accepted: {', '.join(caps.aspect_ratios)}"
-        )
-    if request.resolution not in caps.resolutions:
-        problems.append(
-            f"{name} does not accept resolution {request.resolution!r}; "
-            f"accepted: {', '.join(caps.resolutions)}"
-        )
-    if request.output_format not in caps.output_formats:
-        problems.append(
-            f"{name} does not write {request.output_format!r}; "
-            f"it writes: {', '.join(caps.output_formats)}"
-        )
-    if len(request.references) > caps.max_references:
-        problems.append(
-            f"{name} takes at most {caps.max_references} reference images; "
-            f"this request has {len(request.references)}"
-        )
-    if caps.reference_delivery == "url_only":
-        local = [r.uri for r in request.references if not r.is_url]
-        if local:
-            problems.append(
-                f"{name} takes reference images as http(s) URLs only; {local[0]!r} is a local "
-                "file: publish it at a URL (or use a provider with uploads: wiro, runware, "
-                "kie, apikley)"
-            )
-    return problems
 
 
 # No reseller documents a moderation code. What reaches us is the model's own refusal reason

@@ -143,6 +143,7 @@ class Capabilities:
     can_cancel: bool = False
     prices_usd: Mapping[str, float] = field(default_factory=dict)  # resolution -> USD / image
     price_is_published: bool = True
+    price_per_reference_usd: float = 0.0  # charged on top, per reference image sent
     default_rate: str | None = None      # "20/10s": creates per window, None when undocumented
     default_max_in_flight: int = 50
     poll_interval_s: float = 3.0         # documented polling guidance, first interval

@@ -6,7 +6,10 @@ these classes.
 
     ProviderError
     ├── TransientError            network fault, 5xx, timeout: retry with backoff
-    │   └── RateLimited           429 / body code 429 / Wiro 96: slow down, honour retry_after
+    │   ├── RequestNotSent        no connection was made: the provider saw nothing
+    │   └── RateLimited           429 / body code 429: slow down, honour retry_after;
+    │                               `concurrency`: the provider refused for concurrency: fewer
+    │                               tasks in flight, not fewer creates (Wiro 96)
     ├── Rejected                  the request is invalid: never retried, never paid
     │   ├── AuthError             missing or wrong credentials
     │   ├── InsufficientBalance   the account cannot pay
@@ -38,14 +41,26 @@ class TransientError(ProviderError):
     """A fault that may pass: retrying the same request later can succeed."""
 
 
+class RequestNotSent(TransientError):
+    """The request never reached the provider (no connection): sending it again is safe,
+    even for a create."""
+
+
 class RateLimited(TransientError):
-    """The provider asked us to slow down; `retry_after` is seconds when it said how long."""
+    """The provider asked us to slow down; `retry_after` is seconds when it said how long,
+    `concurrency` is True when it counts tasks in flight rather than creates per window."""
 
     def __init__(
-        self, message: str, *, code: str | int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        code: str | int | None = None,
+        retry_after: float | None = None,
+        concurrency: bool = False,
     ) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+        self.concurrency = concurrency
 
 
 class Rejected(ProviderError):
@@ -95,6 +110,7 @@ __all__ = [
     "ProviderError",
     "RateLimited",
     "Rejected",
+    "RequestNotSent",
     "ResultMismatch",
     "SubmitUncertain",
     "TaskFailed",

@@ -1,12 +1,12 @@
-"""HiAPI adapter: `Nano-Banana-Pro` through HiAPI's unified async task API.
+"""HiAPI adapter for `Nano-Banana-Pro`, through HiAPI's unified async task API.
 
-    POST /v1/tasks            {"model", "input": {...}, "callback"?}  -> data.taskId
-    GET  /v1/tasks/{taskId}   data.status: queued -> handling -> archiving -> success | fail
+Wire format: `POST /v1/tasks {"model", "input": {...}, "callback"?}` answers `data.taskId`;
+`GET /v1/tasks/{taskId}` answers `data.status`: queued -> handling -> archiving -> success |
+fail. Bearer auth; errors are the HTTP status mirrored in `{"code", "message", "data": null,
+"error_code"}`. Every create carries the request's `Idempotency-Key`, so a create whose answer
+was lost can be sent again: HiAPI replays the original task instead of billing twice.
 
-Bearer auth; errors are the HTTP status mirrored in `{"code", "message", "data": null,
-"error_code"}`. Every create carries the request's `Idempotency-Key`, so a create whose
-answer was lost can be sent again: HiAPI replays the original task instead of billing twice.
-Sources: seeds/hiapi.txt (S1) and protocols.md §2.
+Sources: seeds/hiapi.txt (S1), protocols.md §2, HJ = github HiAPIAI/hiapi-java.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import httpx
-import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
 from providers import http
 from providers.adapter import HttpAdapter, looks_like_content_rejection, status_message
@@ -29,19 +28,17 @@ from providers.base import (
     Submitted,
 )
 from providers.errors import (
-    AuthError,
     ContentRejected,
     InsufficientBalance,
-    LimitExceeded,
     RateLimited,
     Rejected,
     TaskFailed,
-    TaskNotFound,
     TransientError,
 )
-from providers.model import ASPECT_RATIOS, RESOLUTIONS
+from providers.model import ASPECT_RATIOS, GOOGLE_STANDARD_PRICES_USD, RESOLUTIONS
 
-# -- documented constants (seeds/hiapi.txt, protocols.md §2) ------------------------------
+# -- documented constants --------------------------------------------------------------------
+# seeds/hiapi.txt (S1), protocols.md §2; HJ = github HiAPIAI/hiapi-java.
 MODEL_ID = "Nano-Banana-Pro"
 API_KEY_ENV = "HIAPI_API_KEY"
 TASKS_PATH = "/v1/tasks"
@@ -65,6 +62,8 @@ MISMATCH_CODE = "IDEMPOTENCY_KEY_MISMATCH"      # 422: same key, different body
 # HiAPI documents no content-moderation code: a task or create error is taken as a content
 # rejection when `looks_like_content_rejection` recognises its code or message.
 
+# -- options ---------------------------------------------------------------------------------
+
 OPTION_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -84,6 +83,9 @@ OPTION_SCHEMA: dict[str, Any] = {
 }
 
 
+# -- adapter ---------------------------------------------------------------------------------
+
+
 class HiapiProvider(HttpAdapter):
     """Nano Banana Pro via HiAPI (`hiapi`). References must be http(s) URLs."""
 
@@ -100,7 +102,7 @@ class HiapiProvider(HttpAdapter):
         idempotent_submit=True,
         can_cancel=False,  # no cancel endpoint documented
         # Unpublished (§8): Google's standard price as the estimate.
-        prices_usd={"1K": 0.134, "2K": 0.134, "4K": 0.24},
+        prices_usd=GOOGLE_STANDARD_PRICES_USD,
         price_is_published=False,
         default_rate=None,  # no numeric limit published (§2.4)
         default_max_in_flight=50,
@@ -111,7 +113,7 @@ class HiapiProvider(HttpAdapter):
 
     async def submit(self, request: ImageRequest) -> Submitted:
         self.check_limits(request)
-        check_options(request.options)
+        self.checked_options(request)
         headers = self._auth_headers()
         if request.idempotency_key:
             headers[IDEMPOTENCY_HEADER] = idempotency_header_value(request.idempotency_key)
@@ -154,6 +156,9 @@ class HiapiProvider(HttpAdapter):
         return body.get("data")
 
 
+# -- wire format -----------------------------------------------------------------------------
+
+
 def wire_body(request: ImageRequest) -> dict[str, Any]:
     """The POST /v1/tasks body for `request` (S1 request parameters).
 
@@ -173,26 +178,6 @@ def wire_body(request: ImageRequest) -> dict[str, Any]:
     if callback is not None:
         body["callback"] = {"when": "final", **callback}
     return body
-
-
-def check_options(options: Mapping[str, Any]) -> None:
-    """`LimitExceeded` naming every option that `OPTION_SCHEMA` rejects."""
-    validator = jsonschema.Draft202012Validator(
-        OPTION_SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-    )
-    problems: list[str] = []
-    for error in sorted(validator.iter_errors(dict(options)), key=lambda e: e.json_path):
-        path = [str(p) for p in error.absolute_path]
-        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-            known = error.schema.get("properties", {})
-            for extra in sorted(set(error.instance) - set(known)):
-                where = ".".join(["options.hiapi", *path, extra])
-                accepted = ", ".join(known) or "none"
-                problems.append(f"{where}: unknown option (accepted: {accepted})")
-        else:
-            problems.append(f"{'.'.join(['options.hiapi', *path])}: {error.message}")
-    if problems:
-        raise LimitExceeded(f"hiapi: invalid provider options: {'; '.join(problems)}")
 
 
 def idempotency_header_value(key: str) -> str:
@@ -217,26 +202,14 @@ def finished_from(data: Mapping[str, Any]) -> Finished:
     return Finished(images=images, cost_usd=None, state=SUCCESS_STATE)
 
 
-def task_failure(error: Any) -> TaskFailed:
-    """The exception for a `fail` task from its `error: {code, message}`."""
-    code = message = None
-    if isinstance(error, Mapping):
-        code, message = error.get("code"), error.get("message")
-    text = f"hiapi: {message or 'task failed'}"
-    if is_content_rejection(code, message):
-        return ContentRejected(text, code=code or "content")
-    return TaskFailed(text, code=code or FAIL_STATE)
-
-
-def is_content_rejection(code: Any, message: Any) -> bool:
-    return looks_like_content_rejection(code, message)
+# -- errors ----------------------------------------------------------------------------------
 
 
 def raise_for_error(response: httpx.Response, body: Any) -> None:
     """Translate HiAPI's error signals (HTTP status + envelope) into `providers.errors`.
 
-    The one place where HiAPI's statuses and `error_code`s are interpreted; returns quietly
-    for a success envelope.
+    The one place where HiAPI's `error_code`s are interpreted; statuses go to the shared
+    ladder. Returns quietly for a success envelope.
     """
     envelope: Mapping[str, Any] = body if isinstance(body, Mapping) else {}
     status = response.status_code
@@ -250,28 +223,34 @@ def raise_for_error(response: httpx.Response, body: Any) -> None:
     if error_code:
         message = f"{message} ({error_code})"
     code: str | int = error_code or status
-    retry_after = http.parse_retry_after(response.headers.get("Retry-After"))
-
     if error_code == PROCESSING_CODE:
         # The first create with this key is still in flight: wait and send again, and the
         # re-send replays the task (HJ Transport.java). RateLimited carries the wait.
+        retry_after = http.parse_retry_after(response.headers.get("Retry-After"))
         raise RateLimited(message, code=code, retry_after=retry_after)
     if error_code == MISMATCH_CODE:
         raise Rejected(message, code=code)
     if error_code in RETRYABLE_CODES:
         raise TransientError(message, code=code)
-    if error_code == "TASK_FAILED" or is_content_rejection(error_code, envelope.get("message")):
+    if error_code == "TASK_FAILED" or looks_like_content_rejection(
+        error_code, envelope.get("message")
+    ):
         raise task_failure({"code": error_code, "message": envelope.get("message")})
     if isinstance(error_code, str) and "INSUFFICIENT" in error_code:  # undocumented code
         raise InsufficientBalance(message, code=code)
-    if status == 429:
-        raise RateLimited(message, code=code, retry_after=retry_after)
-    if status in (401, 403):
-        raise AuthError(message, code=code)
-    if status == 402:
-        raise InsufficientBalance(message, code=code)
-    if status == 404:
-        raise TaskNotFound(message, code=code)
-    if status >= 500 or status in (408, 409, 425):
-        raise TransientError(message, code=code)
-    raise Rejected(message, code=code)
+    raise http.status_error(response, message, status=status, code=code)
+
+
+def task_failure(error: Any) -> TaskFailed:
+    """The exception for a `fail` task from its `error: {code, message}`. HiAPI documents
+    no content-moderation code: `looks_like_content_rejection` reads the code and message."""
+    code = message = None
+    if isinstance(error, Mapping):
+        code, message = error.get("code"), error.get("message")
+    text = f"hiapi: {message or 'task failed'}"
+    if looks_like_content_rejection(code, message):
+        return ContentRejected(text, code=code or "content")
+    return TaskFailed(text, code=code or FAIL_STATE)
+
+
+__all__ = ["HiapiProvider", "raise_for_error", "task_failure", "wire_body"]

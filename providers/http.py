@@ -1,7 +1,9 @@
 """HTTP plumbing shared by the adapters: one client per adapter, transport faults translated
-once into `providers.errors`, and the status codes every provider means the same way.
+once into `providers.errors`, and the one status ladder (`raise_for_http_status`) for the
+status codes every provider means the same way.
 
-Adapters call `send()` and then read their own body codes; nothing here knows a wire format.
+Adapters call `send()`, map their own body codes, then hand the rest to the ladder; nothing
+here knows a wire format.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import httpx
 from providers.errors import (
     AuthError,
     InsufficientBalance,
+    ProviderError,
     RateLimited,
     Rejected,
+    RequestNotSent,
     SubmitUncertain,
     TaskNotFound,
     TransientError,
@@ -135,7 +139,7 @@ async def send(
     try:
         return await client.request(method, url, **kwargs)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-        raise TransientError(f"could not connect to {_host(url)}: {type(exc).__name__}") from exc
+        raise RequestNotSent(f"could not connect to {_host(url)}: {type(exc).__name__}") from exc
     except httpx.TransportError as exc:
         message = f"{method} {_path(url)}: connection lost ({type(exc).__name__})"
         if creates_task:
@@ -143,28 +147,53 @@ async def send(
         raise TransientError(message) from exc
 
 
-def raise_for_http_status(response: httpx.Response, message: str) -> None:
-    """Map the HTTP statuses every provider means the same way; 2xx returns quietly.
+def raise_for_http_status(
+    response: httpx.Response,
+    message: str,
+    *,
+    status: int | None = None,
+    code: str | int | None = None,
+) -> None:
+    """Raise what an HTTP status means in the error tree; 2xx returns quietly.
 
-    Adapters call this after reading any body code they know better; `message` must come
-    from the response body (never from request headers, which carry credentials).
+    The one place that maps statuses (401/403, 402, 404, 429, 5xx, ...). Adapters map the
+    body codes they know better first, then call this. `status` replaces the response's
+    where the provider puts the real status in the body (HiAPI's mirrored `code`, Kie's
+    `code`); `code` is the code the exception carries (default: the status). `message` must
+    come from the response body, never from request headers, which carry credentials.
     """
-    status = response.status_code
+    status = response.status_code if status is None else status
     if status < 300:
         return
+    raise status_error(response, message, status=status, code=code)
+
+
+def status_error(
+    response: httpx.Response,
+    message: str,
+    *,
+    status: int | None = None,
+    code: str | int | None = None,
+) -> ProviderError:
+    """The exception an error answer means by its status (see `raise_for_http_status`).
+
+    For an answer the adapter already knows is an error, so a status below 400 (an error
+    in the body of an HTTP 200, matched by no body code) is `Rejected`.
+    """
+    status = response.status_code if status is None else status
+    key = status if code is None else code
     if status == 429:
-        raise RateLimited(
-            message, code=status, retry_after=parse_retry_after(response.headers.get("Retry-After"))
-        )
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return RateLimited(message, code=key, retry_after=retry_after)
     if status in (401, 403):
-        raise AuthError(message, code=status)
+        return AuthError(message, code=key)
     if status == 402:
-        raise InsufficientBalance(message, code=status)
+        return InsufficientBalance(message, code=key)
     if status == 404:
-        raise TaskNotFound(message, code=status)
+        return TaskNotFound(message, code=key)
     if status >= 500 or status in (408, 409, 425):
-        raise TransientError(message, code=status)
-    raise Rejected(message, code=status)
+        return TransientError(message, code=key)
+    return Rejected(message, code=key)
 
 
 def json_body(response: httpx.Response) -> Any:

@@ -1,12 +1,15 @@
-"""Kie.ai adapter for `nano-banana-pro` (seeds/kie.txt, protocols.md §4).
+"""Kie.ai adapter for `nano-banana-pro`.
 
-    POST {base}/api/v1/jobs/createTask      {"model", "callBackUrl"?, "input": {...}}
-    GET  {base}/api/v1/jobs/recordInfo?taskId=...
-    POST {upload}/api/file-stream-upload    local reference files -> data.downloadUrl
+Wire format: `POST {base}/api/v1/jobs/createTask` with `{"model", "callBackUrl"?, "input":
+{prompt, image_input, aspect_ratio, resolution, output_format}}` answers `data.taskId`;
+`GET {base}/api/v1/jobs/recordInfo?taskId=` answers `data.state` (waiting -> queuing ->
+generating -> success | fail) with `param` and `resultJson` as JSON strings; local reference
+files go first to `POST {upload}/api/file-stream-upload` and are sent as its
+`data.downloadUrl`. Kie answers HTTP 200 with the real status in the body's `code`. There is
+no idempotency and no cancel: a lost create answer is `SubmitUncertain` and cannot be
+recovered. `ApikleyProvider` reuses all of this.
 
-Kie answers HTTP 200 with the real status in the body's `code`; `_checked` is the one place
-that turns codes into `providers.errors`. There is no idempotency and no cancel: a lost create
-answer is `SubmitUncertain` and cannot be recovered. `ApikleyProvider` reuses all of this.
+Sources: seeds/kie.txt (S3), protocols.md §4.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import httpx
-import jsonschema
 
 from providers import http
 from providers.adapter import HttpAdapter, looks_like_content_rejection, status_message
@@ -34,12 +36,9 @@ from providers.base import (
     Submitted,
 )
 from providers.errors import (
-    AuthError,
     ContentRejected,
-    InsufficientBalance,
     LimitExceeded,
     ProviderError,
-    RateLimited,
     Rejected,
     SubmitUncertain,
     TaskFailed,
@@ -48,28 +47,37 @@ from providers.errors import (
 )
 from providers.model import ASPECT_RATIOS, MIME_TYPE, RESOLUTIONS
 
+# -- documented constants --------------------------------------------------------------------
+# seeds/kie.txt (S3), protocols.md §4.
+
 MODEL_ID = "nano-banana-pro"
+DOCUMENTED_BASE_URL = "https://api.kie.ai"
+DOCUMENTED_UPLOAD_URL = "https://kieai.redpandaai.co"  # §4.6; NBP_KIE_UPLOAD_BASE_URL replaces it
+API_KEY_ENV = "KIE_API_KEY"
 CREATE_PATH = "/api/v1/jobs/createTask"
 RECORD_PATH = "/api/v1/jobs/recordInfo"
-STREAM_UPLOAD_PATH = "/api/file-stream-upload"  # protocols.md §4.6
+STREAM_UPLOAD_PATH = "/api/file-stream-upload"  # §4.6
 UPLOAD_FOLDER = "nbp/references"
 
-# S3 "image_input": at most 8 files of 30 MB, jpeg/png/webp.
+MAX_PROMPT_CHARS = 20_000  # S3 prompt "Max Length"
+MAX_REFERENCES = 8  # S3 image_input "up to 8 images"
+OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpg")  # S3 output_format
+# S3 image_input: at most 30 MB each, jpeg/png/webp.
 MAX_REFERENCE_BYTES = 30 * 1024 * 1024
 REFERENCE_TYPES = ("image/jpeg", "image/png", "image/webp")
 # Uploaded files expire after 24 h to 3 days (§4.6, docs disagree): reuse one for half a day.
 UPLOAD_REUSE_S = 12 * 3600.0
+PENDING_STATES = ("waiting", "queuing", "generating")  # §4.3
+SUCCESS_STATE, FAIL_STATE = "success", "fail"
+PRICES_USD: dict[str, float] = {"1K": 0.09, "2K": 0.09, "4K": 0.12}  # §4.8 [I KP]
+USD_PER_CREDIT = 0.005  # §4.8
 
-# S3 error table; anything else: >= 500 transient, else rejected.
-KIE_BODY_CODES: Mapping[int, type[ProviderError]] = {
-    400: Rejected,
-    401: AuthError,
-    402: InsufficientBalance,
-    404: TaskNotFound,
-    422: Rejected,
-    429: RateLimited,
-    500: TransientError,
-}
+# S3's body codes are HTTP statuses and mean what the shared ladder says (`http`), except
+# where a message or the operation tells otherwise (see `raise_for_error`). A Kie-compatible
+# provider adds its own codes here (Apikley: 455, 501, 505).
+KIE_OWN_CODES: Mapping[int, type[ProviderError]] = {}
+
+# -- options ---------------------------------------------------------------------------------
 
 # Only `callBackUrl` is documented beside `model` and `input` (S3 "Request Parameters").
 OPTION_SCHEMA: Mapping[str, Any] = {
@@ -80,7 +88,7 @@ OPTION_SCHEMA: Mapping[str, Any] = {
     "additionalProperties": False,
 }
 
-PENDING_STATES = ("waiting", "queuing", "generating")  # protocols.md §4.3
+# -- adapter ---------------------------------------------------------------------------------
 
 
 class KieProvider(HttpAdapter):
@@ -89,56 +97,40 @@ class KieProvider(HttpAdapter):
 
     name = "kie"
     model = MODEL_ID
-    default_base_url = "https://api.kie.ai"
-    extra_url_defaults: ClassVar[Mapping[str, str]] = {
-        "upload": "https://kieai.redpandaai.co"  # NBP_KIE_UPLOAD_BASE_URL replaces it
-    }
+    default_base_url = DOCUMENTED_BASE_URL
+    extra_url_defaults: ClassVar[Mapping[str, str]] = {"upload": DOCUMENTED_UPLOAD_URL}
     capabilities = Capabilities(
         aspect_ratios=ASPECT_RATIOS,   # "auto" too upstream, but its pixel size is unknown
         resolutions=RESOLUTIONS,
-        output_formats=("png", "jpg"),
-        max_prompt_chars=20000,
-        max_references=8,
+        output_formats=OUTPUT_FORMATS,
+        max_prompt_chars=MAX_PROMPT_CHARS,
+        max_references=MAX_REFERENCES,
         reference_delivery="upload",
-        prices_usd={"1K": 0.09, "2K": 0.09, "4K": 0.12},  # protocols.md §4.8
+        prices_usd=PRICES_USD,
         default_rate="20/10s",                            # §4.5
         default_max_in_flight=100,                        # "typically 100+ running" (§4.5)
         poll_interval_s=3.0,                              # "2-3 s for 30 s" (§4.3)
         option_schema=OPTION_SCHEMA,
-        env_vars=("KIE_API_KEY",),
+        env_vars=(API_KEY_ENV,),
     )
-    body_codes: ClassVar[Mapping[int, type[ProviderError]]] = KIE_BODY_CODES
-    usd_per_credit: ClassVar[float | None] = 0.005  # §4.8; None where credits are unpriced
+    own_codes: ClassVar[Mapping[int, type[ProviderError]]] = KIE_OWN_CODES
+    usd_per_credit: ClassVar[float | None] = USD_PER_CREDIT  # None where credits are unpriced
 
     def __init__(self, settings: ProviderSettings) -> None:
         super().__init__(settings)
         self._uploads: dict[str, tuple[str, float]] = {}  # sha256 -> (downloadUrl, when)
         self._upload_locks: dict[str, asyncio.Lock] = {}
 
-    # -- contract ---------------------------------------------------------------------
-
     async def submit(self, request: ImageRequest) -> Submitted:
         self.check_limits(request)
-        options = self._checked_options(request.options)
+        options = self.checked_options(request)
         key = self.require_credential(self.capabilities.env_vars[0])
         image_input = await asyncio.gather(
             *(self._reference_url(ref, key) for ref in request.references)
         )
-        # Every field is sent: documented defaults are not always applied (§4.2).
-        body = {
-            "model": MODEL_ID,
-            **options,
-            "input": {
-                "prompt": request.prompt,
-                "image_input": list(image_input),
-                "aspect_ratio": request.aspect_ratio,
-                "resolution": request.resolution,
-                "output_format": request.output_format,
-            },
-        }
         response = await http.send(
             self.client, "POST", self.url(CREATE_PATH), creates_task=True,
-            json=body, headers=self._auth(key),
+            json=create_body(request, options, image_input), headers=self._auth(key),
         )
         data = self._checked(response, "create")
         task_id = data.get("taskId") if isinstance(data, Mapping) else None
@@ -156,10 +148,10 @@ class KieProvider(HttpAdapter):
         if not isinstance(data, Mapping):
             raise TransientError(f"{self.name} poll: recordInfo answered without data")
         state = str(data.get("state") or "")
-        if state == "success":
-            return self._finished(data)
-        if state == "fail":
-            raise self._failure(data)
+        if state == SUCCESS_STATE:
+            return finished_from(self.name, data, self.usd_per_credit)
+        if state == FAIL_STATE:
+            raise task_failure(self.name, data)
         return Pending(state=state or "unknown")
 
     def check_limits(self, request: ImageRequest) -> None:
@@ -179,80 +171,20 @@ class KieProvider(HttpAdapter):
                     f"{ref.mime_type}"
                 )
 
-    # -- the one error boundary -------------------------------------------------------
-
-    def _checked(self, response: httpx.Response, op: str) -> Any:
-        """The envelope's `data` when `code` is 200; otherwise the matching error.
-
-        Kie signals errors in the body with HTTP 200; proxies and CDNs in front of it may
-        still answer real HTTP statuses, handled last.
-        """
-        body = http.json_body(response)
-        message = status_message(response, body, "msg", "message")
-        code = _int(body.get("code")) if isinstance(body, Mapping) else None
-        if code is None:
-            http.raise_for_http_status(response, f"{self.name} {op}: {message}")
-            raise TransientError(f"{self.name} {op}: answer without a status code")
-        if code == 200:
-            return body.get("data")
-        text = f"{self.name} {op}: {message} (code {code})"
-        if code == 422 and op == "poll" and "recordinfo is null" in message.lower():
-            raise TaskNotFound(text, code=code)  # unknown taskId (§4.3)
-        if code == 404 and op != "poll":
-            raise Rejected(text, code=code)  # an endpoint, not a task, is missing
-        if code == 500 and "required" in message.lower():
-            raise Rejected(text, code=code)  # validation dressed as 500 (§4.3)
-        cls = self.body_codes.get(code) or (TransientError if code >= 500 else Rejected)
-        if cls is RateLimited:
-            retry_after = http.parse_retry_after(response.headers.get("Retry-After"))
-            raise RateLimited(text, code=code, retry_after=retry_after)
-        raise cls(text, code=code)
-
-    # -- pieces -----------------------------------------------------------------------
-
-    def _auth(self, key: str) -> dict[str, str]:
-        # Per request, not on the client: result downloads go to other hosts.
-        return {"Authorization": f"Bearer {key}"}
-
-    def _checked_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        validator = jsonschema.Draft202012Validator(
-            dict(self.capabilities.option_schema),
-            format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
-        )
-        for error in validator.iter_errors(dict(options)):
-            where = ".".join(str(p) for p in error.absolute_path)
-            raise LimitExceeded(
-                f"options.{self.name}{'.' + where if where else ''}: {error.message}"
-            )
-        return dict(options)
-
-    def _finished(self, data: Mapping[str, Any]) -> Finished:
-        result = _json_field(data.get("resultJson"))
-        urls = result.get("resultUrls") if isinstance(result, Mapping) else None
-        if not urls:
-            raise TaskFailed(f"{self.name}: task succeeded without an image", code="no_image")
-        params = _json_field(data.get("param"))
-        inp = params.get("input") if isinstance(params, Mapping) else None
-        fmt = inp.get("output_format") if isinstance(inp, Mapping) else None
-        credits = data.get("creditsConsumed", data.get("consumeCredits"))
-        cost = None
-        if self.usd_per_credit is not None and isinstance(credits, int | float) and credits > 0:
-            cost = round(float(credits) * self.usd_per_credit, 6)
-        images = tuple(ResultImage(url=str(u), mime_type=MIME_TYPE.get(str(fmt))) for u in urls)
-        return Finished(images=images, cost_usd=cost, state="success")
-
-    def _failure(self, data: Mapping[str, Any]) -> TaskFailed:
-        code = str(data.get("failCode") or "") or None
-        message = str(data.get("failMsg") or "") or "the task failed"
-        text = f"{self.name}: {message}"
-        if looks_like_content_rejection(message):  # Kie documents no failCode for it
-            return ContentRejected(text, code=code or "content")
-        return TaskFailed(text, code=code or "fail")
-
     def upload_url(self, path: str) -> str:
         """Where the upload API lives: Kie's separate host."""
         base = self.settings.extra_urls.get("upload") or self.extra_url_defaults["upload"]
         return f"{base.rstrip('/')}{path}"
+
+    def _checked(self, response: httpx.Response, op: str) -> Any:
+        """The envelope's `data` when `code` is 200; otherwise the matching error."""
+        body = http.json_body(response)
+        raise_for_error(self.name, response, body, op, self.own_codes)
+        return body.get("data")
+
+    def _auth(self, key: str) -> dict[str, str]:
+        # Per request, not on the client: result downloads go to other hosts.
+        return {"Authorization": f"Bearer {key}"}
 
     async def _reference_url(self, ref: Reference, key: str) -> str:
         """The URL Kie fetches a reference from; local files are uploaded once per content."""
@@ -287,11 +219,42 @@ class KieProvider(HttpAdapter):
         return url
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
+# -- wire format -----------------------------------------------------------------------------
+
+
+def create_body(
+    request: ImageRequest, options: Mapping[str, Any], image_input: list[str]
+) -> dict[str, Any]:
+    """The createTask body. Every field is sent: documented defaults are not always applied
+    (§4.2)."""
+    return {
+        "model": MODEL_ID,
+        **options,
+        "input": {
+            "prompt": request.prompt,
+            "image_input": image_input,
+            "aspect_ratio": request.aspect_ratio,
+            "resolution": request.resolution,
+            "output_format": request.output_format,
+        },
+    }
+
+
+def finished_from(name: str, data: Mapping[str, Any], usd_per_credit: float | None) -> Finished:
+    """Images (and cost, where credits are priced) of a `success` record."""
+    result = _json_field(data.get("resultJson"))
+    urls = result.get("resultUrls") if isinstance(result, Mapping) else None
+    if not urls:
+        raise TaskFailed(f"{name}: task succeeded without an image", code="no_image")
+    params = _json_field(data.get("param"))
+    inp = params.get("input") if isinstance(params, Mapping) else None
+    fmt = inp.get("output_format") if isinstance(inp, Mapping) else None
+    credits = data.get("creditsConsumed", data.get("consumeCredits"))
+    cost = None
+    if usd_per_credit is not None and isinstance(credits, int | float) and credits > 0:
+        cost = round(float(credits) * usd_per_credit, 6)
+    images = tuple(ResultImage(url=str(u), mime_type=MIME_TYPE.get(str(fmt))) for u in urls)
+    return Finished(images=images, cost_usd=cost, state=SUCCESS_STATE)
 
 
 def _json_field(value: Any) -> Any:
@@ -302,3 +265,60 @@ def _json_field(value: Any) -> Any:
         except ValueError:
             return None
     return value
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def raise_for_error(
+    name: str,
+    response: httpx.Response,
+    body: Any,
+    op: str,
+    own_codes: Mapping[int, type[ProviderError]] = KIE_OWN_CODES,
+) -> None:
+    """Kie's body `code` (HTTP 200 around it) -> `providers.errors`; quiet for code 200.
+
+    The provider's `own_codes` first, then what a message or the operation says better,
+    then the shared status ladder with the body code as the status. Proxies and CDNs in
+    front of Kie may still answer real HTTP statuses: without a body code, those.
+    """
+    message = status_message(response, body, "msg", "message")
+    code = _int(body.get("code")) if isinstance(body, Mapping) else None
+    if code is None:
+        http.raise_for_http_status(response, f"{name} {op}: {message}")
+        raise TransientError(f"{name} {op}: answer without a status code")
+    if code == 200:
+        return
+    text = f"{name} {op}: {message} (code {code})"
+    own = own_codes.get(code)
+    if own is not None:
+        raise own(text, code=code)
+    if code == 422 and op == "poll" and "recordinfo is null" in message.lower():
+        raise TaskNotFound(text, code=code)  # unknown taskId (§4.3)
+    if code == 404 and op != "poll":
+        raise Rejected(text, code=code)  # an endpoint, not a task, is missing
+    if code == 500 and "required" in message.lower():
+        raise Rejected(text, code=code)  # validation dressed as 500 (§4.3)
+    raise http.status_error(response, text, status=code)
+
+
+def task_failure(name: str, data: Mapping[str, Any]) -> TaskFailed:
+    """A `fail` record's failCode/failMsg. Kie documents no moderation failCode: the message
+    is read with `looks_like_content_rejection` (§4.3)."""
+    code = str(data.get("failCode") or "") or None
+    message = str(data.get("failMsg") or "") or "the task failed"
+    text = f"{name}: {message}"
+    if looks_like_content_rejection(message):
+        return ContentRejected(text, code=code or "content")
+    return TaskFailed(text, code=code or FAIL_STATE)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+__all__ = ["KieProvider", "create_body", "raise_for_error", "task_failure"]

@@ -26,6 +26,10 @@ PIXEL_SIZES: dict[tuple[str, str], tuple[int, int]] = {
     ("21:9", "1K"): (1584, 672), ("21:9", "2K"): (3168, 1344), ("21:9", "4K"): (6336, 2688),
 }
 
+# Google's standard price per image (protocols.md §6.4): what resellers that publish no price
+# are estimated at, and the stand-in for a provider with no price at all.
+GOOGLE_STANDARD_PRICES_USD: dict[str, float] = {"1K": 0.134, "2K": 0.134, "4K": 0.24}
+
 # File extension -> the format name Pillow reports when it decodes the file.
 PILLOW_FORMAT: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 MIME_TYPE: dict[str, str] = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}

@@ -1,14 +1,15 @@
-"""Runware adapter: `google:4@2` (Nano Banana Pro) through Runware's task-array API.
+"""Runware adapter for `google:4@2` (Nano Banana Pro), through Runware's task-array API.
 
-    POST {base}  [{"taskType": "imageInference", "taskUUID": <uuid4>, ...}]   -> ack item
-    POST {base}  [{"taskType": "getResponse", "taskUUID": <uuid4>}]           -> status items
-    POST {base}  [{"taskType": "imageUpload", "taskUUID": <uuid4>, "image": <data URI>}]
+Wire format: every call is `POST {base}` with a JSON array of tasks: `imageInference` (the
+create; `deliveryMethod` async answers an ack item), `getResponse` (status items: processing |
+success | error) and `imageUpload` (a data URI -> a reusable imageUUID). Bearer auth; every
+answer is `{"data": [...]}` and/or `{"errors": [...]}` with the HTTP status of the failure
+category. The client names each task (`taskUUID`), so nbp derives it from the request's
+idempotency key: a create whose answer was lost is found again with `getResponse`
+(`recover`), and a re-sent create is refused by Runware as a duplicate instead of being
+billed twice.
 
-Bearer auth; every answer is `{"data": [...]}` and/or `{"errors": [...]}` with the HTTP status
-of the failure category. The client names each task (`taskUUID`), so nbp derives it from the
-request's idempotency key: a create whose answer was lost is found again with `getResponse`
-(`recover`), and a re-sent create is refused by Runware as a duplicate instead of being billed
-twice. Sources: seeds/runware.txt (S2), protocols.md §3 and §7, runware.ai/docs (RD).
+Sources: seeds/runware.txt (S2), protocols.md §3 and §7, runware.ai/docs (RD).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import httpx
-import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
 from providers import http
 from providers.adapter import HttpAdapter
@@ -42,14 +42,14 @@ from providers.errors import (
     InsufficientBalance,
     LimitExceeded,
     RateLimited,
-    Rejected,
     TaskFailed,
     TaskNotFound,
     TransientError,
 )
 from providers.model import ASPECT_RATIOS, OUTPUT_FORMATS, PIXEL_SIZES, RESOLUTIONS
 
-# -- documented constants (seeds/runware.txt = S2, protocols.md §3) -----------------------
+# -- documented constants --------------------------------------------------------------------
+# seeds/runware.txt (S2), protocols.md §3 and §7, runware.ai/docs (RD).
 MODEL_ID = "google:4@2"
 API_KEY_ENV = "RUNWARE_API_KEY"
 MIN_PROMPT_CHARS, MAX_PROMPT_CHARS = 3, 45_000      # S2 positivePrompt
@@ -89,6 +89,8 @@ UUID_V4 = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.IGNORECASE
 )
 
+# -- options ---------------------------------------------------------------------------------
+
 OPTION_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -117,7 +119,12 @@ OPTION_SCHEMA: dict[str, Any] = {
                 },
             },
         },
-        "numberResults": {"type": "integer", "minimum": 1, "maximum": 20},
+        # S2 takes 1..20; nbp's rule, stated where spec loading and the adapter both read it.
+        "numberResults": {
+            "const": 1,
+            "description": "nbp makes one image per cell, so only 1 is supported; use "
+                           "`repeat` in the spec for more images",
+        },
         "seed": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
         "outputQuality": {"type": "integer", "minimum": 20, "maximum": 99},
         "deliveryMethod": {"enum": list(DELIVERY_METHODS)},
@@ -133,6 +140,9 @@ OPTION_SCHEMA: dict[str, Any] = {
         "includeCost": {"type": "boolean"},
     },
 }
+
+
+# -- adapter ---------------------------------------------------------------------------------
 
 
 class RunwareProvider(HttpAdapter):
@@ -153,6 +163,7 @@ class RunwareProvider(HttpAdapter):
         recoverable_submit=True,  # taskUUID is ours: getResponse finds a lost create
         can_cancel=False,         # no cancel task documented
         prices_usd=PRICES_USD,
+        price_per_reference_usd=PRICE_PER_REFERENCE_USD,
         default_rate=None,        # "no hard rate limits", fair queue (§3.6)
         default_max_in_flight=50,
         poll_interval_s=1.5,      # RD task-polling: start with 1-2 s, back off
@@ -167,7 +178,7 @@ class RunwareProvider(HttpAdapter):
 
     async def submit(self, request: ImageRequest) -> Submitted:
         self.check_limits(request)
-        check_options(request.options)
+        self.checked_options(request)
         seed = request_seed(request)
         headers = self._auth_headers()
         task_uuid = task_uuid_for(request.idempotency_key)
@@ -207,8 +218,6 @@ class RunwareProvider(HttpAdapter):
             return None
         return Submitted(self.name, task_uuid) if items else None
 
-    # -- wire helpers -----------------------------------------------------------------------
-
     def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.require_credential(API_KEY_ENV)}"}
 
@@ -223,7 +232,7 @@ class RunwareProvider(HttpAdapter):
         self, response: httpx.Response, body: Any, task_uuid: str
     ) -> list[Mapping[str, Any]]:
         """This task's items (data and failed generations), after request-level errors."""
-        raise_for_errors(response, body, task_uuid)
+        raise_for_error(response, body, task_uuid)
         data = body.get("data") if isinstance(body, Mapping) else None
         if isinstance(data, Mapping):  # some pages show `data` as one object, not an array
             data = [data]
@@ -270,6 +279,9 @@ class RunwareProvider(HttpAdapter):
         raise TransientError(f"runware: imageUpload of {ref.filename!r} returned no imageUUID")
 
 
+# -- wire format -----------------------------------------------------------------------------
+
+
 def wire_task(
     request: ImageRequest, task_uuid: str, references: Sequence[str], seed: int | None
 ) -> dict[str, Any]:
@@ -301,29 +313,6 @@ def wire_task(
         if key in options:
             task[key] = options[key]
     return task
-
-
-def check_options(options: Mapping[str, Any]) -> None:
-    """`LimitExceeded` naming every option `OPTION_SCHEMA` (or nbp) rejects."""
-    validator = jsonschema.Draft202012Validator(OPTION_SCHEMA)
-    problems: list[str] = []
-    for error in sorted(validator.iter_errors(dict(options)), key=lambda e: e.json_path):
-        path = ["options.runware", *(str(p) for p in error.absolute_path)]
-        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-            known = error.schema.get("properties", {})
-            for extra in sorted(set(error.instance) - set(known)):
-                accepted = ", ".join(known) or "none"
-                where = ".".join([*path, extra])
-                problems.append(f"{where}: unknown option (accepted: {accepted})")
-        else:
-            problems.append(f"{'.'.join(path)}: {error.message}")
-    if not problems and options.get("numberResults", 1) != 1:
-        problems.append(
-            "options.runware.numberResults: nbp makes one image per cell, so only 1 is "
-            "supported (use `repeat` in the spec for more images)"
-        )
-    if problems:
-        raise LimitExceeded(f"runware: invalid provider options: {'; '.join(problems)}")
 
 
 def request_seed(request: ImageRequest) -> int | None:
@@ -379,21 +368,21 @@ def _image_of(item: Mapping[str, Any]) -> ResultImage | None:
     return None
 
 
-def task_failure(item: Mapping[str, Any]) -> TaskFailed:
-    """The exception for a failed generation (`status: error` item in `errors`)."""
-    code = str(item.get("code") or ERROR)
-    text = f"runware: {item.get('message') or 'the task failed'} ({code})"
-    if code in CONTENT_CODES:
-        return ContentRejected(text, code=code)
-    return TaskFailed(text, code=code)
+def _sync_timeout() -> httpx.Timeout:
+    return httpx.Timeout(SYNC_TIMEOUT_S, connect=10.0)
 
 
-def raise_for_errors(response: httpx.Response, body: Any, task_uuid: str) -> None:
+# -- errors ----------------------------------------------------------------------------------
+
+
+def raise_for_error(response: httpx.Response, body: Any, task_uuid: str) -> None:
     """Translate Runware's request-level error signals into `providers.errors`.
 
-    The one place where Runware's `errors[].code`s and HTTP statuses are read. Failed
-    generations (`status: "error"` items of this task) are task outcomes, left to the
-    caller; errors of other tasks in the same array are not ours (RD errors: per task).
+    The one place where Runware's `errors[].code`s are read; statuses go to the shared ladder.
+    Failed generations (`status: "error"` items of this task) are task outcomes, left to
+    `task_failure`; errors of other tasks in the same array are not ours (RD errors: per
+    task). Runware documents no account concurrency limit: 429 is queue capacity (§3.5), a
+    rate signal like any other.
     """
     status = response.status_code
     mine = [
@@ -407,21 +396,30 @@ def raise_for_errors(response: httpx.Response, body: Any, task_uuid: str) -> Non
     message = f"runware: {error.get('message') or f'HTTP {status}'}"
     if code:
         message = f"{message} ({code})"
-    retry_after = http.parse_retry_after(response.headers.get("Retry-After"))
     key: str | int = code or status
-    if code in AUTH_CODES or status in (401, 403):
+    if code in AUTH_CODES:
         raise AuthError(message, code=key)
-    if code in BALANCE_CODES or status == 402:
+    if code in BALANCE_CODES:
         raise InsufficientBalance(message, code=key)
-    if code in RATE_CODES or status == 429:
+    if code in RATE_CODES:
+        retry_after = http.parse_retry_after(response.headers.get("Retry-After"))
         raise RateLimited(message, code=key, retry_after=retry_after)
     if code in CONTENT_CODES:
         raise ContentRejected(message, code=key)
-    if code in NOT_FOUND_CODES or status == 404:
+    if code in NOT_FOUND_CODES:
         raise TaskNotFound(message, code=key)
-    if code in TRANSIENT_CODES or status >= 500 or status in (408, 409, 425):
+    if code in TRANSIENT_CODES:
         raise TransientError(message, code=key)
-    raise Rejected(message, code=key)
+    raise http.status_error(response, message, code=key)
+
+
+def task_failure(item: Mapping[str, Any]) -> TaskFailed:
+    """The exception for a failed generation (`status: error` item in `errors`)."""
+    code = str(item.get("code") or ERROR)
+    text = f"runware: {item.get('message') or 'the task failed'} ({code})"
+    if code in CONTENT_CODES:
+        return ContentRejected(text, code=code)
+    return TaskFailed(text, code=code)
 
 
 def _errors_of(body: Any) -> list[Mapping[str, Any]]:
@@ -435,5 +433,4 @@ def _has_error_code(body: Any, task_uuid: str, code: str) -> bool:
     )
 
 
-def _sync_timeout() -> httpx.Timeout:
-    return httpx.Timeout(SYNC_TIMEOUT_S, connect=10.0)
+__all__ = ["RunwareProvider", "raise_for_error", "task_failure", "task_uuid_for", "wire_task"]

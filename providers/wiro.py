@@ -1,11 +1,14 @@
-"""Wiro adapter for `google/nano-banana-pro` (protocols.md §1, seed wiro.txt).
+"""Wiro adapter for `google/nano-banana-pro`.
 
-Wire format in one paragraph: `POST /Run/google/nano-banana-pro` with JSON (only URLs) or
-multipart/form-data (local files, repeated `inputImage` field) answers `{result, errors,
-taskid, socketaccesstoken}`; `POST /Task/Detail {"taskid"}` returns a `tasklist` whose
-fields are all strings; the task is over only at `task_postprocess_end` (success iff
-`pexit == "0"` with outputs) or `task_cancel`. Errors come back HTTP 200 with
-`result:false` and a numeric code, except auth (HTTP 401) and rate limiting (HTTP 429).
+Wire format: `POST /Run/google/nano-banana-pro` with JSON (only URLs) or multipart/form-data
+(local files, repeated `inputImage` field) answers `{result, errors, taskid,
+socketaccesstoken}`; `POST /Task/Detail {"taskid"}` returns a `tasklist` whose fields are all
+strings; the task is over only at `task_postprocess_end` (success iff `pexit == "0"` with
+outputs) or `task_cancel`; `Task/Cancel` stops a queued task, `Task/Kill` a running one.
+Errors come back HTTP 200 with `result:false` and a numeric code, except auth (HTTP 401) and
+rate limiting (HTTP 429); code 96 is the account's concurrency limit.
+
+Sources: seeds/wiro.txt (S0), protocols.md §1, WD = github wiroai/Wiro-Docs markdown/.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import httpx
-import jsonschema
 
 from providers import http
 from providers.adapter import HttpAdapter, looks_like_content_rejection
@@ -41,9 +43,10 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.model import ASPECT_RATIOS, RESOLUTIONS
+from providers.model import ASPECT_RATIOS, GOOGLE_STANDARD_PRICES_USD, RESOLUTIONS
 
-# -- documented constants (protocols.md §1; WD = github wiroai/Wiro-Docs markdown/) ----------
+# -- documented constants --------------------------------------------------------------------
+# protocols.md §1; WD = github wiroai/Wiro-Docs markdown/.
 
 DOCUMENTED_BASE_URL = "https://api.wiro.ai/v1"
 MODEL_OWNER, MODEL_PROJECT = "google", "nano-banana-pro"
@@ -66,7 +69,7 @@ MAX_PROMPT_CHARS = 45_000
 # Wiro returns the model's PNG (seed outputs `0.png`, `image/png`); no output-format input.
 OUTPUT_FORMATS: tuple[str, ...] = ("png",)
 # Price unpublished (protocols.md §1.7, §8): Google's standard price as the estimate (§6.4).
-ESTIMATED_PRICES_USD: dict[str, float] = {"1K": 0.134, "2K": 0.134, "4K": 0.24}
+ESTIMATED_PRICES_USD: Mapping[str, float] = GOOGLE_STANDARD_PRICES_USD
 # Concurrency = max(1, floor(balance_usd * 0.10)) up to $250 of balance, unlimited above
 # (protocols.md §1.5, WD concurrency-limits.md): 10 in flight is what a $100 balance allows.
 DEFAULT_MAX_IN_FLIGHT = 10
@@ -101,6 +104,8 @@ REJECTION_PHRASES: tuple[str, ...] = (
 # us only as a failed task (pexit != "0") whose `debugerror` carries the upstream reason,
 # classified by `looks_like_content_rejection` (a heuristic, not a documented signal).
 
+# -- options ---------------------------------------------------------------------------------
+
 OPTION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -109,6 +114,9 @@ OPTION_SCHEMA: dict[str, Any] = {
     },
     "additionalProperties": False,
 }
+
+
+# -- adapter ---------------------------------------------------------------------------------
 
 
 class WiroProvider(HttpAdapter):
@@ -142,7 +150,7 @@ class WiroProvider(HttpAdapter):
 
     async def submit(self, request: ImageRequest) -> Submitted:
         self.check_limits(request)
-        options = checked_options(self.name, self.capabilities.option_schema, request.options)
+        options = self.checked_options(request)
         for ref in request.references:
             if ref.data is None and not ref.is_url:
                 raise LimitExceeded(
@@ -223,26 +231,13 @@ class WiroProvider(HttpAdapter):
         return {"x-api-key": key, "x-nonce": nonce, "x-signature": sign(key, secret, nonce)}
 
 
+# -- wire format -----------------------------------------------------------------------------
+
+
 def sign(api_key: str, api_secret: str, nonce: str) -> str:
     """`x-signature`: lowercase hex HMAC-SHA256 keyed with the API *key* over secret + nonce
     (protocols.md §1.1; the seed's openssl recipe leaves a `SHA2-256(stdin)= ` prefix)."""
     return hmac.new(api_key.encode(), (api_secret + nonce).encode(), hashlib.sha256).hexdigest()
-
-
-def checked_options(
-    provider: str, schema: Mapping[str, Any], options: Mapping[str, Any]
-) -> Mapping[str, Any]:
-    """`options` if they fit the provider's schema, else `LimitExceeded` naming each bad one."""
-    validator = jsonschema.Draft202012Validator(
-        dict(schema), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-    )
-    problems = [
-        f"options.{provider}{''.join(f'.{p}' for p in error.absolute_path)}: {error.message}"
-        for error in validator.iter_errors(dict(options))
-    ]
-    if problems:
-        raise LimitExceeded("; ".join(sorted(problems)))
-    return options
 
 
 def task_outcome(task: Mapping[str, Any]) -> Pending | Finished:
@@ -256,10 +251,7 @@ def task_outcome(task: Mapping[str, Any]) -> Pending | Finished:
     pexit = str(task.get("pexit") or "").strip()
     outputs = [o for o in task.get("outputs") or [] if isinstance(o, Mapping) and o.get("url")]
     if pexit not in ("", "0"):
-        reason = str(task.get("debugerror") or "").strip()[-500:] or f"exit code {pexit}"
-        if looks_like_content_rejection(reason):
-            raise ContentRejected(f"wiro task {task_id} was blocked: {reason}", code="content")
-        raise TaskFailed(f"wiro task {task_id} failed: {reason}", code=f"pexit_{pexit}")
+        raise task_failure(task_id, pexit, str(task.get("debugerror") or ""))
     if not outputs:
         # pexit "0" (or absent, as in older docs) without files: nothing to deliver.
         raise TaskFailed(f"wiro task {task_id} ended without an image", code="no_image")
@@ -270,26 +262,36 @@ def task_outcome(task: Mapping[str, Any]) -> Pending | Finished:
     return Finished(images=images, cost_usd=_cost(task.get("totalcost")), state=status)
 
 
+def _cost(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
 def raise_for_error(response: httpx.Response, body: Any, what: str) -> None:
     """Every Wiro error signal -> `providers.errors`, in one place; quiet on success.
 
-    HTTP 401 auth, 404 unknown endpoint ("Error parsing url."), 429 rate limit
-    (introduction.md; error-reference.md says everything is HTTP 200, so both are handled),
-    5xx; then HTTP 200 `result:false` with the body codes of protocols.md §1.2.
+    HTTP 404 is an unknown endpoint ("Error parsing url."), other statuses go to the shared
+    ladder (introduction.md lists 401 and 429; error-reference.md says everything else is
+    HTTP 200, so both are handled); then HTTP 200 `result:false` with the body codes of
+    protocols.md §1.2. Code 96 is a concurrency limit: fewer tasks in flight, not fewer creates.
     """
     status = response.status_code
     code, text = _first_error(body)
     message = f"wiro {what}: {text or f'HTTP {status}'}"
     if status == 404:
         raise Rejected(f"{message} (wrong base URL or path)", code=status)
-    if status >= 300:
-        http.raise_for_http_status(response, message)
+    http.raise_for_http_status(response, message)
     if not isinstance(body, Mapping):
         raise TransientError(f"wiro {what}: HTTP {status}: answer is not a JSON object")
     if body.get("result") is True:
         return
-    if code == CODE_CONCURRENCY:
-        raise RateLimited(message, code=code)  # no Retry-After: wait for a task to end
+    if code == CODE_CONCURRENCY:  # no Retry-After: a slot frees when a task ends
+        raise RateLimited(message, code=code, concurrency=True)
     if code == CODE_BALANCE:
         raise InsufficientBalance(message, code=code)
     if code in (CODE_SIGN_IN, CODE_TOKEN):
@@ -301,6 +303,15 @@ def raise_for_error(response: httpx.Response, body: Any, what: str) -> None:
     if code == CODE_GENERAL and not any(p in text.lower() for p in REJECTION_PHRASES):
         raise TransientError(message, code=code)
     raise Rejected(message, code=code)
+
+
+def task_failure(task_id: str, pexit: str, debugerror: str) -> TaskFailed:
+    """A task that ended with `pexit != "0"`: its `debugerror` says why (the only place Wiro
+    shows a content block, so it is read with `looks_like_content_rejection`)."""
+    reason = debugerror.strip()[-500:] or f"exit code {pexit}"
+    if looks_like_content_rejection(reason):
+        return ContentRejected(f"wiro task {task_id} was blocked: {reason}", code="content")
+    return TaskFailed(f"wiro task {task_id} failed: {reason}", code=f"pexit_{pexit}")
 
 
 def _checked(response: httpx.Response, what: str) -> Mapping[str, Any]:
@@ -325,11 +336,4 @@ def _first_error(body: Any) -> tuple[int | None, str]:
         return None, text
 
 
-def _cost(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-__all__ = ["WiroProvider", "raise_for_error", "sign", "task_outcome"]
+__all__ = ["WiroProvider", "raise_for_error", "sign", "task_failure", "task_outcome"]

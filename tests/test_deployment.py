@@ -26,7 +26,6 @@ import yaml
 from PIL import Image
 
 from flows.engine.job import RunOptions, run_job, select_shard
-from flows.engine.throttle import Rate
 from flows.orchestration.shared_limits import (
     TOKEN_TTL_S,
     TRANSIT_GRACE_S,
@@ -35,6 +34,7 @@ from flows.orchestration.shared_limits import (
 )
 from flows.spec.cells import expand
 from flows.spec.loader import load_spec
+from flows.spec.rate import Rate
 from providers.emulator.core import FaultConfig
 from providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
 from providers.model import pixel_size

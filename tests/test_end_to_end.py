@@ -142,22 +142,33 @@ def test_a_run_killed_with_sigkill_resumes_without_paying_twice(
     prompts = [f"kill test {i}" for i in range(6)]
     spec = small_spec(tmp_path, matrix={"prompt": prompts, "aspect_ratio": ["1:1"]})
     env = child_env(prefect_api_url, **kie_hub.environ())
-    journal = tmp_path / "out" / ".nbp" / "cells"
     child = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "run", str(spec)], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    while len(list(journal.glob("*.json"))) < 3 and time.monotonic() < deadline:
+    while len(kie_hub["kie"].creates) < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     created_before = len(kie_hub["kie"].creates)
     assert 3 <= created_before <= 6
     done = run_nbp("run", str(spec), env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # Every create was journalled before it left: a cell whose create was in flight at the
+    # kill is uncertain (Kie cannot be asked whether it exists), never created again; the
+    # others were collected or created once.
+    frame = pl.read_parquet(tmp_path / "out" / "manifest.parquet")
+    uncertain = frame.filter(pl.col("status") == "uncertain")["prompt"].to_list()
+    assert set(frame["status"]) <= {"succeeded", "uncertain"}, frame["error_message"]
+    assert done.returncode == (1 if uncertain else 0), done.stderr[-3000:]
     for prompt in prompts:
-        assert kie_hub["kie"].creates_for(prompt) == 1, prompt
+        assert kie_hub["kie"].creates_for(prompt) <= 1, prompt
+    if uncertain:  # the user accepts the risk of paying twice for those
+        again = run_nbp("run", str(spec), "--retry-uncertain", env=env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        for prompt in prompts:
+            limit = 2 if prompt in uncertain else 1
+            assert 1 <= kie_hub["kie"].creates_for(prompt) <= limit, prompt
     check_job_output(tmp_path / "out", 6)
 
 

@@ -21,11 +21,14 @@ from typing import Any
 
 import polars as pl
 
-from flows.engine.budget import Budget
+from flows.engine.budget import Budget, Ledger
 from flows.engine.journal import Journal
+from flows.engine.lease import Heartbeat, Lease
+from flows.engine.policy import DEFAULT_RETRY, RetryPolicy
 from flows.engine.progress import Progress
 from flows.engine.runner import RunContext, Runner
 from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
+from flows.spec.inputs import InputPolicy
 from flows.spec.loader import load_job
 from flows.spec.model import Cell, JobSpec
 from flows.spec.rate import Rate
@@ -45,7 +48,7 @@ from providers.base import Provider
 log = logging.getLogger("nbp.job")
 
 DEFAULT_CHUNK_SIZE = 200
-MAX_SHARED_WRITES = 10  # a shard rewrites the manifest while other shards keep finishing
+MANIFEST_LOCK = ".nbp/locks/manifest"
 
 ChunkRunner = Callable[[Runner, int, Sequence[Cell], int], Awaitable[list[ManifestRow]]]
 CredentialSource = Callable[[JobSpec], Awaitable[Mapping[str, str]]]
@@ -84,7 +87,22 @@ class RunOptions:
     shard: str | None = None            # "i/n": this run takes the cells with hash % n == i
     chunk_size: int = DEFAULT_CHUNK_SIZE
     emulator_latency_s: float | None = None
+    retry_uncertain: bool = False       # create again cells whose create may have happened
+    allow_paths: tuple[str, ...] = ()   # folders besides the spec's that inputs may come from
+    max_cells: int | None = None        # None: InputPolicy's default (or NBP_MAX_CELLS)
+    # This run of the job: shards started as one run pass the same id and share max_usd.
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # This process on the target (claims, cancel hooks): the flow run id under Prefect.
+    holder: str = field(default_factory=lambda: uuid.uuid4().hex)
+    retry: RetryPolicy = DEFAULT_RETRY
+
+    def input_policy(self) -> InputPolicy:
+        changes: dict[str, Any] = {}
+        if self.allow_paths:
+            changes["allow_paths"] = tuple(os.path.abspath(p) for p in self.allow_paths)
+        if self.max_cells is not None:
+            changes["max_cells"] = self.max_cells
+        return InputPolicy.from_environ(**changes)
 
 
 @dataclass
@@ -120,7 +138,7 @@ async def run_job(
     progress: Progress | None = None,
 ) -> RunResult:
     """Run a job to the end and write its manifest and gallery."""
-    job = load_job(options.spec)
+    job = load_job(options.spec, policy=options.input_policy())
     spec = job.spec
     if options.target:
         spec = replace(spec, output=replace(spec.output, target=options.target))
@@ -129,40 +147,41 @@ async def run_job(
     cells = select_shard(job.cells, options.shard)
     progress = progress or Progress()
     progress.total = len(cells)
-    async with open_providers(spec, options, hooks.credentials) as (providers, emulated):
-        sink = Sink(spec.output.target, spec.output.storage_options)
+    async with open_providers(spec, options, hooks.credentials) as (providers, emulated), \
+            Heartbeat(Sink(spec.output.target, spec.output.storage_options),
+                      options.holder) as heartbeat:
+        sink = heartbeat.sink
         journal = Journal(sink)
-        previous_manifest = await asyncio.to_thread(read_manifest, sink)
         rules = {
             name: provider_rules(spec, name, provider.capabilities, emulated=emulated)
             for name, provider in providers.items()
         }
+        budget = Budget(spec.max_usd, spec.max_total_usd, options.run_id,
+                        Ledger(sink, heartbeat))
         ctx = RunContext(
             spec=spec, run_id=options.run_id, sink=sink, journal=journal,
             providers=providers, rules=rules,
             throttles=make_throttles(rules, providers, hooks.rate_limiter),
-            budget=Budget(spec.max_usd), progress=progress,
+            budget=budget, progress=progress, heartbeat=heartbeat,
             journalled=await asyncio.to_thread(journal.cell_ids),
-            path_owners=_path_owners(previous_manifest), force=options.force,
+            path_owners=await asyncio.to_thread(_path_owners, sink), force=options.force,
+            retry_uncertain=options.retry_uncertain, retry=options.retry,
             models={name: str(getattr(p, "model", name)) for name, p in providers.items()},
         )
         runner = Runner(ctx)
         frame = await run_chunks(runner, cells, options.chunk_size, hooks.chunk_runner)
-    if options.shard:
-        manifest_uri, gallery_uri = await asyncio.to_thread(
-            write_shared_outputs, sink, journal, frame, job.cells, title=spec.name
+        manifest_uri, gallery_uri = await write_outputs(
+            heartbeat, frame, job.cells if options.shard else None, title=spec.name
         )
-    else:
-        merged = merge_manifest(previous_manifest, frame)
-        manifest_uri = await asyncio.to_thread(write_manifest, sink, merged)
-        gallery_uri = await asyncio.to_thread(write_gallery, sink, merged, title=spec.name)
     counts = {s: 0 for s in ("succeeded", "failed", "skipped", "cancelled")}
     for status, count in frame.group_by("status").len().iter_rows():
         counts[str(status)] = counts.get(str(status), 0) + int(count)
+    if runner.busy:
+        counts["busy"] = runner.busy  # another live run on the target holds these cells
     stop = runner.stop.message if runner.stop else None
     return RunResult(
         spec.name, options.run_id, spec.output.target, str(manifest_uri), str(gallery_uri),
-        counts, ctx.budget.spent_usd, stop,
+        counts, budget.spent_usd + budget.reserved_usd, stop,
     )
 
 
@@ -185,32 +204,23 @@ async def run_chunks(
     return pl.concat(frames, how="vertical") if frames else rows_to_frame([])
 
 
-def write_shared_outputs(
-    sink: Sink, journal: Journal, rows: pl.DataFrame, all_cells: Sequence[Cell], *, title: str,
+async def write_outputs(
+    heartbeat: Heartbeat, frame: pl.DataFrame, spec_order: Sequence[Cell] | None, *, title: str
 ) -> tuple[str, str]:
-    """Manifest and gallery of a target that other shards write at the same time.
+    """Merge this run's rows into `{target}/manifest.parquet` and redraw the gallery, under
+    the target's manifest lease: runs and shards that end together each merge into what the
+    one before them wrote, so no run's rows are lost. `spec_order`: sort the cells of the
+    spec in its order (shards finish in any order)."""
+    sink = heartbeat.sink
 
-    Each shard finishes its cells (every final row is in the journal first), then builds the
-    table from the manifest on disk, the journal and its own rows, writes it, and reads the
-    journal again: if a row is missing or stale, another shard finished in between and this
-    shard writes again. The last write of all is made by a shard that looked after every
-    shard had finished its cells, so the table ends complete whatever the order.
-    """
-    entries = journal.load()
-    for _ in range(MAX_SHARED_WRITES):
-        mine = set(rows["cell_id"])
-        others = [e.row for e in entries.values() if e.row is not None and e.cell_id not in mine]
-        known = merge_manifest(rows_to_frame(others), rows)
-        frame = _in_spec_order(merge_manifest(read_manifest(sink), known), all_cells)
-        manifest_uri = write_manifest(sink, frame)
-        gallery_uri = write_gallery(sink, frame, title=title)
-        entries = journal.load()
-        written = dict(zip(frame["cell_id"], zip(frame["run_id"], frame["status"], strict=True),
-                           strict=True))
-        if all(written.get(e.cell_id) == (e.row.run_id, e.row.status)
-               for e in entries.values() if e.row is not None):
-            break
-    return manifest_uri, gallery_uri
+    def write() -> tuple[str, str]:
+        merged = merge_manifest(read_manifest(sink), frame)
+        if spec_order is not None:
+            merged = _in_spec_order(merged, spec_order)
+        return write_manifest(sink, merged), write_gallery(sink, merged, title=title)
+
+    async with Lease(sink, MANIFEST_LOCK, heartbeat):
+        return await asyncio.to_thread(write)
 
 
 def _in_spec_order(frame: pl.DataFrame, all_cells: Sequence[Cell]) -> pl.DataFrame:
@@ -281,8 +291,10 @@ def make_throttles(
     return throttles
 
 
-def _path_owners(manifest: Any) -> dict[str, str]:
-    if manifest is None or "output_path" not in manifest.columns:
+def _path_owners(sink: Sink) -> dict[str, str]:
+    """output_path -> cell_id of every cell the target's manifest knows."""
+    manifest = read_manifest(sink)
+    if manifest is None:
         return {}
     pairs = manifest.select("output_path", "cell_id").drop_nulls().iter_rows()
     return {str(path): str(cell_id) for path, cell_id in pairs}

@@ -1,43 +1,70 @@
-"""The durable journal under `{target}/.nbp/`: what was paid for, written before anything else.
+"""The durable cell lifecycle under `{target}/.nbp/cells/`: what was paid for, written before
+the request that pays for it leaves.
 
-One small JSON file per cell (`.nbp/cells/{cell_id}.json`), replaced whole on every change, so
-it works on object stores without append or rename. The remote task id is written the moment
-the provider returns it; a run that was killed or cancelled reads the journal and polls the
-tasks it already created instead of creating them again.
+One small JSON file per cell, replaced whole on every change, so it works on object stores
+without append or rename. A cell moves through these states:
+
+    create_sent   a create is about to leave (provider, idempotency key, price reserved):
+                  from here on the provider may have created (and billed) a task
+    created       the provider named the task (`task`): the next run polls it, never re-creates
+    finished      the provider finished the task; the image is being collected
+    succeeded     the image is verified and written (`row` is its manifest row)
+    uncertain     a create may have reached a provider that cannot be asked (`reason`):
+                  never re-sent unless the user asks (`nbp run --retry-uncertain`)
+    failed        final for now: the provider failed the task, or nothing was created
+    skipped, cancelled
+                  not submitted (budget, fail-fast), or cancelled at the provider
+
+`created` and `finished` are a manifest's `pending` when a run ends before collecting them;
+`create_sent` stays as it is and the next run applies the resend rule (flows.engine.policy).
+An entry that cannot be read is reported (`JournalEntry.unreadable`), and its cell treated as
+unknown: never created again blindly.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from outputs.manifest import ManifestRow
 from providers.base import Submitted
 
 JOURNAL_DIR = ".nbp/cells"
-JournalState = Literal["submitted", "succeeded", "failed", "cancelled", "skipped"]
+JournalState = Literal[
+    "create_sent", "created", "finished", "succeeded", "uncertain", "failed", "skipped",
+    "cancelled", "unreadable",
+]
+STATES: frozenset[str] = frozenset(get_args(JournalState))
+LIVE_TASK: frozenset[str] = frozenset({"created", "finished"})  # a task to collect
 
 
 class JsonStore(Protocol):
     """What the journal needs of `outputs.sink.Sink`."""
 
     def put_json(self, rel: str, obj: Any) -> None: ...
-    def list_json(self, rel_dir: str) -> list[Any]: ...
     def json_names(self, rel_dir: str) -> set[str]: ...
-    def read_json_many(self, rels: Iterable[str]) -> dict[str, Any]: ...
+    def read_bytes(self, rel: str) -> bytes | None: ...
+    def read_bytes_many(self, rels: Iterable[str]) -> dict[str, bytes]: ...
 
 
 @dataclass
 class JournalEntry:
     cell_id: str
     state: JournalState
-    run_id: str
+    run_id: str                               # the run of the job (shards may share it)
     provider: str
-    attempts: int = 0
+    holder: str = ""                          # the process (flow run) that wrote it
+    attempts: int = 0                         # creates sent for this cell, all runs
+    idempotency_key: str | None = None        # of the create in flight (re-sent as is)
+    reserved_usd: float = 0.0                 # the price reserved for the create in flight
+    reserved_by: str | None = None            # run id whose budget holds that reservation
+    spent_usd: float = 0.0                    # what earlier tasks of this cell cost
     task: dict[str, Any] | None = None        # Submitted.to_json() of the live remote task
     submitted_at: float | None = None
+    reason: str | None = None                 # why uncertain (or unreadable)
     row: ManifestRow | None = None            # manifest row once terminal
     updated_at: float = field(default_factory=time.time)
 
@@ -48,15 +75,26 @@ class JournalEntry:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JournalEntry:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if known.get("state") == "submitted":  # journals written before the lifecycle
+            known["state"] = "created"
+        if known.get("state") not in STATES or not isinstance(known.get("cell_id"), str):
+            raise ValueError(f"not a journal entry (state {known.get('state')!r})")
         if isinstance(known.get("row"), Mapping):
             known["row"] = ManifestRow.from_mapping(known["row"])
         return cls(**known)
 
+    @classmethod
+    def unreadable(cls, cell_id: str, why: str) -> JournalEntry:
+        return cls(cell_id, "unreadable", run_id="", provider="",
+                   reason=f"journal entry .nbp/cells/{cell_id}.json is unreadable ({why})")
+
     def to_json(self) -> dict[str, Any]:
         return {
             "cell_id": self.cell_id, "state": self.state, "run_id": self.run_id,
-            "provider": self.provider, "attempts": self.attempts, "task": self.task,
-            "submitted_at": self.submitted_at,
+            "provider": self.provider, "holder": self.holder, "attempts": self.attempts,
+            "idempotency_key": self.idempotency_key, "reserved_usd": self.reserved_usd,
+            "reserved_by": self.reserved_by, "spent_usd": self.spent_usd, "task": self.task,
+            "submitted_at": self.submitted_at, "reason": self.reason,
             "row": self.row.to_json() if self.row is not None else None,
             "updated_at": self.updated_at,
         }
@@ -75,20 +113,26 @@ class Journal:
         return self.store.json_names(JOURNAL_DIR)
 
     def read(self, cell_ids: Iterable[str]) -> dict[str, JournalEntry]:
-        """The entries of `cell_ids` that exist, in one batched read."""
-        found = self.store.read_json_many(f"{JOURNAL_DIR}/{cid}.json" for cid in cell_ids)
-        entries = (JournalEntry.from_json(d) for d in found.values() if isinstance(d, Mapping))
-        return {entry.cell_id: entry for entry in entries}
+        """The entries of `cell_ids` that exist, in one batched read; an entry that does not
+        parse comes back as `JournalEntry.unreadable`."""
+        wanted = {f"{JOURNAL_DIR}/{cid}.json": cid for cid in cell_ids}
+        found = self.store.read_bytes_many(wanted)
+        return {wanted[rel]: _parse(wanted[rel], data) for rel, data in found.items()}
 
     def load(self) -> dict[str, JournalEntry]:
-        """Every entry (for a shard's final manifest and the cancel hook)."""
-        entries: dict[str, JournalEntry] = {}
-        for data in self.store.list_json(JOURNAL_DIR):
-            if isinstance(data, Mapping) and "cell_id" in data:
-                entry = JournalEntry.from_json(data)
-                entries[entry.cell_id] = entry
-        return entries
+        """Every entry (for the cancel hook and tests)."""
+        return self.read(self.cell_ids())
 
     def write(self, entry: JournalEntry) -> None:
         entry.updated_at = time.time()
         self.store.put_json(f"{JOURNAL_DIR}/{entry.cell_id}.json", entry.to_json())
+
+
+def _parse(cell_id: str, data: bytes) -> JournalEntry:
+    try:
+        value = json.loads(data)
+        if not isinstance(value, Mapping) or value.get("cell_id") != cell_id:
+            raise ValueError("it names another cell")
+        return JournalEntry.from_json(value)
+    except (ValueError, TypeError, KeyError) as exc:
+        return JournalEntry.unreadable(cell_id, str(exc)[:200])

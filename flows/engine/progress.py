@@ -19,6 +19,8 @@ class Progress:
     failed: int = 0
     skipped: int = 0
     cancelled: int = 0
+    pending: int = 0         # created tasks left for the next run to collect
+    uncertain: int = 0       # creates that may have reached a provider; not re-sent
     reused: int = 0          # succeeded in an earlier run, not submitted again
     in_flight: int = 0
     submitted: int = 0
@@ -28,7 +30,8 @@ class Progress:
 
     @property
     def done(self) -> int:
-        return self.succeeded + self.failed + self.skipped + self.cancelled
+        return (self.succeeded + self.failed + self.skipped + self.cancelled + self.pending
+                + self.uncertain)
 
     def finished(self, status: str, cost_usd: float, *, reused: bool = False) -> None:
         if status == "succeeded":
@@ -37,6 +40,10 @@ class Progress:
             self.failed += 1
         elif status == "cancelled":
             self.cancelled += 1
+        elif status == "pending":
+            self.pending += 1
+        elif status == "uncertain":
+            self.uncertain += 1
         else:
             self.skipped += 1
         if reused:
@@ -56,6 +63,8 @@ class Progress:
             "failed": self.failed,
             "skipped": self.skipped,
             "cancelled": self.cancelled,
+            "pending": self.pending,
+            "uncertain": self.uncertain,
             "in_flight": self.in_flight,
             "spent_usd": round(self.spent_usd, 4),
             "elapsed_s": round(elapsed, 1),

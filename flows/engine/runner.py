@@ -1,11 +1,14 @@
 """The engine: runs cells against providers, plain asyncio, no Prefect.
 
 One coroutine per cell in flight (a bounded worker pool, so memory stays flat in the number
-of cells). For each cell, in order: skip it when an earlier run already succeeded, resume its
-remote task when an earlier run created one, else take an in-flight slot, reserve budget and a
-create token, submit, journal the remote task id at once, poll to a terminal state, download,
-verify, write. A failed task is tried again up to `retries` times, then the next provider of
-the fallback list; content rejections are final.
+of cells). For each cell: reuse it when an earlier run succeeded; take its claim on the
+target (no other run works on it meanwhile); resume what the journal says an earlier run
+left (collect a created task, apply the resend rule to a create whose answer was never
+recorded); else check its output path is writable, take an in-flight slot, reserve its price,
+journal the intent, create, journal the task id, poll to the end, download, verify, write.
+
+Every failure goes through `flows.engine.policy.decide`; the journal's states are in
+`flows.engine.journal`.
 """
 
 from __future__ import annotations
@@ -21,14 +24,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flows.engine.budget import Budget, BudgetExhausted
-from flows.engine.journal import Journal, JournalEntry, JournalState
+from flows.engine.journal import LIVE_TASK, Journal, JournalEntry, JournalState
+from flows.engine.lease import Heartbeat, Lease
 from flows.engine.policy import (
     DEFAULT_RETRY,
+    FINAL_AFTER_CREATE,
     HANDLED,
+    CellInvalid,
+    CreateUncertain,
     Decision,
     OutputTaken,
     Resend,
     RetryPolicy,
+    TaskPending,
     Unsubmittable,
     decide,
     resend_rule,
@@ -43,10 +51,22 @@ from flows.spec.settings import ProviderRules
 from outputs.manifest import ManifestRow
 from outputs.sink import Sink
 from providers.base import Finished, ImageRequest, Pending, Provider, Submitted
-from providers.errors import ProviderError, SubmitUncertain, TaskFailed
+from providers.errors import (
+    ProviderError,
+    RateLimited,
+    Rejected,
+    RequestNotSent,
+    SubmitUncertain,
+    TaskFailed,
+    TransientError,
+)
 from providers.model import pixel_size
 
 log = logging.getLogger("nbp.runner")
+
+CLAIMS_DIR = ".nbp/claims"
+# A create that ended with one of these created nothing: refused, rate limited, never sent.
+NOT_CREATED: tuple[type[BaseException], ...] = (Rejected, RateLimited, RequestNotSent)
 
 
 @dataclass
@@ -54,7 +74,7 @@ class RunContext:
     """Everything a run shares across cells."""
 
     spec: JobSpec
-    run_id: str
+    run_id: str                                 # this run of the job (shards may share it)
     sink: Sink
     journal: Journal
     providers: Mapping[str, Provider]
@@ -62,11 +82,17 @@ class RunContext:
     throttles: Mapping[str, AccountThrottle]
     budget: Budget
     progress: Progress
+    heartbeat: Heartbeat | None = None          # claims cells on the target when set
     journalled: set[str] = field(default_factory=set)  # cells with a journal entry
     path_owners: Mapping[str, str] = field(default_factory=dict)  # output_path -> cell_id
     force: bool = False
+    retry_uncertain: bool = False
     retry: RetryPolicy = DEFAULT_RETRY
     models: Mapping[str, str] = field(default_factory=dict)  # provider -> model id
+
+    @property
+    def holder(self) -> str:
+        return self.heartbeat.holder if self.heartbeat else self.run_id
 
 
 @dataclass
@@ -78,20 +104,27 @@ class _Attempt:
     provider: str = ""
     submitted: Submitted | None = None
     submitted_at: float | None = None
-    spent_usd: float = 0.0  # every billed attempt of this cell
+    spent_usd: float = 0.0          # earlier tasks of this cell (settled)
+    reserved_usd: float = 0.0       # the live create or task, counted until settled
+    reserved_by: str | None = None  # run id whose budget holds `reserved_usd`
+    key: str | None = None          # idempotency key of the live create
+    reserved_here: bool = False     # this process reserved `reserved_usd` (not an earlier run)
+    in_flight: bool = False         # this process holds an in-flight slot for the task
 
 
 class Runner:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.references = ReferenceLoader()
+        self.references = ReferenceLoader.for_spec(ctx.spec)
         self.stop: Unsubmittable | None = None               # fail-fast / budget: run-wide
         self.dead: dict[str, ProviderError] = {}             # account refused: per provider
+        self.busy = 0                                        # cells another run holds
 
     # -- fan-out ------------------------------------------------------------------------
 
     async def run_cells(self, cells: Iterable[Cell], *, workers: int) -> list[ManifestRow]:
-        """Run every cell with at most `workers` cells active; rows in input order."""
+        """Run every cell with at most `workers` cells active; rows in input order (none for
+        a cell another live run is working on)."""
         items = list(cells)
         wanted = [c.cell_id for c in items if c.cell_id in self.ctx.journalled]
         previous = await asyncio.to_thread(self.ctx.journal.read, wanted) if wanted else {}
@@ -113,25 +146,107 @@ class Runner:
 
     # -- one cell -----------------------------------------------------------------------
 
-    async def run_cell(self, cell: Cell, previous: JournalEntry | None = None) -> ManifestRow:
-        """One cell to its end; `previous` is its journal entry from an earlier run."""
+    async def run_cell(
+        self, cell: Cell, previous: JournalEntry | None = None
+    ) -> ManifestRow | None:
+        """One cell to the end of this run's work on it; None when another run holds it."""
         ctx = self.ctx
         if previous and previous.state == "succeeded" and previous.row and not ctx.force:
             ctx.progress.finished("succeeded", 0.0, reused=True)
             return previous.row
-        state = _Attempt(cell, attempts=previous.attempts if previous else 0)
-        resume = previous.submitted if previous and previous.state == "submitted" else None
+        claim = None
+        if ctx.heartbeat is not None:
+            claim = Lease(ctx.sink, f"{CLAIMS_DIR}/{cell.cell_id}", ctx.heartbeat)
+            if not await claim.try_acquire():
+                self.busy += 1
+                ctx.progress.finished("skipped", 0.0)
+                return None
+            # The holder before us may have journalled since this chunk read the journal.
+            previous = (await asyncio.to_thread(ctx.journal.read, [cell.cell_id])).get(
+                cell.cell_id
+            )
         try:
-            row = await self._run_providers(state, resume)
-        except asyncio.CancelledError:
-            await self._on_cancel(state)
-            raise
-        if row.status != "succeeded":
-            await self._journal(state, "failed" if row.status == "failed" else "skipped", row)
-        ctx.progress.finished(str(row.status), row.cost_usd or 0.0)
-        return row
+            state = _Attempt(cell)
+            if previous is not None:
+                state.attempts, state.spent_usd = previous.attempts, previous.spent_usd
+            try:
+                row = await self._run_owned(state, previous)
+            except asyncio.CancelledError:
+                await self._on_cancel(state)
+                raise
+            ctx.progress.finished(str(row.status), row.cost_usd or 0.0)
+            return row
+        finally:
+            if claim is not None:
+                await asyncio.shield(claim.release())
 
-    async def _run_providers(self, state: _Attempt, resume: Submitted | None) -> ManifestRow:
+    async def _run_owned(self, state: _Attempt, previous: JournalEntry | None) -> ManifestRow:
+        ctx = self.ctx
+        if previous is not None:
+            if previous.state == "succeeded" and previous.row and not ctx.force:
+                return previous.row  # another run finished it while we waited for the claim
+            resumed = await self._resume(state, previous)
+            if resumed is not None:
+                return resumed
+        return await self._run_providers(state)
+
+    async def _resume(self, state: _Attempt, previous: JournalEntry) -> ManifestRow | None:
+        """What an earlier run left: a row when this run's work on the cell ends here, None
+        when the cell may be created afresh."""
+        ctx = self.ctx
+        if previous.state in ("unreadable", "uncertain") and not ctx.retry_uncertain:
+            return self._row(state, "uncertain", error_code=previous.state,
+                             error_message=previous.reason or "")
+        if previous.state not in (*LIVE_TASK, "create_sent"):
+            return None
+        name = previous.provider
+        provider = ctx.providers.get(name)
+        state.provider, state.key = name, previous.idempotency_key
+        state.reserved_usd, state.reserved_by = previous.reserved_usd, previous.reserved_by
+        state.submitted, state.submitted_at = previous.submitted, previous.submitted_at
+        if provider is None:
+            status = "pending" if previous.state in LIVE_TASK else "uncertain"
+            return self._row(state, status, error_code="provider_not_in_spec",
+                             error_message=f"its task is at {name}, which the spec no longer "
+                                           "lists; add it back to collect the task")
+        try:
+            if previous.state == "create_sent":
+                rule = resend_rule(provider.capabilities)
+                if rule is Resend.NEVER and not ctx.retry_uncertain:
+                    raise CreateUncertain(
+                        f"a create was sent to {name} and the run stopped before its answer "
+                        "was recorded; it may exist and be billed (nbp run --retry-uncertain "
+                        "creates it again)"
+                    )
+                if rule is Resend.NEVER:
+                    return None  # the user asked: create afresh
+                submitted = await self._recreate_or_recover(state, provider, name, rule)
+                if submitted is None:
+                    return None  # it was never created: create afresh
+                await self._created(state, submitted)
+            return await self._collect(state, provider, ctx.throttles[name], slot_held=False)
+        except HANDLED as exc:
+            return self._ended(state, exc, decide(exc))
+
+    async def _recreate_or_recover(
+        self, state: _Attempt, provider: Provider, name: str, rule: Resend
+    ) -> Submitted | None:
+        """A create whose answer an earlier run never recorded, on a provider that can be
+        asked: the task, or None when it was never created (its reservation is released)."""
+        request = await self._request(state.cell, name, state.key)
+        throttle = self.ctx.throttles[name]
+        try:
+            if rule is Resend.RECOVER:
+                found = await with_retries(lambda: provider.recover(request))
+                if found is None:
+                    await self._settle(state, 0.0)
+                return found
+            return await self._create(provider, request, throttle, rule)
+        except (ProviderError, CellInvalid):
+            await self._settle(state, 0.0)
+            raise
+
+    async def _run_providers(self, state: _Attempt) -> ManifestRow:
         """Providers in fallback order; what each failure leads to is `policy.decide`'s."""
         spec = self.ctx.spec
         last: BaseException | None = None
@@ -142,31 +257,42 @@ class Runner:
                 last = self.dead[name]
                 continue
             for _ in range(spec.retries + 1):
-                resumed = resume if resume is not None and resume.provider == name else None
-                resume = None
                 try:
-                    return await self._attempt(state, name, resumed)
+                    return await self._attempt(state, name)
                 except HANDLED as exc:
                     decision, last = decide(exc), exc
-                if isinstance(last, Unsubmittable):
-                    return self._final(state, last.status, last.code, last.message)
-                if decision is Decision.FINAL:
-                    hint = " (not re-sent, to never pay twice)" \
-                        if isinstance(last, SubmitUncertain) else ""
-                    return self._failed(state, last, hint=hint)
+                if decision in (Decision.STOP, Decision.PENDING, Decision.UNCERTAIN,
+                                Decision.FINAL):
+                    return self._ended(state, last, decision)
                 if decision is Decision.DROP_ACCOUNT:
                     assert isinstance(last, ProviderError)
                     self.dead[name] = last  # every later cell of this account would hit it
                 if decision is not Decision.RETRY_TASK:
                     break
         assert last is not None
-        return self._failed(state, last)
+        return self._ended(state, last, Decision.FINAL)
 
-    async def _attempt(
-        self, state: _Attempt, name: str, resumed: Submitted | None
-    ) -> ManifestRow:
+    def _ended(self, state: _Attempt, exc: BaseException, decision: Decision) -> ManifestRow:
+        """The row of a cell whose work in this run ends with `exc`."""
+        if isinstance(exc, Unsubmittable):
+            return self._final(state, exc.status, exc.code, exc.message)
+        if decision is Decision.PENDING:
+            return self._row(state, "pending", error_code="pending",
+                             error_message=f"{exc} (the next run collects the task)")
+        if decision is Decision.UNCERTAIN:
+            return self._row(state, "uncertain", error_code=type(exc).__name__,
+                             error_message=f"{type(exc).__name__}: {exc} (not re-sent, to "
+                                           "never pay twice; nbp run --retry-uncertain)")
+        return self._failed(state, exc)
+
+    # -- one create and its task ------------------------------------------------------------
+
+    async def _attempt(self, state: _Attempt, name: str) -> ManifestRow:
         ctx, cell = self.ctx, state.cell
         provider, throttle = ctx.providers[name], ctx.throttles[name]
+        self._check_writable(cell)
+        key = f"nbp-{cell.cell_id}-{name}-{state.attempts + 1}"
+        request = await self._request(cell, name, key)
         estimate = self.price(name, cell)
         await throttle.in_flight.acquire()
         try:
@@ -179,65 +305,53 @@ class Runner:
         except BaseException:
             await throttle.in_flight.release()
             raise
-        billed = 0.0
+        state.provider, state.key, state.in_flight = name, key, True
+        state.reserved_usd, state.reserved_by, state.reserved_here = estimate, ctx.run_id, True
+        state.submitted, state.submitted_at = None, time.time()
+        state.attempts += 1
         ctx.progress.in_flight += 1
         try:
-            state.provider = name
-            if resumed is not None:
-                submitted = resumed
-            else:
-                state.attempts += 1
-                request = await self._request(cell, name, state.attempts)
-                submitted = await self._submit(provider, request, throttle)
-                ctx.progress.submitted += 1
-            state.submitted, state.submitted_at = submitted, state.submitted_at or time.time()
-            if resumed is None:
-                await self._journal(state, "submitted")
-            finished = submitted.finished or await self._wait(provider, submitted, throttle)
-            billed = finished.cost_usd if finished.cost_usd is not None else estimate
+            await self._journal(state, "create_sent")  # durable before the request leaves
+            try:
+                submitted = await self._create(
+                    provider, request, throttle, resend_rule(provider.capabilities)
+                )
+            except NOT_CREATED:
+                await self._settle(state, 0.0)  # refused, or never left: nothing was created
+                await self._journal(state, "failed")
+                raise
+            except CreateUncertain as exc:
+                await self._journal(state, "uncertain", reason=str(exc))  # stays spent
+                raise
+            except Exception as exc:  # anything else after the request left: it may exist
+                uncertain = CreateUncertain(f"{type(exc).__name__}: {exc}")
+                await self._journal(state, "uncertain", reason=str(uncertain))
+                raise uncertain from exc
+            ctx.progress.submitted += 1
+            await self._created(state, submitted)
+            return await self._collect(state, provider, throttle, slot_held=True)
         finally:
-            await throttle.in_flight.release()
-            ctx.progress.in_flight -= 1
-            await ctx.budget.settle(estimate, billed)
-            state.spent_usd += billed
-        return await self._deliver(state, provider, finished)
+            if state.in_flight:  # the task ended without reaching `_collect`'s release
+                await throttle.in_flight.release()
+                ctx.progress.in_flight -= 1
+                state.in_flight = False
 
-    def _check_still_submittable(self, name: str) -> None:
-        """Cells that waited for a slot re-check what changed meanwhile."""
-        if self.stop is not None:
-            raise self.stop
-        if name in self.dead:
-            raise self.dead[name]
-
-    async def _request(self, cell: Cell, name: str, attempt: int) -> ImageRequest:
-        references = tuple(
-            [await asyncio.to_thread(self.references.load, uri) for uri in cell.references]
-        )
-        return ImageRequest(
-            prompt=cell.prompt,
-            aspect_ratio=cell.aspect_ratio,
-            resolution=cell.resolution,
-            output_format=cell.output_format,
-            references=references,
-            seed=cell.seed,
-            options=dict(self.ctx.spec.options.get(name, {})),
-            idempotency_key=f"nbp-{cell.cell_id}-{name}-{attempt}",
-        )
-
-    async def _submit(
-        self, provider: Provider, request: ImageRequest, throttle: AccountThrottle
+    async def _create(
+        self, provider: Provider, request: ImageRequest, throttle: AccountThrottle, rule: Resend
     ) -> Submitted:
-        """Create the task; after a lost answer, re-send only where the protocol makes that
-        safe (idempotency key, or a client-chosen id that can be looked up)."""
-        rule = resend_rule(provider.capabilities)
+        """Create the task. A request that never left is sent again; one whose answer was
+        lost or came back as a server error follows the resend rule."""
+        retried = (RequestNotSent,) if rule is Resend.NEVER else (TransientError,)
         for _ in range(self.ctx.retry.max_attempts):
             try:
                 return await with_retries(
                     lambda: provider.submit(request), throttle=throttle,
                     policy=self.ctx.retry, before_each=throttle.before_create,
-                    after_each=throttle.after_create,
+                    after_each=throttle.after_create, transient=retried,
                 )
-            except SubmitUncertain:
+            except NOT_CREATED:
+                raise
+            except (SubmitUncertain, TransientError) as exc:
                 if rule is Resend.RECOVER:
                     found = await with_retries(lambda: provider.recover(request))
                     if found is not None:
@@ -245,33 +359,86 @@ class Runner:
                     continue  # never created: sending again is safe
                 if rule is Resend.SAME_KEY:
                     continue  # the provider returns the original task for the same key
+                raise CreateUncertain(
+                    f"{type(exc).__name__}: {exc}; the create may have reached the provider"
+                ) from exc
+        raise CreateUncertain("create answers kept getting lost; giving up")
+
+    async def _created(self, state: _Attempt, submitted: Submitted) -> None:
+        state.submitted = submitted
+        state.submitted_at = state.submitted_at or time.time()
+        await self._journal(state, "created")
+
+    async def _collect(
+        self, state: _Attempt, provider: Provider, throttle: AccountThrottle, *,
+        slot_held: bool,
+    ) -> ManifestRow:
+        """Follow a created task to its image. Every step is retried where it stands for
+        `RetryPolicy.patience_s`; then the cell is pending and keeps its task."""
+        assert state.submitted is not None
+        submitted = state.submitted
+        until = time.monotonic() + self.ctx.retry.patience_s
+        try:
+            try:
+                finished = submitted.finished or await self._wait(
+                    provider, submitted, throttle, until
+                )
+            except TaskFailed:
+                await self._settle(state, 0.0)  # the provider ended it: not billed
+                await self._journal(state, "failed")
                 raise
-        raise SubmitUncertain("create answers kept getting lost; giving up")
+        finally:
+            if slot_held and state.in_flight:
+                await throttle.in_flight.release()
+                self.ctx.progress.in_flight -= 1
+                state.in_flight = False
+        await self._settle(state, finished.cost_usd if finished.cost_usd is not None
+                           else state.reserved_usd)
+        await self._journal(state, "finished")
+        return await self._deliver(state, provider, finished, until)
 
     async def _wait(
-        self, provider: Provider, submitted: Submitted, throttle: AccountThrottle
+        self, provider: Provider, submitted: Submitted, throttle: AccountThrottle, until: float
     ) -> Finished:
         polls = 0
         while True:
             await asyncio.sleep(throttle.next_poll_delay(polls))
             polls += 1
-            outcome = await with_retries(lambda: provider.poll(submitted), policy=self.ctx.retry)
+            outcome = await self._step(lambda: provider.poll(submitted), until, "poll")
             if isinstance(outcome, Finished):
                 return outcome
             assert isinstance(outcome, Pending)
 
+    async def _step(self, call: Any, until: float, what: str) -> Any:
+        """One step after the create: every provider error but the provider's own word on
+        the task is retried until `until`; then the task is left for the next run."""
+        try:
+            return await with_retries(
+                call, policy=self.ctx.retry, transient=(ProviderError,),
+                final=FINAL_AFTER_CREATE, until=until,
+            )
+        except FINAL_AFTER_CREATE:
+            raise
+        except ProviderError as exc:
+            raise TaskPending(f"{what} kept failing: {type(exc).__name__}: {exc}") from exc
+
     async def _deliver(
-        self, state: _Attempt, provider: Provider, finished: Finished
+        self, state: _Attempt, provider: Provider, finished: Finished, until: float
     ) -> ManifestRow:
         cell = state.cell
         if not finished.images:
+            await self._journal(state, "failed")
             raise TaskFailed("the provider reported success but returned no image", code="no_image")
-        data = await with_retries(lambda: provider.download(finished.images[0]))
+        data = await self._step(lambda: provider.download(finished.images[0]), until, "download")
         expected = pixel_size(cell.aspect_ratio, cell.resolution)
-        # Off the event loop: decoding a 4K PNG takes ~0.2 s of CPU (Pillow releases the GIL).
-        width, height = await asyncio.to_thread(
-            verify_image, data, cell.output_format, expected
-        )
+        try:
+            # Off the event loop: decoding a 4K PNG takes ~0.2 s of CPU (Pillow frees the GIL).
+            width, height = await asyncio.to_thread(
+                verify_image, data, cell.output_format, expected
+            )
+        except Exception:
+            await self._journal(state, "failed")  # proved wrong: a new task may be created
+            raise
         uri = await asyncio.to_thread(self._write, cell, data)
         row = self._row(
             state, "succeeded", output_uri=uri, sha256=hashlib.sha256(data).hexdigest(),
@@ -280,21 +447,58 @@ class Runner:
         await self._journal(state, "succeeded", row)
         return row
 
-    def _write(self, cell: Cell, data: bytes) -> str:
+    # -- checks ---------------------------------------------------------------------------
+
+    def _check_still_submittable(self, name: str) -> None:
+        """Cells that waited for a slot re-check what changed meanwhile."""
+        if self.stop is not None:
+            raise self.stop
+        if name in self.dead:
+            raise self.dead[name]
+
+    def _check_writable(self, cell: Cell) -> None:
+        """Before paying: the output path is free or already this cell's."""
         owner = self.ctx.path_owners.get(cell.output_path)
-        overwrite = owner == cell.cell_id
+        if owner == cell.cell_id or not self.ctx.sink.exists(cell.output_path):
+            return
+        whose = f"cell {owner}" if owner else "a file nbp did not write"
+        raise OutputTaken(f"{cell.output_path} already holds {whose}; nothing was created "
+                          "(change output.path or the target)")
+
+    def _write(self, cell: Cell, data: bytes) -> str:
+        """Write the image; a file at its path is overwritten only when it is this cell's
+        (the journal says this cell's task finished, so an image there is its own)."""
         try:
-            return str(self.ctx.sink.write_bytes(cell.output_path, data, overwrite=overwrite))
-        except FileExistsError as exc:
-            whose = f"cell {owner}" if owner else "a file nbp did not write"
-            raise OutputTaken(
-                f"{cell.output_path} already holds {whose}; not overwritten "
-                "(change output.path or the target)"
-            ) from exc
+            return str(self.ctx.sink.write_bytes(cell.output_path, data, overwrite=False))
+        except FileExistsError:
+            owner = self.ctx.path_owners.get(cell.output_path)
+            if owner not in (None, cell.cell_id):
+                raise OutputTaken(f"{cell.output_path} already holds cell {owner}; "
+                                  "not overwritten") from None
+            # Ours: a run stopped between writing the image and journalling it.
+            return str(self.ctx.sink.write_bytes(cell.output_path, data, overwrite=True))
+
+    async def _request(self, cell: Cell, name: str, key: str | None) -> ImageRequest:
+        try:
+            references = tuple(
+                [await asyncio.to_thread(self.references.load, uri) for uri in cell.references]
+            )
+        except (OSError, ValueError, ProviderError) as exc:  # refused, missing, too large
+            raise CellInvalid(f"reference image: {exc}") from exc
+        return ImageRequest(
+            prompt=cell.prompt,
+            aspect_ratio=cell.aspect_ratio,
+            resolution=cell.resolution,
+            output_format=cell.output_format,
+            references=references,
+            seed=cell.seed,
+            options=dict(self.ctx.spec.options.get(name, {})),
+            idempotency_key=key,
+        )
 
     async def _on_cancel(self, state: _Attempt) -> None:
         """Cancelled mid-flight: stop the remote task where the API can; otherwise leave the
-        journal saying 'submitted' so the next run polls the task it already paid for."""
+        journal as it is so the next run collects the task it already paid for."""
         submitted = state.submitted
         provider = self.ctx.providers.get(state.provider)
         if submitted is None or provider is None or not provider.capabilities.can_cancel:
@@ -305,15 +509,28 @@ class Runner:
                             error_message="run cancelled; remote task cancelled")
             await asyncio.shield(self._journal(state, "cancelled", row))
 
-    # -- rows and journal ---------------------------------------------------------------
+    # -- money ----------------------------------------------------------------------------
 
     def price(self, provider: str, cell: Cell) -> float:
         """What one task of `cell` costs on `provider`: the plan's price, reserved in full."""
         return self.ctx.rules[provider].price(cell.resolution, len(cell.references))
 
-    def _failed(self, state: _Attempt, exc: BaseException, hint: str = "") -> ManifestRow:
+    async def _settle(self, state: _Attempt, actual_usd: float) -> None:
+        """The live reservation becomes what the task cost (0: nothing billed)."""
+        if state.reserved_usd == 0.0 and actual_usd == 0.0:
+            return
+        await self.ctx.budget.settle(
+            state.reserved_usd, actual_usd, reserved_by=state.reserved_by,
+            in_flight=state.reserved_here,
+        )
+        state.spent_usd += actual_usd
+        state.reserved_usd, state.reserved_by, state.reserved_here = 0.0, None, False
+
+    # -- rows and journal ---------------------------------------------------------------
+
+    def _failed(self, state: _Attempt, exc: BaseException) -> ManifestRow:
         code = getattr(exc, "code", None) or type(exc).__name__
-        message = f"{type(exc).__name__}: {exc}{hint}"
+        message = f"{type(exc).__name__}: {exc}"
         if self.ctx.spec.fail_fast and self.stop is None:
             self.stop = Unsubmittable(
                 "skipped", "fail_fast", f"not submitted: fail_fast after cell {state.cell.cell_id}"
@@ -324,7 +541,8 @@ class Runner:
         return self._row(state, status, error_code=code, error_message=message)
 
     def _row(self, state: _Attempt, status: str, **results: Any) -> ManifestRow:
-        """The cell's manifest row: the only place the engine builds one."""
+        """The cell's manifest row: the only place the engine builds one. A task still
+        counted (pending, uncertain) costs its price until the provider reports one."""
         cell, ctx = state.cell, self.ctx
         now = time.time()
         submitted_at = state.submitted_at
@@ -347,7 +565,7 @@ class Runner:
             status=status,
             remote_task_id=state.submitted.task_id if state.submitted else None,
             attempts=state.attempts,
-            cost_usd=round(state.spent_usd, 6),
+            cost_usd=round(state.spent_usd + state.reserved_usd, 6),
             submitted_at=_utc(submitted_at),
             completed_at=_utc(now) if status in ("succeeded", "failed") else None,
             latency_s=round(now - submitted_at, 3) if submitted_at else None,
@@ -356,19 +574,18 @@ class Runner:
         )
 
     async def _journal(
-        self, state: _Attempt, entry_state: JournalState, row: ManifestRow | None = None
+        self, state: _Attempt, entry_state: JournalState, row: ManifestRow | None = None,
+        *, reason: str | None = None,
     ) -> None:
-        await asyncio.to_thread(self.ctx.journal.write, self._entry(state, entry_state, row))
-
-    def _entry(
-        self, state: _Attempt, entry_state: JournalState, row: ManifestRow | None
-    ) -> JournalEntry:
-        return JournalEntry(
+        entry = JournalEntry(
             cell_id=state.cell.cell_id, state=entry_state, run_id=self.ctx.run_id,
-            provider=state.provider, attempts=state.attempts,
+            provider=state.provider, holder=self.ctx.holder, attempts=state.attempts,
+            idempotency_key=state.key, reserved_usd=state.reserved_usd,
+            reserved_by=state.reserved_by, spent_usd=state.spent_usd,
             task=state.submitted.to_json() if state.submitted else None,
-            submitted_at=state.submitted_at, row=row,
+            submitted_at=state.submitted_at, reason=reason, row=row,
         )
+        await asyncio.to_thread(self.ctx.journal.write, entry)
 
 
 def _utc(timestamp: float | None) -> datetime | None:

@@ -1,8 +1,9 @@
-"""Cancel the remote tasks a run left running (Prefect's cancellation and crash hooks).
+"""Cancel the remote tasks a flow run left running (Prefect's cancellation and crash hooks).
 
-Reads the journal; for each cell still `submitted` at a provider whose API can cancel, asks
-the provider to cancel and marks the cell `cancelled`. Tasks at providers without a cancel
-API stay `submitted`, so the next run polls them instead of paying again.
+Reads the journal; for each cell whose live task this flow run created (its `holder` is the
+flow run id: other runs and shards on the target are never touched) at a provider whose API
+can cancel, asks the provider to cancel and marks the cell `cancelled`. Tasks at providers
+without a cancel API stay as they are, so the next run collects them instead of paying again.
 """
 
 from __future__ import annotations
@@ -11,20 +12,21 @@ import contextlib
 from dataclasses import replace
 
 from flows.engine.job import RunOptions, open_providers
-from flows.engine.journal import Journal
+from flows.engine.journal import LIVE_TASK, Journal
 from flows.orchestration.secrets import secret_blocks
 from flows.spec.loader import load_spec
 from outputs.sink import Sink
 
 
-async def cancel_submitted(spec_path: str, target: str | None = None) -> int:
-    """Cancel what can be cancelled; returns how many remote tasks were cancelled."""
+async def cancel_submitted(spec_path: str, target: str | None, holder: str) -> int:
+    """Cancel what `holder` left running and can be cancelled; returns how many."""
     spec = load_spec(spec_path)
     if target:
         spec = replace(spec, output=replace(spec.output, target=target))
     sink = Sink(spec.output.target, spec.output.storage_options)
     journal = Journal(sink)
-    running = [e for e in journal.load().values() if e.state == "submitted" and e.submitted]
+    running = [e for e in journal.load().values()
+               if e.state in LIVE_TASK and e.holder == holder and e.submitted]
     if not running:
         return 0
     cancelled = 0

@@ -25,6 +25,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
+from prefect.runtime import flow_run as runtime_flow_run
 
 from flows.engine.job import (
     DEFAULT_CHUNK_SIZE,
@@ -67,7 +68,8 @@ def cancel_remote_tasks(flow: Flow[Any, Any], flow_run: FlowRun, state: State[An
 
     parameters = flow_run.parameters or {}
     with contextlib.suppress(Exception):
-        asyncio.run(cancel_submitted(parameters["spec"], parameters.get("target")))
+        asyncio.run(cancel_submitted(parameters["spec"], parameters.get("target"),
+                                     holder=str(flow_run.id)))
 
 
 def build_flow(
@@ -93,12 +95,20 @@ def build_flow(
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         emulator_latency_s: float | None = None,
         shared_limits: bool = False,
+        retry_uncertain: bool = False,
+        run_id: str | None = None,
+        allow_paths: list[str] | None = None,
+        max_cells: int | None = None,
     ) -> dict[str, Any]:
-        """Run the job spec `spec` (a path or fsspec URL); see `nbp run --help`."""
+        """Run the job spec `spec` (a path or fsspec URL); see `nbp run --help`. Shards
+        started as one run pass the same `run_id` (they share `budget.max_usd`)."""
         logger = get_run_logger()
+        this_run = str(runtime_flow_run.id)
         options = RunOptions(
             spec=spec, target=target, emulate=emulate, force=force, max_usd=max_usd,
             shard=shard, chunk_size=chunk_size, emulator_latency_s=emulator_latency_s,
+            retry_uncertain=retry_uncertain, run_id=run_id or this_run[:12], holder=this_run,
+            allow_paths=tuple(allow_paths or ()), max_cells=max_cells,
         )
         limiter: LimiterFactory = shared_limiter if shared_limits else local_limiter
         hooks = RunHooks(chunk_runner=_chunk_as_task, credentials=secret_blocks,

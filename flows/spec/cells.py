@@ -19,8 +19,10 @@ one cell (e.g. an axis that neither the prompt nor the path uses): it is kept on
 same id with different paths would pay twice for one request: that is a problem.
 
 Expansion is also the last step of validation: `Expansion.run()` collects `Issue`s (missing
-reference files, colliding output paths, identical requests...) instead of raising, and
-`flows.spec.loader` turns them into located problems.
+or refused reference files, colliding output paths, identical requests, output paths that
+are nbp's own files...) instead of raising, and `flows.spec.loader` turns them into located
+problems. It never expands more than `InputPolicy.max_cells` cells: the count is bounded
+from the axis sizes first (`cell_count_problem`).
 """
 
 from __future__ import annotations
@@ -28,13 +30,23 @@ from __future__ import annotations
 import gc
 import hashlib
 import json.encoder
+import math
 import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from flows.spec import matrix as gha
 from flows.spec.dataset import Dataset, read_dataset
-from flows.spec.model import Cell, JobSpec
+from flows.spec.inputs import (
+    LOCAL_PROTOCOLS,
+    MAX_CELLS_ENV,
+    InputRefused,
+    check_location,
+    is_http,
+    split_protocol,
+)
+from flows.spec.model import Cell, JobSpec, MatrixSpec
 from flows.spec.templating import MissingVariable, Template, TemplateError
 from flows.spec.yamlpos import JsonPath
 from outputs.paths import sanitise_relative_path
@@ -43,8 +55,15 @@ ID_CHARS = 16
 REQUEST_KEYS = ("prompt", "aspect_ratio", "resolution")  # every cell needs these
 TEMPLATE_BUILTINS = ("name", "aspect_ratio", "resolution", "replicate", "format", "ext")
 RESERVED_NAMES = frozenset({"name", "replicate", "format", "ext", "cell_id"})
-MAX_MISSING_FILES = 10
-_HTTP = ("http://", "https://")
+MAX_MISSING_FILES = 10  # and as many refused references: the rest are counted
+# nbp's own files in a target (outputs.manifest.MANIFEST_NAME, outputs.gallery.GALLERY_NAME,
+# the state folder, outputs.sink.TEMP_MARKER): an image written there would destroy them
+OWN_FILES = ("manifest.parquet", "index.html")
+STATE_DIR = ".nbp"
+TEMP_MARKER = ".nbp-tmp-"
+# include/exclude entries x combinations, per allowed cell: matching costs about what a cell
+# costs to expand, so a matrix that would take longer than max_cells cells is refused too
+MATRIX_CHECKS_PER_CELL = 50
 _json_string: Callable[[str], str] = json.encoder.encode_basestring  # as ensure_ascii=False
 _IDENTITY_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -121,17 +140,75 @@ def cell_id(
 
 
 def is_remote(uri: str) -> bool:
-    """http(s) or any other fsspec URL (`s3://...`); `file://` counts as local."""
-    return "://" in uri and not uri.startswith("file://")
+    """http(s) or any other fsspec URL (`s3://...`, any case); `file://` counts as local."""
+    protocol = split_protocol(uri)[0]
+    return protocol is not None and protocol not in LOCAL_PROTOCOLS
 
 
 def resolve_local(uri: str, base_dir: str) -> str:
-    """A local path made absolute against the spec's folder; URLs unchanged."""
-    if is_remote(uri):
-        return uri
-    if uri.startswith("file://"):
-        uri = uri[len("file://"):]
-    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(uri)))
+    """A local path made absolute against the spec's folder; a URL with its protocol in
+    lower case (`S3://b/k` -> `s3://b/k`)."""
+    protocol, rest = split_protocol(uri)
+    if protocol is not None and protocol not in LOCAL_PROTOCOLS:
+        return f"{protocol}://{rest}"
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(rest)))
+
+
+def own_file(output_path: str) -> str | None:
+    """Which of nbp's own files a sanitised output path would overwrite, if any
+    (case-insensitively: `Manifest.parquet` is the manifest on macOS and Windows)."""
+    parts = output_path.lower().split("/")
+    if len(parts) == 1 and parts[0] in OWN_FILES:
+        return parts[0]
+    if parts[0] == STATE_DIR:
+        return f"{STATE_DIR}/ (the journal)"
+    if any(TEMP_MARKER in part for part in parts):
+        return f"a temporary file ({TEMP_MARKER}...)"
+    return None
+
+
+def cell_count_problem(
+    matrix: MatrixSpec, repeat: int, rows: int | None, max_cells: int
+) -> str | None:
+    """Why a job would have more than `max_cells` cells, judged from the axis sizes without
+    expanding: the product before exclude, plus one per include entry, times the dataset
+    rows (when known) and `repeat`; or why matching its include and exclude entries would
+    take too long (more than `MATRIX_CHECKS_PER_CELL` x `max_cells` entry x combination
+    checks). None when it is within the limits."""
+    sizes = [len(values) for values in matrix.axes.values()]
+    product = math.prod(sizes)
+    entries = len(matrix.include) + len(matrix.exclude)
+    checks = product * entries
+    if checks > MATRIX_CHECKS_PER_CELL * max_cells:
+        return (
+            f"include and exclude are matched against every combination: {_number(product)} "
+            f"combinations x {entries:,} entries = {_number(checks)} checks, more than the "
+            f"{MATRIX_CHECKS_PER_CELL * max_cells:,} nbp makes ({MATRIX_CHECKS_PER_CELL} per "
+            f"cell of --max-cells N or {MAX_CELLS_ENV}, {max_cells:,}); use fewer entries "
+            "or a dataset"
+        )
+    total = (product + len(matrix.include)) * (1 if rows is None else rows) * max(repeat, 1)
+    if total <= max_cells:
+        return None
+    varied = [f"{len(v):,} {k}" for k, v in matrix.axes.items() if len(v) > 1]
+    axes = " x ".join(varied[:8]) + (" x ..." if len(varied) > 8 else "")
+    parts = [f"{axes or 'one value per axis'} = {_number(product)} combinations "
+             "before exclude"]
+    if matrix.include:
+        parts.append(f"+ {len(matrix.include)} include entries")
+    if rows is not None:
+        parts.append(f"x {rows:,} dataset rows")
+    if repeat > 1:
+        parts.append(f"x repeat {repeat:,}")
+    return (
+        f"this job would have up to {_number(total)} cells ({', '.join(parts)}); nbp expands "
+        f"at most {max_cells:,} (raise the limit with --max-cells N or {MAX_CELLS_ENV})"
+    )
+
+
+def _number(n: int) -> str:
+    # bit_length: str() of a number with more than 4,300 digits raises
+    return f"{n:,}" if n < 10**15 else f"about 10^{int(n.bit_length() * math.log10(2))}"
 
 
 def reference_identity(uri: str) -> str:
@@ -158,6 +235,7 @@ def read_rows(spec: JobSpec) -> Dataset | None:
     return read_dataset(
         spec.dataset.path, format=spec.dataset.format,
         storage_options=spec.dataset.storage_options,
+        max_bytes=spec.policy.max_dataset_bytes, max_rows=spec.policy.max_dataset_rows,
     )
 
 
@@ -195,6 +273,8 @@ class Expansion:
         self._reported: set[tuple[JsonPath, str]] = set()
         self._missing_files: dict[str, None] = {}
         self._missing_file_issues = 0
+        self._refused_issues = 0
+        self._own_file_reported = False
         self._missing_vars: set[tuple[JsonPath, str]] = set()
         self._references: dict[str, tuple[str, str]] = {}  # rendered -> (uri, identity)
         self._shared_paths = _Collisions()
@@ -297,6 +377,12 @@ class Expansion:
         spec = self.spec
         prompts, references, path_template = self.templates()
         self._verbatim_prompts = len(prompts) < len(self._distinct("prompt"))
+        too_many = cell_count_problem(
+            spec.matrix, spec.repeat, self.stats.rows, spec.policy.max_cells
+        )
+        if too_many is not None:
+            self.report(("matrix",), too_many)
+            return []
         combos = self.complete(combinations(spec))
         if not combos and not self.issues:
             self.report(("matrix",), "the matrix has no combinations: exclude removes them all")
@@ -362,15 +448,12 @@ class Expansion:
                 continue
             known = self._references.get(text)
             if known is None:
-                uri = resolve_local(text, spec.base_dir)
-                try:
-                    known = self._references[text] = (uri, reference_identity(uri))
-                except OSError:  # reported; the cell still expands so later checks run
-                    self._missing_file(i, template, uri, row)
-                    known = (uri, f"missing:{uri}")
+                known = self._references[text] = self._reference(
+                    i, template, text, cell_vars, row
+                )
             uri = known[0]
             identities.append(known[1])
-            if i not in self.stats.local_references and not uri.startswith(_HTTP):
+            if i not in self.stats.local_references and not is_http(uri):
                 self.stats.local_references[i] = uri
             uris.append(uri)
         seed = None if spec.seed is None else spec.seed + replicate
@@ -384,6 +467,10 @@ class Expansion:
             return None
         except ValueError as exc:
             self.report(("output", "path"), f"{exc} (for {_describe(cell_vars, row)})")
+            return None
+        taken = own_file(output_path)
+        if taken is not None:
+            self._own_file(output_path, taken, cell_vars, row)
             return None
         self._count(prompt_template.text, prompt, len(uris), cell_vars, row)
         return Cell(
@@ -420,6 +507,67 @@ class Expansion:
             f"placeholder {{{name}}} has no value in some cells, e.g. "
             f"{_describe(cell_vars, row)}: only some include entries set {name!r}; set it "
             "in every combination or drop the placeholder",
+        )
+
+    def _reference(
+        self, index: int, template: Template, text: str, cell_vars: Mapping[str, str],
+        row: int | None,
+    ) -> tuple[str, str]:
+        """(uri, identity) of one rendered reference; a refused, missing or oversized one
+        is reported and stands in with a placeholder identity, so expansion goes on."""
+        spec = self.spec
+        try:
+            uri = check_location(text, base_dir=spec.base_dir, policy=spec.policy)
+        except InputRefused as exc:
+            self._refused(index, template, str(exc), cell_vars, row)
+            return text, f"refused:{text}"
+        if is_remote(uri):
+            return uri, uri
+        try:
+            info = os.stat(uri)
+        except OSError:
+            self._missing_file(index, template, uri, row)
+            return uri, f"missing:{uri}"
+        limit = spec.policy.max_reference_bytes
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            what = (f"is {info.st_size:,} bytes, more than the {limit:,} nbp reads "
+                    "(InputPolicy.max_reference_bytes)") if stat.S_ISREG(info.st_mode) else (
+                "is not a regular file")
+            self._refused(index, template, f"reference image {uri!r} {what}", cell_vars, row)
+            return uri, f"refused:{uri}"
+        try:
+            return uri, reference_identity(uri)
+        except OSError:  # unreadable: reported like a missing file
+            self._missing_file(index, template, uri, row)
+            return uri, f"missing:{uri}"
+
+    def _refused(
+        self, index: int, template: Template, message: str, cell_vars: Mapping[str, str],
+        row: int | None,
+    ) -> None:
+        """A reference nbp will not read, at the template's line; the dataset row or the
+        cell's variables say which value it came from."""
+        self._refused_issues += 1
+        if self._refused_issues > MAX_MISSING_FILES:
+            return
+        columns = set(self.dataset.columns) if self.dataset is not None else set()
+        if row is not None and columns & set(template.names):
+            message = f"dataset row {row}: {message}"
+        elif template.names:
+            message = f"{message} (for {_describe(cell_vars, row)})"
+        self.report(("references", index), message)
+
+    def _own_file(
+        self, output_path: str, taken: str, cell_vars: Mapping[str, str], row: int | None
+    ) -> None:
+        if self._own_file_reported:
+            return
+        self._own_file_reported = True
+        self.report(
+            ("output", "path"),
+            f"output path {output_path!r} (for {_describe(cell_vars, row)}) is nbp's own "
+            f"{taken} in the target; an image there would overwrite it. nbp keeps "
+            f"{', '.join(OWN_FILES)} and {STATE_DIR}/ for itself: change output.path",
         )
 
     def _missing_file(self, index: int, template: Template, uri: str, row: int | None) -> None:
@@ -481,6 +629,12 @@ class Expansion:
             self.report(
                 ("references",),
                 f"{self._missing_file_issues} reference images in all do not exist",
+            )
+        if self._refused_issues > MAX_MISSING_FILES:
+            self.report(
+                ("references",),
+                f"{self._refused_issues} references in all are refused (the first "
+                f"{MAX_MISSING_FILES} are listed)",
             )
 
     def _identical(self, same: _Collisions) -> None:

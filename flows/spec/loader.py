@@ -7,13 +7,19 @@ A problem names file, line and column, the JSON path and what is wrong, e.g.
 
     specs/x.yaml:7:31: matrix.aspect_ratio[2]: wiro does not accept aspect ratio '7:3'; ...
 
-Checks, in order: YAML syntax (the parser stops at the first syntax error, so that one is
-all a broken file can report), duplicate keys, the JSON Schema (`schemas/job.schema.json`,
-unknown keys included), providers (unknown names, each provider's option schema),
-template placeholders, the dataset, then a full expansion into cells (missing reference
-files, colliding output paths, identical requests) and every documented limit of every
-provider of the fallback list (`providers.adapter.limit_problems`). Each distinct problem
-is reported once, at the most precise place: the list item, the prompt, the dataset path.
+Checks, in order: the file's size, YAML syntax (the parser stops at the first syntax error,
+so that one is all a broken file can report) and size (values, aliases expanded, and
+nesting), duplicate keys, the JSON Schema (`schemas/job.schema.json`, unknown keys
+included), providers (unknown names, each provider's option schema), the output target's
+fsspec protocol, template placeholders, where the dataset comes from and its size, the
+number of cells (bounded before anything expands), then a full expansion into cells
+(missing or refused reference files, colliding output paths, paths that are nbp's own
+files, identical requests) and every documented limit of every provider of the fallback
+list (`providers.limits.limit_problems`). Each distinct problem is reported once, at the
+most precise place: the list item, the prompt, the dataset path.
+
+Every limit on what a spec may hold or read is a field of `InputPolicy` (documented
+defaults; `policy=` on every entry point, `InputPolicy.from_environ()` when it is None).
 """
 
 from __future__ import annotations
@@ -31,6 +37,14 @@ import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs ins
 from flows.spec import cells as cellmod
 from flows.spec import yamlpos
 from flows.spec.dataset import Dataset, DatasetError, read_dataset
+from flows.spec.inputs import (
+    InputPolicy,
+    InputRefused,
+    check_location,
+    is_http,
+    protocol_problem,
+    split_protocol,
+)
 from flows.spec.model import (
     DEFAULT_OUTPUT_PATH,
     DEFAULT_RETRIES,
@@ -55,6 +69,7 @@ DEFAULT_TARGET = "./runs/{name}"
 DEFAULT_ASPECT_RATIOS = ("1:1",)
 DEFAULT_RESOLUTIONS = ("1K",)
 PROVIDER_SECTIONS = ("limits", "options", "prices", "base_urls")
+MAX_PROBLEMS = 200  # then validation stops: 90,000 wrong values take seconds to describe
 # Parts of the spec a cell is built from: with a schema error in one of them, the spec is
 # not expanded (the problems it would add would only repeat that error).
 EXPANSION_INPUTS = {
@@ -80,6 +95,10 @@ class Problem:
         return f"{self.file}:{self.line}:{self.column}: {self.path}: {self.message}"
 
 
+class _TooManyProblems(Exception):
+    """`MAX_PROBLEMS` are found: a spec that bad is not worth checking further."""
+
+
 class SpecInvalid(Exception):
     """The spec has problems; `.problems` lists every one."""
 
@@ -88,69 +107,106 @@ class SpecInvalid(Exception):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-def load_job(path: str) -> Job:
-    """The validated spec at `path` with its cells; raises `SpecInvalid` with every problem."""
-    job, problems = check_job_file(path)
+def load_job(path: str, *, policy: InputPolicy | None = None) -> Job:
+    """The validated spec at `path` with its cells; raises `SpecInvalid` with every problem.
+    `policy` bounds what the spec may hold and read (default `InputPolicy.from_environ()`)."""
+    job, problems = check_job_file(path, policy=policy)
     if problems or job is None:
         raise SpecInvalid(problems)
     return job
 
 
-def load_spec(path: str) -> JobSpec:
+def load_spec(path: str, *, policy: InputPolicy | None = None) -> JobSpec:
     """The validated spec at `path`; raises `SpecInvalid` with every problem."""
-    return load_job(path).spec
+    return load_job(path, policy=policy).spec
 
 
-def validate_spec_file(path: str) -> list[Problem]:
+def validate_spec_file(path: str, *, policy: InputPolicy | None = None) -> list[Problem]:
     """Every problem of the spec at `path`, in file order; empty when it is valid."""
-    return check_job_file(path)[1]
+    return check_job_file(path, policy=policy)[1]
 
 
-def parse_job(text: str, *, source: str = "<memory>", base_dir: str | None = None) -> Job:
+def parse_job(
+    text: str, *, source: str = "<memory>", base_dir: str | None = None,
+    policy: InputPolicy | None = None,
+) -> Job:
     """`load_job` for YAML text; relative paths resolve against `base_dir` (default: cwd)."""
-    job, problems = check_job(text, source=source, base_dir=base_dir)
+    job, problems = check_job(text, source=source, base_dir=base_dir, policy=policy)
     if problems or job is None:
         raise SpecInvalid(problems)
     return job
 
 
-def parse_spec(text: str, *, source: str = "<memory>", base_dir: str | None = None) -> JobSpec:
+def parse_spec(
+    text: str, *, source: str = "<memory>", base_dir: str | None = None,
+    policy: InputPolicy | None = None,
+) -> JobSpec:
     """`load_spec` for YAML text; relative paths resolve against `base_dir` (default: cwd)."""
-    return parse_job(text, source=source, base_dir=base_dir).spec
+    return parse_job(text, source=source, base_dir=base_dir, policy=policy).spec
 
 
-def check_job_file(path: str) -> tuple[Job | None, list[Problem]]:
+def check_job_file(
+    path: str, *, policy: InputPolicy | None = None
+) -> tuple[Job | None, list[Problem]]:
+    """`check_job` for the file at `path` (read only up to `policy.max_spec_bytes`)."""
+    limit = (policy or InputPolicy()).max_spec_bytes
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+        text = data.decode("utf-8") if len(data) <= limit else ""
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return None, [Problem(path, 1, 1, "$", f"cannot read the spec: {reason}")]
-    return check_job(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+    if len(data) > limit:
+        return None, [_too_large(path, limit)]
+    return check_job(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)),
+                     policy=policy)
 
 
-def check_spec_file(path: str) -> tuple[JobSpec | None, list[Problem]]:
-    job, problems = check_job_file(path)
+def check_spec_file(
+    path: str, *, policy: InputPolicy | None = None
+) -> tuple[JobSpec | None, list[Problem]]:
+    job, problems = check_job_file(path, policy=policy)
     return (job.spec if job else None), problems
 
 
 def check_job(
-    text: str, *, source: str = "<memory>", base_dir: str | None = None
+    text: str, *, source: str = "<memory>", base_dir: str | None = None,
+    policy: InputPolicy | None = None,
 ) -> tuple[Job | None, list[Problem]]:
     """The job (None when it cannot be built) and every problem found. Validation expands
     every cell to check it, so the job carries those cells: nothing expands twice."""
-    checker = _Checker(text, source, os.path.abspath(base_dir or os.getcwd()))
-    spec = checker.run()
+    if policy is None:
+        try:
+            policy = InputPolicy.from_environ()
+        except ValueError as exc:
+            return None, [Problem(source, 1, 1, "$", f"{exc} (in the environment)")]
+    if len(text) > policy.max_spec_bytes or len(text.encode()) > policy.max_spec_bytes:
+        return None, [_too_large(source, policy.max_spec_bytes)]
+    checker = _Checker(text, source, os.path.abspath(base_dir or os.getcwd()), policy)
+    try:
+        spec = checker.run()
+    except _TooManyProblems:
+        return None, [*checker.sorted_problems(), Problem(
+            source, 1, 1, "$", f"more than {MAX_PROBLEMS} problems: nbp stopped looking; "
+                               "fix these and validate again")]
     job = Job(spec, checker.cells) if spec is not None and not checker.problems else None
     return job, checker.sorted_problems()
 
 
 def check_spec(
-    text: str, *, source: str = "<memory>", base_dir: str | None = None
+    text: str, *, source: str = "<memory>", base_dir: str | None = None,
+    policy: InputPolicy | None = None,
 ) -> tuple[JobSpec | None, list[Problem]]:
     """The spec (None when it cannot be built) and every problem found."""
-    job, problems = check_job(text, source=source, base_dir=base_dir)
+    job, problems = check_job(text, source=source, base_dir=base_dir, policy=policy)
     return (job.spec if job else None), problems
+
+
+def _too_large(source: str, limit: int) -> Problem:
+    return Problem(source, 1, 1, "$", f"the spec is larger than {limit:,} bytes, the most nbp "
+                                      "reads (InputPolicy.max_spec_bytes); put bulk data in a "
+                                      "dataset file")
 
 
 @cache
@@ -171,10 +227,13 @@ def text_value(value: Any) -> str:
 
 
 class _Checker:
-    def __init__(self, text: str, source: str, base_dir: str) -> None:
+    def __init__(self, text: str, source: str, base_dir: str, policy: InputPolicy) -> None:
         self.text = text
         self.source = source
         self.base_dir = base_dir
+        self.policy = policy
+        self.dataset_refused = False  # not read: outside the allowed places
+        self.too_many_cells = False   # not read: the matrix alone is over the limit
         self.doc = LocatedDocument(None)
         self.problems: list[Problem] = []
         self._seen: set[tuple[int, int, str, str]] = set()
@@ -184,7 +243,7 @@ class _Checker:
         self.caps: dict[str, Capabilities] = {}
         self.known: list[str] = []
         self.blocked = False  # expansion would only repeat problems already found
-        self._value_paths: dict[tuple[str, str], JsonPath] = {}
+        self._value_paths: dict[str, dict[str, JsonPath]] = {}  # key -> value -> path
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -193,6 +252,8 @@ class _Checker:
         shown = yamlpos.format_path(path)
         mark = (position.line, position.column, shown, message)
         if mark not in self._seen:
+            if len(self.problems) >= MAX_PROBLEMS:
+                raise _TooManyProblems
             self._seen.add(mark)
             self.problems.append(Problem(self.source, position.line, position.column, shown,
                                          message))
@@ -209,10 +270,12 @@ class _Checker:
 
     def run(self) -> JobSpec | None:
         try:
-            self.doc = yamlpos.load(self.text)
+            self.doc = yamlpos.load(self.text, max_values=self.policy.max_yaml_values,
+                                    max_depth=self.policy.max_yaml_depth)
         except yamlpos.YamlSyntaxError as exc:
             pos = exc.position
-            self.problems.append(Problem(self.source, pos.line, pos.column, "$", exc.message))
+            self.problems.append(Problem(self.source, pos.line, pos.column,
+                                         yamlpos.format_path(exc.path), exc.message))
             return None
         for dup in self.doc.duplicates:
             self.problems.append(Problem(
@@ -232,6 +295,7 @@ class _Checker:
         self.check_limits(data)
         self.check_credentials(data, providers)
         matrix = self.matrix_spec(data)
+        self.check_cell_count(data, matrix)
         dataset_spec = self.dataset_spec(data)
         dataset = self.read(dataset_spec)
         output = self.output_spec(data)
@@ -385,24 +449,44 @@ class _Checker:
             result.append({key: text_value(value) for key, value in entry.items()})
         return result
 
+    def check_cell_count(self, data: Mapping[str, Any], matrix: MatrixSpec) -> None:
+        """Refuse a matrix too large to expand before the dataset is even read."""
+        repeat = _integer(data.get("repeat"), 1)
+        problem = cellmod.cell_count_problem(matrix, repeat, None, self.policy.max_cells)
+        if problem is not None:
+            self.add(("matrix",), problem)
+            self.blocked = self.too_many_cells = True
+
     def dataset_spec(self, data: Mapping[str, Any]) -> DatasetSpec | None:
         raw = data.get("dataset")
         if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
             return None
         fmt = raw.get("format")
         options = raw.get("storage_options")
+        path = cellmod.resolve_local(raw["path"], self.base_dir)
+        try:
+            path = check_location(raw["path"], base_dir=self.base_dir, policy=self.policy,
+                                  what="dataset")
+            missing = protocol_problem("http") if is_http(path) else None
+            if missing:
+                raise InputRefused(f"dataset {raw['path']!r}: {missing}")
+        except InputRefused as exc:
+            self.add(("dataset", "path"), str(exc))
+            self.dataset_refused = True
         return DatasetSpec(
-            path=cellmod.resolve_local(raw["path"], self.base_dir),
+            path=path,
             format=fmt if isinstance(fmt, str) else None,
             storage_options=dict(options) if isinstance(options, dict) else {},
         )
 
     def read(self, spec: DatasetSpec | None) -> Dataset | None:
-        if spec is None or self.broken(("dataset",)):
+        if spec is None or self.broken(("dataset",)) or self.dataset_refused or self.too_many_cells:
             return None
         try:
             return read_dataset(spec.path, format=spec.format,
-                                storage_options=spec.storage_options)
+                                storage_options=spec.storage_options,
+                                max_bytes=self.policy.max_dataset_bytes,
+                                max_rows=self.policy.max_dataset_rows)
         except DatasetError as exc:
             self.add(("dataset", "path"), str(exc))
             return None
@@ -436,6 +520,7 @@ class _Checker:
             else:
                 target = cellmod.resolve_local(template.render({"name": str(name)}),
                                                self.base_dir)
+                self.check_target_protocol(target)
         except TemplateError as exc:
             self.add(("output", "target"), str(exc))
             self.blocked = True
@@ -446,6 +531,12 @@ class _Checker:
             path=path if isinstance(path, str) else DEFAULT_OUTPUT_PATH,
             storage_options=dict(options) if isinstance(options, dict) else {},
         )
+
+    def check_target_protocol(self, target: str) -> None:
+        protocol = split_protocol(target)[0]
+        missing = protocol_problem(protocol) if protocol is not None else None
+        if missing:
+            self.add(("output", "target"), f"{target!r}: {missing}")
 
     def job_spec(
         self,
@@ -494,6 +585,7 @@ class _Checker:
             dataset=dataset,
             references=tuple(data.get("references") or ()),
             base_dir=self.base_dir,
+            policy=self.policy,
         )
 
     def check_template_syntax(self, data: Mapping[str, Any]) -> None:
@@ -521,24 +613,17 @@ class _Checker:
 
     def value_path(self, key: str, value: str) -> JsonPath:
         """Where a matrix value is first written: the axis item, else an include entry."""
-        found = self._value_paths.get((key, value))
-        if found is not None:
-            return found
-        matrix = _mapping(self.doc.value.get("matrix"))
-        path: JsonPath = ("matrix", key)
-        items = matrix.get(key)
-        candidates: list[tuple[JsonPath, Any]] = []
-        if isinstance(items, list):
-            candidates += [(("matrix", key, i), v) for i, v in enumerate(items)]
-        for j, entry in enumerate(matrix.get("include") or []):
-            if isinstance(entry, dict) and key in entry:
-                candidates.append((("matrix", "include", j, key), entry[key]))
-        for candidate, raw in candidates:
-            if text_value(raw) == value:
-                path = candidate
-                break
-        self._value_paths[(key, value)] = path
-        return path
+        where = self._value_paths.get(key)
+        if where is None:  # one index per key: 90,000 prompts must not mean 90,000 scans
+            where = self._value_paths[key] = {}
+            matrix = _mapping(self.doc.value.get("matrix"))
+            items = matrix.get(key)
+            for i, raw in enumerate(items if isinstance(items, list) else []):
+                where.setdefault(text_value(raw), ("matrix", key, i))
+            for j, entry in enumerate(matrix.get("include") or []):
+                if isinstance(entry, dict) and key in entry:
+                    where.setdefault(text_value(entry[key]), ("matrix", "include", j, key))
+        return where.get(value, ("matrix", key))
 
     def check_provider_limits(self, spec: JobSpec, stats: cellmod.Stats) -> None:
         """Each documented limit of each provider of the fallback list, once per value."""

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from flows.spec.inputs import InputPolicy
+
 DEFAULT_OUTPUT_PATH = "{cell_id}.{ext}"
 DEFAULT_RETRIES = 2
 
@@ -59,7 +61,8 @@ class JobSpec:
     repeat: int = 1
     retries: int = DEFAULT_RETRIES
     fail_fast: bool = False
-    max_usd: float | None = None
+    max_usd: float | None = None        # one run of the job (its shards included)
+    max_total_usd: float | None = None  # everything spent on the target, across runs
     seed: int | None = None
     limits: Mapping[str, ProviderLimits] = field(default_factory=dict)
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -72,6 +75,7 @@ class JobSpec:
     dataset: DatasetSpec | None = None
     references: tuple[str, ...] = ()     # templates, as written
     base_dir: str = "."                  # the spec file's folder: relative paths start here
+    policy: InputPolicy = field(default_factory=InputPolicy)  # what it was validated under
 
     @property
     def provider(self) -> str:

@@ -1,5 +1,7 @@
-"""What every provider emulator shares: fault configuration, a clock-driven remote task,
-a create log for tests to assert on, a create-rate window, and generated result images.
+"""What every provider emulator shares: the model's pixel table, fault configuration, a
+clock-driven remote task, a create log for tests to assert on, a create-rate window, and
+generated result images. Emulators state their provider's facts themselves, from the seeds
+and protocols.md, and never import the adapters they emulate.
 
 Fault injection works by configuration, like dlt's `dummy` destination: probabilities drawn
 from a seeded RNG, plus deterministic prompt markers for tests that need one exact outcome:
@@ -26,7 +28,44 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute
 
-from providers.model import MIME_TYPE, PILLOW_FORMAT, pixel_size
+# -- the model's own facts, the same behind every reseller -------------------------------------
+
+# Output pixel sizes of gemini-3-pro-image-preview (protocols.md §7 [C GD]): Google's table,
+# identical to the aspectRatio labels of the Wiro seed S0 and confirmed by observed outputs.
+# Every reseller returns the model's image, so every emulator renders at these sizes.
+ASPECT_RATIOS: tuple[str, ...] = (
+    "1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9",
+)
+RESOLUTIONS: tuple[str, ...] = ("1K", "2K", "4K")  # uppercase K (§6.1)
+_TABLE: dict[str, tuple[str, str, str]] = {  # ratio: 1K, 2K, 4K as in §7
+    "1:1": ("1024x1024", "2048x2048", "4096x4096"),
+    "2:3": ("848x1264", "1696x2528", "3392x5056"),
+    "3:2": ("1264x848", "2528x1696", "5056x3392"),
+    "3:4": ("896x1200", "1792x2400", "3584x4800"),
+    "4:3": ("1200x896", "2400x1792", "4800x3584"),
+    "4:5": ("928x1152", "1856x2304", "3712x4608"),
+    "5:4": ("1152x928", "2304x1856", "4608x3712"),
+    "9:16": ("768x1376", "1536x2752", "3072x5504"),
+    "16:9": ("1376x768", "2752x1536", "5504x3072"),
+    "21:9": ("1584x672", "3168x1344", "6336x2688"),
+}
+PIXEL_SIZES: dict[tuple[str, str], tuple[int, int]] = {
+    (ratio, resolution): (int(size.split("x")[0]), int(size.split("x")[1]))
+    for ratio, sizes in _TABLE.items()
+    for resolution, size in zip(RESOLUTIONS, sizes, strict=True)
+}
+# How the emulators encode what they render: file extension -> Pillow format, MIME type.
+IMAGE_ENCODINGS: dict[str, tuple[str, str]] = {
+    "png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp"),
+}
+
+
+def pixel_size(aspect_ratio: str, resolution: str) -> tuple[int, int]:
+    """Width and height the model returns for a ratio and resolution preset (§7)."""
+    return PIXEL_SIZES[(aspect_ratio, resolution)]
+
+
+# -- fault injection ---------------------------------------------------------------------------
 
 FAIL_MARKER = "[emulate:fail]"
 CONTENT_MARKER = "[emulate:content]"
@@ -124,10 +163,13 @@ class RateWindow:
 
 
 class ProviderEmulator:
-    """Base of the five emulators. Subclasses set `name` and build `routes()`; the hub
-    mounts them under `/{name}` and serves result files under `/files/`."""
+    """Base of the emulators (the five built-in ones and outside ones alike). Subclasses set
+    `name` (and `base_path` when the documented base URL has a path, e.g. Wiro's `/v1`) and
+    build `routes()`; the hub mounts them under `/{name}` and serves result files under
+    `/files/`."""
 
     name: str = ""
+    base_path: str = ""  # under the mount: `{hub}/{name}{base_path}` replaces the documented base
 
     def __init__(self, config: FaultConfig | None = None, *, api_key: str = "test-key") -> None:
         self.config = config or FaultConfig()
@@ -299,7 +341,7 @@ class FileStore:
             return None
         if entry.data is None:
             entry.data = render_image(entry.width, entry.height, entry.fmt, entry.seed_text)
-            entry.mime = MIME_TYPE[entry.fmt]
+            entry.mime = IMAGE_ENCODINGS[entry.fmt][1]
         return entry.data, entry.mime
 
 
@@ -329,7 +371,7 @@ def render_image(width: int, height: int, fmt: str, seed_text: str) -> bytes:
     draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=light)
     image = image.filter(ImageFilter.GaussianBlur(radius=max(2, radius // 6)))
     buffer = io.BytesIO()
-    save_format = PILLOW_FORMAT[fmt]
+    save_format = IMAGE_ENCODINGS[fmt][0]
     options: dict[str, Any] = {"quality": 90} if save_format in ("JPEG", "WEBP") else {}
     if save_format == "PNG":
         options["compress_level"] = 1

@@ -24,20 +24,22 @@ from starlette.routing import BaseRoute, Route
 
 from providers.emulator.core import FaultConfig, ProviderEmulator, RemoteTask
 from providers.emulator.hub import TEST_CREDENTIALS
-from providers.hiapi import (
-    IDEMPOTENCY_HEADER,
-    MAX_IDEMPOTENCY_KEY_BYTES,
-    MAX_PROMPT_CHARS,
-    MAX_REFERENCES,
-    MISMATCH_CODE,
-    MODEL_ID,
-    OUTPUT_FORMATS,
-    PROCESSING_CODE,
-    REPLAY_HEADER,
-    WIRE_ASPECT_RATIOS,
-)
-from providers.model import RESOLUTIONS
 
+# -- HiAPI's documented facts (S1 = seeds/hiapi.txt, protocols.md §2; HJ = hiapi-java) -------
+
+MODEL_ID = "Nano-Banana-Pro"            # S1 "Fixed value"
+MAX_PROMPT_CHARS = 10_000               # S1 input.prompt "up to 10000 characters"
+MAX_IMAGE_INPUTS = 8                    # S1 input.image_input "up to 8 images"
+INPUT_ASPECT_RATIOS: tuple[str, ...] = (  # S1 input.aspect_ratio, default auto
+    "auto", "1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "5:4", "4:5", "21:9",
+)
+INPUT_RESOLUTIONS: tuple[str, ...] = ("1K", "2K", "4K")  # S1 input.resolution, default 1K
+INPUT_OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpg")   # S1 input.output_format, default png
+IDEMPOTENCY_HEADER = "Idempotency-Key"  # §2.2 [C HJ README]
+REPLAY_HEADER = "Idempotent-Replay"     # §2.2: "true" on a replayed create
+MAX_IDEMPOTENCY_KEY_BYTES = 255         # §2.2
+PROCESSING_CODE = "IDEMPOTENCY_KEY_PROCESSING"  # §2.2: 409, first create still in flight
+MISMATCH_CODE = "IDEMPOTENCY_KEY_MISMATCH"      # §2.2: 422, same key, different body
 IDEMPOTENCY_TTL_S = 24 * 3600          # §2.2: "same key + body within ~24 h"
 OUTPUT_TTL_S = 7 * 24 * 3600           # §2.3: output URLs expire after ~7 days (HJ README)
 ARCHIVING_FROM = 0.85                  # share of the run spent before "archiving"
@@ -253,14 +255,14 @@ def validate_create(body: Any) -> str | None:
     refs = given.get("image_input", [])
     if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
         return "input.image_input must be an array of URLs"
-    if len(refs) > MAX_REFERENCES:
-        return f"input.image_input accepts at most {MAX_REFERENCES} images"
+    if len(refs) > MAX_IMAGE_INPUTS:
+        return f"input.image_input accepts at most {MAX_IMAGE_INPUTS} images"
     if any(not r.startswith(("http://", "https://")) for r in refs):
         return "input.image_input items must be http(s) URLs"
     for field, allowed in (
-        ("aspect_ratio", WIRE_ASPECT_RATIOS),
-        ("resolution", RESOLUTIONS),
-        ("output_format", OUTPUT_FORMATS),
+        ("aspect_ratio", INPUT_ASPECT_RATIOS),
+        ("resolution", INPUT_RESOLUTIONS),
+        ("output_format", INPUT_OUTPUT_FORMATS),
     ):
         if field in given and given[field] not in allowed:
             return f"input.{field} must be one of: {', '.join(allowed)}"

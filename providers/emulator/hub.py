@@ -1,4 +1,4 @@
-"""`EmulatorHub`: all five provider emulators behind one loopback HTTP server.
+"""`EmulatorHub`: the provider emulators behind one loopback HTTP server.
 
 Each emulator is mounted under its own prefix, so one port serves every documented base URL:
 
@@ -20,7 +20,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -80,18 +80,28 @@ class EmulatorHub:
         *,
         config: Mapping[str, FaultConfig] | None = None,
         latency_s: float = DEFAULT_LATENCY_S,
+        emulators: Sequence[ProviderEmulator] = (),
     ) -> None:
+        """`providers` names built-in emulators (default: all five); `emulators` adds
+        instances of outside ones (an outside adapter's own emulator, built on
+        `ProviderEmulator`), mounted the same way under `/{emulator.name}`."""
         self.files = FileStore()
         self.url = ""
         self.emulators: dict[str, ProviderEmulator] = {}
         for name in list(EMULATORS) if providers is None else providers:
             fault_config = (config or {}).get(name) or FaultConfig(latency_s=latency_s)
-            emulator = emulator_class(name)(fault_config)
-            emulator.hub = self
-            self.emulators[name] = emulator
+            self._add(emulator_class(name)(fault_config))
+        for emulator in emulators:
+            self._add(emulator)
         self.app = self._build_app()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+
+    def _add(self, emulator: ProviderEmulator) -> None:
+        if emulator.name in self.emulators:
+            raise ValueError(f"an emulator named {emulator.name!r} is already mounted")
+        emulator.hub = self
+        self.emulators[emulator.name] = emulator
 
     def __getitem__(self, name: str) -> ProviderEmulator:
         return self.emulators[name]
@@ -121,8 +131,9 @@ class EmulatorHub:
 
     def base_url(self, provider: str) -> str:
         """The URL that replaces `provider`'s documented base."""
-        root = f"{self.url}/{provider}"
-        return f"{root}/v1" if provider in ("wiro", "runware") else root
+        emulator = self.emulators.get(provider)
+        cls = type(emulator) if emulator is not None else emulator_class(provider)
+        return f"{self.url}/{provider}{cls.base_path}"
 
     def environ(self) -> dict[str, str]:
         """Env vars that point the real clients at this hub, with credentials it accepts."""

@@ -28,13 +28,16 @@ from starlette.routing import BaseRoute, Route
 
 from providers.emulator.core import FaultConfig, ProviderEmulator, RemoteTask
 from providers.emulator.hub import TEST_CREDENTIALS
-from providers.model import ASPECT_RATIOS, RESOLUTIONS
 
-# Documented wire constants (S3 "input Object Parameters", protocols.md §4.2).
+# -- Kie's documented facts (S3 = seeds/kie.txt "input Object Parameters", protocols.md §4) --
+
 MODEL_ID = "nano-banana-pro"
-KIE_ASPECT_RATIOS: tuple[str, ...] = (*ASPECT_RATIOS, "auto")
-KIE_OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpg")
-MAX_IMAGE_INPUTS = 8
+KIE_ASPECT_RATIOS: tuple[str, ...] = (  # S3 aspect_ratio options, default 1:1
+    "1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9", "auto",
+)
+KIE_RESOLUTIONS: tuple[str, ...] = ("1K", "2K", "4K")  # S3 resolution options, default 1K
+KIE_OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpg")  # S3 output_format options, default png
+MAX_IMAGE_INPUTS = 8  # S3 image_input "supports up to 8 images"
 # S3 error table (protocols.md §4.4): the codes the body may carry.
 KIE_BODY_CODES: frozenset[int] = frozenset({200, 400, 401, 402, 404, 422, 429, 500})
 # Credits per image (protocols.md §4.8, 1 credit = $0.005).
@@ -189,7 +192,7 @@ class KieEmulator(ProviderEmulator):
             return "input.image_input items must be http(s) URLs of uploaded files"
         for field, allowed in (
             ("aspect_ratio", KIE_ASPECT_RATIOS),
-            ("resolution", RESOLUTIONS),
+            ("resolution", KIE_RESOLUTIONS),
             ("output_format", KIE_OUTPUT_FORMATS),
         ):
             if field in inp and inp[field] not in allowed:

@@ -27,6 +27,7 @@ import binascii
 import hashlib
 import json
 import random
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -37,21 +38,34 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from providers.emulator.core import FaultConfig, ProviderEmulator, RemoteTask
+from providers.emulator.core import PIXEL_SIZES, FaultConfig, ProviderEmulator, RemoteTask
 from providers.emulator.hub import TEST_CREDENTIALS
-from providers.runware import (
-    DELIVERY_METHODS,
-    MAX_PROMPT_CHARS,
-    MAX_REFERENCES,
-    MIN_PROMPT_CHARS,
-    MODEL_ID,
-    PRICE_PER_REFERENCE_USD,
-    PRICES_USD,
-    SAFETY_TOLERANCES,
-    UUID_V4,
-    WIRE_DIMENSIONS,
-    WIRE_FORMATS,
+
+# -- Runware's documented facts (S2 = seeds/runware.txt, protocols.md §3, RD = runware.ai/docs) --
+
+MODEL_ID = "google:4@2"                        # S2 model
+MIN_PROMPT_CHARS, MAX_PROMPT_CHARS = 3, 45_000  # S2 positivePrompt min 3 max 45000
+MAX_REFERENCES = 14                            # S2 inputs.referenceImages max items 14
+DELIVERY_METHODS: tuple[str, ...] = ("sync", "async")  # S2 deliveryMethod, default sync
+# S2 outputFormat (default JPG) -> the file extension written.
+OUTPUT_FORMATS: dict[str, str] = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
+# S2 providerSettings.google.safetyTolerance: "5 values", default "none", "off" = Google's
+# defaults. The other three are not named anywhere stored [I]: Google's HarmBlockThreshold
+# levels (BLOCK_LOW_AND_ABOVE / MEDIUM_AND_ABOVE / ONLY_HIGH) read as low / medium / high.
+SAFETY_TOLERANCES: tuple[str, ...] = ("none", "low", "medium", "high", "off")
+UUID_V4 = re.compile(  # S2 taskUUID "UUID v4"; anything else is 400 invalidTaskUUID (§3.2)
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.IGNORECASE
 )
+PRICES_USD: dict[str, float] = {"1K": 0.138, "2K": 0.138, "4K": 0.244}  # §3.8 [C RD]
+PRICE_PER_REFERENCE_USD = 0.0011  # §3.8 [I]: S2 shows 0.1424 for 2K with 4 references
+# Runware validates width x height against its own list (RD model page, protocols.md §7): the
+# model's table except that it lists 1K 21:9 as 1548x672, and 4K 3:2 as 5096x3392 besides
+# 5056x3392 (typos of Google's sizes, but what Runware accepts). The image is Google's size.
+SIZE_BY_DIMENSIONS: dict[tuple[int, int], tuple[str, str]] = {
+    **{dims: key for key, dims in PIXEL_SIZES.items() if key != ("21:9", "1K")},
+    (1548, 672): ("21:9", "1K"),
+    (5096, 3392): ("3:2", "4K"),
+}
 
 DOCS = "https://runware.ai/docs/models/google-nano-banana-pro"
 INFERENCE_KEYS = frozenset({
@@ -63,8 +77,6 @@ INFERENCE_KEYS = frozenset({
 OUTPUT_TYPES = ("URL", "base64Data", "dataURI")       # RP types.py IOutputType
 # Resolution casing is an open question (§3.2: older docs show 1k|2k|4k): accept both.
 RESOLUTION_VALUES = {"1K": "1K", "2K": "2K", "4K": "4K", "1k": "1K", "2k": "2K", "4k": "4K"}
-SIZE_BY_DIMENSIONS = {dims: key for key, dims in WIRE_DIMENSIONS.items()}
-FORMAT_BY_WIRE = {wire: ext for ext, wire in WIRE_FORMATS.items()}
 REFERENCE_MIMES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}  # RD upload
 FAIL_ERROR = ("providerError", "The external provider returned an error while generating.")
 CONTENT_ERROR = (
@@ -104,6 +116,7 @@ class RunwareEmulator(ProviderEmulator):
     creates refused for a reused taskUUID (tests prove nothing was paid twice)."""
 
     name = "runware"
+    base_path = "/v1"  # documented base https://api.runware.ai/v1
 
     def __init__(
         self,
@@ -218,7 +231,7 @@ class RunwareEmulator(ProviderEmulator):
             prompt=task["positivePrompt"],
             aspect_ratio=ratio,
             resolution=resolution,
-            output_format=FORMAT_BY_WIRE[task.get("outputFormat", "JPG").upper()],
+            output_format=OUTPUT_FORMATS[task.get("outputFormat", "JPG").upper()],
             body=task,
             references=references,
             idempotency_key=task_uuid,  # Runware's dedupe key is the client's taskUUID
@@ -371,7 +384,7 @@ def validate_inference(task: Mapping[str, Any]) -> None:
     size_of(task)
     checks: list[tuple[str, Any]] = [
         ("outputType", lambda v: v in OUTPUT_TYPES),
-        ("outputFormat", lambda v: isinstance(v, str) and v.upper() in FORMAT_BY_WIRE),
+        ("outputFormat", lambda v: isinstance(v, str) and v.upper() in OUTPUT_FORMATS),
         ("outputQuality", lambda v: _int_in(v, 20, 99)),
         ("numberResults", lambda v: _int_in(v, 1, 20)),
         ("seed", lambda v: _int_in(v, 0, 2**63 - 1)),

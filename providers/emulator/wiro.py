@@ -37,26 +37,43 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from providers.emulator.core import FaultConfig, ProviderEmulator, RemoteTask
-from providers.emulator.hub import TEST_CREDENTIALS
-from providers.model import ASPECT_RATIOS, PIXEL_SIZES, RESOLUTIONS
-from providers.wiro import (
-    CODE_BALANCE,
-    CODE_CONCURRENCY,
-    CODE_GENERAL,
-    CODE_NOT_FOUND,
-    ESTIMATED_PRICES_USD,
-    MATCH_INPUT_IMAGE,
-    MAX_PROMPT_CHARS,
-    MAX_REFERENCES,
-    MODEL_OWNER,
-    MODEL_PROJECT,
-    NO_TASK_MESSAGE,
-    STATE_CANCELLED,
-    STATE_DONE,
-    TASK_LIFECYCLE,
-    WIRE_ASPECT_RATIOS,
+from providers.emulator.core import (
+    ASPECT_RATIOS,
+    PIXEL_SIZES,
+    FaultConfig,
+    ProviderEmulator,
+    RemoteTask,
 )
+from providers.emulator.hub import TEST_CREDENTIALS
+
+# -- Wiro's documented facts (S0 = seeds/wiro.txt, protocols.md §1; WD = wiroai/Wiro-Docs) ------
+
+MODEL_OWNER, MODEL_PROJECT = "google", "nano-banana-pro"  # S0 Run Task Endpoint
+# S0 inputs: aspectRatio select (default match_input_image), resolution select (default 1K),
+# inputImage combinefileinput "up to 14 reference images"; prompt is a textarea with no
+# documented length limit, so the emulator sets none.
+MATCH_INPUT_IMAGE = "match_input_image"
+RUN_ASPECT_RATIOS: tuple[str, ...] = (
+    MATCH_INPUT_IMAGE, "1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9",
+)
+RUN_RESOLUTIONS: tuple[str, ...] = ("1K", "2K", "4K")
+DEFAULT_ASPECT_RATIO, DEFAULT_RESOLUTION = MATCH_INPUT_IMAGE, "1K"
+MAX_INPUT_IMAGES = 14
+# Body error codes (§1.2 [C WD error-reference.md]).
+CODE_GENERAL = 0       # validation, server and general errors
+CODE_NOT_FOUND = 1     # not found / not accessible / not cancellable
+CODE_CONCURRENCY = 96  # concurrent task limit reached
+CODE_BALANCE = 97      # insufficient balance
+# Task statuses (§1.3 [C WD tasks.md]): only task_postprocess_end and task_cancel end a task.
+TASK_LIFECYCLE: tuple[str, ...] = (
+    "task_queue", "task_accept", "task_preprocess_start", "task_preprocess_end",
+    "task_assign", "task_start", "task_output", "task_output_full", "task_end",
+    "task_postprocess_start", "task_postprocess_end",
+)
+STATE_DONE, STATE_CANCELLED = "task_postprocess_end", "task_cancel"
+# Wiro's price for this model is not in the stored material (§1.7, §8): the emulator charges
+# Google's standard price (§6.4) for a successful task, and nothing for a failed one (§1.7).
+EMULATED_PRICES_USD: dict[str, float] = {"1K": 0.134, "2K": 0.134, "4K": 0.24}
 
 # Documented messages (WD error-reference.md, protocols.md §1.1-1.3).
 MSG_KEY_NOT_FOUND = "Project authorization is not founded."
@@ -68,6 +85,7 @@ MSG_BAD_URL = "Error parsing url."
 MSG_INVALID = "Request parameters are invalid."
 MSG_MODEL_NOT_FOUND = "slug-owner-project-not-exist"
 MSG_TASK_KEY_REQUIRED = "taskid or socketaccesstoken is required"
+MSG_NO_TASK = "There is no task yet."
 MSG_NOT_CANCELLABLE = "Task is not in a cancellable state."
 MSG_BALANCE = "Insufficient balance"
 MSG_CONCURRENCY = (
@@ -116,6 +134,7 @@ class WiroEmulator(ProviderEmulator):
     """Wiro's Run / Task / File API under `/wiro/v1`."""
 
     name = "wiro"
+    base_path = "/v1"  # documented base https://api.wiro.ai/v1
 
     def __init__(
         self,
@@ -298,13 +317,9 @@ class WiroEmulator(ProviderEmulator):
         prompt = scalars["prompt"]
         if not prompt.strip():
             return _error(CODE_GENERAL, "Request parameter [prompt] required")
-        aspect_ratio = scalars["aspectRatio"] or MATCH_INPUT_IMAGE  # seed defaults
-        resolution = scalars["resolution"] or "1K"
-        if (
-            len(prompt) > MAX_PROMPT_CHARS
-            or aspect_ratio not in WIRE_ASPECT_RATIOS
-            or resolution not in RESOLUTIONS
-        ):
+        aspect_ratio = scalars["aspectRatio"] or DEFAULT_ASPECT_RATIO
+        resolution = scalars["resolution"] or DEFAULT_RESOLUTION
+        if aspect_ratio not in RUN_ASPECT_RATIOS or resolution not in RUN_RESOLUTIONS:
             return _error(CODE_GENERAL, MSG_INVALID)
         images: list[str | _Upload] = []
         for value in fields.get("inputImage", []):
@@ -316,7 +331,7 @@ class WiroEmulator(ProviderEmulator):
                 images.append(value)
             elif value != "":  # an empty multipart entry is "no file"
                 return _error(CODE_GENERAL, MSG_INVALID)
-        if len(images) > MAX_REFERENCES:
+        if len(images) > MAX_INPUT_IMAGES:
             return _error(CODE_GENERAL, MSG_INVALID)
         return _RunInput(prompt, aspect_ratio, resolution, images, scalars["callbackUrl"], kind)
 
@@ -379,7 +394,7 @@ class WiroEmulator(ProviderEmulator):
             )
             task = self.tasks.get(task_id or "")
         if task is None:
-            return _error(CODE_NOT_FOUND, NO_TASK_MESSAGE)
+            return _error(CODE_NOT_FOUND, MSG_NO_TASK)
         return task
 
     def _stage(self, task: RemoteTask, now: float | None = None) -> str:
@@ -402,7 +417,7 @@ class WiroEmulator(ProviderEmulator):
         stage = self._stage(task, now)
         reached = _reached_times(task, stage, now)
         succeeded = stage == STATE_DONE and task.outcome in ("success", "noimage")
-        price = ESTIMATED_PRICES_USD[task.resolution] if succeeded else 0.0
+        price = EMULATED_PRICES_USD[task.resolution] if succeeded else 0.0
         outputs: list[dict[str, Any]] = []
         if stage == STATE_DONE and task.outcome == "success":
             outputs.append(self._output_json(task, reached["postprocessendtime"]))

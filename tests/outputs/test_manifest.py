@@ -191,7 +191,8 @@ def test_status_summarises_cells_spend_latency_and_reasons() -> None:
     ]  # fmt: skip
     summary = summarise(rows_to_frame(rows))
     assert summary.cells == 14
-    assert summary.by_status == {"succeeded": 10, "failed": 3, "skipped": 1, "cancelled": 0}
+    assert summary.by_status == {"succeeded": 10, "failed": 3, "skipped": 1, "cancelled": 0,
+                                 "pending": 0, "uncertain": 0}
     assert summary.spend_usd == pytest.approx(1.18)  # billed failures count too
     assert summary.by_provider == {"kie": 13, "runware": 1}
     assert summary.runs == 2 and summary.jobs == ("spring",)

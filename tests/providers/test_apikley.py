@@ -8,7 +8,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import httpx
@@ -17,7 +17,6 @@ import pytest
 from providers.apikley import ApikleyProvider
 from providers.base import Finished, ImageRequest, Pending, Reference, Submitted
 from providers.emulator.apikley import ApikleyEmulator
-from providers.emulator.core import FaultConfig
 from providers.emulator.hub import EmulatorHub
 from providers.errors import (
     LimitExceeded,
@@ -30,22 +29,8 @@ from providers.errors import (
 
 T = TypeVar("T")
 PNG = b"\x89PNG\r\n\x1a\n" + b"apikley-product" * 40
+PROVIDER = "apikley"
 LATENCY_S = 0.1
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[EmulatorHub]:
-    with EmulatorHub.start(["apikley"], latency_s=LATENCY_S) as started:
-        yield started
-
-
-@pytest.fixture
-def emulator(hub: EmulatorHub) -> ApikleyEmulator:
-    hub.reset()
-    emulator = hub["apikley"]
-    assert isinstance(emulator, ApikleyEmulator)
-    emulator.configure(**vars(FaultConfig(latency_s=LATENCY_S)))
-    return emulator
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,7 +13,6 @@ import pytest
 
 from providers import registry
 from providers.base import ImageRequest, Pending, Reference, Submitted
-from providers.emulator.core import FaultConfig
 from providers.emulator.hiapi import HiapiEmulator
 from providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
 from providers.errors import (
@@ -30,26 +28,11 @@ from providers.errors import (
 )
 from providers.hiapi import HiapiProvider
 
+PROVIDER = "hiapi"
 LATENCY_S = 0.15
 KEY = TEST_CREDENTIALS["HIAPI_API_KEY"]
 TASK_ID = re.compile(r"^tk-hiapi-[0-9A-HJKMNP-TV-Z]{26}$")
 REF = "https://example.com/reference.png"
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[EmulatorHub]:
-    with EmulatorHub.start(["hiapi"], latency_s=LATENCY_S) as running:
-        yield running
-
-
-@pytest.fixture
-def emulator(hub: EmulatorHub) -> HiapiEmulator:
-    hub.reset()
-    emu = hub["hiapi"]
-    assert isinstance(emu, HiapiEmulator)
-    defaults = FaultConfig(latency_s=LATENCY_S)
-    emu.configure(**{k: getattr(defaults, k) for k in vars(defaults)})
-    return emu
 
 
 def provider_for(hub: EmulatorHub, **env: str) -> HiapiProvider:

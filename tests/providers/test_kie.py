@@ -8,14 +8,13 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from providers.base import Finished, ImageRequest, Pending, Reference, Submitted
-from providers.emulator.core import FaultConfig
 from providers.emulator.hub import EmulatorHub
 from providers.emulator.kie import KieEmulator
 from providers.errors import (
@@ -34,27 +33,8 @@ from providers.kie import KieProvider
 
 T = TypeVar("T")
 PNG = b"\x89PNG\r\n\x1a\n" + b"product-photo" * 50
+PROVIDER = "kie"
 LATENCY_S = 0.1
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[EmulatorHub]:
-    with EmulatorHub.start(["kie"], latency_s=LATENCY_S) as started:
-        yield started
-
-
-@pytest.fixture
-def emulator(hub: EmulatorHub) -> KieEmulator:
-    hub.reset()
-    emulator = hub["kie"]
-    assert isinstance(emulator, KieEmulator)
-    emulator.configure(**vars(FaultConfig(latency_s=LATENCY_S)))
-    return emulator
-
-
-@pytest.fixture
-def env(hub: EmulatorHub, emulator: KieEmulator) -> dict[str, str]:
-    return hub.environ()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

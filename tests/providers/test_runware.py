@@ -10,7 +10,6 @@ import base64
 import io
 import os
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,7 +17,6 @@ import pytest
 from PIL import Image
 
 from providers.base import Finished, ImageRequest, Pending, Reference, Submitted
-from providers.emulator.core import FaultConfig
 from providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
 from providers.emulator.runware import RunwareEmulator
 from providers.errors import (
@@ -33,6 +31,7 @@ from providers.errors import (
 from providers.model import pixel_size
 from providers.runware import INLINE_MAX_BYTES, WIRE_DIMENSIONS, RunwareProvider, task_uuid_for
 
+PROVIDER = "runware"
 LATENCY_S = 0.1
 KEY = TEST_CREDENTIALS["RUNWARE_API_KEY"]
 URL_REF = "https://example.com/reference.jpg"
@@ -47,22 +46,6 @@ RUNWARE_PUBLISHED = {
     (4096, 4096), (5056, 3392), (3392, 5056), (4800, 3584), (3584, 4800), (3712, 4608),
     (4608, 3712), (3072, 5504), (5504, 3072), (6336, 2688),
 }
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[EmulatorHub]:
-    with EmulatorHub.start(["runware"], latency_s=LATENCY_S) as running:
-        yield running
-
-
-@pytest.fixture
-def emulator(hub: EmulatorHub) -> RunwareEmulator:
-    hub.reset()
-    emu = hub["runware"]
-    assert isinstance(emu, RunwareEmulator)
-    defaults = FaultConfig(latency_s=LATENCY_S)
-    emu.configure(**{k: getattr(defaults, k) for k in vars(defaults)})
-    return emu
 
 
 def provider_for(hub: EmulatorHub, **env: str) -> RunwareProvider:
@@ -472,7 +455,7 @@ def test_emulator_upload_task(hub: EmulatorHub, emulator: RunwareEmulator) -> No
 @pytest.mark.parametrize(
     ("options", "named"),
     [
-        pytest.param({"steps": 30}, "options.runware.steps: unknown option", id="unknown"),
+        pytest.param({"steps": 30}, "options.runware.steps: unknown key", id="unknown"),
         pytest.param({"numberResults": 2}, "only 1 is supported", id="number-results"),
         pytest.param({"settings": {"temperature": 2}}, "options.runware.settings.temperature",
                      id="temperature"),

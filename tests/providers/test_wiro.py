@@ -10,14 +10,14 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from providers.base import Finished, ImageRequest, Pending, Reference, Submitted
-from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER, FaultConfig
+from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
 from providers.emulator.hub import EmulatorHub
 from providers.emulator.wiro import WiroEmulator
 from providers.errors import (
@@ -35,28 +35,9 @@ from providers.errors import (
 from providers.wiro import TASK_LIFECYCLE, WiroProvider, raise_for_error, sign, task_outcome
 
 T = TypeVar("T")
+PROVIDER = "wiro"
 LATENCY_S = 0.1
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8  # binary, with CR/LF inside
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[EmulatorHub]:
-    with EmulatorHub.start(["wiro"], latency_s=LATENCY_S) as started:
-        yield started
-
-
-@pytest.fixture
-def emulator(hub: EmulatorHub) -> WiroEmulator:
-    hub.reset()
-    emulator = hub["wiro"]
-    assert isinstance(emulator, WiroEmulator)
-    emulator.configure(**vars(FaultConfig(latency_s=LATENCY_S)))
-    return emulator
-
-
-@pytest.fixture
-def env(hub: EmulatorHub, emulator: WiroEmulator) -> dict[str, str]:
-    return hub.environ()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -301,6 +282,7 @@ def test_the_concurrency_limit_is_code_96_without_retry_after(
             with pytest.raises(RateLimited) as caught:
                 await provider.submit(ImageRequest("second"))
             assert caught.value.code == "96" and caught.value.retry_after is None
+            assert caught.value.concurrency  # fewer tasks in flight, not fewer creates
             assert "you can run up to 1 tasks" in str(caught.value)
             await finish(provider, first)  # a finished task frees its slot
             await provider.submit(ImageRequest("third"))
@@ -344,6 +326,7 @@ def test_rate_limiting_is_http_429(env: dict[str, str], emulator: WiroEmulator) 
     assert isinstance(run(submit_once(env, ImageRequest("one"))), tuple)
     outcome = run(submit_once(env, ImageRequest("two")))
     assert isinstance(outcome, RateLimited) and outcome.code == "429"
+    assert not outcome.concurrency  # a create rate, not tasks in flight
 
 
 def test_a_wrong_base_path_is_rejected_not_a_missing_task(
@@ -398,6 +381,8 @@ def test_every_documented_code_has_one_meaning(
         raise_for_error(response, body, "run")
     assert type(caught.value) is error
     assert message in str(caught.value)
+    if isinstance(caught.value, RateLimited):
+        assert caught.value.concurrency is (code == 96)
 
 
 # -- task detail ----------------------------------------------------------------------------

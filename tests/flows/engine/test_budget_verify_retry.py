@@ -6,19 +6,26 @@ import asyncio
 import io
 
 import pytest
-from flows.engine.policy import RetryPolicy, with_retries
 from PIL import Image
 
-from flows.engine.budget import Budget, BudgetExhausted
+from flows.engine.budget import Budget, BudgetExhausted, Ledger
+from flows.engine.lease import Heartbeat
+from flows.engine.policy import RetryPolicy, with_retries
 from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
 from flows.engine.verify import verify_image
 from flows.spec.rate import Rate
+from outputs.sink import Sink
 from providers.errors import RateLimited, Rejected, ResultMismatch, TransientError
+
+
+def ledger(target: str, holder: str = "me") -> Ledger:
+    sink = Sink(target)
+    return Ledger(sink, Heartbeat(sink, holder))
 
 
 def test_budget_counts_tasks_in_flight_and_waits_for_them() -> None:
     async def go() -> None:
-        budget = Budget(max_usd=0.25)
+        budget = Budget(max_usd=0.25, run_id="r", ledger=ledger("memory://budget-wait"))
         await budget.reserve(0.09)
         await budget.reserve(0.09)
         third = asyncio.create_task(budget.reserve(0.09))  # 0.27 could be spent: wait
@@ -31,6 +38,31 @@ def test_budget_counts_tasks_in_flight_and_waits_for_them() -> None:
         await budget.settle(0.09, 0.09)
         with pytest.raises(BudgetExhausted, match=r"\$0.25"):
             await budget.reserve(0.09)  # nothing in flight and 0.27 > 0.25: stop
+
+    asyncio.run(go())
+
+
+def test_processes_of_one_run_share_max_usd_and_every_run_max_total_usd() -> None:
+    """Two processes (shards) of run "a" share one ledger on the target: together they get
+    max_usd, never each; a later run "b" has its own max_usd but meets max_total_usd."""
+    async def go() -> None:
+        target = "memory://budget-shared"
+        shard_1 = Budget(max_usd=0.2, max_total_usd=0.35, run_id="a",
+                         ledger=ledger(target, "p1"))
+        shard_2 = Budget(max_usd=0.2, max_total_usd=0.35, run_id="a",
+                         ledger=ledger(target, "p2"))
+        await shard_1.reserve(0.1)
+        await shard_2.reserve(0.1)
+        with pytest.raises(BudgetExhausted):
+            await Budget(max_usd=0.2, run_id="a", ledger=ledger(target, "p3")).reserve(0.1)
+        later = Budget(max_usd=0.2, max_total_usd=0.35, run_id="b", ledger=ledger(target, "p4"))
+        await later.reserve(0.1)
+        await later.settle(0.1, 0.1)
+        with pytest.raises(BudgetExhausted, match="max_total_usd"):
+            await later.reserve(0.1)  # only 0.05 of the target's 0.35 is left
+        await shard_1.settle(0.1, 0.02)  # the provider reported less: room again
+        await Budget(max_usd=0.2, max_total_usd=0.35, run_id="b",
+                     ledger=ledger(target, "p5")).reserve(0.1)
 
     asyncio.run(go())
 

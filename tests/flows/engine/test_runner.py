@@ -118,7 +118,7 @@ def test_a_429_storm_slows_down_but_pays_once_per_cell(hub: EmulatorHub, tmp_pat
 def test_server_errors_and_broken_downloads_are_ridden_out(
     hub: EmulatorHub, tmp_path: Path
 ) -> None:
-    hub["kie"].configure(submit_5xx_prob=0.3, poll_5xx_prob=0.3, truncate_download_prob=0.3)
+    hub["kie"].configure(poll_5xx_prob=0.3, truncate_download_prob=0.3)
     prompts = [f"flaky {i}" for i in range(5)]
     result = run(write_spec(tmp_path, prompts))
     assert result.exit_code == 0
@@ -126,9 +126,54 @@ def test_server_errors_and_broken_downloads_are_ridden_out(
 
 
 @pytest.mark.parametrize(
+    ("provider", "status"),
+    [
+        pytest.param("kie", "uncertain", id="kie-cannot-be-asked"),
+        pytest.param("hiapi", "succeeded", id="hiapi-same-idempotency-key"),
+        pytest.param("runware", "succeeded", id="runware-task-uuid-looked-up"),
+    ],
+)
+def test_a_create_answered_with_a_server_error_is_resent_only_where_safe(
+    hub: EmulatorHub, tmp_path: Path, provider: str, status: str
+) -> None:
+    """A 5xx answer to a create does not say whether the task exists: Kie's cell is uncertain
+    (not re-sent, in this run or the next) until the user asks; the others recover."""
+    hub[provider].configure(submit_5xx_prob=1.0)
+    spec = write_spec(tmp_path, ["server error"], provider=provider,
+                      matrix={"prompt": ["server error"], "aspect_ratio": ["1:1"]})
+
+    async def heal() -> None:  # the provider recovers after the first refused create
+        while not hub[provider].requests:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        hub[provider].configure(submit_5xx_prob=0.0)
+
+    async def go() -> RunResult:
+        healer = asyncio.create_task(heal())
+        try:
+            return await run_job(RunOptions(spec=str(spec)))
+        finally:
+            healer.cancel()
+
+    asyncio.run(go())
+    row = manifest(tmp_path).row(0, named=True)
+    assert row["status"] == status, row["error_message"]
+    assert len(hub[provider].creates) <= 1
+    if status == "uncertain":
+        assert "never pay twice" in row["error_message"]
+        assert row["cost_usd"] == pytest.approx(0.09)  # it may be billed: counted
+        hub[provider].configure(submit_5xx_prob=0.0)
+        run(spec)  # the next run does not send it again either, healthy provider or not
+        assert manifest(tmp_path).row(0, named=True)["status"] == "uncertain"
+        assert hub[provider].creates == []
+        again = run(spec, retry_uncertain=True)
+        assert again.exit_code == 0 and len(hub[provider].creates) == 1
+
+
+@pytest.mark.parametrize(
     ("provider", "status", "creates"),
     [
-        pytest.param("kie", "failed", 1, id="kie-no-idempotency-fails-without-paying-twice"),
+        pytest.param("kie", "uncertain", 1, id="kie-no-idempotency-uncertain-never-paid-twice"),
         pytest.param("hiapi", "succeeded", 1, id="hiapi-idempotency-key"),
         pytest.param("runware", "succeeded", 1, id="runware-task-uuid-recovered"),
     ],
@@ -155,9 +200,10 @@ def test_a_dropped_create_never_pays_twice(
     row = manifest(tmp_path).row(0, named=True)
     assert row["status"] == status, row["error_message"]
     assert len(hub[provider].creates) == creates
-    if status == "failed":
+    if status == "uncertain":
         assert "never pay twice" in row["error_message"]
         assert result.exit_code == 1
+        assert run(spec).counts["uncertain"] == 1 and len(hub[provider].creates) == 1
 
 
 def test_failed_tasks_are_retried_and_content_rejections_are_not(
@@ -258,7 +304,7 @@ def test_a_cancelled_run_resumes_by_polling_what_it_paid_for(
     asyncio.run(interrupted())
     journal = list((tmp_path / "out" / ".nbp" / "cells").glob("*.json"))
     assert len(journal) == 8
-    assert all(json.loads(p.read_text())["state"] == "submitted" for p in journal)
+    assert all(json.loads(p.read_text())["state"] == "created" for p in journal)
     result = run(spec)
     assert result.exit_code == 0
     assert len(hub["kie"].creates) == 8  # resumed by polling: nothing created twice

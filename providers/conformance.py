@@ -1,0 +1,477 @@
+"""The provider conformance suite: one set of tests every adapter passes against its emulator
+over real HTTP (fsspec's `tests/abstract` pattern). Import it from a test module only: it is
+the one module of `providers` that imports pytest, a development dependency.
+
+An adapter opts in with a subclass named `Test...` that supplies three fixtures:
+
+    class TestToyConformance(ProviderConformance):
+        @pytest.fixture
+        def provider_name(self) -> str:
+            return "toy"                          # resolvable by `providers.registry`
+
+        @pytest.fixture
+        def provider_environ(self, toy_hub) -> Mapping[str, str]:
+            return {**toy_hub.environ(), "TOY_API_KEY": "toy-key"}  # base URL + credentials
+
+        @pytest.fixture
+        def emulator(self, toy_hub) -> EmulatorControls:
+            toy_hub.reset()                       # a fresh emulator for every test
+            return toy_hub["toy"]
+
+The adapter is built through the registry (`registry.create(name, environ=...)`), so an
+outside adapter is reached through its `nbp.providers` entry point, exactly as `nbp run` does.
+An emulator built on `providers.emulator.core.ProviderEmulator` has every control the suite
+needs (`EmulatorControls`) and honours the prompt markers (`fail_marker`, ...); a subclass may
+change the class attributes below when its emulator differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import pytest
+from PIL import Image
+
+from providers import registry
+from providers.base import Finished, ImageRequest, Pending, Provider, Reference, Submitted
+from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER, NO_IMAGE_MARKER
+from providers.errors import (
+    AuthError,
+    ContentRejected,
+    LimitExceeded,
+    ProviderError,
+    RateLimited,
+    SubmitUncertain,
+    TaskFailed,
+    TransientError,
+)
+from providers.model import PILLOW_FORMAT, pixel_size
+
+T = TypeVar("T")
+
+
+class CreatedTask(Protocol):
+    """One create the emulator accepted."""
+
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def prompt(self) -> str: ...
+
+
+class EmulatedTask(Protocol):
+    """A remote task as the emulator received it (`references`: as delivered, e.g. the URL
+    of an upload) and whether it was cancelled."""
+
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def aspect_ratio(self) -> str: ...
+    @property
+    def resolution(self) -> str: ...
+    @property
+    def output_format(self) -> str: ...
+    @property
+    def references(self) -> Sequence[str]: ...
+    @property
+    def cancelled_at(self) -> float | None: ...
+
+
+class EmulatorControls(Protocol):
+    """What the suite reads and turns on an emulator (`ProviderEmulator` has all of it).
+
+    `configure` takes `FaultConfig` knobs: latency_s, fail_prob, rate_limit (N, window_s),
+    max_concurrency, submit_5xx_prob, poll_5xx_prob, drop_after_create_prob. Task ids are the
+    ones the adapter reports in `Submitted.task_id`.
+    """
+
+    @property
+    def creates(self) -> Sequence[CreatedTask]: ...
+    @property
+    def tasks(self) -> Mapping[str, EmulatedTask]: ...
+    @property
+    def requests(self) -> Sequence[object]: ...
+    def configure(self, **changes: Any) -> None: ...
+
+
+class ProviderConformance:
+    """The behaviours every adapter shares, run against its emulator. Fixtures to supply:
+    `provider_name`, `provider_environ`, `emulator` (see the module docstring)."""
+
+    latency_s: ClassVar[float] = 0.3  # long enough to see a task pending, short for the suite
+    fail_marker: ClassVar[str] = FAIL_MARKER        # prompt text: the task fails
+    content_marker: ClassVar[str] = CONTENT_MARKER  # ... fails as a content rejection
+    no_image_marker: ClassVar[str] = NO_IMAGE_MARKER  # ... "succeeds" without an image
+    remote_reference: ClassVar[str] = "https://example.com/nbp-conformance/reference.png"
+
+    @pytest.fixture(autouse=True)
+    def _fault_free(self, emulator: EmulatorControls) -> None:
+        emulator.configure(
+            latency_s=self.latency_s, rate_limit=None, submit_5xx_prob=0.0, poll_5xx_prob=0.0,
+            drop_after_create_prob=0.0, fail_prob=0.0, max_concurrency=None,
+        )
+
+    # -- auth and settings --------------------------------------------------------------
+
+    def test_wrong_key_is_an_auth_error_and_creates_nothing(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        key_var = registry.capabilities(provider_name).env_vars[0]
+        provider = _make(provider_name, provider_environ, **{key_var: "not-the-key"})
+
+        async def go() -> None:
+            try:
+                with pytest.raises(AuthError) as caught:
+                    await provider.submit(self.request_for(provider_name))
+                assert "not-the-key" not in str(caught.value)
+            finally:
+                await provider.aclose()
+
+        _run(go)
+        assert list(emulator.creates) == []
+
+    def test_missing_key_is_an_auth_error(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        caps = registry.capabilities(provider_name)
+        names = {*caps.env_vars, *caps.optional_env_vars}
+        provider = _make(provider_name, {k: v for k, v in provider_environ.items()
+                                         if k not in names})
+
+        async def go() -> None:
+            try:
+                with pytest.raises(AuthError):
+                    await provider.submit(self.request_for(provider_name))
+            finally:
+                await provider.aclose()
+
+        _run(go)
+        assert list(emulator.creates) == []
+
+    def test_base_url_comes_from_the_environment(self, provider_name: str) -> None:
+        cls = registry.get_class(provider_name)
+        override = "http://127.0.0.1:9/x"
+        variable = f"NBP_{provider_name.upper()}_BASE_URL"
+        assert cls.settings_from_env({variable: override}).base_url == override
+        documented = cls.settings_from_env({}).base_url
+        assert documented != override and documented.startswith("https://")
+        if hasattr(cls, "default_base_url"):
+            assert documented == cls.default_base_url
+
+    # -- a task from create to image ----------------------------------------------------
+
+    @pytest.mark.parametrize(
+        ("ratio", "resolution"), [("16:9", "1K"), ("3:4", "2K"), ("21:9", "1K")]
+    )
+    def test_fields_reach_the_provider_and_the_image_is_what_was_asked(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls, ratio: str, resolution: str,
+    ) -> None:
+        caps = registry.capabilities(provider_name)
+        if ratio not in caps.aspect_ratios or resolution not in caps.resolutions:
+            pytest.skip(f"{provider_name} does not document {ratio} at {resolution}")
+        for output_format in caps.output_formats:
+            request = self.request_for(
+                provider_name, f"fields {ratio} {resolution} {output_format}",
+                aspect_ratio=ratio, resolution=resolution, output_format=output_format,
+            )
+            outcome = self.one_submit(provider_name, provider_environ, request)
+            assert isinstance(outcome, tuple), outcome
+            submitted, finished, data = outcome
+            task = emulator.tasks[submitted.task_id]
+            assert (task.prompt, task.aspect_ratio, task.resolution, task.output_format) == (
+                request.prompt, ratio, resolution, output_format
+            )
+            with Image.open(io.BytesIO(data)) as image:
+                assert image.format == PILLOW_FORMAT[output_format]
+                assert image.size == pixel_size(ratio, resolution)
+            assert finished.cost_usd is None or finished.cost_usd >= 0
+
+    def test_a_task_is_pending_before_it_finishes(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        async def go() -> tuple[Any, Any]:
+            provider = _make(provider_name, provider_environ)
+            try:
+                submitted = await provider.submit(
+                    self.request_for(provider_name, "pending then finished")
+                )
+                first = await provider.poll(submitted)
+                last = await _until_done(provider, submitted)
+                return first, last
+            finally:
+                await provider.aclose()
+
+        first, last = _run(go)
+        assert isinstance(first, Pending) and first.state
+        assert isinstance(last, Finished) and len(last.images) == 1
+
+    @pytest.mark.parametrize(
+        ("outcome_kind", "error", "not_error", "code"),
+        [
+            pytest.param("fail", TaskFailed, ContentRejected, None, id="failed"),
+            pytest.param("content", ContentRejected, None, None, id="content"),
+            pytest.param("no_image", TaskFailed, ContentRejected, "no_image", id="no-image"),
+        ],
+    )
+    def test_failures_arrive_as_the_exception_tree(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls, outcome_kind: str, error: type[Exception],
+        not_error: type[Exception] | None, code: str | None,
+    ) -> None:
+        marker = {"fail": self.fail_marker, "content": self.content_marker,
+                  "no_image": self.no_image_marker}[outcome_kind]
+        request = self.request_for(provider_name, f"please {marker} now")
+        outcome = self.one_submit(provider_name, provider_environ, request)
+        assert isinstance(outcome, error), outcome
+        if not_error is not None:
+            assert not isinstance(outcome, not_error)
+        if code is not None:
+            assert isinstance(outcome, ProviderError) and outcome.code == code
+        assert len(emulator.creates) == 1
+
+    # -- faults and limits --------------------------------------------------------------
+
+    def test_rate_limit_excess_is_rate_limited(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        emulator.configure(rate_limit=(1, 60.0))
+
+        async def go() -> None:
+            provider = _make(provider_name, provider_environ)
+            try:
+                await provider.submit(self.request_for(provider_name, "first"))
+                with pytest.raises(RateLimited) as caught:
+                    await provider.submit(self.request_for(provider_name, "second"))
+                assert caught.value.retry_after is None or caught.value.retry_after >= 0
+            finally:
+                await provider.aclose()
+
+        _run(go)
+        assert len(emulator.creates) == 1
+
+    def test_server_errors_on_submit_are_transient_and_create_nothing(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        emulator.configure(submit_5xx_prob=1.0)
+        outcome = self.one_submit(
+            provider_name, provider_environ, self.request_for(provider_name)
+        )
+        assert isinstance(outcome, TransientError) and not isinstance(outcome, RateLimited)
+        assert list(emulator.creates) == []
+
+    def test_server_errors_on_poll_are_transient(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        async def go() -> None:
+            provider = _make(provider_name, provider_environ)
+            try:
+                submitted = await provider.submit(self.request_for(provider_name, "poll trouble"))
+                emulator.configure(poll_5xx_prob=1.0)
+                if submitted.finished is None:
+                    with pytest.raises(TransientError):
+                        await provider.poll(submitted)
+            finally:
+                await provider.aclose()
+
+        _run(go)
+
+    def test_a_lost_create_answer_is_uncertain_and_created_once(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        emulator.configure(drop_after_create_prob=1.0)
+        request = self.request_for(provider_name, "dropped answer")
+
+        async def go() -> Submitted | None:
+            provider = _make(provider_name, provider_environ)
+            try:
+                with pytest.raises(SubmitUncertain):
+                    await provider.submit(request)
+                emulator.configure(drop_after_create_prob=0.0)
+                caps = provider.capabilities
+                if caps.recoverable_submit:
+                    return await provider.recover(request)
+                if caps.idempotent_submit:
+                    return await provider.submit(request)
+                return None
+            finally:
+                await provider.aclose()
+
+        found = _run(go)
+        assert len(emulator.creates) == 1
+        if found is not None:
+            assert found.task_id == emulator.creates[0].task_id
+
+    def test_limits_are_checked_before_anything_is_sent(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        caps = registry.capabilities(provider_name)
+        too_long = "x" * (caps.max_prompt_chars + 1)
+        too_many = tuple(
+            Reference(f"https://example.com/{i}.png") for i in range(caps.max_references + 1)
+        )
+        bad = [
+            self.request_for(provider_name, too_long),
+            self.request_for(provider_name, references=too_many),
+            self.request_for(provider_name, resolution="8K"),
+            self.request_for(provider_name, options={"no_such_option": 1}),
+        ]
+
+        async def go() -> None:
+            provider = _make(provider_name, provider_environ)
+            try:
+                for request in bad:
+                    with pytest.raises(LimitExceeded):
+                        await provider.submit(request)
+            finally:
+                await provider.aclose()
+
+        _run(go)
+        assert list(emulator.creates) == []
+        assert list(emulator.requests) == []
+
+    # -- references, cancel, secrets ----------------------------------------------------
+
+    def test_reference_images_arrive_as_the_provider_accepts_them(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        caps = registry.capabilities(provider_name)
+        photo = io.BytesIO()
+        Image.new("RGB", (64, 48), (200, 40, 40)).save(photo, format="PNG")
+        local = Reference("specs/data/shoe.png", data=photo.getvalue(), mime_type="image/png")
+        remote = Reference(self.remote_reference)
+        if caps.reference_delivery == "url_only":
+            refused = self.one_submit(provider_name, provider_environ,
+                                      self.request_for(provider_name, "with refs",
+                                                       references=(local,)))
+            assert isinstance(refused, LimitExceeded)
+            assert "URL" in str(refused)
+            request = self.request_for(provider_name, "url ref only", references=(remote,))
+            outcome = self.one_submit(provider_name, provider_environ, request)
+            assert isinstance(outcome, tuple), outcome
+            assert list(emulator.tasks[outcome[0].task_id].references) == [remote.uri]
+            return
+        request = self.request_for(provider_name, "with refs", references=(local, remote))
+        outcome = self.one_submit(provider_name, provider_environ, request)
+        assert isinstance(outcome, tuple), outcome
+        received = list(emulator.tasks[outcome[0].task_id].references)
+        assert len(received) == 2
+        assert received[1] == remote.uri
+        assert received[0] != local.uri  # delivered as an upload / inline data, not a path
+
+    def test_cancel_where_the_api_can(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        caps = registry.capabilities(provider_name)
+        emulator.configure(latency_s=5.0)
+
+        async def go() -> str:
+            provider = _make(provider_name, provider_environ)
+            try:
+                submitted = await provider.submit(self.request_for(provider_name, "cancel me"))
+                await provider.cancel(submitted)
+                return submitted.task_id
+            finally:
+                await provider.aclose()
+
+        task_id = _run(go)
+        cancelled = emulator.tasks[task_id].cancelled_at is not None
+        assert cancelled is caps.can_cancel
+
+    def test_secrets_never_appear_in_errors_or_logs(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls, caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        caps = registry.capabilities(provider_name)
+        secrets = [provider_environ[k] for k in (*caps.env_vars, *caps.optional_env_vars)
+                   if provider_environ.get(k)]
+        assert secrets, "provider_environ must carry the credentials the emulator accepts"
+        caplog.set_level(logging.DEBUG)
+        provider = _make(provider_name, provider_environ)
+        texts = [repr(provider), repr(getattr(provider, "settings", ""))]
+        for marker in (self.fail_marker, self.content_marker):
+            request = self.request_for(provider_name, marker)
+            texts.append(repr(self.one_submit(provider_name, provider_environ, request)))
+        emulator.configure(submit_5xx_prob=1.0)
+        request = self.request_for(provider_name)
+        texts.append(repr(self.one_submit(provider_name, provider_environ, request)))
+        _run(provider.aclose)
+        texts.append(caplog.text)
+        for secret in secrets:
+            assert all(secret not in text for text in texts)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def request_for(
+        self, provider_name: str, prompt: str = "a lemon on a plate", **changes: Any
+    ) -> ImageRequest:
+        """A request the provider accepts (its last output format), with `changes`."""
+        caps = registry.capabilities(provider_name)
+        fields: dict[str, Any] = {
+            "prompt": prompt, "aspect_ratio": "16:9", "resolution": "1K",
+            "output_format": caps.output_formats[-1], "idempotency_key": f"key-{prompt}",
+        }
+        if fields["aspect_ratio"] not in caps.aspect_ratios:
+            fields["aspect_ratio"] = caps.aspect_ratios[0]
+        fields.update(changes)
+        return ImageRequest(**fields)
+
+    def one_submit(
+        self, provider_name: str, environ: Mapping[str, str], request: ImageRequest
+    ) -> tuple[Submitted, Finished, bytes] | ProviderError:
+        """Submit and follow to the end: (submitted, finished, image bytes) or the error."""
+
+        async def go() -> tuple[Submitted, Finished, bytes] | ProviderError:
+            provider = _make(provider_name, environ)
+            try:
+                submitted = await provider.submit(request)
+                finished = await _until_done(provider, submitted)
+                data = await provider.download(finished.images[0]) if finished.images else b""
+                return submitted, finished, data
+            except ProviderError as exc:
+                return exc
+            finally:
+                await provider.aclose()
+
+        return _run(go)
+
+
+def _make(name: str, environ: Mapping[str, str], **changes: str) -> Provider:
+    return registry.create(name, environ={**environ, **changes})
+
+
+def _run(factory: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await factory()
+
+    return asyncio.run(main())
+
+
+async def _until_done(provider: Provider, submitted: Submitted) -> Finished:
+    if submitted.finished is not None:
+        return submitted.finished
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        outcome = await provider.poll(submitted)
+        if isinstance(outcome, Finished):
+            return outcome
+        await asyncio.sleep(0.05)
+    raise AssertionError("task did not finish")
+
+
+__all__ = ["CreatedTask", "EmulatedTask", "EmulatorControls", "ProviderConformance"]
