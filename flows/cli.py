@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                           "cannot be asked (they may be paid twice)")
     run.add_argument("--run-id", help="this run's id; shards started as one run pass the same "
                                       "one and share budget.max_usd")
+    run.add_argument("--patience", type=float, metavar="SECONDS",
+                     help="how long a poll or download of a created task keeps retrying "
+                          "before the cell is left pending for the next run (default 600)")
     run.add_argument("--chunk-size", type=int, default=200, help="cells per Prefect task")
     add_input_options(run)
     run.add_argument("--emulator-latency", type=float, default=None,
@@ -189,6 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             emulator_latency_s=args.emulator_latency, shared_limits=args.shared_limits,
             retry_uncertain=args.retry_uncertain, run_id=args.run_id,
             allow_paths=list(policy.allow_paths) or None, max_cells=args.max_cells,
+            patience_s=args.patience,
         ))
     finally:
         display.close()

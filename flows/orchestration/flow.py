@@ -36,6 +36,7 @@ from flows.engine.job import (
     local_limiter,
     run_job,
 )
+from flows.engine.policy import DEFAULT_RETRY, RetryPolicy
 from flows.engine.progress import Progress
 from flows.engine.runner import Runner
 from flows.orchestration.secrets import secret_blocks
@@ -99,6 +100,7 @@ def build_flow(
         run_id: str | None = None,
         allow_paths: list[str] | None = None,
         max_cells: int | None = None,
+        patience_s: float | None = None,
     ) -> dict[str, Any]:
         """Run the job spec `spec` (a path or fsspec URL); see `nbp run --help`. Shards
         started as one run pass the same `run_id` (they share `budget.max_usd`)."""
@@ -109,6 +111,7 @@ def build_flow(
             shard=shard, chunk_size=chunk_size, emulator_latency_s=emulator_latency_s,
             retry_uncertain=retry_uncertain, run_id=run_id or this_run[:12], holder=this_run,
             allow_paths=tuple(allow_paths or ()), max_cells=max_cells,
+            retry=RetryPolicy(patience_s=patience_s) if patience_s else DEFAULT_RETRY,
         )
         limiter: LimiterFactory = shared_limiter if shared_limits else local_limiter
         hooks = RunHooks(chunk_runner=_chunk_as_task, credentials=secret_blocks,

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
@@ -292,6 +294,7 @@ class _Checker:
         self.check_schema(data)
         providers = self.check_providers(data)
         self.check_options(data)
+        self.check_base_urls(data)
         self.check_limits(data)
         self.check_credentials(data, providers)
         matrix = self.matrix_spec(data)
@@ -346,6 +349,26 @@ class _Checker:
                     else:
                         self.load_provider((section, name), name, key=True)
         return names
+
+    def check_base_urls(self, data: Mapping[str, Any]) -> None:
+        """A spec may point a provider at its documented host or at loopback (an emulator,
+        a local proxy), never elsewhere: the run would send the environment's real key
+        there. `NBP_<PROVIDER>_BASE_URL` in the environment is the user's own choice."""
+        urls = data.get("base_urls")
+        if not isinstance(urls, dict):
+            return
+        for name, url in urls.items():
+            if name not in self.caps or not isinstance(url, str):
+                continue
+            host = urlsplit(url).hostname or ""
+            documented = documented_hosts(name)
+            if host in documented or is_loopback_host(host):
+                continue
+            self.add(("base_urls", name),
+                     f"{host or url!r} is neither {name}'s documented host "
+                     f"({', '.join(sorted(documented)) or 'none'}) nor loopback: a spec may not "
+                     f"send your API key to another host; set NBP_{name.upper()}_BASE_URL in "
+                     "the environment to use it")
 
     def load_provider(self, path: JsonPath, name: str, *, key: bool = False) -> None:
         if name in self.caps:
@@ -559,7 +582,7 @@ class _Checker:
             )
             for name, value in _mapping(data.get("limits")).items() if isinstance(value, dict)
         }
-        max_usd = _mapping(data.get("budget")).get("max_usd")
+        budget = _mapping(data.get("budget"))
         return JobSpec(
             name=data["name"] if isinstance(data.get("name"), str) else "job",
             providers=tuple(providers),
@@ -568,7 +591,8 @@ class _Checker:
             repeat=_integer(data.get("repeat"), 1),
             retries=_integer(data.get("retries"), DEFAULT_RETRIES),
             fail_fast=data.get("fail_fast") is True,
-            max_usd=float(max_usd) if max_usd is not None and _is_number(max_usd) else None,
+            max_usd=_usd(budget.get("max_usd")),
+            max_total_usd=_usd(budget.get("max_total_usd")),
             seed=_integer(data.get("seed"), None),
             limits=limits,
             options={k: dict(v) for k, v in _mapping(data.get("options")).items()
@@ -684,6 +708,10 @@ class _LimitCheck:
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _usd(value: Any) -> float | None:
+    return float(value) if value is not None and _is_number(value) else None
 
 
 def _is_number(value: Any) -> bool:
@@ -811,3 +839,19 @@ def _any_of_message(error: Any) -> str:
         return str(error.message)
     path = (*tuple(error.absolute_path), *tuple(best.path))
     return _plain_message(best, path)
+
+
+def documented_hosts(provider: str) -> set[str]:
+    """Hosts of a provider's documented base URLs (its adapter's defaults)."""
+    cls = registry.get_class(provider)
+    urls = [getattr(cls, "default_base_url", ""), *getattr(cls, "extra_url_defaults", {}).values()]
+    return {host for url in urls if (host := urlsplit(str(url)).hostname)}
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
