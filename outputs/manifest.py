@@ -227,7 +227,10 @@ def merge_manifest(old: pl.DataFrame | None, new: pl.DataFrame) -> pl.DataFrame:
     """
     parts = [conform(old)] if old is not None else []
     parts.append(conform(new))
-    combined = pl.concat(parts, how="vertical").with_row_index("_pos")
+    combined = pl.concat(parts, how="vertical")
+    if combined["cell_id"].is_unique().all():
+        return combined  # nothing to merge (a first run): no copies
+    combined = combined.with_row_index("_pos")
     first = combined.group_by("cell_id").agg(pl.col("_pos").min().alias("_first"))
     latest = combined.unique(subset="cell_id", keep="last")
     return latest.join(first, on="cell_id").sort("_first").drop("_pos", "_first")

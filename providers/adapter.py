@@ -31,9 +31,10 @@ from providers.base import (
     ResultImage,
     Secret,
     Submitted,
+    credential_origins,
     env_base_url,
 )
-from providers.errors import AuthError, LimitExceeded
+from providers.errors import AuthError, LimitExceeded, ResultMismatch
 from providers.limits import limit_problems
 from providers.options import check_options
 
@@ -51,11 +52,17 @@ class HttpAdapter:
     capabilities: ClassVar[Capabilities]
     default_base_url: ClassVar[str]
     extra_url_defaults: ClassVar[Mapping[str, str]] = {}  # key -> documented URL
+    # Request headers that carry credentials beyond `http.CREDENTIAL_HEADERS`: never sent
+    # across a redirect to another origin, nor to an origin outside the settings'.
+    secret_headers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
         self.base_url = settings.base_url.rstrip("/")
-        self.client = http.make_client(settings.timeout_s)
+        self.client = http.make_client(
+            settings.timeout_s, secret_headers=self.secret_headers,
+            credential_origins=settings.credential_origins,
+        )
 
     @classmethod
     def settings_from_env(
@@ -66,7 +73,12 @@ class HttpAdapter:
         extra_urls: Mapping[str, str] | None = None,
     ) -> ProviderSettings:
         """Documented base URLs unless `NBP_<PROVIDER>_BASE_URL` (or an argument) replaces
-        them; credentials from the env vars named in `capabilities`."""
+        them; credentials from the env vars named in `capabilities`.
+
+        Credentials go only to documented origins, origins the environment names, and
+        loopback (`providers.base.credential_origins`): a URL given as an argument (a spec's
+        `base_urls`) elsewhere is used, but a request carrying credentials there is refused
+        with `AuthError` before it is sent."""
         env = os.environ if environ is None else environ
         names = (*cls.capabilities.env_vars, *cls.capabilities.optional_env_vars)
         credentials = {n: Secret(env[n]) for n in names if env.get(n)}
@@ -75,10 +87,12 @@ class HttpAdapter:
             for key, default in cls.extra_url_defaults.items()
         }
         urls.update(extra_urls or {})
+        given = [u for u in (base_url, *(extra_urls or {}).values()) if u]
         return ProviderSettings(
             base_url=base_url or env_base_url(cls.name, cls.default_base_url, env),
             credentials=credentials,
             extra_urls=urls,
+            credential_origins=credential_origins(cls, env, urls=given),
         )
 
     def require_credential(self, env_var: str) -> str:
@@ -111,11 +125,21 @@ class HttpAdapter:
         return None
 
     async def download(self, image: ResultImage) -> bytes:
+        """Inline bytes, a `data:` URL (decoded) or an HTTP download; an image larger than
+        `settings.max_image_bytes` is `ResultMismatch` with code `too_large`."""
+        limit = self.settings.max_image_bytes
         if image.data is not None:
+            if len(image.data) > limit:
+                raise ResultMismatch(
+                    f"{self.name}: the inline image has {len(image.data)} bytes, more than "
+                    f"the {limit} allowed", code=http.TOO_LARGE,
+                )
             return image.data
         if image.url is None:
             raise ValueError("result image has neither data nor url")
-        return await http.download(self.client, image.url)
+        if image.url.startswith("data:"):
+            return http.inline_image(image.url, max_bytes=limit)
+        return await http.download(self.client, image.url, max_bytes=limit)
 
     async def cancel(self, submitted: Submitted) -> None:
         return None

@@ -17,12 +17,19 @@ raises `LimitExceeded`; every other provider signal arrives as one of `providers
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 ReferenceDelivery = Literal["url_only", "upload"]
+
+# The most bytes one result image may have (`ProviderSettings.max_image_bytes`): a 4K PNG of
+# the model is ~30 MB (6336x2688 RGB, little compressible), so twice that is no real image.
+# `providers.http.download` stops reading at this count; more is `ResultMismatch("too_large")`.
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
 
 class Secret:
@@ -160,6 +167,11 @@ class ProviderSettings:
     credentials: Mapping[str, Secret] = field(default_factory=dict)
     extra_urls: Mapping[str, str] = field(default_factory=dict)  # e.g. Kie's upload host
     timeout_s: float = 60.0
+    max_image_bytes: int = MAX_IMAGE_BYTES  # a bigger result image is `ResultMismatch`
+    # Origins ("https://api.kie.ai:443") that may receive credentials; a request carrying
+    # them anywhere else is refused before it is sent. None: no restriction (settings built
+    # by hand); `settings_from_env` fills it in (see `credential_origins`).
+    credential_origins: frozenset[str] | None = None
 
     def credential(self, name: str) -> str | None:
         secret = self.credentials.get(name)
@@ -203,3 +215,81 @@ def env_base_url(provider: str, default: str, environ: Mapping[str, str] | None 
     """`NBP_<PROVIDER>_BASE_URL` replaces the documented base URL exactly when set."""
     env = os.environ if environ is None else environ
     return env.get(f"NBP_{provider.upper()}_BASE_URL") or default
+
+
+# -- where credentials may go -----------------------------------------------------------------
+# Credentials go only to hosts the user configured (issue 11, item 6): the documented URLs of
+# an adapter, the URLs the environment names (`NBP_<PROVIDER>_BASE_URL`, the user's own
+# choice), and loopback (emulators, local proxies). A URL from anywhere else (a spec's
+# `base_urls`) may point the adapter there, but never with a real key.
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def url_origin(url: str) -> str:
+    """`scheme://host:port` of a URL, lowercase, with the scheme's default port filled in:
+    two URLs share an origin exactly when their origins are equal strings."""
+    parts = urllib.parse.urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: an origin of its own, never matched
+        port = None
+    if port is None:
+        port = _DEFAULT_PORTS.get(scheme, 0)
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def is_loopback(url: str) -> bool:
+    """True for http(s) URLs on this machine: `localhost` (and `*.localhost`), 127.0.0.0/8
+    and ::1. Credentials sent there do not leave the machine."""
+    parts = urllib.parse.urlsplit(url.strip())
+    host = (parts.hostname or "").lower().rstrip(".")
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def documented_origins(cls: type) -> frozenset[str]:
+    """Origins of an adapter class's documented URLs (`default_base_url` and
+    `extra_url_defaults`, e.g. Kie's upload host); empty for a class without them."""
+    urls = [getattr(cls, "default_base_url", None)]
+    urls += list((getattr(cls, "extra_url_defaults", None) or {}).values())
+    return frozenset(url_origin(u) for u in urls if isinstance(u, str) and u)
+
+
+def environment_urls(cls: type, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The URLs the environment names for an adapter: `NBP_<PROVIDER>_BASE_URL` and
+    `NBP_<PROVIDER>_<KEY>_BASE_URL` for each of its `extra_url_defaults` keys."""
+    env = os.environ if environ is None else environ
+    name = str(getattr(cls, "name", "")).upper()
+    keys = ["", *(f"{k.upper()}_" for k in (getattr(cls, "extra_url_defaults", None) or {}))]
+    return [url for k in keys if (url := env.get(f"NBP_{name}_{k}BASE_URL"))]
+
+
+def credential_origins(
+    cls: type, environ: Mapping[str, str] | None = None, *, urls: Iterable[str] = ()
+) -> frozenset[str]:
+    """Origins that may receive an adapter's credentials: its documented ones, the ones the
+    environment names, and those of `urls` that are loopback (`is_loopback`)."""
+    named = [*environment_urls(cls, environ), *(u for u in urls if is_loopback(u))]
+    return documented_origins(cls) | {url_origin(u) for u in named}
+
+
+def may_receive_credentials(
+    cls: type, url: str, environ: Mapping[str, str] | None = None
+) -> bool:
+    """Whether `url` (e.g. a spec's `base_urls.<provider>`) may be sent the adapter's real
+    credentials: loopback, or an origin that is documented or named by the environment.
+
+        may_receive_credentials(KieProvider, "https://api.kie.ai/")         # True
+        may_receive_credentials(KieProvider, "http://127.0.0.1:8000/kie")   # True
+        may_receive_credentials(KieProvider, "https://kie.example.net")     # False
+    """
+    return is_loopback(url) or url_origin(url) in credential_origins(cls, environ)

@@ -22,37 +22,68 @@ The adapter is built through the registry (`registry.create(name, environ=...)`)
 outside adapter is reached through its `nbp.providers` entry point, exactly as `nbp run` does.
 An emulator built on `providers.emulator.core.ProviderEmulator` has every control the suite
 needs (`EmulatorControls`) and honours the prompt markers (`fail_marker`, ...); a subclass may
-change the class attributes below when its emulator differs.
+change the class attributes below when its emulator differs. Its create handler calls
+`created_fault()` once the task exists, and its status handler `status_fault()` first; the
+hub applies download faults and image markers by itself.
+
+Credentials are checked against a pair of loopback servers (`RedirectPair`): the first
+redirects everything to the second, which records what it received.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import logging
+import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import pytest
 from PIL import Image
 
 from providers import registry
-from providers.base import Finished, ImageRequest, Pending, Provider, Reference, Submitted
-from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER, NO_IMAGE_MARKER
+from providers.base import (
+    Finished,
+    ImageRequest,
+    Pending,
+    Provider,
+    Reference,
+    ResultImage,
+    Submitted,
+)
+from providers.emulator.core import (
+    BOMB_MARKER,
+    BOMB_SIZE,
+    CONTENT_MARKER,
+    DEFAULT_OVERSIZE_BYTES,
+    FAIL_MARKER,
+    NO_IMAGE_MARKER,
+    OVERSIZE_MARKER,
+    WRONG_SIZE_MARKER,
+)
 from providers.errors import (
     AuthError,
     ContentRejected,
     LimitExceeded,
     ProviderError,
     RateLimited,
+    Rejected,
+    RequestNotSent,
+    ResultMismatch,
     SubmitUncertain,
     TaskFailed,
     TransientError,
 )
+from providers.http import CREDENTIAL_HEADERS, TOO_LARGE
 from providers.model import PILLOW_FORMAT, pixel_size
 
 T = TypeVar("T")
+QUICK_LATENCY_S = 0.05  # for tests that never need to see a task pending
 
 
 class CreatedTask(Protocol):
@@ -86,8 +117,10 @@ class EmulatorControls(Protocol):
     """What the suite reads and turns on an emulator (`ProviderEmulator` has all of it).
 
     `configure` takes `FaultConfig` knobs: latency_s, fail_prob, rate_limit (N, window_s),
-    max_concurrency, submit_5xx_prob, poll_5xx_prob, drop_after_create_prob. Task ids are the
-    ones the adapter reports in `Submitted.task_id`.
+    max_concurrency, submit_5xx_prob, create_5xx_after_create_prob, poll_5xx_prob,
+    poll_outage_s, poll_403_count, drop_after_create_prob, truncate_download_prob,
+    download_fail_count, download_outage_s, download_chunked, oversize_bytes. Task ids are
+    the ones the adapter reports in `Submitted.task_id`.
     """
 
     @property
@@ -107,6 +140,9 @@ class ProviderConformance:
     fail_marker: ClassVar[str] = FAIL_MARKER        # prompt text: the task fails
     content_marker: ClassVar[str] = CONTENT_MARKER  # ... fails as a content rejection
     no_image_marker: ClassVar[str] = NO_IMAGE_MARKER  # ... "succeeds" without an image
+    bomb_marker: ClassVar[str] = BOMB_MARKER          # ... delivers a decompression bomb
+    oversize_marker: ClassVar[str] = OVERSIZE_MARKER  # ... delivers more than the byte cap
+    wrong_size_marker: ClassVar[str] = WRONG_SIZE_MARKER  # ... delivers another pixel size
     remote_reference: ClassVar[str] = "https://example.com/nbp-conformance/reference.png"
 
     @pytest.fixture(autouse=True)
@@ -114,6 +150,9 @@ class ProviderConformance:
         emulator.configure(
             latency_s=self.latency_s, rate_limit=None, submit_5xx_prob=0.0, poll_5xx_prob=0.0,
             drop_after_create_prob=0.0, fail_prob=0.0, max_concurrency=None,
+            create_5xx_after_create_prob=0.0, poll_outage_s=0.0, poll_403_count=0,
+            truncate_download_prob=0.0, download_fail_count=0, download_outage_s=0.0,
+            download_chunked=False, oversize_bytes=DEFAULT_OVERSIZE_BYTES,
         )
 
     # -- auth and settings --------------------------------------------------------------
@@ -123,7 +162,7 @@ class ProviderConformance:
         emulator: EmulatorControls,
     ) -> None:
         key_var = registry.capabilities(provider_name).env_vars[0]
-        provider = _make(provider_name, provider_environ, **{key_var: "not-the-key"})
+        provider = _make(provider_name, {**provider_environ, key_var: "not-the-key"})
 
         async def go() -> None:
             try:
@@ -343,6 +382,270 @@ class ProviderConformance:
         assert list(emulator.creates) == []
         assert list(emulator.requests) == []
 
+    # -- faults after the create: the task exists, the step fails -----------------------
+
+    def test_a_create_answered_5xx_after_creating_is_transient_and_the_task_runs(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        emulator.configure(latency_s=QUICK_LATENCY_S, create_5xx_after_create_prob=1.0)
+        request = self.request_for(provider_name, "created then answered 5xx")
+
+        async def go() -> tuple[str, Finished, Submitted | None]:
+            provider = _make(provider_name, provider_environ)
+            try:
+                with pytest.raises(TransientError) as caught:
+                    await provider.submit(request)
+                assert not isinstance(caught.value, RequestNotSent | RateLimited)
+                emulator.configure(create_5xx_after_create_prob=0.0)
+                [created] = list(emulator.creates)
+                finished = await _until_done(provider, Submitted(provider_name, created.task_id))
+                caps = provider.capabilities
+                found = None
+                if caps.recoverable_submit:
+                    found = await provider.recover(request)
+                elif caps.idempotent_submit:
+                    found = await provider.submit(request)
+                return created.task_id, finished, found
+            finally:
+                await provider.aclose()
+
+        task_id, finished, found = _run(go)
+        assert len(finished.images) == 1
+        assert len(emulator.creates) == 1
+        if found is not None:
+            assert found.task_id == task_id
+
+    def test_a_poll_outage_is_transient_until_it_ends(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        outage_s = 0.6
+
+        async def go() -> tuple[int, float, Pending | Finished] | None:
+            provider = _make(provider_name, provider_environ)
+            try:
+                submitted = await provider.submit(self.request_for(provider_name, "outage"))
+                if submitted.finished is not None:
+                    return None  # answered at once: there is nothing to poll
+                emulator.configure(poll_outage_s=outage_s)
+                began, failures = time.monotonic(), 0
+                while True:
+                    try:
+                        outcome = await provider.poll(submitted)
+                    except TransientError as exc:
+                        assert not isinstance(exc, RateLimited)
+                        failures += 1
+                        await asyncio.sleep(0.05)
+                        continue
+                    return failures, time.monotonic() - began, outcome
+            finally:
+                await provider.aclose()
+
+        result = _run(go)
+        if result is None:
+            pytest.skip(f"{provider_name} answered the create with its result")
+        failures, elapsed, outcome = result
+        assert failures >= 3
+        assert elapsed >= outage_s - 0.05
+        assert isinstance(outcome, Pending | Finished)
+
+    def test_a_proxy_403_on_a_poll_is_an_auth_error_for_that_poll_only(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        async def go() -> tuple[list[ProviderError], Finished] | None:
+            provider = _make(provider_name, provider_environ)
+            try:
+                submitted = await provider.submit(self.request_for(provider_name, "refused"))
+                if submitted.finished is not None:
+                    return None
+                emulator.configure(poll_403_count=2)
+                errors = []
+                for _ in range(2):
+                    try:
+                        await provider.poll(submitted)
+                    except ProviderError as exc:
+                        errors.append(exc)
+                return errors, await _until_done(provider, submitted)
+            finally:
+                await provider.aclose()
+
+        result = _run(go)
+        if result is None:
+            pytest.skip(f"{provider_name} answered the create with its result")
+        errors, finished = result
+        assert [type(e) for e in errors] == [AuthError, AuthError]
+        assert len(finished.images) == 1
+        assert len(emulator.creates) == 1
+
+    def test_failing_downloads_are_transient_until_they_pass(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        emulator.configure(latency_s=QUICK_LATENCY_S)
+        request = self.request_for(provider_name, "download trouble")
+
+        async def go() -> tuple[list[ProviderError], bytes, int, bytes]:
+            provider = _make(provider_name, provider_environ)
+            try:
+                submitted = await provider.submit(request)
+                image = (await _until_done(provider, submitted)).images[0]
+                emulator.configure(download_fail_count=2)
+                errors = []
+                for _ in range(2):
+                    try:
+                        await provider.download(image)
+                    except ProviderError as exc:
+                        errors.append(exc)
+                after_count = await provider.download(image)
+                emulator.configure(download_outage_s=0.4)
+                failures = 0
+                while True:
+                    try:
+                        after_outage = await provider.download(image)
+                        break
+                    except TransientError:
+                        failures += 1
+                        await asyncio.sleep(0.05)
+                return errors, after_count, failures, after_outage
+            finally:
+                await provider.aclose()
+
+        errors, after_count, failures, after_outage = _run(go)
+        assert [type(e) for e in errors] == [TransientError, TransientError]
+        assert failures >= 3
+        for data in (after_count, after_outage):
+            with Image.open(io.BytesIO(data)) as decoded:
+                assert decoded.size == pixel_size(request.aspect_ratio, request.resolution)
+
+    def test_a_truncated_download_is_transient(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        emulator.configure(latency_s=QUICK_LATENCY_S)
+        async def go() -> tuple[ProviderError | None, bytes]:
+            provider = _make(provider_name, provider_environ)
+            try:
+                submitted = await provider.submit(self.request_for(provider_name, "cut short"))
+                image = (await _until_done(provider, submitted)).images[0]
+                emulator.configure(truncate_download_prob=1.0)
+                error = None
+                try:
+                    await provider.download(image)
+                except ProviderError as exc:
+                    error = exc
+                emulator.configure(truncate_download_prob=0.0)
+                return error, await provider.download(image)
+            finally:
+                await provider.aclose()
+
+        error, data = _run(go)
+        assert isinstance(error, TransientError)
+        with Image.open(io.BytesIO(data)) as decoded:
+            decoded.load()
+
+    # -- images that are not what was asked ----------------------------------------------
+
+    def test_a_decompression_bomb_arrives_small_and_claims_30000_pixels_square(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        emulator.configure(latency_s=QUICK_LATENCY_S)
+        request = self.request_for(provider_name, f"please {self.bomb_marker}")
+        outcome = self.one_submit(provider_name, provider_environ, request)
+        assert isinstance(outcome, tuple), outcome
+        data = outcome[2]
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR"
+        assert struct.unpack(">II", data[16:24]) == BOMB_SIZE
+        assert len(data) < 200_000  # a 900-megapixel image in ~110 KB
+        with pytest.raises(Image.DecompressionBombError):
+            Image.open(io.BytesIO(data))
+
+    def test_an_oversize_image_is_refused_by_its_length(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        """The default cap (`MAX_IMAGE_BYTES`) against the default oversize image."""
+        emulator.configure(latency_s=QUICK_LATENCY_S)
+        request = self.request_for(provider_name, f"please {self.oversize_marker}")
+        began = time.monotonic()
+        outcome = self.one_submit(provider_name, provider_environ, request)
+        assert isinstance(outcome, ResultMismatch) and outcome.code == TOO_LARGE, outcome
+        assert time.monotonic() - began < 10  # refused by Content-Length, not read
+        assert len(emulator.creates) == 1
+
+    def test_an_oversize_image_without_length_is_cut_at_the_cap(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        cap = 1024 * 1024
+        emulator.configure(latency_s=QUICK_LATENCY_S, download_chunked=True,
+                           oversize_bytes=3 * cap)
+        request = self.request_for(provider_name, f"please {self.oversize_marker}")
+        outcome = self.one_submit(provider_name, provider_environ, request,
+                                  max_image_bytes=cap)
+        assert isinstance(outcome, ResultMismatch) and outcome.code == TOO_LARGE, outcome
+        normal = self.one_submit(provider_name, provider_environ,
+                                 self.request_for(provider_name, "a chunked image"),
+                                 max_image_bytes=cap)
+        assert isinstance(normal, tuple), normal  # under the cap, chunked: delivered whole
+        with Image.open(io.BytesIO(normal[2])) as decoded:
+            decoded.load()
+
+    def test_a_wrong_size_image_decodes_at_another_size(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        emulator.configure(latency_s=QUICK_LATENCY_S)
+        request = self.request_for(provider_name, f"please {self.wrong_size_marker}")
+        outcome = self.one_submit(provider_name, provider_environ, request)
+        assert isinstance(outcome, tuple), outcome
+        with Image.open(io.BytesIO(outcome[2])) as image:
+            assert image.format == PILLOW_FORMAT[request.output_format]
+            assert image.size != pixel_size(request.aspect_ratio, request.resolution)
+
+    # -- credentials stay with the configured hosts ----------------------------------------
+
+    def test_credentials_never_follow_a_redirect_to_another_host(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        caps = registry.capabilities(provider_name)
+        secrets = [provider_environ[k] for k in (*caps.env_vars, *caps.optional_env_vars)
+                   if provider_environ.get(k)]
+        with RedirectPair() as pair:
+            environ = {**provider_environ,
+                       f"NBP_{provider_name.upper()}_BASE_URL": f"{pair.first.url}/api"}
+
+            async def go() -> tuple[list[ProviderError], bytes]:
+                provider = _make(provider_name, environ)
+                errors: list[ProviderError] = []
+                try:
+                    for call in (
+                        lambda: provider.submit(self.request_for(provider_name, "redirected")),
+                        lambda: provider.poll(Submitted(provider_name, _RUNWARE_SHAPED_ID)),
+                    ):
+                        try:
+                            await call()
+                        except ProviderError as exc:
+                            errors.append(exc)
+                    image = ResultImage(url=f"{pair.first.url}/files/result.png")
+                    return errors, await provider.download(image)
+                finally:
+                    await provider.aclose()
+
+            errors, data = _run(go)
+        assert [type(e) for e in errors] == [Rejected, Rejected]
+        assert all(e.code == "redirect" and not any(s in str(e) for s in secrets)
+                   for e in errors)
+        # The API calls reached the configured host with their credentials ...
+        assert any(_credentials_in(h, secrets) for _, _, h in pair.first.received)
+        # ... never the other host: only the (credential-free) image download went there.
+        assert [(m, p) for m, p, _ in pair.second.received] == [("GET", "/files/result.png")]
+        assert not any(_credentials_in(h, secrets) for _, _, h in pair.second.received)
+        assert data == RedirectPair.IMAGE
+
     # -- references, cancel, secrets ----------------------------------------------------
 
     def test_reference_images_arrive_as_the_provider_accepts_them(
@@ -432,12 +735,14 @@ class ProviderConformance:
         return ImageRequest(**fields)
 
     def one_submit(
-        self, provider_name: str, environ: Mapping[str, str], request: ImageRequest
+        self, provider_name: str, environ: Mapping[str, str], request: ImageRequest,
+        **settings: Any,
     ) -> tuple[Submitted, Finished, bytes] | ProviderError:
-        """Submit and follow to the end: (submitted, finished, image bytes) or the error."""
+        """Submit and follow to the end: (submitted, finished, image bytes) or the error.
+        `settings` replace fields of the adapter's `ProviderSettings` (`max_image_bytes`)."""
 
         async def go() -> tuple[Submitted, Finished, bytes] | ProviderError:
-            provider = _make(provider_name, environ)
+            provider = _make(provider_name, environ, settings=settings)
             try:
                 submitted = await provider.submit(request)
                 finished = await _until_done(provider, submitted)
@@ -451,8 +756,104 @@ class ProviderConformance:
         return _run(go)
 
 
-def _make(name: str, environ: Mapping[str, str], **changes: str) -> Provider:
-    return registry.create(name, environ={**environ, **changes})
+def _make(
+    name: str, environ: Mapping[str, str], *, settings: Mapping[str, Any] | None = None
+) -> Provider:
+    """An adapter through the registry, from `environ`; `settings` replace fields of the
+    `ProviderSettings` built from it."""
+    if not settings:
+        return registry.create(name, environ=environ)
+    built = registry.get_class(name).settings_from_env(environ)
+    return registry.create(name, dataclasses.replace(built, **settings))
+
+
+# A poll id every adapter sends as it is (Runware checks for a UUID v4 before sending).
+_RUNWARE_SHAPED_ID = "0b6f8f3e-5c1e-4f7a-9d2b-3c4d5e6f7a8b"
+
+
+def _credentials_in(headers: Mapping[str, str], secrets: Sequence[str]) -> bool:
+    """Whether a request's headers carried a credential header or a secret's value."""
+    return any(name.lower() in CREDENTIAL_HEADERS for name in headers) or any(
+        secret in value for value in headers.values() for secret in secrets
+    )
+
+
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 that records every request's (method, path,
+    headers) and answers with `respond(method, path) -> (status, headers, body)`."""
+
+    def __init__(self, respond: Callable[[str, str], tuple[int, dict[str, str], bytes]]) -> None:
+        self.received: list[tuple[str, str, dict[str, str]]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                server.received.append((self.command, self.path, dict(self.headers.items())))
+                status, headers, body = respond(self.command, self.path)
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class RedirectPair:
+    """Two loopback servers on different ports (two origins): `first` answers every request
+    with a redirect to the same path on `second` (307 for API calls, 302 for `/files/`),
+    `second` answers `IMAGE` to a GET and `{}` otherwise. Both record what they received.
+
+        with RedirectPair() as pair:
+            ...  # point an adapter at pair.first.url
+        assert pair.second.received == [...]
+    """
+
+    IMAGE: ClassVar[bytes] = b"\x89PNG\r\n\x1a\n nbp redirect test"
+
+    def __init__(self) -> None:
+        self.second = LoopbackServer(self._second)
+        self.first = LoopbackServer(self._first)
+
+    def _first(self, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+        status = 302 if path.startswith("/files/") else 307
+        return status, {"Location": f"{self.second.url}{path}"}, b""
+
+    def _second(self, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+        if method == "GET":
+            return 200, {"Content-Type": "image/png"}, self.IMAGE
+        return 200, {"Content-Type": "application/json"}, b"{}"
+
+    def __enter__(self) -> RedirectPair:
+        self.second.start()
+        self.first.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.first.stop()
+        self.second.stop()
 
 
 def _run(factory: Callable[[], Awaitable[T]]) -> T:
@@ -474,4 +875,7 @@ async def _until_done(provider: Provider, submitted: Submitted) -> Finished:
     raise AssertionError("task did not finish")
 
 
-__all__ = ["CreatedTask", "EmulatedTask", "EmulatorControls", "ProviderConformance"]
+__all__ = [
+    "CreatedTask", "EmulatedTask", "EmulatorControls", "LoopbackServer", "ProviderConformance",
+    "RedirectPair",
+]

@@ -1,20 +1,37 @@
 """HTTP plumbing shared by the adapters: one client per adapter, transport faults translated
-once into `providers.errors`, and the one status ladder (`raise_for_http_status`) for the
-status codes every provider means the same way.
+once into `providers.errors`, the one status ladder (`raise_for_http_status`) for the status
+codes every provider means the same way, and the rules for where credentials may go.
 
-Adapters call `send()`, map their own body codes, then hand the rest to the ladder; nothing
-here knows a wire format.
+Adapters call `send()` for API calls and `download()` for result images, map their own body
+codes, then hand the rest to the ladder; nothing here knows a wire format.
+
+Credentials (`CREDENTIAL_HEADERS` plus an adapter's `secret_headers`) never leave the
+origin (scheme, host, port) they were meant for:
+
+    API call (`send`)        a redirect to the same origin is followed; one to another origin
+                             is refused (`Rejected`, code "redirect") before anything is sent
+                             there: the request body is the user's too, and an answer from
+                             elsewhere is not the provider's
+    download (`download`)    redirects are followed (result images live on CDNs); a hop to
+                             another origin carries no credential header
+    any request              carrying credentials to an origin outside the settings'
+                             `credential_origins` is refused (`AuthError`) before it is sent
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import email.utils
 import time
-from collections.abc import AsyncIterator, Callable
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
 
+from providers.base import MAX_IMAGE_BYTES, is_loopback, url_origin
 from providers.errors import (
     AuthError,
     InsufficientBalance,
@@ -22,6 +39,7 @@ from providers.errors import (
     RateLimited,
     Rejected,
     RequestNotSent,
+    ResultMismatch,
     SubmitUncertain,
     TaskNotFound,
     TransientError,
@@ -34,16 +52,79 @@ DEFAULT_HEADERS = {"User-Agent": USER_AGENT, "Accept": "application/json"}
 MAX_RETRY_AFTER_S = 300.0
 # 64 pooled connections in 8 pools of 8: see `ShardedTransport`.
 POOL_SHARDS, CONNECTIONS_PER_SHARD = 8, 8
+# Headers that carry credentials in some provider's protocol (protocols.md §0: Bearer tokens,
+# Wiro's x-api-key / x-nonce / x-signature, Gemini's x-goog-api-key), lowercase. (Cookies are
+# not among them: httpx sends each host only its own, from the client's jar.)
+CREDENTIAL_HEADERS: frozenset[str] = frozenset({
+    "authorization", "proxy-authorization", "x-api-key", "x-nonce", "x-signature",
+    "x-goog-api-key",
+})
+MAX_REDIRECTS = 5
+TOO_LARGE = "too_large"  # `ResultMismatch.code` of an image over the byte cap
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+
+# Request extensions that carry the redirect rules through httpx's redirect chain.
+_FIRST_ORIGIN = "nbp_first_origin"
+_SAME_ORIGIN_ONLY = "nbp_same_origin_only"
 
 
-def make_client(timeout_s: float, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
-    """An async client with pooled connections sized for hundreds of tasks in flight."""
+def make_client(
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
+    *,
+    secret_headers: Iterable[str] = (),
+    credential_origins: frozenset[str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """An async client with pooled connections sized for hundreds of tasks in flight, that
+    keeps credentials where they belong (see the module docstring). `secret_headers` adds
+    header names to `CREDENTIAL_HEADERS`; `credential_origins` (None: any) lists the
+    origins (`providers.base.url_origin`) that may receive them; `transport` replaces the
+    pooled one (tests: `httpx.MockTransport`)."""
+    guard = CredentialGuard(CREDENTIAL_HEADERS | {h.lower() for h in secret_headers},
+                            credential_origins)
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
         headers={**DEFAULT_HEADERS, **(headers or {})},
-        transport=ShardedTransport(POOL_SHARDS, CONNECTIONS_PER_SHARD),
+        transport=transport or ShardedTransport(POOL_SHARDS, CONNECTIONS_PER_SHARD),
         follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
+        event_hooks={"request": [guard]},
     )
+
+
+class CredentialGuard:
+    """A request hook: httpx calls it for the first request and for every redirect hop.
+
+    httpx itself drops only `Authorization` on a redirect to another host, and keeps it on
+    an http -> https upgrade; this drops every credential header on any change of origin."""
+
+    def __init__(self, secret_headers: frozenset[str], origins: frozenset[str] | None) -> None:
+        self.secret_headers, self.origins = secret_headers, origins
+
+    async def __call__(self, request: httpx.Request) -> None:
+        url = str(request.url)
+        origin = url_origin(url)
+        first = request.extensions.setdefault(_FIRST_ORIGIN, origin)
+        secrets = {name.lower() for name in request.headers} & self.secret_headers
+        if origin != first:
+            if request.extensions.get(_SAME_ORIGIN_ONLY):
+                raise Rejected(
+                    f"{request.method} {_path(url)}: the API redirected to {origin}, another "
+                    f"origin than {first}; nbp does not follow it (credentials and request "
+                    "bodies stay with the configured host): check the base URL",
+                    code="redirect",
+                )
+            for name in secrets:
+                request.headers.pop(name, None)
+            return
+        if secrets and self.origins is not None and origin not in self.origins \
+                and not is_loopback(url):
+            raise AuthError(
+                f"{request.method} {_path(url)}: credentials are sent only to documented "
+                f"hosts, hosts named in the environment (NBP_<PROVIDER>_BASE_URL) and "
+                f"loopback, not to {origin}"
+            )
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
@@ -130,16 +211,28 @@ def parse_retry_after(value: str | None) -> float | None:
 async def send(
     client: httpx.AsyncClient, method: str, url: str, *, creates_task: bool = False, **kwargs: Any
 ) -> httpx.Response:
-    """Send one request, translating transport faults.
+    """Send one API request, translating transport faults.
 
     A fault before the request was written (connect errors) is a plain `TransientError`.
     A fault after it was written is `SubmitUncertain` when the request creates a paid task
     (`creates_task`), since the provider may have created it, and `TransientError` otherwise.
+    Redirects are followed only within the origin (`Rejected` otherwise).
     """
+    with _translated(method, url, creates_task=creates_task):
+        return await client.request(
+            method, url, extensions={_SAME_ORIGIN_ONLY: True}, **kwargs
+        )
+
+
+@contextlib.contextmanager
+def _translated(method: str, url: str, *, creates_task: bool = False) -> Iterator[None]:
+    """httpx's transport faults -> `providers.errors` (see `send`)."""
     try:
-        return await client.request(method, url, **kwargs)
+        yield
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise RequestNotSent(f"could not connect to {_host(url)}: {type(exc).__name__}") from exc
+    except httpx.TooManyRedirects as exc:
+        raise TransientError(f"{method} {_path(url)}: too many redirects") from exc
     except httpx.TransportError as exc:
         message = f"{method} {_path(url)}: connection lost ({type(exc).__name__})"
         if creates_task:
@@ -208,17 +301,69 @@ def json_body(response: httpx.Response) -> Any:
         ) from exc
 
 
-async def download(client: httpx.AsyncClient, url: str) -> bytes:
-    """Download a result image; a short or broken body is a `TransientError` (retry)."""
-    response = await send(client, "GET", url)
-    raise_for_http_status(response, f"download {_path(url)}: HTTP {response.status_code}")
-    data = response.content
-    expected = response.headers.get("Content-Length")
-    if expected is not None and expected.isdigit() and int(expected) != len(data):
-        raise TransientError(f"download {_path(url)}: got {len(data)} of {expected} bytes")
-    if not data:
+async def download(
+    client: httpx.AsyncClient, url: str, *, max_bytes: int = MAX_IMAGE_BYTES
+) -> bytes:
+    """Download a result image, following redirects (credentials stripped off-origin).
+
+    A body over `max_bytes` is `ResultMismatch` (code `too_large`): refused by its
+    Content-Length before reading, or once the running count passes the cap, so an unbounded
+    body is never held in memory. A short or broken body is a `TransientError` (retry).
+    """
+    with _translated("GET", url):
+        async with client.stream("GET", url) as response:
+            raise_for_http_status(response, f"download {_path(url)}: HTTP {response.status_code}")
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise _too_large(url, max_bytes, f"Content-Length {declared}")
+            chunks: list[bytes] = []
+            received = 0
+            async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK_BYTES):
+                received += len(chunk)
+                if received > max_bytes:
+                    raise _too_large(url, max_bytes, f"more than {max_bytes} bytes sent")
+                chunks.append(chunk)
+            # Content-Length counts the bytes on the wire, before any Content-Encoding.
+            encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+            sent = response.num_bytes_downloaded if encoded else received
+    if declared.isdigit() and int(declared) != sent:
+        raise TransientError(f"download {_path(url)}: got {sent} of {declared} bytes")
+    if not received:
         raise TransientError(f"download {_path(url)}: empty body")
+    return b"".join(chunks)
+
+
+def inline_image(url: str, *, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of a `data:` URL (an image a provider returned inline, e.g. Runware's
+    `imageDataURI`), sized before it is decoded: over `max_bytes` is `ResultMismatch`
+    (`too_large`), undecodable is `ResultMismatch` (`undecodable`)."""
+    header, comma, payload = url.partition(",")
+    if not header.startswith("data:") or not comma:
+        raise ResultMismatch("inline image: not a data: URL", code="undecodable")
+    if header.endswith(";base64"):
+        payload = "".join(payload.split())
+        size = len(payload) * 3 // 4 - payload[-2:].count("=")
+        if size > max_bytes:
+            raise ResultMismatch(
+                f"inline image: {size} bytes, more than the {max_bytes} allowed", code=TOO_LARGE
+            )
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ResultMismatch("inline image: invalid base64", code="undecodable") from exc
+    data = urllib.parse.unquote_to_bytes(payload)
+    if len(data) > max_bytes:
+        raise ResultMismatch(
+            f"inline image: {len(data)} bytes, more than the {max_bytes} allowed", code=TOO_LARGE
+        )
     return data
+
+
+def _too_large(url: str, max_bytes: int, why: str) -> ResultMismatch:
+    return ResultMismatch(
+        f"download {_path(url)}: the image is larger than {max_bytes} bytes ({why})",
+        code=TOO_LARGE,
+    )
 
 
 def _host(url: str) -> str:

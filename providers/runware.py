@@ -358,13 +358,17 @@ def outcome_of(items: Sequence[Mapping[str, Any]]) -> Pending | Finished:
 
 
 def _image_of(item: Mapping[str, Any]) -> ResultImage | None:
+    """The image of a result item. Inline outputs (other outputTypes, RP types.py) stay a
+    `data:` URL until `download`, which sizes them before decoding."""
     url = item.get("imageURL")
     if isinstance(url, str) and url:
         return ResultImage(url=url)
-    for key in ("imageBase64Data", "imageDataURI"):  # other outputTypes (RP types.py)
-        value = item.get(key)
-        if isinstance(value, str) and value:
-            return ResultImage(data=base64.b64decode(value.split(",", 1)[-1]))
+    value = item.get("imageDataURI")
+    if isinstance(value, str) and value.startswith("data:"):
+        return ResultImage(url=value)
+    value = item.get("imageBase64Data") or value
+    if isinstance(value, str) and value:
+        return ResultImage(url=f"data:application/octet-stream;base64,{value.split(',')[-1]}")
     return None
 
 

@@ -57,6 +57,8 @@ KILL_PATH = "/Task/Kill"
 UPLOAD_PATH = "/File/Upload"
 
 API_KEY_ENV, API_SECRET_ENV = "WIRO_API_KEY", "WIRO_API_SECRET"
+# The auth headers (protocols.md §1.1): all three are credentials (the signature is replayable).
+AUTH_HEADERS: tuple[str, ...] = ("x-api-key", "x-nonce", "x-signature")
 
 # Seed inputs: `aspectRatio` select (default match_input_image), `resolution` 1K|2K|4K,
 # `inputImage` combinefileinput "up to 14 reference images" (seed, protocols.md §1.2).
@@ -130,6 +132,7 @@ class WiroProvider(HttpAdapter):
     name: ClassVar[str] = "wiro"
     model: ClassVar[str] = f"{MODEL_OWNER}/{MODEL_PROJECT}"
     default_base_url: ClassVar[str] = DOCUMENTED_BASE_URL
+    secret_headers: ClassVar[tuple[str, ...]] = AUTH_HEADERS
     capabilities: ClassVar[Capabilities] = Capabilities(
         aspect_ratios=ASPECT_RATIOS,
         resolutions=RESOLUTIONS,

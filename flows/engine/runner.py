@@ -56,6 +56,7 @@ from providers.errors import (
     RateLimited,
     Rejected,
     RequestNotSent,
+    ResultMismatch,
     SubmitUncertain,
     TaskFailed,
     TransientError,
@@ -409,15 +410,18 @@ class Runner:
                 return outcome
             assert isinstance(outcome, Pending)
 
-    async def _step(self, call: Any, until: float, what: str) -> Any:
+    async def _step(
+        self, call: Any, until: float, what: str,
+        final: tuple[type[BaseException], ...] = FINAL_AFTER_CREATE,
+    ) -> Any:
         """One step after the create: every provider error but the provider's own word on
-        the task is retried until `until`; then the task is left for the next run."""
+        the task (`final`) is retried until `until`; then the task is left for the next run."""
         try:
             return await with_retries(
-                call, policy=self.ctx.retry, transient=(ProviderError,),
-                final=FINAL_AFTER_CREATE, until=until,
+                call, policy=self.ctx.retry, transient=(ProviderError,), final=final,
+                until=until,
             )
-        except FINAL_AFTER_CREATE:
+        except final:
             raise
         except ProviderError as exc:
             raise TaskPending(f"{what} kept failing: {type(exc).__name__}: {exc}") from exc
@@ -429,7 +433,9 @@ class Runner:
         if not finished.images:
             await self._journal(state, "failed")
             raise TaskFailed("the provider reported success but returned no image", code="no_image")
-        data = await self._step(lambda: provider.download(finished.images[0]), until, "download")
+        # A 404 on a result URL is an expired link, not a lost task: retried, then pending.
+        data = await self._step(lambda: provider.download(finished.images[0]), until,
+                                "download", final=(ResultMismatch,))
         expected = pixel_size(cell.aspect_ratio, cell.resolution)
         try:
             # Off the event loop: decoding a 4K PNG takes ~0.2 s of CPU (Pillow frees the GIL).

@@ -3,12 +3,31 @@ clock-driven remote task, a create log for tests to assert on, a create-rate win
 generated result images. Emulators state their provider's facts themselves, from the seeds
 and protocols.md, and never import the adapters they emulate.
 
-Fault injection works by configuration, like dlt's `dummy` destination: probabilities drawn
-from a seeded RNG, plus deterministic prompt markers for tests that need one exact outcome:
+Fault injection works by configuration, like dlt's `dummy` destination (`FaultConfig`):
+probabilities drawn from a seeded RNG, counts and timed outages, plus deterministic prompt
+markers for tests that need one exact outcome:
 
-    "[emulate:fail]"      the task runs and fails (provider's generic failure)
-    "[emulate:content]"   the task fails as a content/policy rejection
-    "[emulate:noimage]"   the task "succeeds" with no image
+    "[emulate:fail]"       the task runs and fails (provider's generic failure)
+    "[emulate:content]"    the task fails as a content/policy rejection
+    "[emulate:noimage]"    the task "succeeds" with no image
+    "[emulate:bomb]"       the result is a ~110 KB PNG whose header says 30000x30000 pixels
+                           (1-bit, all black: 112 MB of scanlines, a decompression bomb)
+    "[emulate:oversize]"   the result is a valid image padded (PNG: a private ancillary chunk
+                           `nbPd`; JPEG/WebP: trailing bytes) to `FaultConfig.oversize_bytes`,
+                           which by default is more than nbp's download cap
+    "[emulate:wrongsize]"  the result is half the documented width and height
+
+Faults where a request meets the provider, each answered in that provider's own shape where
+its documentation shows one, else as the reverse proxy / CDN in front of it would
+(`proxy_error`; `ProviderEmulator.fault_response` is the per-provider hook):
+
+    create     `submit_5xx_prob` (5xx, nothing created), `create_5xx_after_create_prob` (the
+               task is created and runs, the answer is HTTP 500/502/504),
+               `drop_after_create_prob` (created, then the connection is cut)
+    status     `poll_5xx_prob`, `poll_outage_s` (every query answers 503 for that long),
+               `poll_403_count` (the next N queries answer a proxy's 403)
+    download   `truncate_download_prob`, `download_delay_s`, `download_fail_count` (the next
+               N result downloads answer 503), `download_outage_s`, `download_chunked`
 """
 
 from __future__ import annotations
@@ -17,10 +36,12 @@ import functools
 import hashlib
 import io
 import random
+import struct
 import threading
 import time
+import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,22 +91,70 @@ def pixel_size(aspect_ratio: str, resolution: str) -> tuple[int, int]:
 FAIL_MARKER = "[emulate:fail]"
 CONTENT_MARKER = "[emulate:content]"
 NO_IMAGE_MARKER = "[emulate:noimage]"
+BOMB_MARKER = "[emulate:bomb]"
+OVERSIZE_MARKER = "[emulate:oversize]"
+WRONG_SIZE_MARKER = "[emulate:wrongsize]"
+# What a successful task's result image is (`RemoteTask.image`), by marker.
+IMAGE_MARKERS: dict[str, str] = {
+    BOMB_MARKER: "bomb", OVERSIZE_MARKER: "oversize", WRONG_SIZE_MARKER: "wrongsize",
+}
+BOMB_SIZE = (30000, 30000)  # 9e8 pixels: 5x what Pillow refuses to open (2 x MAX_IMAGE_PIXELS)
+# Above nbp's default download cap (providers.base.MAX_IMAGE_BYTES, 64 MiB): a fact of the
+# client, not of any provider, restated here because emulators import no adapter code.
+DEFAULT_OVERSIZE_BYTES = 65 * 1024 * 1024
+# Statuses of `create_5xx_after_create_prob`: the origin failing after the write (500), or the
+# gateway in front of it giving up on the origin's answer (502, 504).
+AFTER_CREATE_STATUSES: tuple[int, ...] = (500, 502, 504)
 
 
 @dataclass
 class FaultConfig:
-    """Knobs of one provider emulator. Probabilities are per request, in [0, 1]."""
+    """Knobs of one provider emulator. Probabilities are per request, in [0, 1]; counts are
+    used up one request at a time; an outage lasts `*_outage_s` seconds from `*_outage_from`
+    (a `time.monotonic()` value), which is set to the moment the outage is configured
+    (`ProviderEmulator.configure` or construction) unless given."""
 
     latency_s: float = 1.0             # create -> terminal state
     fail_prob: float = 0.0             # task ends in the provider's failure state
     submit_5xx_prob: float = 0.0       # create answers 500/503 and creates nothing
+    # the task is created (and runs), then the create answers 500/502/504
+    create_5xx_after_create_prob: float = 0.0
     poll_5xx_prob: float = 0.0         # status query answers 500/503
+    poll_outage_s: float = 0.0         # every status query answers 503 for this long ...
+    poll_outage_from: float | None = None  # ... from this monotonic time (None: configured)
+    poll_403_count: int = 0            # the next N status queries answer a proxy's 403
     drop_after_create_prob: float = 0.0  # task is created, then the connection is cut
     truncate_download_prob: float = 0.0  # image download stops half-way
     download_delay_s: float = 0.0      # extra seconds before an image download answers
+    download_fail_count: int = 0       # the next N result image downloads answer 503
+    download_outage_s: float = 0.0     # every result image download answers 503 for this long
+    download_outage_from: float | None = None  # ... from this monotonic time (None: configured)
+    download_chunked: bool = False     # images are sent chunked, without Content-Length
+    oversize_bytes: int = DEFAULT_OVERSIZE_BYTES  # size of an `[emulate:oversize]` result
     rate_limit: tuple[int, float] | None = None  # at most N creates per window seconds
     max_concurrency: int | None = None  # tasks not yet terminal, per account
     seed: int = 0
+
+
+_OUTAGES = (("poll_outage_s", "poll_outage_from"), ("download_outage_s", "download_outage_from"))
+
+
+def proxy_error(status: int, *, server: str = "nginx") -> Response:
+    """The HTML error page a reverse proxy or CDN answers in front of an API (not the API's
+    own JSON): what a client meets when something between it and the provider fails."""
+    reason = _REASONS.get(status, "Error")
+    page = (
+        f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>{server}</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    )
+    return Response(page, status, media_type="text/html")
+
+
+_REASONS: dict[int, str] = {
+    403: "Forbidden", 500: "Internal Server Error", 502: "Bad Gateway",
+    503: "Service Temporarily Unavailable", 504: "Gateway Time-out",
+}
 
 
 @dataclass
@@ -115,6 +184,7 @@ class RemoteTask:
     references: list[str] = field(default_factory=list)  # as the provider received them
     cancelled_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    image: str = "normal"  # what a success delivers: "normal" | "bomb" | "oversize" | "wrongsize"
 
     def phase(self, now: float | None = None) -> str:
         """"queued" | "running" | "done" | "cancelled": where the clock puts the task."""
@@ -182,6 +252,9 @@ class ProviderEmulator:
         self._rng = random.Random(self.config.seed)
         self._lock = threading.Lock()
         self.rate = self._make_rate_window()
+        for length, start in _OUTAGES:
+            if getattr(self.config, length) > 0 and getattr(self.config, start) is None:
+                setattr(self.config, start, time.monotonic())
 
     def _make_rate_window(self) -> RateWindow | None:
         if self.config.rate_limit is None:
@@ -189,11 +262,15 @@ class ProviderEmulator:
         return RateWindow(*self.config.rate_limit)
 
     def configure(self, **changes: Any) -> None:
-        """Change fault knobs at run time (tests); resets the rate window when it changes."""
+        """Change fault knobs at run time (tests); resets the rate window when it changes, and
+        starts an outage now when its length is set without a start."""
         for key, value in changes.items():
             if not hasattr(self.config, key):
                 raise AttributeError(f"FaultConfig has no field {key!r}")
             setattr(self.config, key, value)
+        for length, start in _OUTAGES:
+            if length in changes and changes.get(start) is None:
+                setattr(self.config, start, time.monotonic())
         if "rate_limit" in changes:
             self.rate = self._make_rate_window()
         if "seed" in changes:
@@ -229,6 +306,46 @@ class ProviderEmulator:
         self.rejected_for_rate += 1
         return False
 
+    def created_fault(self) -> Response | None:
+        """For a create handler, after its task was created: the 5xx answer
+        `create_5xx_after_create_prob` calls for (in the provider's shape), else None."""
+        if not self.chance(self.config.create_5xx_after_create_prob):
+            return None
+        with self._lock:
+            status = self._rng.choice(AFTER_CREATE_STATUSES)
+        return self.fault_response(status)
+
+    def status_fault(self) -> Response | None:
+        """For a status query handler, before anything else (a proxy answers before the
+        provider sees the request): a 403 while `poll_403_count` lasts, a 503 during a
+        `poll_outage_s`, else None. (`poll_5xx_prob` stays the handler's own.)"""
+        with self._lock:
+            refuse = self.config.poll_403_count > 0
+            if refuse:
+                self.config.poll_403_count -= 1
+        if refuse:
+            return self.fault_response(403)
+        if _in_outage(self.config.poll_outage_s, self.config.poll_outage_from):
+            return self.fault_response(503)
+        return None
+
+    def download_fault(self) -> Response | None:
+        """For a result image download: a CDN's 503 while `download_fail_count` lasts or
+        during a `download_outage_s`, else None."""
+        with self._lock:
+            fail = self.config.download_fail_count > 0
+            if fail:
+                self.config.download_fail_count -= 1
+        if fail or _in_outage(self.config.download_outage_s, self.config.download_outage_from):
+            return proxy_error(503)
+        return None
+
+    def fault_response(self, status: int) -> Response:
+        """How this provider's side answers an injected fault of `status` (403 from a proxy,
+        500, 502, 503, 504). Default: the proxy's HTML page (`proxy_error`); an emulator
+        answers in its provider's documented shape where there is one."""
+        return proxy_error(status)
+
     def in_flight(self) -> int:
         return sum(1 for t in list(self.tasks.values()) if not t.terminal)
 
@@ -257,10 +374,12 @@ class ProviderEmulator:
             outcome = "noimage"
         else:
             outcome = "success"
+        image = next((kind for marker, kind in IMAGE_MARKERS.items() if marker in prompt),
+                     "normal")
         now = time.time()
         task = RemoteTask(
             task_id, prompt, aspect_ratio, resolution, output_format, now,
-            self.config.latency_s, outcome, body, list(references),
+            self.config.latency_s, outcome, body, list(references), image=image,
         )
         with self._lock:
             self.tasks[task_id] = task
@@ -275,10 +394,17 @@ class ProviderEmulator:
         """Public URL of a task's result image, served by the hub's file store."""
         if self.hub is None:
             raise RuntimeError("emulator is not mounted on a hub")
-        key = f"{self.name}-{_safe(task.task_id)}-{index}.{task.output_format}"
         width, height = pixel_size(task.aspect_ratio, task.resolution)
+        fmt = task.output_format
+        if task.image == "wrongsize":
+            width, height = max(1, width // 2), max(1, height // 2)
+        elif task.image == "bomb":
+            (width, height), fmt = BOMB_SIZE, "png"
+        key = f"{self.name}-{_safe(task.task_id)}-{index}.{fmt}"
+        pad_to = self.config.oversize_bytes if task.image == "oversize" else 0
         self.hub.files.register_generated(
-            key, width, height, task.output_format, seed_text=task.prompt
+            key, width, height, fmt, seed_text=task.prompt, bomb=task.image == "bomb",
+            pad_to=pad_to,
         )
         url: str = f"{self.hub.url}/files/{key}"
         return url
@@ -302,6 +428,10 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
+def _in_outage(length_s: float, start: float | None) -> bool:
+    return length_s > 0 and start is not None and 0 <= time.monotonic() - start < length_s
+
+
 @dataclass
 class _FileEntry:
     width: int = 0
@@ -310,6 +440,38 @@ class _FileEntry:
     seed_text: str = ""
     data: bytes | None = None
     mime: str = "image/png"
+    result: bool = False  # a task's result image (download faults apply), not an upload
+    bomb: bool = False
+    pad_to: int = 0       # an oversize image: its total size in bytes
+
+
+@dataclass(frozen=True)
+class FileBody:
+    """A file as the hub sends it: `head`, then `padding` zero bytes, then `tail` (an
+    oversize image is mostly padding, streamed without ever being held in memory)."""
+
+    head: bytes
+    mime: str
+    padding: int = 0
+    tail: bytes = b""
+    result: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + self.padding + len(self.tail)
+
+    def chunks(self, chunk_bytes: int = 1024 * 1024) -> Iterator[bytes]:
+        yield self.head
+        zeros = bytes(min(chunk_bytes, self.padding))
+        left = self.padding
+        while left > 0:
+            yield zeros if left >= len(zeros) else zeros[:left]
+            left -= len(zeros)
+        if self.tail:
+            yield self.tail
+
+    def read(self) -> bytes:
+        return b"".join(self.chunks())
 
 
 class FileStore:
@@ -325,24 +487,87 @@ class FileStore:
         self.downloads = 0
 
     def register_generated(
-        self, key: str, width: int, height: int, fmt: str, *, seed_text: str
+        self, key: str, width: int, height: int, fmt: str, *, seed_text: str,
+        bomb: bool = False, pad_to: int = 0,
     ) -> None:
+        """A result image to render on first download: `bomb` makes it the decompression
+        bomb (`bomb_png`), `pad_to` pads it to that many bytes (`oversize_body`)."""
+        entry = _FileEntry(width, height, fmt, seed_text, result=True, bomb=bomb, pad_to=pad_to)
         with self._lock:
-            self._files.setdefault(key, _FileEntry(width, height, fmt, seed_text))
+            self._files.setdefault(key, entry)
 
     def put(self, key: str, data: bytes, mime: str) -> None:
         with self._lock:
             self._files[key] = _FileEntry(data=data, mime=mime)
 
-    def get(self, key: str) -> tuple[bytes, str] | None:
+    def open(self, key: str) -> FileBody | None:
+        """The body to send for `key`, or None when there is no such file."""
         with self._lock:
             entry = self._files.get(key)
         if entry is None:
             return None
         if entry.data is None:
-            entry.data = render_image(entry.width, entry.height, entry.fmt, entry.seed_text)
+            if entry.bomb:
+                entry.data = bomb_png(entry.width, entry.height)
+            else:
+                entry.data = render_image(entry.width, entry.height, entry.fmt, entry.seed_text)
             entry.mime = IMAGE_ENCODINGS[entry.fmt][1]
-        return entry.data, entry.mime
+        if entry.pad_to > len(entry.data):
+            return oversize_body(entry.data, entry.mime, entry.pad_to)
+        return FileBody(entry.data, entry.mime, result=entry.result)
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        """The whole file and its MIME type (an oversize one is built in memory)."""
+        body = self.open(key)
+        return None if body is None else (body.read(), body.mime)
+
+
+PAD_CHUNK_TYPE = b"nbPd"  # PNG chunk type: ancillary, private, safe to copy (PNG spec §5.4)
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def oversize_body(image: bytes, mime: str, size: int) -> FileBody:
+    """`image` grown to `size` bytes and still valid: a PNG gets a `nbPd` chunk of zeros
+    before IEND; other formats get zeros after their end (decoders ignore trailing bytes)."""
+    if image.endswith(_IEND) and size >= len(image) + 12:
+        padding = size - len(image) - 12  # chunk length, type, CRC
+        head = image[: -len(_IEND)] + struct.pack(">I", padding) + PAD_CHUNK_TYPE
+        tail = struct.pack(">I", _pad_crc(padding)) + _IEND
+        return FileBody(head, mime, padding, tail, result=True)
+    return FileBody(image, mime, max(0, size - len(image)), result=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _pad_crc(length: int) -> int:
+    crc = zlib.crc32(PAD_CHUNK_TYPE)
+    block = bytes(min(length, 1024 * 1024))
+    left = length
+    while left > 0:
+        crc = zlib.crc32(block if left >= len(block) else block[:left], crc)
+        left -= len(block)
+    return crc
+
+
+@functools.lru_cache(maxsize=2)
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid 1-bit greyscale PNG of `width` x `height` black pixels: the scanlines (112 MB
+    at 30000x30000) compress ~1000:1, so the file is ~110 KB and decodes to 900 megapixels."""
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed bits
+    compressor = zlib.compressobj(9)
+    rows_per_block = max(1, (4 * 1024 * 1024) // len(row))
+    parts = []
+    for first in range(0, height, rows_per_block):
+        parts.append(compressor.compress(row * min(rows_per_block, height - first)))
+    parts.append(compressor.flush())
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data)
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
+            + chunk(b"IEND", b""))
 
 
 @functools.lru_cache(maxsize=32)

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from providers.emulator.core import FaultConfig, ProviderEmulator, RemoteTask
+from providers.emulator.core import FaultConfig, ProviderEmulator, RemoteTask, proxy_error
 from providers.emulator.hub import TEST_CREDENTIALS
 
 # -- HiAPI's documented facts (S1 = seeds/hiapi.txt, protocols.md §2; HJ = hiapi-java) -------
@@ -120,6 +120,8 @@ class HiapiEmulator(ProviderEmulator):
             if replay is not None:
                 return replay
         task = self._create_task(body, key)
+        if (fault := self.created_fault()) is not None:
+            return fault
         payload = success({"taskId": task.task_id})
         if self.chance(self.config.drop_after_create_prob):
             return self.dropped_connection(json.dumps(payload).encode())
@@ -127,6 +129,8 @@ class HiapiEmulator(ProviderEmulator):
 
     async def detail(self, request: Request) -> Response:
         self.log_request(request)
+        if (fault := self.status_fault()) is not None:
+            return fault
         if not self._authorized(request):
             return error(401, "Invalid or missing API key")
         if self.chance(self.config.poll_5xx_prob):
@@ -186,6 +190,15 @@ class HiapiEmulator(ProviderEmulator):
                 data["status"] = "fail"
                 data["error"] = dict(CONTENT_ERROR if task.outcome == "content" else FAIL_ERROR)
         return data
+
+    def fault_response(self, status: int) -> Response:
+        """HiAPI's own envelope for 500 and 503 ("platform busy", §2.4); 403, 502 and 504
+        from the proxy in front of it."""
+        if status == 503:
+            return error(503, "Platform busy, please retry later")
+        if status == 500:
+            return error(500, "Internal server error")
+        return proxy_error(status)
 
     def _authorized(self, request: Request) -> bool:
         return request.headers.get("Authorization") == f"Bearer {self.api_key}"

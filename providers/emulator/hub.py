@@ -9,7 +9,7 @@ Each emulator is mounted under its own prefix, so one port serves every document
         assert hub["kie"].creates_for("lemon") == 1
 
 Result images and uploaded files are served under `/files/{key}` (fault knobs of the owning
-provider apply: slow and truncated downloads).
+provider apply: slow, truncated, chunked and failing downloads; see `providers.emulator.core`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
-from providers.emulator.core import FaultConfig, FileStore, ProviderEmulator
+from providers.emulator.core import FaultConfig, FileBody, FileStore, ProviderEmulator
 
 EMULATORS: dict[str, str] = {
     "wiro": "providers.emulator.wiro:WiroEmulator",
@@ -116,18 +116,23 @@ class EmulatorHub:
 
     async def _serve_file(self, request: Request) -> Response:
         key = request.path_params["key"]
-        found = self.files.get(key)
-        if found is None:
+        body = self.files.open(key)
+        if body is None:
             return JSONResponse({"error": "not found"}, status_code=404)
-        data, mime = found
         self.files.downloads += 1
         owner = self.emulators.get(key.split("-", 1)[0])
+        chunked = False
         if owner is not None:
+            if body.result and (fault := owner.download_fault()) is not None:
+                return fault
             if owner.config.download_delay_s:
                 await asyncio.sleep(owner.config.download_delay_s)
             if owner.chance(owner.config.truncate_download_prob):
-                return _truncated(data, mime)
-        return Response(data, media_type=mime)
+                return _streamed(body, stop_at=body.size // 2)
+            chunked = owner.config.download_chunked
+        if chunked or body.padding:
+            return _streamed(body, chunked=chunked)
+        return Response(body.head, media_type=body.mime)
 
     def base_url(self, provider: str) -> str:
         """The URL that replaces `provider`'s documented base."""
@@ -190,11 +195,18 @@ class EmulatorHub:
             hub.stop()
 
 
-def _truncated(data: bytes, mime: str) -> Response:
-    async def stream() -> AsyncIterator[bytes]:
-        yield data[: len(data) // 2]
-        raise ConnectionAbortedError("emulated truncated download")
+def _streamed(body: FileBody, *, chunked: bool = False, stop_at: int | None = None) -> Response:
+    """`body` streamed: with its Content-Length unless `chunked`; cut after `stop_at` bytes
+    (a truncated download: the connection drops mid-body)."""
 
-    return StreamingResponse(
-        stream(), media_type=mime, headers={"Content-Length": str(len(data))}
-    )
+    async def stream() -> AsyncIterator[bytes]:
+        sent = 0
+        for chunk in body.chunks():
+            if stop_at is not None and sent + len(chunk) >= stop_at:
+                yield chunk[: stop_at - sent]
+                raise ConnectionAbortedError("emulated truncated download")
+            sent += len(chunk)
+            yield chunk
+
+    headers = {} if chunked else {"Content-Length": str(body.size)}
+    return StreamingResponse(stream(), media_type=body.mime, headers=headers)

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from providers.emulator.core import FaultConfig, ProviderEmulator, RemoteTask
+from providers.emulator.core import FaultConfig, ProviderEmulator, RemoteTask, proxy_error
 from providers.emulator.hub import TEST_CREDENTIALS
 
 # -- Kie's documented facts (S3 = seeds/kie.txt "input Object Parameters", protocols.md §4) --
@@ -44,6 +44,8 @@ KIE_BODY_CODES: frozenset[int] = frozenset({200, 400, 401, 402, 404, 422, 429, 5
 KIE_CREDITS: dict[str, int] = {"1K": 18, "2K": 18, "4K": 24}
 
 AUTH_MESSAGE = "You do not have access permissions"  # protocols.md §4.1, answered with HTTP 200
+# Both hosts sit behind Cloudflare, whose refusal is a bare 403 "error code: 1010" (§4.1 [I]).
+CLOUDFLARE_403 = "error code: 1010"
 RATE_MESSAGE = "The frequency of your requests is too high; this request was not queued"
 UPLOAD_OK_MESSAGE = "File uploaded successfully"
 
@@ -139,6 +141,15 @@ class KieEmulator(ProviderEmulator):
         return Response("<html><body>503 Service Unavailable</body></html>", 503,
                         media_type="text/html")
 
+    def fault_response(self, status: int) -> Response:
+        """Cloudflare's answers in front of Kie (§4.1): the bare 403 "error code: 1010" and
+        its 502/503/504 pages; a 500 from Kie itself is its JSON with HTTP 500."""
+        if status == 403:
+            return Response(CLOUDFLARE_403, 403, media_type="text/plain")
+        if status == 500:
+            return JSONResponse({"code": 500, "msg": "Server Error", "data": None}, 500)
+        return proxy_error(status, server="cloudflare")
+
     # -- createTask -------------------------------------------------------------------
 
     async def create_task(self, request: Request) -> Response:
@@ -161,6 +172,8 @@ class KieEmulator(ProviderEmulator):
         if not self.admit_create():
             return self.envelope(429, RATE_MESSAGE)
         task = self.start_task(body)
+        if (fault := self.created_fault()) is not None:
+            return fault
         created = {"code": 200, "msg": "success", "data": {"taskId": task.task_id}}
         if self.chance(self.config.drop_after_create_prob):
             return self.dropped_connection(json.dumps(created).encode())
@@ -227,6 +240,8 @@ class KieEmulator(ProviderEmulator):
 
     async def record_info(self, request: Request) -> Response:
         self.log_request(request)
+        if (fault := self.status_fault()) is not None:
+            return fault
         if (answer := self.denied(request)) is not None:
             return answer
         if self.chance(self.config.poll_5xx_prob):

@@ -31,14 +31,20 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from providers.emulator.core import PIXEL_SIZES, FaultConfig, ProviderEmulator, RemoteTask
+from providers.emulator.core import (
+    PIXEL_SIZES,
+    FaultConfig,
+    ProviderEmulator,
+    RemoteTask,
+    proxy_error,
+)
 from providers.emulator.hub import TEST_CREDENTIALS
 
 # -- Runware's documented facts (S2 = seeds/runware.txt, protocols.md §3, RD = runware.ai/docs) --
@@ -106,6 +112,16 @@ class Refusal(Exception):
         return body
 
 
+@dataclass
+class _Answer:
+    """What one task of the array contributes to the answer."""
+
+    data: list[dict[str, Any]]
+    failures: list[dict[str, Any]] = field(default_factory=list)  # failed generations
+    drop: bool = False              # the task exists; the connection is cut before the answer
+    fault: Response | None = None   # the task exists; the request is answered with this
+
+
 def invalid(parameter: str, message: str, status: int = 400) -> Refusal:
     """Runware's naming: `invalid` + the parameter (`invalidWidth`, `invalidTaskUUID`)."""
     return Refusal(status, f"invalid{parameter[0].upper()}{parameter[1:]}", message, parameter)
@@ -162,6 +178,8 @@ class RunwareEmulator(ProviderEmulator):
                               "https://my.runware.ai/signup", "apiKey")
             return reply(401, [], [refusal.item({"taskType": "authentication"})])
         kinds = {t.get("taskType") for t in tasks}
+        if "getResponse" in kinds and (fault := self.status_fault()) is not None:
+            return fault
         if ("imageInference" in kinds and self.chance(self.config.submit_5xx_prob)) or (
             "getResponse" in kinds and self.chance(self.config.poll_5xx_prob)
         ):
@@ -176,16 +194,20 @@ class RunwareEmulator(ProviderEmulator):
         errors: list[dict[str, Any]] = []
         refused: list[int] = []
         drop = False
+        fault: Response | None = None
         for task in tasks:
             try:
-                items, failures, dropped = await self._run(task)
+                answer = await self._run(task)
             except Refusal as refusal:
                 errors.append(refusal.item(task))
                 refused.append(refusal.status)
                 continue
-            data.extend(items)
-            errors.extend(failures)
-            drop = drop or dropped
+            data.extend(answer.data)
+            errors.extend(answer.failures)
+            drop = drop or answer.drop
+            fault = fault or answer.fault
+        if fault is not None:  # the tasks exist (and are billed); the answer is an error
+            return fault
         answered = bool(data) or len(errors) > len(refused)
         status = 200 if answered or not refused else refused[0]
         if session is not None:
@@ -194,27 +216,22 @@ class RunwareEmulator(ProviderEmulator):
             return self.dropped_connection(json.dumps(envelope(data, errors)).encode())
         return reply(status, data, errors)
 
-    async def _run(
-        self, task: dict[str, Any]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
-        """(data items, failed generations, cut the connection) for one task of the array."""
+    async def _run(self, task: dict[str, Any]) -> _Answer:
+        """What one task of the array answers."""
         kind = task.get("taskType")
         if kind == "imageInference":
             return await self._inference(task)
         if kind == "getResponse":
-            data, failures = self._get_response(task)
-            return data, failures, False
+            return _Answer(*self._get_response(task))
         if kind == "imageUpload":
-            return [self._upload(task)], [], False
+            return _Answer([self._upload(task)])
         if kind == "authentication":
             raise invalid("taskType", "authentication must be the first task of the array")
         raise invalid("taskType", f"Unsupported taskType {kind!r}")
 
     # -- imageInference ---------------------------------------------------------------
 
-    async def _inference(
-        self, task: dict[str, Any]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+    async def _inference(self, task: dict[str, Any]) -> _Answer:
         task_uuid = self._claim_uuid(task, validate=lambda: validate_inference(task))
         try:
             ratio, resolution = size_of(task)
@@ -243,14 +260,27 @@ class RunwareEmulator(ProviderEmulator):
             include_cost=task.get("includeCost", False) is True,
             output_type=task.get("outputType", "URL"),
         )
-        # The task exists (and is billed) from here on; a drop cuts the answer, not the task.
-        drop = self.chance(self.config.drop_after_create_prob)
+        # The task exists (and is billed) from here on; a drop or a 5xx loses the answer,
+        # not the task.
+        fault = self.created_fault()
+        drop = fault is None and self.chance(self.config.drop_after_create_prob)
         ack = {"taskType": "imageInference", "taskUUID": task_uuid}
-        if drop or task.get("deliveryMethod", "sync") == "async":
-            return [ack], [], drop
+        if fault is not None or drop or task.get("deliveryMethod", "sync") == "async":
+            return _Answer([ack], drop=drop, fault=fault)
         await asyncio.sleep(max(0.0, remote.created + remote.latency_s - time.time()))
-        data, failures = self.task_items(remote, sync=True)
-        return data, failures, False
+        return _Answer(*self.task_items(remote, sync=True))
+
+    def fault_response(self, status: int) -> Response:
+        """Runware's own answers for 503 and 500 (`errors[]`, RD platform/errors: 503 is
+        "temporarily unavailable"; 500's code is not documented [I]); 403, 502 and 504 from
+        the proxy in front of it."""
+        if status == 503:
+            refusal = Refusal(503, "serviceUnavailable", "Service temporarily unavailable.")
+            return reply(503, [], [refusal.item({})])
+        if status == 500:
+            refusal = Refusal(500, "internalServerError", "Internal server error.")
+            return reply(500, [], [refusal.item({})])
+        return proxy_error(status)
 
     def _claim_uuid(self, task: Mapping[str, Any], validate: Any) -> str:
         task_uuid = task.get("taskUUID")

@@ -43,6 +43,7 @@ from providers.emulator.core import (
     FaultConfig,
     ProviderEmulator,
     RemoteTask,
+    proxy_error,
 )
 from providers.emulator.hub import TEST_CREDENTIALS
 
@@ -197,6 +198,8 @@ class WiroEmulator(ProviderEmulator):
 
     async def _detail(self, request: Request) -> Response:
         self.log_request(request)
+        if (fault := self.status_fault()) is not None:
+            return fault
         if (denied := self._authenticate(request)) is not None:
             return denied
         if self.chance(self.config.poll_5xx_prob):
@@ -357,6 +360,8 @@ class WiroEmulator(ProviderEmulator):
         task.extra.update(token=token, uuid=str(uuid.uuid4()), content_type=run.content_type)
         with self._lock:
             self._tokens[token] = task_id
+        if (fault := self.created_fault()) is not None:
+            return fault
         answer = {"result": True, "errors": [], "taskid": task_id, "socketaccesstoken": token}
         if self.chance(self.config.drop_after_create_prob):
             return self.dropped_connection(json.dumps(answer).encode())
@@ -464,6 +469,13 @@ class WiroEmulator(ProviderEmulator):
     def _server_error(self) -> Response:
         status = 503 if self.chance(0.5) else 500
         return _error(CODE_GENERAL, "Internal server error", status=status)
+
+    def fault_response(self, status: int) -> Response:
+        """A 500 from Wiro itself (introduction.md lists it; the body is the usual envelope,
+        code 0 "server" kind); 403, 502, 503 and 504 from the proxy in front of it."""
+        if status == 500:
+            return _error(CODE_GENERAL, "Internal server error", status=500)
+        return proxy_error(status)
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import os
 import uuid
@@ -24,12 +25,19 @@ from providers.errors import (
     ContentRejected,
     LimitExceeded,
     RateLimited,
+    ResultMismatch,
     SubmitUncertain,
     TaskFailed,
     TaskNotFound,
 )
 from providers.model import pixel_size
-from providers.runware import INLINE_MAX_BYTES, WIRE_DIMENSIONS, RunwareProvider, task_uuid_for
+from providers.runware import (
+    INLINE_MAX_BYTES,
+    WIRE_DIMENSIONS,
+    RunwareProvider,
+    outcome_of,
+    task_uuid_for,
+)
 
 PROVIDER = "runware"
 LATENCY_S = 0.1
@@ -496,3 +504,34 @@ def test_option_seed_is_sent_when_the_request_has_none(
     assert isinstance(finished, Finished) and finished.cost_usd is None
     body = emulator.creates[0].body
     assert (body["seed"], body["includeCost"]) == (5, False)
+
+
+@pytest.mark.parametrize("key", ["imageBase64Data", "imageDataURI"])
+def test_inline_outputs_are_sized_before_they_are_decoded(hub: EmulatorHub, key: str) -> None:
+    """Other outputTypes deliver the image inside the JSON (RP types.py): `poll` keeps it as
+    a data URL, `download` checks its decoded size against the cap before decoding."""
+    image = png((16, 16))
+    encoded = base64.b64encode(image).decode()
+    value = f"data:image/png;base64,{encoded}" if key == "imageDataURI" else encoded
+    task_uuid = str(uuid.uuid4())
+    finished = outcome_of([{"taskType": "imageInference", "taskUUID": task_uuid,
+                            "status": "success", key: value}])
+    assert isinstance(finished, Finished)
+    [result] = finished.images
+    generous = provider_for(hub)
+    settings = dataclasses.replace(generous.settings, max_image_bytes=len(image) - 1)
+    strict = RunwareProvider(settings)
+
+    async def go() -> tuple[bytes, ResultMismatch]:
+        try:
+            data = await generous.download(result)
+            with pytest.raises(ResultMismatch) as caught:
+                await strict.download(result)
+            return data, caught.value
+        finally:
+            await generous.aclose()
+            await strict.aclose()
+
+    data, error = run(go())
+    assert data == image
+    assert error.code == "too_large"

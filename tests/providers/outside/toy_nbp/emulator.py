@@ -61,6 +61,8 @@ class ToyEmulator(ProviderEmulator):
             resolution=body["size"], output_format=body["format"], body=body,
             references=body["refs"],
         )
+        if (fault := self.created_fault()) is not None:
+            return fault
         answer = {"id": task.task_id}
         if self.chance(self.config.drop_after_create_prob):
             return self.dropped_connection(json.dumps(answer).encode())
@@ -68,6 +70,8 @@ class ToyEmulator(ProviderEmulator):
 
     async def detail(self, request: Request) -> Response:
         self.log_request(request)
+        if (fault := self.status_fault()) is not None:
+            return fault
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return _error(401, "bad API key")
         if self.chance(self.config.poll_5xx_prob):

@@ -1,0 +1,144 @@
+"""The emulators' fault knobs themselves (`providers.emulator.core`): when counts and outages
+start and end, and the shape each provider's side answers a fault in. What the adapters make
+of the faults, over real HTTP, is in the conformance suite."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+
+import pytest
+from PIL import Image
+from starlette.responses import Response
+
+from providers.emulator.core import (
+    AFTER_CREATE_STATUSES,
+    PAD_CHUNK_TYPE,
+    FaultConfig,
+    FileStore,
+    ProviderEmulator,
+    bomb_png,
+    oversize_body,
+    render_image,
+)
+from providers.emulator.hub import emulator_class
+
+BUILT_IN = ["wiro", "hiapi", "runware", "kie", "apikley"]
+
+
+def fresh(name: str = "kie", **knobs: object) -> ProviderEmulator:
+    return emulator_class(name)(FaultConfig(**knobs))  # type: ignore[arg-type]
+
+
+def status(response: Response | None) -> int | None:
+    return None if response is None else response.status_code
+
+
+# -- when faults start and end ------------------------------------------------------------------
+
+
+def test_a_poll_outage_starts_when_it_is_configured_and_lasts_its_time() -> None:
+    emulator = fresh()
+    assert status(emulator.status_fault()) is None
+    emulator.configure(poll_outage_s=0.3)
+    assert status(emulator.status_fault()) == 503
+    time.sleep(0.35)
+    assert status(emulator.status_fault()) is None
+
+
+def test_an_outage_may_start_later_or_from_construction() -> None:
+    emulator = fresh()
+    emulator.configure(poll_outage_s=5.0, poll_outage_from=time.monotonic() + 60)
+    assert status(emulator.status_fault()) is None
+    built = fresh(poll_outage_s=5.0, download_outage_s=5.0)
+    assert status(built.status_fault()) == 503
+    assert status(built.download_fault()) == 503
+
+
+def test_counts_are_used_up_one_request_at_a_time() -> None:
+    emulator = fresh(poll_403_count=2, download_fail_count=1)
+    assert [status(emulator.status_fault()) for _ in range(3)] == [403, 403, None]
+    assert [status(emulator.download_fault()) for _ in range(2)] == [503, None]
+    assert emulator.config.poll_403_count == 0
+
+
+def test_a_create_answered_after_creating_draws_500_502_and_504() -> None:
+    emulator = fresh(create_5xx_after_create_prob=1.0, seed=7)
+    seen = {status(emulator.created_fault()) for _ in range(60)}
+    assert seen == set(AFTER_CREATE_STATUSES) == {500, 502, 504}
+    emulator.configure(create_5xx_after_create_prob=0.0)
+    assert emulator.created_fault() is None
+
+
+# -- the shape of each provider's side ----------------------------------------------------------
+
+
+def _json(response: Response) -> object:
+    return json.loads(bytes(response.body))
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+@pytest.mark.parametrize("code", [403, 500, 502, 503, 504])
+def test_each_fault_answers_in_the_providers_shape(name: str, code: int) -> None:
+    response = fresh(name).fault_response(code)
+    assert response.status_code == code
+    media = response.media_type or ""
+    kie_like = name in ("kie", "apikley")
+    if kie_like and code == 403:  # Cloudflare's bare refusal (protocols.md §4.1)
+        assert bytes(response.body) == b"error code: 1010"
+    elif kie_like and code == 500:
+        assert _json(response) == {"code": 500, "msg": "Server Error", "data": None}
+    elif name == "wiro" and code == 500:
+        assert _json(response) == {"result": False, "errors": [
+            {"code": 0, "message": "Internal server error"}]}
+    elif name == "hiapi" and code in (500, 503):
+        body = _json(response)
+        assert isinstance(body, dict) and body["code"] == code and body["data"] is None
+    elif name == "runware" and code in (500, 503):
+        body = _json(response)
+        assert isinstance(body, dict) and body["errors"][0]["code"] in (
+            "internalServerError", "serviceUnavailable")
+    else:  # the proxy or CDN in front of the API
+        assert media == "text/html" and f"<h1>{code} ".encode() in bytes(response.body)
+        assert (b"cloudflare" in bytes(response.body)) is kie_like
+
+
+# -- images ------------------------------------------------------------------------------------
+
+
+def test_the_bomb_is_small_and_claims_900_megapixels() -> None:
+    data = bomb_png(30000, 30000)
+    assert len(data) < 120_000
+    assert struct.unpack(">II", data[16:24]) == (30000, 30000)
+    assert data[24:26] == b"\x01\x00"  # 1 bit per pixel, greyscale
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
+def test_an_oversize_image_is_exactly_its_size_and_still_decodes(fmt: str) -> None:
+    image = render_image(64, 48, fmt, "oversize")
+    size = 2 * 1024 * 1024 + 3
+    body = oversize_body(image, "image/x", size)
+    data = body.read()
+    assert len(data) == body.size == size
+    if fmt == "png":
+        assert body.head.endswith(PAD_CHUNK_TYPE) and data.endswith(b"IEND\xaeB`\x82")
+        with Image.open(io.BytesIO(data)) as decoded:
+            decoded.verify()  # every chunk's CRC, the padding's too
+    with Image.open(io.BytesIO(data)) as decoded:
+        decoded.load()
+        assert decoded.size == (64, 48)
+
+
+def test_the_file_store_renders_marked_results_and_keeps_uploads_apart() -> None:
+    store = FileStore()
+    store.register_generated("kie-a-0.png", 64, 48, "png", seed_text="x", pad_to=10_000)
+    store.register_generated("kie-b-0.png", 30000, 30000, "png", seed_text="x", bomb=True)
+    store.put("kie-upload-c.png", b"\x89PNG uploaded", "image/png")
+    padded, bomb, upload = (store.open(k) for k in ("kie-a-0.png", "kie-b-0.png",
+                                                    "kie-upload-c.png"))
+    assert padded is not None and padded.size == 10_000 and padded.result
+    assert bomb is not None and bomb.head == bomb_png(30000, 30000) and bomb.result
+    assert upload is not None and not upload.result and upload.read() == b"\x89PNG uploaded"
+    assert store.open("nothing") is None
