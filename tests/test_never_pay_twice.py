@@ -251,3 +251,134 @@ def test_two_jobs_writing_one_target_at_once_keep_both_jobs_rows(
         assert child.returncode == 0, err[-2000:]
     frame = manifest(tmp_path)
     assert frame.group_by("job").len().sort("job").rows() == [("alpha", 4), ("beta", 4)]
+
+
+@pytest.mark.parametrize(
+    ("provider", "status"),
+    [
+        pytest.param("kie", "uncertain", id="kie-cannot-be-asked"),
+        pytest.param("hiapi", "succeeded", id="hiapi-same-idempotency-key"),
+        pytest.param("runware", "succeeded", id="runware-task-uuid-looked-up"),
+    ],
+)
+def test_a_create_that_was_accepted_and_answered_5xx_is_paid_once(
+    prefect_api_url: str, emulators: EmulatorHub, tmp_path: Path, provider: str, status: str
+) -> None:
+    """The provider created the task and answered 504. Kie cannot be asked: the cell is
+    uncertain, counted as spent, and not created again by the next run; HiAPI's idempotency
+    key and Runware's taskUUID bring the one task back."""
+    emulators[provider].configure(create_5xx_after_create_prob=1.0)
+    spec = spec_file(tmp_path, ["accepted"], provider=provider)
+    first = nbp(prefect_api_url, emulators, "run", str(spec))
+    emulators[provider].configure(create_5xx_after_create_prob=0.0)
+    row = manifest(tmp_path).row(0, named=True)
+    assert row["status"] == status, row["error_message"]
+    assert emulators[provider].creates_for("accepted") == 1
+    if status == "uncertain":
+        assert first.returncode == 1 and row["cost_usd"] > 0
+        assert nbp(prefect_api_url, emulators, "run", str(spec)).returncode == 1
+        assert emulators[provider].creates_for("accepted") == 1
+        retried = nbp(prefect_api_url, emulators, "run", str(spec), "--retry-uncertain")
+        assert retried.returncode == 0 and emulators[provider].creates_for("accepted") == 2
+
+
+def test_a_403_on_one_poll_neither_drops_the_task_nor_the_account(
+    prefect_api_url: str, emulators: EmulatorHub, tmp_path: Path
+) -> None:
+    prompts = [f"proxy {i}" for i in range(3)]
+    emulators["kie"].configure(poll_403_count=1)
+    done = nbp(prefect_api_url, emulators, "run", str(spec_file(tmp_path, prompts)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert once_each(emulators, "kie", prompts)
+
+
+def test_bombs_and_oversized_images_fail_their_cell_and_the_run_goes_on(
+    prefect_api_url: str, emulators: EmulatorHub, tmp_path: Path
+) -> None:
+    prompts = ["fine", "[emulate:bomb] bomb", "[emulate:oversize] huge"]
+    emulators["kie"].configure(oversize_bytes=70 * 2**20)
+    spec = spec_file(tmp_path, prompts, retries=0)
+    done = nbp(prefect_api_url, emulators, "run", str(spec))
+    assert done.returncode == 1
+    frame = manifest(tmp_path)
+    by_prompt = {row["prompt"]: row for row in frame.iter_rows(named=True)}
+    assert by_prompt["fine"]["status"] == "succeeded"
+    assert by_prompt["[emulate:bomb] bomb"]["status"] == "failed"
+    assert by_prompt["[emulate:oversize] huge"]["error_code"] == "too_large"
+    assert all(emulators["kie"].creates_for(p) == 1 for p in prompts)
+    assert (tmp_path / "out" / "index.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("spec_text", "says"),
+    [
+        pytest.param("""version: 1
+name: bomb
+provider: kie
+a: &a ["x","x","x","x","x","x","x","x","x"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+matrix: {prompt: *g}
+""", "YAML", id="alias-bomb"),
+        pytest.param("""version: 1
+name: huge
+provider: kie
+matrix:
+  prompt: [a, b, c, d, e, f, g, h, i, j]
+  resolution: [1K, 2K, 4K]
+  x1: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+  x2: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+  x3: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+  x4: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+  x5: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+  x6: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+repeat: 100
+""", "cells", id="10^8-cells"),
+        pytest.param("""version: 1
+name: peek
+provider: kie
+matrix: {prompt: [a]}
+references: [/etc/passwd]
+""", "outside", id="reference-outside-the-spec-folder"),
+        pytest.param("""version: 1
+name: chain
+provider: kie
+matrix: {prompt: [a]}
+references: ["simplecache::http://127.0.0.1:1/latest/meta-data/x.png"]
+""", "::", id="chained-fsspec-url"),
+        pytest.param("""version: 1
+name: clobber
+provider: kie
+matrix: {prompt: [a]}
+output: {path: manifest.parquet}
+""", "manifest.parquet", id="nbp-own-file-as-output"),
+        pytest.param("""version: 1
+name: nogcs
+provider: kie
+matrix: {prompt: [a]}
+output: {target: "gs://bucket/x"}
+""", "gcsfs", id="protocol-not-installed"),
+        pytest.param("""version: 1
+name: exfiltrate
+provider: kie
+matrix: {prompt: [a]}
+base_urls: {kie: "https://collector.example"}
+""", "API key", id="spec-base-url-to-a-foreign-host"),
+    ],
+)
+def test_hostile_specs_are_refused_quickly_and_nothing_is_sent(
+    prefect_api_url: str, emulators: EmulatorHub, tmp_path: Path, spec_text: str, says: str
+) -> None:
+    path = tmp_path / "hostile.yaml"
+    path.write_text(spec_text)
+    started = time.monotonic()
+    checked = nbp(prefect_api_url, emulators, "validate", str(path))
+    assert checked.returncode == 2 and says in checked.stderr, checked.stderr[-2000:]
+    assert time.monotonic() - started < 10  # a child process: interpreter start-up included
+    ran = nbp(prefect_api_url, emulators, "run", str(path))
+    assert ran.returncode == 2
+    assert emulators["kie"].requests == [] and not (tmp_path / "runs").exists()
