@@ -63,15 +63,19 @@ class Sink:
 
     # -- bytes -------------------------------------------------------------------------------
 
-    def write_bytes(self, rel: str, data: bytes, *, overwrite: bool) -> str:
+    def write_bytes(
+        self, rel: str, data: bytes, *, overwrite: bool, durable: bool = True
+    ) -> str:
         """Write `data` at `rel` atomically; returns `uri(rel)`.
 
         Raises FileExistsError when `overwrite` is false and the file exists (also when another
         writer creates it concurrently, on local disks and stores with conditional writes).
+        `durable=False` skips the fsync on local disks, for markers whose loss in a power cut
+        is harmless (a claim or heartbeat of a process that died with the machine).
         """
         path = self.path(rel)
         if self.local:
-            _write_local(path, data, overwrite=overwrite)
+            _write_local(path, data, overwrite=overwrite, durable=durable)
             return self.uri(rel)
         extra = self._content_type(rel)
         if overwrite:
@@ -114,10 +118,10 @@ class Sink:
 
     # -- JSON --------------------------------------------------------------------------------
 
-    def put_json(self, rel: str, obj: Any) -> None:
+    def put_json(self, rel: str, obj: Any, *, durable: bool = True) -> None:
         """Write `obj` as JSON at `rel` (atomic, replaces any previous version)."""
         data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-        self.write_bytes(rel, data, overwrite=True)
+        self.write_bytes(rel, data, overwrite=True, durable=durable)
 
     def get_json(self, rel: str) -> Any | None:
         data = self.read_bytes(rel)
@@ -173,7 +177,7 @@ def check_relative(rel: str) -> None:
         raise ValueError(f"not a safe relative path: {rel!r}")
 
 
-def _write_local(path: str, data: bytes, *, overwrite: bool) -> None:
+def _write_local(path: str, data: bytes, *, overwrite: bool, durable: bool = True) -> None:
     """Temp file in the same folder + fsync + rename: the final name only ever holds whole files."""
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
@@ -184,7 +188,8 @@ def _write_local(path: str, data: bytes, *, overwrite: bool) -> None:
         with open(temp, "xb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         if overwrite:
             os.replace(temp, path)
         else:

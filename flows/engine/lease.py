@@ -52,7 +52,7 @@ class Heartbeat:
     def beat(self) -> None:
         self.sink.put_json(f"{HOLDERS_DIR}/{self.holder}.json", {
             "holder": self.holder, "at": time.time(), "host": HOST, "pid": os.getpid(),
-        })
+        }, durable=False)
 
     def is_alive(self, holder: str) -> bool:
         """Whether `holder` beat within `STALE_AFTER_S` (this process always is). A holder on
@@ -108,7 +108,7 @@ class Lease:
         body = json.dumps({"holder": self.heartbeat.holder, "at": time.time()}).encode()
         for _ in range(2):
             try:
-                self.sink.write_bytes(self.rel, body, overwrite=False)
+                self.sink.write_bytes(self.rel, body, overwrite=False, durable=False)
                 return True
             except FileExistsError:
                 holder = self.holder()
