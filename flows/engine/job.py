@@ -16,7 +16,6 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,7 +49,6 @@ log = logging.getLogger("nbp.job")
 
 DEFAULT_CHUNK_SIZE = 200
 MANIFEST_LOCK = ".nbp/locks/manifest"
-IO_THREADS = 32
 
 ChunkRunner = Callable[[Runner, int, Sequence[Cell], int], Awaitable[list[ManifestRow]]]
 CredentialSource = Callable[[JobSpec], Awaitable[Mapping[str, str]]]
@@ -140,9 +138,6 @@ async def run_job(
     progress: Progress | None = None,
 ) -> RunResult:
     """Run a job to the end and write its manifest and gallery."""
-    # Journal writes wait on fsync: with hundreds of cells in flight, asyncio's default pool
-    # (cores + 4 threads) would queue them behind each other.
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS))
     job = load_job(options.spec, policy=options.input_policy())
     spec = job.spec
     if options.target:

@@ -140,7 +140,15 @@ class Runner:
                     index, cell = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                rows[index] = await self.run_cell(cell, previous.get(cell.cell_id))
+                try:
+                    rows[index] = await self.run_cell(cell, previous.get(cell.cell_id))
+                except Exception as exc:  # a bug in one cell must not end the run
+                    log.exception("cell %s: unexpected error", cell.cell_id)
+                    rows[index] = self._row(
+                        _Attempt(cell), "failed", error_code="internal_error",
+                        error_message=f"{type(exc).__name__}: {exc} (its journal entry is kept: "
+                                      "the next run collects any task it created)")
+                    self.ctx.progress.finished("failed", 0.0)
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(items))))))
         return [row for row in rows if row is not None]
@@ -442,7 +450,7 @@ class Runner:
             width, height = await asyncio.to_thread(
                 verify_image, data, cell.output_format, expected
             )
-        except Exception:
+        except ResultMismatch:
             await self._journal(state, "failed")  # proved wrong: a new task may be created
             raise
         uri = await asyncio.to_thread(self._write, cell, data)

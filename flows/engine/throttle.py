@@ -13,8 +13,8 @@ ours even when a create travels slowly (bench/rate.py measured 6 rejections and 
 rate when every create counted from its token: the first burst left late).
 
 Adaptive: a rate-limit signal halves the usable tokens (never below one) and pauses creates
-for Retry-After when given; every quiet window gives one token back. Wiro's code 96
-(concurrency) lowers the in-flight cap the same way.
+for Retry-After when given; every quiet window gives one token back. A concurrency signal
+(`RateLimited.concurrency`) lowers the in-flight cap the same way.
 """
 
 from __future__ import annotations

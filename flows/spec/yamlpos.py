@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from providers.options import format_path as format_option_path
+
 PathKey = str | int
 JsonPath = tuple[PathKey, ...]
 
@@ -101,15 +103,7 @@ def _prefixes(path: JsonPath) -> Iterator[JsonPath]:
 
 def format_path(path: JsonPath) -> str:
     """`matrix.include[0].style`; `$` for the whole document."""
-    text = ""
-    for part in path:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part.replace("_", "a").replace("-", "a").isalnum():
-            text += f".{part}" if text else part
-        else:
-            text += f"[{part!r}]"
-    return text or "$"
+    return format_option_path(path) or "$"
 
 
 def load(

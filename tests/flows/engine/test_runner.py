@@ -313,3 +313,30 @@ def test_a_cancelled_run_resumes_by_polling_what_it_paid_for(
 def image_size(data: bytes) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as image:
         return image.size
+
+
+def test_an_unexpected_error_in_one_cell_ends_neither_the_run_nor_its_paid_task(
+    hub: EmulatorHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug while delivering one cell's image: the other cells finish, the manifest is
+    written, and the next run collects that cell's task instead of creating another."""
+    import flows.engine.runner as runner_module
+
+    real_verify = runner_module.verify_image
+
+    def broken(data: bytes, fmt: str, size: tuple[int, int]) -> tuple[int, int]:
+        if size == pixel_size("16:9", "1K"):
+            raise RuntimeError("a bug")
+        return real_verify(data, fmt, size)
+
+    monkeypatch.setattr(runner_module, "verify_image", broken)
+    spec = write_spec(tmp_path, ["a fig"])
+    result = run(spec)
+    assert result.exit_code == 1
+    frame = manifest(tmp_path)
+    assert dict(zip(frame["aspect_ratio"], frame["status"], strict=True)) == {
+        "1:1": "succeeded", "16:9": "failed"}
+    assert frame.filter(pl.col("status") == "failed")["error_code"][0] == "internal_error"
+    monkeypatch.setattr(runner_module, "verify_image", real_verify)
+    assert run(spec).exit_code == 0
+    assert len(hub["kie"].creates) == 2  # the 16:9 task was collected, not created again
