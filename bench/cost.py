@@ -69,7 +69,8 @@ def one_run(cells: int, emulator: EmulatorProcess, server: PrefectServer,
                     PREFECT_HOME=str(work / "prefect-home"))
     child, report = run_nbp(["run", str(write_spec(work / f"cost-{cells}.yaml",
                                                     spec(out, cells)))], env=env,
-                            profile_as=f"cost-{cells}")
+                            profile_as=f"cost-{cells}",
+                            timeout=max(900.0, 0.05 * cells))  # 100,000 cells: ~30 min
     child.check(f"nbp run ({cells} cells)")
     manifest = pl.read_parquet(out / "manifest.parquet")
     if manifest.height != cells or set(manifest["status"]) != {"succeeded"}:
