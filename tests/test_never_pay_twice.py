@@ -174,6 +174,7 @@ def test_a_kill_after_the_image_was_written_costs_no_new_task(
     assert again.returncode == 0, again.stderr[-2000:]
     assert emulators["kie"].creates_for("written") == 1
     assert statuses(tmp_path) == {"succeeded": 1}
+    assert manifest(tmp_path)["cost_usd"][0] == pytest.approx(0.09)  # counted once
 
 
 def test_a_corrupt_journal_entry_is_reported_and_never_created_blindly(

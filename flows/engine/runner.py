@@ -110,6 +110,7 @@ class _Attempt:
     reserved_by: str | None = None  # run id whose budget holds `reserved_usd`
     key: str | None = None          # idempotency key of the live create
     reserved_here: bool = False     # this process reserved `reserved_usd` (not an earlier run)
+    settled: bool = False           # the live task's cost is already in `spent_usd`
     in_flight: bool = False         # this process holds an in-flight slot for the task
 
 
@@ -213,6 +214,7 @@ class Runner:
         state.provider, state.key = name, previous.idempotency_key
         state.reserved_usd, state.reserved_by = previous.reserved_usd, previous.reserved_by
         state.submitted, state.submitted_at = previous.submitted, previous.submitted_at
+        state.settled = previous.state == "finished"  # its cost was counted when it finished
         if provider is None:
             status = "pending" if previous.state in LIVE_TASK else "uncertain"
             return self._row(state, status, error_code="provider_not_in_spec",
@@ -316,6 +318,7 @@ class Runner:
             raise
         state.provider, state.key, state.in_flight = name, key, True
         state.reserved_usd, state.reserved_by, state.reserved_here = estimate, ctx.run_id, True
+        state.settled = False
         state.submitted, state.submitted_at = None, time.time()
         state.attempts += 1
         ctx.progress.in_flight += 1
@@ -401,9 +404,10 @@ class Runner:
                 await throttle.in_flight.release()
                 self.ctx.progress.in_flight -= 1
                 state.in_flight = False
-        await self._settle(state, finished.cost_usd if finished.cost_usd is not None
-                           else state.reserved_usd)
-        await self._journal(state, "finished")
+        if not state.settled:
+            await self._settle(state, finished.cost_usd if finished.cost_usd is not None
+                               else state.reserved_usd)
+            await self._journal(state, "finished")
         return await self._deliver(state, provider, finished, until)
 
     async def _wait(
@@ -539,6 +543,7 @@ class Runner:
         )
         state.spent_usd += actual_usd
         state.reserved_usd, state.reserved_by, state.reserved_here = 0.0, None, False
+        state.settled = True
 
     # -- rows and journal ---------------------------------------------------------------
 
