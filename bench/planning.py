@@ -30,10 +30,11 @@ RATIOS = ("1:1", "4:5", "16:9", "9:16")
 SIZES = (100_000, 1_000_000)
 REPEATS = {1: 2, 100_000: 3, 1_000_000: 1}
 GOAL_S = 5.0
+PHOTO_DIR = ROOT / "specs" / "data"  # product photos used as references
 
 
 def write_dataset(path: Path, rows: int) -> Path:
-    photos = sorted(str(p) for p in (ROOT / "specs" / "data").glob("*.jpg"))
+    photos = sorted(str(p) for p in PHOTO_DIR.glob("*.jpg"))
     colours = ("red", "navy", "teal", "sage", "ochre")
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -68,7 +69,9 @@ def main() -> dict[str, Any]:
                               spec(write_dataset(work / f"rows-{cells}.csv", rows), cells))
             runs = []
             for _ in range(REPEATS[cells]):
-                child = run_child([PYTHON, "-m", "flows.cli", "plan", str(path), "--json"],
+                # The product photos live in the repository, outside the scratch folder.
+                child = run_child([PYTHON, "-m", "flows.cli", "plan", str(path), "--json",
+                                   "--allow-path", str(PHOTO_DIR)],
                                   env=quiet_env()).check(f"nbp plan ({cells} cells)")
                 if f'"cells": {cells}' not in child.stdout:
                     raise RuntimeError(f"nbp plan did not count {cells} cells")

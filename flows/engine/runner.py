@@ -407,8 +407,13 @@ class Runner:
         if not state.settled:
             await self._settle(state, finished.cost_usd if finished.cost_usd is not None
                                else state.reserved_usd)
-            await self._journal(state, "finished")
-        return await self._deliver(state, provider, finished, until)
+            if self.ctx.budget.capped:  # the ledger counted it: a resume must not again
+                await self._journal(state, "finished")
+        try:
+            return await self._deliver(state, provider, finished, until)
+        except TaskPending:
+            await self._journal(state, "finished")  # done and counted; its image is not yet
+            raise
 
     async def _wait(
         self, provider: Provider, submitted: Submitted, throttle: AccountThrottle, until: float
