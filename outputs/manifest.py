@@ -106,6 +106,11 @@ class ManifestRow:
     )
     error_message: str | None = _column(pl.String(), "human-readable reason of a failure")
     updated_at: Timestamp | None = _column(_TS, "when this row was written (UTC)")
+    account: str | None = _column(
+        pl.String(),
+        "the provider account that served the cell: the environment variable holding its key "
+        "(spec `accounts`), never the key"
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ManifestRow:

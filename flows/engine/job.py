@@ -26,11 +26,14 @@ from flows.engine.journal import Journal
 from flows.engine.lease import Heartbeat, Lease
 from flows.engine.policy import DEFAULT_RETRY, RetryPolicy
 from flows.engine.progress import Progress
+from flows.engine.routing import Router, make_lanes
 from flows.engine.runner import RunContext, Runner
 from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
+from flows.spec.channels import Channel, channels, split_for_shard
 from flows.spec.inputs import InputPolicy
 from flows.spec.loader import load_job
 from flows.spec.model import Cell, JobSpec
+from flows.spec.plan import DEFAULT_LATENCY_S
 from flows.spec.rate import Rate
 from flows.spec.settings import ProviderRules, provider_rules
 from outputs.gallery import write_gallery
@@ -95,6 +98,7 @@ class RunOptions:
     # This process on the target (claims, cancel hooks): the flow run id under Prefect.
     holder: str = field(default_factory=lambda: uuid.uuid4().hex)
     retry: RetryPolicy = DEFAULT_RETRY
+    own_accounts: bool = False          # with `shard`: use only the channels this shard owns
 
     def input_policy(self) -> InputPolicy:
         changes: dict[str, Any] = {}
@@ -147,26 +151,31 @@ async def run_job(
     cells = select_shard(job.cells, options.shard)
     progress = progress or Progress()
     progress.total = len(cells)
-    async with open_providers(spec, options, hooks.credentials) as (providers, emulated), \
+    used = run_channels(spec, options)
+    async with open_providers(spec, options, hooks.credentials, used) as (providers, emulated), \
             Heartbeat(Sink(spec.output.target, spec.output.storage_options),
                       options.holder) as heartbeat:
         sink = heartbeat.sink
         journal = Journal(sink)
         rules = {
-            name: provider_rules(spec, name, provider.capabilities, emulated=emulated)
-            for name, provider in providers.items()
+            channel.provider: provider_rules(spec, channel.provider,
+                                             providers[channel.key].capabilities,
+                                             emulated=emulated)
+            for channel in used
         }
         budget = Budget(spec.max_usd, spec.max_total_usd, options.run_id,
                         Ledger(sink, heartbeat))
+        throttles = make_throttles(rules, providers, hooks.rate_limiter, used)
         ctx = RunContext(
             spec=spec, run_id=options.run_id, sink=sink, journal=journal,
-            providers=providers, rules=rules,
-            throttles=make_throttles(rules, providers, hooks.rate_limiter),
+            providers=providers, rules=rules, throttles=throttles,
             budget=budget, progress=progress, heartbeat=heartbeat,
+            router=make_router(spec, used, rules, throttles, progress),
             journalled=await asyncio.to_thread(journal.cell_ids),
             path_owners=await asyncio.to_thread(_path_owners, sink), force=options.force,
             retry_uncertain=options.retry_uncertain, retry=options.retry,
-            models={name: str(getattr(p, "model", name)) for name, p in providers.items()},
+            models={c.provider: str(getattr(providers[c.key], "model", c.provider))
+                    for c in used},
         )
         runner = Runner(ctx)
         frame = await run_chunks(runner, cells, options.chunk_size, hooks.chunk_runner)
@@ -190,7 +199,9 @@ async def run_chunks(
 ) -> pl.DataFrame:
     """Run chunks concurrently, enough of them at once to keep every in-flight slot busy;
     the manifest rows of this run, in cell order."""
-    widest = max((t.in_flight.limit for t in runner.ctx.throttles.values()), default=1)
+    slots = [t.in_flight.limit for t in runner.ctx.throttles.values()]
+    # Channels that run at once (spread, cheapest) need cells for all of their slots.
+    widest = (sum(slots) if runner.ctx.router.dynamic else max(slots, default=1)) or 1
     workers = min(widest, chunk_size)
     parallel = max(2, -(-widest // max(1, chunk_size)) + 1)
     gate = asyncio.Semaphore(parallel)
@@ -241,12 +252,46 @@ def select_shard(cells: Sequence[Cell], shard: str | None) -> Sequence[Cell]:
     return [c for c in cells if int(c.cell_id, 16) % n == i]
 
 
+def run_channels(spec: JobSpec, options: RunOptions) -> tuple[Channel, ...]:
+    """The channels this process uses: all of the spec's, or with `own_accounts` the ones
+    its shard owns (`flows.spec.channels.split_for_shard`)."""
+    found = channels(spec)
+    if not (options.own_accounts and options.shard):
+        return found
+    owned = split_for_shard(found, options.shard)
+    if not owned:
+        raise ValueError(f"shard {options.shard} owns no channel: this job has {len(found)} "
+                         f"({', '.join(c.key for c in found)}); run at most that many shards "
+                         "with own_accounts")
+    return owned
+
+
+def make_router(
+    spec: JobSpec, used: Sequence[Channel], rules: Mapping[str, ProviderRules],
+    throttles: Mapping[str, AccountThrottle], progress: Progress,
+) -> Router:
+    """The run's router over its channels, priced and timed as the plan does."""
+    prices = {name: _cell_price(rule) for name, rule in rules.items()}
+    latency = {name: DEFAULT_LATENCY_S for name in rules}
+    return Router(
+        spec.routing, make_lanes(used, throttles, prices, latency), deadline_s=spec.deadline_s,
+        waiting=lambda: max(0, progress.total - progress.done - progress.in_flight),
+    )
+
+
+def _cell_price(rule: ProviderRules) -> Callable[[Cell], float]:
+    return lambda cell: rule.price(cell.resolution, len(cell.references))
+
+
 @contextlib.asynccontextmanager
 async def open_providers(
-    spec: JobSpec, options: RunOptions, credentials: CredentialSource | None = None
+    spec: JobSpec, options: RunOptions, credentials: CredentialSource | None = None,
+    used: Sequence[Channel] | None = None,
 ) -> AsyncIterator[tuple[dict[str, Provider], bool]]:
-    """Adapters for every provider of the spec, and whether they are emulated: under
-    `emulate`, pointed at in-process emulators (same clients, loopback HTTP)."""
+    """An adapter for every channel (`used`, else all of the spec's) by channel key, and
+    whether they are emulated: under `emulate`, pointed at in-process emulators (same
+    clients, loopback HTTP; each extra account a key of its own there)."""
+    used = channels(spec) if used is None else used
     hub = None
     environ: Mapping[str, str] = os.environ
     if options.emulate:
@@ -255,16 +300,24 @@ async def open_providers(
         latency = options.emulator_latency_s
         hub = EmulatorHub(list(spec.providers), latency_s=latency or DEFAULT_LATENCY_S)
         await asyncio.to_thread(hub.serve_in_thread)
-        environ = {**os.environ, **hub.environ()}
+        environ = {**os.environ, **hub.environ(), **hub.accounts_environ(
+            [(c.provider, c.variables) for c in used if not c.documented])}
     elif credentials is not None:
         environ = {**os.environ, **await credentials(spec)}
     providers: dict[str, Provider] = {}
     try:
-        for name in spec.providers:
+        for channel in used:
+            name = channel.provider
             cls = registry.get_class(name)
             base_url = None if options.emulate or f"NBP_{name.upper()}_BASE_URL" in environ \
                 else spec.base_urls.get(name)
-            providers[name] = cls(cls.settings_from_env(environ, base_url=base_url))
+            missing = channel.missing(environ)
+            if missing:
+                log.warning("%s: account %s: %s not set; its cells go to other channels",
+                            name, channel.account, ", ".join(missing))
+            providers[channel.key] = cls(
+                cls.settings_from_env(channel.environ(environ), base_url=base_url)
+            )
         yield providers, hub is not None
     finally:
         for provider in providers.values():
@@ -275,18 +328,19 @@ async def open_providers(
 
 def make_throttles(
     rules: Mapping[str, ProviderRules], providers: Mapping[str, Provider],
-    rate_limiter: LimiterFactory = local_limiter,
+    rate_limiter: LimiterFactory = local_limiter, used: Sequence[Channel] | None = None,
 ) -> dict[str, AccountThrottle]:
-    """One throttle per provider account, paced by its rules; `rate_limiter` builds the
-    create-rate window (shared across processes through Prefect in orchestration)."""
+    """One throttle per channel (provider account), paced by its provider's rules, by
+    channel key; `rate_limiter` builds the create-rate window (shared across processes
+    through Prefect in orchestration). `used`: the channels (default: one per provider)."""
     throttles = {}
-    for name, provider in providers.items():
-        rate = rules[name].rate
-        throttles[name] = AccountThrottle(
-            provider=name,
-            rate=rate_limiter(rate, provider) if rate else None,
-            in_flight=InFlightLimit(rules[name].max_in_flight),
-            poll_interval_s=rules[name].poll_interval_s,
+    for channel in used if used is not None else [Channel(p, p) for p in providers]:
+        rule, provider = rules[channel.provider], providers[channel.key]
+        throttles[channel.key] = AccountThrottle(
+            provider=channel.key,
+            rate=rate_limiter(rule.rate, provider) if rule.rate else None,
+            in_flight=InFlightLimit(rule.max_in_flight),
+            poll_interval_s=rule.poll_interval_s,
         )
     return throttles
 

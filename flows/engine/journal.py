@@ -67,6 +67,12 @@ class JournalEntry:
     reason: str | None = None                 # why uncertain (or unreadable)
     row: ManifestRow | None = None            # manifest row once terminal
     updated_at: float = field(default_factory=time.time)
+    channel: str | None = None                # the account's channel key (None: `provider`)
+
+    @property
+    def channel_key(self) -> str:
+        """Where the task lives: its channel (entries before accounts: the provider)."""
+        return self.channel or self.provider
 
     @property
     def submitted(self) -> Submitted | None:
@@ -96,7 +102,7 @@ class JournalEntry:
             "reserved_by": self.reserved_by, "spent_usd": self.spent_usd, "task": self.task,
             "submitted_at": self.submitted_at, "reason": self.reason,
             "row": self.row.to_json() if self.row is not None else None,
-            "updated_at": self.updated_at,
+            "updated_at": self.updated_at, "channel": self.channel,
         }
 
 

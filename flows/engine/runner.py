@@ -44,13 +44,15 @@ from flows.engine.policy import (
 )
 from flows.engine.progress import Progress
 from flows.engine.references import ReferenceLoader
+from flows.engine.routing import Router, Ticket
 from flows.engine.throttle import AccountThrottle
 from flows.engine.verify import verify_image
+from flows.spec.channels import Channel
 from flows.spec.model import Cell, JobSpec
 from flows.spec.settings import ProviderRules
 from outputs.manifest import ManifestRow
 from outputs.sink import Sink
-from providers.base import Finished, ImageRequest, Pending, Provider, Submitted
+from providers.base import Finished, ImageRequest, Pending, Provider, Reference, Submitted
 from providers.errors import (
     ProviderError,
     RateLimited,
@@ -78,11 +80,12 @@ class RunContext:
     run_id: str                                 # this run of the job (shards may share it)
     sink: Sink
     journal: Journal
-    providers: Mapping[str, Provider]
-    rules: Mapping[str, ProviderRules]          # prices and limits, one resolver for all
-    throttles: Mapping[str, AccountThrottle]
+    providers: Mapping[str, Provider]           # by channel key (flows.spec.channels)
+    rules: Mapping[str, ProviderRules]          # by provider: prices and limits
+    throttles: Mapping[str, AccountThrottle]    # by channel key
     budget: Budget
     progress: Progress
+    router: Router
     heartbeat: Heartbeat | None = None          # claims cells on the target when set
     journalled: set[str] = field(default_factory=set)  # cells with a journal entry
     path_owners: Mapping[str, str] = field(default_factory=dict)  # output_path -> cell_id
@@ -103,6 +106,8 @@ class _Attempt:
     cell: Cell
     attempts: int = 0
     provider: str = ""
+    channel: str = ""               # channel key of the live create or task
+    ticket: Ticket | None = None    # the channel slot this process holds for it
     submitted: Submitted | None = None
     submitted_at: float | None = None
     spent_usd: float = 0.0          # earlier tasks of this cell (settled)
@@ -198,7 +203,7 @@ class Runner:
             resumed = await self._resume(state, previous)
             if resumed is not None:
                 return resumed
-        return await self._run_providers(state)
+        return await self._run_channels(state)
 
     async def _resume(self, state: _Attempt, previous: JournalEntry) -> ManifestRow | None:
         """What an earlier run left: a row when this run's work on the cell ends here, None
@@ -209,17 +214,18 @@ class Runner:
                              error_message=previous.reason or "")
         if previous.state not in (*LIVE_TASK, "create_sent"):
             return None
-        name = previous.provider
-        provider = ctx.providers.get(name)
-        state.provider, state.key = name, previous.idempotency_key
+        name, key = previous.provider, previous.channel_key
+        provider = ctx.providers.get(key)
+        state.provider, state.channel, state.key = name, key, previous.idempotency_key
         state.reserved_usd, state.reserved_by = previous.reserved_usd, previous.reserved_by
         state.submitted, state.submitted_at = previous.submitted, previous.submitted_at
         state.settled = previous.state == "finished"  # its cost was counted when it finished
         if provider is None:
             status = "pending" if previous.state in LIVE_TASK else "uncertain"
+            where = name if key == name else f"{name} (account {key.partition(':')[2]})"
             return self._row(state, status, error_code="provider_not_in_spec",
-                             error_message=f"its task is at {name}, which the spec no longer "
-                                           "lists; add it back to collect the task")
+                             error_message=f"its task is at {where}, which this run does not "
+                                           "use; add it back to collect the task")
         try:
             if previous.state == "create_sent":
                 rule = resend_rule(provider.capabilities)
@@ -231,21 +237,22 @@ class Runner:
                     )
                 if rule is Resend.NEVER:
                     return None  # the user asked: create afresh
-                submitted = await self._recreate_or_recover(state, provider, name, rule)
+                submitted = await self._recreate_or_recover(state, provider, key, rule)
                 if submitted is None:
                     return None  # it was never created: create afresh
                 await self._created(state, submitted)
-            return await self._collect(state, provider, ctx.throttles[name], slot_held=False)
+            return await self._collect(state, provider, ctx.throttles[key], slot_held=False)
         except HANDLED as exc:
             return self._ended(state, exc, decide(exc))
 
     async def _recreate_or_recover(
-        self, state: _Attempt, provider: Provider, name: str, rule: Resend
+        self, state: _Attempt, provider: Provider, key: str, rule: Resend
     ) -> Submitted | None:
         """A create whose answer an earlier run never recorded, on a provider that can be
         asked: the task, or None when it was never created (its reservation is released)."""
-        request = await self._request(state.cell, name, state.key)
-        throttle = self.ctx.throttles[name]
+        request = self._request(state.cell, state.provider, state.key,
+                                await self._references(state.cell))
+        throttle = self.ctx.throttles[key]
         try:
             if rule is Resend.RECOVER:
                 found = await with_retries(lambda: provider.recover(request))
@@ -257,30 +264,47 @@ class Runner:
             await self._settle(state, 0.0)
             raise
 
-    async def _run_providers(self, state: _Attempt) -> ManifestRow:
-        """Providers in fallback order; what each failure leads to is `policy.decide`'s."""
-        spec = self.ctx.spec
+    async def _run_channels(self, state: _Attempt) -> ManifestRow:
+        """Channels as the router hands them out; what each failure leads to is
+        `policy.decide`'s: a new task on the same channel, another channel, or the end."""
+        spec, cell = self.ctx.spec, state.cell
         last: BaseException | None = None
-        for name in spec.providers:
+        tried: set[str] = set()
+        tasks_on: dict[str, int] = {}
+        again: str | None = None  # the channel of a failed task that gets a new one
+        try:
+            references = await self._references(cell)
+        except HANDLED as exc:
+            return self._ended(state, exc, decide(exc))
+        while True:
             if self.stop is not None:
                 return self._final(state, self.stop.status, self.stop.code, self.stop.message)
-            if name in self.dead:
-                last = self.dead[name]
-                continue
-            for _ in range(spec.retries + 1):
-                try:
-                    return await self._attempt(state, name)
-                except HANDLED as exc:
-                    decision, last = decide(exc), exc
-                if decision in (Decision.STOP, Decision.PENDING, Decision.UNCERTAIN,
-                                Decision.FINAL):
-                    return self._ended(state, last, decision)
-                if decision is Decision.DROP_ACCOUNT:
-                    assert isinstance(last, ProviderError)
-                    self.dead[name] = last  # every later cell of this account would hit it
-                if decision is not Decision.RETRY_TASK:
-                    break
-        assert last is not None
+            try:
+                self._check_writable(cell)
+            except HANDLED as exc:
+                return self._ended(state, exc, decide(exc))
+            ticket = await self.ctx.router.take(cell, tried | self.dead.keys(), only=again)
+            if ticket is None:
+                break
+            try:
+                return await self._attempt(state, ticket, references)
+            except HANDLED as exc:
+                decision, last = decide(exc), exc
+            if decision in (Decision.STOP, Decision.PENDING, Decision.UNCERTAIN,
+                            Decision.FINAL):
+                return self._ended(state, last, decision)
+            if decision is Decision.DROP_ACCOUNT:
+                assert isinstance(last, ProviderError)
+                self.dead[ticket.key] = last  # every later cell of this account would hit it
+            tasks_on[ticket.key] = tasks_on.get(ticket.key, 0) + 1
+            again = None
+            if decision is Decision.RETRY_TASK and tasks_on[ticket.key] <= spec.retries:
+                again = ticket.key
+            else:
+                tried.add(ticket.key)
+        last = last or next(iter(self.dead.values()), None)
+        if last is None:
+            return self._final(state, "failed", "no_channel", "no channel of this job is left")
         return self._ended(state, last, Decision.FINAL)
 
     def _ended(self, state: _Attempt, exc: BaseException, decision: Decision) -> ManifestRow:
@@ -298,25 +322,27 @@ class Runner:
 
     # -- one create and its task ------------------------------------------------------------
 
-    async def _attempt(self, state: _Attempt, name: str) -> ManifestRow:
-        ctx, cell = self.ctx, state.cell
-        provider, throttle = ctx.providers[name], ctx.throttles[name]
-        self._check_writable(cell)
-        key = f"nbp-{cell.cell_id}-{name}-{state.attempts + 1}"
-        request = await self._request(cell, name, key)
-        estimate = self.price(name, cell)
-        await throttle.in_flight.acquire()
+    async def _attempt(
+        self, state: _Attempt, ticket: Ticket, references: tuple[Reference, ...]
+    ) -> ManifestRow:
+        """One create on the ticket's channel (its slot is held) and its task to the end."""
+        ctx, cell, channel = self.ctx, state.cell, ticket.lane.channel
+        provider, throttle = ctx.providers[ticket.key], ctx.throttles[ticket.key]
+        key = f"nbp-{cell.cell_id}-{idempotency_part(channel)}-{state.attempts + 1}"
+        request = self._request(cell, channel.provider, key, references)
+        estimate = self.price(channel.provider, cell)
         try:
-            self._check_still_submittable(name)
+            self._check_still_submittable(ticket.key)
             await ctx.budget.reserve(estimate)
         except BudgetExhausted as exc:
-            await throttle.in_flight.release()
+            await ticket.release()
             self.stop = self.stop or Unsubmittable("skipped", "budget", str(exc))
             raise self.stop from exc
         except BaseException:
-            await throttle.in_flight.release()
+            await ticket.release()
             raise
-        state.provider, state.key, state.in_flight = name, key, True
+        state.provider, state.channel, state.key = channel.provider, ticket.key, key
+        state.ticket, state.in_flight = ticket, True
         state.reserved_usd, state.reserved_by, state.reserved_here = estimate, ctx.run_id, True
         state.settled = False
         state.submitted, state.submitted_at = None, time.time()
@@ -326,7 +352,7 @@ class Runner:
             await self._journal(state, "create_sent")  # durable before the request leaves
             try:
                 submitted = await self._create(
-                    provider, request, throttle, resend_rule(provider.capabilities)
+                    provider, request, throttle, resend_rule(provider.capabilities), ticket
                 )
             except NOT_CREATED:
                 await self._settle(state, 0.0)  # refused, or never left: nothing was created
@@ -344,21 +370,31 @@ class Runner:
             return await self._collect(state, provider, throttle, slot_held=True)
         finally:
             if state.in_flight:  # the task ended without reaching `_collect`'s release
-                await throttle.in_flight.release()
+                await ticket.release()
                 ctx.progress.in_flight -= 1
                 state.in_flight = False
 
     async def _create(
-        self, provider: Provider, request: ImageRequest, throttle: AccountThrottle, rule: Resend
+        self, provider: Provider, request: ImageRequest, throttle: AccountThrottle, rule: Resend,
+        ticket: Ticket | None = None,
     ) -> Submitted:
         """Create the task. A request that never left is sent again; one whose answer was
-        lost or came back as a server error follows the resend rule."""
+        lost or came back as a server error follows the resend rule. The first send uses
+        the rate-window token the router spent for `ticket`, if it did."""
         retried = (RequestNotSent,) if rule is Resend.NEVER else (TransientError,)
+
+        async def before_each() -> None:
+            spent = ticket is not None and ticket.spent
+            if spent:
+                assert ticket is not None
+                ticket.token_used()
+            await throttle.before_create(spent=spent)
+
         for _ in range(self.ctx.retry.max_attempts):
             try:
                 return await with_retries(
                     lambda: provider.submit(request), throttle=throttle,
-                    policy=self.ctx.retry, before_each=throttle.before_create,
+                    policy=self.ctx.retry, before_each=before_each,
                     after_each=throttle.after_create, transient=retried,
                 )
             except NOT_CREATED:
@@ -401,9 +437,11 @@ class Runner:
                 raise
         finally:
             if slot_held and state.in_flight:
-                await throttle.in_flight.release()
+                await (state.ticket.release() if state.ticket else throttle.in_flight.release())
                 self.ctx.progress.in_flight -= 1
                 state.in_flight = False
+        if slot_held and state.submitted_at:  # created in this run: how long it took
+            self.ctx.router.observe(state.channel, time.time() - state.submitted_at)
         if not state.settled:
             await self._settle(state, finished.cost_usd if finished.cost_usd is not None
                                else state.reserved_usd)
@@ -472,12 +510,12 @@ class Runner:
 
     # -- checks ---------------------------------------------------------------------------
 
-    def _check_still_submittable(self, name: str) -> None:
+    def _check_still_submittable(self, channel: str) -> None:
         """Cells that waited for a slot re-check what changed meanwhile."""
         if self.stop is not None:
             raise self.stop
-        if name in self.dead:
-            raise self.dead[name]
+        if channel in self.dead:
+            raise self.dead[channel]
 
     def _check_writable(self, cell: Cell) -> None:
         """Before paying: the output path is free or already this cell's."""
@@ -501,13 +539,18 @@ class Runner:
             # Ours: a run stopped between writing the image and journalling it.
             return str(self.ctx.sink.write_bytes(cell.output_path, data, overwrite=True))
 
-    async def _request(self, cell: Cell, name: str, key: str | None) -> ImageRequest:
+    async def _references(self, cell: Cell) -> tuple[Reference, ...]:
+        """The cell's reference images, read once for all its attempts."""
         try:
-            references = tuple(
+            return tuple(
                 [await asyncio.to_thread(self.references.load, uri) for uri in cell.references]
             )
         except (OSError, ValueError, ProviderError) as exc:  # refused, missing, too large
             raise CellInvalid(f"reference image: {exc}") from exc
+
+    def _request(
+        self, cell: Cell, name: str, key: str | None, references: tuple[Reference, ...]
+    ) -> ImageRequest:
         return ImageRequest(
             prompt=cell.prompt,
             aspect_ratio=cell.aspect_ratio,
@@ -523,7 +566,7 @@ class Runner:
         """Cancelled mid-flight: stop the remote task where the API can; otherwise leave the
         journal as it is so the next run collects the task it already paid for."""
         submitted = state.submitted
-        provider = self.ctx.providers.get(state.provider)
+        provider = self.ctx.providers.get(state.channel)
         if submitted is None or provider is None or not provider.capabilities.can_cancel:
             return
         with contextlib.suppress(Exception):
@@ -576,6 +619,7 @@ class Runner:
             job=ctx.spec.name,
             run_id=ctx.run_id,
             provider=provider,
+            account=self._account(state),
             model=ctx.models.get(provider),
             prompt=cell.prompt,
             aspect_ratio=cell.aspect_ratio,
@@ -597,6 +641,10 @@ class Runner:
             **results,
         )
 
+    def _account(self, state: _Attempt) -> str | None:
+        lane = self.ctx.router.lane(state.channel) if state.channel else None
+        return lane.channel.account if lane else None
+
     async def _journal(
         self, state: _Attempt, entry_state: JournalState, row: ManifestRow | None = None,
         *, reason: str | None = None,
@@ -608,8 +656,15 @@ class Runner:
             reserved_by=state.reserved_by, spent_usd=state.spent_usd,
             task=state.submitted.to_json() if state.submitted else None,
             submitted_at=state.submitted_at, reason=reason, row=row,
+            channel=state.channel if state.channel != state.provider else None,
         )
         await asyncio.to_thread(self.ctx.journal.write, entry)
+
+
+def idempotency_part(channel: Channel) -> str:
+    """The channel in an idempotency key: the provider for its documented account (keys as
+    before accounts existed), else provider and account."""
+    return channel.key.replace(":", "-")
 
 
 def _utc(timestamp: float | None) -> datetime | None:

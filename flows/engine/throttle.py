@@ -22,12 +22,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flows.spec.rate import Rate
 
 # Server and client clocks see a create a few ms apart; leave that much room in each window.
 WINDOW_MARGIN_S = 0.05
+# How long a router waits to look again at a window another create is queued for.
+QUEUED_WAIT_S = 0.05
 
 
 class SlidingWindowLimiter:
@@ -62,6 +65,29 @@ class SlidingWindowLimiter:
             while (wait := self._wait_time(time.monotonic())) > 0:
                 await asyncio.sleep(wait)
             self._spent.append(time.monotonic())
+
+    def wait_time(self) -> float:
+        """Seconds until a create would fit (0: now); a little more while another create
+        is queued for one (`acquire` serves that one first)."""
+        wait = self._wait_time(time.monotonic())
+        return max(wait, QUEUED_WAIT_S) if self._lock.locked() else wait
+
+    def try_spend(self) -> bool:
+        """Spend a create now if one fits and nobody is queued for one (no await between
+        the check and the spend, so two cells never count on one create)."""
+        if self._lock.locked() or self._wait_time(time.monotonic()) > 0:
+            return False
+        self._spent.append(time.monotonic())
+        return True
+
+    def refund(self) -> None:
+        """A create spent with `try_spend` was not sent after all: give it back."""
+        if len(self._spent) > self._answered:
+            self._spent.pop()
+
+    async def acquire_spent(self) -> None:
+        """What a create spent with `try_spend` still needs before it leaves (nothing
+        here; a limiter shared across processes takes its shared token)."""
 
     def answered(self) -> None:
         """A create's answer (or failure) arrived: count the oldest unanswered create from now.
@@ -100,11 +126,22 @@ class InFlightLimit:
         self.in_flight = 0
         self._cond = asyncio.Condition()
         self._finished_since_shrink = 0
+        self.on_release: Callable[[], None] | None = None  # a router waiting for capacity
 
     async def acquire(self) -> None:
         async with self._cond:
             await self._cond.wait_for(lambda: self.in_flight < self.usable)
             self.in_flight += 1
+
+    def has_room(self) -> bool:
+        return self.in_flight < self.usable
+
+    def try_acquire(self) -> bool:
+        """Take a slot now if there is one (no await: nothing can take it meanwhile)."""
+        if not self.has_room():
+            return False
+        self.in_flight += 1
+        return True
 
     async def release(self) -> None:
         async with self._cond:
@@ -115,6 +152,8 @@ class InFlightLimit:
                     self.usable += 1
                     self._finished_since_shrink = 0
             self._cond.notify_all()
+        if self.on_release is not None:
+            self.on_release()
 
     def shrink(self) -> None:
         """The provider refused for concurrency: allow one fewer than we have now."""
@@ -132,8 +171,13 @@ class AccountThrottle:
     poll_interval_s: float
     max_poll_interval_s: float = 30.0
 
-    async def before_create(self) -> None:
-        if self.rate is not None:
+    async def before_create(self, spent: bool = False) -> None:
+        """Wait for a create in the rate window; `spent`: the router already spent it."""
+        if self.rate is None:
+            return
+        if spent:
+            await self.rate.acquire_spent()
+        else:
             await self.rate.acquire()
 
     def after_create(self) -> None:

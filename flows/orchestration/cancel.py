@@ -33,7 +33,7 @@ async def cancel_submitted(spec_path: str, target: str | None, holder: str) -> i
     options = RunOptions(spec=spec_path)
     async with open_providers(spec, options, secret_blocks) as (providers, _):
         for entry in running:
-            provider = providers.get(entry.provider)
+            provider = providers.get(entry.channel_key)
             submitted = entry.submitted
             if provider is None or submitted is None or not provider.capabilities.can_cancel:
                 continue

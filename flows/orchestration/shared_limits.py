@@ -102,6 +102,10 @@ class SharedWindowLimiter(SlidingWindowLimiter):
         await super().acquire()
         await self._take_token()
 
+    async def acquire_spent(self) -> None:
+        """A create the router spent in the local window still needs its shared token."""
+        await self._take_token()
+
     async def _take_token(self) -> None:
         async with self._shared_lock:
             now = time.monotonic()

@@ -38,6 +38,7 @@ import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs ins
 
 from flows.spec import cells as cellmod
 from flows.spec import yamlpos
+from flows.spec.channels import account_from_entry
 from flows.spec.dataset import Dataset, DatasetError, read_dataset
 from flows.spec.inputs import (
     InputPolicy,
@@ -50,6 +51,8 @@ from flows.spec.inputs import (
 from flows.spec.model import (
     DEFAULT_OUTPUT_PATH,
     DEFAULT_RETRIES,
+    ROUTINGS,
+    Account,
     Cell,
     DatasetSpec,
     Job,
@@ -58,7 +61,7 @@ from flows.spec.model import (
     OutputSpec,
     ProviderLimits,
 )
-from flows.spec.rate import Rate
+from flows.spec.rate import Rate, parse_duration
 from flows.spec.templating import Template, TemplateError
 from flows.spec.yamlpos import JsonPath, LocatedDocument
 from providers import registry
@@ -70,7 +73,7 @@ from schemas import load_job_schema
 DEFAULT_TARGET = "./runs/{name}"
 DEFAULT_ASPECT_RATIOS = ("1:1",)
 DEFAULT_RESOLUTIONS = ("1K",)
-PROVIDER_SECTIONS = ("limits", "options", "prices", "base_urls")
+PROVIDER_SECTIONS = ("limits", "options", "prices", "base_urls", "accounts")
 MAX_PROBLEMS = 200  # then validation stops: 90,000 wrong values take seconds to describe
 # Parts of the spec a cell is built from: with a schema error in one of them, the spec is
 # not expanded (the problems it would add would only repeat that error).
@@ -246,6 +249,8 @@ class _Checker:
         self.known: list[str] = []
         self.blocked = False  # expansion would only repeat problems already found
         self._value_paths: dict[str, dict[str, JsonPath]] = {}  # key -> value -> path
+        self.accounts: dict[str, tuple[Account, ...]] = {}
+        self.deadline_s: float | None = None
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -296,6 +301,8 @@ class _Checker:
         self.check_options(data)
         self.check_base_urls(data)
         self.check_limits(data)
+        self.accounts = self.check_accounts(data, providers)
+        self.deadline_s = self.check_routing(data)
         self.check_credentials(data, providers)
         matrix = self.matrix_spec(data)
         self.check_cell_count(data, matrix)
@@ -421,11 +428,65 @@ class _Checker:
         for name in providers:
             caps = self.caps[name]
             used.update(dict.fromkeys((*caps.env_vars, *caps.optional_env_vars)))
+            for account in self.accounts.get(name, ()):
+                used.update(dict.fromkeys(account.variables.values()))
         for var in credentials:
             if var not in used and not self.broken(("credentials",)):
                 self.add(("credentials", var),
                          f"no provider of this job reads {var}; they read: {', '.join(used)}",
                          key=True)
+
+    def check_accounts(
+        self, data: Mapping[str, Any], providers: list[str]
+    ) -> dict[str, tuple[Account, ...]]:
+        """`accounts`: only providers of the job, only their variables, no account twice."""
+        found: dict[str, tuple[Account, ...]] = {}
+        for name, entries in _mapping(data.get("accounts")).items():
+            if self.broken(("accounts", name)) or not isinstance(entries, list):
+                continue
+            if name not in providers:
+                self.add(("accounts", name), f"{name} is not a provider of this job "
+                         f"(provider: {', '.join(providers)}); add it there or remove this "
+                         "entry", key=True)
+                continue
+            caps = self.caps.get(name)
+            if caps is None:
+                continue  # an unloadable provider is reported already
+            documented = (*caps.env_vars, *caps.optional_env_vars)
+            accounts: list[Account] = []
+            for i, entry in enumerate(entries):
+                if isinstance(entry, dict):
+                    strange = [k for k in entry if k not in documented]
+                    for var in strange:
+                        self.add(("accounts", name, i, var),
+                                 f"{name} reads no variable {var}; it reads: "
+                                 f"{', '.join(documented) or 'none'}", key=True)
+                    if strange:
+                        continue
+                account = account_from_entry(entry, caps)
+                if any(a.label == account.label for a in accounts):
+                    self.add(("accounts", name, i),
+                             f"the account {account.label} of {name} is listed twice")
+                    continue
+                accounts.append(account)
+            found[name] = tuple(accounts)
+        return found
+
+    def check_routing(self, data: Mapping[str, Any]) -> float | None:
+        """`deadline` only with cheapest routing, and a duration it can use."""
+        text = data.get("deadline")
+        if not isinstance(text, str) or self.broken(("deadline",)):
+            return None
+        routing = data.get("routing", "fallback")
+        if routing != "cheapest":
+            self.add(("deadline",), f"deadline is for routing: cheapest (this job's routing is "
+                                    f"{routing}); remove it or set routing: cheapest", key=True)
+            return None
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            self.add(("deadline",), str(exc))
+            return None
 
     # -- building the spec ------------------------------------------------------------------
 
@@ -594,6 +655,9 @@ class _Checker:
             max_usd=_usd(budget.get("max_usd")),
             max_total_usd=_usd(budget.get("max_total_usd")),
             seed=_integer(data.get("seed"), None),
+            routing=data["routing"] if data.get("routing") in ROUTINGS else "fallback",
+            deadline_s=self.deadline_s,
+            accounts=self.accounts,
             limits=limits,
             options={k: dict(v) for k, v in _mapping(data.get("options")).items()
                      if isinstance(v, dict)},

@@ -14,6 +14,7 @@ from flows.spec.inputs import InputPolicy
 
 DEFAULT_OUTPUT_PATH = "{cell_id}.{ext}"
 DEFAULT_RETRIES = 2
+ROUTINGS = ("fallback", "spread", "cheapest")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,18 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class Account:
+    """One account of a provider: which environment variables hold its credentials.
+
+    `label` names it in the manifest, the journal and messages (a variable name, never a
+    key); `variables` maps the provider's documented variables to this account's (those
+    not named keep their documented name)."""
+
+    label: str
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A validated job spec. Paths are already resolved against the spec file's folder."""
 
@@ -64,6 +77,9 @@ class JobSpec:
     max_usd: float | None = None        # one run of the job (its shards included)
     max_total_usd: float | None = None  # everything spent on the target, across runs
     seed: int | None = None
+    routing: str = "fallback"            # one of ROUTINGS
+    deadline_s: float | None = None      # cheapest routing: finish within this, from the start
+    accounts: Mapping[str, tuple[Account, ...]] = field(default_factory=dict)  # as listed
     limits: Mapping[str, ProviderLimits] = field(default_factory=dict)
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # provider -> resolution -> USD per image

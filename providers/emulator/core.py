@@ -166,6 +166,7 @@ class CreateRecord:
     at: float
     prompt: str
     idempotency_key: str | None = None
+    account: str | None = None  # the API key it was created with (tests group by it)
 
 
 @dataclass
@@ -185,6 +186,7 @@ class RemoteTask:
     cancelled_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     image: str = "normal"  # what a success delivers: "normal" | "bomb" | "oversize" | "wrongsize"
+    account: str | None = None  # the API key that created it: only that account sees it
 
     def phase(self, now: float | None = None) -> str:
         """"queued" | "running" | "done" | "cancelled": where the clock puts the task."""
@@ -252,6 +254,9 @@ class ProviderEmulator:
         self._rng = random.Random(self.config.seed)
         self._lock = threading.Lock()
         self.rate = self._make_rate_window()
+        # Every account (API key) the provider knows, each with its own create window: a
+        # documented limit is per account (e.g. Kie: "20 ... per 10 s per account", §4.5).
+        self.accounts: dict[str, RateWindow | None] = {api_key: self.rate}
         for length, start in _OUTAGES:
             if getattr(self.config, length) > 0 and getattr(self.config, start) is None:
                 setattr(self.config, start, time.monotonic())
@@ -272,7 +277,7 @@ class ProviderEmulator:
             if length in changes and changes.get(start) is None:
                 setattr(self.config, start, time.monotonic())
         if "rate_limit" in changes:
-            self.rate = self._make_rate_window()
+            self._reset_windows()
         if "seed" in changes:
             self._rng = random.Random(self.config.seed)
 
@@ -283,7 +288,26 @@ class ProviderEmulator:
             self.creates.clear()
             self.requests.clear()
             self.rejected_for_rate = 0
+        self._reset_windows()
+
+    def _reset_windows(self) -> None:
         self.rate = self._make_rate_window()
+        self.accounts = {key: (self.rate if key == self.api_key else self._make_rate_window())
+                         for key in self.accounts}
+
+    def add_account(self, api_key: str) -> None:
+        """Another account of this provider: its own key, create window and tasks."""
+        self.accounts.setdefault(api_key, self._make_rate_window())
+
+    def accepts(self, api_key: str | None) -> bool:
+        return api_key is not None and api_key in self.accounts
+
+    def task_of(self, task_id: str, account: str | None) -> RemoteTask | None:
+        """The task, if `account` may see it (tasks belong to the account that created them)."""
+        task = self.tasks.get(task_id)
+        if task is None or (task.account is not None and account != task.account):
+            return None
+        return task
 
     def routes(self) -> Sequence[BaseRoute]:
         """The documented API, mounted by the hub under `/{name}`."""
@@ -299,9 +323,11 @@ class ProviderEmulator:
         with self._lock:
             return probability > 0 and self._rng.random() < probability
 
-    def admit_create(self) -> bool:
-        """False (and counted) when the create-rate window is full."""
-        if self.rate is None or self.rate.admit():
+    def admit_create(self, account: str | None = None) -> bool:
+        """False (and counted) when the create-rate window (of `account`, else of the
+        first key) is full."""
+        window = self.accounts.get(account, self.rate) if account else self.rate
+        if window is None or window.admit():
             return True
         self.rejected_for_rate += 1
         return False
@@ -364,6 +390,7 @@ class ProviderEmulator:
         body: Any,
         references: Sequence[str] = (),
         idempotency_key: str | None = None,
+        account: str | None = None,
     ) -> RemoteTask:
         """Create and log a task; its outcome is decided now from markers and fault odds."""
         if CONTENT_MARKER in prompt:
@@ -379,11 +406,13 @@ class ProviderEmulator:
         now = time.time()
         task = RemoteTask(
             task_id, prompt, aspect_ratio, resolution, output_format, now,
-            self.config.latency_s, outcome, body, list(references), image=image,
+            self.config.latency_s, outcome, body, list(references), image=image, account=account,
         )
         with self._lock:
             self.tasks[task_id] = task
-            self.creates.append(CreateRecord(task_id, body, now, prompt, idempotency_key))
+            self.creates.append(
+                CreateRecord(task_id, body, now, prompt, idempotency_key, account)
+            )
         return task
 
     def creates_for(self, prompt_contains: str) -> int:

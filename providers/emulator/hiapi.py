@@ -201,7 +201,8 @@ class HiapiEmulator(ProviderEmulator):
         return proxy_error(status)
 
     def _authorized(self, request: Request) -> bool:
-        return request.headers.get("Authorization") == f"Bearer {self.api_key}"
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return scheme == "Bearer" and self.accepts(token)
 
     def _replay(self, key: str, body: Any) -> Response | None:
         """The answer for a key seen before (replay, mismatch, processing), else None."""

@@ -148,6 +148,23 @@ class EmulatorHub:
         env.update(TEST_CREDENTIALS)
         return env
 
+    def accounts_environ(
+        self, accounts: Sequence[tuple[str, Mapping[str, str]]]
+    ) -> dict[str, str]:
+        """Env vars for extra accounts (provider, documented variable -> the account's): each
+        account's key becomes a key of its own at the provider's emulator (its own create
+        window and tasks); other credentials (Wiro's secret) are the emulator's own."""
+        env: dict[str, str] = {}
+        for provider, variables in accounts:
+            emulator = self.emulators.get(provider)
+            for documented, own in variables.items():
+                value = TEST_CREDENTIALS.get(documented, "")
+                if emulator is not None and value == emulator.api_key:
+                    value = f"emulated-{own.lower().replace('_', '-')}"
+                    emulator.add_account(value)
+                env[own] = value
+        return env
+
     def reset(self) -> None:
         for emulator in self.emulators.values():
             emulator.reset()

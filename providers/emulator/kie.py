@@ -126,10 +126,13 @@ class KieEmulator(ProviderEmulator):
 
     def denied(self, request: Request) -> Response | None:
         """The 401 envelope when the Bearer key is missing or wrong, else None."""
+        return None if self.accepts(self.bearer(request)) else self.envelope(401, AUTH_MESSAGE)
+
+    @staticmethod
+    def bearer(request: Request) -> str | None:
+        """The account of a request: its Bearer key."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token.strip() == self.api_key:
-            return None
-        return self.envelope(401, AUTH_MESSAGE)
+        return token.strip() if scheme.lower() == "bearer" else None
 
     def server_error(self) -> Response:
         """A 5xx in one of the shapes seen in front of Kie: a JSON 500, the 200 envelope
@@ -169,9 +172,10 @@ class KieEmulator(ProviderEmulator):
             return self.envelope(422, problem)
         # Kie documents 20 creates / 10 s; excess is rejected, not queued (§4.5). Kie
         # documents no concurrency rejection, so `max_concurrency` is not emulated.
-        if not self.admit_create():
+        account = self.bearer(request)
+        if not self.admit_create(account):
             return self.envelope(429, RATE_MESSAGE)
-        task = self.start_task(body)
+        task = self.start_task(body, account)
         if (fault := self.created_fault()) is not None:
             return fault
         created = {"code": 200, "msg": "success", "data": {"taskId": task.task_id}}
@@ -212,7 +216,7 @@ class KieEmulator(ProviderEmulator):
                 return f"input.{field} must be one of: {', '.join(allowed)}"
         return None
 
-    def start_task(self, body: dict[str, Any]) -> RemoteTask:
+    def start_task(self, body: dict[str, Any], account: str | None = None) -> RemoteTask:
         inp = body["input"]
         ratio = inp.get("aspect_ratio", "1:1")  # S3 defaults
         return self.new_task(
@@ -224,6 +228,7 @@ class KieEmulator(ProviderEmulator):
             output_format=inp.get("output_format", "png"),
             body=body,
             references=list(inp.get("image_input", [])),
+            account=account,
         )
 
     def make_task_id(self) -> str:
@@ -247,7 +252,7 @@ class KieEmulator(ProviderEmulator):
         if self.chance(self.config.poll_5xx_prob):
             return self.server_error()
         task_id = request.query_params.get("taskId", "")
-        task = self.tasks.get(task_id) if task_id else None
+        task = self.task_of(task_id, self.bearer(request)) if task_id else None
         if task is None:
             # Not 404: Kie answers an unknown id this way (protocols.md §4.3).
             return self.envelope(422, "recordInfo is null", key=self.record_message_key)

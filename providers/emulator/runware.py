@@ -168,10 +168,10 @@ class RunwareEmulator(ProviderEmulator):
         data: list[dict[str, Any]] = []
         if tasks[0].get("taskType") == "authentication":
             first, tasks = tasks[0], tasks[1:]
-            authorized = first.get("apiKey") == self.api_key
+            authorized = self.accepts(first.get("apiKey"))
             session = {"taskType": "authentication", "connectionSessionUUID": str(uuid.uuid4())}
         else:
-            authorized = request.headers.get("Authorization") == f"Bearer {self.api_key}"
+            authorized = self.accepts(_bearer(request))
             session = None
         if not authorized:
             refusal = Refusal(401, "invalidApiKey", "Invalid API key. Get one at "
@@ -530,3 +530,8 @@ def envelope(data: list[dict[str, Any]], errors: list[dict[str, Any]]) -> dict[s
 
 def reply(status: int, data: list[dict[str, Any]], errors: list[dict[str, Any]]) -> JSONResponse:
     return JSONResponse(envelope(data, errors), status_code=status)
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token if scheme == "Bearer" else None

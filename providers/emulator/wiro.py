@@ -275,7 +275,8 @@ class WiroEmulator(ProviderEmulator):
     def _authenticate(self, request: Request) -> Response | None:
         """None when the project's auth mode accepts the headers, else its HTTP 401."""
         key = request.headers.get("x-api-key", "")
-        if not key or not hmac.compare_digest(key.encode(), self.api_key.encode()):
+        if not key or not any(hmac.compare_digest(key.encode(), known.encode())
+                              for known in self.accounts):
             return _error(CODE_GENERAL, MSG_KEY_NOT_FOUND, status=401)
         if not self.signature_mode:
             return None
@@ -285,7 +286,7 @@ class WiroEmulator(ProviderEmulator):
             return _error(CODE_GENERAL, MSG_SIGNATURE_REQUIRED, status=401)
         # "unix time or any random integer value" (seed); uniqueness is not documented.
         expected = hmac.new(
-            self.api_key.encode(), ((self.api_secret or "") + nonce).encode(), hashlib.sha256
+            key.encode(), ((self.api_secret or "") + nonce).encode(), hashlib.sha256
         ).hexdigest()
         if not nonce.isdigit() or not hmac.compare_digest(signature.encode(), expected.encode()):
             return _error(CODE_GENERAL, MSG_SIGNATURE_INVALID, status=401)

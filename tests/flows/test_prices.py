@@ -13,6 +13,7 @@ from flows.engine.budget import Budget
 from flows.engine.job import RunOptions, make_throttles, run_job
 from flows.engine.journal import Journal
 from flows.engine.progress import Progress
+from flows.engine.routing import Router
 from flows.engine.runner import RunContext, Runner
 from flows.spec.loader import parse_job
 from flows.spec.plan import make_plan
@@ -44,7 +45,7 @@ def test_the_plan_prices_what_the_budget_reserves(provider: str, resolution: str
         ctx = RunContext(
             spec=job.spec, run_id="r", sink=sink, journal=Journal(sink), providers={},
             rules={provider: provider_rules(job.spec, provider)}, throttles={},
-            budget=Budget(None), progress=Progress(),
+            budget=Budget(None), progress=Progress(), router=Router("fallback", []),
         )
         reserved = Runner(ctx).price(provider, job.cells[0])
         assert reserved == pytest.approx(plan.estimated_cost_usd, abs=1e-12), references

@@ -1,0 +1,227 @@
+"""Which channel a cell is created on next (design.md, "Channels and routing").
+
+    fallback   the channels in spec order: a cell waits for the first one it has not tried
+               (today's behaviour; the others only take cells the first cannot run)
+    spread     the first channel with capacity now, i.e. a free in-flight slot and a create
+               free in its rate window (the least loaded when several have one): every
+               channel takes the next cell whenever it can, so throughput is about the sum
+               of the channels
+    cheapest   without a deadline: fallback over the channels sorted by price. With one:
+               spread over the cheapest channels that can finish the cells still waiting by
+               the deadline; a dearer channel joins only while the cheaper ones cannot,
+               judged from each channel's rate window, in-flight cap and latency (observed
+               while running; until then the plan's estimate)
+
+`take` returns a `Ticket` with an in-flight slot of the channel held. Under spread and
+cheapest it also holds the create's token of the rate window, taken in the same step as the
+choice, so two cells never count on one token (`Ticket.spent`); a ticket whose create is not
+sent gives it back (`release`).
+
+Which channels a cell may still use (a channel it failed on, an account refused for the run)
+is the runner's to say (`exclude`): the never-pay-twice rules do not change with routing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from flows.engine.throttle import AccountThrottle
+from flows.spec.channels import Channel
+from flows.spec.model import Cell
+
+# How much one observed task moves a channel's latency estimate (an exponential average).
+LATENCY_WEIGHT = 0.2
+
+
+@dataclass
+class Lane:
+    """A channel at run time: its throttle, its price and how long its tasks take."""
+
+    channel: Channel
+    throttle: AccountThrottle
+    price: Callable[[Cell], float]           # USD for one task of the cell
+    latency_s: float                         # estimate: the plan's, then observed
+    observed: int = 0
+
+    @property
+    def key(self) -> str:
+        return self.channel.key
+
+    def observe(self, seconds: float) -> None:
+        """A task of this channel took `seconds` from create to finished."""
+        if self.observed == 0:
+            self.latency_s = seconds
+        else:
+            self.latency_s += LATENCY_WEIGHT * (seconds - self.latency_s)
+        self.observed += 1
+
+    def per_second(self) -> float:
+        """Cells this channel can finish per second: its rate window or its in-flight cap
+        over its latency, whichever binds."""
+        by_slots = self.throttle.in_flight.usable / max(self.latency_s, 1e-3)
+        rate = self.throttle.rate
+        if rate is None:
+            return by_slots
+        return min(by_slots, rate.usable / rate.window_s)
+
+    def ready_in(self) -> float:
+        """Seconds until this channel can take a cell (inf while its slots are full)."""
+        if not self.throttle.in_flight.has_room():
+            return math.inf
+        return self.throttle.rate.wait_time() if self.throttle.rate else 0.0
+
+    def load(self) -> float:
+        slots = self.throttle.in_flight
+        return slots.in_flight / max(1, slots.usable)
+
+
+@dataclass
+class Ticket:
+    """A cell's claim on one channel for one create."""
+
+    lane: Lane
+    spent: bool = False       # the create's token of the rate window is already taken
+    released: bool = field(default=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        return self.lane.key
+
+    async def release(self) -> None:
+        """The slot (and an unused token) go back; once."""
+        if self.released:
+            return
+        self.released = True
+        if self.spent and self.lane.throttle.rate is not None:
+            self.lane.throttle.rate.refund()
+            self.spent = False
+        await self.lane.throttle.in_flight.release()
+
+    def token_used(self) -> None:
+        """The create left with the spent token: nothing to give back."""
+        self.spent = False
+
+
+class Router:
+    """Hands out channels to cells; one per run, shared by every chunk."""
+
+    def __init__(
+        self,
+        routing: str,
+        lanes: Sequence[Lane],
+        *,
+        deadline_s: float | None = None,
+        waiting: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.routing = routing
+        self.lanes: dict[str, Lane] = {lane.key: lane for lane in lanes}
+        self.order = tuple(lanes)
+        self.deadline_at = clock() + deadline_s if deadline_s is not None else None
+        self.waiting = waiting   # cells of the run not yet created nor ended
+        self.clock = clock
+        self._changed = asyncio.Event()
+        for lane in lanes:
+            lane.throttle.in_flight.on_release = self._changed.set
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether cells go to whichever channel can take them now."""
+        return self.routing == "spread" or (
+            self.routing == "cheapest" and self.deadline_at is not None
+        )
+
+    def lane(self, key: str) -> Lane | None:
+        return self.lanes.get(key)
+
+    async def take(
+        self, cell: Cell, exclude: Collection[str] = (), *, only: str | None = None
+    ) -> Ticket | None:
+        """A channel for the cell's next create, slot held; None when none is left.
+        `only`: that channel (a new task where the last one failed)."""
+        if only is not None:
+            lane = self.lanes.get(only)
+            return await self._wait_for(lane) if lane and only not in exclude else None
+        candidates = [lane for lane in self._ranked(cell) if lane.key not in exclude]
+        if not candidates:
+            return None
+        if not self.dynamic:
+            return await self._wait_for(candidates[0])
+        while True:
+            usable = self._admitted(candidates, cell)
+            ticket = self._take_ready(usable)
+            if ticket is not None:
+                return ticket
+            soonest = min(lane.ready_in() for lane in usable)
+            self._changed.clear()  # a slot freed from here on wakes us
+            timeout = None if math.isinf(soonest) else max(soonest, 0.001)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def observe(self, key: str, seconds: float) -> None:
+        lane = self.lanes.get(key)
+        if lane is not None:
+            lane.observe(seconds)
+
+    # -- choosing ----------------------------------------------------------------------------
+
+    def _ranked(self, cell: Cell) -> list[Lane]:
+        if self.routing == "cheapest":  # stable: equal prices keep the spec's order
+            return sorted(self.order, key=lambda lane: lane.price(cell))
+        return list(self.order)
+
+    def _admitted(self, ranked: list[Lane], cell: Cell) -> list[Lane]:
+        """Spread: every channel. Cheapest by a deadline: the cheapest channels whose
+        throughput until the deadline covers the cells still waiting (at least one)."""
+        if self.routing != "cheapest" or self.deadline_at is None:
+            return ranked
+        left = self.deadline_at - self.clock()
+        waiting = max(1, self.waiting())
+        admitted: list[Lane] = []
+        capacity = 0.0
+        for lane in ranked:
+            admitted.append(lane)
+            capacity += lane.per_second() * max(0.0, left - lane.latency_s)
+            if capacity >= waiting:
+                break
+        return admitted
+
+    def _take_ready(self, lanes: list[Lane]) -> Ticket | None:
+        """A ticket on a channel that can take the cell now, without waiting: the least
+        loaded under spread, the cheapest (first) under cheapest."""
+        ready = [lane for lane in lanes if lane.ready_in() == 0.0]
+        if self.routing == "spread":
+            ready.sort(key=Lane.load)
+        for lane in ready:
+            rate = lane.throttle.rate
+            if rate is not None and not rate.try_spend():
+                continue
+            if not lane.throttle.in_flight.try_acquire():
+                if rate is not None:
+                    rate.refund()
+                continue
+            return Ticket(lane, spent=rate is not None)
+        return None
+
+    async def _wait_for(self, lane: Lane | None) -> Ticket | None:
+        if lane is None:
+            return None
+        await lane.throttle.in_flight.acquire()
+        return Ticket(lane)
+
+
+def make_lanes(
+    found: Sequence[Channel], throttles: Mapping[str, AccountThrottle],
+    prices: Mapping[str, Callable[[Cell], float]], latency_s: Mapping[str, float],
+) -> list[Lane]:
+    """One lane per channel; `prices` and `latency_s` by provider."""
+    return [
+        Lane(channel, throttles[channel.key], prices[channel.provider],
+             latency_s.get(channel.provider, 20.0))
+        for channel in found
+    ]

@@ -1,0 +1,104 @@
+"""Channels: where a cell can be created. A channel is a provider x account (design.md,
+"Channels and routing"): each has its own throttle, and a task created on one is collected
+with that account's key, on that channel only.
+
+    channels(spec)      # every channel of the job, in the spec's order
+    # provider: [kie, apikley] + accounts: {kie: [KIE_API_KEY, KIE_API_KEY_2]}
+    #   -> kie (KIE_API_KEY), kie:KIE_API_KEY_2, apikley (APIKLEY_API_KEY)
+
+A provider without an `accounts` entry has one account: its documented variables. An
+account written as a name stands for the provider's first credential variable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from flows.spec.model import Account, JobSpec
+from providers import registry
+from providers.base import Capabilities
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One provider account. `key` names its throttle and its tasks in the journal: the
+    provider's name for its documented account (as before accounts existed), else
+    `provider:LABEL`."""
+
+    provider: str
+    account: str                                  # label: a variable name, never a key
+    variables: Mapping[str, str] = field(default_factory=dict)  # documented -> this account's
+    documented: bool = True                       # the provider's own variables
+
+    @property
+    def key(self) -> str:
+        return self.provider if self.documented else f"{self.provider}:{self.account}"
+
+    def environ(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """`environ` as this account's adapter must see it: its variables under the
+        documented names (an unset one is left out, so the adapter names it missing)."""
+        if not self.variables:
+            return dict(environ)
+        renamed = {documented: environ.get(own) for documented, own in self.variables.items()}
+        base = {k: v for k, v in environ.items() if k not in renamed}
+        return {**base, **{k: v for k, v in renamed.items() if v}}
+
+    def missing(self, environ: Mapping[str, str]) -> list[str]:
+        """This account's variables that `environ` lacks (only renamed ones are checked
+        here; the adapter reports its documented ones itself)."""
+        return [own for own in self.variables.values() if not environ.get(own)]
+
+
+def channels(spec: JobSpec) -> tuple[Channel, ...]:
+    """Every channel of `spec`: providers in spec order, each provider's accounts in the
+    order listed."""
+    found: list[Channel] = []
+    for provider in spec.providers:
+        listed = spec.accounts.get(provider)
+        if not listed:
+            found.append(Channel(provider, documented_label(provider)))
+            continue
+        for account in listed:
+            found.append(_channel(provider, account))
+    return tuple(found)
+
+
+def account_from_entry(entry: str | Mapping[str, str], caps: Capabilities | None) -> Account:
+    """An `accounts` list item: a variable name (for the provider's first credential
+    variable) or a mapping of the provider's variables to this account's."""
+    primary = _primary_variable(caps)
+    if isinstance(entry, str):
+        return Account(entry, {primary: entry} if primary and entry != primary else {})
+    variables = {k: v for k, v in entry.items() if k != v}
+    label = entry.get(primary, "") if primary else ""
+    return Account(label or next(iter(entry.values())), variables)
+
+
+def documented_label(provider: str) -> str:
+    """The label of a provider's documented account: its first credential variable."""
+    try:
+        caps = registry.capabilities(provider)
+    except Exception:  # an unloadable provider: validation reports it
+        caps = None
+    return _primary_variable(caps) or provider
+
+
+def split_for_shard(found: Sequence[Channel], shard: str) -> tuple[Channel, ...]:
+    """The channels shard "i/n" owns when shards split the accounts: every n-th from the
+    i-th, so each channel belongs to exactly one shard (the same on every machine)."""
+    index, _, count = shard.partition("/")
+    i, n = int(index), int(count)
+    return tuple(found[i::n])
+
+
+def _channel(provider: str, account: Account) -> Channel:
+    documented = not account.variables
+    return Channel(provider, account.label, dict(account.variables), documented)
+
+
+def _primary_variable(caps: Capabilities | None) -> str | None:
+    if caps is None:
+        return None
+    names = (*caps.env_vars, *caps.optional_env_vars)
+    return names[0] if names else None
