@@ -873,6 +873,11 @@ def _pattern_message(base: JsonPath, instance: Any, pattern: str) -> str:
         return f"{instance!r} is not an http(s) URL"
     if base[:1] == ("provider",):
         return f"{instance!r} is not a provider name (lowercase letters, digits, '-', '_')"
+    if base == ("deadline",):
+        return f"{instance!r} is not a duration like '2h', '90m' or '1h30m' (s, m, h, d)"
+    if base[:1] in (("accounts",), ("credentials",)):
+        return (f"{instance!r} is not an environment variable name (capitals, digits and "
+                "'_', e.g. KIE_API_KEY_2)")
     return f"{instance!r} does not match {pattern}"
 
 

@@ -152,3 +152,49 @@ def test_plan_of_100000_cells_is_fast(tmp_path: Path) -> None:
     # 100,000 creates at 20 per 10 s
     assert data["estimated_seconds"] == pytest.approx(10 * (5000 - 1) + 20)
     assert elapsed < 5.0, f"planning 100,000 cells took {elapsed:.1f} s"
+
+
+ROUTED = """\
+version: 1
+name: routed
+provider: [kie, runware]
+accounts: {kie: [KIE_API_KEY, KIE_API_KEY_2]}
+matrix: {prompt: [a cup of tea]}
+repeat: 1000
+"""
+
+
+def test_spread_plans_each_channel_and_the_other_routings(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, ROUTED + "routing: spread\n")
+    data = plan.to_json()
+    by_channel = {t["provider"]: t for t in data["timing"]}
+    assert set(by_channel) == {"kie", "kie:KIE_API_KEY_2", "runware"}
+    assert sum(t["cells"] for t in data["timing"]) == 1000
+    assert by_channel["kie:KIE_API_KEY_2"]["account"] == "KIE_API_KEY_2"
+    assert data["estimated_cost_usd"] == pytest.approx(sum(t["cost_usd"] for t in data["timing"]))
+    assert sum(row["cells"] for row in data["by_provider_resolution"]) == 1000
+    others = {a["routing"]: a for a in data["alternatives"]}
+    assert set(others) == {"fallback", "cheapest"}
+    assert others["cheapest"]["cost_usd"] == pytest.approx(90.0)  # all on kie at $0.09
+    assert others["fallback"]["seconds"] > data["estimated_seconds"]
+    text = plan.render()
+    assert "routing:   spread: 3 of 3 channels take cells" in text
+    assert "kie:KIE_API_KEY_2: " in text
+    assert "other routings:      fallback: " in text and " · cheapest: " in text
+
+
+def test_cheapest_by_a_deadline_says_whether_it_is_met(tmp_path: Path) -> None:
+    met = plan_for(tmp_path, ROUTED + "routing: cheapest\ndeadline: 2h\n")
+    assert met.meets_deadline is True and met.estimated_cost_usd == pytest.approx(90.0)
+    assert [t.provider for t in met.timings] == ["kie"]
+    assert "(deadline 2 h 00 min)" in met.render()
+    # 1000 cells need ~510 s on one Kie account: within 5 min the second account joins
+    # (same price); within 3 min Runware too (dearer)
+    second = plan_for(tmp_path, ROUTED + "routing: cheapest\ndeadline: 5m\n")
+    assert [t.provider for t in second.timings] == ["kie", "kie:KIE_API_KEY_2"]
+    assert second.estimated_cost_usd == pytest.approx(90.0) and second.meets_deadline
+    tight = plan_for(tmp_path, ROUTED + "routing: cheapest\ndeadline: 3m\n")
+    assert tight.meets_deadline is True and len(tight.timings) == 3
+    assert tight.estimated_cost_usd > 90.0
+    alone = next(r for r in tight.to_json()["alternatives"] if r["routing"] == "cheapest")
+    assert alone["meets_deadline"] is False  # the cheapest channel alone is too slow
