@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--shared-limits", action="store_true",
                      help="share provider create rates through the Prefect server "
                           "(several workers on one account)")
+    run.add_argument("--own-accounts", action="store_true",
+                     help="with --shard i/n: use only the channels (provider accounts) this "
+                          "shard owns, every n-th from the i-th, so shards share no account")
     run.add_argument("--retry-uncertain", action="store_true",
                      help="create again cells whose create may have reached a provider that "
                           "cannot be asked (they may be paid twice)")
@@ -163,7 +166,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     policy = _policy_or_report(args, "run")
-    if policy is None or _load_or_report(args.spec, policy) is None:
+    job = None if policy is None else _load_or_report(args.spec, policy)
+    if job is None:
         return EXIT_INVALID
     if args.target:
         from flows.spec.inputs import protocol_problem, split_protocol
@@ -179,6 +183,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"nbp run: --shard: {exc}", file=sys.stderr)
             return EXIT_INVALID
+    if args.own_accounts and (problem := _own_accounts_problem(job.spec, args)):
+        print(f"nbp run: --own-accounts: {problem}", file=sys.stderr)
+        return EXIT_INVALID
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.display import TerminalDisplay
     from flows.orchestration.flow import build_flow
@@ -192,12 +199,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             emulator_latency_s=args.emulator_latency, shared_limits=args.shared_limits,
             retry_uncertain=args.retry_uncertain, run_id=args.run_id,
             allow_paths=list(policy.allow_paths) or None, max_cells=args.max_cells,
-            patience_s=args.patience,
+            patience_s=args.patience, own_accounts=args.own_accounts,
         ))
     finally:
         display.close()
     print(display.summary(result))
     return int(result["exit_code"])
+
+
+def _own_accounts_problem(spec: Any, args: argparse.Namespace) -> str | None:
+    """Why --own-accounts cannot be used as given, or None."""
+    from flows.spec.channels import channels, split_for_shard
+
+    if not args.shard:
+        return "needs --shard i/n (the shard that owns some of the accounts)"
+    if args.shared_limits:
+        return "shards that own their accounts share none: drop --shared-limits"
+    found = channels(spec)
+    if not split_for_shard(found, args.shard):
+        return (f"shard {args.shard} would own none of the job's {len(found)} channel(s) "
+                f"({', '.join(c.key for c in found)}): run at most {len(found)} shards")
+    return None
 
 
 def _check_shard(shard: str) -> None:

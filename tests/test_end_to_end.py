@@ -173,6 +173,58 @@ def test_a_run_killed_with_sigkill_resumes_without_paying_twice(
 
 
 @pytest.mark.prefect
+def test_a_spread_run_killed_with_sigkill_collects_each_task_with_its_own_account(
+    prefect_api_url: str, kie_hub: EmulatorHub, tmp_path: Path
+) -> None:
+    second_key = "emulated-kie-second-account"
+    kie_hub["kie"].add_account(second_key)
+    prompts = [f"spread kill {i}" for i in range(8)]
+    spec = small_spec(tmp_path, matrix={"prompt": prompts, "aspect_ratio": ["1:1"]},
+                      routing="spread", accounts={"kie": ["KIE_API_KEY", "KIE_API_KEY_2"]})
+    env = child_env(prefect_api_url, **kie_hub.environ(), KIE_API_KEY_2=second_key)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", str(spec)], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    journal = tmp_path / "out" / ".nbp" / "cells"
+
+    def created() -> int:  # tasks whose id the killed run journalled
+        return sum('"state":"created"' in p.read_text() for p in journal.glob("*.json"))
+
+    deadline = time.monotonic() + 120
+    while (len(kie_hub["kie"].creates) < 4 or created() < 2) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    done = run_nbp("run", str(spec), env=env)
+    creates = kie_hub["kie"].creates
+    for prompt in prompts:  # a create in flight at the kill is uncertain, never re-sent
+        assert kie_hub["kie"].creates_for(prompt) <= 1, prompt
+    frame = pl.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert set(frame["status"]) <= {"succeeded", "uncertain"}, frame["error_message"]
+    assert done.returncode == (1 if "uncertain" in set(frame["status"]) else 0)
+    account_of = {c.task_id: c.account for c in creates}
+    collected = frame.filter(pl.col("status") == "succeeded")
+    assert collected.height >= 1
+    for row in collected.iter_rows(named=True):
+        # a task is only visible to the account that created it: collecting it proves the key
+        made_by = account_of[row["remote_task_id"]]
+        assert row["account"] == ("KIE_API_KEY_2" if made_by == second_key else "KIE_API_KEY")
+    assert {c.account for c in creates} == {kie_hub["kie"].api_key, second_key}
+
+
+def test_own_accounts_needs_a_shard_that_owns_one(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path, accounts={"kie": ["KIE_API_KEY", "KIE_API_KEY_2"]})
+    for args, says in ((["--own-accounts"], "needs --shard"),
+                       (["--own-accounts", "--shard", "2/3"], "would own none"),
+                       (["--own-accounts", "--shard", "0/2", "--shared-limits"],
+                        "drop --shared-limits")):
+        done = run_nbp("run", str(spec), "--emulate", *args)
+        assert done.returncode == 2 and says in done.stderr, (args, done.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.prefect
 def test_a_job_writes_to_s3(prefect_api_url: str, tmp_path: Path) -> None:
     with s3_server() as s3:
         target = s3.url("jobs/e2e")

@@ -101,9 +101,11 @@ def build_flow(
         allow_paths: list[str] | None = None,
         max_cells: int | None = None,
         patience_s: float | None = None,
+        own_accounts: bool = False,
     ) -> dict[str, Any]:
         """Run the job spec `spec` (a path or fsspec URL); see `nbp run --help`. Shards
-        started as one run pass the same `run_id` (they share `budget.max_usd`)."""
+        started as one run pass the same `run_id` (they share `budget.max_usd`); with
+        `own_accounts` each shard uses only the channels it owns."""
         logger = get_run_logger()
         this_run = str(runtime_flow_run.id)
         options = RunOptions(
@@ -112,6 +114,7 @@ def build_flow(
             retry_uncertain=retry_uncertain, run_id=run_id or this_run[:12], holder=this_run,
             allow_paths=tuple(allow_paths or ()), max_cells=max_cells,
             retry=RetryPolicy(patience_s=patience_s) if patience_s else DEFAULT_RETRY,
+            own_accounts=own_accounts,
         )
         limiter: LimiterFactory = shared_limiter if shared_limits else local_limiter
         hooks = RunHooks(chunk_runner=_chunk_as_task, credentials=secret_blocks,

@@ -213,3 +213,19 @@ def test_a_task_is_collected_with_the_account_that_created_it(
     for row in frame.iter_rows(named=True):
         expected = "KIE_API_KEY_2" if by_task[row["remote_task_id"]] == KIE_2 else "KIE_API_KEY"
         assert row["account"] == expected
+
+
+def test_shards_that_own_their_accounts_share_none(hub: EmulatorHub, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, 12, provider=["kie", "apikley"], routing="spread",
+                      accounts={"kie": ["KIE_API_KEY", "KIE_API_KEY_2"]})
+    first = run(spec, shard="0/2", own_accounts=True)     # kie, apikley
+    assert {r.account for r in hub["kie"].creates} == {hub["kie"].api_key}
+    second = run(spec, shard="1/2", own_accounts=True)    # kie:KIE_API_KEY_2
+    assert first.counts["succeeded"] + second.counts["succeeded"] == 12
+    frame = manifest(tmp_path)
+    assert frame.height == 12 and frame["cell_id"].n_unique() == 12
+    second_shard = frame.filter(pl.col("run_id") == second.run_id)
+    assert set(second_shard["account"]) == {"KIE_API_KEY_2"}
+    assert len(hub["kie"].creates) + len(hub["apikley"].creates) == 12
+    with pytest.raises(ValueError, match="owns no channel"):
+        run(spec, shard="3/4", own_accounts=True)
