@@ -6,7 +6,7 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ("span", "rate", "cost", "planning", "startup")
+BENCHMARKS = ("span", "rate", "routing", "cost", "planning", "startup")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -180,11 +180,14 @@ class EmulatorProcess:
     """`bench.emulator` in its own process; `env` points clients at it."""
 
     def __init__(self, latency_s: float, *, rates: Mapping[str, str] | None = None,
-                 providers: Sequence[str] = ("runware", "kie")) -> None:
+                 providers: Sequence[str] = ("runware", "kie"),
+                 accounts: Sequence[tuple[str, str]] = ()) -> None:
         argv = [PYTHON, "-m", "bench.emulator", "--latency", str(latency_s),
                 "--providers", ",".join(providers)]
         for name, rate in (rates or {}).items():
             argv += ["--rate", f"{name}={rate}"]
+        for name, key in accounts:  # (provider, API key): another account there
+            argv += ["--account", f"{name}={key}"]
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=quiet_env(), text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         hello = json.loads(self._line())

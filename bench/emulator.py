@@ -1,6 +1,6 @@
 """The emulators in a process of their own, so their CPU never counts as nbp's.
 
-    python -m bench.emulator --latency 2 --rate kie=20/10
+    python -m bench.emulator --latency 2 --rate kie=20/10 --account kie=second-key
 
 Prints one JSON line `{"url": ..., "env": {...}}` (the variables that point a client at it),
 then answers commands read from stdin, one JSON line each:
@@ -52,6 +52,10 @@ def stats(hub: EmulatorHub, *, times: bool) -> dict[str, Any]:
         }
         if times:
             entry["create_times"] = sorted(at)
+            by_account: dict[str, list[float]] = {}
+            for record in list(emulator.creates):
+                by_account.setdefault(str(record.account), []).append(record.at)
+            entry["create_times_by_account"] = {k: sorted(v) for k, v in by_account.items()}
         out["providers"][name] = entry
     return out
 
@@ -62,11 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", action="append", default=[], metavar="NAME=N/W",
                         help="create-rate limit of one provider, e.g. kie=20/10")
     parser.add_argument("--providers", default=",".join(EMULATORS))
+    parser.add_argument("--account", action="append", default=[], metavar="NAME=KEY",
+                        help="another account of a provider, e.g. kie=second-key")
     args = parser.parse_args(argv)
     rates = parse_rates(args.rate)
     names = args.providers.split(",")
     config = {n: FaultConfig(latency_s=args.latency, rate_limit=rates.get(n)) for n in names}
     hub = EmulatorHub(names, config=config)
+    for value in args.account:
+        name, _, key = value.partition("=")
+        hub[name].add_account(key)
     hub.serve_in_thread()
     print(json.dumps({"url": hub.url, "env": hub.environ()}), flush=True)
     for line in sys.stdin:

@@ -284,6 +284,10 @@ class Runner:
             except HANDLED as exc:
                 return self._ended(state, exc, decide(exc))
             ticket = await self.ctx.router.take(cell, tried | self.dead.keys(), only=again)
+            if ticket is None and again is not None:  # that channel was dropped meanwhile
+                tried.add(again)
+                again = None
+                continue
             if ticket is None:
                 break
             try:
