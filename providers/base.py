@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -131,6 +131,8 @@ class Finished:
     images: tuple[ResultImage, ...]
     cost_usd: float | None = None
     state: str = "success"
+    # Token counts the provider reported (Gemini's usageMetadata): "image", "thinking", ...
+    usage: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,8 @@ class Capabilities:
     default_rate: str | None = None      # "20/10s": creates per window, None when undocumented
     default_max_in_flight: int = 50
     poll_interval_s: float = 3.0         # documented polling guidance, first interval
+    # A batch provider (`BatchProvider`): its documented target turnaround, else None.
+    batch_turnaround_s: float | None = None
     option_schema: Mapping[str, Any] = field(default_factory=dict)  # JSON Schema of options
     env_vars: tuple[str, ...] = ()       # credentials read from the environment
     optional_env_vars: tuple[str, ...] = ()
@@ -293,3 +297,77 @@ def may_receive_credentials(
         may_receive_credentials(KieProvider, "https://kie.example.net")     # False
     """
     return is_loopback(url) or url_origin(url) in credential_origins(cls, environ)
+
+
+# -- batch providers ---------------------------------------------------------------------------
+
+BatchState = Literal["pending", "running", "succeeded", "failed", "cancelled", "expired"]
+BATCH_DONE: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "expired"})
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """One batch at the provider, as its API reports it (states mapped to `BatchState`)."""
+
+    name: str                          # the provider's id, e.g. "batches/abc123"
+    display_name: str                  # chosen by nbp: unique to the job and its cells
+    state: BatchState
+    created_at: float | None = None    # epoch seconds
+    error: str | None = None           # why it failed, expired or was cancelled
+    results: str | None = None         # where its results are (e.g. "files/xyz"), once done
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "display_name": self.display_name, "state": self.state,
+                "created_at": self.created_at, "error": self.error, "results": self.results}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BatchJob:
+        return cls(str(data["name"]), str(data["display_name"]), data["state"],
+                   data.get("created_at"), data.get("error"), data.get("results"))
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's outcome in a finished batch: `finished` (its image inline), or `error`
+    (a `providers.errors.ProviderError`: `ContentRejected` for a safety refusal, else
+    `TaskFailed`)."""
+
+    key: str                           # the key nbp gave the request: the cell id
+    finished: Finished | None = None
+    error: Exception | None = None
+
+
+@runtime_checkable
+class BatchProvider(Protocol):
+    """A provider that takes many requests as one job with hours of turnaround (Gemini's
+    Batch API). The engine groups cells, journals the display name before `create_batch`,
+    and after a lost answer or a kill finds the batch again with `find_batch`."""
+
+    name: str
+    capabilities: Capabilities
+
+    async def create_batch(
+        self, display_name: str, requests: Sequence[tuple[str, ImageRequest]]
+    ) -> BatchJob:
+        """Send `(key, request)` pairs as one batch (not idempotent: never call it twice for
+        the same display name without `find_batch` first)."""
+        ...
+
+    async def find_batch(self, display_name: str) -> BatchJob | None:
+        """The batch with this display name, by listing; None when there is none."""
+        ...
+
+    async def get_batch(self, name: str) -> BatchJob:
+        """Where the batch is now."""
+        ...
+
+    def batch_results(self, job: BatchJob) -> AsyncIterator[BatchResult]:
+        """The results of a succeeded batch, one request at a time, streamed: never the
+        whole results file in memory."""
+        ...
+
+    async def cancel_batch(self, name: str) -> None:
+        ...
+
+    async def aclose(self) -> None:
+        ...
