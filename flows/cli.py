@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--patience", type=float, metavar="SECONDS",
                      help="how long a poll or download of a created task keeps retrying "
                           "before the cell is left pending for the next run (default 600)")
+    run.add_argument("--batch-wait", type=float, metavar="SECONDS",
+                     help="how long to wait for batch jobs (gemini-batch) before leaving their "
+                          "cells pending for the next run (default 600)")
     run.add_argument("--chunk-size", type=int, default=200, help="cells per Prefect task")
     add_input_options(run)
     run.add_argument("--emulator-latency", type=float, default=None,
@@ -200,6 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             retry_uncertain=args.retry_uncertain, run_id=args.run_id,
             allow_paths=list(policy.allow_paths) or None, max_cells=args.max_cells,
             patience_s=args.patience, own_accounts=args.own_accounts,
+            batch_wait_s=args.batch_wait,
         ))
     finally:
         display.close()

@@ -111,6 +111,12 @@ class ManifestRow:
         "the provider account that served the cell: the environment variable holding its key "
         "(spec `accounts`), never the key"
     )
+    image_tokens: int | None = _column(
+        pl.Int64(), "image output tokens the provider reported (Gemini's usage metadata)"
+    )
+    thinking_tokens: int | None = _column(
+        pl.Int64(), "thinking tokens the provider reported (Gemini's usage metadata)"
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ManifestRow:

@@ -21,6 +21,7 @@ from typing import Any
 
 import polars as pl
 
+from flows.engine.batching import DEFAULT_WAIT_S, BatchChannel
 from flows.engine.budget import Budget, Ledger
 from flows.engine.journal import Journal
 from flows.engine.lease import Heartbeat, Lease
@@ -35,7 +36,7 @@ from flows.spec.loader import load_job
 from flows.spec.model import Cell, JobSpec
 from flows.spec.plan import DEFAULT_LATENCY_S
 from flows.spec.rate import Rate
-from flows.spec.settings import ProviderRules, provider_rules
+from flows.spec.settings import EMULATED_POLL_INTERVAL_S, ProviderRules, provider_rules
 from outputs.gallery import write_gallery
 from outputs.manifest import (
     ManifestRow,
@@ -46,7 +47,7 @@ from outputs.manifest import (
 )
 from outputs.sink import Sink
 from providers import registry
-from providers.base import Provider
+from providers.base import BatchProvider, Provider
 
 log = logging.getLogger("nbp.job")
 
@@ -99,6 +100,7 @@ class RunOptions:
     holder: str = field(default_factory=lambda: uuid.uuid4().hex)
     retry: RetryPolicy = DEFAULT_RETRY
     own_accounts: bool = False          # with `shard`: use only the channels this shard owns
+    batch_wait_s: float = DEFAULT_WAIT_S  # how long to wait for batches before leaving them
 
     def input_policy(self) -> InputPolicy:
         changes: dict[str, Any] = {}
@@ -272,7 +274,7 @@ def make_router(
 ) -> Router:
     """The run's router over its channels, priced and timed as the plan does."""
     prices = {name: _cell_price(rule) for name, rule in rules.items()}
-    latency = {name: DEFAULT_LATENCY_S for name in rules}
+    latency = {name: rule.turnaround_s or DEFAULT_LATENCY_S for name, rule in rules.items()}
     return Router(
         spec.routing, make_lanes(used, throttles, prices, latency), deadline_s=spec.deadline_s,
         waiting=lambda: max(0, progress.total - progress.done - progress.in_flight),
@@ -315,9 +317,14 @@ async def open_providers(
             if missing:
                 log.warning("%s: account %s: %s not set; its cells go to other channels",
                             name, channel.account, ", ".join(missing))
-            providers[channel.key] = cls(
-                cls.settings_from_env(channel.environ(environ), base_url=base_url)
-            )
+            adapter = cls(cls.settings_from_env(channel.environ(environ), base_url=base_url))
+            if isinstance(adapter, BatchProvider):  # many cells per remote job
+                adapter = BatchChannel(
+                    adapter, label=f"nbp-{spec.name}-{options.holder[:8]}",
+                    wait_s=options.batch_wait_s,
+                    poll_interval_s=EMULATED_POLL_INTERVAL_S if hub is not None else None,
+                )
+            providers[channel.key] = adapter
         yield providers, hub is not None
     finally:
         for provider in providers.values():

@@ -19,10 +19,11 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from flows.engine.batching import BatchChannel
 from flows.engine.budget import Budget, BudgetExhausted
 from flows.engine.journal import LIVE_TASK, Journal, JournalEntry, JournalState
 from flows.engine.lease import Heartbeat, Lease
@@ -345,6 +346,9 @@ class Runner:
         except BaseException:
             await ticket.release()
             raise
+        if isinstance(provider, BatchChannel):  # the cell joins a batch: its key names it
+            key = provider.place(cell.cell_id, cell.resolution)
+            request = replace(request, idempotency_key=key)
         state.provider, state.channel, state.key = channel.provider, ticket.key, key
         state.ticket, state.in_flight = ticket, True
         state.reserved_usd, state.reserved_by, state.reserved_here = estimate, ctx.run_id, True
@@ -508,6 +512,8 @@ class Runner:
         row = self._row(
             state, "succeeded", output_uri=uri, sha256=hashlib.sha256(data).hexdigest(),
             bytes=len(data), width=width, height=height,
+            image_tokens=finished.usage.get("image"),
+            thinking_tokens=finished.usage.get("thinking"),
         )
         await self._journal(state, "succeeded", row)
         return row

@@ -102,6 +102,7 @@ def build_flow(
         max_cells: int | None = None,
         patience_s: float | None = None,
         own_accounts: bool = False,
+        batch_wait_s: float | None = None,
     ) -> dict[str, Any]:
         """Run the job spec `spec` (a path or fsspec URL); see `nbp run --help`. Shards
         started as one run pass the same `run_id` (they share `budget.max_usd`); with
@@ -115,6 +116,7 @@ def build_flow(
             allow_paths=tuple(allow_paths or ()), max_cells=max_cells,
             retry=RetryPolicy(patience_s=patience_s) if patience_s else DEFAULT_RETRY,
             own_accounts=own_accounts,
+            **({"batch_wait_s": batch_wait_s} if batch_wait_s is not None else {}),
         )
         limiter: LimiterFactory = shared_limiter if shared_limits else local_limiter
         hooks = RunHooks(chunk_runner=_chunk_as_task, credentials=secret_blocks,

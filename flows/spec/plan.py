@@ -82,10 +82,12 @@ class Timing:
     seconds: float
     cost_usd: float = 0.0
     account: str = ""
+    batch: bool = False           # a batch provider: `seconds` is its turnaround, at most
 
     def to_json(self) -> dict[str, Any]:
         return {
             "provider": self.provider, "account": self.account, "cells": self.cells,
+            "batch": self.batch,
             "rate": self.rate, "max_in_flight": self.max_in_flight,
             "mean_latency_s": round(self.mean_latency_s, 3), "seconds": round(self.seconds, 1),
             "cost_usd": round(self.cost_usd, 6),
@@ -209,6 +211,10 @@ class Plan:
         lines.append(duration)
         for t in self.timings:
             rate = t.rate or "no create limit"
+            if t.batch:
+                lines.append(f"    {t.provider}: {t.cells} cells, {_usd(t.cost_usd)}, up to "
+                             f"{_duration(t.seconds)} (batch turnaround)")
+                continue
             lines.append(
                 f"    {t.provider}: {t.cells} cells, {_usd(t.cost_usd)}, "
                 f"{_duration(t.seconds)} (rate {rate}, {t.max_in_flight} in flight, "
@@ -269,7 +275,7 @@ def _lanes(
         cost = sum(rule.base_price(res) * n + rule.price_per_reference_usd * references[res]
                    for res, n in by_resolution.items())
         lanes.append(LaneEstimate(channel.key, cost / total if total else 0.0, rule.rate,
-                                  rule.max_in_flight, mean))
+                                  rule.max_in_flight, rule.turnaround_s or mean))
     return lanes
 
 
@@ -295,7 +301,8 @@ def _timing(channel: Channel, lane: LaneEstimate, rules: ProviderRules, cells: i
     rate = rules.rate
     rate_text = f"{rate.count}/{rate.window_s:g}s" if rate else None
     return Timing(channel.key, cells, rate_text, rules.max_in_flight, lane.latency_s,
-                  lane.seconds(cells), cells * lane.price_usd, channel.account)
+                  lane.seconds(cells), cells * lane.price_usd, channel.account,
+                  batch=rules.turnaround_s is not None)
 
 
 def _alternatives(

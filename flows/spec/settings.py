@@ -47,6 +47,7 @@ class ProviderRules:
     rate: Rate | None                          # creates per window; None: no documented limit
     max_in_flight: int
     poll_interval_s: float
+    turnaround_s: float | None = None          # a batch provider's target turnaround
 
     def price(self, resolution: str, references: int = 0) -> float:
         """USD for one image at `resolution` with `references` reference images."""
@@ -87,6 +88,7 @@ def provider_rules(
         max_in_flight=(limits.max_in_flight if limits else None)
         or (caps.default_max_in_flight if caps else STAND_IN_MAX_IN_FLIGHT),
         poll_interval_s=(limits.poll_interval_s if limits else None) or documented_poll,
+        turnaround_s=caps.batch_turnaround_s if caps else None,
     )
 
 
