@@ -418,14 +418,22 @@ class Runner:
     async def _wait(
         self, provider: Provider, submitted: Submitted, throttle: AccountThrottle, until: float
     ) -> Finished:
-        polls = 0
+        """Poll until the task finishes, on the account's learnt schedule; each task seen done
+        teaches the schedule its duration (a resumed task's counts from this run's start)."""
+        started = time.monotonic()
+        polls, pending_at = 0, 0.0
         while True:
-            await asyncio.sleep(throttle.next_poll_delay(polls))
+            await asyncio.sleep(
+                throttle.next_poll_delay(polls, time.monotonic() - started)
+            )
             polls += 1
+            sent_at = time.monotonic() - started
             outcome = await self._step(lambda: provider.poll(submitted), until, "poll")
             if isinstance(outcome, Finished):
+                throttle.observe_duration(sent_at, pending_at)
                 return outcome
             assert isinstance(outcome, Pending)
+            pending_at = sent_at
 
     async def _step(
         self, call: Any, until: float, what: str,
