@@ -76,6 +76,8 @@ def one_run(cells: int, fmt: str, emulator: EmulatorProcess, server: PrefectServ
                             profile_as=f"cost-{fmt}-{cells}",
                             timeout=max(900.0, 0.05 * cells))  # 100,000 cells: ~30 min
     child.check(f"nbp run ({cells} cells)")
+    stats = emulator.stats()
+    runware = stats["providers"]["runware"]
     manifest = pl.read_parquet(out / "manifest.parquet")
     if manifest.height != cells or set(manifest["status"]) != {"succeeded"}:
         raise RuntimeError(f"{cells} cells: manifest has {manifest.height} rows")
@@ -83,11 +85,14 @@ def one_run(cells: int, fmt: str, emulator: EmulatorProcess, server: PrefectServ
         "cells": cells, "format": fmt, **report, "process_cpu_s": round(child.cpu_s, 3),
         "manifest_in_memory_mb": round(manifest.estimated_size("mb"), 2),
         "manifest_file_mb": round((out / "manifest.parquet").stat().st_size / 2**20, 2),
-        "emulator_cpu_s": round(emulator.stats()["cpu_s"] - before, 2),
+        "emulator_cpu_s": round(stats["cpu_s"] - before, 2),
+        # Runware: every request but a create is a poll (nothing is uploaded)
+        "polls_per_task": round((runware["requests"] - runware["creates"]) / cells, 2),
     }
     log(f"  {fmt} {cells:>6} cells: nbp {report['command_cpu_s']:7.2f} s CPU in "
         f"{report['command_wall_s']:6.1f} s wall; start-up {report['startup_cpu_s']:.2f} s; "
-        f"peak RSS {report['peak_rss_mb']:.0f} MB; emulator {figures['emulator_cpu_s']} s CPU")
+        f"peak RSS {report['peak_rss_mb']:.0f} MB; emulator {figures['emulator_cpu_s']} s CPU; "
+        f"{figures['polls_per_task']} polls per task")
     return figures
 
 
