@@ -149,8 +149,9 @@ class PollSchedule:
     grows by 1.25x once the task is late by more than four intervals; always capped at
     `max_interval_s`. Cheap: a bounded deque, one sort of 64 values per finished task.
 
-    Measured (bench/span.py, 2 s tasks): 1-2 polls per task instead of 5 on the backoff
-    schedule and 7-8 for a fixed 0.25 s interval."""
+    Measured (bench/span.py: 300 tasks of 2 s, 50 at a time): 2.8 poll requests per task,
+    the first 50 on the backoff (5 each) and the rest ~2.3; the backoff alone took 5, a fixed
+    0.25 s interval 7; and the span went from 1.17x to 1.02x that of the fixed interval."""
 
     def __init__(self, first_interval_s: float, max_interval_s: float = 30.0) -> None:
         self.first_interval_s = first_interval_s

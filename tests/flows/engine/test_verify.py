@@ -26,7 +26,8 @@ SIZE = (320, 200)
 def encode(mode: str, fmt: str = "PNG", size: tuple[int, int] = SIZE, **options: object) -> bytes:
     """A noisy picture (so the compressed stream is long) in `mode`, encoded as `fmt`."""
     noise = Image.effect_noise(size, 60)
-    image = Image.merge("RGB", (noise, noise.rotate(180), noise.transpose(Image.Transpose.FLIP_LEFT_RIGHT))).convert(mode)
+    mirrored = noise.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    image = Image.merge("RGB", (noise, noise.rotate(180), mirrored)).convert(mode)
     out = io.BytesIO()
     image.save(out, fmt, **options)
     return out.getvalue()
@@ -287,3 +288,19 @@ def test_inflating_is_bounded_in_memory() -> None:
         patch.setattr(verify._Scanlines, "feed", feed)
         assert verify_image(data, "png", size) == size
     assert len(data) < 100_000 and max(seen) <= verify.INFLATE_PIECE and len(seen) > 10
+
+
+def test_zlib_ng_is_used_and_the_standard_zlib_gives_the_same_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """zlib-ng is a dependency; without it the standard library's zlib does the same job."""
+    assert verify._zlib.__name__ == "zlib_ng.zlib_ng"
+    interlaced = adam7_png((3, 5))
+    cases: list[tuple[bytes, tuple[int, int], str | None]] = [
+        (PNG, SIZE, None), (interlaced, (3, 5), None),
+        *[(make(), SIZE, "undecodable") for _, make in CORRUPT_PNGS],
+    ]
+    with_ng = [code_of(data, "png", size) for data, size, _ in cases]
+    monkeypatch.setattr(verify, "_zlib", zlib)
+    with_zlib = [code_of(data, "png", size) for data, size, _ in cases]
+    assert with_ng == with_zlib == [code for _, _, code in cases]
