@@ -463,8 +463,8 @@ class Runner:
                                 "download", final=(ResultMismatch,))
         expected = pixel_size(cell.aspect_ratio, cell.resolution)
         try:
-            # Off the event loop: checking a 4K PNG inflates 50 MB of scanlines (~70 ms of
-            # CPU; zlib frees the GIL), a 1K PNG ~7 ms.
+            # Off the event loop: checking a 4K PNG inflates 50 MB of scanlines (~26 ms of
+            # CPU with zlib-ng, which frees the GIL), a 1K PNG ~3 ms.
             width, height = await asyncio.to_thread(
                 verify_image, data, cell.output_format, expected
             )

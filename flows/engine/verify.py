@@ -3,7 +3,8 @@
 Format and pixel size are read from the header first, so a decompression bomb (a small file
 claiming 30000x30000 pixels) fails its cell before a single byte is inflated. Then each
 format is checked as far as it can be without decoding pixels, which costs a fraction of a
-decode (1K PNG: ~7 ms instead of ~15-18 ms; 4K PNG: ~70 ms instead of ~190 ms):
+decode (1K PNG: 2.9 ms with zlib-ng, 7 ms with the standard zlib, instead of 15-18 ms for a
+Pillow decode; 4K PNG: 26 ms, 70 ms, 190 ms; 1K JPEG: 0.02 ms instead of 1.6 ms):
 
 - PNG: signature; IHDR (size, a valid bit depth / colour type pair, compression, filter and
   interlace methods) before anything else; every chunk's CRC; chunk order (PLTE where the
