@@ -1,122 +1,70 @@
 """`{target}/index.html`: a contact sheet of a job that works offline, from disk or a bucket.
 
-One self-contained file: thumbnails are JPEG `data:` URIs made with Pillow, the CSS is inline,
-there is no script and no external asset. Each thumbnail links to its full image by relative
-path, so the links work wherever the target folder is opened.
+One file with its CSS inline, no script and no external asset. Each card shows its image
+straight from the target by relative path (`<img loading="lazy">` with the width and height
+it is drawn at, so the page lays out before any image arrives) and links to it, so the page
+works wherever the target folder is opened: from disk, offline, or from a bucket served over
+HTTP. Making the page reads no image: a run never decodes an image a second time for its
+gallery (thumbnails cost 19 ms of CPU per 1K PNG, more than the rest of a cell), and the
+browser only loads the images scrolled into view. Opened without the target's images next
+to it, the page still shows every card's facts.
 
 Layout: a summary line on top; one section per dataset row (header: the row's variables),
 or a single section for jobs without a dataset; in each section a grid of prompts (rows) by
 aspect ratio × resolution (columns). Failed, skipped and cancelled cells are cards with their
 status and reason. Every card shows its cell id, cost and latency (caption and tooltip).
-
-Thumbnails are cached under `.nbp/thumbs/{sha256}.jpg`, so a rerun does not download every
-full image again. Past `max_thumbnails` images, cards link to the image without a thumbnail
-(the page would otherwise grow without bound at catalog scale).
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
-import re
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import polars as pl
-from PIL import Image
 
 from outputs.manifest import conform
 from outputs.sink import Sink
 from outputs.status import summarise
 
 GALLERY_NAME = "index.html"
-THUMB_DIR = ".nbp/thumbs"
-THUMB_PX = 256  # long side
-THUMB_QUALITY = 80
-MAX_THUMBNAILS = 2000
+CARD_PX = 180  # an image is drawn at most this wide and high
 # Past this many cells the page shows the first ones only (every cell is in the manifest):
 # ~1 KB of HTML per card, so a 1,000,000-cell catalog would otherwise be a 1 GB page, and
 # rendering 10,000 cards took 120 MB more memory than the whole run before it (bench/cost.py).
 MAX_CARDS = 2_000
-THUMB_WORKERS = 8
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 Row = Mapping[str, Any]
 
 
-def write_gallery(
-    sink: Sink,
-    manifest: pl.DataFrame,
-    *,
-    title: str,
-    max_thumbnails: int = MAX_THUMBNAILS,
-) -> str:
+def write_gallery(sink: Sink, manifest: pl.DataFrame, *, title: str) -> str:
     """Render the manifest's cells to `{target}/index.html` (atomic); returns its URI."""
-    rows = conform(manifest.head(MAX_CARDS)).to_dicts()
-    wanted = [row for row in rows if _has_image(row)][:max_thumbnails]
-    with ThreadPoolExecutor(max_workers=THUMB_WORKERS) as pool:
-        made = pool.map(lambda row: _thumb(sink, row), wanted)
-        thumbs = dict(zip((row["cell_id"] for row in wanted), made, strict=True))
-    page = render_gallery(manifest, thumbs, title=title)
+    page = render_gallery(manifest, title=title)
     return sink.write_bytes(GALLERY_NAME, page.encode(), overwrite=True)
 
 
-def _has_image(row: Row) -> bool:
-    return row["status"] == "succeeded" and bool(row["output_path"])
-
-
-def _thumb(sink: Sink, row: Row) -> str | None:
-    """A `data:` URI of the cell's thumbnail, from the cache or the image; None if unreadable."""
-    sha = row["sha256"] or ""
-    cache = f"{THUMB_DIR}/{sha}.jpg" if _SHA256.fullmatch(sha) else None
-    data = sink.read_bytes(cache) if cache else None
-    if data is None:
-        try:
-            image = sink.read_bytes(row["output_path"])
-        except ValueError:  # an output_path that is not a safe relative path
-            return None
-        data = make_thumbnail(image) if image is not None else None
-        if data is None:
-            return None
-        if cache:
-            sink.write_bytes(cache, data, overwrite=True)
-    return "data:image/jpeg;base64," + base64.b64encode(data).decode()
-
-
-def make_thumbnail(image: bytes, px: int = THUMB_PX) -> bytes | None:
-    """JPEG bytes at most `px` on the long side, or None when `image` does not decode."""
-    try:
-        with Image.open(io.BytesIO(image)) as img:
-            img.draft("RGB", (px, px))  # JPEG: decode at reduced size
-            img.thumbnail((px, px))
-            if img.mode in ("RGBA", "LA", "P"):
-                rgba = img.convert("RGBA")
-                flat = Image.new("RGB", rgba.size, "white")
-                flat.paste(rgba, mask=rgba.getchannel("A"))
-            else:
-                flat = img.convert("RGB")
-            out = io.BytesIO()
-            flat.save(out, "JPEG", quality=THUMB_QUALITY, optimize=True)
-            return out.getvalue()
-    except Exception:  # any undecodable or hostile file: no thumbnail, the card says so
+def drawn_size(width: int | None, height: int | None) -> tuple[int, int] | None:
+    """The size an image of `width` x `height` is drawn at: within `CARD_PX` square, its
+    shape kept (None when the manifest does not know its size)."""
+    if not width or not height:
         return None
+    scale = min(1.0, CARD_PX / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 # -- HTML --------------------------------------------------------------------------------------
 
 
-def render_gallery(manifest: pl.DataFrame, thumbs: Mapping[str, str | None], *, title: str) -> str:
-    """The page for `manifest`; `thumbs` maps cell_id to a thumbnail URI (absent: none)."""
+def render_gallery(manifest: pl.DataFrame, *, title: str) -> str:
+    """The page for `manifest`."""
     rows = conform(manifest.head(MAX_CARDS)).to_dicts()
     columns = _unique((row["aspect_ratio"], row["resolution"]) for row in rows)
-    parts = [_head(title), _summary(manifest, len(thumbs), title)]
+    parts = [_head(title), _summary(manifest, title)]
     for key, section in _sections(rows).items():
-        parts.append(_section(key, section, columns, thumbs))
+        parts.append(_section(key, section, columns))
     parts.append("</body>\n</html>\n")
     return "".join(parts)
 
@@ -145,7 +93,7 @@ def _head(title: str) -> str:
     )
 
 
-def _summary(manifest: pl.DataFrame, thumbnails: int, title: str) -> str:
+def _summary(manifest: pl.DataFrame, title: str) -> str:
     summary = summarise(manifest)
     counts = [f"{summary.cells} cells"]
     counts += [f"{n} {status}" for status, n in summary.by_status.items() if n]
@@ -155,8 +103,6 @@ def _summary(manifest: pl.DataFrame, thumbnails: int, title: str) -> str:
         meta += f" · job {', '.join(summary.jobs)} · {summary.runs} run(s)"
     if summary.cells > MAX_CARDS:
         meta += f" · the first {MAX_CARDS} of {summary.cells} cells (all in manifest.parquet)"
-    if summary.succeeded > thumbnails:
-        meta += f" · thumbnails for the first {thumbnails} of {summary.succeeded} images"
     return (
         f"<header>\n<h1>{_e(title)}</h1>\n"
         f'<p class="summary">{_e(" · ".join(counts))}</p>\n'
@@ -168,7 +114,6 @@ def _section(
     key: int | None,
     rows: list[dict[str, Any]],
     columns: list[tuple[str, str]],
-    thumbs: Mapping[str, str | None],
 ) -> str:
     out = ['<section class="rows">\n']
     if key is not None:
@@ -183,7 +128,7 @@ def _section(
     grid: dict[tuple[str, str, str], list[str]] = {}
     for row in rows:
         key3 = (row["prompt"], row["aspect_ratio"], row["resolution"])
-        grid.setdefault(key3, []).append(_card(row, thumbs.get(row["cell_id"])))
+        grid.setdefault(key3, []).append(_card(row))
     for prompt in _unique(row["prompt"] for row in rows):
         out.append(f'<tr><th class="prompt" title="{_e(prompt)}"><div>{_e(prompt)}</div></th>')
         out += [f"<td>{''.join(grid.get((prompt, *col), []))}</td>" for col in columns]
@@ -207,7 +152,7 @@ def _vars(row: Row) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _card(row: Row, thumb: str | None) -> str:
+def _card(row: Row) -> str:
     status = row["status"] or "unknown"
     facts = _facts(row)
     tooltip = "\n".join([f"cell {row['cell_id']}", *facts])
@@ -217,13 +162,15 @@ def _card(row: Row, thumb: str | None) -> str:
     )
     href = quote(row["output_path"]) if row["output_path"] else None
     if status == "succeeded":
-        if thumb:
-            body = f'<img src="{_e(thumb)}" alt="{_e(row["prompt"])}" loading="lazy">'
-        else:
-            body = '<span class="nothumb">no thumbnail</span>'
-        body = f'<div class="frame">{body}</div>'
         if href:
-            body = f'<a href="{_e(href)}">{body}</a>'
+            size = drawn_size(row["width"], row["height"])
+            dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
+            # Not decoding="async": headless Chromium's screenshots (and printing) then
+            # often miss images that have loaded (tests/outputs/test_gallery_browser.py).
+            body = (f'<a href="{_e(href)}"><div class="frame"><img src="{_e(href)}"{dims} '
+                    f'alt="{_e(row["prompt"])}" loading="lazy"></div></a>')
+        else:
+            body = '<div class="frame"><span class="noimage">no image</span></div>'
     else:
         reason = ": ".join(str(x) for x in (row["error_code"], row["error_message"]) if x)
         body = (
@@ -282,5 +229,5 @@ border-radius:3px;font-size:12px;overflow-wrap:anywhere}
 .failed .reason{background:#fde8e8;color:#8a1c1c;border:1px solid #f5b5b5}
 .cancelled .reason,.skipped .reason,.unknown .reason{background:#eee;color:#444;
 border:1px solid #ccc}
-.nothumb{color:#666}
+.noimage{color:#666}
 """

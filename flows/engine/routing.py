@@ -9,8 +9,8 @@
     cheapest   without a deadline: fallback over the channels sorted by price. With one:
                spread over the cheapest channels that can finish the cells still waiting by
                the deadline; a dearer channel joins only while the cheaper ones cannot,
-               judged from each channel's rate window, in-flight cap and latency (observed
-               while running; until then the plan's estimate)
+               judged from each channel's rate window, in-flight cap and latency (what its
+               poll schedule observed while running; until then the plan's estimate)
 
 `take` returns a `Ticket` with an in-flight slot of the channel held. Under spread and
 cheapest it also holds the create's token of the rate window, taken in the same step as the
@@ -34,9 +34,6 @@ from flows.engine.throttle import AccountThrottle
 from flows.spec.channels import Channel
 from flows.spec.model import Cell
 
-# How much one observed task moves a channel's latency estimate (an exponential average).
-LATENCY_WEIGHT = 0.2
-
 
 @dataclass
 class Lane:
@@ -45,20 +42,17 @@ class Lane:
     channel: Channel
     throttle: AccountThrottle
     price: Callable[[Cell], float]           # USD for one task of the cell
-    latency_s: float                         # estimate: the plan's, then observed
-    observed: int = 0
+    planned_latency_s: float                 # the plan's estimate, until tasks are observed
 
     @property
     def key(self) -> str:
         return self.channel.key
 
-    def observe(self, seconds: float) -> None:
-        """A task of this channel took `seconds` from create to finished."""
-        if self.observed == 0:
-            self.latency_s = seconds
-        else:
-            self.latency_s += LATENCY_WEIGHT * (seconds - self.latency_s)
-        self.observed += 1
+    @property
+    def latency_s(self) -> float:
+        """How long a task takes here: what the account's poll schedule has observed
+        (`PollSchedule.typical_s`), else the plan's estimate."""
+        return self.throttle.polling.typical_s or self.planned_latency_s
 
     def per_second(self) -> float:
         """Cells this channel can finish per second: its rate window or its in-flight cap
@@ -162,11 +156,6 @@ class Router:
             timeout = None if math.isinf(soonest) else max(soonest, 0.001)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
-
-    def observe(self, key: str, seconds: float) -> None:
-        lane = self.lanes.get(key)
-        if lane is not None:
-            lane.observe(seconds)
 
     # -- choosing ----------------------------------------------------------------------------
 

@@ -1,8 +1,7 @@
-"""The gallery: one offline page with every cell, thumbnails, failures and escaped text."""
+"""The gallery: one offline page with every cell, its image, failures and escaped text."""
 
 from __future__ import annotations
 
-import base64
 import io
 import re
 from html.parser import HTMLParser
@@ -13,7 +12,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from outputs.gallery import GALLERY_NAME, THUMB_DIR, THUMB_PX, make_thumbnail, write_gallery
+from outputs.gallery import CARD_PX, GALLERY_NAME, drawn_size, write_gallery
 from outputs.manifest import rows_to_frame
 from outputs.sink import Sink
 
@@ -103,29 +102,29 @@ def test_every_cell_has_a_card(job: tuple[Sink, pl.DataFrame], tmp_path: Path) -
     assert "c0-1x1-1K" in page.cards["c0-1x1-1K"] and "$0.090" in page.cards["c0-1x1-1K"]
 
 
-def test_page_is_self_contained(job: tuple[Sink, pl.DataFrame]) -> None:
+def test_page_needs_nothing_outside_the_target(job: tuple[Sink, pl.DataFrame]) -> None:
     sink, frame = job
     text = Path(write_gallery(sink, frame, title="t")).read_text("utf-8")
     page = Page(text)
     srcs = [v for k, v in page.urls if k == "src"]
     hrefs = [v for k, v in page.urls if k == "href"]
-    assert len(srcs) == 9 and all(s.startswith("data:image/jpeg;base64,") for s in srcs)
-    assert not re.search(r"(https?:)?//|url\(|@import", text)  # nothing fetched from outside
+    assert not re.search(r"(https?:|file:)?//|url\(|@import", text)  # nothing from outside
     root = Path(sink.root)
-    assert hrefs and all((root / href).is_file() for href in hrefs)  # links resolve locally
+    assert len(srcs) == 9 and all((root / src).is_file() for src in srcs)  # relative paths
+    assert sorted(hrefs) == sorted(srcs)  # each image links to itself
 
 
-def test_thumbnails_are_small_jpegs(job: tuple[Sink, pl.DataFrame]) -> None:
+def test_images_load_lazily_at_the_size_they_are_drawn(job: tuple[Sink, pl.DataFrame]) -> None:
     sink, frame = job
-    page = Page(Path(write_gallery(sink, frame, title="t")).read_text("utf-8"))
-    for _, src in page.urls:
-        if src.startswith("data:"):
-            with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as img:
-                assert img.format == "JPEG" and max(img.size) <= THUMB_PX
-    big = make_thumbnail(image_bytes((1200, 600), "PNG", "RGBA"))
-    assert big is not None
-    with Image.open(io.BytesIO(big)) as img:
-        assert img.size == (THUMB_PX, THUMB_PX // 2)
+    text = Path(write_gallery(sink, frame, title="t")).read_text("utf-8")
+    tags = re.findall(r"<img [^>]+>", text)
+    assert len(tags) == 9 and all('loading="lazy"' in tag for tag in tags)
+    assert 'src="img/c0-16x9-1K.png" width="160" height="90"' in text  # small: as it is
+    unknown_size = next(tag for tag in tags if 'src="img/row-7.jpg"' in tag)
+    assert "width=" not in unknown_size  # the manifest has no size: CSS bounds it alone
+    assert drawn_size(1376, 768) == (CARD_PX, 100)
+    assert drawn_size(768, 1376) == (100, CARD_PX)
+    assert drawn_size(None, 768) is None
 
 
 def test_text_is_escaped(job: tuple[Sink, pl.DataFrame]) -> None:
@@ -160,34 +159,23 @@ def test_grid_summary_and_dataset_sections(job: tuple[Sink, pl.DataFrame]) -> No
     assert "row-7" in section and "c0-1x1-1K" not in section
 
 
-def test_unreadable_image_gives_a_card_without_thumbnail(tmp_path: Path) -> None:
-    sink = Sink(str(tmp_path))
-    sink.write_bytes("bad.png", b"not an image", overwrite=False)
-    frame = rows_to_frame([cell("bad", output_path="bad.png"),
-                           cell("gone", output_path="missing.png")])  # fmt: skip
-    page = Page(Path(write_gallery(sink, frame, title="t")).read_text("utf-8"))
-    assert "no thumbnail" in page.cards["bad"] and "no thumbnail" in page.cards["gone"]
-
-
-def test_thumbnails_are_cached_by_sha256(tmp_path: Path) -> None:
-    sink = Sink(str(tmp_path))
-    sha = "f" * 64
-    sink.write_bytes("a.png", image_bytes((50, 40)), overwrite=False)
-    frame = rows_to_frame([cell("a", output_path="a.png", sha256=sha)])
-    first = Path(write_gallery(sink, frame, title="t")).read_text("utf-8")
-    assert sink.exists(f"{THUMB_DIR}/{sha}.jpg")
-    sink.delete("a.png")  # a rerun no longer needs the full image
-    second = Path(write_gallery(sink, frame, title="t")).read_text("utf-8")
-    thumbs = [re.findall(r'src="(data:[^"]+)"', page) for page in (first, second)]
-    assert thumbs[0] == thumbs[1] and len(thumbs[0]) == 1
-
-
-def test_thumbnail_count_is_bounded(job: tuple[Sink, pl.DataFrame]) -> None:
+def test_the_gallery_reads_no_image(job: tuple[Sink, pl.DataFrame],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run never decodes an image a second time for its contact sheet."""
     sink, frame = job
-    text = Path(write_gallery(sink, frame, title="t", max_thumbnails=3)).read_text("utf-8")
-    assert text.count('src="data:') == 3
-    assert "thumbnails for the first 3 of 9 images" in text
-    assert len(Page(text).cards) == frame.height
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the gallery read a file")
+
+    monkeypatch.setattr(Sink, "read_bytes", refuse)
+    monkeypatch.setattr(Sink, "read_bytes_many", refuse)
+    assert Path(write_gallery(sink, frame, title="t")).is_file()
+
+
+def test_a_succeeded_cell_without_a_path_says_so(tmp_path: Path) -> None:
+    frame = rows_to_frame([cell("lost", output_path=None)])
+    page = Page(Path(write_gallery(Sink(str(tmp_path)), frame, title="t")).read_text("utf-8"))
+    assert "no image" in page.cards["lost"]
 
 
 def test_card_count_is_bounded_and_the_page_says_so(

@@ -1,15 +1,13 @@
 """The gallery as a person sees it: Debian's headless Chromium opens a real job's index.html
 from disk, offline, and we check the DOM it built, the pixels it drew and the requests it made.
 
-Each assertion has a control page that must fail it (broken thumbnails, a page that fetches
+Each assertion has a control page that must fail it (broken image paths, a page that fetches
 from the network), so the checks cannot pass by measuring nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import re
 import shutil
@@ -216,30 +214,33 @@ def test_failed_cells_show_their_reason(job: Job, rendered: Rendered) -> None:
         assert "failed" in card["text"] and not card["srcs"]
 
 
-def test_thumbnails_are_embedded_and_link_to_the_image(job: Job, rendered: Rendered) -> None:
+def test_cards_show_their_image_from_the_target_and_link_to_it(
+    job: Job, rendered: Rendered
+) -> None:
     cards = Cards(rendered.dom).cards
     for row in job.manifest.filter(pl.col("status") == "succeeded").iter_rows(named=True):
         card = cards[row["cell_id"]]
-        assert len(card["srcs"]) == 1 and card["srcs"][0].startswith("data:image/jpeg;base64,")
-        assert [(job.target / href).is_file() for href in card["hrefs"]] == [True]
+        assert card["srcs"] == card["hrefs"] == [row["output_path"]]
+        assert (job.target / row["output_path"]).is_file()
 
 
-def test_thumbnails_are_drawn(job: Job, tmp_path: Path) -> None:
-    """The browser decoded the data URIs: the thumbnails' main colours (decoded here with
-    Pillow) are in the screenshot, and not in that of the same page with broken thumbnails."""
+def test_images_are_drawn(job: Job, tmp_path: Path) -> None:
+    """The browser loaded the images from the target folder: their main colours (decoded here
+    with Pillow) are in the screenshot, and not in that of the same page with broken paths."""
     text = job.page.read_text("utf-8")
-    thumbs = [
-        Image.open(io.BytesIO(base64.b64decode(data)))
-        for data in re.findall(r'src="data:image/jpeg;base64,([^"]+)"', text)
-    ]
-    assert len(thumbs) == 2
-    wanted = main_colours(thumbs)
+    paths = re.findall(r'<img src="([^"]+)"', text)
+    assert len(paths) == 2
+    images = []
+    for path in paths:
+        with Image.open(job.target / path) as img:
+            images.append(img.convert("RGB").resize((256, 256)))
+    wanted = main_colours(images)
     shot = screenshot(job.page, tmp_path)
     assert shot.size == WINDOW and len(wanted) > 20
-    (job.target / "broken.html").write_text(re.sub(r"base64,[^\"]+", "base64,AAAA", text))
+    (job.target / "broken.html").write_text(re.sub(r'<img src="', '<img src="missing-', text))
     control = screenshot(job.target / "broken.html", tmp_path)
     drawn, undrawn = drawn_share(shot, wanted), drawn_share(control, wanted)
-    assert drawn > 0.9 and undrawn < 0.1, (drawn, undrawn)  # measured: 1.0 and 0.0
+    assert drawn > 0.9 and undrawn < 0.1, (drawn, undrawn)
 
 
 def test_the_page_fetches_nothing_from_the_network(rendered: Rendered, tmp_path: Path) -> None:

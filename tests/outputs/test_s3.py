@@ -76,7 +76,9 @@ def test_job_outputs_round_trip(target: tuple[Sink, Reader, str]) -> None:
             assert img.format == "PNG"
     page = read("index.html").decode()
     assert all(f'id="cell-{cid}"' in page for cid in manifest["cell_id"])
-    assert "&lt;b&gt;no&lt;/b&gt;" in page and page.count('src="data:image/jpeg') == 2
+    assert "&lt;b&gt;no&lt;/b&gt;" in page and page.count("<img src=") == 2
+    for rel in manifest["output_path"].drop_nulls():  # the images, by their relative path
+        assert f'<img src="{rel}"' in page
 
 
 def test_no_overwrite_and_no_escape(target: tuple[Sink, Reader, str]) -> None:

@@ -106,9 +106,9 @@ def test_cheapest_adds_a_dearer_channel_only_when_the_deadline_needs_it(
     assert asyncio.run(go()) == expected
 
 
-def test_a_channel_learns_its_latency_from_what_it_observes() -> None:
+def test_a_channel_learns_its_latency_from_its_poll_schedule() -> None:
     one = lane("a", latency=20.0)
-    one.observe(2.0)
-    assert one.latency_s == 2.0
-    one.observe(4.0)
-    assert 2.0 < one.latency_s < 4.0
+    assert one.latency_s == 20.0  # the plan's estimate until a task was seen done
+    for seconds in (2.0, 2.2, 1.8):
+        one.throttle.observe_duration(seconds, seconds - 0.1)
+    assert 1.5 < one.latency_s < 2.5
