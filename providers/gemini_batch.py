@@ -163,10 +163,10 @@ class GeminiBatchProvider(HttpAdapter):
         url = self.url(f"/{version}/models/{model}:batchGenerateContent")
         response = await http.send(self.client, "POST", url, creates_task=True, json=body,
                                    headers=headers)
-        answer = parse_json(response, response.content, creating=True)
         if response.status_code >= 500:
             raise SubmitUncertain(f"{self.name}: batch {display_name!r}: the create answered "
                                   f"HTTP {response.status_code}; the batch may exist")
+        answer = parse_json(response, response.content, creating=True)
         raise_for_error(response, answer, creating=True)
         return batch_job(answer)
 
