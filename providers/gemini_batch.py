@@ -128,7 +128,9 @@ class GeminiBatchProvider(HttpAdapter):
         max_references=MAX_REFERENCES,
         reference_delivery="upload",
         idempotent_submit=False,       # §6: the same create twice makes two jobs
-        recoverable_submit=True,       # ... found again by display name (`find_batch`)
+        # A lost create is found again by display name (`find_batch`), not by `recover`,
+        # which the `Provider` path would call: that flag stays False.
+        recoverable_submit=False,
         can_cancel=True,               # §6 batches.cancel
         prices_usd=PRICES_USD,
         default_rate=None,             # §4: batch creation has no published rate
