@@ -193,12 +193,23 @@ class GeminiProvider(HttpAdapter):
         answer = parse_json(response, raw, creating=True)
         raise_for_error(response, answer, creating=True)
         task_id = str(answer.get("responseId") or f"nbp-{uuid.uuid4().hex}")
-        finished = finished_of(answer, self.token_prices, self.settings.max_image_bytes)
+        try:
+            finished = finished_of(answer, self.token_prices, self.settings.max_image_bytes)
+        except TaskFailed as exc:
+            # The model answered with a refusal: the task exists and ended, so it is named
+            # here and its end reported by `poll`, as the contract has it (and as a journal
+            # replays it: the outcome travels in `extra`, plain strings).
+            return Submitted(self.name, task_id, extra=failure_extra(exc))
         return Submitted(self.name, task_id, finished=finished)
 
     async def poll(self, submitted: Submitted) -> Pending | Finished:
+        """The answer `submit` got: its image, or the refusal it carried (`TaskFailed`,
+        `ContentRejected`); `TaskNotFound` when neither was recorded."""
         if submitted.finished is not None:
             return submitted.finished
+        failure = failure_of(submitted.extra)
+        if failure is not None:
+            raise failure
         raise TaskNotFound(
             f"gemini: generateContent answered {submitted.task_id} synchronously; an answer "
             "that was not recorded cannot be fetched again (it may have been billed)"
@@ -393,6 +404,22 @@ def cost_of(usage: Mapping[str, int], prices: TokenPrices) -> float | None:
             + (usage.get("text", 0) + usage.get("thinking", 0)) * prices.text
             + usage.get("input", 0) * prices.input)
     return round(cost, 6)
+
+
+def failure_extra(error: TaskFailed) -> dict[str, str]:
+    """A refusal as `Submitted.extra` (journalled as JSON): kind, code and message."""
+    kind = "content" if isinstance(error, ContentRejected) else "failed"
+    return {"outcome": kind, "code": error.code or "", "message": error.message}
+
+
+def failure_of(extra: Mapping[str, str]) -> TaskFailed | None:
+    """The refusal `failure_extra` recorded, as the exception it was; None without one."""
+    kind = extra.get("outcome")
+    if kind not in ("content", "failed"):
+        return None
+    cls = ContentRejected if kind == "content" else TaskFailed
+    return cls(extra.get("message") or "gemini: the answer had no image",
+               code=extra.get("code") or None)
 
 
 def _text_of(candidate: Mapping[str, Any]) -> str:

@@ -266,8 +266,25 @@ def test_refusals_arrive_as_http_200_and_are_mapped(
     env: dict[str, str], emulator: GeminiEmulator, marker: str, error: type[Exception],
     code: str,
 ) -> None:
-    with pytest.raises(error) as caught:
-        run(submit(provider_for(env), ImageRequest(f"please {marker}")))
+    provider = provider_for(env)
+
+    async def go() -> Submitted:
+        try:
+            submitted = await provider.submit(ImageRequest(f"please {marker}"))
+            with pytest.raises(error) as caught:  # the task is named, its end polled
+                await provider.poll(submitted)
+            assert isinstance(caught.value, TaskFailed) and caught.value.code == code
+            if error is TaskFailed:
+                assert not isinstance(caught.value, ContentRejected)
+            return submitted
+        finally:
+            await provider.aclose()
+
+    submitted = run(go())
+    assert submitted.finished is None
+    replayed = Submitted.from_json(json.loads(json.dumps(submitted.to_json())))
+    with pytest.raises(error) as caught:  # a journalled refusal is the same refusal
+        run(provider.poll(replayed))
     assert isinstance(caught.value, TaskFailed) and caught.value.code == code
     if error is TaskFailed:
         assert not isinstance(caught.value, ContentRejected)
