@@ -348,3 +348,18 @@ def test_operation_parsing_reads_both_places_of_the_results_file() -> None:
     assert BatchJob.from_json(job.to_json()) == job
     assert key_in(b'{"key":"c\\"1","response":{"candidates":[{"cont') == 'c"1'
     assert key_in(b'{"response": ') == ""
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
+def test_bounded_lines_across_chunks(chunk: int) -> None:
+    body = b'{"a":1}\r\n\n' + b"x" * 50 + b'\n{"b":2}\n' + b"y" * 30 + b"\n{\"c\":3}"
+
+    async def chunks() -> Any:
+        for start in range(0, len(body), chunk):
+            yield body[start:start + chunk]
+
+    async def go() -> list[tuple[bytes, bool]]:
+        return [item async for item in http.bounded_lines(chunks(), 40, keep_bytes=5)]
+
+    assert run(go()) == [(b'{"a":1}', False), (b"xxxxx", True), (b'{"b":2}', False),
+                         (b"y" * 30, False), (b'{"c":3}', False)]
