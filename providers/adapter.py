@@ -33,6 +33,7 @@ from providers.base import (
     Submitted,
     credential_origins,
     env_base_url,
+    env_name,
 )
 from providers.errors import AuthError, LimitExceeded, ResultMismatch
 from providers.limits import limit_problems
@@ -52,6 +53,8 @@ class HttpAdapter:
     capabilities: ClassVar[Capabilities]
     default_base_url: ClassVar[str]
     extra_url_defaults: ClassVar[Mapping[str, str]] = {}  # key -> documented URL
+    # The <NAME> of `NBP_<NAME>_BASE_URL` when it is not `name` (gemini-batch: "gemini").
+    env_name: ClassVar[str | None] = None
     # Request headers that carry credentials beyond `http.CREDENTIAL_HEADERS`: never sent
     # across a redirect to another origin, nor to an origin outside the settings'.
     secret_headers: ClassVar[tuple[str, ...]] = ()
@@ -83,13 +86,13 @@ class HttpAdapter:
         names = (*cls.capabilities.env_vars, *cls.capabilities.optional_env_vars)
         credentials = {n: Secret(env[n]) for n in names if env.get(n)}
         urls = {
-            key: env.get(f"NBP_{cls.name.upper()}_{key.upper()}_BASE_URL") or default
+            key: env.get(f"NBP_{env_name(cls).upper()}_{key.upper()}_BASE_URL") or default
             for key, default in cls.extra_url_defaults.items()
         }
         urls.update(extra_urls or {})
         given = [u for u in (base_url, *(extra_urls or {}).values()) if u]
         return ProviderSettings(
-            base_url=base_url or env_base_url(cls.name, cls.default_base_url, env),
+            base_url=base_url or env_base_url(env_name(cls), cls.default_base_url, env),
             credentials=credentials,
             extra_urls=urls,
             credential_origins=credential_origins(cls, env, urls=given),

@@ -158,6 +158,9 @@ class Capabilities:
     poll_interval_s: float = 3.0         # documented polling guidance, first interval
     # A batch provider (`BatchProvider`): its documented target turnaround, else None.
     batch_turnaround_s: float | None = None
+    # `submit` answers with the image itself (`Submitted.finished`, Gemini's generateContent):
+    # there is no remote task to poll, and an answer that was not recorded is gone.
+    synchronous: bool = False
     option_schema: Mapping[str, Any] = field(default_factory=dict)  # JSON Schema of options
     env_vars: tuple[str, ...] = ()       # credentials read from the environment
     optional_env_vars: tuple[str, ...] = ()
@@ -216,7 +219,9 @@ class Provider(Protocol):
 
 
 def env_base_url(provider: str, default: str, environ: Mapping[str, str] | None = None) -> str:
-    """`NBP_<PROVIDER>_BASE_URL` replaces the documented base URL exactly when set."""
+    """`NBP_<PROVIDER>_BASE_URL` replaces the documented base URL exactly when set (`provider`
+    is an adapter's `env_name`: two adapters of one host share a variable, e.g. gemini and
+    gemini-batch both read `NBP_GEMINI_BASE_URL`)."""
     env = os.environ if environ is None else environ
     return env.get(f"NBP_{provider.upper()}_BASE_URL") or default
 
@@ -268,11 +273,17 @@ def documented_origins(cls: type) -> frozenset[str]:
     return frozenset(url_origin(u) for u in urls if isinstance(u, str) and u)
 
 
+def env_name(cls: type) -> str:
+    """The name in an adapter's `NBP_<NAME>_BASE_URL` variables: its `env_name` when it has
+    one (adapters sharing a host: gemini-batch reads gemini's), else its `name`."""
+    return str(getattr(cls, "env_name", None) or getattr(cls, "name", ""))
+
+
 def environment_urls(cls: type, environ: Mapping[str, str] | None = None) -> list[str]:
     """The URLs the environment names for an adapter: `NBP_<PROVIDER>_BASE_URL` and
     `NBP_<PROVIDER>_<KEY>_BASE_URL` for each of its `extra_url_defaults` keys."""
     env = os.environ if environ is None else environ
-    name = str(getattr(cls, "name", "")).upper()
+    name = env_name(cls).upper()
     keys = ["", *(f"{k.upper()}_" for k in (getattr(cls, "extra_url_defaults", None) or {}))]
     return [url for k in keys if (url := env.get(f"NBP_{name}_{k}BASE_URL"))]
 
@@ -335,6 +346,9 @@ class BatchResult:
     key: str                           # the key nbp gave the request: the cell id
     finished: Finished | None = None
     error: Exception | None = None
+    # 0-based line of the results file (results keep request order): what identifies a
+    # result whose key could not be read (a refused, oversized line), else None.
+    line: int | None = None
 
 
 @runtime_checkable

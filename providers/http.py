@@ -227,6 +227,49 @@ async def send(
         )
 
 
+async def send_bounded(
+    client: httpx.AsyncClient, method: str, url: str, *, max_bytes: int,
+    creates_task: bool = False, **kwargs: Any,
+) -> tuple[httpx.Response, bytes]:
+    """`send`, for answers that carry images inline (Gemini's generateContent): the body is
+    read as a stream and refused once it passes `max_bytes` (`ResultMismatch`, code
+    `too_large`; by its Content-Length before reading when it declares one), so an answer
+    is never held in memory beyond the cap. Returns the response (body closed) and the
+    body; a connection lost while the body arrives is a lost answer, as in `send`."""
+    with _translated(method, url, creates_task=creates_task):
+        async with client.stream(
+            method, url, extensions={_SAME_ORIGIN_ONLY: True}, **kwargs
+        ) as response:
+            declared = response.headers.get("Content-Length", "")
+            too_large = ResultMismatch(
+                f"{method} {_path(url)}: the answer is larger than the {max_bytes} bytes "
+                "allowed", code=TOO_LARGE,
+            )
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise too_large
+            chunks: list[bytes] = []
+            received = 0
+            async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK_BYTES):
+                received += len(chunk)
+                if received > max_bytes:
+                    raise too_large
+                chunks.append(chunk)
+    return response, b"".join(chunks)
+
+
+@contextlib.asynccontextmanager
+async def stream(
+    client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
+) -> AsyncIterator[httpx.Response]:
+    """An API response to read as a stream (a results file), with `send`'s rules: transport
+    faults, also while the body is read, are `TransientError`; redirects stay in the origin."""
+    with _translated(method, url):
+        async with client.stream(
+            method, url, extensions={_SAME_ORIGIN_ONLY: True}, **kwargs
+        ) as response:
+            yield response
+
+
 @contextlib.contextmanager
 def _translated(method: str, url: str, *, creates_task: bool = False) -> Iterator[None]:
     """httpx's transport faults -> `providers.errors` (see `send`)."""
@@ -334,6 +377,40 @@ async def download(
     if not received:
         raise TransientError(f"download {_path(url)}: empty body")
     return b"".join(chunks)
+
+
+async def bounded_lines(
+    chunks: AsyncIterator[bytes], max_line_bytes: int, *, keep_bytes: int = 4096
+) -> AsyncIterator[tuple[bytes, bool]]:
+    """The lines of a streamed body (JSONL), without their line ends: `(line, False)`, or
+    `(first keep_bytes of the line, True)` for a line longer than `max_line_bytes`, which is
+    skipped without ever being held whole. Empty lines are left out."""
+    buffer = bytearray()
+    cut = False  # inside a line that passed the cap: only its head is kept
+    head = b""
+    async for chunk in chunks:
+        start = 0
+        while start < len(chunk):
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start:end]
+            if not cut:
+                buffer += piece
+                if len(buffer) > max_line_bytes:
+                    cut, head = True, bytes(buffer[:keep_bytes])
+                    buffer.clear()
+            if end < 0:
+                break
+            start = end + 1
+            if cut:
+                yield head, True
+            elif buffer.strip():
+                yield bytes(buffer).rstrip(b"\r"), False
+            buffer.clear()
+            cut, head = False, b""
+    if cut:
+        yield head, True
+    elif buffer.strip():
+        yield bytes(buffer).rstrip(b"\r"), False
 
 
 def inline_image(url: str, *, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:

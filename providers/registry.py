@@ -23,6 +23,10 @@ known_implementations: dict[str, str] = {
     "runware": "providers.runware:RunwareProvider",
     "kie": "providers.kie:KieProvider",
     "apikley": "providers.apikley:ApikleyProvider",
+    "gemini": "providers.gemini:GeminiProvider",
+    # A `providers.base.BatchProvider`, not a `Provider`: no submit/poll (the engine runs
+    # its cells as batches). Its `capabilities` serve validation and planning as any other's.
+    "gemini-batch": "providers.gemini_batch:GeminiBatchProvider",
 }
 
 _registry: dict[str, type[Any]] = {}

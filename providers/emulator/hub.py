@@ -38,7 +38,11 @@ EMULATORS: dict[str, str] = {
     "runware": "providers.emulator.runware:RunwareEmulator",
     "kie": "providers.emulator.kie:KieEmulator",
     "apikley": "providers.emulator.apikley:ApikleyEmulator",
+    "gemini": "providers.emulator.gemini:GeminiEmulator",
 }
+# Providers served by another provider's emulator (same host): gemini-batch is Google's
+# Batch API on the gemini host, so one emulator and one NBP_GEMINI_BASE_URL serve both.
+ALIASES: dict[str, str] = {"gemini-batch": "gemini"}
 
 # Credentials the emulators accept; `environ()` hands them to the real clients.
 TEST_CREDENTIALS: dict[str, str] = {
@@ -48,6 +52,7 @@ TEST_CREDENTIALS: dict[str, str] = {
     "RUNWARE_API_KEY": "emulated-runware-key",
     "KIE_API_KEY": "emulated-kie-key",
     "APIKLEY_API_KEY": "emulated-apikley-key",
+    "GEMINI_API_KEY": "emulated-gemini-key",
 }
 
 # Under `--emulate` a task takes this long unless a test or the CLI says otherwise.
@@ -66,7 +71,8 @@ logging.getLogger("uvicorn.error").addFilter(_QuietEmulatedDrops())
 
 
 def emulator_class(name: str) -> type[ProviderEmulator]:
-    module_name, _, attr = EMULATORS[name].partition(":")
+    """The emulator class serving provider `name` (an alias: its host's emulator)."""
+    module_name, _, attr = EMULATORS[ALIASES.get(name, name)].partition(":")
     cls: type[ProviderEmulator] = getattr(importlib.import_module(module_name), attr)
     return cls
 
@@ -84,13 +90,18 @@ class EmulatorHub:
     ) -> None:
         """`providers` names built-in emulators (default: all five); `emulators` adds
         instances of outside ones (an outside adapter's own emulator, built on
-        `ProviderEmulator`), mounted the same way under `/{emulator.name}`."""
+        `ProviderEmulator`), mounted the same way under `/{emulator.name}`. An alias
+        (`ALIASES`: gemini-batch) mounts the emulator of its host once."""
         self.files = FileStore()
         self.url = ""
         self.emulators: dict[str, ProviderEmulator] = {}
         for name in list(EMULATORS) if providers is None else providers:
-            fault_config = (config or {}).get(name) or FaultConfig(latency_s=latency_s)
-            self._add(emulator_class(name)(fault_config))
+            host = ALIASES.get(name, name)
+            if host in self.emulators:
+                continue
+            fault_config = ((config or {}).get(host) or (config or {}).get(name)
+                            or FaultConfig(latency_s=latency_s))
+            self._add(emulator_class(host)(fault_config))
         for emulator in emulators:
             self._add(emulator)
         self.app = self._build_app()
@@ -104,7 +115,7 @@ class EmulatorHub:
         self.emulators[emulator.name] = emulator
 
     def __getitem__(self, name: str) -> ProviderEmulator:
-        return self.emulators[name]
+        return self.emulators[ALIASES.get(name, name)]
 
     def _build_app(self) -> Starlette:
         routes: list[Any] = [Route("/files/{key:path}", self._serve_file, methods=["GET"])]
@@ -136,6 +147,7 @@ class EmulatorHub:
 
     def base_url(self, provider: str) -> str:
         """The URL that replaces `provider`'s documented base."""
+        provider = ALIASES.get(provider, provider)
         emulator = self.emulators.get(provider)
         cls = type(emulator) if emulator is not None else emulator_class(provider)
         return f"{self.url}/{provider}{cls.base_path}"
@@ -156,7 +168,7 @@ class EmulatorHub:
         window and tasks); other credentials (Wiro's secret) are the emulator's own."""
         env: dict[str, str] = {}
         for provider, variables in accounts:
-            emulator = self.emulators.get(provider)
+            emulator = self.emulators.get(ALIASES.get(provider, provider))
             for documented, own in variables.items():
                 value = TEST_CREDENTIALS.get(documented, "")
                 if emulator is not None and value == emulator.api_key:

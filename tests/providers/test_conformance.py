@@ -1,4 +1,4 @@
-"""The shared conformance suite (`providers.conformance`) for the five built-in adapters, each
+"""The shared conformance suite (`providers.conformance`) for the built-in adapters, each
 against its emulator on the session hub. What only one provider has lives in its own file."""
 
 from __future__ import annotations
@@ -48,3 +48,7 @@ class TestKie(_BuiltIn):
 
 class TestApikley(_BuiltIn):
     provider = "apikley"
+
+
+class TestGemini(_BuiltIn):
+    provider = "gemini"

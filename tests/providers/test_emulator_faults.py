@@ -25,7 +25,7 @@ from providers.emulator.core import (
 )
 from providers.emulator.hub import emulator_class
 
-BUILT_IN = ["wiro", "hiapi", "runware", "kie", "apikley"]
+BUILT_IN = ["wiro", "hiapi", "runware", "kie", "apikley", "gemini"]
 
 
 def fresh(name: str = "kie", **knobs: object) -> ProviderEmulator:
@@ -96,6 +96,11 @@ def test_each_fault_answers_in_the_providers_shape(name: str, code: int) -> None
     elif name == "hiapi" and code in (500, 503):
         body = _json(response)
         assert isinstance(body, dict) and body["code"] == code and body["data"] is None
+    elif name == "gemini" and code != 502:  # Google's error body (protocols-gemini.md §3)
+        body = _json(response)
+        assert isinstance(body, dict) and body["error"]["code"] == code
+        assert body["error"]["status"] in ("PERMISSION_DENIED", "INTERNAL", "UNAVAILABLE",
+                                           "DEADLINE_EXCEEDED")
     elif name == "runware" and code in (500, 503):
         body = _json(response)
         assert isinstance(body, dict) and body["errors"][0]["code"] in (

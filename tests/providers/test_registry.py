@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from providers import registry
-from providers.base import Provider
+from providers.base import BatchProvider, Provider
 from providers.kie import KieProvider
 
 
@@ -20,6 +20,14 @@ def test_the_five_providers_are_known_and_implement_the_contract() -> None:
         assert cls.name == name
         provider = registry.create(name, cls.settings_from_env({}))
         assert isinstance(provider, Provider)
+
+
+def test_gemini_is_a_provider_and_gemini_batch_a_batch_provider() -> None:
+    gemini = registry.create("gemini", environ={})
+    batch = registry.create("gemini-batch", environ={})
+    assert isinstance(gemini, Provider) and not isinstance(gemini, BatchProvider)
+    assert isinstance(batch, BatchProvider)
+    assert registry.capabilities("gemini-batch").batch_turnaround_s == 24 * 3600
 
 
 def test_unknown_provider_names_the_known_ones() -> None:

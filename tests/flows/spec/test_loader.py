@@ -282,7 +282,7 @@ def test_unknown_provider_everywhere_it_is_named(tmp_path: Path) -> None:
     """))
     assert where(problems) == [(3, 11, "provider"), (6, 3, "limits.kei"), (8, 3, "prices.wirro")]
     assert "did you mean 'runware'?" in problems[0].message
-    assert "known: apikley, hiapi, kie, runware, wiro" in problems[0].message
+    assert "known: apikley, gemini, gemini-batch, hiapi, kie, runware, wiro" in problems[0].message
 
 
 def test_options_are_validated_against_each_providers_schema(tmp_path: Path) -> None:

@@ -1,0 +1,420 @@
+"""Gemini Batch API adapter for Nano Banana Pro (`gemini-batch`): many images as one job, at
+half the standard price, with hours of turnaround (target 24 h, expired after 48 h).
+
+Wire format: the requests become a JSONL file, one `{"key", "request": GenerateContentRequest}`
+per line (the same request `providers.gemini` sends), uploaded with the Files API's resumable
+protocol (`POST {base}/upload/{version}/files` with `X-Goog-Upload-Command: start` answers the
+session URL in `X-Goog-Upload-URL`; chunks of 8 MiB go there with `upload` and, last, `upload,
+finalize`, each at its `X-Goog-Upload-Offset`; the final answer is `{"file": File}`); then
+`POST {base}/{version}/models/{model}:batchGenerateContent` with `{"batch": {"display_name",
+"input_config": {"file_name"}}}` answers a long-running Operation (`name` "batches/…",
+`metadata.state`). `GET {base}/{version}/batches/{id}` follows it, `GET {base}/{version}/batches`
+lists them (`operations`, `nextPageToken`), `POST …/batches/{id}:cancel` cancels one. A
+succeeded batch names its results file (`response.responsesFile`, also
+`metadata.output.responsesFile`), downloaded from `GET {base}/download/{version}/files/{id}
+:download?alt=media`: JSONL in request order, each line `{"key", "response"}` or `{"key",
+"error"}`. Creation is not idempotent; the display name is nbp's handle to find a batch again.
+Same host and key as `gemini` (`NBP_GEMINI_BASE_URL`, `GEMINI_API_KEY`).
+
+Sources: /work/shared/protocols-gemini.md §4-§7 (Google's docs and SDKs: BAT, REF, FIL, RL,
+PRC, PY), no reseller seed: this is Google's own API.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from typing import IO, Any, ClassVar
+
+from providers import http
+from providers.adapter import HttpAdapter
+from providers.base import (
+    BatchJob,
+    BatchResult,
+    BatchState,
+    Capabilities,
+    ImageRequest,
+    ProviderSettings,
+)
+from providers.errors import (
+    LimitExceeded,
+    ProviderError,
+    ResultMismatch,
+    SubmitUncertain,
+    TaskFailed,
+    TransientError,
+)
+from providers.gemini import (
+    API_KEY_ENV,
+    DEFAULT_API_VERSION,
+    DOCUMENTED_BASE_URL,
+    FALLBACK_KEY_ENV,
+    KEY_HEADER,
+    MAX_PROMPT_CHARS,
+    MAX_REFERENCES,
+    OPTION_SCHEMA,
+    OUTPUT_FORMATS,
+    STANDARD_TOKEN_PRICES,
+    GeminiProvider,
+    TokenPrices,
+    answer_cap,
+    check_inline_size,
+    finished_of,
+    key_headers,
+    line_error,
+    model_of,
+    parse_json,
+    raise_for_error,
+    request_body,
+    version_of,
+)
+from providers.model import ASPECT_RATIOS, RESOLUTIONS
+
+# -- documented constants --------------------------------------------------------------------
+# protocols-gemini.md (§ numbers; its source tags in brackets).
+
+PRICES_USD: dict[str, float] = {"1K": 0.067, "2K": 0.067, "4K": 0.12}  # §7 batch, 50 % [C PRC]
+BATCH_TOKEN_PRICES: TokenPrices = STANDARD_TOKEN_PRICES.scaled(0.5)      # §7 "Batch (50 %)"
+TURNAROUND_S = 24 * 3600.0             # §6 target turnaround [C BAT]
+EXPIRY_S = 48 * 3600.0                 # §6 pending or running longer: EXPIRED [C BAT]
+MAX_CONCURRENT_BATCHES = 100           # §4 [C RL]
+MAX_INPUT_FILE_BYTES = 2 * 1000**3     # §4, §5 2 GB per file [C RL, FIL]
+MAX_INLINE_BATCH_BYTES = 20 * 1000**2  # §6 inline requests < 20 MB (nbp always uploads a file)
+ENQUEUED_TOKENS_TIER_1 = 2_000_000     # §4 Gemini 3 Pro Image Preview, Tier 1 [C RL]
+UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024   # §5 the SDK's chunk [C PY]
+SPOOL_BYTES = 16 * 1024 * 1024         # JSONL beyond this goes to a temporary file, not memory
+JSONL_MIME = "application/jsonl"       # what nbp declares for its input file [I]
+MAX_DISPLAY_NAME = 512                 # §5 File.displayName [C PY]
+LIST_PAGE_SIZE = 100                   # §9: default and maximum pageSize are not documented
+# States (§6): the REST API says BATCH_STATE_*, the SDKs and BAT JOB_STATE_*; both are read.
+STATE_PREFIXES = ("BATCH_STATE_", "JOB_STATE_")
+STATES: Mapping[str, BatchState] = {
+    "UNSPECIFIED": "pending", "PENDING": "pending", "QUEUED": "pending",
+    "RUNNING": "running", "PAUSED": "running", "CANCELLING": "running", "UPDATING": "running",
+    "SUCCEEDED": "succeeded", "PARTIALLY_SUCCEEDED": "succeeded",
+    "FAILED": "failed", "CANCELLED": "cancelled", "EXPIRED": "expired",
+}
+DEFAULT_ERRORS: Mapping[str, str] = {
+    "failed": "the batch failed",
+    "expired": "the batch was pending or running for more than 48 h and has no results",
+    "cancelled": "the batch was cancelled",
+}
+_KEY_IN_LINE = re.compile(rb'"key"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+# -- options ---------------------------------------------------------------------------------
+# The same as `gemini` (`providers.gemini.OPTION_SCHEMA`): model and api_version; a batch
+# runs one model, so every request of a batch must name the same one.
+
+# -- adapter ---------------------------------------------------------------------------------
+
+
+class GeminiBatchProvider(HttpAdapter):
+    """Google's Batch API (`gemini-batch`), a `providers.base.BatchProvider`: no
+    `submit`/`poll`; the engine groups cells into batches and follows them."""
+
+    name: ClassVar[str] = "gemini-batch"
+    env_name: ClassVar[str | None] = "gemini"  # same host, same NBP_GEMINI_BASE_URL
+    model: ClassVar[str] = GeminiProvider.model
+    default_base_url: ClassVar[str] = DOCUMENTED_BASE_URL
+    secret_headers: ClassVar[tuple[str, ...]] = (KEY_HEADER,)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        aspect_ratios=ASPECT_RATIOS,
+        resolutions=RESOLUTIONS,
+        output_formats=OUTPUT_FORMATS,
+        max_prompt_chars=MAX_PROMPT_CHARS,
+        max_references=MAX_REFERENCES,
+        reference_delivery="upload",
+        idempotent_submit=False,       # §6: the same create twice makes two jobs
+        # A lost create is found again by display name (`find_batch`), not by `recover`,
+        # which the `Provider` path would call: that flag stays False.
+        recoverable_submit=False,
+        can_cancel=True,               # §6 batches.cancel
+        prices_usd=PRICES_USD,
+        default_rate=None,             # §4: batch creation has no published rate
+        default_max_in_flight=MAX_CONCURRENT_BATCHES,  # §4: concurrent batches
+        poll_interval_s=60.0,          # hours of turnaround: a minute between looks
+        batch_turnaround_s=TURNAROUND_S,
+        option_schema=OPTION_SCHEMA,
+        env_vars=(API_KEY_ENV,),
+        optional_env_vars=(FALLBACK_KEY_ENV,),
+    )
+    token_prices: ClassVar[TokenPrices] = BATCH_TOKEN_PRICES
+
+    def __init__(self, settings: ProviderSettings, *, api_version: str | None = None) -> None:
+        super().__init__(settings)
+        self.api_version = api_version or DEFAULT_API_VERSION
+
+    async def create_batch(
+        self, display_name: str, requests: Sequence[tuple[str, ImageRequest]]
+    ) -> BatchJob:
+        """Upload the requests as JSONL and create the batch. A lost or 5xx answer to the
+        create is `SubmitUncertain` (the batch may exist: `find_batch` first)."""
+        model, version = self._check_batch(display_name, requests)
+        headers = self.auth_headers()
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+            size = write_jsonl(spool, requests)
+            if size > MAX_INPUT_FILE_BYTES:
+                raise LimitExceeded(f"{self.name}: the batch's input file would have {size} "
+                                    f"bytes, more than the {MAX_INPUT_FILE_BYTES} allowed")
+            file_name = await self._upload(spool, size, display_name, version, headers)
+        body = {"batch": {"display_name": display_name,
+                          "input_config": {"file_name": file_name}}}
+        url = self.url(f"/{version}/models/{model}:batchGenerateContent")
+        response = await http.send(self.client, "POST", url, creates_task=True, json=body,
+                                   headers=headers)
+        if response.status_code >= 500:
+            raise SubmitUncertain(f"{self.name}: batch {display_name!r}: the create answered "
+                                  f"HTTP {response.status_code}; the batch may exist")
+        answer = parse_json(response, response.content, creating=True)
+        raise_for_error(response, answer, creating=True)
+        return batch_job(answer)
+
+    async def find_batch(self, display_name: str) -> BatchJob | None:
+        """The first batch listed with this display name, following `nextPageToken`."""
+        headers = self.auth_headers()
+        token: str | None = None
+        seen: set[str] = set()
+        while True:
+            params: dict[str, str | int] = {"pageSize": LIST_PAGE_SIZE}
+            if token:
+                params["pageToken"] = token
+            response = await http.send(self.client, "GET", self.url(
+                f"/{self.api_version}/batches"), params=params, headers=headers)
+            body = parse_json(response, response.content)
+            raise_for_error(response, body)
+            for operation in body.get("operations") or body.get("batches") or ():
+                if isinstance(operation, Mapping):
+                    job = batch_job(operation)
+                    if job.display_name == display_name:
+                        return job
+            token = str(body.get("nextPageToken") or "")
+            if not token or token in seen:
+                return None
+            seen.add(token)
+
+    async def get_batch(self, name: str) -> BatchJob:
+        response = await http.send(self.client, "GET", self.url(
+            f"/{self.api_version}/{batch_path(name)}"), headers=self.auth_headers())
+        body = parse_json(response, response.content)
+        raise_for_error(response, body)
+        return batch_job(body)
+
+    async def batch_results(self, job: BatchJob) -> AsyncIterator[BatchResult]:
+        """One `BatchResult` per line of the results file, streamed; a line longer than the
+        answer cap is skipped unread and reported as `ResultMismatch` (`too_large`)."""
+        if job.state != "succeeded":
+            raise TaskFailed(f"{self.name}: batch {job.name} is {job.state}: "
+                             f"{job.error or 'it has no results'}", code=job.state)
+        results = job.results or (await self.get_batch(job.name)).results
+        if not results:
+            raise TaskFailed(f"{self.name}: batch {job.name} succeeded without a results file",
+                             code="no_results")
+        file_id = results.removeprefix("files/")
+        url = self.url(f"/download/{self.api_version}/files/{file_id}:download")
+        cap = answer_cap(self.settings.max_image_bytes) + 64 * 1024  # the key and wrapping
+        async with http.stream(self.client, "GET", url, params={"alt": "media"},
+                               headers=self.auth_headers()) as response:
+            if response.status_code >= 300:
+                raw = await response.aread()
+                raise_for_error(response, parse_json(response, raw[:65536]))
+            index = 0
+            chunks = response.aiter_bytes(http.DOWNLOAD_CHUNK_BYTES)
+            async for line, cut in http.bounded_lines(chunks, cap):
+                yield self._result(line, cut, index, cap)
+                index += 1
+
+    async def cancel_batch(self, name: str) -> None:
+        response = await http.send(self.client, "POST", self.url(
+            f"/{self.api_version}/{batch_path(name)}:cancel"), headers=self.auth_headers())
+        raise_for_error(response, parse_json(response, response.content or b"{}"))
+
+    async def delete_batch(self, name: str) -> None:
+        """Remove a finished batch from listings (§6 batches.delete)."""
+        response = await http.send(self.client, "DELETE", self.url(
+            f"/{self.api_version}/{batch_path(name)}"), headers=self.auth_headers())
+        raise_for_error(response, parse_json(response, response.content or b"{}"))
+
+    def auth_headers(self) -> dict[str, str]:
+        return key_headers(self.name, self.settings)
+
+    def _check_batch(
+        self, display_name: str, requests: Sequence[tuple[str, ImageRequest]]
+    ) -> tuple[str, str]:
+        """Every request within the documented limits, unique keys, one model and version."""
+        if not requests:
+            raise LimitExceeded(f"{self.name}: a batch needs at least one request")
+        if not display_name or len(display_name) > MAX_DISPLAY_NAME:
+            raise LimitExceeded(f"{self.name}: a display name has 1 to {MAX_DISPLAY_NAME} "
+                                "characters")
+        keys: set[str] = set()
+        targets: set[tuple[str, str]] = set()
+        for key, request in requests:
+            if not key or key in keys:
+                raise LimitExceeded(f"{self.name}: request keys must be unique and non-empty "
+                                    f"({key!r})")
+            keys.add(key)
+            self.check_limits(request)
+            options = self.checked_options(request)
+            targets.add((model_of(options), version_of(options, self.api_version)))
+        if len(targets) > 1:
+            raise LimitExceeded(f"{self.name}: one batch runs one model; these requests name "
+                                f"{', '.join(sorted(m for m, _ in targets))}")
+        [target] = targets
+        return target
+
+    async def _upload(
+        self, spool: IO[bytes], size: int, display_name: str, version: str,
+        headers: Mapping[str, str],
+    ) -> str:
+        """The Files API's resumable upload (§5): the new file's name ("files/…")."""
+        start = await http.send(
+            self.client, "POST", self.url(f"/upload/{version}/files"),
+            json={"file": {"displayName": display_name[:MAX_DISPLAY_NAME]}},
+            headers={**headers, "X-Goog-Upload-Protocol": "resumable",
+                     "X-Goog-Upload-Command": "start",
+                     "X-Goog-Upload-Header-Content-Length": str(size),
+                     "X-Goog-Upload-Header-Content-Type": JSONL_MIME},
+        )
+        if start.status_code >= 300:  # a started session answers with headers only
+            raise_for_error(start, parse_json(start, start.content))
+        session = start.headers.get("X-Goog-Upload-URL")
+        if not session:
+            raise TransientError(f"{self.name}: the upload start answered no X-Goog-Upload-URL")
+        spool.seek(0)
+        offset, answer = 0, None
+        while answer is None:
+            chunk = spool.read(UPLOAD_CHUNK_BYTES)
+            last = offset + len(chunk) >= size
+            response = await http.send(
+                self.client, "POST", session, content=chunk,
+                headers={**headers, "X-Goog-Upload-Offset": str(offset),
+                         "X-Goog-Upload-Command": "upload, finalize" if last else "upload"},
+            )
+            if response.status_code >= 300 or last:  # chunks before the last: headers only
+                body = parse_json(response, response.content)
+                raise_for_error(response, body)
+                answer = body if last else None
+            offset += len(chunk)
+        file = answer.get("file")
+        name = file.get("name") if isinstance(file, Mapping) else None
+        if not isinstance(name, str) or not name:
+            raise TransientError(f"{self.name}: the upload finished without a file name")
+        return name
+
+    def _result(self, line: bytes, cut: bool, index: int, cap: int) -> BatchResult:
+        """One results line as a `BatchResult`: the image, or why there is none."""
+        if cut:
+            key = key_in(line)
+            return BatchResult(key, error=ResultMismatch(
+                f"{self.name}: result line {index} ({key or 'no key'}) is longer than the "
+                f"{cap} bytes allowed", code=http.TOO_LARGE), line=index)
+        try:
+            data = json.loads(line)
+        except ValueError:
+            data = None
+        if not isinstance(data, Mapping):
+            return BatchResult(key_in(line), error=ResultMismatch(
+                f"{self.name}: result line {index} is not a JSON object",
+                code="undecodable"), line=index)
+        metadata = data.get("metadata")
+        key = str(data.get("key") or (metadata.get("key") if isinstance(metadata, Mapping)
+                                      else None) or "")
+        error = data.get("error") or data.get("status")
+        if isinstance(error, Mapping):
+            return BatchResult(key, error=line_error(error), line=index)
+        response = data.get("response")
+        if not isinstance(response, Mapping):
+            return BatchResult(key, error=TaskFailed(
+                f"{self.name}: result line {index} has neither a response nor an error",
+                code="no_response"), line=index)
+        try:
+            finished = finished_of(response, self.token_prices, self.settings.max_image_bytes)
+        except ProviderError as exc:
+            return BatchResult(key, error=exc, line=index)
+        return BatchResult(key, finished=finished, line=index)
+
+
+# -- wire format -----------------------------------------------------------------------------
+
+
+def write_jsonl(out: IO[bytes], requests: Sequence[tuple[str, ImageRequest]]) -> int:
+    """The batch's input file (§6 JSONL: `{"key", "request"}` per line); its size in bytes."""
+    size = 0
+    for key, request in requests:
+        body = request_body(request)
+        check_inline_size("gemini-batch", body)
+        line = json.dumps({"key": key, "request": body}, separators=(",", ":"),
+                          ensure_ascii=False).encode() + b"\n"
+        out.write(line)
+        size += len(line)
+    return size
+
+
+def batch_path(name: str) -> str:
+    """"batches/<id>" from a batch's name or bare id."""
+    return name if name.startswith("batches/") else f"batches/{name}"
+
+
+def batch_state(value: Any) -> BatchState:
+    """`BatchState` of `BATCH_STATE_*` (the wire) or `JOB_STATE_*` (docs, SDKs); an unknown
+    state counts as running: the batch is followed until a known end (or EXPIRED)."""
+    text = str(value or "UNSPECIFIED")
+    for prefix in STATE_PREFIXES:
+        text = text.removeprefix(prefix)
+    return STATES.get(text, "running")
+
+
+def batch_job(operation: Mapping[str, Any]) -> BatchJob:
+    """A `BatchJob` from the long-running Operation (create, get, list entries; §6)."""
+    metadata = operation.get("metadata")
+    meta: Mapping[str, Any] = metadata if isinstance(metadata, Mapping) else {}
+    state = batch_state(meta.get("state") or operation.get("state"))
+    results = None
+    for holder in (operation.get("response"), meta.get("output")):
+        if isinstance(holder, Mapping):
+            found = holder.get("responsesFile") or holder.get("responses_file")
+            results = results or (str(found) if found else None)
+    error = operation.get("error") or meta.get("error")
+    message = error.get("message") if isinstance(error, Mapping) else None
+    if state in DEFAULT_ERRORS:
+        message = message or DEFAULT_ERRORS[state]
+    return BatchJob(
+        name=str(operation.get("name") or meta.get("name") or ""),
+        display_name=str(meta.get("displayName") or meta.get("display_name") or ""),
+        state=state,
+        created_at=timestamp(meta.get("createTime")),
+        error=str(message) if message else None,
+        results=results,
+    )
+
+
+def timestamp(value: Any) -> float | None:
+    """Epoch seconds of an RFC 3339 time ("2026-01-02T03:04:05.123456789Z"), None if absent."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = re.sub(r"(\.\d{6})\d+", r"\1", value.strip()).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def key_in(line: bytes) -> str:
+    """The `key` of a results line read only in part (its head), else ""."""
+    match = _KEY_IN_LINE.search(line)
+    if not match:
+        return ""
+    try:
+        return str(json.loads(b'"' + match.group(1) + b'"'))
+    except ValueError:
+        return ""
+
+
+# -- errors ----------------------------------------------------------------------------------
+# Google's error bodies are mapped by `providers.gemini.raise_for_error` (one place for both
+# adapters); a results line's status object by `providers.gemini.line_error`. What is batch's
+# own: a 5xx answer to the create may follow a created batch (`create_batch`).
+__all__ = ["GeminiBatchProvider", "batch_job", "batch_state", "key_in", "write_jsonl"]

@@ -1,0 +1,365 @@
+"""Gemini-only behaviour (generateContent on Google's host): the key header and never `?key=`,
+the request body field by field, uppercase "1K", thought parts skipped, refusals as content
+rejections, Google's error body (RetryInfo, API_KEY_INVALID, billing), the answer that cannot
+be fetched again, and cost from usageMetadata. Generic behaviour is in the conformance suite."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from providers import http
+from providers.base import Finished, ImageRequest, Reference, Submitted
+from providers.emulator.core import CONTENT_MARKER, NO_IMAGE_MARKER
+from providers.emulator.gemini import BLOCK_MARKER, GeminiEmulator
+from providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
+from providers.errors import (
+    AuthError,
+    ContentRejected,
+    InsufficientBalance,
+    RateLimited,
+    Rejected,
+    SubmitUncertain,
+    TaskFailed,
+    TaskNotFound,
+    TransientError,
+)
+from providers.gemini import (
+    DOCUMENTED_BASE_URL,
+    GeminiProvider,
+    error_of,
+    finished_of,
+    request_body,
+    retry_delay,
+    usage_of,
+)
+from providers.model import pixel_size
+
+PROVIDER = "gemini"
+LATENCY_S = 0.05
+KEY = TEST_CREDENTIALS["GEMINI_API_KEY"]
+
+
+def provider_for(env: dict[str, str], **changes: str) -> GeminiProvider:
+    return GeminiProvider(GeminiProvider.settings_from_env({**env, **changes}))
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def submit(provider: GeminiProvider, request: ImageRequest) -> Submitted:
+    try:
+        return await provider.submit(request)
+    finally:
+        await provider.aclose()
+
+
+def png(size: tuple[int, int] = (8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 180, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# -- what goes on the wire -------------------------------------------------------------------
+
+
+def test_the_key_goes_in_its_header_and_never_in_the_url() -> None:
+    seen: list[httpx.Request] = []
+    answer = {"candidates": [{"content": {"parts": [
+        {"inlineData": {"mimeType": "image/png", "data": b64(png())}}]},
+        "finishReason": "STOP"}], "responseId": "r-1"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=answer)
+
+    settings = GeminiProvider.settings_from_env({"GEMINI_API_KEY": "sekrit-key"})
+    provider = GeminiProvider(settings)
+    provider.client = http.make_client(30, secret_headers=("x-goog-api-key",),
+                                       transport=httpx.MockTransport(handler))
+    submitted = run(submit(provider, ImageRequest("a lemon", "4:5", "2K")))
+    [request] = seen
+    assert str(request.url) == (f"{DOCUMENTED_BASE_URL}/v1beta/models/"
+                                "gemini-3-pro-image-preview:generateContent")
+    assert request.headers["x-goog-api-key"] == "sekrit-key"
+    assert "key=" not in str(request.url) and "sekrit" not in str(request.url)
+    assert submitted.task_id == "r-1" and submitted.finished is not None
+    assert "sekrit" not in repr(settings) and "sekrit" not in repr(provider.settings)
+
+
+def test_google_api_key_is_the_fallback(env: dict[str, str], emulator: GeminiEmulator) -> None:
+    fallback = {k: v for k, v in env.items() if k != "GEMINI_API_KEY"}
+    fallback["GOOGLE_API_KEY"] = KEY
+    submitted = run(submit(provider_for(fallback), ImageRequest("fallback key")))
+    assert submitted.finished is not None and len(emulator.creates) == 1
+
+
+def test_the_request_body_field_by_field(env: dict[str, str], emulator: GeminiEmulator) -> None:
+    local = Reference("specs/data/shoe.png", data=png(), mime_type="image/png")
+    remote = Reference("https://example.com/ref.jpg", mime_type="image/jpeg")
+    request = ImageRequest("a shoe on marble", "21:9", "4K", references=(local, remote),
+                           options={"model": "gemini-3-pro-image", "api_version": "v1"})
+    submitted = run(submit(provider_for(env), request))
+    task = emulator.tasks[submitted.task_id]
+    assert emulator.requests == [("POST", "/gemini/v1/models/gemini-3-pro-image:generateContent")]
+    assert task.body == {
+        "contents": [{"role": "user", "parts": [
+            {"text": "a shoe on marble"},
+            {"inlineData": {"mimeType": "image/png", "data": b64(local.data or b"")}},
+            {"fileData": {"mimeType": "image/jpeg", "fileUri": remote.uri}},
+        ]}],
+        "generationConfig": {"responseModalities": ["TEXT", "IMAGE"],
+                             "imageConfig": {"aspectRatio": "21:9", "imageSize": "4K"}},
+    }
+    assert (task.aspect_ratio, task.resolution) == ("21:9", "4K")
+
+
+@pytest.mark.parametrize("resolution", ["1K", "2K", "4K"])
+def test_image_size_is_sent_with_an_uppercase_k(resolution: str) -> None:
+    body = request_body(ImageRequest("x", resolution=resolution))
+    assert body["generationConfig"]["imageConfig"]["imageSize"] == resolution
+
+
+def post(hub: EmulatorHub, body: Any, *, key: str | None = KEY,
+         path: str = "/v1beta/models/gemini-3-pro-image-preview:generateContent"
+         ) -> httpx.Response:
+    headers = {"x-goog-api-key": key} if key else {}
+    return httpx.post(f"{hub.base_url('gemini')}{path}", json=body, headers=headers, timeout=30)
+
+
+def a_body(**config: Any) -> dict[str, Any]:
+    return {"contents": [{"parts": [{"text": "a lemon"}]}],
+            "generationConfig": {"imageConfig": config}}
+
+
+def test_the_emulator_refuses_what_google_refuses(
+    hub: EmulatorHub, emulator: GeminiEmulator
+) -> None:
+    lower = post(hub, a_body(imageSize="1k"))
+    assert lower.status_code == 400
+    assert lower.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert "uppercase" in lower.json()["error"]["message"]
+    assert post(hub, a_body(aspectRatio="7:3")).status_code == 400
+    vertex_only = post(hub, a_body(imageSize="1K", outputMimeType="image/jpeg")).json()
+    assert 'Unknown name "outputMimeType"' in vertex_only["error"]["message"]
+    assert vertex_only["error"]["details"][0]["@type"].endswith("google.rpc.BadRequest")
+    fifteen = {"contents": [{"parts": [{"text": "many"}, *[
+        {"inlineData": {"mimeType": "image/png", "data": b64(png())}}] * 15]}]}
+    assert post(hub, fifteen).status_code == 400
+    missing = post(hub, a_body(), path="/v1beta/models/imagen-9:generateContent")
+    assert missing.status_code == 404 and missing.json()["error"]["status"] == "NOT_FOUND"
+    assert emulator.creates == []
+
+
+def test_the_emulator_takes_snake_case_as_googles_examples_write_it(
+    hub: EmulatorHub, emulator: GeminiEmulator
+) -> None:
+    body = {"contents": [{"parts": [{"text": "snake"}, {"inline_data": {
+        "mime_type": "image/png", "data": b64(png())}}]}],
+        "generation_config": {"response_modalities": ["Image"],
+                              "image_config": {"aspect_ratio": "3:2", "image_size": "1K"}}}
+    answer = post(hub, body)
+    assert answer.status_code == 200, answer.text
+    finished = finished_of(answer.json(), GeminiProvider.token_prices, 10**8)
+    data = finished.images[0].data or b""
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == pixel_size("3:2", "1K")
+
+
+def test_no_key_is_403_and_a_wrong_key_400_api_key_invalid(
+    hub: EmulatorHub, env: dict[str, str], emulator: GeminiEmulator
+) -> None:
+    none = post(hub, a_body(), key=None)
+    assert none.status_code == 403 and none.json()["error"]["status"] == "PERMISSION_DENIED"
+    wrong = post(hub, a_body(), key="nope")
+    assert wrong.status_code == 400
+    assert wrong.json()["error"]["details"][0]["reason"] == "API_KEY_INVALID"
+    with pytest.raises(AuthError) as caught:
+        run(submit(provider_for(env, GEMINI_API_KEY="nope"), ImageRequest("x")))
+    assert caught.value.code == "API_KEY_INVALID" and "nope" not in str(caught.value)
+
+
+# -- what comes back -------------------------------------------------------------------------
+
+
+def test_thought_images_are_skipped_and_the_last_image_is_the_result(
+    env: dict[str, str], emulator: GeminiEmulator
+) -> None:
+    submitted = run(submit(provider_for(env), ImageRequest("thinking", "9:16", "1K")))
+    assert submitted.finished is not None
+    [image] = submitted.finished.images
+    assert image.mime_type == "image/png" and image.url is None
+    with Image.open(io.BytesIO(image.data or b"")) as decoded:
+        assert decoded.size == pixel_size("9:16", "1K")  # not the quarter-size draft
+    draft, final = png((4, 4)), png((16, 16))
+    answer = {"candidates": [{"content": {"parts": [
+        {"text": "plan", "thought": True},
+        {"inlineData": {"mimeType": "image/png", "data": b64(draft)}, "thought": True},
+        {"inlineData": {"mimeType": "image/png", "data": b64(draft)}},
+        {"text": "here", "thoughtSignature": "c2ln"},
+        {"inlineData": {"mimeType": "image/png", "data": b64(final)}, "thoughtSignature": "c2ln"},
+        {"inlineData": {"mimeType": "image/png", "data": b64(draft)}, "thought": True},
+    ]}, "finishReason": "STOP"}]}
+    assert finished_of(answer, GeminiProvider.token_prices, 10**6).images[0].data == final
+
+
+def test_the_answer_is_finished_at_once_and_never_journalled_with_its_image(
+    env: dict[str, str], emulator: GeminiEmulator
+) -> None:
+    provider = provider_for(env)
+    submitted = run(submit(provider, ImageRequest("a pear")))
+    assert isinstance(submitted.finished, Finished)
+    journalled = json.dumps(submitted.to_json())
+    assert len(journalled) < 300 and submitted.task_id in journalled
+    assert run(provider.poll(submitted)) is submitted.finished
+    image = submitted.finished.images[0]
+    assert run(provider.download(image)) == image.data
+    with pytest.raises(TaskNotFound, match="cannot be fetched again"):
+        run(provider.poll(Submitted.from_json(submitted.to_json())))
+
+
+def test_cost_and_usage_come_from_usage_metadata(
+    env: dict[str, str], emulator: GeminiEmulator
+) -> None:
+    ref = Reference("r.png", data=png(), mime_type="image/png")
+    for resolution, image_tokens in (("2K", 1120), ("4K", 2000)):
+        request = ImageRequest("a lemon on a plate", resolution=resolution, references=(ref,))
+        finished = run(submit(provider_for(env), request)).finished
+        assert finished is not None
+        usage = finished.usage
+        assert usage["image"] == image_tokens and usage["thinking"] > 0
+        assert usage["input"] >= 560  # one input image
+        expected = (usage["image"] * 120 + (usage["text"] + usage["thinking"]) * 12
+                    + usage["input"] * 2) / 1e6
+        assert finished.cost_usd == pytest.approx(expected)
+    assert usage_of({"promptTokenCount": "7"}) == {"input": 7}
+    no_usage = {"candidates": [{"content": {"parts": [
+        {"inlineData": {"mimeType": "image/png", "data": b64(png())}}]}}]}
+    assert finished_of(no_usage, GeminiProvider.token_prices, 10**6).cost_usd is None
+
+
+@pytest.mark.parametrize(
+    ("marker", "error", "code"),
+    [
+        pytest.param(CONTENT_MARKER, ContentRejected, "IMAGE_SAFETY", id="image-safety"),
+        pytest.param(BLOCK_MARKER, ContentRejected, "PROHIBITED_CONTENT", id="block-reason"),
+        pytest.param("[emulate:finish:NO_IMAGE]", ContentRejected, "NO_IMAGE", id="no-image"),
+        pytest.param("[emulate:finish:PROHIBITED_CONTENT]", ContentRejected,
+                     "PROHIBITED_CONTENT", id="prohibited"),
+        pytest.param("[emulate:finish:MAX_TOKENS]", TaskFailed, "MAX_TOKENS", id="max-tokens"),
+        pytest.param(NO_IMAGE_MARKER, TaskFailed, "no_image", id="text-only"),
+    ],
+)
+def test_refusals_arrive_as_http_200_and_are_mapped(
+    env: dict[str, str], emulator: GeminiEmulator, marker: str, error: type[Exception],
+    code: str,
+) -> None:
+    provider = provider_for(env)
+
+    async def go() -> Submitted:
+        try:
+            submitted = await provider.submit(ImageRequest(f"please {marker}"))
+            with pytest.raises(error) as caught:  # the task is named, its end polled
+                await provider.poll(submitted)
+            assert isinstance(caught.value, TaskFailed) and caught.value.code == code
+            if error is TaskFailed:
+                assert not isinstance(caught.value, ContentRejected)
+            return submitted
+        finally:
+            await provider.aclose()
+
+    submitted = run(go())
+    assert submitted.finished is None
+    replayed = Submitted.from_json(json.loads(json.dumps(submitted.to_json())))
+    with pytest.raises(error) as caught:  # a journalled refusal is the same refusal
+        run(provider.poll(replayed))
+    assert isinstance(caught.value, TaskFailed) and caught.value.code == code
+    if error is TaskFailed:
+        assert not isinstance(caught.value, ContentRejected)
+    assert len(emulator.creates) == 1
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_429_waits_the_retry_info_delay(env: dict[str, str], emulator: GeminiEmulator) -> None:
+    emulator.configure(rate_limit=(1, 30.0))
+
+    async def go() -> None:
+        provider = provider_for(env)
+        try:
+            await provider.submit(ImageRequest("first"))
+            with pytest.raises(RateLimited) as caught:
+                await provider.submit(ImageRequest("second"))
+            assert caught.value.code == "RESOURCE_EXHAUSTED"
+            assert caught.value.retry_after is not None and 28 <= caught.value.retry_after <= 30
+        finally:
+            await provider.aclose()
+
+    run(go())
+    assert retry_delay("1.5s") == 1.5 and retry_delay("soon") is None
+    assert retry_delay("86400s") == http.MAX_RETRY_AFTER_S
+
+
+def test_a_lost_answer_is_uncertain_and_created_once(
+    env: dict[str, str], emulator: GeminiEmulator
+) -> None:
+    emulator.configure(drop_after_create_prob=1.0)
+    with pytest.raises(SubmitUncertain):
+        run(submit(provider_for(env), ImageRequest("dropped")))
+    assert len(emulator.creates) == 1
+    caps = GeminiProvider.capabilities
+    assert not caps.idempotent_submit and not caps.recoverable_submit and caps.synchronous
+
+
+def _google(status: int, body: Any, **headers: str) -> httpx.Response:
+    return httpx.Response(status, json=body, headers=headers,
+                          request=httpx.Request("POST", "https://x/v1beta/models/m"))
+
+
+@pytest.mark.parametrize(
+    ("status", "google_status", "details", "expected", "code"),
+    [
+        pytest.param(400, "INVALID_ARGUMENT", [], Rejected, "INVALID_ARGUMENT", id="invalid"),
+        pytest.param(400, "INVALID_ARGUMENT", [{
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}],
+            AuthError, "API_KEY_INVALID", id="bad-key"),
+        pytest.param(400, "FAILED_PRECONDITION", [], InsufficientBalance,
+                     "FAILED_PRECONDITION", id="billing"),
+        pytest.param(403, "PERMISSION_DENIED", [], AuthError, "PERMISSION_DENIED", id="403"),
+        pytest.param(404, "NOT_FOUND", [], Rejected, "NOT_FOUND", id="unknown-model"),
+        pytest.param(499, "CANCELLED", [], TransientError, "CANCELLED", id="499"),
+        pytest.param(500, "INTERNAL", [], TransientError, "INTERNAL", id="500"),
+        pytest.param(503, "UNAVAILABLE", [], TransientError, "UNAVAILABLE", id="503"),
+        pytest.param(504, "DEADLINE_EXCEEDED", [], TransientError, "DEADLINE_EXCEEDED",
+                     id="504"),
+    ],
+)
+def test_googles_error_body_maps_to_the_tree(
+    status: int, google_status: str, details: list[Any], expected: type[Exception], code: str,
+) -> None:
+    body = {"error": {"code": status, "message": "m", "status": google_status,
+                      "details": details}}
+    error = error_of(_google(status, body), body, creating=True)
+    assert type(error) is expected and error.code == code
+    assert not isinstance(error, RateLimited)
+
+
+def test_a_proxy_page_goes_to_the_ladder(env: dict[str, str], emulator: GeminiEmulator) -> None:
+    emulator.configure(submit_5xx_prob=1.0, seed=3)
+    with pytest.raises(TransientError) as caught:
+        run(submit(provider_for(env), ImageRequest("overloaded")))
+    assert caught.value.code in ("INTERNAL", "UNAVAILABLE")
+    assert emulator.creates == []
