@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from flows.engine.policy import TaskPending
+from flows.spec.settings import CELLS_PER_BATCH
 from providers.base import (
     BATCH_DONE,
     BatchJob,
@@ -61,7 +62,7 @@ from providers.errors import (
 
 log = logging.getLogger("nbp.batching")
 
-MAX_REQUESTS = 500            # cells per batch
+MAX_REQUESTS = CELLS_PER_BATCH  # cells per batch
 # Expected base64 result bytes per image (protocols-gemini.md §6: a 2K image is ~8 MB in
 # base64); a batch's results file stays under MAX_RESULT_BYTES.
 EXPECTED_RESULT_BYTES: Mapping[str, int] = {"1K": 3 * 2**20, "2K": 8 * 2**20, "4K": 30 * 2**20}
@@ -80,7 +81,8 @@ class _Group:
     members: set[str] = field(default_factory=set)          # cell ids placed
     requests: dict[str, ImageRequest] = field(default_factory=dict)  # ... and submitted
     result_bytes: int = 0
-    closed: bool = False
+    closed: bool = False                   # no new member joins
+    sent: bool = False                     # its batch is being (or was) created
     last_joined: float = field(default_factory=time.monotonic)
     job: asyncio.Future[BatchJob] | None = None
 
@@ -99,7 +101,6 @@ class BatchChannel:
 
     def __init__(
         self, provider: BatchProvider, *, label: str, wait_s: float = DEFAULT_WAIT_S,
-        poll_interval_s: float | None = None,
     ) -> None:
         self.batches = provider
         self.name = provider.name
@@ -108,7 +109,8 @@ class BatchChannel:
         caps = provider.capabilities
         self.capabilities: Capabilities = replace(caps, recoverable_submit=True,
                                                   idempotent_submit=False, can_cancel=True)
-        self.poll_interval_s = poll_interval_s or caps.poll_interval_s
+        # One GET per batch per this many seconds; the run sets it from the job's rules.
+        self.poll_interval_s = caps.poll_interval_s
         self.model = getattr(provider, "model", provider.name)
         self._groups: dict[str, _Group] = {}
         self._open: _Group | None = None
@@ -145,7 +147,7 @@ class BatchChannel:
         """Wait for the cell's group to become a batch at the provider."""
         display, cell_id = _split(request.idempotency_key)
         group = self._groups.get(display)
-        if group is None or group.job is not None or cell_id not in group.members:
+        if group is None or group.sent or cell_id not in group.members:
             raise RequestNotSent(f"batch {display} left without this cell; it was not sent")
         group.requests[cell_id] = request
         if group.job is None:
@@ -163,6 +165,7 @@ class BatchChannel:
         until = time.monotonic() + GRACE_S
         while len(group.requests) < len(group.members) and time.monotonic() < until:
             await asyncio.sleep(0.02)
+        group.sent = True
         if group.job is None:
             group.job = asyncio.get_running_loop().create_future()
         future = group.job

@@ -36,7 +36,7 @@ from flows.spec.loader import load_job
 from flows.spec.model import Cell, JobSpec
 from flows.spec.plan import DEFAULT_LATENCY_S
 from flows.spec.rate import Rate
-from flows.spec.settings import EMULATED_POLL_INTERVAL_S, ProviderRules, provider_rules
+from flows.spec.settings import ProviderRules, provider_rules
 from outputs.gallery import write_gallery
 from outputs.manifest import (
     ManifestRow,
@@ -47,7 +47,7 @@ from outputs.manifest import (
 )
 from outputs.sink import Sink
 from providers import registry
-from providers.base import BatchProvider, Provider
+from providers.base import BatchProvider, Provider, env_name
 
 log = logging.getLogger("nbp.job")
 
@@ -168,6 +168,9 @@ async def run_job(
         budget = Budget(spec.max_usd, spec.max_total_usd, options.run_id,
                         Ledger(sink, heartbeat))
         throttles = make_throttles(rules, providers, hooks.rate_limiter, used)
+        for channel in used:  # a batch's status is asked as often as its cells would poll
+            if isinstance(batch := providers[channel.key], BatchChannel):
+                batch.poll_interval_s = rules[channel.provider].poll_interval_s
         ctx = RunContext(
             spec=spec, run_id=options.run_id, sink=sink, journal=journal,
             providers=providers, rules=rules, throttles=throttles,
@@ -311,19 +314,16 @@ async def open_providers(
         for channel in used:
             name = channel.provider
             cls = registry.get_class(name)
-            base_url = None if options.emulate or f"NBP_{name.upper()}_BASE_URL" in environ \
-                else spec.base_urls.get(name)
+            own_url = f"NBP_{env_name(cls).upper()}_BASE_URL" in environ  # the user's choice
+            base_url = None if options.emulate or own_url else spec.base_urls.get(name)
             missing = channel.missing(environ)
             if missing:
                 log.warning("%s: account %s: %s not set; its cells go to other channels",
                             name, channel.account, ", ".join(missing))
             adapter = cls(cls.settings_from_env(channel.environ(environ), base_url=base_url))
             if isinstance(adapter, BatchProvider):  # many cells per remote job
-                adapter = BatchChannel(
-                    adapter, label=f"nbp-{spec.name}-{options.holder[:8]}",
-                    wait_s=options.batch_wait_s,
-                    poll_interval_s=EMULATED_POLL_INTERVAL_S if hub is not None else None,
-                )
+                adapter = BatchChannel(adapter, label=f"nbp-{spec.name}-{options.holder[:8]}",
+                                       wait_s=options.batch_wait_s)
             providers[channel.key] = adapter
         yield providers, hub is not None
     finally:

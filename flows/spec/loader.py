@@ -65,7 +65,7 @@ from flows.spec.rate import Rate, parse_duration
 from flows.spec.templating import Template, TemplateError
 from flows.spec.yamlpos import JsonPath, LocatedDocument
 from providers import registry
-from providers.base import Capabilities, ImageRequest, Reference
+from providers.base import Capabilities, ImageRequest, Reference, env_name
 from providers.limits import limit_problems
 from providers.options import option_problems
 from schemas import load_job_schema
@@ -374,7 +374,7 @@ class _Checker:
             self.add(("base_urls", name),
                      f"{host or url!r} is neither {name}'s documented host "
                      f"({', '.join(sorted(documented)) or 'none'}) nor loopback: a spec may not "
-                     f"send your API key to another host; set NBP_{name.upper()}_BASE_URL in "
+                     f"send your API key to another host; set NBP_{_env_prefix(name)}_BASE_URL in "
                      "the environment to use it")
 
     def load_provider(self, path: JsonPath, name: str, *, key: bool = False) -> None:
@@ -924,3 +924,11 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _env_prefix(provider: str) -> str:
+    """The <NAME> of a provider's `NBP_<NAME>_BASE_URL` (gemini-batch shares gemini's)."""
+    try:
+        return env_name(registry.get_class(provider)).upper()
+    except Exception:  # an unloadable provider is reported elsewhere
+        return provider.upper()

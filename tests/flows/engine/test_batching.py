@@ -1,0 +1,124 @@
+"""Batch channels (`gemini-batch`) through the engine against the Gemini emulator, no
+Prefect: the evidence is the batches the emulator received and each cell's journal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+
+from flows.engine.job import RunOptions, RunResult, run_job
+from providers.emulator.core import CONTENT_MARKER
+from providers.emulator.hub import EmulatorHub
+
+TURNAROUND_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[EmulatorHub]:
+    with EmulatorHub.start(["gemini"], latency_s=TURNAROUND_S) as running:
+        saved = dict(os.environ)
+        os.environ.update(running.environ())
+        try:
+            yield running
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def fresh(hub: EmulatorHub) -> None:
+    hub.reset()
+    hub["gemini"].configure(latency_s=TURNAROUND_S, fail_prob=0.0, drop_after_create_prob=0.0,
+                            create_5xx_after_create_prob=0.0, submit_5xx_prob=0.0)
+
+
+def write_spec(tmp_path: Path, prompts: list[str], **top: Any) -> Path:
+    spec: dict[str, Any] = {
+        "version": 1, "name": "batch-test", "provider": "gemini-batch",
+        "matrix": {"prompt": prompts}, "retries": 0,
+        "output": {"target": str(tmp_path / "out")},
+        "limits": {"gemini-batch": {"poll_interval": 0.1}},
+        **top,
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run(spec: Path, **options: Any) -> RunResult:
+    return asyncio.run(run_job(RunOptions(spec=str(spec), **options)))
+
+
+def manifest(tmp_path: Path) -> pl.DataFrame:
+    return pl.read_parquet(tmp_path / "out" / "manifest.parquet")
+
+
+def batches(hub: EmulatorHub) -> int:
+    return len(hub["gemini"].creates)
+
+
+PROMPTS = ["a plum on slate", "a pear on slate", "a fig on slate"]
+
+
+def test_a_batch_runs_end_to_end_at_half_price_with_a_refused_line(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    result = run(write_spec(tmp_path, [*PROMPTS, f"a statue {CONTENT_MARKER}"]))
+    frame = manifest(tmp_path)
+    assert batches(hub) == 1  # four cells, one batch
+    assert dict(frame.group_by("status").len().iter_rows()) == {"succeeded": 3, "failed": 1}
+    refused = frame.filter(pl.col("status") == "failed").row(0, named=True)
+    assert "ContentRejected" in refused["error_message"]
+    done = frame.filter(pl.col("status") == "succeeded")
+    assert set(done["provider"]) == {"gemini-batch"}
+    assert all(0.05 < cost <= 0.0675 + 0.01 for cost in done["cost_usd"])  # half of 0.134
+    assert done["image_tokens"].to_list() == [1120] * 3
+    assert result.spent_usd == pytest.approx(float(frame["cost_usd"].sum()))
+    assert all(task.startswith("batches/") for task in done["remote_task_id"])
+
+
+def test_a_run_that_leaves_a_pending_batch_is_collected_by_the_next_without_a_new_one(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    hub["gemini"].configure(latency_s=3.0)
+    spec = write_spec(tmp_path, PROMPTS)
+    first = run(spec, batch_wait_s=0.3)
+    assert first.counts.get("pending") == 3 and batches(hub) == 1
+    assert set(manifest(tmp_path)["status"]) == {"pending"}
+    second = run(spec)
+    assert second.counts["succeeded"] == 3 and batches(hub) == 1
+
+
+def test_a_lost_create_answer_is_found_by_listing_not_sent_again(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    hub["gemini"].configure(drop_after_create_prob=1.0)
+
+    async def heal() -> None:
+        while batches(hub) < 1:
+            await asyncio.sleep(0.01)
+        hub["gemini"].configure(drop_after_create_prob=0.0)
+
+    async def go() -> RunResult:
+        healer = asyncio.create_task(heal())
+        result = await run_job(RunOptions(spec=str(write_spec(tmp_path, PROMPTS))))
+        await healer
+        return result
+
+    result = asyncio.run(go())
+    assert result.counts["succeeded"] == 3 and batches(hub) == 1
+
+
+def test_a_failed_batch_fails_its_cells_with_the_reason(hub: EmulatorHub, tmp_path: Path) -> None:
+    hub["gemini"].configure(fail_prob=1.0)
+    run(write_spec(tmp_path, PROMPTS))
+    frame = manifest(tmp_path)
+    assert set(frame["status"]) == {"failed"} and batches(hub) == 1
+    assert set(frame["error_code"]) == {"batch_failed"}
