@@ -21,7 +21,7 @@ import html
 import io
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,7 @@ from PIL import Image
 
 from outputs.manifest import conform
 from outputs.sink import Sink
-from outputs.status import summarise
+from outputs.status import Summary, summarise
 
 GALLERY_NAME = "index.html"
 THUMB_DIR = ".nbp/thumbs"
@@ -51,27 +51,40 @@ Row = Mapping[str, Any]
 
 def write_gallery(
     sink: Sink,
-    manifest: pl.DataFrame,
+    manifest: pl.DataFrame | pl.LazyFrame,
     *,
     title: str,
     max_thumbnails: int = MAX_THUMBNAILS,
 ) -> str:
-    """Render the manifest's cells to `{target}/index.html` (atomic); returns its URI."""
-    rows = conform(manifest.head(MAX_CARDS)).to_dicts()
+    """Render the manifest's cells to `{target}/index.html` (atomic); returns its URI.
+
+    `manifest` may be lazy (a scanned Parquet file): only the first `MAX_CARDS` rows and the
+    summary's aggregates are read. The page is written piece by piece into one buffer, the
+    thumbnails kept as JPEG bytes until their card is written: a 2,000-card page is ~13 MB,
+    and joining it from strings took several copies of that."""
+    rows = _cards(manifest)
     wanted = [row for row in rows if _has_image(row)][:max_thumbnails]
     with ThreadPoolExecutor(max_workers=THUMB_WORKERS) as pool:
         made = pool.map(lambda row: _thumb(sink, row), wanted)
         thumbs = dict(zip((row["cell_id"] for row in wanted), made, strict=True))
-    page = render_gallery(manifest, thumbs, title=title)
-    return sink.write_bytes(GALLERY_NAME, page.encode(), overwrite=True)
+    page = io.BytesIO()
+    for piece in _page(rows, summarise(manifest), thumbs, title=title):
+        page.write(piece.encode())
+    del thumbs
+    return sink.write_bytes(GALLERY_NAME, page.getvalue(), overwrite=True)
+
+
+def _cards(manifest: pl.DataFrame | pl.LazyFrame) -> list[dict[str, Any]]:
+    """The rows the page shows as cards: the first `MAX_CARDS`."""
+    return conform(manifest.lazy().head(MAX_CARDS).collect()).to_dicts()
 
 
 def _has_image(row: Row) -> bool:
     return row["status"] == "succeeded" and bool(row["output_path"])
 
 
-def _thumb(sink: Sink, row: Row) -> str | None:
-    """A `data:` URI of the cell's thumbnail, from the cache or the image; None if unreadable."""
+def _thumb(sink: Sink, row: Row) -> bytes | None:
+    """The cell's JPEG thumbnail, from the cache or the image; None if unreadable."""
     sha = row["sha256"] or ""
     cache = f"{THUMB_DIR}/{sha}.jpg" if _SHA256.fullmatch(sha) else None
     data = sink.read_bytes(cache) if cache else None
@@ -85,7 +98,11 @@ def _thumb(sink: Sink, row: Row) -> str | None:
             return None
         if cache:
             sink.write_bytes(cache, data, overwrite=True)
-    return "data:image/jpeg;base64," + base64.b64encode(data).decode()
+    return data
+
+
+def _data_uri(thumb: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(thumb).decode()
 
 
 def make_thumbnail(image: bytes, px: int = THUMB_PX) -> bytes | None:
@@ -110,15 +127,24 @@ def make_thumbnail(image: bytes, px: int = THUMB_PX) -> bytes | None:
 # -- HTML --------------------------------------------------------------------------------------
 
 
-def render_gallery(manifest: pl.DataFrame, thumbs: Mapping[str, str | None], *, title: str) -> str:
-    """The page for `manifest`; `thumbs` maps cell_id to a thumbnail URI (absent: none)."""
-    rows = conform(manifest.head(MAX_CARDS)).to_dicts()
+def render_gallery(
+    manifest: pl.DataFrame | pl.LazyFrame, thumbs: Mapping[str, bytes | None], *, title: str
+) -> str:
+    """The page for `manifest`; `thumbs` maps cell_id to a JPEG thumbnail (absent: none)."""
+    return "".join(_page(_cards(manifest), summarise(manifest), thumbs, title=title))
+
+
+def _page(
+    rows: list[dict[str, Any]], summary: Summary, thumbs: Mapping[str, bytes | None], *,
+    title: str,
+) -> Iterator[str]:
+    """The page in pieces of at most one card each."""
     columns = _unique((row["aspect_ratio"], row["resolution"]) for row in rows)
-    parts = [_head(title), _summary(manifest, len(thumbs), title)]
+    yield _head(title)
+    yield _summary(summary, len(thumbs), title)
     for key, section in _sections(rows).items():
-        parts.append(_section(key, section, columns, thumbs))
-    parts.append("</body>\n</html>\n")
-    return "".join(parts)
+        yield from _section(key, section, columns, thumbs)
+    yield "</body>\n</html>\n"
 
 
 def _e(value: Any) -> str:
@@ -145,8 +171,7 @@ def _head(title: str) -> str:
     )
 
 
-def _summary(manifest: pl.DataFrame, thumbnails: int, title: str) -> str:
-    summary = summarise(manifest)
+def _summary(summary: Summary, thumbnails: int, title: str) -> str:
     counts = [f"{summary.cells} cells"]
     counts += [f"{n} {status}" for status, n in summary.by_status.items() if n]
     counts.append(f"spend ${summary.spend_usd:.2f}")
@@ -168,8 +193,8 @@ def _section(
     key: int | None,
     rows: list[dict[str, Any]],
     columns: list[tuple[str, str]],
-    thumbs: Mapping[str, str | None],
-) -> str:
+    thumbs: Mapping[str, bytes | None],
+) -> Iterator[str]:
     out = ['<section class="rows">\n']
     if key is not None:
         out.append(f'<h2 id="row-{key}">Dataset row {key}</h2>\n')
@@ -180,16 +205,20 @@ def _section(
     out.append('<div class="scroll">\n<table class="grid">\n<thead><tr><th>prompt</th>')
     out += [f"<th>{_e(ratio)} · {_e(res)}</th>" for ratio, res in columns]
     out.append("</tr></thead>\n<tbody>\n")
-    grid: dict[tuple[str, str, str], list[str]] = {}
+    yield "".join(out)
+    grid: dict[tuple[str, str, str], list[Row]] = {}
     for row in rows:
-        key3 = (row["prompt"], row["aspect_ratio"], row["resolution"])
-        grid.setdefault(key3, []).append(_card(row, thumbs.get(row["cell_id"])))
+        grid.setdefault((row["prompt"], row["aspect_ratio"], row["resolution"]), []).append(row)
     for prompt in _unique(row["prompt"] for row in rows):
-        out.append(f'<tr><th class="prompt" title="{_e(prompt)}"><div>{_e(prompt)}</div></th>')
-        out += [f"<td>{''.join(grid.get((prompt, *col), []))}</td>" for col in columns]
-        out.append("</tr>\n")
-    out.append("</tbody>\n</table>\n</div>\n</section>\n")
-    return "".join(out)
+        yield f'<tr><th class="prompt" title="{_e(prompt)}"><div>{_e(prompt)}</div></th>'
+        for col in columns:
+            yield "<td>"
+            for card in grid.get((prompt, *col), []):
+                thumb = thumbs.get(card["cell_id"])
+                yield _card(card, _data_uri(thumb) if thumb else None)
+            yield "</td>"
+        yield "</tr>\n"
+    yield "</tbody>\n</table>\n</div>\n</section>\n"
 
 
 def _shared_vars(rows: list[dict[str, Any]]) -> dict[str, Any]:
