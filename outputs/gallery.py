@@ -59,19 +59,16 @@ def write_gallery(
     """Render the manifest's cells to `{target}/index.html` (atomic); returns its URI.
 
     `manifest` may be lazy (a scanned Parquet file): only the first `MAX_CARDS` rows and the
-    summary's aggregates are read. The page is written piece by piece into one buffer, the
-    thumbnails kept as JPEG bytes until their card is written: a 2,000-card page is ~13 MB,
-    and joining it from strings took several copies of that."""
+    summary's aggregates are read. The page is written a card at a time (`Sink.write_chunks`),
+    the thumbnails kept as JPEG bytes until their card is written: a 2,000-card page is
+    ~13 MB, and joining it from strings took several copies of that."""
     rows = _cards(manifest)
     wanted = [row for row in rows if _has_image(row)][:max_thumbnails]
     with ThreadPoolExecutor(max_workers=THUMB_WORKERS) as pool:
         made = pool.map(lambda row: _thumb(sink, row), wanted)
         thumbs = dict(zip((row["cell_id"] for row in wanted), made, strict=True))
-    page = io.BytesIO()
-    for piece in _page(rows, summarise(manifest), thumbs, title=title):
-        page.write(piece.encode())
-    del thumbs
-    return sink.write_bytes(GALLERY_NAME, page.getvalue(), overwrite=True)
+    pieces = _page(rows, summarise(manifest), thumbs, title=title)
+    return sink.write_chunks(GALLERY_NAME, (piece.encode() for piece in pieces), overwrite=True)
 
 
 def _cards(manifest: pl.DataFrame | pl.LazyFrame) -> list[dict[str, Any]]:

@@ -53,6 +53,7 @@ log = logging.getLogger("nbp.job")
 
 DEFAULT_CHUNK_SIZE = 200
 MANIFEST_LOCK = ".nbp/locks/manifest"
+COPY_BLOCK = 1 << 20  # the merged manifest goes to the target a block at a time
 
 # A chunk's rows as a frame: returned per row, Prefect would track every row of every task
 # run in its flow-run context (one entry each, never dropped: ~250 bytes a cell).
@@ -252,7 +253,8 @@ async def write_outputs(
         merged = os.path.join(parts.folder, "merged.parquet")
         merge_parts(old, parts, merged, order)
         with open(merged, "rb") as handle:
-            uri = sink.write_bytes(MANIFEST_NAME, handle.read(), overwrite=True)
+            blocks = iter(lambda: handle.read(COPY_BLOCK), b"")
+            uri = sink.write_chunks(MANIFEST_NAME, blocks, overwrite=True)
         return uri, write_gallery(sink, pl.scan_parquet(merged), title=title)
 
     async with Lease(sink, MANIFEST_LOCK, heartbeat):
