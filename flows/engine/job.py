@@ -224,11 +224,13 @@ async def run_chunks(
         if not task.cancelled() and task.exception() is not None:
             failures.append(task.exception())  # type: ignore[arg-type]
 
-    for index, chunk in enumerate(_chunked(cells, chunk_size)):
-        await gate.acquire()
-        if failures:
+    chunks = enumerate(_chunked(cells, chunk_size))
+    while True:
+        await gate.acquire()  # before reading the next chunk's cells
+        started = None if failures else next(chunks, None)
+        if started is None:
             break
-        task = asyncio.create_task(one(index, chunk))
+        task = asyncio.create_task(one(*started))
         running.add(task)
         task.add_done_callback(ended)
     await asyncio.gather(*running)

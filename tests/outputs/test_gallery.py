@@ -182,6 +182,19 @@ def test_thumbnails_are_cached_by_sha256(tmp_path: Path) -> None:
     assert thumbs[0] == thumbs[1] and len(thumbs[0]) == 1
 
 
+def test_a_scanned_manifest_draws_the_same_page(
+    job: tuple[Sink, pl.DataFrame], tmp_path: Path
+) -> None:
+    """A run draws the gallery from the manifest file it wrote, reading only the cards."""
+    sink, frame = job
+    frame.write_parquet(tmp_path / "m.parquet")
+    eager = Path(write_gallery(sink, frame, title="t")).read_text("utf-8")
+    lazy = Path(write_gallery(sink, pl.scan_parquet(tmp_path / "m.parquet"), title="t")
+                ).read_text("utf-8")
+    generated = re.compile(r"generated [0-9-]+ [0-9:]+ UTC")
+    assert generated.sub("", lazy) == generated.sub("", eager)
+
+
 def test_thumbnail_count_is_bounded(job: tuple[Sink, pl.DataFrame]) -> None:
     sink, frame = job
     text = Path(write_gallery(sink, frame, title="t", max_thumbnails=3)).read_text("utf-8")
