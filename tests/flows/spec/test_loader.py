@@ -211,7 +211,7 @@ def limit_spec(provider: str, **parts: str) -> str:
 def test_wiro_writes_png_only(tmp_path: Path) -> None:
     path = write(tmp_path, limit_spec("[kie, wiro]", output="output:\n  format: jpg"))
     problem = only(validate_spec_file(path), "output.format")
-    assert (problem.line, problem.column) == (8, 16)  # the path template
+    assert (problem.line, problem.column) == (8, 11)
     assert problem.message.startswith("wiro does not write 'jpg'")
 
 
@@ -598,6 +598,7 @@ def test_collision_messages_name_both_cells_at_scale(tmp_path: Path) -> None:
     named = write(tmp_path, text.replace('"{replicate}.{ext}"', '"{cell_id}.{ext}"'), "ids.yaml")
     cells = expand(load_spec(named))
     first, second = cells[0], cells[100]  # style s00 and s01, replicate 0 both
+
     def described(style: str) -> str:
         return f"prompt='a {{style}} fox', style='{style}', aspect_ratio='1:1', resolution='1K'"
 
