@@ -3,9 +3,12 @@
 Plain asyncio, no Prefect: `flows.orchestration.flow` plugs Prefect in through `RunHooks`
 (each chunk a task, Secret blocks, shared rate limits); tests and benchmarks run it as is.
 Chunks are the unit of orchestration (a few hundred cells each, never a task per image);
-throttles, budget and providers are shared by every chunk of the process. Each chunk's rows
-become a small Parquet-ready frame as soon as it ends, so a run holds its manifest, not a
-Python object per cell.
+throttles, budget and providers are shared by every chunk of the process.
+
+Memory does not grow with the number of cells: the job's cells expand again as they are read
+(`flows.spec.cells.ExpandedCells`), a chunk's cells are read only when it may start, each
+chunk's rows go to a Parquet part in a local temp folder as it ends, and the manifest is
+merged from the parts by streaming (`outputs.parts`), the gallery reading only its cards.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ MANIFEST_LOCK = ".nbp/locks/manifest"
 COPY_BLOCK = 1 << 20  # the merged manifest goes to the target a block at a time
 
 # A chunk's rows as a frame: returned per row, Prefect would track every row of every task
-# run in its flow-run context (one entry each, never dropped: ~250 bytes a cell).
+# run in its flow-run context (one entry each, never dropped: ~200 bytes a cell).
 ChunkRunner = Callable[[Runner, int, Sequence[Cell], int], Awaitable[pl.DataFrame]]
 CredentialSource = Callable[[JobSpec], Awaitable[Mapping[str, str]]]
 LimiterFactory = Callable[[Rate, Provider], SlidingWindowLimiter]

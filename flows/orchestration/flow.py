@@ -55,7 +55,8 @@ async def run_chunk(
 ) -> pl.DataFrame:
     """One chunk of cells; retries happen per cell inside, never by re-running a chunk. The
     rows come back as one frame: Prefect tracks each item of a returned list in the flow
-    run's context, for good (~250 bytes a cell), and one frame is one entry."""
+    run's context for good (a dict entry, a tuple and a weakref, ~200 bytes a cell:
+    `link_state_to_task_run_result` in prefect/utilities/engine), one frame is one entry."""
     return await run_chunk_rows(runner, cells, workers)
 
 
