@@ -72,9 +72,12 @@ def test_shards_are_sorted_into_spec_order_after_cells_the_spec_lost(folders: Pa
         "gone", "a", "b", "c", "d"]
 
 
-def test_any_merge_is_the_frame_merge(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ids", [
+    pytest.param([f"c{i}" for i in range(30)], id="text-ids"),
+    pytest.param([f"{i * 7919:016x}" for i in range(30)], id="nbp-hex-ids"),
+])
+def test_any_merge_is_the_frame_merge(tmp_path: Path, ids: list[str]) -> None:
     rng = random.Random(3)
-    ids = [f"c{i}" for i in range(30)]
     for trial in range(25):
         folder = tmp_path / str(trial)
         (folder / "parts").mkdir(parents=True)
