@@ -142,12 +142,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return worst
 
 
-def _load_or_report(path: str, policy: Any = None) -> Any:
+def _load_or_report(path: str, policy: Any = None, *, keep_cells: bool = False) -> Any:
     """The `Job` at `path` (spec and cells), or None after printing every problem."""
     from flows.spec.loader import SpecInvalid, load_job
 
     try:
-        return load_job(path, policy=policy)
+        return load_job(path, policy=policy, keep_cells=keep_cells)
     except SpecInvalid as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -159,7 +159,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from flows.spec.plan import make_plan
 
     policy = _policy_or_report(args, "plan")
-    job = None if policy is None else _load_or_report(args.spec, policy)
+    job = None if policy is None else _load_or_report(args.spec, policy, keep_cells=True)
     if job is None:
         return EXIT_INVALID
     plan = make_plan(job.spec, job.cells)  # the cells validation expanded

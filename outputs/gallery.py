@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -28,7 +28,7 @@ import polars as pl
 
 from outputs.manifest import conform
 from outputs.sink import Sink
-from outputs.status import summarise
+from outputs.status import Summary, summarise
 
 GALLERY_NAME = "index.html"
 CARD_PX = 180  # an image is drawn at most this wide and high
@@ -40,10 +40,19 @@ MAX_CARDS = 2_000
 Row = Mapping[str, Any]
 
 
-def write_gallery(sink: Sink, manifest: pl.DataFrame, *, title: str) -> str:
-    """Render the manifest's cells to `{target}/index.html` (atomic); returns its URI."""
-    page = render_gallery(manifest, title=title)
-    return sink.write_bytes(GALLERY_NAME, page.encode(), overwrite=True)
+def write_gallery(sink: Sink, manifest: pl.DataFrame | pl.LazyFrame, *, title: str) -> str:
+    """Render the manifest's cells to `{target}/index.html` (atomic); returns its URI.
+
+    `manifest` may be lazy (a scanned Parquet file): only the first `MAX_CARDS` rows and the
+    summary's aggregates are read. The page is written a card at a time (`Sink.write_chunks`):
+    a 2,000-card page is never joined in memory."""
+    pieces = _page(_cards(manifest), summarise(manifest), title=title)
+    return sink.write_chunks(GALLERY_NAME, (piece.encode() for piece in pieces), overwrite=True)
+
+
+def _cards(manifest: pl.DataFrame | pl.LazyFrame) -> list[dict[str, Any]]:
+    """The rows the page shows as cards: the first `MAX_CARDS`."""
+    return conform(manifest.lazy().head(MAX_CARDS).collect()).to_dicts()
 
 
 def drawn_size(width: int | None, height: int | None) -> tuple[int, int] | None:
@@ -58,15 +67,19 @@ def drawn_size(width: int | None, height: int | None) -> tuple[int, int] | None:
 # -- HTML --------------------------------------------------------------------------------------
 
 
-def render_gallery(manifest: pl.DataFrame, *, title: str) -> str:
+def render_gallery(manifest: pl.DataFrame | pl.LazyFrame, *, title: str) -> str:
     """The page for `manifest`."""
-    rows = conform(manifest.head(MAX_CARDS)).to_dicts()
+    return "".join(_page(_cards(manifest), summarise(manifest), title=title))
+
+
+def _page(rows: list[dict[str, Any]], summary: Summary, *, title: str) -> Iterator[str]:
+    """The page in pieces of at most one card each."""
     columns = _unique((row["aspect_ratio"], row["resolution"]) for row in rows)
-    parts = [_head(title), _summary(manifest, title)]
+    yield _head(title)
+    yield _summary(summary, title)
     for key, section in _sections(rows).items():
-        parts.append(_section(key, section, columns))
-    parts.append("</body>\n</html>\n")
-    return "".join(parts)
+        yield from _section(key, section, columns)
+    yield "</body>\n</html>\n"
 
 
 def _e(value: Any) -> str:
@@ -93,8 +106,7 @@ def _head(title: str) -> str:
     )
 
 
-def _summary(manifest: pl.DataFrame, title: str) -> str:
-    summary = summarise(manifest)
+def _summary(summary: Summary, title: str) -> str:
     counts = [f"{summary.cells} cells"]
     counts += [f"{n} {status}" for status, n in summary.by_status.items() if n]
     counts.append(f"spend ${summary.spend_usd:.2f}")
@@ -114,7 +126,7 @@ def _section(
     key: int | None,
     rows: list[dict[str, Any]],
     columns: list[tuple[str, str]],
-) -> str:
+) -> Iterator[str]:
     out = ['<section class="rows">\n']
     if key is not None:
         out.append(f'<h2 id="row-{key}">Dataset row {key}</h2>\n')
@@ -125,16 +137,19 @@ def _section(
     out.append('<div class="scroll">\n<table class="grid">\n<thead><tr><th>prompt</th>')
     out += [f"<th>{_e(ratio)} · {_e(res)}</th>" for ratio, res in columns]
     out.append("</tr></thead>\n<tbody>\n")
-    grid: dict[tuple[str, str, str], list[str]] = {}
+    yield "".join(out)
+    grid: dict[tuple[str, str, str], list[Row]] = {}
     for row in rows:
-        key3 = (row["prompt"], row["aspect_ratio"], row["resolution"])
-        grid.setdefault(key3, []).append(_card(row))
+        grid.setdefault((row["prompt"], row["aspect_ratio"], row["resolution"]), []).append(row)
     for prompt in _unique(row["prompt"] for row in rows):
-        out.append(f'<tr><th class="prompt" title="{_e(prompt)}"><div>{_e(prompt)}</div></th>')
-        out += [f"<td>{''.join(grid.get((prompt, *col), []))}</td>" for col in columns]
-        out.append("</tr>\n")
-    out.append("</tbody>\n</table>\n</div>\n</section>\n")
-    return "".join(out)
+        yield f'<tr><th class="prompt" title="{_e(prompt)}"><div>{_e(prompt)}</div></th>'
+        for col in columns:
+            yield "<td>"
+            for card in grid.get((prompt, *col), []):
+                yield _card(card)
+            yield "</td>"
+        yield "</tr>\n"
+    yield "</tbody>\n</table>\n</div>\n</section>\n"
 
 
 def _shared_vars(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -227,6 +227,15 @@ def conform(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def conform_lazy(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """`conform` for a lazy frame (a scanned Parquet file): nothing is read until collected."""
+    names = frame.collect_schema().names()
+    return frame.select(
+        pl.col(name).cast(dtype) if name in names else pl.lit(None, dtype).alias(name)
+        for name, dtype in MANIFEST_COLUMNS.items()
+    )
+
+
 # -- merge, read, write ------------------------------------------------------------------------
 
 

@@ -84,6 +84,15 @@ class Sink:
             self.fs.pipe_file(path, data, mode="create", **extra)
         return self.uri(rel)
 
+    def write_chunks(self, rel: str, chunks: Iterable[bytes], *, overwrite: bool) -> str:
+        """`write_bytes` for content made piece by piece (a page, a file read in blocks): on
+        a local disk the pieces go straight to the temp file and are never all in memory;
+        elsewhere they are joined for the one atomic PUT."""
+        if not self.local:
+            return self.write_bytes(rel, b"".join(chunks), overwrite=overwrite)
+        _write_local(self.path(rel), chunks, overwrite=overwrite)
+        return self.uri(rel)
+
     def _content_type(self, rel: str) -> dict[str, str]:
         """Content-Type for stores that serve files over HTTP, so a browser opens index.html
         from the bucket instead of downloading it (the default is binary/octet-stream)."""
@@ -177,7 +186,9 @@ def check_relative(rel: str) -> None:
         raise ValueError(f"not a safe relative path: {rel!r}")
 
 
-def _write_local(path: str, data: bytes, *, overwrite: bool, durable: bool = True) -> None:
+def _write_local(
+    path: str, data: bytes | Iterable[bytes], *, overwrite: bool, durable: bool = True
+) -> None:
     """Temp file in the same folder + fsync + rename: the final name only ever holds whole files."""
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
@@ -186,7 +197,8 @@ def _write_local(path: str, data: bytes, *, overwrite: bool, durable: bool = Tru
     temp = os.path.join(folder, f".{name}{TEMP_MARKER}{uuid.uuid4().hex}")
     try:
         with open(temp, "xb") as handle:
-            handle.write(data)
+            for chunk in (data,) if isinstance(data, bytes) else data:
+                handle.write(chunk)
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())

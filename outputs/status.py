@@ -11,7 +11,7 @@ from typing import Any
 
 import polars as pl
 
-from outputs.manifest import STATUSES, conform
+from outputs.manifest import STATUSES, conform_lazy
 
 MAX_FAILURE_GROUPS = 10
 MAX_MESSAGE_CHARS = 200
@@ -62,54 +62,72 @@ class Summary:
         }
 
 
-def summarise(df: pl.DataFrame) -> Summary:
+def summarise(manifest: pl.DataFrame | pl.LazyFrame) -> Summary:
     """Cells by status and provider, spend, latency percentiles of succeeded cells, and the
-    reasons of every cell that did not succeed, grouped by (status, error_code, message)."""
-    df = conform(df)
-    counts = dict(df.group_by("status").len().iter_rows())
+    reasons of every cell that did not succeed, grouped by (status, error_code, message).
+
+    A lazy frame (a scanned Parquet file) is read only for the columns and aggregates these
+    need: a run's gallery summarises a 100,000-row manifest without loading it."""
+    df = conform_lazy(manifest.lazy())
+    status_counts, providers, totals, latency, groups = pl.collect_all([
+        df.group_by("status").len(),
+        df.filter(pl.col("provider").is_not_null()).group_by("provider").len(),
+        df.select(
+            pl.len().alias("cells"),
+            pl.col("cost_usd").fill_null(0.0).sum().alias("spend"),
+            pl.col("run_id").drop_nulls().n_unique().alias("runs"),
+        ),
+        _latency(df),
+        _failure_groups(df),
+    ])
+    counts = dict(status_counts.iter_rows())
     by_status = {status: int(counts.pop(status, 0)) for status in STATUSES}
     by_status.update({str(k): int(v) for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))})
-    providers = df.filter(pl.col("provider").is_not_null()).group_by("provider").len()
-    groups = _failure_groups(df)
+    jobs = df.select(pl.col("job").drop_nulls().unique()).collect()["job"]
+    failures = [
+        FailureGroup(row["status"], row["error_code"], row["error_message"], row["count"],
+                     tuple(row["cells"]))
+        for row in groups.iter_rows(named=True)
+    ]
     return Summary(
-        cells=df.height,
+        cells=int(totals["cells"][0]),
         by_status=by_status,
-        spend_usd=float(df["cost_usd"].fill_null(0.0).sum()),
-        jobs=tuple(sorted(df["job"].drop_nulls().unique().to_list())),
-        runs=df["run_id"].drop_nulls().n_unique(),
+        spend_usd=float(totals["spend"][0] or 0.0),
+        jobs=tuple(sorted(jobs.to_list())),
+        runs=int(totals["runs"][0]),
         by_provider=dict(sorted(providers.iter_rows())),
-        latency_s=_latency(df),
-        failures=tuple(groups[:MAX_FAILURE_GROUPS]),
-        failure_groups=len(groups),
+        latency_s=_latency_figures(latency),
+        failures=tuple(failures[:MAX_FAILURE_GROUPS]),
+        failure_groups=len(failures),
     )
 
 
-def _latency(df: pl.DataFrame) -> dict[str, float]:
-    values = df.filter(pl.col("status") == "succeeded")["latency_s"].drop_nulls()
-    if values.is_empty():
+def _latency(df: pl.LazyFrame) -> pl.LazyFrame:
+    values = pl.col("latency_s").filter(pl.col("status") == "succeeded").drop_nulls()
+    return df.select(
+        *(values.quantile(q, "linear").alias(f"p{round(q * 100)}") for q in PERCENTILES),
+        values.max().alias("max"), values.len().alias("_n"),
+    )
+
+
+def _latency_figures(latency: pl.DataFrame) -> dict[str, float]:
+    if not latency["_n"][0]:
         return {}
-    out = {f"p{round(q * 100)}": _number(values.quantile(q, "linear")) for q in PERCENTILES}
-    out["max"] = _number(values.max())
-    return out
+    return {name: _number(latency[name][0]) for name in latency.columns if name != "_n"}
 
 
 def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def _failure_groups(df: pl.DataFrame) -> list[FailureGroup]:
+def _failure_groups(df: pl.LazyFrame) -> pl.LazyFrame:
     keys = ["status", "error_code", "error_message"]
-    grouped = (
+    return (
         df.filter(pl.col("status") != "succeeded")
         .group_by(keys)
         .agg(pl.len().alias("count"), pl.col("cell_id").head(EXAMPLE_CELLS).alias("cells"))
         .sort(["count", *keys], descending=[True, False, False, False], nulls_last=True)
     )
-    return [
-        FailureGroup(row["status"], row["error_code"], row["error_message"], row["count"],
-                     tuple(row["cells"]))
-        for row in grouped.iter_rows(named=True)
-    ]
 
 
 def render_status(summary: Summary) -> str:

@@ -3,9 +3,12 @@
 Plain asyncio, no Prefect: `flows.orchestration.flow` plugs Prefect in through `RunHooks`
 (each chunk a task, Secret blocks, shared rate limits); tests and benchmarks run it as is.
 Chunks are the unit of orchestration (a few hundred cells each, never a task per image);
-throttles, budget and providers are shared by every chunk of the process. Each chunk's rows
-become a small Parquet-ready frame as soon as it ends, so a run holds its manifest, not a
-Python object per cell.
+throttles, budget and providers are shared by every chunk of the process.
+
+Memory does not grow with the number of cells: the job's cells expand again as they are read
+(`flows.spec.cells.ExpandedCells`), a chunk's cells are read only when it may start, each
+chunk's rows go to a Parquet part in a local temp folder as it ends, and the manifest is
+merged from the parts by streaming (`outputs.parts`), the gallery reading only its cards.
 """
 
 from __future__ import annotations
@@ -14,8 +17,17 @@ import asyncio
 import contextlib
 import logging
 import os
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,18 +45,13 @@ from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowL
 from flows.spec.channels import Channel, channels, split_for_shard
 from flows.spec.inputs import InputPolicy
 from flows.spec.loader import load_job
-from flows.spec.model import Cell, JobSpec
+from flows.spec.model import Cell, CellSource, JobSpec
 from flows.spec.plan import DEFAULT_LATENCY_S
 from flows.spec.rate import Rate
 from flows.spec.settings import ProviderRules, provider_rules
 from outputs.gallery import write_gallery
-from outputs.manifest import (
-    ManifestRow,
-    merge_manifest,
-    read_manifest,
-    rows_to_frame,
-    write_manifest,
-)
+from outputs.manifest import MANIFEST_NAME, read_manifest, rows_to_frame
+from outputs.parts import ManifestParts, merge_parts
 from outputs.sink import Sink
 from providers import registry
 from providers.base import BatchProvider, Provider, env_name
@@ -53,16 +60,24 @@ log = logging.getLogger("nbp.job")
 
 DEFAULT_CHUNK_SIZE = 200
 MANIFEST_LOCK = ".nbp/locks/manifest"
+COPY_BLOCK = 1 << 20  # the merged manifest goes to the target a block at a time
 
-ChunkRunner = Callable[[Runner, int, Sequence[Cell], int], Awaitable[list[ManifestRow]]]
+# A chunk's rows as a frame: returned per row, Prefect would track every row of every task
+# run in its flow-run context (one entry each, never dropped: ~200 bytes a cell).
+ChunkRunner = Callable[[Runner, int, Sequence[Cell], int], Awaitable[pl.DataFrame]]
 CredentialSource = Callable[[JobSpec], Awaitable[Mapping[str, str]]]
 LimiterFactory = Callable[[Rate, Provider], SlidingWindowLimiter]
 
 
 async def run_plain_chunk(
     runner: Runner, index: int, cells: Sequence[Cell], workers: int
-) -> list[ManifestRow]:
-    return await runner.run_cells(cells, workers=workers)
+) -> pl.DataFrame:
+    return await run_chunk_rows(runner, cells, workers)
+
+
+async def run_chunk_rows(runner: Runner, cells: Sequence[Cell], workers: int) -> pl.DataFrame:
+    """One chunk of cells to the end; its manifest rows as a frame."""
+    return rows_to_frame(await runner.run_cells(cells, workers=workers))
 
 
 def local_limiter(rate: Rate, provider: Provider) -> SlidingWindowLimiter:
@@ -183,13 +198,13 @@ async def run_job(
                     for c in used},
         )
         runner = Runner(ctx)
-        frame = await run_chunks(runner, cells, options.chunk_size, hooks.chunk_runner)
-        manifest_uri, gallery_uri = await write_outputs(
-            heartbeat, frame, job.cells if options.shard else None, title=spec.name
-        )
-    counts = {s: 0 for s in ("succeeded", "failed", "skipped", "cancelled")}
-    for status, count in frame.group_by("status").len().iter_rows():
-        counts[str(status)] = counts.get(str(status), 0) + int(count)
+        with tempfile.TemporaryDirectory(prefix="nbp-manifest-") as folder:
+            parts = ManifestParts(folder)
+            await run_chunks(runner, cells, options.chunk_size, hooks.chunk_runner, parts)
+            manifest_uri, gallery_uri = await write_outputs(
+                heartbeat, parts, job.cells if options.shard else None, title=spec.name
+            )
+            counts = await asyncio.to_thread(parts.counts)
     if runner.busy:
         counts["busy"] = runner.busy  # another live run on the target holds these cells
     stop = runner.stop.message if runner.stop else None
@@ -200,61 +215,138 @@ async def run_job(
 
 
 async def run_chunks(
-    runner: Runner, cells: Sequence[Cell], chunk_size: int, chunk_runner: ChunkRunner
-) -> pl.DataFrame:
-    """Run chunks concurrently, enough of them at once to keep every in-flight slot busy;
-    the manifest rows of this run, in cell order."""
-    slots = [t.in_flight.limit for t in runner.ctx.throttles.values()]
-    # Channels that run at once (spread, cheapest) need cells for all of their slots.
-    widest = (sum(slots) if runner.ctx.router.dynamic else max(slots, default=1)) or 1
+    runner: Runner, cells: Iterable[Cell], chunk_size: int, chunk_runner: ChunkRunner,
+    parts: ManifestParts,
+) -> None:
+    """Run chunks concurrently, enough of them at once to keep every in-flight slot busy,
+    and spill each chunk's rows to `parts` as it ends. Cells are taken from `cells` a chunk
+    at a time, when a chunk may start: a run holds the cells of its running chunks only."""
+    widest = _cells_at_once(runner)
     workers = min(widest, chunk_size)
     parallel = max(2, -(-widest // max(1, chunk_size)) + 1)
     gate = asyncio.Semaphore(parallel)
 
-    async def one(index: int, chunk: Sequence[Cell]) -> pl.DataFrame:
-        async with gate:
-            return rows_to_frame(await chunk_runner(runner, index, chunk, workers))
+    running: set[asyncio.Task[None]] = set()
+    failures: list[BaseException] = []
 
-    chunks = list(_chunked(cells, chunk_size))
-    frames = await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
-    return pl.concat(frames, how="vertical") if frames else rows_to_frame([])
+    async def one(index: int, chunk: Sequence[Cell]) -> None:
+        try:
+            frame = await chunk_runner(runner, index, chunk, workers)
+            await asyncio.to_thread(parts.add, index, frame)
+        finally:
+            gate.release()
+
+    def ended(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            failures.append(task.exception())  # type: ignore[arg-type]
+
+    chunks = enumerate(_chunked(cells, chunk_size))
+    while True:
+        await gate.acquire()  # before reading the next chunk's cells
+        started = None if failures else next(chunks, None)
+        if started is None:
+            break
+        task = asyncio.create_task(one(*started))
+        running.add(task)
+        task.add_done_callback(ended)
+    await asyncio.gather(*running)
+    if failures:
+        raise failures[0]
 
 
 async def write_outputs(
-    heartbeat: Heartbeat, frame: pl.DataFrame, spec_order: Sequence[Cell] | None, *, title: str
+    heartbeat: Heartbeat, parts: ManifestParts, spec_order: Iterable[Cell] | None, *,
+    title: str,
 ) -> tuple[str, str]:
     """Merge this run's rows into `{target}/manifest.parquet` and redraw the gallery, under
     the target's manifest lease: runs and shards that end together each merge into what the
     one before them wrote, so no run's rows are lost. `spec_order`: sort the cells of the
-    spec in its order (shards finish in any order)."""
+    spec in its order (shards finish in any order). The merge streams through local files
+    next to the parts (`outputs.parts.merge_parts`); the gallery reads only what it shows."""
     sink = heartbeat.sink
 
     def write() -> tuple[str, str]:
-        merged = merge_manifest(read_manifest(sink), frame)
-        if spec_order is not None:
-            merged = _in_spec_order(merged, spec_order)
-        return write_manifest(sink, merged), write_gallery(sink, merged, title=title)
+        old = _local_manifest(sink, parts.folder)
+        order = None if spec_order is None else cell_positions(spec_order)
+        merged = os.path.join(parts.folder, "merged.parquet")
+        merge_parts(old, parts, merged, order)
+        with open(merged, "rb") as handle:
+            blocks = iter(lambda: handle.read(COPY_BLOCK), b"")
+            uri = sink.write_chunks(MANIFEST_NAME, blocks, overwrite=True)
+        return uri, write_gallery(sink, pl.scan_parquet(merged), title=title)
 
     async with Lease(sink, MANIFEST_LOCK, heartbeat):
         return await asyncio.to_thread(write)
 
 
-def _in_spec_order(frame: pl.DataFrame, all_cells: Sequence[Cell]) -> pl.DataFrame:
-    """Cells of the spec in expansion order, after rows of cells the spec no longer has."""
-    position = {cell.cell_id: cell.index for cell in all_cells}
-    order = pl.Series("_order", [position.get(c, -1) for c in frame["cell_id"]], pl.Int64)
-    return frame.with_columns(order).sort("_order", maintain_order=True).drop("_order")
+def _local_manifest(sink: Sink, folder: str) -> str | None:
+    """A local copy of the target's manifest to scan (None when there is none)."""
+    data = sink.read_bytes(MANIFEST_NAME)
+    if data is None:
+        return None
+    path = os.path.join(folder, "old.parquet")
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return path
 
 
-def select_shard(cells: Sequence[Cell], shard: str | None) -> Sequence[Cell]:
-    """Cells of shard "i/n" (by cell-id hash, so shards are stable across runs)."""
+def cell_positions(cells: Iterable[Cell], batch: int = 50_000) -> pl.DataFrame:
+    """(cell_id, index) of every cell, built a batch at a time: the spec's order of a sharded
+    run's manifest, ~30 bytes a cell instead of a dict of cells."""
+    frames = []
+    ids: list[str] = []
+    indexes: list[int] = []
+    for cell in cells:
+        ids.append(cell.cell_id)
+        indexes.append(cell.index)
+        if len(ids) >= batch:
+            frames.append(pl.DataFrame({"cell_id": ids, "index": indexes},
+                                       schema={"cell_id": pl.String, "index": pl.Int64}))
+            ids, indexes = [], []
+    frames.append(pl.DataFrame({"cell_id": ids, "index": indexes},
+                               schema={"cell_id": pl.String, "index": pl.Int64}))
+    return pl.concat(frames)
+
+
+def _cells_at_once(runner: Runner) -> int:
+    """How many cells may be in flight at once: every channel's slots when channels run
+    side by side (spread, cheapest), else the first channel's (fallbacks take only what it
+    cannot run)."""
+    router = runner.ctx.router
+    slots = [lane.throttle.in_flight.limit for lane in router.order]
+    if not slots:
+        return 1
+    return sum(slots) if router.dynamic else slots[0]
+
+
+def select_shard(cells: CellSource, shard: str | None) -> CellSource:
+    """Cells of shard "i/n" (by cell-id hash, so shards are stable across runs), filtered as
+    they are read."""
     if not shard:
         return cells
     index, _, count = shard.partition("/")
     i, n = int(index), int(count)
     if not 0 <= i < n:
         raise ValueError(f"shard {shard!r} must be i/n with 0 <= i < n")
-    return [c for c in cells if int(c.cell_id, 16) % n == i]
+    return Shard(cells, i, n)
+
+
+class Shard:
+    """The cells of shard `index` of `count`, filtered on every pass; `len()` costs one pass
+    the first time."""
+
+    def __init__(self, cells: CellSource, index: int, count: int) -> None:
+        self.cells, self.index, self.count = cells, index, count
+        self._len: int | None = None
+
+    def __iter__(self) -> Iterator[Cell]:
+        return (c for c in self.cells if int(c.cell_id, 16) % self.count == self.index)
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = sum(1 for _ in self)
+        return self._len
 
 
 def run_channels(spec: JobSpec, options: RunOptions) -> tuple[Channel, ...]:
@@ -361,6 +453,12 @@ def _path_owners(sink: Sink) -> dict[str, str]:
     return {str(path): str(cell_id) for path, cell_id in pairs}
 
 
-def _chunked(cells: Sequence[Cell], size: int) -> Iterator[Sequence[Cell]]:
-    for start in range(0, len(cells), max(1, size)):
-        yield cells[start:start + size]
+def _chunked(cells: Iterable[Cell], size: int) -> Iterator[list[Cell]]:
+    chunk: list[Cell] = []
+    for cell in cells:
+        chunk.append(cell)
+        if len(chunk) >= max(1, size):
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

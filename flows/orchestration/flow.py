@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
+import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     acreate_markdown_artifact,
@@ -34,6 +35,7 @@ from flows.engine.job import (
     RunOptions,
     RunResult,
     local_limiter,
+    run_chunk_rows,
     run_job,
 )
 from flows.engine.policy import DEFAULT_RETRY, RetryPolicy
@@ -42,7 +44,6 @@ from flows.engine.runner import Runner
 from flows.orchestration.secrets import secret_blocks
 from flows.orchestration.shared_limits import shared_limiter
 from flows.spec.model import Cell
-from outputs.manifest import ManifestRow
 
 FLOW_NAME = "nbp-run"
 ARTIFACT_INTERVAL_S = 5.0
@@ -51,16 +52,19 @@ ARTIFACT_INTERVAL_S = 5.0
 @task(name="nbp-chunk", task_run_name="chunk-{index}", cache_policy=NO_CACHE, retries=0)
 async def run_chunk(
     runner: Runner, index: int, cells: Sequence[Cell], workers: int
-) -> list[ManifestRow]:
-    """One chunk of cells; retries happen per cell inside, never by re-running a chunk."""
-    return await runner.run_cells(cells, workers=workers)
+) -> pl.DataFrame:
+    """One chunk of cells; retries happen per cell inside, never by re-running a chunk. The
+    rows come back as one frame: Prefect tracks each item of a returned list in the flow
+    run's context for good (a dict entry, a tuple and a weakref, ~200 bytes a cell:
+    `link_state_to_task_run_result` in prefect/utilities/engine), one frame is one entry."""
+    return await run_chunk_rows(runner, cells, workers)
 
 
 async def _chunk_as_task(
     runner: Runner, index: int, cells: Sequence[Cell], workers: int
-) -> list[ManifestRow]:
-    rows: list[ManifestRow] = await run_chunk(runner, index, cells, workers)
-    return rows
+) -> pl.DataFrame:
+    frame: pl.DataFrame = await run_chunk(runner, index, cells, workers)
+    return frame
 
 
 def cancel_remote_tasks(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:

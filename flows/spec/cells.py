@@ -33,10 +33,11 @@ import json.encoder
 import math
 import os
 import stat
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from flows.spec import matrix as gha
+from flows.spec.collisions import CellKeys, Pairs, find_collisions
 from flows.spec.dataset import Dataset, read_dataset
 from flows.spec.inputs import (
     LOCAL_PROTOCOLS,
@@ -64,6 +65,7 @@ TEMP_MARKER = ".nbp-tmp-"
 # include/exclude entries x combinations, per allowed cell: matching costs about what a cell
 # costs to expand, so a matrix that would take longer than max_cells cells is refused too
 MATRIX_CHECKS_PER_CELL = 50
+MAX_DIFFERENCES = 100  # colliding pairs whose differing variables a message names
 _json_string: Callable[[str], str] = json.encoder.encode_basestring  # as ensure_ascii=False
 _IDENTITY_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -109,14 +111,14 @@ class Stats:
 
 
 def expand(spec: JobSpec) -> list[Cell]:
-    """Every cell of a validated spec; raises `ExpansionError` when it cannot expand.
-    (`flows.spec.loader.load_job` returns the cells validation built, without expanding
-    again.)"""
+    """Every cell of a validated spec, held in a list; raises `ExpansionError` when it
+    cannot expand. (`flows.spec.loader.load_job` returns cells that expand again on each
+    pass instead.)"""
     expansion = Expansion(spec)
-    cells = expansion.run()
+    cells = expansion.run(keep=True)
     if expansion.issues:
         raise ExpansionError(expansion.issues)
-    return cells
+    return list(cells)
 
 
 def cell_id(
@@ -361,19 +363,40 @@ class Expansion:
             complete.append(values)
         return complete
 
-    def run(self) -> list[Cell]:
-        """Every cell; problems go to `issues`, numbers for limit checks to `stats`."""
+    def run(self, *, keep: bool = False) -> ExpandedCells:
+        """Every cell, as a source that expands again on each pass (see `ExpandedCells`);
+        problems go to `issues`, numbers for limit checks to `stats`. `keep`: hold the cells
+        this pass builds instead (~0.6 KB each), for callers that read them all right away
+        (`expand`, `nbp plan`) and would otherwise pay a second pass."""
         # 100,000 cells are ~10 allocations each and no cycles: the cyclic GC would only
         # rescan them again and again (a third of the time), so it pauses meanwhile.
         paused = gc.isenabled()
         gc.disable()
         try:
-            return self._run()
+            return self._run(keep)
         finally:
             if paused:
                 gc.enable()
 
-    def _run(self) -> list[Cell]:
+    def _run(self, keep: bool) -> ExpandedCells:
+        recipe = self._recipe()
+        if recipe is None:
+            return ExpandedCells(self, None, 0)
+        keys = CellKeys()
+        held: list[tuple[int, Cell]] = []
+        for position, cell in self.candidates(recipe, check=True):
+            keys.add(position, cell.cell_id, cell.output_path)
+            if keep:
+                held.append((position, cell))
+        dropped = self._check_unique(recipe, keys)
+        self._summarise()
+        cells = ExpandedCells(self, recipe, len(keys) - len(dropped), dropped)
+        if keep:
+            cells.hold([cell for position, cell in held if position not in dropped])
+        return cells
+
+    def _recipe(self) -> _Recipe | None:
+        """What every pass over the cells needs; None when the matrix is over the limit."""
         spec = self.spec
         prompts, references, path_template = self.templates()
         self._verbatim_prompts = len(prompts) < len(self._distinct("prompt"))
@@ -382,7 +405,7 @@ class Expansion:
         )
         if too_many is not None:
             self.report(("matrix",), too_many)
-            return []
+            return None
         combos = self.complete(combinations(spec))
         if not combos and not self.issues:
             self.report(("matrix",), "the matrix has no combinations: exclude removes them all")
@@ -392,28 +415,36 @@ class Expansion:
             self.stats.resolutions.add(values["resolution"])
         if path_template is None:  # reported; keep checking everything else
             path_template = Template.parse("{cell_id}.{ext}")
-        rows: Sequence[Mapping[str, str]] = self.dataset.rows if self.dataset else [{}]
-        cells: list[Cell] = []
-        by_path: dict[str, Cell] = {}
-        by_id: dict[str, Cell] = {}
         fmt = spec.output.format
-        builtins = {"name": spec.name, "format": fmt, "ext": fmt}
+        return _Recipe(prompts, references, path_template, combos,
+                       {"name": spec.name, "format": fmt, "ext": fmt})
+
+    def candidates(
+        self, recipe: _Recipe, dropped: Container[int] = (), *, check: bool = False
+    ) -> Iterator[tuple[int, Cell]]:
+        """(position, cell) of every cell that expands, in order: the position counts every
+        dataset row x combination x replicate, so it names a cell on every pass. Positions in
+        `dropped` are skipped; `check` also gathers `stats` (validation's pass)."""
+        spec = self.spec
+        rows: Sequence[Mapping[str, str]] = self.dataset.rows if self.dataset else [{}]
+        position = index = 0
         for row_index, row in enumerate(rows):
-            for values in combos:
-                prompt_template = prompts.get(values["prompt"]) or _verbatim(values["prompt"])
+            for values in recipe.combos:
+                prompt_template = (recipe.prompts.get(values["prompt"])
+                                   or _verbatim(values["prompt"]))
                 cell_vars = {**values, **row}
                 for replicate in range(spec.repeat):
-                    cell = self._cell(
-                        len(cells), cell_vars, {**cell_vars, **builtins}, replicate,
-                        row_index if self.dataset is not None else None,
-                        prompt_template, references, path_template,
-                    )
-                    if cell is None:
+                    position += 1
+                    if position in dropped:
                         continue
-                    if self._check_unique(cell, by_path, by_id):
-                        cells.append(cell)
-        self._summarise()
-        return cells
+                    cell = self._cell(
+                        index, cell_vars, {**cell_vars, **recipe.builtins}, replicate,
+                        row_index if self.dataset is not None else None,
+                        prompt_template, recipe.references, recipe.path_template, check=check,
+                    )
+                    if cell is not None:
+                        index += 1
+                        yield position, cell
 
     def _cell(
         self,
@@ -425,6 +456,8 @@ class Expansion:
         prompt_template: Template,
         reference_templates: list[Template | None],
         path_template: Template,
+        *,
+        check: bool = True,
     ) -> Cell | None:
         spec = self.spec
         values["replicate"] = str(replicate)
@@ -472,7 +505,8 @@ class Expansion:
         if taken is not None:
             self._own_file(output_path, taken, cell_vars, row)
             return None
-        self._count(prompt_template.text, prompt, len(uris), cell_vars, row)
+        if check:
+            self._count(prompt_template.text, prompt, len(uris), cell_vars, row)
         return Cell(
             cell_id=cid, index=index, prompt=prompt, aspect_ratio=ratio,
             resolution=resolution, output_format=fmt, references=tuple(uris),
@@ -588,26 +622,28 @@ class Expansion:
         else:
             self.report(("references", index), f"reference image {uri!r} does not exist")
 
-    def _check_unique(self, cell: Cell, by_path: dict[str, Cell], by_id: dict[str, Cell]) -> bool:
-        """False for a cell identical to an earlier one (same request, same path)."""
-        other = by_id.setdefault(cell.cell_id, cell)
-        if other is not cell and not self._verbatim_prompts:  # else ids say nothing
-            if other.output_path == cell.output_path:
-                self.stats.merged += 1
-                return False
-            self._collide(self._identical_requests, other, cell)
-            return True  # the same request: its output path is not a separate problem
-        other = by_path.setdefault(cell.output_path, cell)
-        if other is not cell:
-            self._collide(self._shared_paths, other, cell)
-        return True
+    def _check_unique(self, recipe: _Recipe, keys: CellKeys) -> frozenset[int]:
+        """Positions of cells identical to an earlier one (same request, same path), to be
+        dropped; cells sharing a path or a request are recorded for `_summarise`."""
+        found = find_collisions(keys, ids_meaningful=not self._verbatim_prompts,
+                                examples=MAX_DIFFERENCES)
+        self.stats.merged = len(found.merged)
+        wanted = found.positions()
+        if wanted:  # the spec is invalid: one more pass, up to the cells the messages name
+            cells = self._cells_at(recipe, wanted)
+            self._identical_requests = _Collisions.of(found.identical, cells)
+            self._shared_paths = _Collisions.of(found.shared, cells)
+        return found.merged
 
-    def _collide(self, collisions: _Collisions, first: Cell, second: Cell) -> None:
-        collisions.count += 1
-        if collisions.example is None:
-            collisions.example = (first, second)
-        if collisions.count <= 100:  # enough to name every differing variable
-            collisions.differ.update(dict.fromkeys(_differences(first, second)))
+    def _cells_at(self, recipe: _Recipe, positions: set[int]) -> dict[int, Cell]:
+        last = max(positions)
+        found: dict[int, Cell] = {}
+        for position, cell in self.candidates(recipe):
+            if position in positions:
+                found[position] = cell
+            if position >= last:
+                break
+        return found
 
     def _summarise(self) -> None:
         shared = self._shared_paths
@@ -664,7 +700,62 @@ class Expansion:
 class _Collisions:
     count: int = 0
     example: tuple[Cell, Cell] | None = None
-    differ: dict[str, None] = field(default_factory=dict)
+    differ: dict[str, None] = field(default_factory=dict)  # names that differ, in order
+
+    @classmethod
+    def of(cls, found: Pairs, cells: Mapping[int, Cell]) -> _Collisions:
+        pairs = [(cells[first], cells[second]) for first, second in found.pairs]
+        differ = dict.fromkeys(name for pair in pairs for name in _differences(*pair))
+        return cls(found.count, pairs[0] if pairs else None, differ)
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """What a pass over the cells needs besides the spec: parsed templates, combinations."""
+
+    prompts: Mapping[str, Template]
+    references: list[Template | None]
+    path_template: Template
+    combos: list[dict[str, str]]
+    builtins: Mapping[str, str]
+
+
+class ExpandedCells:
+    """The cells of an expansion, expanded again on every pass instead of held: a run holds
+    the cells of its chunks in flight, not ~0.6 KB per cell of the whole job.
+
+    Every pass yields the same cells in the same order: the templates and combinations are
+    the ones validation used, reference files were read and hashed once (the expansion keeps
+    each rendered reference's identity), and the cells validation merged are skipped. `len()`
+    is known without a pass.
+    """
+
+    def __init__(
+        self, expansion: Expansion, recipe: _Recipe | None, count: int,
+        dropped: frozenset[int] = frozenset(),
+    ) -> None:
+        self._expansion = expansion
+        self._recipe = recipe
+        self._count = count
+        self._dropped = dropped
+
+        self._held: list[Cell] | None = None
+
+    def hold(self, cells: list[Cell]) -> None:
+        """Serve these cells (validation's, merged ones left out) instead of expanding."""
+        self._held = [replace(cell, index=i) if cell.index != i else cell
+                      for i, cell in enumerate(cells)]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Cell]:
+        if self._held is not None:
+            return iter(self._held)
+        if self._recipe is None:
+            return iter(())
+        candidates = self._expansion.candidates(self._recipe, self._dropped)
+        return (cell for _, cell in candidates)
 
 
 def _cells(count: int) -> str:

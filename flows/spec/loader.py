@@ -53,7 +53,7 @@ from flows.spec.model import (
     DEFAULT_RETRIES,
     ROUTINGS,
     Account,
-    Cell,
+    CellSource,
     DatasetSpec,
     Job,
     JobSpec,
@@ -112,10 +112,14 @@ class SpecInvalid(Exception):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-def load_job(path: str, *, policy: InputPolicy | None = None) -> Job:
+def load_job(
+    path: str, *, policy: InputPolicy | None = None, keep_cells: bool = False
+) -> Job:
     """The validated spec at `path` with its cells; raises `SpecInvalid` with every problem.
-    `policy` bounds what the spec may hold and read (default `InputPolicy.from_environ()`)."""
-    job, problems = check_job_file(path, policy=policy)
+    `policy` bounds what the spec may hold and read (default `InputPolicy.from_environ()`).
+    The cells expand again on each pass, unless `keep_cells` (hold the ones validation
+    built: for a caller that reads them once, right away)."""
+    job, problems = check_job_file(path, policy=policy, keep_cells=keep_cells)
     if problems or job is None:
         raise SpecInvalid(problems)
     return job
@@ -151,7 +155,7 @@ def parse_spec(
 
 
 def check_job_file(
-    path: str, *, policy: InputPolicy | None = None
+    path: str, *, policy: InputPolicy | None = None, keep_cells: bool = False
 ) -> tuple[Job | None, list[Problem]]:
     """`check_job` for the file at `path` (read only up to `policy.max_spec_bytes`)."""
     limit = (policy or InputPolicy()).max_spec_bytes
@@ -165,7 +169,7 @@ def check_job_file(
     if len(data) > limit:
         return None, [_too_large(path, limit)]
     return check_job(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)),
-                     policy=policy)
+                     policy=policy, keep_cells=keep_cells)
 
 
 def check_spec_file(
@@ -177,10 +181,12 @@ def check_spec_file(
 
 def check_job(
     text: str, *, source: str = "<memory>", base_dir: str | None = None,
-    policy: InputPolicy | None = None,
+    policy: InputPolicy | None = None, keep_cells: bool = False,
 ) -> tuple[Job | None, list[Problem]]:
     """The job (None when it cannot be built) and every problem found. Validation expands
-    every cell to check it, so the job carries those cells: nothing expands twice."""
+    every cell to check it; the job's cells expand again on each pass (with what validation
+    prepared: templates, combinations, reference identities), never all held at once,
+    unless `keep_cells`."""
     if policy is None:
         try:
             policy = InputPolicy.from_environ()
@@ -189,6 +195,7 @@ def check_job(
     if len(text) > policy.max_spec_bytes or len(text.encode()) > policy.max_spec_bytes:
         return None, [_too_large(source, policy.max_spec_bytes)]
     checker = _Checker(text, source, os.path.abspath(base_dir or os.getcwd()), policy)
+    checker.keep_cells = keep_cells
     try:
         spec = checker.run()
     except _TooManyProblems:
@@ -244,7 +251,8 @@ class _Checker:
         self._seen: set[tuple[int, int, str, str]] = set()
         self.schema_paths: list[JsonPath] = []  # where a value is wrong (not unknown keys)
         self.blocking: list[JsonPath] = []      # ... and the value cannot be expanded
-        self.cells: list[Cell] = []             # every cell, once the spec expands
+        self.cells: CellSource = []             # every cell, once the spec expands
+        self.keep_cells = False                 # hold them (see `load_job`)
         self.caps: dict[str, Capabilities] = {}
         self.known: list[str] = []
         self.blocked = False  # expansion would only repeat problems already found
@@ -317,7 +325,7 @@ class _Checker:
             self.check_template_syntax(data)  # names cannot be judged without the rest
             return None
         expansion = cellmod.Expansion(spec, dataset=dataset, value_path=self.value_path)
-        self.cells = expansion.run()
+        self.cells = expansion.run(keep=self.keep_cells)
         for issue in expansion.issues:
             self.add(issue.path, issue.message, key=issue.key)
         self.check_provider_limits(spec, expansion.stats)

@@ -6,9 +6,9 @@ expands it into `Cell`s; the runner, the plan and the manifest read only these.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from flows.spec.inputs import InputPolicy
 
@@ -120,9 +120,21 @@ class Cell:
     dataset_row: int | None = None
 
 
+class CellSource(Protocol):
+    """Cells that can be counted and read, in order, as many times as needed.
+
+    A job's cells are expanded again on each pass (`flows.spec.cells.ExpandedCells`) rather
+    than held: 100,000 cells are ~60 MB as objects. A list is a `CellSource` too (tests).
+    """
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Cell]: ...
+
+
 @dataclass(frozen=True)
 class Job:
     """A validated spec and every cell it expands to (`flows.spec.loader.load_job`)."""
 
     spec: JobSpec
-    cells: Sequence[Cell]
+    cells: CellSource

@@ -47,7 +47,7 @@ def test_the_plan_prices_what_the_budget_reserves(provider: str, resolution: str
             rules={provider: provider_rules(job.spec, provider)}, throttles={},
             budget=Budget(None), progress=Progress(), router=Router("fallback", []),
         )
-        reserved = Runner(ctx).price(provider, job.cells[0])
+        reserved = Runner(ctx).price(provider, next(iter(job.cells)))
         assert reserved == pytest.approx(plan.estimated_cost_usd, abs=1e-12), references
 
 

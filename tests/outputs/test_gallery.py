@@ -159,6 +159,19 @@ def test_grid_summary_and_dataset_sections(job: tuple[Sink, pl.DataFrame]) -> No
     assert "row-7" in section and "c0-1x1-1K" not in section
 
 
+def test_a_scanned_manifest_draws_the_same_page(
+    job: tuple[Sink, pl.DataFrame], tmp_path: Path
+) -> None:
+    """A run draws the gallery from the manifest file it wrote, reading only the cards."""
+    sink, frame = job
+    frame.write_parquet(tmp_path / "m.parquet")
+    eager = Path(write_gallery(sink, frame, title="t")).read_text("utf-8")
+    lazy = Path(write_gallery(sink, pl.scan_parquet(tmp_path / "m.parquet"), title="t")
+                ).read_text("utf-8")
+    generated = re.compile(r"generated [0-9-]+ [0-9:]+ UTC")
+    assert generated.sub("", lazy) == generated.sub("", eager)
+
+
 def test_the_gallery_reads_no_image(job: tuple[Sink, pl.DataFrame],
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A run never decodes an image a second time for its contact sheet."""

@@ -209,6 +209,17 @@ def test_status_summarises_cells_spend_latency_and_reasons() -> None:
     assert "p50 5.5s" in text
 
 
+def test_status_of_a_scanned_manifest_reads_the_same(tmp_path: Path) -> None:
+    """A run summarises the manifest it wrote without loading it: the same figures."""
+    rows = [row(f"c{i}", latency_s=float(i)) for i in range(5)] + [
+        row("f", status="failed", error_code="TaskFailed", error_message="x"),
+        row("s", status="skipped", cost_usd=None, run_id=None, job=None),
+    ]
+    frame = rows_to_frame(rows)
+    frame.write_parquet(tmp_path / "m.parquet")
+    assert summarise(pl.scan_parquet(tmp_path / "m.parquet")) == summarise(frame)
+
+
 def test_status_of_an_empty_manifest() -> None:
     summary = summarise(rows_to_frame([]))
     assert summary.cells == 0 and summary.spend_usd == 0 and summary.failures == ()

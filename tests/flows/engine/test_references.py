@@ -121,7 +121,7 @@ def test_for_spec_uses_the_folder_and_policy_the_spec_was_validated_under(
     """))
     job = load_job(str(spec_dir / "job.yaml"), policy=InputPolicy(allow_paths=(str(shared),)))
     refs = ReferenceLoader.for_spec(job.spec)
-    assert [refs.load(uri).data for uri in job.cells[0].references] == [PNG, PNG]
+    assert [refs.load(uri).data for uri in next(iter(job.cells)).references] == [PNG, PNG]
     with pytest.raises(ReferenceRefused):
         refs.load("/etc/passwd")
 

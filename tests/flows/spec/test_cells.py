@@ -15,7 +15,7 @@ from PIL import Image
 
 from flows.spec.cells import cell_id, expand
 from flows.spec.dataset import DatasetError, read_dataset
-from flows.spec.loader import load_spec
+from flows.spec.loader import load_job, load_spec
 from flows.spec.model import Cell
 from flows.spec.templating import MissingVariable, Template, TemplateError
 
@@ -174,6 +174,31 @@ def test_repeat_seed_and_replicate(tmp_path: Path) -> None:
         (0, 100, "r0.png"), (1, 101, "r1.png"), (2, 102, "r2.png"),
     ]
     assert len({c.cell_id for c in cells}) == 3
+
+
+def test_a_jobs_cells_expand_again_on_each_pass_as_validation_saw_them(tmp_path: Path) -> None:
+    """`load_job` holds no cells: each pass expands again, with the reference identities
+    validation computed, and leaves out the cells it merged (same request and path)."""
+    photo(tmp_path / "a.png", (1, 2, 3))
+    path = write(tmp_path, """\
+        version: 1
+        name: lazy
+        provider: kie
+        matrix:
+          prompt: ["a fox", "a cat"]
+          style: [ink, oil]     # used by neither prompt nor path: merged
+          aspect_ratio: ["1:1", "4:5"]
+        references: [a.png]
+        repeat: 2
+    """)
+    job = load_job(path)
+    assert not isinstance(job.cells, list)
+    expected = expand(job.spec)
+    assert len(expected) == 8 and [c.index for c in expected] == list(range(8))
+    photo(tmp_path / "a.png", (9, 9, 9))  # a change after validation changes no id
+    first, second = list(job.cells), list(job.cells)
+    assert first == expected and second == expected and len(job.cells) == 8
+    assert list(load_job(path, keep_cells=True).cells) != expected  # validated again: new ids
 
 
 def test_empty_reference_is_left_out(tmp_path: Path) -> None:

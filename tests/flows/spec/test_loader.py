@@ -577,3 +577,33 @@ def test_schema_enums_follow_the_model_facts() -> None:
     assert tuple(load_job_schema()["properties"]["output"]["properties"]["format"]["enum"]) == (
         OUTPUT_FORMATS
     )
+
+
+def test_collision_messages_name_both_cells_at_scale(tmp_path: Path) -> None:
+    """10,000 cells, 9,900 of them writing a path an earlier cell writes: the message counts
+    them and names the first pair, as when validation held every cell."""
+    styles = ", ".join(f"s{i:02d}" for i in range(100))
+    text = f"""\
+        version: 1
+        name: clash
+        provider: kie
+        repeat: 100
+        matrix:
+          prompt: ["a {{style}} fox"]
+          style: [{styles}]
+        output: {{path: "{{replicate}}.{{ext}}"}}
+    """
+    problem = only(validate_spec_file(write(tmp_path, text)), "output.path")
+    assert (problem.line, problem.column) == (8, 16)  # the path template
+    named = write(tmp_path, text.replace('"{replicate}.{ext}"', '"{cell_id}.{ext}"'), "ids.yaml")
+    cells = expand(load_spec(named))
+    first, second = cells[0], cells[100]  # style s00 and s01, replicate 0 both
+
+    def described(style: str) -> str:
+        return f"prompt='a {{style}} fox', style='{style}', aspect_ratio='1:1', resolution='1K'"
+
+    assert problem.message == (
+        f"9900 cells write to a path another cell writes, e.g. {first.cell_id} "
+        f"({described('s00')}) and {second.cell_id} ({described('s01')}) both write '0.png'; "
+        "add {style} or {cell_id} to output.path"
+    )

@@ -1,0 +1,110 @@
+"""A run reads its cells a chunk at a time and spills each chunk's rows as it ends: what it
+holds does not grow with the number of cells (BENCHMARKS.md, "Memory")."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import polars as pl
+import pytest
+
+from flows.engine.job import cell_positions, run_chunks, select_shard
+from flows.engine.routing import Lane, Router
+from flows.engine.throttle import AccountThrottle, InFlightLimit
+from flows.spec.cells import expand
+from flows.spec.channels import Channel
+from flows.spec.loader import parse_spec
+from flows.spec.model import Cell
+from outputs.manifest import rows_to_frame
+from outputs.parts import ManifestParts
+
+
+def cells_of(n: int) -> list[Cell]:
+    return expand(parse_spec(f"""\
+version: 1
+name: lazy
+provider: kie
+repeat: {n}
+matrix: {{prompt: [a paper crane]}}
+"""))
+
+
+class Counted:
+    """A cell source that counts how many cells a reader has taken so far."""
+
+    def __init__(self, cells: list[Cell]) -> None:
+        self.cells = cells
+        self.taken = 0
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __iter__(self) -> Iterator[Cell]:
+        for cell in self.cells:
+            self.taken += 1
+            yield cell
+
+
+def runner_with(in_flight: int) -> Any:
+    """What `run_chunks` reads of a runner: its router's channels and their slots."""
+    throttle = AccountThrottle(provider="kie", rate=None, in_flight=InFlightLimit(in_flight),
+                               poll_interval_s=1.0)
+    lane = Lane(Channel("kie", "KIE_API_KEY"), throttle, lambda cell: 0.09, 20.0)
+    return SimpleNamespace(ctx=SimpleNamespace(router=Router("fallback", [lane])))
+
+
+def test_cells_are_taken_a_chunk_at_a_time_and_rows_spilled_in_order(tmp_path: Path) -> None:
+    source = Counted(cells_of(103))
+    ahead: list[int] = []
+    done = 0
+
+    async def chunk_runner(runner: Any, index: int, cells: Sequence[Cell], workers: int
+                           ) -> pl.DataFrame:
+        nonlocal done
+        ahead.append(source.taken - done)
+        await asyncio.sleep(0.001 * (index % 3))  # chunks end out of order
+        done += len(cells)
+        return rows_to_frame([{"cell_id": c.cell_id, "status": "succeeded"} for c in cells])
+
+    parts = ManifestParts(str(tmp_path))
+    asyncio.run(run_chunks(runner_with(10), source, 5, chunk_runner, parts))
+    # 10 in flight, chunks of 5: 3 chunks at once, so at most 15 cells taken and not done
+    assert max(ahead) <= 15 and len(ahead) == 21
+    assert parts.scan().collect()["cell_id"].to_list() == [c.cell_id for c in source.cells]
+    assert parts.counts() == {"succeeded": 103, "failed": 0, "skipped": 0, "cancelled": 0}
+
+
+def test_a_failing_chunk_ends_the_run_with_its_error(tmp_path: Path) -> None:
+    async def chunk_runner(runner: Any, index: int, cells: Sequence[Cell], workers: int
+                           ) -> pl.DataFrame:
+        if index == 2:
+            raise RuntimeError("chunk 2 broke")
+        return rows_to_frame([])
+
+    source = Counted(cells_of(50))
+    with pytest.raises(RuntimeError, match="chunk 2 broke"):
+        asyncio.run(run_chunks(runner_with(4), source, 4, chunk_runner,
+                               ManifestParts(str(tmp_path))))
+    assert source.taken < 50  # no chunk started after the failure was seen
+
+
+def test_a_shard_is_filtered_as_it_is_read() -> None:
+    cells = cells_of(40)
+    source = Counted(cells)
+    shard = select_shard(source, "1/3")
+    assert source.taken == 0
+    wanted = [c for c in cells if int(c.cell_id, 16) % 3 == 1]
+    assert list(shard) == wanted and list(shard) == wanted  # re-iterable
+    assert len(shard) == len(wanted)
+    assert select_shard(source, None) is source
+
+
+def test_cell_positions_are_the_spec_order_by_id() -> None:
+    cells = cells_of(7)
+    frame = cell_positions(cells, batch=3)
+    assert frame["cell_id"].to_list() == [c.cell_id for c in cells]
+    assert frame["index"].to_list() == list(range(7))

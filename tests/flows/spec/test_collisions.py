@@ -1,0 +1,66 @@
+"""Collisions found from compact keys are the ones comparing every cell with every earlier
+cell finds (the check validation made with a dict of cells until it held too much memory)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from flows.spec.collisions import CellKeys, Pairs, find_collisions
+
+
+def pairwise(
+    cells: list[tuple[int, str, str]], *, ids_meaningful: bool
+) -> tuple[set[int], list[tuple[int, int]], list[tuple[int, int]]]:
+    """The reference: (merged, identical requests, shared paths) the way a dict of cells by id
+    and by path finds them, one cell at a time in order."""
+    by_id: dict[str, tuple[int, str]] = {}
+    by_path: dict[str, int] = {}
+    merged: set[int] = set()
+    identical: list[tuple[int, int]] = []
+    shared: list[tuple[int, int]] = []
+    for position, cell_id, path in cells:
+        first = by_id.setdefault(cell_id, (position, path))
+        if first[0] != position and ids_meaningful:
+            if first[1] == path:
+                merged.add(position)
+            else:
+                identical.append((first[0], position))
+            continue
+        owner = by_path.setdefault(path, position)
+        if owner != position:
+            shared.append((owner, position))
+    return merged, identical, shared
+
+
+def keys_of(cells: list[tuple[int, str, str]]) -> CellKeys:
+    keys = CellKeys()
+    for position, cell_id, path in cells:
+        keys.add(position, cell_id, path)
+    return keys
+
+
+@pytest.mark.parametrize("ids_meaningful", [True, False], ids=["ids", "verbatim-prompts"])
+def test_compact_keys_find_what_pairwise_comparison_finds(ids_meaningful: bool) -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        ids = [f"{rng.getrandbits(64):016x}" for _ in range(rng.randint(1, 8))]
+        paths = [f"p{i}.png" for i in range(rng.randint(1, 8))]
+        positions = sorted(rng.sample(range(1, 200), rng.randint(0, 60)))  # gaps: failed cells
+        cells = [(p, rng.choice(ids), rng.choice(paths)) for p in positions]
+        merged, identical, shared = pairwise(cells, ids_meaningful=ids_meaningful)
+        found = find_collisions(keys_of(cells), ids_meaningful=ids_meaningful, examples=5)
+        assert found.merged == merged
+        assert found.identical == Pairs(len(identical), tuple(identical[:5]))
+        assert found.shared == Pairs(len(shared), tuple(shared[:5]))
+        assert found.positions() == {p for pair in identical[:5] + shared[:5] for p in pair}
+
+
+def test_no_collisions_at_scale_costs_24_bytes_a_cell() -> None:
+    cells = [(i + 1, f"{i:016x}", f"{i}.png") for i in range(100_000)]
+    keys = keys_of(cells)
+    size = sum(a.itemsize * len(a) for a in (keys.positions, keys.ids, keys.paths))
+    assert size == 24 * 100_000
+    assert find_collisions(keys, ids_meaningful=True, examples=100) == find_collisions(
+        CellKeys(), ids_meaningful=True, examples=100)
