@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
@@ -14,6 +15,7 @@ import polars as pl
 from outputs.manifest import STATUSES, conform_lazy
 
 MAX_FAILURE_GROUPS = 10
+BATCH_TASK_PREFIX = "batches/"  # a batch job's cells: "batches/<id>/<cell id>" (gemini-batch)
 MAX_MESSAGE_CHARS = 200
 EXAMPLE_CELLS = 3
 PERCENTILES = (0.5, 0.9, 0.99)
@@ -31,6 +33,20 @@ class FailureGroup:
 
 
 @dataclass(frozen=True)
+class PendingBatch:
+    """A batch job (gemini-batch) whose cells a run left pending: the next run collects it."""
+
+    name: str               # "batches/<id>"
+    cells: int
+    submitted_at: datetime | None  # its oldest cell's submission
+
+    def age_s(self, now: datetime | None = None) -> float | None:
+        if self.submitted_at is None:
+            return None
+        return ((now or datetime.now(UTC)) - self.submitted_at).total_seconds()
+
+
+@dataclass(frozen=True)
 class Summary:
     cells: int
     by_status: dict[str, int]  # every status in STATUSES (0 when absent), then any others
@@ -41,6 +57,7 @@ class Summary:
     latency_s: dict[str, float] = field(default_factory=dict)  # "p50", "p90", "p99", "max"
     failures: tuple[FailureGroup, ...] = ()  # largest group first, at most MAX_FAILURE_GROUPS
     failure_groups: int = 0  # groups in total (more than `failures` holds when truncated)
+    pending_batches: tuple[PendingBatch, ...] = ()  # oldest first
 
     @property
     def succeeded(self) -> int:
@@ -59,6 +76,12 @@ class Summary:
             "failures": [asdict(group) | {"cell_ids": list(group.cell_ids)}
                          for group in self.failures],
             "failure_groups": self.failure_groups,
+            "pending_batches": [
+                {"name": b.name, "cells": b.cells,
+                 "submitted_at": b.submitted_at.isoformat() if b.submitted_at else None,
+                 "age_s": _rounded(b.age_s())}
+                for b in self.pending_batches
+            ],
         }
 
 
@@ -69,7 +92,7 @@ def summarise(manifest: pl.DataFrame | pl.LazyFrame) -> Summary:
     A lazy frame (a scanned Parquet file) is read only for the columns and aggregates these
     need: a run's gallery summarises a 100,000-row manifest without loading it."""
     df = conform_lazy(manifest.lazy())
-    status_counts, providers, totals, latency, groups = pl.collect_all([
+    status_counts, providers, totals, latency, groups, batches = pl.collect_all([
         df.group_by("status").len(),
         df.filter(pl.col("provider").is_not_null()).group_by("provider").len(),
         df.select(
@@ -79,6 +102,7 @@ def summarise(manifest: pl.DataFrame | pl.LazyFrame) -> Summary:
         ),
         _latency(df),
         _failure_groups(df),
+        _pending_batches(df),
     ])
     counts = dict(status_counts.iter_rows())
     by_status = {status: int(counts.pop(status, 0)) for status in STATUSES}
@@ -99,6 +123,8 @@ def summarise(manifest: pl.DataFrame | pl.LazyFrame) -> Summary:
         latency_s=_latency_figures(latency),
         failures=tuple(failures[:MAX_FAILURE_GROUPS]),
         failure_groups=len(failures),
+        pending_batches=tuple(PendingBatch(str(name), int(cells), since)
+                              for name, cells, since in batches.iter_rows()),
     )
 
 
@@ -118,6 +144,21 @@ def _latency_figures(latency: pl.DataFrame) -> dict[str, float]:
 
 def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _pending_batches(df: pl.LazyFrame) -> pl.LazyFrame:
+    """Pending cells whose task is a batch job's ("batches/<id>/<cell>"), by job."""
+    task = pl.col("remote_task_id")
+    return (
+        df.filter((pl.col("status") == "pending") & task.str.starts_with(BATCH_TASK_PREFIX))
+        .group_by(task.str.extract(r"^(batches/[^/]+)/", 1).alias("batch"))
+        .agg(pl.len().alias("cells"), pl.col("submitted_at").min())
+        .sort("submitted_at", nulls_last=True)
+    )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def _failure_groups(df: pl.LazyFrame) -> pl.LazyFrame:
@@ -141,6 +182,13 @@ def render_status(summary: Summary) -> str:
         lines.append("providers: " + ", ".join(f"{p} {n}" for p, n in summary.by_provider.items()))
     if summary.latency_s:
         lines.append("latency: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.latency_s.items()))
+    if summary.pending_batches:
+        lines.append(f"pending batches ({len(summary.pending_batches)}; the next run collects "
+                     "them):")
+        for batch in summary.pending_batches:
+            age = batch.age_s()
+            old = f", {_age(age)} old" if age is not None else ""
+            lines.append(f"  {batch.name}: {batch.cells} cells{old}")
     if summary.failures:
         lines.append("not succeeded:")
         for group in summary.failures:
@@ -153,3 +201,8 @@ def render_status(summary: Summary) -> str:
         if hidden > 0:
             lines.append(f"  ... and {hidden} more reason(s)")
     return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"

@@ -185,16 +185,18 @@ class Plan:
             by = f" by {_duration(self.deadline_s)}" if self.deadline_s is not None else ""
             lines += [f"  routing:   {self.routing}{by}: {len(self.timings)} of "
                       f"{self.channels} channels take cells", ""]
+        wide = max([10, *(len(row.provider) + 2 for row in self.rows)])  # gemini-batch
         lines.append(
-            f"  {'provider':<10}{'resolution':<12}{'cells':>9}{'USD/image':>12}{'cost':>12}"
+            f"  {'provider':<{wide}}{'resolution':<12}{'cells':>9}{'USD/image':>12}{'cost':>12}"
         )
         for row in self.rows:
             mark = "*" if row.price_source == "estimate" else " "
             lines.append(
-                f"  {row.provider:<10}{row.resolution:<12}{row.cells:>9}"
+                f"  {row.provider:<{wide}}{row.resolution:<12}{row.cells:>9}"
                 f"{row.price_usd:>11.3f}{mark}{_usd(row.cost_usd):>12}"
             )
-        lines.append(f"  {'total':<22}{self.cells:>9}{'':>12}{_usd(self.estimated_cost_usd):>12}")
+        lines.append(f"  {'total':<{wide + 12}}{self.cells:>9}{'':>12}"
+                     f"{_usd(self.estimated_cost_usd):>12}")
         if self.cost_is_estimate:
             lines.append("  * not published by the provider: an estimate (set `prices:` in the "
                          "spec to use yours)")
