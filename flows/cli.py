@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="seconds an emulated task takes (with --emulate)")
     run.set_defaults(handler=cmd_run)
 
-    emulate = commands.add_parser("emulate", help="serve the five provider emulators")
+    emulate = commands.add_parser("emulate", help="serve the provider emulators")
     emulate.add_argument("--port", type=int, default=8787)
     emulate.add_argument("--latency", type=float, default=1.0, help="seconds per task")
     emulate.set_defaults(handler=cmd_emulate)
