@@ -198,3 +198,16 @@ def test_cheapest_by_a_deadline_says_whether_it_is_met(tmp_path: Path) -> None:
     assert tight.estimated_cost_usd > 90.0
     alone = next(r for r in tight.to_json()["alternatives"] if r["routing"] == "cheapest")
     assert alone["meets_deadline"] is False  # the cheapest channel alone is too slow
+
+
+def test_cheapest_sends_cells_to_the_batch_api_only_when_the_deadline_allows_it(
+    tmp_path: Path,
+) -> None:
+    text = ("version: 1\nname: batchy\nprovider: [kie, gemini-batch]\nrouting: cheapest\n"
+            "matrix: {prompt: [a kettle]}\nrepeat: 1000\n")
+    relaxed = plan_for(tmp_path, text + "deadline: 2d\n")
+    assert [(t.provider, t.batch) for t in relaxed.timings] == [("gemini-batch", True)]
+    assert relaxed.estimated_cost_usd == pytest.approx(1000 * 0.067)
+    assert "up to 24 h 00 min (batch turnaround)" in relaxed.render()
+    urgent = plan_for(tmp_path, text + "deadline: 2h\n")
+    assert [t.provider for t in urgent.timings] == ["kie"] and urgent.meets_deadline
