@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -122,7 +121,8 @@ def test_cli_plan_json() -> None:
     assert data["cells"] == 44
 
 
-def test_plan_of_100000_cells_is_fast(tmp_path: Path) -> None:
+def test_plan_of_100000_cells(tmp_path: Path) -> None:
+    """A catalog-sized plan is right; how fast it is lives in bench/planning.py."""
     images = []
     for i in range(5):
         image = tmp_path / f"p{i}.jpg"
@@ -143,15 +143,12 @@ def test_plan_of_100000_cells_is_fast(tmp_path: Path) -> None:
         references: ["{image}"]
         output: {path: "{sku}/{aspect_ratio}_{resolution}.{ext}"}
     """))
-    started = time.perf_counter()
     spec = load_spec(str(tmp_path / "big.yaml"))
     data = make_plan(spec, expand(spec)).to_json()
-    elapsed = time.perf_counter() - started
     assert data["cells"] == 100_000
     assert data["estimated_cost_usd"] == pytest.approx(100_000 * 0.09)
     # 100,000 creates at 20 per 10 s
     assert data["estimated_seconds"] == pytest.approx(10 * (5000 - 1) + 20)
-    assert elapsed < 5.0, f"planning 100,000 cells took {elapsed:.1f} s"
 
 
 ROUTED = """\
