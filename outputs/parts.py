@@ -28,8 +28,6 @@ MERGE_SLICE_ROWS = 20_000  # rows of the merged manifest in memory at once (~10 
 # (100,000 bench rows: +75 MB of peak RSS with polars' default group, +12 MB with 5,000);
 # smaller groups compress less (each has its own dictionaries): 1.6 MB -> 4 MB there.
 ROW_GROUP_ROWS = 10_000
-ID_HEX_DIGITS = 16  # flows.spec.cells.ID_CHARS: outputs cannot import flows
-_HEX = "[0-9a-f]"
 _SRC, _POS = "_src", "_pos"  # which input a row comes from (0 old, 1 new), its row there
 
 
@@ -110,29 +108,20 @@ def _write(frame: pl.LazyFrame, out: str) -> None:
 def _output_plan(sources: list[pl.LazyFrame], order: pl.DataFrame | None) -> pl.DataFrame:
     """(src, pos) of each row of the merged manifest, in output order, from the keys only:
     per cell the last row wins and the output follows each cell's first row."""
-    key = _key(sources)
     keys = pl.concat([
-        source.select(key).with_row_index(_POS).with_columns(pl.lit(src, pl.UInt8).alias(_SRC))
+        source.select("cell_id").with_row_index(_POS)
+        .with_columns(pl.lit(src, pl.UInt8).alias(_SRC))
         for src, source in enumerate(sources)
     ]).with_row_index("_global").collect()
-    plan = keys.group_by("_key").agg(
+    plan = keys.group_by("cell_id").agg(
         pl.col("_global").min().alias("_first"),
         pl.col(_SRC).last(), pl.col(_POS).last(),
     ).sort("_first")
     if order is not None:
-        plan = plan.join(order.select(key, pl.col("index").alias("_order")),
-                         on="_key", how="left").with_columns(pl.col("_order").fill_null(-1))
+        plan = plan.join(order.select("cell_id", pl.col("index").alias("_order")),
+                         on="cell_id", how="left").with_columns(pl.col("_order").fill_null(-1))
         plan = plan.sort("_order", maintain_order=True)
     return plan.select(_SRC, _POS)
-
-
-def _key(sources: list[pl.LazyFrame]) -> pl.Expr:
-    """The cell_id as a 64-bit integer when every id is nbp's 16 lowercase hex digits
-    (grouping 200,000 of them took 42 MB as text, 18 MB as integers), else the text."""
-    hex_ids = pl.col("cell_id").str.contains(f"^{_HEX}{{{ID_HEX_DIGITS}}}$").all()
-    if all(source.select(hex_ids).collect().item() is not False for source in sources):
-        return pl.col("cell_id").str.to_integer(base=16, dtype=pl.UInt64).alias("_key")
-    return pl.col("cell_id").alias("_key")
 
 
 def _is_identity(plan: pl.DataFrame, *, src: int, rows: int) -> bool:

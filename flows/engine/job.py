@@ -238,8 +238,9 @@ async def run_chunks(
 
     def ended(task: asyncio.Task[None]) -> None:
         running.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            failures.append(task.exception())  # type: ignore[arg-type]
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            failures.append(error)
 
     chunks = enumerate(_chunked(cells, chunk_size))
     while True:
@@ -294,18 +295,15 @@ def _local_manifest(sink: Sink, folder: str) -> str | None:
 def cell_positions(cells: Iterable[Cell], batch: int = 50_000) -> pl.DataFrame:
     """(cell_id, index) of every cell, built a batch at a time: the spec's order of a sharded
     run's manifest, ~30 bytes a cell instead of a dict of cells."""
+    schema = {"cell_id": pl.String, "index": pl.Int64}
     frames = []
-    ids: list[str] = []
-    indexes: list[int] = []
+    pairs: list[tuple[str, int]] = []
     for cell in cells:
-        ids.append(cell.cell_id)
-        indexes.append(cell.index)
-        if len(ids) >= batch:
-            frames.append(pl.DataFrame({"cell_id": ids, "index": indexes},
-                                       schema={"cell_id": pl.String, "index": pl.Int64}))
-            ids, indexes = [], []
-    frames.append(pl.DataFrame({"cell_id": ids, "index": indexes},
-                               schema={"cell_id": pl.String, "index": pl.Int64}))
+        pairs.append((cell.cell_id, cell.index))
+        if len(pairs) >= batch:
+            frames.append(pl.DataFrame(pairs, schema=schema, orient="row"))
+            pairs = []
+    frames.append(pl.DataFrame(pairs, schema=schema, orient="row"))
     return pl.concat(frames)
 
 
