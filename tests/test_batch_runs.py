@@ -92,7 +92,7 @@ def test_a_batch_left_pending_is_collected_by_the_next_run_without_a_new_batch(
 def test_a_kill_while_the_batch_is_pending_then_a_rerun_creates_no_batch(
     prefect_api_url: str, gemini: EmulatorHub, tmp_path: Path
 ) -> None:
-    gemini["gemini"].configure(latency_s=6.0)
+    gemini["gemini"].configure(latency_s=3.0)
     spec = spec_file(tmp_path)
     child = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(spec)], cwd=ROOT,
                              env=env(prefect_api_url, gemini), stdout=subprocess.DEVNULL,
