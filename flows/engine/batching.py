@@ -8,9 +8,10 @@ every cell keeps its own lifecycle in the journal while many cells travel as one
     await channel.poll(submitted)        # Pending until the batch ends; one GET per batch
     data = await channel.download(image) # the cell's image, spooled to disk while streaming
 
-Groups. Cells join the open group until it holds `MAX_REQUESTS` cells or its expected
-result bytes reach `MAX_RESULT_BYTES` (a results file small enough to download reliably), or
-`LINGER_S` pass without a new cell. Its display name, unique to this process and group, is in
+Groups. Cells join the open group until it holds `MAX_REQUESTS` cells, its expected result
+bytes reach `MAX_RESULT_BYTES` (a results file small enough to download reliably) or its
+input file `MAX_INPUT_BYTES` (references travel inline), or `LINGER_S` pass without a new
+cell. Its display name, unique to this process and group, is in
 every member's journal entry *before* the batch is created (the runner journals the key), so
 after a lost create answer or a kill the batch is found again by listing (`recover`), and no
 batch is ever created twice for the same cells: a create whose answer was lost is followed
@@ -67,6 +68,8 @@ MAX_REQUESTS = CELLS_PER_BATCH  # cells per batch
 # base64); a batch's results file stays under MAX_RESULT_BYTES.
 EXPECTED_RESULT_BYTES: Mapping[str, int] = {"1K": 3 * 2**20, "2K": 8 * 2**20, "4K": 30 * 2**20}
 MAX_RESULT_BYTES = 1 * 2**30
+# The JSONL input file, references inline in base64: under the documented 2 GB per file.
+MAX_INPUT_BYTES = 3 * 2**29
 LINGER_S = 0.5                # a group leaves this long after its last cell joined
 GRACE_S = 2.0                 # ... waiting at most this for members still journalling
 CREATE_ATTEMPTS = 4
@@ -81,6 +84,7 @@ class _Group:
     members: set[str] = field(default_factory=set)          # cell ids placed
     requests: dict[str, ImageRequest] = field(default_factory=dict)  # ... and submitted
     result_bytes: int = 0
+    input_bytes: int = 0
     closed: bool = False                   # no new member joins
     sent: bool = False                     # its batch is being (or was) created
     last_joined: float = field(default_factory=time.monotonic)
@@ -124,12 +128,15 @@ class BatchChannel:
 
     # -- grouping ---------------------------------------------------------------------------
 
-    def place(self, cell_id: str, resolution: str = "1K") -> str:
+    def place(self, cell_id: str, request: ImageRequest) -> str:
         """The cell joins the open group; its key names the group's display name."""
         group = self._open
-        expected = EXPECTED_RESULT_BYTES.get(resolution, max(EXPECTED_RESULT_BYTES.values()))
+        expected = EXPECTED_RESULT_BYTES.get(request.resolution,
+                                             max(EXPECTED_RESULT_BYTES.values()))
+        sent = input_bytes(request)
         if group is None or group.closed or len(group.members) >= MAX_REQUESTS or (
-            group.members and group.result_bytes + expected > MAX_RESULT_BYTES
+            group.members and (group.result_bytes + expected > MAX_RESULT_BYTES
+                               or group.input_bytes + sent > MAX_INPUT_BYTES)
         ):
             if group is not None:
                 group.closed = True
@@ -140,6 +147,7 @@ class BatchChannel:
             asyncio.get_running_loop().create_task(self._leave_when_ready(group))
         group.members.add(cell_id)
         group.result_bytes += expected
+        group.input_bytes += sent
         group.last_joined = time.monotonic()
         return f"{group.display_name}{KEY_SEPARATOR}{cell_id}"
 
@@ -325,6 +333,13 @@ class BatchChannel:
         self._costs[path] = finished.cost_usd
         self._usage[path] = finished.usage
         return path
+
+
+def input_bytes(request: ImageRequest) -> int:
+    """About what the request adds to the batch's JSONL file: its references in base64 and
+    its prompt, plus the line's JSON."""
+    references = sum(len(r.data or b"") for r in request.references)
+    return 4 * references // 3 + len(request.prompt.encode()) + 1024
 
 
 def _split(key: str | None) -> tuple[str, str]:

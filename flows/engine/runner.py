@@ -347,7 +347,7 @@ class Runner:
             await ticket.release()
             raise
         if isinstance(provider, BatchChannel):  # the cell joins a batch: its key names it
-            key = provider.place(cell.cell_id, cell.resolution)
+            key = provider.place(cell.cell_id, request)
             request = replace(request, idempotency_key=key)
         state.provider, state.channel, state.key = channel.provider, ticket.key, key
         state.ticket, state.in_flight = ticket, True

@@ -122,3 +122,34 @@ def test_a_failed_batch_fails_its_cells_with_the_reason(hub: EmulatorHub, tmp_pa
     frame = manifest(tmp_path)
     assert set(frame["status"]) == {"failed"} and batches(hub) == 1
     assert set(frame["error_code"]) == {"batch_failed"}
+
+
+def test_groups_close_by_count_result_bytes_and_input_bytes(hub: EmulatorHub) -> None:
+    from flows.engine import batching
+    from providers.base import ImageRequest, Reference
+    from providers.gemini_batch import GeminiBatchProvider
+
+    async def go() -> list[str]:
+        provider = GeminiBatchProvider(GeminiBatchProvider.settings_from_env(os.environ))
+        channel = batching.BatchChannel(provider, label="nbp-t")
+        small = ImageRequest("a fig", resolution="1K")
+        big_refs = ImageRequest("a fig", resolution="1K", references=(
+            Reference("ref.png", data=b"x" * (batching.MAX_INPUT_BYTES // 2)),))
+        displays = [channel.place(f"c{i}", small).split("|")[0]
+                    for i in range(batching.MAX_REQUESTS + 1)]
+        displays += [channel.place(f"r{i}", big_refs).split("|")[0] for i in range(2)]
+        displays += [channel.place(f"k{i}", ImageRequest("a fig", resolution="4K"))
+                     .split("|")[0] for i in range(40)]
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()  # the groups' creators: nothing is sent in this test
+        await channel.aclose()
+        return displays
+
+    displays = asyncio.run(go())
+    n = batching.MAX_REQUESTS
+    first = min(n, batching.MAX_RESULT_BYTES // batching.EXPECTED_RESULT_BYTES["1K"])
+    assert displays[:n].count(displays[0]) == first  # full by count or by result bytes
+    assert displays[n + 1] != displays[n + 2]  # two large inputs never share a file
+    fours = displays[n + 3:]
+    per_group = max(fours.count(d) for d in set(fours))
+    assert per_group * batching.EXPECTED_RESULT_BYTES["4K"] <= batching.MAX_RESULT_BYTES
