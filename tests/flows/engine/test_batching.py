@@ -153,3 +153,21 @@ def test_groups_close_by_count_result_bytes_and_input_bytes(hub: EmulatorHub) ->
     fours = displays[n + 3:]
     per_group = max(fours.count(d) for d in set(fours))
     assert per_group * batching.EXPECTED_RESULT_BYTES["4K"] <= batching.MAX_RESULT_BYTES
+
+
+def test_cancelling_the_run_cancels_its_batch(hub: EmulatorHub, tmp_path: Path) -> None:
+    hub["gemini"].configure(latency_s=30.0)
+    spec = write_spec(tmp_path, PROMPTS)
+
+    async def interrupted() -> None:
+        task = asyncio.create_task(run_job(RunOptions(spec=str(spec))))
+        journal = tmp_path / "out" / ".nbp" / "cells"
+        while sum('"state":"created"' in p.read_text() for p in journal.glob("*.json")) < 3:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(interrupted())
+    (batch,) = hub["gemini"].batches.values()
+    assert batch.cancelled_at is not None and batches(hub) == 1
