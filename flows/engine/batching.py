@@ -18,7 +18,8 @@ batch is ever created twice for the same cells: a create whose answer was lost i
 by a listing, and sent again only when the listing shows no batch of that name.
 
 Waiting. A batch takes up to a day. `poll` answers Pending from one shared `get_batch` per
-batch per `poll_interval_s`; after `wait_s` of this run it raises `TaskPending`, so the cell
+batch, asked again after the job's poll interval or a tenth of the batch's age, whichever is
+longer (at most every 30 min); after `wait_s` of this run it raises `TaskPending`, so the cell
 ends the run `pending` with its batch in the journal and the next run collects it. A failed,
 expired or cancelled batch is `TaskFailed` for each of its cells (nothing to collect: a new
 task may be created), a refused line is that cell's `ContentRejected` or `TaskFailed`.
@@ -74,6 +75,8 @@ LINGER_S = 0.5                # a group leaves this long after its last cell joi
 GRACE_S = 2.0                 # ... waiting at most this for members still journalling
 CREATE_ATTEMPTS = 4
 DEFAULT_WAIT_S = 600.0        # how long one run waits for its batches before leaving them
+AGE_FRACTION = 0.1            # a batch is looked at again after a tenth of its age ...
+MAX_CHECK_INTERVAL_S = 1800.0  # ... and at least every half hour
 SPOOL_PREFIX = "spool:"
 KEY_SEPARATOR = "|"
 
@@ -297,17 +300,25 @@ class BatchChannel:
         return tracked
 
     async def _refresh(self, name: str, display_name: str) -> _Tracked:
-        """The batch as of at most `poll_interval_s` ago: one GET however many cells ask."""
+        """The batch as of a moment ago: one GET however many cells ask, and fewer the older
+        the batch (`check_interval_s`)."""
         tracked = self._tracked.get(name)
         if tracked is None:
             tracked = self._track(BatchJob(name, display_name, "pending"))
             tracked.checked = 0.0
         async with tracked.lock:
-            stale = time.monotonic() - tracked.checked >= self.poll_interval_s
+            stale = time.monotonic() - tracked.checked >= self.check_interval_s(tracked.job)
             if tracked.job.state not in BATCH_DONE and stale:
                 tracked.job = await self.batches.get_batch(name)
                 tracked.checked = time.monotonic()
         return tracked
+
+    def check_interval_s(self, job: BatchJob) -> float:
+        """Seconds between two looks at a batch: the job's poll interval while it is young,
+        then a tenth of its age (a batch of 5 hours is looked at every 30 minutes), at most
+        `MAX_CHECK_INTERVAL_S`: a backoff suited to a turnaround of hours."""
+        age = time.time() - job.created_at if job.created_at else 0.0
+        return min(MAX_CHECK_INTERVAL_S, max(self.poll_interval_s, AGE_FRACTION * age))
 
     async def _results(self, tracked: _Tracked) -> dict[str, BatchResult | Path]:
         """Stream the batch's results once, each image to its own spool file."""

@@ -171,3 +171,21 @@ def test_cancelling_the_run_cancels_its_batch(hub: EmulatorHub, tmp_path: Path) 
     asyncio.run(interrupted())
     (batch,) = hub["gemini"].batches.values()
     assert batch.cancelled_at is not None and batches(hub) == 1
+
+
+def test_an_old_batch_is_looked_at_less_often(hub: EmulatorHub) -> None:
+    import time
+
+    from flows.engine.batching import MAX_CHECK_INTERVAL_S, BatchChannel
+    from providers.base import BatchJob
+    from providers.gemini_batch import GeminiBatchProvider
+
+    provider = GeminiBatchProvider(GeminiBatchProvider.settings_from_env(os.environ))
+    channel = BatchChannel(provider, label="nbp-t")
+    channel.poll_interval_s = 60.0
+    now = time.time()
+    young, hours = (BatchJob("batches/a", "d", "running", created_at=now - age)
+                    for age in (30.0, 5 * 3600.0))
+    assert channel.check_interval_s(young) == 60.0
+    assert channel.check_interval_s(hours) == pytest.approx(MAX_CHECK_INTERVAL_S)
+    asyncio.run(channel.aclose())
