@@ -124,10 +124,14 @@ def test_a_failed_batch_fails_its_cells_with_the_reason(hub: EmulatorHub, tmp_pa
     assert set(frame["error_code"]) == {"batch_failed"}
 
 
-def test_groups_close_by_count_result_bytes_and_input_bytes(hub: EmulatorHub) -> None:
+def test_groups_close_by_count_result_bytes_and_input_bytes(
+    hub: EmulatorHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.engine import batching
     from providers.base import ImageRequest, Reference
     from providers.gemini_batch import GeminiBatchProvider
+
+    monkeypatch.setattr(batching, "MAX_INPUT_BYTES", 3 * 2**20)  # 1.5 GiB in miniature
 
     async def go() -> list[str]:
         provider = GeminiBatchProvider(GeminiBatchProvider.settings_from_env(os.environ))
