@@ -120,6 +120,7 @@ class BatchChannel:
         self.poll_interval_s = caps.poll_interval_s
         self.model = getattr(provider, "model", provider.name)
         self._groups: dict[str, _Group] = {}
+        self._creators: set[asyncio.Task[None]] = set()  # referenced until done
         self._open: _Group | None = None
         self._sequence = 0
         self._tracked: dict[str, _Tracked] = {}
@@ -147,7 +148,9 @@ class BatchChannel:
             group = _Group(f"{self.label}-{self._sequence:05d}")
             self._groups[group.display_name] = group
             self._open = group
-            asyncio.get_running_loop().create_task(self._leave_when_ready(group))
+            creator = asyncio.get_running_loop().create_task(self._leave_when_ready(group))
+            self._creators.add(creator)
+            creator.add_done_callback(self._creators.discard)
         group.members.add(cell_id)
         group.result_bytes += expected
         group.input_bytes += sent
@@ -284,6 +287,8 @@ class BatchChannel:
             await self.batches.cancel_batch(name)
 
     async def aclose(self) -> None:
+        for creator in list(self._creators):
+            creator.cancel()
         await self.batches.aclose()
         await asyncio.to_thread(shutil.rmtree, self._spool, True)
 
