@@ -25,7 +25,8 @@ expired or cancelled batch is `TaskFailed` for each of its cells (nothing to col
 task may be created), a refused line is that cell's `ContentRejected` or `TaskFailed`.
 
 Results are streamed line by line (`BatchProvider.batch_results`) into one spool file per
-cell on local disk, never held in memory; `download` hands a cell its file and deletes it.
+cell on local disk, never held in memory; `download` reads a cell's file; the spool folder
+goes when the channel closes.
 """
 
 from __future__ import annotations
@@ -273,12 +274,10 @@ class BatchChannel:
         if not url.startswith(SPOOL_PREFIX):
             raise TaskFailed(f"not a batch result: {url[:80]}", code="no_result")
         path = Path(url[len(SPOOL_PREFIX):])
-        try:
-            data = await asyncio.to_thread(path.read_bytes)
-        except FileNotFoundError:
-            raise TaskFailed("the batch result was already taken", code="no_result") from None
-        await asyncio.to_thread(path.unlink, True)
-        return data
+        try:  # kept until the channel closes: a retried step reads it again
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:  # never the provider's word: the next run streams it again
+            raise TransientError(f"the spooled result {path.name} is gone") from None
 
     async def cancel(self, submitted: Submitted) -> None:
         name = submitted.extra.get("batch")
