@@ -252,6 +252,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from outputs.manifest import read_manifest
+    from outputs.runs import read_records, render_runs
     from outputs.sink import Sink
     from outputs.status import render_status, summarise
 
@@ -260,10 +261,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"nbp status: no manifest.parquet at {args.target}", file=sys.stderr)
         return EXIT_INVALID
     summary = summarise(frame)
+    records = read_records(Sink(args.target))
     if args.json:
-        print(json.dumps(summary.to_json(), indent=2))
+        print(json.dumps({**summary.to_json(),
+                          "run_records": [r.to_json() for r in records]}, indent=2))
     else:
         print(render_status(summary))
+        if records:
+            print(render_runs(records))
     return EXIT_OK
 
 

@@ -52,6 +52,7 @@ from flows.spec.settings import ProviderRules, provider_rules
 from outputs.gallery import write_gallery
 from outputs.manifest import MANIFEST_NAME, read_manifest, rows_to_frame
 from outputs.parts import ManifestParts, merge_parts
+from outputs.runs import RunRecord, merge_record
 from outputs.sink import Sink
 from providers import registry
 from providers.base import BatchProvider, Provider, env_name
@@ -115,6 +116,7 @@ class RunOptions:
     holder: str = field(default_factory=lambda: uuid.uuid4().hex)
     retry: RetryPolicy = DEFAULT_RETRY
     own_accounts: bool = False          # with `shard`: use only the channels this shard owns
+    flow_run_id: str | None = None      # the Prefect flow run, for the run's record
     batch_wait_s: float = DEFAULT_WAIT_S  # how long to wait for batches before leaving them
 
     def input_policy(self) -> InputPolicy:
@@ -169,6 +171,9 @@ async def run_job(
     progress = progress or Progress()
     progress.total = len(cells)
     used = run_channels(spec, options)
+    record = RunRecord.start(run_id=options.run_id, job=spec.name, spec_source=spec.source,
+                             spec_text=spec.text, flow_run_id=options.flow_run_id,
+                             shard=options.shard)
     async with open_providers(spec, options, hooks.credentials, used) as (providers, emulated), \
             Heartbeat(Sink(spec.output.target, spec.output.storage_options),
                       options.holder) as heartbeat:
@@ -198,13 +203,17 @@ async def run_job(
                     for c in used},
         )
         runner = Runner(ctx)
+        record = replace(record, channels=tuple(
+            {"key": c.key, "provider": c.provider, "account": c.account,
+             "model": ctx.models.get(c.provider, "")} for c in used))
         with tempfile.TemporaryDirectory(prefix="nbp-manifest-") as folder:
             parts = ManifestParts(folder)
             await run_chunks(runner, cells, options.chunk_size, hooks.chunk_runner, parts)
-            manifest_uri, gallery_uri = await write_outputs(
-                heartbeat, parts, job.cells if options.shard else None, title=spec.name
-            )
             counts = await asyncio.to_thread(parts.counts)
+            manifest_uri, gallery_uri = await write_outputs(
+                heartbeat, parts, job.cells if options.shard else None, title=spec.name,
+                record=record.ended(counts, budget.spent_usd + budget.reserved_usd),
+            )
     if runner.busy:
         counts["busy"] = runner.busy  # another live run on the target holds these cells
     stop = runner.stop.message if runner.stop else None
@@ -258,16 +267,19 @@ async def run_chunks(
 
 async def write_outputs(
     heartbeat: Heartbeat, parts: ManifestParts, spec_order: Iterable[Cell] | None, *,
-    title: str,
+    title: str, record: RunRecord | None = None,
 ) -> tuple[str, str]:
     """Merge this run's rows into `{target}/manifest.parquet` and redraw the gallery, under
     the target's manifest lease: runs and shards that end together each merge into what the
     one before them wrote, so no run's rows are lost. `spec_order`: sort the cells of the
     spec in its order (shards finish in any order). The merge streams through local files
-    next to the parts (`outputs.parts.merge_parts`); the gallery reads only what it shows."""
+    next to the parts (`outputs.parts.merge_parts`); the gallery reads only what it shows.
+    `record`: the run's record (`outputs.runs`), merged with its other shards' likewise."""
     sink = heartbeat.sink
 
     def write() -> tuple[str, str]:
+        if record is not None:
+            merge_record(sink, record)
         old = _local_manifest(sink, parts.folder)
         order = None if spec_order is None else cell_positions(spec_order)
         merged = os.path.join(parts.folder, "merged.parquet")

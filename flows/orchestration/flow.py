@@ -119,7 +119,7 @@ def build_flow(
             retry_uncertain=retry_uncertain, run_id=run_id or this_run[:12], holder=this_run,
             allow_paths=tuple(allow_paths or ()), max_cells=max_cells,
             retry=RetryPolicy(patience_s=patience_s) if patience_s else DEFAULT_RETRY,
-            own_accounts=own_accounts,
+            own_accounts=own_accounts, flow_run_id=this_run,
             **({"batch_wait_s": batch_wait_s} if batch_wait_s is not None else {}),
         )
         limiter: LimiterFactory = shared_limiter if shared_limits else local_limiter

@@ -682,6 +682,7 @@ class _Checker:
             references=tuple(data.get("references") or ()),
             base_dir=self.base_dir,
             policy=self.policy,
+            text=self.text,
         )
 
     def check_template_syntax(self, data: Mapping[str, Any]) -> None:

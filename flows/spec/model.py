@@ -92,6 +92,7 @@ class JobSpec:
     references: tuple[str, ...] = ()     # templates, as written
     base_dir: str = "."                  # the spec file's folder: relative paths start here
     policy: InputPolicy = field(default_factory=InputPolicy)  # what it was validated under
+    text: str = ""                       # the spec as written (for the run's record)
 
     @property
     def provider(self) -> str:

@@ -340,3 +340,16 @@ def test_an_unexpected_error_in_one_cell_ends_neither_the_run_nor_its_paid_task(
     monkeypatch.setattr(runner_module, "verify_image", real_verify)
     assert run(spec).exit_code == 0
     assert len(hub["kie"].creates) == 2  # the 16:9 task was collected, not created again
+
+
+def test_every_run_leaves_a_record_its_manifest_rows_name(hub: EmulatorHub, tmp_path: Path) -> None:
+    from outputs.runs import read_records
+    from outputs.sink import Sink
+
+    spec = write_spec(tmp_path, ["a lemon"])
+    first, second = run(spec), run(spec, force=True)
+    records = read_records(Sink(str(tmp_path / "out")))
+    assert [r.run_id for r in records] == [first.run_id, second.run_id]
+    assert records[0].spec_text == spec.read_text()
+    assert records[1].counts.get("succeeded") == 2 and records[1].channels[0]["key"] == "kie"
+    assert set(manifest(tmp_path)["run_id"]) == {second.run_id}
