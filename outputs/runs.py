@@ -98,7 +98,7 @@ def read_records(sink: Sink) -> list[RunRecord]:
     """Every run record of the target, oldest first (unreadable ones are skipped)."""
     found = [r for name in sink.json_names(RUNS_DIR)
              if (r := _read(sink, f"{RUNS_DIR}/{name}.json")) is not None]
-    return sorted(found, key=lambda r: r.started_at)
+    return sorted(found, key=lambda r: (r.started_at, r.ended_at or "~"))
 
 
 def render_runs(records: Sequence[RunRecord]) -> str:
@@ -133,4 +133,4 @@ def _read(sink: Sink, path: str) -> RunRecord | None:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
