@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -45,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     plan.set_defaults(handler=cmd_plan)
 
     run = commands.add_parser("run", help="run a spec as the Prefect flow nbp-run")
-    run.add_argument("spec", metavar="SPEC")
+    run.add_argument("spec", metavar="SPEC", nargs="?")
+    run.add_argument("--from", dest="from_run", metavar="TARGET[@RUN_ID]",
+                     help="run again exactly the spec a run of TARGET recorded (the newest "
+                          "run, or RUN_ID), into TARGET")
     run.add_argument("--target", help="write here instead of the spec's output.target")
     run.add_argument("--emulate", action="store_true",
                      help="serve the provider emulators in-process and use them (offline)")
@@ -168,6 +172,46 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if (args.spec is None) == (args.from_run is None):
+        print("nbp run: give either SPEC or --from TARGET[@RUN_ID]", file=sys.stderr)
+        return EXIT_INVALID
+    if args.from_run is None:
+        return _run(args)
+    try:
+        args.spec, target = _recorded_spec(args.from_run)
+    except (LookupError, OSError) as exc:
+        print(f"nbp run: --from {args.from_run}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    args.target = args.target or target
+    try:
+        return _run(args)
+    finally:
+        os.unlink(args.spec)
+
+
+def _recorded_spec(source: str) -> tuple[str, str]:
+    """A copy of the spec a run of TARGET recorded, written beside the original (its
+    relative paths resolve there), and the target. `OSError` when that folder is gone."""
+    from outputs.runs import find_record
+    from outputs.sink import Sink
+
+    target, at, run_id = source.rpartition("@")
+    if not at or not run_id or "/" in run_id:
+        target, run_id = source, ""
+    record = find_record(Sink(target), run_id or None)
+    folder = record.spec_folder or "."
+    if not os.path.isdir(folder):
+        raise OSError(f"run {record.run_id} read its spec in {folder}, which is gone")
+    handle, path = tempfile.mkstemp(prefix=f".nbp-from-{record.run_id}-", suffix=".yaml",
+                                    dir=folder)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(record.spec_text)
+    print(f"running again run {record.run_id} of {record.job} (spec sha256 "
+          f"{record.spec_sha256[:12]}, written {record.started_at})", file=sys.stderr)
+    return path, target
+
+
+def _run(args: argparse.Namespace) -> int:
     policy = _policy_or_report(args, "run")
     job = None if policy is None else _load_or_report(args.spec, policy)
     if job is None:

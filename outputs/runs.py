@@ -33,6 +33,7 @@ class RunRecord:
     spec_source: str                    # where the spec was read from
     spec_text: str                      # the spec as written
     spec_sha256: str
+    spec_folder: str = ""               # where its relative paths resolve (`nbp run --from`)
     channels: tuple[Mapping[str, str], ...] = ()  # {key, provider, account, model}
     versions: Mapping[str, str] = field(default_factory=dict)
     started_at: str = ""                # ISO 8601, UTC
@@ -46,11 +47,11 @@ class RunRecord:
     def start(
         cls, *, run_id: str, job: str, spec_source: str, spec_text: str,
         channels: Sequence[Mapping[str, str]] = (), flow_run_id: str | None = None,
-        shard: str | None = None,
+        shard: str | None = None, spec_folder: str = "",
     ) -> RunRecord:
         return cls(
             run_id=run_id, job=job, spec_source=spec_source, spec_text=spec_text,
-            spec_sha256=hashlib.sha256(spec_text.encode()).hexdigest(),
+            spec_sha256=hashlib.sha256(spec_text.encode()).hexdigest(), spec_folder=spec_folder,
             channels=tuple(dict(c) for c in channels), versions=installed_versions(),
             started_at=_now(), flow_run_ids=(flow_run_id,) if flow_run_id else (),
             shards=(shard,) if shard else (),
@@ -110,6 +111,22 @@ def render_runs(records: Sequence[RunRecord]) -> str:
         lines.append(f"  {r.run_id}  {r.started_at} → {r.ended_at or 'running'}  {counts}  "
                      f"${r.spent_usd:.2f}  spec {r.spec_sha256[:12]}  on {channels or '-'}")
     return "\n".join(lines)
+
+
+def find_record(sink: Sink, run_id: str | None = None) -> RunRecord:
+    """The record of `run_id` (a unique prefix will do), else the newest; `LookupError`
+    saying what the target holds."""
+    records = read_records(sink)
+    if not records:
+        raise LookupError("it holds no run record (.nbp/runs/)")
+    if run_id is None:
+        return records[-1]
+    found = [r for r in records if r.run_id.startswith(run_id)]
+    if len(found) != 1:
+        known = ", ".join(r.run_id for r in records)
+        raise LookupError(f"{'no' if not found else 'more than one'} run {run_id!r}; "
+                          f"its runs: {known}")
+    return found[0]
 
 
 def installed_versions() -> dict[str, str]:

@@ -243,3 +243,29 @@ def test_a_job_writes_to_s3(prefect_api_url: str, tmp_path: Path) -> None:
         for row in frame.iter_rows(named=True):
             assert fs.exists(f"{root}/{row['output_path']}")
         assert fs.exists(f"{root}/index.html")
+
+
+@pytest.mark.prefect
+def test_a_run_is_reproduced_from_its_output_folder_alone(
+    prefect_api_url: str, tmp_path: Path
+) -> None:
+    spec = small_spec(tmp_path, seed=7)
+    env = child_env(prefect_api_url)
+    first = run_nbp("run", str(spec), "--emulate", "--emulator-latency", "0.2", env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = pl.read_parquet(tmp_path / "out" / "manifest.parquet")
+    spec.unlink()  # a colleague has the output folder, not the spec file
+    again = run_nbp("run", "--from", str(tmp_path / "out"), "--emulate", "--force",
+                    "--emulator-latency", "0.2", env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "running again run" in again.stderr
+    after = pl.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert sorted(after["cell_id"]) == sorted(before["cell_id"])  # the same cells and seeds
+    assert sorted(after["seed"]) == sorted(before["seed"])
+    assert set(after["run_id"]) != set(before["run_id"])
+    status = run_nbp("status", str(tmp_path / "out"), "--json")
+    records = json.loads(status.stdout)["run_records"]
+    assert len(records) == 2 and records[0]["spec_sha256"] == records[1]["spec_sha256"]
+    assert not list(tmp_path.glob(".nbp-from-*"))  # the spec copy is gone
+    missing = run_nbp("run", "--from", f"{tmp_path / 'out'}@nope", "--emulate", env=env)
+    assert missing.returncode == 2 and "no run 'nope'" in missing.stderr

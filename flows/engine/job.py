@@ -173,7 +173,7 @@ async def run_job(
     used = run_channels(spec, options)
     record = RunRecord.start(run_id=options.run_id, job=spec.name, spec_source=spec.source,
                              spec_text=spec.text, flow_run_id=options.flow_run_id,
-                             shard=options.shard)
+                             shard=options.shard, spec_folder=spec.base_dir)
     async with open_providers(spec, options, hooks.credentials, used) as (providers, emulated), \
             Heartbeat(Sink(spec.output.target, spec.output.storage_options),
                       options.holder) as heartbeat:
