@@ -308,6 +308,12 @@ class GeminiEmulator(ProviderEmulator):
                 "metadata": {"service": "generativelanguage.googleapis.com"}}])
         return key, None
 
+    def caller(self, request: Request) -> tuple[str | None, Response | None]:
+        """`account_of`, then the API version of the path: what every versioned call checks
+        first."""
+        account, refusal = self.account_of(request)
+        return account, refusal or self.version_problem(request)
+
     def version_problem(self, request: Request) -> Response | None:
         version = request.path_params["version"]
         if version not in API_VERSIONS:
@@ -341,11 +347,9 @@ class GeminiEmulator(ProviderEmulator):
         return google_error(404, f"Method {method or '(none)'} is not found.")
 
     async def generate_content(self, request: Request, model: str) -> Response:
-        account, refusal = self.account_of(request)
+        account, refusal = self.caller(request)
         if refusal is not None:
             return refusal
-        if (problem := self.version_problem(request)) is not None:
-            return problem
         if self.chance(self.config.submit_5xx_prob):
             with self._lock:
                 status = self._rng.choice((500, 503))
@@ -551,11 +555,9 @@ class GeminiEmulator(ProviderEmulator):
     # -- batches (§6) -----------------------------------------------------------------
 
     async def create_batch(self, request: Request, model: str) -> Response:
-        account, refusal = self.account_of(request)
+        account, refusal = self.caller(request)
         if refusal is not None:
             return refusal
-        if (problem := self.version_problem(request)) is not None:
-            return problem
         if self.chance(self.config.submit_5xx_prob):
             return self.fault_response(503)
         if model not in MODELS:
@@ -725,11 +727,9 @@ class GeminiEmulator(ProviderEmulator):
         target, _, method = request.path_params["target"].partition(":")
         if request.method == "GET" and (fault := self.status_fault()) is not None:
             return fault
-        account, refusal = self.account_of(request)
+        account, refusal = self.caller(request)
         if refusal is not None:
             return refusal
-        if (problem := self.version_problem(request)) is not None:
-            return problem
         if request.method == "GET" and self.chance(self.config.poll_5xx_prob):
             return self.fault_response(503)
         batch = self.batches.get(target)
@@ -753,11 +753,9 @@ class GeminiEmulator(ProviderEmulator):
         self.log_request(request)
         if (fault := self.status_fault()) is not None:
             return fault
-        account, refusal = self.account_of(request)
+        account, refusal = self.caller(request)
         if refusal is not None:
             return refusal
-        if (problem := self.version_problem(request)) is not None:
-            return problem
         if self.chance(self.config.poll_5xx_prob):
             return self.fault_response(503)
         size_text = request.query_params.get("pageSize") or str(DEFAULT_PAGE_SIZE)
