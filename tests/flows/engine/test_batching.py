@@ -16,20 +16,15 @@ import yaml
 from flows.engine.job import RunOptions, RunResult, run_job
 from providers.emulator.core import CONTENT_MARKER
 from providers.emulator.hub import EmulatorHub
+from tests.flows.engine.emulated import manifest, run, serving
 
 TURNAROUND_S = 0.5
 
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[EmulatorHub]:
-    with EmulatorHub.start(["gemini"], latency_s=TURNAROUND_S) as running:
-        saved = dict(os.environ)
-        os.environ.update(running.environ())
-        try:
-            yield running
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+    with serving(["gemini"], TURNAROUND_S) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)
@@ -50,14 +45,6 @@ def write_spec(tmp_path: Path, prompts: list[str], **top: Any) -> Path:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def run(spec: Path, **options: Any) -> RunResult:
-    return asyncio.run(run_job(RunOptions(spec=str(spec), **options)))
-
-
-def manifest(tmp_path: Path) -> pl.DataFrame:
-    return pl.read_parquet(tmp_path / "out" / "manifest.parquet")
 
 
 def batches(hub: EmulatorHub) -> int:

@@ -13,9 +13,10 @@ import polars as pl
 import pytest
 import yaml
 
-from flows.engine.job import RunOptions, RunResult, run_job
+from flows.engine.job import RunOptions, run_job
 from providers.emulator.core import CONTENT_MARKER, CreateRecord
 from providers.emulator.hub import EmulatorHub
+from tests.flows.engine.emulated import manifest, run, serving
 
 LATENCY_S = 0.2
 KIE_2 = "emulated-kie-second-account"
@@ -25,16 +26,10 @@ WINDOW = (20, 1.0)
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[EmulatorHub]:
-    with EmulatorHub.start(["kie", "apikley", "runware"], latency_s=LATENCY_S) as running:
+    with serving(["kie", "apikley", "runware"], LATENCY_S) as running:
         running["kie"].add_account(KIE_2)
-        saved = dict(os.environ)
-        os.environ.update(running.environ())
-        os.environ["KIE_API_KEY_2"] = KIE_2
-        try:
-            yield running
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        os.environ["KIE_API_KEY_2"] = KIE_2  # restored with the rest when serving ends
+        yield running
 
 
 @pytest.fixture(autouse=True)
@@ -55,14 +50,6 @@ def write_spec(tmp_path: Path, cells: int, **top: Any) -> Path:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def run(spec: Path, **options: Any) -> RunResult:
-    return asyncio.run(run_job(RunOptions(spec=str(spec), **options)))
-
-
-def manifest(tmp_path: Path) -> pl.DataFrame:
-    return pl.read_parquet(tmp_path / "out" / "manifest.parquet")
 
 
 def creates_by_account(hub: EmulatorHub) -> dict[str, list[CreateRecord]]:

@@ -20,20 +20,15 @@ from flows.engine.job import RunOptions, RunResult, run_job
 from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
 from providers.emulator.hub import EmulatorHub
 from providers.model import pixel_size
+from tests.flows.engine.emulated import manifest, run, serving
 
 LATENCY_S = 0.15
 
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[EmulatorHub]:
-    with EmulatorHub.start(["kie", "hiapi", "runware", "wiro"], latency_s=LATENCY_S) as running:
-        saved = dict(os.environ)
-        os.environ.update(running.environ())
-        try:
-            yield running
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+    with serving(["kie", "hiapi", "runware", "wiro"], LATENCY_S) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)
@@ -64,14 +59,6 @@ def write_spec(tmp_path: Path, prompts: list[str], **top: Any) -> Path:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def run(spec: Path, **options: Any) -> RunResult:
-    return asyncio.run(run_job(RunOptions(spec=str(spec), **options)))
-
-
-def manifest(tmp_path: Path) -> pl.DataFrame:
-    return pl.read_parquet(tmp_path / "out" / "manifest.parquet")
 
 
 def test_a_job_writes_verified_images_and_one_manifest_row_per_cell(

@@ -1,0 +1,38 @@
+"""What the engine tests against the emulators share: a hub whose variables the real clients
+read, a run of a spec without Prefect, and the manifest it wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from flows.engine.job import RunOptions, RunResult, run_job
+from providers.emulator.hub import EmulatorHub
+
+
+@contextlib.contextmanager
+def serving(providers: Sequence[str], latency_s: float) -> Iterator[EmulatorHub]:
+    """The emulators of `providers`, with the environment pointing the clients at them
+    (restored afterwards)."""
+    with EmulatorHub.start(list(providers), latency_s=latency_s) as running:
+        saved = dict(os.environ)
+        os.environ.update(running.environ())
+        try:
+            yield running
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def run(spec: Path, **options: Any) -> RunResult:
+    return asyncio.run(run_job(RunOptions(spec=str(spec), **options)))
+
+
+def manifest(tmp_path: Path) -> pl.DataFrame:
+    return pl.read_parquet(tmp_path / "out" / "manifest.parquet")
