@@ -100,7 +100,8 @@ class _Tracked:
     job: BatchJob
     checked: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    outcomes: dict[str, BatchResult | Path] | None = None   # key -> spool file or refusal
+    # key -> its result (the image spooled to disk) or its refusal, once streamed
+    outcomes: dict[str, Finished | BatchResult] | None = None
 
 
 class BatchChannel:
@@ -128,8 +129,6 @@ class BatchChannel:
         self._cancelled: set[str] = set()
         self._started = time.monotonic()
         self._spool = Path(tempfile.mkdtemp(prefix="nbp-batch-spool-"))
-        self._costs: dict[Path, float | None] = {}         # spool file -> reported cost
-        self._usage: dict[Path, Mapping[str, int]] = {}     # spool file -> tokens
 
     # -- grouping ---------------------------------------------------------------------------
 
@@ -261,9 +260,8 @@ class BatchChannel:
         outcome = outcomes.get(submitted.extra.get("cell") or _cell_of(submitted.task_id))
         if outcome is None:
             raise TaskFailed(f"batch {job.name} has no result for this cell", code="no_result")
-        if isinstance(outcome, Path):
-            return Finished((ResultImage(url=f"{SPOOL_PREFIX}{outcome}"),),
-                            cost_usd=self._costs.get(outcome), usage=self._usage.get(outcome, {}))
+        if isinstance(outcome, Finished):
+            return outcome
         assert outcome.error is not None
         raise outcome.error
 
@@ -324,11 +322,11 @@ class BatchChannel:
         age = time.time() - job.created_at if job.created_at else 0.0
         return min(MAX_CHECK_INTERVAL_S, max(self.poll_interval_s, AGE_FRACTION * age))
 
-    async def _results(self, tracked: _Tracked) -> dict[str, BatchResult | Path]:
+    async def _results(self, tracked: _Tracked) -> dict[str, Finished | BatchResult]:
         """Stream the batch's results once, each image to its own spool file."""
         async with tracked.lock:
             if tracked.outcomes is None:
-                outcomes: dict[str, BatchResult | Path] = {}
+                outcomes: dict[str, Finished | BatchResult] = {}
                 folder = self._spool / tracked.job.name.replace("/", "_")
                 folder.mkdir(parents=True, exist_ok=True)
                 async for result in self.batches.batch_results(tracked.job):
@@ -336,7 +334,7 @@ class BatchChannel:
                 tracked.outcomes = outcomes
             return tracked.outcomes
 
-    async def _spooled(self, folder: Path, result: BatchResult) -> BatchResult | Path:
+    async def _spooled(self, folder: Path, result: BatchResult) -> Finished | BatchResult:
         finished = result.finished
         if finished is None or not finished.images or finished.images[0].data is None:
             if result.error is None:
@@ -345,9 +343,7 @@ class BatchChannel:
             return result
         path = folder / f"{result.key}.img"
         await asyncio.to_thread(path.write_bytes, finished.images[0].data)
-        self._costs[path] = finished.cost_usd
-        self._usage[path] = finished.usage
-        return path
+        return replace(finished, images=(ResultImage(url=f"{SPOOL_PREFIX}{path}"),))
 
 
 def input_bytes(request: ImageRequest) -> int:

@@ -445,7 +445,8 @@ class Runner:
                 raise
         finally:
             if slot_held and state.in_flight:
-                await (state.ticket.release() if state.ticket else throttle.in_flight.release())
+                assert state.ticket is not None  # `_attempt` holds the slot through it
+                await state.ticket.release()
                 self.ctx.progress.in_flight -= 1
                 state.in_flight = False
         if not state.settled:
