@@ -162,6 +162,9 @@ class Capabilities:
     # there is no remote task to poll, and an answer that was not recorded is gone.
     synchronous: bool = False
     option_schema: Mapping[str, Any] = field(default_factory=dict)  # JSON Schema of options
+    # Model ids a request may ask for in `options["model"]` (a `model` matrix axis), the
+    # default first; empty: the provider runs one model and takes no model option.
+    models: tuple[str, ...] = ()
     env_vars: tuple[str, ...] = ()       # credentials read from the environment
     optional_env_vars: tuple[str, ...] = ()
 

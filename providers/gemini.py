@@ -167,6 +167,7 @@ class GeminiProvider(HttpAdapter):
         # 10-60 s each stay near one create every few seconds, and a 429 slows nbp down.
         default_max_in_flight=10,
         option_schema=OPTION_SCHEMA,
+        models=MODELS,
         env_vars=(API_KEY_ENV,),
         optional_env_vars=(FALLBACK_KEY_ENV,),
     )

@@ -55,6 +55,7 @@ from providers.gemini import (
     KEY_HEADER,
     MAX_PROMPT_CHARS,
     MAX_REFERENCES,
+    MODELS,
     OPTION_SCHEMA,
     OUTPUT_FORMATS,
     STANDARD_TOKEN_PRICES,
@@ -138,6 +139,7 @@ class GeminiBatchProvider(HttpAdapter):
         poll_interval_s=60.0,          # hours of turnaround: a minute between looks
         batch_turnaround_s=TURNAROUND_S,
         option_schema=OPTION_SCHEMA,
+        models=MODELS,
         env_vars=(API_KEY_ENV,),
         optional_env_vars=(FALLBACK_KEY_ENV,),
     )

@@ -8,14 +8,15 @@ every cell keeps its own lifecycle in the journal while many cells travel as one
     await channel.poll(submitted)        # Pending until the batch ends; one GET per batch
     data = await channel.download(image) # the cell's image, spooled to disk while streaming
 
-Groups. Cells join the open group until it holds `MAX_REQUESTS` cells, its expected result
-bytes reach `MAX_RESULT_BYTES` (a results file small enough to download reliably) or its
-input file `MAX_INPUT_BYTES` (references travel inline), or `LINGER_S` pass without a new
-cell. Its display name, unique to this process and group, is in
-every member's journal entry *before* the batch is created (the runner journals the key), so
-after a lost create answer or a kill the batch is found again by listing (`recover`), and no
-batch is ever created twice for the same cells: a create whose answer was lost is followed
-by a listing, and sent again only when the listing shows no batch of that name.
+Groups. Cells join the open group of their model id (a batch runs one model) until it holds
+`MAX_REQUESTS` cells, its expected result bytes reach `MAX_RESULT_BYTES` (a results file
+small enough to download reliably) or its input file `MAX_INPUT_BYTES` (references travel
+inline), or `LINGER_S` pass without a new cell. Its display name, unique to this process and
+group, is in every member's journal entry *before* the batch is created (the runner journals
+the key), so after a lost create answer or a kill the batch is found again by listing
+(`recover`), and no batch is ever created twice for the same cells: a create whose answer
+was lost is followed by a listing, and sent again only when the listing shows no batch of
+that name.
 
 Waiting. A batch takes up to a day. `poll` answers Pending from one shared `get_batch` per
 batch, asked again after the job's poll interval or a tenth of the batch's age, whichever is
@@ -123,7 +124,8 @@ class BatchChannel:
         self.model = getattr(provider, "model", provider.name)
         self._groups: dict[str, _Group] = {}
         self._creators: set[asyncio.Task[None]] = set()  # referenced until done
-        self._open: _Group | None = None
+        # the group open for new cells, per model id asked (a batch runs one model)
+        self._open: dict[str | None, _Group] = {}
         self._sequence = 0
         self._tracked: dict[str, _Tracked] = {}
         self._cancelled: set[str] = set()
@@ -133,8 +135,10 @@ class BatchChannel:
     # -- grouping ---------------------------------------------------------------------------
 
     def place(self, cell_id: str, request: ImageRequest) -> str:
-        """The cell joins the open group; its key names the group's display name."""
-        group = self._open
+        """The cell joins the open group of its model; its key names the group's display
+        name."""
+        model = request.options.get("model")
+        group = self._open.get(model)
         expected = EXPECTED_RESULT_BYTES.get(request.resolution,
                                              max(EXPECTED_RESULT_BYTES.values()))
         sent = input_bytes(request)
@@ -147,7 +151,7 @@ class BatchChannel:
             self._sequence += 1
             group = _Group(f"{self.label}-{self._sequence:05d}")
             self._groups[group.display_name] = group
-            self._open = group
+            self._open[model] = group
             creator = asyncio.get_running_loop().create_task(self._leave_when_ready(group))
             self._creators.add(creator)
             creator.add_done_callback(self._creators.discard)
@@ -174,8 +178,9 @@ class BatchChannel:
         while not group.closed and time.monotonic() - group.last_joined < LINGER_S:
             await asyncio.sleep(LINGER_S / 5)
         group.closed = True
-        if self._open is group:
-            self._open = None
+        for model, open_group in list(self._open.items()):
+            if open_group is group:
+                del self._open[model]
         until = time.monotonic() + GRACE_S
         while len(group.requests) < len(group.members) and time.monotonic() < until:
             await asyncio.sleep(0.02)

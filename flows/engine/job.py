@@ -42,7 +42,7 @@ from flows.engine.progress import Progress
 from flows.engine.routing import Router, make_lanes
 from flows.engine.runner import RunContext, Runner
 from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
-from flows.spec.channels import Channel, channels, split_for_shard
+from flows.spec.channels import Channel, channels, shard_owners, split_for_shard
 from flows.spec.inputs import InputPolicy
 from flows.spec.loader import load_job
 from flows.spec.model import Cell, CellSource, JobSpec
@@ -167,7 +167,9 @@ async def run_job(
         spec = replace(spec, output=replace(spec.output, target=options.target))
     if options.max_usd is not None:
         spec = replace(spec, max_usd=options.max_usd)
-    cells = select_shard(job.cells, options.shard)
+    owners = (shard_owners(spec, int(options.shard.partition("/")[2]))
+              if options.own_accounts and options.shard else None)
+    cells = select_shard(job.cells, options.shard, owners)
     progress = progress or Progress()
     progress.total = len(cells)
     used = run_channels(spec, options)
@@ -330,28 +332,41 @@ def _cells_at_once(runner: Runner) -> int:
     return sum(slots) if router.dynamic else slots[0]
 
 
-def select_shard(cells: CellSource, shard: str | None) -> CellSource:
+def select_shard(
+    cells: CellSource, shard: str | None,
+    owners: Callable[[Cell], Sequence[int]] | None = None,
+) -> CellSource:
     """Cells of shard "i/n" (by cell-id hash, so shards are stable across runs), filtered as
-    they are read."""
+    they are read. `owners`: the shards that can run a cell (own_accounts), one of which
+    takes it by the same hash."""
     if not shard:
         return cells
     index, _, count = shard.partition("/")
     i, n = int(index), int(count)
     if not 0 <= i < n:
         raise ValueError(f"shard {shard!r} must be i/n with 0 <= i < n")
-    return Shard(cells, i, n)
+    return Shard(cells, i, n, owners)
 
 
 class Shard:
     """The cells of shard `index` of `count`, filtered on every pass; `len()` costs one pass
     the first time."""
 
-    def __init__(self, cells: CellSource, index: int, count: int) -> None:
-        self.cells, self.index, self.count = cells, index, count
+    def __init__(
+        self, cells: CellSource, index: int, count: int,
+        owners: Callable[[Cell], Sequence[int]] | None = None,
+    ) -> None:
+        self.cells, self.index, self.count, self.owners = cells, index, count, owners
         self._len: int | None = None
 
     def __iter__(self) -> Iterator[Cell]:
-        return (c for c in self.cells if int(c.cell_id, 16) % self.count == self.index)
+        return (c for c in self.cells if self._owner(c) == self.index)
+
+    def _owner(self, cell: Cell) -> int:
+        found = self.owners(cell) if self.owners else None
+        if not found:
+            return int(cell.cell_id, 16) % self.count
+        return found[int(cell.cell_id, 16) % len(found)]
 
     def __len__(self) -> int:
         if self._len is None:
@@ -382,6 +397,7 @@ def make_router(
     latency = {name: rule.turnaround_s or DEFAULT_LATENCY_S for name, rule in rules.items()}
     return Router(
         spec.routing, make_lanes(used, throttles, prices, latency), deadline_s=spec.deadline_s,
+        routed=spec.routed,
         waiting=lambda: max(0, progress.total - progress.done - progress.in_flight),
     )
 

@@ -17,8 +17,11 @@ cheapest it also holds the create's token of the rate window, taken in the same 
 choice, so two cells never count on one token (`Ticket.spent`); a ticket whose create is not
 sent gives it back (`release`).
 
-Which channels a cell may still use (a channel it failed on, an account refused for the run)
-is the runner's to say (`exclude`): the never-pay-twice rules do not change with routing.
+Which channels a cell may use at all is its pin's: a cell pinned to a provider (a `provider`
+matrix axis, `Cell.provider`) goes to that provider's channels only, the others to the
+channels of the spec's `provider:` list (`routed`). Which of those it may still use (a
+channel it failed on, an account refused for the run) is the runner's to say (`exclude`):
+the never-pay-twice rules do not change with routing.
 """
 
 from __future__ import annotations
@@ -110,10 +113,12 @@ class Router:
         lanes: Sequence[Lane],
         *,
         deadline_s: float | None = None,
+        routed: Collection[str] | None = None,
         waiting: Callable[[], int] = lambda: 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.routing = routing
+        self.routed = routed  # providers of unpinned cells; None: every channel's
         self.lanes: dict[str, Lane] = {lane.key: lane for lane in lanes}
         self.order = tuple(lanes)
         self.deadline_at = clock() + deadline_s if deadline_s is not None else None
@@ -141,7 +146,8 @@ class Router:
         if only is not None:
             lane = self.lanes.get(only)
             return await self._wait_for(lane) if lane and only not in exclude else None
-        candidates = [lane for lane in self._ranked(cell) if lane.key not in exclude]
+        candidates = [lane for lane in self._ranked(cell)
+                      if lane.key not in exclude and self.serves(lane, cell)]
         if not candidates:
             return None
         if not self.dynamic:
@@ -156,6 +162,13 @@ class Router:
             timeout = None if math.isinf(soonest) else max(soonest, 0.001)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def serves(self, lane: Lane, cell: Cell) -> bool:
+        """Whether the cell may run on this channel at all (see the module docstring)."""
+        provider = lane.channel.provider
+        if cell.provider is not None:
+            return provider == cell.provider
+        return self.routed is None or provider in self.routed
 
     # -- choosing ----------------------------------------------------------------------------
 

@@ -309,7 +309,9 @@ class Runner:
                 tried.add(ticket.key)
         last = last or next(iter(self.dead.values()), None)
         if last is None:
-            return self._final(state, "failed", "no_channel", "no channel of this job is left")
+            where = f"of {cell.provider} (the cell's pinned provider)" if cell.provider else (
+                "of this job")
+            return self._final(state, "failed", "no_channel", f"no channel {where} is left")
         return self._ended(state, last, Decision.FINAL)
 
     def _ended(self, state: _Attempt, exc: BaseException, decision: Decision) -> ManifestRow:
@@ -576,7 +578,7 @@ class Runner:
             output_format=cell.output_format,
             references=references,
             seed=cell.seed,
-            options=dict(self.ctx.spec.options.get(name, {})),
+            options=request_options(self.ctx.spec.options.get(name, {}), cell),
             idempotency_key=key,
         )
 
@@ -638,7 +640,7 @@ class Runner:
             run_id=ctx.run_id,
             provider=provider,
             account=self._account(state),
-            model=ctx.models.get(provider),
+            model=cell.model or ctx.models.get(provider),
             prompt=cell.prompt,
             aspect_ratio=cell.aspect_ratio,
             resolution=cell.resolution,
@@ -677,6 +679,14 @@ class Runner:
             channel=state.channel if state.channel != state.provider else None,
         )
         await asyncio.to_thread(self.ctx.journal.write, entry)
+
+
+def request_options(options: Mapping[str, Any], cell: Cell) -> dict[str, Any]:
+    """The spec's options of a provider, with the cell's pinned model id (`model` axis)."""
+    found = dict(options)
+    if cell.model is not None:
+        found["model"] = cell.model
+    return found
 
 
 def idempotency_part(channel: Channel) -> str:

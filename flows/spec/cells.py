@@ -14,9 +14,14 @@ with several values the include entry must name one.
 
 `cell_id` (see `cell_id`) hashes the provider-neutral request only, so it is the same in
 every run, on every machine, whatever the order of the axes and whichever provider of the
-fallback list ends up running it. Two cells with the same id and the same output path are
-one cell (e.g. an axis that neither the prompt nor the path uses): it is kept once. The
-same id with different paths would pay twice for one request: that is a problem.
+fallback list ends up running it. A `provider` or `model` matrix value (`PIN_KEYS`) pins the
+cell: only that provider runs it, with that model id, and both are part of its id (two
+providers, two cells). An include entry that adds a combination without one takes the axis's
+value when the axis has exactly one; otherwise the cell is not pinned.
+
+Two cells with the same id and the same output path are one cell (e.g. an axis that neither
+the prompt nor the path uses): it is kept once. The same id with different paths would pay
+twice for one request: that is a problem.
 
 Expansion is also the last step of validation: `Expansion.run()` collects `Issue`s (missing
 or refused reference files, colliding output paths, identical requests, output paths that
@@ -54,6 +59,7 @@ from outputs.paths import sanitise_relative_path
 
 ID_CHARS = 16
 REQUEST_KEYS = ("prompt", "aspect_ratio", "resolution")  # every cell needs these
+PIN_KEYS = ("provider", "model")  # matrix values that pin a cell to a channel and model id
 TEMPLATE_BUILTINS = ("name", "aspect_ratio", "resolution", "replicate", "format", "ext")
 RESERVED_NAMES = frozenset({"name", "replicate", "format", "ext", "cell_id"})
 MAX_MISSING_FILES = 10  # and as many refused references: the rest are counted
@@ -95,19 +101,35 @@ class PromptStats:
 
 
 @dataclass
-class Stats:
-    """What validation needs to check provider limits without looking at every cell again."""
+class LimitStats:
+    """What validation needs to check one provider's limits against the cells it may run,
+    without looking at every cell again."""
 
-    combinations: int = 0
-    rows: int | None = None
-    merged: int = 0  # cells dropped as identical to an earlier one (request and path)
     aspect_ratios: set[str] = field(default_factory=set)
     resolutions: set[str] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)  # pinned model ids
     prompts: dict[str, PromptStats] = field(default_factory=dict)  # template -> lengths
     most_references: int = 0
     most_references_example: str = ""
     # template index -> the first rendering that is not an http(s) URL (must be delivered)
     local_references: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Stats:
+    """Numbers of one expansion; `pins` has the limit numbers per pinned provider (None: the
+    cells without one, which run on the spec's `provider:` list)."""
+
+    combinations: int = 0
+    rows: int | None = None
+    merged: int = 0  # cells dropped as identical to an earlier one (request and path)
+    pins: dict[str | None, LimitStats] = field(default_factory=dict)
+
+    def pin(self, provider: str | None) -> LimitStats:
+        found = self.pins.get(provider)
+        if found is None:
+            found = self.pins[provider] = LimitStats()
+        return found
 
 
 def expand(spec: JobSpec) -> list[Cell]:
@@ -129,16 +151,27 @@ def cell_id(
     reference_identities: Sequence[str],
     seed: int | None,
     replicate: int,
+    provider: str | None = None,
+    model: str | None = None,
 ) -> str:
-    """Stable id of a provider-neutral request: sha256 of its canonical JSON, 16 hex chars."""
+    """Stable id of a request: sha256 of its canonical JSON, 16 hex chars. A cell pinned to
+    a provider or model (`PIN_KEYS`) has them in its id; an unpinned cell's id is the
+    provider-neutral request's alone, whichever channel ends up running it."""
     # json.dumps([...], ensure_ascii=False, separators=(",", ":")), spelled out: 3x faster
     refs = ",".join(_json_string(r) for r in reference_identities)
     canonical = (
         f"[{_json_string(prompt)},{_json_string(aspect_ratio)},{_json_string(resolution)},"
         f"{_json_string(output_format)},[{refs}],{'null' if seed is None else int(seed)},"
-        f"{int(replicate)}]"
+        f"{int(replicate)}"
     )
+    if provider is not None or model is not None:
+        canonical += f",{_json_or_null(provider)},{_json_or_null(model)}"
+    canonical += "]"
     return hashlib.sha256(canonical.encode()).hexdigest()[:ID_CHARS]
+
+
+def _json_or_null(text: str | None) -> str:
+    return "null" if text is None else _json_string(text)
 
 
 def is_remote(uri: str) -> bool:
@@ -342,7 +375,9 @@ class Expansion:
     # -- expansion ----------------------------------------------------------------------
 
     def complete(self, combos: list[gha.Combination]) -> list[dict[str, str]]:
-        """Fill the request keys an added combination left out, where that is unambiguous."""
+        """Fill the request keys an added combination left out, where that is unambiguous;
+        a pin key (`PIN_KEYS`) is filled when its axis has one value, else the combination
+        is not pinned by it (and runs on the `provider:` list)."""
         axes = self.spec.matrix.axes
         complete: list[dict[str, str]] = []
         for combo in combos:
@@ -358,10 +393,23 @@ class Expansion:
                     "GitHub Actions semantics)",
                 )
                 continue
+            missing += [key for key in PIN_KEYS
+                        if key not in values and len(axes.get(key, ())) == 1]
             if missing:
                 values = {**values, **{key: axes[key][0] for key in missing}}
+            if "provider" not in values and not self.spec.routed:
+                self._unrouted(combo)
+                continue
             complete.append(values)
         return complete
+
+    def _unrouted(self, combo: gha.Combination) -> None:
+        """A combination without a provider in a job whose `provider:` is not set."""
+        path: JsonPath = ("matrix",) if combo.added_by is None else (
+            "matrix", "include", combo.added_by)
+        self.report(path, "this combination names no provider and the job has no "
+                          "`provider:` list for such cells; name a provider in it or set "
+                          "provider:")
 
     def run(self, *, keep: bool = False) -> ExpandedCells:
         """Every cell, as a source that expands again on each pass (see `ExpandedCells`);
@@ -411,8 +459,11 @@ class Expansion:
             self.report(("matrix",), "the matrix has no combinations: exclude removes them all")
         self.stats.combinations = len(combos)
         for values in combos:
-            self.stats.aspect_ratios.add(values["aspect_ratio"])
-            self.stats.resolutions.add(values["resolution"])
+            pinned = self.stats.pin(values.get("provider"))
+            pinned.aspect_ratios.add(values["aspect_ratio"])
+            pinned.resolutions.add(values["resolution"])
+            if "model" in values:
+                pinned.models.add(values["model"])
         if path_template is None:  # reported; keep checking everything else
             path_template = Template.parse("{cell_id}.{ext}")
         fmt = spec.output.format
@@ -432,6 +483,7 @@ class Expansion:
             for values in recipe.combos:
                 prompt_template = (recipe.prompts.get(values["prompt"])
                                    or _verbatim(values["prompt"]))
+                pin = (values.get("provider"), values.get("model"))
                 cell_vars = {**values, **row}
                 for replicate in range(spec.repeat):
                     position += 1
@@ -440,7 +492,8 @@ class Expansion:
                     cell = self._cell(
                         index, cell_vars, {**cell_vars, **recipe.builtins}, replicate,
                         row_index if self.dataset is not None else None,
-                        prompt_template, recipe.references, recipe.path_template, check=check,
+                        prompt_template, recipe.references, recipe.path_template, pin,
+                        check=check,
                     )
                     if cell is not None:
                         index += 1
@@ -456,10 +509,13 @@ class Expansion:
         prompt_template: Template,
         reference_templates: list[Template | None],
         path_template: Template,
+        pin: tuple[str | None, str | None] = (None, None),
         *,
         check: bool = True,
     ) -> Cell | None:
         spec = self.spec
+        provider, model = pin
+        limits = self.stats.pin(provider)
         values["replicate"] = str(replicate)
         try:
             prompt = prompt_template.render(values)
@@ -486,12 +542,13 @@ class Expansion:
                 )
             uri = known[0]
             identities.append(known[1])
-            if i not in self.stats.local_references and not is_http(uri):
-                self.stats.local_references[i] = uri
+            if i not in limits.local_references and not is_http(uri):
+                limits.local_references[i] = uri
             uris.append(uri)
         seed = None if spec.seed is None else spec.seed + replicate
         ratio, resolution, fmt = values["aspect_ratio"], values["resolution"], values["format"]
-        cid = cell_id(prompt, ratio, resolution, fmt, identities, seed, replicate)
+        cid = cell_id(prompt, ratio, resolution, fmt, identities, seed, replicate,
+                      provider, model)
         values["cell_id"] = cid
         try:
             output_path = sanitise_relative_path(path_template.render(values))
@@ -506,29 +563,29 @@ class Expansion:
             self._own_file(output_path, taken, cell_vars, row)
             return None
         if check:
-            self._count(prompt_template.text, prompt, len(uris), cell_vars, row)
+            self._count(limits, prompt_template.text, prompt, len(uris), cell_vars, row)
         return Cell(
             cell_id=cid, index=index, prompt=prompt, aspect_ratio=ratio,
             resolution=resolution, output_format=fmt, references=tuple(uris),
             vars=cell_vars, replicate=replicate, output_path=output_path, seed=seed,
-            dataset_row=row,
+            dataset_row=row, provider=provider, model=model,
         )
 
     def _count(
-        self, template: str, prompt: str, references: int, cell_vars: Mapping[str, str],
-        row: int | None,
+        self, limits: LimitStats, template: str, prompt: str, references: int,
+        cell_vars: Mapping[str, str], row: int | None,
     ) -> None:
-        stats = self.stats.prompts.get(template)
+        stats = limits.prompts.get(template)
         length = len(prompt)
         if stats is None:
-            self.stats.prompts[template] = PromptStats(length, length, _describe(cell_vars, row))
+            limits.prompts[template] = PromptStats(length, length, _describe(cell_vars, row))
         elif length > stats.longest:
             stats.longest, stats.longest_example = length, _describe(cell_vars, row)
         elif length < stats.shortest:
             stats.shortest = length
-        if references > self.stats.most_references:
-            self.stats.most_references = references
-            self.stats.most_references_example = _describe(cell_vars, row)
+        if references > limits.most_references:
+            limits.most_references = references
+            limits.most_references_example = _describe(cell_vars, row)
 
     def _missing_variable(
         self, path: JsonPath, name: str, cell_vars: Mapping[str, str], row: int | None

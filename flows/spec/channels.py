@@ -12,10 +12,10 @@ account written as a name stands for the provider's first credential variable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from flows.spec.model import Account, JobSpec
+from flows.spec.model import Account, Cell, JobSpec
 from providers import registry
 from providers.base import Capabilities
 
@@ -90,6 +90,21 @@ def split_for_shard(found: Sequence[Channel], shard: str) -> tuple[Channel, ...]
     index, _, count = shard.partition("/")
     i, n = int(index), int(count)
     return tuple(found[i::n])
+
+
+def shard_owners(spec: JobSpec, count: int) -> Callable[[Cell], Sequence[int]]:
+    """When shards split the accounts (`split_for_shard`): the shards owning a channel the
+    cell may use (its pinned provider's, else the `provider:` list's), in order."""
+    found: dict[str, set[int]] = {}
+    for j, channel in enumerate(channels(spec)):
+        found.setdefault(channel.provider, set()).add(j % count)
+    owners = {name: sorted(shards) for name, shards in found.items()}
+    routed = sorted({i for name in spec.routed for i in found.get(name, ())})
+
+    def of(cell: Cell) -> Sequence[int]:
+        return owners.get(cell.provider, ()) if cell.provider else routed
+
+    return of
 
 
 def _channel(provider: str, account: Account) -> Channel:

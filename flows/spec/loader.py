@@ -255,6 +255,7 @@ class _Checker:
         self.keep_cells = False                 # hold them (see `load_job`)
         self.caps: dict[str, Capabilities] = {}
         self.known: list[str] = []
+        self.listed: list[str] = []  # `provider:`, in order
         self.blocked = False  # expansion would only repeat problems already found
         self._value_paths: dict[str, dict[str, JsonPath]] = {}  # key -> value -> path
         self.accounts: dict[str, tuple[Account, ...]] = {}
@@ -343,18 +344,26 @@ class _Checker:
                     self.blocking.append(path)
 
     def check_providers(self, data: Mapping[str, Any]) -> list[str]:
-        """The spec's fallback list; loads each known provider's capabilities."""
+        """The spec's fallback list (`self.listed`) and every provider of the job, the ones
+        only a `provider` matrix value names last; loads each known provider's
+        capabilities."""
         self.known = registry.available()
         raw = data.get("provider")
         items: list[tuple[JsonPath, Any]]
         if isinstance(raw, list):
             items = [(("provider", i), name) for i, name in enumerate(raw)]
         else:
-            items = [(("provider",), raw)]
-        names = [name for _, name in items if isinstance(name, str)]
+            items = [] if raw is None else [(("provider",), raw)]
+        self.listed = [name for _, name in items if isinstance(name, str)]
+        items += self.matrix_providers(data)
+        names = list(dict.fromkeys(name for _, name in items if isinstance(name, str)))
         for path, name in items:
             if isinstance(name, str):
                 self.load_provider(path, name)
+        if raw is None and not _mapping(data.get("matrix")).get("provider"):
+            self.add((), "missing required key 'provider': name the provider (`provider: "
+                         "kie`, or a fallback list), or add a `provider` matrix axis that pins "
+                         "each cell to one")
         for section in PROVIDER_SECTIONS:
             table = data.get(section)
             if isinstance(table, dict):
@@ -364,6 +373,19 @@ class _Checker:
                     else:
                         self.load_provider((section, name), name, key=True)
         return names
+
+    def matrix_providers(self, data: Mapping[str, Any]) -> list[tuple[JsonPath, Any]]:
+        """Where the matrix names a provider: the `provider` axis, then include entries."""
+        matrix = _mapping(data.get("matrix"))
+        axis = matrix.get("provider")
+        found: list[tuple[JsonPath, Any]] = [
+            (("matrix", "provider", i), name)
+            for i, name in enumerate(axis if isinstance(axis, list) else [])
+        ]
+        for j, entry in enumerate(matrix.get("include") or []):
+            if isinstance(entry, dict) and "provider" in entry:
+                found.append((("matrix", "include", j, "provider"), entry["provider"]))
+        return found
 
     def check_base_urls(self, data: Mapping[str, Any]) -> None:
         """A spec may point a provider at its documented host or at loopback (an emulator,
@@ -655,6 +677,7 @@ class _Checker:
         return JobSpec(
             name=data["name"] if isinstance(data.get("name"), str) else "job",
             providers=tuple(providers),
+            listed=tuple(self.listed),
             output=output,
             source=self.source,
             repeat=_integer(data.get("repeat"), 1),
@@ -723,12 +746,39 @@ class _Checker:
         return where.get(value, ("matrix", key))
 
     def check_provider_limits(self, spec: JobSpec, stats: cellmod.Stats) -> None:
-        """Each documented limit of each provider of the fallback list, once per value."""
-        for name in spec.providers:
-            caps = self.caps.get(name)
-            if caps is not None:
-                _LimitCheck(self, name, caps).run(spec, stats)
+        """Each documented limit of each provider against the cells it may run (those
+        pinned to it, and the unpinned ones when it is on the `provider:` list), once per
+        value; and each pinned model id against the providers that would be asked for it."""
+        for pin, limits in stats.pins.items():
+            for name in (pin,) if pin is not None else spec.routed:
+                caps = self.caps.get(name)
+                if caps is not None:
+                    _LimitCheck(self, name, caps).run(spec, limits)
+                    self.check_models(name, caps, limits.models, pinned=pin is not None)
 
+    def offers_models(self, name: str) -> bool:
+        try:
+            return bool(registry.capabilities(name).models)
+        except Exception:  # a third-party adapter that cannot load: not a suggestion
+            return False
+
+    def check_models(
+        self, name: str, caps: Capabilities, models: set[str], *, pinned: bool
+    ) -> None:
+        """Each model id asked of `name` must be one it offers (`Capabilities.models`)."""
+        for model in sorted(models):
+            if model in caps.models:
+                continue
+            offered = (f"it offers {', '.join(caps.models)}" if caps.models else
+                       "it runs one model and takes no model id")
+            if pinned:
+                hint = f"exclude {{provider: {name}, model: {model}}} in the matrix"
+            else:
+                choosers = [p for p in self.known if self.offers_models(p)]
+                hint = (f"pin the cells that name it to {' or '.join(choosers)} with a "
+                        "`provider` axis or include entries")
+            self.add(self.value_path("model", model),
+                     f"model {model!r} is not a model id of {name}: {offered}; {hint}")
 
 class _LimitCheck:
     """Asks `limit_problems` about one varied field at a time, so each problem it finds
@@ -752,7 +802,7 @@ class _LimitCheck:
             if message not in self.baseline:
                 self.checker.add(path, message + suffix)
 
-    def run(self, spec: JobSpec, stats: cellmod.Stats) -> None:
+    def run(self, spec: JobSpec, stats: cellmod.LimitStats) -> None:
         value_path = self.checker.value_path
         for ratio in sorted(stats.aspect_ratios):
             self.check(value_path("aspect_ratio", ratio), aspect_ratio=ratio)

@@ -68,7 +68,8 @@ class JobSpec:
     """A validated job spec. Paths are already resolved against the spec file's folder."""
 
     name: str
-    providers: tuple[str, ...]          # fallback order; first is primary
+    # every provider a cell may run on: `routed`, then those only a matrix value names
+    providers: tuple[str, ...]
     output: OutputSpec
     source: str = "<memory>"             # where the spec came from (for messages)
     repeat: int = 1
@@ -93,10 +94,19 @@ class JobSpec:
     base_dir: str = "."                  # the spec file's folder: relative paths start here
     policy: InputPolicy = field(default_factory=InputPolicy)  # what it was validated under
     text: str = ""                       # the spec as written (for the run's record)
+    # `provider:` in spec order (fallback order; first is primary): where the cells without a
+    # pinned provider go. None: the same as `providers` (specs built in code).
+    listed: tuple[str, ...] | None = None
 
     @property
     def provider(self) -> str:
-        return self.providers[0]
+        return self.routed[0] if self.routed else self.providers[0]
+
+    @property
+    def routed(self) -> tuple[str, ...]:
+        """The providers a cell without a pinned provider may run on (may be empty when a
+        `provider` matrix axis pins every cell)."""
+        return self.providers if self.listed is None else self.listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +129,10 @@ class Cell:
     output_path: str                    # relative to the target, sanitised
     seed: int | None = None
     dataset_row: int | None = None
+    # A `provider` / `model` matrix value pins the cell: only that provider's channels run
+    # it (routing and fallback never move it), with that model id. None: not pinned.
+    provider: str | None = None
+    model: str | None = None
 
 
 class CellSource(Protocol):

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.spec.allocation import LaneEstimate, allocate, duration_s, meets
+from flows.spec.allocation import LaneEstimate, allocate, duration_s
 from flows.spec.channels import Channel, channels
 from flows.spec.model import Cell, JobSpec
 from flows.spec.settings import PriceSource, ProviderRules, provider_rules
@@ -129,6 +129,7 @@ class Plan:
     channels: int = 1                 # provider x account pairs the job may use
     deadline_s: float | None = None
     alternatives: tuple[RoutingEstimate, ...] = ()
+    pinned: tuple[str, ...] = ()      # providers a `provider` matrix axis pins cells to
 
     @property
     def estimated_cost_usd(self) -> float:
@@ -168,6 +169,7 @@ class Plan:
             "deadline_s": self.deadline_s,
             "meets_deadline": self.meets_deadline,
             "alternatives": [a.to_json() for a in self.alternatives],
+            "pinned": list(self.pinned),
         }
 
     def render(self) -> str:
@@ -177,14 +179,18 @@ class Plan:
             size += f" x {rows} dataset rows"
         size += f" x {self.repeat} replicate{'s' if self.repeat != 1 else ''} = {self.cells} cells"
         lines = [f"Plan for {self.job} ({self.source})", f"  matrix:    {size}"]
-        if self.routing == "fallback":
+        if self.pinned:
+            lines.append(f"  pinned:    cells of {', '.join(self.pinned)} run there only "
+                         "(provider axis)")
+        if self.routing == "fallback" and self.providers:
             others = self.providers[1:]
             fallback = f" (fallback: {', '.join(others)})" if others else ""
-            lines += [f"  provider:  {self.providers[0]}{fallback}", ""]
-        else:
+            lines.append(f"  provider:  {self.providers[0]}{fallback}")
+        elif self.routing != "fallback":
             by = f" by {_duration(self.deadline_s)}" if self.deadline_s is not None else ""
-            lines += [f"  routing:   {self.routing}{by}: {len(self.timings)} of "
-                      f"{self.channels} channels take cells", ""]
+            lines.append(f"  routing:   {self.routing}{by}: {len(self.timings)} of "
+                         f"{self.channels} channels take cells")
+        lines.append("")
         wide = max([10, *(len(row.provider) + 2 for row in self.rows)])  # gemini-batch
         lines.append(
             f"  {'provider':<{wide}}{'resolution':<12}{'cells':>9}{'USD/image':>12}{'cost':>12}"
@@ -228,47 +234,114 @@ class Plan:
         return "\n".join(lines)
 
 
+@dataclass
+class _Tally:
+    """Cells that may run on the same channels (one pin, or the unpinned ones)."""
+
+    cells: int = 0
+    by_resolution: Counter[str] = field(default_factory=Counter)
+    references: Counter[str] = field(default_factory=Counter)  # by resolution
+
+
+@dataclass
+class _Route:
+    """The plan's channels and cell groups, and each group's lanes over them."""
+
+    found: tuple[Channel, ...]
+    rules: Mapping[str, ProviderRules]
+    groups: dict[str | None, _Tally]
+    lanes: dict[str | None, list[tuple[Channel, LaneEstimate]]]
+
+    def allocate(self, routing: str, deadline_s: float | None) -> dict[str, _Load]:
+        """Cells and cost per channel key when each group is routed by `routing`: a pinned
+        group over its provider's channels, the unpinned cells over the `provider:` list."""
+        load = {channel.key: _Load(channel) for channel in self.found}
+        for pin, tally in self.groups.items():
+            lanes = self.lanes[pin]
+            counts = allocate(routing, [lane for _, lane in lanes], tally.cells, deadline_s)
+            for (channel, lane), n in zip(lanes, counts, strict=True):
+                load[channel.key].add(n, lane, pin)
+        return load
+
+    def seconds(self, load: Mapping[str, _Load]) -> float:
+        return max((self.lane_of(x).seconds(x.cells) for x in load.values() if x.cells),
+                   default=0.0)
+
+    def lane_of(self, load: _Load) -> LaneEstimate:
+        """The channel as one lane for all its cells: their mean price and latency."""
+        rule = self.rules[load.channel.provider]
+        cells = max(1, load.cells)
+        return LaneEstimate(load.channel.key, load.cost_usd / cells, rule.rate,
+                            rule.max_in_flight, load.latency_s / cells)
+
+
+@dataclass
+class _Load:
+    channel: Channel
+    cells: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0                          # summed over cells
+    by_pin: Counter[str | None] = field(default_factory=Counter)
+
+    def add(self, n: int, lane: LaneEstimate, pin: str | None) -> None:
+        self.cells += n
+        self.cost_usd += n * lane.price_usd
+        self.latency_s += n * lane.latency_s
+        self.by_pin[pin] += n
+
+
 def make_plan(spec: JobSpec, cells: Iterable[Cell]) -> Plan:
-    """Count, price and time the cells of `spec` (fast: one pass, no I/O, no Prefect)."""
-    by_resolution: Counter[str] = Counter()
-    references: Counter[str] = Counter()
+    """Count, price and time the cells of `spec` (fast: one pass, no I/O, no Prefect).
+    Cells pinned to a provider (a `provider` matrix axis) are counted on its channels only;
+    the others on the `provider:` list's, by the spec's routing."""
+    groups: dict[str | None, _Tally] = {}
     by_ratio: Counter[str] = Counter()
     rows: set[int] = set()
     total = 0
     for cell in cells:
         total += 1
-        by_resolution[cell.resolution] += 1
-        references[cell.resolution] += len(cell.references)
+        tally = groups.get(cell.provider)
+        if tally is None:
+            tally = groups[cell.provider] = _Tally()
+        tally.cells += 1
+        tally.by_resolution[cell.resolution] += 1
+        tally.references[cell.resolution] += len(cell.references)
         by_ratio[cell.aspect_ratio] += 1
         if cell.dataset_row is not None:
             rows.add(cell.dataset_row)
-    rules = {name: provider_rules(spec, name) for name in spec.providers}
-    found = channels(spec)
-    lanes = _lanes(found, rules, by_resolution, references, total)
-    counts = allocate(spec.routing, lanes, total, spec.deadline_s)
-    on_provider = Counter[str]()
-    for channel, n in zip(found, counts, strict=True):
-        on_provider[channel.provider] += n
-    plan_rows = _rows(rules, on_provider, total, by_resolution, references)
-    timings = tuple(_timing(c, lane, rules[c.provider], n)
-                    for c, lane, n in zip(found, lanes, counts, strict=True) if n) \
-        if total else ()
+    route = _route(spec, groups)
+    load = route.allocate(spec.routing, spec.deadline_s)
+    plan_rows = _rows(route, load)
+    timings = tuple(_timing(x.channel, route.lane_of(x), route.rules[x.channel.provider],
+                            x.cells) for x in load.values() if x.cells)
     dataset_rows = len(rows) if spec.dataset is not None else None
     per_row = max(1, dataset_rows or 1) * max(1, spec.repeat)
     return Plan(
-        job=spec.name, source=spec.source, providers=tuple(spec.providers), cells=total,
+        job=spec.name, source=spec.source, providers=tuple(spec.routed), cells=total,
         combinations=total // per_row, dataset_rows=dataset_rows, repeat=spec.repeat,
         rows=plan_rows, timings=timings, max_usd=spec.max_usd, by_aspect_ratio=dict(by_ratio),
-        routing=spec.routing, channels=len(found), deadline_s=spec.deadline_s,
-        alternatives=_alternatives(spec, lanes, total) if total else (),
+        routing=spec.routing, channels=len(route.found), deadline_s=spec.deadline_s,
+        alternatives=_alternatives(spec, route) if total else (),
+        pinned=tuple(name for name in spec.providers if name in groups),
     )
 
 
+def _route(spec: JobSpec, groups: dict[str | None, _Tally]) -> _Route:
+    found = channels(spec)
+    rules = {name: provider_rules(spec, name) for name in spec.providers}
+    lanes = {}
+    for pin, tally in groups.items():
+        names = (pin,) if pin is not None else spec.routed
+        mine = [channel for channel in found if channel.provider in names]
+        lanes[pin] = list(zip(mine, _lanes(mine, rules, tally), strict=True))
+    return _Route(found, rules, groups, lanes)
+
+
 def _lanes(
-    found: Sequence[Channel], rules: Mapping[str, ProviderRules],
-    by_resolution: Counter[str], references: Counter[str], total: int,
+    found: Sequence[Channel], rules: Mapping[str, ProviderRules], tally: _Tally
 ) -> list[LaneEstimate]:
-    """Each channel's mean price per cell of this job, its limits and mean latency."""
+    """Each channel's mean price per cell of a group, its limits and mean latency."""
+    by_resolution, references, total = tally.by_resolution, tally.references, tally.cells
     latency = sum(LATENCY_S.get(res, DEFAULT_LATENCY_S) * n for res, n in by_resolution.items())
     mean = latency / total if total else DEFAULT_LATENCY_S
     lanes = []
@@ -281,21 +354,28 @@ def _lanes(
     return lanes
 
 
-def _rows(
-    rules: Mapping[str, ProviderRules], on_provider: Counter[str], total: int,
-    by_resolution: Counter[str], references: Counter[str],
-) -> tuple[PlanRow, ...]:
-    """Price rows per provider x resolution, the provider's share of each resolution."""
+def _rows(route: _Route, load: Mapping[str, _Load]) -> tuple[PlanRow, ...]:
+    """Price rows per provider x resolution: each group's resolutions, in the share of the
+    group its channels of that provider take."""
+    cells: Counter[tuple[str, str]] = Counter()
+    references: Counter[tuple[str, str]] = Counter()
+    for pin, tally in route.groups.items():
+        on_provider: Counter[str] = Counter()
+        for x in load.values():
+            on_provider[x.channel.provider] += x.by_pin[pin]
+        for name, n in on_provider.items():
+            share = n / tally.cells if tally.cells else 0.0
+            for res, count in tally.by_resolution.items():
+                cells[name, res] += round(count * share)
+                references[name, res] += round(tally.references[res] * share)
     plan_rows = []
-    for name, rule in rules.items():
-        share = on_provider[name] / total if total else 0.0
-        if share == 0.0:
-            continue
-        for res, count in sorted(by_resolution.items(), key=lambda item: _res_order(item[0])):
-            plan_rows.append(PlanRow(
-                name, res, round(count * share), rule.base_price(res), rule.price_source(res),
-                round(references[res] * share), rule.price_per_reference_usd,
-            ))
+    for name, rule in route.rules.items():
+        for res in sorted({r for p, r in cells if p == name}, key=_res_order):
+            if cells[name, res]:
+                plan_rows.append(PlanRow(
+                    name, res, cells[name, res], rule.base_price(res), rule.price_source(res),
+                    references[name, res], rule.price_per_reference_usd,
+                ))
     return tuple(plan_rows)
 
 
@@ -307,11 +387,10 @@ def _timing(channel: Channel, lane: LaneEstimate, rules: ProviderRules, cells: i
                   batch=rules.turnaround_s is not None)
 
 
-def _alternatives(
-    spec: JobSpec, lanes: Sequence[LaneEstimate], total: int
-) -> tuple[RoutingEstimate, ...]:
-    """The other routings of these cells over these channels (none with one channel)."""
-    if len(lanes) < 2:
+def _alternatives(spec: JobSpec, route: _Route) -> tuple[RoutingEstimate, ...]:
+    """The other routings of these cells over these channels (none when no group has a
+    choice of channel)."""
+    if all(len(lanes) < 2 for lanes in route.lanes.values()):
         return ()
     options: list[tuple[str, str, float | None]] = [
         ("fallback", "fallback", None), ("spread", "spread", None),
@@ -324,11 +403,11 @@ def _alternatives(
     for label, routing, deadline in options:
         if (routing, deadline) == (spec.routing, spec.deadline_s):
             continue
-        counts = allocate(routing, lanes, total, deadline)
+        load = route.allocate(routing, deadline)
+        seconds = route.seconds(load)
         found.append(RoutingEstimate(
-            label, max(lane.seconds(n) for lane, n in zip(lanes, counts, strict=True)),
-            sum(lane.price_usd * n for lane, n in zip(lanes, counts, strict=True)),
-            None if spec.deadline_s is None else meets(lanes, counts, spec.deadline_s),
+            label, seconds, sum(x.cost_usd for x in load.values()),
+            None if spec.deadline_s is None else seconds <= spec.deadline_s,
         ))
     return tuple(found)
 

@@ -158,7 +158,9 @@ def test_every_problem_is_listed_in_file_order(tmp_path: Path) -> None:
 def test_missing_required_keys(tmp_path: Path) -> None:
     problems = validate_spec_file(write(tmp_path, "version: 1\nname: x\n"))
     assert [p.message for p in problems] == [
-        "missing required key 'provider'", "missing required key 'matrix'",
+        "missing required key 'matrix'",
+        "missing required key 'provider': name the provider (`provider: kie`, or a "
+        "fallback list), or add a `provider` matrix axis that pins each cell to one",
     ]
 
 
