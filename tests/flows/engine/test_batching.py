@@ -178,3 +178,16 @@ def test_an_old_batch_is_looked_at_less_often(hub: EmulatorHub) -> None:
     assert channel.check_interval_s(young) == 60.0
     assert channel.check_interval_s(hours) == pytest.approx(MAX_CHECK_INTERVAL_S)
     asyncio.run(channel.aclose())
+
+
+def test_cells_asking_for_two_models_travel_in_two_batches(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    from providers.gemini import MODELS
+
+    result = run(write_spec(tmp_path, PROMPTS[:2], matrix={"prompt": PROMPTS[:2],
+                                                           "model": list(MODELS)}))
+    assert result.counts["succeeded"] == 4
+    models = sorted(batch.model for batch in hub["gemini"].batches.values())
+    assert models == sorted(MODELS)  # a batch runs one model
+    assert sorted(manifest(tmp_path)["model"]) == sorted([*MODELS, *MODELS])

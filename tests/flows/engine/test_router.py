@@ -112,3 +112,23 @@ def test_a_channel_learns_its_latency_from_its_poll_schedule() -> None:
     for seconds in (2.0, 2.2, 1.8):
         one.throttle.observe_duration(seconds, seconds - 0.1)
     assert 1.5 < one.latency_s < 2.5
+
+
+@pytest.mark.parametrize("routing", ["fallback", "spread", "cheapest"])
+def test_a_pinned_cell_gets_its_provider_and_an_unpinned_one_the_listed_providers(
+    routing: str,
+) -> None:
+    from dataclasses import replace
+
+    async def go() -> tuple[str | None, str | None, object]:
+        lanes = [lane("a", price=0.2), lane("b", price=0.1), lane("c", price=0.05)]
+        router = Router(routing, lanes, routed=("a", "b"))
+        pinned = await router.take(replace(CELL, provider="a"))
+        unpinned = await router.take(CELL)
+        gone = await router.take(replace(CELL, provider="a"), exclude={"a"})
+        return (pinned.key if pinned else None, unpinned.key if unpinned else None, gone)
+
+    pinned, unpinned, gone = asyncio.run(go())
+    assert pinned == "a"        # cheapest would pick c, spread any: the pin decides
+    assert unpinned in ("a", "b")  # never c: only pinned cells go there
+    assert gone is None         # its provider's channel is spent: no other one instead

@@ -330,3 +330,33 @@ def test_example_specs_expand() -> None:
     assert {c.aspect_ratio for c in experiment} == {"1:1", "16:9", "21:9", "3:2"}
     assert not [c for c in experiment
                 if c.vars["style"] == "claymation diorama" and c.resolution == "2K"]
+
+
+def test_a_pinned_cell_has_its_provider_and_model_in_its_id() -> None:
+    unpinned = cell_id("a fox", "1:1", "1K", "png", [], None, 0)
+    on_kie = cell_id("a fox", "1:1", "1K", "png", [], None, 0, "kie")
+    assert len({unpinned, on_kie, cell_id("a fox", "1:1", "1K", "png", [], None, 0, "wiro"),
+                cell_id("a fox", "1:1", "1K", "png", [], None, 0, "kie", "m2")}) == 4
+    assert unpinned == cell_id("a fox", "1:1", "1K", "png", [], None, 0, None, None)
+
+
+def test_a_provider_axis_makes_one_cell_per_provider(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, """\
+        version: 1
+        name: pins
+        matrix:
+          prompt: ["a {style} fox"]
+          style: [ink, oil]
+          provider: [kie, runware]
+          exclude:
+            - {provider: runware, style: oil}
+        output:
+          path: "{provider}/{style}.{ext}"
+        """))
+    cells = expand(spec)
+    assert [(c.provider, c.vars["style"], c.output_path) for c in cells] == [
+        ("kie", "ink", "kie/ink.png"), ("runware", "ink", "runware/ink.png"),
+        ("kie", "oil", "kie/oil.png"),
+    ]
+    assert len({c.cell_id for c in cells}) == 3
+    assert spec.routed == () and spec.providers == ("kie", "runware")

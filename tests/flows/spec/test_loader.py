@@ -609,3 +609,52 @@ def test_collision_messages_name_both_cells_at_scale(tmp_path: Path) -> None:
         f"({described('s00')}) and {second.cell_id} ({described('s01')}) both write '0.png'; "
         "add {style} or {cell_id} to output.path"
     )
+
+
+# -- provider and model axes ----------------------------------------------------------------
+
+LONG_PROMPT = "x" * 10_001  # apikley's documented limit is 10,000 characters
+
+
+def pinned_spec(providers: str, exclude: str = "") -> str:
+    return (
+        "version: 1\nname: pins\n"
+        f"matrix:\n  prompt: [short, \"{LONG_PROMPT}\"]\n  provider: {providers}\n{exclude}"
+    )
+
+
+def test_a_pinned_cell_is_checked_against_its_own_provider_only(tmp_path: Path) -> None:
+    excluded = f"  exclude:\n    - {{provider: apikley, prompt: \"{LONG_PROMPT}\"}}\n"
+    # valid: the long prompt runs on kie only, which takes it
+    assert validate_spec_file(write(tmp_path, pinned_spec("[kie, apikley]", excluded))) == []
+    problem = only(validate_spec_file(write(tmp_path, pinned_spec("[kie, apikley]"))),
+                   "matrix.prompt[1]")
+    assert "apikley accepts prompts of at most 10000 characters" in problem.message
+
+
+def test_a_provider_axis_value_is_checked_where_it_is_written(tmp_path: Path) -> None:
+    problems = validate_spec_file(write(tmp_path, pinned_spec("[kie, kei]")))
+    problem = only(problems, "matrix.provider[1]")
+    assert (problem.line, problem.column) == (5, 19)
+    assert "unknown provider 'kei'; did you mean 'kie'?" in problem.message
+
+
+def test_a_model_id_the_pinned_provider_does_not_offer(tmp_path: Path) -> None:
+    text = ("version: 1\nname: pins\nmatrix:\n  prompt: [a fig]\n  provider: [kie, gemini]\n"
+            "  model: [gemini-3-pro-image]\n")
+    problem = only(validate_spec_file(write(tmp_path, text)), "matrix.model[0]")
+    assert problem.message == (
+        "model 'gemini-3-pro-image' is not a model id of kie: it runs one model and takes no "
+        "model id; exclude {provider: kie, model: gemini-3-pro-image} in the matrix")
+    fixed = text + "  exclude:\n    - {provider: kie, model: gemini-3-pro-image}\n"
+    assert validate_spec_file(write(tmp_path, fixed)) == []
+
+
+def test_an_added_combination_without_a_provider_needs_the_provider_list(
+    tmp_path: Path,
+) -> None:
+    text = ("version: 1\nname: pins\nmatrix:\n  prompt: [a fig]\n  provider: [kie, runware]\n"
+            "  include:\n    - {prompt: a pear}\n")
+    problem = only(validate_spec_file(write(tmp_path, text)), "matrix.include[0]")
+    assert "names no provider" in problem.message
+    assert validate_spec_file(write(tmp_path, "provider: kie\n" + text)) == []

@@ -208,3 +208,25 @@ def test_cheapest_sends_cells_to_the_batch_api_only_when_the_deadline_allows_it(
     assert "up to 24 h 00 min (batch turnaround)" in relaxed.render()
     urgent = plan_for(tmp_path, text + "deadline: 2h\n")
     assert [t.provider for t in urgent.timings] == ["kie"] and urgent.meets_deadline
+
+
+def test_each_pinned_row_is_priced_on_its_own_provider(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, """\
+        version: 1
+        name: pins
+        provider: kie
+        routing: cheapest
+        matrix:
+          prompt: ["a {style} fox"]
+          style: [ink, oil, clay]
+          resolution: [1K, 4K]
+          include:
+            - {style: clay, provider: runware}
+        """)
+    rows = {(row.provider, row.resolution): (row.cells, row.price_usd) for row in plan.rows}
+    assert rows == {("kie", "1K"): (2, 0.09), ("kie", "4K"): (2, 0.12),
+                    ("runware", "1K"): (1, 0.138), ("runware", "4K"): (1, 0.244)}
+    assert plan.estimated_cost_usd == pytest.approx(2 * 0.09 + 2 * 0.12 + 0.138 + 0.244)
+    assert plan.pinned == ("runware",)
+    assert "pinned:    cells of runware run there only" in plan.render()
+    assert plan.alternatives == ()  # no group has a choice of channel
