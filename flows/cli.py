@@ -178,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.from_run is None:
         return _run(args)
     try:
-        args.spec, target = _recorded_spec(args.from_run)
+        args.spec, target, args.spec_source = _recorded_spec(args.from_run)
     except (LookupError, OSError) as exc:
         print(f"nbp run: --from {args.from_run}: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -189,9 +189,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.unlink(args.spec)
 
 
-def _recorded_spec(source: str) -> tuple[str, str]:
+def _recorded_spec(source: str) -> tuple[str, str, str]:
     """A copy of the spec a run of TARGET recorded, written beside the original (its
-    relative paths resolve there), and the target. `OSError` when that folder is gone."""
+    relative paths resolve there), the target, and how the new run's record names the
+    spec. `OSError` when that folder is gone."""
     from outputs.runs import find_record
     from outputs.sink import Sink
 
@@ -208,7 +209,7 @@ def _recorded_spec(source: str) -> tuple[str, str]:
         out.write(record.spec_text)
     print(f"running again run {record.run_id} of {record.job} (spec sha256 "
           f"{record.spec_sha256[:12]}, written {record.started_at})", file=sys.stderr)
-    return path, target
+    return path, target, f"{record.spec_source} (from {target}@{record.run_id})"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -247,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
             retry_uncertain=args.retry_uncertain, run_id=args.run_id,
             allow_paths=list(policy.allow_paths) or None, max_cells=args.max_cells,
             patience_s=args.patience, own_accounts=args.own_accounts,
-            batch_wait_s=args.batch_wait,
+            batch_wait_s=args.batch_wait, spec_source=getattr(args, "spec_source", None),
         ))
     finally:
         display.close()

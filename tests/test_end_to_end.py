@@ -266,6 +266,8 @@ def test_a_run_is_reproduced_from_its_output_folder_alone(
     status = run_nbp("status", str(tmp_path / "out"), "--json")
     records = json.loads(status.stdout)["run_records"]
     assert len(records) == 2 and records[0]["spec_sha256"] == records[1]["spec_sha256"]
+    sources = sorted(r["spec_source"] for r in records)  # the original, not the copy
+    assert sources[1] == f"{sources[0]} (from {tmp_path / 'out'}@{before['run_id'][0]})"
     assert not list(tmp_path.glob(".nbp-from-*"))  # the spec copy is gone
     missing = run_nbp("run", "--from", f"{tmp_path / 'out'}@nope", "--emulate", env=env)
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr

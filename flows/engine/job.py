@@ -118,6 +118,7 @@ class RunOptions:
     own_accounts: bool = False          # with `shard`: use only the channels this shard owns
     flow_run_id: str | None = None      # the Prefect flow run, for the run's record
     batch_wait_s: float = DEFAULT_WAIT_S  # how long to wait for batches before leaving them
+    spec_source: str | None = None      # what the run's record names as the spec's source
 
     def input_policy(self) -> InputPolicy:
         changes: dict[str, Any] = {}
@@ -173,7 +174,8 @@ async def run_job(
     progress = progress or Progress()
     progress.total = len(cells)
     used = run_channels(spec, options)
-    record = RunRecord.start(run_id=options.run_id, job=spec.name, spec_source=spec.source,
+    record = RunRecord.start(run_id=options.run_id, job=spec.name,
+                             spec_source=options.spec_source or spec.source,
                              spec_text=spec.text, flow_run_id=options.flow_run_id,
                              shard=options.shard, spec_folder=spec.base_dir)
     async with open_providers(spec, options, hooks.credentials, used) as (providers, emulated), \

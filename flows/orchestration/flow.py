@@ -107,10 +107,12 @@ def build_flow(
         patience_s: float | None = None,
         own_accounts: bool = False,
         batch_wait_s: float | None = None,
+        spec_source: str | None = None,
     ) -> dict[str, Any]:
         """Run the job spec `spec` (a path or fsspec URL); see `nbp run --help`. Shards
         started as one run pass the same `run_id` (they share `budget.max_usd`); with
-        `own_accounts` each shard uses only the channels it owns."""
+        `own_accounts` each shard uses only the channels it owns; `spec_source` names the
+        spec in the run's record when `spec` is a copy (`nbp run --from`)."""
         logger = get_run_logger()
         this_run = str(runtime_flow_run.id)
         options = RunOptions(
@@ -119,7 +121,7 @@ def build_flow(
             retry_uncertain=retry_uncertain, run_id=run_id or this_run[:12], holder=this_run,
             allow_paths=tuple(allow_paths or ()), max_cells=max_cells,
             retry=RetryPolicy(patience_s=patience_s) if patience_s else DEFAULT_RETRY,
-            own_accounts=own_accounts, flow_run_id=this_run,
+            own_accounts=own_accounts, flow_run_id=this_run, spec_source=spec_source,
             **({"batch_wait_s": batch_wait_s} if batch_wait_s is not None else {}),
         )
         limiter: LimiterFactory = shared_limiter if shared_limits else local_limiter
