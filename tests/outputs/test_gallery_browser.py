@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 
 from flows.engine.job import RunOptions, run_job
-from outputs.gallery import GALLERY_NAME
+from outputs.gallery import FILTER_SCRIPT, GALLERY_NAME
 from providers.emulator.core import CONTENT_MARKER
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -246,7 +246,12 @@ def test_images_are_drawn(job: Job, tmp_path: Path) -> None:
 def test_the_page_fetches_nothing_from_the_network(rendered: Rendered, tmp_path: Path) -> None:
     assert rendered.page_requests == []
     assert not [u for u in Cards(rendered.dom).attribute_urls if re.match(r"(https?:)?//", u)]
-    assert not re.search(r"url\(|@import|<script|<link", rendered.dom)
+    assert not re.search(r"url\(|@import|<link", rendered.dom)
+    # One inline script, the filter's, and nothing in it that could ask for anything
+    assert re.findall(r"<script[^>]*>", rendered.dom) == ["<script>"]
+    assert FILTER_SCRIPT in rendered.dom
+    assert not re.search(r"fetch|XMLHttpRequest|WebSocket|EventSource|sendBeacon|import|"
+                         r"src|href|open\(|innerHTML|outerHTML|write\(", FILTER_SCRIPT)
     # Control: the same check sees a page that does fetch (the resolver rule stops it there).
     fetching = tmp_path / "fetching.html"
     fetching.write_text('<img src="http://example.invalid/a.png"><img src="https://example.com/b">')
