@@ -60,10 +60,11 @@ DEFAULT_ROWS = ("prompt",)
 DEFAULT_COLUMNS = ("aspect_ratio", "resolution")
 # Axis name -> the manifest column it reads; other names read the cell's `vars` entry (also
 # when the column is empty: a cell skipped before a provider served it still has its axis).
+# In this order the filter lists them after the grid's axes and the template variables.
 AXIS_COLUMNS = {
-    "aspect_ratio": "aspect_ratio", "resolution": "resolution", "replicate": "replicate",
-    "provider": "provider", "model": "model", "account": "account", "status": "status",
-    "prompt": "prompt", "run": "run_id",
+    "prompt": "prompt", "aspect_ratio": "aspect_ratio", "resolution": "resolution",
+    "provider": "provider", "model": "model", "account": "account", "replicate": "replicate",
+    "run": "run_id", "status": "status",
 }  # fmt: skip
 FAILED_ONLY = "failed-only"  # the switch's name, and its key in the URL fragment
 
