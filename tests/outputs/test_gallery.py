@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import html
@@ -470,3 +471,27 @@ def test_the_page_runs_only_its_own_script_and_style(job: tuple[Sink, pl.DataFra
     digest = "sha256-" + base64.b64encode(hashlib.sha256(FILTER_SCRIPT.encode()).digest()).decode()
     assert rules["default-src"] == "'none'" and rules["script-src"] == f"'{digest}'"
     assert rules["img-src"] == "'self' file:" and rules["style-src"].startswith("'sha256-")
+
+
+def test_the_engine_draws_the_spec_pivot(styles: tuple[Sink, pl.DataFrame], tmp_path: Path) -> None:
+    """The engine passes `output.gallery` to the page it writes at the end of a run."""
+    from flows.engine.job import write_outputs
+    from flows.engine.lease import Heartbeat
+    from flows.spec.model import GallerySpec
+    from outputs.parts import ManifestParts
+
+    sink, frame = styles
+    (tmp_path / "parts").mkdir()
+    parts = ManifestParts(str(tmp_path / "parts"))
+    parts.add(0, frame)
+
+    async def write(gallery: GallerySpec | None) -> str:
+        _, uri = await write_outputs(Heartbeat(sink, "test"), parts, None, title="t",
+                                     gallery=gallery)
+        return Path(uri).read_text()
+
+    pivoted = Grid(asyncio.run(write(GallerySpec(("style",), ("provider",))))).table
+    assert pivoted["corner"] == "style" and pivoted["columns"] == ["kie", "runware", "wiro"]
+    default = Grid(asyncio.run(write(GallerySpec()))).table  # both sides: their defaults
+    assert default["corner"] == "prompt" and default["columns"] == ["1:1 · 1K"]
+    assert "<caption>" not in asyncio.run(write(None))  # no pivot: the default layout
