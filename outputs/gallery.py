@@ -143,10 +143,10 @@ class _Card:
 @dataclass(frozen=True)
 class _Filter:
     axis: str
-    values: tuple[str, ...]  # in the order they first appear
+    values: dict[str, int]  # value -> its index, in the order values first appear
 
     def code(self, card: _Card) -> int:
-        return self.values.index(card.value(self.axis))
+        return self.values[card.value(self.axis)]
 
 
 def _filters(cards: list[_Card], layout: Layout) -> list[_Filter]:
@@ -161,7 +161,7 @@ def _filters(cards: list[_Card], layout: Layout) -> list[_Filter]:
     for name in names:
         values = _unique(card.value(name) for card in cards)
         if 1 < len(values) <= MAX_FILTER_VALUES:
-            found.append(_Filter(name, tuple(values)))
+            found.append(_Filter(name, {value: i for i, value in enumerate(values)}))
     return found
 
 
@@ -298,6 +298,7 @@ def _section(
         grid.setdefault((card.key(layout.rows), card.key(layout.columns)), []).append(card)
     for row_key in _unique(card.key(layout.rows) for card in cards):
         header = _e(_joined(row_key))
+        # class "prompt": a row header's style, named after the default layout's rows
         yield f'<tr><th class="prompt" title="{header}"><div>{header}</div></th>'
         for col in columns:
             yield "<td>"
