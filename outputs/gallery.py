@@ -1,25 +1,42 @@
 """`{target}/index.html`: a contact sheet of a job that works offline, from disk or a bucket.
 
-One file with its CSS inline, no script and no external asset. Each card shows its image
-straight from the target by relative path (`<img loading="lazy">` with the width and height
-it is drawn at, so the page lays out before any image arrives) and links to it, so the page
-works wherever the target folder is opened: from disk, offline, or from a bucket served over
-HTTP. Making the page reads no image: a run never decodes an image a second time for its
+One file with its CSS and one small script inline, and no external asset. Each card shows its
+image straight from the target by relative path (`<img loading="lazy">` with the width and
+height it is drawn at, so the page lays out before any image arrives) and links to it, so the
+page works wherever the target folder is opened: from disk, offline, or from a bucket served
+over HTTP. Making the page reads no image: a run never decodes an image a second time for its
 gallery (thumbnails cost 19 ms of CPU per 1K PNG, more than the rest of a cell), and the
 browser only loads the images scrolled into view. Opened without the target's images next
 to it, the page still shows every card's facts.
 
-Layout: a summary line on top; one section per dataset row (header: the row's variables),
-or a single section for jobs without a dataset; in each section a grid of prompts (rows) by
-aspect ratio × resolution (columns). Failed, skipped and cancelled cells are cards with their
-status and reason. Every card shows its cell id, cost and latency (caption and tooltip).
+Layout: a summary line on top, then grids of cards. By default one section per dataset row
+(header: the row's variables), or a single section for jobs without a dataset; in each
+section a grid of prompts (rows) by aspect ratio × resolution (columns). A pivot
+(`output.gallery: {rows: [style], columns: [lighting, provider]}`) draws one grid whose rows
+and columns are the combinations of the named axes, in the order the values first appear in
+the manifest (the spec's order); an omitted side keeps its default axes. Cards that share a
+grid position (replicates, axes on neither side) stack inside it. An axis name is a manifest
+column (`AXIS_COLUMNS`: aspect_ratio, resolution, replicate, provider, model, account,
+status, prompt, and run for run_id), else an entry of the cell's template variables (matrix
+axes and dataset columns). Failed, skipped and cancelled cells are cards with their status
+and reason. Every card shows its cell id, cost and latency (caption and tooltip).
+
+Filter: the script (`FILTER_SCRIPT`, no network, no external asset) shows a form with a
+select per axis that has 2 to `MAX_FILTER_VALUES` values among the cards, and a "failed
+only" switch (every card whose status is not succeeded: failed, skipped, cancelled, pending,
+uncertain). It hides the cards that do not match, then the rows, columns and sections left
+empty, and keeps the choice in the URL fragment (`index.html#style=photo&failed-only`), so a
+filtered view is a link. With scripts disabled the form stays hidden and every card shows.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -36,17 +53,54 @@ CARD_PX = 180  # an image is drawn at most this wide and high
 # ~1 KB of HTML per card, so a 1,000,000-cell catalog would otherwise be a 1 GB page, and
 # rendering 10,000 cards took 120 MB more memory than the whole run before it (bench/cost.py).
 MAX_CARDS = 2_000
+# An axis with more values than this gets no select (a dataset's title column is not a
+# filter: it would list every row); the page stays small.
+MAX_FILTER_VALUES = 100
+DEFAULT_ROWS = ("prompt",)
+DEFAULT_COLUMNS = ("aspect_ratio", "resolution")
+# Axis name -> the manifest column it reads; other names read the cell's `vars` entry (also
+# when the column is empty: a cell skipped before a provider served it still has its axis).
+# In this order the filter lists them after the grid's axes and the template variables.
+AXIS_COLUMNS = {
+    "prompt": "prompt", "aspect_ratio": "aspect_ratio", "resolution": "resolution",
+    "provider": "provider", "model": "model", "account": "account", "replicate": "replicate",
+    "run": "run_id", "status": "status",
+}  # fmt: skip
+FAILED_ONLY = "failed-only"  # the switch's name, and its key in the URL fragment
 
 Row = Mapping[str, Any]
 
 
-def write_gallery(sink: Sink, manifest: pl.DataFrame | pl.LazyFrame, *, title: str) -> str:
+@dataclass(frozen=True)
+class Layout:
+    """Which axes make the grid's rows and columns (each position: a combination of their
+    values), and whether each dataset row has a section of its own (the default layout)."""
+
+    rows: tuple[str, ...] = DEFAULT_ROWS
+    columns: tuple[str, ...] = DEFAULT_COLUMNS
+    by_dataset_row: bool = True
+
+    @classmethod
+    def of(cls, rows: Sequence[str] | None, columns: Sequence[str] | None) -> Layout:
+        """The default layout when neither is given, else a pivot: one grid, an empty or
+        missing side keeping its default axes."""
+        if rows is None and columns is None:
+            return cls()
+        return cls(tuple(rows or DEFAULT_ROWS), tuple(columns or DEFAULT_COLUMNS), False)
+
+
+def write_gallery(
+    sink: Sink, manifest: pl.DataFrame | pl.LazyFrame, *, title: str,
+    rows: Sequence[str] | None = None, columns: Sequence[str] | None = None,
+) -> str:
     """Render the manifest's cells to `{target}/index.html` (atomic); returns its URI.
 
+    `rows` and `columns` pivot the grid (`output.gallery`); neither: the default layout.
     `manifest` may be lazy (a scanned Parquet file): only the first `MAX_CARDS` rows and the
     summary's aggregates are read. The page is written a card at a time (`Sink.write_chunks`):
     a 2,000-card page is never joined in memory."""
-    pieces = _page(_cards(manifest), summarise(manifest), title=title)
+    pieces = _page(_cards(manifest), summarise(manifest), title=title,
+                   layout=Layout.of(rows, columns))
     return sink.write_chunks(GALLERY_NAME, (piece.encode() for piece in pieces), overwrite=True)
 
 
@@ -64,43 +118,112 @@ def drawn_size(width: int | None, height: int | None) -> tuple[int, int] | None:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+# -- cards, axes and filters ---------------------------------------------------------------
+
+
+class _Card:
+    """A manifest row with its template variables decoded once."""
+
+    __slots__ = ("row", "vars")
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+        self.vars = _vars(row)
+
+    def value(self, axis: str) -> str:
+        """The card's value of `axis` as text ("" when it has none)."""
+        column = AXIS_COLUMNS.get(axis)
+        value = self.row[column] if column else None
+        return _text(self.vars.get(axis) if value is None else value)
+
+    def key(self, axes: Sequence[str]) -> tuple[str, ...]:
+        return tuple(self.value(axis) for axis in axes)
+
+
+@dataclass(frozen=True)
+class _Filter:
+    axis: str
+    values: dict[str, int]  # value -> its index, in the order values first appear
+
+    def code(self, card: _Card) -> int:
+        return self.values[card.value(self.axis)]
+
+
+def _filters(cards: list[_Card], layout: Layout) -> list[_Filter]:
+    """A filter per axis with 2 to `MAX_FILTER_VALUES` values among the cards: the grid's
+    axes first, then the template variables, then the manifest's own axes."""
+    names = _unique([
+        *layout.rows, *layout.columns,
+        *(name for card in cards for name in card.vars if name not in AXIS_COLUMNS),
+        *AXIS_COLUMNS,
+    ])
+    found = []
+    for name in names:
+        values = _unique(card.value(name) for card in cards)
+        if 1 < len(values) <= MAX_FILTER_VALUES:
+            found.append(_Filter(name, {value: i for i, value in enumerate(values)}))
+    return found
+
+
+def _code(card: _Card, filters: list[_Filter]) -> str:
+    """The card's value of each filter, as the index of that value among the filter's."""
+    return " ".join(str(f.code(card)) for f in filters)
+
+
 # -- HTML --------------------------------------------------------------------------------------
 
 
-def render_gallery(manifest: pl.DataFrame | pl.LazyFrame, *, title: str) -> str:
-    """The page for `manifest`."""
-    return "".join(_page(_cards(manifest), summarise(manifest), title=title))
+def render_gallery(
+    manifest: pl.DataFrame | pl.LazyFrame, *, title: str,
+    rows: Sequence[str] | None = None, columns: Sequence[str] | None = None,
+) -> str:
+    """The page for `manifest` (`write_gallery`'s, as one string)."""
+    return "".join(_page(_cards(manifest), summarise(manifest), title=title,
+                         layout=Layout.of(rows, columns)))
 
 
-def _page(rows: list[dict[str, Any]], summary: Summary, *, title: str) -> Iterator[str]:
+def _page(
+    rows: list[dict[str, Any]], summary: Summary, *, title: str, layout: Layout
+) -> Iterator[str]:
     """The page in pieces of at most one card each."""
-    columns = _unique((row["aspect_ratio"], row["resolution"]) for row in rows)
+    cards = [_Card(row) for row in rows]
+    filters = _filters(cards, layout)
+    columns = _unique(card.key(layout.columns) for card in cards)
     yield _head(title)
     yield _summary(summary, title)
-    for key, section in _sections(rows).items():
-        yield from _section(key, section, columns)
-    yield "</body>\n</html>\n"
+    yield _form(filters)
+    for key, section in _sections(cards, layout).items():
+        yield from _section(key, section, columns, layout, filters)
+    yield f"<script>{FILTER_SCRIPT}</script>\n</body>\n</html>\n"
 
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
 def _unique(items: Iterable[Any]) -> list[Any]:
     return list(dict.fromkeys(items))
 
 
-def _sections(rows: list[dict[str, Any]]) -> dict[int | None, list[dict[str, Any]]]:
-    """Rows grouped by dataset row: cells without one first, then rows in dataset order."""
-    sections: dict[int | None, list[dict[str, Any]]] = {}
-    for row in rows:
-        sections.setdefault(row["dataset_row"], []).append(row)
+def _sections(cards: list[_Card], layout: Layout) -> dict[int | None, list[_Card]]:
+    """Cards grouped by dataset row (cells without one first, then rows in dataset order),
+    or all in one section for a pivot."""
+    if not layout.by_dataset_row:
+        return {None: cards}
+    sections: dict[int | None, list[_Card]] = {}
+    for card in cards:
+        sections.setdefault(card.row["dataset_row"], []).append(card)
     return dict(sorted(sections.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0)))
 
 
 def _head(title: str) -> str:
     return (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{_e(_POLICY)}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
     )
@@ -122,41 +245,75 @@ def _summary(summary: Summary, title: str) -> str:
     )
 
 
+def _form(filters: list[_Filter]) -> str:
+    """The filter's controls, hidden until the script shows them (a page without scripts
+    shows every card and no control that would do nothing)."""
+    out = ['<form id="filter" class="filter" hidden>\n']
+    for f in filters:
+        options = "".join(
+            f'<option value="{_e(value)}">{_e(_label(value))}</option>' for value in f.values
+        )
+        out.append(f'<label>{_e(f.axis)} <select name="{_e(f.axis)}">'
+                   f'<option value="">all</option>{options}</select></label>\n')
+    out.append(f'<label><input type="checkbox" name="{FAILED_ONLY}"> failed only</label>\n'
+               '<output id="shown"></output>\n</form>\n')
+    return "".join(out)
+
+
+def _label(value: str, limit: int = 60) -> str:
+    if not value:
+        return "(none)"
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _joined(key: tuple[str, ...]) -> str:
+    """A grid header: the combination's values ("watercolor · kie"), "–" for a missing one."""
+    return " · ".join(value or "–" for value in key)
+
+
 def _section(
     key: int | None,
-    rows: list[dict[str, Any]],
-    columns: list[tuple[str, str]],
+    cards: list[_Card],
+    columns: list[tuple[str, ...]],
+    layout: Layout,
+    filters: list[_Filter],
 ) -> Iterator[str]:
     out = ['<section class="rows">\n']
     if key is not None:
         out.append(f'<h2 id="row-{key}">Dataset row {key}</h2>\n')
-        shared = _shared_vars(rows)
+        shared = _shared_vars(cards)
         if shared:
             items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in shared.items())
             out.append(f'<dl class="vars">{items}</dl>\n')
-    out.append('<div class="scroll">\n<table class="grid">\n<thead><tr><th>prompt</th>')
-    out += [f"<th>{_e(ratio)} · {_e(res)}</th>" for ratio, res in columns]
+    out.append('<div class="scroll">\n<table class="grid">\n')
+    if not layout.by_dataset_row:
+        out.append(f"<caption>rows: {_e(' · '.join(layout.rows))}; "
+                   f"columns: {_e(' · '.join(layout.columns))}</caption>\n")
+    out.append(f"<thead><tr><th>{_e(' · '.join(layout.rows))}</th>")
+    out += [f"<th>{_e(_joined(col))}</th>" for col in columns]
     out.append("</tr></thead>\n<tbody>\n")
     yield "".join(out)
-    grid: dict[tuple[str, str, str], list[Row]] = {}
-    for row in rows:
-        grid.setdefault((row["prompt"], row["aspect_ratio"], row["resolution"]), []).append(row)
-    for prompt in _unique(row["prompt"] for row in rows):
-        yield f'<tr><th class="prompt" title="{_e(prompt)}"><div>{_e(prompt)}</div></th>'
+    grid: dict[tuple[tuple[str, ...], tuple[str, ...]], list[_Card]] = {}
+    for card in cards:
+        grid.setdefault((card.key(layout.rows), card.key(layout.columns)), []).append(card)
+    for row_key in _unique(card.key(layout.rows) for card in cards):
+        header = _e(_joined(row_key))
+        # class "prompt": a row header's style, named after the default layout's rows
+        yield f'<tr><th class="prompt" title="{header}"><div>{header}</div></th>'
         for col in columns:
             yield "<td>"
-            for card in grid.get((prompt, *col), []):
-                yield _card(card)
+            for card in grid.get((row_key, col), []):
+                yield _card(card.row, _code(card, filters))
             yield "</td>"
         yield "</tr>\n"
     yield "</tbody>\n</table>\n</div>\n</section>\n"
 
 
-def _shared_vars(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _shared_vars(cards: list[_Card]) -> dict[str, Any]:
     """Variables with one value across the section: the dataset row's columns (and fixed axes)."""
-    decoded = [_vars(row) for row in rows]
-    first = decoded[0]
-    return {k: v for k, v in first.items() if all(d.get(k, object()) == v for d in decoded[1:])}
+    first = cards[0].vars
+    return {k: v for k, v in first.items()
+            if all(card.vars.get(k, object()) == v for card in cards[1:])}
 
 
 def _vars(row: Row) -> dict[str, Any]:
@@ -167,7 +324,7 @@ def _vars(row: Row) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _card(row: Row) -> str:
+def _card(row: Row, code: str = "") -> str:
     status = row["status"] or "unknown"
     facts = _facts(row)
     tooltip = "\n".join([f"cell {row['cell_id']}", *facts])
@@ -193,9 +350,10 @@ def _card(row: Row) -> str:
             f"<span>{_e(reason or 'no reason recorded')}</span></div>"
         )
     css = _e(status if status in ("succeeded", "failed", "skipped", "cancelled") else "unknown")
+    data = f' data-f="{code}"' if code else ""
     return (
-        f'<figure class="card {css}" id="cell-{_e(row["cell_id"])}" title="{_e(tooltip)}">'
-        f"{body}{caption}</figure>"
+        f'<figure class="card {css}" id="cell-{_e(row["cell_id"])}" title="{_e(tooltip)}"'
+        f"{data}>{body}{caption}</figure>"
     )
 
 
@@ -245,4 +403,107 @@ border-radius:3px;font-size:12px;overflow-wrap:anywhere}
 .cancelled .reason,.skipped .reason,.unknown .reason{background:#eee;color:#444;
 border:1px solid #ccc}
 .noimage{color:#666}
+[hidden]{display:none!important}
+form.filter{display:flex;flex-wrap:wrap;align-items:center;gap:.35rem 1rem;margin:0 0 1rem;
+font-size:13px}
+form.filter select{max-width:16rem}form.filter output{color:#666}
+table.grid caption{caption-side:top;text-align:left;color:#666;padding:0 0 .35rem}
 """
+
+# The filter (see the module docstring). Cards carry `data-f`: for each select, in order, the
+# index of the card's value among that select's options (after "all"). It never writes
+# markup, only `hidden` and the count: values from user data are read as option values.
+# No line comments: the page is checked to hold no "//" (no URL of any kind).
+FILTER_SCRIPT = """
+(function () {
+  "use strict";
+  var form = document.getElementById("filter");
+  if (!form) { return; }
+  var selects = Array.prototype.slice.call(form.querySelectorAll("select"));
+  var failedOnly = form.querySelector("input[type=checkbox]");
+  var cards = Array.prototype.slice.call(document.querySelectorAll("figure.card"));
+  var codes = cards.map(function (card) { return (card.getAttribute("data-f") || "").split(" "); });
+
+  function fromFragment() {
+    var params = new URLSearchParams(location.hash.slice(1));
+    selects.forEach(function (select) {
+      var wanted = params.get(select.name), index = 0;
+      for (var i = 1; wanted !== null && i < select.options.length; i++) {
+        if (select.options[i].value === wanted) { index = i; }
+      }
+      select.selectedIndex = index;
+    });
+    failedOnly.checked = params.has(failedOnly.name);
+  }
+
+  function toFragment() {
+    var params = new URLSearchParams();
+    selects.forEach(function (select) {
+      if (select.selectedIndex > 0) { params.append(select.name, select.value); }
+    });
+    if (failedOnly.checked) { params.append(failedOnly.name, ""); }
+    var fragment = params.toString();
+    try {
+      var url = fragment ? "#" + fragment : location.pathname + location.search;
+      history.replaceState(null, "", url);
+    } catch (error) { /* some browsers refuse it for a page opened from disk: no matter */ }
+  }
+
+  function hideEmpty(table, active) {
+    var rows = Array.prototype.slice.call(table.tBodies[0].rows);
+    var headers = table.tHead.rows[0].cells;
+    var used = [], any = false;
+    rows.forEach(function (row) {
+      var shown = false;
+      for (var j = 1; j < row.cells.length; j++) {
+        if (row.cells[j].querySelector("figure.card:not([hidden])")) {
+          used[j] = shown = any = true;
+        }
+      }
+      row.hidden = active && !shown;
+    });
+    for (var j = 1; j < headers.length; j++) {
+      var hide = active && !used[j];
+      headers[j].hidden = hide;
+      rows.forEach(function (row) { if (row.cells[j]) { row.cells[j].hidden = hide; } });
+    }
+    table.closest("section").hidden = active && !any;
+  }
+
+  function apply() {
+    var wanted = selects.map(function (select) { return String(select.selectedIndex - 1); });
+    var active = failedOnly.checked || selects.some(function (s) { return s.selectedIndex > 0; });
+    var count = 0;
+    cards.forEach(function (card, i) {
+      var show = !(failedOnly.checked && card.classList.contains("succeeded")) &&
+        wanted.every(function (want, axis) { return want === "-1" || codes[i][axis] === want; });
+      card.hidden = !show;
+      count += show ? 1 : 0;
+    });
+    Array.prototype.forEach.call(document.querySelectorAll("table.grid"), function (table) {
+      hideEmpty(table, active);
+    });
+    document.getElementById("shown").textContent = count + " of " + cards.length + " cards";
+  }
+
+  form.addEventListener("change", function () { toFragment(); apply(); });
+  form.addEventListener("submit", function (event) { event.preventDefault(); });
+  window.addEventListener("hashchange", function () { fromFragment(); apply(); });
+  form.hidden = false;
+  fromFragment();
+  apply();
+})();
+"""
+
+
+def _digest(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+# The page runs its own script and style only (by hash) and loads images from where it lies,
+# nothing else: were a value from user data ever to slip past the escaping, the browser would
+# still run no script of it and ask no other host for anything.
+_POLICY = (
+    f"default-src 'none'; script-src {_digest(FILTER_SCRIPT)}; style-src {_digest(_CSS)}; "
+    "img-src 'self' file:"
+)

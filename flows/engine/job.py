@@ -45,7 +45,7 @@ from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowL
 from flows.spec.channels import Channel, channels, shard_owners, split_for_shard
 from flows.spec.inputs import InputPolicy
 from flows.spec.loader import load_job
-from flows.spec.model import Cell, CellSource, JobSpec
+from flows.spec.model import Cell, CellSource, GallerySpec, JobSpec
 from flows.spec.plan import DEFAULT_LATENCY_S
 from flows.spec.rate import Rate
 from flows.spec.settings import ProviderRules, provider_rules
@@ -217,6 +217,7 @@ async def run_job(
             manifest_uri, gallery_uri = await write_outputs(
                 heartbeat, parts, job.cells if options.shard else None, title=spec.name,
                 record=record.ended(counts, budget.spent_usd + budget.reserved_usd),
+                gallery=spec.output.gallery,
             )
     if runner.busy:
         counts["busy"] = runner.busy  # another live run on the target holds these cells
@@ -271,14 +272,15 @@ async def run_chunks(
 
 async def write_outputs(
     heartbeat: Heartbeat, parts: ManifestParts, spec_order: Iterable[Cell] | None, *,
-    title: str, record: RunRecord | None = None,
+    title: str, record: RunRecord | None = None, gallery: GallerySpec | None = None,
 ) -> tuple[str, str]:
     """Merge this run's rows into `{target}/manifest.parquet` and redraw the gallery, under
     the target's manifest lease: runs and shards that end together each merge into what the
     one before them wrote, so no run's rows are lost. `spec_order`: sort the cells of the
     spec in its order (shards finish in any order). The merge streams through local files
     next to the parts (`outputs.parts.merge_parts`); the gallery reads only what it shows.
-    `record`: the run's record (`outputs.runs`), merged with its other shards' likewise."""
+    `record`: the run's record (`outputs.runs`), merged with its other shards' likewise.
+    `gallery`: the spec's `output.gallery` pivot (None: the default layout)."""
     sink = heartbeat.sink
 
     def write() -> tuple[str, str]:
@@ -291,7 +293,9 @@ async def write_outputs(
         with open(merged, "rb") as handle:
             blocks = iter(lambda: handle.read(COPY_BLOCK), b"")
             uri = sink.write_chunks(MANIFEST_NAME, blocks, overwrite=True)
-        return uri, write_gallery(sink, pl.scan_parquet(merged), title=title)
+        rows, columns = (gallery.rows, gallery.columns) if gallery else (None, None)
+        return uri, write_gallery(sink, pl.scan_parquet(merged), title=title, rows=rows,
+                                  columns=columns)
 
     async with Lease(sink, MANIFEST_LOCK, heartbeat):
         return await asyncio.to_thread(write)

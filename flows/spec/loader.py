@@ -55,6 +55,7 @@ from flows.spec.model import (
     Account,
     CellSource,
     DatasetSpec,
+    GallerySpec,
     Job,
     JobSpec,
     MatrixSpec,
@@ -74,6 +75,10 @@ DEFAULT_TARGET = "./runs/{name}"
 DEFAULT_ASPECT_RATIOS = ("1:1",)
 DEFAULT_RESOLUTIONS = ("1K",)
 PROVIDER_SECTIONS = ("limits", "options", "prices", "base_urls", "accounts")
+# What `output.gallery` may name besides matrix axes, include keys and dataset columns: the
+# manifest's own columns (outputs.gallery.AXIS_COLUMNS; `run` is run_id).
+GALLERY_AXES = ("aspect_ratio", "resolution", "replicate", "run", "provider", "model", "account",
+                "prompt", "status")
 MAX_PROBLEMS = 200  # then validation stops: 90,000 wrong values take seconds to describe
 # Parts of the spec a cell is built from: with a schema error in one of them, the spec is
 # not expanded (the problems it would add would only repeat that error).
@@ -320,6 +325,7 @@ class _Checker:
         output = self.output_spec(data)
         if dataset is not None:
             self.check_columns(dataset, matrix)
+        self.check_gallery(data, matrix, dataset_spec, dataset)
         self.blocked = self.blocked or any(p[:1] in EXPANSION_INPUTS for p in self.blocking)
         spec = self.job_spec(data, providers, matrix, dataset_spec, output)
         if spec is None or (dataset_spec is not None and dataset is None):
@@ -619,6 +625,38 @@ class _Checker:
                                               "variable; rename the column or the axis")
                 self.blocked = True
 
+    def check_gallery(
+        self, data: Mapping[str, Any], matrix: MatrixSpec, dataset_spec: DatasetSpec | None,
+        dataset: Dataset | None,
+    ) -> None:
+        """`output.gallery`: each name an axis of this job, in rows or in columns, not both.
+        Names are not judged when the axes are not all known (no matrix, or a dataset that
+        was not read)."""
+        raw = _mapping(_mapping(data.get("output")).get("gallery"))
+        judged = isinstance(data.get("matrix"), dict) and (dataset_spec is None or
+                                                           dataset is not None)
+        known = list(dict.fromkeys([
+            *matrix.axes, *(key for entry in matrix.include for key in entry),
+            *(dataset.columns if dataset is not None else ()), *GALLERY_AXES,
+        ]))
+        rows = _gallery_spec(raw).rows
+        for side in ("rows", "columns"):
+            names = raw.get(side)
+            if not isinstance(names, list) or self.broken(("output", "gallery", side)):
+                continue
+            for i, name in enumerate(names):
+                path = ("output", "gallery", side, i)
+                if not isinstance(name, str):
+                    continue
+                if judged and name not in known:
+                    close = difflib.get_close_matches(name, known, n=1)
+                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    self.add(path, f"{name!r} is not an axis of this job; {hint}axes: "
+                                   f"{', '.join(known)}")
+                elif side == "columns" and name in rows:
+                    self.add(path, f"{name!r} is in output.gallery.rows too; an axis makes "
+                                   "rows or columns, not both")
+
     def output_spec(self, data: Mapping[str, Any]) -> OutputSpec:
         raw = data.get("output")
         raw = raw if isinstance(raw, dict) else {}
@@ -639,11 +677,13 @@ class _Checker:
             self.add(("output", "target"), str(exc))
             self.blocked = True
         fmt, path, options = raw.get("format"), raw.get("path"), raw.get("storage_options")
+        gallery = raw.get("gallery")
         return OutputSpec(
             target=target,
             format=fmt if isinstance(fmt, str) else "png",
             path=path if isinstance(path, str) else DEFAULT_OUTPUT_PATH,
             storage_options=dict(options) if isinstance(options, dict) else {},
+            gallery=_gallery_spec(gallery) if isinstance(gallery, dict) else None,
         )
 
     def check_target_protocol(self, target: str) -> None:
@@ -831,6 +871,14 @@ class _LimitCheck:
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _gallery_spec(raw: Mapping[str, Any]) -> GallerySpec:
+    def names(key: str) -> tuple[str, ...]:
+        value = raw.get(key)
+        return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+    return GallerySpec(rows=names("rows"), columns=names("columns"))
 
 
 def _usd(value: Any) -> float | None:

@@ -27,11 +27,21 @@ class ProviderLimits:
 
 
 @dataclass(frozen=True)
+class GallerySpec:
+    """`output.gallery`: the axes of the gallery's rows and columns, outermost first; an
+    empty side keeps the gallery's default axes (`outputs.gallery.Layout`)."""
+
+    rows: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class OutputSpec:
     target: str                         # fsspec URL or local path (resolved, templated)
     format: str = "png"
     path: str = DEFAULT_OUTPUT_PATH      # template relative to target
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    gallery: GallerySpec | None = None   # None: the default layout
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import html
 import io
 import re
 from html.parser import HTMLParser
@@ -12,7 +16,14 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from outputs.gallery import CARD_PX, GALLERY_NAME, drawn_size, write_gallery
+from outputs.gallery import (
+    CARD_PX,
+    FILTER_SCRIPT,
+    GALLERY_NAME,
+    Layout,
+    drawn_size,
+    write_gallery,
+)
 from outputs.manifest import rows_to_frame
 from outputs.sink import Sink
 
@@ -36,15 +47,18 @@ def cell(cell_id: str, **values: Any) -> dict[str, Any]:
 
 
 class Page(HTMLParser):
-    """What a browser would load: every src/href, and the text of each card."""
+    """What a browser would load: every src/href, the text of each card, and the scripts
+    (which must be inline: a script with any attribute, or an on* attribute, raises)."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
         self.urls: list[tuple[str, str]] = []
         self.cards: dict[str, str] = {}
         self.titles: dict[str, str] = {}
+        self.data: dict[str, str] = {}  # card -> its data-f
+        self.scripts: list[str] = []
         self._card: str | None = None
-        self._depth = 0
+        self._script: int | None = None
         self.feed(text)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -54,16 +68,24 @@ class Page(HTMLParser):
             self._card = a["id"].removeprefix("cell-")
             self.cards[self._card] = ""
             self.titles[self._card] = a["title"]
-        if tag == "script" or any(k.startswith("on") for k in a):
+            self.data[self._card] = a.get("data-f", "")
+        if (tag == "script" and a) or any(k.startswith("on") for k in a):
             raise AssertionError(f"script in page: {tag} {a}")
+        if tag == "script":
+            self._script = len(self.scripts)
+            self.scripts.append("")
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "figure":
             self._card = None
+        elif tag == "script":
+            self._script = None
 
     def handle_data(self, data: str) -> None:
         if self._card:
             self.cards[self._card] += data
+        if self._script is not None:
+            self.scripts[self._script] += data
 
 
 @pytest.fixture
@@ -130,9 +152,11 @@ def test_images_load_lazily_at_the_size_they_are_drawn(job: tuple[Sink, pl.DataF
 def test_text_is_escaped(job: tuple[Sink, pl.DataFrame]) -> None:
     sink, frame = job
     text = Path(write_gallery(sink, frame, title=HOSTILE)).read_text("utf-8")
-    assert "<script>" not in text and "&lt;script&gt;" in text
+    data = text.replace(f"<script>{FILTER_SCRIPT}</script>", "", 1)
+    assert "<script>" not in data and "&lt;script&gt;" in text
     assert "SKU &lt;7&gt;" in text
-    Page(text)  # raises on any script tag or on* attribute
+    # raises on a script with attributes or an on* attribute; the one script is the filter's
+    assert Page(text).scripts == [FILTER_SCRIPT]
 
 
 def test_failures_show_status_and_reason(job: tuple[Sink, pl.DataFrame]) -> None:
@@ -202,3 +226,272 @@ def test_card_count_is_bounded_and_the_page_says_so(
     page = Page(Path(write_gallery(sink, frame, title="big")).read_text("utf-8"))
     assert sorted(page.cards) == sorted(frame["cell_id"].head(3).to_list())
     assert f"the first 3 of {frame.height} cells" in Path(sink.uri("index.html")).read_text()
+
+
+# -- pivots and the filter -----------------------------------------------------------------
+
+XSS = '<img src=x onerror=alert(1)> "q"'
+
+
+class Grid(HTMLParser):
+    """Each grid of the page: its column headers and, per row, its header and the card ids
+    in each column, in page order."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tables: list[dict[str, Any]] = []
+        self._cell: list[str] | None = None
+        self._header: str | None = None  # text of the header cell being read
+        self.feed(text)
+
+    @property
+    def table(self) -> dict[str, Any]:
+        [table] = self.tables
+        return table
+
+    def positions(self) -> dict[tuple[str, str], list[str]]:
+        """(row header, column header) -> card ids stacked there (non-empty positions)."""
+        found = {}
+        for header, cells in self.table["rows"]:
+            for column, ids in zip(self.table["columns"], cells, strict=True):
+                if ids:
+                    found[header, column] = ids
+        return found
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "table":
+            self.tables.append({"corner": None, "columns": [], "rows": []})
+        elif tag == "th":
+            self._header = ""
+        elif tag == "tr" and self.tables and self.tables[-1]["corner"] is not None:
+            self.tables[-1]["rows"].append(["", []])
+        elif tag == "td":
+            self._cell = []
+            self.tables[-1]["rows"][-1][1].append(self._cell)
+        elif tag == "figure" and self._cell is not None:
+            self._cell.append(a["id"].removeprefix("cell-"))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "th" and self._header is not None:
+            table = self.tables[-1]
+            if table["corner"] is None:
+                table["corner"] = self._header
+            elif table["rows"]:
+                table["rows"][-1][0] = self._header
+            else:
+                table["columns"].append(self._header)
+            self._header = None
+        elif tag == "td":
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._header is not None:
+            self._header += data
+
+
+@pytest.fixture
+def styles(tmp_path: Path) -> tuple[Sink, pl.DataFrame]:
+    """style x lighting x 2 replicates on kie, a cell that fell back to runware, a failure
+    no provider served, and a cancel. `provider` is also a template variable (as when it is a
+    matrix axis): the channel the spec asked for first."""
+    rows = []
+    for style in ("photo", "watercolor"):
+        for light in ("soft", "hard"):
+            for rep in (0, 1):
+                rows.append(cell(f"{style}-{light}-{rep}", replicate=rep, run_id="r2",
+                                 prompt=f"A {style} fox, {light} light",
+                                 vars={"style": style, "lighting": light, "provider": "kie"}))
+    rows.append(cell("rw", provider="runware", prompt="A photo fox, soft light",
+                     vars={"style": "photo", "lighting": "soft", "provider": "kie"}))
+    rows.append(cell("nope", provider=None, status="failed", error_message="boom",
+                     vars={"style": "ink", "lighting": "soft", "provider": "wiro"}))
+    rows[0]["status"] = "cancelled"
+    return Sink(str(tmp_path / "target")), rows_to_frame(rows)
+
+
+def pivot(job: tuple[Sink, pl.DataFrame], rows: list[str] | None,
+          columns: list[str] | None) -> str:
+    sink, frame = job
+    return Path(write_gallery(sink, frame, title="t", rows=rows, columns=columns)).read_text()
+
+
+def test_the_default_layout_is_prompt_by_ratio_and_resolution_per_dataset_row() -> None:
+    assert Layout.of(None, None) == Layout(("prompt",), ("aspect_ratio", "resolution"), True)
+    # a pivot is one grid; a side it leaves out keeps its default axes
+    assert Layout.of(["style"], None) == Layout(("style",), ("aspect_ratio", "resolution"), False)
+    assert Layout.of((), ["provider"]) == Layout(("prompt",), ("provider",), False)
+
+
+def test_a_pivot_places_each_card_at_its_combination_of_values(
+    styles: tuple[Sink, pl.DataFrame]
+) -> None:
+    grid = Grid(pivot(styles, ["style"], ["lighting", "provider"]))
+    table = grid.table
+    assert table["corner"] == "style"
+    # headers are combinations, in the order their values first appear in the manifest
+    assert table["columns"] == ["soft · kie", "hard · kie", "soft · runware", "soft · wiro"]
+    assert [header for header, _ in table["rows"]] == ["photo", "watercolor", "ink"]
+    assert grid.positions() == {
+        # replicates share a position and stack there, in manifest order
+        ("photo", "soft · kie"): ["photo-soft-0", "photo-soft-1"],
+        ("photo", "hard · kie"): ["photo-hard-0", "photo-hard-1"],
+        ("watercolor", "soft · kie"): ["watercolor-soft-0", "watercolor-soft-1"],
+        ("watercolor", "hard · kie"): ["watercolor-hard-0", "watercolor-hard-1"],
+        ("photo", "soft · runware"): ["rw"],  # the provider column: who served it
+        ("ink", "soft · wiro"): ["nope"],  # no provider served it: the template variable
+    }
+
+
+def test_axes_read_manifest_columns_then_template_variables(
+    styles: tuple[Sink, pl.DataFrame]
+) -> None:
+    """provider, status, replicate and run (run_id) are columns; an empty column falls back
+    to the cell's variable of that name; a value neither has is "–"."""
+    grid = Grid(pivot(styles, ["provider", "status"], ["run", "replicate"]))
+    assert grid.table["corner"] == "provider · status"
+    assert grid.table["columns"] == ["r2 · 0", "r2 · 1", "r1 · –"]
+    positions = grid.positions()
+    assert positions["wiro · failed", "r1 · –"] == ["nope"]
+    assert positions["runware · succeeded", "r1 · –"] == ["rw"]
+    assert positions["kie · cancelled", "r2 · 0"] == ["photo-soft-0"]
+    assert len(positions["kie · succeeded", "r2 · 1"]) == 4
+    prompts = Grid(pivot(styles, ["prompt"], ["style"]))
+    assert prompts.table["rows"][0][0] == "A photo fox, soft light"  # the column, templated
+
+
+def test_a_pivot_is_one_grid_and_the_default_one_per_dataset_row(
+    job: tuple[Sink, pl.DataFrame]
+) -> None:
+    default = Grid(pivot(job, None, None))
+    assert len(default.tables) == 2 and default.tables[0]["corner"] == "prompt"
+    pivoted = pivot(job, ["status"], None)
+    assert len(Grid(pivoted).tables) == 1 and 'id="row-7"' not in pivoted
+    assert "<caption>rows: status; columns: aspect_ratio · resolution</caption>" in pivoted
+    assert Grid(pivoted).table["columns"] == ["1:1 · 1K", "1:1 · 2K", "16:9 · 1K", "16:9 · 2K"]
+
+
+class Form(HTMLParser):
+    """The filter's form: axis -> (option values, option labels), its switch, its state."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.form: dict[str, str] = {}
+        self.selects: dict[str, tuple[list[str], list[str]]] = {}
+        self.inputs: list[dict[str, str]] = []
+        self._select: str | None = None
+        self._option = False
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.form = a
+        elif tag == "select":
+            self._select = a["name"]
+            self.selects[self._select] = ([], [])
+        elif tag == "option" and self._select is not None:
+            self.selects[self._select][0].append(a["value"])
+            self.selects[self._select][1].append("")
+            self._option = True
+        elif tag == "input":
+            self.inputs.append(a)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self._select = None
+        elif tag == "option":
+            self._option = False
+
+    def handle_data(self, data: str) -> None:
+        if self._option and self._select is not None:
+            self.selects[self._select][1][-1] += data
+
+
+def test_the_filter_lists_every_axis_with_several_values(
+    styles: tuple[Sink, pl.DataFrame]
+) -> None:
+    text = pivot(styles, ["style"], ["lighting", "provider"])
+    form = Form(text)
+    assert "hidden" in form.form  # shown by the script: without one, every card and no form
+    # the grid's axes first, then template variables, then the manifest's own axes;
+    # an axis with one value (aspect_ratio, resolution, job) has no select
+    assert list(form.selects) == ["style", "lighting", "provider", "prompt", "replicate", "run",
+                                  "status"]
+    values, labels = form.selects["style"]
+    assert values == ["", "photo", "watercolor", "ink"] and labels[0] == "all"
+    assert form.selects["provider"][0] == ["", "kie", "runware", "wiro"]
+    assert form.selects["replicate"][0] == ["", "0", "1", ""]
+    assert form.selects["replicate"][1][-1] == "(none)"
+    assert form.selects["status"][0] == ["", "cancelled", "succeeded", "failed"]
+    assert [i["name"] for i in form.inputs] == ["failed-only"]
+    # each card carries, per select, the index of its value among that select's values
+    page = Page(text)
+    assert page.data["photo-soft-0"] == "0 0 0 0 0 0 0"
+    assert page.data["rw"] == "0 0 1 0 2 1 1"
+    assert page.data["nope"] == "2 0 2 4 2 1 2"
+
+
+def test_an_axis_with_too_many_values_gets_no_select(
+    styles: tuple[Sink, pl.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import outputs.gallery
+
+    monkeypatch.setattr(outputs.gallery, "MAX_FILTER_VALUES", 2)
+    assert list(Form(pivot(styles, None, None)).selects) == ["lighting", "run"]
+
+
+def test_pivot_values_and_axis_names_are_escaped(tmp_path: Path) -> None:
+    """Axis values and names come from user data (a dataset): in headers, option values
+    and labels, select names, they are text, never markup."""
+    rows = [cell("a", vars={"style": XSS, 'od"d<': "1"}), cell("b", vars={"style": "plain",
+                                                                            'od"d<': "2"})]
+    sink = Sink(str(tmp_path))
+    text = Path(write_gallery(sink, rows_to_frame(rows), title="t", rows=["style"],
+                              columns=['od"d<'])).read_text()
+    page = Page(text)  # raises on an on* attribute or a script of the data
+    assert page.scripts == [FILTER_SCRIPT]
+    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt; &quot;q&quot;" in text
+    grid = Grid(text)
+    assert [header for header, _ in grid.table["rows"]] == [XSS, "plain"]
+    assert grid.table["corner"] == "style"
+    form = Form(text)
+    assert form.selects["style"][0] == ["", XSS, "plain"]  # the value, as an attribute
+    assert form.selects['od"d<'][0] == ["", "1", "2"]
+    assert '<select name="od&quot;d&lt;">' in text
+
+
+def test_the_page_runs_only_its_own_script_and_style(job: tuple[Sink, pl.DataFrame]) -> None:
+    """A content security policy by hash: even markup slipped past the escaping runs no
+    script and loads nothing from elsewhere."""
+    text = pivot(job, None, None)
+    policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', text)
+    assert policy is not None
+    rules = dict(rule.strip().split(" ", 1) for rule in html.unescape(policy[1]).split(";"))
+    digest = "sha256-" + base64.b64encode(hashlib.sha256(FILTER_SCRIPT.encode()).digest()).decode()
+    assert rules["default-src"] == "'none'" and rules["script-src"] == f"'{digest}'"
+    assert rules["img-src"] == "'self' file:" and rules["style-src"].startswith("'sha256-")
+
+
+def test_the_engine_draws_the_spec_pivot(styles: tuple[Sink, pl.DataFrame], tmp_path: Path) -> None:
+    """The engine passes `output.gallery` to the page it writes at the end of a run."""
+    from flows.engine.job import write_outputs
+    from flows.engine.lease import Heartbeat
+    from flows.spec.model import GallerySpec
+    from outputs.parts import ManifestParts
+
+    sink, frame = styles
+    (tmp_path / "parts").mkdir()
+    parts = ManifestParts(str(tmp_path / "parts"))
+    parts.add(0, frame)
+
+    async def write(gallery: GallerySpec | None) -> str:
+        _, uri = await write_outputs(Heartbeat(sink, "test"), parts, None, title="t",
+                                     gallery=gallery)
+        return Path(uri).read_text()
+
+    pivoted = Grid(asyncio.run(write(GallerySpec(("style",), ("provider",))))).table
+    assert pivoted["corner"] == "style" and pivoted["columns"] == ["kie", "runware", "wiro"]
+    default = Grid(asyncio.run(write(GallerySpec()))).table  # both sides: their defaults
+    assert default["corner"] == "prompt" and default["columns"] == ["1:1 · 1K"]
+    assert "<caption>" not in asyncio.run(write(None))  # no pivot: the default layout

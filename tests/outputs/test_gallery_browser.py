@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 
 from flows.engine.job import RunOptions, run_job
-from outputs.gallery import GALLERY_NAME
+from outputs.gallery import FILTER_SCRIPT, GALLERY_NAME, render_gallery
 from providers.emulator.core import CONTENT_MARKER
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -246,10 +246,145 @@ def test_images_are_drawn(job: Job, tmp_path: Path) -> None:
 def test_the_page_fetches_nothing_from_the_network(rendered: Rendered, tmp_path: Path) -> None:
     assert rendered.page_requests == []
     assert not [u for u in Cards(rendered.dom).attribute_urls if re.match(r"(https?:)?//", u)]
-    assert not re.search(r"url\(|@import|<script|<link", rendered.dom)
+    assert not re.search(r"url\(|@import|<link", rendered.dom)
+    # One inline script, the filter's, and nothing in it that could ask for anything
+    assert re.findall(r"<script[^>]*>", rendered.dom) == ["<script>"]
+    assert FILTER_SCRIPT in rendered.dom
+    assert not re.search(r"fetch|XMLHttpRequest|WebSocket|EventSource|sendBeacon|import|"
+                         r"src|href|open\(|innerHTML|outerHTML|write\(", FILTER_SCRIPT)
     # Control: the same check sees a page that does fetch (the resolver rule stops it there).
     fetching = tmp_path / "fetching.html"
     fetching.write_text('<img src="http://example.invalid/a.png"><img src="https://example.com/b">')
     assert sorted(render(fetching, tmp_path).page_requests) == [
         "http://example.invalid/a.png", "https://example.com/b",
     ]
+
+
+# -- a pivoted page and its filter ---------------------------------------------------------
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr"}
+# Driven like a person would: choose a value, tick the switch; then note the fragment.
+DRIVER = """<script>
+var form = document.getElementById("filter");
+var select = form.querySelector("select[name=aspect_ratio]");
+select.value = "1:1";
+select.dispatchEvent(new Event("change", {bubbles: true}));
+var box = form.querySelector("input[name=failed-only]");
+box.checked = true;
+box.dispatchEvent(new Event("change", {bubbles: true}));
+document.body.setAttribute("data-fragment", location.hash);
+</script>"""
+
+
+class Shown(HTMLParser):
+    """What the DOM shows: cards with no `hidden` on them or any element around them, the
+    grid's headers hidden, the form's state and the body's attributes."""
+
+    def __init__(self, dom: str) -> None:
+        super().__init__()
+        self.cards: list[str] = []
+        self.hidden_cards: list[str] = []
+        self.hidden_headers: list[str] = []
+        self.form_hidden: bool | None = None
+        self.count = ""
+        self.body: dict[str, str] = {}
+        self._open: list[tuple[str, bool]] = []
+        self._text: str | None = None
+        self.feed(dom)
+
+    @property
+    def hidden(self) -> bool:
+        return any(hidden for _, hidden in self._open)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag not in VOID:
+            self._open.append((tag, "hidden" in a))
+        if tag == "figure":
+            (self.hidden_cards if self.hidden else self.cards).append(a["id"][5:])
+        elif tag == "form":
+            self.form_hidden = "hidden" in a
+        elif tag == "body":
+            self.body = a
+        elif tag in ("th", "output"):
+            self._text = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("th", "output") and self._text is not None:
+            if tag == "output":
+                self.count = self._text
+            elif self.hidden:
+                self.hidden_headers.append(self._text)
+            self._text = None
+        while self._open:
+            if self._open.pop()[0] == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text += data
+
+
+@pytest.fixture(scope="module")
+def pivoted(job: Job) -> Path:
+    """The job's cells by aspect ratio (rows) x provider and status (columns), in the target."""
+    page = job.target / "pivot.html"
+    page.write_text(render_gallery(job.manifest, title="pivot", rows=["aspect_ratio"],
+                                   columns=["provider", "status"]))
+    return page
+
+
+def shown(page: Path, fragment: str = "") -> Shown:
+    return Shown(chromium(page.as_uri() + fragment, "--dump-dom"))
+
+
+def ids(job: Job, condition: pl.Expr) -> list[str]:
+    return sorted(job.manifest.filter(condition)["cell_id"])
+
+
+def without_script(page: Path) -> Path:
+    """The control: the same page with its script taken out."""
+    copy = page.with_name(f"{page.stem}-noscript.html")
+    copy.write_text(page.read_text().replace(f"<script>{FILTER_SCRIPT}</script>", ""))
+    assert copy.read_text() != page.read_text()
+    return copy
+
+
+def test_a_filter_in_the_fragment_hides_the_other_cards(job: Job, pivoted: Path) -> None:
+    view = shown(pivoted, "#aspect_ratio=16%3A9")
+    assert sorted(view.cards) == ids(job, pl.col("aspect_ratio") == "16:9")
+    assert len(view.hidden_cards) == 2 and view.count == "2 of 4 cards"
+    assert view.hidden_headers == ["1:1"]  # the row left empty
+    assert view.form_hidden is False
+    # Control: without the script the same link shows every card, and no form.
+    control = shown(without_script(pivoted), "#aspect_ratio=16%3A9")
+    assert sorted(control.cards) == sorted(job.manifest["cell_id"]) and control.form_hidden
+    assert control.hidden_headers == [] and control.count == ""
+
+
+def test_failed_only_shows_the_cells_that_did_not_succeed(job: Job, pivoted: Path) -> None:
+    view = shown(pivoted, "#failed-only")
+    assert sorted(view.cards) == ids(job, pl.col("status") != "succeeded")
+    assert view.hidden_headers == ["kie · succeeded"]  # the column left empty
+    assert view.count == "2 of 4 cards"
+
+
+def test_the_controls_filter_and_keep_the_choice_in_the_fragment(
+    job: Job, pivoted: Path
+) -> None:
+    """A person's choice (a select, then the switch) filters the page and becomes its link.
+    The driver is a script of its own, so it runs in a copy without the page's content
+    security policy; in the page itself the policy refuses it, as it would any script that
+    is not the page's own."""
+    text = pivoted.read_text().replace("</body>", DRIVER + "</body>")
+    driven = pivoted.with_name("pivot-driven.html")
+    driven.write_text(re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>\n', "", text))
+    view = shown(driven)
+    assert sorted(view.cards) == ids(job, (pl.col("aspect_ratio") == "1:1")
+                                     & (pl.col("status") == "failed"))
+    assert view.body["data-fragment"] == "#aspect_ratio=1%3A1&failed-only="
+    assert sorted(view.hidden_headers) == ["16:9", "kie · succeeded"]
+    refused = pivoted.with_name("pivot-refused.html")
+    refused.write_text(text)
+    assert "data-fragment" not in shown(refused).body

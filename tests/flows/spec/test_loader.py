@@ -14,7 +14,7 @@ from PIL import Image
 
 from flows.spec.cells import expand
 from flows.spec.loader import Problem, SpecInvalid, load_spec, validate_spec_file
-from flows.spec.model import ProviderLimits
+from flows.spec.model import GallerySpec, ProviderLimits
 from providers.model import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
 from schemas import load_job_schema
 
@@ -658,3 +658,85 @@ def test_an_added_combination_without_a_provider_needs_the_provider_list(
     problem = only(validate_spec_file(write(tmp_path, text)), "matrix.include[0]")
     assert "names no provider" in problem.message
     assert validate_spec_file(write(tmp_path, "provider: kie\n" + text)) == []
+
+# -- output.gallery ---------------------------------------------------------------------
+
+GALLERY_SPEC = """\
+    version: 1
+    name: looks
+    provider: kie
+    dataset: {path: rows.csv}
+    matrix:
+      prompt: ["{title} in {style} style, {lighting} light"]
+      style: [photo, watercolor]
+      lighting: [soft, hard]
+      include: [{style: ink, lighting: soft, mood: calm}]
+    output:
+      gallery:
+        rows: [style, sku]
+        columns: [lighting, provider, mood]
+"""
+
+
+def test_output_gallery_names_the_axes_of_rows_and_columns(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("sku,title\nA,boot\nB,shoe\n")
+    spec = load_spec(write(tmp_path, GALLERY_SPEC))
+    assert spec.output.gallery == GallerySpec(("style", "sku"), ("lighting", "provider", "mood"))
+    one_side = GALLERY_SPEC.replace("rows: [style, sku]", "").replace(
+        "columns: [lighting, provider, mood]", "columns: [replicate, run, status]")
+    assert load_spec(write(tmp_path, one_side, "one.yaml")).output.gallery == GallerySpec(
+        (), ("replicate", "run", "status"))
+    plain = GALLERY_SPEC.split("    output:")[0]
+    assert load_spec(write(tmp_path, plain, "plain.yaml")).output.gallery is None
+
+
+def test_a_gallery_axis_the_job_does_not_have_is_located(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("sku,title\nA,boot\nB,shoe\n")
+    text = GALLERY_SPEC.replace("rows: [style, sku]", "rows: [stlye, sku, name]")
+    problems = validate_spec_file(write(tmp_path, text))
+    assert where(problems) == [(12, 12, "output.gallery.rows[0]"),
+                               (12, 24, "output.gallery.rows[2]")]
+    axes = ("prompt, style, lighting, aspect_ratio, resolution, mood, sku, title, replicate, "
+            "run, provider, model, account, status")
+    assert problems[0].message == (
+        f"'stlye' is not an axis of this job; did you mean 'style'? axes: {axes}"
+    )
+    assert problems[1].message == f"'name' is not an axis of this job; axes: {axes}"
+
+
+def test_a_gallery_axis_in_rows_and_columns_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("sku,title\nA,boot\nB,shoe\n")
+    text = GALLERY_SPEC.replace("columns: [lighting, provider, mood]",
+                                "columns: [lighting, sku]")
+    problem = only(validate_spec_file(write(tmp_path, text)), "output.gallery.columns[1]")
+    assert (problem.line, problem.column) == (13, 25)
+    assert problem.message == ("'sku' is in output.gallery.rows too; an axis makes rows or "
+                               "columns, not both")
+
+
+def test_gallery_names_are_not_judged_without_the_dataset_columns(tmp_path: Path) -> None:
+    """An unreadable dataset is its own problem: its columns are unknown, so a gallery axis
+    that may be one of them is not reported."""
+    problems = validate_spec_file(write(tmp_path, GALLERY_SPEC))
+    assert [p.path for p in problems] == ["dataset.path"]
+
+
+@pytest.mark.parametrize(("gallery", "path", "message"), [
+    pytest.param("{rows: style}", "output.gallery.rows", "expected a list, got a string",
+                 id="not-a-list"),
+    pytest.param("{rows: [style, style]}", "output.gallery.rows", "lists the same value twice",
+                 id="twice"),
+    pytest.param("{rows: []}", "output.gallery.rows", "must not be empty", id="empty"),
+    pytest.param("{rows: [style], colums: [lighting]}", "output.gallery.colums",
+                 "unknown key 'colums'; did you mean 'columns'? allowed here: rows, columns",
+                 id="unknown-key"),
+])
+def test_gallery_schema_problems(tmp_path: Path, gallery: str, path: str, message: str) -> None:
+    problems = validate_spec_file(write(tmp_path, f"""\
+        version: 1
+        name: looks
+        provider: kie
+        matrix: {{prompt: ["a {{style}} fox"], style: [photo, ink], lighting: [soft]}}
+        output: {{gallery: {gallery}}}
+    """))
+    assert only(problems, path).message == message
