@@ -192,13 +192,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _recorded_spec(source: str) -> tuple[str, str]:
     """A copy of the spec a run of TARGET recorded, written beside the original (its
     relative paths resolve there), and the target. `OSError` when that folder is gone."""
-    from outputs.runs import find_record
+    from outputs.runs import find_record, split_run_ref
     from outputs.sink import Sink
 
-    target, at, run_id = source.rpartition("@")
-    if not at or not run_id or "/" in run_id:
-        target, run_id = source, ""
-    record = find_record(Sink(target), run_id or None)
+    target, run_id = split_run_ref(source)
+    record = find_record(Sink(target), run_id)
     folder = record.spec_folder or "."
     if not os.path.isdir(folder):
         raise OSError(f"run {record.run_id} read its spec in {folder}, which is gone")
