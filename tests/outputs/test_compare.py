@@ -25,6 +25,7 @@ from outputs.compare import (
     page_location,
     render_page,
     render_summary,
+    request_variables,
     write_page,
 )
 from outputs.manifest import rows_to_frame, write_manifest
@@ -169,6 +170,20 @@ def test_the_request_is_everything_but_the_channel(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("extra", [
+    pytest.param({}, id="strings-read-by-polars"),
+    pytest.param({"tags": ["x", {"y": 1}]}, id="any-json-read-one-by-one"),
+])
+def test_variables_match_whatever_their_order_and_shape(extra: dict[str, Any]) -> None:
+    a = pl.Series("vars", [json.dumps({"sku": "1", "style": "ink", "provider": "kie", **extra}),
+                             json.dumps({"sku": "2", **extra}), None])
+    b = pl.Series("vars", [json.dumps({**extra, "model": "m2", "style": "ink", "sku": "1"}),
+                             json.dumps({"sku": "2", "style": "ink", **extra}), "{}"])
+    (a0, a1, a2), (b0, b1, b2) = (side.to_list() for side in request_variables(a, b))
+    assert a0 == b0 and a2 == b2  # the channel's variables and the order of keys do not count
+    assert a1 != b1 and a0 != a2
+
+
 def test_several_rows_of_one_request_pair_in_manifest_order(tmp_path: Path) -> None:
     """One target holding both providers of a provider axis: first row with first row."""
     a = target(tmp_path / "a", [cell("a0")])
@@ -260,6 +275,11 @@ def test_an_image_the_page_cannot_reach_shows_its_facts(tmp_path: Path) -> None:
     assert pair["srcs"] == ["b/img/b0.png"]
     assert "not viewable from here" in pair["text"] and "memory://" in pair["text"]
     assert "12,345 bytes · 32×32" in pair["text"]
+    # A page in the same bucket shows that image by relative path (the page served from
+    # the bucket over HTTP finds it), and not the local one.
+    comparison = compare(load_side(a), load_side(b))
+    (pair,) = Page(render_page(comparison, "memory://compare-test/pages/c.html")).pairs
+    assert pair["srcs"] == ["../a/img/a0.png"] and str(tmp_path / "b") in pair["text"]
 
 
 def test_the_page_is_bounded_and_says_so(tmp_path: Path,
