@@ -90,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=cmd_status)
 
     compare = commands.add_parser("compare", help="two targets (or two runs) side by side")
-    compare.add_argument("a", metavar="TARGET_A[@RUN_ID]")
-    compare.add_argument("b", metavar="TARGET_B[@RUN_ID]")
+    compare.add_argument("a", metavar="TARGET_A[@RUN_ID]",
+                         help="a target (every row of its manifest), or the rows RUN_ID wrote")
+    compare.add_argument("b", metavar="TARGET_B[@RUN_ID]", help="the same, for the other side")
     compare.add_argument("--out", default="compare.html", metavar="PATH",
                          help="write the page here: a path or fsspec URL (default compare.html)")
     compare.add_argument("--json", action="store_true", help="print the summary as JSON")

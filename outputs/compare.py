@@ -13,7 +13,7 @@ target holding both providers of a provider axis) pair with the other side's in 
 order, first with first; the page says how many requests that concerns.
 
 A pair is `same` when both cells succeeded with the same sha256 and `changed` otherwise
-(another image, another status, an image on one side only); a row with no partner is
+(another image, another status, no image on either side); a row with no partner is
 `only_a` or `only_b`. Channel, cost, latency and size are shown for every pair and marked
 where they differ, but do not make a pair changed: a second run is never exactly as fast.
 
@@ -359,22 +359,21 @@ def page_location(out: str) -> tuple[Sink, str]:
 def write_page(comparison: Comparison, out: str = DEFAULT_PAGE) -> str:
     """Write the page to `out` (see `page_location`) a piece at a time; returns its URI."""
     sink, name = page_location(out)
-    pieces = _page(comparison, _Images(sink, name))
+    pieces = _page(comparison, _Images(sink))
     return sink.write_chunks(name, (piece.encode() for piece in pieces), overwrite=True)
 
 
 def render_page(comparison: Comparison, out: str = DEFAULT_PAGE) -> str:
     """The page `write_page` writes to `out`, as text."""
-    sink, name = page_location(out)
-    return "".join(_page(comparison, _Images(sink, name)))
+    sink, _ = page_location(out)
+    return "".join(_page(comparison, _Images(sink)))
 
 
 class _Images:
-    """Where the page at `page`/`name` finds a side's image."""
+    """Where a page in the folder `page` finds a side's images."""
 
-    def __init__(self, page: Sink, name: str) -> None:
+    def __init__(self, page: Sink) -> None:
         self.page = page
-        self.name = name
 
     def locate(self, side: Sink, output_path: str | None,
                output_uri: str | None) -> tuple[str | None, str]:
