@@ -1,4 +1,4 @@
-"""`nbp`: validate, plan, run, emulate, status.
+"""`nbp`: validate, plan, run, emulate, status, compare.
 
 Exit codes: 0 success; 1 some cells failed (run) or a runtime error; 2 invalid spec or
 configuration (nothing was submitted or written).
@@ -88,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("target", metavar="TARGET")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
+
+    compare = commands.add_parser("compare", help="two targets (or two runs) side by side")
+    compare.add_argument("a", metavar="TARGET_A[@RUN_ID]",
+                         help="a target (every row of its manifest), or the rows RUN_ID wrote")
+    compare.add_argument("b", metavar="TARGET_B[@RUN_ID]", help="the same, for the other side")
+    compare.add_argument("--out", default="compare.html", metavar="PATH",
+                         help="write the page here: a path or fsspec URL (default compare.html)")
+    compare.add_argument("--json", action="store_true", help="print the summary as JSON")
+    compare.set_defaults(handler=cmd_compare)
     return parser
 
 
@@ -193,13 +202,11 @@ def _recorded_spec(source: str) -> tuple[str, str, str]:
     """A copy of the spec a run of TARGET recorded, written beside the original (its
     relative paths resolve there), the target, and how the new run's record names the
     spec. `OSError` when that folder is gone."""
-    from outputs.runs import find_record
+    from outputs.runs import find_record, split_run_ref
     from outputs.sink import Sink
 
-    target, at, run_id = source.rpartition("@")
-    if not at or not run_id or "/" in run_id:
-        target, run_id = source, ""
-    record = find_record(Sink(target), run_id or None)
+    target, run_id = split_run_ref(source)
+    record = find_record(Sink(target), run_id)
     folder = record.spec_folder or "."
     if not os.path.isdir(folder):
         raise OSError(f"run {record.run_id} read its spec in {folder}, which is gone")
@@ -314,6 +321,31 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(render_status(summary))
         if records:
             print(render_runs(records))
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from outputs.compare import CompareInputError, compare, load_side, render_summary, write_page
+
+    try:
+        a, b = load_side(args.a), load_side(args.b)
+    except CompareInputError as exc:
+        print(f"nbp compare: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    comparison = compare(a, b)
+    try:
+        page = write_page(comparison, args.out)
+    except CompareInputError as exc:
+        print(f"nbp compare: --out {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as exc:
+        print(f"nbp compare: could not write the page to {args.out}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps({**comparison.summary.to_json(), "page": page}, indent=2))
+    else:
+        print(render_summary(comparison.summary))
+        print(f"page: {page}")
     return EXIT_OK
 
 

@@ -121,9 +121,34 @@ def find_record(sink: Sink, run_id: str | None = None) -> RunRecord:
         raise LookupError("it holds no run record (.nbp/runs/)")
     if run_id is None:
         return records[-1]
-    found = [r for r in records if r.run_id.startswith(run_id)]
+    wanted = pick_run([r.run_id for r in records], run_id)
+    return next(r for r in records if r.run_id == wanted)
+
+
+def split_run_ref(source: str) -> tuple[str, str | None]:
+    """`TARGET[@RUN_ID]` (`nbp run --from`, `nbp compare`) as (target, run id or None).
+
+    A run id holds no `/`, so an `@` inside the target stays in it:
+
+    >>> split_run_ref("runs/catalog@a1b2")
+    ('runs/catalog', 'a1b2')
+    >>> split_run_ref("sftp://me@host/runs/catalog")
+    ('sftp://me@host/runs/catalog', None)
+    """
+    target, at, run_id = source.rpartition("@")
+    if not at or not run_id or "/" in run_id:
+        return source, None
+    return target, run_id
+
+
+def pick_run(run_ids: Sequence[str], run_id: str) -> str:
+    """The one of `run_ids` that is `run_id`, else the only one it is a prefix of;
+    `LookupError` naming them all."""
+    if run_id in run_ids:
+        return run_id
+    found = list(dict.fromkeys(r for r in run_ids if r.startswith(run_id)))
     if len(found) != 1:
-        known = ", ".join(r.run_id for r in records)
+        known = ", ".join(dict.fromkeys(run_ids))
         raise LookupError(f"{'no' if not found else 'more than one'} run {run_id!r}; "
                           f"its runs: {known}")
     return found[0]

@@ -5,7 +5,17 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from outputs.runs import RUNS_DIR, RunRecord, merge_record, read_records, render_runs
+import pytest
+
+from outputs.runs import (
+    RUNS_DIR,
+    RunRecord,
+    merge_record,
+    pick_run,
+    read_records,
+    render_runs,
+    split_run_ref,
+)
 from outputs.sink import Sink
 
 SPEC = "version: 1\nname: r\nprovider: kie\nmatrix: {prompt: [a fig]}\n"
@@ -46,3 +56,20 @@ def test_an_unreadable_record_is_skipped(tmp_path: Path) -> None:
     merge_record(sink, record("good", succeeded=1))
     sink.write_bytes(f"{RUNS_DIR}/bad.json", b"{not json", overwrite=True)
     assert [r.run_id for r in read_records(sink)] == ["good"]
+
+
+def test_a_run_is_named_by_target_at_run_id() -> None:
+    assert split_run_ref("runs/catalog@a1b2") == ("runs/catalog", "a1b2")
+    assert split_run_ref("runs/catalog") == ("runs/catalog", None)
+    assert split_run_ref("runs/catalog@") == ("runs/catalog@", None)
+    assert split_run_ref("sftp://me@host/runs/catalog") == ("sftp://me@host/runs/catalog", None)
+
+
+def test_a_run_is_picked_by_its_id_or_a_unique_prefix() -> None:
+    runs = ["a1", "a12", "b7"]
+    assert pick_run(runs, "a1") == "a1"  # the exact id wins over the longer one it prefixes
+    assert pick_run(runs, "b") == "b7"
+    with pytest.raises(LookupError, match="more than one run 'a'; its runs: a1, a12, b7"):
+        pick_run(runs, "a")
+    with pytest.raises(LookupError, match="no run 'c'"):
+        pick_run(runs, "c")

@@ -659,6 +659,7 @@ def test_an_added_combination_without_a_provider_needs_the_provider_list(
     assert "names no provider" in problem.message
     assert validate_spec_file(write(tmp_path, "provider: kie\n" + text)) == []
 
+
 # -- output.gallery ---------------------------------------------------------------------
 
 GALLERY_SPEC = """\

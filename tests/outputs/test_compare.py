@@ -1,0 +1,368 @@
+"""`nbp compare`: cells matched by request across targets and runs, what differs, the page."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import polars as pl
+import pytest
+from PIL import Image
+
+from outputs.compare import (
+    CompareInputError,
+    compare,
+    load_side,
+    page_location,
+    render_page,
+    render_summary,
+    request_variables,
+    write_page,
+)
+from outputs.manifest import rows_to_frame, write_manifest
+from outputs.runs import RunRecord, merge_record
+from outputs.sink import Sink
+from tests.conftest import ROOT, run_nbp
+
+HOSTILE = '<script>alert("x")</script> & "quotes" <img src=x onerror=alert(1)>'
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (32, 32)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, "PNG")
+    return out.getvalue()
+
+
+def cell(cell_id: str, prompt: str = "a red shoe", **values: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "cell_id": cell_id, "job": "j", "run_id": "r1", "provider": "kie",
+        "account": "KIE_API_KEY", "model": "nano-banana-pro", "prompt": prompt,
+        "aspect_ratio": "1:1", "resolution": "1K", "output_format": "png", "references": [],
+        "vars": {"prompt": prompt, "style": "photo", "provider": "kie"}, "replicate": 0,
+        "status": "succeeded", "cost_usd": 0.09, "latency_s": 10.0,
+        "output_path": f"img/{cell_id}.png", "sha256": f"sha-{prompt}", "bytes": 100,
+        "width": 32, "height": 32,
+    }  # fmt: skip
+    return {**base, **values}
+
+
+def target(path: Path | str, rows: Sequence[dict[str, Any]],
+           colour: tuple[int, int, int] = (200, 30, 30)) -> str:
+    """A target holding `rows` as its manifest and an image for each row with a path."""
+    sink = Sink(str(path))
+    for row in rows:
+        if row["output_path"] and row["status"] == "succeeded" and ":" not in row["output_path"]:
+            sink.write_bytes(row["output_path"], png(colour), overwrite=True)
+    write_manifest(sink, rows_to_frame(rows))
+    return str(path)
+
+
+def pairs_of(a: str, b: str) -> list[tuple[str, str | None, str | None]]:
+    """(kind, A's cell id, B's cell id) of every pair and lone row, in the page's order."""
+    frame = compare(load_side(a), load_side(b)).pairs
+    return list(frame.select("kind", "a_cell_id", "b_cell_id").iter_rows())
+
+
+class Page(HTMLParser):
+    """Each pair's text and its image sources; refuses any script or event handler."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.pairs: list[dict[str, Any]] = []
+        self.srcs: list[str] = []
+        self.hrefs: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "script" or any(k.startswith("on") for k in a):
+            raise AssertionError(f"script in page: {tag} {a}")
+        if tag == "article":
+            self.pairs.append({"class": a["class"], "text": "", "srcs": []})
+        if tag == "img":
+            self.srcs.append(a["src"])
+            if self.pairs:
+                self.pairs[-1]["srcs"].append(a["src"])
+        if tag == "a":
+            self.hrefs.append(a["href"])
+
+    def handle_data(self, data: str) -> None:
+        if self.pairs:
+            self.pairs[-1]["text"] += data
+
+
+def test_cells_pair_by_request_not_by_cell_id(tmp_path: Path) -> None:
+    """A cell run on another provider has another cell id: the request pairs them."""
+    prompts = ["a red shoe", "a blue hat"]
+    a = target(tmp_path / "a", [cell(f"kie-{i}", p) for i, p in enumerate(prompts)])
+    b = target(tmp_path / "b", [
+        cell(f"rw-{i}", p, provider="runware", account="RUNWARE_API_KEY", model="google:4@2",
+             vars={"prompt": p, "style": "photo", "provider": "runware"})
+        for i, p in enumerate(prompts)
+    ])  # fmt: skip
+    assert pairs_of(a, b) == [("same", "kie-0", "rw-0"), ("same", "kie-1", "rw-1")]
+    comparison = compare(load_side(a), load_side(b))
+    assert comparison.pairs["differs"].to_list() == [["channel"], ["channel"]]
+    assert [str(c) for c in comparison.summary.b.channels] == [
+        "runware · RUNWARE_API_KEY · google:4@2"]
+
+
+def test_same_changed_and_only_in_one(tmp_path: Path) -> None:
+    a = target(tmp_path / "a", [
+        cell("a-same", "same"),
+        cell("a-image", "other image"),
+        cell("a-status", "fails in B"),
+        cell("a-both-failed", "fails twice", status="failed", sha256=None, output_path=None),
+        cell("a-only", "only in A"),
+    ])  # fmt: skip
+    b = target(tmp_path / "b", [
+        cell("b-new", "only in B"),
+        cell("b-same", "same", latency_s=4.0, cost_usd=0.05),
+        cell("b-image", "other image", sha256="sha-other", bytes=90),
+        cell("b-status", "fails in B", status="failed", sha256=None, output_path=None,
+             error_code="TaskFailed"),
+        cell("b-both-failed", "fails twice", status="failed", sha256=None, output_path=None),
+    ])  # fmt: skip
+    comparison = compare(load_side(a), load_side(b))
+    assert comparison.summary.counts == {"changed": 3, "only_a": 1, "only_b": 1, "same": 1}
+    rows = {r["a_cell_id"] or r["b_cell_id"]: r for r in comparison.pairs.iter_rows(named=True)}
+    assert rows["a-same"]["kind"] == "same"  # faster and cheaper, the same image
+    assert rows["a-same"]["differs"] == ["cost", "latency"]
+    assert rows["a-image"]["differs"] == ["size", "sha256"]
+    assert rows["a-status"]["differs"] == ["status", "sha256"]
+    assert rows["a-both-failed"]["kind"] == "changed" and rows["a-both-failed"]["differs"] == []
+    assert (rows["a-only"]["kind"], rows["b-new"]["kind"]) == ("only_a", "only_b")
+    # changed first, then only in A, only in B, same; each in manifest order
+    assert comparison.pairs["kind"].to_list() == [
+        "changed", "changed", "changed", "only_a", "only_b", "same"]
+    assert comparison.pairs["a_cell_id"].to_list()[:3] == [
+        "a-image", "a-status", "a-both-failed"]
+
+
+def test_the_request_is_everything_but_the_channel(tmp_path: Path) -> None:
+    """Variables other than provider and model are part of the request; so are seed,
+    references (none and [] alike), format and dataset row."""
+    a = target(tmp_path / "a", [
+        cell("a0", vars={"style": "photo", "provider": "kie", "model": "m1"}, references=None),
+        cell("a1", "ink", vars={"style": "ink"}),
+        cell("a2", "seeded", seed=7),
+        cell("a3", "row", dataset_row=3, references=["s3://b/ref.png"]),
+    ])  # fmt: skip
+    b = target(tmp_path / "b", [
+        cell("b0", vars={"provider": "runware", "model": "m2", "style": "photo"}),
+        cell("b1", "ink", vars={"style": "watercolour"}),
+        cell("b2", "seeded", seed=8),
+        cell("b3", "row", dataset_row=3, references=["s3://b/ref.png"]),
+    ])  # fmt: skip
+    assert pairs_of(a, b) == [
+        ("only_a", "a1", None), ("only_a", "a2", None),
+        ("only_b", None, "b1"), ("only_b", None, "b2"),
+        ("same", "a0", "b0"), ("same", "a3", "b3"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", [
+    pytest.param({}, id="strings-read-by-polars"),
+    pytest.param({"tags": ["x", {"y": 1}]}, id="any-json-read-one-by-one"),
+])
+def test_variables_match_whatever_their_order_and_shape(extra: dict[str, Any]) -> None:
+    a = pl.Series("vars", [json.dumps({"sku": "1", "style": "ink", "provider": "kie", **extra}),
+                             json.dumps({"sku": "2", **extra}), None])
+    b = pl.Series("vars", [json.dumps({**extra, "model": "m2", "style": "ink", "sku": "1"}),
+                             json.dumps({"sku": "2", "style": "ink", **extra}), "{}"])
+    (a0, a1, a2), (b0, b1, b2) = (side.to_list() for side in request_variables(a, b))
+    assert a0 == b0 and a2 == b2  # the channel's variables and the order of keys do not count
+    assert a1 != b1 and a0 != a2
+
+
+def test_several_rows_of_one_request_pair_in_manifest_order(tmp_path: Path) -> None:
+    """One target holding both providers of a provider axis: first row with first row."""
+    a = target(tmp_path / "a", [cell("a0")])
+    b = target(tmp_path / "b", [
+        cell("b-kie", vars={"style": "photo", "provider": "kie"}),
+        cell("b-rw", provider="runware", vars={"style": "photo", "provider": "runware"},
+             sha256="sha-rw"),
+    ])  # fmt: skip
+    comparison = compare(load_side(a), load_side(b))
+    assert pairs_of(a, b) == [("only_b", None, "b-rw"), ("same", "a0", "b-kie")]
+    assert (comparison.summary.a.repeated_requests, comparison.summary.b.repeated_requests) == (
+        0, 1)
+    assert "1 request(s) have several rows in B" in render_summary(comparison.summary)
+    assert "1 request(s) have several rows in B" in render_page(comparison, str(tmp_path / "p"))
+
+
+def test_target_at_run_id_is_the_rows_that_run_wrote(tmp_path: Path) -> None:
+    t = target(tmp_path / "t", [
+        cell("c0", run_id="run-1"), cell("c1", "blue", run_id="run-1"),
+        cell("c2", "green", run_id="run-2"),
+    ])  # fmt: skip
+    for run in ("run-0", "run-1", "run-2"):  # run-0 was rewritten whole by later runs
+        merge_record(Sink(t), RunRecord.start(run_id=run, job="j", spec_source="s.yaml",
+                                              spec_text="x"))
+    assert load_side(t).rows.height == 3
+    side = load_side(f"{t}@run-2")
+    assert side.run_id == "run-2" and side.rows["cell_id"].to_list() == ["c2"]
+    assert load_side(f"{t}@run-1").rows.height == 2
+    assert pairs_of(f"{t}@run-1", f"{t}@run-2") == [
+        ("only_a", "c0", None), ("only_a", "c1", None), ("only_b", None, "c2")]
+    with pytest.raises(CompareInputError, match=r"no run 'nope'; its runs: run-0, run-1, run-2"):
+        load_side(f"{t}@nope")
+    with pytest.raises(CompareInputError, match="more than one run 'run'"):
+        load_side(f"{t}@run")
+    with pytest.raises(CompareInputError, match="run run-0 has no row left"):
+        load_side(f"{t}@run-0")
+    with pytest.raises(CompareInputError, match=f"no manifest.parquet at {tmp_path}/nothing"):
+        load_side(f"{tmp_path}/nothing@run-1")
+
+
+def test_hostile_values_are_escaped(tmp_path: Path) -> None:
+    folder = tmp_path / 'a"<b>'
+    a = target(folder, [
+        cell("a0", HOSTILE, vars={"sku": HOSTILE}, provider=HOSTILE),
+        cell("a1", "unsafe path", output_path="javascript:alert(1)//../x.png"),
+    ])  # fmt: skip
+    b = target(tmp_path / "b", [
+        cell("b0", HOSTILE, vars={"sku": HOSTILE}, status="failed", sha256=None,
+             error_message=HOSTILE, output_path=None),
+        cell("b1", "unsafe path", output_uri="javascript:alert(1)", output_path=None),
+    ])  # fmt: skip
+    comparison = compare(load_side(a), load_side(b))
+    text = render_page(comparison, str(tmp_path / "compare.html"))
+    assert "<script>" not in text and "&lt;script&gt;" in text
+    assert "<b>" not in text and "a&quot;&lt;b&gt;" in text  # the target's name
+    page = Page(text)  # raises on any script tag or on* attribute
+    assert all(not re.match(r"[a-z]+:", src) for src in page.srcs + page.hrefs)
+    assert HOSTILE in page.pairs[0]["text"]  # shown as text, in the prompt and the reason
+    unsafe = next(p for p in page.pairs if "unsafe path" in p["text"])
+    assert unsafe["srcs"] == [] and "not viewable" in unsafe["text"]
+
+
+def test_images_show_by_path_relative_to_the_page(tmp_path: Path) -> None:
+    a = target(tmp_path / "a", [cell("a0"), cell("a1", "blue", output_path="img/blue #1.png")])
+    b = target(tmp_path / "runs" / "b", [
+        cell("b0", sha256="other"),
+        cell("b1", "blue", output_path=None, output_uri="https://cdn.example/b1.png",
+             sha256="other"),
+    ])  # fmt: skip
+    uri = write_page(compare(load_side(a), load_side(b)), str(tmp_path / "reports" / "c.html"))
+    assert uri == str(tmp_path / "reports" / "c.html")
+    page = Page(Path(uri).read_text("utf-8"))
+    assert [p["srcs"] for p in page.pairs] == [
+        ["../a/img/a0.png", "../runs/b/img/b0.png"],
+        ["../a/img/blue%20%231.png", "https://cdn.example/b1.png"],
+    ]  # fmt: skip
+    for src in page.srcs[:3]:
+        assert (tmp_path / "reports" / unquote(src)).is_file()
+    assert sorted(page.hrefs) == sorted(page.srcs)  # each image links to itself
+
+
+def test_an_image_the_page_cannot_reach_shows_its_facts(tmp_path: Path) -> None:
+    """Targets are any fsspec URL; an image on another filesystem (here memory://, as an s3://
+    one from a local page) is not drawn, its location and facts are shown."""
+    a = target("memory://compare-test/a", [cell("a0", bytes=12345)])
+    b = target(tmp_path / "b", [cell("b0")])
+    page = Page(render_page(compare(load_side(a), load_side(b)), str(tmp_path / "c.html")))
+    (pair,) = page.pairs
+    assert pair["srcs"] == ["b/img/b0.png"]
+    assert "not viewable from here" in pair["text"] and "memory://" in pair["text"]
+    assert "12,345 bytes · 32×32" in pair["text"]
+    # A page in the same bucket shows that image by relative path (the page served from
+    # the bucket over HTTP finds it), and not the local one.
+    comparison = compare(load_side(a), load_side(b))
+    (pair,) = Page(render_page(comparison, "memory://compare-test/pages/c.html")).pairs
+    assert pair["srcs"] == ["../a/img/a0.png"] and str(tmp_path / "b") in pair["text"]
+
+
+def test_the_page_is_bounded_and_says_so(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import outputs.compare
+
+    monkeypatch.setattr(outputs.compare, "MAX_PAIRS", 2)
+    a = target(tmp_path / "a", [cell(f"a{i}", f"p{i}") for i in range(4)])
+    b = target(tmp_path / "b", [cell(f"b{i}", f"p{i}", sha256="x" if i == 3 else f"sha-p{i}")
+                                for i in range(4)])
+    text = render_page(compare(load_side(a), load_side(b)), str(tmp_path / "c.html"))
+    page = Page(text)
+    assert [p["class"] for p in page.pairs] == ["pair changed", "pair same"]
+    assert "the first 2 of 4 pairs" in text and "Same: 3 (the first 1)" in text
+
+
+def test_the_summary_table(tmp_path: Path) -> None:
+    a = target(tmp_path / "a", [cell("a0", latency_s=10.0), cell("a1", "b", latency_s=20.0),
+                                cell("a2", "c", latency_s=None, status="failed", sha256=None,
+                                     cost_usd=None)])
+    b = target(tmp_path / "b", [cell("b0", latency_s=4.0, cost_usd=0.05)])
+    summary = compare(load_side(a), load_side(f"{b}@r1")).summary
+    text = render_summary(summary)
+    assert re.search(r"cells +3 +1\n", text)
+    assert re.search(r"total cost +\$0\.18 +\$0\.05\n", text)
+    assert re.search(r"median latency +15\.0 s +4\.0 s\n", text)
+    for kind, n in (("changed", 0), ("same", 1), ("only in A", 2), ("only in B", 0)):
+        assert re.search(rf"^{kind} +{n}\b", text, re.MULTILINE), text
+    data = summary.to_json()
+    assert data["counts"] == {"changed": 0, "only_a": 2, "only_b": 0, "same": 1}
+    assert data["b"]["run_id"] == "r1" and data["b"]["source"] == f"{b}@r1"
+    assert data["a"]["median_latency_s"] == 15.0 and data["a"]["cost_usd"] == 0.18
+    json.dumps(data)
+
+
+def test_where_the_page_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    sink, name = page_location("compare.html")
+    assert (sink.root, name) == (str(tmp_path), "compare.html")
+    (tmp_path / "reports").mkdir()
+    for out in ("reports", "reports/", "new/"):  # a folder gets compare.html in it
+        sink, name = page_location(out)
+        assert (sink.root, name) == (str(tmp_path / out.rstrip("/")), "compare.html")
+    sink, name = page_location("memory://pages/x.html")
+    assert (sink.uri(name), name) == ("memory:///pages/x.html", "x.html")
+    with pytest.raises(CompareInputError, match=r"nope://x\.html: not a place for the page"):
+        page_location("nope://x.html")
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def test_nbp_compare_on_the_command_line(tmp_path: Path) -> None:
+    """Exit 0 with the summary table and the page (default ./compare.html); 2, with the
+    reason and no traceback, for a missing target or run."""
+    a = target(tmp_path / "a", [cell("a0"), cell("a1", "blue")])
+    b = target(tmp_path / "b", [cell("b0", provider="runware", sha256="other")])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's nbp, from another folder
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "compare", a, b], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^changed +1 .*\nsame +0 .*\nonly in A +1\nonly in B +0\n", done.stdout,
+                     re.MULTILINE), done.stdout
+    assert f"page: {tmp_path / 'compare.html'}" in done.stdout
+    assert Page((tmp_path / "compare.html").read_text("utf-8")).pairs
+    as_json = run_nbp("compare", f"{a}@r1", b, "--json", "--out", str(tmp_path / "j.html"))
+    assert as_json.returncode == 0, as_json.stderr
+    summary = json.loads(as_json.stdout)
+    assert summary["counts"] == {"changed": 1, "only_a": 1, "only_b": 0, "same": 0}
+    assert summary["page"] == str(tmp_path / "j.html") and (tmp_path / "j.html").is_file()
+    for args, says in (([f"{tmp_path}/missing", b], f"no manifest.parquet at {tmp_path}/missing"),
+                       ([a, f"{b}@nope"], "no run 'nope'; its runs: r1")):
+        bad = run_nbp("compare", *args, "--out", str(tmp_path / "bad.html"))
+        assert bad.returncode == 2 and says in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad.html").exists()
+
+
+def test_the_frame_is_the_comparison_s_record(tmp_path: Path) -> None:
+    """`pairs` holds both sides' facts, for anyone who wants more than the page."""
+    a = target(tmp_path / "a", [cell("a0")])
+    b = target(tmp_path / "b", [cell("b0", cost_usd=0.134)])
+    pairs = compare(load_side(a), load_side(b)).pairs
+    assert pairs.select("a_cost_usd", "b_cost_usd").row(0) == (0.09, 0.134)
+    assert pairs["request"].struct.field("prompt").to_list() == ["a red shoe"]
+    assert pairs.schema["differs"] == pl.List(pl.String())
