@@ -9,8 +9,9 @@ A side is every row of a target's manifest, or the rows one run of it wrote (`@R
 unique prefix will do). Cells are matched by the provider-neutral request, not by cell id (a
 cell pinned to another provider or model has another id): the `REQUEST` columns plus the
 template variables other than `NOT_REQUEST_VARS`. Rows of a side with the same request (one
-target holding both providers of a provider axis) pair with the other side's in manifest
-order, first with first; the page says how many requests that concerns.
+target holding every provider of a provider axis) pair with the other side's on the same
+provider first, then in manifest order, first with first; the page says how many requests
+have several rows on one provider (paired by order alone).
 
 A pair is `same` when both cells succeeded with the same sha256 and `changed` otherwise
 (another image, another status, no image on either side); a row with no partner is
@@ -173,20 +174,34 @@ def compare(a: Side, b: Side) -> Comparison:
     """Match the two sides' rows by request and tell what differs in each pair."""
     a_vars, b_vars = request_variables(a.rows["vars"], b.rows["vars"])
     left, right = _keyed(a.rows, a_vars, "a_"), _keyed(b.rows, b_vars, "b_")
-    joined = left.join(right, on=["request", "_n"], how="full", nulls_equal=True,
-                       coalesce=True)
+    joined = _pair_rows(left, right)
     rank = pl.col("kind").replace_strict({k: i for i, k in enumerate(KINDS)},
                                          return_dtype=pl.Int8)
     pairs = (
         joined.with_columns(kind=_kind(), differs=_differs())
         .sort(rank, pl.col("a_pos"), pl.col("b_pos"), nulls_last=True)
-        .drop("_n", "a_repeated", "b_repeated")
+        .drop("a_repeated", "b_repeated")
     )
     found = dict(pairs.group_by("kind").len().iter_rows())
     counts = {kind: int(found.get(kind, 0)) for kind in KINDS}
     summary = CompareSummary(_side_summary(a, left, "a_"), _side_summary(b, right, "b_"),
                              counts)
     return Comparison(a, b, pairs, summary)
+
+
+def _pair_rows(left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
+    """Pairs of one request: on the same provider first (a target holding every provider of
+    a provider axis pairs kie with kie), then what is left in manifest order (a channel
+    change: kie's row with runware's). Unpaired rows stay, with the other side's null."""
+    keys = ["request", "_channel", "_n"]
+    same_channel = left.join(right, on=keys, how="inner", nulls_equal=True).drop(
+        "_channel", "_n")
+    rest = [frame.join(same_channel.select(pos), on=pos, how="anti").drop("_channel", "_n")
+            .with_columns(_n=pl.int_range(pl.len()).over("request"))
+            for frame, pos in ((left, "a_pos"), (right, "b_pos"))]
+    across = rest[0].join(rest[1], on=["request", "_n"], how="full", nulls_equal=True,
+                          coalesce=True).drop("_n")
+    return pl.concat([same_channel, across], how="diagonal_relaxed")
 
 
 def request_variables(a: pl.Series, b: pl.Series) -> tuple[pl.Series, pl.Series]:
@@ -232,8 +247,9 @@ def request_vars(text: str | None) -> str:
 
 
 def _keyed(rows: pl.DataFrame, variables: pl.Series, prefix: str) -> pl.DataFrame:
-    """Rows with their `request` struct (`variables`: their request variables), their place
-    among the side's rows of that request (`_n`) and the SIDE_COLUMNS under `prefix`."""
+    """Rows with their `request` struct (`variables`: their request variables), their
+    provider (`_channel`) and place among the side's rows of that request on that provider
+    (`_n`), and the SIDE_COLUMNS under `prefix`."""
     no_references = pl.lit([], dtype=pl.List(pl.String()))
     fields = [pl.col(name).fill_null(no_references) if name == "references" else pl.col(name)
               for name in REQUEST]
@@ -245,8 +261,9 @@ def _keyed(rows: pl.DataFrame, variables: pl.Series, prefix: str) -> pl.DataFram
             pl.col(f"{prefix}pos"),
             *(pl.col(name).alias(prefix + name) for name in SIDE_COLUMNS),
         )
-        .with_columns(_n=pl.int_range(pl.len()).over("request"),
-                      **{f"{prefix}repeated": pl.len().over("request") > 1})
+        .with_columns(_channel=pl.col(prefix + "provider"))
+        .with_columns(_n=pl.int_range(pl.len()).over("request", "_channel"),
+                      **{f"{prefix}repeated": pl.len().over("request", "_channel") > 1})
     )
 
 
@@ -321,8 +338,8 @@ def render_summary(summary: CompareSummary) -> str:
         lines.append(f"{KIND_LABELS[kind]:<10} {summary.counts[kind]:>6}{meaning}")
     for label, side in (("A", a), ("B", b)):
         if side.repeated_requests:
-            lines.append(f"note: {side.repeated_requests} request(s) have several rows in "
-                         f"{label}; paired in manifest order")
+            lines.append(f"note: {side.repeated_requests} request(s) have several rows on "
+                         f"one provider in {label}; paired in manifest order")
     return "\n".join(lines)
 
 
@@ -456,8 +473,8 @@ def _header(comparison: Comparison, title: str) -> str:
              "replicate, dataset row, variables other than provider and model)"]
     for label, facts in (("A", summary.a), ("B", summary.b)):
         if facts.repeated_requests:
-            notes.append(f"{facts.repeated_requests} request(s) have several rows in {label}: "
-                         f"paired with the other side's in manifest order")
+            notes.append(f"{facts.repeated_requests} request(s) have several rows on one "
+                         f"provider in {label}: paired with the other side's in manifest order")
     total = comparison.pairs.height
     if total > MAX_PAIRS:
         notes.append(f"the first {MAX_PAIRS} of {total} pairs and lone rows (changed, then "

@@ -184,20 +184,27 @@ def test_variables_match_whatever_their_order_and_shape(extra: dict[str, Any]) -
     assert a1 != b1 and a0 != a2
 
 
-def test_several_rows_of_one_request_pair_in_manifest_order(tmp_path: Path) -> None:
-    """One target holding both providers of a provider axis: first row with first row."""
+def test_rows_of_one_request_pair_on_the_same_provider_first(tmp_path: Path) -> None:
+    """Two targets holding every provider of a provider axis: kie with kie, runware with
+    runware, whatever their order; what is left pairs in manifest order (a channel change)."""
+    runware = {"provider": "runware", "vars": {"style": "photo", "provider": "runware"}}
+    a = target(tmp_path / "a", [cell("a-kie"), cell("a-rw", **runware, sha256="sha-rw")])
+    b = target(tmp_path / "b", [cell("b-rw", **runware, sha256="sha-rw-2"), cell("b-kie")])
+    assert pairs_of(a, b) == [("changed", "a-rw", "b-rw"), ("same", "a-kie", "b-kie")]
+    gemini = target(tmp_path / "g", [cell("g", provider="gemini")])
+    assert pairs_of(a, gemini) == [("only_a", "a-rw", None), ("same", "a-kie", "g")]
+
+
+def test_several_rows_on_one_provider_pair_in_manifest_order(tmp_path: Path) -> None:
     a = target(tmp_path / "a", [cell("a0")])
-    b = target(tmp_path / "b", [
-        cell("b-kie", vars={"style": "photo", "provider": "kie"}),
-        cell("b-rw", provider="runware", vars={"style": "photo", "provider": "runware"},
-             sha256="sha-rw"),
-    ])  # fmt: skip
+    b = target(tmp_path / "b", [cell("b0"), cell("b1", sha256="sha-other")])
     comparison = compare(load_side(a), load_side(b))
-    assert pairs_of(a, b) == [("only_b", None, "b-rw"), ("same", "a0", "b-kie")]
+    assert pairs_of(a, b) == [("only_b", None, "b1"), ("same", "a0", "b0")]
     assert (comparison.summary.a.repeated_requests, comparison.summary.b.repeated_requests) == (
         0, 1)
-    assert "1 request(s) have several rows in B" in render_summary(comparison.summary)
-    assert "1 request(s) have several rows in B" in render_page(comparison, str(tmp_path / "p"))
+    note = "1 request(s) have several rows on one provider in B"
+    assert note in render_summary(comparison.summary)
+    assert note in render_page(comparison, str(tmp_path / "p"))
 
 
 def test_target_at_run_id_is_the_rows_that_run_wrote(tmp_path: Path) -> None:
