@@ -330,6 +330,11 @@ def test_example_specs_expand() -> None:
     assert {c.aspect_ratio for c in experiment} == {"1:1", "16:9", "21:9", "3:2"}
     assert not [c for c in experiment
                 if c.vars["style"] == "claymation diorama" and c.resolution == "2K"]
+    channels = expand(load_spec(str(REPO / "specs" / "experiment-channels.yaml")))
+    assert len(channels) == 18
+    assert {c.model for c in channels if c.provider == "gemini"} == {
+        "gemini-3-pro-image-preview"}
+    assert {c.model for c in channels if c.provider != "gemini"} == {None}
 
 
 def test_a_pinned_cell_has_its_provider_and_model_in_its_id() -> None:

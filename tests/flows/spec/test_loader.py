@@ -41,7 +41,8 @@ def photo(path: Path) -> None:
     Image.new("RGB", (16, 16), (90, 120, 150)).save(path, "PNG")
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "experiment.yaml", "catalog.yaml"])
+@pytest.mark.parametrize(
+    "name", ["demo.yaml", "experiment.yaml", "experiment-channels.yaml", "catalog.yaml"])
 def test_example_specs_are_valid(name: str) -> None:
     path = REPO / "specs" / name
     assert validate_spec_file(str(path)) == []
