@@ -633,7 +633,7 @@ class Runner:
         cell, ctx = state.cell, self.ctx
         now = time.time()
         submitted_at = state.submitted_at
-        provider = state.provider or ctx.spec.provider
+        provider = state.provider or cell.provider or ctx.spec.provider
         return ManifestRow(
             cell_id=cell.cell_id,
             job=ctx.spec.name,

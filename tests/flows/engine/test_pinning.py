@@ -120,3 +120,15 @@ def test_shards_that_own_their_accounts_run_the_cells_pinned_to_them(
     second = run(spec, shard="1/2", own_accounts=True)   # owns runware
     assert creates(hub) == {"kie": 2, "runware": 2, "gemini": 0}
     assert first.counts["succeeded"] == second.counts["succeeded"] == 2
+
+
+def test_a_pinned_cell_that_was_never_sent_names_its_own_provider(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    run(write_spec(tmp_path, {"provider": ["runware", "gemini"]},
+                   budget={"max_usd": 0.01}))  # less than any image: nothing is sent
+    frame = manifest(tmp_path)
+    assert creates(hub) == {"kie": 0, "runware": 0, "gemini": 0}
+    assert set(frame["status"]) == {"skipped"}
+    for row in frame.iter_rows(named=True):
+        assert row["provider"] == variables(row)["provider"]
