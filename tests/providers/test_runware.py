@@ -280,6 +280,8 @@ def test_errors_are_scoped_per_task_and_coexist_with_data(
 def test_get_response_states_cost_and_failure_items(
     hub: EmulatorHub, emulator: RunwareEmulator
 ) -> None:
+    latency_s = 0.5  # long enough for the first look to come before the end, under load
+    emulator.configure(latency_s=latency_s)
     refs = {"inputs": {"referenceImages": [URL_REF] * 4}}
     task = inference(width=2528, height=1696, includeCost=True, seed=7, **refs)
     content = inference(positivePrompt="a banana [emulate:content]")
@@ -287,7 +289,7 @@ def test_get_response_states_cost_and_failure_items(
     poll = [{"taskType": "getResponse", "taskUUID": t["taskUUID"]} for t in (task, content)]
     early = post(hub, poll).json()
     assert [item["status"] for item in early["data"]] == ["processing", "processing"]
-    asyncio.run(asyncio.sleep(LATENCY_S * 1.5))
+    asyncio.run(asyncio.sleep(latency_s * 1.5))
     late = post(hub, poll)
     assert late.status_code == 200
     [done] = late.json()["data"]
