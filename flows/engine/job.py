@@ -207,13 +207,14 @@ async def run_job(
                     for c in used},
         )
         runner = Runner(ctx)
-        record = replace(record, channels=tuple(
-            {"key": c.key, "provider": c.provider, "account": c.account,
-             "model": ctx.models.get(c.provider, "")} for c in used))
         with tempfile.TemporaryDirectory(prefix="nbp-manifest-") as folder:
             parts = ManifestParts(folder)
             await run_chunks(runner, cells, options.chunk_size, hooks.chunk_runner, parts)
             counts = await asyncio.to_thread(parts.counts)
+            record = replace(record, channels=tuple(
+                {"key": c.key, "provider": c.provider, "account": c.account,
+                 "model": ", ".join(sorted(ctx.asked.get(c.key, ()))
+                                    or [ctx.models.get(c.provider, "")])} for c in used))
             manifest_uri, gallery_uri = await write_outputs(
                 heartbeat, parts, job.cells if options.shard else None, title=spec.name,
                 record=record.ended(counts, budget.spent_usd + budget.reserved_usd),

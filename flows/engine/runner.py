@@ -93,7 +93,13 @@ class RunContext:
     force: bool = False
     retry_uncertain: bool = False
     retry: RetryPolicy = DEFAULT_RETRY
-    models: Mapping[str, str] = field(default_factory=dict)  # provider -> model id
+    models: Mapping[str, str] = field(default_factory=dict)  # provider -> its default model id
+    # channel key -> the model ids its creates asked for (the run's record names them)
+    asked: dict[str, set[str]] = field(default_factory=dict)
+
+    def model_of(self, provider: str, cell: Cell) -> str | None:
+        """The model id a cell asks `provider` for: its pinned one, else the default."""
+        return cell.model or self.models.get(provider)
 
     @property
     def holder(self) -> str:
@@ -337,6 +343,7 @@ class Runner:
         provider, throttle = ctx.providers[ticket.key], ctx.throttles[ticket.key]
         key = f"nbp-{cell.cell_id}-{idempotency_part(channel)}-{state.attempts + 1}"
         request = self._request(cell, channel.provider, key, references)
+        ctx.asked.setdefault(ticket.key, set()).add(ctx.model_of(channel.provider, cell) or "")
         estimate = self.price(channel.provider, cell)
         try:
             self._check_still_submittable(ticket.key)
@@ -640,7 +647,7 @@ class Runner:
             run_id=ctx.run_id,
             provider=provider,
             account=self._account(state),
-            model=cell.model or ctx.models.get(provider),
+            model=ctx.model_of(provider, cell),
             prompt=cell.prompt,
             aspect_ratio=cell.aspect_ratio,
             resolution=cell.resolution,

@@ -13,6 +13,8 @@ import polars as pl
 import pytest
 import yaml
 
+from outputs.runs import read_records
+from outputs.sink import Sink
 from providers.emulator.hub import EmulatorHub
 from providers.gemini import MODELS
 from tests.flows.engine.emulated import manifest, run, serving
@@ -97,6 +99,8 @@ def test_a_model_axis_asks_for_each_model_id(hub: EmulatorHub, tmp_path: Path) -
     assert sorted(frame["model"]) == sorted([*MODELS, *MODELS])
     for row in frame.iter_rows(named=True):
         assert row["model"] == variables(row)["model"]
+    [record] = read_records(Sink(str(tmp_path / "out")))
+    assert [c["model"] for c in record.channels] == [", ".join(sorted(MODELS))]
 
 
 def test_an_include_entry_pins_only_the_cells_it_adds(
