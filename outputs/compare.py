@@ -41,6 +41,7 @@ from urllib.parse import quote
 import fsspec.core
 import polars as pl
 
+from outputs.gallery import drawn_size
 from outputs.manifest import MANIFEST_NAME, read_manifest
 from outputs.runs import pick_run, read_records, split_run_ref
 from outputs.sink import Sink, check_relative
@@ -552,7 +553,7 @@ def _side(row: Mapping[str, Any], side: str, image: tuple[str | None, str],
     status = get("status") or "unknown"
     src, where = image
     if status == "succeeded" and src:
-        size = _drawn(get("width"), get("height"))
+        size = drawn_size(get("width"), get("height"), PAIR_PX)
         dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
         body = (f'<a href="{_e(src)}"><img src="{_e(src)}"{dims} alt="{label}: '
                 f'{_e(get("cell_id"))}" loading="lazy"></a>')
@@ -584,14 +585,6 @@ def _side(row: Mapping[str, Any], side: str, image: tuple[str | None, str],
     css = _e(status if status in ("succeeded", "failed", "skipped", "cancelled") else "unknown")
     return (f'<figure class="side {css}"><figcaption>{label}</figcaption>'
             f'<div class="frame">{body}</div><table class="facts">{rows}</table></figure>')
-
-
-def _drawn(width: int | None, height: int | None) -> tuple[int, int] | None:
-    """The size an image is drawn at: within `PAIR_PX` square, its shape kept."""
-    if not width or not height:
-        return None
-    scale = min(1.0, PAIR_PX / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 _CSS = """

@@ -109,12 +109,14 @@ def _cards(manifest: pl.DataFrame | pl.LazyFrame) -> list[dict[str, Any]]:
     return conform(manifest.lazy().head(MAX_CARDS).collect()).to_dicts()
 
 
-def drawn_size(width: int | None, height: int | None) -> tuple[int, int] | None:
-    """The size an image of `width` x `height` is drawn at: within `CARD_PX` square, its
-    shape kept (None when the manifest does not know its size)."""
+def drawn_size(
+    width: int | None, height: int | None, box: int = CARD_PX
+) -> tuple[int, int] | None:
+    """The size an image of `width` x `height` is drawn at: within a `box` px square (a
+    card's by default), its shape kept (None when the manifest does not know its size)."""
     if not width or not height:
         return None
-    scale = min(1.0, CARD_PX / max(width, height))
+    scale = min(1.0, box / max(width, height))
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 

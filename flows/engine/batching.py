@@ -86,6 +86,7 @@ KEY_SEPARATOR = "|"
 @dataclass
 class _Group:
     display_name: str
+    model: str | None = None               # the model id its requests ask for
     members: set[str] = field(default_factory=set)          # cell ids placed
     requests: dict[str, ImageRequest] = field(default_factory=dict)  # ... and submitted
     result_bytes: int = 0
@@ -149,7 +150,7 @@ class BatchChannel:
             if group is not None:
                 group.closed = True
             self._sequence += 1
-            group = _Group(f"{self.label}-{self._sequence:05d}")
+            group = _Group(f"{self.label}-{self._sequence:05d}", model)
             self._groups[group.display_name] = group
             self._open[model] = group
             creator = asyncio.get_running_loop().create_task(self._leave_when_ready(group))
@@ -178,9 +179,8 @@ class BatchChannel:
         while not group.closed and time.monotonic() - group.last_joined < LINGER_S:
             await asyncio.sleep(LINGER_S / 5)
         group.closed = True
-        for model, open_group in list(self._open.items()):
-            if open_group is group:
-                del self._open[model]
+        if self._open.get(group.model) is group:
+            del self._open[group.model]
         until = time.monotonic() + GRACE_S
         while len(group.requests) < len(group.members) and time.monotonic() < until:
             await asyncio.sleep(0.02)

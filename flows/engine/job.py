@@ -29,6 +29,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import polars as pl
@@ -168,8 +169,7 @@ async def run_job(
         spec = replace(spec, output=replace(spec.output, target=options.target))
     if options.max_usd is not None:
         spec = replace(spec, max_usd=options.max_usd)
-    owners = (shard_owners(spec, int(options.shard.partition("/")[2]))
-              if options.own_accounts and options.shard else None)
+    owners = partial(shard_owners, spec) if options.own_accounts else None
     cells = select_shard(job.cells, options.shard, owners)
     progress = progress or Progress()
     progress.total = len(cells)
@@ -341,18 +341,18 @@ def _cells_at_once(runner: Runner) -> int:
 
 def select_shard(
     cells: CellSource, shard: str | None,
-    owners: Callable[[Cell], Sequence[int]] | None = None,
+    owners: Callable[[int], Callable[[Cell], Sequence[int]]] | None = None,
 ) -> CellSource:
     """Cells of shard "i/n" (by cell-id hash, so shards are stable across runs), filtered as
-    they are read. `owners`: the shards that can run a cell (own_accounts), one of which
-    takes it by the same hash."""
+    they are read. `owners(n)`: which of n shards can run a cell (own_accounts), one of
+    which takes it by the same hash."""
     if not shard:
         return cells
     index, _, count = shard.partition("/")
     i, n = int(index), int(count)
     if not 0 <= i < n:
         raise ValueError(f"shard {shard!r} must be i/n with 0 <= i < n")
-    return Shard(cells, i, n, owners)
+    return Shard(cells, i, n, owners(n) if owners else None)
 
 
 class Shard:
