@@ -118,6 +118,9 @@ class HttpAdapter:
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
 
+    async def prepare(self, request: ImageRequest) -> ImageRequest:
+        return request
+
     async def submit(self, request: ImageRequest) -> Submitted:
         raise NotImplementedError
 

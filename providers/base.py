@@ -195,6 +195,12 @@ class Provider(Protocol):
     name: str
     capabilities: Capabilities
 
+    async def prepare(self, request: ImageRequest) -> ImageRequest:
+        """Everything a create needs that is not the create itself (reference uploads).
+        Called before the create intent is journalled; whatever it raises, no task was
+        created."""
+        ...
+
     async def submit(self, request: ImageRequest) -> Submitted:
         """Create the remote task; return as soon as the provider names it."""
         ...

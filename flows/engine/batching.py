@@ -162,6 +162,10 @@ class BatchChannel:
         group.last_joined = time.monotonic()
         return f"{group.display_name}{KEY_SEPARATOR}{cell_id}"
 
+    async def prepare(self, request: ImageRequest) -> ImageRequest:
+        """Nothing: references travel inline in the batch's input file."""
+        return request
+
     async def submit(self, request: ImageRequest) -> Submitted:
         """Wait for the cell's group to become a batch at the provider."""
         display, cell_id = _split(request.idempotency_key)

@@ -6,16 +6,20 @@ Two caps, both optional:
   started as one run pass the same `--run-id`) shares it;
 - `max_total_usd` caps everything ever spent on the target, across runs, shards and jobs.
 
-A create reserves its price (the plan's price, `ProviderRules.price`) before its intent is
-journalled; the reservation becomes the provider's reported cost when the task finishes, or 0
-when the provider failed it. A created task whose cost is never reported (pending, uncertain,
-lost) stays counted at its price: it may have been billed. Resuming a task an earlier run
-created reserves nothing: it was counted when it was created.
+Every create intent holds its price (`Hold`, the plan's price, `ProviderRules.price`) from
+before it is journalled until it is settled: at the provider's reported cost when its task
+finishes, at its price when it may have been billed (uncertain), at 0 when nothing was
+created or the provider failed the task. A created task whose cost is never reported
+(pending) stays held at its price: it may have been billed.
 
 With a cap, spend lives in `{target}/.nbp/budget.json`, changed only under the target's
-budget lease, so processes on several machines cannot overshoot together. A create that does
-not fit waits while this process has creates in flight (they may cost less than reserved);
-once nothing of ours is in flight and it still does not fit, the budget is exhausted.
+budget lease, so processes on several machines cannot overshoot together. Each hold is in
+the ledger under its intent's id (`open`), so settling is idempotent (a hold settles once,
+whoever settles it, in whichever run) and a hold whose create never left is released by the
+next run that finds its cell `reserved` in the journal: a kill never leaves spend counted
+that no provider billed. A create that does not fit waits while this process has creates in
+flight (they may cost less than held); once nothing of ours is in flight and it still does
+not fit, the budget is exhausted.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from outputs.sink import Sink
 
 LEDGER = ".nbp/budget.json"
 LEDGER_LOCK = ".nbp/locks/budget"
+LEDGER_VERSION = 2
 EPSILON_USD = 1e-9
 
 
@@ -36,9 +41,23 @@ class BudgetExhausted(Exception):
     """The next create could take spend past a cap."""
 
 
+@dataclass(frozen=True)
+class Hold:
+    """The price one create intent holds until it is settled.
+
+    `ledger_run`: the run whose share of the target's ledger holds it (None: no ledger holds
+    it, the run had no cap); `intent`: its key in the ledger's `open` holds (None: a hold of
+    journal version 1, counted in the totals only)."""
+
+    usd: float
+    intent: str | None = None
+    ledger_run: str | None = None
+
+
 @dataclass
 class Ledger:
-    """Spend on a target, by run id, shared by every process through a lease."""
+    """Spend on a target, by run id, and the holds not yet settled, by intent id; shared by
+    every process through a lease."""
 
     sink: Sink
     heartbeat: Heartbeat
@@ -46,9 +65,14 @@ class Ledger:
     def read(self) -> dict[str, Any]:
         data = self.sink.get_json(LEDGER)
         if not isinstance(data, dict):
-            return {"total_usd": 0.0, "runs": {}}
-        return {"total_usd": float(data.get("total_usd", 0.0)),
-                "runs": {str(k): float(v) for k, v in dict(data.get("runs", {})).items()}}
+            return {"version": LEDGER_VERSION, "total_usd": 0.0, "runs": {}, "open": {}}
+        return {
+            "version": LEDGER_VERSION,
+            "total_usd": float(data.get("total_usd", 0.0)),
+            "runs": {str(k): float(v) for k, v in dict(data.get("runs", {})).items()},
+            "open": {str(k): {"usd": float(v["usd"]), "run": str(v["run"])}
+                     for k, v in dict(data.get("open", {})).items()},
+        }
 
     def write(self, data: dict[str, Any]) -> None:
         self.sink.put_json(LEDGER, data)
@@ -64,7 +88,7 @@ class Budget:
     run_id: str = ""
     ledger: Ledger | None = None          # required when a cap is set
     spent_usd: float = 0.0                # this process: settled costs
-    reserved_usd: float = 0.0             # this process: creates in flight
+    reserved_usd: float = 0.0             # this process: holds of its creates in flight
     exhausted: bool = False
     _changed: asyncio.Condition | None = field(default=None, repr=False)
 
@@ -72,43 +96,38 @@ class Budget:
     def capped(self) -> bool:
         return self.max_usd is not None or self.max_total_usd is not None
 
-    async def reserve(self, estimate_usd: float) -> None:
-        """Reserve the price of one create, or raise `BudgetExhausted`."""
+    async def reserve(self, intent: str, estimate_usd: float) -> Hold:
+        """Hold the price of one create intent, or raise `BudgetExhausted`."""
         if not self.capped:
             self.reserved_usd += estimate_usd
-            return
+            return Hold(estimate_usd, intent)
         if self._changed is None:
             self._changed = asyncio.Condition()
         async with self._changed:
             while True:
-                if not self.exhausted and await self._commit(estimate_usd):
+                if not self.exhausted and await self._commit(intent, estimate_usd):
                     self.reserved_usd += estimate_usd
-                    return
+                    return Hold(estimate_usd, intent, self.run_id)
                 if self.exhausted or self.reserved_usd <= EPSILON_USD:
                     self.exhausted = True
                     self._changed.notify_all()
                     raise BudgetExhausted(self._message(estimate_usd))
                 await self._changed.wait()  # one of ours may settle for less
 
-    async def settle(
-        self, estimate_usd: float, actual_usd: float, *, reserved_by: str | None = None,
-        in_flight: bool = True,
-    ) -> None:
-        """Turn a reservation into spend (0 for a task the provider did not bill).
-        `reserved_by`: the run whose budget holds it, when an earlier run reserved it;
-        `in_flight`: whether this process reserved it (and counts it as in flight)."""
-        if in_flight:
-            self.reserved_usd = max(0.0, self.reserved_usd - estimate_usd)
+    async def settle(self, hold: Hold, actual_usd: float, *, here: bool = True) -> None:
+        """Turn a hold into spend (0: nothing was billed). `here`: this process made the
+        hold (and counts it as in flight); a hold of an earlier run settles too."""
+        if here:
+            self.reserved_usd = max(0.0, self.reserved_usd - hold.usd)
         self.spent_usd += actual_usd
-        delta = actual_usd - estimate_usd
-        if self.capped and abs(delta) > EPSILON_USD:
-            await self._adjust(delta, reserved_by or self.run_id)
+        if hold.ledger_run is not None and self.ledger is not None:
+            await self._settle_in_ledger(hold, actual_usd)
         if self._changed is not None:
             async with self._changed:
                 self._changed.notify_all()
 
-    async def _commit(self, amount: float) -> bool:
-        """Add `amount` to the ledger if every cap allows it (under the lease)."""
+    async def _commit(self, intent: str, amount: float) -> bool:
+        """Add `amount` to the ledger as the intent's hold if every cap allows it."""
         assert self.ledger is not None, "a capped budget needs the target's ledger"
         ledger = self.ledger
         async with ledger.lease():
@@ -121,15 +140,25 @@ class Budget:
                 return False
             data["runs"][self.run_id] = run + amount
             data["total_usd"] = total + amount
+            data["open"][intent] = {"usd": amount, "run": self.run_id}
             await asyncio.to_thread(ledger.write, data)
             return True
 
-    async def _adjust(self, delta: float, run_id: str) -> None:
-        assert self.ledger is not None
+    async def _settle_in_ledger(self, hold: Hold, actual_usd: float) -> None:
+        """The hold's place in the ledger becomes `actual_usd`, once: a hold no longer open
+        was settled already (or its reservation never reached the ledger)."""
+        assert self.ledger is not None and hold.ledger_run is not None
         ledger = self.ledger
         async with ledger.lease():
             data = await asyncio.to_thread(ledger.read)
-            data["runs"][run_id] = max(0.0, data["runs"].get(run_id, 0.0) + delta)
+            if hold.intent is None:  # journal version 1: its hold is in the totals only
+                held, run = hold.usd, hold.ledger_run
+            elif (found := data["open"].pop(hold.intent, None)) is not None:
+                held, run = found["usd"], found["run"]
+            else:
+                return
+            delta = actual_usd - held
+            data["runs"][run] = max(0.0, data["runs"].get(run, 0.0) + delta)
             data["total_usd"] = max(0.0, data["total_usd"] + delta)
             await asyncio.to_thread(ledger.write, data)
 

@@ -36,6 +36,7 @@ import polars as pl
 
 from flows.engine.batching import DEFAULT_WAIT_S, BatchChannel
 from flows.engine.budget import Budget, Ledger
+from flows.engine.interrupt import Interrupt
 from flows.engine.journal import Journal
 from flows.engine.lease import Heartbeat, Lease
 from flows.engine.policy import DEFAULT_RETRY, RetryPolicy
@@ -94,6 +95,7 @@ class RunHooks:
     chunk_runner: ChunkRunner = run_plain_chunk
     credentials: CredentialSource | None = None   # values of env vars the environment lacks
     rate_limiter: LimiterFactory = local_limiter
+    interrupt: Interrupt | None = None            # stop requests (Ctrl-C, SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -140,10 +142,14 @@ class RunResult:
     counts: dict[str, int]
     spent_usd: float
     stop_reason: str | None = None
+    interrupted_by: int | None = None   # the signal that stopped the run, if one did
 
     @property
     def exit_code(self) -> int:
-        """0 when every cell of the job succeeded, 1 otherwise."""
+        """128 + the signal when a stop request ended the run (130 SIGINT, 143 SIGTERM); else
+        0 when every cell of the job succeeded, 1 otherwise."""
+        if self.interrupted_by is not None:
+            return 128 + self.interrupted_by
         bad = sum(v for k, v in self.counts.items() if k != "succeeded")
         return 0 if bad == 0 else 1
 
@@ -153,6 +159,7 @@ class RunResult:
             "manifest": self.manifest_uri, "gallery": self.gallery_uri,
             "counts": self.counts, "spent_usd": round(self.spent_usd, 4),
             "stop_reason": self.stop_reason, "exit_code": self.exit_code,
+            "interrupted_by": self.interrupted_by,
         }
 
 
@@ -205,6 +212,7 @@ async def run_job(
             retry_uncertain=options.retry_uncertain, retry=options.retry,
             models={c.provider: str(getattr(providers[c.key], "model", c.provider))
                     for c in used},
+            interrupt=hooks.interrupt,
         )
         runner = Runner(ctx)
         with tempfile.TemporaryDirectory(prefix="nbp-manifest-") as folder:
@@ -222,10 +230,18 @@ async def run_job(
             )
     if runner.busy:
         counts["busy"] = runner.busy  # another live run on the target holds these cells
+    interrupt = hooks.interrupt
     stop = runner.stop.message if runner.stop else None
+    signum = None
+    if interrupt is not None and interrupt.requested:
+        signum = interrupt.signals[0]
+        not_started = max(0, progress.total - progress.done)
+        if not_started:
+            counts["not_started"] = not_started  # the manifest keeps their earlier rows
+        stop = f"stopped by {interrupt.signal_name}"
     return RunResult(
         spec.name, options.run_id, spec.output.target, str(manifest_uri), str(gallery_uri),
-        counts, budget.spent_usd + budget.reserved_usd, stop,
+        counts, budget.spent_usd + budget.reserved_usd, stop, signum,
     )
 
 
@@ -260,7 +276,7 @@ async def run_chunks(
     chunks = enumerate(_chunked(cells, chunk_size))
     while True:
         await gate.acquire()  # before reading the next chunk's cells
-        started = None if failures else next(chunks, None)
+        started = None if failures or runner.interrupted else next(chunks, None)
         if started is None:
             break
         task = asyncio.create_task(one(*started))

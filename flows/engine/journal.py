@@ -1,24 +1,11 @@
-"""The durable cell lifecycle under `{target}/.nbp/cells/`: what was paid for, written before
-the request that pays for it leaves.
+"""Where a cell's life is kept: one small JSON file per cell under `{target}/.nbp/cells/`,
+replaced whole on every change, so it works on object stores without append or rename.
 
-One small JSON file per cell, replaced whole on every change, so it works on object stores
-without append or rename. A cell moves through these states:
-
-    create_sent   a create is about to leave (provider, idempotency key, price reserved):
-                  from here on the provider may have created (and billed) a task
-    created       the provider named the task (`task`): the next run polls it, never re-creates
-    finished      the provider finished the task; the image is being collected
-    succeeded     the image is verified and written (`row` is its manifest row)
-    uncertain     a create may have reached a provider that cannot be asked (`reason`):
-                  never re-sent unless the user asks (`nbp run --retry-uncertain`)
-    failed        final for now: the provider failed the task, or nothing was created
-    skipped, cancelled
-                  not submitted (budget, fail-fast), or cancelled at the provider
-
-`created` and `finished` are a manifest's `pending` when a run ends before collecting them;
-`create_sent` stays as it is and the next run applies the resend rule (flows.engine.policy).
-An entry that cannot be read is reported (`JournalEntry.unreadable`), and its cell treated as
-unknown: never created again blindly.
+This module only stores and reads entries; what the states mean and which transitions write
+them is `flows.engine.lifecycle`'s. An entry carries the journal's format version
+(`JOURNAL_VERSION`); entries written before versions existed are read and upgraded
+(`upgrade`). An entry that cannot be read comes back as `JournalEntry.unreadable`: a create
+may have been sent for its cell, so it is never created again blindly.
 """
 
 from __future__ import annotations
@@ -33,9 +20,12 @@ from outputs.manifest import ManifestRow
 from providers.base import Submitted
 
 JOURNAL_DIR = ".nbp/cells"
+# 2: intents (a random id and key per create, journalled before it leaves), `unsent` and
+# `reserved`, a cancel recorded only on the provider's word, uncertain spend settled.
+JOURNAL_VERSION = 2
 JournalState = Literal[
-    "create_sent", "created", "finished", "succeeded", "uncertain", "failed", "skipped",
-    "cancelled", "unreadable",
+    "unsent", "reserved", "create_sent", "created", "finished", "succeeded", "uncertain",
+    "failed", "skipped", "cancelled", "unreadable",
 ]
 STATES: frozenset[str] = frozenset(get_args(JournalState))
 LIVE_TASK: frozenset[str] = frozenset({"created", "finished"})  # a task to collect
@@ -58,16 +48,18 @@ class JournalEntry:
     provider: str
     holder: str = ""                          # the process (flow run) that wrote it
     attempts: int = 0                         # creates sent for this cell, all runs
-    idempotency_key: str | None = None        # of the create in flight (re-sent as is)
-    reserved_usd: float = 0.0                 # the price reserved for the create in flight
-    reserved_by: str | None = None            # run id whose budget holds that reservation
-    spent_usd: float = 0.0                    # what earlier tasks of this cell cost
+    intent: str | None = None                 # id of the live create intent (random)
+    idempotency_key: str | None = None        # its key / client task id (re-sent as is)
+    reserved_usd: float = 0.0                 # the live intent's price, counted until settled
+    reserved_by: str | None = None            # version 1: the run whose ledger holds it
+    spent_usd: float = 0.0                    # what this cell's settled tasks cost
     task: dict[str, Any] | None = None        # Submitted.to_json() of the live remote task
     submitted_at: float | None = None
-    reason: str | None = None                 # why uncertain (or unreadable)
+    reason: str | None = None                 # why uncertain, unsent, unreadable
     row: ManifestRow | None = None            # manifest row once terminal
     updated_at: float = field(default_factory=time.time)
     channel: str | None = None                # the account's channel key (None: `provider`)
+    version: int = JOURNAL_VERSION
 
     @property
     def channel_key(self) -> str:
@@ -80,9 +72,8 @@ class JournalEntry:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JournalEntry:
+        data = upgrade(data)
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        if known.get("state") == "submitted":  # journals written before the lifecycle
-            known["state"] = "created"
         if known.get("state") not in STATES or not isinstance(known.get("cell_id"), str):
             raise ValueError(f"not a journal entry (state {known.get('state')!r})")
         if isinstance(known.get("row"), Mapping):
@@ -96,14 +87,45 @@ class JournalEntry:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "cell_id": self.cell_id, "state": self.state, "run_id": self.run_id,
-            "provider": self.provider, "holder": self.holder, "attempts": self.attempts,
+            "version": self.version, "cell_id": self.cell_id, "state": self.state,
+            "run_id": self.run_id, "provider": self.provider, "holder": self.holder,
+            "attempts": self.attempts, "intent": self.intent,
             "idempotency_key": self.idempotency_key, "reserved_usd": self.reserved_usd,
             "reserved_by": self.reserved_by, "spent_usd": self.spent_usd, "task": self.task,
             "submitted_at": self.submitted_at, "reason": self.reason,
             "row": self.row.to_json() if self.row is not None else None,
             "updated_at": self.updated_at, "channel": self.channel,
         }
+
+
+def upgrade(data: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry in today's format. Version 1 (no `version` key) differs in three ways:
+
+    - `submitted` was the name of `created`;
+    - `cancelled` was written whether or not the provider confirmed the cancel: one that still
+      holds a task id is a task to collect (`created`), never a cell to create again;
+    - an `uncertain` cell kept its price in `reserved_usd`: it is spend (it may have been
+      billed), so it moves to `spent_usd`.
+    """
+    found = dict(data)
+    version = found.get("version", 1)
+    if not isinstance(version, int) or version > JOURNAL_VERSION:
+        raise ValueError(f"journal format version {version!r} is newer than this nbp "
+                         f"reads ({JOURNAL_VERSION}); upgrade nbp")
+    if version == JOURNAL_VERSION:
+        return found
+    state = found.get("state")
+    if state == "submitted" or (state == "cancelled" and found.get("task")):
+        found["state"] = "created"
+    if state == "uncertain":
+        found["spent_usd"] = _number(found.get("spent_usd")) + _number(found.get("reserved_usd"))
+        found["reserved_usd"], found["reserved_by"] = 0.0, None
+    found["version"] = JOURNAL_VERSION
+    return found
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 class Journal:

@@ -1,23 +1,33 @@
 """The failure policy: what the engine does with each error, in one place.
 
-A cell's life has two halves (see flows.engine.journal for the states). Before a create may
-have reached the provider, nothing is spent and anything may be tried again or elsewhere.
-From the moment a create may have reached it, the cell is never created again — on any
-provider, in any run — unless the provider says the task failed or its image proved wrong.
+A cell's life (`flows.engine.lifecycle`) has two halves. Before a create may have reached the
+provider, nothing is spent and anything may be tried again or elsewhere. From the moment a
+create may have reached it, the cell is never created again (on any channel, in any run)
+unless the provider says the task failed or its image proved wrong.
 
-A *step* (one create, one poll, one download) is retried where it stands (`with_retries`):
+Two tables decide. `STEP_ENDS` says what each error does to the *step* it met (prepare,
+create, poll, download, verify, write), before and after the create:
 
-    RateLimited      tell the account throttle (pause, fewer creates, or fewer tasks in
-                     flight when `concurrency`), wait Retry-After, send the step again
-    TransientError   exponential backoff with full jitter, up to `RetryPolicy.max_attempts`
-                     (a create: only when the request never left, `RequestNotSent`, or the
-                     provider can be asked about it; see `resend_rule`)
-    after a create   any other provider error (a 403 from a proxy on one poll, a truncated
-                     download) is retried too, for up to `RetryPolicy.patience_s`; then the
-                     cell is `pending` and keeps its task for the next run (`TaskPending`)
+    RETRY         the step again where it stands: a rate limit waits Retry-After (and tells
+                  the account throttle), other faults back off with full jitter, up to
+                  `RetryPolicy.max_attempts`
+    PATIENCE      after a create: the step again until `RetryPolicy.patience_s` has passed,
+                  then the cell is `pending` and keeps its task (`TaskPending`)
+    NOT_SENT      the request never left: nothing was created, the cell is unsent
+    REFUSED       the provider answered and created nothing: the cell is unsent
+    MAY_EXIST     a create may have reached the provider: the resend rule (`resend_rule`)
+                  recovers it, sends it again with the same key, or ends the cell uncertain
+    TASK_FAILED   the provider's word: the task failed (a new task, `retries` times)
+    CONTENT       the provider's word: the content is refused; final everywhere
+    UNKNOWN_TASK  the provider does not know a task we created: uncertain, never a new task
+    WRONG_IMAGE   the image is proved not what was asked: a new task may be created
+    PENDING       the task is the provider's; the next run collects it
+    OUTPUT_TAKEN  the output path holds another cell's file: final, nothing overwritten
+    BUG           not a provider signal: the cell fails `internal_error`, its journal kept
 
-When a step gives up, the *cell* decides (`decide`), by the first matching row of `DECISIONS`:
+When a step ends, the *cell* decides (`decide`), by the first matching row of `DECISIONS`:
 
+    Interrupted          stop where it stands: unsent cells are skipped, tasks left pending
     Unsubmittable        stop: budget or fail-fast, nothing more is submitted
     TaskPending          pending: the task is the provider's; the next run collects it
     CreateUncertain, SubmitUncertain, TaskNotFound
@@ -31,10 +41,6 @@ When a step gives up, the *cell* decides (`decide`), by the first matching row o
     TransientError       the next provider (its creates stayed down, nothing was created)
     TaskFailed, ResultMismatch
                          a new task on the same provider, `retries` times, then the next
-
-A create whose answer was lost is handled by `resend_rule`: where the provider can look the
-task up by a client-chosen id it is recovered, where the create is idempotent it is sent
-again with the same key, and otherwise it is never sent again (`CreateUncertain`).
 
 Provider signals reach this module only as classes of `providers.errors` (adapters map them);
 no provider name appears here.
@@ -56,8 +62,10 @@ from providers.errors import (
     AuthError,
     ContentRejected,
     InsufficientBalance,
+    ProviderError,
     RateLimited,
     Rejected,
+    RequestNotSent,
     ResultMismatch,
     SubmitUncertain,
     TaskFailed,
@@ -84,6 +92,10 @@ class CreateUncertain(Exception):
     """A create may have reached a provider that cannot be asked about it."""
 
 
+class Interrupted(Exception):
+    """The run was asked to stop (Ctrl-C, SIGTERM) while this cell waited or worked."""
+
+
 class Unsubmittable(Exception):
     """Nothing more may be submitted for this cell (budget, fail-fast)."""
 
@@ -92,9 +104,102 @@ class Unsubmittable(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+# -- steps --------------------------------------------------------------------------------------
+
+
+class Step(enum.Enum):
+    """One request (or local act) of a cell's life."""
+
+    PREPARE = "reference uploads and whatever else a create needs, before its intent"
+    CREATE = "the create request"
+    POLL = "a status request about a created task"
+    DOWNLOAD = "the result image's bytes"
+    VERIFY = "the image checked against what was asked"
+    WRITE = "the image written to the target"
+
+
+class StepEnd(enum.Enum):
+    """What an error does to the step it met (see the module docstring)."""
+
+    RETRY = "retry"
+    PATIENCE = "patience"
+    NOT_SENT = "not_sent"
+    REFUSED = "refused"
+    MAY_EXIST = "may_exist"
+    TASK_FAILED = "task_failed"
+    CONTENT = "content"
+    UNKNOWN_TASK = "unknown_task"
+    WRONG_IMAGE = "wrong_image"
+    PENDING = "pending"
+    OUTPUT_TAKEN = "output_taken"
+    BUG = "bug"
+
+
+_Rows = tuple[tuple[type[BaseException], StepEnd], ...]
+# Every step's rows, first match wins; the last row of each is `Exception` (anything else).
+STEP_ENDS: dict[Step, _Rows] = {
+    Step.PREPARE: (
+        (RateLimited, StepEnd.RETRY),
+        (TransientError, StepEnd.RETRY),
+        (Exception, StepEnd.NOT_SENT),  # no create intent exists yet: nothing can be paid
+    ),
+    Step.CREATE: (
+        (RateLimited, StepEnd.RETRY),
+        (RequestNotSent, StepEnd.RETRY),
+        (Rejected, StepEnd.REFUSED),
+        (ContentRejected, StepEnd.CONTENT),     # a synchronous create's answer
+        (TaskFailed, StepEnd.TASK_FAILED),      # a synchronous create's answer
+        (ResultMismatch, StepEnd.WRONG_IMAGE),  # a synchronous create's image
+        (Exception, StepEnd.MAY_EXIST),         # the bytes may have left: never guessed
+    ),
+    Step.POLL: (
+        (RateLimited, StepEnd.RETRY),
+        (ContentRejected, StepEnd.CONTENT),
+        (TaskFailed, StepEnd.TASK_FAILED),
+        (TaskNotFound, StepEnd.UNKNOWN_TASK),
+        (ResultMismatch, StepEnd.WRONG_IMAGE),
+        (TaskPending, StepEnd.PENDING),
+        (ProviderError, StepEnd.PATIENCE),
+        (Exception, StepEnd.BUG),
+    ),
+    Step.DOWNLOAD: (
+        (RateLimited, StepEnd.RETRY),
+        (ResultMismatch, StepEnd.WRONG_IMAGE),  # larger than any real image
+        (TaskFailed, StepEnd.TASK_FAILED),      # nothing to download for this cell
+        (ProviderError, StepEnd.PATIENCE),      # a 404 on a result URL is an expired link
+        (Exception, StepEnd.BUG),
+    ),
+    Step.VERIFY: (
+        (ResultMismatch, StepEnd.WRONG_IMAGE),
+        (Exception, StepEnd.BUG),
+    ),
+    Step.WRITE: (
+        (OutputTaken, StepEnd.OUTPUT_TAKEN),
+        (OSError, StepEnd.PATIENCE),            # the target is down: the image waits
+        (Exception, StepEnd.BUG),
+    ),
+}
+# The ends that are the provider's own word on a created task: final for that task.
+PROVIDERS_WORD: frozenset[StepEnd] = frozenset({
+    StepEnd.TASK_FAILED, StepEnd.CONTENT, StepEnd.UNKNOWN_TASK, StepEnd.WRONG_IMAGE,
+})
+
+
+def step_end(step: Step, exc: BaseException) -> StepEnd:
+    """The first row of `STEP_ENDS[step]` whose class `exc` is an instance of."""
+    for cls, end in STEP_ENDS[step]:
+        if isinstance(exc, cls):
+            return end
+    return StepEnd.BUG  # BaseException that is not an Exception: never swallowed
+
+
+# -- cells --------------------------------------------------------------------------------------
+
+
 class Decision(enum.Enum):
     """What a cell does after one of its steps gave up."""
 
+    INTERRUPTED = "end the cell where it stands: unsent is skipped, a task is left pending"
     STOP = "end the cell with the run's stop reason; submit nothing more"
     PENDING = "end the run's work on the cell; its task stays journalled for the next run"
     UNCERTAIN = "end the cell uncertain: never re-sent unless the user asks"
@@ -105,6 +210,7 @@ class Decision(enum.Enum):
 
 
 DECISIONS: tuple[tuple[type[BaseException], Decision], ...] = (
+    (Interrupted, Decision.INTERRUPTED),
     (Unsubmittable, Decision.STOP),
     (TaskPending, Decision.PENDING),
     (CreateUncertain, Decision.UNCERTAIN),
@@ -121,8 +227,6 @@ DECISIONS: tuple[tuple[type[BaseException], Decision], ...] = (
     (ResultMismatch, Decision.RETRY_TASK),
 )
 HANDLED: tuple[type[BaseException], ...] = tuple(cls for cls, _ in DECISIONS)
-# After a create, only these end a step at once: the provider's own word on the task.
-FINAL_AFTER_CREATE: tuple[type[BaseException], ...] = (TaskFailed, TaskNotFound, ResultMismatch)
 
 
 def decide(exc: BaseException) -> Decision:
@@ -138,7 +242,7 @@ class Resend(enum.Enum):
 
     RECOVER = "look the task up by its client-chosen id; send again only if it does not exist"
     SAME_KEY = "send again with the same idempotency key: the provider returns the original"
-    NEVER = "never send again: the cell fails as SubmitUncertain (it may have been billed)"
+    NEVER = "never send again: the cell is uncertain (it may have been billed)"
 
 
 def resend_rule(caps: Capabilities) -> Resend:
@@ -171,19 +275,17 @@ DEFAULT_RETRY = RetryPolicy()
 
 async def with_retries(
     call: Callable[[], Awaitable[T]],
+    step: Step,
     *,
     throttle: AccountThrottle | None = None,
     policy: RetryPolicy = DEFAULT_RETRY,
     before_each: Callable[[], Awaitable[None]] | None = None,
     after_each: Callable[[], None] | None = None,
-    transient: tuple[type[BaseException], ...] = (TransientError,),
-    final: tuple[type[BaseException], ...] = (),
     until: float | None = None,
 ) -> T:
-    """Run one step until it returns or gives up (the step level of the module docstring).
-
-    `transient`: what counts as worth another try besides rate limits, except `final`;
-    `until` (monotonic time): keep trying those until then instead of `max_attempts` times.
+    """Run one step until it returns or `STEP_ENDS` ends it (the step level of the module
+    docstring): `RETRY` errors are tried again `policy.max_attempts` times, `PATIENCE` ones
+    until `until` (monotonic time; without it, like `RETRY`); any other end is raised.
     `before_each` / `after_each` bracket every attempt (a create-rate token and its answer)."""
     failures = 0
     limited = 0
@@ -198,7 +300,7 @@ async def with_retries(
                     after_each()
         except RateLimited as exc:
             limited += 1
-            if limited > policy.max_rate_limited:
+            if limited > policy.max_rate_limited or step_end(step, exc) is not StepEnd.RETRY:
                 raise
             if throttle is not None:
                 throttle.rate_limited(exc.retry_after, concurrency=exc.concurrency)
@@ -206,12 +308,13 @@ async def with_retries(
                 min(limited, 6)
             )
             await asyncio.sleep(delay)
-        except final:
-            raise
-        except transient:
+        except Exception as exc:
+            end = step_end(step, exc)
+            if end not in (StepEnd.RETRY, StepEnd.PATIENCE):
+                raise
             failures += 1
             delay = policy.backoff(failures)
-            if until is not None:
+            if end is StepEnd.PATIENCE and until is not None:
                 if time.monotonic() + delay > until:
                     raise
             elif failures >= policy.max_attempts:

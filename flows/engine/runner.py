@@ -4,11 +4,13 @@ One coroutine per cell in flight (a bounded worker pool, so memory stays flat in
 of cells). For each cell: reuse it when an earlier run succeeded; take its claim on the
 target (no other run works on it meanwhile); resume what the journal says an earlier run
 left (collect a created task, apply the resend rule to a create whose answer was never
-recorded); else check its output path is writable, take an in-flight slot, reserve its price,
-journal the intent, create, journal the task id, poll to the end, download, verify, write.
+recorded, release an intent that never left); else check its output path is writable, take
+an in-flight slot, hold its price, prepare the request (uploads), take a rate token, journal
+the intent, create, journal the task id, poll to the end, download, verify, write.
 
-Every failure goes through `flows.engine.policy.decide`; the journal's states are in
-`flows.engine.journal`.
+A cell's states and their journal entries are `flows.engine.lifecycle`'s (the runner calls
+its transitions); what each error does is `flows.engine.policy`'s; a stop request (Ctrl-C,
+SIGTERM) is `flows.engine.interrupt`'s.
 """
 
 from __future__ import annotations
@@ -18,29 +20,34 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from flows.engine.batching import BatchChannel
 from flows.engine.budget import Budget, BudgetExhausted
-from flows.engine.journal import LIVE_TASK, Journal, JournalEntry, JournalState
+from flows.engine.interrupt import Interrupt
+from flows.engine.journal import Journal, JournalEntry
 from flows.engine.lease import Heartbeat, Lease
+from flows.engine.lifecycle import CellLife, Intent
 from flows.engine.policy import (
     DEFAULT_RETRY,
-    FINAL_AFTER_CREATE,
     HANDLED,
     CellInvalid,
     CreateUncertain,
     Decision,
+    Interrupted,
     OutputTaken,
     Resend,
     RetryPolicy,
+    Step,
+    StepEnd,
     TaskPending,
     Unsubmittable,
     decide,
     resend_rule,
+    step_end,
     with_retries,
 )
 from flows.engine.progress import Progress
@@ -48,29 +55,18 @@ from flows.engine.references import ReferenceLoader
 from flows.engine.routing import Router, Ticket
 from flows.engine.throttle import AccountThrottle
 from flows.engine.verify import verify_image
-from flows.spec.channels import Channel
 from flows.spec.model import Cell, JobSpec
 from flows.spec.settings import ProviderRules
 from outputs.manifest import ManifestRow
 from outputs.sink import Sink
 from providers.base import Finished, ImageRequest, Pending, Provider, Reference, Submitted
-from providers.errors import (
-    ProviderError,
-    RateLimited,
-    Rejected,
-    RequestNotSent,
-    ResultMismatch,
-    SubmitUncertain,
-    TaskFailed,
-    TransientError,
-)
+from providers.errors import ProviderError, RequestNotSent, TaskFailed
 from providers.model import pixel_size
 
 log = logging.getLogger("nbp.runner")
 
 CLAIMS_DIR = ".nbp/claims"
-# A create that ended with one of these created nothing: refused, rate limited, never sent.
-NOT_CREATED: tuple[type[BaseException], ...] = (Rejected, RateLimited, RequestNotSent)
+T = TypeVar("T")
 
 
 @dataclass
@@ -96,6 +92,7 @@ class RunContext:
     models: Mapping[str, str] = field(default_factory=dict)  # provider -> its default model id
     # channel key -> the model ids its creates asked for (the run's record names them)
     asked: dict[str, set[str]] = field(default_factory=dict)
+    interrupt: Interrupt | None = None          # Ctrl-C / SIGTERM: stop where cells stand
 
     def model_of(self, provider: str, cell: Cell) -> str | None:
         """The model id a cell asks `provider` for: its pinned one, else the default."""
@@ -106,26 +103,6 @@ class RunContext:
         return self.heartbeat.holder if self.heartbeat else self.run_id
 
 
-@dataclass
-class _Attempt:
-    """Mutable record of one cell's life, turned into its manifest row at the end."""
-
-    cell: Cell
-    attempts: int = 0
-    provider: str = ""
-    channel: str = ""               # channel key of the live create or task
-    ticket: Ticket | None = None    # the channel slot this process holds for it
-    submitted: Submitted | None = None
-    submitted_at: float | None = None
-    spent_usd: float = 0.0          # earlier tasks of this cell (settled)
-    reserved_usd: float = 0.0       # the live create or task, counted until settled
-    reserved_by: str | None = None  # run id whose budget holds `reserved_usd`
-    key: str | None = None          # idempotency key of the live create
-    reserved_here: bool = False     # this process reserved `reserved_usd` (not an earlier run)
-    settled: bool = False           # the live task's cost is already in `spent_usd`
-    in_flight: bool = False         # this process holds an in-flight slot for the task
-
-
 class Runner:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -133,12 +110,14 @@ class Runner:
         self.stop: Unsubmittable | None = None               # fail-fast / budget: run-wide
         self.dead: dict[str, ProviderError] = {}             # account refused: per provider
         self.busy = 0                                        # cells another run holds
+        self.not_started = 0                                 # cells a stop request left
 
     # -- fan-out ------------------------------------------------------------------------
 
     async def run_cells(self, cells: Iterable[Cell], *, workers: int) -> list[ManifestRow]:
         """Run every cell with at most `workers` cells active; rows in input order (none for
-        a cell another live run is working on)."""
+        a cell another live run is working on, nor for one a stop request left unstarted:
+        the manifest keeps what an earlier run wrote of it)."""
         items = list(cells)
         wanted = [c.cell_id for c in items if c.cell_id in self.ctx.journalled]
         previous = await asyncio.to_thread(self.ctx.journal.read, wanted) if wanted else {}
@@ -153,18 +132,25 @@ class Runner:
                     index, cell = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
+                if self.interrupted:
+                    self.not_started += 1
+                    continue
                 try:
                     rows[index] = await self.run_cell(cell, previous.get(cell.cell_id))
                 except Exception as exc:  # a bug in one cell must not end the run
                     log.exception("cell %s: unexpected error", cell.cell_id)
                     rows[index] = self._row(
-                        _Attempt(cell), "failed", error_code="internal_error",
+                        self._life(cell), cell, "failed", error_code="internal_error",
                         error_message=f"{type(exc).__name__}: {exc} (its journal entry is kept: "
                                       "the next run collects any task it created)")
                     self.ctx.progress.finished("failed", 0.0)
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(items))))))
         return [row for row in rows if row is not None]
+
+    @property
+    def interrupted(self) -> bool:
+        return self.ctx.interrupt is not None and self.ctx.interrupt.requested
 
     # -- one cell -----------------------------------------------------------------------
 
@@ -188,13 +174,11 @@ class Runner:
                 cell.cell_id
             )
         try:
-            state = _Attempt(cell)
-            if previous is not None:
-                state.attempts, state.spent_usd = previous.attempts, previous.spent_usd
+            life = self._life(cell, previous)
             try:
-                row = await self._run_owned(state, previous)
+                row = await self._run_owned(life, cell)
             except asyncio.CancelledError:
-                await self._on_cancel(state)
+                await self._on_cancel(life)
                 raise
             ctx.progress.finished(str(row.status), row.cost_usd or 0.0)
             return row
@@ -202,79 +186,89 @@ class Runner:
             if claim is not None:
                 await asyncio.shield(claim.release())
 
-    async def _run_owned(self, state: _Attempt, previous: JournalEntry | None) -> ManifestRow:
+    def _life(self, cell: Cell, previous: JournalEntry | None = None) -> CellLife:
         ctx = self.ctx
-        if previous is not None:
-            if previous.state == "succeeded" and previous.row and not ctx.force:
-                return previous.row  # another run finished it while we waited for the claim
-            resumed = await self._resume(state, previous)
+        if previous is None:
+            return CellLife(cell.cell_id, ctx.journal, ctx.budget, run_id=ctx.run_id,
+                            holder=ctx.holder)
+        return CellLife.resume(previous, ctx.journal, ctx.budget, run_id=ctx.run_id,
+                               holder=ctx.holder)
+
+    async def _run_owned(self, life: CellLife, cell: Cell) -> ManifestRow:
+        if life.state == "succeeded" and life.row and not self.ctx.force:
+            return life.row  # another run finished it while we waited for the claim
+        if life.state != "unsent":
+            resumed = await self._resume(life, cell)
             if resumed is not None:
                 return resumed
-        return await self._run_channels(state)
+        return await self._run_channels(life, cell)
 
-    async def _resume(self, state: _Attempt, previous: JournalEntry) -> ManifestRow | None:
+    async def _resume(self, life: CellLife, cell: Cell) -> ManifestRow | None:
         """What an earlier run left: a row when this run's work on the cell ends here, None
         when the cell may be created afresh."""
         ctx = self.ctx
-        if previous.state in ("unreadable", "uncertain") and not ctx.retry_uncertain:
-            return self._row(state, "uncertain", error_code=previous.state,
-                             error_message=previous.reason or "")
-        if previous.state not in (*LIVE_TASK, "create_sent"):
+        if life.state in ("unreadable", "uncertain") and not ctx.retry_uncertain:
+            return self._row(life, cell, "uncertain", error_code=life.state,
+                             error_message=life.reason or "")
+        if life.state == "reserved":
+            await life.release("its create never left: an earlier run stopped before it")
             return None
-        name, key = previous.provider, previous.channel_key
-        provider = ctx.providers.get(key)
-        state.provider, state.channel, state.key = name, key, previous.idempotency_key
-        state.reserved_usd, state.reserved_by = previous.reserved_usd, previous.reserved_by
-        state.submitted, state.submitted_at = previous.submitted, previous.submitted_at
-        state.settled = previous.state == "finished"  # its cost was counted when it finished
+        if life.state not in ("create_sent", "created", "finished"):
+            return None
+        provider = ctx.providers.get(life.channel)
         if provider is None:
-            status = "pending" if previous.state in LIVE_TASK else "uncertain"
-            where = name if key == name else f"{name} (account {key.partition(':')[2]})"
-            return self._row(state, status, error_code="provider_not_in_spec",
+            status = "pending" if life.live_task else "uncertain"
+            where = life.provider if life.channel == life.provider else (
+                f"{life.provider} (account {life.channel.partition(':')[2]})")
+            return self._row(life, cell, status, error_code="provider_not_in_spec",
                              error_message=f"its task is at {where}, which this run does not "
                                            "use; add it back to collect the task")
         try:
-            if previous.state == "create_sent":
-                rule = resend_rule(provider.capabilities)
-                if rule is Resend.NEVER and not ctx.retry_uncertain:
-                    raise CreateUncertain(
-                        f"a create was sent to {name} and the run stopped before its answer "
-                        "was recorded; it may exist and be billed (nbp run --retry-uncertain "
-                        "creates it again)"
-                    )
-                if rule is Resend.NEVER:
-                    return None  # the user asked: create afresh
-                submitted = await self._recreate_or_recover(state, provider, key, rule)
-                if submitted is None:
-                    return None  # it was never created: create afresh
-                await self._created(state, submitted)
-            return await self._collect(state, provider, ctx.throttles[key], slot_held=False)
+            if life.state == "create_sent" and not await self._resend(life, cell, provider):
+                return None  # never created: create afresh
+            return await self._collect(life, cell, provider, ctx.throttles[life.channel])
         except HANDLED as exc:
-            return self._ended(state, exc, decide(exc))
+            return await self._ended(life, cell, exc, decide(exc))
 
-    async def _recreate_or_recover(
-        self, state: _Attempt, provider: Provider, key: str, rule: Resend
-    ) -> Submitted | None:
-        """A create whose answer an earlier run never recorded, on a provider that can be
-        asked: the task, or None when it was never created (its reservation is released)."""
-        request = self._request(state.cell, state.provider, state.key,
-                                await self._references(state.cell))
-        throttle = self.ctx.throttles[key]
-        try:
-            if rule is Resend.RECOVER:
-                found = await with_retries(lambda: provider.recover(request))
-                if found is None:
-                    await self._settle(state, 0.0)
-                return found
-            return await self._create(provider, request, throttle, rule)
-        except (ProviderError, CellInvalid):
-            await self._settle(state, 0.0)
-            raise
+    async def _resend(self, life: CellLife, cell: Cell, provider: Provider) -> bool:
+        """A create an earlier run sent without recording its answer: True when its task is
+        now `created`, False when it was never created (the cell is unsent)."""
+        rule = resend_rule(provider.capabilities)
+        if rule is Resend.NEVER:
+            await life.uncertain(
+                f"a create was sent to {life.provider} and the run stopped before its answer "
+                "was recorded; it may exist and be billed (nbp run --retry-uncertain creates "
+                "it again)")
+            if self.ctx.retry_uncertain:
+                return False  # the user accepts paying twice: create afresh
+            raise CreateUncertain(life.reason)
+        assert life.intent is not None
+        references = await self._prepared_references(cell, provider, life)
+        request = self._request(cell, life.provider, life.intent.key, references)
+        if rule is Resend.RECOVER:
+            found = await self._recover(life, provider, request)
+            if found is None:
+                await life.nothing_created(f"{life.provider} has no task for its key: it "
+                                           "never arrived")
+                return False
+            await life.created(found)
+            return True
+        await self._create(life, provider, request, self.ctx.throttles[life.channel], rule)
+        return True
 
-    async def _run_channels(self, state: _Attempt) -> ManifestRow:
+    async def _prepared_references(
+        self, cell: Cell, provider: Provider, life: CellLife
+    ) -> tuple[Reference, ...]:
+        """A resent create's references, prepared again (uploads are the provider's part)."""
+        request = self._request(cell, life.provider, None, await self._references(cell))
+        prepared = await self._waiting(with_retries(
+            lambda: provider.prepare(request), Step.PREPARE, policy=self.ctx.retry))
+        return prepared.references
+
+    async def _run_channels(self, life: CellLife, cell: Cell) -> ManifestRow:
         """Channels as the router hands them out; what each failure leads to is
         `policy.decide`'s: a new task on the same channel, another channel, or the end."""
-        spec, cell = self.ctx.spec, state.cell
+        spec = self.ctx.spec
         last: BaseException | None = None
         tried: set[str] = set()
         tasks_on: dict[str, int] = {}
@@ -282,15 +276,17 @@ class Runner:
         try:
             references = await self._references(cell)
         except HANDLED as exc:
-            return self._ended(state, exc, decide(exc))
+            return await self._ended(life, cell, exc, decide(exc))
         while True:
             if self.stop is not None:
-                return self._final(state, self.stop.status, self.stop.code, self.stop.message)
+                return self._final(life, cell, self.stop.status, self.stop.code,
+                                   self.stop.message)
             try:
                 self._check_writable(cell)
+                ticket = await self._waiting(
+                    self.ctx.router.take(cell, tried | self.dead.keys(), only=again))
             except HANDLED as exc:
-                return self._ended(state, exc, decide(exc))
-            ticket = await self.ctx.router.take(cell, tried | self.dead.keys(), only=again)
+                return await self._ended(life, cell, exc, decide(exc))
             if ticket is None and again is not None:  # that channel was dropped meanwhile
                 tried.add(again)
                 again = None
@@ -298,12 +294,12 @@ class Runner:
             if ticket is None:
                 break
             try:
-                return await self._attempt(state, ticket, references)
+                return await self._attempt(life, cell, ticket, references)
             except HANDLED as exc:
                 decision, last = decide(exc), exc
-            if decision in (Decision.STOP, Decision.PENDING, Decision.UNCERTAIN,
-                            Decision.FINAL):
-                return self._ended(state, last, decision)
+            if decision in (Decision.INTERRUPTED, Decision.STOP, Decision.PENDING,
+                            Decision.UNCERTAIN, Decision.FINAL):
+                return await self._ended(life, cell, last, decision)
             if decision is Decision.DROP_ACCOUNT:
                 assert isinstance(last, ProviderError)
                 self.dead[ticket.key] = last  # every later cell of this account would hit it
@@ -317,157 +313,200 @@ class Runner:
         if last is None:
             where = f"of {cell.provider} (the cell's pinned provider)" if cell.provider else (
                 "of this job")
-            return self._final(state, "failed", "no_channel", f"no channel {where} is left")
-        return self._ended(state, last, Decision.FINAL)
+            return self._final(life, cell, "failed", "no_channel", f"no channel {where} is left")
+        return await self._ended(life, cell, last, Decision.FINAL)
 
-    def _ended(self, state: _Attempt, exc: BaseException, decision: Decision) -> ManifestRow:
+    async def _ended(
+        self, life: CellLife, cell: Cell, exc: BaseException, decision: Decision
+    ) -> ManifestRow:
         """The row of a cell whose work in this run ends with `exc`."""
+        if decision is Decision.INTERRUPTED:
+            if life.state == "reserved":
+                await life.release(str(exc))
+            status = "pending" if life.live_task or life.state == "create_sent" else (
+                "uncertain" if life.state == "uncertain" else "skipped")
+            return self._row(life, cell, status, error_code="interrupted",
+                             error_message=f"{exc} ({_NEXT_RUN[status]})")
         if isinstance(exc, Unsubmittable):
-            return self._final(state, exc.status, exc.code, exc.message)
+            return self._final(life, cell, exc.status, exc.code, exc.message)
         if decision is Decision.PENDING:
-            return self._row(state, "pending", error_code="pending",
+            return self._row(life, cell, "pending", error_code="pending",
                              error_message=f"{exc} (the next run collects the task)")
         if decision is Decision.UNCERTAIN:
-            return self._row(state, "uncertain", error_code=type(exc).__name__,
+            return self._row(life, cell, "uncertain", error_code=type(exc).__name__,
                              error_message=f"{type(exc).__name__}: {exc} (not re-sent, to "
                                            "never pay twice; nbp run --retry-uncertain)")
-        return self._failed(state, exc)
+        return self._failed(life, cell, exc)
 
     # -- one create and its task ------------------------------------------------------------
 
     async def _attempt(
-        self, state: _Attempt, ticket: Ticket, references: tuple[Reference, ...]
+        self, life: CellLife, cell: Cell, ticket: Ticket, references: tuple[Reference, ...]
     ) -> ManifestRow:
         """One create on the ticket's channel (its slot is held) and its task to the end."""
-        ctx, cell, channel = self.ctx, state.cell, ticket.lane.channel
+        ctx, channel = self.ctx, ticket.lane.channel
         provider, throttle = ctx.providers[ticket.key], ctx.throttles[ticket.key]
-        key = f"nbp-{cell.cell_id}-{idempotency_part(channel)}-{state.attempts + 1}"
-        request = self._request(cell, channel.provider, key, references)
         ctx.asked.setdefault(ticket.key, set()).add(ctx.model_of(channel.provider, cell) or "")
-        estimate = self.price(channel.provider, cell)
+        intent = Intent.new(channel.provider, ticket.key, self.price(channel.provider, cell))
+        slot = _Slot(ticket, ctx.progress)
         try:
-            self._check_still_submittable(ticket.key)
-            await ctx.budget.reserve(estimate)
-        except BudgetExhausted as exc:
-            await ticket.release()
-            self.stop = self.stop or Unsubmittable("skipped", "budget", str(exc))
-            raise self.stop from exc
-        except BaseException:
-            await ticket.release()
-            raise
-        if isinstance(provider, BatchChannel):  # the cell joins a batch: its key names it
-            key = provider.place(cell.cell_id, request)
-            request = replace(request, idempotency_key=key)
-        state.provider, state.channel, state.key = channel.provider, ticket.key, key
-        state.ticket, state.in_flight = ticket, True
-        state.reserved_usd, state.reserved_by, state.reserved_here = estimate, ctx.run_id, True
-        state.settled = False
-        state.submitted, state.submitted_at = None, time.time()
-        state.attempts += 1
-        ctx.progress.in_flight += 1
-        try:
-            await self._journal(state, "create_sent")  # durable before the request leaves
             try:
-                submitted = await self._create(
-                    provider, request, throttle, resend_rule(provider.capabilities), ticket
-                )
-            except NOT_CREATED:
-                await self._settle(state, 0.0)  # refused, or never left: nothing was created
-                await self._journal(state, "failed")
-                raise
-            except CreateUncertain as exc:
-                await self._journal(state, "uncertain", reason=str(exc))  # stays spent
-                raise
-            except Exception as exc:  # anything else after the request left: it may exist
-                uncertain = CreateUncertain(f"{type(exc).__name__}: {exc}")
-                await self._journal(state, "uncertain", reason=str(uncertain))
-                raise uncertain from exc
+                self._check_still_submittable(ticket.key)
+                await self._waiting(life.reserve(intent))
+            except BudgetExhausted as exc:
+                self.stop = self.stop or Unsubmittable("skipped", "budget", str(exc))
+                raise self.stop from exc
+            request = await self._prepare(life, provider, throttle,
+                                          self._request(cell, channel.provider, intent.key,
+                                                        references))
+            if isinstance(provider, BatchChannel):  # the cell joins a batch: its key names it
+                request = replace(request,
+                                  idempotency_key=provider.place(cell.cell_id, request))
+            await self._create(life, provider, request, throttle,
+                               resend_rule(provider.capabilities), ticket)
             ctx.progress.submitted += 1
-            await self._created(state, submitted)
-            return await self._collect(state, provider, throttle, slot_held=True)
+            return await self._collect(life, cell, provider, throttle, slot)
         finally:
-            if state.in_flight:  # the task ended without reaching `_collect`'s release
-                await ticket.release()
-                ctx.progress.in_flight -= 1
-                state.in_flight = False
+            await slot.release()
+
+    async def _prepare(
+        self, life: CellLife, provider: Provider, throttle: AccountThrottle,
+        request: ImageRequest,
+    ) -> ImageRequest:
+        """The provider's preparation (reference uploads) before the intent is journalled:
+        whatever fails here, nothing was created."""
+        try:
+            return await self._waiting(with_retries(
+                lambda: provider.prepare(request), Step.PREPARE, throttle=throttle,
+                policy=self.ctx.retry))
+        except BaseException as exc:
+            await asyncio.shield(life.release(f"not sent: preparing it failed ({exc})"))
+            if isinstance(exc, HANDLED) or not isinstance(exc, Exception):
+                raise
+            raise CellInvalid(f"preparing the request: {type(exc).__name__}: {exc}") from exc
 
     async def _create(
-        self, provider: Provider, request: ImageRequest, throttle: AccountThrottle, rule: Resend,
-        ticket: Ticket | None = None,
+        self, life: CellLife, provider: Provider, request: ImageRequest,
+        throttle: AccountThrottle, rule: Resend, ticket: Ticket | None = None,
     ) -> Submitted:
-        """Create the task. A request that never left is sent again; one whose answer was
-        lost or came back as a server error follows the resend rule. The first send uses
-        the rate-window token the router spent for `ticket`, if it did."""
-        retried = (RequestNotSent,) if rule is Resend.NEVER else (TransientError,)
+        """Create the task; the intent is journalled right before each send, after the
+        rate token. A send that never left, or that the provider refused, moved the cell
+        back (`_sent`); one that may have reached the provider follows the resend rule."""
 
         async def before_each() -> None:
             spent = ticket is not None and ticket.spent
             if spent:
                 assert ticket is not None
                 ticket.token_used()
-            await throttle.before_create(spent=spent)
+            await self._waiting(throttle.before_create(spent=spent))
 
-        for _ in range(self.ctx.retry.max_attempts):
+        async def send() -> Submitted:
             try:
-                return await with_retries(
-                    lambda: provider.submit(request), throttle=throttle,
-                    policy=self.ctx.retry, before_each=before_each,
-                    after_each=throttle.after_create, transient=retried,
-                )
-            except NOT_CREATED:
+                await life.send(request.idempotency_key)
+            except Exception as exc:  # the intent is not durable: nothing may leave
+                raise RequestNotSent(f"its intent could not be journalled: {exc}") from exc
+            try:
+                return await self._sending(provider.submit(request))
+            except Exception as exc:
+                await self._sent(life, exc)
                 raise
-            except (SubmitUncertain, TransientError) as exc:
-                if rule is Resend.RECOVER:
-                    found = await with_retries(lambda: provider.recover(request))
-                    if found is not None:
-                        return found
-                    continue  # never created: sending again is safe
-                if rule is Resend.SAME_KEY:
-                    continue  # the provider returns the original task for the same key
-                raise CreateUncertain(
-                    f"{type(exc).__name__}: {exc}; the create may have reached the provider"
-                ) from exc
-        raise CreateUncertain("create answers kept getting lost; giving up")
 
-    async def _created(self, state: _Attempt, submitted: Submitted) -> None:
-        state.submitted = submitted
-        state.submitted_at = state.submitted_at or time.time()
-        await self._journal(state, "created")
+        for attempt in range(1, self.ctx.retry.max_attempts + 1):
+            try:
+                submitted = await with_retries(
+                    send, Step.CREATE, throttle=throttle, policy=self.ctx.retry,
+                    before_each=before_each, after_each=throttle.after_create,
+                )
+            except Exception as exc:
+                if life.state == "reserved":  # nothing left: never sent, or refused again
+                    await asyncio.shield(life.release(f"not sent: {exc}"))
+                    raise
+                if life.state != "create_sent":
+                    raise  # the provider's word at the create (`_sent` recorded it)
+                if isinstance(exc, Interrupted):
+                    if rule is Resend.NEVER:  # else the next run asks the provider
+                        await asyncio.shield(life.uncertain(str(exc)))
+                    raise
+                found = await self._after_lost_answer(life, provider, request, rule, exc)
+                if found is None:  # never created, or the provider returns it for its key
+                    await self._waiting(asyncio.sleep(self.ctx.retry.backoff(attempt)))
+                    continue
+                submitted = found
+            await life.created(submitted)
+            return submitted
+        await life.uncertain("create answers kept getting lost; giving up")
+        raise CreateUncertain(life.reason)
 
-    async def _collect(
-        self, state: _Attempt, provider: Provider, throttle: AccountThrottle, *,
-        slot_held: bool,
-    ) -> ManifestRow:
-        """Follow a created task to its image. Every step is retried where it stands for
-        `RetryPolicy.patience_s`; then the cell is pending and keeps its task."""
-        assert state.submitted is not None
-        submitted = state.submitted
+    async def _sent(self, life: CellLife, exc: Exception) -> None:
+        """The cell's state after a send raised (`policy.STEP_ENDS[Step.CREATE]`)."""
+        end = step_end(Step.CREATE, exc)
+        if isinstance(exc, Interrupted):
+            return  # stopped while on the wire: `_create` decides
+        if end is StepEnd.RETRY:  # never left, or rate limited: the intent waits again
+            await life.not_sent(f"{type(exc).__name__}: {exc}")
+        elif end is StepEnd.REFUSED:
+            await life.nothing_created(f"refused: {type(exc).__name__}: {exc}")
+        elif end in (StepEnd.CONTENT, StepEnd.TASK_FAILED):
+            await life.task_failed(f"{type(exc).__name__}: {exc}")
+        elif end is StepEnd.WRONG_IMAGE:
+            await life.task_failed(f"{type(exc).__name__}: {exc}", billed=True)
+
+    async def _after_lost_answer(
+        self, life: CellLife, provider: Provider, request: ImageRequest, rule: Resend,
+        exc: Exception,
+    ) -> Submitted | None:
+        """A create that may have reached the provider: its task if the provider can be
+        asked and has it, None to send the same intent again (never created, or a key the
+        provider answers with its original task); uncertain otherwise."""
+        if rule is Resend.RECOVER:
+            return await self._recover(life, provider, request)
+        if rule is Resend.SAME_KEY:
+            return None
+        await life.uncertain(
+            f"{type(exc).__name__}: {exc}; the create may have reached the provider")
+        raise CreateUncertain(life.reason) from exc
+
+    async def _recover(
+        self, life: CellLife, provider: Provider, request: ImageRequest
+    ) -> Submitted | None:
+        """The provider's word on a create by its client-chosen id; a question that keeps
+        failing leaves the cell as it is (`create_sent`) for the next run to ask again."""
         until = time.monotonic() + self.ctx.retry.patience_s
         try:
+            return await self._waiting(with_retries(
+                lambda: provider.recover(request), Step.POLL, policy=self.ctx.retry,
+                until=until))
+        except ProviderError as exc:
+            raise TaskPending(f"asking {life.provider} about a lost create kept failing: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+    async def _collect(
+        self, life: CellLife, cell: Cell, provider: Provider, throttle: AccountThrottle,
+        slot: _Slot | None = None,
+    ) -> ManifestRow:
+        """Follow a created (or finished) task to its image. Every step is retried where it
+        stands for `RetryPolicy.patience_s`; then the cell is pending and keeps its task."""
+        submitted = life.submitted
+        assert submitted is not None
+        until = time.monotonic() + self.ctx.retry.patience_s
+        if life.state == "created":
             try:
-                finished = submitted.finished or await self._wait(
-                    provider, submitted, throttle, until
-                )
-            except TaskFailed:
-                await self._settle(state, 0.0)  # the provider ended it: not billed
-                await self._journal(state, "failed")
+                finished = submitted.finished if submitted.finished is not None else (
+                    await self._waiting(self._wait(provider, submitted, throttle, until)))
+            except Exception as exc:
+                end = step_end(Step.POLL, exc)
+                if end in (StepEnd.TASK_FAILED, StepEnd.CONTENT):
+                    await life.task_failed(f"{type(exc).__name__}: {exc}")
+                elif end is StepEnd.WRONG_IMAGE:
+                    await life.task_failed(f"{type(exc).__name__}: {exc}", billed=True)
                 raise
-        finally:
-            if slot_held and state.in_flight:
-                assert state.ticket is not None  # `_attempt` holds the slot through it
-                await state.ticket.release()
-                self.ctx.progress.in_flight -= 1
-                state.in_flight = False
-        if not state.settled:
-            await self._settle(state, finished.cost_usd if finished.cost_usd is not None
-                               else state.reserved_usd)
-            if self.ctx.budget.capped:  # the ledger counted it: a resume must not again
-                await self._journal(state, "finished")
-        try:
-            return await self._deliver(state, provider, finished, until)
-        except TaskPending:
-            await self._journal(state, "finished")  # done and counted; its image is not yet
-            raise
+            finally:
+                if slot is not None:
+                    await slot.release()
+            await life.finished(finished)
+        else:
+            finished = await self._waiting(self._wait(provider, submitted, throttle, until))
+        return await self._deliver(life, cell, provider, finished, until)
 
     async def _wait(
         self, provider: Provider, submitted: Submitted, throttle: AccountThrottle, until: float
@@ -482,58 +521,69 @@ class Runner:
             )
             polls += 1
             sent_at = time.monotonic() - started
-            outcome = await self._step(lambda: provider.poll(submitted), until, "poll")
+            outcome = await self._step(lambda: provider.poll(submitted), Step.POLL, until,
+                                       "poll")
             if isinstance(outcome, Finished):
                 throttle.observe_duration(sent_at, pending_at)
                 return outcome
             assert isinstance(outcome, Pending)
             pending_at = sent_at
 
-    async def _step(
-        self, call: Any, until: float, what: str,
-        final: tuple[type[BaseException], ...] = FINAL_AFTER_CREATE,
-    ) -> Any:
-        """One step after the create: every provider error but the provider's own word on
-        the task (`final`) is retried until `until`; then the task is left for the next run."""
+    async def _step(self, call: Any, step: Step, until: float, what: str) -> Any:
+        """One step after the create, retried as `STEP_ENDS` says until `until`; then the task
+        is left for the next run."""
         try:
-            return await with_retries(
-                call, policy=self.ctx.retry, transient=(ProviderError,), final=final,
-                until=until,
-            )
-        except final:
+            return await with_retries(call, step, policy=self.ctx.retry, until=until)
+        except Exception as exc:
+            if step_end(step, exc) in (StepEnd.RETRY, StepEnd.PATIENCE):
+                raise TaskPending(f"{what} kept failing: {type(exc).__name__}: {exc}") from exc
             raise
-        except ProviderError as exc:
-            raise TaskPending(f"{what} kept failing: {type(exc).__name__}: {exc}") from exc
 
     async def _deliver(
-        self, state: _Attempt, provider: Provider, finished: Finished, until: float
+        self, life: CellLife, cell: Cell, provider: Provider, finished: Finished, until: float
     ) -> ManifestRow:
-        cell = state.cell
         if not finished.images:
-            await self._journal(state, "failed")
-            raise TaskFailed("the provider reported success but returned no image", code="no_image")
-        # A 404 on a result URL is an expired link, not a lost task: retried, then pending.
-        data = await self._step(lambda: provider.download(finished.images[0]), until,
-                                "download", final=(ResultMismatch,))
-        expected = pixel_size(cell.aspect_ratio, cell.resolution)
+            reason = "the provider reported success but returned no image"
+            await life.task_failed(reason)
+            raise TaskFailed(reason, code="no_image")
         try:
+            data = await self._waiting(self._step(
+                lambda: provider.download(finished.images[0]), Step.DOWNLOAD, until,
+                "download"))
+            expected = pixel_size(cell.aspect_ratio, cell.resolution)
             # Off the event loop: checking a 4K PNG inflates 50 MB of scanlines (~26 ms of
             # CPU with zlib-ng, which frees the GIL), a 1K PNG ~3 ms.
             width, height = await asyncio.to_thread(
                 verify_image, data, cell.output_format, expected
             )
-        except ResultMismatch:
-            await self._journal(state, "failed")  # proved wrong: a new task may be created
+        except Exception as exc:
+            if step_end(Step.VERIFY, exc) is StepEnd.WRONG_IMAGE or step_end(
+                    Step.DOWNLOAD, exc) is StepEnd.TASK_FAILED:
+                await life.task_failed(f"{type(exc).__name__}: {exc}")  # a new task may come
             raise
-        uri = await asyncio.to_thread(self._write, cell, data)
+        uri = await self._step(lambda: asyncio.to_thread(self._write, cell, data), Step.WRITE,
+                               until, "writing the image")
+        life.written()
         row = self._row(
-            state, "succeeded", output_uri=uri, sha256=hashlib.sha256(data).hexdigest(),
+            life, cell, "succeeded", output_uri=uri, sha256=hashlib.sha256(data).hexdigest(),
             bytes=len(data), width=width, height=height,
             image_tokens=finished.usage.get("image"),
             thinking_tokens=finished.usage.get("thinking"),
         )
-        await self._journal(state, "succeeded", row)
+        await life.succeeded(row)
         return row
+
+    # -- waiting --------------------------------------------------------------------------
+
+    async def _waiting(self, awaitable: Awaitable[T]) -> T:
+        """A wait that a stop request ends (`Interrupted`)."""
+        interrupt = self.ctx.interrupt
+        return await (interrupt.waiting(awaitable) if interrupt else awaitable)
+
+    async def _sending(self, awaitable: Awaitable[T]) -> T:
+        """A create on the wire: awaited through a first stop request, not a second."""
+        interrupt = self.ctx.interrupt
+        return await (interrupt.sending(awaitable) if interrupt else awaitable)
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -589,64 +639,54 @@ class Runner:
             idempotency_key=key,
         )
 
-    async def _on_cancel(self, state: _Attempt) -> None:
-        """Cancelled mid-flight: stop the remote task where the API can; otherwise leave the
-        journal as it is so the next run collects the task it already paid for."""
-        submitted = state.submitted
-        provider = self.ctx.providers.get(state.channel)
-        if submitted is None or provider is None or not provider.capabilities.can_cancel:
+    async def _on_cancel(self, life: CellLife) -> None:
+        """The cell's coroutine was cancelled (Prefect cancelled the flow run): ask the
+        provider to cancel its task; it is `cancelled` only when the provider confirms,
+        else the journal stays as it is and the next run collects the task."""
+        submitted = life.submitted
+        provider = self.ctx.providers.get(life.channel)
+        if (not life.live_task or submitted is None or provider is None
+                or not provider.capabilities.can_cancel):
             return
         with contextlib.suppress(Exception):
-            await asyncio.shield(provider.cancel(submitted))
-            row = self._row(state, "cancelled", error_code="cancelled",
-                            error_message="run cancelled; remote task cancelled")
-            await asyncio.shield(self._journal(state, "cancelled", row))
+            if await asyncio.shield(provider.cancel(submitted)) is True and life.state == "created":
+                await asyncio.shield(life.cancelled())
 
     # -- money ----------------------------------------------------------------------------
 
     def price(self, provider: str, cell: Cell) -> float:
-        """What one task of `cell` costs on `provider`: the plan's price, reserved in full."""
+        """What one task of `cell` costs on `provider`: the plan's price, held in full."""
         return self.ctx.rules[provider].price(cell.resolution, len(cell.references))
 
-    async def _settle(self, state: _Attempt, actual_usd: float) -> None:
-        """The live reservation becomes what the task cost (0: nothing billed)."""
-        if state.reserved_usd == 0.0 and actual_usd == 0.0:
-            return
-        await self.ctx.budget.settle(
-            state.reserved_usd, actual_usd, reserved_by=state.reserved_by,
-            in_flight=state.reserved_here,
-        )
-        state.spent_usd += actual_usd
-        state.reserved_usd, state.reserved_by, state.reserved_here = 0.0, None, False
-        state.settled = True
+    # -- rows -----------------------------------------------------------------------------
 
-    # -- rows and journal ---------------------------------------------------------------
-
-    def _failed(self, state: _Attempt, exc: BaseException) -> ManifestRow:
+    def _failed(self, life: CellLife, cell: Cell, exc: BaseException) -> ManifestRow:
         code = getattr(exc, "code", None) or type(exc).__name__
         message = f"{type(exc).__name__}: {exc}"
         if self.ctx.spec.fail_fast and self.stop is None:
             self.stop = Unsubmittable(
-                "skipped", "fail_fast", f"not submitted: fail_fast after cell {state.cell.cell_id}"
+                "skipped", "fail_fast", f"not submitted: fail_fast after cell {cell.cell_id}"
             )
-        return self._final(state, "failed", str(code), message)
+        return self._final(life, cell, "failed", str(code), message)
 
-    def _final(self, state: _Attempt, status: str, code: str, message: str) -> ManifestRow:
-        return self._row(state, status, error_code=code, error_message=message)
+    def _final(
+        self, life: CellLife, cell: Cell, status: str, code: str, message: str
+    ) -> ManifestRow:
+        return self._row(life, cell, status, error_code=code, error_message=message)
 
-    def _row(self, state: _Attempt, status: str, **results: Any) -> ManifestRow:
+    def _row(self, life: CellLife, cell: Cell, status: str, **results: Any) -> ManifestRow:
         """The cell's manifest row: the only place the engine builds one. A task still
-        counted (pending, uncertain) costs its price until the provider reports one."""
-        cell, ctx = state.cell, self.ctx
+        held (pending, uncertain) costs its price until the provider reports one."""
+        ctx = self.ctx
         now = time.time()
-        submitted_at = state.submitted_at
-        provider = state.provider or cell.provider or ctx.spec.provider
+        submitted_at = life.submitted_at
+        provider = life.provider or cell.provider or ctx.spec.provider
         return ManifestRow(
             cell_id=cell.cell_id,
             job=ctx.spec.name,
             run_id=ctx.run_id,
             provider=provider,
-            account=self._account(state),
+            account=self._account(life),
             model=ctx.model_of(provider, cell),
             prompt=cell.prompt,
             aspect_ratio=cell.aspect_ratio,
@@ -658,9 +698,9 @@ class Runner:
             seed=cell.seed,
             dataset_row=cell.dataset_row,
             status=status,
-            remote_task_id=state.submitted.task_id if state.submitted else None,
-            attempts=state.attempts,
-            cost_usd=round(state.spent_usd + state.reserved_usd, 6),
+            remote_task_id=life.submitted.task_id if life.submitted else None,
+            attempts=life.attempts,
+            cost_usd=life.cost_usd,
             submitted_at=_utc(submitted_at),
             completed_at=_utc(now) if status in ("succeeded", "failed") else None,
             latency_s=round(now - submitted_at, 3) if submitted_at else None,
@@ -668,24 +708,32 @@ class Runner:
             **results,
         )
 
-    def _account(self, state: _Attempt) -> str | None:
-        lane = self.ctx.router.lane(state.channel) if state.channel else None
+    def _account(self, life: CellLife) -> str | None:
+        lane = self.ctx.router.lane(life.channel) if life.channel else None
         return lane.channel.account if lane else None
 
-    async def _journal(
-        self, state: _Attempt, entry_state: JournalState, row: ManifestRow | None = None,
-        *, reason: str | None = None,
-    ) -> None:
-        entry = JournalEntry(
-            cell_id=state.cell.cell_id, state=entry_state, run_id=self.ctx.run_id,
-            provider=state.provider, holder=self.ctx.holder, attempts=state.attempts,
-            idempotency_key=state.key, reserved_usd=state.reserved_usd,
-            reserved_by=state.reserved_by, spent_usd=state.spent_usd,
-            task=state.submitted.to_json() if state.submitted else None,
-            submitted_at=state.submitted_at, reason=reason, row=row,
-            channel=state.channel if state.channel != state.provider else None,
-        )
-        await asyncio.to_thread(self.ctx.journal.write, entry)
+
+# What the next run does with a cell a stop request left, by its manifest status.
+_NEXT_RUN = {
+    "pending": "the next run collects its task, or asks the provider about its create",
+    "uncertain": "it may have reached the provider: not sent again unless asked",
+    "skipped": "nothing was sent; the next run creates it",
+}
+
+
+class _Slot:
+    """A channel's in-flight slot this cell holds while its create and polls go on."""
+
+    def __init__(self, ticket: Ticket, progress: Progress) -> None:
+        self.ticket, self.progress = ticket, progress
+        progress.in_flight += 1
+        self.held = True
+
+    async def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.progress.in_flight -= 1
+            await asyncio.shield(self.ticket.release())
 
 
 def request_options(options: Mapping[str, Any], cell: Cell) -> dict[str, Any]:
@@ -694,12 +742,6 @@ def request_options(options: Mapping[str, Any], cell: Cell) -> dict[str, Any]:
     if cell.model is not None:
         found["model"] = cell.model
     return found
-
-
-def idempotency_part(channel: Channel) -> str:
-    """The channel in an idempotency key: the provider for its documented account (keys as
-    before accounts existed), else provider and account."""
-    return channel.key.replace(":", "-")
 
 
 def _utc(timestamp: float | None) -> datetime | None:

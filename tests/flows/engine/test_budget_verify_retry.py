@@ -8,9 +8,9 @@ import io
 import pytest
 from PIL import Image
 
-from flows.engine.budget import Budget, BudgetExhausted, Ledger
+from flows.engine.budget import Budget, BudgetExhausted, Hold, Ledger
 from flows.engine.lease import Heartbeat
-from flows.engine.policy import RetryPolicy, with_retries
+from flows.engine.policy import RetryPolicy, Step, with_retries
 from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
 from flows.engine.verify import verify_image
 from flows.spec.rate import Rate
@@ -26,18 +26,18 @@ def ledger(target: str, holder: str = "me") -> Ledger:
 def test_budget_counts_tasks_in_flight_and_waits_for_them() -> None:
     async def go() -> None:
         budget = Budget(max_usd=0.25, run_id="r", ledger=ledger("memory://budget-wait"))
-        await budget.reserve(0.09)
-        await budget.reserve(0.09)
-        third = asyncio.create_task(budget.reserve(0.09))  # 0.27 could be spent: wait
+        first = await budget.reserve("i1", 0.09)
+        second = await budget.reserve("i2", 0.09)
+        third = asyncio.create_task(budget.reserve("i3", 0.09))  # 0.27 could be spent: wait
         await asyncio.sleep(0.01)
         assert not third.done()
-        await budget.settle(0.09, 0.0)  # one failed and was not billed: room again
-        await asyncio.wait_for(third, 1)
+        await budget.settle(first, 0.0)  # it failed and was not billed: room again
+        held = await asyncio.wait_for(third, 1)
         assert budget.reserved_usd == pytest.approx(0.18)
-        await budget.settle(0.09, 0.09)
-        await budget.settle(0.09, 0.09)
+        await budget.settle(second, 0.09)
+        await budget.settle(held, 0.09)
         with pytest.raises(BudgetExhausted, match=r"\$0.25"):
-            await budget.reserve(0.09)  # nothing in flight and 0.27 > 0.25: stop
+            await budget.reserve("i4", 0.09)  # nothing in flight and 0.27 > 0.25: stop
 
     asyncio.run(go())
 
@@ -51,18 +51,38 @@ def test_processes_of_one_run_share_max_usd_and_every_run_max_total_usd() -> Non
                          ledger=ledger(target, "p1"))
         shard_2 = Budget(max_usd=0.2, max_total_usd=0.35, run_id="a",
                          ledger=ledger(target, "p2"))
-        await shard_1.reserve(0.1)
-        await shard_2.reserve(0.1)
+        held_1 = await shard_1.reserve("a1", 0.1)
+        await shard_2.reserve("a2", 0.1)
         with pytest.raises(BudgetExhausted):
-            await Budget(max_usd=0.2, run_id="a", ledger=ledger(target, "p3")).reserve(0.1)
+            await Budget(max_usd=0.2, run_id="a", ledger=ledger(target, "p3")).reserve("a3", 0.1)
         later = Budget(max_usd=0.2, max_total_usd=0.35, run_id="b", ledger=ledger(target, "p4"))
-        await later.reserve(0.1)
-        await later.settle(0.1, 0.1)
+        await later.settle(await later.reserve("b1", 0.1), 0.1)
         with pytest.raises(BudgetExhausted, match="max_total_usd"):
-            await later.reserve(0.1)  # only 0.05 of the target's 0.35 is left
-        await shard_1.settle(0.1, 0.02)  # the provider reported less: room again
+            await later.reserve("b2", 0.1)  # only 0.05 of the target's 0.35 is left
+        await shard_1.settle(held_1, 0.02)  # the provider reported less: room again
         await Budget(max_usd=0.2, max_total_usd=0.35, run_id="b",
-                     ledger=ledger(target, "p5")).reserve(0.1)
+                     ledger=ledger(target, "p5")).reserve("b3", 0.1)
+
+    asyncio.run(go())
+
+
+def test_a_hold_settles_once_whoever_settles_it() -> None:
+    """Holds are in the ledger by intent: settling one twice (a rerun after a kill between
+    the ledger and the journal) or releasing one that never reached the ledger changes
+    nothing; so a kill never leaves spend counted that no provider billed."""
+    async def go() -> None:
+        target = "memory://budget-idempotent"
+        budget = Budget(max_total_usd=1.0, run_id="r", ledger=ledger(target))
+        held = await budget.reserve("i1", 0.3)
+        assert ledger(target).read()["open"] == {"i1": {"usd": 0.3, "run": "r"}}
+        await budget.settle(held, 0.1)
+        await Budget(max_total_usd=1.0, run_id="s", ledger=ledger(target)).settle(
+            held, 0.0, here=False)  # a later run settling it again: no change
+        never = Hold(0.5, "i2", "r")  # reserved in the journal, killed before the ledger
+        await budget.settle(never, 0.0, here=False)
+        data = ledger(target).read()
+        assert data["total_usd"] == pytest.approx(0.1) and data["open"] == {}
+        assert data["runs"] == {"r": pytest.approx(0.1)}
 
     asyncio.run(go())
 
@@ -70,8 +90,8 @@ def test_processes_of_one_run_share_max_usd_and_every_run_max_total_usd() -> Non
 def test_no_budget_means_no_cap() -> None:
     async def go() -> None:
         budget = Budget(max_usd=None)
-        for _ in range(1000):
-            await budget.reserve(1.0)
+        for i in range(1000):
+            await budget.reserve(f"i{i}", 1.0)
 
     asyncio.run(go())
 
@@ -114,13 +134,13 @@ def test_transient_errors_are_retried_then_raised() -> None:
             raise TransientError("503")
         return "ok"
 
-    assert asyncio.run(with_retries(flaky, policy=FAST)) == "ok"
+    assert asyncio.run(with_retries(flaky, Step.PREPARE, policy=FAST)) == "ok"
 
     async def down() -> str:
         raise TransientError("503")
 
     with pytest.raises(TransientError):
-        asyncio.run(with_retries(down, policy=FAST))
+        asyncio.run(with_retries(down, Step.PREPARE, policy=FAST))
 
 
 def test_rejections_are_never_retried() -> None:
@@ -132,7 +152,7 @@ def test_rejections_are_never_retried() -> None:
         raise Rejected("bad enum")
 
     with pytest.raises(Rejected):
-        asyncio.run(with_retries(invalid, policy=FAST))
+        asyncio.run(with_retries(invalid, Step.CREATE, policy=FAST))
     assert calls == 1
 
 
@@ -154,7 +174,7 @@ def test_rate_limits_slow_the_account_down_and_honour_retry_after() -> None:
     async def go() -> str:
         await throttle.in_flight.acquire()
         await throttle.in_flight.acquire()
-        return await with_retries(limited, throttle=throttle, policy=FAST)
+        return await with_retries(limited, Step.CREATE, throttle=throttle, policy=FAST)
 
     assert asyncio.run(go()) == "ok"
     assert throttle.rate is not None and throttle.rate.usable == 5  # halved twice
