@@ -14,7 +14,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import State
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -243,12 +246,15 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.display import TerminalDisplay
+    from flows.engine.interrupt import Interrupt
     from flows.orchestration.flow import build_flow
 
     display = TerminalDisplay(sys.stderr)
-    nbp_run = build_flow(listeners=[display.update])
+    interrupt = Interrupt()  # Ctrl-C and SIGTERM while the flow runs: stop, don't crash
+    interrupt.listeners.append(display.stopping)
+    nbp_run = build_flow(listeners=[display.update], interrupt=interrupt)
     try:
-        result: dict[str, Any] = asyncio.run(nbp_run(
+        state: State[Any] = cast("State[Any]", asyncio.run(nbp_run(
             spec=args.spec, target=args.target, emulate=args.emulate, force=args.force,
             max_usd=args.max_usd, shard=args.shard, chunk_size=args.chunk_size,
             emulator_latency_s=args.emulator_latency, shared_limits=args.shared_limits,
@@ -256,9 +262,15 @@ def _run(args: argparse.Namespace) -> int:
             allow_paths=list(policy.allow_paths) or None, max_cells=args.max_cells,
             patience_s=args.patience, own_accounts=args.own_accounts,
             batch_wait_s=args.batch_wait, spec_source=getattr(args, "spec_source", None),
-        ))
+            return_state=True,
+        )))
     finally:
         display.close()
+    result = state.result(raise_on_failure=not state.is_cancelled())
+    if not isinstance(result, dict):
+        print(f"nbp run: the flow run ended {state.name}: {state.message or ''}",
+              file=sys.stderr)
+        return EXIT_FAILED
     print(display.summary(result))
     return int(result["exit_code"])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any, TextIO
 
+from flows.engine.interrupt import Interrupt
 from flows.engine.progress import Progress
 
 BAR_WIDTH = 28
@@ -18,8 +19,10 @@ class TerminalDisplay:
         self.live = stream.isatty()
         self._last = 0.0
         self._drawn = False
+        self._progress: Progress | None = None
 
     def update(self, progress: Progress) -> None:
+        self._progress = progress
         if not self.live:
             return
         now = time.monotonic()
@@ -31,6 +34,12 @@ class TerminalDisplay:
         self.stream.write(f"\r[{bar}] {progress.line()}\x1b[K")
         self.stream.flush()
         self._drawn = True
+
+    def stopping(self, interrupt: Interrupt) -> None:
+        """Say what a stop request does, and what it is still waiting for."""
+        self.stream.write(("\n" if self._drawn else "") + stop_message(interrupt, self._progress)
+                          + "\n")
+        self.stream.flush()
 
     def close(self) -> None:
         if self._drawn:
@@ -51,4 +60,27 @@ class TerminalDisplay:
         ]
         if result.get("stop_reason"):
             lines.append(f"stopped early: {result['stop_reason']}")
+        if result.get("interrupted_by") is not None:
+            lines.append("remote tasks were left running: run the same command again to "
+                         "collect them (nothing is paid twice)")
         return "\n".join(lines)
+
+
+def stop_message(interrupt: Interrupt, progress: Progress | None) -> str:
+    """What happens after a first or second stop request, in one or two lines."""
+    name = interrupt.signal_name
+    if interrupt.hard:
+        return (f"nbp: {name} again: not waiting for creates on the wire (they become "
+                "uncertain); writing the manifest and exiting")
+    sending = progress.sending if progress else 0
+    generating = progress.generating if progress else 0
+    waiting = "no create is on the wire"
+    if sending:
+        waiting = f"waiting for {sending} create(s) on the wire to answer, so their tasks "
+        waiting += "are journalled"
+        if generating:
+            waiting += (f" ({generating} of them synchronous generations that return the "
+                        "image itself: up to a minute or two)")
+    return (f"nbp: {name}: stopping. No new creates; {waiting}; tasks already created are "
+            "left running for the next run.\n"
+            f"nbp: press Ctrl-C again to stop waiting (creates on the wire become uncertain)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from flows.engine.policy import Interrupted
@@ -30,6 +30,7 @@ class Interrupt:
 
     def __init__(self) -> None:
         self.signals: list[int] = []
+        self.listeners: list[Callable[[Interrupt], None]] = []  # told of every request
         self._soft: asyncio.Future[None] | None = None
         self._hard: asyncio.Future[None] | None = None
 
@@ -57,6 +58,8 @@ class Interrupt:
         self.signals.append(signum)
         if self._soft is not None:
             self._resolve()
+        for listener in self.listeners:
+            listener(self)
 
     async def waiting(self, awaitable: Awaitable[T]) -> T:
         """`awaitable`, unless a stop is requested first: then it is cancelled and this

@@ -279,7 +279,7 @@ class CellLife:
             reserved_by=(self.run_id if reserved is not None and self.budget.capped
                          else hold.ledger_run if hold else None),
             spent_usd=self.spent_usd,
-            task=self.submitted.to_json() if self.submitted and intent else None,
+            task=self.submitted.to_json() if self.submitted else None,
             submitted_at=self.submitted_at, reason=self.reason, row=row,
             channel=self.channel if self.channel != self.provider else None,
         )

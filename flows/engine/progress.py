@@ -23,6 +23,8 @@ class Progress:
     uncertain: int = 0       # creates that may have reached a provider; not re-sent
     reused: int = 0          # succeeded in an earlier run, not submitted again
     in_flight: int = 0
+    sending: int = 0         # creates on the wire, waiting for their answer
+    generating: int = 0      # ... of which synchronous: the answer is the image itself
     submitted: int = 0
     spent_usd: float = 0.0
     started: float = field(default_factory=time.monotonic)

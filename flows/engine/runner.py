@@ -405,11 +405,16 @@ class Runner:
                 await life.send(request.idempotency_key)
             except Exception as exc:  # the intent is not durable: nothing may leave
                 raise RequestNotSent(f"its intent could not be journalled: {exc}") from exc
+            progress, sync = self.ctx.progress, int(provider.capabilities.synchronous)
+            progress.sending, progress.generating = progress.sending + 1, progress.generating + sync
             try:
                 return await self._sending(provider.submit(request))
             except Exception as exc:
                 await self._sent(life, exc)
                 raise
+            finally:  # what a stop request waits for
+                progress.sending, progress.generating = (progress.sending - 1,
+                                                         progress.generating - sync)
 
         for attempt in range(1, self.ctx.retry.max_attempts + 1):
             try:

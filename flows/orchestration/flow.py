@@ -3,8 +3,11 @@
 Prefect sees one task run per chunk of cells (never one per image); inside a chunk cells
 run concurrently on asyncio under the shared throttles. The flow reports progress as an
 artifact while it runs, and a summary table and a markdown artifact linking the gallery and
-manifest at the end. If the run is cancelled or crashes, the hooks cancel the remote tasks
-the journal says are still running, where the provider's API can.
+manifest at the end. If Prefect cancels the run or it crashes, the hooks ask the providers to
+cancel the remote tasks the journal says are still running, where the API can (a task counts
+as cancelled only when the provider confirms). A stop request to `nbp run` (Ctrl-C, SIGTERM)
+is not a cancel: creates stop, tasks stay running for the next run to collect, and the flow
+run ends `Cancelled` with the manifest and gallery written.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+import signal
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any
 
 import polars as pl
@@ -27,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
 from prefect.runtime import flow_run as runtime_flow_run
+from prefect.states import Cancelled
 
 from flows.engine.job import (
     DEFAULT_CHUNK_SIZE,
@@ -38,6 +43,7 @@ from flows.engine.job import (
     run_chunk_rows,
     run_job,
 )
+from flows.engine.interrupt import Interrupt
 from flows.engine.policy import DEFAULT_RETRY, RetryPolicy
 from flows.engine.progress import Progress
 from flows.engine.runner import Runner
@@ -67,26 +73,38 @@ async def _chunk_as_task(
     return frame
 
 
-def cancel_remote_tasks(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
-    """on_cancellation / on_crashed: cancel what the journal says is still running."""
+async def cancel_remote_tasks(
+    flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]
+) -> None:
+    """on_cancellation / on_crashed: ask the providers to cancel what the journal says this
+    flow run left running (an async hook: Prefect awaits it in the flow's own loop)."""
     from flows.orchestration.cancel import cancel_submitted
 
     parameters = flow_run.parameters or {}
     with contextlib.suppress(Exception):
-        asyncio.run(cancel_submitted(parameters["spec"], parameters.get("target"),
-                                     holder=str(flow_run.id)))
+        await cancel_submitted(parameters["spec"], parameters.get("target"),
+                               holder=str(flow_run.id))
 
 
 def build_flow(
     listeners: Iterable[Callable[[Progress], None]] = (),
+    interrupt: Interrupt | None = None,
 ) -> Flow[..., Coroutine[Any, Any, dict[str, Any]]]:
-    """The `nbp-run` flow; `listeners` see every progress update (the CLI's live line)."""
+    """The `nbp-run` flow; `listeners` see every progress update (the CLI's live line).
+    `interrupt`: SIGINT and SIGTERM become its stop requests while the flow runs (`nbp run`
+    in a terminal); without it Prefect's own signal handling applies (deployments)."""
     watchers = tuple(listeners)
+
+    async def cancel_unless_stopped(
+        flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]
+    ) -> None:
+        if interrupt is None or not interrupt.requested:  # a stop leaves tasks running
+            await cancel_remote_tasks(flow, flow_run, state)
 
     @flow(
         name=FLOW_NAME,
-        on_cancellation=[cancel_remote_tasks],
-        on_crashed=[cancel_remote_tasks],
+        on_cancellation=[cancel_unless_stopped],
+        on_crashed=[cancel_unless_stopped],
         persist_result=False,
         log_prints=False,
     )
@@ -126,17 +144,24 @@ def build_flow(
         )
         limiter: LimiterFactory = shared_limiter if shared_limits else local_limiter
         hooks = RunHooks(chunk_runner=_chunk_as_task, credentials=secret_blocks,
-                         rate_limiter=limiter)
+                         rate_limiter=limiter, interrupt=interrupt)
         progress = Progress(listeners=list(watchers))
         reporter = asyncio.create_task(_report_progress(progress, logger))
         try:
-            result = await run_job(options, hooks=hooks, progress=progress)
+            with _stop_requests(interrupt):
+                result = await run_job(options, hooks=hooks, progress=progress)
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
+        if interrupt is not None and interrupt.hard:  # asked twice: no more waiting
+            return Cancelled(message=result.stop_reason, data=result.to_json())  # type: ignore[return-value]
         await _final_artifacts(result)
         logger.info("%s: %s", result.job, progress.line())
+        if result.interrupted_by is not None:
+            return Cancelled(  # type: ignore[return-value]
+                message=f"{result.stop_reason}; tasks left running for the next run",
+                data=result.to_json())
         return result.to_json()
 
     return nbp_run
@@ -144,6 +169,31 @@ def build_flow(
 
 # The deployments' entrypoint (prefect.yaml: flows/orchestration/flow.py:nbp_run).
 nbp_run = build_flow()
+
+
+STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _stop_requests(interrupt: Interrupt | None) -> Iterator[None]:
+    """SIGINT and SIGTERM become `interrupt`'s stop requests while the block runs (in place
+    of KeyboardInterrupt and Prefect's SIGTERM handling)."""
+    if interrupt is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    installed: dict[int, Any] = {}
+    for signum in STOP_SIGNALS:
+        with contextlib.suppress(ValueError, RuntimeError):  # not the main thread
+            previous = signal.getsignal(signum)
+            loop.add_signal_handler(signum, interrupt.request, signum)
+            installed[signum] = previous
+    try:
+        yield
+    finally:
+        for signum, previous in installed.items():
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, previous)  # Prefect's SIGTERM bridge, Python's SIGINT
 
 
 async def _report_progress(progress: Progress, logger: logging.LoggerAdapter[Any] | Any) -> None:

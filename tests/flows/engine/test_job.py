@@ -54,7 +54,8 @@ def runner_with(in_flight: int) -> Any:
     throttle = AccountThrottle(provider="kie", rate=None, in_flight=InFlightLimit(in_flight),
                                poll_interval_s=1.0)
     lane = Lane(Channel("kie", "KIE_API_KEY"), throttle, lambda cell: 0.09, 20.0)
-    return SimpleNamespace(ctx=SimpleNamespace(router=Router("fallback", [lane])), interrupted=False)
+    return SimpleNamespace(ctx=SimpleNamespace(router=Router("fallback", [lane])),
+                           interrupted=False)
 
 
 def test_cells_are_taken_a_chunk_at_a_time_and_rows_spilled_in_order(tmp_path: Path) -> None:

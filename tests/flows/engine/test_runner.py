@@ -340,3 +340,123 @@ def test_every_run_leaves_a_record_its_manifest_rows_name(hub: EmulatorHub, tmp_
     assert records[0].spec_text == spec.read_text()
     assert records[1].counts.get("succeeded") == 2 and records[1].channels[0]["key"] == "kie"
     assert set(manifest(tmp_path)["run_id"]) == {second.run_id}
+
+
+# -- issue 19: keys per intent, resume of a journalled create, the provider's word ---------
+
+
+@pytest.mark.parametrize("provider", ["hiapi", "runware"])
+def test_the_same_spec_into_a_second_target_creates_new_tasks(
+    hub: EmulatorHub, tmp_path: Path, provider: str
+) -> None:
+    """Keys belong to a create intent, not to the cell: a second target is a new intent
+    (HiAPI would hand back the first target's task for a reused key, Runware refuse it)."""
+    spec = write_spec(tmp_path, ["twice"], provider=provider,
+                      matrix={"prompt": ["twice"], "aspect_ratio": ["1:1"]})
+    assert run(spec).exit_code == 0
+    assert run(spec, target=str(tmp_path / "second")).exit_code == 0
+    first = manifest(tmp_path)["remote_task_id"].to_list()
+    second = pl.read_parquet(tmp_path / "second" / "manifest.parquet")["remote_task_id"]
+    assert hub[provider].creates_for("twice") == 2 and first != second.to_list()
+    keys = [c.idempotency_key for c in hub[provider].creates]
+    assert len(set(keys)) == 2 and all(k and not k.startswith("nbp-") for k in keys)
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "creates"),
+    [
+        pytest.param("kie", "uncertain", 1, id="kie-cannot-be-asked-no-new-create"),
+        pytest.param("hiapi", "succeeded", 1, id="hiapi-resent-with-the-journalled-key"),
+        pytest.param("runware", "succeeded", 1, id="runware-found-by-its-task-uuid"),
+    ],
+)
+def test_a_journalled_create_sent_is_resumed_by_the_resend_rule_never_as_fresh(
+    hub: EmulatorHub, tmp_path: Path, provider: str, status: str, creates: int
+) -> None:
+    """What kill -9 between journalling the intent and recording its answer leaves: the
+    entry says create_sent with the intent's key, the provider has the task."""
+    spec = write_spec(tmp_path, ["journalled"], provider=provider,
+                      matrix={"prompt": ["journalled"], "aspect_ratio": ["1:1"]})
+    assert run(spec).exit_code == 0
+    key = hub[provider].creates[0].idempotency_key
+    entry_path = next((tmp_path / "out" / ".nbp" / "cells").glob("*.json"))
+    entry = json.loads(entry_path.read_text())
+    entry.update(state="create_sent", task=None, row=None, intent=key, idempotency_key=key,
+                 reserved_usd=0.09, spent_usd=0.0)
+    entry_path.write_text(json.dumps(entry))
+    (tmp_path / "out" / "manifest.parquet").unlink()
+    for image in (tmp_path / "out").glob("*.png"):
+        image.unlink()
+    result = run(spec)
+    row = manifest(tmp_path).row(0, named=True)
+    assert row["status"] == status, row["error_message"]
+    assert hub[provider].creates_for("journalled") == creates
+    if provider == "kie":
+        assert row["cost_usd"] == pytest.approx(0.09)  # it may have been billed: counted
+    if provider == "hiapi":  # sent again with the journalled key: the original came back
+        assert hub[provider].requests.count(("POST", "/hiapi/v1/tasks")) == 2
+    if status == "uncertain":
+        assert result.exit_code == 1 and run(spec).counts["uncertain"] == 1
+        assert hub[provider].creates_for("journalled") == 1
+
+
+def test_a_task_the_provider_no_longer_knows_is_uncertain_never_created_again(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path, ["forgotten"], matrix={"prompt": ["forgotten"],
+                                                       "aspect_ratio": ["1:1"]})
+    hub["kie"].configure(latency_s=2.0)
+
+    async def forget() -> None:  # the task disappears at the provider while we poll it
+        while not hub["kie"].creates:
+            await asyncio.sleep(0.01)
+        hub["kie"].tasks.clear()
+
+    async def go() -> RunResult:
+        forgetting = asyncio.create_task(forget())
+        try:
+            return await run_job(RunOptions(spec=str(spec)))
+        finally:
+            forgetting.cancel()
+
+    assert asyncio.run(go()).exit_code == 1
+    row = manifest(tmp_path).row(0, named=True)
+    assert row["status"] == "uncertain" and row["cost_usd"] == pytest.approx(0.09)
+    assert run(spec).counts["uncertain"] == 1
+    assert hub["kie"].creates_for("forgotten") == 1
+
+
+def test_an_image_is_never_written_over_another_cells_file(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    """Another job's cell owns the path (the manifest says so) and its file comes back while
+    this cell's task runs: this cell fails without overwriting it."""
+    alpha = write_spec(tmp_path, ["alpha"], matrix={"prompt": ["alpha"],
+                                                    "aspect_ratio": ["1:1"]},
+                       output={"target": str(tmp_path / "out"), "path": "same.{ext}"},
+                       name="alpha")
+    assert run(alpha).exit_code == 0
+    image = tmp_path / "out" / "same.png"
+    theirs = image.read_bytes()
+    image.unlink()
+    beta = write_spec(tmp_path, ["beta"], matrix={"prompt": ["beta"], "aspect_ratio": ["1:1"]},
+                      output={"target": str(tmp_path / "out"), "path": "same.{ext}"},
+                      name="beta")
+    hub["kie"].configure(latency_s=1.0)
+
+    async def restore() -> None:
+        while not hub["kie"].creates_for("beta"):
+            await asyncio.sleep(0.01)
+        image.write_bytes(theirs)
+
+    async def go() -> RunResult:
+        restoring = asyncio.create_task(restore())
+        try:
+            return await run_job(RunOptions(spec=str(beta)))
+        finally:
+            restoring.cancel()
+
+    assert asyncio.run(go()).exit_code == 1
+    assert image.read_bytes() == theirs
+    row = manifest(tmp_path).filter(pl.col("job") == "beta").row(0, named=True)
+    assert row["status"] == "failed" and "not overwritten" in row["error_message"]
