@@ -25,12 +25,15 @@ not fit, the budget is exhausted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from flows.engine.lease import Heartbeat, Lease
 from outputs.sink import Sink
 
+T = TypeVar("T")
 LEDGER = ".nbp/budget.json"
 LEDGER_LOCK = ".nbp/locks/budget"
 LEDGER_VERSION = 2
@@ -57,10 +60,12 @@ class Hold:
 @dataclass
 class Ledger:
     """Spend on a target, by run id, and the holds not yet settled, by intent id; shared by
-    every process through a lease."""
+    every process through a lease, and by the coroutines of one process through a lock (the
+    lease names a process: two of its coroutines would both hold it and lose an update)."""
 
     sink: Sink
     heartbeat: Heartbeat
+    _ours: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def read(self) -> dict[str, Any]:
         data = self.sink.get_json(LEDGER)
@@ -77,8 +82,11 @@ class Ledger:
     def write(self, data: dict[str, Any]) -> None:
         self.sink.put_json(LEDGER, data)
 
-    def lease(self) -> Lease:
-        return Lease(self.sink, LEDGER_LOCK, self.heartbeat)
+    @contextlib.asynccontextmanager
+    async def changing(self) -> AsyncIterator[None]:
+        """Exclusive use of the ledger: this process's lock, then the target's lease."""
+        async with self._ours, Lease(self.sink, LEDGER_LOCK, self.heartbeat):
+            yield
 
 
 @dataclass
@@ -105,7 +113,7 @@ class Budget:
             self._changed = asyncio.Condition()
         async with self._changed:
             while True:
-                if not self.exhausted and await self._commit(intent, estimate_usd):
+                if not self.exhausted and await _whole(self._commit(intent, estimate_usd)):
                     self.reserved_usd += estimate_usd
                     return Hold(estimate_usd, intent, self.run_id)
                 if self.exhausted or self.reserved_usd <= EPSILON_USD:
@@ -121,7 +129,7 @@ class Budget:
             self.reserved_usd = max(0.0, self.reserved_usd - hold.usd)
         self.spent_usd += actual_usd
         if hold.ledger_run is not None and self.ledger is not None:
-            await self._settle_in_ledger(hold, actual_usd)
+            await _whole(self._settle_in_ledger(hold, actual_usd))
         if self._changed is not None:
             async with self._changed:
                 self._changed.notify_all()
@@ -130,7 +138,7 @@ class Budget:
         """Add `amount` to the ledger as the intent's hold if every cap allows it."""
         assert self.ledger is not None, "a capped budget needs the target's ledger"
         ledger = self.ledger
-        async with ledger.lease():
+        async with ledger.changing():
             data = await asyncio.to_thread(ledger.read)
             run = data["runs"].get(self.run_id, 0.0)
             if self.max_usd is not None and run + amount > self.max_usd + EPSILON_USD:
@@ -149,7 +157,7 @@ class Budget:
         was settled already (or its reservation never reached the ledger)."""
         assert self.ledger is not None and hold.ledger_run is not None
         ledger = self.ledger
-        async with ledger.lease():
+        async with ledger.changing():
             data = await asyncio.to_thread(ledger.read)
             if hold.intent is None:  # journal version 1: its hold is in the totals only
                 held, run = hold.usd, hold.ledger_run
@@ -170,3 +178,17 @@ class Budget:
             caps.append(f"max_total_usd ${self.max_total_usd:.2f} for the target")
         return (f"budget reached ({', '.join(caps)}): ${self.spent_usd:.2f} spent by this "
                 f"process; the next image (~${estimate_usd:.3f}) could exceed it")
+
+
+async def _whole(change: Coroutine[Any, Any, T]) -> T:
+    """A ledger change, finished even when its caller is cancelled (a stop request): the
+    caller hears the cancel only once the change is written and the lease released, so
+    whatever it does next (release the hold) sees the ledger as the change left it."""
+    task = asyncio.ensure_future(change)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait((task,))
+        if not task.cancelled():
+            task.exception()  # retrieved; the caller's cancel is what goes on
+        raise

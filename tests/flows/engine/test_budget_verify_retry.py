@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -85,6 +86,20 @@ def test_a_hold_settles_once_whoever_settles_it() -> None:
         assert data["runs"] == {"r": pytest.approx(0.1)}
 
     asyncio.run(go())
+
+
+def test_concurrent_changes_of_one_process_lose_no_update() -> None:
+    """The target's lease names a process, so its own coroutines take a lock too: twenty
+    tasks settling at once all count."""
+    async def go() -> dict[str, Any]:
+        target = ledger("memory://budget-concurrent")
+        budget = Budget(max_total_usd=100.0, run_id="r", ledger=target)
+        holds = await asyncio.gather(*(budget.reserve(f"i{n}", 0.1) for n in range(20)))
+        await asyncio.gather(*(budget.settle(hold, 0.05) for hold in holds))
+        return target.read()
+
+    data = asyncio.run(go())
+    assert data["total_usd"] == pytest.approx(1.0) and data["open"] == {}
 
 
 def test_no_budget_means_no_cap() -> None:
