@@ -201,11 +201,12 @@ class TemporaryServer:
         `ServerDidNotStart` after the start-up timeout."""
         import httpx
 
-        timeout = self.startup_timeout_s
+        timeout, source = self.startup_timeout_s, ""
         if timeout is None:
             from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
             timeout = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+            source = " (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"
         deadline = time.monotonic() + timeout
         with httpx.Client(trust_env=False, timeout=2.0) as client:  # loopback: no proxy
             while process.poll() is None:
@@ -215,7 +216,7 @@ class TemporaryServer:
                 if time.monotonic() > deadline:
                     raise ServerDidNotStart(
                         f"the Prefect server did not answer {self.api_url}/health within "
-                        f"{timeout:g} s (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS). "
+                        f"{timeout:g} s{source}. "
                         f"Its log ends with:\n{self._log_tail()}"
                     )
                 time.sleep(0.05)
@@ -235,8 +236,11 @@ class TemporaryServer:
     def _log_tail(self) -> str:
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"
-        text = self.log_path.read_bytes()[-LOG_TAIL_CHARS:].decode("utf-8", "replace")
-        return text.strip() or "(empty)"
+        data = self.log_path.read_bytes()
+        tail = data[-LOG_TAIL_CHARS:]
+        if len(tail) < len(data):
+            tail = tail.partition(b"\n")[2]  # from a line's start
+        return tail.decode("utf-8", "replace").strip() or "(empty)"
 
 
 @contextlib.contextmanager
@@ -255,14 +259,17 @@ def use_api(url: str, env: MutableMapping[str, str] | None = None) -> Iterator[s
     before = environ.get("PREFECT_API_URL")
     environ["PREFECT_API_URL"] = url
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            with prefect.context._temporary_global_settings_context(
+        # The global context becomes the one temporary_settings has just entered.
+        with (
+            temporary_settings(updates={PREFECT_API_URL: url}),
+            prefect.context._temporary_global_settings_context(
                 prefect.context.get_settings_context()
-            ):
-                try:
-                    yield url
-                finally:
-                    _drain_prefect_workers()
+            ),
+        ):
+            try:
+                yield url
+            finally:
+                _drain_prefect_workers()
     finally:
         if before is None:
             environ.pop("PREFECT_API_URL", None)
