@@ -22,8 +22,10 @@ The server never outlives nbp: its stdin is a pipe whose only writer is nbp, and
 thread in the server exits the server when that pipe reaches end of file, which the kernel
 makes happen however nbp ends (SIGKILL included; no pid polling, no pid reuse).
 
-Start-up, measured on the 2-core dev box (Prefect 3.8.8, 5 runs each, SQLite database already
-migrated): ... (see `TemporaryServer.start`).
+Start-up is Prefect's own: on the shared 2-core dev box (Prefect 3.8.8, 5 alternating runs
+each, database already migrated) `start()` took 4.35-5.07 s, median 4.60 s, and
+`SubprocessASGIServer.start()` 4.50-4.80 s, median 4.61 s; both about 12 s on a new
+`PREFECT_HOME` (the migrations). A server kept across runs saves it every run but the first.
 """
 
 from __future__ import annotations
@@ -86,16 +88,19 @@ class TemporaryServer:
 
     `start()` returns once `GET {api_url}/health` answers; `stop()` (safe to repeat) sends
     SIGTERM to its process group, then SIGKILL after `STOP_GRACE_S`. As a context manager it
-    starts on entry and stops on exit, exceptions included. `env` adds to the server's
+    starts on entry and stops on exit, exceptions included. `extra_env` adds to the server's
     environment (a test's broken setting, say). The database is Prefect's default, as for
     its ephemeral server: `$PREFECT_HOME/prefect.db` unless the settings say otherwise.
     """
 
     def __init__(
-        self, *, startup_timeout_s: float | None = None, env: dict[str, str] | None = None
+        self,
+        *,
+        startup_timeout_s: float | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.startup_timeout_s = startup_timeout_s
-        self.env = dict(env or {})
+        self.extra_env = dict(extra_env or {})
         self.port: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
@@ -185,7 +190,7 @@ class TemporaryServer:
             **os.environ,
             **get_current_settings().to_environment_variables(exclude_unset=True),
             **SERVER_ENV,
-            **self.env,
+            **self.extra_env,
         }
         env.pop("PREFECT_API_URL", None)  # a server has no use for a client's setting
         assert self.log_path is not None
@@ -244,24 +249,30 @@ class TemporaryServer:
 
 
 @contextlib.contextmanager
-def use_api(url: str, env: MutableMapping[str, str] | None = None) -> Iterator[str]:
+def use_api(
+    url: str, env: MutableMapping[str, str] | None = None, *, ui_url: str | None = None
+) -> Iterator[str]:
     """Point this process's Prefect clients at `url` for the block, then flush Prefect's
     log and event workers so nothing is left to send once the block ends.
 
     Sets `PREFECT_API_URL` in `env` (`os.environ` by default, which child processes
     inherit) and in Prefect's settings: the current context, and the process-global one that
     Prefect's background threads fall back on (Prefect reads the environment only at
-    import; `prefect_test_harness` sets both the same way)."""
+    import; `prefect_test_harness` sets both the same way). `ui_url=""` drops the "View at"
+    links Prefect logs (a server without a UI); None keeps Prefect's default."""
     import prefect.context
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
     environ = os.environ if env is None else env
     before = environ.get("PREFECT_API_URL")
     environ["PREFECT_API_URL"] = url
+    updates = {PREFECT_API_URL: url}
+    if ui_url is not None:
+        updates[PREFECT_UI_URL] = ui_url
     try:
         # The global context becomes the one temporary_settings has just entered.
         with (
-            temporary_settings(updates={PREFECT_API_URL: url}),
+            temporary_settings(updates=updates),
             prefect.context._temporary_global_settings_context(
                 prefect.context.get_settings_context()
             ),
@@ -281,7 +292,8 @@ def use_api(url: str, env: MutableMapping[str, str] | None = None) -> Iterator[s
 def prefect_api(env: MutableMapping[str, str] | None = None) -> Iterator[str]:
     """The Prefect API for a run: the user's own (`PREFECT_API_URL` in `env`, default
     `os.environ`, or in Prefect's profile), untouched; otherwise a `TemporaryServer` for the
-    block, with `use_api` pointing this process at it."""
+    block, with `use_api` pointing this process at it (no UI links: it serves none, and it
+    is gone after the block)."""
     from prefect.settings import PREFECT_API_URL
 
     environ = os.environ if env is None else env
@@ -289,7 +301,7 @@ def prefect_api(env: MutableMapping[str, str] | None = None) -> Iterator[str]:
     if configured:
         yield str(configured)
         return
-    with TemporaryServer() as server, use_api(server.api_url, environ) as url:
+    with TemporaryServer() as server, use_api(server.api_url, environ, ui_url="") as url:
         yield url
 
 

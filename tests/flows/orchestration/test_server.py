@@ -104,6 +104,7 @@ def test_the_server_exits_by_itself_when_nbp_is_killed() -> None:
 
 def test_a_flow_run_uses_the_temporary_server_and_prefect_starts_none_of_its_own() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_LOGGING_LEVEL"] = "INFO"
     done = subprocess.run([sys.executable, "-c", RUNS_A_FLOW], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -114,6 +115,7 @@ def test_a_flow_run_uses_the_temporary_server_and_prefect_starts_none_of_its_own
     assert len(seen["children"]) == 1 and seen["ephemeral"] == 0
     assert seen["after"] == [] and seen["env_after"] is None
     assert "Traceback" not in done.stderr
+    assert "View at" not in done.stderr  # no links to a UI that is not served
 
 
 def test_a_users_own_api_url_is_used_as_it_is() -> None:
@@ -130,8 +132,8 @@ def test_a_users_own_api_url_is_used_as_it_is() -> None:
 
 @pytest.mark.parametrize(("options", "message"), [
     pytest.param(
-        {"env": {"PREFECT_SERVER_DATABASE_CONNECTION_URL":
-                 "sqlite+aiosqlite:////nonexistent/prefect.db"}},
+        {"extra_env": {"PREFECT_SERVER_DATABASE_CONNECTION_URL":
+                       "sqlite+aiosqlite:////nonexistent/prefect.db"}},
         r"(?s)exited with code 3 before answering .*unable to open database file",
         id="exits-at-start-up"),
     pytest.param({"startup_timeout_s": 0.2}, r"did not answer .* within 0.2 s",
