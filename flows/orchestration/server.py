@@ -58,9 +58,11 @@ SERVER_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 # `python -m uvicorn ARGS` plus a watchdog: stdin is a pipe only the parent writes to, so end
-# of file means the parent closed it or died. SIGTERM lets uvicorn shut down gracefully.
+# of file means the parent died (a parent that stops the server closes it only afterwards).
+# The orphan removes its own folder (its log stays open) and lets uvicorn shut down.
+_WORKDIR_ENV = "NBP_PREFECT_SERVER_DIR"
 _SUPERVISED_UVICORN = f"""\
-import os, runpy, signal, sys, threading, time
+import os, runpy, shutil, signal, sys, threading, time
 
 def watch_parent():
     try:
@@ -68,6 +70,7 @@ def watch_parent():
             pass
     except OSError:
         pass
+    shutil.rmtree(os.environ["{_WORKDIR_ENV}"], ignore_errors=True)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep({WATCHDOG_GRACE_S})
     os._exit(70)
@@ -191,6 +194,7 @@ class TemporaryServer:
             **get_current_settings().to_environment_variables(exclude_unset=True),
             **SERVER_ENV,
             **self.extra_env,
+            _WORKDIR_ENV: str(self._workdir),
         }
         env.pop("PREFECT_API_URL", None)  # a server has no use for a client's setting
         assert self.log_path is not None

@@ -21,15 +21,15 @@ from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
-# A stand-in for `nbp run`: it holds a TemporaryServer, prints the server's pid, and on
+# A stand-in for `nbp run`: it holds a TemporaryServer, prints the server's pid and log, and on
 # Ctrl-C checks that the server still answers, then waits for a line on stdin before it
 # leaves the block (so the test can look at the server too).
 HOLDS_A_SERVER = """\
 import signal, sys, httpx
 from flows.orchestration.server import TemporaryServer
 with TemporaryServer() as server:
-    print(server.pid, flush=True)
     try:
+        print(server.pid, server.log_path, flush=True)
         signal.pause()
     except KeyboardInterrupt:
         health = httpx.get(f"{server.api_url}/health", trust_env=False).status_code
@@ -84,7 +84,7 @@ def test_the_server_answers_health_and_prefect_clients_and_is_gone_after_an_erro
 
 
 def test_ctrl_c_in_nbps_process_group_does_not_reach_the_server() -> None:
-    with holding_a_server() as (child, server_pid):
+    with holding_a_server() as (child, server_pid, log):
         os.killpg(child.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
         assert readline(child) == "interrupted; health 200"
         assert running(server_pid)
@@ -93,13 +93,15 @@ def test_ctrl_c_in_nbps_process_group_does_not_reach_the_server() -> None:
         child.stdin.flush()
         assert child.wait(timeout=10) == 0
         assert not running(server_pid)
+        assert not log.exists()
 
 
 def test_the_server_exits_by_itself_when_nbp_is_killed() -> None:
-    with holding_a_server() as (child, server_pid):
+    with holding_a_server() as (child, server_pid, log):
         os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=5)
         assert wait_until(lambda: not running(server_pid), timeout_s=10), "orphan server"
+        assert not log.exists()
 
 
 def test_a_flow_run_uses_the_temporary_server_and_prefect_starts_none_of_its_own() -> None:
@@ -150,16 +152,17 @@ def test_a_server_that_does_not_start_says_why_and_leaves_nothing(
 
 
 @contextmanager
-def holding_a_server() -> Iterator[tuple[subprocess.Popen[str], int]]:
+def holding_a_server() -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
     """A child in its own process group (so signals to it spare pytest) holding a server."""
     child = subprocess.Popen([sys.executable, "-c", HOLDS_A_SERVER], cwd=ROOT, text=True,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              start_new_session=True)
     try:
-        server_pid = int(readline(child))
-        assert running(server_pid)
+        pid, log = readline(child).split(maxsplit=1)
+        server_pid = int(pid)
+        assert running(server_pid) and Path(log).exists()
         assert os.getpgid(server_pid) == server_pid != child.pid == os.getpgid(child.pid)
-        yield child, server_pid
+        yield child, server_pid, Path(log)
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
