@@ -1,0 +1,333 @@
+"""A temporary local Prefect API server that terminal signals never reach.
+
+Without `PREFECT_API_URL`, Prefect starts its ephemeral server (`SubprocessASGIServer`) as a
+child in nbp's process group, so the terminal's Ctrl-C kills it together with nbp, while nbp
+still needs it to finish the run gracefully (issue 19). `TemporaryServer` runs the same app
+with the same command, but in a session (and process group) of its own; nbp stops it.
+
+    with prefect_api() as url:      # PREFECT_API_URL if set, else a TemporaryServer
+        asyncio.run(nbp_run(...))   # every Prefect client of this process uses `url`
+
+To keep one server across several runs, start and stop it yourself and point each run at it:
+
+    server = TemporaryServer()
+    server.start()
+    try:
+        with use_api(server.api_url):
+            ...                     # one run; its logs and events are flushed at the end
+    finally:
+        server.stop()
+
+The server never outlives nbp: its stdin is a pipe whose only writer is nbp, and a watchdog
+thread in the server exits the server when that pipe reaches end of file, which the kernel
+makes happen however nbp ends (SIGKILL included; no pid polling, no pid reuse).
+
+Start-up is Prefect's own: on the shared 2-core dev box (Prefect 3.8.8, 5 alternating runs
+each, database already migrated) `start()` took 4.35-5.07 s, median 4.60 s, and
+`SubprocessASGIServer.start()` 4.50-4.80 s, median 4.61 s; both about 12 s on a new
+`PREFECT_HOME` (the migrations). A server kept across runs saves it every run but the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from types import TracebackType
+
+HOST = "127.0.0.1"
+STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL (Prefect's own server gets 5 s too)
+WATCHDOG_GRACE_S = 5.0  # after its parent is gone, the server's own deadline to exit
+DRAIN_TIMEOUT_S = 10.0  # flushing Prefect's log and event workers before the server stops
+LOG_TAIL_CHARS = 3000
+# Prefect's ephemeral server environment (`SubprocessASGIServer._run_uvicorn_command`),
+# without telemetry.
+SERVER_ENV = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    "PREFECT__SERVER_FINAL": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+# `python -m uvicorn ARGS` plus a watchdog: stdin is a pipe only the parent writes to, so end
+# of file means the parent died (a parent that stops the server closes it only afterwards).
+# The orphan removes its own folder (its log stays open) and lets uvicorn shut down.
+_WORKDIR_ENV = "NBP_PREFECT_SERVER_DIR"
+_SUPERVISED_UVICORN = f"""\
+import os, runpy, shutil, signal, sys, threading, time
+
+def watch_parent():
+    try:
+        while os.read(0, 512):
+            pass
+    except OSError:
+        pass
+    shutil.rmtree(os.environ["{_WORKDIR_ENV}"], ignore_errors=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep({WATCHDOG_GRACE_S})
+    os._exit(70)
+
+threading.Thread(target=watch_parent, name="nbp-parent-watchdog", daemon=True).start()
+sys.argv[0] = "uvicorn"
+runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
+"""
+
+
+class ServerDidNotStart(RuntimeError):
+    """The server exited or did not answer `/health` in time; the message ends with the
+    tail of its log."""
+
+
+class TemporaryServer:
+    """A Prefect API server on a free loopback port, in its own session and process group.
+
+    `start()` returns once `GET {api_url}/health` answers; `stop()` (safe to repeat) sends
+    SIGTERM to its process group, then SIGKILL after `STOP_GRACE_S`. As a context manager it
+    starts on entry and stops on exit, exceptions included. `extra_env` adds to the server's
+    environment (a test's broken setting, say). The database is Prefect's default, as for
+    its ephemeral server: `$PREFECT_HOME/prefect.db` unless the settings say otherwise.
+    """
+
+    def __init__(
+        self,
+        *,
+        startup_timeout_s: float | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.startup_timeout_s = startup_timeout_s
+        self.extra_env = dict(extra_env or {})
+        self.port: int | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._workdir: Path | None = None
+
+    @property
+    def api_url(self) -> str:
+        """`http://127.0.0.1:PORT/api` (the value for `PREFECT_API_URL`)."""
+        if self.port is None:
+            raise RuntimeError("the server has not been started")
+        return f"http://{HOST}:{self.port}/api"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (also its process group and session id) while it runs."""
+        return None if self.process is None else self.process.pid
+
+    @property
+    def log_path(self) -> Path | None:
+        """The server's stdout and stderr, while it runs (removed by `stop()`)."""
+        return None if self._workdir is None else self._workdir / "server.log"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers; `ServerDidNotStart` otherwise (the
+        server is stopped first). A port taken between choosing and binding it is retried."""
+        if self.process is not None:
+            return
+        self._workdir = Path(tempfile.mkdtemp(prefix="nbp-prefect-server-"))
+        try:
+            for _ in range(3):
+                self.port = _free_port()
+                self.process = self._spawn(self.port)
+                if self._wait_until_healthy(self.process):
+                    return
+                code = self._reap()
+                if "address already in use" not in self._log_tail().lower():
+                    break
+            raise ServerDidNotStart(
+                f"the Prefect server exited with code {code} before answering "
+                f"{self.api_url}/health. Its log ends with:\n{self._log_tail()}"
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group, SIGKILL after `STOP_GRACE_S`; then remove
+        its log. Does nothing when it is not running."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                if self.process.poll() is None:  # not reaped, so its group id is still ours
+                    os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            self._reap()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> TemporaryServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        import prefect
+        from prefect.settings import get_current_settings
+
+        # The command and environment of Prefect's own ephemeral server.
+        uvicorn_args = [
+            "--app-dir", str(prefect.__module_path__.parent),
+            "--factory", "prefect.server.api.server:create_app",
+            "--host", HOST, "--port", str(port),
+            "--log-level", "error", "--lifespan", "on",
+        ]
+        env = {
+            **os.environ,
+            **get_current_settings().to_environment_variables(exclude_unset=True),
+            **SERVER_ENV,
+            **self.extra_env,
+            _WORKDIR_ENV: str(self._workdir),
+        }
+        env.pop("PREFECT_API_URL", None)  # a server has no use for a client's setting
+        assert self.log_path is not None
+        with open(self.log_path, "wb") as log:  # one attempt's log
+            return subprocess.Popen(
+                [sys.executable, "-c", _SUPERVISED_UVICORN, *uvicorn_args],
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,  # out of reach of the terminal's signals
+            )
+
+    def _wait_until_healthy(self, process: subprocess.Popen[bytes]) -> bool:
+        """True once `/health` answers 200; False if the process exits first; raises
+        `ServerDidNotStart` after the start-up timeout."""
+        import httpx
+
+        timeout, source = self.startup_timeout_s, ""
+        if timeout is None:
+            from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+            timeout = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+            source = " (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"
+        deadline = time.monotonic() + timeout
+        with httpx.Client(trust_env=False, timeout=2.0) as client:  # loopback: no proxy
+            while process.poll() is None:
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get(f"{self.api_url}/health").status_code == 200:
+                        return True
+                if time.monotonic() > deadline:
+                    raise ServerDidNotStart(
+                        f"the Prefect server did not answer {self.api_url}/health within "
+                        f"{timeout:g} s{source}. "
+                        f"Its log ends with:\n{self._log_tail()}"
+                    )
+                time.sleep(0.05)
+        return False
+
+    def _reap(self) -> int | None:
+        """Wait for an exited server, close its pipe, forget it; its exit code."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        code = process.wait()
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+        return code
+
+    def _log_tail(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        data = self.log_path.read_bytes()
+        tail = data[-LOG_TAIL_CHARS:]
+        if len(tail) < len(data):
+            tail = tail.partition(b"\n")[2]  # from a line's start
+        return tail.decode("utf-8", "replace").strip() or "(empty)"
+
+
+@contextlib.contextmanager
+def use_api(
+    url: str, env: MutableMapping[str, str] | None = None, *, ui_url: str | None = None
+) -> Iterator[str]:
+    """Point this process's Prefect clients at `url` for the block, then flush Prefect's
+    log and event workers so nothing is left to send once the block ends.
+
+    Sets `PREFECT_API_URL` in `env` (`os.environ` by default, which child processes
+    inherit) and in Prefect's settings: the current context, and the process-global one that
+    Prefect's background threads fall back on (Prefect reads the environment only at
+    import; `prefect_test_harness` sets both the same way). `ui_url=""` drops the "View at"
+    links Prefect logs (a server without a UI); None keeps Prefect's default."""
+    import prefect.context
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    environ = os.environ if env is None else env
+    before = environ.get("PREFECT_API_URL")
+    environ["PREFECT_API_URL"] = url
+    updates = {PREFECT_API_URL: url}
+    if ui_url is not None:
+        updates[PREFECT_UI_URL] = ui_url
+    try:
+        # The global context becomes the one temporary_settings has just entered.
+        with (
+            temporary_settings(updates=updates),
+            prefect.context._temporary_global_settings_context(
+                prefect.context.get_settings_context()
+            ),
+        ):
+            try:
+                yield url
+            finally:
+                _drain_prefect_workers()
+    finally:
+        if before is None:
+            environ.pop("PREFECT_API_URL", None)
+        else:
+            environ["PREFECT_API_URL"] = before
+
+
+@contextlib.contextmanager
+def prefect_api(env: MutableMapping[str, str] | None = None) -> Iterator[str]:
+    """The Prefect API for a run: the user's own (`PREFECT_API_URL` in `env`, default
+    `os.environ`, or in Prefect's profile), untouched; otherwise a `TemporaryServer` for the
+    block, with `use_api` pointing this process at it (no UI links: it serves none, and it
+    is gone after the block)."""
+    from prefect.settings import PREFECT_API_URL
+
+    environ = os.environ if env is None else env
+    configured = environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if configured:
+        yield str(configured)
+        return
+    with TemporaryServer() as server, use_api(server.api_url, environ, ui_url="") as url:
+        yield url
+
+
+def _drain_prefect_workers() -> None:
+    """Send what Prefect's log and event workers still hold (as `prefect_test_harness` does
+    before it stops its server); the next client call starts fresh workers."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        # Both share one registry of instances today; each call drains every worker.
+        for service in (APILogWorker, EventsWorker):
+            pending = service.drain_all(timeout=DRAIN_TIMEOUT_S)
+            if inspect.isawaitable(pending):
+                await pending
+
+    run_coro_as_sync(drain())
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+    return port
