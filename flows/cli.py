@@ -245,25 +245,34 @@ def _run(args: argparse.Namespace) -> int:
         print(f"nbp run: --own-accounts: {problem}", file=sys.stderr)
         return EXIT_INVALID
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.exceptions import TerminationSignal
+
     from flows.display import TerminalDisplay
     from flows.engine.interrupt import Interrupt
     from flows.orchestration.flow import build_flow
+    from flows.orchestration.server import prefect_api
 
     display = TerminalDisplay(sys.stderr)
     interrupt = Interrupt()  # Ctrl-C and SIGTERM while the flow runs: stop, don't crash
     interrupt.listeners.append(display.stopping)
     nbp_run = build_flow(listeners=[display.update], interrupt=interrupt)
     try:
-        state: State[Any] = cast("State[Any]", asyncio.run(nbp_run(
-            spec=args.spec, target=args.target, emulate=args.emulate, force=args.force,
-            max_usd=args.max_usd, shard=args.shard, chunk_size=args.chunk_size,
-            emulator_latency_s=args.emulator_latency, shared_limits=args.shared_limits,
-            retry_uncertain=args.retry_uncertain, run_id=args.run_id,
-            allow_paths=list(policy.allow_paths) or None, max_cells=args.max_cells,
-            patience_s=args.patience, own_accounts=args.own_accounts,
-            batch_wait_s=args.batch_wait, spec_source=getattr(args, "spec_source", None),
-            return_state=True,
-        )))
+        # Without PREFECT_API_URL, a server of our own that the terminal's Ctrl-C (sent to
+        # the whole foreground process group) does not reach: the run needs it to the end.
+        with prefect_api():
+            state: State[Any] = cast("State[Any]", asyncio.run(nbp_run(
+                spec=args.spec, target=args.target, emulate=args.emulate, force=args.force,
+                max_usd=args.max_usd, shard=args.shard, chunk_size=args.chunk_size,
+                emulator_latency_s=args.emulator_latency, shared_limits=args.shared_limits,
+                retry_uncertain=args.retry_uncertain, run_id=args.run_id,
+                allow_paths=list(policy.allow_paths) or None, max_cells=args.max_cells,
+                patience_s=args.patience, own_accounts=args.own_accounts,
+                batch_wait_s=args.batch_wait, spec_source=getattr(args, "spec_source", None),
+                return_state=True,
+            )))
+    except TerminationSignal:  # SIGTERM before the run started or after it ended
+        print("nbp: stopped by SIGTERM", file=sys.stderr)
+        return 143
     finally:
         display.close()
     result = state.result(raise_on_failure=not state.is_cancelled())

@@ -33,6 +33,7 @@ from prefect.flows import Flow
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled
 
+from flows.engine.interrupt import Interrupt
 from flows.engine.job import (
     DEFAULT_CHUNK_SIZE,
     LimiterFactory,
@@ -43,7 +44,6 @@ from flows.engine.job import (
     run_chunk_rows,
     run_job,
 )
-from flows.engine.interrupt import Interrupt
 from flows.engine.policy import DEFAULT_RETRY, RetryPolicy
 from flows.engine.progress import Progress
 from flows.engine.runner import Runner
