@@ -75,8 +75,9 @@ class Progress:
 
     def line(self) -> str:
         s = self.snapshot()
+        left = "".join(f", {s[k]} {k}" for k in ("pending", "uncertain") if s[k])
         return (
             f"{s['done']}/{s['total']} done ({s['succeeded']} ok, {s['failed']} failed, "
-            f"{s['skipped']} skipped), {s['in_flight']} in flight, ${s['spent_usd']:.2f} spent, "
-            f"{s['cells_per_min']}/min"
+            f"{s['skipped']} skipped{left}), {s['in_flight']} in flight, "
+            f"${s['spent_usd']:.2f} spent, {s['cells_per_min']}/min"
         )
