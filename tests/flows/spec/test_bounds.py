@@ -21,6 +21,7 @@ import pytest
 
 from flows.spec import yamlpos
 from flows.spec.loader import MAX_PROBLEMS, Problem, check_job, load_job, validate_spec_file
+from tests.bounded import memory_cap
 from tests.conftest import ROOT, run_nbp
 
 BILLION_LAUGHS = """\
@@ -81,8 +82,11 @@ def bounded_validate(*args: str) -> tuple[dict[str, float], str]:
 
 
 def timed(path: str, **kwargs: object) -> tuple[list[Problem], float]:
+    """Validate in this process, under a memory cap: a broken guard fails the test with
+    MemoryError instead of expanding 10^8 cells."""
     start = time.perf_counter()
-    problems = validate_spec_file(path, **kwargs)
+    with memory_cap():
+        problems = validate_spec_file(path, **kwargs)
     return problems, time.perf_counter() - start
 
 
