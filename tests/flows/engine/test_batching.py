@@ -4,6 +4,7 @@ Prefect: the evidence is the batches the emulator received and each cell's journ
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +102,27 @@ def test_a_lost_create_answer_is_found_by_listing_not_sent_again(
 
     result = asyncio.run(go())
     assert result.counts["succeeded"] == 3 and batches(hub) == 1
+
+
+def test_a_kill_during_the_batch_create_is_resumed_by_listing_never_by_a_new_batch(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    """What kill -9 during the create leaves: every member journalled create_sent with the
+    batch's display name, the batch at Google. The rerun finds it by listing."""
+    spec = write_spec(tmp_path, PROMPTS)
+    assert run(spec).exit_code == 0 and batches(hub) == 1
+    for path in (tmp_path / "out" / ".nbp" / "cells").glob("*.json"):
+        entry = json.loads(path.read_text())
+        key = f"{entry['task']['extra']['display_name']}|{entry['cell_id']}"
+        entry.update(state="create_sent", task=None, row=None, intent=key, idempotency_key=key,
+                     reserved_usd=0.0675, spent_usd=0.0)
+        path.write_text(json.dumps(entry))
+    (tmp_path / "out" / "manifest.parquet").unlink()
+    for image in (tmp_path / "out").glob("*.png"):
+        image.unlink()
+    again = run(spec)
+    assert again.counts.get("succeeded") == 3, manifest(tmp_path)["error_message"].to_list()
+    assert batches(hub) == 1
 
 
 def test_a_failed_batch_fails_its_cells_with_the_reason(hub: EmulatorHub, tmp_path: Path) -> None:

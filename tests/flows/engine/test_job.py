@@ -4,6 +4,7 @@ holds does not grow with the number of cells (BENCHMARKS.md, "Memory")."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,15 +13,18 @@ from typing import Any
 import polars as pl
 import pytest
 
+import flows.engine.job as job
 from flows.engine.job import cell_positions, run_chunks, select_shard
+from flows.engine.lease import Heartbeat
 from flows.engine.routing import Lane, Router
 from flows.engine.throttle import AccountThrottle, InFlightLimit
 from flows.spec.cells import expand
 from flows.spec.channels import Channel
 from flows.spec.loader import parse_spec
 from flows.spec.model import Cell
-from outputs.manifest import rows_to_frame
+from outputs.manifest import ManifestRow, rows_to_frame
 from outputs.parts import ManifestParts
+from outputs.sink import Sink
 
 
 def cells_of(n: int) -> list[Cell]:
@@ -109,3 +113,39 @@ def test_cell_positions_are_the_spec_order_by_id() -> None:
     frame = cell_positions(cells, batch=3)
     assert frame["cell_id"].to_list() == [c.cell_id for c in cells]
     assert frame["index"].to_list() == list(range(7))
+
+
+def test_two_writers_ending_at_once_each_merge_into_what_the_other_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest lease, with the overlap forced: each writer's merge takes half a second,
+    and both start together. Without the lease both would merge into the empty manifest and
+    the last to write would drop the other's row."""
+    merge = job.merge_parts
+
+    def merge_slowly(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.5)
+        merge(*args, **kwargs)
+
+    monkeypatch.setattr(job, "merge_parts", merge_slowly)
+    target = str(tmp_path / "out")
+
+    def row(cell_id: str) -> ManifestRow:
+        return ManifestRow(cell_id=cell_id, job=cell_id, run_id="r", provider="kie",
+                           prompt=cell_id, aspect_ratio="1:1", resolution="1K",
+                           output_format="png", references=[], vars={}, status="succeeded")
+
+    async def writer(name: str) -> None:
+        folder = tmp_path / name
+        folder.mkdir()
+        parts = ManifestParts(str(folder))
+        parts.add(0, rows_to_frame([row(name)]))
+        async with Heartbeat(Sink(target), name) as heartbeat:
+            await job.write_outputs(heartbeat, parts, None, title=name)
+
+    async def both() -> None:
+        await asyncio.gather(writer("alpha"), writer("beta"))
+
+    asyncio.run(both())
+    frame = pl.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert sorted(frame["cell_id"]) == ["alpha", "beta"]
