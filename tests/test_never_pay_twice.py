@@ -120,6 +120,12 @@ def test_a_task_that_cannot_be_collected_stays_pending_and_the_next_run_collects
     assert set(frame["status"]) == {"pending"}
     assert frame["remote_task_id"].null_count() == 0
     assert frame["cost_usd"].sum() == pytest.approx(3 * 0.09)
+    again = nbp(prefect_api_url, emulators, "run", str(spec), "--patience", "1.5")
+    assert again.returncode == 1 and statuses(tmp_path) == {"pending": 3}
+    assert manifest(tmp_path)["cost_usd"].sum() == pytest.approx(3 * 0.09)  # still counted
+    status = json.loads(nbp(prefect_api_url, emulators, "status", str(tmp_path / "out"),
+                            "--json").stdout)
+    assert status["spend_usd"] == pytest.approx(3 * 0.09)
     emulators["kie"].configure(poll_5xx_prob=0.0)
     second = nbp(prefect_api_url, emulators, "run", str(spec))
     assert second.returncode == 0, second.stderr[-2000:]

@@ -151,7 +151,9 @@ def test_a_create_answered_with_a_server_error_is_resent_only_where_safe(
         assert row["cost_usd"] == pytest.approx(0.09)  # it may be billed: counted
         hub[provider].configure(submit_5xx_prob=0.0)
         run(spec)  # the next run does not send it again either, healthy provider or not
-        assert manifest(tmp_path).row(0, named=True)["status"] == "uncertain"
+        again = manifest(tmp_path).row(0, named=True)
+        assert again["status"] == "uncertain"
+        assert again["cost_usd"] == pytest.approx(0.09)  # and it still counts what it may cost
         assert hub[provider].creates == []
         again = run(spec, retry_uncertain=True)
         assert again.exit_code == 0 and len(hub[provider].creates) == 1
