@@ -27,9 +27,10 @@ What each state means to the next run (the manifest's names in brackets):
     unreadable    the entry cannot be read: as uncertain (a create may have been sent)
 
 Which transitions are durable: all but `written` (the `succeeded` entry follows at once, and
-an image at the cell's own path is rewritten by the next run) and the first `reserve` of a
-run without a budget cap (no ledger holds its price; an intent that never left needs no
-record). `send` is written after every wait (slot, budget, uploads, rate token), right before
+an image at the cell's own path is rewritten by the next run), `finished` until the run ends
+without its image (`pending` writes it; a rerun from `created` polls the finished task again
+and its hold settles once), and the first `reserve` of a run without a budget cap (no ledger
+holds its price; an intent that never left needs no record). `send` is written after every wait (slot, budget, uploads, rate token), right before
 the request leaves. Client task ids and idempotency keys belong to one intent (`Intent`):
 random, journalled with it, re-sent only as that intent.
 """
@@ -59,6 +60,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "finished": frozenset({"created"}),
     "task_failed": frozenset({"create_sent", "created", "finished"}),
     "cancelled": frozenset({"created"}),
+    "pending": frozenset({"created", "finished"}),
     "written": frozenset({"finished"}),
     "succeeded": frozenset({"written"}),
 }
@@ -213,11 +215,20 @@ class CellLife:
     # -- the task ---------------------------------------------------------------------------
 
     async def finished(self, finished: Finished) -> None:
-        """The provider finished the task: its cost is its reported one, else its price."""
+        """The provider finished the task: its cost is its reported one, else its price.
+        Journalled only if the run ends before the image is written (`pending`): a rerun
+        from `created` polls the finished task again, and its hold settles only once."""
         self._check("finished")
         price = self.hold.usd if self.hold else 0.0
         await self._settle(finished.cost_usd if finished.cost_usd is not None else price)
-        await self._write("finished")
+        self.state = "finished"
+
+    async def pending(self, reason: str) -> None:
+        """This run's work on a created task ends; the next run collects it."""
+        self._check("pending")
+        self.reason = reason
+        if self.state == "finished":
+            await self._write("finished")
 
     async def task_failed(self, reason: str, *, billed: bool = False) -> None:
         """The provider's word: the task failed (not billed), or its image proved wrong

@@ -323,6 +323,8 @@ class Runner:
         if decision is Decision.INTERRUPTED:
             if life.state == "reserved":
                 await life.release(str(exc))
+            if life.live_task:
+                await life.pending(str(exc))
             status = "pending" if life.live_task or life.state == "create_sent" else (
                 "uncertain" if life.state == "uncertain" else "skipped")
             return self._row(life, cell, status, error_code="interrupted",
@@ -330,6 +332,8 @@ class Runner:
         if isinstance(exc, Unsubmittable):
             return self._final(life, cell, exc.status, exc.code, exc.message)
         if decision is Decision.PENDING:
+            if life.live_task:
+                await life.pending(str(exc))
             return self._row(life, cell, "pending", error_code="pending",
                              error_message=f"{exc} (the next run collects the task)")
         if decision is Decision.UNCERTAIN:

@@ -35,6 +35,7 @@ CALLS: dict[str, Callable[[CellLife], Awaitable[Any]]] = {
     "uncertain": lambda life: life.uncertain("why"),
     "finished": lambda life: life.finished(Finished(images=(), cost_usd=0.05)),
     "task_failed": lambda life: life.task_failed("why"),
+    "pending": lambda life: life.pending("why"),
     "cancelled": lambda life: life.cancelled(),
     "written": lambda life: _sync(life.written),
     "succeeded": lambda life: life.succeeded(ROW),
@@ -95,16 +96,29 @@ def test_a_cell_that_pays_once_writes_each_durable_state_before_the_next_step(
         await life.created(Submitted("kie", "t1"))
         seen.append(entry(tmp_path)["state"])
         await life.finished(Finished(images=(), cost_usd=0.05))
-        seen.append(entry(tmp_path)["state"])
+        seen.append(entry(tmp_path)["state"])  # not yet: a rerun polls the task again
         life.written()
         await life.succeeded(ROW)
         seen.append(entry(tmp_path)["state"])
 
     asyncio.run(go())
-    assert seen == ["reserved", "create_sent", "created", "finished", "succeeded"]
+    assert seen == ["reserved", "create_sent", "created", "created", "succeeded"]
     assert life.cost_usd == pytest.approx(0.05)
     data = budget.ledger.read() if budget.ledger else {}
     assert data["total_usd"] == pytest.approx(0.05) and data["open"] == {}
+
+
+def test_a_finished_task_whose_image_waits_for_the_next_run_is_journalled_finished(
+    tmp_path: Path,
+) -> None:
+    life = life_in("created", tmp_path)
+
+    async def go() -> None:
+        await life.finished(Finished(images=(), cost_usd=0.05))
+        await life.pending("the download kept failing")
+
+    asyncio.run(go())
+    assert entry(tmp_path)["state"] == "finished" and life.cost_usd == pytest.approx(0.05)
 
 
 def test_without_a_cap_the_first_reserve_is_not_journalled(tmp_path: Path) -> None:
