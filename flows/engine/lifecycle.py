@@ -30,9 +30,10 @@ Which transitions are durable: all but `written` (the `succeeded` entry follows 
 an image at the cell's own path is rewritten by the next run), `finished` until the run ends
 without its image (`pending` writes it; a rerun from `created` polls the finished task again
 and its hold settles once), and the first `reserve` of a run without a budget cap (no ledger
-holds its price; an intent that never left needs no record). `send` is written after every wait (slot, budget, uploads, rate token), right before
-the request leaves. Client task ids and idempotency keys belong to one intent (`Intent`):
-random, journalled with it, re-sent only as that intent.
+holds its price; an intent that never left needs no record). `send` is written after every
+wait (slot, budget, uploads, rate token), right before the request leaves. Client task ids
+and idempotency keys belong to one intent (`Intent`): random, journalled with it, re-sent
+only as that intent.
 """
 
 from __future__ import annotations
