@@ -60,7 +60,7 @@ class TerminalDisplay:
         ]
         if result.get("stop_reason"):
             lines.append(f"stopped early: {result['stop_reason']}")
-        if result.get("interrupted_by") is not None:
+        if result.get("interrupted_by") is not None and counts.get("pending"):
             lines.append("remote tasks were left running: run the same command again to "
                          "collect them (nothing is paid twice)")
         return "\n".join(lines)

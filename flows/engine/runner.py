@@ -555,10 +555,13 @@ class Runner:
             reason = "the provider reported success but returned no image"
             await life.task_failed(reason)
             raise TaskFailed(reason, code="no_image")
+        # An image that came with a synchronous answer exists only here: it is written
+        # whatever a stop request says (no task to come back to). A download is a wait.
+        download = self._step(lambda: provider.download(finished.images[0]), Step.DOWNLOAD,
+                              until, "download")
+        synchronous = life.submitted is not None and life.submitted.finished is not None
         try:
-            data = await self._waiting(self._step(
-                lambda: provider.download(finished.images[0]), Step.DOWNLOAD, until,
-                "download"))
+            data = await (download if synchronous else self._waiting(download))
             expected = pixel_size(cell.aspect_ratio, cell.resolution)
             # Off the event loop: checking a 4K PNG inflates 50 MB of scanlines (~26 ms of
             # CPU with zlib-ng, which frees the GIL), a 1K PNG ~3 ms.

@@ -146,6 +146,8 @@ def build_flow(
         hooks = RunHooks(chunk_runner=_chunk_as_task, credentials=secret_blocks,
                          rate_limiter=limiter, interrupt=interrupt)
         progress = Progress(listeners=list(watchers))
+        for watcher in watchers:  # the live line from the start (and what a stop waits for)
+            watcher(progress)
         reporter = asyncio.create_task(_report_progress(progress, logger))
         try:
             with _stop_requests(interrupt):
