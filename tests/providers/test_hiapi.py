@@ -268,7 +268,7 @@ def test_same_key_different_body_is_rejected(hub: EmulatorHub, emulator: HiapiEm
 def test_key_still_processing_is_rate_limited_with_retry_after(
     hub: EmulatorHub, emulator: HiapiEmulator
 ) -> None:
-    emulator.idempotency_processing_s = 5.0
+    emulator.configure(processing_s=5.0)
     request = ImageRequest(prompt="x", idempotency_key="busy")
 
     async def go() -> None:
