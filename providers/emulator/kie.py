@@ -98,7 +98,8 @@ class KieEmulator(ProviderEmulator):
     credits: ClassVar[Mapping[str, int] | None] = KIE_CREDITS
     upload_mount: ClassVar[str] = "/kie-upload"      # where the hub serves the upload host
     READINGS: ClassVar[Readings] = {
-        UNKNOWN_TASK: {reading: {"unknown_task": reading} for reading in UNKNOWN_TASK_READINGS},
+        UNKNOWN_TASK: {reading.replace("_", "-"): {"unknown_task": reading}
+                       for reading in UNKNOWN_TASK_READINGS},
     }
 
     def __init__(self, config: FaultConfig | None = None, *, api_key: str | None = None) -> None:
