@@ -317,7 +317,7 @@ class ProviderConformance:
         emulator: EmulatorControls, outcome_kind: str, error: type[Exception],
         not_error: type[Exception] | None, code: str | None, reading: dict[str, Any],
     ) -> None:
-        emulator.configure(**reading)
+        emulator.configure(latency_s=QUICK_LATENCY_S, **reading)
         marker = {"fail": self.fail_marker, "content": self.content_marker,
                   "no_image": self.no_image_marker}[outcome_kind]
         request = self.request_for(provider_name, f"please {marker} now")
@@ -346,7 +346,7 @@ class ProviderConformance:
             provider = _make(provider_name, provider_environ)
             try:
                 submitted = await provider.submit(request)
-                await asyncio.sleep(QUICK_LATENCY_S + 0.25)  # over, whatever the phase
+                await asyncio.sleep(QUICK_LATENCY_S + 0.1)  # over, whatever the phase
                 with pytest.raises(ProviderError) as caught:
                     await provider.poll(submitted)
                 return caught.value
