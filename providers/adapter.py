@@ -2,13 +2,14 @@
 provider's wire format, its documented constants and its error mapping.
 
 Subclasses set `name`, `capabilities`, `default_base_url` (and `extra_url_defaults` for
-other hosts, e.g. Kie's upload host) and implement `submit` and `poll`.
+other hosts, e.g. Kie's upload host) and implement `submit` and `poll` (and `prepare` when a
+create needs uploads first, `cancel` when the provider can stop a task).
 
 Every adapter module has the same sections, in this order, marked by these comment lines
 (`SECTIONS`; tests/providers/test_layout.py holds every built-in adapter to it): module
 docstring (wire format in one paragraph, sources), imports, documented constants, options
-(the JSON Schema of provider options), the adapter class (submit, poll, recover, download,
-cancel, then its helpers), wire format (request and response mapping), errors (the one
+(the JSON Schema of provider options), the adapter class (prepare, submit, poll, recover,
+download, cancel, then its helpers), wire format (request and response mapping), errors (the one
 place mapping HTTP statuses and body codes to `providers.errors`, via `http`'s ladder).
 """
 
@@ -119,6 +120,7 @@ class HttpAdapter:
         return f"{self.base_url}{path}"
 
     async def prepare(self, request: ImageRequest) -> ImageRequest:
+        """Nothing to do before the create by default (references travel inside it)."""
         return request
 
     async def submit(self, request: ImageRequest) -> Submitted:
@@ -147,8 +149,9 @@ class HttpAdapter:
             return http.inline_image(image.url, max_bytes=limit)
         return await http.download(self.client, image.url, max_bytes=limit)
 
-    async def cancel(self, submitted: Submitted) -> None:
-        return None
+    async def cancel(self, submitted: Submitted) -> bool:
+        """No cancel API by default: nothing was stopped, so nothing is confirmed."""
+        return False
 
     async def aclose(self) -> None:
         await self.client.aclose()

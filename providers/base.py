@@ -5,14 +5,17 @@ terminal state. It knows HTTP and its provider's wire format, nothing about spec
 Prefect or storage. Retries, throttling and fan-out live outside adapters.
 
     provider = registry.create("kie", ProviderSettings.from_env("kie"))
+    request = await provider.prepare(request)         # reference uploads: no task yet
     submitted = await provider.submit(request)        # remote task id, as soon as known
     while isinstance(outcome := await provider.poll(submitted), Pending):
         await asyncio.sleep(...)
     data = await provider.download(outcome.images[0])
     await provider.aclose()
 
-`submit` checks the provider's documented limits (`Capabilities`) before sending anything and
-raises `LimitExceeded`; every other provider signal arrives as one of `providers.errors`.
+`prepare` and `submit` check the provider's documented limits (`Capabilities`) before sending
+anything and raise `LimitExceeded`; every other provider signal arrives as one of
+`providers.errors`. `cancel` answers whether the provider confirmed the stop (a bool), so
+nothing above an adapter reads a cancel as done on its own say-so.
 """
 
 from __future__ import annotations
@@ -76,8 +79,15 @@ class Reference:
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """One image, provider-neutral. `idempotency_key` is stable for one cell and attempt, so a
-    re-sent create can be recognised by providers that support it (HiAPI, Runware)."""
+    """One image, provider-neutral.
+
+    `idempotency_key` names one create intent: random per intent (`str(uuid.uuid4())`),
+    journalled before the create, and re-sent unchanged only when that same intent is sent
+    again (a lost answer). Providers that support it recognise the re-send: HiAPI sends it
+    as `Idempotency-Key`, Runware uses it as the taskUUID. Two intents never share a key,
+    so a new attempt is a new task. Journals of older versions hold keys of the form
+    `nbp-{cell}-{channel}-{n}`; adapters keep accepting them (Runware derives its taskUUID).
+    """
 
     prompt: str
     aspect_ratio: str = "1:1"
@@ -196,13 +206,15 @@ class Provider(Protocol):
     capabilities: Capabilities
 
     async def prepare(self, request: ImageRequest) -> ImageRequest:
-        """Everything a create needs that is not the create itself (reference uploads).
+        """Everything a create needs that is not the create itself: reference uploads.
         Called before the create intent is journalled; whatever it raises, no task was
-        created."""
+        created. Returns the request to `submit` (e.g. local references replaced by the
+        URLs or ids of their uploads); unchanged where nothing is needed."""
         ...
 
     async def submit(self, request: ImageRequest) -> Submitted:
-        """Create the remote task; return as soon as the provider names it."""
+        """Create the remote task; return as soon as the provider names it. A prepared
+        request costs exactly one request to the provider: the create."""
         ...
 
     async def poll(self, submitted: Submitted) -> Pending | Finished:
@@ -218,8 +230,13 @@ class Provider(Protocol):
         """The bytes of a result image (inline data or an HTTP download)."""
         ...
 
-    async def cancel(self, submitted: Submitted) -> None:
-        """Stop the remote task where the API can; a no-op where it cannot."""
+    async def cancel(self, submitted: Submitted) -> bool:
+        """Ask the provider to stop the remote task. True only when the provider confirms
+        it is cancelled (its own answer, or a status asked right after, says so); False
+        when there is no cancel API, the provider refused, or the task is in any other
+        state: the task may still run and be billed, so keep following it. Never raises
+        for a refusal; raises `providers.errors` only for transport or auth trouble (a
+        caller treats any exception as "not confirmed")."""
         ...
 
     async def aclose(self) -> None:
@@ -389,7 +406,9 @@ class BatchProvider(Protocol):
         whole results file in memory."""
         ...
 
-    async def cancel_batch(self, name: str) -> None:
+    async def cancel_batch(self, name: str) -> bool:
+        """Ask the provider to cancel the batch: True only when it then reports the batch
+        cancelled, False otherwise (already over, refused, still cancelling)."""
         ...
 
     async def aclose(self) -> None:

@@ -26,6 +26,13 @@ change the class attributes below when its emulator differs. Its create handler 
 `created_fault()` once the task exists, and its status handler `status_fault()` first; the
 hub applies download faults and image markers by itself.
 
+Where a provider's documentation allows more than one reading (protocols.md §11), the
+behaviours that depend on it run once per reading its emulator serves: `emulator_readings`
+returns the emulator's `READINGS` (point -> reading id -> switch values for `configure`), and
+each behaviour marked `@under_readings(point)` is parametrised by them (a test id such as
+`[code-400]`; `[documented]` where the emulator serves one reading only). A subclass whose
+emulator serves readings overrides `emulator_readings`.
+
 Credentials are checked against a pair of loopback servers (`RedirectPair`): the first
 redirects everything to the second, which records what it received.
 """
@@ -34,11 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import io
 import logging
+import os
 import struct
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -59,12 +69,18 @@ from providers.base import (
 from providers.emulator.core import (
     BOMB_MARKER,
     BOMB_SIZE,
+    CANCEL,
     CONTENT_MARKER,
     DEFAULT_OVERSIZE_BYTES,
     FAIL_MARKER,
     NO_IMAGE_MARKER,
+    OVERLOAD,
     OVERSIZE_MARKER,
+    POLL_FAILURE,
+    RESENT_CREATE,
+    UNKNOWN_TASK,
     WRONG_SIZE_MARKER,
+    Readings,
 )
 from providers.errors import (
     AuthError,
@@ -77,13 +93,28 @@ from providers.errors import (
     ResultMismatch,
     SubmitUncertain,
     TaskFailed,
+    TaskNotFound,
     TransientError,
 )
 from providers.http import CREDENTIAL_HEADERS, TOO_LARGE
 from providers.model import PILLOW_FORMAT, pixel_size
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 QUICK_LATENCY_S = 0.05  # for tests that never need to see a task pending
+DOCUMENTED = "documented"  # the reading id of an emulator that serves only one
+_READING_POINT = "_nbp_reading_point"
+
+
+def under_readings(point: str) -> Callable[[F], F]:
+    """Mark a behaviour that takes a `reading` (switch values) to run once per reading the
+    emulator serves at `point` of protocols.md §11 (`providers.emulator.core.READING_POINTS`)."""
+
+    def mark(function: F) -> F:
+        setattr(function, _READING_POINT, point)
+        return function
+
+    return mark
 
 
 class CreatedTask(Protocol):
@@ -119,8 +150,10 @@ class EmulatorControls(Protocol):
     `configure` takes `FaultConfig` knobs: latency_s, fail_prob, rate_limit (N, window_s),
     max_concurrency, submit_5xx_prob, create_5xx_after_create_prob, poll_5xx_prob,
     poll_outage_s, poll_403_count, drop_after_create_prob, truncate_download_prob,
-    download_fail_count, download_outage_s, download_chunked, oversize_bytes. Task ids are
-    the ones the adapter reports in `Submitted.task_id`.
+    download_fail_count, download_outage_s, download_chunked, oversize_bytes; and the
+    switches of the emulator's readings (`emulator_readings`). `requests` logs every request
+    the emulator received, one entry each. Task ids are the ones the adapter reports in
+    `Submitted.task_id`.
     """
 
     @property
@@ -144,6 +177,21 @@ class ProviderConformance:
     oversize_marker: ClassVar[str] = OVERSIZE_MARKER  # ... delivers more than the byte cap
     wrong_size_marker: ClassVar[str] = WRONG_SIZE_MARKER  # ... delivers another pixel size
     remote_reference: ClassVar[str] = "https://example.com/nbp-conformance/reference.png"
+
+    def emulator_readings(self) -> Readings:
+        """The readings the emulator serves, per point of protocols.md §11 (an emulator
+        built on `ProviderEmulator`: its `READINGS`); none by default."""
+        return {}
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """Parametrise each `@under_readings` behaviour by the emulator's readings."""
+        point = getattr(metafunc.function, _READING_POINT, None)
+        if point is None or "reading" not in metafunc.fixturenames:
+            return
+        readings = self.emulator_readings().get(point) or {DOCUMENTED: {}}
+        metafunc.parametrize("reading", [
+            pytest.param(dict(switches), id=reading) for reading, switches in readings.items()
+        ])
 
     @pytest.fixture(autouse=True)
     def _fault_free(self, emulator: EmulatorControls) -> None:
@@ -263,11 +311,13 @@ class ProviderConformance:
             pytest.param("no_image", TaskFailed, ContentRejected, "no_image", id="no-image"),
         ],
     )
+    @under_readings(POLL_FAILURE)
     def test_failures_arrive_as_the_exception_tree(
         self, provider_name: str, provider_environ: Mapping[str, str],
         emulator: EmulatorControls, outcome_kind: str, error: type[Exception],
-        not_error: type[Exception] | None, code: str | None,
+        not_error: type[Exception] | None, code: str | None, reading: dict[str, Any],
     ) -> None:
+        emulator.configure(latency_s=QUICK_LATENCY_S, **reading)
         marker = {"fail": self.fail_marker, "content": self.content_marker,
                   "no_image": self.no_image_marker}[outcome_kind]
         request = self.request_for(provider_name, f"please {marker} now")
@@ -278,6 +328,54 @@ class ProviderConformance:
         if code is not None:
             assert isinstance(outcome, ProviderError) and outcome.code == code
         assert len(emulator.creates) == 1
+
+    @pytest.mark.parametrize("refused", [False, True], ids=["failed", "refused"])
+    @under_readings(POLL_FAILURE)
+    def test_a_poll_that_reports_the_task_failed_ends_it_at_once(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls, refused: bool, reading: dict[str, Any],
+    ) -> None:
+        """Whatever the HTTP status of the answer, the provider's word that the task failed
+        (or was refused) is `TaskFailed` (`ContentRejected`) at the first poll after the end:
+        never `Rejected` or transient, which a caller would retry for many minutes."""
+        emulator.configure(latency_s=QUICK_LATENCY_S, **reading)
+        marker = self.content_marker if refused else self.fail_marker
+        request = self.request_for(provider_name, f"please {marker} now")
+
+        async def go() -> ProviderError:
+            provider = _make(provider_name, provider_environ)
+            try:
+                submitted = await provider.submit(request)
+                await asyncio.sleep(QUICK_LATENCY_S + 0.1)  # over, whatever the phase
+                with pytest.raises(ProviderError) as caught:
+                    await provider.poll(submitted)
+                return caught.value
+            finally:
+                await provider.aclose()
+
+        error = _run(go)
+        assert isinstance(error, TaskFailed), error
+        assert isinstance(error, ContentRejected) is refused, error
+        assert len(emulator.creates) == 1
+
+    @under_readings(UNKNOWN_TASK)
+    def test_an_unknown_task_is_not_found(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls, reading: dict[str, Any],
+    ) -> None:
+        """A task id the provider does not know (never created, expired, another account's)
+        is `TaskNotFound`, however the provider words it."""
+        emulator.configure(**reading)
+
+        async def go() -> None:
+            provider = _make(provider_name, provider_environ)
+            try:
+                with pytest.raises(TaskNotFound):
+                    await provider.poll(Submitted(provider_name, _RUNWARE_SHAPED_ID))
+            finally:
+                await provider.aclose()
+
+        _run(go)
 
     # -- faults and limits --------------------------------------------------------------
 
@@ -328,11 +426,12 @@ class ProviderConformance:
 
         _run(go)
 
+    @under_readings(RESENT_CREATE)
     def test_a_lost_create_answer_is_uncertain_and_created_once(
         self, provider_name: str, provider_environ: Mapping[str, str],
-        emulator: EmulatorControls,
+        emulator: EmulatorControls, reading: dict[str, Any],
     ) -> None:
-        emulator.configure(drop_after_create_prob=1.0)
+        emulator.configure(drop_after_create_prob=1.0, **reading)
         request = self.request_for(provider_name, "dropped answer")
 
         async def go() -> Submitted | None:
@@ -345,7 +444,7 @@ class ProviderConformance:
                 if caps.recoverable_submit:
                     return await provider.recover(request)
                 if caps.idempotent_submit:
-                    return await provider.submit(request)
+                    return await _resubmit(provider, request)
                 return None
             finally:
                 await provider.aclose()
@@ -354,6 +453,71 @@ class ProviderConformance:
         assert len(emulator.creates) == 1
         if found is not None:
             assert found.task_id == emulator.creates[0].task_id
+
+    @under_readings(RESENT_CREATE)
+    def test_a_resent_create_of_the_same_intent_returns_the_same_task(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls, reading: dict[str, Any],
+    ) -> None:
+        """Where a create can be sent again (an idempotency key, a client-chosen task id),
+        sending the same intent (the same key) again names the task it already created,
+        whichever way the provider words it; nothing is created twice."""
+        caps = registry.capabilities(provider_name)
+        if not (caps.idempotent_submit or caps.recoverable_submit):
+            pytest.skip(f"{provider_name} cannot recognise a re-sent create")
+        emulator.configure(**reading)
+        request = self.request_for(provider_name, "sent twice")
+
+        async def go() -> tuple[Submitted, Submitted, Pending | Finished]:
+            provider = _make(provider_name, provider_environ)
+            try:
+                first = await provider.submit(request)
+                again = await _resubmit(provider, request)
+                return first, again, await provider.poll(again)
+            finally:
+                await provider.aclose()
+
+        first, again, outcome = _run(go)
+        assert again.task_id == first.task_id
+        assert isinstance(outcome, Pending | Finished)
+        assert len(emulator.creates) == 1
+
+    def test_two_intents_are_two_tasks(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        """Keys are per create intent: the same request under two keys is two tasks."""
+        emulator.configure(latency_s=QUICK_LATENCY_S)
+        first = self.request_for(provider_name, "two intents")
+        second = dataclasses.replace(first, idempotency_key=str(uuid.uuid4()))
+
+        async def go() -> list[Submitted]:
+            provider = _make(provider_name, provider_environ)
+            try:
+                return [await provider.submit(first), await provider.submit(second)]
+            finally:
+                await provider.aclose()
+
+        tasks = _run(go)
+        assert tasks[0].task_id != tasks[1].task_id
+        assert len(emulator.creates) == 2
+
+    @under_readings(OVERLOAD)
+    def test_an_overloaded_create_creates_nothing(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls, reading: dict[str, Any],
+    ) -> None:
+        """An overloaded model refuses the create: `RateLimited` (nothing was created, so
+        the caller slows down and sends it again), with the provider's wait when it gave
+        one; no image, nothing billed."""
+        if not reading:
+            pytest.skip(f"{provider_name}'s emulator serves no overload")
+        emulator.configure(**reading)
+        outcome = self.one_submit(provider_name, provider_environ,
+                                  self.request_for(provider_name, "a busy day"))
+        assert isinstance(outcome, RateLimited), outcome
+        assert outcome.retry_after is None or outcome.retry_after >= 0
+        assert list(emulator.creates) == []
 
     def test_limits_are_checked_before_anything_is_sent(
         self, provider_name: str, provider_environ: Mapping[str, str],
@@ -386,11 +550,13 @@ class ProviderConformance:
 
     # -- faults after the create: the task exists, the step fails -----------------------
 
+    @under_readings(RESENT_CREATE)
     def test_a_create_answered_5xx_after_creating_is_transient_and_the_task_runs(
         self, provider_name: str, provider_environ: Mapping[str, str],
-        emulator: EmulatorControls,
+        emulator: EmulatorControls, reading: dict[str, Any],
     ) -> None:
-        emulator.configure(latency_s=QUICK_LATENCY_S, create_5xx_after_create_prob=1.0)
+        emulator.configure(latency_s=QUICK_LATENCY_S, create_5xx_after_create_prob=1.0,
+                           **reading)
         request = self.request_for(provider_name, "created then answered 5xx")
 
         async def go() -> tuple[str, Finished | None, Submitted | None]:
@@ -409,7 +575,7 @@ class ProviderConformance:
                 if caps.recoverable_submit:
                     found = await provider.recover(request)
                 elif caps.idempotent_submit:
-                    found = await provider.submit(request)
+                    found = await _resubmit(provider, request)
                 return created.task_id, finished, found
             finally:
                 await provider.aclose()
@@ -687,6 +853,38 @@ class ProviderConformance:
         assert received[1] == remote.uri
         assert received[0] != local.uri  # delivered as an upload / inline data, not a path
 
+    def test_after_prepare_the_create_is_one_request(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        """`prepare` does everything a create needs except the create (reference uploads)
+        and creates no task; `submit` of the prepared request sends exactly one request."""
+        caps = registry.capabilities(provider_name)
+        emulator.configure(latency_s=QUICK_LATENCY_S)
+        local = Reference("specs/data/large.png", data=_large_png(), mime_type="image/png")
+        remote = Reference(self.remote_reference)
+        references = (remote,) if caps.reference_delivery == "url_only" else (local, remote)
+        request = self.request_for(provider_name, "prepared first", references=references)
+
+        async def go() -> tuple[int, int, Finished]:
+            provider = _make(provider_name, provider_environ)
+            try:
+                prepared = await provider.prepare(request)
+                assert list(emulator.creates) == [] and len(emulator.tasks) == 0
+                before = len(emulator.requests)
+                submitted = await provider.submit(prepared)
+                sent = len(emulator.requests) - before
+                before = len(emulator.requests)
+                await provider.prepare(request)  # uploads are kept per content
+                again = len(emulator.requests) - before
+                return sent, again, await _until_done(provider, submitted)
+            finally:
+                await provider.aclose()
+
+        sent, again, finished = _run(go)
+        assert (sent, again) == (1, 0)
+        assert len(emulator.creates) == 1 and len(finished.images) == 1
+
     def test_cancel_where_the_api_can(
         self, provider_name: str, provider_environ: Mapping[str, str],
         emulator: EmulatorControls,
@@ -695,18 +893,72 @@ class ProviderConformance:
         # still running when the cancel comes; a synchronous create answers once it is done
         emulator.configure(latency_s=0.2 if caps.synchronous else 5.0)
 
-        async def go() -> str:
+        async def go() -> tuple[str, bool]:
             provider = _make(provider_name, provider_environ)
             try:
                 submitted = await provider.submit(self.request_for(provider_name, "cancel me"))
-                await provider.cancel(submitted)
-                return submitted.task_id
+                return submitted.task_id, await provider.cancel(submitted)
             finally:
                 await provider.aclose()
 
-        task_id = _run(go)
-        cancelled = emulator.tasks[task_id].cancelled_at is not None
-        assert cancelled is caps.can_cancel
+        task_id, confirmed = _run(go)
+        assert confirmed is caps.can_cancel
+        assert _cancelled(emulator, task_id) is confirmed
+
+    @under_readings(CANCEL)
+    def test_a_cancel_is_confirmed_only_by_the_provider(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls, reading: dict[str, Any],
+    ) -> None:
+        """`cancel` is True exactly when the provider has stopped the task (then a poll
+        ends it), False when it refused or has not stopped it yet (then the task runs on
+        and the next poll still sees it); never an error for a refusal."""
+        caps = registry.capabilities(provider_name)
+        emulator.configure(latency_s=0.2 if caps.synchronous else 5.0, **reading)
+
+        async def go() -> tuple[bool, bool, Pending | Finished | ProviderError]:
+            provider = _make(provider_name, provider_environ)
+            try:
+                submitted = await provider.submit(self.request_for(provider_name, "stop it"))
+                confirmed = await provider.cancel(submitted)
+                stopped = _cancelled(emulator, submitted.task_id)
+                try:
+                    after: Pending | Finished | ProviderError = await provider.poll(submitted)
+                except ProviderError as exc:
+                    after = exc
+                return confirmed, stopped, after
+            finally:
+                await provider.aclose()
+
+        confirmed, stopped, after = _run(go)
+        assert confirmed is stopped
+        assert caps.can_cancel or not confirmed
+        if confirmed:
+            assert isinstance(after, TaskFailed) and not isinstance(after, ContentRejected)
+        else:
+            assert isinstance(after, Pending | Finished), after
+
+    def test_a_refused_cancel_returns_false_and_leaves_the_task_as_it_is(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        """Every provider refuses to stop a task that has ended: False, no error, and the
+        next poll still sees the task (its image)."""
+        emulator.configure(latency_s=QUICK_LATENCY_S)
+
+        async def go() -> tuple[bool, Finished]:
+            provider = _make(provider_name, provider_environ)
+            try:
+                submitted = await provider.submit(self.request_for(provider_name, "too late"))
+                await _until_done(provider, submitted)
+                confirmed = await provider.cancel(submitted)
+                return confirmed, await _until_done(provider, submitted)
+            finally:
+                await provider.aclose()
+
+        confirmed, finished = _run(go)
+        assert confirmed is False
+        assert len(finished.images) == 1
 
     def test_secrets_never_appear_in_errors_or_logs(
         self, provider_name: str, provider_environ: Mapping[str, str],
@@ -737,9 +989,9 @@ class ProviderConformance:
     ) -> ImageRequest:
         """A request the provider accepts (its last output format), with `changes`."""
         caps = registry.capabilities(provider_name)
-        fields: dict[str, Any] = {
+        fields: dict[str, Any] = {  # a key per create intent, as the engine sends
             "prompt": prompt, "aspect_ratio": "16:9", "resolution": "1K",
-            "output_format": caps.output_formats[-1], "idempotency_key": f"key-{prompt}",
+            "output_format": caps.output_formats[-1], "idempotency_key": str(uuid.uuid4()),
         }
         if fields["aspect_ratio"] not in caps.aspect_ratios:
             fields["aspect_ratio"] = caps.aspect_ratios[0]
@@ -786,6 +1038,34 @@ def _make(
 
 # A poll id every adapter sends as it is (Runware checks for a UUID v4 before sending).
 _RUNWARE_SHAPED_ID = "0b6f8f3e-5c1e-4f7a-9d2b-3c4d5e6f7a8b"
+_LARGE_REFERENCE_BYTES = 1_200_000  # above what some providers take inline (Runware: 1 MB)
+
+
+@functools.lru_cache(maxsize=1)
+def _large_png() -> bytes:
+    """A PNG of random pixels over `_LARGE_REFERENCE_BYTES` (noise does not compress)."""
+    side = int((_LARGE_REFERENCE_BYTES / 3) ** 0.5) + 8
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(
+        buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _cancelled(emulator: EmulatorControls, task_id: str) -> bool:
+    """Whether the emulator has stopped the task by now (a stop may be set for later)."""
+    at = emulator.tasks[task_id].cancelled_at
+    return at is not None and at <= time.time()
+
+
+async def _resubmit(provider: Provider, request: ImageRequest) -> Submitted:
+    """Send a create again, waiting out a provider's "the first is still in flight"
+    (`RateLimited` with its Retry-After, shortened for tests)."""
+    for _ in range(40):
+        try:
+            return await provider.submit(request)
+        except RateLimited as exc:
+            await asyncio.sleep(min(exc.retry_after or 0.1, 0.25))
+    raise AssertionError("the re-sent create was refused for too long")
 
 
 def _credentials_in(headers: Mapping[str, str], secrets: Sequence[str]) -> bool:

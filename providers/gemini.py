@@ -106,6 +106,7 @@ FINISHED_OK = frozenset({"STOP", "FINISH_REASON_UNSPECIFIED", ""})
 # Error `status` values (§3 [C ERR]) and the ErrorInfo reason of a wrong key (§1 [C ERR]).
 KEY_INVALID_REASON = "API_KEY_INVALID"
 BILLING_STATUS = "FAILED_PRECONDITION"  # "free tier unavailable / billing needed"
+OVERLOADED_STATUS = "UNAVAILABLE"       # 503 "The model is overloaded" (§3 [I])
 RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
 ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
 
@@ -454,8 +455,12 @@ def raise_for_error(
     400 with ErrorInfo reason API_KEY_INVALID is a wrong key (`AuthError`), 400
     FAILED_PRECONDITION is billing (`InsufficientBalance`), other 400s are `Rejected`; 403 is
     `AuthError`; 404 of a create is an unknown model (`Rejected`), else `TaskNotFound`; 429
-    is `RateLimited`, waiting `RetryInfo.retryDelay` (else a Retry-After header); 499, 5xx
-    are transient. Messages come from the body only (it never echoes the key).
+    RESOURCE_EXHAUSTED (quota, "high demand", a spend cap), and a create's 503 UNAVAILABLE
+    ("overloaded"), are `RateLimited`, waiting `RetryInfo.retryDelay` when there is one (else
+    a Retry-After header, else the caller's own backoff): an overloaded model made no image
+    and bills nothing (protocols.md §11), which `RateLimited` tells the caller, where a plain
+    5xx of a create may have been generated; 499 and other 5xx are transient. Messages come
+    from the body only (it never echoes the key).
     """
     if response.status_code < 300:
         return
@@ -478,7 +483,7 @@ def error_of(
         return AuthError(message, code=KEY_INVALID_REASON)
     if status == BILLING_STATUS:
         return InsufficientBalance(message, code=code)
-    if response.status_code == 429:
+    if response.status_code == 429 or (creating and status == OVERLOADED_STATUS):
         delays = [retry_delay(d.get("retryDelay")) for d in details
                   if d.get("@type") == RETRY_INFO_TYPE]
         retry_after = next((d for d in delays if d is not None), None)

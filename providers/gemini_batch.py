@@ -40,11 +40,14 @@ from providers.base import (
     ProviderSettings,
 )
 from providers.errors import (
+    AuthError,
     LimitExceeded,
     ProviderError,
+    Rejected,
     ResultMismatch,
     SubmitUncertain,
     TaskFailed,
+    TaskNotFound,
     TransientError,
 )
 from providers.gemini import (
@@ -228,10 +231,23 @@ class GeminiBatchProvider(HttpAdapter):
                 yield self._result(line, cut, index, cap)
                 index += 1
 
-    async def cancel_batch(self, name: str) -> None:
+    async def cancel_batch(self, name: str) -> bool:
+        """Ask Google to cancel the batch; True only when the batch, read right after,
+        is CANCELLED. `batches.cancel` answers an empty body and "stops processing new
+        requests" (§6 [C BAT]): the answer itself proves nothing, a batch may still be
+        cancelling or have ended otherwise. A refusal is no error (False, or True when the
+        batch is cancelled all the same); transport and auth trouble raise."""
         response = await http.send(self.client, "POST", self.url(
             f"/{self.api_version}/{batch_path(name)}:cancel"), headers=self.auth_headers())
-        raise_for_error(response, parse_json(response, response.content or b"{}"))
+        try:
+            raise_for_error(response, parse_json(response, response.content or b"{}"))
+            return (await self.get_batch(name)).state == "cancelled"
+        except AuthError:
+            raise
+        except TaskNotFound:
+            return False
+        except Rejected:  # e.g. a batch that has ended: it may have ended cancelled
+            return (await self.get_batch(name)).state == "cancelled"
 
     async def delete_batch(self, name: str) -> None:
         """Remove a finished batch from listings (§6 batches.delete)."""

@@ -66,6 +66,9 @@ TOO_LARGE = "too_large"  # `ResultMismatch.code` of an image over the byte cap
 # every byte through a BytesIO (0.3 ms of CPU per 1K PNG, bench/cost.py).
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
 
+# What httpx raises (a RuntimeError) when a closed client is asked to send: nothing left.
+CLIENT_CLOSED_MESSAGE = "Cannot send a request, as the client has been closed."
+
 # Request extensions that carry the redirect rules through httpx's redirect chain.
 _FIRST_ORIGIN = "nbp_first_origin"
 _SAME_ORIGIN_ONLY = "nbp_same_origin_only"
@@ -216,7 +219,8 @@ async def send(
 ) -> httpx.Response:
     """Send one API request, translating transport faults.
 
-    A fault before the request was written (connect errors) is a plain `TransientError`.
+    A fault before the request was written (connect errors, a closed client) is
+    `RequestNotSent`.
     A fault after it was written is `SubmitUncertain` when the request creates a paid task
     (`creates_task`), since the provider may have created it, and `TransientError` otherwise.
     Redirects are followed only within the origin (`Rejected` otherwise).
@@ -284,6 +288,13 @@ def _translated(method: str, url: str, *, creates_task: bool = False) -> Iterato
         if creates_task:
             raise SubmitUncertain(message) from exc
         raise TransientError(message) from exc
+    except RuntimeError as exc:
+        # httpx refuses before writing anything once the client is closed (an adapter
+        # closed while a step still ran): the provider saw nothing, so even a create may
+        # be sent again. Any other RuntimeError is not ours to reinterpret.
+        if str(exc) != CLIENT_CLOSED_MESSAGE:
+            raise
+        raise RequestNotSent(f"{method} {_path(url)}: not sent, the client is closed") from exc
 
 
 def raise_for_http_status(

@@ -3,11 +3,13 @@
 Wire format: `POST {base}/api/v1/jobs/createTask` with `{"model", "callBackUrl"?, "input":
 {prompt, image_input, aspect_ratio, resolution, output_format}}` answers `data.taskId`;
 `GET {base}/api/v1/jobs/recordInfo?taskId=` answers `data.state` (waiting -> queuing ->
-generating -> success | fail) with `param` and `resultJson` as JSON strings; local reference
-files go first to `POST {upload}/api/file-stream-upload` and are sent as its
-`data.downloadUrl`. Kie answers HTTP 200 with the real status in the body's `code`. There is
-no idempotency and no cancel: a lost create answer is `SubmitUncertain` and cannot be
-recovered. `ApikleyProvider` reuses all of this.
+generating -> success | fail) with `param` and `resultJson` as JSON strings; an unknown or
+expired taskId answers `code: 422` "recordInfo is null" or a `code: 200` envelope with `data:
+null` (protocols.md §11), both `TaskNotFound`. Local reference files go first (`prepare`) to
+`POST {upload}/api/file-stream-upload` and are sent as its `data.downloadUrl`. Kie answers
+HTTP 200 with the real status in the body's `code`. There is no idempotency and no cancel:
+a lost create answer is `SubmitUncertain` and cannot be recovered. `ApikleyProvider` reuses
+all of this.
 
 Sources: seeds/kie.txt (S3), protocols.md §4.
 """
@@ -19,6 +21,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import httpx
@@ -92,8 +95,8 @@ OPTION_SCHEMA: Mapping[str, Any] = {
 
 
 class KieProvider(HttpAdapter):
-    """Kie.ai's market API. Local reference files are uploaded once per adapter (by
-    content hash) to the upload host and passed as `image_input` URLs."""
+    """Kie.ai's market API. Local reference files are uploaded by `prepare`, once per
+    adapter (by content hash), to the upload host and passed as `image_input` URLs."""
 
     name = "kie"
     model = MODEL_ID
@@ -121,13 +124,30 @@ class KieProvider(HttpAdapter):
         self._uploads: dict[str, tuple[str, float]] = {}  # sha256 -> (downloadUrl, when)
         self._upload_locks: dict[str, asyncio.Lock] = {}
 
+    async def prepare(self, request: ImageRequest) -> ImageRequest:
+        """Upload the local reference files (after the limits are checked, so nothing goes
+        up for a request Kie would refuse) and return the request with each replaced by its
+        `downloadUrl`; URL references stay as they are."""
+        self.check_limits(request)
+        self.checked_options(request)
+        if all(ref.data is None for ref in request.references):
+            return request
+        for ref in request.references:  # refused before anything goes up
+            if ref.data is None:
+                self._reference_url(ref)
+        key = self.require_credential(self.capabilities.env_vars[0])
+        references = await asyncio.gather(
+            *(self._prepared(ref, key) for ref in request.references)
+        )
+        return replace(request, references=tuple(references))
+
     async def submit(self, request: ImageRequest) -> Submitted:
+        if any(ref.data is not None for ref in request.references):
+            request = await self.prepare(request)  # a direct caller's (the engine prepares)
         self.check_limits(request)
         options = self.checked_options(request)
         key = self.require_credential(self.capabilities.env_vars[0])
-        image_input = await asyncio.gather(
-            *(self._reference_url(ref, key) for ref in request.references)
-        )
+        image_input = [self._reference_url(ref) for ref in request.references]
         response = await http.send(
             self.client, "POST", self.url(CREATE_PATH), creates_task=True,
             json=create_body(request, options, image_input), headers=self._auth(key),
@@ -145,8 +165,11 @@ class KieProvider(HttpAdapter):
             params={"taskId": submitted.task_id}, headers=self._auth(key),
         )
         data = self._checked(response, "poll")
+        if data is None:  # a code-200 envelope with `data: null` (protocols.md §11)
+            raise TaskNotFound(f"{self.name} poll: recordInfo has no task {submitted.task_id}",
+                               code="data_null")
         if not isinstance(data, Mapping):
-            raise TransientError(f"{self.name} poll: recordInfo answered without data")
+            raise TransientError(f"{self.name} poll: recordInfo answered without a record")
         state = str(data.get("state") or "")
         if state == SUCCESS_STATE:
             return finished_from(self.name, data, self.usd_per_credit)
@@ -186,21 +209,24 @@ class KieProvider(HttpAdapter):
         # Per request, not on the client: result downloads go to other hosts.
         return {"Authorization": f"Bearer {key}"}
 
-    async def _reference_url(self, ref: Reference, key: str) -> str:
-        """The URL Kie fetches a reference from; local files are uploaded once per content."""
+    def _reference_url(self, ref: Reference) -> str:
+        """The URL Kie fetches a reference from (a prepared request holds only URLs)."""
+        if not ref.is_url:
+            raise LimitExceeded(f"{self.name}: reference {ref.uri!r} has no content")
+        return ref.uri
+
+    async def _prepared(self, ref: Reference, key: str) -> Reference:
+        """`ref`, or for local content the `downloadUrl` of its upload (once per content)."""
         if ref.data is None:
-            if not ref.is_url:
-                raise LimitExceeded(f"{self.name}: reference {ref.uri!r} has no content")
-            return ref.uri
+            return ref
         digest = hashlib.sha256(ref.data).hexdigest()
         lock = self._upload_locks.setdefault(digest, asyncio.Lock())
         async with lock:  # concurrent cells with the same product photo wait for one upload
             cached = self._uploads.get(digest)
-            if cached is not None and time.monotonic() - cached[1] < UPLOAD_REUSE_S:
-                return cached[0]
-            url = await self._upload(ref, digest, key)
-            self._uploads[digest] = (url, time.monotonic())
-            return url
+            if cached is None or time.monotonic() - cached[1] >= UPLOAD_REUSE_S:
+                cached = (await self._upload(ref, digest, key), time.monotonic())
+                self._uploads[digest] = cached
+        return Reference(uri=cached[0], mime_type=ref.mime_type)
 
     async def _upload(self, ref: Reference, digest: str, key: str) -> str:
         # Named by content: the same name overwrites (§4.6), which is then harmless.

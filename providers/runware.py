@@ -4,10 +4,13 @@ Wire format: every call is `POST {base}` with a JSON array of tasks: `imageInfer
 create; `deliveryMethod` async answers an ack item), `getResponse` (status items: processing |
 success | error) and `imageUpload` (a data URI -> a reusable imageUUID). Bearer auth; every
 answer is `{"data": [...]}` and/or `{"errors": [...]}` with the HTTP status of the failure
-category. The client names each task (`taskUUID`), so nbp derives it from the request's
-idempotency key: a create whose answer was lost is found again with `getResponse`
-(`recover`), and a re-sent create is refused by Runware as a duplicate instead of being
-billed twice.
+category. The client names each task (`taskUUID`): nbp sends the request's idempotency key,
+a random UUID v4 per create intent, as the taskUUID (a key of an older journal,
+`nbp-{cell}-{channel}-{n}`, is turned into a UUID v4 derived from it, as those versions did).
+So a create whose answer was lost is found again with `getResponse` (`recover`), and a create
+re-sent for the same intent is answered as the task it already is (refused as a reused
+taskUUID, or acknowledged again: protocols.md §11), never billed twice; a new intent is a new
+key and a new task. References over `INLINE_MAX_BYTES` are uploaded by `prepare`.
 
 Sources: seeds/runware.txt (S2), protocols.md §3 and §7, runware.ai/docs (RD).
 """
@@ -20,12 +23,13 @@ import hashlib
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import httpx
 
 from providers import http
-from providers.adapter import HttpAdapter
+from providers.adapter import HttpAdapter, looks_like_content_rejection
 from providers.base import (
     Capabilities,
     Finished,
@@ -82,9 +86,17 @@ RATE_CODES = frozenset({"providerRateLimitExceeded", "queueCapacityExceeded"})  
 TRANSIENT_CODES = frozenset({"timeoutProvider", "serviceUnavailable", "timeoutQueue"})
 NOT_FOUND_CODES = frozenset({"taskNotFound"})                           # [I]
 # Runware documents no moderation code; public clients handling Runware's Google models
-# match `invalidProviderContent` ("Invalid content detected") [I].
-CONTENT_CODES = frozenset({"invalidProviderContent", "invalidContent"})
-DUPLICATE_CODE = "duplicateTaskUUID"  # [I] a taskUUID the account already used
+# match `invalidProviderContent` ("Invalid content detected") and `contentModerated` [I];
+# any other code or message is read with `looks_like_content_rejection`.
+CONTENT_CODES = frozenset({"invalidProviderContent", "invalidContent", "contentModerated"})
+# A create whose taskUUID the account used before (protocols.md §11 [I]): refused as
+# `duplicateTaskUUID` or as `invalidTaskUUID` ("already used"), or acknowledged again.
+DUPLICATE_CODE = "duplicateTaskUUID"
+INVALID_UUID_CODE = "invalidTaskUUID"
+REUSED_UUID_CODES = frozenset({DUPLICATE_CODE, INVALID_UUID_CODE})
+# What refuses a getResponse task itself (its taskUUID is not a UUID v4, a field it does not
+# take): about our question, not the task's fate.
+GET_RESPONSE_REFUSALS = frozenset({INVALID_UUID_CODE, "unsupportedParameter"})
 UUID_V4 = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.IGNORECASE
 )
@@ -146,8 +158,9 @@ OPTION_SCHEMA: dict[str, Any] = {
 
 
 class RunwareProvider(HttpAdapter):
-    """Nano Banana Pro via Runware (`runware`). Local references go inline as data URIs, or
-    through `imageUpload` (once per content) when larger than `INLINE_MAX_BYTES`."""
+    """Nano Banana Pro via Runware (`runware`). Local references go inline as data URIs, or,
+    when larger than `INLINE_MAX_BYTES`, through `imageUpload` in `prepare` (once per
+    content) and then by their imageUUID."""
 
     name: ClassVar[str] = "runware"
     model: ClassVar[str] = MODEL_ID
@@ -176,13 +189,28 @@ class RunwareProvider(HttpAdapter):
         self._uploads: dict[str, str] = {}  # sha256 of content -> imageUUID
         self._upload_locks: dict[str, asyncio.Lock] = {}
 
+    async def prepare(self, request: ImageRequest) -> ImageRequest:
+        """Local references over `INLINE_MAX_BYTES` go through `imageUpload` (once per
+        content) and come back as their imageUUID; the rest stay as they are (small ones
+        travel inline in the create). Limits are checked first: nothing is uploaded for a
+        request Runware would refuse."""
+        self.check_limits(request)
+        self.checked_options(request)
+        request_seed(request)
+        if not _needs_upload(request):
+            return request
+        references = [await self._prepared(ref) for ref in request.references]
+        return replace(request, references=tuple(references))
+
     async def submit(self, request: ImageRequest) -> Submitted:
+        if _needs_upload(request):  # a direct caller's unprepared request (the engine prepares)
+            request = await self.prepare(request)
         self.check_limits(request)
         self.checked_options(request)
         seed = request_seed(request)
         headers = self._auth_headers()
         task_uuid = task_uuid_for(request.idempotency_key)
-        references = [await self._reference(ref) for ref in request.references]
+        references = [self._reference(ref) for ref in request.references]
         task = wire_task(request, task_uuid, references, seed)
         sync = task["deliveryMethod"] == "sync"
         response = await http.send(
@@ -190,12 +218,12 @@ class RunwareProvider(HttpAdapter):
             headers=headers, timeout=_sync_timeout() if sync else httpx.USE_CLIENT_DEFAULT,
         )
         body = http.json_body(response)
-        if _has_error_code(body, task_uuid, DUPLICATE_CODE):
-            # Our earlier create with this taskUUID got through: it is the same task.
+        if reused_task_uuid(body, task_uuid):
+            # Our earlier create of this intent got through: it is the same task.
             return Submitted(self.name, task_uuid, {"resent": "true"})
         items = self._task_items(response, body, task_uuid)
-        if not sync:
-            return Submitted(self.name, task_uuid)
+        if not sync or not items or all(_is_ack(item) for item in items):
+            return Submitted(self.name, task_uuid)  # an ack (also of a re-sent create)
         outcome = outcome_of(items)
         if isinstance(outcome, Pending):
             return Submitted(self.name, task_uuid)
@@ -226,13 +254,15 @@ class RunwareProvider(HttpAdapter):
         response = await http.send(
             self.client, "POST", self.base_url, json=[task], headers=self._auth_headers()
         )
-        return self._task_items(response, http.json_body(response), task_uuid)
+        return self._task_items(response, http.json_body(response), task_uuid, polling=True)
 
     def _task_items(
-        self, response: httpx.Response, body: Any, task_uuid: str
+        self, response: httpx.Response, body: Any, task_uuid: str, *, polling: bool = False
     ) -> list[Mapping[str, Any]]:
-        """This task's items (data and failed generations), after request-level errors."""
-        raise_for_error(response, body, task_uuid)
+        """This task's items (data and failed generations), after request-level errors.
+        `polling`: a getResponse answer, where an error item naming the task is the
+        provider's word on it whatever the HTTP status (see `raise_for_error`)."""
+        raise_for_error(response, body, task_uuid, polling=polling)
         data = body.get("data") if isinstance(body, Mapping) else None
         if isinstance(data, Mapping):  # some pages show `data` as one object, not an array
             data = [data]
@@ -241,22 +271,27 @@ class RunwareProvider(HttpAdapter):
             if isinstance(item, Mapping) and item.get("taskUUID") == task_uuid
         ]
 
-    async def _reference(self, ref: Reference) -> str:
-        """The string Runware takes for a reference: URL, data URI, or an imageUUID."""
+    def _reference(self, ref: Reference) -> str:
+        """The string Runware takes for a reference: URL, data URI, or an imageUUID (what
+        `prepare` made of a large local file)."""
         if ref.data is None:
             if ref.is_url or ref.uri.startswith("data:") or UUID_V4.match(ref.uri):
                 return ref.uri
             raise LimitExceeded(
                 f"runware: reference {ref.uri!r} is neither a URL nor local content"
             )
-        if len(ref.data) <= INLINE_MAX_BYTES:
-            return data_uri(ref.data, ref.mime_type)
+        return data_uri(ref.data, ref.mime_type)
+
+    async def _prepared(self, ref: Reference) -> Reference:
+        """`ref`, or for local content over `INLINE_MAX_BYTES` its upload's imageUUID."""
+        if ref.data is None or len(ref.data) <= INLINE_MAX_BYTES:
+            return ref
         digest = hashlib.sha256(ref.data).hexdigest()
         lock = self._upload_locks.setdefault(digest, asyncio.Lock())
         async with lock:  # cells sharing a product photo wait for one upload
             if digest not in self._uploads:
                 self._uploads[digest] = await self._upload(ref)
-            return self._uploads[digest]
+        return Reference(uri=self._uploads[digest], mime_type=ref.mime_type)
 
     async def _upload(self, ref: Reference) -> str:
         """`imageUpload` (§3.4): the imageUUID to use in referenceImages."""
@@ -329,10 +364,14 @@ def request_seed(request: ImageRequest) -> int | None:
 
 
 def task_uuid_for(idempotency_key: str | None) -> str:
-    """A UUID v4-shaped taskUUID: derived from the idempotency key (same cell and attempt,
-    same task), random without one."""
+    """The taskUUID of a create intent: its key itself when that is a UUID v4 (the engine's
+    keys are random per intent); for any other key (journals of older versions hold
+    `nbp-{cell}-{channel}-{n}`) the UUID v4 those versions derived from it, so their lost
+    creates are still found; random without a key."""
     if not idempotency_key:
         return str(uuid.uuid4())
+    if UUID_V4.match(idempotency_key):
+        return idempotency_key
     digest = hashlib.sha256(f"nbp-runware:{idempotency_key}".encode()).digest()
     return str(uuid.UUID(bytes=digest[:16], version=4))
 
@@ -372,6 +411,18 @@ def _image_of(item: Mapping[str, Any]) -> ResultImage | None:
     return None
 
 
+def _needs_upload(request: ImageRequest) -> bool:
+    """Whether a reference is local content too large to go inline (`prepare` uploads it)."""
+    return any(ref.data is not None and len(ref.data) > INLINE_MAX_BYTES
+               for ref in request.references)
+
+
+def _is_ack(item: Mapping[str, Any]) -> bool:
+    """An acknowledgement (`{taskType, taskUUID}`): no status, no result, no error code."""
+    keys = {"status", "code", "imageUUID", "imageURL", "imageDataURI", "imageBase64Data"}
+    return not keys & set(item)
+
+
 def _sync_timeout() -> httpx.Timeout:
     return httpx.Timeout(SYNC_TIMEOUT_S, connect=10.0)
 
@@ -379,15 +430,21 @@ def _sync_timeout() -> httpx.Timeout:
 # -- errors ----------------------------------------------------------------------------------
 
 
-def raise_for_error(response: httpx.Response, body: Any, task_uuid: str) -> None:
+def raise_for_error(
+    response: httpx.Response, body: Any, task_uuid: str, *, polling: bool = False
+) -> None:
     """Translate Runware's request-level error signals into `providers.errors`.
 
     The one place where Runware's `errors[].code`s are read; statuses go to the shared ladder.
-    Failed generations (`status: "error"` items of this task) are task outcomes, left to
-    `task_failure`; errors of other tasks in the same array are not ours (RD errors: per
-    task). Runware documents no account concurrency limit: 429 is queue capacity (§3.5), a
-    rate signal like any other.
+    Failed generations are task outcomes, left to `task_failure`: a `status: "error"` item of
+    this task, and, in a getResponse answer (`polling`), any item naming this task with a
+    code that is not about the request itself, at HTTP 200 or 400 (`task_word`: the two
+    readings of protocols.md §11). Errors of other tasks in the same array are not ours (RD
+    errors: per task). Runware documents no account concurrency limit: 429 is queue
+    capacity (§3.5), a rate signal like any other.
     """
+    if polling and task_word(response, body, task_uuid) is not None:
+        return
     status = response.status_code
     mine = [
         e for e in _errors_of(body)
@@ -417,11 +474,45 @@ def raise_for_error(response: httpx.Response, body: Any, task_uuid: str) -> None
     raise http.status_error(response, message, code=key)
 
 
+# Codes that speak of the request or the account, never of one task's generation.
+REQUEST_CODES = (AUTH_CODES | BALANCE_CODES | RATE_CODES | TRANSIENT_CODES | NOT_FOUND_CODES
+                 | GET_RESPONSE_REFUSALS)
+
+
+def task_word(response: httpx.Response, body: Any, task_uuid: str) -> Mapping[str, Any] | None:
+    """In a getResponse answer, the error item that is Runware's word on this task: it names
+    the taskUUID and either says `status: "error"` (reading (a), HTTP 200) or carries a code
+    that is not about the request (reading (b), HTTP 400 without `status`: a content code,
+    `providerError`, or one never seen before). None when there is none, or when the status
+    says the answer is no word on the task (auth, balance, 404, 429, 5xx)."""
+    if response.status_code not in (200, 400):
+        return None
+    for item in _errors_of(body):
+        if item.get("taskUUID") != task_uuid:
+            continue
+        code = str(item.get("code") or "")
+        if item.get("status") == ERROR or (code and code not in REQUEST_CODES):
+            return item
+    return None
+
+
+def reused_task_uuid(body: Any, task_uuid: str) -> bool:
+    """Whether a create was refused because its taskUUID was used before (`duplicateTaskUUID`,
+    or `invalidTaskUUID` for a UUID v4 we sent, which can only mean "already used":
+    protocols.md §11): our earlier create of this same intent got through."""
+    return UUID_V4.match(task_uuid) is not None and any(
+        e.get("code") in REUSED_UUID_CODES and e.get("taskUUID") in (None, task_uuid)
+        for e in _errors_of(body)
+    )
+
+
 def task_failure(item: Mapping[str, Any]) -> TaskFailed:
-    """The exception for a failed generation (`status: error` item in `errors`)."""
+    """The exception for a failed or refused generation (an item of `task_word`): a content
+    code, or a code or message that reads as one, is `ContentRejected`; anything else,
+    including a code never seen before, `TaskFailed` (never retried as a request)."""
     code = str(item.get("code") or ERROR)
     text = f"runware: {item.get('message') or 'the task failed'} ({code})"
-    if code in CONTENT_CODES:
+    if code in CONTENT_CODES or looks_like_content_rejection(code, item.get("message")):
         return ContentRejected(text, code=code)
     return TaskFailed(text, code=code)
 
@@ -431,10 +522,7 @@ def _errors_of(body: Any) -> list[Mapping[str, Any]]:
     return [e for e in errors or [] if isinstance(e, Mapping)]
 
 
-def _has_error_code(body: Any, task_uuid: str, code: str) -> bool:
-    return any(
-        e.get("code") == code and e.get("taskUUID") in (None, task_uuid) for e in _errors_of(body)
-    )
-
-
-__all__ = ["RunwareProvider", "raise_for_error", "task_failure", "task_uuid_for", "wire_task"]
+__all__ = [
+    "RunwareProvider", "raise_for_error", "reused_task_uuid", "task_failure", "task_uuid_for",
+    "task_word", "wire_task",
+]

@@ -4,7 +4,10 @@ Wire format: `POST /Run/google/nano-banana-pro` with JSON (only URLs) or multipa
 (local files, repeated `inputImage` field) answers `{result, errors, taskid,
 socketaccesstoken}`; `POST /Task/Detail {"taskid"}` returns a `tasklist` whose fields are all
 strings; the task is over only at `task_postprocess_end` (success iff `pexit == "0"` with
-outputs) or `task_cancel`; `Task/Cancel` stops a queued task, `Task/Kill` a running one.
+outputs) or `task_cancel`; `Task/Cancel` stops a queued task (else code 1, "not in a
+cancellable state"), `Task/Kill` a running one (it may refuse before `task_assign`, or answer
+with the task not yet `task_cancel`: protocols.md §11), so only a `task_cancel` status proves
+a stop.
 Errors come back HTTP 200 with `result:false` and a numeric code, except auth (HTTP 401) and
 rate limiting (HTTP 429); code 96 is the account's concurrency limit.
 
@@ -199,23 +202,35 @@ class WiroProvider(HttpAdapter):
             raise TaskNotFound(f"wiro detail: no task {submitted.task_id}", code=CODE_NOT_FOUND)
         return task_outcome(tasks[0])
 
-    async def cancel(self, submitted: Submitted) -> None:
-        """Task/Cancel while queued, else Task/Kill while running; quiet when it is over."""
+    async def cancel(self, submitted: Submitted) -> bool:
+        """Task/Cancel (a queued task), else Task/Kill (a running one); True only when an
+        answer's tasklist, or a Task/Detail asked right after, shows `task_cancel`. A refusal
+        (code 1: "not in a cancellable state", "could not be killed: ...") is no error: the
+        task runs on and the caller keeps following it."""
         body = {"taskid": submitted.task_id}
         token = submitted.extra.get("socketaccesstoken")
         if token:
             body["tasktoken"] = token  # WD tasks.md names `tasktoken`, the seed `taskid`
+        for path, what in ((CANCEL_PATH, "cancel"), (KILL_PATH, "kill")):
+            answer = await self._unless_refused(path, body, what)
+            if answer is not None:  # accepted: its tasklist may already show the end
+                if shows_cancelled(answer):
+                    return True
+                break
+        detail = await self._unless_refused(DETAIL_PATH, {"taskid": submitted.task_id}, "detail")
+        return detail is not None and shows_cancelled(detail)
+
+    async def _unless_refused(
+        self, path: str, body: Mapping[str, str], what: str
+    ) -> Mapping[str, Any] | None:
+        """A task call whose refusal is an answer, not an error: None when Wiro refused
+        (`Rejected`, not `AuthError`) or does not know the task (`TaskNotFound`)."""
         try:
-            await self._task_call(CANCEL_PATH, body, "cancel")
-            return
-        except Rejected as exc:
-            if exc.code != str(CODE_NOT_FOUND):  # "Task is not in a cancellable state."
-                raise
-        try:
-            await self._task_call(KILL_PATH, body, "kill")
-        except Rejected as exc:
-            if exc.code != str(CODE_NOT_FOUND):  # "Task could not be killed: {reason}"
-                raise
+            return await self._task_call(path, body, what)
+        except AuthError:
+            raise
+        except (Rejected, TaskNotFound):
+            return None
 
     async def _task_call(self, path: str, body: Mapping[str, str], what: str) -> Mapping[str, Any]:
         response = await http.send(
@@ -263,6 +278,15 @@ def task_outcome(task: Mapping[str, Any]) -> Pending | Finished:
         for o in outputs
     )
     return Finished(images=images, cost_usd=_cost(task.get("totalcost")), state=status)
+
+
+def shows_cancelled(answer: Mapping[str, Any]) -> bool:
+    """Whether a Task/Cancel, Task/Kill or Task/Detail answer shows the task `task_cancel`
+    (the only proof of a stop: an accepted kill may answer the task as it still is)."""
+    tasks = answer.get("tasklist")
+    return isinstance(tasks, list) and any(
+        isinstance(task, Mapping) and task.get("status") == STATE_CANCELLED for task in tasks
+    )
 
 
 def _cost(value: Any) -> float | None:
@@ -339,4 +363,6 @@ def _first_error(body: Any) -> tuple[int | None, str]:
         return None, text
 
 
-__all__ = ["WiroProvider", "raise_for_error", "sign", "task_failure", "task_outcome"]
+__all__ = [
+    "WiroProvider", "raise_for_error", "shows_cancelled", "sign", "task_failure", "task_outcome",
+]

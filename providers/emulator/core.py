@@ -28,6 +28,13 @@ its documentation shows one, else as the reverse proxy / CDN in front of it woul
                `poll_403_count` (the next N queries answer a proxy's 403)
     download   `truncate_download_prob`, `download_delay_s`, `download_fail_count` (the next
                N result downloads answer 503), `download_outage_s`, `download_chunked`
+
+Where a provider's documentation allows more than one reading (protocols.md §11), its
+emulator serves each one, chosen by a switch: a field of the emulator's own small dataclass
+(`ProviderEmulator.switches`), set through `configure` like a fault knob and put back to its
+default by `reset`. `ProviderEmulator.READINGS` names, per point of §11 (`POLL_FAILURE`,
+`RESENT_CREATE`, `CANCEL`, `UNKNOWN_TASK`, `OVERLOAD`), each reading and the switch values
+that select it, so the conformance suite runs its behaviours under every one.
 """
 
 from __future__ import annotations
@@ -41,9 +48,9 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, ClassVar
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -138,6 +145,21 @@ class FaultConfig:
 
 _OUTAGES = (("poll_outage_s", "poll_outage_from"), ("download_outage_s", "download_outage_from"))
 
+# The points of protocols.md §11 where the documentation allows more than one reading; an
+# emulator's `READINGS` maps each it serves to {reading id: switch values for `configure`}.
+POLL_FAILURE = "poll_failure"    # how a status query reports a failed or refused task
+RESENT_CREATE = "resent_create"  # how a create re-sent for the same intent is answered
+CANCEL = "cancel"                # how a stop of a running task is answered
+UNKNOWN_TASK = "unknown_task"    # how a status query for an unknown or expired task is answered
+OVERLOAD = "overload"            # how an overloaded model refuses a create
+READING_POINTS: tuple[str, ...] = (POLL_FAILURE, RESENT_CREATE, CANCEL, UNKNOWN_TASK, OVERLOAD)
+Readings = Mapping[str, Mapping[str, Mapping[str, Any]]]
+
+
+def choice(default: str, choices: Sequence[str], doc: str = "") -> Any:
+    """A dataclass field holding one of `choices`: `configure` refuses any other value."""
+    return field(default=default, metadata={"choices": tuple(choices), "doc": doc})
+
 
 def proxy_error(status: int, *, server: str = "nginx") -> Response:
     """The HTML error page a reverse proxy or CDN answers in front of an API (not the API's
@@ -189,10 +211,13 @@ class RemoteTask:
     account: str | None = None  # the API key that created it: only that account sees it
 
     def phase(self, now: float | None = None) -> str:
-        """"queued" | "running" | "done" | "cancelled": where the clock puts the task."""
-        if self.cancelled_at is not None:
+        """"queued" | "running" | "done" | "cancelled": where the clock puts the task.
+        `cancelled_at` may lie ahead (a stop the provider accepted but has not carried out
+        yet): until then the task runs on."""
+        now = time.time() if now is None else now
+        if self.cancelled_at is not None and now >= self.cancelled_at:
             return "cancelled"
-        elapsed = (time.time() if now is None else now) - self.created
+        elapsed = now - self.created
         if elapsed >= self.latency_s:
             return "done"
         return "queued" if elapsed < self.latency_s * 0.25 else "running"
@@ -242,6 +267,8 @@ class ProviderEmulator:
 
     name: str = ""
     base_path: str = ""  # under the mount: `{hub}/{name}{base_path}` replaces the documented base
+    # Per point of protocols.md §11 this emulator serves: {reading id: switch values}.
+    READINGS: ClassVar[Readings] = {}
 
     def __init__(self, config: FaultConfig | None = None, *, api_key: str = "test-key") -> None:
         self.config = config or FaultConfig()
@@ -267,12 +294,14 @@ class ProviderEmulator:
         return RateWindow(*self.config.rate_limit)
 
     def configure(self, **changes: Any) -> None:
-        """Change fault knobs at run time (tests); resets the rate window when it changes, and
-        starts an outage now when its length is set without a start."""
+        """Change fault knobs and reading switches at run time (tests); resets the rate
+        window when it changes, and starts an outage now when its length is set without a
+        start. A switch takes only its documented choices."""
         for key, value in changes.items():
-            if not hasattr(self.config, key):
-                raise AttributeError(f"FaultConfig has no field {key!r}")
-            setattr(self.config, key, value)
+            if hasattr(self.config, key):
+                setattr(self.config, key, value)
+            else:
+                _set_switch(self.switches(), key, value)
         for length, start in _OUTAGES:
             if length in changes and changes.get(start) is None:
                 setattr(self.config, start, time.monotonic())
@@ -280,6 +309,12 @@ class ProviderEmulator:
             self._reset_windows()
         if "seed" in changes:
             self._rng = random.Random(self.config.seed)
+
+    def switches(self) -> Sequence[Any]:
+        """The dataclass instances whose fields `configure` sets besides `FaultConfig`'s: this
+        emulator's choices among documented readings. A subclass that has some returns them
+        here and makes fresh ones (the defaults) in `reset`."""
+        return ()
 
     def reset(self) -> None:
         """Forget tasks and records (between tests)."""
@@ -451,6 +486,23 @@ class ProviderEmulator:
 
     def log_request(self, request: Request) -> None:
         self.requests.append((request.method, request.url.path))
+
+
+def _set_switch(switches: Sequence[Any], key: str, value: Any) -> None:
+    """Set field `key` on the first of `switches` that has it, held to its `choices`."""
+    for switch in switches:
+        if not is_dataclass(switch):
+            continue
+        for spec in fields(switch):
+            if spec.name != key:
+                continue
+            allowed = spec.metadata.get("choices")
+            if allowed is not None and value not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(map(repr, allowed))}, "
+                                 f"not {value!r}")
+            setattr(switch, key, value)
+            return
+    raise AttributeError(f"neither FaultConfig nor a reading switch has a field {key!r}")
 
 
 def _safe(text: str) -> str:

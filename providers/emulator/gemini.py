@@ -16,6 +16,14 @@ markers beyond the shared ones: `[emulate:blocked]` (promptFeedback.blockReason)
 `[emulate:finish:REASON]` (that finishReason, no image). `[emulate:fail]` in a batch's display
 name fails the batch; in a prompt it fails that request (generateContent: finishReason
 IMAGE_OTHER; inside a batch: an `error` line).
+
+`submit_5xx_prob` answers a generateContent 500 INTERNAL (nothing created). An overloaded
+model is a reading of protocols.md §11 (`GeminiReadings`, set through `configure`):
+`overload` = "unavailable" (503 UNAVAILABLE "The model is overloaded."), "high_demand" (429
+RESOURCE_EXHAUSTED while quota remains) or "spend_cap" (429 RESOURCE_EXHAUSTED past the
+billing account's 10-minute spend cap), each with a `google.rpc.RetryInfo` of
+`overload_retry_s` seconds or without one (None); "none" (the default) serves normally.
+No overload answer carries an image or creates (bills) anything.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -45,12 +53,15 @@ from providers.emulator.core import (
     FAIL_MARKER,
     IMAGE_MARKERS,
     NO_IMAGE_MARKER,
+    OVERLOAD,
     CreateRecord,
     FaultConfig,
     FileBody,
     ProviderEmulator,
+    Readings,
     RemoteTask,
     bomb_png,
+    choice,
     oversize_body,
     pixel_size,
     proxy_error,
@@ -122,6 +133,14 @@ BATCH_EXPIRY_S = 48 * 3600.0
 BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
 OUTPUT_TYPE = ("type.googleapis.com/google.ai.generativelanguage.v1main."
                "GenerateContentBatchOutput")                             # §6 [I captured]
+# Overload (protocols-gemini.md §3, §10; protocols.md §11 [I]): status and message per kind.
+OVERLOADS: Mapping[str, tuple[int, str]] = {
+    "unavailable": (503, "The model is overloaded. Please try again later."),         # §3 [I]
+    "high_demand": (429, "The model is experiencing high demand. Please try again "
+                         "later."),                                                 # §10 [I]
+    "spend_cap": (429, "Your billing account has exceeded its spending limit for the last "
+                       "10 minutes. Please try again later."),            # §10 [C RL2]; words [I]
+}
 # §9: the default and maximum pageSize of batches.list are not documented. The emulator's
 # are small, so clients must follow nextPageToken.
 DEFAULT_PAGE_SIZE = 2
@@ -158,6 +177,14 @@ def _camel_key(key: Any) -> Any:
 def _now_text(at: float | None = None) -> str:
     moment = datetime.fromtimestamp(time.time() if at is None else at, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"  # nanoseconds, as Google prints
+
+
+@dataclass
+class GeminiReadings:
+    """Which overload answer the emulator serves (see the module docstring)."""
+
+    overload: str = choice("none", ("none", *OVERLOADS))
+    overload_retry_s: float | None = None  # RetryInfo.retryDelay of the answer; None: none
 
 
 @dataclass
@@ -252,6 +279,10 @@ class GeminiEmulator(ProviderEmulator):
     each batch; `creates` one record per generateContent and per batch create."""
 
     name = "gemini"
+    READINGS: ClassVar[Readings] = {OVERLOAD: {
+        f"{kind.replace('_', '-')}{suffix}": {"overload": kind, "overload_retry_s": delay}
+        for kind in OVERLOADS for suffix, delay in (("", None), ("-retry-info", 7.0))
+    }}
 
     def __init__(self, config: FaultConfig | None = None, *, api_key: str | None = None) -> None:
         super().__init__(config, api_key=api_key or TEST_CREDENTIALS["GEMINI_API_KEY"])
@@ -263,6 +294,10 @@ class GeminiEmulator(ProviderEmulator):
         self.max_page_size = MAX_PAGE_SIZE
         self.upload_chunks: list[tuple[str, int, int]] = []  # (command, offset, bytes)
         self._ids = threading.Lock()
+        self.readings = GeminiReadings()
+
+    def switches(self) -> Sequence[Any]:
+        return (self.readings,)
 
     def reset(self) -> None:
         super().reset()
@@ -273,6 +308,7 @@ class GeminiEmulator(ProviderEmulator):
         self.state_prefix = "BATCH_STATE_"
         self.batch_expiry_s = BATCH_EXPIRY_S
         self.max_page_size = MAX_PAGE_SIZE
+        self.readings = GeminiReadings()
 
     def routes(self) -> Sequence[BaseRoute]:
         return [
@@ -335,6 +371,16 @@ class GeminiEmulator(ProviderEmulator):
                                     "quotaId": "GenerateRequestsPerMinutePerProjectPerModel"}]},
                                 {"@type": RETRY_INFO, "retryDelay": f"{math.ceil(wait)}s"}])
 
+    def overloaded(self) -> Response | None:
+        """The overload answer the `overload` reading serves, else None (nothing created)."""
+        kind = self.readings.overload
+        if kind not in OVERLOADS:
+            return None
+        status, message = OVERLOADS[kind]
+        delay = self.readings.overload_retry_s
+        details = [] if delay is None else [{"@type": RETRY_INFO, "retryDelay": f"{delay:g}s"}]
+        return google_error(status, message, details)
+
     # -- generateContent (§2) ---------------------------------------------------------
 
     async def models_call(self, request: Request) -> Response:
@@ -351,9 +397,7 @@ class GeminiEmulator(ProviderEmulator):
         if refusal is not None:
             return refusal
         if self.chance(self.config.submit_5xx_prob):
-            with self._lock:
-                status = self._rng.choice((500, 503))
-            return self.fault_response(status)
+            return self.fault_response(500)  # a 503 is the overload: `overloaded`
         if model not in MODELS:
             return google_error(404, f"models/{model} is not found for API version "
                                 f"{request.path_params['version']}, or is not supported for "
@@ -366,6 +410,8 @@ class GeminiEmulator(ProviderEmulator):
         refused = request_problem(body)
         if refused is not None:
             return google_error(400, *refused)
+        if (overloaded := self.overloaded()) is not None:
+            return overloaded
         if (limited := self.rate_limited(account)) is not None:
             return limited
         response_id = uuid.uuid4().hex[:22]

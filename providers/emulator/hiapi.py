@@ -6,6 +6,12 @@ protocols.md §2), strict about what the real API rejects.
     GET  /v1/tasks?page=&size=   list, newest first (HJ TasksTest)
 
 Errors: the HTTP status mirrored in `{"code", "message", "data": null, "error_code"}`.
+
+A reused `Idempotency-Key` (protocols.md §2.2, §11), with switches set through `configure`
+(`HiapiReadings`): within `replay_window_s` (default ~24 h) of the first create the same key
+and body answer the original task with `Idempotent-Replay: true`; after it, a new task; with
+another body 422 `IDEMPOTENCY_KEY_MISMATCH`; for `processing_s` after the first create (the
+first still in flight) 409 `IDEMPOTENCY_KEY_PROCESSING` with Retry-After.
 """
 
 from __future__ import annotations
@@ -16,13 +22,20 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from providers.emulator.core import FaultConfig, ProviderEmulator, RemoteTask, proxy_error
+from providers.emulator.core import (
+    RESENT_CREATE,
+    FaultConfig,
+    ProviderEmulator,
+    Readings,
+    RemoteTask,
+    proxy_error,
+)
 from providers.emulator.hub import TEST_CREDENTIALS
 
 # -- HiAPI's documented facts (S1 = seeds/hiapi.txt, protocols.md §2; HJ = hiapi-java) -------
@@ -56,6 +69,14 @@ ULID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 
 
 @dataclass
+class HiapiReadings:
+    """How a reused Idempotency-Key is answered (see the module docstring)."""
+
+    replay_window_s: float = IDEMPOTENCY_TTL_S  # the original task comes back within this
+    processing_s: float = 0.0  # after a keyed create, a re-send answers 409 this long
+
+
+@dataclass
 class _KeyRecord:
     fingerprint: str
     task_id: str
@@ -63,24 +84,30 @@ class _KeyRecord:
 
 
 class HiapiEmulator(ProviderEmulator):
-    """HiAPI on loopback. `idempotency_processing_s` (HiAPI-only knob): for that long after a
-    keyed create, a re-send of the same key answers 409 IDEMPOTENCY_KEY_PROCESSING."""
+    """HiAPI on loopback; `readings` (`HiapiReadings`) shape how a reused key is answered."""
 
     name = "hiapi"
+    READINGS: ClassVar[Readings] = {RESENT_CREATE: {
+        "replayed": {},
+        "first-still-processing": {"processing_s": 0.5},
+    }}
 
     def __init__(
         self, config: FaultConfig | None = None, *, api_key: str = TEST_CREDENTIALS["HIAPI_API_KEY"]
     ) -> None:
         super().__init__(config, api_key=api_key)
         self.idempotency: dict[str, _KeyRecord] = {}
-        self.idempotency_processing_s = 0.0
         self.replays = 0
+        self.readings = HiapiReadings()
+
+    def switches(self) -> Sequence[Any]:
+        return (self.readings,)
 
     def reset(self) -> None:
         super().reset()
         self.idempotency.clear()
-        self.idempotency_processing_s = 0.0
         self.replays = 0
+        self.readings = HiapiReadings()
 
     def routes(self) -> Sequence[BaseRoute]:
         return [
@@ -209,7 +236,7 @@ class HiapiEmulator(ProviderEmulator):
         now = time.time()
         with self._lock:
             record = self.idempotency.get(key)
-            if record is not None and now - record.at >= IDEMPOTENCY_TTL_S:
+            if record is not None and now - record.at >= self.readings.replay_window_s:
                 del self.idempotency[key]
                 record = None
         if record is None:
@@ -217,8 +244,8 @@ class HiapiEmulator(ProviderEmulator):
         if record.fingerprint != fingerprint(body):
             return error(422, "Idempotency-Key was used with a different request body",
                          MISMATCH_CODE)
-        if now - record.at < self.idempotency_processing_s:
-            wait = self.idempotency_processing_s - (now - record.at)
+        if now - record.at < self.readings.processing_s:
+            wait = self.readings.processing_s - (now - record.at)
             return error(409, "A request with this Idempotency-Key is still being processed",
                          PROCESSING_CODE, headers={"Retry-After": str(max(1, math.ceil(wait)))})
         self.replays += 1

@@ -4,6 +4,11 @@ file upload API on its separate host (mounted by the hub under `/kie-upload`).
 Built from seeds/kie.txt (S3) and protocols.md §4. Kie answers HTTP 200 for almost everything
 and puts the real status in the body's `code` (401 bad key, 422 validation, 429 rate limit,
 ...); the emulator does the same. `ApikleyEmulator` subclasses this with other constants.
+
+A recordInfo for an unknown or expired task is a reading of protocols.md §11 (`KieReadings`,
+set through `configure`): `unknown_task="code_422"` (the default, `{"code": 422, "msg":
+"recordInfo is null", "data": null}`) or "data_null" (a `code: 200` envelope with `data:
+null`). `record_ttl_s` makes a task unknown that long after its create (an expired record).
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from providers.emulator.core import FaultConfig, ProviderEmulator, RemoteTask, proxy_error
+from providers.emulator.core import (
+    UNKNOWN_TASK,
+    FaultConfig,
+    ProviderEmulator,
+    Readings,
+    RemoteTask,
+    choice,
+    proxy_error,
+)
 from providers.emulator.hub import TEST_CREDENTIALS
 
 # -- Kie's documented facts (S3 = seeds/kie.txt "input Object Parameters", protocols.md §4) --
@@ -48,6 +61,16 @@ AUTH_MESSAGE = "You do not have access permissions"  # protocols.md §4.1, answe
 CLOUDFLARE_403 = "error code: 1010"
 RATE_MESSAGE = "The frequency of your requests is too high; this request was not queued"
 UPLOAD_OK_MESSAGE = "File uploaded successfully"
+NO_RECORD_MESSAGE = "recordInfo is null"  # protocols.md §4.3 [I KS live]
+UNKNOWN_TASK_READINGS: tuple[str, ...] = ("code_422", "data_null")  # protocols.md §11
+
+
+@dataclass
+class KieReadings:
+    """Which reading of protocols.md §11 the emulator serves (see the module docstring)."""
+
+    unknown_task: str = choice("code_422", UNKNOWN_TASK_READINGS)
+    record_ttl_s: float | None = None  # None: records never expire
 
 
 @dataclass(frozen=True)
@@ -74,6 +97,10 @@ class KieEmulator(ProviderEmulator):
     record_message_key: ClassVar[str] = "msg"        # S3's recordInfo example uses `msg`
     credits: ClassVar[Mapping[str, int] | None] = KIE_CREDITS
     upload_mount: ClassVar[str] = "/kie-upload"      # where the hub serves the upload host
+    READINGS: ClassVar[Readings] = {
+        UNKNOWN_TASK: {reading.replace("_", "-"): {"unknown_task": reading}
+                       for reading in UNKNOWN_TASK_READINGS},
+    }
 
     def __init__(self, config: FaultConfig | None = None, *, api_key: str | None = None) -> None:
         default_key = TEST_CREDENTIALS[f"{self.name.upper()}_API_KEY"]
@@ -81,11 +108,16 @@ class KieEmulator(ProviderEmulator):
         self.uploads: list[Upload] = []
         self.forced: tuple[int, str] | None = None
         self._last_id_ms = 0
+        self.readings = KieReadings()
+
+    def switches(self) -> Sequence[Any]:
+        return (self.readings,)
 
     def reset(self) -> None:
         super().reset()
         self.uploads.clear()
         self.forced = None
+        self.readings = KieReadings()
 
     def force_code(self, code: int | None, msg: str = "forced by test") -> None:
         """Answer every create with body `code` (None restores normal service)."""
@@ -253,10 +285,16 @@ class KieEmulator(ProviderEmulator):
             return self.server_error()
         task_id = request.query_params.get("taskId", "")
         task = self.task_of(task_id, self.bearer(request)) if task_id else None
-        if task is None:
-            # Not 404: Kie answers an unknown id this way (protocols.md §4.3).
-            return self.envelope(422, "recordInfo is null", key=self.record_message_key)
+        ttl = self.readings.record_ttl_s
+        if task is None or (ttl is not None and time.time() - task.created >= ttl):
+            return self.no_record()
         return self.envelope(200, "success", self.record(task), key=self.record_message_key)
+
+    def no_record(self) -> Response:
+        """An unknown or expired task, as the `unknown_task` reading answers it: never 404."""
+        if self.readings.unknown_task == "data_null":
+            return self.envelope(200, "success", None, key=self.record_message_key)
+        return self.envelope(422, NO_RECORD_MESSAGE, key=self.record_message_key)
 
     def record(self, task: RemoteTask) -> dict[str, Any]:
         """The `data` object of recordInfo: `param` and `resultJson` are JSON strings."""

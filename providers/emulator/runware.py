@@ -9,11 +9,17 @@ so a request's other tasks still answer (RD errors). HTTP status: 200 when any t
 data or a generation failed; otherwise the status of the first refused task (400, 401, 404,
 429, 503). Choices where the docs are silent, marked [I]:
 
-- a create with a taskUUID the account already used is refused, 400 `duplicateTaskUUID`
-  (RD: "must be unique per task"), so a re-sent create never becomes a second billed task;
-- a failed generation is a `status: "error"` item in `errors` (RD task-responses), code
-  `providerError`; a content rejection the same with `invalidProviderContent`, the code
-  public clients match for Runware's Google models;
+- a create with a taskUUID the account already used never becomes a second billed task
+  (RD: "must be unique per task"); how it is answered is a reading of protocols.md §11,
+  switch `reused_uuid`: "duplicate" (400 `duplicateTaskUUID`, the default), "invalid" (400
+  `invalidTaskUUID`, "already used") or "ack" (HTTP 200, the original task's ack again);
+- a failed or refused generation, in getResponse (and a sync create's answer), is a reading
+  of §11 too, switch `failure`: "status" (the default; HTTP 200, an `errors[]` item with
+  `status: "error"`, RD task-responses) or "code" (HTTP 400, an `errors[]` item with the
+  taskUUID and a code, no `status`). Its code is `fail_code` (default `providerError`) for a
+  failure and `content_code` (default `invalidProviderContent`, the code public clients
+  match for Runware's Google models; `contentModerated` seen too) for a content rejection;
+  any string may stand for a code never seen before;
 - rate-limit excess and `max_concurrency` are 429 `queueCapacityExceeded` (RD rate-limits:
   429 = queue capacity), without Retry-After (none documented);
 - getResponse for an unknown taskUUID is 404 `taskNotFound`; it also answers for sync tasks.
@@ -32,7 +38,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,9 +46,13 @@ from starlette.routing import BaseRoute, Route
 
 from providers.emulator.core import (
     PIXEL_SIZES,
+    POLL_FAILURE,
+    RESENT_CREATE,
     FaultConfig,
     ProviderEmulator,
+    Readings,
     RemoteTask,
+    choice,
     proxy_error,
 )
 from providers.emulator.hub import TEST_CREDENTIALS
@@ -84,11 +94,23 @@ OUTPUT_TYPES = ("URL", "base64Data", "dataURI")       # RP types.py IOutputType
 # Resolution casing is an open question (§3.2: older docs show 1k|2k|4k): accept both.
 RESOLUTION_VALUES = {"1K": "1K", "2K": "2K", "4K": "4K", "1k": "1K", "2k": "2K", "4k": "4K"}
 REFERENCE_MIMES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}  # RD upload
-FAIL_ERROR = ("providerError", "The external provider returned an error while generating.")
-CONTENT_ERROR = (
-    "invalidProviderContent",
-    "Invalid content detected. The provider refused the request under its content policy.",
+FAIL_MESSAGE = "The external provider returned an error while generating."
+CONTENT_MESSAGE = (
+    "Invalid content detected. The provider refused the request under its content policy."
 )
+FAILURE_READINGS: tuple[str, ...] = ("status", "code")          # protocols.md §11
+REUSED_UUID_READINGS: tuple[str, ...] = ("duplicate", "invalid", "ack")  # protocols.md §11
+UNSEEN_CODE = "generationInterrupted"  # stands for a code no client has seen before
+
+
+@dataclass
+class RunwareReadings:
+    """Which reading of protocols.md §11 the emulator serves (see the module docstring)."""
+
+    failure: str = choice("status", FAILURE_READINGS)
+    fail_code: str = "providerError"
+    content_code: str = "invalidProviderContent"
+    reused_uuid: str = choice("duplicate", REUSED_UUID_READINGS)
 
 
 @dataclass
@@ -133,6 +155,17 @@ class RunwareEmulator(ProviderEmulator):
 
     name = "runware"
     base_path = "/v1"  # documented base https://api.runware.ai/v1
+    READINGS: ClassVar[Readings] = {
+        POLL_FAILURE: {
+            "status-error-200": {"failure": "status"},
+            "status-error-200-unseen-code": {"failure": "status", "fail_code": UNSEEN_CODE},
+            "code-400": {"failure": "code"},
+            "code-400-content-moderated": {"failure": "code",
+                                           "content_code": "contentModerated"},
+            "code-400-unseen-code": {"failure": "code", "fail_code": UNSEEN_CODE},
+        },
+        RESENT_CREATE: {reading: {"reused_uuid": reading} for reading in REUSED_UUID_READINGS},
+    }
 
     def __init__(
         self,
@@ -144,12 +177,17 @@ class RunwareEmulator(ProviderEmulator):
         self.uploads: dict[str, str] = {}
         self.used_task_uuids: set[str] = set()
         self.duplicates = 0
+        self.readings = RunwareReadings()
+
+    def switches(self) -> Sequence[Any]:
+        return (self.readings,)
 
     def reset(self) -> None:
         super().reset()
         self.uploads.clear()
         self.used_task_uuids.clear()
         self.duplicates = 0
+        self.readings = RunwareReadings()
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route("/v1", self.handle, methods=["POST"])]
@@ -232,6 +270,10 @@ class RunwareEmulator(ProviderEmulator):
     # -- imageInference ---------------------------------------------------------------
 
     async def _inference(self, task: dict[str, Any]) -> _Answer:
+        reused = task.get("taskUUID")
+        if self.readings.reused_uuid == "ack" and reused in self.used_task_uuids:
+            self.duplicates += 1  # answered as the task it already is: nothing new is made
+            return _Answer([{"taskType": "imageInference", "taskUUID": reused}])
         task_uuid = self._claim_uuid(task, validate=lambda: validate_inference(task))
         try:
             ratio, resolution = size_of(task)
@@ -268,7 +310,7 @@ class RunwareEmulator(ProviderEmulator):
         if fault is not None or drop or task.get("deliveryMethod", "sync") == "async":
             return _Answer([ack], drop=drop, fault=fault)
         await asyncio.sleep(max(0.0, remote.created + remote.latency_s - time.time()))
-        return _Answer(*self.task_items(remote, sync=True))
+        return _Answer(*self.answered_items(remote, sync=True))
 
     def fault_response(self, status: int) -> Response:
         """Runware's own answers for 503 and 500 (`errors[]`, RD platform/errors: 503 is
@@ -288,12 +330,31 @@ class RunwareEmulator(ProviderEmulator):
             raise invalid("taskUUID", "Invalid value for taskUUID: it must be a UUID v4.")
         if task_uuid in self.used_task_uuids:
             self.duplicates += 1
+            if self.readings.reused_uuid == "invalid":
+                raise invalid("taskUUID", "Invalid value for taskUUID: this taskUUID was "
+                              "already used; it must be unique per task.")
             raise Refusal(400, "duplicateTaskUUID",
                           "A task with this taskUUID was already sent; taskUUID must be "
                           "unique per task.", "taskUUID")
         validate()
         self.used_task_uuids.add(task_uuid)
         return task_uuid
+
+    def answered_items(
+        self, task: RemoteTask, *, sync: bool = False
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """`task_items`, as the `failure` reading answers a failed generation: under "code"
+        the whole answer is HTTP 400 with an item of code and taskUUID (a `Refusal`)."""
+        if self.readings.failure == "code" and task.phase() not in ("queued", "running") \
+                and task.outcome in ("fail", "content"):
+            code, message = self._failure(task)
+            raise Refusal(400, code, message)
+        return self.task_items(task, sync=sync)
+
+    def _failure(self, task: RemoteTask) -> tuple[str, str]:
+        if task.outcome == "content":
+            return self.readings.content_code, CONTENT_MESSAGE
+        return self.readings.fail_code, FAIL_MESSAGE
 
     def task_items(
         self, task: RemoteTask, *, sync: bool = False
@@ -304,7 +365,7 @@ class RunwareEmulator(ProviderEmulator):
         if task.phase() in ("queued", "running"):
             return [{**base, "status": "processing"}], []
         if task.outcome in ("fail", "content"):
-            code, message = CONTENT_ERROR if task.outcome == "content" else FAIL_ERROR
+            code, message = self._failure(task)
             return [], [{**base, "status": "error", "code": code, "message": message,
                          "documentation": DOCS}]
         items = []
@@ -347,7 +408,7 @@ class RunwareEmulator(ProviderEmulator):
         if remote is None:
             raise Refusal(404, "taskNotFound", f"No task found with taskUUID {task_uuid}.",
                           "taskUUID")
-        return self.task_items(remote)
+        return self.answered_items(remote)
 
     def _upload(self, task: dict[str, Any]) -> dict[str, Any]:
         """imageUpload (§3.4): store the image, answer its reusable imageUUID."""

@@ -8,9 +8,16 @@
   URLs); unknown fields and bad enums are rejected with code 0, an unknown model with code 1.
 - Limits: `FaultConfig.rate_limit` answers HTTP 429 (introduction.md), `max_concurrency`
   (and `balance_usd` via Wiro's formula) code 96, `balance_usd` < $0.50 code 97.
-- Task/Detail walks the documented lifecycle; Task/Cancel works while queued, Task/Kill
-  while running; both end in `task_cancel`. Task calls take `taskid`, `tasktoken` or
-  `socketaccesstoken`.
+- Task/Detail walks the documented lifecycle; Task/Cancel works while queued (else code 1
+  "Task is not in a cancellable state."), Task/Kill while running; both end in
+  `task_cancel`. Task calls take `taskid`, `tasktoken` or `socketaccesstoken`.
+- A stop while a task runs is a reading of protocols.md §11 (`WiroReadings`, set through
+  `configure`): Task/Kill before `task_assign` kills (`kill_before_assign="kill"`, the
+  default) or is refused ("refuse": code 1 "Task could not be killed: ..."); an accepted
+  kill answers the task as `task_cancel` (`kill_answer="cancelled"`, the default) or as it
+  still is ("pending"), the kill taking effect `kill_settle_s` later (`inf`: never). How long
+  a task sits in `task_queue` (`queue_s`) and before `task_assign` (`assign_after_s`) are
+  switches too, so tests can stop it in each state; the task ends no earlier than that.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -39,10 +46,13 @@ from starlette.routing import BaseRoute, Route
 
 from providers.emulator.core import (
     ASPECT_RATIOS,
+    CANCEL,
     PIXEL_SIZES,
     FaultConfig,
     ProviderEmulator,
+    Readings,
     RemoteTask,
+    choice,
     proxy_error,
 )
 from providers.emulator.hub import TEST_CREDENTIALS
@@ -88,6 +98,7 @@ MSG_MODEL_NOT_FOUND = "slug-owner-project-not-exist"
 MSG_TASK_KEY_REQUIRED = "taskid or socketaccesstoken is required"
 MSG_NO_TASK = "There is no task yet."
 MSG_NOT_CANCELLABLE = "Task is not in a cancellable state."
+MSG_NOT_KILLED = "Task could not be killed: {reason}"  # WD error-reference.md
 MSG_BALANCE = "Insufficient balance"
 MSG_CONCURRENCY = (
     "You have reached your concurrent task limit. With your current balance of ${balance:.2f}, "
@@ -104,6 +115,9 @@ IMAGE_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "image/gif", "i
                          "image/heic"})
 # Between queue and the end: what a worker reports while it holds the task (WD tasks.md).
 RUNNING_STAGES: tuple[str, ...] = TASK_LIFECYCLE[1:-1]
+ASSIGN_STAGE = "task_assign"  # Task/Kill stops "any status after assign" (WD tasks.md)
+BEFORE_ASSIGN: tuple[str, ...] = RUNNING_STAGES[: RUNNING_STAGES.index(ASSIGN_STAGE)]
+FROM_ASSIGN: tuple[str, ...] = RUNNING_STAGES[RUNNING_STAGES.index(ASSIGN_STAGE):]
 STDERR_STAGE = "task_error"  # a log event shown instead of task_output when stderr_logs
 # The documented failure (pexit "1", no outputs, totalcost "0"). Wiro documents no content
 # rejection; the most plausible one is the same failure with the upstream safety reason in
@@ -112,6 +126,18 @@ FAIL_DEBUGERROR = "RuntimeError: image generation failed (upstream returned an e
 CONTENT_DEBUGERROR = (
     "Error: image generation was blocked by the safety policy (finishReason: IMAGE_SAFETY)"
 )
+
+
+@dataclass
+class WiroReadings:
+    """Which reading of protocols.md §11 the emulator serves for a stop, and how long a task
+    waits before it is assigned (see the module docstring)."""
+
+    kill_before_assign: str = choice("kill", ("kill", "refuse"))
+    kill_answer: str = choice("cancelled", ("cancelled", "pending"))
+    kill_settle_s: float = 0.0          # "pending": the kill takes effect this much later
+    queue_s: float | None = None        # in task_queue (None: a quarter of latency_s)
+    assign_after_s: float | None = None  # from create to task_assign (None: the even spread)
 
 
 @dataclass
@@ -136,6 +162,18 @@ class WiroEmulator(ProviderEmulator):
 
     name = "wiro"
     base_path = "/v1"  # documented base https://api.wiro.ai/v1
+    # Each reading with the timing that puts the task where the stop meets it.
+    READINGS: ClassVar[Readings] = {CANCEL: {
+        "queued-task-cancel": {"queue_s": 3600.0},
+        "kill-before-assign": {"queue_s": 0.0, "assign_after_s": 3600.0},
+        "kill-refused-before-assign": {"queue_s": 0.0, "assign_after_s": 3600.0,
+                                       "kill_before_assign": "refuse"},
+        "kill-after-assign": {"queue_s": 0.0, "assign_after_s": 0.0},
+        "kill-answered-before-cancel": {"queue_s": 0.0, "assign_after_s": 0.0,
+                                        "kill_answer": "pending", "kill_settle_s": 0.0},
+        "kill-not-carried-out-yet": {"queue_s": 0.0, "assign_after_s": 0.0,
+                                     "kill_answer": "pending", "kill_settle_s": 3600.0},
+    }}
 
     def __init__(
         self,
@@ -151,13 +189,18 @@ class WiroEmulator(ProviderEmulator):
         self.stderr_logs = False                 # report task_error while the model runs
         self._ids = itertools.count(2221)
         self._tokens: dict[str, str] = {}       # socketaccesstoken -> task id
+        self.readings = WiroReadings()
+
+    def switches(self) -> Sequence[Any]:
+        return (self.readings,)
 
     def reset(self) -> None:
-        """Forget tasks and restore the default project settings."""
+        """Forget tasks and restore the default project settings and readings."""
         super().reset()
         self.signature_mode = bool(self.api_secret)
         self.balance_usd = None
         self.stderr_logs = False
+        self.readings = WiroReadings()
         with self._lock:
             self._tokens.clear()
 
@@ -226,9 +269,10 @@ class WiroEmulator(ProviderEmulator):
         return JSONResponse({"result": True, "errors": [], "tasklist": [self._task_json(found)]})
 
     async def _kill(self, request: Request) -> Response:
-        """Kill stops a running task. WD says "any status after assign"; the short
-        accept/preprocess window before assign is covered by neither Cancel nor Kill in the
-        docs, so the emulator lets Kill stop it too rather than leave a gap."""
+        """Kill stops a running task. WD says "any status after assign"; the accept/preprocess
+        window before assign is covered by neither Cancel nor Kill in the docs: a reading
+        (`kill_before_assign`). An accepted kill answers the task as `task_cancel`, or as it
+        still is while the kill takes `kill_settle_s` (`kill_answer="pending"`)."""
         self.log_request(request)
         if (denied := self._authenticate(request)) is not None:
             return denied
@@ -236,15 +280,27 @@ class WiroEmulator(ProviderEmulator):
         if isinstance(found, Response):
             return found
         with self._lock:
-            stage = self._stage(found)
-            if stage in (STATE_DONE, STATE_CANCELLED):
-                return _error(CODE_NOT_FOUND, "Task could not be killed: task has already ended.")
-            if stage == TASK_LIFECYCLE[0]:
-                return _error(
-                    CODE_NOT_FOUND, "Task could not be killed: task is queued, use Task/Cancel."
-                )
-            found.cancelled_at = time.time()
+            refusal = self._kill_refusal(self._stage(found))
+            if refusal is not None:
+                return _error(CODE_NOT_FOUND, MSG_NOT_KILLED.format(reason=refusal))
+            now = time.time()
+            if self.readings.kill_answer == "pending":
+                answer = self._task_json(found, now)  # before the kill takes effect
+                if found.cancelled_at is None:
+                    found.cancelled_at = now + self.readings.kill_settle_s
+                return JSONResponse({"result": True, "errors": [], "tasklist": [answer]})
+            found.cancelled_at = now
         return JSONResponse({"result": True, "errors": [], "tasklist": [self._task_json(found)]})
+
+    def _kill_refusal(self, stage: str) -> str | None:
+        """Why Task/Kill refuses a task in `stage`, or None when it kills it."""
+        if stage in (STATE_DONE, STATE_CANCELLED):
+            return "task has already ended."
+        if stage == TASK_LIFECYCLE[0]:
+            return "task is queued, use Task/Cancel."
+        if stage in BEFORE_ASSIGN and self.readings.kill_before_assign == "refuse":
+            return "task is not assigned to a worker yet."
+        return None
 
     async def _upload(self, request: Request) -> Response:
         """Files API (WD files.md): multipart `file` (+ `folderid`), answered as a `list`."""
@@ -358,7 +414,9 @@ class WiroEmulator(ProviderEmulator):
             task_id, prompt=run.prompt, aspect_ratio=_concrete_ratio(run),
             resolution=run.resolution, output_format="png", body=body, references=references,
         )
-        task.extra.update(token=token, uuid=str(uuid.uuid4()), content_type=run.content_type)
+        queue_s, assign_at, task.latency_s = _timing(self.readings, task.latency_s)
+        task.extra.update(token=token, uuid=str(uuid.uuid4()), content_type=run.content_type,
+                          schedule=_schedule(queue_s, assign_at, task.latency_s))
         with self._lock:
             self._tokens[token] = task_id
         if (fault := self.created_fault()) is not None:
@@ -405,21 +463,22 @@ class WiroEmulator(ProviderEmulator):
 
     def _stage(self, task: RemoteTask, now: float | None = None) -> str:
         """The task's Wiro status, from where the clock puts it."""
+        now = time.time() if now is None else now
         phase = task.phase(now)
         if phase == "cancelled":
             return STATE_CANCELLED
         if phase == "done":
             return STATE_DONE
-        if phase == "queued":
-            return TASK_LIFECYCLE[0]
-        fraction = (task.progress(now) - 0.25) / 0.75
-        count = len(RUNNING_STAGES)
-        stage = RUNNING_STAGES[min(count - 1, max(0, int(fraction * count)))]
+        elapsed = now - task.created
+        stage = TASK_LIFECYCLE[0]
+        for name, start in task.extra["schedule"].items():
+            if start <= elapsed and name != STATE_DONE:
+                stage = name
         return STDERR_STAGE if stage == "task_output" and self.stderr_logs else stage
 
-    def _task_json(self, task: RemoteTask) -> dict[str, Any]:
+    def _task_json(self, task: RemoteTask, now: float | None = None) -> dict[str, Any]:
         """The Task/Detail object: every value a string, as Wiro sends it (seed)."""
-        now = time.time()
+        now = time.time() if now is None else now
         stage = self._stage(task, now)
         reached = _reached_times(task, stage, now)
         succeeded = stage == STATE_DONE and task.outcome in ("success", "noimage")
@@ -435,7 +494,10 @@ class WiroEmulator(ProviderEmulator):
         pexit = "" if stage not in (STATE_DONE, STATE_CANCELLED) else (
             "1" if stage == STATE_DONE and task.outcome in ("fail", "content") else "0"
         )
-        end = task.cancelled_at or (task.created + task.latency_s if stage == STATE_DONE else now)
+        if stage == STATE_CANCELLED:
+            end = task.cancelled_at or now
+        else:
+            end = task.created + task.latency_s if stage == STATE_DONE else now
         parameters: dict[str, str] = {
             k: ",".join(v) if isinstance(v, list) else str(v) for k, v in task.body.items()
         }
@@ -553,21 +615,46 @@ def _random_token() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(30))
 
 
+def _timing(readings: WiroReadings, latency_s: float) -> tuple[float, float, float]:
+    """(seconds in task_queue, seconds to task_assign, seconds to the end) of a new task:
+    a quarter of the latency queued and the stages spread evenly, unless the readings say
+    otherwise; the task never ends before it is assigned."""
+    queue_s = 0.25 * latency_s if readings.queue_s is None else readings.queue_s
+    end = max(latency_s, queue_s)
+    assign_at = readings.assign_after_s
+    if assign_at is None:
+        assign_at = queue_s + (end - queue_s) * len(BEFORE_ASSIGN) / len(RUNNING_STAGES)
+    assign_at = max(assign_at, queue_s)
+    return queue_s, assign_at, max(end, assign_at)
+
+
+def _schedule(queue_s: float, assign_at: float, end: float) -> dict[str, float]:
+    """When each status begins, in seconds after the create: the stages before task_assign
+    spread over [queue_s, assign_at), the rest over [assign_at, end)."""
+    starts = {TASK_LIFECYCLE[0]: 0.0}
+    for stages, begin, until in ((BEFORE_ASSIGN, queue_s, assign_at),
+                                 (FROM_ASSIGN, assign_at, end)):
+        for index, name in enumerate(stages):
+            starts[name] = begin + (until - begin) * index / len(stages)
+    starts[STATE_DONE] = end
+    return starts
+
+
 def _reached_times(task: RemoteTask, stage: str, now: float) -> dict[str, str]:
     """The lifecycle timestamps (unix seconds as strings, "0" when not reached yet)."""
     order = {name: index for index, name in enumerate(TASK_LIFECYCLE)}
     # task_error is a log line during task_output; a cancelled task reached what it reached
     # before `cancelled_at`.
     position = order.get(stage, order["task_output"])
-    if stage == STATE_CANCELLED:
+    cancelled = stage == STATE_CANCELLED
+    if cancelled:
         position = len(TASK_LIFECYCLE) - 1
-    stop = task.cancelled_at or now
+    stop = (task.cancelled_at or now) if cancelled else now
+    schedule: dict[str, float] = task.extra["schedule"]
 
     def at(name: str) -> str:
-        index = order[name]
-        share = 0.25 + 0.75 * (index - 1) / len(RUNNING_STAGES) if index else 0.0
-        when = task.created + task.latency_s * share
-        return str(int(when)) if index <= position and when <= stop else "0"
+        when = task.created + schedule[name]
+        return str(int(when)) if order[name] <= position and when <= stop else "0"
 
     return {
         "createtime": str(int(task.created)), "accepttime": at("task_accept"),
@@ -576,7 +663,7 @@ def _reached_times(task: RemoteTask, stage: str, now: float) -> dict[str, str]:
         "starttime": at("task_start"), "endtime": at("task_end"),
         "postprocessstarttime": at("task_postprocess_start"),
         "postprocessendtime": at(STATE_DONE),
-        "canceltime": str(int(task.cancelled_at)) if task.cancelled_at else "0",
+        "canceltime": str(int(task.cancelled_at)) if cancelled and task.cancelled_at else "0",
     }
 
 

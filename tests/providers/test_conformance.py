@@ -1,5 +1,6 @@
 """The shared conformance suite (`providers.conformance`) for the built-in adapters, each
-against its emulator on the session hub. What only one provider has lives in its own file."""
+against its emulator on the session hub, under every reading of protocols.md §11 the emulator
+serves. What only one provider has lives in its own file."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from typing import ClassVar
 import pytest
 
 from providers.conformance import ProviderConformance
-from providers.emulator.core import ProviderEmulator
-from providers.emulator.hub import EmulatorHub
+from providers.emulator.core import ProviderEmulator, Readings
+from providers.emulator.hub import EmulatorHub, emulator_class
 
 
 class _BuiltIn(ProviderConformance):
     provider: ClassVar[str]
+
+    def emulator_readings(self) -> Readings:
+        return emulator_class(self.provider).READINGS
 
     @pytest.fixture
     def provider_name(self) -> str:

@@ -1,6 +1,7 @@
 """The emulators' fault knobs themselves (`providers.emulator.core`): when counts and outages
-start and end, and the shape each provider's side answers a fault in. What the adapters make
-of the faults, over real HTTP, is in the conformance suite."""
+start and end, the shape each provider's side answers a fault in, and the reading switches
+(protocols.md §11) beside them. What the adapters make of the faults and readings, over real
+HTTP, is in the conformance suite."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from starlette.responses import Response
 from providers.emulator.core import (
     AFTER_CREATE_STATUSES,
     PAD_CHUNK_TYPE,
+    READING_POINTS,
     FaultConfig,
     FileStore,
     ProviderEmulator,
+    RemoteTask,
     bomb_png,
     oversize_body,
     render_image,
@@ -34,6 +37,57 @@ def fresh(name: str = "kie", **knobs: object) -> ProviderEmulator:
 
 def status(response: Response | None) -> int | None:
     return None if response is None else response.status_code
+
+
+# -- reading switches -----------------------------------------------------------------------------
+
+
+# Each point of protocols.md §11 and the emulators that must serve more than one reading of it.
+SECTION_11 = {
+    "poll_failure": ["runware"], "resent_create": ["runware", "hiapi"], "cancel": ["wiro"],
+    "unknown_task": ["kie", "apikley"], "overload": ["gemini"],
+}
+
+
+@pytest.mark.parametrize("point", READING_POINTS)
+def test_every_point_of_section_11_is_served_in_more_than_one_reading(point: str) -> None:
+    for name in SECTION_11[point]:
+        readings = emulator_class(name).READINGS[point]
+        assert len(readings) >= 2, (name, point)
+        emulator = fresh(name)
+        for switches in readings.values():  # every reading is a valid configuration
+            emulator.configure(**switches)
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_switches_are_configured_like_knobs_and_reset_to_their_defaults(name: str) -> None:
+    emulator = fresh(name)
+    for switch in emulator.switches():
+        defaults = dict(vars(switch))
+        for readings in emulator.READINGS.values():
+            for switches in readings.values():
+                emulator.configure(**switches)
+        emulator.reset()
+        assert [vars(s) for s in emulator.switches()] == [defaults]
+    with pytest.raises(AttributeError, match="no_such_knob"):
+        emulator.configure(no_such_knob=1)
+
+
+def test_a_choice_takes_only_its_documented_values() -> None:
+    emulator = fresh("runware")
+    with pytest.raises(ValueError, match="failure must be one of 'status', 'code'"):
+        emulator.configure(failure="http_418")
+    emulator.configure(failure="code", fail_code="anything at all")  # a free code: any string
+    assert (emulator.switches()[0].failure, emulator.switches()[0].fail_code) == (
+        "code", "anything at all")
+
+
+def test_a_stop_set_for_later_leaves_the_task_running_until_then() -> None:
+    now = time.time()
+    task = RemoteTask("t", "p", "1:1", "1K", "png", now, 10.0, "success")
+    task.cancelled_at = now + 5.0
+    assert task.phase(now + 3.0) == "running" and not task.terminal
+    assert task.phase(now + 5.0) == "cancelled"
 
 
 # -- when faults start and end ------------------------------------------------------------------

@@ -342,7 +342,6 @@ def _google(status: int, body: Any, **headers: str) -> httpx.Response:
         pytest.param(404, "NOT_FOUND", [], Rejected, "NOT_FOUND", id="unknown-model"),
         pytest.param(499, "CANCELLED", [], TransientError, "CANCELLED", id="499"),
         pytest.param(500, "INTERNAL", [], TransientError, "INTERNAL", id="500"),
-        pytest.param(503, "UNAVAILABLE", [], TransientError, "UNAVAILABLE", id="503"),
         pytest.param(504, "DEADLINE_EXCEEDED", [], TransientError, "DEADLINE_EXCEEDED",
                      id="504"),
     ],
@@ -357,9 +356,47 @@ def test_googles_error_body_maps_to_the_tree(
     assert not isinstance(error, RateLimited)
 
 
+@pytest.mark.parametrize("creating", [True, False], ids=["create", "other-call"])
+def test_503_unavailable_is_an_overload_of_a_create_only(creating: bool) -> None:
+    """A create's 503 UNAVAILABLE made nothing (the model was overloaded): `RateLimited`, which
+    the engine knows created nothing; a plain 5xx of a create may have generated (uncertain).
+    Any other call's 503 is an ordinary transient fault."""
+    body = {"error": {"code": 503, "message": "The model is overloaded. Please try again later.",
+                      "status": "UNAVAILABLE"}}
+    error = error_of(_google(503, body), body, creating=creating)
+    assert isinstance(error, TransientError) and error.code == "UNAVAILABLE"
+    assert isinstance(error, RateLimited) is creating
+
+
+@pytest.mark.parametrize("kind", ["unavailable", "high_demand", "spend_cap"])
+@pytest.mark.parametrize("retry_s", [None, 7.0], ids=["no-retry-info", "retry-info"])
+def test_an_overload_creates_nothing_and_waits_what_retry_info_says(
+    env: dict[str, str], emulator: GeminiEmulator, kind: str, retry_s: float | None
+) -> None:
+    """protocols.md §11: 503 UNAVAILABLE or 429 RESOURCE_EXHAUSTED ("high demand", a spend
+    cap), with or without RetryInfo; none carries an image, none is billed."""
+    emulator.configure(overload=kind, overload_retry_s=retry_s)
+    with pytest.raises(RateLimited) as caught:
+        run(submit(provider_for(env), ImageRequest("too busy")))
+    status = "UNAVAILABLE" if kind == "unavailable" else "RESOURCE_EXHAUSTED"
+    assert caught.value.code == status
+    assert caught.value.retry_after == retry_s
+    assert emulator.creates == [] and emulator.tasks == {}
+    emulator.configure(overload="none")
+    assert run(submit(provider_for(env), ImageRequest("calm again"))).finished is not None
+
+
+def test_the_overload_switch_takes_only_its_readings(emulator: GeminiEmulator) -> None:
+    with pytest.raises(ValueError, match="overload must be one of"):
+        emulator.configure(overload="meltdown")
+    emulator.configure(overload="spend_cap")
+    emulator.hub.reset()
+    assert emulator.readings.overload == "none"
+
+
 def test_a_proxy_page_goes_to_the_ladder(env: dict[str, str], emulator: GeminiEmulator) -> None:
     emulator.configure(submit_5xx_prob=1.0, seed=3)
     with pytest.raises(TransientError) as caught:
         run(submit(provider_for(env), ImageRequest("overloaded")))
-    assert caught.value.code in ("INTERNAL", "UNAVAILABLE")
+    assert caught.value.code == "INTERNAL" and not isinstance(caught.value, RateLimited)
     assert emulator.creates == []

@@ -225,7 +225,7 @@ def test_cancel_failed_and_expired_batches(env: dict[str, str], emulator: Gemini
         try:
             emulator.configure(latency_s=30.0)
             cancelled = await provider.create_batch("nbp-cancel", [("k", ImageRequest("x"))])
-            await provider.cancel_batch(cancelled.name)
+            assert await provider.cancel_batch(cancelled.name) is True  # read back CANCELLED
             emulator.batch_expiry_s = 0.3
             expired = await provider.create_batch("nbp-expire", [("k", ImageRequest("x"))])
             emulator.configure(latency_s=0.2)
@@ -242,6 +242,29 @@ def test_cancel_failed_and_expired_batches(env: dict[str, str], emulator: Gemini
     assert failed.error and "failed" in failed.error
     with pytest.raises(TaskFailed):
         run(results(provider, failed))  # refused before any request
+
+
+def test_a_cancel_is_confirmed_only_by_the_batch_read_back(
+    env: dict[str, str], emulator: GeminiEmulator
+) -> None:
+    """`batches.cancel` answers `{}` whatever happened: only the batch's state read right
+    after proves it. A batch that already ended stays as it was: False, no error."""
+    emulator.configure(latency_s=0.1)
+
+    async def go() -> tuple[bool, BatchJob]:
+        provider = provider_for(env)
+        try:
+            job = await provider.create_batch("nbp-too-late", [("k", ImageRequest("x"))])
+            done = await finished(provider, job)
+            return await provider.cancel_batch(done.name), await provider.get_batch(done.name)
+        finally:
+            await provider.aclose()
+
+    confirmed, after = run(go())
+    assert confirmed is False and after.state == "succeeded"
+    paths = [path for _, path in emulator.requests]
+    batch = f"/gemini/v1beta/{after.name}"
+    assert paths[-3:] == [f"{batch}:cancel", batch, batch]  # the read-back, then ours
 
 
 def test_an_unknown_batch_is_not_found(env: dict[str, str], emulator: GeminiEmulator) -> None:

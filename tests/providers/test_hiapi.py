@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+import uuid
 from typing import Any
 
 import httpx
@@ -268,7 +270,7 @@ def test_same_key_different_body_is_rejected(hub: EmulatorHub, emulator: HiapiEm
 def test_key_still_processing_is_rate_limited_with_retry_after(
     hub: EmulatorHub, emulator: HiapiEmulator
 ) -> None:
-    emulator.idempotency_processing_s = 5.0
+    emulator.configure(processing_s=5.0)
     request = ImageRequest(prompt="x", idempotency_key="busy")
 
     async def go() -> None:
@@ -280,6 +282,65 @@ def test_key_still_processing_is_rate_limited_with_retry_after(
         run(go())
     assert caught.value.code == "IDEMPOTENCY_KEY_PROCESSING"
     assert caught.value.retry_after is not None and 1 <= caught.value.retry_after <= 5
+
+
+def test_keys_per_intent_within_the_replay_window(
+    hub: EmulatorHub, emulator: HiapiEmulator
+) -> None:
+    """Keys are random per create intent and sent as they are: two intents are two tasks
+    even with the same body inside the replay window; the same intent re-sent is replayed."""
+    first = ImageRequest(prompt="a pear", idempotency_key=str(uuid.uuid4()))
+    second = ImageRequest(prompt="a pear", idempotency_key=str(uuid.uuid4()))
+
+    async def go() -> list[Submitted]:
+        async with provider_for(hub) as provider:
+            return [await provider.submit(r) for r in (first, second, first)]
+
+    one, two, again = run(go())
+    assert [c.idempotency_key for c in emulator.creates] == [first.idempotency_key,
+                                                             second.idempotency_key]
+    assert one.task_id == again.task_id != two.task_id
+    assert again.extra == {"replay": "true"} and not one.extra and not two.extra
+
+
+def test_after_the_replay_window_a_key_makes_a_new_task(
+    hub: EmulatorHub, emulator: HiapiEmulator
+) -> None:
+    """protocols.md §2.2, §11: the original task comes back within ~24 h (`replay_window_s`),
+    a new task after that; the adapter reports what it is told."""
+    emulator.configure(replay_window_s=0.3)
+    request = ImageRequest(prompt="a fig", idempotency_key=str(uuid.uuid4()))
+
+    async def go() -> list[Submitted]:
+        async with provider_for(hub) as provider:
+            first = await provider.submit(request)
+            within = await provider.submit(request)
+            await asyncio.sleep(0.35)
+            return [first, within, await provider.submit(request)]
+
+    first, within, after = run(go())
+    assert within.task_id == first.task_id and within.extra == {"replay": "true"}
+    assert after.task_id != first.task_id and after.extra == {}
+    assert len(emulator.creates) == 2
+
+
+def test_the_first_create_in_flight_answers_409_then_the_replay(
+    hub: EmulatorHub, emulator: HiapiEmulator
+) -> None:
+    emulator.configure(processing_s=0.4)
+    headers = {"Idempotency-Key": "in-flight"}
+    first = raw(hub, "POST", "/v1/tasks", json=body(), headers=headers)
+    busy = raw(hub, "POST", "/v1/tasks", json=body(), headers=headers)
+    assert busy.status_code == 409 and busy.json()["error_code"] == "IDEMPOTENCY_KEY_PROCESSING"
+    assert busy.json()["code"] == 409 and busy.headers["Retry-After"] == "1"
+    time.sleep(0.45)
+    later = raw(hub, "POST", "/v1/tasks", json=body(), headers=headers)
+    assert later.headers["Idempotent-Replay"] == "true"
+    assert later.json()["data"] == first.json()["data"]
+    mismatch = raw(hub, "POST", "/v1/tasks", json=body("other"), headers=headers)
+    assert (mismatch.status_code, mismatch.json()["error_code"]) == (
+        422, "IDEMPOTENCY_KEY_MISMATCH")
+    assert len(emulator.creates) == 1
 
 
 def test_over_long_key_is_sent_hashed(hub: EmulatorHub, emulator: HiapiEmulator) -> None:

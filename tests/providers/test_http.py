@@ -25,7 +25,7 @@ from providers.base import (
 from providers.conformance import RedirectPair
 from providers.emulator.core import DEFAULT_OVERSIZE_BYTES, FaultConfig
 from providers.emulator.hub import EmulatorHub
-from providers.errors import AuthError, Rejected, ResultMismatch, TransientError
+from providers.errors import AuthError, Rejected, RequestNotSent, ResultMismatch, TransientError
 
 T = TypeVar("T")
 BUILT_IN = ["wiro", "hiapi", "runware", "kie", "apikley"]
@@ -279,3 +279,47 @@ def test_settings_built_by_hand_are_not_restricted() -> None:
             return response.json()
 
     assert run(go) == {"seen": "Bearer k"}
+
+
+# -- a request that never left -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_a_create_on_a_closed_client_never_left_and_is_request_not_sent(
+    name: str, hub: EmulatorHub
+) -> None:
+    """httpx refuses before sending anything once its client is closed (a RuntimeError): the
+    provider saw nothing, so even a create may be sent again (`RequestNotSent`, not the
+    `SubmitUncertain` of a lost answer)."""
+    cls = registry.get_class(name)
+    provider = cls(cls.settings_from_env(hub.environ()))
+    request = ImageRequest(prompt="a lemon on a plate", aspect_ratio="1:1",
+                           output_format=cls.capabilities.output_formats[0])
+    hub.reset()
+
+    async def go() -> RequestNotSent:
+        await provider.aclose()
+        with pytest.raises(RequestNotSent) as caught:
+            await provider.submit(request)
+        return caught.value
+
+    error = run(go)
+    assert isinstance(error.__cause__, RuntimeError)
+    assert hub[name].requests == [] and hub[name].creates == []
+
+
+def test_only_the_closed_client_runtime_error_is_translated() -> None:
+    """Another RuntimeError is no transport fault of ours: it passes as it is."""
+    async def go() -> None:
+        def handler(request: httpx.Request) -> httpx.Response:
+            raise RuntimeError("something else broke")
+
+        async with http.make_client(5.0, transport=httpx.MockTransport(handler)) as client:
+            with pytest.raises(RuntimeError, match="something else broke"):
+                await http.send(client, "GET", "https://anywhere.example/")
+        with pytest.raises(RequestNotSent):  # closed now
+            await http.send(client, "GET", "https://anywhere.example/")
+        with pytest.raises(RequestNotSent):
+            await http.download(client, "https://anywhere.example/image.png")
+
+    run(go)

@@ -1,5 +1,6 @@
 """What is specific to Kie.ai (protocols.md §4, seeds/kie.txt): the wire body, the body-code
-envelope on HTTP 200, JSON-string fields, the upload host, and the options it accepts.
+envelope on HTTP 200, JSON-string fields, both readings of an unknown or expired task
+(protocols.md §11), the upload host (reached by `prepare`), and the options it accepts.
 Generic behaviour (states, faults, auth, limits) is in the shared conformance suite."""
 
 from __future__ import annotations
@@ -148,6 +149,34 @@ def test_unknown_task_is_body_422_recordinfo_is_null(env: dict[str, str]) -> Non
 
     with pytest.raises(TaskNotFound):
         run(go())
+
+
+@pytest.mark.parametrize("reading", ["code_422", "data_null"])
+def test_an_expired_task_is_not_found_under_both_readings(
+    env: dict[str, str], emulator: KieEmulator, reading: str
+) -> None:
+    """protocols.md §11: `code: 422` "recordInfo is null", or a `code: 200` envelope with
+    `data: null`; a record past its time (`record_ttl_s`) answers like an unknown one."""
+    emulator.configure(unknown_task=reading, record_ttl_s=0.3)
+
+    async def go() -> tuple[Pending | Finished, Exception]:
+        async with provider_for(env) as provider:
+            submitted = await provider.submit(ImageRequest("a lemon that expires"))
+            first = await provider.poll(submitted)
+            await asyncio.sleep(0.35)
+            with pytest.raises(TaskNotFound) as caught:
+                await provider.poll(submitted)
+            return first, caught.value
+
+    first, error = run(go())
+    assert isinstance(first, Pending | Finished)
+    answer = raw(env, "GET", "/api/v1/jobs/recordInfo", params={"taskId": "nope"}).json()
+    if reading == "data_null":
+        assert answer == {"code": 200, "msg": "success", "data": None}
+        assert error.code == "data_null"
+    else:
+        assert answer == {"code": 422, "msg": "recordInfo is null", "data": None}
+        assert error.code == "422"
 
 
 # -- failures as Kie shows them -----------------------------------------------------------
@@ -311,6 +340,44 @@ def test_local_reference_is_uploaded_once_per_content(
     pair = next(t for t in emulator.tasks.values() if t.prompt == "pair")
     assert [httpx.get(url).content for url in pair.references] == [PNG, other.data]
     assert all(url.startswith(f"{hub.url}/files/kie-upload-") for url in pair.references)
+
+
+def test_prepare_uploads_and_the_create_then_carries_only_urls(
+    hub: EmulatorHub, env: dict[str, str], emulator: KieEmulator
+) -> None:
+    url = "https://example.com/a.png"
+    request = ImageRequest("prepared lemon", references=(Reference("shop/sku-1.png", PNG),
+                                                         Reference(url)))
+
+    async def go() -> tuple[ImageRequest, int, Submitted]:
+        async with provider_for(env) as provider:
+            prepared = await provider.prepare(request)
+            sent = len(emulator.requests)
+            return prepared, sent, await provider.submit(prepared)
+
+    prepared, sent, submitted = run(go())
+    [upload] = emulator.uploads
+    assert sent == 1 and emulator.creates[0].task_id == submitted.task_id
+    assert [(r.uri, r.data) for r in prepared.references] == [(upload.download_url, None),
+                                                              (url, None)]
+    assert emulator.requests[1:] == [("POST", "/kie/api/v1/jobs/createTask")]
+    assert emulator.creates[0].body["input"]["image_input"] == [upload.download_url, url]
+
+
+def test_prepare_checks_before_it_uploads(env: dict[str, str], emulator: KieEmulator) -> None:
+    gif = Reference("a.gif", b"GIF89a" + bytes(64), mime_type="image/gif")
+
+    async def go() -> None:
+        async with provider_for(env) as provider:
+            with pytest.raises(LimitExceeded):
+                await provider.prepare(ImageRequest("x", references=(
+                    Reference("a.png", PNG), gif)))
+            with pytest.raises(LimitExceeded):
+                await provider.prepare(ImageRequest("x", references=(
+                    Reference("a.png", PNG), Reference("not/a/url.png"))))
+
+    run(go())
+    assert emulator.requests == [] and emulator.uploads == []
 
 
 def test_upload_with_wrong_key_is_auth_error_before_any_create(

@@ -14,7 +14,7 @@ from providers.adapter import SECTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 ADAPTERS = ["wiro", "hiapi", "runware", "kie", "apikley", "gemini", "gemini_batch"]
-CONTRACT = ("submit", "poll", "recover", "download", "cancel")
+CONTRACT = ("prepare", "submit", "poll", "recover", "download", "cancel")
 
 
 @pytest.mark.parametrize("name", ADAPTERS)

@@ -1,13 +1,15 @@
 """Runware-only behaviour: the imageInference task field by field, Bearer and in-array auth,
-the `{"data", "errors"}` shapes, taskUUID derivation, duplicate refusal and recovery of a lost
-create, sync delivery, Runware's size list, uploads and provider options. Generic behaviour
-(states, markers, faults) is in the shared conformance suite."""
+the `{"data", "errors"}` shapes, the taskUUID of a create intent, the readings of a failed
+generation and of a reused taskUUID (protocols.md §11), recovery of a lost create, sync
+delivery, Runware's size list, uploads (in `prepare`) and provider options. Generic behaviour
+(states, markers, faults, every reading) is in the shared conformance suite."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import dataclasses
+import hashlib
 import io
 import os
 import uuid
@@ -37,6 +39,7 @@ from providers.runware import (
     RunwareProvider,
     outcome_of,
     task_uuid_for,
+    task_word,
 )
 
 PROVIDER = "runware"
@@ -155,6 +158,146 @@ def test_wire_task_field_by_field(hub: EmulatorHub, emulator: RunwareEmulator) -
     assert (task.aspect_ratio, task.resolution, task.output_format) == ("4:5", "2K", "webp")
     assert task.references[0] == URL_REF
     assert httpx.get(task.references[1]).content == small  # the inline image, as received
+
+
+def test_a_uuid4_key_is_the_task_uuid_and_an_old_key_keeps_its_derived_one() -> None:
+    """Keys are random UUID v4s per create intent: sent as the taskUUID itself. A key of an
+    older journal (`nbp-{cell}-{channel}-{n}`) keeps the derivation those versions used, so
+    its lost create is still found."""
+    key = str(uuid.uuid4())
+    assert task_uuid_for(key) == key
+    old = "nbp-3f2a9c-runware-0"
+    derived = hashlib.sha256(f"nbp-runware:{old}".encode()).digest()[:16]
+    assert task_uuid_for(old) == str(uuid.UUID(bytes=derived, version=4))
+    assert task_uuid_for(old) != old and task_uuid_for("not-a-uuid-4") != "not-a-uuid-4"
+    v1 = "c232ab00-9414-11ec-b3c8-9f6bdeced846"  # a UUID, but not v4: derived like any key
+    assert task_uuid_for(v1) != v1
+
+
+def test_two_intents_are_two_tasks_and_a_resent_intent_is_one(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    first = ImageRequest(prompt="a banana", idempotency_key=str(uuid.uuid4()))
+    second = dataclasses.replace(first, idempotency_key=str(uuid.uuid4()))
+
+    async def go() -> list[Submitted]:
+        async with provider_for(hub) as provider:
+            return [await provider.submit(first), await provider.submit(second),
+                    await provider.submit(first)]
+
+    one, two, again = run(go())
+    assert [c.task_id for c in emulator.creates] == [first.idempotency_key,
+                                                     second.idempotency_key]
+    assert one.task_id == again.task_id == first.idempotency_key != two.task_id
+    assert again.extra == {"resent": "true"} and emulator.duplicates == 1
+
+
+def test_an_old_journals_lost_create_is_still_recovered(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    """A create journalled by an older version (key `nbp-{cell}-{channel}-{n}`) whose answer
+    was lost is found by the taskUUID that version derived."""
+    request = ImageRequest(prompt="an old banana", idempotency_key="nbp-cell7-runware-0")
+    task = inference(taskUUID=task_uuid_for(request.idempotency_key),
+                     positivePrompt=request.prompt)
+    assert post(hub, [task]).status_code == 200  # what the old version sent
+
+    async def go() -> Submitted | None:
+        async with provider_for(hub) as provider:
+            return await provider.recover(request)
+
+    found = run(go())
+    assert found is not None and found.task_id == task["taskUUID"]
+
+
+@pytest.mark.parametrize(
+    ("reading", "status", "code"),
+    [("duplicate", 400, "duplicateTaskUUID"), ("invalid", 400, "invalidTaskUUID"),
+     ("ack", 200, None)],
+)
+def test_a_reused_task_uuid_is_answered_as_the_reading_says(
+    hub: EmulatorHub, emulator: RunwareEmulator, reading: str, status: int, code: str | None
+) -> None:
+    """protocols.md §11: 400 duplicateTaskUUID, 400 invalidTaskUUID ("already used"), or the
+    original task's ack; never a second task. The adapter reads all three as the task of
+    this intent."""
+    emulator.configure(reused_uuid=reading)
+    task = inference()
+    assert post(hub, [task]).status_code == 200
+    again = post(hub, [task])
+    assert again.status_code == status
+    if code is None:
+        assert again.json() == {"data": [{"taskType": "imageInference",
+                                          "taskUUID": task["taskUUID"]}]}
+    else:
+        [error] = again.json()["errors"]
+        assert (error["code"], error["taskUUID"]) == (code, task["taskUUID"])
+        assert "already" in error["message"]
+    assert (len(emulator.creates), emulator.duplicates) == (1, 1)
+
+    async def go() -> Submitted:
+        async with provider_for(hub) as provider:
+            return await provider.submit(ImageRequest(prompt="again",
+                                                      idempotency_key=task["taskUUID"]))
+
+    assert run(go()).task_id == task["taskUUID"]
+    assert len(emulator.creates) == 1
+
+
+@pytest.mark.parametrize(
+    ("fail_code", "content_code", "marker", "error", "code"),
+    [
+        pytest.param("providerError", "invalidProviderContent", "[emulate:fail]", TaskFailed,
+                     "providerError", id="failed"),
+        pytest.param("generationInterrupted", "x", "[emulate:fail]", TaskFailed,
+                     "generationInterrupted", id="unseen-code"),
+        pytest.param("x", "contentModerated", "[emulate:content]", ContentRejected,
+                     "contentModerated", id="content-moderated"),
+        pytest.param("x", "invalidProviderContent", "[emulate:content]", ContentRejected,
+                     "invalidProviderContent", id="invalid-provider-content"),
+    ],
+)
+def test_a_failure_at_http_400_is_the_tasks_fate_not_a_refused_request(
+    hub: EmulatorHub, emulator: RunwareEmulator, fail_code: str, content_code: str,
+    marker: str, error: type[Exception], code: str,
+) -> None:
+    """Reading (b) of protocols.md §11: HTTP 400, an errors[] item with our taskUUID and a
+    code, no `status`. It is Runware's word on the task: `TaskFailed` / `ContentRejected`,
+    never `Rejected` (which the engine would retry as a request for many minutes)."""
+    emulator.configure(failure="code", fail_code=fail_code, content_code=content_code,
+                       latency_s=0.05)
+    task = inference(positivePrompt=f"a banana {marker}")
+    assert post(hub, [task]).status_code == 200
+    asyncio.run(asyncio.sleep(0.15))
+    answer = post(hub, [{"taskType": "getResponse", "taskUUID": task["taskUUID"]}])
+    assert answer.status_code == 400
+    [item] = answer.json()["errors"]
+    assert (item["code"], item["taskUUID"]) == (code, task["taskUUID"]) and "status" not in item
+
+    async def go() -> Any:
+        async with provider_for(hub) as provider:
+            return await provider.poll(Submitted("runware", task["taskUUID"]))
+
+    with pytest.raises(TaskFailed) as caught:
+        run(go())
+    assert type(caught.value) is error and caught.value.code == code
+
+
+def test_only_an_item_naming_our_task_is_its_word() -> None:
+    ours, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def answer(status: int, *items: dict[str, Any]) -> httpx.Response:
+        return httpx.Response(status, json={"errors": list(items)})
+
+    word = {"code": "weirdNewCode", "taskUUID": ours, "message": "m"}
+    assert task_word(answer(400, word), answer(400, word).json(), ours) == word
+    assert task_word(answer(400, word), answer(400, word).json(), theirs) is None
+    for status in (401, 404, 429, 500, 503):  # the status says: no word on the task
+        assert task_word(answer(status, word), answer(status, word).json(), ours) is None
+    for code in ("invalidApiKey", "taskNotFound", "queueCapacityExceeded", "invalidTaskUUID",
+                 "timeoutProvider", "unsupportedParameter"):  # about the request itself
+        item = {"code": code, "taskUUID": ours}
+        assert task_word(answer(400, item), answer(400, item).json(), ours) is None
 
 
 def test_task_uuid_is_a_stable_uuid4_per_idempotency_key() -> None:
@@ -399,6 +542,27 @@ def test_sync_delivery_answers_with_the_result(
     assert failed.value.code == "providerError"
 
 
+def test_a_resent_sync_create_answered_by_an_ack_is_followed_by_polling(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    """Under the "ack" reading a re-sent sync create comes back as the ack, not the image:
+    the task is named (no `finished`), and polling collects it."""
+    emulator.configure(reused_uuid="ack")
+    request = ImageRequest(prompt="a banana twice", idempotency_key=str(uuid.uuid4()),
+                           options={"deliveryMethod": "sync"})
+
+    async def go() -> tuple[Submitted, Submitted, Finished]:
+        async with provider_for(hub) as provider:
+            first = await provider.submit(request)
+            again = await provider.submit(request)
+            return first, again, await until_done(provider, again)
+
+    first, again, finished = run(go())
+    assert first.finished is not None and again.finished is None
+    assert again.task_id == first.task_id and len(finished.images) == 1
+    assert len(emulator.creates) == 1
+
+
 def test_capacity_excess_is_429_without_retry_after(
     hub: EmulatorHub, emulator: RunwareEmulator
 ) -> None:
@@ -437,13 +601,53 @@ def test_large_local_reference_is_uploaded_once(
                 for i in range(3)
             ))
 
-    run(go())
+    run(go())  # unprepared requests: `submit` prepares them itself
     [(image_uuid, url)] = emulator.uploads.items()
     assert len(emulator.requests) == 4  # one imageUpload, three creates
     for create in emulator.creates:
         assert create.body["inputs"] == {"referenceImages": [image_uuid]}
         assert emulator.tasks[create.task_id].references == [url]
     assert httpx.get(url).content == big
+
+
+def test_prepare_uploads_large_references_and_leaves_small_ones_inline(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    big, small = png((640, 640), noise=True), png()
+    request = ImageRequest(prompt="a prepared banana", references=(
+        Reference("big.png", big), Reference("small.png", small), Reference(URL_REF)))
+
+    async def go() -> tuple[ImageRequest, int, Submitted]:
+        async with provider_for(hub) as provider:
+            prepared = await provider.prepare(request)
+            uploads = len(emulator.requests)
+            return prepared, uploads, await provider.submit(prepared)
+
+    prepared, uploads, submitted = run(go())
+    [(image_uuid, _)] = emulator.uploads.items()
+    assert uploads == 1 and len(emulator.requests) == 2  # the upload, then only the create
+    assert [r.uri for r in prepared.references] == [image_uuid, "small.png", URL_REF]
+    assert prepared.references[0].data is None and prepared.references[1].data == small
+    sent = emulator.creates[0].body["inputs"]["referenceImages"]
+    assert sent[0] == image_uuid and sent[1].startswith("data:image/png;base64,")
+    assert submitted.task_id == emulator.creates[0].task_id
+
+
+def test_prepare_checks_limits_before_uploading(
+    hub: EmulatorHub, emulator: RunwareEmulator
+) -> None:
+    big = Reference("big.png", png((640, 640), noise=True))
+
+    async def go() -> None:
+        async with provider_for(hub) as provider:
+            with pytest.raises(LimitExceeded):
+                await provider.prepare(ImageRequest(prompt="x", references=(big,)))
+            with pytest.raises(LimitExceeded):
+                await provider.prepare(ImageRequest(prompt="a banana", references=(big,),
+                                                    options={"steps": 4}))
+
+    run(go())
+    assert emulator.requests == [] and emulator.uploads == {}
 
 
 def test_emulator_upload_task(hub: EmulatorHub, emulator: RunwareEmulator) -> None:

@@ -1,6 +1,7 @@
 """What is specific to Wiro (protocols.md §1, seeds/wiro.txt): the HMAC signature recipe and
 both auth modes, JSON vs multipart Run bodies, body codes on HTTP 200 (96, 97, 0, 1), the
-string-typed Task/Detail lifecycle, Cancel-then-Kill, and the `callbackUrl` option.
+string-typed Task/Detail lifecycle, Cancel-then-Kill confirmed only by a `task_cancel` status
+(the readings of a stop, protocols.md §11), and the `callbackUrl` option.
 Generic behaviour (states, faults, limits) is in the shared conformance suite."""
 
 from __future__ import annotations
@@ -503,7 +504,7 @@ def test_cancel_uses_task_cancel_while_queued(env: dict[str, str], emulator: Wir
         provider = provider_for(env)
         try:
             submitted = await provider.submit(ImageRequest("cancel queued"))
-            await provider.cancel(submitted)
+            assert await provider.cancel(submitted) is True  # the answer shows task_cancel
             with pytest.raises(TaskFailed) as caught:
                 await provider.poll(submitted)
             assert caught.value.code == "task_cancel"
@@ -513,6 +514,7 @@ def test_cancel_uses_task_cancel_while_queued(env: dict[str, str], emulator: Wir
     run(go())
     paths = [path for _, path in emulator.requests]
     assert paths.count("/wiro/v1/Task/Cancel") == 1 and "/wiro/v1/Task/Kill" not in paths
+    assert paths.count("/wiro/v1/Task/Detail") == 1  # the poll after it, nothing more
 
 
 def test_cancel_falls_back_to_kill_while_running(
@@ -526,7 +528,7 @@ def test_cancel_falls_back_to_kill_while_running(
             submitted = await provider.submit(ImageRequest("kill running"))
             while (await provider.poll(submitted)) == Pending("task_queue"):
                 await asyncio.sleep(0.01)
-            await provider.cancel(submitted)
+            assert await provider.cancel(submitted) is True
             return submitted.task_id
         finally:
             await provider.aclose()
@@ -545,7 +547,8 @@ def test_cancel_after_the_end_changes_nothing(env: dict[str, str], emulator: Wir
         try:
             submitted = await provider.submit(ImageRequest("already done"))
             await finish(provider, submitted)
-            await provider.cancel(submitted)  # Cancel and Kill both refuse: nothing to stop
+            # Cancel and Kill both refuse: nothing to stop, no error, nothing confirmed
+            assert await provider.cancel(submitted) is False
             assert isinstance(await provider.poll(submitted), Finished)
             return submitted.task_id
         finally:
@@ -553,6 +556,98 @@ def test_cancel_after_the_end_changes_nothing(env: dict[str, str], emulator: Wir
 
     task_id = run(go())
     assert emulator.tasks[task_id].cancelled_at is None
+
+
+def stop(env: dict[str, str], prompt: str) -> tuple[bool, Pending | Finished | ProviderError, str]:
+    """Submit, cancel at once, poll once: (confirmed, what the poll saw, task id)."""
+    async def go() -> tuple[bool, Pending | Finished | ProviderError, str]:
+        provider = provider_for(env)
+        try:
+            submitted = await provider.submit(ImageRequest(prompt))
+            confirmed = await provider.cancel(submitted)
+            try:
+                after: Pending | Finished | ProviderError = await provider.poll(submitted)
+            except ProviderError as exc:
+                after = exc
+            return confirmed, after, submitted.task_id
+        finally:
+            await provider.aclose()
+
+    return run(go())
+
+
+def test_a_task_sits_between_queue_and_assign_as_long_as_asked(
+    env: dict[str, str], emulator: WiroEmulator
+) -> None:
+    emulator.configure(queue_s=0.2, assign_after_s=0.6, latency_s=0.1)
+    task_id = raw(env, "/Run/google/nano-banana-pro", json={"prompt": "p"}).json()["taskid"]
+
+    def status() -> str:
+        return str(raw(env, "/Task/Detail", json={"taskid": task_id}).json()
+                   ["tasklist"][0]["status"])
+
+    seen = [status()]
+    while seen[-1] != "task_postprocess_end":
+        time.sleep(0.03)
+        seen.append(status())
+    before_assign = [s for s in seen if s in
+                     ("task_accept", "task_preprocess_start", "task_preprocess_end")]
+    assert seen[0] == "task_queue" and len(before_assign) >= 3  # ~0.4 s of them
+    positions = [TASK_LIFECYCLE.index(s) for s in seen]
+    assert positions == sorted(positions)  # and the task ends no earlier than assigned
+    (task,) = raw(env, "/Task/Detail", json={"taskid": task_id}).json()["tasklist"]
+    assert task["assigntime"] != "0" and float(task["elapsedseconds"]) >= 0.6
+
+
+def test_a_kill_refused_before_assign_is_not_a_cancel(
+    env: dict[str, str], emulator: WiroEmulator
+) -> None:
+    """Reading (a): Task/Cancel refuses a task that left the queue, Task/Kill refuses one
+    not yet assigned; `cancel` says False (no error) and the task runs on."""
+    emulator.configure(queue_s=0.0, assign_after_s=60.0, kill_before_assign="refuse")
+    confirmed, after, task_id = stop(env, "too early to kill")
+    assert confirmed is False and after == Pending("task_accept")
+    assert emulator.tasks[task_id].cancelled_at is None
+    paths = [path for _, path in emulator.requests]
+    assert paths[1:4] == ["/wiro/v1/Task/Cancel", "/wiro/v1/Task/Kill", "/wiro/v1/Task/Detail"]
+    refused = raw(env, "/Task/Kill", json={"taskid": task_id}).json()
+    assert refused == {"result": False, "errors": [{
+        "code": 1, "message": "Task could not be killed: task is not assigned to a worker yet."}]}
+    assert raw(env, "/Task/Cancel", json={"taskid": task_id}).json()["errors"][0] == {
+        "code": 1, "message": "Task is not in a cancellable state."}
+
+
+def test_a_kill_answered_before_it_takes_effect_is_confirmed_by_detail_only(
+    env: dict[str, str], emulator: WiroEmulator
+) -> None:
+    """Reading (b): Task/Kill answers with the task as it still is. Only a Task/Detail that
+    shows `task_cancel` proves the stop: asked right after, it does when the kill has taken
+    effect, and does not while it has not."""
+    emulator.configure(queue_s=0.0, assign_after_s=0.0, kill_answer="pending",
+                       kill_settle_s=0.0, latency_s=5.0)
+    confirmed, after, _ = stop(env, "killed at once")
+    assert confirmed is True and isinstance(after, TaskFailed) and after.code == "task_cancel"
+    paths = [path for _, path in emulator.requests]
+    assert paths[2:4] == ["/wiro/v1/Task/Kill", "/wiro/v1/Task/Detail"]
+
+    emulator.configure(kill_settle_s=0.4)
+    confirmed, after, task_id = stop(env, "killed later")
+    assert confirmed is False and isinstance(after, Pending)
+    killed = raw(env, "/Task/Kill", json={"taskid": task_id}).json()
+    assert killed["result"] is True and killed["tasklist"][0]["status"] != "task_cancel"
+    time.sleep(0.45)
+    (task,) = raw(env, "/Task/Detail", json={"taskid": task_id}).json()["tasklist"]
+    assert task["status"] == "task_cancel" and task["canceltime"] != "0"
+
+
+def test_the_stop_readings_take_only_their_values(emulator: WiroEmulator) -> None:
+    with pytest.raises(ValueError, match="kill_answer must be one of"):
+        emulator.configure(kill_answer="maybe")
+    with pytest.raises(AttributeError, match="no_such_switch"):
+        emulator.configure(no_such_switch=True)
+    emulator.configure(kill_before_assign="refuse", queue_s=1.0)
+    emulator.hub.reset()
+    assert (emulator.readings.kill_before_assign, emulator.readings.queue_s) == ("kill", None)
 
 
 # -- files API ------------------------------------------------------------------------------

@@ -75,13 +75,15 @@ class ToyProvider(HttpAdapter):
         )
         return outcome_of(checked(response))
 
-    async def cancel(self, submitted: Submitted) -> None:
+    async def cancel(self, submitted: Submitted) -> bool:
+        """True only when the toy answers the job `cancelled`; a refusal is no error."""
         response = await http.send(
             self.client, "DELETE", self.url(f"{JOBS_PATH}/{submitted.task_id}"),
             headers=self._auth(),
         )
-        if response.status_code != 409:  # 409: the job has ended already
-            raise_for_error(response, None)
+        if response.status_code in (404, 409):  # unknown, or the job has ended already
+            return False
+        return checked(response).get("state") == "cancelled"
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.require_credential(API_KEY_ENV)}"}
