@@ -129,7 +129,7 @@ class BatchChannel:
         self._open: dict[str | None, _Group] = {}
         self._sequence = 0
         self._tracked: dict[str, _Tracked] = {}
-        self._cancelled: set[str] = set()
+        self._cancelled: dict[str, bool] = {}  # batch -> whether Google confirmed its cancel
         self._started = time.monotonic()
         self._spool = Path(tempfile.mkdtemp(prefix="nbp-batch-spool-"))
 
@@ -286,11 +286,14 @@ class BatchChannel:
         except FileNotFoundError:  # never the provider's word: the next run streams it again
             raise TransientError(f"the spooled result {path.name} is gone") from None
 
-    async def cancel(self, submitted: Submitted) -> None:
+    async def cancel(self, submitted: Submitted) -> bool:
+        """Cancel the cell's batch (once for all its cells); True when Google confirms it."""
         name = submitted.extra.get("batch")
-        if name and name not in self._cancelled:
-            self._cancelled.add(name)
-            await self.batches.cancel_batch(name)
+        if not name:
+            return False
+        if name not in self._cancelled:
+            self._cancelled[name] = await self.batches.cancel_batch(name)
+        return self._cancelled[name]
 
     async def aclose(self) -> None:
         for creator in list(self._creators):

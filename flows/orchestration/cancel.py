@@ -2,8 +2,10 @@
 
 Reads the journal; for each cell whose live task this flow run created (its `holder` is the
 flow run id: other runs and shards on the target are never touched) at a provider whose API
-can cancel, asks the provider to cancel and marks the cell `cancelled`. Tasks at providers
-without a cancel API stay as they are, so the next run collects them instead of paying again.
+can cancel, asks the provider to cancel, and marks the cell `cancelled` only when the provider
+confirms it (`Provider.cancel` is True). A refused or unanswered cancel, and tasks at
+providers without a cancel API, stay as they are: the next run collects them instead of
+paying again.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ async def cancel_submitted(spec_path: str, target: str | None, holder: str) -> i
             submitted = entry.submitted
             if provider is None or submitted is None or not provider.capabilities.can_cancel:
                 continue
-            with contextlib.suppress(Exception):
-                await provider.cancel(submitted)
-                entry.state = "cancelled"
-                journal.write(entry)
-                cancelled += 1
+            with contextlib.suppress(Exception):  # not confirmed: the next run collects it
+                if await provider.cancel(submitted) is True:
+                    entry.state = "cancelled"
+                    journal.write(entry)
+                    cancelled += 1
     return cancelled

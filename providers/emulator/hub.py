@@ -206,8 +206,8 @@ class EmulatorHub:
             time.sleep(0.01)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
+        if self._server is not None:  # at once: no waiting for requests still open
+            self._server.should_exit = self._server.force_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
 

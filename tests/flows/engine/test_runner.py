@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -462,3 +463,28 @@ def test_an_image_is_never_written_over_another_cells_file(
     assert image.read_bytes() == theirs
     row = manifest(tmp_path).filter(pl.col("job") == "beta").row(0, named=True)
     assert row["status"] == "failed" and "not overwritten" in row["error_message"]
+
+
+@pytest.mark.parametrize(("marker", "switches", "code"), [
+    pytest.param(CONTENT_MARKER, {"failure": "code", "content_code": "contentModerated"},
+                 "contentModerated", id="http-400-content-moderated"),
+    pytest.param(FAIL_MARKER, {"failure": "code", "fail_code": "neverSeenBefore"},
+                 "neverSeenBefore", id="http-400-unknown-code"),
+    pytest.param(CONTENT_MARKER, {"failure": "status"}, "invalidProviderContent",
+                 id="http-200-status-error"),
+])
+def test_the_providers_word_in_a_poll_answer_ends_the_cell_at_once(
+    hub: EmulatorHub, tmp_path: Path, marker: str, switches: dict[str, str], code: str
+) -> None:
+    """Runware may answer getResponse for a refused task with HTTP 400 and an error item
+    naming our task, in a code nbp has never seen: the provider's word, not a fault to retry
+    for `patience_s` (ten minutes)."""
+    hub["runware"].configure(**switches)
+    spec = write_spec(tmp_path, [f"refused {marker}"], provider="runware", retries=0,
+                      matrix={"prompt": [f"refused {marker}"], "aspect_ratio": ["1:1"]})
+    started = time.monotonic()
+    result = run(spec)
+    assert time.monotonic() - started < 15 and result.exit_code == 1
+    row = manifest(tmp_path).row(0, named=True)
+    assert (row["status"], row["error_code"]) == ("failed", code), row["error_message"]
+    assert hub["runware"].creates_for("refused") == 1

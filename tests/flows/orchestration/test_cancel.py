@@ -1,5 +1,6 @@
 """The cancel hook of a flow run cancels the tasks that flow run created, and nobody else's:
-other shards and runs on the same target keep theirs."""
+other shards and runs on the same target keep theirs; a cell is cancelled only on the
+provider's word."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from flows.engine.job import RunOptions, run_job
 from flows.engine.journal import Journal, JournalEntry
+from flows.engine.policy import RetryPolicy
 from flows.orchestration.cancel import cancel_submitted
 from outputs.sink import Sink
 from providers import registry
@@ -54,3 +57,38 @@ def test_the_cancel_hook_touches_only_its_own_flow_runs_tasks(tmp_path: Path) ->
     assert cancelled == {"mine": True, "theirs": False}
     states = {e.cell_id: e.state for e in journal.load().values()}
     assert states == {"cell-mine": "cancelled", "cell-theirs": "created"}
+
+
+def test_a_refused_cancel_leaves_the_task_to_collect_and_nothing_is_paid_twice(
+    tmp_path: Path,
+) -> None:
+    """Wiro refuses Task/Cancel once a task left the queue and Task/Kill before it is
+    assigned: nothing confirms the cancel, so the cells stay `created` and the next run
+    collects the three tasks instead of creating three more."""
+    prompts = ["in between 1", "in between 2", "in between 3"]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "version": 1, "name": "refused", "provider": "wiro",
+        "matrix": {"prompt": prompts},
+        "output": {"target": str(tmp_path / "out")},
+        "limits": {"wiro": {"poll_interval": 0.1}},
+    }))
+    with EmulatorHub.start(["wiro"], latency_s=5.0) as hub:
+        hub["wiro"].configure(queue_s=0.0, assign_after_s=4.0, kill_before_assign="refuse",
+                              poll_5xx_prob=1.0)
+        saved = dict(os.environ)
+        os.environ.update(hub.environ())
+        try:
+            first = asyncio.run(run_job(RunOptions(
+                spec=str(spec), holder="flow-run-a", retry=RetryPolicy(patience_s=0.3))))
+            assert first.counts["pending"] == 3
+            hub["wiro"].configure(poll_5xx_prob=0.0)
+            assert asyncio.run(cancel_submitted(str(spec), None, holder="flow-run-a")) == 0
+            states = {e.state for e in Journal(Sink(str(tmp_path / "out"))).load().values()}
+            assert states == {"created"}
+            again = asyncio.run(run_job(RunOptions(spec=str(spec))))
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        assert again.counts["succeeded"] == 3
+        assert [hub["wiro"].creates_for(p) for p in prompts] == [1, 1, 1]
