@@ -63,6 +63,7 @@ log = logging.getLogger("nbp.job")
 
 DEFAULT_CHUNK_SIZE = 200
 MANIFEST_LOCK = ".nbp/locks/manifest"
+EMULATED_TASKS = ".nbp/emulated/tasks.json"  # what `--emulate`'s emulators knew (JSON)
 COPY_BLOCK = 1 << 20  # the merged manifest goes to the target a block at a time
 
 # A chunk's rows as a frame: returned per row, Prefect would track every row of every task
@@ -445,6 +446,8 @@ async def open_providers(
 
         latency = options.emulator_latency_s
         hub = EmulatorHub(list(spec.providers), latency_s=latency or DEFAULT_LATENCY_S)
+        emulated = Sink(spec.output.target, spec.output.storage_options)
+        await asyncio.to_thread(_remember_emulated_tasks, hub, emulated)
         await asyncio.to_thread(hub.serve_in_thread)
         environ = {**os.environ, **hub.environ(), **hub.accounts_environ(
             [(c.provider, c.variables) for c in used if not c.documented])}
@@ -472,6 +475,22 @@ async def open_providers(
             await provider.aclose()
         if hub is not None:
             await asyncio.to_thread(hub.stop)
+            with contextlib.suppress(OSError):  # the next emulated run collects its tasks
+                await asyncio.to_thread(emulated.put_json, EMULATED_TASKS, hub.export_tasks())
+
+
+def _remember_emulated_tasks(hub: Any, sink: Sink) -> None:
+    """The tasks earlier emulated runs on this target left at the emulators: a real provider
+    keeps a task when its client stops, so a task an interrupted run left is collected by
+    the next one. The file is the target's, so it is read as input (bad entries skipped)."""
+    try:
+        taken = hub.import_tasks(sink.get_json(EMULATED_TASKS))
+    except (OSError, ValueError):
+        log.warning("%s could not be read; the emulators start without earlier tasks",
+                    EMULATED_TASKS)
+        return
+    if taken:
+        log.info("the emulators remember %d task(s) of earlier emulated runs", taken)
 
 
 def make_throttles(

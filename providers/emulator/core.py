@@ -39,6 +39,7 @@ that select it, so the conformance suite runs its behaviours under every one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -231,6 +232,48 @@ class RemoteTask:
         return self.phase() in ("done", "cancelled")
 
 
+TASK_MEMORY_S = 7 * 86400.0     # how long an emulator remembers a task across runs
+MAX_REMEMBERED_TASKS = 100_000
+
+
+def _light(value: Any) -> Any:
+    """`value` with long strings (inline references in a request body) cut short."""
+    if isinstance(value, str) and len(value) > 4096:
+        return value[:64] + "..."
+    if isinstance(value, dict):
+        return {k: _light(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_light(v) for v in value]
+    return value
+
+
+def _remote_task(data: Any) -> RemoteTask | None:
+    """A RemoteTask from its exported JSON, or None when it is not one."""
+    if not isinstance(data, dict):
+        return None
+    fields = {f.name: f for f in dataclasses.fields(RemoteTask)}
+    if set(data) - set(fields):
+        return None
+    strings = ("task_id", "prompt", "aspect_ratio", "resolution", "output_format", "outcome",
+               "image")
+    numbers = ("created", "latency_s")
+    if not all(isinstance(data.get(k), str) for k in strings):
+        return None
+    if not all(isinstance(data.get(k), int | float) for k in numbers):
+        return None
+    if not isinstance(data.get("extra", {}), dict) or not isinstance(
+            data.get("references", []), list):
+        return None
+    if data.get("cancelled_at") is not None and not isinstance(data["cancelled_at"], int | float):
+        return None
+    if data.get("account") is not None and not isinstance(data["account"], str):
+        return None
+    try:
+        return RemoteTask(**data)
+    except TypeError:
+        return None
+
+
 class RateWindow:
     """Sliding-window counter of creates: `admit()` is False when the window is full."""
 
@@ -324,6 +367,32 @@ class ProviderEmulator:
             self.requests.clear()
             self.rejected_for_rate = 0
         self._reset_windows()
+
+    # -- remembering tasks across runs (`nbp run --emulate`) ------------------------------
+
+    def export_tasks(self, younger_than_s: float = TASK_MEMORY_S) -> list[dict[str, Any]]:
+        """The tasks a later emulator should still know, as JSON (a real provider keeps its
+        tasks when a client stops; an emulator started afresh would not)."""
+        now = time.time()
+        with self._lock:
+            tasks = [t for t in self.tasks.values() if now - t.created < younger_than_s]
+        return [_light(dataclasses.asdict(task)) for task in tasks[-MAX_REMEMBERED_TASKS:]]
+
+    def import_tasks(self, exported: Any) -> int:
+        """Tasks an earlier emulator exported; entries of another shape are skipped (the file
+        lives in a target: input, never trusted). Returns how many were taken."""
+        taken = 0
+        for data in exported if isinstance(exported, list) else []:
+            task = _remote_task(data)
+            if task is not None:
+                with self._lock:
+                    self.tasks.setdefault(task.task_id, task)
+                self.restored(task)
+                taken += 1
+        return taken
+
+    def restored(self, task: RemoteTask) -> None:
+        """A task came back from an earlier emulator: index it where the subclass looks."""
 
     def _reset_windows(self) -> None:
         self.rate = self._make_rate_window()

@@ -181,6 +181,17 @@ class EmulatorHub:
         for emulator in self.emulators.values():
             emulator.reset()
 
+    def export_tasks(self) -> dict[str, list[dict[str, Any]]]:
+        """Every emulator's tasks as JSON, by emulator (`ProviderEmulator.export_tasks`)."""
+        return {name: emulator.export_tasks() for name, emulator in self.emulators.items()}
+
+    def import_tasks(self, exported: Any) -> int:
+        """Tasks an earlier hub exported (anything else is skipped); how many were taken."""
+        if not isinstance(exported, dict):
+            return 0
+        return sum(emulator.import_tasks(exported.get(name))
+                   for name, emulator in self.emulators.items())
+
     # -- serving ----------------------------------------------------------------------
 
     def serve_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> None:

@@ -194,6 +194,11 @@ class WiroEmulator(ProviderEmulator):
     def switches(self) -> Sequence[Any]:
         return (self.readings,)
 
+    def restored(self, task: RemoteTask) -> None:
+        token = task.extra.get("token")
+        if isinstance(token, str):
+            self._tokens[token] = task.task_id
+
     def reset(self) -> None:
         """Forget tasks and restore the default project settings and readings."""
         super().reset()

@@ -201,3 +201,20 @@ def test_the_file_store_renders_marked_results_and_keeps_uploads_apart() -> None
     assert bomb is not None and bomb.head == bomb_png(30000, 30000) and bomb.result
     assert upload is not None and not upload.result and upload.read() == b"\x89PNG uploaded"
     assert store.open("nothing") is None
+
+
+def test_tasks_survive_into_a_fresh_emulator_and_foreign_entries_are_skipped() -> None:
+    """`nbp run --emulate` keeps the emulators' tasks in the target between runs: a task
+    comes back as it was; anything else in that file (it is the target's, so input) is
+    skipped, never trusted."""
+    before = fresh("wiro")
+    task = RemoteTask("t1", "a vase", "1:1", "1K", "png", created=time.time(), latency_s=5.0,
+                      outcome="success", extra={"token": "tok-1"})
+    before.tasks[task.task_id] = task
+    exported = json.loads(json.dumps(before.export_tasks()))
+    after = fresh("wiro")
+    hostile = [{"task_id": 1}, "x", {**exported[0], "task_id": "t2", "extra": []},
+               {**exported[0], "__class__": "os.system"}]
+    assert after.import_tasks([*exported, *hostile]) == 1
+    assert after.tasks["t1"] == task
+    assert after.import_tasks({"not": "a list"}) == 0

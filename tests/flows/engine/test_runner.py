@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows.engine.job import RunOptions, RunResult, run_job
+from flows.engine.interrupt import Interrupt
+from flows.engine.job import RunHooks, RunOptions, RunResult, run_job
+from flows.engine.progress import Progress
 from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
 from providers.emulator.hub import EmulatorHub
 from providers.model import pixel_size
@@ -488,3 +491,37 @@ def test_the_providers_word_in_a_poll_answer_ends_the_cell_at_once(
     row = manifest(tmp_path).row(0, named=True)
     assert (row["status"], row["error_code"]) == ("failed", code), row["error_message"]
     assert hub["runware"].creates_for("refused") == 1
+
+
+def test_an_emulated_run_stopped_midway_is_finished_by_the_next_emulated_run(
+    tmp_path: Path,
+) -> None:
+    """`--emulate` starts its emulators afresh each run; they remember the tasks of earlier
+    emulated runs on the target, as a provider would, so the next run collects the tasks
+    the stopped one left instead of finding them unknown (uncertain)."""
+    spec = write_spec(tmp_path, [f"emulated {i}" for i in range(6)],
+                      matrix={"aspect_ratio": ["1:1"]})
+    interrupt = Interrupt()
+    progress = Progress()
+
+    async def stop_after_three() -> RunResult:
+        async def watch() -> None:
+            while progress.submitted < 3:
+                await asyncio.sleep(0.01)
+            interrupt.request(signal.SIGINT)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            return await run_job(RunOptions(spec=str(spec), emulate=True,
+                                            emulator_latency_s=2.0),
+                                 hooks=RunHooks(interrupt=interrupt), progress=progress)
+        finally:
+            watcher.cancel()
+
+    first = asyncio.run(stop_after_three())
+    assert first.exit_code == 130 and first.counts.get("pending", 0) >= 3
+    left = manifest(tmp_path).filter(pl.col("status") == "pending")
+    second = run(spec, emulate=True, emulator_latency_s=2.0)
+    assert second.exit_code == 0, manifest(tmp_path)["error_message"].to_list()
+    again = manifest(tmp_path).join(left.select("cell_id", "remote_task_id"), on="cell_id")
+    assert again["remote_task_id"].to_list() == again["remote_task_id_right"].to_list()
