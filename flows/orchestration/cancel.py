@@ -13,24 +13,29 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 
+from flows.engine.budget import Budget, Ledger
 from flows.engine.job import RunOptions, open_providers
-from flows.engine.journal import LIVE_TASK, Journal
+from flows.engine.journal import Journal
+from flows.engine.lease import Heartbeat
+from flows.engine.lifecycle import CellLife
 from flows.orchestration.secrets import secret_blocks
 from flows.spec.loader import load_spec
 from outputs.sink import Sink
 
 
 async def cancel_submitted(spec_path: str, target: str | None, holder: str) -> int:
-    """Cancel what `holder` left running and can be cancelled; returns how many."""
+    """Cancel what `holder` left running and can be cancelled; returns how many the
+    providers confirmed."""
     spec = load_spec(spec_path)
     if target:
         spec = replace(spec, output=replace(spec.output, target=target))
     sink = Sink(spec.output.target, spec.output.storage_options)
     journal = Journal(sink)
     running = [e for e in journal.load().values()
-               if e.state in LIVE_TASK and e.holder == holder and e.submitted]
+               if e.state == "created" and e.holder == holder and e.submitted]
     if not running:
         return 0
+    budget = Budget(ledger=Ledger(sink, Heartbeat(sink, holder)))  # settles holds, caps none
     cancelled = 0
     options = RunOptions(spec=spec_path)
     async with open_providers(spec, options, secret_blocks) as (providers, _):
@@ -39,9 +44,9 @@ async def cancel_submitted(spec_path: str, target: str | None, holder: str) -> i
             submitted = entry.submitted
             if provider is None or submitted is None or not provider.capabilities.can_cancel:
                 continue
+            life = CellLife.resume(entry, journal, budget, run_id=entry.run_id, holder=holder)
             with contextlib.suppress(Exception):  # not confirmed: the next run collects it
                 if await provider.cancel(submitted) is True:
-                    entry.state = "cancelled"
-                    journal.write(entry)
+                    await life.cancelled()
                     cancelled += 1
     return cancelled

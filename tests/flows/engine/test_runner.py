@@ -20,6 +20,7 @@ from PIL import Image
 
 from flows.engine.interrupt import Interrupt
 from flows.engine.job import RunHooks, RunOptions, RunResult, run_job
+from flows.engine.policy import RetryPolicy
 from flows.engine.progress import Progress
 from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
 from providers.emulator.hub import EmulatorHub
@@ -525,3 +526,25 @@ def test_an_emulated_run_stopped_midway_is_finished_by_the_next_emulated_run(
     assert second.exit_code == 0, manifest(tmp_path)["error_message"].to_list()
     again = manifest(tmp_path).join(left.select("cell_id", "remote_task_id"), on="cell_id")
     assert again["remote_task_id"].to_list() == again["remote_task_id_right"].to_list()
+
+
+def test_a_journal_of_version_1_is_upgraded_and_its_cancelled_task_collected(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    """Version 1 wrote `cancelled` whether or not the provider confirmed: an entry that still
+    holds a task id is a task to collect, never a cell to create again."""
+    spec = write_spec(tmp_path, ["old journal"], matrix={"prompt": ["old journal"],
+                                                         "aspect_ratio": ["1:1"]})
+    hub["kie"].configure(poll_5xx_prob=1.0)
+    assert run(spec, retry=RetryPolicy(patience_s=0.2)).counts["pending"] == 1
+    hub["kie"].configure(poll_5xx_prob=0.0)
+    entry_path = next((tmp_path / "out" / ".nbp" / "cells").glob("*.json"))
+    entry = json.loads(entry_path.read_text())
+    for added in ("version", "intent"):
+        entry.pop(added)
+    entry.update(state="cancelled", idempotency_key="nbp-old-kie-1", reserved_by=entry["run_id"])
+    entry_path.write_text(json.dumps(entry))
+    assert run(spec).exit_code == 0
+    assert hub["kie"].creates_for("old journal") == 1
+    upgraded = json.loads(entry_path.read_text())
+    assert (upgraded["state"], upgraded["version"]) == ("succeeded", 2)
