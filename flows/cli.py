@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-wait", type=float, metavar="SECONDS",
                      help="how long to wait for batch jobs (gemini-batch) before leaving their "
                           "cells pending for the next run (default 600)")
+    run.add_argument("--succeed-with-failures", action="store_true",
+                     help="end the flow run Completed and exit 0 even when cells failed "
+                          "(default: Failed and exit 1, so Prefect automations see it)")
     run.add_argument("--chunk-size", type=int, default=200, help="cells per Prefect task")
     add_input_options(run)
     run.add_argument("--emulator-latency", type=float, default=None,
@@ -244,11 +247,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.own_accounts and (problem := _own_accounts_problem(job.spec, args)):
         print(f"nbp run: --own-accounts: {problem}", file=sys.stderr)
         return EXIT_INVALID
+    if not args.emulate and (problem := _credentials_problem(job.spec, args)):
+        print(f"nbp run: {problem}", file=sys.stderr)
+        return EXIT_INVALID
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.exceptions import TerminationSignal
 
     from flows.display import TerminalDisplay
     from flows.engine.interrupt import Interrupt
+    from flows.engine.job import RunConfigurationError
     from flows.orchestration.flow import build_flow
     from flows.orchestration.server import prefect_api
 
@@ -268,20 +275,37 @@ def _run(args: argparse.Namespace) -> int:
                 allow_paths=list(policy.allow_paths) or None, max_cells=args.max_cells,
                 patience_s=args.patience, own_accounts=args.own_accounts,
                 batch_wait_s=args.batch_wait, spec_source=getattr(args, "spec_source", None),
-                return_state=True,
+                succeed_with_failures=args.succeed_with_failures, return_state=True,
             )))
     except TerminationSignal:  # SIGTERM before the run started or after it ended
         print("nbp: stopped by SIGTERM", file=sys.stderr)
         return 143
     finally:
         display.close()
-    result = state.result(raise_on_failure=not state.is_cancelled())
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, RunConfigurationError):  # found before anything was sent
+        print(f"nbp run: {result}", file=sys.stderr)
+        return EXIT_INVALID
     if not isinstance(result, dict):
-        print(f"nbp run: the flow run ended {state.name}: {state.message or ''}",
-              file=sys.stderr)
+        why = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else (
+            state.message or "")
+        print(f"nbp run: the flow run ended {state.name}: {why}", file=sys.stderr)
         return EXIT_FAILED
     print(display.summary(result))
     return int(result["exit_code"])
+
+
+def _credentials_problem(spec: Any, args: argparse.Namespace) -> str | None:
+    """Missing API keys, found before Prefect starts: every variable the run's channels need
+    that the environment lacks, except those a Secret block provides (checked in the flow,
+    which needs Prefect's API, before any create)."""
+    from flows.engine.job import RunOptions, missing_message, run_channels
+    from flows.spec.channels import missing_credentials
+
+    options = RunOptions(spec=args.spec, shard=args.shard, own_accounts=args.own_accounts)
+    missing = missing_credentials(run_channels(spec, options), os.environ)
+    unblocked = {var: keys for var, keys in missing.items() if var not in spec.credentials}
+    return missing_message(unblocked) if unblocked else None
 
 
 def _own_accounts_problem(spec: Any, args: argparse.Namespace) -> str | None:

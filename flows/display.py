@@ -60,6 +60,10 @@ class TerminalDisplay:
         ]
         if result.get("stop_reason"):
             lines.append(f"stopped early: {result['stop_reason']}")
+        lines += failure_lines(result.get("failures") or [])
+        if result.get("outcome") == "pending":
+            lines.append("only tasks to collect are left: run the same command later "
+                         f"(exit {result['exit_code']})")
         if result.get("interrupted_by") is not None and counts.get("pending"):
             lines.append("remote tasks were left running: run the same command again to "
                          "collect them (nothing is paid twice)")
@@ -84,3 +88,20 @@ def stop_message(interrupt: Interrupt, progress: Progress | None) -> str:
     return (f"nbp: {name}: stopping. No new creates; {waiting}; tasks already created are "
             "left running for the next run.\n"
             f"nbp: press Ctrl-C again to stop waiting (creates on the wire become uncertain)")
+
+
+MAX_REASONS = 5
+
+
+def failure_lines(groups: list[dict[str, Any]]) -> list[str]:
+    """Why cells did not succeed, the commonest reasons first (as `nbp status` groups them)."""
+    if not groups:
+        return []
+    lines = ["not succeeded:"]
+    for group in groups[:MAX_REASONS]:
+        reason = ": ".join(str(x) for x in (group.get("error_code"), group.get("error_message"))
+                           if x) or "(no reason recorded)"
+        lines.append(f"  {group['count']:>6} {group['status']}  {reason[:200]}")
+    if len(groups) > MAX_REASONS:
+        lines.append(f"  ... and {len(groups) - MAX_REASONS} more reason(s): nbp status TARGET")
+    return lines

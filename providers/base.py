@@ -177,6 +177,9 @@ class Capabilities:
     models: tuple[str, ...] = ()
     env_vars: tuple[str, ...] = ()       # credentials read from the environment
     optional_env_vars: tuple[str, ...] = ()
+    # A documented variable another documented one may stand in for, when unset (Gemini:
+    # GOOGLE_API_KEY for GEMINI_API_KEY): what "missing" means for the provider's own account.
+    env_alternatives: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,7 @@ class GeminiProvider(HttpAdapter):
         models=MODELS,
         env_vars=(API_KEY_ENV,),
         optional_env_vars=(FALLBACK_KEY_ENV,),
+        env_alternatives={API_KEY_ENV: (FALLBACK_KEY_ENV,)},
     )
     token_prices: ClassVar[TokenPrices] = STANDARD_TOKEN_PRICES
 

@@ -145,6 +145,7 @@ class GeminiBatchProvider(HttpAdapter):
         models=MODELS,
         env_vars=(API_KEY_ENV,),
         optional_env_vars=(FALLBACK_KEY_ENV,),
+        env_alternatives={API_KEY_ENV: (FALLBACK_KEY_ENV,)},
     )
     token_prices: ClassVar[TokenPrices] = BATCH_TOKEN_PRICES
 

@@ -271,3 +271,55 @@ def test_a_run_is_reproduced_from_its_output_folder_alone(
     assert not list(tmp_path.glob(".nbp-from-*"))  # the spec copy is gone
     missing = run_nbp("run", "--from", f"{tmp_path / 'out'}@nope", "--emulate", env=env)
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
+
+
+# -- failures show where users look (issue 20) ----------------------------------------------
+
+
+def flow_run_state(spec: Path) -> tuple[str, str, str]:
+    """The newest flow run of `spec`: its state's type, name and message."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def newest() -> tuple[str, str, str]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=50)
+        run = next(r for r in runs if r.parameters.get("spec") == str(spec))
+        assert run.state is not None
+        return run.state.type.value, run.state.name, run.state.message or ""
+
+    return asyncio.run(newest())
+
+
+@pytest.mark.prefect
+def test_a_run_with_failed_cells_ends_failed_in_prefect_and_says_why(
+    prefect_api_url: str, tmp_path: Path
+) -> None:
+    spec = small_spec(tmp_path, matrix={"prompt": ["a lamp", "a statue [emulate:content]"]})
+    failed = run_nbp("run", str(spec), "--emulate", "--emulator-latency", "0.2",
+                     env=child_env(prefect_api_url))
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    kind, _, message = flow_run_state(spec)
+    assert kind == "FAILED" and "1 of 2 cell(s) did not succeed" in message
+    assert "not succeeded:" in failed.stdout and "content" in failed.stdout.lower()
+    accepted = run_nbp("run", str(spec), "--emulate", "--emulator-latency", "0.2", "--force",
+                       "--succeed-with-failures", env=child_env(prefect_api_url))
+    assert accepted.returncode == 0, accepted.stderr[-3000:]
+    assert flow_run_state(spec)[0] == "COMPLETED"
+
+
+def test_missing_api_keys_are_named_before_anything_starts(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path, provider=["kie", "runware"], routing="spread",
+                      accounts={"kie": ["KIE_API_KEY", "KIE_API_KEY_2"]})
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KIE_API_KEY", "KIE_API_KEY_2", "RUNWARE_API_KEY", "PREFECT_API_URL")}
+    with EmulatorHub.start(["kie", "runware"]) as hub:
+        env.update({k: v for k, v in hub.environ().items() if k.startswith("NBP_")})
+        env["KIE_API_KEY"] = hub["kie"].api_key
+        started = time.monotonic()
+        done = run_nbp("run", str(spec), env=env)
+        assert time.monotonic() - started < 10
+        assert hub["kie"].requests == [] and hub["runware"].requests == []
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("KIE_API_KEY_2") == 1 and done.stderr.count("RUNWARE_API_KEY") == 1
+    assert "nothing was sent" in done.stderr and not (tmp_path / "out").exists()

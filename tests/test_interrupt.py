@@ -89,12 +89,12 @@ def creates_per_prompt(hub: EmulatorHub, names: list[str]) -> list[int]:
 def test_a_stop_request_stops_creating_writes_the_manifest_and_a_rerun_pays_nothing_twice(
     prefect_api_url: str, kie: EmulatorHub, tmp_path: Path, signum: int, code: int
 ) -> None:
-    names = prompts(40)
+    names = prompts(24)
     spec = spec_file(tmp_path, names, budget={"max_total_usd": 100},
-                     limits={"kie": {"poll_interval": 0.2, "rate": "8/2s"}})
-    kie["kie"].configure(rate_limit=(8, 2.0))
+                     limits={"kie": {"poll_interval": 0.2, "rate": "6/1s"}})
+    kie["kie"].configure(rate_limit=(6, 1.0))
     child = start(prefect_api_url, kie, "run", str(spec))
-    wait_for(lambda: len(kie["kie"].creates) >= 8)
+    wait_for(lambda: len(kie["kie"].creates) >= 6)
     os.killpg(child.pid, signum)  # the whole group, as a terminal does
     stopped = time.monotonic()
     _, err = child.communicate(timeout=60)
@@ -126,11 +126,11 @@ def test_a_kill_while_cells_wait_for_the_rate_window_leaves_them_unsent(
     """Kie's window is full: the other cells wait for a rate token. Their intent is not yet
     journalled, so after kill -9 the rerun creates them, and marks uncertain only a create
     that was really on its way."""
-    names = prompts(24)
-    spec = spec_file(tmp_path, names, limits={"kie": {"poll_interval": 0.2, "rate": "8/3s"}})
-    kie["kie"].configure(rate_limit=(8, 3.0))
+    names = prompts(18)
+    spec = spec_file(tmp_path, names, limits={"kie": {"poll_interval": 0.2, "rate": "6/2s"}})
+    kie["kie"].configure(rate_limit=(6, 2.0))
     child = start(prefect_api_url, kie, "run", str(spec))
-    wait_for(lambda: len(kie["kie"].creates) >= 8)
+    wait_for(lambda: len(kie["kie"].creates) >= 6)
     time.sleep(0.3)  # the window is full: the rest wait for tokens
     os.killpg(child.pid, signal.SIGKILL)
     child.communicate(timeout=30)

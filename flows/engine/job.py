@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
@@ -44,7 +45,13 @@ from flows.engine.progress import Progress
 from flows.engine.routing import Router, make_lanes
 from flows.engine.runner import RunContext, Runner
 from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
-from flows.spec.channels import Channel, channels, shard_owners, split_for_shard
+from flows.spec.channels import (
+    Channel,
+    channels,
+    missing_credentials,
+    shard_owners,
+    split_for_shard,
+)
 from flows.spec.inputs import InputPolicy
 from flows.spec.loader import load_job
 from flows.spec.model import Cell, CellSource, GallerySpec, JobSpec
@@ -56,6 +63,7 @@ from outputs.manifest import MANIFEST_NAME, read_manifest, rows_to_frame
 from outputs.parts import ManifestParts, merge_parts
 from outputs.runs import RunRecord, merge_record
 from outputs.sink import Sink
+from outputs.status import summarise
 from providers import registry
 from providers.base import BatchProvider, Provider, env_name
 
@@ -123,6 +131,7 @@ class RunOptions:
     flow_run_id: str | None = None      # the Prefect flow run, for the run's record
     batch_wait_s: float = DEFAULT_WAIT_S  # how long to wait for batches before leaving them
     spec_source: str | None = None      # what the run's record names as the spec's source
+    failures_ok: bool = False           # a run with failed cells still succeeds (exit 0)
 
     def input_policy(self) -> InputPolicy:
         changes: dict[str, Any] = {}
@@ -131,6 +140,10 @@ class RunOptions:
         if self.max_cells is not None:
             changes["max_cells"] = self.max_cells
         return InputPolicy.from_environ(**changes)
+
+
+EXIT_PENDING = 75  # sysexits' EX_TEMPFAIL: only tasks to collect are left, run again later
+NOT_DONE = ("failed", "uncertain", "skipped", "cancelled", "not_started")  # a failed run's
 
 
 @dataclass
@@ -144,15 +157,38 @@ class RunResult:
     spent_usd: float
     stop_reason: str | None = None
     interrupted_by: int | None = None   # the signal that stopped the run, if one did
+    # Why cells did not succeed: `nbp status`'s groups of this run's rows, most common first.
+    failures: tuple[dict[str, Any], ...] = ()
+    failures_ok: bool = False           # the user asked for success despite failed cells
+    waiting: int = 0                    # pending cells whose batch is still running
+
+    @property
+    def outcome(self) -> str:
+        """interrupted | failed (some cell failed, is uncertain, was not sent, or its task
+        could not be collected) | pending (only tasks that take their time are left: a
+        running Google batch, a cell another run holds) | succeeded."""
+        if self.interrupted_by is not None:
+            return "interrupted"
+        if any(self.counts.get(status) for status in NOT_DONE):
+            return "failed"
+        if self.counts.get("pending", 0) > self.waiting:
+            return "failed"  # a task we could not collect: polls or downloads kept failing
+        if any(n for status, n in self.counts.items() if status != "succeeded"):
+            return "pending"
+        return "succeeded"
 
     @property
     def exit_code(self) -> int:
-        """128 + the signal when a stop request ended the run (130 SIGINT, 143 SIGTERM); else
-        0 when every cell of the job succeeded, 1 otherwise."""
-        if self.interrupted_by is not None:
+        """128 + the signal when a stop request ended the run (130 SIGINT, 143 SIGTERM); 0
+        when every cell succeeded (or failures are accepted: `failures_ok`); 75 when only
+        tasks to collect are left; 1 when cells failed."""
+        outcome = self.outcome
+        if outcome == "interrupted":
+            assert self.interrupted_by is not None
             return 128 + self.interrupted_by
-        bad = sum(v for k, v in self.counts.items() if k != "succeeded")
-        return 0 if bad == 0 else 1
+        if outcome == "pending":
+            return EXIT_PENDING
+        return 1 if outcome == "failed" and not self.failures_ok else 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,7 +196,8 @@ class RunResult:
             "manifest": self.manifest_uri, "gallery": self.gallery_uri,
             "counts": self.counts, "spent_usd": round(self.spent_usd, 4),
             "stop_reason": self.stop_reason, "exit_code": self.exit_code,
-            "interrupted_by": self.interrupted_by,
+            "outcome": self.outcome, "interrupted_by": self.interrupted_by,
+            "failures": list(self.failures), "waiting": self.waiting,
         }
 
 
@@ -220,6 +257,9 @@ async def run_job(
             parts = ManifestParts(folder)
             await run_chunks(runner, cells, options.chunk_size, hooks.chunk_runner, parts)
             counts = await asyncio.to_thread(parts.counts)
+            failures = await asyncio.to_thread(_failure_groups, parts)
+            waiting = await asyncio.to_thread(_waiting_for_batches, parts, [
+                c.provider for c in used if isinstance(providers[c.key], BatchChannel)])
             record = replace(record, channels=tuple(
                 {"key": c.key, "provider": c.provider, "account": c.account,
                  "model": ", ".join(sorted(ctx.asked.get(c.key, ()))
@@ -242,8 +282,25 @@ async def run_job(
         stop = f"stopped by {interrupt.signal_name}"
     return RunResult(
         spec.name, options.run_id, spec.output.target, str(manifest_uri), str(gallery_uri),
-        counts, budget.spent_usd + budget.reserved_usd, stop, signum,
+        counts, budget.spent_usd + budget.reserved_usd, stop, signum, failures,
+        options.failures_ok, waiting,
     )
+
+
+def _waiting_for_batches(parts: ManifestParts, batch_providers: Sequence[str]) -> int:
+    """This run's pending cells on batch channels: a batch takes hours, not a failure."""
+    if not batch_providers:
+        return 0
+    found = parts.scan().filter(
+        (pl.col("status") == "pending") & pl.col("provider").is_in(list(batch_providers))
+    ).select(pl.len()).collect()
+    return int(found.item())
+
+
+def _failure_groups(parts: ManifestParts) -> tuple[dict[str, Any], ...]:
+    """This run's reasons for cells that did not succeed, grouped as `nbp status` does."""
+    summary = summarise(parts.scan())
+    return tuple(dataclasses.asdict(group) for group in summary.failures)
 
 
 async def run_chunks(
@@ -451,8 +508,10 @@ async def open_providers(
         await asyncio.to_thread(hub.serve_in_thread)
         environ = {**os.environ, **hub.environ(), **hub.accounts_environ(
             [(c.provider, c.variables) for c in used if not c.documented])}
-    elif credentials is not None:
+    elif credentials is not None:  # Secret blocks first: before anything is sent
         environ = {**os.environ, **await credentials(spec)}
+    if missing := missing_credentials(used, environ):
+        raise RunConfigurationError(missing_message(missing))
     providers: dict[str, Provider] = {}
     try:
         for channel in used:
@@ -460,10 +519,6 @@ async def open_providers(
             cls = registry.get_class(name)
             own_url = f"NBP_{env_name(cls).upper()}_BASE_URL" in environ  # the user's choice
             base_url = None if options.emulate or own_url else spec.base_urls.get(name)
-            missing = channel.missing(environ)
-            if missing:
-                log.warning("%s: account %s: %s not set; its cells go to other channels",
-                            name, channel.account, ", ".join(missing))
             adapter = cls(cls.settings_from_env(channel.environ(environ), base_url=base_url))
             if isinstance(adapter, BatchProvider):  # many cells per remote job
                 adapter = BatchChannel(adapter, label=f"nbp-{spec.name}-{options.holder[:8]}",
@@ -491,6 +546,18 @@ def _remember_emulated_tasks(hub: Any, sink: Sink) -> None:
         return
     if taken:
         log.info("the emulators remember %d task(s) of earlier emulated runs", taken)
+
+
+class RunConfigurationError(ValueError):
+    """The run cannot start as configured (a missing API key): found before anything is
+    sent; `nbp run` exits 2."""
+
+
+def missing_message(missing: Mapping[str, Sequence[str]]) -> str:
+    """Which variables to set, each named once, with the channels that need it."""
+    named = "; ".join(f"{var} ({', '.join(names)})" for var, names in missing.items())
+    return (f"missing API key(s): {named}. Set them in the environment, or name a Prefect "
+            "Secret block for each under `credentials:` in the spec; nothing was sent")
 
 
 def make_throttles(

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import polars as pl
@@ -31,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
 from prefect.runtime import flow_run as runtime_flow_run
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Completed, Failed
 
 from flows.engine.interrupt import Interrupt
 from flows.engine.job import (
@@ -86,13 +87,45 @@ async def cancel_remote_tasks(
                                holder=str(flow_run.id))
 
 
+def final_state(result: RunResult) -> State[Any] | dict[str, Any]:
+    """The flow run's end, so Prefect automations see what the exit code says: Cancelled
+    (a stop request), Failed (cells failed, uncertain or not sent; unless the run accepts
+    failures), Completed named "N pending" (only tasks to collect are left), Completed (the
+    summary itself). Each carries the run's summary."""
+    counts, outcome, data = result.counts, result.outcome, result.to_json()
+    if outcome == "interrupted":
+        left = "; tasks left running for the next run" if counts.get("pending") else ""
+        return Cancelled(message=f"{result.stop_reason}{left}", data=data)
+    if outcome == "failed" and not result.failures_ok:
+        return Failed(message=failure_summary(result), data=data)
+    if outcome == "pending":
+        pending = counts.get("pending", 0) + counts.get("busy", 0)
+        return Completed(name=f"{pending} pending", data=data,
+                         message=f"{pending} cell(s) wait for a running Google batch (or "
+                                 "another run on the target); the next run collects them")
+    return data
+
+
+def failure_summary(result: RunResult) -> str:
+    """How many cells did not succeed, and the commonest reason."""
+    bad = sum(n for status, n in result.counts.items() if status != "succeeded")
+    top = result.failures[0] if result.failures else None
+    why = ""
+    if top:
+        reason = ": ".join(str(x) for x in (top["error_code"], top["error_message"]) if x)
+        why = f"; most often ({top['count']}x {top['status']}): {reason[:300]}"
+    return f"{bad} of {sum(result.counts.values())} cell(s) did not succeed{why}"
+
+
 def build_flow(
     listeners: Iterable[Callable[[Progress], None]] = (),
     interrupt: Interrupt | None = None,
 ) -> Flow[..., Coroutine[Any, Any, dict[str, Any]]]:
     """The `nbp-run` flow; `listeners` see every progress update (the CLI's live line).
     `interrupt`: SIGINT and SIGTERM become its stop requests while the flow runs (`nbp run`
-    in a terminal); without it Prefect's own signal handling applies (deployments)."""
+    in a terminal); without it Prefect's own signal handling applies (deployments). The
+    flow's result is the run's summary (`RunResult.to_json`), carried by its final state
+    (`final_state`)."""
     watchers = tuple(listeners)
 
     async def cancel_unless_stopped(
@@ -126,11 +159,15 @@ def build_flow(
         own_accounts: bool = False,
         batch_wait_s: float | None = None,
         spec_source: str | None = None,
+        succeed_with_failures: bool = False,
     ) -> dict[str, Any]:
         """Run the job spec `spec` (a path or fsspec URL); see `nbp run --help`. Shards
         started as one run pass the same `run_id` (they share `budget.max_usd`); with
         `own_accounts` each shard uses only the channels it owns; `spec_source` names the
-        spec in the run's record when `spec` is a copy (`nbp run --from`)."""
+        spec in the run's record when `spec` is a copy (`nbp run --from`). The flow run
+        ends Failed when cells failed, were uncertain or not sent (unless
+        `succeed_with_failures`), Completed named "N pending" when only tasks to collect are
+        left (a running Google batch), Cancelled when a stop request ended it."""
         logger = get_run_logger()
         this_run = str(runtime_flow_run.id)
         options = RunOptions(
@@ -140,8 +177,10 @@ def build_flow(
             allow_paths=tuple(allow_paths or ()), max_cells=max_cells,
             retry=RetryPolicy(patience_s=patience_s) if patience_s else DEFAULT_RETRY,
             own_accounts=own_accounts, flow_run_id=this_run, spec_source=spec_source,
-            **({"batch_wait_s": batch_wait_s} if batch_wait_s is not None else {}),
+            failures_ok=succeed_with_failures,
         )
+        if batch_wait_s is not None:
+            options = replace(options, batch_wait_s=batch_wait_s)
         limiter: LimiterFactory = shared_limiter if shared_limits else local_limiter
         hooks = RunHooks(chunk_runner=_chunk_as_task, credentials=secret_blocks,
                          rate_limiter=limiter, interrupt=interrupt)
@@ -156,15 +195,10 @@ def build_flow(
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-        if interrupt is not None and interrupt.hard:  # asked twice: no more waiting
-            return Cancelled(message=result.stop_reason, data=result.to_json())  # type: ignore[return-value]
-        await _final_artifacts(result)
-        logger.info("%s: %s", result.job, progress.line())
-        if result.interrupted_by is not None:
-            return Cancelled(  # type: ignore[return-value]
-                message=f"{result.stop_reason}; tasks left running for the next run",
-                data=result.to_json())
-        return result.to_json()
+        if interrupt is None or not interrupt.hard:  # asked twice: no more waiting
+            await _final_artifacts(result)
+            logger.info("%s: %s", result.job, progress.line())
+        return final_state(result)  # type: ignore[return-value]
 
     return nbp_run
 

@@ -50,6 +50,28 @@ class Channel:
         return [own for own in self.variables.values() if not environ.get(own)]
 
 
+def missing_credentials(
+    used: Sequence[Channel], environ: Mapping[str, str]
+) -> dict[str, list[str]]:
+    """Variable -> the providers whose channels need it and find it unset in `environ`:
+    each account's required variables under its own names; the provider's own account may
+    use a documented alternative (`Capabilities.env_alternatives`). Each variable once."""
+    missing: dict[str, list[str]] = {}
+    for channel in used:
+        caps = registry.capabilities(channel.provider)
+        for documented in caps.env_vars:
+            own = channel.variables.get(documented, documented)
+            if environ.get(own):
+                continue
+            stand_ins = caps.env_alternatives.get(documented, ()) if own == documented else ()
+            if any(environ.get(other) for other in stand_ins):
+                continue
+            needing = missing.setdefault(own, [])
+            if channel.provider not in needing:
+                needing.append(channel.provider)
+    return missing
+
+
 def channels(spec: JobSpec) -> tuple[Channel, ...]:
     """Every channel of `spec`: providers in spec order, each provider's accounts in the
     order listed."""
