@@ -255,7 +255,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from flows.display import TerminalDisplay
     from flows.engine.interrupt import Interrupt
-    from flows.engine.job import RunConfigurationError
+    from flows.engine.policy import RunConfigurationError
     from flows.orchestration.flow import build_flow
     from flows.orchestration.server import prefect_api
 

@@ -4,7 +4,8 @@ Two caps, both optional:
 
 - `max_usd` caps one run of the job: every process that runs with the same run id (shards
   started as one run pass the same `--run-id`) shares it;
-- `max_total_usd` caps everything ever spent on the target, across runs, shards and jobs.
+- `max_total_usd` caps everything ever spent on the target, across runs, shards and jobs,
+  capped or not.
 
 Every create intent holds its price (`Hold`, the plan's price, `ProviderRules.price`) from
 before it is journalled until it is settled: at the provider's reported cost when its task
@@ -12,32 +13,32 @@ finishes, at its price when it may have been billed (uncertain), at 0 when nothi
 created or the provider failed the task. A created task whose cost is never reported
 (pending) stays held at its price: it may have been billed.
 
-With a cap, spend lives in `{target}/.nbp/budget.json`, changed only under the target's
-budget lease, so processes on several machines cannot overshoot together. Each hold is in
-the ledger under its intent's id (`open`), so settling is idempotent (a hold settles once,
-whoever settles it, in whichever run) and a hold whose create never left is released by the
-next run that finds its cell `reserved` in the journal: a kill never leaves spend counted
-that no provider billed. A create that does not fit waits while this process has creates in
-flight (they may cost less than held); once nothing of ours is in flight and it still does
-not fit, the budget is exhausted.
+Every run records its spend on the target (`flows.engine.ledger`). With a cap, each hold is
+committed to the ledger under the target's lease before its create, against the ledger and
+the spend files of the uncapped runs beside it, so processes on several machines cannot
+overshoot together; without one, the process keeps its own spend file (flushed every
+`FLUSH_EVERY_S`, folded into the ledger at the end: no lease per create). Holds sit in the
+ledger under their intent's id, so settling is idempotent (a hold settles once, whoever
+settles it, in whichever run) and a hold whose create never left is released by the next
+run that finds its cell `reserved`: a kill never leaves spend counted that no provider
+billed. A create that does not fit waits while this process has creates in flight (they may
+cost less than held); once nothing of ours is in flight and it still does not fit, the
+budget is exhausted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from flows.engine.lease import Heartbeat, Lease
-from outputs.sink import Sink
+from flows.engine.ledger import Ledger, SpendRecord
 
 T = TypeVar("T")
-LEDGER = ".nbp/budget.json"
-LEDGER_LOCK = ".nbp/locks/budget"
-LEDGER_VERSION = 2
 EPSILON_USD = 1e-9
+FLUSH_EVERY_S = 2.0  # how stale an uncapped run's spend may look to a capped one
 
 
 class BudgetExhausted(Exception):
@@ -48,45 +49,13 @@ class BudgetExhausted(Exception):
 class Hold:
     """The price one create intent holds until it is settled.
 
-    `ledger_run`: the run whose share of the target's ledger holds it (None: no ledger holds
-    it, the run had no cap); `intent`: its key in the ledger's `open` holds (None: a hold of
-    journal version 1, counted in the totals only)."""
+    `ledger_run`: the run whose share of the target's spend holds it (None: a journal entry
+    of version 1 written without a cap: no ledger holds it); `intent`: its key among the
+    open holds (None: a hold of journal version 1, counted in the ledger's totals only)."""
 
     usd: float
     intent: str | None = None
     ledger_run: str | None = None
-
-
-@dataclass
-class Ledger:
-    """Spend on a target, by run id, and the holds not yet settled, by intent id; shared by
-    every process through a lease, and by the coroutines of one process through a lock (the
-    lease names a process: two of its coroutines would both hold it and lose an update)."""
-
-    sink: Sink
-    heartbeat: Heartbeat
-    _ours: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
-
-    def read(self) -> dict[str, Any]:
-        data = self.sink.get_json(LEDGER)
-        if not isinstance(data, dict):
-            return {"version": LEDGER_VERSION, "total_usd": 0.0, "runs": {}, "open": {}}
-        return {
-            "version": LEDGER_VERSION,
-            "total_usd": float(data.get("total_usd", 0.0)),
-            "runs": {str(k): float(v) for k, v in dict(data.get("runs", {})).items()},
-            "open": {str(k): {"usd": float(v["usd"]), "run": str(v["run"])}
-                     for k, v in dict(data.get("open", {})).items()},
-        }
-
-    def write(self, data: dict[str, Any]) -> None:
-        self.sink.put_json(LEDGER, data)
-
-    @contextlib.asynccontextmanager
-    async def changing(self) -> AsyncIterator[None]:
-        """Exclusive use of the ledger: this process's lock, then the target's lease."""
-        async with self._ours, Lease(self.sink, LEDGER_LOCK, self.heartbeat):
-            yield
 
 
 @dataclass
@@ -99,16 +68,50 @@ class Budget:
     reserved_usd: float = 0.0             # this process: holds of its creates in flight
     exhausted: bool = False
     _changed: asyncio.Condition | None = field(default=None, repr=False)
+    # Without a cap: this process's spend file, flushed now and then.
+    _own: SpendRecord | None = field(default=None, repr=False)
+    _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
+    _dirty: bool = field(default=False, repr=False)
 
     @property
     def capped(self) -> bool:
         return self.max_usd is not None or self.max_total_usd is not None
 
+    # -- the run's life ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Before anything is paid: the target's ledger reads (`LedgerInvalid` otherwise),
+        the spend of processes that died is folded into it, and an uncapped run starts its
+        own spend file."""
+        if self.ledger is None:
+            return
+        await asyncio.to_thread(self.ledger.read)
+        await self.ledger.fold_dead()
+        if not self.capped:
+            self._own = SpendRecord(self.ledger.heartbeat.holder, self.run_id)
+            self._flusher = asyncio.create_task(self._flushing())
+
+    async def close(self) -> None:
+        """The run ends: an uncapped run's spend goes into the ledger, its file goes."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        if self._own is not None and self.ledger is not None:
+            await _whole(self._fold_own(self.ledger, self._own))
+            self._own = None
+
+    # -- holds ------------------------------------------------------------------------------
+
     async def reserve(self, intent: str, estimate_usd: float) -> Hold:
         """Hold the price of one create intent, or raise `BudgetExhausted`."""
         if not self.capped:
             self.reserved_usd += estimate_usd
-            return Hold(estimate_usd, intent)
+            if self._own is not None:
+                self._own.open[intent] = estimate_usd
+                self._dirty = True
+            return Hold(estimate_usd, intent, self.run_id if self._own else None)
         if self._changed is None:
             self._changed = asyncio.Condition()
         async with self._changed:
@@ -128,14 +131,22 @@ class Budget:
         if here:
             self.reserved_usd = max(0.0, self.reserved_usd - hold.usd)
         self.spent_usd += actual_usd
-        if hold.ledger_run is not None and self.ledger is not None:
+        own = self._own
+        if here and own is not None and hold.intent in own.open:
+            del own.open[hold.intent]
+            own.settled_usd += actual_usd
+            self._dirty = True
+        elif hold.ledger_run is not None and self.ledger is not None:
             await _whole(self._settle_in_ledger(hold, actual_usd))
         if self._changed is not None:
             async with self._changed:
                 self._changed.notify_all()
 
+    # -- the ledger -------------------------------------------------------------------------
+
     async def _commit(self, intent: str, amount: float) -> bool:
-        """Add `amount` to the ledger as the intent's hold if every cap allows it."""
+        """Add `amount` to the ledger as the intent's hold if every cap allows it, counting
+        what the uncapped processes on the target spent and hold."""
         assert self.ledger is not None, "a capped budget needs the target's ledger"
         ledger = self.ledger
         async with ledger.changing():
@@ -144,8 +155,10 @@ class Budget:
             if self.max_usd is not None and run + amount > self.max_usd + EPSILON_USD:
                 return False
             total = data["total_usd"]
-            if self.max_total_usd is not None and total + amount > self.max_total_usd + EPSILON_USD:
-                return False
+            if self.max_total_usd is not None:
+                others = await asyncio.to_thread(ledger.others_spend, ledger.heartbeat.holder)
+                if total + others + amount > self.max_total_usd + EPSILON_USD:
+                    return False
             data["runs"][self.run_id] = run + amount
             data["total_usd"] = total + amount
             data["open"][intent] = {"usd": amount, "run": self.run_id}
@@ -169,6 +182,25 @@ class Budget:
             data["runs"][run] = max(0.0, data["runs"].get(run, 0.0) + delta)
             data["total_usd"] = max(0.0, data["total_usd"] + delta)
             await asyncio.to_thread(ledger.write, data)
+
+    async def _flushing(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            with contextlib.suppress(OSError):  # the next flush tries again
+                await self._flush()
+
+    async def _flush(self) -> None:
+        if self._dirty and self._own is not None and self.ledger is not None:
+            self._dirty = False
+            await asyncio.to_thread(self.ledger.write_spend, self._own)
+
+    async def _fold_own(self, ledger: Ledger, own: SpendRecord) -> None:
+        async with ledger.changing():
+            data = await asyncio.to_thread(ledger.read)
+            ledger.fold(data, own)
+            await asyncio.to_thread(ledger.write, data)
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(ledger.drop_spend, own.holder)
 
     def _message(self, estimate_usd: float) -> str:
         caps = []

@@ -36,11 +36,12 @@ from typing import Any
 import polars as pl
 
 from flows.engine.batching import DEFAULT_WAIT_S, BatchChannel
-from flows.engine.budget import Budget, Ledger
+from flows.engine.budget import Budget
 from flows.engine.interrupt import Interrupt
 from flows.engine.journal import Journal
 from flows.engine.lease import Heartbeat, Lease
-from flows.engine.policy import DEFAULT_RETRY, RetryPolicy
+from flows.engine.ledger import Ledger
+from flows.engine.policy import DEFAULT_RETRY, RetryPolicy, RunConfigurationError
 from flows.engine.progress import Progress
 from flows.engine.routing import Router, make_lanes
 from flows.engine.runner import RunContext, Runner
@@ -236,6 +237,7 @@ async def run_job(
         }
         budget = Budget(spec.max_usd, spec.max_total_usd, options.run_id,
                         Ledger(sink, heartbeat))
+        await budget.start()  # the ledger reads, before anything is paid
         throttles = make_throttles(rules, providers, hooks.rate_limiter, used)
         for channel in used:  # a batch's status is asked as often as its cells would poll
             if isinstance(batch := providers[channel.key], BatchChannel):
@@ -255,7 +257,10 @@ async def run_job(
         runner = Runner(ctx)
         with tempfile.TemporaryDirectory(prefix="nbp-manifest-") as folder:
             parts = ManifestParts(folder)
-            await run_chunks(runner, cells, options.chunk_size, hooks.chunk_runner, parts)
+            try:
+                await run_chunks(runner, cells, options.chunk_size, hooks.chunk_runner, parts)
+            finally:
+                await budget.close()  # this run's spend into the target's ledger
             counts = await asyncio.to_thread(parts.counts)
             failures = await asyncio.to_thread(_failure_groups, parts)
             waiting = await asyncio.to_thread(_waiting_for_batches, parts, [
@@ -546,11 +551,6 @@ def _remember_emulated_tasks(hub: Any, sink: Sink) -> None:
         return
     if taken:
         log.info("the emulators remember %d task(s) of earlier emulated runs", taken)
-
-
-class RunConfigurationError(ValueError):
-    """The run cannot start as configured (a missing API key): found before anything is
-    sent; `nbp run` exits 2."""
 
 
 def missing_message(missing: Mapping[str, Sequence[str]]) -> str:

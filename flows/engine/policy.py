@@ -96,6 +96,11 @@ class Interrupted(Exception):
     """The run was asked to stop (Ctrl-C, SIGTERM) while this cell waited or worked."""
 
 
+class RunConfigurationError(ValueError):
+    """The run cannot start as configured (a missing API key, an unreadable ledger): found
+    before anything is sent; `nbp run` exits 2."""
+
+
 class Unsubmittable(Exception):
     """Nothing more may be submitted for this cell (budget, fail-fast)."""
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 
-from flows.engine.budget import Budget, Ledger
+from flows.engine.budget import Budget
 from flows.engine.job import RunOptions, open_providers
 from flows.engine.journal import Journal
 from flows.engine.lease import Heartbeat
+from flows.engine.ledger import Ledger
 from flows.engine.lifecycle import CellLife
 from flows.orchestration.secrets import secret_blocks
 from flows.spec.loader import load_spec

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from flows.engine.budget import Budget, BudgetExhausted, Hold, Ledger
+from flows.engine.budget import Budget, BudgetExhausted, Hold
 from flows.engine.lease import Heartbeat
+from flows.engine.ledger import Ledger
 from flows.engine.policy import RetryPolicy, Step, with_retries
 from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
 from flows.engine.verify import verify_image

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from flows.engine.budget import Budget, Ledger
+from flows.engine.budget import Budget
 from flows.engine.journal import JOURNAL_VERSION, Journal, JournalEntry
 from flows.engine.lease import Heartbeat
+from flows.engine.ledger import Ledger
 from flows.engine.lifecycle import TRANSITIONS, CellLife, Intent, LifecycleError
 from outputs.manifest import ManifestRow
 from outputs.sink import Sink
