@@ -19,10 +19,15 @@ A pair is `same` when both cells succeeded with the same sha256 and `changed` ot
 where they differ, but do not make a pair changed: a second run is never exactly as fast.
 
 The page is one file with its CSS inline, no script and no external asset, bounded like the
-gallery (`MAX_PAIRS`) and written a piece at a time. It reads no image: each side's image is
-shown by its path relative to the page's folder when page and image share a filesystem (a
-local disk, or one bucket), by its URL when that is http(s), and otherwise by its facts
-only. The sha256 compared is the manifest's, recorded when the image was verified.
+gallery (`MAX_PAIRS`) and written a piece at a time, under the gallery's content security
+policy (`outputs.html`): nothing runs but its own style, nothing loads from the network.
+A manifest is input (a target may come from anyone and point at any URL), so the page reads
+no image and shows one only when it sits beside the page: its target's path joined with the
+row's `output_path`, relative to the page's folder, on the same disk or in the same bucket,
+and inside that folder (no `..`, nothing absolute). The manifest's `output_uri` is never a
+`src`: an http(s) URL there could be a tracker. Any other image shows by its facts only,
+with a note saying why. The sha256 compared is the manifest's, recorded when the image was
+verified.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ import html
 import json
 import os
 import posixpath
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -42,6 +46,7 @@ import fsspec.core
 import polars as pl
 
 from outputs.gallery import drawn_size
+from outputs.html import content_security_policy, policy_meta
 from outputs.manifest import MANIFEST_NAME, read_manifest
 from outputs.runs import pick_run, read_records, split_run_ref
 from outputs.sink import Sink, check_relative
@@ -61,6 +66,8 @@ KINDS = ("changed", "only_a", "only_b", "same")  # the page's order
 # Pairs drawn on the page (up to two images each, ~2 KB of HTML); every pair is counted.
 MAX_PAIRS = 1_000
 PAIR_PX = 240  # an image is drawn at most this wide and high
+# A location shown as text is cut to this: a foreign manifest's value can be any size.
+MAX_WHERE_CHARS = 300
 
 
 class CompareInputError(ValueError):
@@ -387,32 +394,53 @@ def render_page(comparison: Comparison, out: str = DEFAULT_PAGE) -> str:
     return "".join(_page(comparison, _Images(sink)))
 
 
+@dataclass(frozen=True)
+class _Image:
+    """How the page shows one side's image."""
+
+    src: str | None   # relative to the page, quoted; None: by its facts only
+    where: str        # where the manifest says it is, shown as text and never followed
+    why: str = ""     # why there is no `src`
+
+
 class _Images:
-    """Where a page in the folder `page` finds a side's images."""
+    """Which images a page in the folder `page` shows: only those beside it."""
 
     def __init__(self, page: Sink) -> None:
         self.page = page
 
-    def locate(self, side: Sink, output_path: str | None,
-               output_uri: str | None) -> tuple[str | None, str]:
-        """(the `src` the page can show it from, or None; where the image is, as text).
+    def locate(self, side: Sink, output_path: str | None, output_uri: str | None) -> _Image:
+        """Where `side`'s image is, and its `src` when it sits beside the page.
 
-        The target as given wins over the manifest's `output_uri`: a target folder that was
-        moved or copied still shows its own images."""
+        The target as given wins over the manifest's `output_uri`, which is never followed:
+        a target folder that was moved or copied still shows its own images, and a URL in
+        a foreign manifest is never asked for."""
         if not output_path:
-            uri = output_uri or ""
-            return (uri if _is_http(uri) else None), uri
+            return _Image(None, output_uri or "", "the manifest gives it no path in its target")
         try:
             path, where = side.path(output_path), side.uri(output_path)
-        except ValueError:  # an unsafe path in a manifest from elsewhere: shown, never followed
-            return None, output_path
-        if type(side.fs) is type(self.page.fs) and (
-            self.page.local or _bucket(path) == _bucket(self.page.root)
+        except ValueError:  # `..`, absolute, a URL: shown as text, never followed
+            return _Image(None, output_path, "its path in the manifest is not a safe one")
+        if type(side.fs) is not type(self.page.fs) or (
+            not self.page.local and _bucket(path) != _bucket(self.page.root)
         ):
+            return _Image(None, where, "on another disk or bucket than the page")
+        relative = self._relative(path)
+        if relative is None:
+            return _Image(None, where, "outside the page's folder (write the page in a folder "
+                                       "that holds the target)")
+        return _Image(quote(relative), where)  # quoted: a ':' in it can never make a scheme
+
+    def _relative(self, path: str) -> str | None:
+        """`path` relative to the page's folder, or None when it is not inside it."""
+        try:
             relative = (os.path.relpath(path, self.page.root).replace(os.sep, "/")
                         if self.page.local else posixpath.relpath(path, self.page.root))
-            return quote(relative), where  # quoted: a ':' in it can never make a scheme
-        return (where if _is_http(where) else None), where
+        except ValueError:  # another drive
+            return None
+        if relative.startswith("/") or ".." in relative.split("/"):
+            return None
+        return relative
 
 
 def _bucket(path: str) -> str:
@@ -420,8 +448,8 @@ def _bucket(path: str) -> str:
     return path.lstrip("/").split("/", 1)[0]
 
 
-def _is_http(uri: str) -> bool:
-    return re.match(r"https?://", uri, re.IGNORECASE) is not None
+def _short(text: str, limit: int = MAX_WHERE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _e(value: Any) -> str:
@@ -452,6 +480,7 @@ def _head(title: str) -> str:
     return (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"{policy_meta(_POLICY)}"
         f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
     )
 
@@ -517,7 +546,7 @@ def _pair(row: Mapping[str, Any], number: int, comparison: Comparison, images: _
     notes = ""
     if differs:
         notes += f'<p class="differs">differs: {_e(", ".join(differs))}</p>'
-    if a[1] and a[1] == b[1] and row["a_sha256"] != row["b_sha256"]:
+    if a.where and a.where == b.where and row["a_sha256"] != row["b_sha256"]:
         notes += ('<p class="differs">both rows name the same file: it holds one of the two '
                   "images</p>")
     return (
@@ -540,8 +569,7 @@ def _variables(text: str | None) -> dict[str, Any]:
     return {k: v for k, v in value.items() if v is not None}
 
 
-def _side(row: Mapping[str, Any], side: str, image: tuple[str | None, str],
-          differs: list[str]) -> str:
+def _side(row: Mapping[str, Any], side: str, image: _Image, differs: list[str]) -> str:
     label = side.upper()
     if row[f"{side}_pos"] is None:
         return (f'<figure class="side absent"><figcaption>{label}</figcaption>'
@@ -551,14 +579,15 @@ def _side(row: Mapping[str, Any], side: str, image: tuple[str | None, str],
         return row[f"{side}_{name}"]
 
     status = get("status") or "unknown"
-    src, where = image
+    src, where = image.src, _short(image.where)
     if status == "succeeded" and src:
         size = drawn_size(get("width"), get("height"), PAIR_PX)
         dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
         body = (f'<a href="{_e(src)}"><img src="{_e(src)}"{dims} alt="{label}: '
                 f'{_e(get("cell_id"))}" loading="lazy"></a>')
     elif status == "succeeded":
-        body = f'<span class="none">image not viewable from here<br>{_e(where)}</span>'
+        body = (f'<span class="none">image not viewable from here: {_e(image.why)}<br>'
+                f"{_e(where)}</span>")
     else:
         reason = ": ".join(str(x) for x in (get("error_code"), get("error_message")) if x)
         body = (f'<div class="reason"><strong>{_e(status)}</strong>'
@@ -621,3 +650,6 @@ table.facts th{width:4.5rem;text-align:left;font-weight:400;color:#666;vertical-
 table.facts td{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 table.facts tr.diff td{background:#fff1d6;font-weight:600}
 """
+
+# No script; the style by its hash; images only from beside the page (the gallery's rule).
+_POLICY = content_security_policy(styles=[_CSS])

@@ -31,8 +31,6 @@ filtered view is a link. With scripts disabled the form stays hidden and every c
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -43,6 +41,7 @@ from urllib.parse import quote
 
 import polars as pl
 
+from outputs.html import content_security_policy, policy_meta
 from outputs.manifest import conform
 from outputs.sink import Sink
 from outputs.status import Summary, summarise
@@ -225,7 +224,7 @@ def _sections(cards: list[_Card], layout: Layout) -> dict[int | None, list[_Card
 def _head(title: str) -> str:
     return (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{_e(_POLICY)}">\n'
+        f"{policy_meta(_POLICY)}"
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
     )
@@ -498,14 +497,6 @@ FILTER_SCRIPT = """
 """
 
 
-def _digest(text: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
-
-
-# The page runs its own script and style only (by hash) and loads images from where it lies,
-# nothing else: were a value from user data ever to slip past the escaping, the browser would
-# still run no script of it and ask no other host for anything.
-_POLICY = (
-    f"default-src 'none'; script-src {_digest(FILTER_SCRIPT)}; style-src {_digest(_CSS)}; "
-    "img-src 'self' file:"
-)
+# The page runs its own script and style only and loads images from where it lies, nothing
+# else (outputs.html says why; compare.html obeys the same policy).
+_POLICY = content_security_policy(styles=[_CSS], scripts=[FILTER_SCRIPT])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import html
 import io
 import json
 import os
@@ -12,7 +15,7 @@ from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import polars as pl
 import pytest
@@ -28,9 +31,10 @@ from outputs.compare import (
     request_variables,
     write_page,
 )
+from outputs.gallery import render_gallery
 from outputs.manifest import rows_to_frame, write_manifest
 from outputs.runs import RunRecord, merge_record
-from outputs.sink import Sink
+from outputs.sink import Sink, check_relative
 from tests.conftest import ROOT, run_nbp
 
 HOSTILE = '<script>alert("x")</script> & "quotes" <img src=x onerror=alert(1)>'
@@ -60,10 +64,25 @@ def target(path: Path | str, rows: Sequence[dict[str, Any]],
     """A target holding `rows` as its manifest and an image for each row with a path."""
     sink = Sink(str(path))
     for row in rows:
-        if row["output_path"] and row["status"] == "succeeded" and ":" not in row["output_path"]:
+        if row["output_path"] and row["status"] == "succeeded" and safe(row["output_path"]):
             sink.write_bytes(row["output_path"], png(colour), overwrite=True)
     write_manifest(sink, rows_to_frame(rows))
     return str(path)
+
+
+def safe(path: str) -> bool:
+    try:
+        check_relative(path)
+    except ValueError:
+        return False
+    return ":" not in path
+
+
+def policy_of(text: str) -> dict[str, str]:
+    """The rules of the page's content security policy, by directive."""
+    found = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', text)
+    assert found is not None, "the page has no content security policy"
+    return dict(rule.strip().split(" ", 1) for rule in html.unescape(found[1]).split(";"))
 
 
 def pairs_of(a: str, b: str) -> list[tuple[str, str | None, str | None]]:
@@ -255,21 +274,28 @@ def test_hostile_values_are_escaped(tmp_path: Path) -> None:
 
 def test_images_show_by_path_relative_to_the_page(tmp_path: Path) -> None:
     a = target(tmp_path / "a", [cell("a0"), cell("a1", "blue", output_path="img/blue #1.png")])
-    b = target(tmp_path / "runs" / "b", [
-        cell("b0", sha256="other"),
-        cell("b1", "blue", output_path=None, output_uri="https://cdn.example/b1.png",
-             sha256="other"),
-    ])  # fmt: skip
-    uri = write_page(compare(load_side(a), load_side(b)), str(tmp_path / "reports" / "c.html"))
-    assert uri == str(tmp_path / "reports" / "c.html")
+    b = target(tmp_path / "runs" / "b", [cell("b0", sha256="other"), cell("b1", "blue")])
+    uri = write_page(compare(load_side(a), load_side(b)), str(tmp_path / "c.html"))
+    assert uri == str(tmp_path / "c.html")
     page = Page(Path(uri).read_text("utf-8"))
     assert [p["srcs"] for p in page.pairs] == [
-        ["../a/img/a0.png", "../runs/b/img/b0.png"],
-        ["../a/img/blue%20%231.png", "https://cdn.example/b1.png"],
+        ["a/img/a0.png", "runs/b/img/b0.png"],
+        ["a/img/blue%20%231.png", "runs/b/img/b1.png"],
     ]  # fmt: skip
-    for src in page.srcs[:3]:
-        assert (tmp_path / "reports" / unquote(src)).is_file()
+    for src in page.srcs:
+        assert (tmp_path / unquote(src)).is_file()
     assert sorted(page.hrefs) == sorted(page.srcs)  # each image links to itself
+
+
+def test_only_images_inside_the_page_s_folder_show(tmp_path: Path) -> None:
+    """A page in reports/ does not reach up to the targets beside it: facts, and a note."""
+    a = target(tmp_path / "a", [cell("a0")])
+    b = target(tmp_path / "reports" / "b", [cell("b0")])
+    text = render_page(compare(load_side(a), load_side(b)), str(tmp_path / "reports" / "c.html"))
+    (pair,) = Page(text).pairs
+    assert pair["srcs"] == ["b/img/b0.png"]
+    assert "not viewable from here: outside the page's folder" in pair["text"]
+    assert str(tmp_path / "a" / "img" / "a0.png") in pair["text"]  # where it is, as text
 
 
 def test_an_image_the_page_cannot_reach_shows_its_facts(tmp_path: Path) -> None:
@@ -280,13 +306,106 @@ def test_an_image_the_page_cannot_reach_shows_its_facts(tmp_path: Path) -> None:
     page = Page(render_page(compare(load_side(a), load_side(b)), str(tmp_path / "c.html")))
     (pair,) = page.pairs
     assert pair["srcs"] == ["b/img/b0.png"]
-    assert "not viewable from here" in pair["text"] and "memory://" in pair["text"]
-    assert "12,345 bytes · 32×32" in pair["text"]
+    assert "not viewable from here: on another disk or bucket" in pair["text"]
+    assert "memory://" in pair["text"] and "12,345 bytes · 32×32" in pair["text"]
     # A page in the same bucket shows that image by relative path (the page served from
-    # the bucket over HTTP finds it), and not the local one.
+    # the bucket over HTTP finds it), and not the local one; one in a folder beside the
+    # target does not reach up to it.
     comparison = compare(load_side(a), load_side(b))
+    (pair,) = Page(render_page(comparison, "memory://compare-test/c.html")).pairs
+    assert pair["srcs"] == ["a/img/a0.png"] and str(tmp_path / "b") in pair["text"]
     (pair,) = Page(render_page(comparison, "memory://compare-test/pages/c.html")).pairs
-    assert pair["srcs"] == ["../a/img/a0.png"] and str(tmp_path / "b") in pair["text"]
+    assert pair["srcs"] == [] and "outside the page's folder" in pair["text"]
+
+
+# -- a manifest is input ---------------------------------------------------------------------
+
+EVIL = "evil.example"
+HOSTILE_URIS = [
+    pytest.param("javascript:alert(1)", id="javascript"),
+    pytest.param("JaVaScRiPt:alert(1)", id="javascript-mixed-case"),
+    pytest.param("data:image/svg+xml;base64,PHN2Zz48L3N2Zz4=", id="data"),
+    pytest.param(f"http://{EVIL}/pixel.png?who=me", id="http"),
+    pytest.param(f"HTTPS://{EVIL}/pixel.png", id="https-upper-case"),
+    pytest.param(f"//{EVIL}/pixel.png", id="scheme-relative"),
+    pytest.param("file:///etc/passwd", id="file"),
+    pytest.param("../../etc/passwd", id="climbs-out"),
+    pytest.param("/etc/passwd", id="absolute"),
+    pytest.param('x.png" onerror="alert(1)', id="quotes"),
+    pytest.param("<script>alert(1)</script>.png", id="script"),
+]
+
+
+def hostile_page(tmp_path: Path, output_path: str | None, output_uri: str | None) -> str:
+    """The page of a pair whose B row carries the hostile values, written beside both targets
+    (where a safe relative path would show)."""
+    a = target(tmp_path / "a", [cell("a0")])
+    b = target(tmp_path / "b", [cell("b0", sha256="other", output_path=output_path,
+                                     output_uri=output_uri)])
+    return render_page(compare(load_side(a), load_side(b)), str(tmp_path / "c.html"))
+
+
+def assert_only_beside(text: str, tmp_path: Path) -> Page:
+    """The page runs nothing and every src or href is a path inside the page's folder."""
+    page = Page(text)  # raises on any script tag or on* attribute
+    assert policy_of(text)["default-src"] == "'none'"
+    for url in page.srcs + page.hrefs:
+        assert not re.match(r"[a-z][a-z0-9+.-]*:|/|\\", url, re.IGNORECASE), url
+        assert ".." not in unquote(url).split("/"), url
+        assert (tmp_path / unquote(url)).resolve().is_relative_to(tmp_path.resolve())
+    return page
+
+
+@pytest.mark.parametrize("uri", HOSTILE_URIS)
+def test_a_hostile_output_uri_is_never_followed(tmp_path: Path, uri: str) -> None:
+    """A row with no output_path: its output_uri is shown as text (escaped), never a src."""
+    text = hostile_page(tmp_path, None, uri)
+    page = assert_only_beside(text, tmp_path)
+    (pair,) = page.pairs
+    assert pair["srcs"] == ["a/img/a0.png"]  # A's image, beside the page, still shows
+    assert "not viewable from here: the manifest gives it no path" in pair["text"]
+    assert uri in pair["text"]  # as text
+    assert EVIL not in " ".join(page.srcs + page.hrefs)
+
+
+@pytest.mark.parametrize("path", HOSTILE_URIS)
+def test_a_hostile_output_path_is_never_followed(tmp_path: Path, path: str) -> None:
+    """An output_path that is not a plain relative path is shown as text; one that is (with
+    quotes or markup in a file name) is quoted, so it can never leave its attribute."""
+    text = hostile_page(tmp_path, path, "http://tracker.example/b0.png")
+    page = assert_only_beside(text, tmp_path)
+    (pair,) = page.pairs
+    assert "tracker.example" not in text  # the target as given wins over output_uri
+    assert EVIL not in " ".join(page.srcs + page.hrefs)
+    if safe(path):
+        assert pair["srcs"] == ["a/img/a0.png", "b/" + quote(path)]
+    else:
+        assert pair["srcs"] == ["a/img/a0.png"]
+        assert "not viewable from here: its path in the manifest is not a safe one" in pair[
+            "text"]
+
+
+def test_a_huge_location_is_cut(tmp_path: Path) -> None:
+    """A foreign manifest's value can be any size; the page stays ~2 KB a pair."""
+    text = hostile_page(tmp_path, None, "https://x/" + "a" * 1_000_000)
+    assert len(text) < 20_000 and "https://x/" + "a" * 289 + "…" in text
+
+
+def test_the_page_has_the_gallery_s_content_security_policy(tmp_path: Path) -> None:
+    """Nothing runs (there is no script), the style only by its hash, images only from
+    beside the page: the gallery's rule, from the one definition (outputs.html)."""
+    a = target(tmp_path / "a", [cell("a0")])
+    text = render_page(compare(load_side(a), load_side(a)), str(tmp_path / "c.html"))
+    rules = policy_of(text)
+    style = re.search(r"<style>(.*?)</style>", text, re.DOTALL)
+    assert style is not None
+    digest = base64.b64encode(hashlib.sha256(style[1].encode()).digest()).decode()
+    assert rules == {"default-src": "'none'", "script-src": "'none'",
+                     "style-src": f"'sha256-{digest}'", "img-src": "'self' file:"}
+    gallery = policy_of(render_gallery(rows_to_frame([cell("g0")]), title="g"))
+    assert (gallery["default-src"], gallery["img-src"]) == (rules["default-src"],
+                                                            rules["img-src"])
+    assert text.index("Content-Security-Policy") < text.index("<style>")  # before any content
 
 
 def test_the_page_is_bounded_and_says_so(tmp_path: Path,

@@ -1,10 +1,16 @@
 """The compare page as a person sees it: headless Chromium draws both images of a pair from
-their targets, by relative path, offline. The control page (B's path broken) must fail."""
+their targets beside it, by relative path, offline, and asks no URL a foreign manifest names.
+Each check has a control page that must fail it (B's path broken, the policy taken out)."""
 
 from __future__ import annotations
 
+import http.server
 import io
+import re
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -25,6 +31,9 @@ pytestmark = [
 # Two colours per side, none of them in the page's CSS (compared at 4 bits a channel).
 A_COLOURS = ((255, 0, 0), (255, 255, 0))
 B_COLOURS = ((0, 0, 255), (0, 255, 0))
+# OFFLINE_FLAGS resolve no name; this one lets Chromium reach our own server on loopback too
+# (the last of a repeated switch wins), so that "no request" means the page asked for none.
+LOOPBACK = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
 
 
 def striped(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> bytes:
@@ -47,8 +56,7 @@ def test_the_page_draws_both_images_of_a_pair(tmp_path: Path) -> None:
     b = target(tmp_path / "runs" / "b", [cell("b0", sha256="b", width=96, height=96)])
     Sink(a).write_bytes("img/a0.png", striped(*A_COLOURS), overwrite=True)
     Sink(b).write_bytes("img/b0.png", striped(*B_COLOURS), overwrite=True)
-    page = Path(write_page(compare(load_side(a), load_side(b)),
-                           str(tmp_path / "reports" / "compare.html")))
+    page = Path(write_page(compare(load_side(a), load_side(b)), str(tmp_path / "compare.html")))
     control = page.with_name("control.html")
     control.write_text(page.read_text("utf-8").replace("runs/b/img/", "runs/b/missing/"))
     shots = {}
@@ -60,3 +68,69 @@ def test_the_page_draws_both_images_of_a_pair(tmp_path: Path) -> None:
         assert page_requests(netlog) == []  # nothing from the network
     assert drawn(shots[page], A_COLOURS) and drawn(shots[page], B_COLOURS)
     assert drawn(shots[control], A_COLOURS) and not drawn(shots[control], B_COLOURS)
+
+
+class Counting(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with a PNG and notes its path: a tracker's view of the page."""
+
+    paths: list[str]
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        body = striped(*B_COLOURS)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def tracker() -> Iterator[tuple[str, list[str]]]:
+    """A local HTTP server (its base URL, and the paths asked of it, in order)."""
+    paths: list[str] = []
+    handler = type("Handler", (Counting,), {"paths": paths})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", paths
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_foreign_manifest_s_url_is_never_asked_for(
+    tmp_path: Path, tracker: tuple[str, list[str]]
+) -> None:
+    """B's manifest points its image at a server we run: the page asks it for nothing, and
+    A's image beside the page still shows. Controls: with the policy taken out, an image
+    of that server's is asked for (the count works, Chromium can reach it); with the policy
+    kept, the same injected image is not (the policy alone would stop it)."""
+    url, asked = tracker
+    a = target(tmp_path / "a", [cell("a0", sha256="a", width=96, height=96)])
+    b = target(tmp_path / "b", [cell("b0", sha256="b", output_path=None,
+                                     output_uri=f"{url}/b0.png")])
+    Sink(a).write_bytes("img/a0.png", striped(*A_COLOURS), overwrite=True)
+    page = Path(write_page(compare(load_side(a), load_side(b)), str(tmp_path / "compare.html")))
+    text = page.read_text("utf-8")
+    injected = text.replace("</body>", f'<img src="{url}/injected.png"></body>')
+    unguarded = page.with_name("unguarded.html")
+    unguarded.write_text(re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>\n', "",
+                                injected))
+    guarded = page.with_name("guarded.html")
+    guarded.write_text(injected)
+    for html in (page, guarded, unguarded):
+        shot, netlog = tmp_path / f"{html.stem}.png", tmp_path / f"{html.stem}-netlog.json"
+        chromium(html.as_uri(), f"--screenshot={shot}", f"--log-net-log={netlog}",
+                 "--window-size={},{}".format(*WINDOW), LOOPBACK)
+        if html is page:
+            assert asked == [] and page_requests(netlog) == []
+            assert drawn(shot, A_COLOURS) and not drawn(shot, B_COLOURS)
+        elif html is guarded:
+            assert asked == []
+    assert asked == ["/injected.png"]
