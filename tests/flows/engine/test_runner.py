@@ -20,6 +20,7 @@ from PIL import Image
 
 from flows.engine.interrupt import Interrupt
 from flows.engine.job import RunHooks, RunOptions, RunResult, run_job
+from flows.engine.ledger import LedgerInvalid
 from flows.engine.policy import RetryPolicy
 from flows.engine.progress import Progress
 from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
@@ -548,3 +549,68 @@ def test_a_journal_of_version_1_is_upgraded_and_its_cancelled_task_collected(
     assert hub["kie"].creates_for("old journal") == 1
     upgraded = json.loads(entry_path.read_text())
     assert (upgraded["state"], upgraded["version"]) == ("succeeded", 2)
+
+
+# -- one ledger per target (issue 20) ---------------------------------------------------------
+
+
+def test_max_total_usd_counts_what_runs_without_a_cap_spent(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    """An uncapped job spent $0.45 on the target; a job capped at $0.50 may add one image
+    at most ($0.09), not $0.45 more."""
+    free = write_spec(tmp_path, [f"free {i}" for i in range(5)], name="free",
+                      matrix={"aspect_ratio": ["1:1"]})
+    assert run(free).exit_code == 0
+    ledger = json.loads((tmp_path / "out" / ".nbp" / "budget.json").read_text())
+    assert ledger["total_usd"] == pytest.approx(0.45)
+    assert not list((tmp_path / "out" / ".nbp" / "spend").glob("*.json"))  # folded
+    capped = write_spec(tmp_path, [f"capped {i}" for i in range(5)], name="capped",
+                        matrix={"aspect_ratio": ["1:1"]}, budget={"max_total_usd": 0.5})
+    assert run(capped).counts["skipped"] == 5
+    assert hub["kie"].creates_for("capped") == 0
+
+
+def test_a_capped_run_sees_an_uncapped_run_beside_it(hub: EmulatorHub, tmp_path: Path) -> None:
+    """Both at once on one target: the uncapped run's spend file (flushed every 2 s) is what
+    the capped run counts, under the lease, before each of its creates."""
+    hub["kie"].configure(latency_s=4.0)
+    target = {"target": str(tmp_path / "out")}
+    (tmp_path / "free").mkdir()
+    (tmp_path / "capped").mkdir()
+    free = write_spec(tmp_path / "free", [f"beside {i}" for i in range(4)], name="free",
+                      matrix={"aspect_ratio": ["1:1"]}, output=target)
+    capped = write_spec(tmp_path / "capped", [f"capped {i}" for i in range(4)], name="capped",
+                        matrix={"aspect_ratio": ["1:1"]}, budget={"max_total_usd": 0.40},
+                        output=target)
+    spend = tmp_path / "out" / ".nbp" / "spend"
+
+    async def both() -> tuple[RunResult, RunResult]:
+        first = asyncio.create_task(run_job(RunOptions(spec=str(free))))
+        while not any(spend.glob("*.json")):  # its four holds are on the target
+            await asyncio.sleep(0.05)
+        second = await run_job(RunOptions(spec=str(capped)))
+        return await first, second
+
+    _, second = asyncio.run(both())
+    assert hub["kie"].creates_for("capped") == 0 and second.counts["skipped"] == 4
+    ledger = json.loads((tmp_path / "out" / ".nbp" / "budget.json").read_text())
+    assert ledger["total_usd"] == pytest.approx(0.36) and ledger["open"] == {}
+
+
+@pytest.mark.parametrize("ledger", [
+    pytest.param("{not json", id="does-not-parse"),
+    pytest.param("[1, 2]", id="an-array"),
+    pytest.param('{"total_usd": "lots", "runs": {}}', id="a-string-total"),
+    pytest.param('{"total_usd": -5, "runs": {}}', id="negative"),
+    pytest.param('{"total_usd": 1, "runs": {"r": 1}, "open": {"i": 3}}', id="a-bare-hold"),
+])
+def test_a_ledger_that_cannot_be_read_stops_the_run_before_anything_is_paid(
+    hub: EmulatorHub, tmp_path: Path, ledger: str
+) -> None:
+    spec = write_spec(tmp_path, ["guarded"], budget={"max_total_usd": 1.0})
+    (tmp_path / "out" / ".nbp").mkdir(parents=True)
+    (tmp_path / "out" / ".nbp" / "budget.json").write_text(ledger)
+    with pytest.raises(LedgerInvalid, match="budget.json is not a spend ledger.*delete it"):
+        run(spec)
+    assert hub["kie"].requests == []
