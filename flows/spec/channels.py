@@ -47,7 +47,7 @@ class Channel:
         foreign = [own for own in self.variables.values() if owner(documented, own) is None]
         if foreign:
             raise ValueError(f"{self.provider}: account {self.account}: "
-                             f"{', '.join(foreign)} not {self.provider}'s own credential "
+                             f"{', '.join(foreign)}: not {self.provider}'s own credential "
                              f"variable(s) ({allowed(documented)})")
         renamed = {documented: environ.get(own) for documented, own in self.variables.items()}
         base = {k: v for k, v in environ.items() if k not in renamed}

@@ -155,7 +155,7 @@ def test_a_channel_built_in_code_never_reads_a_foreign_variable() -> None:
     """Validation refuses such a spec; the runtime asks the same rule before renaming."""
     channel = Channel("kie", "AWS_SECRET_ACCESS_KEY", {"KIE_API_KEY": "AWS_SECRET_ACCESS_KEY"},
                       documented=False)
-    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY not kie's own") as caught:
+    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY: not kie's own") as caught:
         channel.environ({"AWS_SECRET_ACCESS_KEY": SECRET_VALUE})
     assert SECRET_VALUE not in str(caught.value)
     own = Channel("kie", "KIE_API_KEY_2", {"KIE_API_KEY": "KIE_API_KEY_2"}, documented=False)
