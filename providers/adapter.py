@@ -28,13 +28,14 @@ from providers.base import (
     Finished,
     ImageRequest,
     Pending,
+    ProviderFacts,
     ProviderSettings,
     ResultImage,
     Secret,
     Submitted,
     credential_origins,
     env_base_url,
-    env_name,
+    url_variable,
 )
 from providers.errors import AuthError, LimitExceeded, ResultMismatch
 from providers.limits import limit_problems
@@ -79,24 +80,25 @@ class HttpAdapter:
         """Documented base URLs unless `NBP_<PROVIDER>_BASE_URL` (or an argument) replaces
         them; credentials from the env vars named in `capabilities`.
 
-        Credentials go only to documented origins, origins the environment names, and
-        loopback (`providers.base.credential_origins`): a URL given as an argument (a spec's
-        `base_urls`) elsewhere is used, but a request carrying credentials there is refused
-        with `AuthError` before it is sent."""
+        Credentials go only where `providers.base.may_receive_credentials` allows (the rule
+        spec validation applies to `base_urls` too): a URL given as an argument elsewhere is
+        used, but a request carrying credentials there is refused with `AuthError` before
+        it is sent."""
         env = os.environ if environ is None else environ
+        facts = ProviderFacts.of(cls)
         names = (*cls.capabilities.env_vars, *cls.capabilities.optional_env_vars)
         credentials = {n: Secret(env[n]) for n in names if env.get(n)}
         urls = {
-            key: env.get(f"NBP_{env_name(cls).upper()}_{key.upper()}_BASE_URL") or default
+            key: env.get(url_variable(facts.env_name, key)) or default
             for key, default in cls.extra_url_defaults.items()
         }
         urls.update(extra_urls or {})
         given = [u for u in (base_url, *(extra_urls or {}).values()) if u]
         return ProviderSettings(
-            base_url=base_url or env_base_url(env_name(cls), cls.default_base_url, env),
+            base_url=base_url or env_base_url(facts.env_name, cls.default_base_url, env),
             credentials=credentials,
             extra_urls=urls,
-            credential_origins=credential_origins(cls, env, urls=given),
+            credential_origins=credential_origins(facts, env, urls=given),
         )
 
     def require_credential(self, env_var: str) -> str:

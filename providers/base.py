@@ -252,54 +252,98 @@ def env_base_url(provider: str, default: str, environ: Mapping[str, str] | None 
     is an adapter's `env_name`: two adapters of one host share a variable, e.g. gemini and
     gemini-batch both read `NBP_GEMINI_BASE_URL`)."""
     env = os.environ if environ is None else environ
-    return env.get(f"NBP_{provider.upper()}_BASE_URL") or default
+    return env.get(url_variable(provider)) or default
+
+
+def url_variable(provider: str, key: str = "") -> str:
+    """The variable that names a provider's URL: `NBP_<PROVIDER>_BASE_URL`, or
+    `NBP_<PROVIDER>_<KEY>_BASE_URL` for one of its `extra_url_defaults` (Kie's "upload")."""
+    middle = f"{key.upper()}_" if key else ""
+    return f"NBP_{provider.upper()}_{middle}BASE_URL"
 
 
 # -- where credentials may go -----------------------------------------------------------------
-# Credentials go only to hosts the user configured (issue 11, item 6): the documented URLs of
-# an adapter, the URLs the environment names (`NBP_<PROVIDER>_BASE_URL`, the user's own
-# choice), and loopback (emulators, local proxies). A URL from anywhere else (a spec's
-# `base_urls`) may point the adapter there, but never with a real key.
+# One rule (`may_receive_credentials`) decides which origins may receive a provider's
+# credentials, for spec validation (a spec's `base_urls`) and for the adapters alike
+# (`HttpAdapter.settings_from_env` -> the HTTP client's `CredentialGuard`), so a base URL that
+# validates is one the adapter sends the key to, and the reverse. Allowed: the adapter's
+# documented origins, the origins the environment names (`NBP_<PROVIDER>_BASE_URL`,
+# `NBP_<PROVIDER>_<KEY>_BASE_URL`: the user's own choice) and loopback (emulators, local
+# proxies). Origins, not hosts: `http://api.kie.ai:8080` is another server than
+# `https://api.kie.ai`, and a key sent in clear text can be read on the way. The rule reads
+# `ProviderFacts`, plain values taken from an adapter class, so deciding needs no HTTP client.
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+@dataclass(frozen=True)
+class ProviderFacts:
+    """What decides where a provider's credentials may go, read from its adapter class's
+    ClassVars without building it (no client, no settings):
+
+        facts = ProviderFacts.of(registry.get_class("kie"))
+        facts.url_variables            # ("NBP_KIE_BASE_URL", "NBP_KIE_UPLOAD_BASE_URL")
+        may_receive_credentials(facts, "http://api.kie.ai:8080", {})   # False
+    """
+
+    name: str                           # the provider's name, for messages
+    env_name: str                       # the <PROVIDER> of its NBP_<PROVIDER>_..._BASE_URL
+    documented_urls: tuple[str, ...]    # `default_base_url`, then `extra_url_defaults`
+    url_keys: tuple[str, ...] = ()      # the keys of `extra_url_defaults` (Kie: "upload")
+
+    @classmethod
+    def of(cls, adapter: type) -> ProviderFacts:
+        """The facts of an adapter class (`default_base_url`, `extra_url_defaults`,
+        `env_name`); a class without them has no documented origin."""
+        extra = dict(getattr(adapter, "extra_url_defaults", None) or {})
+        urls = (getattr(adapter, "default_base_url", None), *extra.values())
+        return cls(
+            name=str(getattr(adapter, "name", "")),
+            env_name=env_name(adapter),
+            documented_urls=tuple(u for u in urls if isinstance(u, str) and u),
+            url_keys=tuple(str(k) for k in extra),
+        )
+
+    @property
+    def url_variables(self) -> tuple[str, ...]:
+        """The variables through which the environment names this provider's URLs: the base
+        URL's first (the one to tell a user about), then each extra URL's."""
+        return tuple(url_variable(self.env_name, key) for key in ("", *self.url_keys))
+
+    @property
+    def documented_origins(self) -> frozenset[str]:
+        return frozenset(url_origin(u) for u in self.documented_urls)
+
+
 def url_origin(url: str) -> str:
     """`scheme://host:port` of a URL, lowercase, with the scheme's default port filled in:
-    two URLs share an origin exactly when their origins are equal strings."""
+    two URLs share an origin exactly when their origins are equal strings. A port that is
+    not a number gives an origin no real URL has."""
     parts = urllib.parse.urlsplit(url.strip())
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host
     try:
         port = parts.port
-    except ValueError:  # a port that is not a number: an origin of its own, never matched
-        port = None
-    if port is None:
-        port = _DEFAULT_PORTS.get(scheme, 0)
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+    except ValueError:
+        return f"{scheme}://{host}:?"
+    return f"{scheme}://{host}:{_DEFAULT_PORTS.get(scheme, 0) if port is None else port}"
 
 
 def is_loopback(url: str) -> bool:
-    """True for http(s) URLs on this machine: `localhost` (and `*.localhost`), 127.0.0.0/8
-    and ::1. Credentials sent there do not leave the machine."""
+    """True for http(s) URLs on this machine: `localhost`, 127.0.0.0/8 and ::1. Credentials
+    sent there do not leave the machine. Not `*.localhost`: the system resolver may ask the
+    network for such a name, and an answer from there would get the key in clear text."""
     parts = urllib.parse.urlsplit(url.strip())
     host = (parts.hostname or "").lower().rstrip(".")
     if parts.scheme.lower() not in _DEFAULT_PORTS or not host:
         return False
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def documented_origins(cls: type) -> frozenset[str]:
-    """Origins of an adapter class's documented URLs (`default_base_url` and
-    `extra_url_defaults`, e.g. Kie's upload host); empty for a class without them."""
-    urls = [getattr(cls, "default_base_url", None)]
-    urls += list((getattr(cls, "extra_url_defaults", None) or {}).values())
-    return frozenset(url_origin(u) for u in urls if isinstance(u, str) and u)
 
 
 def env_name(cls: type) -> str:
@@ -308,35 +352,41 @@ def env_name(cls: type) -> str:
     return str(getattr(cls, "env_name", None) or getattr(cls, "name", ""))
 
 
-def environment_urls(cls: type, environ: Mapping[str, str] | None = None) -> list[str]:
-    """The URLs the environment names for an adapter: `NBP_<PROVIDER>_BASE_URL` and
-    `NBP_<PROVIDER>_<KEY>_BASE_URL` for each of its `extra_url_defaults` keys."""
+def environment_urls(facts: ProviderFacts, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The URLs the environment names for a provider (`ProviderFacts.url_variables`)."""
     env = os.environ if environ is None else environ
-    name = env_name(cls).upper()
-    keys = ["", *(f"{k.upper()}_" for k in (getattr(cls, "extra_url_defaults", None) or {}))]
-    return [url for k in keys if (url := env.get(f"NBP_{name}_{k}BASE_URL"))]
-
-
-def credential_origins(
-    cls: type, environ: Mapping[str, str] | None = None, *, urls: Iterable[str] = ()
-) -> frozenset[str]:
-    """Origins that may receive an adapter's credentials: its documented ones, the ones the
-    environment names, and those of `urls` that are loopback (`is_loopback`)."""
-    named = [*environment_urls(cls, environ), *(u for u in urls if is_loopback(u))]
-    return documented_origins(cls) | {url_origin(u) for u in named}
+    return [url for name in facts.url_variables if (url := env.get(name))]
 
 
 def may_receive_credentials(
-    cls: type, url: str, environ: Mapping[str, str] | None = None
+    facts: ProviderFacts, url: str, environ: Mapping[str, str] | None = None
 ) -> bool:
-    """Whether `url` (e.g. a spec's `base_urls.<provider>`) may be sent the adapter's real
-    credentials: loopback, or an origin that is documented or named by the environment.
+    """Whether `url` may be sent the provider's real credentials: loopback, or an origin that
+    is documented or named by the environment (`environ`, default `os.environ`). The one
+    rule: spec validation asks it of `base_urls`, the adapters build their
+    `credential_origins` from it.
 
-        may_receive_credentials(KieProvider, "https://api.kie.ai/")         # True
-        may_receive_credentials(KieProvider, "http://127.0.0.1:8000/kie")   # True
-        may_receive_credentials(KieProvider, "https://kie.example.net")     # False
+        may_receive_credentials(kie, "https://api.kie.ai/")          # True: documented
+        may_receive_credentials(kie, "http://127.0.0.1:8000/kie")    # True: loopback
+        may_receive_credentials(kie, "http://api.kie.ai:8080")       # False: another origin
+        may_receive_credentials(kie, "https://proxy.example", {"NBP_KIE_BASE_URL":
+                                "https://proxy.example/kie"})        # True: the user's choice
     """
-    return is_loopback(url) or url_origin(url) in credential_origins(cls, environ)
+    if is_loopback(url):
+        return True
+    named = {url_origin(u) for u in environment_urls(facts, environ)}
+    return url_origin(url) in facts.documented_origins | named
+
+
+def credential_origins(
+    facts: ProviderFacts, environ: Mapping[str, str] | None = None, *, urls: Iterable[str] = ()
+) -> frozenset[str]:
+    """The origins an adapter's HTTP client may send credentials to: its documented ones,
+    the environment's, and those of `urls` (the URLs it was given, e.g. a spec's
+    `base_urls`) that `may_receive_credentials` allows. Loopback is allowed besides, by the
+    client's guard (`providers.http.CredentialGuard`), whatever the origin set."""
+    given = [*facts.documented_urls, *environment_urls(facts, environ), *urls]
+    return frozenset(url_origin(u) for u in given if may_receive_credentials(facts, u, environ))
 
 
 # -- batch providers ---------------------------------------------------------------------------

@@ -6,12 +6,20 @@ import os
 
 from prefect.blocks.system import Secret
 
+from flows.spec.credentials import block_name
 from flows.spec.model import JobSpec
 
 
 async def secret_blocks(spec: JobSpec) -> dict[str, str]:
     """Values of the spec's Secret blocks for env vars the environment does not set (a key
-    exported on a worker wins). Values are returned, never logged."""
+    exported on a worker wins). Values are returned, never logged. A block must be named
+    after its variable (`flows.spec.credentials.block_name`, as validation checks):
+    `ValueError` otherwise, before any block is read, so a spec built in code cannot hand a
+    provider a block that holds another secret."""
+    wrong = [var for var, block in spec.credentials.items() if block != block_name(var)]
+    if wrong:
+        raise ValueError(f"Secret blocks must be named after their variables: "
+                         f"{', '.join(f'{v} -> {block_name(v)}' for v in wrong)}")
     values: dict[str, str] = {}
     for var, block in spec.credentials.items():
         if os.environ.get(var):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from flows.spec.credentials import allowed, owner, provider_variables
 from flows.spec.model import Account, Cell, JobSpec
 from providers import registry
 from providers.base import Capabilities
@@ -37,9 +38,17 @@ class Channel:
 
     def environ(self, environ: Mapping[str, str]) -> dict[str, str]:
         """`environ` as this account's adapter must see it: its variables under the
-        documented names (an unset one is left out, so the adapter names it missing)."""
+        documented names (an unset one is left out, so the adapter names it missing).
+        `ValueError` for a variable that is not the provider's own (`flows.spec.credentials`):
+        validation refuses such a spec, and a spec built in code must not send one either."""
         if not self.variables:
             return dict(environ)
+        documented = provider_variables(registry.capabilities(self.provider))
+        foreign = [own for own in self.variables.values() if owner(documented, own) is None]
+        if foreign:
+            raise ValueError(f"{self.provider}: account {self.account}: "
+                             f"{', '.join(foreign)}: not {self.provider}'s own credential "
+                             f"variable(s) ({allowed(documented)})")
         renamed = {documented: environ.get(own) for documented, own in self.variables.items()}
         base = {k: v for k, v in environ.items() if k not in renamed}
         return {**base, **{k: v for k, v in renamed.items() if v}}
@@ -135,7 +144,5 @@ def _channel(provider: str, account: Account) -> Channel:
 
 
 def _primary_variable(caps: Capabilities | None) -> str | None:
-    if caps is None:
-        return None
-    names = (*caps.env_vars, *caps.optional_env_vars)
+    names = provider_variables(caps) if caps is not None else ()
     return names[0] if names else None

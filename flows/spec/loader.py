@@ -26,19 +26,28 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
-from urllib.parse import urlsplit
 
 import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
 from flows.spec import cells as cellmod
 from flows.spec import yamlpos
 from flows.spec.channels import account_from_entry
+from flows.spec.credentials import (
+    block_name,
+    extends,
+    foreign_block_variable,
+    foreign_value,
+    foreign_variable,
+    owner,
+    provider_variables,
+    unknown_key,
+    wrong_block_name,
+)
 from flows.spec.dataset import Dataset, DatasetError, read_dataset
 from flows.spec.inputs import (
     InputPolicy,
@@ -66,7 +75,14 @@ from flows.spec.rate import Rate, parse_duration
 from flows.spec.templating import Template, TemplateError
 from flows.spec.yamlpos import JsonPath, LocatedDocument
 from providers import registry
-from providers.base import Capabilities, ImageRequest, Reference, env_name
+from providers.base import (
+    Capabilities,
+    ImageRequest,
+    ProviderFacts,
+    Reference,
+    may_receive_credentials,
+    url_origin,
+)
 from providers.limits import limit_problems
 from providers.options import option_problems
 from schemas import load_job_schema
@@ -265,6 +281,9 @@ class _Checker:
         self._value_paths: dict[str, dict[str, JsonPath]] = {}  # key -> value -> path
         self.accounts: dict[str, tuple[Account, ...]] = {}
         self.deadline_s: float | None = None
+        # Where base URLs may point depends on what the environment names (the adapters read
+        # the same variables when they run).
+        self.environ: Mapping[str, str] = os.environ
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -394,24 +413,17 @@ class _Checker:
         return found
 
     def check_base_urls(self, data: Mapping[str, Any]) -> None:
-        """A spec may point a provider at its documented host or at loopback (an emulator,
-        a local proxy), never elsewhere: the run would send the environment's real key
-        there. `NBP_<PROVIDER>_BASE_URL` in the environment is the user's own choice."""
-        urls = data.get("base_urls")
-        if not isinstance(urls, dict):
-            return
-        for name, url in urls.items():
-            if name not in self.caps or not isinstance(url, str):
+        """A spec may point a provider only where its credentials may go
+        (`providers.base.may_receive_credentials`, the rule the adapters follow too): the
+        run would send the environment's real key there. Other URLs are the user's to
+        choose, in the environment."""
+        for name, url in _mapping(data.get("base_urls")).items():
+            if name not in self.caps or not isinstance(url, str) \
+                    or self.broken(("base_urls", name)):
                 continue
-            host = urlsplit(url).hostname or ""
-            documented = documented_hosts(name)
-            if host in documented or is_loopback_host(host):
-                continue
-            self.add(("base_urls", name),
-                     f"{host or url!r} is neither {name}'s documented host "
-                     f"({', '.join(sorted(documented)) or 'none'}) nor loopback: a spec may not "
-                     f"send your API key to another host; set NBP_{_env_prefix(name)}_BASE_URL in "
-                     "the environment to use it")
+            facts = ProviderFacts.of(registry.get_class(name))
+            if not may_receive_credentials(facts, url, self.environ):
+                self.add(("base_urls", name), _refused_base_url(facts, url))
 
     def load_provider(self, path: JsonPath, name: str, *, key: bool = False) -> None:
         if name in self.caps:
@@ -455,27 +467,36 @@ class _Checker:
                     self.add(("limits", name, "rate"), str(exc))
 
     def check_credentials(self, data: Mapping[str, Any], providers: list[str]) -> None:
+        """`credentials`: each variable one that an account of the job reads (so one of its
+        providers' own, `flows.spec.credentials`), each block named after its variable."""
         credentials = data.get("credentials")
-        if not isinstance(credentials, dict) or not providers:
+        if not isinstance(credentials, dict) or not providers or self.broken(("credentials",)):
             return
         if any(name not in self.caps for name in providers):
             return  # an unknown provider is reported already; its variables are unknown
+        read = {name: provider_variables(self.caps[name]) for name in providers}
         used: dict[str, None] = {}
         for name in providers:
-            caps = self.caps[name]
-            used.update(dict.fromkeys((*caps.env_vars, *caps.optional_env_vars)))
+            used.update(dict.fromkeys(read[name]))
             for account in self.accounts.get(name, ()):
                 used.update(dict.fromkeys(account.variables.values()))
-        for var in credentials:
-            if var not in used and not self.broken(("credentials",)):
+        for var, block in credentials.items():
+            owners = [name for name in providers if owner(read[name], var)]
+            if not owners:
+                self.add(("credentials", var), foreign_block_variable(read, var), key=True)
+                continue
+            if var not in used:
                 self.add(("credentials", var),
-                         f"no provider of this job reads {var}; they read: {', '.join(used)}",
-                         key=True)
+                         f"no account of this job reads {var}; name it in "
+                         f"accounts.{owners[0]} or remove it here", key=True)
+            if isinstance(block, str) and block != block_name(var):
+                self.add(("credentials", var), wrong_block_name(var, block))
 
     def check_accounts(
         self, data: Mapping[str, Any], providers: list[str]
     ) -> dict[str, tuple[Account, ...]]:
-        """`accounts`: only providers of the job, only their variables, no account twice."""
+        """`accounts`: only providers of the job, only their own variables
+        (`flows.spec.credentials`), no account twice."""
         found: dict[str, tuple[Account, ...]] = {}
         for name, entries in _mapping(data.get("accounts")).items():
             if self.broken(("accounts", name)) or not isinstance(entries, list):
@@ -488,17 +509,10 @@ class _Checker:
             caps = self.caps.get(name)
             if caps is None:
                 continue  # an unloadable provider is reported already
-            documented = (*caps.env_vars, *caps.optional_env_vars)
             accounts: list[Account] = []
             for i, entry in enumerate(entries):
-                if isinstance(entry, dict):
-                    strange = [k for k in entry if k not in documented]
-                    for var in strange:
-                        self.add(("accounts", name, i, var),
-                                 f"{name} reads no variable {var}; it reads: "
-                                 f"{', '.join(documented) or 'none'}", key=True)
-                    if strange:
-                        continue
+                if not self.own_account(name, provider_variables(caps), i, entry):
+                    continue
                 account = account_from_entry(entry, caps)
                 if any(a.label == account.label for a in accounts):
                     self.add(("accounts", name, i),
@@ -507,6 +521,26 @@ class _Checker:
                 accounts.append(account)
             found[name] = tuple(accounts)
         return found
+
+    def own_account(self, name: str, documented: tuple[str, ...], i: int, entry: Any) -> bool:
+        """Whether the `i`th account of provider `name` names only its own variables: a
+        name that is or extends one of them; a mapping from its documented variables each
+        to that variable or one extending it. Reports each that does not."""
+        path: JsonPath = ("accounts", name, i)
+        if isinstance(entry, str):
+            if owner(documented, entry) is None:
+                self.add(path, foreign_variable(name, documented, entry))
+                return False
+            return True
+        good = True
+        for key, value in entry.items():
+            if key not in documented:
+                self.add((*path, key), unknown_key(name, documented, key), key=True)
+                good = False
+            elif not extends(key, value):
+                self.add((*path, key), foreign_value(name, key, value))
+                good = False
+        return good
 
     def check_routing(self, data: Mapping[str, Any]) -> float | None:
         """`deadline` only with cheapest routing, and a duration it can use."""
@@ -1017,25 +1051,11 @@ def _any_of_message(error: Any) -> str:
     return _plain_message(best, path)
 
 
-def documented_hosts(provider: str) -> set[str]:
-    """Hosts of a provider's documented base URLs (its adapter's defaults)."""
-    cls = registry.get_class(provider)
-    urls = [getattr(cls, "default_base_url", ""), *getattr(cls, "extra_url_defaults", {}).values()]
-    return {host for url in urls if (host := urlsplit(str(url)).hostname)}
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _env_prefix(provider: str) -> str:
-    """The <NAME> of a provider's `NBP_<NAME>_BASE_URL` (gemini-batch shares gemini's)."""
-    try:
-        return env_name(registry.get_class(provider)).upper()
-    except Exception:  # an unloadable provider is reported elsewhere
-        return provider.upper()
+def _refused_base_url(facts: ProviderFacts, url: str) -> str:
+    """Why a spec may not point a provider at `url`; names its origin only (a URL's
+    user:password part never shows)."""
+    documented = ", ".join(sorted(facts.documented_origins)) or "none"
+    return (f"{url_origin(url)} is not where {facts.name}'s API key may go: a spec may point "
+            f"{facts.name} at its documented origins ({documented}) or at loopback "
+            f"(localhost, 127.0.0.1, ::1) only, so it cannot send your key elsewhere; if you "
+            f"mean this server, set {facts.url_variables[0]} in the environment")

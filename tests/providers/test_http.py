@@ -16,8 +16,8 @@ from providers import http, registry
 from providers.base import (
     MAX_IMAGE_BYTES,
     ImageRequest,
+    ProviderFacts,
     credential_origins,
-    documented_origins,
     is_loopback,
     may_receive_credentials,
     url_origin,
@@ -208,7 +208,9 @@ def test_url_origin(url: str, origin: str) -> None:
     ("url", "loopback"),
     [
         ("http://127.0.0.1:8000/kie", True), ("http://127.9.9.9", True),
-        ("http://localhost:1", True), ("https://app.localhost", True), ("http://[::1]:80", True),
+        ("http://localhost:1", True), ("http://[::1]:80", True),
+        # a name the system resolver may ask the network about: not loopback for a key
+        ("https://app.localhost", False), ("http://foo.localhost:9000", False),
         ("http://10.0.0.5", False), ("https://api.kie.ai", False),
         ("http://127.0.0.1.evil.example", False), ("ftp://127.0.0.1", False), ("", False),
     ],
@@ -220,23 +222,36 @@ def test_is_loopback(url: str, loopback: bool) -> None:
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_documented_and_environment_named_hosts_may_receive_credentials(name: str) -> None:
     cls = registry.get_class(name)
-    documented = documented_origins(cls)
-    assert url_origin(cls.default_base_url) in documented
-    assert may_receive_credentials(cls, cls.default_base_url, {})
-    assert may_receive_credentials(cls, "http://127.0.0.1:8080/x", {})
+    facts = ProviderFacts.of(cls)
+    assert url_origin(cls.default_base_url) in facts.documented_origins
+    assert may_receive_credentials(facts, cls.default_base_url, {})
+    assert may_receive_credentials(facts, "http://127.0.0.1:8080/x", {})
     foreign = "https://nbp-elsewhere.example/api"
-    assert not may_receive_credentials(cls, foreign, {})
-    assert may_receive_credentials(cls, foreign, {f"NBP_{name.upper()}_BASE_URL": foreign})
+    assert not may_receive_credentials(facts, foreign, {})
+    assert may_receive_credentials(facts, foreign, {f"NBP_{name.upper()}_BASE_URL": foreign})
     plain = cls.default_base_url.replace("https://", "http://")
-    assert not may_receive_credentials(cls, plain, {})  # the documented host, unencrypted
+    assert not may_receive_credentials(facts, plain, {})  # the documented host, unencrypted
 
 
 def test_kies_upload_host_is_documented_and_its_override_is_named_by_the_environment() -> None:
-    cls = registry.get_class("kie")
-    assert url_origin("https://kieai.redpandaai.co") in documented_origins(cls)
+    facts = ProviderFacts.of(registry.get_class("kie"))
+    assert url_origin("https://kieai.redpandaai.co") in facts.documented_origins
     upload = "https://uploads.example"
     environ = {"NBP_KIE_UPLOAD_BASE_URL": upload}
-    assert url_origin(upload) in credential_origins(cls, environ)
+    assert url_origin(upload) in credential_origins(facts, environ)
+    assert facts.url_variables == ("NBP_KIE_BASE_URL", "NBP_KIE_UPLOAD_BASE_URL")
+
+
+def test_gemini_batch_reads_geminis_url_variable() -> None:
+    facts = ProviderFacts.of(registry.get_class("gemini-batch"))
+    assert facts.url_variables == ("NBP_GEMINI_BASE_URL",)
+    proxy = "https://gemini-proxy.example"
+    assert may_receive_credentials(facts, proxy, {"NBP_GEMINI_BASE_URL": proxy})
+
+
+def test_a_port_that_is_not_a_number_matches_no_origin() -> None:
+    facts = ProviderFacts.of(registry.get_class("kie"))
+    assert not may_receive_credentials(facts, "https://api.kie.ai:https/", {})
 
 
 @pytest.mark.parametrize("name", BUILT_IN)

@@ -29,12 +29,13 @@ def test_accounts_become_channels_in_spec_order(tmp_path: Path) -> None:
         routing: spread
         accounts:
           kie: [KIE_API_KEY, KIE_API_KEY_2]
-          wiro: [{WIRO_API_KEY: WIRO_KEY_B, WIRO_API_SECRET: WIRO_SECRET_B}]
+          wiro: [{WIRO_API_KEY: WIRO_API_KEY_B, WIRO_API_SECRET: WIRO_API_SECRET_B}]
         """))
     found = channels(spec)
-    assert [c.key for c in found] == ["kie", "kie:KIE_API_KEY_2", "wiro:WIRO_KEY_B"]
-    assert [c.account for c in found] == ["KIE_API_KEY", "KIE_API_KEY_2", "WIRO_KEY_B"]
-    wiro = found[2].environ({"WIRO_KEY_B": "b", "WIRO_SECRET_B": "s", "WIRO_API_KEY": "a"})
+    assert [c.key for c in found] == ["kie", "kie:KIE_API_KEY_2", "wiro:WIRO_API_KEY_B"]
+    assert [c.account for c in found] == ["KIE_API_KEY", "KIE_API_KEY_2", "WIRO_API_KEY_B"]
+    wiro = found[2].environ({"WIRO_API_KEY_B": "b", "WIRO_API_SECRET_B": "s",
+                             "WIRO_API_KEY": "a"})
     assert wiro["WIRO_API_KEY"] == "b" and wiro["WIRO_API_SECRET"] == "s"
     kie = found[1].environ({"KIE_API_KEY": "first"})
     assert "KIE_API_KEY" not in kie  # never the other account's key
@@ -79,7 +80,8 @@ def test_a_deadline_is_a_duration(tmp_path: Path) -> None:
      "5:33: accounts.kie[1]", "listed twice"),
     ("provider: kie\naccounts: {kie: [kie-key]}\n", "5:18: accounts.kie[0]",
      "'kie-key' is not an environment variable name"),
-    ("provider: kie\naccounts: {kie: [K2]}\ncredentials: {K2: kie-second}\n", None, None),
+    ("provider: kie\naccounts: {kie: [KIE_API_KEY_2]}\n"
+     "credentials: {KIE_API_KEY_2: kie-api-key-2}\n", None, None),
 ])
 def test_routing_mistakes_are_located(
     tmp_path: Path, text: str, where: str | None, says: str | None

@@ -314,8 +314,8 @@ def test_credentials_must_be_variables_the_providers_read(tmp_path: Path) -> Non
         provider: kie
         matrix: {prompt: [a fox]}
         credentials:
-          KIE_API_KEY: kie-key
-          KEI_API_KEY: typo
+          KIE_API_KEY: kie-api-key
+          KEI_API_KEY: kei-api-key
     """))
     assert where(problems) == [(7, 3, "credentials.KEI_API_KEY")]
 
