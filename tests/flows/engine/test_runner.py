@@ -611,6 +611,6 @@ def test_a_ledger_that_cannot_be_read_stops_the_run_before_anything_is_paid(
     spec = write_spec(tmp_path, ["guarded"], budget={"max_total_usd": 1.0})
     (tmp_path / "out" / ".nbp").mkdir(parents=True)
     (tmp_path / "out" / ".nbp" / "budget.json").write_text(ledger)
-    with pytest.raises(LedgerInvalid, match="budget.json is not a spend ledger.*delete it"):
+    with pytest.raises(LedgerInvalid, match=r"budget\.json is not a spend ledger.*delete it"):
         run(spec)
     assert hub["kie"].requests == []
