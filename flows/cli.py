@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="from_run", metavar="TARGET[@RUN_ID]",
                      help="run again exactly the spec a run of TARGET recorded (the newest "
                           "run, or RUN_ID), into TARGET")
+    run.add_argument("--spec-dir", metavar="DIR",
+                     help="with --from: the folder the recorded spec's relative paths resolve "
+                          "in (default: the current directory; never the record's)")
+    run.add_argument("--live", action="store_true",
+                     help="with --from: run a recorded emulated run against the real "
+                          "providers (it pays); without it, an emulated run emulates again")
     run.add_argument("--target", help="write here instead of the spec's output.target")
     run.add_argument("--emulate", action="store_true",
                      help="serve the provider emulators in-process and use them (offline)")
@@ -191,38 +197,55 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("nbp run: give either SPEC or --from TARGET[@RUN_ID]", file=sys.stderr)
         return EXIT_INVALID
     if args.from_run is None:
+        if args.live or args.spec_dir:
+            print("nbp run: --live and --spec-dir go with --from", file=sys.stderr)
+            return EXIT_INVALID
         return _run(args)
+    if args.live and args.emulate:
+        print("nbp run: --live and --emulate exclude each other", file=sys.stderr)
+        return EXIT_INVALID
     try:
-        args.spec, target, args.spec_source = _recorded_spec(args.from_run)
+        recorded, target = _recorded_spec(args.from_run)
+        args.spec = _spec_copy(recorded, args.spec_dir or os.getcwd())
     except (LookupError, OSError) as exc:
         print(f"nbp run: --from {args.from_run}: {exc}", file=sys.stderr)
         return EXIT_INVALID
     args.target = args.target or target
+    args.spec_source = f"{recorded.source} (from {target}@{recorded.run_id})"
+    if recorded.emulated and not args.live and not args.emulate:
+        args.emulate = True
+        print(f"run {recorded.run_id} was emulated: emulating again (--live to run it "
+              "against the real providers, which pays)", file=sys.stderr)
     try:
         return _run(args)
     finally:
         os.unlink(args.spec)
 
 
-def _recorded_spec(source: str) -> tuple[str, str, str]:
-    """A copy of the spec a run of TARGET recorded, written beside the original (its
-    relative paths resolve there), the target, and how the new run's record names the
-    spec. `OSError` when that folder is gone."""
-    from outputs.runs import find_record, split_run_ref
+def _recorded_spec(source: str) -> tuple[Any, str]:
+    """The spec a run of TARGET recorded (`outputs.runs.RecordedSpec`: text to validate like
+    any spec, no folder to trust) and the target."""
+    from outputs.runs import recorded_spec, split_run_ref
     from outputs.sink import Sink
 
     target, run_id = split_run_ref(source)
-    record = find_record(Sink(target), run_id)
-    folder = record.spec_folder or "."
+    recorded = recorded_spec(Sink(target), run_id)
+    print(f"running again run {recorded.run_id} of {recorded.job} (spec sha256 "
+          f"{recorded.sha256[:12]}, written {recorded.started_at})", file=sys.stderr)
+    return recorded, target
+
+
+def _spec_copy(recorded: Any, folder: str) -> str:
+    """The recorded spec as a temporary file in `folder`, the folder the user named (its
+    relative paths resolve there, and nothing is written anywhere else); removed after the
+    run. `OSError` when it is not a folder."""
     if not os.path.isdir(folder):
-        raise OSError(f"run {record.run_id} read its spec in {folder}, which is gone")
-    handle, path = tempfile.mkstemp(prefix=f".nbp-from-{record.run_id}-", suffix=".yaml",
+        raise OSError(f"--spec-dir {folder}: not a folder")
+    handle, path = tempfile.mkstemp(prefix=f".nbp-from-{recorded.run_id}-", suffix=".yaml",
                                     dir=folder)
     with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write(record.spec_text)
-    print(f"running again run {record.run_id} of {record.job} (spec sha256 "
-          f"{record.spec_sha256[:12]}, written {record.started_at})", file=sys.stderr)
-    return path, target, f"{record.spec_source} (from {target}@{record.run_id})"
+        out.write(recorded.text)
+    return path
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -49,11 +49,15 @@ class TerminalDisplay:
     @staticmethod
     def summary(result: dict[str, Any]) -> str:
         counts = result["counts"]
-        width = max(len(k) for k in counts)
+        width = max(len(k) for k in [*counts, "would cost"])
         lines = [f"job {result['job']}  run {result['run_id']}", ""]
+        if result.get("emulated"):
+            lines[0] += ("  EMULATED: placeholder images from the local emulators, nothing "
+                         "was paid")
         lines += [f"  {status:<{width}}  {count:>7}" for status, count in counts.items()]
+        spent = "would cost" if result.get("emulated") else "spent"
         lines += [
-            f"  {'spent':<{width}}  ${result['spent_usd']:>6.2f}",
+            f"  {spent:<{width}}  ${result['spent_usd']:>6.2f}",
             "",
             f"manifest: {result['manifest']}",
             f"gallery:  {result['gallery']}",

@@ -239,8 +239,13 @@ def _summary(summary: Summary, title: str) -> str:
         meta += f" · job {', '.join(summary.jobs)} · {summary.runs} run(s)"
     if summary.cells > MAX_CARDS:
         meta += f" · the first {MAX_CARDS} of {summary.cells} cells (all in manifest.parquet)"
+    emulated = ""
+    if summary.emulated:
+        emulated = (f'<p class="emulated">Emulated: {summary.emulated} of {summary.cells} '
+                    "cells ran against the local emulators. Their images are placeholders "
+                    "and nothing was paid; the spend is what they would cost.</p>\n")
     return (
-        f"<header>\n<h1>{_e(title)}</h1>\n"
+        f"<header>\n<h1>{_e(title)}</h1>\n{emulated}"
         f'<p class="summary">{_e(" · ".join(counts))}</p>\n'
         f'<p class="meta">{_e(meta)}</p>\n</header>\n'
     )
@@ -379,6 +384,8 @@ _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.25rem;color:#222;background:#f6f6f4}
 h1{margin:0 0 .25rem;font-size:1.4rem}h2{font-size:1.1rem;margin:1.75rem 0 .25rem}
 .summary{font-weight:600;margin:.25rem 0}.meta{color:#666;margin:0 0 1rem}
+.emulated{background:#fff3cd;border:1px solid #e0c060;border-radius:3px;padding:.4rem .6rem;
+margin:.25rem 0;max-width:60rem}
 dl.vars{display:flex;flex-wrap:wrap;gap:.25rem 1rem;margin:.25rem 0 .75rem}
 dl.vars dt{font-weight:600}dl.vars dt::after{content:":"}dl.vars dd{margin:0}
 .scroll{overflow-x:auto}

@@ -117,6 +117,11 @@ class ManifestRow:
     thinking_tokens: int | None = _column(
         pl.Int64(), "thinking tokens the provider reported (Gemini's usage metadata)"
     )
+    emulated: bool | None = _column(
+        pl.Boolean(),
+        "true when the cell ran against the local emulators (`nbp run --emulate`): its image "
+        "is a placeholder and nothing was paid"
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ManifestRow:

@@ -58,6 +58,7 @@ class Summary:
     failures: tuple[FailureGroup, ...] = ()  # largest group first, at most MAX_FAILURE_GROUPS
     failure_groups: int = 0  # groups in total (more than `failures` holds when truncated)
     pending_batches: tuple[PendingBatch, ...] = ()  # oldest first
+    emulated: int = 0  # cells that ran against the local emulators: placeholders, not paid
 
     @property
     def succeeded(self) -> int:
@@ -99,6 +100,7 @@ def summarise(manifest: pl.DataFrame | pl.LazyFrame) -> Summary:
             pl.len().alias("cells"),
             pl.col("cost_usd").fill_null(0.0).sum().alias("spend"),
             pl.col("run_id").drop_nulls().n_unique().alias("runs"),
+            pl.col("emulated").fill_null(False).sum().alias("emulated"),
         ),
         _latency(df),
         _failure_groups(df),
@@ -125,6 +127,7 @@ def summarise(manifest: pl.DataFrame | pl.LazyFrame) -> Summary:
         failure_groups=len(failures),
         pending_batches=tuple(PendingBatch(str(name), int(cells), since)
                               for name, cells, since in batches.iter_rows()),
+        emulated=int(totals["emulated"][0] or 0),
     )
 
 
@@ -178,6 +181,9 @@ def render_status(summary: Summary) -> str:
     if summary.jobs:
         lines.append(f"job: {', '.join(summary.jobs)} ({summary.runs} run(s))")
     lines.append(f"spend: ${summary.spend_usd:.2f}")
+    if summary.emulated:
+        lines.append(f"emulated: {summary.emulated} cell(s) ran against the local emulators "
+                     "(placeholder images; nothing was paid, spend is what it would cost)")
     if summary.by_provider:
         lines.append("providers: " + ", ".join(f"{p} {n}" for p, n in summary.by_provider.items()))
     if summary.latency_s:

@@ -255,10 +255,11 @@ def test_a_run_is_reproduced_from_its_output_folder_alone(
     assert first.returncode == 0, first.stderr[-2000:]
     before = pl.read_parquet(tmp_path / "out" / "manifest.parquet")
     spec.unlink()  # a colleague has the output folder, not the spec file
-    again = run_nbp("run", "--from", str(tmp_path / "out"), "--emulate", "--force",
-                    "--emulator-latency", "0.2", env=env)
+    again = run_nbp("run", "--from", str(tmp_path / "out"), "--force", "--spec-dir",
+                    str(tmp_path), "--emulator-latency", "0.2", env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "running again run" in again.stderr
+    assert "was emulated: emulating again" in again.stderr  # never silently paid
     after = pl.read_parquet(tmp_path / "out" / "manifest.parquet")
     assert sorted(after["cell_id"]) == sorted(before["cell_id"])  # the same cells and seeds
     assert sorted(after["seed"]) == sorted(before["seed"])
@@ -271,6 +272,35 @@ def test_a_run_is_reproduced_from_its_output_folder_alone(
     assert not list(tmp_path.glob(".nbp-from-*"))  # the spec copy is gone
     missing = run_nbp("run", "--from", f"{tmp_path / 'out'}@nope", "--emulate", env=env)
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
+
+
+def test_a_hand_made_run_record_is_input_not_instructions(tmp_path: Path) -> None:
+    """A record naming `spec_folder: "/"` and a spec whose reference is a relative path to a
+    private file: the spec is validated as `nbp validate` would, its relative paths resolve
+    in the folder the user names (the current one by default), never the record's; nothing
+    is sent and no file is written outside the folders given."""
+    import hashlib
+
+    out = tmp_path / "out" / ".nbp" / "runs"
+    out.mkdir(parents=True)
+    text = yaml.safe_dump({"version": 1, "name": "hostile", "provider": "kie",
+                           "matrix": {"prompt": ["p"]}, "references": ["etc/hostname"],
+                           "output": {"target": str(tmp_path / "out")}})
+    record = {"run_id": "evil", "job": "hostile", "spec_source": "/etc/x.yaml",
+              "spec_text": text, "spec_sha256": hashlib.sha256(text.encode()).hexdigest(),
+              "spec_folder": "/", "started_at": "2026-12-01T00:00:00+00:00", "emulated": False}
+    (out / "evil.json").write_text(json.dumps(record))
+    work = tmp_path / "work"
+    work.mkdir()
+    with EmulatorHub.start(["kie"]) as hub:
+        env = {**os.environ, **hub.environ()}
+        env.pop("PREFECT_API_URL", None)
+        done = run_nbp("run", "--from", f"{tmp_path / 'out'}@evil", "--spec-dir", str(work),
+                       env=env)
+        assert hub["kie"].requests == []
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "etc/hostname" in done.stderr and str(work) in done.stderr
+    assert not list(Path("/").glob(".nbp-from-*")) and not list(work.iterdir())
 
 
 # -- failures show where users look (issue 20) ----------------------------------------------

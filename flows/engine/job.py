@@ -162,6 +162,7 @@ class RunResult:
     failures: tuple[dict[str, Any], ...] = ()
     failures_ok: bool = False           # the user asked for success despite failed cells
     waiting: int = 0                    # pending cells whose batch is still running
+    emulated: bool = False              # the local emulators served it: nothing was paid
 
     @property
     def outcome(self) -> str:
@@ -199,6 +200,7 @@ class RunResult:
             "stop_reason": self.stop_reason, "exit_code": self.exit_code,
             "outcome": self.outcome, "interrupted_by": self.interrupted_by,
             "failures": list(self.failures), "waiting": self.waiting,
+            "emulated": self.emulated,
         }
 
 
@@ -223,7 +225,10 @@ async def run_job(
     record = RunRecord.start(run_id=options.run_id, job=spec.name,
                              spec_source=options.spec_source or spec.source,
                              spec_text=spec.text, flow_run_id=options.flow_run_id,
-                             shard=options.shard, spec_folder=spec.base_dir)
+                             shard=options.shard, spec_folder=spec.base_dir,
+                             emulated=options.emulate)
+    target_sink = Sink(spec.output.target, spec.output.storage_options)
+    await asyncio.to_thread(claim_target_kind, target_sink, emulated=options.emulate)
     async with open_providers(spec, options, hooks.credentials, used) as (providers, emulated), \
             Heartbeat(Sink(spec.output.target, spec.output.storage_options),
                       options.holder) as heartbeat:
@@ -252,7 +257,7 @@ async def run_job(
             retry_uncertain=options.retry_uncertain, retry=options.retry,
             models={c.provider: str(getattr(providers[c.key], "model", c.provider))
                     for c in used},
-            interrupt=hooks.interrupt,
+            interrupt=hooks.interrupt, emulated=emulated,
         )
         runner = Runner(ctx)
         with tempfile.TemporaryDirectory(prefix="nbp-manifest-") as folder:
@@ -288,8 +293,33 @@ async def run_job(
     return RunResult(
         spec.name, options.run_id, spec.output.target, str(manifest_uri), str(gallery_uri),
         counts, budget.spent_usd + budget.reserved_usd, stop, signum, failures,
-        options.failures_ok, waiting,
+        options.failures_ok, waiting, options.emulate,
     )
+
+
+TARGET_KIND = ".nbp/target.json"  # {"emulated": bool}: what kind of cells the target holds
+
+
+def claim_target_kind(sink: Sink, *, emulated: bool) -> None:
+    """A target holds emulated or live cells, never both: placeholder images must never
+    end up in a real catalog, nor a paid run look like an experiment. The first run (of
+    this version) marks the target; a run of the other kind is refused before anything is
+    sent. The mark is the target's, so it is read as input."""
+    kind = "emulated" if emulated else "live"
+    try:
+        found = sink.get_json(TARGET_KIND)
+    except ValueError:
+        found = None
+    if not isinstance(found, dict) or not isinstance(found.get("emulated"), bool):
+        sink.put_json(TARGET_KIND, {"emulated": emulated})
+        return
+    if found["emulated"] == emulated:
+        return
+    held = "emulated" if found["emulated"] else "live"
+    how = ("run with --emulate, or choose another --target for the live run"
+           if found["emulated"] else "drop --emulate, or choose another --target to emulate")
+    raise RunConfigurationError(
+        f"{sink.target} holds {held} cells: a {kind} run may not write into it ({how})")
 
 
 def _waiting_for_batches(parts: ManifestParts, batch_providers: Sequence[str]) -> int:

@@ -93,6 +93,7 @@ class RunContext:
     # channel key -> the model ids its creates asked for (the run's record names them)
     asked: dict[str, set[str]] = field(default_factory=dict)
     interrupt: Interrupt | None = None          # Ctrl-C / SIGTERM: stop where cells stand
+    emulated: bool = False                      # the providers are the local emulators
 
     def model_of(self, provider: str, cell: Cell) -> str | None:
         """The model id a cell asks `provider` for: its pinned one, else the default."""
@@ -717,6 +718,7 @@ class Runner:
             completed_at=_utc(now) if status in ("succeeded", "failed") else None,
             latency_s=round(now - submitted_at, 3) if submitted_at else None,
             output_path=cell.output_path,
+            emulated=ctx.emulated,
             **results,
         )
 

@@ -21,7 +21,7 @@ from PIL import Image
 from flows.engine.interrupt import Interrupt
 from flows.engine.job import RunHooks, RunOptions, RunResult, run_job
 from flows.engine.ledger import LedgerInvalid
-from flows.engine.policy import RetryPolicy
+from flows.engine.policy import RetryPolicy, RunConfigurationError
 from flows.engine.progress import Progress
 from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
 from providers.emulator.hub import EmulatorHub
@@ -614,3 +614,25 @@ def test_a_ledger_that_cannot_be_read_stops_the_run_before_anything_is_paid(
     with pytest.raises(LedgerInvalid, match=r"budget\.json is not a spend ledger.*delete it"):
         run(spec)
     assert hub["kie"].requests == []
+
+
+def test_a_target_holds_emulated_or_live_cells_never_both(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    """Placeholder images never end up in a real catalog: a live run into a target an
+    emulated run wrote is refused before anything is sent, and the reverse too."""
+    spec = write_spec(tmp_path, ["marked"],
+                      matrix={"prompt": ["marked"], "aspect_ratio": ["1:1"]})
+    emulated = run(spec, emulate=True, emulator_latency_s=0.1)
+    assert emulated.exit_code == 0 and emulated.emulated
+    row = manifest(tmp_path).row(0, named=True)
+    assert row["emulated"] is True
+    with pytest.raises(RunConfigurationError, match="holds emulated cells"):
+        run(spec, force=True)  # live, into the emulated target
+    assert hub["kie"].requests == []
+    (tmp_path / "live").mkdir()
+    other = write_spec(tmp_path / "live", ["marked"], matrix={"prompt": ["marked"]},
+                       output={"target": str(tmp_path / "live-out")})
+    assert run(other).exit_code == 0
+    with pytest.raises(RunConfigurationError, match="holds live cells"):
+        run(other, emulate=True, force=True)
