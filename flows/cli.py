@@ -376,7 +376,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from outputs.sink import Sink
     from outputs.status import render_status, summarise
 
-    frame = read_manifest(Sink(args.target))
+    try:
+        frame = read_manifest(Sink(args.target))
+    except ValueError as exc:  # ManifestInvalid: the target's file is input
+        print(f"nbp status: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     if frame is None:
         print(f"nbp status: no manifest.parquet at {args.target}", file=sys.stderr)
         return EXIT_INVALID

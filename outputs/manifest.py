@@ -268,10 +268,24 @@ def write_manifest(sink: Sink, frame: pl.DataFrame) -> str:
     return sink.write_bytes(MANIFEST_NAME, buffer.getvalue(), overwrite=True)
 
 
+class ManifestInvalid(ValueError):
+    """The target's manifest.parquet is not a manifest nbp can read (it is input)."""
+
+
 def read_manifest(sink: Sink) -> pl.DataFrame | None:
-    """The target's manifest (conformed to the current schema), or None when there is none."""
+    """The target's manifest (conformed to the current schema), or None when there is none;
+    `ManifestInvalid` when it does not parse as Parquet or its columns are not a manifest's."""
     data = sink.read_bytes(MANIFEST_NAME)
-    return None if data is None else conform(pl.read_parquet(io.BytesIO(data)))
+    if data is None:
+        return None
+    try:
+        return conform(pl.read_parquet(io.BytesIO(data)))
+    except (pl.exceptions.PolarsError, OSError, ValueError, TypeError) as exc:
+        raise ManifestInvalid(
+            f"{sink.uri(MANIFEST_NAME)} is not a manifest nbp can read "
+            f"({type(exc).__name__}: {str(exc)[:200]}); move it away or delete it: the "
+            "journal keeps every cell's state and the next run writes a new manifest"
+        ) from None
 
 
 def update_manifest(sink: Sink, new: pl.DataFrame) -> pl.DataFrame:

@@ -353,3 +353,27 @@ def test_missing_api_keys_are_named_before_anything_starts(tmp_path: Path) -> No
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("KIE_API_KEY_2") == 1 and done.stderr.count("RUNWARE_API_KEY") == 1
     assert "nothing was sent" in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.prefect
+@pytest.mark.parametrize(("name", "content", "says"), [
+    pytest.param(".nbp/budget.json", '{"total_usd": "0"}', "budget.json is not a spend ledger",
+                 id="ledger-of-the-wrong-shape"),
+    pytest.param("manifest.parquet", "not parquet", "manifest.parquet is not a manifest",
+                 id="manifest-that-does-not-parse"),
+])
+def test_what_a_target_holds_is_read_as_input(
+    prefect_api_url: str, tmp_path: Path, name: str, content: str, says: str
+) -> None:
+    """A damaged ledger or manifest is one clear error before anything is paid (exit 2),
+    saying how to repair it; `nbp status` says the same of a damaged manifest."""
+    spec = small_spec(tmp_path, budget={"max_total_usd": 5})
+    (tmp_path / "out" / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "out" / name).write_text(content)
+    done = run_nbp("run", str(spec), "--emulate", env=child_env(prefect_api_url))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert says in done.stderr and "delete it" in done.stderr
+    assert not list((tmp_path / "out").glob("*/*.png"))
+    if name == "manifest.parquet":
+        status = run_nbp("status", str(tmp_path / "out"))
+        assert status.returncode == 2 and says in status.stderr

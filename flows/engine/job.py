@@ -60,7 +60,7 @@ from flows.spec.plan import DEFAULT_LATENCY_S
 from flows.spec.rate import Rate
 from flows.spec.settings import ProviderRules, provider_rules
 from outputs.gallery import write_gallery
-from outputs.manifest import MANIFEST_NAME, read_manifest, rows_to_frame
+from outputs.manifest import MANIFEST_NAME, ManifestInvalid, read_manifest, rows_to_frame
 from outputs.parts import ManifestParts, merge_parts
 from outputs.runs import RunRecord, merge_record
 from outputs.sink import Sink
@@ -610,8 +610,12 @@ def make_throttles(
 
 
 def _path_owners(sink: Sink) -> dict[str, str]:
-    """output_path -> cell_id of every cell the target's manifest knows."""
-    manifest = read_manifest(sink)
+    """output_path -> cell_id of every cell the target's manifest knows (a manifest that
+    cannot be read stops the run before anything is paid)."""
+    try:
+        manifest = read_manifest(sink)
+    except ManifestInvalid as exc:
+        raise RunConfigurationError(str(exc)) from None
     if manifest is None:
         return {}
     pairs = manifest.select("output_path", "cell_id").drop_nulls().iter_rows()
