@@ -49,13 +49,13 @@ class TerminalDisplay:
     @staticmethod
     def summary(result: dict[str, Any]) -> str:
         counts = result["counts"]
-        width = max(len(k) for k in [*counts, "would cost"])
+        spent = "would cost" if result.get("emulated") else "spent"
+        width = max(len(k) for k in [*counts, spent])
         lines = [f"job {result['job']}  run {result['run_id']}", ""]
         if result.get("emulated"):
             lines[0] += ("  EMULATED: placeholder images from the local emulators, nothing "
                          "was paid")
         lines += [f"  {status:<{width}}  {count:>7}" for status, count in counts.items()]
-        spent = "would cost" if result.get("emulated") else "spent"
         lines += [
             f"  {spent:<{width}}  ${result['spent_usd']:>6.2f}",
             "",

@@ -389,3 +389,38 @@ def test_hostile_specs_are_refused_quickly_and_nothing_is_sent(
     ran = nbp(prefect_api_url, emulators, "run", str(path))
     assert ran.returncode == 2
     assert emulators["kie"].requests == [] and not (tmp_path / "runs").exists()
+
+
+def test_a_prompt_refused_while_polling_ends_the_cell_at_once(
+    prefect_api_url: str, emulators: EmulatorHub, tmp_path: Path
+) -> None:
+    """Runware answers getResponse for the refused task with HTTP 400 and an error item
+    naming it, in a code nbp has never seen: the provider's word on that task, not a fault
+    to retry for --patience (ten minutes)."""
+    emulators["runware"].configure(failure="code", content_code="contentModerated")
+    spec = spec_file(tmp_path, ["a refused [emulate:content] prompt"], provider="runware")
+    started = time.monotonic()
+    done = nbp(prefect_api_url, emulators, "run", str(spec))
+    assert done.returncode == 1 and time.monotonic() - started < 60, done.stderr[-2000:]
+    row = manifest(tmp_path).row(0, named=True)
+    assert (row["status"], row["error_code"]) == ("failed", "contentModerated")
+    assert "contentModerated" in done.stdout  # the reason, at the end of the run
+    assert emulators["runware"].creates_for("refused") == 1
+
+
+@pytest.mark.parametrize("provider", ["hiapi", "runware"])
+def test_the_same_spec_into_a_second_target_creates_new_tasks(
+    prefect_api_url: str, emulators: EmulatorHub, tmp_path: Path, provider: str
+) -> None:
+    """`nbp run --from A --target B`: a new intent for every cell, so HiAPI does not hand
+    back A's tasks for a reused Idempotency-Key and Runware does not refuse a reused
+    taskUUID: B gets tasks (and images) of its own."""
+    spec = spec_file(tmp_path, ["monthly 1", "monthly 2"], provider=provider)
+    assert nbp(prefect_api_url, emulators, "run", str(spec)).returncode == 0
+    again = nbp(prefect_api_url, emulators, "run", "--from", str(tmp_path / "out"),
+                "--target", str(tmp_path / "second"), "--spec-dir", str(tmp_path))
+    assert again.returncode == 0, again.stderr[-2000:]
+    first = set(manifest(tmp_path)["remote_task_id"])
+    second = set(pl.read_parquet(tmp_path / "second" / "manifest.parquet")["remote_task_id"])
+    assert not first & second and len(second) == 2
+    assert [emulators[provider].creates_for(f"monthly {i}") for i in (1, 2)] == [2, 2]
