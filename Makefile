@@ -22,7 +22,7 @@ demo: $(STAMP)
 	@echo "images, manifest.parquet and index.html are in ./demo-output"
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
