@@ -122,6 +122,17 @@ class ManifestRow:
         "true when the cell ran against the local emulators (`nbp run --emulate`): its image "
         "is a placeholder and nothing was paid"
     )
+    superseded_by: str | None = _column(
+        pl.String(),
+        "the cell that took this cell's output path in a refresh (this row's `output_uri` then "
+        "points at its image kept as history)"
+    )
+    stale: bool | None = _column(
+        pl.Boolean(), "true when the job's current spec no longer produces this cell"
+    )
+    review: str | None = _column(
+        pl.String(), "the review decision on this cell's image: approved or rejected (empty: none)"
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ManifestRow:
