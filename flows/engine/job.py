@@ -43,6 +43,7 @@ from flows.engine.lease import Heartbeat, Lease
 from flows.engine.ledger import Ledger
 from flows.engine.policy import DEFAULT_RETRY, RetryPolicy, RunConfigurationError
 from flows.engine.progress import Progress
+from flows.engine.refresh import TargetState, apply_patches, patches, read_state
 from flows.engine.routing import Router, make_lanes
 from flows.engine.runner import RunContext, Runner
 from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
@@ -60,7 +61,7 @@ from flows.spec.plan import DEFAULT_LATENCY_S
 from flows.spec.rate import Rate
 from flows.spec.settings import ProviderRules, provider_rules
 from outputs.gallery import write_gallery
-from outputs.manifest import MANIFEST_NAME, ManifestInvalid, read_manifest, rows_to_frame
+from outputs.manifest import MANIFEST_NAME, rows_to_frame
 from outputs.parts import ManifestParts, merge_parts
 from outputs.runs import RunRecord, merge_record
 from outputs.sink import Sink
@@ -253,7 +254,8 @@ async def run_job(
             budget=budget, progress=progress, heartbeat=heartbeat,
             router=make_router(spec, used, rules, throttles, progress),
             journalled=await asyncio.to_thread(journal.cell_ids),
-            path_owners=await asyncio.to_thread(_path_owners, sink), force=options.force,
+            target=await asyncio.to_thread(read_state, sink, spec.name, job.cells),
+            force=options.force,
             retry_uncertain=options.retry_uncertain, retry=options.retry,
             models={c.provider: str(getattr(providers[c.key], "model", c.provider))
                     for c in used},
@@ -277,7 +279,7 @@ async def run_job(
             manifest_uri, gallery_uri = await write_outputs(
                 heartbeat, parts, job.cells if options.shard else None, title=spec.name,
                 record=record.ended(counts, budget.spent_usd + budget.reserved_usd),
-                gallery=spec.output.gallery,
+                gallery=spec.output.gallery, state=ctx.target,
             )
     if runner.busy:
         counts["busy"] = runner.busy  # another live run on the target holds these cells
@@ -383,6 +385,7 @@ async def run_chunks(
 async def write_outputs(
     heartbeat: Heartbeat, parts: ManifestParts, spec_order: Iterable[Cell] | None, *,
     title: str, record: RunRecord | None = None, gallery: GallerySpec | None = None,
+    state: TargetState | None = None,
 ) -> tuple[str, str]:
     """Merge this run's rows into `{target}/manifest.parquet` and redraw the gallery, under
     the target's manifest lease: runs and shards that end together each merge into what the
@@ -390,7 +393,9 @@ async def write_outputs(
     spec in its order (shards finish in any order). The merge streams through local files
     next to the parts (`outputs.parts.merge_parts`); the gallery reads only what it shows.
     `record`: the run's record (`outputs.runs`), merged with its other shards' likewise.
-    `gallery`: the spec's `output.gallery` pivot (None: the default layout)."""
+    `gallery`: the spec's `output.gallery` pivot (None: the default layout). `state`: the
+    target as the run found it: this job's rows a new cell superseded, or that the spec no
+    longer produces, are marked (`flows.engine.refresh`)."""
     sink = heartbeat.sink
 
     def write() -> tuple[str, str]:
@@ -400,6 +405,12 @@ async def write_outputs(
         order = None if spec_order is None else cell_positions(spec_order)
         merged = os.path.join(parts.folder, "merged.parquet")
         merge_parts(old, parts, merged, order)
+        if state is not None:  # superseded and stale rows of the job (flows.engine.refresh)
+            found = patches(state, parts.scan(), sink)
+            if not found.is_empty():
+                patched = os.path.join(parts.folder, "patched.parquet")
+                apply_patches(pl.scan_parquet(merged), found).sink_parquet(patched)
+                merged = patched
         with open(merged, "rb") as handle:
             blocks = iter(lambda: handle.read(COPY_BLOCK), b"")
             uri = sink.write_chunks(MANIFEST_NAME, blocks, overwrite=True)
@@ -607,19 +618,6 @@ def make_throttles(
             poll_interval_s=rule.poll_interval_s,
         )
     return throttles
-
-
-def _path_owners(sink: Sink) -> dict[str, str]:
-    """output_path -> cell_id of every cell the target's manifest knows (a manifest that
-    cannot be read stops the run before anything is paid)."""
-    try:
-        manifest = read_manifest(sink)
-    except ManifestInvalid as exc:
-        raise RunConfigurationError(str(exc)) from None
-    if manifest is None:
-        return {}
-    pairs = manifest.select("output_path", "cell_id").drop_nulls().iter_rows()
-    return {str(path): str(cell_id) for path, cell_id in pairs}
 
 
 def _chunked(cells: Iterable[Cell], size: int) -> Iterator[list[Cell]]:

@@ -38,7 +38,6 @@ from flows.engine.policy import (
     CreateUncertain,
     Decision,
     Interrupted,
-    OutputTaken,
     Resend,
     RetryPolicy,
     Step,
@@ -52,6 +51,7 @@ from flows.engine.policy import (
 )
 from flows.engine.progress import Progress
 from flows.engine.references import ReferenceLoader
+from flows.engine.refresh import TargetState
 from flows.engine.routing import Router, Ticket
 from flows.engine.throttle import AccountThrottle
 from flows.engine.verify import verify_image
@@ -85,7 +85,7 @@ class RunContext:
     router: Router
     heartbeat: Heartbeat | None = None          # claims cells on the target when set
     journalled: set[str] = field(default_factory=set)  # cells with a journal entry
-    path_owners: Mapping[str, str] = field(default_factory=dict)  # output_path -> cell_id
+    target: TargetState | None = None           # who owns each output path (refresh)
     force: bool = False
     retry_uncertain: bool = False
     retry: RetryPolicy = DEFAULT_RETRY
@@ -608,26 +608,25 @@ class Runner:
             raise self.dead[channel]
 
     def _check_writable(self, cell: Cell) -> None:
-        """Before paying: the output path is free or already this cell's."""
-        owner = self.ctx.path_owners.get(cell.output_path)
-        if owner == cell.cell_id or not self.ctx.sink.exists(cell.output_path):
-            return
-        whose = f"cell {owner}" if owner else "a file nbp did not write"
-        raise OutputTaken(f"{cell.output_path} already holds {whose}; nothing was created "
-                          "(change output.path or the target)")
+        """Before paying: the output path is free, already this cell's, or held by a cell
+        of this job that the spec no longer produces (`flows.engine.refresh`)."""
+        self._target.check(self.ctx.sink, cell)
 
     def _write(self, cell: Cell, data: bytes) -> str:
-        """Write the image; a file at its path is overwritten only when it is this cell's
-        (the journal says this cell's task finished, so an image there is its own)."""
+        """Write the image; a file at its path is overwritten only when it is this cell's,
+        or a superseded cell's whose image was kept as history first."""
+        sink = self.ctx.sink
         try:
-            return str(self.ctx.sink.write_bytes(cell.output_path, data, overwrite=False))
+            return str(sink.write_bytes(cell.output_path, data, overwrite=False))
         except FileExistsError:
-            owner = self.ctx.path_owners.get(cell.output_path)
-            if owner not in (None, cell.cell_id):
-                raise OutputTaken(f"{cell.output_path} already holds cell {owner}; "
-                                  "not overwritten") from None
-            # Ours: a run stopped between writing the image and journalling it.
-            return str(self.ctx.sink.write_bytes(cell.output_path, data, overwrite=True))
+            self._target.take(sink, cell)
+            return str(sink.write_bytes(cell.output_path, data, overwrite=True))
+
+    @property
+    def _target(self) -> TargetState:
+        if self.ctx.target is None:
+            self.ctx.target = TargetState(self.ctx.spec.name)
+        return self.ctx.target
 
     async def _references(self, cell: Cell) -> tuple[Reference, ...]:
         """The cell's reference images, read once for all its attempts."""

@@ -636,3 +636,47 @@ def test_a_target_holds_emulated_or_live_cells_never_both(
     assert run(other).exit_code == 0
     with pytest.raises(RunConfigurationError, match="holds live cells"):
         run(other, emulate=True, force=True)
+
+
+# -- refresh in place (issue 21) ----------------------------------------------------------
+
+
+def catalog(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:
+    """A one-ratio catalog spec over `rows` of (sku, title), images at `{sku}.png`."""
+    (tmp_path / "products.csv").write_text(
+        "sku,title\n" + "".join(f'{sku},"{title}"\n' for sku, title in rows))
+    return write_spec(tmp_path, ["Studio photo of the {title}"], name="catalog",
+                      dataset={"path": "products.csv"},
+                      matrix={"prompt": ["Studio photo of the {title}"],
+                              "aspect_ratio": ["1:1"]},
+                      output={"target": str(tmp_path / "out"), "path": "{sku}.{ext}"})
+
+
+def test_a_changed_product_supersedes_its_image_and_keeps_the_old_one(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    week_1 = catalog(tmp_path, [("A1", "red mug"), ("B2", "blue bag"), ("C3", "old hat")])
+    assert run(week_1).exit_code == 0
+    before = manifest(tmp_path)
+    old_a1 = before.filter(pl.col("output_path") == "A1.png").row(0, named=True)
+    old_image = (tmp_path / "out" / "A1.png").read_bytes()
+
+    week_2 = catalog(tmp_path, [("A1", "red mug, new glaze"), ("B2", "blue bag")])
+    result = run(week_2)
+    assert result.exit_code == 0, manifest(tmp_path)["error_message"].to_list()
+    assert len(hub["kie"].creates) == 4  # three in week 1, the changed A1 in week 2
+    after = manifest(tmp_path)
+    new_a1 = after.filter((pl.col("output_path") == "A1.png")
+                          & pl.col("superseded_by").is_null()).row(0, named=True)
+    assert new_a1["cell_id"] != old_a1["cell_id"] and new_a1["status"] == "succeeded"
+    kept = after.filter(pl.col("cell_id") == old_a1["cell_id"]).row(0, named=True)
+    assert kept["superseded_by"] == new_a1["cell_id"]
+    history = Path(kept["output_uri"])
+    assert history.read_bytes() == old_image and ".nbp/history/" in str(history)
+    assert (tmp_path / "out" / "A1.png").read_bytes() != old_image
+    stale = after.filter(pl.col("stale")).select("cell_id", "output_path").rows()
+    assert [path for _, path in stale] in (["A1.png", "C3.png"], ["C3.png", "A1.png"])
+    assert (tmp_path / "out" / "C3.png").exists()  # stale, not deleted
+    again = run(week_2)
+    assert again.exit_code == 0 and len(hub["kie"].creates) == 4  # nothing paid twice
+
