@@ -64,6 +64,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"created", "finished"}),
     "written": frozenset({"finished"}),
     "succeeded": frozenset({"written"}),
+    "moved": frozenset({"succeeded"}),
 }
 
 
@@ -252,6 +253,12 @@ class CellLife:
 
     async def succeeded(self, row: ManifestRow) -> None:
         self._check("succeeded")
+        self.row = row
+        await self._write("succeeded", row=row)
+
+    async def moved(self, row: ManifestRow) -> None:
+        """The succeeded cell's image now lives at the path the spec gives (`row`)."""
+        self._check("moved")
         self.row = row
         await self._write("succeeded", row=row)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -38,6 +39,7 @@ from flows.engine.policy import (
     CreateUncertain,
     Decision,
     Interrupted,
+    OutputTaken,
     Resend,
     RetryPolicy,
     Step,
@@ -160,7 +162,8 @@ class Runner:
     ) -> ManifestRow | None:
         """One cell to the end of this run's work on it; None when another run holds it."""
         ctx = self.ctx
-        if previous and previous.state == "succeeded" and previous.row and not ctx.force:
+        if (previous and previous.state == "succeeded" and previous.row and not ctx.force
+                and previous.row.output_path == cell.output_path):
             ctx.progress.finished("succeeded", 0.0, reused=True)
             return previous.row
         claim = None
@@ -197,12 +200,36 @@ class Runner:
 
     async def _run_owned(self, life: CellLife, cell: Cell) -> ManifestRow:
         if life.state == "succeeded" and life.row and not self.ctx.force:
+            if life.row.output_path != cell.output_path:
+                return await self._move(life, cell)
             return life.row  # another run finished it while we waited for the claim
         if life.state != "unsent":
             resumed = await self._resume(life, cell)
             if resumed is not None:
                 return resumed
         return await self._run_channels(life, cell)
+
+    async def _move(self, life: CellLife, cell: Cell) -> ManifestRow:
+        """A succeeded cell whose path the spec now renders differently (a changed
+        `output.path`, a new encoding): its image moves there, nothing is paid."""
+        row = life.row
+        assert row is not None and row.output_path is not None
+        sink, old = self.ctx.sink, row.output_path
+        data = await asyncio.to_thread(sink.read_bytes, old)
+        if data is None or (row.sha256 and hashlib.sha256(data).hexdigest() != row.sha256):
+            return self._final(life, cell, "failed", "image_missing",
+                               f"its image is no longer at {old}; nothing was paid (run with "
+                               "--force to create it again)")
+        try:
+            self._check_writable(cell)
+            uri = await asyncio.to_thread(self._write, cell, data)
+        except OutputTaken as exc:
+            return self._final(life, cell, "failed", "OutputTaken", f"moving its image: {exc}")
+        moved = dataclasses.replace(row, output_path=cell.output_path, output_uri=uri,
+                                    run_id=self.ctx.run_id)
+        await life.moved(moved)
+        await asyncio.to_thread(sink.delete, old)  # its own image, now at the new path
+        return moved
 
     async def _resume(self, life: CellLife, cell: Cell) -> ManifestRow | None:
         """What an earlier run left: a row when this run's work on the cell ends here, None

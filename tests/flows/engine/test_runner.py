@@ -680,3 +680,17 @@ def test_a_changed_product_supersedes_its_image_and_keeps_the_old_one(
     again = run(week_2)
     assert again.exit_code == 0 and len(hub["kie"].creates) == 4  # nothing paid twice
 
+
+
+def test_a_changed_output_path_moves_images_without_paying(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    spec = catalog(tmp_path, [("A1", "red mug"), ("B2", "blue bag")])
+    assert run(spec).exit_code == 0
+    images = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.png")}
+    spec.write_text(spec.read_text().replace("'{sku}.{ext}'", "'shop/{sku}.{ext}'"))
+    assert run(spec).exit_code == 0
+    assert len(hub["kie"].creates) == 2  # moved, not created again
+    moved = {p.name: p.read_bytes() for p in (tmp_path / "out" / "shop").glob("*.png")}
+    assert moved == images and not list((tmp_path / "out").glob("*.png"))
+    assert sorted(manifest(tmp_path)["output_path"]) == ["shop/A1.png", "shop/B2.png"]
