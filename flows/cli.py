@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="cells, estimated cost and duration")
     plan.add_argument("spec", metavar="SPEC")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--offline", action="store_true",
+                      help="do not read the spec's target: price every cell, as for an "
+                           "empty target")
+    plan.add_argument("--target", help="plan against this target instead of the spec's "
+                                       "output.target")
     add_input_options(plan)
     plan.set_defaults(handler=cmd_plan)
 
@@ -181,15 +186,42 @@ def _load_or_report(path: str, policy: Any = None, *, keep_cells: bool = False) 
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from flows.spec.delta import TargetDelta
     from flows.spec.plan import make_plan
 
     policy = _policy_or_report(args, "plan")
     job = None if policy is None else _load_or_report(args.spec, policy, keep_cells=True)
     if job is None:
         return EXIT_INVALID
-    plan = make_plan(job.spec, job.cells)  # the cells validation expanded
+    if args.offline:
+        plan = make_plan(job.spec, job.cells)  # the cells validation expanded
+    else:
+        target = args.target or job.spec.output.target
+        try:
+            view = _target_view(job.spec, target)
+        except (ValueError, OSError, ImportError) as exc:
+            print(f"nbp plan: cannot read the target {target}: {exc} (--offline plans "
+                  "without it)", file=sys.stderr)
+            return EXIT_INVALID
+        delta = TargetDelta(target)
+        plan = make_plan(job.spec, job.cells, target=delta, priced=delta.priced(view))
+        delta.finish(view)
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.render())
     return EXIT_OK
+
+
+def _target_view(spec: Any, target: str) -> Any:
+    """What the target's manifest says, for planning against it (`flows.spec.delta`)."""
+    from flows.spec.delta import TargetView
+    from outputs.manifest import read_manifest
+    from outputs.sink import Sink
+
+    options = spec.output.storage_options if target == spec.output.target else {}
+    manifest = read_manifest(Sink(target, options))
+    if manifest is None:
+        return TargetView(spec.name)
+    rows = manifest.select("cell_id", "job", "status", "output_path", "superseded_by")
+    return TargetView.of_rows(spec.name, rows.iter_rows(named=True))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

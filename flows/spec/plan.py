@@ -28,12 +28,13 @@ to one poll interval, ignored here.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from flows.spec.allocation import LaneEstimate, allocate, duration_s
 from flows.spec.channels import Channel, channels
+from flows.spec.delta import TargetDelta
 from flows.spec.model import Cell, JobSpec
 from flows.spec.settings import PriceSource, ProviderRules, provider_rules
 
@@ -130,6 +131,12 @@ class Plan:
     deadline_s: float | None = None
     alternatives: tuple[RoutingEstimate, ...] = ()
     pinned: tuple[str, ...] = ()      # providers a `provider` matrix axis pins cells to
+    target: TargetDelta | None = None  # the cells against the target (None: all priced)
+
+    @property
+    def priced_cells(self) -> int:
+        """The cells this run pays for (all of them without a target)."""
+        return sum(row.cells for row in self.rows)
 
     @property
     def estimated_cost_usd(self) -> float:
@@ -170,6 +177,8 @@ class Plan:
             "meets_deadline": self.meets_deadline,
             "alternatives": [a.to_json() for a in self.alternatives],
             "pinned": list(self.pinned),
+            "priced_cells": self.priced_cells,
+            "target": self.target.to_json() if self.target else None,
         }
 
     def render(self) -> str:
@@ -179,6 +188,9 @@ class Plan:
             size += f" x {rows} dataset rows"
         size += f" x {self.repeat} replicate{'s' if self.repeat != 1 else ''} = {self.cells} cells"
         lines = [f"Plan for {self.job} ({self.source})", f"  matrix:    {size}"]
+        if self.target is not None:
+            lines.append(f"  target:    {self.target.target}: {self.target.render()}; "
+                         "only new and changed cells are priced")
         if self.pinned:
             lines.append(f"  pinned:    cells of {', '.join(self.pinned)} run there only "
                          "(provider axis)")
@@ -201,7 +213,7 @@ class Plan:
                 f"  {row.provider:<{wide}}{row.resolution:<12}{row.cells:>9}"
                 f"{row.price_usd:>11.3f}{mark}{_usd(row.cost_usd):>12}"
             )
-        lines.append(f"  {'total':<{wide + 12}}{self.cells:>9}{'':>12}"
+        lines.append(f"  {'total':<{wide + 12}}{self.priced_cells:>9}{'':>12}"
                      f"{_usd(self.estimated_cost_usd):>12}")
         if self.cost_is_estimate:
             lines.append("  * not published by the provider: an estimate (set `prices:` in the "
@@ -290,25 +302,32 @@ class _Load:
         self.by_pin[pin] += n
 
 
-def make_plan(spec: JobSpec, cells: Iterable[Cell]) -> Plan:
+def make_plan(
+    spec: JobSpec, cells: Iterable[Cell], *, target: TargetDelta | None = None,
+    priced: Callable[[Cell], bool] | None = None,
+) -> Plan:
     """Count, price and time the cells of `spec` (fast: one pass, no I/O, no Prefect).
     Cells pinned to a provider (a `provider` matrix axis) are counted on its channels only;
-    the others on the `provider:` list's, by the spec's routing."""
+    the others on the `provider:` list's, by the spec's routing. `priced`: which cells this
+    run pays for (against its target, `flows.spec.delta`; default: all), `target` their
+    counts, shown with the plan."""
     groups: dict[str | None, _Tally] = {}
     by_ratio: Counter[str] = Counter()
     rows: set[int] = set()
     total = 0
     for cell in cells:
         total += 1
+        by_ratio[cell.aspect_ratio] += 1
+        if cell.dataset_row is not None:
+            rows.add(cell.dataset_row)
+        if priced is not None and not priced(cell):
+            continue
         tally = groups.get(cell.provider)
         if tally is None:
             tally = groups[cell.provider] = _Tally()
         tally.cells += 1
         tally.by_resolution[cell.resolution] += 1
         tally.references[cell.resolution] += len(cell.references)
-        by_ratio[cell.aspect_ratio] += 1
-        if cell.dataset_row is not None:
-            rows.add(cell.dataset_row)
     route = _route(spec, groups)
     load = route.allocate(spec.routing, spec.deadline_s)
     plan_rows = _rows(route, load)
@@ -322,7 +341,7 @@ def make_plan(spec: JobSpec, cells: Iterable[Cell]) -> Plan:
         rows=plan_rows, timings=timings, max_usd=spec.max_usd, by_aspect_ratio=dict(by_ratio),
         routing=spec.routing, channels=len(route.found), deadline_s=spec.deadline_s,
         alternatives=_alternatives(spec, route) if total else (),
-        pinned=tuple(name for name in spec.providers if name in groups),
+        pinned=tuple(name for name in spec.providers if name in groups), target=target,
     )
 
 

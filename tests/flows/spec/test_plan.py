@@ -230,3 +230,52 @@ def test_each_pinned_row_is_priced_on_its_own_provider(tmp_path: Path) -> None:
     assert plan.pinned == ("runware",)
     assert "pinned:    cells of runware run there only" in plan.render()
     assert plan.alternatives == ()  # no group has a choice of channel
+
+
+# -- against the target (issue 21) ----------------------------------------------------------
+
+
+def catalog_spec(folder: Path, rows: list[tuple[str, str]]) -> Path:
+    (folder / "products.csv").write_text(
+        "sku,title\n" + "".join(f'{sku},"{title}"\n' for sku, title in rows))
+    path = folder / "catalog.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        version: 1
+        name: catalog
+        provider: kie
+        dataset: {{path: products.csv}}
+        matrix: {{prompt: ["Studio photo of the {{title}}"]}}
+        output: {{target: {folder / 'out'}, path: "{{sku}}.{{ext}}"}}
+    """))
+    return path
+
+
+def test_the_plan_prices_this_run_against_the_target(tmp_path: Path) -> None:
+    """Week 2 of a catalog: one title changed, one product added, one removed. The plan
+    prices the changed and the new cell only, and reports the rest."""
+    from flows.spec.loader import load_job
+    from outputs.manifest import ManifestRow, rows_to_frame, write_manifest
+    from outputs.sink import Sink
+    from tests.conftest import run_nbp
+
+    week_1 = load_job(str(catalog_spec(tmp_path, [("A1", "mug"), ("B2", "bag"),
+                                                  ("C3", "hat")])))
+    rows = [ManifestRow(cell_id=c.cell_id, job="catalog", run_id="w1", provider="kie",
+                        prompt=c.prompt, aspect_ratio=c.aspect_ratio, resolution=c.resolution,
+                        output_format="png", references=[], vars=dict(c.vars),
+                        status="succeeded", output_path=c.output_path)
+            for c in week_1.cells]
+    write_manifest(Sink(str(tmp_path / "out")), rows_to_frame(rows))
+    spec = catalog_spec(tmp_path, [("A1", "mug, new glaze"), ("B2", "bag"), ("D4", "scarf")])
+    done = run_nbp("plan", str(spec), "--json")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["target"] == {"target": str(tmp_path / "out"), "new": 1, "changed": 1,
+                              "unchanged": 1, "to_collect": 0, "stale": 2}
+    assert plan["cells"] == 3 and plan["priced_cells"] == 2
+    assert plan["estimated_cost_usd"] == pytest.approx(2 * 0.09)
+    offline = json.loads(run_nbp("plan", str(spec), "--json", "--offline").stdout)
+    assert offline["estimated_cost_usd"] == pytest.approx(3 * 0.09) and not offline["target"]
+    (tmp_path / "out" / "manifest.parquet").write_text("not parquet")
+    broken = run_nbp("plan", str(spec))
+    assert broken.returncode == 2 and "--offline" in broken.stderr
