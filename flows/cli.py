@@ -114,6 +114,23 @@ def _parser() -> argparse.ArgumentParser:
                          help="write the page here: a path or fsspec URL (default compare.html)")
     compare.add_argument("--json", action="store_true", help="print the summary as JSON")
     compare.set_defaults(handler=cmd_compare)
+
+    export = commands.add_parser("export", help="a target's images as a table for a product "
+                                                "database (CSV or Parquet)")
+    export.add_argument("target", metavar="TARGET")
+    export.add_argument("--format", choices=("csv", "parquet"),
+                        help="csv (default; parquet when --out ends in .parquet) or parquet")
+    export.add_argument("--url-prefix", metavar="URL",
+                        help="image URLs are URL + each image's path in the target (an http(s) "
+                             "URL or an fsspec URL of an allowed protocol); default: the "
+                             "manifest's output_uri")
+    export.add_argument("--out", metavar="PATH",
+                        help="a path or fsspec URL, '-' for stdout (default: stdout for csv, "
+                             "./export.parquet for parquet)")
+    export.add_argument("--all", dest="include_all", action="store_true",
+                        help="also rows a catalog should not publish: superseded and stale "
+                             "cells (adds the superseded_by and stale columns)")
+    export.set_defaults(handler=cmd_export)
     return parser
 
 
@@ -450,6 +467,53 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         print(render_summary(comparison.summary))
         print(f"page: {page}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from flows.spec.inputs import HTTP_PROTOCOLS, InputPolicy
+    from outputs.export import (
+        DEFAULT_OUT,
+        STDOUT,
+        build_export,
+        check_url_prefix,
+        export_location,
+        read_for_export,
+        to_csv,
+        to_parquet,
+    )
+    from outputs.sink import Sink
+
+    fmt = args.format or ("parquet" if (args.out or "").lower().endswith(".parquet") else "csv")
+    out = args.out or DEFAULT_OUT[fmt]
+    protocols = (*HTTP_PROTOCOLS, *InputPolicy().allow_protocols)  # the inputs' own rule
+    try:
+        prefix = (None if args.url_prefix is None
+                  else check_url_prefix(args.url_prefix, protocols=protocols))
+        target = Sink(args.target)
+        place = None if out == STDOUT else export_location(out, fmt, target=target)
+        frame = read_for_export(target)
+    except (ImportError, ValueError, OSError) as exc:  # ExportInputError, ManifestInvalid
+        print(f"nbp export: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if frame is None:
+        print(f"nbp export: no manifest.parquet at {args.target}", file=sys.stderr)
+        return EXIT_INVALID
+    export = build_export(frame, url_prefix=prefix, include_all=args.include_all)
+    for note in export.notes():
+        print(f"nbp export: {note}", file=sys.stderr)
+    data = to_csv(export.table) if fmt == "csv" else to_parquet(export.table)
+    if place is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    sink, name = place
+    try:
+        written = sink.write_bytes(name, data, overwrite=True)
+    except OSError as exc:
+        print(f"nbp export: could not write the export to {out}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"export: {written} ({export.table.height} rows, {fmt})")
     return EXIT_OK
 
 
