@@ -156,6 +156,19 @@ class Sink:
         contents: Mapping[str, bytes] = self.fs.cat(list(paths), on_error="omit")
         return {paths[strip(path)]: data for path, data in contents.items()}
 
+    def listing(self) -> set[str]:
+        """Every file under the target outside `.nbp/`, relative to it: one recursive
+        listing (which images are still there)."""
+        root = self.fs._strip_protocol(self.root).rstrip("/")
+        self.fs.invalidate_cache(self.root)
+        try:
+            found = self.fs.find(self.root)
+        except FileNotFoundError:
+            return set()
+        relative = (str(self.fs._strip_protocol(p))[len(root) + 1:] for p in found)
+        return {rel for rel in relative if rel and not rel.startswith(".nbp/")
+                and TEMP_MARKER not in rel}
+
     def list_json(self, rel_dir: str) -> list[Any]:
         """Every `*.json` file under `rel_dir` (recursively), parsed, in path order.
 

@@ -65,6 +65,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "written": frozenset({"finished"}),
     "succeeded": frozenset({"written"}),
     "moved": frozenset({"succeeded"}),
+    "recollect": frozenset({"succeeded"}),
 }
 
 
@@ -110,6 +111,7 @@ class CellLife:
         self.reason: str | None = None
         self.row: ManifestRow | None = None    # of a succeeded entry
         self.journalled = False                # the target has an entry for this cell
+        self.paid_before = False               # collecting again a task already paid for
 
     # -- reading --------------------------------------------------------------------------
 
@@ -221,8 +223,9 @@ class CellLife:
         Journalled only if the run ends before the image is written (`pending`): a rerun
         from `created` polls the finished task again, and its hold settles only once."""
         self._check("finished")
-        price = self.hold.usd if self.hold else 0.0
-        await self._settle(finished.cost_usd if finished.cost_usd is not None else price)
+        if not self.paid_before:  # its cost was counted when it first finished
+            price = self.hold.usd if self.hold else 0.0
+            await self._settle(finished.cost_usd if finished.cost_usd is not None else price)
         self.state = "finished"
 
     async def pending(self, reason: str) -> None:
@@ -255,6 +258,12 @@ class CellLife:
         self._check("succeeded")
         self.row = row
         await self._write("succeeded", row=row)
+
+    def recollect(self) -> None:
+        """A succeeded cell whose image is missing from the target is collected again from
+        its task (in memory: until it succeeds again, the journal keeps its success)."""
+        self._check("recollect")
+        self.state, self.paid_before = "created", True
 
     async def moved(self, row: ManifestRow) -> None:
         """The succeeded cell's image now lives at the path the spec gives (`row`)."""

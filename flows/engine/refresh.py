@@ -51,6 +51,7 @@ class TargetState:
     owners: dict[str, PathOwner] = field(default_factory=dict)  # output_path -> owner
     known: set[str] = field(default_factory=set)      # this job's cell ids in the manifest
     produced: set[str] = field(default_factory=set)   # ... that the spec still produces
+    files: set[str] | None = None                     # the target's files (None: unlisted)
 
     @classmethod
     def read(cls, sink: Sink, job: str, cells: Iterable[Cell]) -> TargetState:
@@ -71,7 +72,13 @@ class TargetState:
         state.known = {str(c) for c in mine}
         if state.known:
             state.produced = {c.cell_id for c in cells if c.cell_id in state.known}
+            state.files = sink.listing()  # one listing of the target against the manifest
         return state
+
+    def missing(self, path: str) -> bool:
+        """A succeeded cell's image is not at its path (known only when this job has rows
+        on the target: a first run lists nothing)."""
+        return self.files is not None and path not in self.files
 
     def owner(self, path: str) -> PathOwner | None:
         return self.owners.get(path)

@@ -163,7 +163,8 @@ class Runner:
         """One cell to the end of this run's work on it; None when another run holds it."""
         ctx = self.ctx
         if (previous and previous.state == "succeeded" and previous.row and not ctx.force
-                and previous.row.output_path == cell.output_path):
+                and previous.row.output_path == cell.output_path
+                and not self._target.missing(previous.row.output_path or "")):
             ctx.progress.finished("succeeded", 0.0, reused=True)
             return previous.row
         claim = None
@@ -200,6 +201,8 @@ class Runner:
 
     async def _run_owned(self, life: CellLife, cell: Cell) -> ManifestRow:
         if life.state == "succeeded" and life.row and not self.ctx.force:
+            if self._target.missing(life.row.output_path or ""):
+                return await self._recollect(life, cell)  # its image is gone
             if life.row.output_path != cell.output_path:
                 return await self._move(life, cell)
             return life.row  # another run finished it while we waited for the claim
@@ -208,6 +211,25 @@ class Runner:
             if resumed is not None:
                 return resumed
         return await self._run_channels(life, cell)
+
+    async def _recollect(self, life: CellLife, cell: Cell) -> ManifestRow:
+        """A succeeded cell whose image is gone from the target: collected again from its
+        task where the provider still serves it (nothing is paid), else reported; created
+        again only when the user asks (`--force`)."""
+        provider = self.ctx.providers.get(life.channel)
+        why = "no task is recorded to collect it from"
+        if life.submitted is not None and provider is not None:
+            life.recollect()
+            try:
+                return await self._collect(life, cell, provider,
+                                           self.ctx.throttles[life.channel])
+            except HANDLED as exc:
+                why = f"collecting it again from its task failed: {type(exc).__name__}: {exc}"
+        elif life.submitted is not None:
+            why = f"its task is at {life.channel}, which this run does not use"
+        return self._final(life, cell, "failed", "image_missing",
+                           f"its image is gone from {cell.output_path}; {why}. Nothing was "
+                           "paid (--force creates it again)")
 
     async def _move(self, life: CellLife, cell: Cell) -> ManifestRow:
         """A succeeded cell whose path the spec now renders differently (a changed

@@ -37,6 +37,8 @@ CALLS: dict[str, Callable[[CellLife], Awaitable[Any]]] = {
     "finished": lambda life: life.finished(Finished(images=(), cost_usd=0.05)),
     "task_failed": lambda life: life.task_failed("why"),
     "pending": lambda life: life.pending("why"),
+    "moved": lambda life: life.moved(ROW),
+    "recollect": lambda life: _sync(life.recollect),
     "cancelled": lambda life: life.cancelled(),
     "written": lambda life: _sync(life.written),
     "succeeded": lambda life: life.succeeded(ROW),

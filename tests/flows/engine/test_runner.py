@@ -694,3 +694,23 @@ def test_a_changed_output_path_moves_images_without_paying(
     moved = {p.name: p.read_bytes() for p in (tmp_path / "out" / "shop").glob("*.png")}
     assert moved == images and not list((tmp_path / "out").glob("*.png"))
     assert sorted(manifest(tmp_path)["output_path"]) == ["shop/A1.png", "shop/B2.png"]
+
+
+def test_a_missing_image_is_collected_again_from_its_task_not_paid_again(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    spec = catalog(tmp_path, [("A1", "red mug"), ("B2", "blue bag")])
+    assert run(spec).exit_code == 0
+    image = tmp_path / "out" / "A1.png"
+    kept = image.read_bytes()
+    image.unlink()  # someone deleted it
+    assert run(spec).exit_code == 0
+    assert image.read_bytes() == kept and len(hub["kie"].creates) == 2
+    image.unlink()
+    hub["kie"].tasks.clear()  # ... and the provider no longer serves the task
+    again = run(spec)
+    assert again.exit_code == 1 and len(hub["kie"].creates) == 2
+    row = manifest(tmp_path).filter(pl.col("output_path") == "A1.png").row(0, named=True)
+    assert (row["status"], row["error_code"]) == ("failed", "image_missing")
+    assert "--force" in row["error_message"]
+    assert run(spec).exit_code == 1  # still reported, never silently "succeeded"
