@@ -238,7 +238,7 @@ class _Prober:
         try:
             return await task
         except HostRefused as exc:
-            where = f"redirects to {parsed.host or url!r}, but " if hop else ""
+            where = f"redirects to {parsed.host or shown_url(url)}, but " if hop else ""
             raise _Failed("refused", f"{where}{exc}") from None
 
     async def _ask(self, url: str, target: FetchTarget) -> _Answer:
