@@ -106,9 +106,10 @@ class ReferenceState:
     """What the check found for one URL: it answered (`failure` None, `fingerprint` when its
     server gives one), or why it cannot be fetched.
 
-    `code` names the kind of failure for programs: `refused` (host rule), `status` (4xx,
-    5xx), `not_image`, `too_large`, `timeout`, `connect` (DNS, refused connection, TLS),
-    `redirects`, `not_checked` (the check's total time ran out)."""
+    `code` names the kind of failure for programs: `invalid` (not a URL httpx can send),
+    `refused` (host rule), `status` (4xx, 5xx), `not_image`, `too_large`, `timeout`,
+    `connect` (DNS, refused connection, TLS), `redirects`, `not_checked` (the check's total
+    time ran out)."""
 
     url: str
     fingerprint: str | None = None
@@ -211,6 +212,9 @@ class _Prober:
             return ReferenceState(url, fingerprint=self._judge(answer))
         except _Failed as failed:
             return ReferenceState(url, failure=str(failed), code=failed.code)
+        except httpx.InvalidURL:  # the URL itself, or a hop's Location
+            return ReferenceState(url, failure="is not a valid URL, or redirects to one",
+                                  code="invalid")
 
     async def _follow(self, url: str) -> _Answer:
         current = url
@@ -249,13 +253,14 @@ class _Prober:
         return answer
 
     async def _send(
-        self, method: str, url: str, target: FetchTarget, headers: Mapping[str, str] = {}
+        self, method: str, url: str, target: FetchTarget,
+        headers: Mapping[str, str] | None = None,
     ) -> _Answer:
         """One request, to the addresses the rule checked (in turn, while one does not
         connect), or by name under `allow_private_hosts`. Transport errors become
         `_Failed` here, and only here."""
         last: _Failed | None = None
-        for request in self._requests(method, url, target, headers):
+        for request in self._requests(method, url, target, headers or {}):
             try:
                 async with self.client.stream(
                     request.method, request.url, headers=request.headers,

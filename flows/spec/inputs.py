@@ -195,15 +195,17 @@ def fetch_target(
     public (`address_problem`) while `policy.allow_private_hosts` is off. Every address of
     the name counts, not only the first. The reason names the host, never the URL's path,
     query or user info (a signed URL's signature stays out of messages)."""
-    parts = urllib.parse.urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").rstrip(".")
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        scheme, host = parts.scheme.lower(), (parts.hostname or "").rstrip(".")
+    except ValueError:  # an unclosed [IPv6 address
+        raise HostRefused("not a valid URL") from None
     if scheme not in HTTP_PORTS or not host:
         raise HostRefused("not an http(s) URL with a host")
     try:
         port = parts.port or HTTP_PORTS[scheme]
     except ValueError:
-        raise HostRefused(f"host {host}: the port is not a number") from None
+        raise HostRefused(f"host {host}: not a valid port") from None
     if policy.allow_private_hosts:
         return FetchTarget(host, port)
     literal = _is_ip(host)

@@ -227,6 +227,12 @@ def test_dns_failure_and_refused_connection_are_reasons() -> None:
     assert closed.code == "connect" and "cannot connect to 127.0.0.1" in str(closed.failure)
 
 
+def test_what_is_not_a_url_is_a_reason() -> None:
+    states = check(["http://[::1/a.png", "http://cdn.example.com:99999/a.png"])
+    assert [s.failure for s in states.values()] == [
+        "is not a valid URL, or redirects to one", "host cdn.example.com: not a valid port"]
+
+
 # -- the host rule --------------------------------------------------------------------------
 
 
