@@ -11,12 +11,14 @@ Checks, in order: the file's size, YAML syntax (the parser stops at the first sy
 so that one is all a broken file can report) and size (values, aliases expanded, and
 nesting), duplicate keys, the JSON Schema (`schemas/job.schema.json`, unknown keys
 included), providers (unknown names, each provider's option schema), the output target's
-fsspec protocol, template placeholders, where the dataset comes from and its size, the
-number of cells (bounded before anything expands), then a full expansion into cells
-(missing or refused reference files, colliding output paths, paths that are nbp's own
-files, identical requests) and every documented limit of every provider of the fallback
-list (`providers.limits.limit_problems`). Each distinct problem is reported once, at the
-most precise place: the list item, the prompt, the dataset path.
+fsspec protocol, template placeholders, where the dataset comes from (an http one under the
+host rule of every fetch, `flows.spec.inputs.fetch_target`) and its size, the number of
+cells (bounded before anything expands), then a full expansion into cells (missing or
+refused reference files, rows without the references `references_required` asks for,
+colliding output paths, paths that are nbp's own files, identical requests) and every
+documented limit of every provider of the fallback list (`providers.limits.limit_problems`).
+Each distinct problem is reported once, at the most precise place: the list item, the
+prompt, the dataset path.
 
 Every limit on what a spec may hold or read is a field of `InputPolicy` (documented
 defaults; `policy=` on every entry point, `InputPolicy.from_environ()` when it is None).
