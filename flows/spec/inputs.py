@@ -20,12 +20,14 @@ Where a reference image or a dataset may come from (`check_location`):
   (`DEFAULT_PROTOCOLS`: s3, gs, gcs, az, abfs, memory) whose package is installed, and never
   chained with `::` (`simplecache::http://...` could reach anything).
 
-Which hosts nbp itself fetches from over http(s) (`fetch_allowed`, the one rule for an http
-dataset and for `nbp validate --check-references`): only hosts whose every address is a
-public one, the host name resolved first; never loopback, private, link-local (the cloud
-metadata service at 169.254.169.254), shared, multicast, reserved or unspecified addresses,
-unless `InputPolicy.allow_private_hosts` (`--allow-private-hosts`). A value from someone
-else's dataset must not make nbp probe the user's own network.
+Which hosts nbp itself fetches from over http(s) (`fetch_target`, and `fetch_allowed` for
+a yes or no: the one rule for an http dataset and for the reference check,
+`flows.engine.reference_check`): only hosts whose every address is a public one, the host
+name resolved first; never loopback, private, link-local (the cloud metadata service at
+169.254.169.254), shared, multicast, reserved or unspecified addresses, unless
+`InputPolicy.allow_private_hosts` (`--allow-private-hosts`). A value from someone else's
+dataset must not make nbp probe the user's own network. http(s) references that only a
+provider fetches are not judged by it: they leave from the provider's network, not yours.
 
     fetch_allowed("http://169.254.169.254/latest/meta-data/", policy)
     # -> "host 169.254.169.254 is a link-local address; nbp fetches only from public ..."
