@@ -204,6 +204,8 @@ class _Prober:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for task in self._targets.values():
+            task.cancel()  # a resolver still busy after the deadline: nobody waits for it
         await self.client.aclose()
 
     async def check(self, url: str) -> ReferenceState:
@@ -232,7 +234,8 @@ class _Prober:
 
     async def _target(self, url: str, hop: int) -> FetchTarget:
         """The host rule for `url`'s host, asked once per host (in a thread: the rule
-        resolves the name with the system resolver, which blocks)."""
+        resolves the name with the system resolver, which blocks); each URL waits for it at
+        most `timeout_s`, the shared answer goes on meanwhile."""
         parsed = httpx.URL(url)
         key = (parsed.scheme, parsed.host, parsed.port or HTTP_PORTS.get(parsed.scheme, 0))
         task = self._targets.get(key)
@@ -240,7 +243,10 @@ class _Prober:
             task = self._targets[key] = asyncio.create_task(asyncio.to_thread(
                 fetch_target, url, self.policy, resolve=self.resolve))
         try:
-            return await task
+            return await asyncio.wait_for(asyncio.shield(task), self.limits.timeout_s)
+        except TimeoutError:
+            raise _Failed("timeout", f"host {parsed.host}: no DNS answer within "
+                                     f"{self.limits.timeout_s:g} s") from None
         except HostRefused as exc:
             where = f"redirects to {parsed.host or shown_url(url)}, but " if hop else ""
             raise _Failed("refused", f"{where}{exc}") from None

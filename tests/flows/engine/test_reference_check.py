@@ -215,6 +215,20 @@ def test_redirect_loops_end(server: _Server) -> None:
     assert state.code == "redirects" and server.asked("/loop") == 6
 
 
+def test_a_resolver_that_hangs_is_bounded_too() -> None:
+    def hanging(host: str, port: int) -> list[str]:
+        time.sleep(1)
+        return [PUBLIC_IP]
+
+    started = time.monotonic()
+    states = asyncio.run(check_references(
+        [f"http://slow-dns.example/{i}.png" for i in range(3)], InputPolicy(),
+        limits=CheckLimits(timeout_s=0.2), resolve=hanging))
+    assert {s.failure for s in states.values()} == {
+        "host slow-dns.example: no DNS answer within 0.2 s"}
+    assert time.monotonic() - started < 1.5  # one lookup for the host, not one per URL
+
+
 def test_dns_failure_and_refused_connection_are_reasons() -> None:
     def nowhere(host: str, port: int) -> list[str]:
         raise OSError(-2, "Name or service not known")
