@@ -155,13 +155,9 @@ async def check_references(
     if distinct:
         async with _Prober(policy, limits, transport, resolve) as prober:
             await _check_all(prober, distinct, states, limits)
-    late = ReferenceState("", failure=f"not checked: the check stopped after "
-                          f"{limits.total_s:g} s", code="not_checked")
-    return {url: states.get(url) or _for(late, url) for url in distinct}
-
-
-def _for(state: ReferenceState, url: str) -> ReferenceState:
-    return ReferenceState(url, state.fingerprint, state.failure, state.code)
+    late = f"not checked: the check stopped after {limits.total_s:g} s"
+    return {url: states.get(url) or ReferenceState(url, failure=late, code="not_checked")
+            for url in distinct}
 
 
 async def _check_all(
