@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check specs; every problem, with its line")
     validate.add_argument("specs", nargs="+", metavar="SPEC")
+    validate.add_argument("--check-references", action="store_true",
+                          help="also ask every distinct http(s) reference URL whether it "
+                               "answers (HEAD, once each); exit 2 when one does not")
     add_input_options(validate)
     validate.set_defaults(handler=cmd_validate)
 
@@ -135,11 +138,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def add_input_options(parser: argparse.ArgumentParser) -> None:
-    """--allow-path and --max-cells: what a spec may read and how large it may be
-    (`flows.spec.inputs.InputPolicy`)."""
+    """--allow-path, --allow-private-hosts and --max-cells: what a spec may read and how
+    large it may be (`flows.spec.inputs.InputPolicy`)."""
     parser.add_argument("--allow-path", action="append", default=[], metavar="DIR",
                         help="also read local references and datasets under DIR "
                              "(besides the spec's folder); repeatable")
+    parser.add_argument("--allow-private-hosts", action="store_true",
+                        help="let nbp fetch http(s) datasets and references from loopback, "
+                             "private and link-local hosts too (default: public hosts only)")
     parser.add_argument("--max-cells", type=int, metavar="N",
                         help="refuse specs with more than N cells (default 1,000,000, "
                              "or NBP_MAX_CELLS)")
@@ -159,6 +165,8 @@ def input_policy(args: argparse.Namespace) -> Any:
         if max_cells < 1:
             raise ValueError(f"--max-cells {max_cells}: give a positive number of cells")
         changes["max_cells"] = max_cells
+    if getattr(args, "allow_private_hosts", False):
+        changes["allow_private_hosts"] = True
     return InputPolicy.from_environ(**changes)
 
 
@@ -171,22 +179,35 @@ def _policy_or_report(args: argparse.Namespace, command: str) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from flows.spec.loader import validate_spec_file
+    from flows.spec.loader import check_job_file
 
     policy = _policy_or_report(args, "validate")
     if policy is None:
         return EXIT_INVALID
     worst = EXIT_OK
     for path in args.specs:
-        problems = validate_spec_file(path, policy=policy)
+        job, problems = check_job_file(path, policy=policy)
+        checked = None
+        if job is not None and not problems and args.check_references:
+            checked, problems = _check_references(job)
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
             worst = EXIT_INVALID
             print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
         else:
-            print(f"{path}: valid")
+            print(f"{path}: valid" + ("" if checked is None else
+                                      f"; {checked} reference URL(s) answered"))
+        if job is not None and job.skipped is not None:
+            print(f"{path}: {job.skipped.message}")
     return worst
+
+
+def _check_references(job: Any) -> tuple[int, list[Any]]:
+    """(URLs checked, a located problem per URL that does not answer)."""
+    from flows.engine.reference_check import check_job_references
+
+    return asyncio.run(check_job_references(job))
 
 
 def _load_or_report(path: str, policy: Any = None, *, keep_cells: bool = False) -> Any:
@@ -224,6 +245,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan = make_plan(job.spec, job.cells, target=delta, priced=delta.priced(view))
         delta.finish(view)
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.render())
+    if job.skipped is not None:  # references_required: skip
+        print(f"{args.spec}: {job.skipped.message}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -9,9 +9,16 @@ an fsspec URL must use an allowed protocol and no `::` chaining, and at most
 rule, or cannot be read, raises `ReferenceRefused`, a `Rejected`: that cell fails, the run
 goes on.
 
+http(s) references are the provider's to fetch; nbp never reads them here. Once the run has
+asked them (`flows.engine.reference_check.check_references`) and handed the answers over
+(`use_check`), one that did not answer, or was not asked, raises `ReferenceRefused` too:
+its cell fails before anything is created or paid for (`reference_check.payable_problem`).
+
     loader = ReferenceLoader.for_spec(job.spec)
     loader.load("HTTP://cdn.example.com/a.jpg")   # Reference("http://cdn.example.com/a.jpg")
     loader.load("/etc/passwd")                    # raises ReferenceRefused
+    loader.use_check(await check_references(http_references(job.cells), job.spec.policy))
+    loader.load("https://cdn.example.com/gone.jpg")  # raises ReferenceRefused: answers 404
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 
 import fsspec
 
+from flows.engine.reference_check import ReferenceState, payable_problem
 from flows.spec.inputs import InputPolicy, InputRefused, check_location, is_http, split_protocol
 from flows.spec.model import JobSpec
 from providers.base import Reference
@@ -61,6 +69,13 @@ class ReferenceLoader:
         self.policy = policy or InputPolicy()
         self._cache: OrderedDict[str, Reference] = OrderedDict()
         self._cached_bytes = 0
+        self._checked: Mapping[str, ReferenceState] | None = None
+
+    def use_check(self, states: Mapping[str, ReferenceState]) -> None:
+        """From now on an http(s) reference is sent only when `states` says it answered
+        (`reference_check.payable_problem`); one missing from `states` was not asked and
+        is refused too."""
+        self._checked = states
 
     @classmethod
     def for_spec(
@@ -73,6 +88,10 @@ class ReferenceLoader:
         """The reference to send for `uri`; raises `ReferenceRefused`."""
         location = self.check(uri)
         if is_http(location):
+            if self._checked is not None:
+                problem = payable_problem((location,), self._checked)
+                if problem is not None:
+                    raise ReferenceRefused(problem)
             return Reference(location)
         cached = self._cache.get(location)
         if cached is not None:

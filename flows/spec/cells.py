@@ -6,7 +6,11 @@
 Each cell's prompt, references and output path are its templates filled with the cell's
 variables: the matrix combination, the dataset row, and the built-ins `name`,
 `aspect_ratio`, `resolution`, `replicate` (0-based), `format` and `ext`; output paths also get
-`cell_id`. A reference template that renders empty is left out of that cell.
+`cell_id`. A reference template that renders empty is left out of that cell, unless the spec
+sets `references_required` (the one place that rule lives, `Expansion._cell`): then such a
+cell is never made, so never paid for as a text-only image; with `error` the rows are located
+problems (the dataset line where each record starts), with `skip` they are counted in
+`Expansion.skipped`.
 
 A combination that `include` adds without naming `prompt`, `aspect_ratio` or `resolution`
 takes the axis's value when the axis has exactly one (so the defaults `1:1` and `1K` apply);
@@ -52,7 +56,8 @@ from flows.spec.inputs import (
     is_http,
     split_protocol,
 )
-from flows.spec.model import Cell, JobSpec, MatrixSpec
+from flows.spec.model import Cell, JobSpec, MatrixSpec, SkippedRows
+from flows.spec.records import MAX_LISTED, dataset_lines, file_name, places
 from flows.spec.templating import MissingVariable, Template, TemplateError
 from flows.spec.yamlpos import JsonPath
 from outputs.paths import sanitise_relative_path
@@ -315,6 +320,8 @@ class Expansion:
         self._shared_paths = _Collisions()
         self._identical_requests = _Collisions()
         self._verbatim_prompts = False  # a malformed prompt stands in as plain text
+        self._empty: _EmptyReferences = _EmptyReferences()  # references_required
+        self.skipped: SkippedRows | None = None  # what references_required: skip left out
 
     # -- issues -------------------------------------------------------------------------
 
@@ -525,6 +532,7 @@ class Expansion:
             return None
         uris: list[str] = []
         identities: list[str] = []
+        empty: list[int] = []
         for i, template in enumerate(reference_templates):
             if template is None:  # malformed, reported: check the others
                 continue
@@ -534,6 +542,7 @@ class Expansion:
                 self._missing_variable(("references", i), exc.name, cell_vars, row)
                 return None
             if not text:
+                empty.append(i)
                 continue
             known = self._references.get(text)
             if known is None:
@@ -545,6 +554,10 @@ class Expansion:
             if i not in limits.local_references and not is_http(uri):
                 limits.local_references[i] = uri
             uris.append(uri)
+        if empty and spec.references_required:  # never a cell without its references
+            if check:
+                self._empty.add(empty, row, cell_vars)
+            return None
         seed = None if spec.seed is None else spec.seed + replicate
         ratio, resolution, fmt = values["aspect_ratio"], values["resolution"], values["format"]
         cid = cell_id(prompt, ratio, resolution, fmt, identities, seed, replicate,
@@ -703,6 +716,7 @@ class Expansion:
         return found
 
     def _summarise(self) -> None:
+        self._without_references()
         shared = self._shared_paths
         if shared.example is not None:
             first, second = shared.example
@@ -729,6 +743,42 @@ class Expansion:
                 f"{self._refused_issues} references in all are refused (the first "
                 f"{MAX_MISSING_FILES} are listed)",
             )
+
+    def _without_references(self) -> None:
+        """Cells `references_required` refused: one problem per template that rendered
+        empty (`error`), or `skipped` (`skip`)."""
+        found = self._empty
+        if not found.cells:
+            return
+        where = self._row_places()
+        templates = self.spec.references
+        if self.spec.references_required == "error":
+            for index, rows in found.templates.items():
+                self.report(("references", index), rows.problem(templates[index], where,
+                                                                self.stats.rows))
+            return
+        parts = "; ".join(f"{templates[index]!r} renders empty at {rows.where(where)}"
+                          for index, rows in found.templates.items())
+        if self.stats.rows is None:
+            what = f"{_cells(found.cells)} skipped"
+        else:
+            what = (f"{found.rows:,} of {self.stats.rows:,} dataset rows skipped "
+                    f"({_cells(found.cells)})")
+        self.skipped = SkippedRows(
+            found.cells, found.rows,
+            f"{what} by references_required: skip, for want of a reference image: {parts}",
+        )
+
+    def _row_places(self) -> Callable[[Sequence[int], int], str]:
+        """How to name dataset records in messages: their file lines, found by reading the
+        file again (only when a message needs them)."""
+        dataset = self.spec.dataset
+        if dataset is None or self.dataset is None:
+            return lambda rows, total: ""
+        lines = dataset_lines(dataset, len(self.dataset.rows),
+                              self.spec.policy.max_dataset_bytes)
+        name = file_name(dataset)
+        return lambda rows, total: places(rows, total, lines, name)
 
     def _identical(self, same: _Collisions) -> None:
         assert same.example is not None
@@ -764,6 +814,63 @@ class _Collisions:
         pairs = [(cells[first], cells[second]) for first, second in found.pairs]
         differ = dict.fromkeys(name for pair in pairs for name in _differences(*pair))
         return cls(found.count, pairs[0] if pairs else None, differ)
+
+
+@dataclass
+class _EmptyRows:
+    """Where one reference template rendered empty: dataset rows (first `MAX_LISTED`, and
+    how many), or cells described by their variables for a spec without a dataset."""
+
+    count: int = 0
+    rows: list[int] = field(default_factory=list)
+    cells: list[str] = field(default_factory=list)
+    last_row: int | None = None
+
+    def add(self, row: int | None, cell_vars: Mapping[str, str]) -> None:
+        if row is None:
+            self.count += 1
+            if len(self.cells) < MAX_LISTED:
+                self.cells.append(_describe(cell_vars, None))
+        elif row != self.last_row:  # a row's cells come one after another
+            self.count += 1
+            self.last_row = row
+            if len(self.rows) < MAX_LISTED:
+                self.rows.append(row)
+
+    def where(self, places: Callable[[Sequence[int], int], str]) -> str:
+        if self.rows:
+            return places(self.rows, self.count)
+        more = f" ({self.count:,} in all)" if self.count > len(self.cells) else ""
+        return "; ".join(f"({cell})" for cell in self.cells) + more
+
+    def problem(
+        self, template: str, places: Callable[[Sequence[int], int], str], rows: int | None
+    ) -> str:
+        what = _cells(self.count) if rows is None else f"{self.count:,} of {rows:,} dataset rows"
+        return (
+            f"{template!r} renders empty for {what}: {self.where(places)}; "
+            "references_required: error refuses a cell without its reference image (it "
+            "would be paid for as an image of the prompt alone): fill them in, or set "
+            "references_required: skip to leave them out"
+        )
+
+
+@dataclass
+class _EmptyReferences:
+    """Every cell `references_required` refused, by template (`_EmptyRows`)."""
+
+    cells: int = 0
+    rows: int = 0
+    templates: dict[int, _EmptyRows] = field(default_factory=dict)
+    last_row: int | None = None
+
+    def add(self, empty: Sequence[int], row: int | None, cell_vars: Mapping[str, str]) -> None:
+        self.cells += 1
+        if row is not None and row != self.last_row:
+            self.rows += 1
+            self.last_row = row
+        for index in empty:
+            self.templates.setdefault(index, _EmptyRows()).add(row, cell_vars)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,18 @@ Where a reference image or a dataset may come from (`check_location`):
   (`DEFAULT_PROTOCOLS`: s3, gs, gcs, az, abfs, memory) whose package is installed, and never
   chained with `::` (`simplecache::http://...` could reach anything).
 
+Which hosts nbp itself fetches from over http(s) (`fetch_target`, and `fetch_allowed` for
+a yes or no: the one rule for an http dataset and for the reference check,
+`flows.engine.reference_check`): only hosts whose every address is a public one, the host
+name resolved first; never loopback, private, link-local (the cloud metadata service at
+169.254.169.254), shared, multicast, reserved or unspecified addresses, unless
+`InputPolicy.allow_private_hosts` (`--allow-private-hosts`). A value from someone else's
+dataset must not make nbp probe the user's own network. http(s) references that only a
+provider fetches are not judged by it: they leave from the provider's network, not yours.
+
+    fetch_allowed("http://169.254.169.254/latest/meta-data/", policy)
+    # -> "host 169.254.169.254 is a link-local address; nbp fetches only from public ..."
+
 The limits, all documented defaults of `InputPolicy`, keep `nbp validate` within about a
 second and a few hundred MB whatever the spec holds.
 """
@@ -28,9 +40,12 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import ipaddress
 import os
 import re
-from collections.abc import Mapping
+import socket
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,6 +55,7 @@ DEFAULT_PROTOCOLS = ("s3", "gs", "gcs", "az", "abfs", "memory")
 HTTP_PROTOCOLS = ("http", "https")
 LOCAL_PROTOCOLS = ("file", "local")
 MAX_CELLS_ENV = "NBP_MAX_CELLS"
+HTTP_PORTS = {"http": 80, "https": 443}
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 
 
@@ -74,6 +90,10 @@ class InputPolicy:
     max_reference_bytes: int = 20 * MiB
     """Size of one reference image read from a file or an fsspec URL (checked by
     `validate` for local files, and again by the run, which fails that cell)."""
+    allow_private_hosts: bool = False
+    """Let nbp fetch http(s) inputs from loopback, private and link-local hosts too
+    (`--allow-private-hosts`): an emulator, a CDN on the office network. Off, a URL in
+    someone else's dataset cannot make nbp probe the user's network (`fetch_allowed`)."""
 
     @classmethod
     def from_environ(
@@ -119,6 +139,120 @@ def split_protocol(uri: str) -> tuple[str | None, str]:
 def is_http(uri: str) -> bool:
     """An http(s) URL, in any case."""
     return split_protocol(uri)[0] in HTTP_PROTOCOLS
+
+
+Resolver = Callable[[str, int], Sequence[str]]
+"""(host, port) -> the host's addresses, as text; raises `OSError` when it has none."""
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """Every address the system resolver gives `host` (blocking: call it in a thread from
+    async code)."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in found))
+
+
+def address_problem(address: str) -> str | None:
+    """Why nbp may not fetch from this IP address (which kind of non-public address it
+    is), or None for a public one. An IPv4 address inside an IPv6 one (mapped, 6to4,
+    Teredo) is judged as itself: `::ffff:127.0.0.1` is loopback."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # fe80::1%eth0: zone dropped
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if inner is not None:
+            return address_problem(str(inner))
+    for kind, flag in (("loopback", ip.is_loopback), ("unspecified", ip.is_unspecified),
+                       ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
+                       ("private", ip.is_private), ("reserved", ip.is_reserved)):
+        if flag:
+            return f"a {kind} address"
+    if not ip.is_global:  # shared (100.64.0.0/10) and other special-purpose blocks
+        return "not a public address"
+    return None
+
+
+@dataclass(frozen=True)
+class FetchTarget:
+    """Where a fetch of an allowed URL may connect: `addresses` are the host's checked
+    addresses, to connect to exactly those (a name that resolves again a moment later
+    could answer with a private one); empty under `allow_private_hosts` (connect by name)."""
+
+    host: str
+    port: int
+    addresses: tuple[str, ...] = ()
+
+
+class HostRefused(InputRefused):
+    """nbp will not fetch from this host: not a public one, or it cannot be resolved."""
+
+
+def fetch_target(
+    url: str, policy: InputPolicy, *, resolve: Resolver = resolve_host
+) -> FetchTarget:
+    """Where nbp may connect to fetch `url` itself; raises `HostRefused` with the reason:
+    not an http(s) URL, a host that cannot be resolved, or one with an address that is not
+    public (`address_problem`) while `policy.allow_private_hosts` is off. Every address of
+    the name counts, not only the first. The reason names the host, never the URL's path,
+    query or user info (a signed URL's signature stays out of messages)."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        scheme, host = parts.scheme.lower(), (parts.hostname or "").rstrip(".")
+    except ValueError:  # an unclosed [IPv6 address
+        raise HostRefused("not a valid URL") from None
+    if scheme not in HTTP_PORTS or not host:
+        raise HostRefused("not an http(s) URL with a host")
+    try:
+        port = parts.port or HTTP_PORTS[scheme]
+    except ValueError:
+        raise HostRefused(f"host {host}: not a valid port") from None
+    if policy.allow_private_hosts:
+        return FetchTarget(host, port)
+    literal = _is_ip(host)
+    if literal or host == "localhost" or host.endswith(".localhost"):
+        # `*.localhost` is loopback by RFC 6761, whatever a resolver answers for it
+        addresses = [host if literal else "127.0.0.1"]
+    else:
+        try:
+            addresses = list(dict.fromkeys(resolve(host, port)))
+        except (OSError, UnicodeError) as exc:
+            raise HostRefused(f"host {host} cannot be resolved ({_resolver_error(exc)})") \
+                from None
+        if not addresses:
+            raise HostRefused(f"host {host} cannot be resolved (no address)")
+    for address in addresses:
+        problem = address_problem(address)
+        if problem is not None:
+            named = f"host {host}" if literal else f"host {host} resolves to {address}, which"
+            raise HostRefused(f"{named} is {problem}; nbp fetches only from public hosts "
+                              "unless you allow private ones (--allow-private-hosts)")
+    return FetchTarget(host, port, tuple(addresses))
+
+
+def fetch_allowed(
+    url: str, policy: InputPolicy, *, resolve: Resolver = resolve_host
+) -> str | None:
+    """Why nbp may not fetch `url` itself (see `fetch_target`), or None when it may."""
+    try:
+        fetch_target(url, policy, resolve=resolve)
+    except HostRefused as exc:
+        return str(exc)
+    return None
+
+
+def _resolver_error(exc: BaseException) -> str:
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return text or type(exc).__name__
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def check_location(

@@ -11,12 +11,14 @@ Checks, in order: the file's size, YAML syntax (the parser stops at the first sy
 so that one is all a broken file can report) and size (values, aliases expanded, and
 nesting), duplicate keys, the JSON Schema (`schemas/job.schema.json`, unknown keys
 included), providers (unknown names, each provider's option schema), the output target's
-fsspec protocol, template placeholders, where the dataset comes from and its size, the
-number of cells (bounded before anything expands), then a full expansion into cells
-(missing or refused reference files, colliding output paths, paths that are nbp's own
-files, identical requests) and every documented limit of every provider of the fallback
-list (`providers.limits.limit_problems`). Each distinct problem is reported once, at the
-most precise place: the list item, the prompt, the dataset path.
+fsspec protocol, template placeholders, where the dataset comes from (an http one under the
+host rule of every fetch, `flows.spec.inputs.fetch_target`) and its size, the number of
+cells (bounded before anything expands), then a full expansion into cells (missing or
+refused reference files, rows without the references `references_required` asks for,
+colliding output paths, paths that are nbp's own files, identical requests) and every
+documented limit of every provider of the fallback list (`providers.limits.limit_problems`).
+Each distinct problem is reported once, at the most precise place: the list item, the
+prompt, the dataset path.
 
 Every limit on what a spec may hold or read is a field of `InputPolicy` (documented
 defaults; `policy=` on every entry point, `InputPolicy.from_environ()` when it is None).
@@ -53,6 +55,7 @@ from flows.spec.inputs import (
     InputPolicy,
     InputRefused,
     check_location,
+    fetch_allowed,
     is_http,
     protocol_problem,
     split_protocol,
@@ -70,6 +73,7 @@ from flows.spec.model import (
     MatrixSpec,
     OutputSpec,
     ProviderLimits,
+    SkippedRows,
 )
 from flows.spec.rate import Rate, parse_duration
 from flows.spec.templating import Template, TemplateError
@@ -223,7 +227,8 @@ def check_job(
         return None, [*checker.sorted_problems(), Problem(
             source, 1, 1, "$", f"more than {MAX_PROBLEMS} problems: nbp stopped looking; "
                                "fix these and validate again")]
-    job = Job(spec, checker.cells) if spec is not None and not checker.problems else None
+    job = (Job(spec, checker.cells, skipped=checker.skipped)
+           if spec is not None and not checker.problems else None)
     return job, checker.sorted_problems()
 
 
@@ -273,6 +278,7 @@ class _Checker:
         self.schema_paths: list[JsonPath] = []  # where a value is wrong (not unknown keys)
         self.blocking: list[JsonPath] = []      # ... and the value cannot be expanded
         self.cells: CellSource = []             # every cell, once the spec expands
+        self.skipped: SkippedRows | None = None  # left out by references_required: skip
         self.keep_cells = False                 # hold them (see `load_job`)
         self.caps: dict[str, Capabilities] = {}
         self.known: list[str] = []
@@ -337,6 +343,7 @@ class _Checker:
         self.accounts = self.check_accounts(data, providers)
         self.deadline_s = self.check_routing(data)
         self.check_credentials(data, providers)
+        self.check_references_required(data)
         matrix = self.matrix_spec(data)
         self.check_cell_count(data, matrix)
         dataset_spec = self.dataset_spec(data)
@@ -352,6 +359,7 @@ class _Checker:
             return None
         expansion = cellmod.Expansion(spec, dataset=dataset, value_path=self.value_path)
         self.cells = expansion.run(keep=self.keep_cells)
+        self.skipped = expansion.skipped
         for issue in expansion.issues:
             self.add(issue.path, issue.message, key=issue.key)
         self.check_provider_limits(spec, expansion.stats)
@@ -542,6 +550,13 @@ class _Checker:
                 good = False
         return good
 
+    def check_references_required(self, data: Mapping[str, Any]) -> None:
+        """`references_required` needs references to require."""
+        if "references_required" in data and not data.get("references"):
+            self.add(("references_required",),
+                     "references_required needs references: add the reference templates "
+                     "(e.g. references: [\"{image}\"]) or remove this key", key=True)
+
     def check_routing(self, data: Mapping[str, Any]) -> float | None:
         """`deadline` only with cheapest routing, and a duration it can use."""
         text = data.get("deadline")
@@ -624,6 +639,9 @@ class _Checker:
             missing = protocol_problem("http") if is_http(path) else None
             if missing:
                 raise InputRefused(f"dataset {raw['path']!r}: {missing}")
+            refused = fetch_allowed(path, self.policy) if is_http(path) else None
+            if refused:  # nbp reads it itself: the host rule of every fetch
+                raise InputRefused(f"dataset {raw['path']!r}: {refused}")
         except InputRefused as exc:
             self.add(("dataset", "path"), str(exc))
             self.dataset_refused = True
@@ -777,6 +795,7 @@ class _Checker:
             matrix=matrix,
             dataset=dataset,
             references=tuple(data.get("references") or ()),
+            references_required=_references_required(data.get("references_required")),
             base_dir=self.base_dir,
             policy=self.policy,
             text=self.text,
@@ -913,6 +932,10 @@ def _gallery_spec(raw: Mapping[str, Any]) -> GallerySpec:
         return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
     return GallerySpec(rows=names("rows"), columns=names("columns"))
+
+
+def _references_required(value: Any) -> str | None:
+    return value if value in ("error", "skip") else None
 
 
 def _usd(value: Any) -> float | None:

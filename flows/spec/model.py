@@ -101,6 +101,9 @@ class JobSpec:
     matrix: MatrixSpec = field(default_factory=MatrixSpec)
     dataset: DatasetSpec | None = None
     references: tuple[str, ...] = ()     # templates, as written
+    # `references_required`: "error" (a cell whose references render empty makes the spec
+    # invalid), "skip" (such a cell is left out) or None (a cell may have none)
+    references_required: str | None = None
     base_dir: str = "."                  # the spec file's folder: relative paths start here
     policy: InputPolicy = field(default_factory=InputPolicy)  # what it was validated under
     text: str = ""                       # the spec as written (for the run's record)
@@ -158,8 +161,20 @@ class CellSource(Protocol):
 
 
 @dataclass(frozen=True)
+class SkippedRows:
+    """What `references_required: skip` left out: cells (and the dataset rows they come
+    from) whose references render empty. `message` says how many, why and where, for
+    `nbp validate` and `nbp plan` to print."""
+
+    cells: int
+    rows: int                          # dataset rows (0 for a spec without a dataset)
+    message: str
+
+
+@dataclass(frozen=True)
 class Job:
     """A validated spec and every cell it expands to (`flows.spec.loader.load_job`)."""
 
     spec: JobSpec
     cells: CellSource
+    skipped: SkippedRows | None = None  # cells left out by `references_required: skip`
