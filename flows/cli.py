@@ -370,7 +370,8 @@ def _run(args: argparse.Namespace) -> int:
                 allow_paths=list(policy.allow_paths) or None, max_cells=args.max_cells,
                 patience_s=args.patience, own_accounts=args.own_accounts,
                 batch_wait_s=args.batch_wait, spec_source=getattr(args, "spec_source", None),
-                succeed_with_failures=args.succeed_with_failures, return_state=True,
+                succeed_with_failures=args.succeed_with_failures,
+                allow_private_hosts=policy.allow_private_hosts, return_state=True,
             )))
     except TerminationSignal:  # SIGTERM before the run started or after it ended
         print("nbp: stopped by SIGTERM", file=sys.stderr)

@@ -43,6 +43,7 @@ from flows.engine.lease import Heartbeat, Lease
 from flows.engine.ledger import Ledger
 from flows.engine.policy import DEFAULT_RETRY, RetryPolicy, RunConfigurationError
 from flows.engine.progress import Progress
+from flows.engine.reference_check import check_references, http_references
 from flows.engine.refresh import TargetState, apply_patches, patches, read_state
 from flows.engine.routing import Router, make_lanes
 from flows.engine.runner import RunContext, Runner
@@ -134,6 +135,7 @@ class RunOptions:
     batch_wait_s: float = DEFAULT_WAIT_S  # how long to wait for batches before leaving them
     spec_source: str | None = None      # what the run's record names as the spec's source
     failures_ok: bool = False           # a run with failed cells still succeeds (exit 0)
+    allow_private_hosts: bool = False   # references and datasets on private hosts are fine
 
     def input_policy(self) -> InputPolicy:
         changes: dict[str, Any] = {}
@@ -141,6 +143,8 @@ class RunOptions:
             changes["allow_paths"] = tuple(os.path.abspath(p) for p in self.allow_paths)
         if self.max_cells is not None:
             changes["max_cells"] = self.max_cells
+        if self.allow_private_hosts:
+            changes["allow_private_hosts"] = True
         return InputPolicy.from_environ(**changes)
 
 
@@ -262,6 +266,15 @@ async def run_job(
             interrupt=hooks.interrupt, emulated=emulated,
         )
         runner = Runner(ctx)
+        if not emulated:  # never pay for a cell whose reference does not answer
+            urls = await asyncio.to_thread(http_references, cells)
+            if urls:
+                states = await check_references(urls, spec.policy)
+                runner.references.use_check(states)
+                failed = sum(1 for state in states.values() if not state.ok)
+                if failed:
+                    log.warning("%d of %d reference URL(s) do not answer; their cells are not "
+                                "sent", failed, len(states))
         with tempfile.TemporaryDirectory(prefix="nbp-manifest-") as folder:
             parts = ManifestParts(folder)
             try:

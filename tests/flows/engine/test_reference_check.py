@@ -454,3 +454,39 @@ def test_http_references_are_listed_once_in_order(tmp_path: Path) -> None:
     """))
     assert http_references(load_job(str(path)).cells) == [
         "https://cdn.example.com/a.png", "https://cdn.example.com/b.png"]
+
+
+def test_a_run_never_pays_for_a_cell_whose_reference_does_not_answer(
+    server: _Server, tmp_path: Path
+) -> None:
+    """`nbp run` checks the job's http(s) references first: a cell whose photo answers 404
+    fails before anything is paid; the one whose photo answers is created."""
+    import os
+
+    import yaml
+
+    from flows.engine.job import RunOptions, run_job
+    from providers.emulator.hub import EmulatorHub
+
+    (tmp_path / "rows.csv").write_text(
+        f"sku,image\nA1,{server.base}/ok/a1.png\nB2,{server.base}/missing/b2.png\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "version": 1, "name": "photos", "provider": "kie",
+        "dataset": {"path": "rows.csv"}, "references": ["{image}"],
+        "matrix": {"prompt": ["the product {sku}"]},
+        "output": {"target": str(tmp_path / "out"), "path": "{sku}.{ext}"},
+        "limits": {"kie": {"poll_interval": 0.05}},
+    }))
+    with EmulatorHub.start(["kie"], latency_s=0.1) as hub:
+        saved = dict(os.environ)
+        os.environ.update(hub.environ())
+        try:
+            result = asyncio.run(run_job(RunOptions(spec=str(spec), allow_private_hosts=True)))
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        assert [c.prompt for c in hub["kie"].creates] == ["the product A1"]
+    assert result.counts["succeeded"] == 1 and result.counts["failed"] == 1
+    assert "cannot be fetched: answers 404" in str(result.failures)
+    assert server.asked("/missing/b2.png") == 1
