@@ -146,6 +146,9 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-private-hosts", action="store_true",
                         help="let nbp fetch http(s) datasets and references from loopback, "
                              "private and link-local hosts too (default: public hosts only)")
+    parser.add_argument("--dataset", metavar="PATH",
+                        help="read this dataset (a path or URL) in place of the spec's "
+                             "dataset.path: this week's export")
     parser.add_argument("--max-cells", type=int, metavar="N",
                         help="refuse specs with more than N cells (default 1,000,000, "
                              "or NBP_MAX_CELLS)")
@@ -160,6 +163,9 @@ def input_policy(args: argparse.Namespace) -> Any:
     allow = getattr(args, "allow_path", None)
     if allow:
         changes["allow_paths"] = tuple(os.path.abspath(path) for path in allow)
+    dataset = getattr(args, "dataset", None)
+    if dataset:
+        changes["dataset"] = dataset if "://" in dataset else os.path.abspath(dataset)
     max_cells = getattr(args, "max_cells", None)
     if max_cells is not None:
         if max_cells < 1:
@@ -371,7 +377,8 @@ def _run(args: argparse.Namespace) -> int:
                 patience_s=args.patience, own_accounts=args.own_accounts,
                 batch_wait_s=args.batch_wait, spec_source=getattr(args, "spec_source", None),
                 succeed_with_failures=args.succeed_with_failures,
-                allow_private_hosts=policy.allow_private_hosts, return_state=True,
+                allow_private_hosts=policy.allow_private_hosts, dataset=policy.dataset,
+                return_state=True,
             )))
     except TerminationSignal:  # SIGTERM before the run started or after it ended
         print("nbp: stopped by SIGTERM", file=sys.stderr)

@@ -106,12 +106,15 @@ class RunRecord:
     shards: tuple[str, ...] = ()        # "i/n" of each shard that ended
     emulated: bool = False
     """The run's providers were the emulators (records written before this field: false)."""
+    dataset: str = ""
+    """The dataset the run read in place of the spec's (`--dataset`); empty: the spec's."""
 
     @classmethod
     def start(
         cls, *, run_id: str, job: str, spec_source: str, spec_text: str,
         channels: Sequence[Mapping[str, str]] = (), flow_run_id: str | None = None,
         shard: str | None = None, spec_folder: str = "", emulated: bool = False,
+        dataset: str = "",
     ) -> RunRecord:
         """A running run's record; `ValueError` for a run id no record could be read by."""
         check_run_id(run_id)
@@ -120,7 +123,7 @@ class RunRecord:
             spec_sha256=hashlib.sha256(spec_text.encode()).hexdigest(), spec_folder=spec_folder,
             channels=tuple(dict(c) for c in channels), versions=installed_versions(),
             started_at=_now(), flow_run_ids=(flow_run_id,) if flow_run_id else (),
-            shards=(shard,) if shard else (), emulated=emulated,
+            shards=(shard,) if shard else (), emulated=emulated, dataset=dataset,
         )
 
     def ended(self, counts: Mapping[str, int], spent_usd: float) -> RunRecord:
@@ -193,6 +196,7 @@ _RECORD = check.object_of({
     "flow_run_ids": check.list_of(check.identifier(), MAX_ITEMS),
     "shards": check.list_of(check.matching(_SHARD, "a shard as i/n"), MAX_ITEMS),
     "emulated": check.flag,
+    "dataset": _LINE,
 })  # fmt: skip
 _REQUIRED = tuple(f.name for f in fields(RunRecord)
                   if f.default is MISSING and f.default_factory is MISSING)

@@ -136,6 +136,7 @@ class RunOptions:
     spec_source: str | None = None      # what the run's record names as the spec's source
     failures_ok: bool = False           # a run with failed cells still succeeds (exit 0)
     allow_private_hosts: bool = False   # references and datasets on private hosts are fine
+    dataset: str | None = None          # read in place of the spec's dataset.path
 
     def input_policy(self) -> InputPolicy:
         changes: dict[str, Any] = {}
@@ -145,6 +146,8 @@ class RunOptions:
             changes["max_cells"] = self.max_cells
         if self.allow_private_hosts:
             changes["allow_private_hosts"] = True
+        if self.dataset:
+            changes["dataset"] = self.dataset
         return InputPolicy.from_environ(**changes)
 
 
@@ -231,7 +234,9 @@ async def run_job(
                              spec_source=options.spec_source or spec.source,
                              spec_text=spec.text, flow_run_id=options.flow_run_id,
                              shard=options.shard, spec_folder=spec.base_dir,
-                             emulated=options.emulate)
+                             emulated=options.emulate,
+                             dataset=spec.dataset.path if options.dataset and spec.dataset
+                             else "")
     target_sink = Sink(spec.output.target, spec.output.storage_options)
     await asyncio.to_thread(claim_target_kind, target_sink, emulated=options.emulate)
     async with open_providers(spec, options, hooks.credentials, used) as (providers, emulated), \

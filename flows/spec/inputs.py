@@ -94,6 +94,10 @@ class InputPolicy:
     """Let nbp fetch http(s) inputs from loopback, private and link-local hosts too
     (`--allow-private-hosts`): an emulator, a CDN on the office network. Off, a URL in
     someone else's dataset cannot make nbp probe the user's network (`fetch_allowed`)."""
+    dataset: str | None = None
+    """The dataset to read in place of the spec's `dataset.path` (`--dataset`, the flow's
+    `dataset` parameter: this week's export): the user's own choice, so a local file there
+    is allowed wherever it lies (give an absolute path or a URL)."""
 
     @classmethod
     def from_environ(

@@ -30,7 +30,7 @@ import dataclasses
 import difflib
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -629,19 +629,27 @@ class _Checker:
     def dataset_spec(self, data: Mapping[str, Any]) -> DatasetSpec | None:
         raw = data.get("dataset")
         if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
+            if self.policy.dataset is not None:
+                self.add(("dataset",), "--dataset replaces the spec's dataset.path, but this "
+                                       "spec has no dataset")
             return None
         fmt = raw.get("format")
         options = raw.get("storage_options")
-        path = cellmod.resolve_local(raw["path"], self.base_dir)
+        given = self.policy.dataset or raw["path"]  # the user's --dataset wins
+        policy = self.policy
+        if self.policy.dataset is not None and not is_http(given) and "://" not in given:
+            given = os.path.abspath(given)  # the user's own file: its folder is allowed
+            policy = replace(policy, allow_paths=(*policy.allow_paths, os.path.dirname(given)))
+        path = cellmod.resolve_local(given, self.base_dir)
         try:
-            path = check_location(raw["path"], base_dir=self.base_dir, policy=self.policy,
+            path = check_location(given, base_dir=self.base_dir, policy=policy,
                                   what="dataset")
             missing = protocol_problem("http") if is_http(path) else None
             if missing:
-                raise InputRefused(f"dataset {raw['path']!r}: {missing}")
+                raise InputRefused(f"dataset {given!r}: {missing}")
             refused = fetch_allowed(path, self.policy) if is_http(path) else None
             if refused:  # nbp reads it itself: the host rule of every fetch
-                raise InputRefused(f"dataset {raw['path']!r}: {refused}")
+                raise InputRefused(f"dataset {given!r}: {refused}")
         except InputRefused as exc:
             self.add(("dataset", "path"), str(exc))
             self.dataset_refused = True

@@ -714,3 +714,19 @@ def test_a_missing_image_is_collected_again_from_its_task_not_paid_again(
     assert (row["status"], row["error_code"]) == ("failed", "image_missing")
     assert "--force" in row["error_message"]
     assert run(spec).exit_code == 1  # still reported, never silently "succeeded"
+
+
+def test_this_weeks_export_is_a_run_option_and_is_recorded(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    """A deployment points `dataset` at this week's export instead of overwriting a file in
+    the checkout; the run's record says which it read."""
+    spec = catalog(tmp_path, [("A1", "red mug")])
+    export = tmp_path / "exports" / "2026-12.csv"
+    export.parent.mkdir()
+    export.write_text('sku,title\nB2,"blue bag"\nC3,"green hat"\n')
+    result = run(spec, dataset=str(export))
+    assert result.exit_code == 0
+    assert sorted(manifest(tmp_path)["output_path"]) == ["B2.png", "C3.png"]
+    record = json.loads(next((tmp_path / "out" / ".nbp" / "runs").glob("*.json")).read_text())
+    assert record["dataset"] == str(export)
