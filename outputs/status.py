@@ -59,6 +59,8 @@ class Summary:
     failure_groups: int = 0  # groups in total (more than `failures` holds when truncated)
     pending_batches: tuple[PendingBatch, ...] = ()  # oldest first
     emulated: int = 0  # cells that ran against the local emulators: placeholders, not paid
+    stale: int = 0       # cells the job's spec no longer produces (their images are kept)
+    superseded: int = 0  # cells whose path a newer cell took (their images are history)
 
     @property
     def succeeded(self) -> int:
@@ -101,6 +103,8 @@ def summarise(manifest: pl.DataFrame | pl.LazyFrame) -> Summary:
             pl.col("cost_usd").fill_null(0.0).sum().alias("spend"),
             pl.col("run_id").drop_nulls().n_unique().alias("runs"),
             pl.col("emulated").fill_null(False).sum().alias("emulated"),
+            pl.col("stale").fill_null(False).sum().alias("stale"),
+            pl.col("superseded_by").is_not_null().sum().alias("superseded"),
         ),
         _latency(df),
         _failure_groups(df),
@@ -128,6 +132,8 @@ def summarise(manifest: pl.DataFrame | pl.LazyFrame) -> Summary:
         pending_batches=tuple(PendingBatch(str(name), int(cells), since)
                               for name, cells, since in batches.iter_rows()),
         emulated=int(totals["emulated"][0] or 0),
+        stale=int(totals["stale"][0] or 0),
+        superseded=int(totals["superseded"][0] or 0),
     )
 
 
@@ -181,6 +187,9 @@ def render_status(summary: Summary) -> str:
     if summary.jobs:
         lines.append(f"job: {', '.join(summary.jobs)} ({summary.runs} run(s))")
     lines.append(f"spend: ${summary.spend_usd:.2f}")
+    if summary.superseded or summary.stale:
+        lines.append(f"refreshed: {summary.superseded} superseded (their images kept under "
+                     f".nbp/history/), {summary.stale} stale (no longer in the spec; kept)")
     if summary.emulated:
         lines.append(f"emulated: {summary.emulated} cell(s) ran against the local emulators "
                      "(placeholder images; nothing was paid, spend is what it would cost)")
