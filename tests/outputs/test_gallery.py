@@ -18,8 +18,8 @@ from PIL import Image
 
 from outputs.gallery import (
     CARD_PX,
-    FILTER_SCRIPT,
     GALLERY_NAME,
+    PAGE_SCRIPT,
     Layout,
     drawn_size,
     write_gallery,
@@ -152,11 +152,11 @@ def test_images_load_lazily_at_the_size_they_are_drawn(job: tuple[Sink, pl.DataF
 def test_text_is_escaped(job: tuple[Sink, pl.DataFrame]) -> None:
     sink, frame = job
     text = Path(write_gallery(sink, frame, title=HOSTILE)).read_text("utf-8")
-    data = text.replace(f"<script>{FILTER_SCRIPT}</script>", "", 1)
+    data = text.replace(f"<script>{PAGE_SCRIPT}</script>", "", 1)
     assert "<script>" not in data and "&lt;script&gt;" in text
     assert "SKU &lt;7&gt;" in text
     # raises on a script with attributes or an on* attribute; the one script is the filter's
-    assert Page(text).scripts == [FILTER_SCRIPT]
+    assert Page(text).scripts == [PAGE_SCRIPT]
 
 
 def test_failures_show_status_and_reason(job: tuple[Sink, pl.DataFrame]) -> None:
@@ -450,7 +450,7 @@ def test_pivot_values_and_axis_names_are_escaped(tmp_path: Path) -> None:
     text = Path(write_gallery(sink, rows_to_frame(rows), title="t", rows=["style"],
                               columns=['od"d<'])).read_text()
     page = Page(text)  # raises on an on* attribute or a script of the data
-    assert page.scripts == [FILTER_SCRIPT]
+    assert page.scripts == [PAGE_SCRIPT]
     assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt; &quot;q&quot;" in text
     grid = Grid(text)
     assert [header for header, _ in grid.table["rows"]] == [XSS, "plain"]
@@ -468,7 +468,7 @@ def test_the_page_runs_only_its_own_script_and_style(job: tuple[Sink, pl.DataFra
     policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', text)
     assert policy is not None
     rules = dict(rule.strip().split(" ", 1) for rule in html.unescape(policy[1]).split(";"))
-    digest = "sha256-" + base64.b64encode(hashlib.sha256(FILTER_SCRIPT.encode()).digest()).decode()
+    digest = "sha256-" + base64.b64encode(hashlib.sha256(PAGE_SCRIPT.encode()).digest()).decode()
     assert rules["default-src"] == "'none'" and rules["script-src"] == f"'{digest}'"
     assert rules["img-src"] == "'self' file:" and rules["style-src"].startswith("'sha256-")
 

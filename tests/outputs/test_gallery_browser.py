@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 
 from flows.engine.job import RunOptions, run_job
-from outputs.gallery import FILTER_SCRIPT, GALLERY_NAME, render_gallery
+from outputs.gallery import FILTER_SCRIPT, GALLERY_NAME, PAGE_SCRIPT, render_gallery
 from providers.emulator.core import CONTENT_MARKER
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -249,7 +249,7 @@ def test_the_page_fetches_nothing_from_the_network(rendered: Rendered, tmp_path:
     assert not re.search(r"url\(|@import|<link", rendered.dom)
     # One inline script, the filter's, and nothing in it that could ask for anything
     assert re.findall(r"<script[^>]*>", rendered.dom) == ["<script>"]
-    assert FILTER_SCRIPT in rendered.dom
+    assert PAGE_SCRIPT in rendered.dom
     assert not re.search(r"fetch|XMLHttpRequest|WebSocket|EventSource|sendBeacon|import|"
                          r"src|href|open\(|innerHTML|outerHTML|write\(", FILTER_SCRIPT)
     # Control: the same check sees a page that does fetch (the resolver rule stops it there).
@@ -346,7 +346,7 @@ def ids(job: Job, condition: pl.Expr) -> list[str]:
 def without_script(page: Path) -> Path:
     """The control: the same page with its script taken out."""
     copy = page.with_name(f"{page.stem}-noscript.html")
-    copy.write_text(page.read_text().replace(f"<script>{FILTER_SCRIPT}</script>", ""))
+    copy.write_text(page.read_text().replace(f"<script>{PAGE_SCRIPT}</script>", ""))
     assert copy.read_text() != page.read_text()
     return copy
 
