@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -157,6 +158,18 @@ def default_reviewer() -> str:
     except (OSError, KeyError):  # no user name in a bare container
         name = os.environ.get("USER", "")
     return _CONTROL.sub("", name)[:MAX_BY_CHARS] or "unknown"
+
+
+def check_signature(by: str, note: str | None) -> None:
+    """`ReviewInputError` when `by` or `note` would not read back from the store (checked
+    before anything is written, so a batch is recorded whole or not at all)."""
+    for name, value, fits in (("by", by, _by), ("note", note, check.optional(_note))):
+        try:
+            fits(value)
+        except check.Unfit as exc:
+            raise ReviewInputError(f"--{name}: {exc}") from None
+    if not by:
+        raise ReviewInputError("--by: expected a name, got ''")
 
 
 def record(
@@ -361,6 +374,37 @@ def check_reviewable(cell_ids: Collection[str], manifest: pl.DataFrame) -> None:
     problems = unreviewable(cell_ids, manifest)
     if problems:
         raise ReviewInputError("; ".join(problems.values()))
+
+
+def gather(
+    manifest: pl.DataFrame, *, approve: Sequence[str] = (), reject: Sequence[str] = (),
+    export: bytes | None = None, export_name: str = "decisions file",
+) -> list[Choice]:
+    """The choices of one `nbp review`: the cells `approve` and `reject` name (ids or
+    prefixes), then those of a gallery's decisions file; each must be reviewable and decided
+    once. `ReviewInputError` for any problem, before anything is recorded."""
+    choices = [Choice(cid, "approved") for cid in resolve_cells(approve, manifest)]
+    choices += [Choice(cid, "rejected") for cid in resolve_cells(reject, manifest)]
+    check_reviewable({c.cell_id for c in choices}, manifest)
+    if export is not None:
+        try:
+            choices += read_export(export, manifest)
+        except ReviewInputError as exc:
+            raise ReviewInputError(f"{export_name}: {exc}") from None
+    counts = Counter(c.cell_id for c in choices)
+    twice = sorted(cid for cid, n in counts.items() if n > 1)
+    if twice:
+        raise ReviewInputError(f"decided twice: {', '.join(twice)}")
+    return choices
+
+
+def summary(choices: Sequence[Choice], manifest: pl.DataFrame | None) -> str:
+    """One line: what was recorded, and what the manifest's `review` column now holds."""
+    approved = sum(c.decision == "approved" for c in choices)
+    held = Counter([] if manifest is None else manifest["review"].drop_nulls().to_list())
+    shown = ", ".join(f"{n} {value}" for value, n in sorted(held.items())) or "none"
+    return (f"recorded {len(choices)} decision(s) ({approved} approved, "
+            f"{len(choices) - approved} rejected); manifest.parquet review column: {shown}")
 
 
 _EXPORT_KEYS = {"format", "version", "exported_at", "title", "decisions"}
