@@ -227,7 +227,8 @@ def _read_entries(sink: Sink, wanted: Collection[str] | None) -> dict[str, Decis
     names = sorted(sizes if wanted is None else set(sizes) & set(wanted))
     readable = []
     for name in names:
-        where = f"{sink.uri(REVIEWS_DIR)}/{check.describe(name)}.json"
+        shown = _shown(name) if len(name) <= 60 else check.describe(name)
+        where = f"{sink.uri(REVIEWS_DIR)}/{shown}.json"
         if not check.IDENTIFIER.fullmatch(name) or len(name) > check.MAX_IDENTIFIER_CHARS:
             log.warning("review %s skipped: its name is not a cell id", where)
         elif sizes[name] > MAX_FILE_BYTES:
