@@ -456,7 +456,7 @@ def _review_bar() -> str:
     """The page's review controls: hidden until the script shows them."""
     return ('<div id="review" class="review-bar" hidden>'
             '<button type="button" id="review-download" disabled>download decisions</button>'
-            '<output id="review-count">no choice yet</output>'
+            '<span id="review-count" role="status">no choice yet</span>'
             '<button type="button" id="review-clear" disabled>clear choices</button>'
             '<span class="hint">then <code>nbp review TARGET --import FILE</code></span>'
             "</div>\n")
@@ -531,7 +531,7 @@ font-size:11px}
 .chosen-approved .decide button[value=approved]{background:#3c9a36;color:#fff}
 .chosen-rejected .decide button[value=rejected]{background:#c43c3c;color:#fff}
 .review-bar{display:flex;flex-wrap:wrap;align-items:center;gap:.35rem 1rem;margin:0 0 1rem;
-font-size:13px}.review-bar output,.review-bar .hint{color:#666}
+font-size:13px}#review-count,.review-bar .hint{color:#666}
 """
 
 # The filter (see the module docstring). Cards carry `data-f`: for each select, in order, the
