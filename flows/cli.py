@@ -134,6 +134,22 @@ def _parser() -> argparse.ArgumentParser:
                         help="also rows a catalog should not publish: superseded and stale "
                              "cells (adds the superseded_by and stale columns)")
     export.set_defaults(handler=cmd_export)
+    review = commands.add_parser("review", help="approve or reject a target's images; list "
+                                                "the decisions")
+    review.add_argument("target", metavar="TARGET")
+    review.add_argument("--approve", nargs="+", action="extend", default=[], metavar="CELL_ID",
+                        help="approve these cells (ids, or unique prefixes as the gallery "
+                             "shows them)")
+    review.add_argument("--reject", nargs="+", action="extend", default=[], metavar="CELL_ID",
+                        help="reject these cells (ids or unique prefixes)")
+    review.add_argument("--note", metavar="TEXT", help="a note kept with these decisions")
+    review.add_argument("--by", metavar="NAME", help="who decides (default: your user name)")
+    review.add_argument("--import", dest="import_file", metavar="FILE",
+                        help="record the decisions of a file the gallery's \"download "
+                             "decisions\" saved")
+    review.add_argument("--list", action="store_true",
+                        help="print the target's decisions with their cells' paths")
+    review.set_defaults(handler=cmd_review)
     return parser
 
 
@@ -547,6 +563,67 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"export: {written} ({export.table.height} rows, {fmt})")
     return EXIT_OK
 
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """Record decisions (`outputs.review`) and set the manifest's `review` column from the
+    store, under the target's manifest lease (a run ending meanwhile merges into it)."""
+    import uuid
+
+    from flows.engine.job import MANIFEST_LOCK
+    from flows.engine.lease import Heartbeat, Lease, LeaseTimeout
+    from outputs import review
+    from outputs.manifest import ManifestInvalid, read_manifest, write_manifest
+    from outputs.sink import Sink
+
+    if not (args.approve or args.reject or args.import_file or args.list):
+        print("nbp review: nothing to do: give --approve, --reject, --import or --list",
+              file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        sink = Sink(args.target)
+        manifest = read_manifest(sink)
+        if manifest is None:
+            raise ValueError(f"no manifest.parquet at {args.target}")
+        by = review.default_reviewer() if args.by is None else args.by
+        review.check_signature(by, args.note)
+        export = None
+        if args.import_file:
+            with open(args.import_file, "rb") as handle:
+                export = handle.read(review.MAX_EXPORT_BYTES + 1)
+        choices = review.gather(manifest, approve=args.approve, reject=args.reject,
+                                export=export, export_name=f"--import {args.import_file}")
+    except (ImportError, ValueError, OSError) as exc:  # ManifestInvalid, ReviewInputError
+        print(f"nbp review: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+    def apply() -> tuple[dict[str, review.Decision], Any]:
+        store = review.decisions(sink)
+        store.update(review.record_all(sink, choices, by=by, note=args.note, previous=store))
+        current = read_manifest(sink)  # under the lease: as the last run left it
+        if current is not None:
+            current = review.with_reviews(current, review.frame_of(store))
+            write_manifest(sink, current)
+        return store, current
+
+    async def locked() -> tuple[dict[str, review.Decision], Any]:
+        heartbeat = Heartbeat(sink, f"review-{uuid.uuid4().hex[:16]}")
+        async with heartbeat, Lease(sink, MANIFEST_LOCK, heartbeat):
+            return await asyncio.to_thread(apply)
+
+    store = None
+    if choices:
+        try:
+            store, manifest = asyncio.run(locked())
+        except ManifestInvalid as exc:
+            print(f"nbp review: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        except (LeaseTimeout, OSError) as exc:
+            print(f"nbp review: not all recorded; run it again: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(review.summary(choices, manifest) + " (index.html shows them from the next run)")
+    if args.list:
+        print(review.render_list(review.decisions(sink) if store is None else store, manifest))
+    return EXIT_OK
 
 if __name__ == "__main__":
     raise SystemExit(main())

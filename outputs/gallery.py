@@ -27,12 +27,28 @@ only" switch (every card whose status is not succeeded: failed, skipped, cancell
 uncertain). It hides the cards that do not match, then the rows, columns and sections left
 empty, and keeps the choice in the URL fragment (`index.html#style=photo&failed-only`), so a
 filtered view is a link. With scripts disabled the form stays hidden and every card shows.
+
+Review: a card shows its cell's `review` from the manifest as a badge. When the script runs,
+the card of each succeeded cell whose image is current gets approve / reject buttons
+(`REVIEW_SCRIPT`; pressed again, a choice is withdrawn); choices are kept in the page's
+localStorage and a "download decisions" button saves them as one JSON file
+(`outputs.review.EXPORT_FORMAT`, a Blob download: nothing leaves the machine) for
+`nbp review TARGET --import FILE`. Without scripts the badges show and no button does.
+
+Before / after: a row another cell superseded in a refresh (`superseded_by`) keeps its image
+as history at `HISTORY_DIR/{cell_id}{suffix}` (its `output_uri` points there). The card of
+the cell that took the path shows that old image beside the new one, both by relative path;
+the old row's own card shows its history image, not what its path holds now.
+
+The page's one script is `PAGE_SCRIPT` (the filter's and the review's), allowed by its hash.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import posixpath
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,7 +58,7 @@ from urllib.parse import quote
 import polars as pl
 
 from outputs.html import content_security_policy, policy_meta
-from outputs.manifest import conform
+from outputs.manifest import conform, conform_lazy
 from outputs.sink import Sink
 from outputs.status import Summary, summarise
 
@@ -66,8 +82,13 @@ AXIS_COLUMNS = {
     "run": "run_id", "status": "status",
 }  # fmt: skip
 FAILED_ONLY = "failed-only"  # the switch's name, and its key in the URL fragment
+# Where a refresh keeps a superseded image: flows.engine.refresh.HISTORY_DIR (outputs never
+# imports flows; tests/outputs/test_gallery.py checks that the two agree).
+HISTORY_DIR = ".nbp/history"
+REVIEWED = ("approved", "rejected")  # outputs.review.VERDICTS: the badges the page draws
 
 Row = Mapping[str, Any]
+IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a cell id that names a file
 
 
 @dataclass(frozen=True)
@@ -98,14 +119,38 @@ def write_gallery(
     `manifest` may be lazy (a scanned Parquet file): only the first `MAX_CARDS` rows and the
     summary's aggregates are read. The page is written a card at a time (`Sink.write_chunks`):
     a 2,000-card page is never joined in memory."""
-    pieces = _page(_cards(manifest), summarise(manifest), title=title,
-                   layout=Layout.of(rows, columns))
+    cards = _cards(manifest)
+    pieces = _page(cards, summarise(manifest), title=title, layout=Layout.of(rows, columns),
+                   befores=_befores(manifest, cards))
     return sink.write_chunks(GALLERY_NAME, (piece.encode() for piece in pieces), overwrite=True)
 
 
 def _cards(manifest: pl.DataFrame | pl.LazyFrame) -> list[dict[str, Any]]:
     """The rows the page shows as cards: the first `MAX_CARDS`."""
     return conform(manifest.lazy().head(MAX_CARDS).collect()).to_dicts()
+
+
+def _befores(
+    manifest: pl.DataFrame | pl.LazyFrame, cards: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """For each succeeded card that took another cell's path in a refresh, that cell's row
+    (the latest one in manifest order): its image is the card's "before"."""
+    shown = [row["cell_id"] for row in cards if row["status"] == "succeeded"]
+    if not shown:
+        return {}
+    old = conform_lazy(manifest.lazy()).filter(pl.col("superseded_by").is_in(shown)).collect()
+    return {row["superseded_by"]: row for row in old.to_dicts()}
+
+
+def history_image(row: Row) -> str | None:
+    """The relative path of a superseded row's image kept as history: when its `output_uri`
+    points at `HISTORY_DIR/{cell_id}{suffix of its output_path}` (a refresh that kept none
+    leaves it at the path, which now holds the new image)."""
+    cell_id, path, uri = row["cell_id"], row["output_path"], row["output_uri"]
+    if not (path and uri and IDENTIFIER.fullmatch(cell_id)):
+        return None
+    rel = f"{HISTORY_DIR}/{cell_id}{posixpath.splitext(path)[1]}"
+    return rel if str(uri).replace("\\", "/").endswith("/" + rel) else None
 
 
 def drawn_size(
@@ -123,13 +168,14 @@ def drawn_size(
 
 
 class _Card:
-    """A manifest row with its template variables decoded once."""
+    """A manifest row with its template variables decoded once, and the row it superseded."""
 
-    __slots__ = ("row", "vars")
+    __slots__ = ("before", "row", "vars")
 
-    def __init__(self, row: dict[str, Any]) -> None:
+    def __init__(self, row: dict[str, Any], before: Row | None = None) -> None:
         self.row = row
         self.vars = _vars(row)
+        self.before = before
 
     def value(self, axis: str) -> str:
         """The card's value of `axis` as text ("" when it has none)."""
@@ -179,23 +225,28 @@ def render_gallery(
     rows: Sequence[str] | None = None, columns: Sequence[str] | None = None,
 ) -> str:
     """The page for `manifest` (`write_gallery`'s, as one string)."""
-    return "".join(_page(_cards(manifest), summarise(manifest), title=title,
-                         layout=Layout.of(rows, columns)))
+    cards = _cards(manifest)
+    return "".join(_page(cards, summarise(manifest), title=title,
+                         layout=Layout.of(rows, columns), befores=_befores(manifest, cards)))
 
 
 def _page(
-    rows: list[dict[str, Any]], summary: Summary, *, title: str, layout: Layout
+    rows: list[dict[str, Any]], summary: Summary, *, title: str, layout: Layout,
+    befores: Mapping[str, Row] | None = None,
 ) -> Iterator[str]:
-    """The page in pieces of at most one card each."""
-    cards = [_Card(row) for row in rows]
+    """The page in pieces of at most one card each. `befores`: new cell id -> the row it
+    superseded (`_befores`)."""
+    cards = [_Card(row, (befores or {}).get(row["cell_id"])) for row in rows]
     filters = _filters(cards, layout)
     columns = _unique(card.key(layout.columns) for card in cards)
     yield _head(title)
     yield _summary(summary, title)
     yield _form(filters)
+    if any(_reviewable(card.row) for card in cards):
+        yield _review_bar()
     for key, section in _sections(cards, layout).items():
         yield from _section(key, section, columns, layout, filters)
-    yield f"<script>{FILTER_SCRIPT}</script>\n</body>\n</html>\n"
+    yield f"<script>{PAGE_SCRIPT}</script>\n</body>\n</html>\n"
 
 
 def _e(value: Any) -> str:
@@ -309,7 +360,7 @@ def _section(
         for col in columns:
             yield "<td>"
             for card in grid.get((row_key, col), []):
-                yield _card(card.row, _code(card, filters))
+                yield _card(card.row, _code(card, filters), card.before)
             yield "</td>"
         yield "</tr>\n"
     yield "</tbody>\n</table>\n</div>\n</section>\n"
@@ -330,7 +381,7 @@ def _vars(row: Row) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _card(row: Row, code: str = "") -> str:
+def _card(row: Row, code: str = "", before: Row | None = None) -> str:
     status = row["status"] or "unknown"
     facts = _facts(row)
     tooltip = "\n".join([f"cell {row['cell_id']}", *facts])
@@ -338,17 +389,19 @@ def _card(row: Row, code: str = "") -> str:
         f'<figcaption><code>{_e(row["cell_id"][:12])}</code>'
         f'<span>{_e(" · ".join(facts[:2]))}</span></figcaption>'
     )
-    href = quote(row["output_path"]) if row["output_path"] else None
-    if status == "succeeded":
-        if href:
-            size = drawn_size(row["width"], row["height"])
-            dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
-            # Not decoding="async": headless Chromium's screenshots (and printing) then
-            # often miss images that have loaded (tests/outputs/test_gallery_browser.py).
-            body = (f'<a href="{_e(href)}"><div class="frame"><img src="{_e(href)}"{dims} '
-                    f'alt="{_e(row["prompt"])}" loading="lazy"></div></a>')
-        else:
-            body = '<div class="frame"><span class="noimage">no image</span></div>'
+    superseded = status == "succeeded" and bool(row["superseded_by"])
+    if superseded:  # its path holds the new cell's image now: show the history copy
+        path = history_image(row)
+        body = _image(path, row, f"image not kept (superseded by {row['superseded_by']})")
+        body += (f'<p class="superseded">superseded by '
+                 f'<code>{_e(row["superseded_by"][:12])}</code></p>')
+    elif status == "succeeded":
+        body = _image(row["output_path"], row, "no image")
+        if before is not None:
+            old = _image(history_image(before), before, "before: image not kept")
+            body = (f'<div class="pair"><div class="side"><span class="tag">before · '
+                    f'<code>{_e(before["cell_id"][:12])}</code></span>{old}</div>'
+                    f'<div class="side"><span class="tag">after</span>{body}</div></div>')
     else:
         reason = ": ".join(str(x) for x in (row["error_code"], row["error_message"]) if x)
         body = (
@@ -356,11 +409,57 @@ def _card(row: Row, code: str = "") -> str:
             f"<span>{_e(reason or 'no reason recorded')}</span></div>"
         )
     css = _e(status if status in ("succeeded", "failed", "skipped", "cancelled") else "unknown")
+    css += " superseded" if superseded else " paired" if before is not None else ""
     data = f' data-f="{code}"' if code else ""
     return (
         f'<figure class="card {css}" id="cell-{_e(row["cell_id"])}" title="{_e(tooltip)}"'
-        f"{data}>{body}{caption}</figure>"
+        f"{data}>{body}{caption}{_review(row)}</figure>"
     )
+
+
+def _image(path: str | None, row: Row, missing: str) -> str:
+    """An image of the target by relative path, linked to itself, at its drawn size."""
+    if not path:
+        return f'<div class="frame"><span class="noimage">{_e(missing)}</span></div>'
+    href = _e(quote(path))
+    size = drawn_size(row["width"], row["height"])
+    dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
+    # Not decoding="async": headless Chromium's screenshots (and printing) then
+    # often miss images that have loaded (tests/outputs/test_gallery_browser.py).
+    return (f'<a href="{href}"><div class="frame"><img src="{href}"{dims} '
+            f'alt="{_e(row["prompt"])}" loading="lazy"></div></a>')
+
+
+def _reviewable(row: Row) -> bool:
+    """A cell whose image is the current one at its path (outputs.review.unreviewable)."""
+    return row["status"] == "succeeded" and not row["superseded_by"]
+
+
+def _review(row: Row) -> str:
+    """The card's review: the manifest's decision as a badge, and the buttons that choose
+    one (hidden until the script shows them)."""
+    review = row["review"]
+    badge = ""
+    if review:
+        kind = review if review in REVIEWED else "other"
+        badge = f'<span class="badge {_e(kind)}">{_e(review)}</span>'
+    buttons = ""
+    if _reviewable(row):
+        buttons = ('<span class="decide" hidden>'
+                   '<button type="button" value="approved" aria-pressed="false">approve</button>'
+                   '<button type="button" value="rejected" aria-pressed="false">reject</button>'
+                   "</span>")
+    return f'<div class="review">{badge}{buttons}</div>' if badge or buttons else ""
+
+
+def _review_bar() -> str:
+    """The page's review controls: hidden until the script shows them."""
+    return ('<div id="review" class="review-bar" hidden>'
+            '<button type="button" id="review-download" disabled>download decisions</button>'
+            '<span id="review-count" role="status">no choice yet</span>'
+            '<button type="button" id="review-clear" disabled>clear choices</button>'
+            '<span class="hint">then <code>nbp review TARGET --import FILE</code></span>'
+            "</div>\n")
 
 
 def _facts(row: Row) -> list[str]:
@@ -374,7 +473,8 @@ def _facts(row: Row) -> list[str]:
     if row["width"] and row["height"]:
         facts.append(f"{row['width']}×{row['height']}")
     for label, key in (("provider", "provider"), ("replicate", "replicate"),
-                       ("attempts", "attempts"), ("task", "remote_task_id")):
+                       ("attempts", "attempts"), ("task", "remote_task_id"),
+                       ("review", "review"), ("superseded by", "superseded_by")):
         if row[key] is not None:
             facts.append(f"{label} {row[key]}")
     return facts
@@ -416,6 +516,22 @@ form.filter{display:flex;flex-wrap:wrap;align-items:center;gap:.35rem 1rem;margi
 font-size:13px}
 form.filter select{max-width:16rem}form.filter output{color:#666}
 table.grid caption{caption-side:top;text-align:left;color:#666;padding:0 0 .35rem}
+.card.paired{width:366px}.pair{display:flex;gap:6px}.pair .side{width:180px}
+.pair .tag{display:block;font-size:11px;color:#555;margin-bottom:.15rem}
+.superseded .frame{opacity:.8}.card p.superseded{font-size:11px;color:#666;margin:.15rem 0 0}
+.card .review{display:flex;flex-wrap:wrap;align-items:center;gap:.3rem;margin-top:.2rem;
+font-size:11px}
+.badge{border-radius:3px;padding:0 .35rem;font-weight:600;border:1px solid #ccc}
+.badge.approved{background:#e3f4e1;color:#1d5e1a;border-color:#9fd39a}
+.badge.rejected{background:#fde8e8;color:#8a1c1c;border-color:#f5b5b5}
+.decide button{font-size:11px;padding:0 .4rem;margin-right:.2rem;cursor:pointer}
+.decide button[aria-pressed=true]{font-weight:700}
+.chosen-approved .frame{outline:3px solid #3c9a36}
+.chosen-rejected .frame{outline:3px solid #c43c3c}
+.chosen-approved .decide button[value=approved]{background:#3c9a36;color:#fff}
+.chosen-rejected .decide button[value=rejected]{background:#c43c3c;color:#fff}
+.review-bar{display:flex;flex-wrap:wrap;align-items:center;gap:.35rem 1rem;margin:0 0 1rem;
+font-size:13px}#review-count,.review-bar .hint{color:#666}
 """
 
 # The filter (see the module docstring). Cards carry `data-f`: for each select, in order, the
@@ -504,6 +620,102 @@ FILTER_SCRIPT = """
 """
 
 
+# Review (see the module docstring). Choices live in `chosen` (cell id -> decision and time),
+# in localStorage under the page's path; only cells with buttons on this page are kept. It
+# never writes markup, only attributes, classes and text; the one URL it makes is the
+# download's, a blob: of the decisions it built. The file is outputs.review.EXPORT_FORMAT.
+REVIEW_SCRIPT = """
+(function () {
+  "use strict";
+  var bar = document.getElementById("review");
+  if (!bar) { return; }
+  var key = "nbp-review " + location.pathname;
+  var download = document.getElementById("review-download");
+  var clear = document.getElementById("review-clear");
+  var count = document.getElementById("review-count");
+  var controls = Array.prototype.slice.call(document.querySelectorAll("figure.card .decide"));
+  var onPage = {};
+  controls.forEach(function (control) { onPage[cellOf(control)] = true; });
+  var chosen = load();
+
+  function cellOf(element) { return element.closest("figure.card").id.slice(5); }
+
+  function load() {
+    var found = {};
+    try {
+      var stored = JSON.parse(localStorage.getItem(key) || "{}");
+      Object.keys(stored).forEach(function (id) {
+        var choice = stored[id];
+        if (onPage[id] === true && choice && typeof choice.at === "string" &&
+            (choice.decision === "approved" || choice.decision === "rejected")) {
+          found[id] = {decision: choice.decision, at: choice.at};
+        }
+      });
+    } catch (error) { /* no storage here: choices last as long as the page */ }
+    return found;
+  }
+
+  function save() {
+    try { localStorage.setItem(key, JSON.stringify(chosen)); } catch (error) { /* see load */ }
+  }
+
+  function show() {
+    controls.forEach(function (control) {
+      var choice = chosen[cellOf(control)], card = control.closest("figure.card");
+      Array.prototype.forEach.call(control.querySelectorAll("button"), function (button) {
+        button.setAttribute("aria-pressed", String(!!choice && choice.decision === button.value));
+      });
+      card.classList.toggle("chosen-approved", !!choice && choice.decision === "approved");
+      card.classList.toggle("chosen-rejected", !!choice && choice.decision === "rejected");
+    });
+    var ids = Object.keys(chosen), approved = 0;
+    ids.forEach(function (id) { approved += chosen[id].decision === "approved" ? 1 : 0; });
+    count.textContent = ids.length ? ids.length + " chosen: " + approved + " approved, " +
+      (ids.length - approved) + " rejected" : "no choice yet";
+    download.disabled = clear.disabled = !ids.length;
+  }
+
+  function decisionsFile() {
+    var decisions = Object.keys(chosen).sort().map(function (id) {
+      return {cell_id: id, decision: chosen[id].decision, at: chosen[id].at};
+    });
+    var title = document.title.replace(/[\\u0000-\\u001f\\u007f-\\u009f]/g, "").slice(0, 200);
+    return JSON.stringify({format: "nbp-review-decisions", version: 1,
+      exported_at: new Date().toISOString(), title: title, decisions: decisions}, null, 1);
+  }
+
+  function saveFile() {
+    var link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([decisionsFile()], {type: "application/json"}));
+    link.download = "review-decisions.json";
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(function () { URL.revokeObjectURL(link.href); }, 60000);
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest(".decide button");
+    if (!button) { return; }
+    var id = cellOf(button), was = chosen[id];
+    if (was && was.decision === button.value) {
+      delete chosen[id];
+    } else {
+      chosen[id] = {decision: button.value, at: new Date().toISOString()};
+    }
+    save();
+    show();
+  });
+  download.addEventListener("click", saveFile);
+  clear.addEventListener("click", function () { chosen = {}; save(); show(); });
+  controls.forEach(function (control) { control.hidden = false; });
+  bar.hidden = false;
+  show();
+})();
+"""
+# The page's one inline script, allowed by its hash.
+PAGE_SCRIPT = FILTER_SCRIPT + REVIEW_SCRIPT
+
 # The page runs its own script and style only and loads images from where it lies, nothing
 # else (outputs.html says why; compare.html obeys the same policy).
-_POLICY = content_security_policy(styles=[_CSS], scripts=[FILTER_SCRIPT])
+_POLICY = content_security_policy(styles=[_CSS], scripts=[PAGE_SCRIPT])

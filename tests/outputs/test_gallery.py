@@ -18,10 +18,11 @@ from PIL import Image
 
 from outputs.gallery import (
     CARD_PX,
-    FILTER_SCRIPT,
     GALLERY_NAME,
+    PAGE_SCRIPT,
     Layout,
     drawn_size,
+    render_gallery,
     write_gallery,
 )
 from outputs.manifest import rows_to_frame
@@ -152,11 +153,11 @@ def test_images_load_lazily_at_the_size_they_are_drawn(job: tuple[Sink, pl.DataF
 def test_text_is_escaped(job: tuple[Sink, pl.DataFrame]) -> None:
     sink, frame = job
     text = Path(write_gallery(sink, frame, title=HOSTILE)).read_text("utf-8")
-    data = text.replace(f"<script>{FILTER_SCRIPT}</script>", "", 1)
+    data = text.replace(f"<script>{PAGE_SCRIPT}</script>", "", 1)
     assert "<script>" not in data and "&lt;script&gt;" in text
     assert "SKU &lt;7&gt;" in text
     # raises on a script with attributes or an on* attribute; the one script is the filter's
-    assert Page(text).scripts == [FILTER_SCRIPT]
+    assert Page(text).scripts == [PAGE_SCRIPT]
 
 
 def test_failures_show_status_and_reason(job: tuple[Sink, pl.DataFrame]) -> None:
@@ -450,7 +451,7 @@ def test_pivot_values_and_axis_names_are_escaped(tmp_path: Path) -> None:
     text = Path(write_gallery(sink, rows_to_frame(rows), title="t", rows=["style"],
                               columns=['od"d<'])).read_text()
     page = Page(text)  # raises on an on* attribute or a script of the data
-    assert page.scripts == [FILTER_SCRIPT]
+    assert page.scripts == [PAGE_SCRIPT]
     assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt; &quot;q&quot;" in text
     grid = Grid(text)
     assert [header for header, _ in grid.table["rows"]] == [XSS, "plain"]
@@ -468,7 +469,7 @@ def test_the_page_runs_only_its_own_script_and_style(job: tuple[Sink, pl.DataFra
     policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', text)
     assert policy is not None
     rules = dict(rule.strip().split(" ", 1) for rule in html.unescape(policy[1]).split(";"))
-    digest = "sha256-" + base64.b64encode(hashlib.sha256(FILTER_SCRIPT.encode()).digest()).decode()
+    digest = "sha256-" + base64.b64encode(hashlib.sha256(PAGE_SCRIPT.encode()).digest()).decode()
     assert rules["default-src"] == "'none'" and rules["script-src"] == f"'{digest}'"
     assert rules["img-src"] == "'self' file:" and rules["style-src"].startswith("'sha256-")
 
@@ -495,3 +496,161 @@ def test_the_engine_draws_the_spec_pivot(styles: tuple[Sink, pl.DataFrame], tmp_
     default = Grid(asyncio.run(write(GallerySpec()))).table  # both sides: their defaults
     assert default["corner"] == "prompt" and default["columns"] == ["1:1 · 1K"]
     assert "<caption>" not in asyncio.run(write(None))  # no pivot: the default layout
+
+
+# -- review and before / after ---------------------------------------------------------------
+
+
+@pytest.fixture
+def refreshed(tmp_path: Path) -> tuple[Sink, pl.DataFrame]:
+    """A refresh as flows.engine.refresh leaves it: "old" held A1.png and was superseded by
+    "new" (its image kept as history), "gone" was superseded without a kept copy; reviews."""
+    sink = Sink(str(tmp_path / "target"))
+    sink.write_bytes("A1.png", image_bytes((64, 64)), overwrite=False)
+    sink.write_bytes(".nbp/history/old.png", image_bytes((32, 32)), overwrite=False)
+    rows = [
+        cell("old", output_path="A1.png", output_uri=sink.uri(".nbp/history/old.png"),
+             superseded_by="new", width=32, height=32, review="approved"),
+        cell("gone", output_path="B1.png", output_uri=sink.uri("B1.png"), superseded_by="newer"),
+        cell("new", output_path="A1.png", output_uri=sink.uri("A1.png"), width=64, height=64),
+        cell("newer", output_path="B1.png", review="rejected"),
+        cell("fail-1", status="failed", error_message="boom", output_path=None,
+             review="rejected"),
+    ]  # fmt: skip
+    return sink, rows_to_frame(rows)
+
+
+class Review(HTMLParser):
+    """Per card: its badge, whether it has buttons (and hidden ones), its images; the bar."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.badges: dict[str, str] = {}
+        self.buttons: dict[str, list[str]] = {}
+        self.hidden_controls: set[str] = set()
+        self.srcs: dict[str, list[str]] = {}
+        self.bar: dict[str, str] | None = None
+        self._card: str | None = None
+        self._badge = False
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "figure":
+            self._card = a["id"].removeprefix("cell-")
+            self.srcs[self._card] = []
+        elif tag == "div" and a.get("id") == "review":
+            self.bar = a
+        elif self._card is None:
+            return
+        elif tag == "img":
+            self.srcs[self._card].append(a["src"])
+        elif tag == "span" and "badge" in a.get("class", ""):
+            self._badge = True
+        elif tag == "span" and a.get("class") == "decide" and "hidden" in a:
+            self.hidden_controls.add(self._card)
+        elif tag == "button":
+            self.buttons.setdefault(self._card, []).append(a["value"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figure":
+            self._card = None
+        self._badge = self._badge and tag != "span"
+
+    def handle_data(self, data: str) -> None:
+        if self._badge and self._card:
+            self.badges[self._card] = data
+
+
+def test_cards_show_their_review_and_buttons_for_current_images(
+    refreshed: tuple[Sink, pl.DataFrame],
+) -> None:
+    sink, frame = refreshed
+    text = Path(write_gallery(sink, frame, title="t")).read_text("utf-8")
+    page = Review(text)
+    assert page.badges == {"old": "approved", "newer": "rejected", "fail-1": "rejected"}
+    assert 'class="badge approved"' in text and 'class="badge rejected"' in text
+    # buttons only where an image is the current one at its path, hidden until the script runs
+    assert page.buttons == {"new": ["approved", "rejected"], "newer": ["approved", "rejected"]}
+    assert page.hidden_controls == {"new", "newer"}
+    assert page.bar is not None and "hidden" in page.bar
+    assert "review approved" in Page(text).titles["old"]  # the tooltip says it too
+    only_failures = frame.filter(pl.col("status") == "failed")
+    assert Review(render_gallery(only_failures, title="t")).bar is None  # nothing to review
+
+
+def test_a_cell_that_took_a_path_shows_before_and_after(
+    refreshed: tuple[Sink, pl.DataFrame],
+) -> None:
+    sink, frame = refreshed
+    text = Path(write_gallery(sink, frame, title="t")).read_text("utf-8")
+    page, root = Review(text), Path(sink.root)
+    assert page.srcs["new"] == [".nbp/history/old.png", "A1.png"]  # before, after
+    assert page.srcs["old"] == [".nbp/history/old.png"]  # its own image, not what A1 holds now
+    assert all((root / src).is_file() for src in page.srcs["new"])
+    cards = Page(text).cards
+    assert "before" in cards["new"] and "after" in cards["new"] and "old" in cards["new"]
+    assert "superseded by" in cards["old"] and 'class="card succeeded superseded"' in text
+    assert '<img src=".nbp/history/old.png" width="32" height="32"' in text  # its own size
+    # No copy was kept: no image is shown as "gone"'s, and its successor says so.
+    assert page.srcs["gone"] == [] and "image not kept" in cards["gone"]
+    assert page.srcs["newer"] == ["B1.png"] and "before: image not kept" in cards["newer"]
+
+
+def test_before_and_after_come_from_a_scanned_manifest_too(
+    refreshed: tuple[Sink, pl.DataFrame], tmp_path: Path
+) -> None:
+    _, frame = refreshed
+    frame.write_parquet(tmp_path / "m.parquet")
+    generated = re.compile(r"generated [0-9-]+ [0-9:]+ UTC")
+    lazy = render_gallery(pl.scan_parquet(tmp_path / "m.parquet"), title="t")
+    assert generated.sub("", lazy) == generated.sub("", render_gallery(frame, title="t"))
+    assert Review(lazy).srcs["new"] == [".nbp/history/old.png", "A1.png"]
+
+
+def test_a_history_path_is_only_what_a_refresh_writes(tmp_path: Path) -> None:
+    """A manifest is input: a superseded row's image is shown only at
+    `HISTORY_DIR/{its cell id}{suffix}` when its output_uri points exactly there."""
+    rows = [
+        cell("new", output_path="A1.png"),
+        cell("../../etc/x", output_path="A1.png", superseded_by="new",
+             output_uri="/t/.nbp/history/../../etc/x.png"),
+        cell("other", output_path="B1.png", superseded_by="new", output_uri="/t/B1.png"),
+        cell("spoof", output_path="C1.png", superseded_by="zzz",
+             output_uri="/t/.nbp/history/spoof.png.evil"),
+    ]  # fmt: skip
+    page = Review(render_gallery(rows_to_frame(rows), title="t"))
+    assert all(".." not in src for srcs in page.srcs.values() for src in srcs)
+    assert page.srcs == {"new": ["A1.png"], "../../etc/x": [], "other": [], "spoof": []}
+
+
+def test_the_history_folder_is_the_refresh_one() -> None:
+    """outputs never imports flows: the gallery states the engine's history layout again."""
+    from flows.engine.refresh import HISTORY_DIR as ENGINE_HISTORY
+    from flows.engine.refresh import history_path
+    from outputs.gallery import HISTORY_DIR, history_image
+
+    assert HISTORY_DIR == ENGINE_HISTORY
+    row = cell("0123abcd", output_path="sku 1/4_5.jpg",
+               output_uri=f"s3://b/t/{history_path('0123abcd', 'sku 1/4_5.jpg')}")
+    assert history_image(row) == history_path("0123abcd", "sku 1/4_5.jpg")
+
+
+def test_the_review_script_writes_no_markup_and_asks_nothing_of_the_network() -> None:
+    """Its only URL is the download's blob:, made from the decisions it built; the file it
+    writes is the one `nbp review --import` reads."""
+    from outputs.gallery import REVIEW_SCRIPT, REVIEWED
+    from outputs.review import EXPORT_FORMAT, EXPORT_VERSION, VERDICTS
+
+    assert PAGE_SCRIPT.endswith(REVIEW_SCRIPT)
+    assert not re.search(r"fetch|XMLHttpRequest|WebSocket|EventSource|sendBeacon|import|"
+                         r"src|open\(|innerHTML|outerHTML|insertAdjacent|write\(|eval|"
+                         r"Function\(|//", REVIEW_SCRIPT)
+    assert re.findall(r".*href.*", REVIEW_SCRIPT) == [
+        "    link.href = URL.createObjectURL(new Blob([decisionsFile()], "
+        '{type: "application/json"}));',
+        "    setTimeout(function () { URL.revokeObjectURL(link.href); }, 60000);",
+    ]
+    assert f'format: "{EXPORT_FORMAT}", version: {EXPORT_VERSION},' in REVIEW_SCRIPT
+    assert REVIEWED == VERDICTS
+    assert all(f'"{verdict}"' in REVIEW_SCRIPT for verdict in VERDICTS)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import select
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -24,7 +27,7 @@ import yaml
 from PIL import Image
 
 from flows.engine.job import RunOptions, run_job
-from outputs.gallery import FILTER_SCRIPT, GALLERY_NAME, render_gallery
+from outputs.gallery import FILTER_SCRIPT, GALLERY_NAME, PAGE_SCRIPT, render_gallery
 from providers.emulator.core import CONTENT_MARKER
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -249,7 +252,7 @@ def test_the_page_fetches_nothing_from_the_network(rendered: Rendered, tmp_path:
     assert not re.search(r"url\(|@import|<link", rendered.dom)
     # One inline script, the filter's, and nothing in it that could ask for anything
     assert re.findall(r"<script[^>]*>", rendered.dom) == ["<script>"]
-    assert FILTER_SCRIPT in rendered.dom
+    assert PAGE_SCRIPT in rendered.dom
     assert not re.search(r"fetch|XMLHttpRequest|WebSocket|EventSource|sendBeacon|import|"
                          r"src|href|open\(|innerHTML|outerHTML|write\(", FILTER_SCRIPT)
     # Control: the same check sees a page that does fetch (the resolver rule stops it there).
@@ -346,7 +349,7 @@ def ids(job: Job, condition: pl.Expr) -> list[str]:
 def without_script(page: Path) -> Path:
     """The control: the same page with its script taken out."""
     copy = page.with_name(f"{page.stem}-noscript.html")
-    copy.write_text(page.read_text().replace(f"<script>{FILTER_SCRIPT}</script>", ""))
+    copy.write_text(page.read_text().replace(f"<script>{PAGE_SCRIPT}</script>", ""))
     assert copy.read_text() != page.read_text()
     return copy
 
@@ -388,3 +391,287 @@ def test_the_controls_filter_and_keep_the_choice_in_the_fragment(
     refused = pivoted.with_name("pivot-refused.html")
     refused.write_text(text)
     assert "data-fragment" not in shown(refused).body
+
+
+# -- review and before / after in the browser ---------------------------------------------------
+
+
+class DevTools:
+    """Headless Chromium driven over its DevTools pipe (`--remote-debugging-pipe`: no port,
+    no network), so a test clicks the page's own buttons with its content security policy in
+    force, reads what they did, and takes the files the page downloads.
+
+    Every page also gets a listener (DevTools' own, outside the page's policy) that records
+    the policy's refusals in `window.nbpViolations`, and every request is noted."""
+
+    def __init__(self, downloads: Path, *, scripts: bool = True) -> None:
+        assert CHROMIUM is not None
+        self._profile = tempfile.TemporaryDirectory(prefix="nbp-chromium-")
+        ours, theirs = os.pipe(), os.pipe()  # (we read, they write), (they read, we write)
+
+        def fds() -> None:  # the pipe on the descriptors Chromium expects: 3 in, 4 out
+            into, out = os.dup(theirs[0]), os.dup(ours[1])
+            os.dup2(into, 3)
+            os.dup2(out, 4)
+
+        self.process = subprocess.Popen(
+            [CHROMIUM, *OFFLINE_FLAGS, "--remote-debugging-pipe",
+             f"--user-data-dir={self._profile.name}", "about:blank"],
+            preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.close(theirs[0])
+        os.close(ours[1])
+        self._in, self._out = ours[0], theirs[1]
+        self._buffer, self._id, self.events = b"", 0, []
+        self.requests: list[str] = []
+        self.call("Browser.setDownloadBehavior",
+                  {"behavior": "allow", "downloadPath": str(downloads), "eventsEnabled": True},
+                  session=None)
+        target = self.call("Target.createTarget", {"url": "about:blank"}, session=None)
+        self.session = self.call("Target.attachToTarget", {
+            "targetId": target["targetId"], "flatten": True}, session=None)["sessionId"]
+        for domain in ("Page", "Runtime", "Network"):
+            self.call(f"{domain}.enable")
+        self.call("Emulation.setDeviceMetricsOverride", {
+            "width": 1200, "height": 2400, "deviceScaleFactor": 1, "mobile": False})
+        self.call("Emulation.setScriptExecutionDisabled", {"value": not scripts})
+        self.call("Page.addScriptToEvaluateOnNewDocument", {"source": (
+            "window.nbpViolations = []; document.addEventListener('securitypolicyviolation', "
+            "function (e) { window.nbpViolations.push(e.violatedDirective); });")})
+
+    def __enter__(self) -> DevTools:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.call("Browser.close", session=None)
+            self.process.wait(20)
+        except (OSError, TimeoutError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+        os.close(self._in)
+        os.close(self._out)
+        self._profile.cleanup()
+
+    def call(self, method: str, params: dict[str, Any] | None = None,
+             session: str | bool | None = True) -> dict[str, Any]:
+        self._id += 1
+        message: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
+        if session is True:
+            message["sessionId"] = self.session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        answer = self._next(lambda m: m.get("id") == self._id)
+        assert "error" not in answer, (method, answer["error"])
+        result: dict[str, Any] = answer["result"]
+        return result
+
+    def _next(self, wanted: Any, timeout: float = 30) -> dict[str, Any]:
+        """The next message `wanted` accepts; other events are kept in `events`."""
+        for i, event in enumerate(self.events):
+            if wanted(event):
+                return self.events.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\0", 1)
+                message = json.loads(raw)
+                if message.get("method") == "Network.requestWillBeSent":
+                    self.requests.append(message["params"]["request"]["url"])
+                if wanted(message):
+                    return dict(message)
+                if "method" in message:
+                    self.events.append(message)
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._in], [], [], left)[0]:
+                raise TimeoutError("Chromium did not answer")
+            chunk = os.read(self._in, 1 << 20)
+            if not chunk:
+                raise TimeoutError("Chromium closed its pipe")
+            self._buffer += chunk
+
+    def open(self, page: Path) -> None:
+        self.events.clear()
+        self.call("Page.navigate", {"url": page.as_uri()})
+        self._next(lambda m: m.get("method") == "Page.loadEventFired")
+
+    def reload(self) -> None:
+        self.events.clear()
+        self.call("Page.reload")
+        self._next(lambda m: m.get("method") == "Page.loadEventFired")
+
+    def evaluate(self, expression: str) -> Any:
+        found = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+        assert "exceptionDetails" not in found, found["exceptionDetails"]
+        return found["result"].get("value")
+
+    def click(self, selector: str) -> None:
+        """A left click in the middle of the element, as a person's mouse makes it."""
+        box = self.evaluate(f"(function () {{ var e = document.querySelector({selector!r}); "
+                            "e.scrollIntoView({block: 'center'}); "
+                            "var r = e.getBoundingClientRect(); "
+                            "return [r.x + r.width / 2, r.y + r.height / 2, r.width]; })()")
+        assert box[2] > 0, f"{selector} is not drawn"
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1],
+                                                   "button": "left", "clickCount": 1})
+
+    def download(self) -> Path:
+        done = self._next(lambda m: m.get("method") == "Browser.downloadProgress"
+                          and m["params"]["state"] in ("completed", "canceled"))
+        assert done["params"]["state"] == "completed", done
+        return Path(done["params"]["filePath"])
+
+    def visible(self, selector: str) -> list[str]:
+        """Ids (else classes) of the elements matching `selector` that are drawn."""
+        return list(self.evaluate(
+            f"Array.prototype.slice.call(document.querySelectorAll({selector!r}))"
+            ".filter(function (e) { return e.getClientRects().length > 0; })"
+            ".map(function (e) { return e.id || e.className; })"))
+
+
+@pytest.fixture(scope="module")
+def refreshed(tmp_path_factory: pytest.TempPathFactory) -> Job:
+    """Two emulated runs into one target, the second with another prompt at the same paths:
+    flows.engine.refresh supersedes the first run's cells and keeps their images as history."""
+    root = tmp_path_factory.mktemp("refresh-job")
+    for look in ("matte", "glossy"):
+        spec: dict[str, Any] = {
+            "version": 1, "name": "refresh-test", "provider": "kie",
+            "matrix": {"prompt": ["A lemon on a plate, {look} finish"], "look": [look],
+                       "aspect_ratio": RATIOS},
+            "output": {"target": str(root / "out"), "path": "lemon-{aspect_ratio}.{ext}"},
+            "limits": {"kie": {"poll_interval": 0.05}},
+        }  # fmt: skip
+        (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+        options = RunOptions(spec=str(root / "spec.yaml"), emulate=True, emulator_latency_s=0.1)
+        assert asyncio.run(run_job(options)).counts["succeeded"] == 2
+    target = root / "out"
+    return Job(target, pl.read_parquet(target / "manifest.parquet"))
+
+
+def current(job: Job) -> list[str]:
+    return ids(job, pl.col("superseded_by").is_null())
+
+
+def test_review_buttons_choose_and_download_a_file_nbp_review_imports(
+    refreshed: Job, tmp_path: Path
+) -> None:
+    """A reviewer's clicks, with the page's policy in force: choose, change their mind,
+    reload (the choices stay), download; `nbp review --import` records that file, and the
+    redrawn page shows the decisions as badges."""
+    from flows.cli import main
+    from outputs.gallery import write_gallery
+    from outputs.sink import Sink
+
+    first, second = current(refreshed)
+    with DevTools(tmp_path) as browser:
+        browser.open(refreshed.page)
+        assert browser.visible("#review") == ["review"]
+        assert browser.visible(".decide") == ["decide", "decide"]  # the two current images
+        assert browser.evaluate("document.getElementById('review-download').disabled")
+        browser.click(f"#cell-{first} button[value=approved]")
+        browser.click(f"#cell-{second} button[value=approved]")
+        browser.click(f"#cell-{second} button[value=approved]")  # withdrawn
+        browser.click(f"#cell-{second} button[value=rejected]")
+        state = ("[" + ",".join(
+            f"document.querySelector('#cell-{cid} button[value={v}]').getAttribute('aria-pressed')"
+            for cid in (first, second) for v in ("approved", "rejected")) + "]")
+        assert browser.evaluate(state) == ["true", "false", "false", "true"]
+        counted = "document.getElementById('review-count').textContent"
+        assert browser.evaluate(counted) == "2 chosen: 1 approved, 1 rejected"
+        browser.reload()
+        assert browser.evaluate(state) == ["true", "false", "false", "true"]
+        browser.click("#review-download")
+        saved = browser.download()
+        assert browser.evaluate("window.nbpViolations") == []
+        requests = browser.requests
+    assert saved.name == "review-decisions.json"
+    data = json.loads(saved.read_text())
+    assert data["format"] == "nbp-review-decisions" and data["title"] == "refresh-test"
+    assert [(d["cell_id"], d["decision"]) for d in data["decisions"]] == sorted(
+        [(first, "approved"), (second, "rejected")])
+    assert {url.split(":", 1)[0] for url in requests} <= {"file", "blob"}  # nothing else
+    assert main(["review", str(refreshed.target), "--import", str(saved)]) == 0
+    manifest = pl.read_parquet(refreshed.target / "manifest.parquet")
+    assert dict(manifest.select("cell_id", "review").iter_rows()) == {
+        **dict.fromkeys(manifest["cell_id"]), first: "approved", second: "rejected"}
+    page = refreshed.target / "reviewed.html"
+    page.write_text(Path(write_gallery(Sink(str(refreshed.target)), manifest, title="t"))
+                    .read_text())
+    badges = Cards(chromium(page.as_uri(), "--dump-dom")).cards
+    assert "approved" in badges[first]["text"] and "rejected" in badges[second]["text"]
+
+
+def test_before_and_after_are_drawn_from_the_target(refreshed: Job, tmp_path: Path) -> None:
+    """The card of a cell that took a path shows the old image from history beside the new
+    one; both load (the control, with the history folder misnamed, shows none of them)."""
+    pairs = dict(refreshed.manifest.filter(pl.col("superseded_by").is_not_null())
+                 .select("superseded_by", "cell_id").iter_rows())
+    loaded = ("Array.prototype.slice.call(document.querySelectorAll('.pair img')).map("
+              "function (i) { return [i.closest('figure').id.slice(5), i.getAttribute('src'), "
+              "i.complete, i.naturalWidth]; })")
+
+    def drawn(page: Path) -> list[list[Any]]:
+        with DevTools(tmp_path) as browser:
+            browser.open(page)
+            deadline = time.monotonic() + 20
+            while not all(done for _, _, done, _ in browser.evaluate(loaded)):
+                assert time.monotonic() < deadline, browser.evaluate(loaded)
+                time.sleep(0.1)
+            return list(browser.evaluate(loaded))
+
+    images = drawn(refreshed.page)
+    by_card: dict[str, list[tuple[str, int]]] = {}
+    for cell_id, src, _, width in images:
+        by_card.setdefault(cell_id, []).append((src, width))
+    assert sorted(by_card) == sorted(pairs)
+    for new, old in pairs.items():
+        row = refreshed.manifest.filter(pl.col("cell_id") == new).row(0, named=True)
+        (before, before_w), (after, after_w) = by_card[new]
+        assert before == f".nbp/history/{old}.png" and after == row["output_path"]
+        assert before_w == after_w == row["width"]  # decoded: both images are there
+    control = refreshed.target / "no-history.html"
+    control.write_text(refreshed.page.read_text().replace(".nbp/history/", ".nbp/nowhere/"))
+    assert [width for *_, width in drawn(control) if _[1].startswith(".nbp/")] == [0, 0]
+
+
+def test_without_scripts_every_card_shows_with_its_badge_and_no_button(
+    refreshed: Job, tmp_path: Path
+) -> None:
+    from outputs.gallery import write_gallery
+    from outputs.sink import Sink
+
+    first = current(refreshed)[0]
+    manifest = refreshed.manifest.with_columns(
+        review=pl.when(pl.col("cell_id") == first).then(pl.lit("rejected")))
+    page = refreshed.target / "no-script.html"
+    page.write_text(Path(write_gallery(Sink(str(refreshed.target)), manifest, title="t"))
+                    .read_text())
+    seen = {}
+    for scripts in (False, True):  # the control: with scripts the buttons do show
+        with DevTools(tmp_path, scripts=scripts) as browser:
+            browser.open(page)
+            seen[scripts] = (sorted(browser.visible("figure.card")),
+                             browser.visible(".badge"), browser.visible(".decide"),
+                             browser.visible("#review"))
+    cards = sorted(f"cell-{cid}" for cid in refreshed.manifest["cell_id"])
+    assert seen[False] == (cards, ["badge rejected"], [], [])
+    assert seen[True] == (cards, ["badge rejected"], ["decide", "decide"], ["review"])
+
+
+def test_a_script_the_policy_does_not_allow_shows_no_button(
+    refreshed: Job, tmp_path: Path
+) -> None:
+    """The policy is in force, and the check of it can fail: the same page with one
+    character of its script changed runs nothing, and the refusal is seen."""
+    from outputs.gallery import PAGE_SCRIPT
+
+    tampered = refreshed.target / "tampered.html"
+    text = refreshed.page.read_text()
+    assert PAGE_SCRIPT in text
+    tampered.write_text(text.replace(PAGE_SCRIPT, PAGE_SCRIPT.replace("no choice yet", "x")))
+    with DevTools(tmp_path) as browser:
+        browser.open(tampered)
+        assert browser.visible(".decide") == [] and browser.visible("#review") == []
+        assert browser.evaluate("window.nbpViolations") == ["script-src-elem"]
