@@ -43,6 +43,7 @@ from flows.engine.lease import Heartbeat, Lease
 from flows.engine.ledger import Ledger
 from flows.engine.policy import DEFAULT_RETRY, RetryPolicy, RunConfigurationError
 from flows.engine.progress import Progress
+from flows.engine.redo import Effective, effective, read_redos, record_redos
 from flows.engine.reference_check import check_references, http_references
 from flows.engine.refresh import TargetState, apply_patches, patches, read_state
 from flows.engine.routing import Router, make_lanes
@@ -64,6 +65,7 @@ from flows.spec.settings import ProviderRules, provider_rules
 from outputs.gallery import write_gallery
 from outputs.manifest import MANIFEST_NAME, rows_to_frame
 from outputs.parts import ManifestParts, merge_parts
+from outputs.review import decisions, review_frame, with_reviews
 from outputs.runs import RunRecord, merge_record
 from outputs.sink import Sink
 from outputs.status import summarise
@@ -137,6 +139,7 @@ class RunOptions:
     failures_ok: bool = False           # a run with failed cells still succeeds (exit 0)
     allow_private_hosts: bool = False   # references and datasets on private hosts are fine
     dataset: str | None = None          # read in place of the spec's dataset.path
+    redo_rejected: bool = False         # make the rejected images again (new seed, same path)
 
     def input_policy(self) -> InputPolicy:
         changes: dict[str, Any] = {}
@@ -226,7 +229,11 @@ async def run_job(
     if options.max_usd is not None:
         spec = replace(spec, max_usd=options.max_usd)
     owners = partial(shard_owners, spec) if options.own_accounts else None
-    cells = select_shard(job.cells, options.shard, owners)
+    target_sink = Sink(spec.output.target, spec.output.storage_options)
+    await asyncio.to_thread(claim_target_kind, target_sink, emulated=options.emulate)
+    all_cells = await asyncio.to_thread(_effective_cells, target_sink, job.cells,
+                                        redo_rejected=options.redo_rejected)
+    cells = select_shard(all_cells, options.shard, owners)
     progress = progress or Progress()
     progress.total = len(cells)
     used = run_channels(spec, options)
@@ -237,8 +244,6 @@ async def run_job(
                              emulated=options.emulate,
                              dataset=spec.dataset.path if options.dataset and spec.dataset
                              else "")
-    target_sink = Sink(spec.output.target, spec.output.storage_options)
-    await asyncio.to_thread(claim_target_kind, target_sink, emulated=options.emulate)
     async with open_providers(spec, options, hooks.credentials, used) as (providers, emulated), \
             Heartbeat(Sink(spec.output.target, spec.output.storage_options),
                       options.holder) as heartbeat:
@@ -263,7 +268,7 @@ async def run_job(
             budget=budget, progress=progress, heartbeat=heartbeat,
             router=make_router(spec, used, rules, throttles, progress),
             journalled=await asyncio.to_thread(journal.cell_ids),
-            target=await asyncio.to_thread(read_state, sink, spec.name, job.cells),
+            target=await asyncio.to_thread(read_state, sink, spec.name, all_cells),
             force=options.force,
             retry_uncertain=options.retry_uncertain, retry=options.retry,
             models={c.provider: str(getattr(providers[c.key], "model", c.provider))
@@ -295,7 +300,7 @@ async def run_job(
                  "model": ", ".join(sorted(ctx.asked.get(c.key, ()))
                                     or [ctx.models.get(c.provider, "")])} for c in used))
             manifest_uri, gallery_uri = await write_outputs(
-                heartbeat, parts, job.cells if options.shard else None, title=spec.name,
+                heartbeat, parts, all_cells if options.shard else None, title=spec.name,
                 record=record.ended(counts, budget.spent_usd + budget.reserved_usd),
                 gallery=spec.output.gallery, state=ctx.target,
             )
@@ -315,6 +320,22 @@ async def run_job(
         counts, budget.spent_usd + budget.reserved_usd, stop, signum, failures,
         options.failures_ok, waiting, options.emulate,
     )
+
+
+def _effective_cells(sink: Sink, cells: CellSource, *, redo_rejected: bool) -> CellSource:
+    """The spec's cells as this target makes them (`flows.engine.redo`); with
+    `redo_rejected`, every cell whose current image was rejected in review gets a redo
+    first (one pass over the cells)."""
+    redos = read_redos(sink)
+    if redo_rejected:
+        rejected = {cell_id for cell_id, decision in decisions(sink).items()
+                    if decision.decision == "rejected"}
+        if rejected:
+            again = [c for c in cells if effective(c, redos).cell_id in rejected]
+            made = record_redos(sink, again, redos)
+            redos.update({redo.cell_id: redo for redo in made})
+            log.info("redoing %d rejected image(s) with a new seed", len(made))
+    return Effective(cells, redos)
 
 
 TARGET_KIND = ".nbp/target.json"  # {"emulated": bool}: what kind of cells the target holds
@@ -429,6 +450,11 @@ async def write_outputs(
                 patched = os.path.join(parts.folder, "patched.parquet")
                 apply_patches(pl.scan_parquet(merged), found).sink_parquet(patched)
                 merged = patched
+        reviews = review_frame(sink)  # the review store is the one truth of that column
+        if not reviews.is_empty():
+            reviewed = os.path.join(parts.folder, "reviewed.parquet")
+            with_reviews(pl.scan_parquet(merged), reviews).sink_parquet(reviewed)
+            merged = reviewed
         with open(merged, "rb") as handle:
             blocks = iter(lambda: handle.read(COPY_BLOCK), b"")
             uri = sink.write_chunks(MANIFEST_NAME, blocks, overwrite=True)

@@ -730,3 +730,27 @@ def test_this_weeks_export_is_a_run_option_and_is_recorded(
     assert sorted(manifest(tmp_path)["output_path"]) == ["B2.png", "C3.png"]
     record = json.loads(next((tmp_path / "out" / ".nbp" / "runs").glob("*.json")).read_text())
     assert record["dataset"] == str(export)
+
+
+def test_a_rejected_image_is_made_again_once_and_the_target_remembers_it(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    from outputs.review import record
+    from outputs.sink import Sink
+
+    spec = catalog(tmp_path, [("A1", "red mug"), ("B2", "blue bag")])
+    assert run(spec).exit_code == 0
+    first = manifest(tmp_path).filter(pl.col("output_path") == "A1.png").row(0, named=True)
+    old_image = (tmp_path / "out" / "A1.png").read_bytes()
+    record(Sink(str(tmp_path / "out")), first["cell_id"], "rejected", by="reviewer")
+    assert run(spec).exit_code == 0 and len(hub["kie"].creates) == 2  # a plain run: nothing
+    assert run(spec, redo_rejected=True).exit_code == 0
+    assert len(hub["kie"].creates) == 3  # only the rejected one, with a new seed
+    rows = manifest(tmp_path)
+    now = rows.filter((pl.col("output_path") == "A1.png")
+                      & pl.col("superseded_by").is_null()).row(0, named=True)
+    old = rows.filter(pl.col("cell_id") == first["cell_id"]).row(0, named=True)
+    assert old["superseded_by"] == now["cell_id"] and old["review"] == "rejected"
+    assert Path(old["output_uri"]).read_bytes() == old_image and now["review"] is None
+    assert run(spec).exit_code == 0 and run(spec, redo_rejected=True).exit_code == 0
+    assert len(hub["kie"].creates) == 3  # remembered: neither undone nor paid again
