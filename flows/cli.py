@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--redo-rejected", action="store_true",
                      help="make again, with a new seed and into the same paths, the images "
                           "rejected in review (nbp review); the old ones are kept as history")
+    run.add_argument("--archive-stale", action="store_true",
+                     help="move the images of cells the spec no longer produces (stale) to "
+                          "history, freeing their paths; without it they stay where they are")
     run.add_argument("--succeed-with-failures", action="store_true",
                      help="end the flow run Completed and exit 0 even when cells failed "
                           "(default: Failed and exit 1, so Prefect automations see it)")
@@ -397,7 +400,8 @@ def _run(args: argparse.Namespace) -> int:
                 batch_wait_s=args.batch_wait, spec_source=getattr(args, "spec_source", None),
                 succeed_with_failures=args.succeed_with_failures,
                 allow_private_hosts=policy.allow_private_hosts, dataset=policy.dataset,
-                redo_rejected=args.redo_rejected, return_state=True,
+                redo_rejected=args.redo_rejected, archive_stale=args.archive_stale,
+                return_state=True,
             )))
     except TerminationSignal:  # SIGTERM before the run started or after it ended
         print("nbp: stopped by SIGTERM", file=sys.stderr)

@@ -140,6 +140,7 @@ class RunOptions:
     allow_private_hosts: bool = False   # references and datasets on private hosts are fine
     dataset: str | None = None          # read in place of the spec's dataset.path
     redo_rejected: bool = False         # make the rejected images again (new seed, same path)
+    archive_stale: bool = False         # move the images of stale cells to history
 
     def input_policy(self) -> InputPolicy:
         changes: dict[str, Any] = {}
@@ -303,6 +304,7 @@ async def run_job(
                 heartbeat, parts, all_cells if options.shard else None, title=spec.name,
                 record=record.ended(counts, budget.spent_usd + budget.reserved_usd),
                 gallery=spec.output.gallery, state=ctx.target,
+                archive_stale=options.archive_stale,
             )
     if runner.busy:
         counts["busy"] = runner.busy  # another live run on the target holds these cells
@@ -424,7 +426,7 @@ async def run_chunks(
 async def write_outputs(
     heartbeat: Heartbeat, parts: ManifestParts, spec_order: Iterable[Cell] | None, *,
     title: str, record: RunRecord | None = None, gallery: GallerySpec | None = None,
-    state: TargetState | None = None,
+    state: TargetState | None = None, archive_stale: bool = False,
 ) -> tuple[str, str]:
     """Merge this run's rows into `{target}/manifest.parquet` and redraw the gallery, under
     the target's manifest lease: runs and shards that end together each merge into what the
@@ -434,7 +436,8 @@ async def write_outputs(
     `record`: the run's record (`outputs.runs`), merged with its other shards' likewise.
     `gallery`: the spec's `output.gallery` pivot (None: the default layout). `state`: the
     target as the run found it: this job's rows a new cell superseded, or that the spec no
-    longer produces, are marked (`flows.engine.refresh`)."""
+    longer produces, are marked (`flows.engine.refresh`); `archive_stale`: the latter's
+    images move to history."""
     sink = heartbeat.sink
 
     def write() -> tuple[str, str]:
@@ -445,7 +448,7 @@ async def write_outputs(
         merged = os.path.join(parts.folder, "merged.parquet")
         merge_parts(old, parts, merged, order)
         if state is not None:  # superseded and stale rows of the job (flows.engine.refresh)
-            found = patches(state, parts.scan(), sink)
+            found = patches(state, parts.scan(), sink, archive_stale=archive_stale)
             if not found.is_empty():
                 patched = os.path.join(parts.folder, "patched.parquet")
                 apply_patches(pl.scan_parquet(merged), found).sink_parquet(patched)

@@ -141,12 +141,13 @@ def history_path(cell_id: str, output_path: str) -> str:
 
 
 def patches(
-    state: TargetState, run_rows: pl.LazyFrame, sink: Sink
+    state: TargetState, run_rows: pl.LazyFrame, sink: Sink, *, archive_stale: bool = False
 ) -> pl.DataFrame:
     """How this job's old manifest rows change at the end of a run (columns cell_id,
     superseded_by, output_uri, stale; null: unchanged): a row whose path a succeeded cell of
     this run now holds is superseded by it (its image at its history copy, when kept), and
-    a cell the spec no longer produces is stale."""
+    a cell the spec no longer produces is stale. `archive_stale`: a stale cell's image moves
+    to its history copy too (its path is free again); nothing is deleted otherwise."""
     taken = run_rows.filter(pl.col("status") == "succeeded").select(
         "output_path", pl.col("cell_id").alias("new_id")).collect()
     by_path = dict(taken.iter_rows())
@@ -158,7 +159,8 @@ def patches(
             uri = sink.uri(history) if sink.exists(history) else None
             superseded.append((owner.cell_id, str(new_id), uri))
     stale = state.stale - {old for old, _, _ in superseded}
-    rows = [*superseded, *((cell_id, None, None) for cell_id in sorted(stale))]
+    archived = _archive(state, stale, sink) if archive_stale else {}
+    rows = [*superseded, *((cell_id, None, archived.get(cell_id)) for cell_id in sorted(stale))]
     return pl.DataFrame(
         {"cell_id": [r[0] for r in rows], "superseded_by": [r[1] for r in rows],
          "output_uri": [r[2] for r in rows],
@@ -166,6 +168,25 @@ def patches(
         schema={"cell_id": pl.String, "superseded_by": pl.String, "output_uri": pl.String,
                 "stale": pl.Boolean},
     )
+
+
+def _archive(state: TargetState, stale: set[str], sink: Sink) -> dict[str, str]:
+    """Move the images of stale cells that still hold their path to their history copies;
+    their new `output_uri` by cell id."""
+    moved: dict[str, str] = {}
+    for path, owner in state.owners.items():
+        if owner.cell_id not in stale or owner.job != state.job:
+            continue
+        history = history_path(owner.cell_id, path)
+        data = sink.read_bytes(path)
+        if data is not None and not sink.exists(history):
+            if owner.sha256 and hashlib.sha256(data).hexdigest() != owner.sha256:
+                continue  # not its image any more: left where it is
+            sink.write_bytes(history, data, overwrite=False)
+        if sink.exists(history):
+            sink.delete(path)
+            moved[owner.cell_id] = sink.uri(history)
+    return moved
 
 
 def apply_patches(manifest: pl.LazyFrame, found: pl.DataFrame) -> pl.LazyFrame:

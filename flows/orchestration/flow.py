@@ -163,6 +163,7 @@ def build_flow(
         allow_private_hosts: bool = False,
         dataset: str | None = None,
         redo_rejected: bool = False,
+        archive_stale: bool = False,
     ) -> dict[str, Any]:
         """Run the job spec `spec` (a path or fsspec URL); see `nbp run --help`. Shards
         started as one run pass the same `run_id` (they share `budget.max_usd`); with
@@ -181,7 +182,7 @@ def build_flow(
             retry=RetryPolicy(patience_s=patience_s) if patience_s else DEFAULT_RETRY,
             own_accounts=own_accounts, flow_run_id=this_run, spec_source=spec_source,
             failures_ok=succeed_with_failures, allow_private_hosts=allow_private_hosts,
-            dataset=dataset, redo_rejected=redo_rejected,
+            dataset=dataset, redo_rejected=redo_rejected, archive_stale=archive_stale,
         )
         if batch_wait_s is not None:
             options = replace(options, batch_wait_s=batch_wait_s)

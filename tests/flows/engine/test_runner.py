@@ -679,6 +679,11 @@ def test_a_changed_product_supersedes_its_image_and_keeps_the_old_one(
     assert (tmp_path / "out" / "C3.png").exists()  # stale, not deleted
     again = run(week_2)
     assert again.exit_code == 0 and len(hub["kie"].creates) == 4  # nothing paid twice
+    hat = (tmp_path / "out" / "C3.png").read_bytes()
+    assert run(week_2, archive_stale=True).exit_code == 0  # asked: stale images to history
+    archived = manifest(tmp_path).filter(pl.col("output_path") == "C3.png").row(0, named=True)
+    assert not (tmp_path / "out" / "C3.png").exists() and archived["stale"]
+    assert Path(archived["output_uri"]).read_bytes() == hat
 
 
 
