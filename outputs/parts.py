@@ -92,8 +92,8 @@ def merge_parts(
     run's rows: `merge_manifest` semantics. `order` (columns cell_id, index): then sort cells
     by `index`, stably, after the cells it does not list (shards finish in any order)."""
     old_scan = pl.scan_parquet(old) if old else None
-    schema = manifest_schema(*parts.schemas(),
-                             *([old_scan.collect_schema()] if old_scan is not None else []))
+    schema = manifest_schema(*([old_scan.collect_schema()] if old_scan is not None else []),
+                             *parts.schemas())  # the old manifest's key columns first
     new = parts.scan(schema)
     if old_scan is None and order is None and _unique_ids(new):
         _write(new, out)  # a first run: this run's rows as they are
