@@ -52,10 +52,16 @@ def _percent(char: str) -> str:
     return "".join(f"%{byte:02X}" for byte in char.encode())
 
 
-@functools.lru_cache(maxsize=65_536)  # ratios, styles and each row's values repeat per cell
 def encode_segment(value: str) -> str:
     """`value` as text inside one path component: readable, and never the encoding of
     another value (`decode_segment` undoes it)."""
+    if _ESCAPED.search(value) is None and value[:1] not in _EDGES and value[-1:] not in _EDGES:
+        return value  # most values: nothing to escape (a SKU, a style)
+    return _escaped(value)
+
+
+@functools.lru_cache(maxsize=4096)  # `1:1` and the like: the same few values in every cell
+def _escaped(value: str) -> str:
     text = _ESCAPED.sub(lambda m: _percent(m.group()), value)
     if text[:1] in _EDGES and text:
         text = _percent(text[0]) + text[1:]

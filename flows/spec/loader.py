@@ -931,9 +931,10 @@ class _LimitCheck:
 
 
 def _dropped_note(dataset: Dataset, rule: str) -> str:
-    rows = "1 row" if dataset.dropped == 1 else f"{dataset.dropped:,} rows"
-    return (f"{rows} of {dataset.lines.name} repeat the key of another row and are left out "
-            f"(duplicates: {rule} keeps the {rule} row of each key), e.g. "
+    name, count = dataset.lines.name, dataset.dropped
+    rows = (f"1 row of {name} repeats the key of another row and is left out" if count == 1
+            else f"{count:,} rows of {name} repeat the key of another row and are left out")
+    return (f"{rows} (duplicates: {rule} keeps the {rule} row of each key), e.g. "
             f"{dataset.dropped_example}")
 
 

@@ -100,6 +100,7 @@ def test_duplicates_without_a_key_is_a_problem(products: Path) -> None:
     problems = validate_spec_file(spec(products, "{path: products.csv, duplicates: first}",
                                        path="{cell_id}.{ext}"))
     assert [p.path for p in problems] == ["dataset.duplicates"]
+    assert problems[0].message.startswith("dataset.duplicates needs dataset.key")
 
 
 # -- duplicates ------------------------------------------------------------------------------
@@ -134,8 +135,8 @@ def test_first_and_last_keep_one_row_and_say_how_many_were_dropped(
     [note] = job.notes
     dropped, kept = ("line 8", "line 3") if rule == "first" else ("line 3", "line 8")
     assert note.startswith(f"{path}:4:")
-    assert (f"dataset.duplicates: note: 1 row of products.csv repeat the key of another row and "
-            f"are left out (duplicates: {rule} keeps the {rule} row of each key), e.g. "
+    assert (f"dataset.duplicates: note: 1 row of products.csv repeats the key of another row "
+            f"and is left out (duplicates: {rule} keeps the {rule} row of each key), e.g. "
             f"{dropped} of products.csv (sku='SNK-002'; {kept} is kept)") in note
 
 
