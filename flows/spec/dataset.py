@@ -14,10 +14,11 @@ a parquet file's row count is read from its footer before any row is decoded.
 Messages name a row where a person finds it: the file line its record starts on for csv (the
 header is line 1; a quoted field may span lines) and jsonl, and the 0-based row for parquet.
 
-`key` names the columns that identify a row (a product): a row without a key, a key that
-repeats an earlier row's (`duplicates`: "fail", or keep the "first" or the "last" row) and keys
-that differ only in case are `problems` (or `dropped` rows, a note); the rows that stay are
-the rows cells are made of, each with its number in the file (`number`).
+`key` names the columns that identify a row (a product): a row with values but no key, a key
+that repeats an earlier row's (`duplicates`: "fail", or keep the "first" or the "last" row)
+and keys that differ only in case are `problems` (or `dropped` rows, a note); blank rows are
+left out (`blank`, a note); the rows that stay are the rows cells are made of, each with its
+number in the file (`number`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class Dataset:
     problems: tuple[str, ...] = ()  # about the key: the spec is invalid
     dropped: int = 0                # rows left out by `duplicates: first | last`
     dropped_example: str = ""       # the first of them, and the row it repeats
+    blank: int = 0                  # rows without a single value, left out (with a key)
+    blank_example: str = ""         # where the first of them is
 
     def number(self, index: int) -> int:
         """The 0-based row in the file of `rows[index]`."""
@@ -275,14 +278,16 @@ def _keyed(
                        problems=tuple(_missing_column(name, frame.columns, lines)
                                       for name in missing))
     keys = _key_frame(frame, key)
-    check = _KeyCheck(keys, key, lines, duplicates)
+    blank = text.select(pl.all_horizontal(pl.col(name) == "" for name in text.columns))
+    check = _KeyCheck(keys.with_columns(_blank=blank.to_series()), key, lines, duplicates)
     kept = check.run()
     rows = text[kept].to_dicts() if len(kept) < frame.height else text.to_dicts()
     numbers = array("q", kept) if len(kept) < frame.height else None
     typed = {name: keys[name][kept].to_list() for name in key
              if keys.schema[name] != pl.String}
     return Dataset(tuple(frame.columns), rows, lines, key, numbers, typed,
-                   tuple(check.problems), check.dropped, check.dropped_example)
+                   tuple(check.problems), check.dropped, check.dropped_example,
+                   check.blank, check.blank_example)
 
 
 def _missing_column(name: str, columns: Sequence[str], lines: Lines) -> str:
@@ -329,20 +334,31 @@ class _KeyCheck:
         self.problems: list[str] = []
         self.dropped = 0
         self.dropped_example = ""
+        self.blank = 0
+        self.blank_example = ""
 
     def run(self) -> list[int]:
-        present = self.without_key()
+        present = self.without_key(self.without_values())
         unique = self.repeated(present)
         return self.case_only(unique)[_ROW].to_list()
 
-    def without_key(self) -> pl.DataFrame:
+    def without_values(self) -> pl.DataFrame:
+        """Blank rows (blank lines, `,,,`) are no product: left out, counted for a note."""
+        found = self.keys.filter(pl.col("_blank"))[_ROW]
+        self.blank = found.len()
+        if self.blank:
+            self.blank_example = self.lines.where(found[0])
+        return self.keys.filter(~pl.col("_blank")).drop("_blank")
+
+    def without_key(self, keys: pl.DataFrame) -> pl.DataFrame:
+        """A row with values but no key cannot be told apart from others: a problem."""
         empty = pl.all_horizontal(pl.col(name).is_null() for name in self.key)
-        found = self.keys.filter(empty)[_ROW]
+        found = keys.filter(empty)[_ROW]
         names = " and ".join(self.key)
         examples = [f"{self.lines.where(n)} has no {names}; every row needs its key"
                     for n in found.head(MAX_KEY_EXAMPLES).to_list()]
         self._report(examples, found.len(), f"rows have no {names}")
-        return self.keys.filter(~empty)
+        return keys.filter(~empty)
 
     def repeated(self, keys: pl.DataFrame) -> pl.DataFrame:
         keep = "last" if self.duplicates == "last" else "first"

@@ -664,6 +664,10 @@ class _Checker:
             self.add(("dataset", "key"), problem)
         if dataset.dropped:
             self.note(("dataset", "duplicates"), _dropped_note(dataset, spec.duplicates))
+        if dataset.blank:
+            rows = "1 blank row" if dataset.blank == 1 else f"{dataset.blank:,} blank rows"
+            self.note(("dataset", "key"), f"{rows} of {dataset.lines.name} left out (no value "
+                                          f"in any column), e.g. {dataset.blank_example}")
         return dataset
 
     def note(self, path: JsonPath, message: str) -> None:

@@ -161,6 +161,17 @@ def test_a_row_without_a_key_is_named_by_its_line(products: Path) -> None:
     assert problem.message == "line 8 of products.csv has no sku; every row needs its key"
 
 
+def test_blank_rows_are_no_products_left_out_with_a_note(products: Path) -> None:
+    (products / "products.csv").write_text(
+        PRODUCTS.replace("SNK-002,canvas sneaker (new photo),navy", ",,") + "\n")
+    job, problems = check_job_file(spec(products, "{path: products.csv, key: sku}"))
+    assert problems == [] and job is not None
+    assert len(job.cells) == 5 * 2
+    [note] = job.notes
+    assert note.endswith("dataset.key: note: 2 blank rows of products.csv left out (no value "
+                         "in any column), e.g. line 8 of products.csv")
+
+
 def test_keys_that_differ_only_in_case_are_a_problem_naming_both(products: Path) -> None:
     (products / "products.csv").write_text(
         PRODUCTS.replace("SNK-002,canvas sneaker (new photo)", "snk-002,canvas sneaker"))
