@@ -4,6 +4,12 @@ Plain Parquet with plain types, so `polars.read_parquet`, duckdb or pandas read 
 code: strings, integers, floats, `references` as a list of strings, timestamps in UTC, and
 `vars` as a JSON object in a string (polars: `pl.col("vars").str.json_path_match("$.sku")`;
 duckdb: `vars::JSON ->> 'sku'`). `MANIFEST_DOC` is the documented schema (README).
+
+A job with a `dataset.key` adds one column per key column, `key_<column>` (`key_columns`),
+right after `vars`, typed as the dataset has it: str, int64, float64 or bool. Which key
+columns a manifest has depends on the jobs and runs merged into it, so the schema of a
+manifest is the fixed columns plus the key columns of its rows (`manifest_schema`); rows of a
+job without a key column hold null there, and one key column of two types becomes text.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import polars as pl
 from outputs.sink import Sink
 
 MANIFEST_NAME = "manifest.parquet"
+KEY_PREFIX = "key_"  # no fixed column starts with it: a key column never clashes with one
 STATUSES = ("succeeded", "failed", "skipped", "cancelled", "pending", "uncertain")
 
 _TS = pl.Datetime("us", "UTC")
@@ -63,6 +70,12 @@ class ManifestRow:
         pl.String(),
         "template variables (matrix axes + dataset columns) as a JSON object"
     )
+    # Not a column: its entries become the `key_<column>` columns (`key_columns`).
+    key: Mapping[str, Any] | None = field(default=None, metadata={"doc": (
+        "key_*", "str, int64, float64 or bool",
+        "one column per `dataset.key` column (`key_sku`, ...), typed as the dataset has it "
+        "(csv: text as written); null in rows of jobs without that key column",
+    )})
     replicate: int | None = _column(pl.Int32(), "replicate index, 0-based (spec `repeat`)")
     seed: int | None = _column(
         pl.Int64(),
@@ -136,11 +149,17 @@ class ManifestRow:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ManifestRow:
-        """A row from a mapping (a journal entry, a test); unknown keys raise ValueError."""
-        unknown = sorted(set(values) - _FIELD_NAMES)
+        """A row from a mapping (a journal entry, a manifest row, a test): `key_<column>`
+        entries join `key`; unknown keys raise ValueError."""
+        fields_ = {name: value for name, value in values.items() if not is_key_column(name)}
+        keys = {name.removeprefix(KEY_PREFIX): value for name, value in values.items()
+                if is_key_column(name)}
+        if keys:
+            fields_["key"] = {**(fields_.get("key") or {}), **keys}
+        unknown = sorted(set(fields_) - _FIELD_NAMES)
         if unknown:
             raise ValueError(f"unknown manifest columns: {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**fields_)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe values (timestamps as ISO 8601 text), for the journal."""
@@ -154,13 +173,59 @@ class ManifestRow:
             elif name == "vars" and isinstance(value, Mapping):
                 value = dict(value)
             out[name] = value
+        if self.key:
+            out["key"] = dict(self.key)
         return out
 
 
+# The fixed columns, in order (`key_*` columns follow `vars`: `manifest_schema`).
 MANIFEST_COLUMNS: dict[str, pl.DataType] = {
-    f.name: f.metadata["dtype"] for f in fields(ManifestRow)
+    f.name: f.metadata["dtype"] for f in fields(ManifestRow) if "dtype" in f.metadata
 }
-_FIELD_NAMES = frozenset(MANIFEST_COLUMNS)
+_FIELD_NAMES = frozenset(f.name for f in fields(ManifestRow))
+_KEYS_AFTER = "vars"
+
+
+def key_column(name: str) -> str:
+    """The manifest column of dataset key column `name`: `sku` -> `key_sku`."""
+    return KEY_PREFIX + name
+
+
+def key_columns(key: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The manifest columns of a dataset key: `{"sku": "A-1"}` -> `{"key_sku": "A-1"}`."""
+    return {key_column(name): value for name, value in (key or {}).items()}
+
+
+def is_key_column(name: str) -> bool:
+    return name.startswith(KEY_PREFIX)
+
+
+def manifest_schema(*schemas: Mapping[str, pl.DataType]) -> dict[str, pl.DataType]:
+    """The columns of a manifest holding frames with these schemas: the fixed ones, and
+    after `vars` every key column any of them has (first seen first), each with one dtype:
+    the one they share; int64 and float64 make float64; null-only takes the other's; any
+    other mix, or null alone, makes str."""
+    keys: dict[str, pl.DataType] = {}
+    for schema in schemas:
+        for name, dtype in schema.items():
+            if is_key_column(name):
+                keys[name] = _common(keys[name], dtype) if name in keys else dtype
+    out: dict[str, pl.DataType] = {}
+    for name, dtype in MANIFEST_COLUMNS.items():
+        out[name] = dtype
+        if name == _KEYS_AFTER:
+            out.update({k: pl.String() if v == pl.Null else v for k, v in keys.items()})
+    return out
+
+
+def _common(a: pl.DataType, b: pl.DataType) -> pl.DataType:
+    if a == b or b == pl.Null:
+        return a
+    if a == pl.Null:
+        return b
+    if {a, b} == {pl.Int64, pl.Float64}:
+        return pl.Float64()
+    return pl.String()
 
 
 def _type_name(dtype: object) -> str:
@@ -173,7 +238,8 @@ def _type_name(dtype: object) -> str:
 
 
 MANIFEST_DOC: list[tuple[str, str, str]] = [
-    (f.name, _type_name(f.metadata["dtype"]), f.metadata["meaning"]) for f in fields(ManifestRow)
+    (f.name, _type_name(f.metadata["dtype"]), f.metadata["meaning"]) if "dtype" in f.metadata
+    else f.metadata["doc"] for f in fields(ManifestRow)
 ]
 
 
@@ -190,7 +256,8 @@ def manifest_doc_markdown() -> str:
 
 
 def rows_to_frame(rows: Iterable[ManifestRow | Mapping[str, Any]]) -> pl.DataFrame:
-    """A manifest frame from rows, column by column: dtypes exactly MANIFEST_COLUMNS.
+    """A manifest frame from rows, column by column: dtypes exactly MANIFEST_COLUMNS, and
+    after `vars` a `key_<column>` column for each key column of any row (`key_columns`).
 
     Mappings go through `ManifestRow.from_mapping` (unknown keys raise ValueError);
     `updated_at` defaults to now. Unknown statuses raise ValueError; a value of the wrong
@@ -204,6 +271,8 @@ def rows_to_frame(rows: Iterable[ManifestRow | Mapping[str, Any]]) -> pl.DataFra
         if name == "updated_at":
             values = [now if value is None else value for value in values]
         columns[name] = pl.Series(name, values, dtype=dtype)
+        if name == _KEYS_AFTER:
+            columns.update(_key_series(typed))
     frame = pl.DataFrame(columns)
     bad = frame.filter(pl.col("status").is_not_null() & ~pl.col("status").is_in(STATUSES))
     if bad.height:
@@ -211,6 +280,34 @@ def rows_to_frame(rows: Iterable[ManifestRow | Mapping[str, Any]]) -> pl.DataFra
     if frame["cell_id"].null_count() or (frame["cell_id"] == "").any():
         raise ValueError("every manifest row needs a cell_id")
     return frame
+
+
+def _key_series(rows: Sequence[ManifestRow]) -> dict[str, pl.Series]:
+    """One `key_<column>` series per key column the rows have, typed by its values (a key
+    travels as JSON through the journal: str, int, float or bool; anything else is text)."""
+    names = dict.fromkeys(name for row in rows if row.key for name in row.key)
+    series = {}
+    for name in names:
+        column = key_column(name)
+        values = [row.key.get(name) if row.key else None for row in rows]
+        dtype = _key_dtype(values)
+        if dtype == pl.String:
+            values = [None if value is None else str(value) for value in values]
+        series[column] = pl.Series(column, values, dtype=dtype)
+    return series
+
+
+def _key_dtype(values: Sequence[Any]) -> pl.DataType:
+    kinds = {type(value) for value in values if value is not None}
+    if not kinds:
+        return pl.Null()
+    if kinds == {bool}:
+        return pl.Boolean()
+    if kinds == {int}:
+        return pl.Int64()
+    if kinds <= {int, float}:
+        return pl.Float64()
+    return pl.String()
 
 
 def _normalise(name: str, value: Any) -> Any:
@@ -232,24 +329,33 @@ def _utc(value: Timestamp) -> datetime:
     return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
 
 
-def conform(frame: pl.DataFrame) -> pl.DataFrame:
-    """`frame` with exactly the manifest columns, in order, with their dtypes.
+def conform(
+    frame: pl.DataFrame, schema: Mapping[str, pl.DataType] | None = None
+) -> pl.DataFrame:
+    """`frame` with exactly the columns of `schema` (default: the manifest columns and the
+    frame's own key columns, `manifest_schema`), in order, with their dtypes.
 
     Older manifests gain new columns as nulls; columns nbp no longer writes are dropped.
     """
-    return frame.select(
-        pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
-        for name, dtype in MANIFEST_COLUMNS.items()
-    )
+    wanted = manifest_schema(frame.schema) if schema is None else schema
+    return frame.select(_columns(wanted, frame.columns))
 
 
-def conform_lazy(frame: pl.LazyFrame) -> pl.LazyFrame:
+def conform_lazy(
+    frame: pl.LazyFrame, schema: Mapping[str, pl.DataType] | None = None
+) -> pl.LazyFrame:
     """`conform` for a lazy frame (a scanned Parquet file): nothing is read until collected."""
-    names = frame.collect_schema().names()
-    return frame.select(
-        pl.col(name).cast(dtype) if name in names else pl.lit(None, dtype).alias(name)
-        for name, dtype in MANIFEST_COLUMNS.items()
-    )
+    found = frame.collect_schema()
+    wanted = manifest_schema(found) if schema is None else schema
+    return frame.select(_columns(wanted, found.names()))
+
+
+def _columns(schema: Mapping[str, pl.DataType], names: Iterable[str]) -> list[pl.Expr]:
+    present = set(names)
+    return [
+        pl.col(name).cast(dtype) if name in present else pl.lit(None, dtype).alias(name)
+        for name, dtype in schema.items()
+    ]
 
 
 # -- merge, read, write ------------------------------------------------------------------------
@@ -261,9 +367,9 @@ def merge_manifest(old: pl.DataFrame | None, new: pl.DataFrame) -> pl.DataFrame:
     Order is stable: cells keep the position they first had (old rows first, then cells new
     to this run in the order of `new`). Within `new`, the last row of a cell wins.
     """
-    parts = [conform(old)] if old is not None else []
-    parts.append(conform(new))
-    combined = pl.concat(parts, how="vertical")
+    frames = [old, new] if old is not None else [new]
+    schema = manifest_schema(*(frame.schema for frame in frames))
+    combined = pl.concat([conform(frame, schema) for frame in frames], how="vertical")
     if combined["cell_id"].is_unique().all():
         return combined  # nothing to merge (a first run): no copies
     combined = combined.with_row_index("_pos")

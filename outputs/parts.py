@@ -11,17 +11,19 @@ merge works out the order of the output on the keys alone (cell_id and a positio
 a row), then writes the rows themselves in slices of `MERGE_SLICE_ROWS`, each read back from
 the parts and the old manifest by position, and streams the slices into one file
 (`sink_parquet`). The result is exactly `merge_manifest(old, new)` (then `order`, when given):
-one row per cell_id, the latest row wins, a cell keeps the position it first had.
+one row per cell_id, the latest row wins, a cell keeps the position it first had. Key
+columns (`key_*`) may differ between the parts and the old manifest: every input is read with
+the schema they make together (`outputs.manifest.manifest_schema`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import polars as pl
 
-from outputs.manifest import MANIFEST_COLUMNS, conform_lazy
+from outputs.manifest import MANIFEST_COLUMNS, conform_lazy, manifest_schema
 
 MERGE_SLICE_ROWS = 20_000  # rows of the merged manifest in memory at once (~10 MB)
 # Rows per row group of the merged manifest: `sink_parquet` holds about one group per thread
@@ -41,12 +43,15 @@ class ManifestParts:
     def __init__(self, folder: str) -> None:
         self.folder = folder
         self._indexes: set[int] = set()
+        self._schemas: dict[int, pl.Schema] = {}  # a chunk whose key values are all null
+        # has a null-typed key column: the parts are read with the schema they make together
 
     def add(self, index: int, frame: pl.DataFrame) -> None:
         """The rows of chunk `index` (a chunk without rows writes nothing)."""
         if frame.height:
             frame.write_parquet(self._path(index), compression="lz4", statistics=False)
             self._indexes.add(index)
+            self._schemas[index] = frame.schema
 
     def _path(self, index: int) -> str:
         return os.path.join(self.folder, f"part-{index:08d}.parquet")
@@ -54,10 +59,21 @@ class ManifestParts:
     def paths(self) -> list[str]:
         return [self._path(index) for index in sorted(self._indexes)]
 
-    def scan(self) -> pl.LazyFrame:
-        """Every row of this run, in chunk order."""
+    def schemas(self) -> list[pl.Schema]:
+        """The schema of each part, in chunk order."""
+        return [self._schemas[index] for index in sorted(self._indexes)]
+
+    def scan(self, schema: Mapping[str, pl.DataType] | None = None) -> pl.LazyFrame:
+        """Every row of this run, in chunk order, with `schema` (default: the manifest schema
+        the parts make together)."""
         paths = self.paths()
-        return conform_lazy(pl.scan_parquet(paths)) if paths else empty_manifest().lazy()
+        if not paths:
+            return empty_manifest().lazy()
+        schemas = self.schemas()
+        wanted = manifest_schema(*schemas) if schema is None else schema
+        if all(found == schemas[0] for found in schemas):
+            return conform_lazy(pl.scan_parquet(paths), wanted)
+        return pl.concat([conform_lazy(pl.scan_parquet(path), wanted) for path in paths])
 
     def counts(self) -> dict[str, int]:
         """Rows by status: succeeded, failed, skipped and cancelled always, then others."""
@@ -75,11 +91,14 @@ def merge_parts(
     """Write to `out` the manifest `old` (a local Parquet file, or None) merged with this
     run's rows: `merge_manifest` semantics. `order` (columns cell_id, index): then sort cells
     by `index`, stably, after the cells it does not list (shards finish in any order)."""
-    new = parts.scan()
-    if old is None and order is None and _unique_ids(new):
+    old_scan = pl.scan_parquet(old) if old else None
+    schema = manifest_schema(*([old_scan.collect_schema()] if old_scan is not None else []),
+                             *parts.schemas())  # the old manifest's key columns first
+    new = parts.scan(schema)
+    if old_scan is None and order is None and _unique_ids(new):
         _write(new, out)  # a first run: this run's rows as they are
         return
-    sources = [conform_lazy(pl.scan_parquet(old)), new] if old else [new]
+    sources = [conform_lazy(old_scan, schema), new] if old_scan is not None else [new]
     plan = _output_plan(sources, order)
     if plan.height and _is_identity(plan, src=len(sources) - 1, rows=plan.height):
         _write(new, out)  # a rerun of the same cells: the new rows replace every old one
@@ -88,7 +107,8 @@ def merge_parts(
     pieces = []
     for n, piece in enumerate(_slices(plan, slice_rows)):
         path = os.path.join(folder, f"merge-{n:06d}.parquet")
-        _gather(sources, piece).write_parquet(path, compression="lz4", statistics=False)
+        _gather(sources, piece, list(schema)).write_parquet(path, compression="lz4",
+                                                            statistics=False)
         pieces.append(path)
     merged = pl.scan_parquet(pieces) if pieces else empty_manifest().lazy()
     _write(merged, out)
@@ -135,7 +155,7 @@ def _slices(plan: pl.DataFrame, rows: int) -> Iterator[pl.DataFrame]:
         yield plan.slice(start, rows)
 
 
-def _gather(sources: list[pl.LazyFrame], piece: pl.DataFrame) -> pl.DataFrame:
+def _gather(sources: list[pl.LazyFrame], piece: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     """The rows `piece` names, in its order: each source is scanned once for its rows."""
     found = []
     for src, source in enumerate(sources):
@@ -146,4 +166,4 @@ def _gather(sources: list[pl.LazyFrame], piece: pl.DataFrame) -> pl.DataFrame:
                          .collect(engine="streaming"))
     rows = pl.concat(found)
     ordered = piece.with_row_index("_out").join(rows, on=[_SRC, _POS], how="left")
-    return ordered.sort("_out").select(list(MANIFEST_COLUMNS))
+    return ordered.sort("_out").select(columns)

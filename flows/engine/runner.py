@@ -755,6 +755,7 @@ class Runner:
             output_format=cell.output_format,
             references=list(cell.references),
             vars=dict(cell.vars),
+            key=cell.key,
             replicate=cell.replicate,
             seed=cell.seed,
             dataset_row=cell.dataset_row,

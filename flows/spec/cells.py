@@ -10,7 +10,10 @@ variables: the matrix combination, the dataset row, and the built-ins `name`,
 sets `references_required` (the one place that rule lives, `Expansion._cell`): then such a
 cell is never made, so never paid for as a text-only image; with `error` the rows are located
 problems (the dataset line where each record starts), with `skip` they are counted in
-`Expansion.skipped`.
+`Expansion.skipped`. In an output path each value is encoded (`outputs.paths.encode_segment`:
+readable, injective, never a separator or a climb) and the path's own text is checked, not
+rewritten. With a `dataset.key`, each cell carries its row's key (`Cell.key`: the manifest's
+`key_*` columns).
 
 A combination that `include` adds without naming `prompt`, `aspect_ratio` or `resolution`
 takes the axis's value when the axis has exactly one (so the defaults `1:1` and `1K` apply);
@@ -28,8 +31,9 @@ the prompt nor the path uses): it is kept once. The same id with different paths
 twice for one request: that is a problem.
 
 Expansion is also the last step of validation: `Expansion.run()` collects `Issue`s (missing
-or refused reference files, colliding output paths, identical requests, output paths that
-are nbp's own files...) instead of raising, and `flows.spec.loader` turns them into located
+or refused reference files, dataset key problems, colliding output paths (or paths that
+differ only in case), identical requests, output paths that are nbp's own files...) instead
+of raising, and `flows.spec.loader` turns them into located
 problems. It never expands more than `InputPolicy.max_cells` cells: the count is bounded
 from the axis sizes first (`cell_count_problem`).
 """
@@ -44,6 +48,7 @@ import os
 import stat
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from flows.spec import matrix as gha
 from flows.spec.collisions import CellKeys, Pairs, find_collisions
@@ -56,11 +61,11 @@ from flows.spec.inputs import (
     is_http,
     split_protocol,
 )
-from flows.spec.model import Cell, JobSpec, MatrixSpec, SkippedRows
+from flows.spec.model import NO_KEY, Cell, JobSpec, MatrixSpec, SkippedRows
 from flows.spec.records import MAX_LISTED, dataset_lines, file_name, places
 from flows.spec.templating import MissingVariable, Template, TemplateError
 from flows.spec.yamlpos import JsonPath
-from outputs.paths import sanitise_relative_path
+from outputs.paths import check_output_path, encode_segment, template_text_problem
 
 ID_CHARS = 16
 REQUEST_KEYS = ("prompt", "aspect_ratio", "resolution")  # every cell needs these
@@ -276,6 +281,7 @@ def read_rows(spec: JobSpec) -> Dataset | None:
         spec.dataset.path, format=spec.dataset.format,
         storage_options=spec.dataset.storage_options,
         max_bytes=spec.policy.max_dataset_bytes, max_rows=spec.policy.max_dataset_rows,
+        key=spec.dataset.key, duplicates=spec.dataset.duplicates,
     )
 
 
@@ -318,7 +324,9 @@ class Expansion:
         self._missing_vars: set[tuple[JsonPath, str]] = set()
         self._references: dict[str, tuple[str, str]] = {}  # rendered -> (uri, identity)
         self._shared_paths = _Collisions()
+        self._case_paths = _Collisions()
         self._identical_requests = _Collisions()
+        self._bad_paths = 0
         self._verbatim_prompts = False  # a malformed prompt stands in as plain text
         self._empty: _EmptyReferences = _EmptyReferences()  # references_required
         self.skipped: SkippedRows | None = None  # what references_required: skip left out
@@ -330,6 +338,14 @@ class Expansion:
         if (path, message) not in self._reported:
             self._reported.add((path, message))
             self.issues.append(Issue(path, message, key))
+
+    def where(self, row: int | None) -> str | None:
+        """Where a dataset row starts in its file ("line 11 of products.csv"), for messages."""
+        return None if row is None or self.dataset is None else self.dataset.where(row)
+
+    def describe(self, cell_vars: Mapping[str, str], row: int | None) -> str:
+        """A cell for a message: where its row is, then its first variables."""
+        return _describe(cell_vars, self.where(row))
 
     # -- templates ----------------------------------------------------------------------
 
@@ -370,6 +386,10 @@ class Expansion:
         path = self.template(
             self.spec.output.path, ("output", "path"), known | {"cell_id"}, "output path"
         )
+        layout = None if path is None else template_text_problem(path.literals())
+        if layout is not None:
+            self.report(("output", "path"), layout)
+            path = None
         return prompts, references, path
 
     def _distinct(self, key: str) -> list[str]:
@@ -434,6 +454,9 @@ class Expansion:
                 gc.enable()
 
     def _run(self, keep: bool) -> ExpandedCells:
+        if self.dataset is not None:
+            for problem in self.dataset.problems:
+                self.report(("dataset", "key"), problem)
         recipe = self._recipe()
         if recipe is None:
             return ExpandedCells(self, None, 0)
@@ -483,10 +506,12 @@ class Expansion:
         """(position, cell) of every cell that expands, in order: the position counts every
         dataset row x combination x replicate, so it names a cell on every pass. Positions in
         `dropped` are skipped; `check` also gathers `stats` (validation's pass)."""
-        spec = self.spec
-        rows: Sequence[Mapping[str, str]] = self.dataset.rows if self.dataset else [{}]
+        spec, dataset = self.spec, self.dataset
+        rows: Sequence[Mapping[str, str]] = dataset.rows if dataset else [{}]
         position = index = 0
         for row_index, row in enumerate(rows):
+            number = dataset.number(row_index) if dataset is not None else None
+            key = dataset.key_of(row_index) if dataset is not None and dataset.key else NO_KEY
             for values in recipe.combos:
                 prompt_template = (recipe.prompts.get(values["prompt"])
                                    or _verbatim(values["prompt"]))
@@ -498,9 +523,8 @@ class Expansion:
                         continue
                     cell = self._cell(
                         index, cell_vars, {**cell_vars, **recipe.builtins}, replicate,
-                        row_index if self.dataset is not None else None,
-                        prompt_template, recipe.references, recipe.path_template, pin,
-                        check=check,
+                        number, prompt_template, recipe.references, recipe.path_template,
+                        pin, check=check, key=key,
                     )
                     if cell is not None:
                         index += 1
@@ -519,6 +543,7 @@ class Expansion:
         pin: tuple[str | None, str | None] = (None, None),
         *,
         check: bool = True,
+        key: Mapping[str, Any] = NO_KEY,
     ) -> Cell | None:
         spec = self.spec
         provider, model = pin
@@ -564,12 +589,13 @@ class Expansion:
                       provider, model)
         values["cell_id"] = cid
         try:
-            output_path = sanitise_relative_path(path_template.render(values))
+            output_path = path_template.render(values, escape=encode_segment)
+            check_output_path(output_path)
         except MissingVariable as exc:
             self._missing_variable(("output", "path"), exc.name, cell_vars, row)
             return None
         except ValueError as exc:
-            self.report(("output", "path"), f"{exc} (for {_describe(cell_vars, row)})")
+            self._bad_path(str(exc), cell_vars, row)
             return None
         taken = own_file(output_path)
         if taken is not None:
@@ -581,7 +607,7 @@ class Expansion:
             cell_id=cid, index=index, prompt=prompt, aspect_ratio=ratio,
             resolution=resolution, output_format=fmt, references=tuple(uris),
             vars=cell_vars, replicate=replicate, output_path=output_path, seed=seed,
-            dataset_row=row, provider=provider, model=model,
+            dataset_row=row, key=key, provider=provider, model=model,
         )
 
     def _count(
@@ -591,14 +617,14 @@ class Expansion:
         stats = limits.prompts.get(template)
         length = len(prompt)
         if stats is None:
-            limits.prompts[template] = PromptStats(length, length, _describe(cell_vars, row))
+            limits.prompts[template] = PromptStats(length, length, self.describe(cell_vars, row))
         elif length > stats.longest:
-            stats.longest, stats.longest_example = length, _describe(cell_vars, row)
+            stats.longest, stats.longest_example = length, self.describe(cell_vars, row)
         elif length < stats.shortest:
             stats.shortest = length
         if references > limits.most_references:
             limits.most_references = references
-            limits.most_references_example = _describe(cell_vars, row)
+            limits.most_references_example = self.describe(cell_vars, row)
 
     def _missing_variable(
         self, path: JsonPath, name: str, cell_vars: Mapping[str, str], row: int | None
@@ -609,7 +635,7 @@ class Expansion:
         self.report(
             path,
             f"placeholder {{{name}}} has no value in some cells, e.g. "
-            f"{_describe(cell_vars, row)}: only some include entries set {name!r}; set it "
+            f"{self.describe(cell_vars, row)}: only some include entries set {name!r}; set it "
             "in every combination or drop the placeholder",
         )
 
@@ -656,9 +682,9 @@ class Expansion:
             return
         columns = set(self.dataset.columns) if self.dataset is not None else set()
         if row is not None and columns & set(template.names):
-            message = f"dataset row {row}: {message}"
+            message = f"{self.where(row)}: {message}"
         elif template.names:
-            message = f"{message} (for {_describe(cell_vars, row)})"
+            message = f"{message} (for {self.describe(cell_vars, row)})"
         self.report(("references", index), message)
 
     def _own_file(
@@ -669,7 +695,7 @@ class Expansion:
         self._own_file_reported = True
         self.report(
             ("output", "path"),
-            f"output path {output_path!r} (for {_describe(cell_vars, row)}) is nbp's own "
+            f"output path {output_path!r} (for {self.describe(cell_vars, row)}) is nbp's own "
             f"{taken} in the target; an image there would overwrite it. nbp keeps "
             f"{', '.join(OWN_FILES)} and {STATE_DIR}/ for itself: change output.path",
         )
@@ -687,7 +713,7 @@ class Expansion:
             shown = ", ".join(f"column {n!r}" for n in template.names)
             self.report(
                 ("dataset", "path"),
-                f"row {row} ({shown}): reference image {uri!r} does not exist",
+                f"{self.where(row)} ({shown}): reference image {uri!r} does not exist",
             )
         else:
             self.report(("references", index), f"reference image {uri!r} does not exist")
@@ -703,6 +729,7 @@ class Expansion:
             cells = self._cells_at(recipe, wanted)
             self._identical_requests = _Collisions.of(found.identical, cells)
             self._shared_paths = _Collisions.of(found.shared, cells)
+            self._case_paths = _Collisions.of(found.case, cells)
         return found.merged
 
     def _cells_at(self, recipe: _Recipe, positions: set[int]) -> dict[int, Cell]:
@@ -725,13 +752,18 @@ class Expansion:
             self.report(
                 ("output", "path"),
                 f"{_cells(shared.count)} write to a path another cell writes, e.g. "
-                f"{first.cell_id} ({_describe(first.vars, first.dataset_row)}) and "
-                f"{second.cell_id} ({_describe(second.vars, second.dataset_row)}) both write "
+                f"{first.cell_id} ({self.describe(first.vars, first.dataset_row)}) and "
+                f"{second.cell_id} ({self.describe(second.vars, second.dataset_row)}) both write "
                 f"{second.output_path!r}; add {hint} or {{cell_id}} to output.path",
             )
+        self._case_only()
         same = self._identical_requests
         if same.example is not None:
             self._identical(same)
+        if self._bad_paths > MAX_MISSING_FILES:
+            self.report(("output", "path"), f"{self._bad_paths} cells in all have no usable "
+                                            f"output path (the first {MAX_MISSING_FILES} "
+                                            "are listed)")
         if self._missing_file_issues > MAX_MISSING_FILES:
             self.report(
                 ("references",),
@@ -780,6 +812,29 @@ class Expansion:
         name = file_name(dataset)
         return lambda rows, total: places(rows, total, lines, name)
 
+    def _case_only(self) -> None:
+        """Paths that differ only in case: one file on macOS and Windows, two elsewhere."""
+        case = self._case_paths
+        if case.example is None:
+            return
+        first, second = case.example
+        self.report(
+            ("output", "path"),
+            f"{_cells(case.count)} write a path that differs only in case from another cell's, "
+            f"e.g. {first.cell_id} ({self.describe(first.vars, first.dataset_row)}) writes "
+            f"{first.output_path!r} and {second.cell_id} "
+            f"({self.describe(second.vars, second.dataset_row)}) writes "
+            f"{second.output_path!r}: a filesystem that ignores case (macOS, Windows) makes "
+            "them one file; make the values differ by more than case",
+        )
+
+    def _bad_path(self, message: str, cell_vars: Mapping[str, str], row: int | None) -> None:
+        """A cell whose rendered path cannot be written (empty or over-long name): the first
+        few are reported, the rest counted (a million bad rows are not a million lines)."""
+        self._bad_paths += 1
+        if self._bad_paths <= MAX_MISSING_FILES:
+            self.report(("output", "path"), f"{message} (for {self.describe(cell_vars, row)})")
+
     def _identical(self, same: _Collisions) -> None:
         assert same.example is not None
         first, second = same.example
@@ -797,8 +852,8 @@ class Expansion:
             path,
             f"{_cells(same.count)} send the same request as another cell (same prompt, "
             "aspect ratio, resolution, references and seed) and would be paid twice, e.g. "
-            f"{_describe(first.vars, first.dataset_row)} and "
-            f"{_describe(second.vars, second.dataset_row)}; they differ only in {what}: "
+            f"{self.describe(first.vars, first.dataset_row)} and "
+            f"{self.describe(second.vars, second.dataset_row)}; they differ only in {what}: "
             "use it in the prompt (or use repeat for replicates)",
         )
 
@@ -941,8 +996,8 @@ def _differences(first: Cell, second: Cell) -> list[str]:
     return names
 
 
-def _describe(cell_vars: Mapping[str, str], row: int | None) -> str:
-    parts = [] if row is None else [f"row {row}"]
+def _describe(cell_vars: Mapping[str, str], where: str | None) -> str:
+    parts = [] if where is None else [where]
     for name, value in cell_vars.items():
         shown = value if len(value) <= 40 else value[:37] + "..."
         parts.append(f"{name}={shown!r}")

@@ -50,7 +50,7 @@ from flows.spec.credentials import (
     unknown_key,
     wrong_block_name,
 )
-from flows.spec.dataset import Dataset, DatasetError, read_dataset
+from flows.spec.dataset import DUPLICATE_RULES, Dataset, DatasetError, read_dataset
 from flows.spec.inputs import (
     InputPolicy,
     InputRefused,
@@ -227,7 +227,7 @@ def check_job(
         return None, [*checker.sorted_problems(), Problem(
             source, 1, 1, "$", f"more than {MAX_PROBLEMS} problems: nbp stopped looking; "
                                "fix these and validate again")]
-    job = (Job(spec, checker.cells, skipped=checker.skipped)
+    job = (Job(spec, checker.cells, skipped=checker.skipped, notes=tuple(checker.notes))
            if spec is not None and not checker.problems else None)
     return job, checker.sorted_problems()
 
@@ -279,6 +279,7 @@ class _Checker:
         self.blocking: list[JsonPath] = []      # ... and the value cannot be expanded
         self.cells: CellSource = []             # every cell, once the spec expands
         self.skipped: SkippedRows | None = None  # left out by references_required: skip
+        self.notes: list[str] = []              # remarks that do not make it invalid
         self.keep_cells = False                 # hold them (see `load_job`)
         self.caps: dict[str, Capabilities] = {}
         self.known: list[str] = []
@@ -657,19 +658,48 @@ class _Checker:
             path=path,
             format=fmt if isinstance(fmt, str) else None,
             storage_options=dict(options) if isinstance(options, dict) else {},
+            key=self.dataset_key(raw),
+            duplicates=raw["duplicates"] if raw.get("duplicates") in DUPLICATE_RULES else "fail",
         )
+
+    def dataset_key(self, raw: Mapping[str, Any]) -> tuple[str, ...]:
+        """`dataset.key` as a tuple of column names (the schema checked its shape); a rule
+        for repeated keys without a key is a problem (it would silently mean nothing)."""
+        key = raw.get("key")
+        names = (key,) if isinstance(key, str) else tuple(
+            name for name in key if isinstance(name, str)) if isinstance(key, list) else ()
+        if not names and "duplicates" in raw and not self.broken(("dataset", "duplicates")):
+            self.add(("dataset", "duplicates"), "dataset.duplicates needs dataset.key: the "
+                                                "columns whose values must not repeat")
+        return names
 
     def read(self, spec: DatasetSpec | None) -> Dataset | None:
         if spec is None or self.broken(("dataset",)) or self.dataset_refused or self.too_many_cells:
             return None
         try:
-            return read_dataset(spec.path, format=spec.format,
-                                storage_options=spec.storage_options,
-                                max_bytes=self.policy.max_dataset_bytes,
-                                max_rows=self.policy.max_dataset_rows)
+            dataset = read_dataset(spec.path, format=spec.format,
+                                   storage_options=spec.storage_options,
+                                   max_bytes=self.policy.max_dataset_bytes,
+                                   max_rows=self.policy.max_dataset_rows,
+                                   key=spec.key, duplicates=spec.duplicates)
         except DatasetError as exc:
             self.add(("dataset", "path"), str(exc))
             return None
+        for problem in dataset.problems:  # the expansion reports them too: shown once
+            self.add(("dataset", "key"), problem)
+        if dataset.dropped:
+            self.note(("dataset", "duplicates"), _dropped_note(dataset, spec.duplicates))
+        if dataset.blank:
+            rows = "1 blank row" if dataset.blank == 1 else f"{dataset.blank:,} blank rows"
+            self.note(("dataset", "key"), f"{rows} of {dataset.lines.name} left out (no value "
+                                          f"in any column), e.g. {dataset.blank_example}")
+        return dataset
+
+    def note(self, path: JsonPath, message: str) -> None:
+        """A located remark that does not make the spec invalid (`Job.notes`)."""
+        position = self.doc.position(path)
+        self.notes.append(f"{self.source}:{position.line}:{position.column}: "
+                          f"{yamlpos.format_path(path)}: note: {message}")
 
     def check_columns(self, dataset: Dataset, matrix: MatrixSpec) -> None:
         taken = set(matrix.axes)
@@ -928,6 +958,14 @@ class _LimitCheck:
             self.check(path, suffix, references=fake)
         for index, uri in sorted(stats.local_references.items()):
             self.check(("references", index), references=(Reference(uri, data=b""),))
+
+
+def _dropped_note(dataset: Dataset, rule: str) -> str:
+    name, count = dataset.lines.name, dataset.dropped
+    rows = (f"1 row of {name} repeats the key of another row and is left out" if count == 1
+            else f"{count:,} rows of {name} repeat the key of another row and are left out")
+    return (f"{rows} (duplicates: {rule} keeps the {rule} row of each key), e.g. "
+            f"{dataset.dropped_example}")
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

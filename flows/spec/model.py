@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from flows.spec.inputs import InputPolicy
 
 DEFAULT_OUTPUT_PATH = "{cell_id}.{ext}"
+NO_KEY: Mapping[str, Any] = MappingProxyType({})  # a cell without a dataset key
 DEFAULT_RETRIES = 2
 ROUTINGS = ("fallback", "spread", "cheapest")
 
@@ -59,6 +61,8 @@ class DatasetSpec:
     path: str                           # resolved: absolute local path or fsspec URL
     format: str | None = None           # csv | parquet | jsonl; None: from the extension
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    key: tuple[str, ...] = ()           # the columns that identify a row (a product)
+    duplicates: str = "fail"            # a repeated key: fail, or keep the first or last row
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,10 @@ class Cell:
     replicate: int
     output_path: str                    # relative to the target, sanitised
     seed: int | None = None
-    dataset_row: int | None = None
+    dataset_row: int | None = None      # the row's 0-based number in the dataset file
+    # The dataset key of the cell's row (`dataset.key`), column -> value typed as in the file
+    # (int, float, bool, else text; None: empty): the manifest's `key_<column>` columns.
+    key: Mapping[str, Any] = field(default_factory=lambda: NO_KEY)
     # A `provider` / `model` matrix value pins the cell: only that provider's channels run
     # it (routing and fallback never move it), with that model id. None: not pinned.
     provider: str | None = None
@@ -173,8 +180,12 @@ class SkippedRows:
 
 @dataclass(frozen=True)
 class Job:
-    """A validated spec and every cell it expands to (`flows.spec.loader.load_job`)."""
+    """A validated spec and every cell it expands to (`flows.spec.loader.load_job`).
+
+    `notes` are located remarks that do not make the spec invalid, as `file:line:col: path:
+    note: ...` (e.g. dataset rows `dataset.duplicates` dropped): `nbp validate` shows them."""
 
     spec: JobSpec
     cells: CellSource
     skipped: SkippedRows | None = None  # cells left out by `references_required: skip`
+    notes: tuple[str, ...] = ()

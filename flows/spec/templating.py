@@ -12,7 +12,7 @@ so rendering a validated template is a plain `str.format_map` and stays fast for
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 _FORMATTER = string.Formatter()
@@ -67,14 +67,28 @@ class Template:
                 names.append(name)
         return cls(text, tuple(names))
 
-    def render(self, values: Mapping[str, str]) -> str:
-        """Fill the placeholders; raises `MissingVariable` for a name `values` lacks."""
+    def render(
+        self, values: Mapping[str, str], escape: Callable[[str], str] | None = None
+    ) -> str:
+        """Fill the placeholders; raises `MissingVariable` for a name `values` lacks.
+        `escape` is applied to each value (not to the template's own text): output paths
+        encode values with `outputs.paths.encode_segment`."""
         if not self.names and "{" not in self.text and "}" not in self.text:
             return self.text
+        if escape is not None:
+            try:
+                values = {name: escape(values[name]) for name in self.names}
+            except KeyError as exc:
+                raise MissingVariable(str(exc.args[0])) from None
         try:
             return self.text.format_map(values)
         except KeyError as exc:
             raise MissingVariable(str(exc.args[0])) from None
+
+    def literals(self) -> tuple[str, ...]:
+        """The template's own text around its placeholders, in order (the first piece is
+        where the text starts: "" when it starts with a placeholder)."""
+        return tuple(literal for literal, _name, _spec, _conv in _FORMATTER.parse(self.text))
 
 
 def placeholders(text: str) -> tuple[str, ...]:

@@ -16,6 +16,8 @@ from outputs.manifest import (
     MANIFEST_COLUMNS,
     MANIFEST_DOC,
     MANIFEST_NAME,
+    ManifestRow,
+    key_columns,
     manifest_doc_markdown,
     merge_manifest,
     read_manifest,
@@ -168,10 +170,12 @@ def test_update_manifest_twice_keeps_one_row_per_cell(tmp_path: Path) -> None:
 
 
 def test_schema_documentation_covers_every_column() -> None:
-    assert [name for name, _, _ in MANIFEST_DOC] == list(MANIFEST_COLUMNS)
+    documented = [name for name, _, _ in MANIFEST_DOC]
+    assert [name for name in documented if name != "key_*"] == list(MANIFEST_COLUMNS)
+    assert documented[documented.index("vars") + 1] == "key_*"  # where key columns go
     assert all(kind and meaning for _, kind, meaning in MANIFEST_DOC)
     table = manifest_doc_markdown()
-    assert table.count("\n") == len(MANIFEST_COLUMNS) + 1
+    assert table.count("\n") == len(MANIFEST_COLUMNS) + 2
     assert "| `references` | `list[str]` |" in table
     assert "| `submitted_at` | `datetime[us, UTC]` |" in table
 
@@ -233,3 +237,69 @@ def test_status_keeps_the_largest_failure_groups() -> None:
     assert len(summary.failures) == MAX_FAILURE_GROUPS
     assert summary.failures[0].error_code == f"E{MAX_FAILURE_GROUPS + 4}"
     assert "... and 5 more reason(s)" in render_status(summary)
+
+
+# -- key columns -------------------------------------------------------------------------------
+
+
+def test_a_rows_key_becomes_typed_key_columns_after_vars() -> None:
+    frame = rows_to_frame([row("a", key={"sku": 7, "colour": "red", "ok": True, "w": 1.5}),
+                           row("b", key={"sku": 8, "colour": None, "ok": False, "w": 2})])
+    columns = list(frame.columns)
+    assert columns[columns.index("vars") + 1:columns.index("vars") + 5] == [
+        "key_sku", "key_colour", "key_ok", "key_w"]
+    assert [name for name in columns if not name.startswith("key_")] == list(MANIFEST_COLUMNS)
+    assert {name: frame.schema[name] for name in columns if name.startswith("key_")} == {
+        "key_sku": pl.Int64, "key_colour": pl.String, "key_ok": pl.Boolean,
+        "key_w": pl.Float64}
+    assert frame.select(pl.col("^key_.*$")).rows() == [(7, "red", True, 1.5),
+                                                       (8, None, False, 2.0)]
+    assert json.loads(frame["vars"][0]) == {"sku": "a", "title": "Shoe"}  # vars as it was
+
+
+def test_key_columns_are_prefixed_so_no_key_clashes_with_a_fixed_column() -> None:
+    assert key_columns({"status": "x", "cell_id": "y"}) == {"key_status": "x",
+                                                           "key_cell_id": "y"}
+    frame = rows_to_frame([row("a", key={"status": "discontinued"})])
+    assert frame["status"][0] == "succeeded" and frame["key_status"][0] == "discontinued"
+
+
+def test_a_key_travels_through_the_journal_and_back_from_manifest_columns() -> None:
+    """A journal entry holds `ManifestRow.to_json()`; a manifest row read back as a mapping
+    has `key_*` columns: both give the same row."""
+    first = ManifestRow.from_mapping(row("a", key={"sku": 7, "colour": "red"}))
+    again = ManifestRow.from_mapping(json.loads(json.dumps(first.to_json())))
+    assert again.key == {"sku": 7, "colour": "red"}
+    as_read = rows_to_frame([first]).to_dicts()[0]
+    assert ManifestRow.from_mapping(as_read).key == {"sku": 7, "colour": "red"}
+    assert rows_to_frame([again]).drop("updated_at").equals(
+        rows_to_frame([first]).drop("updated_at"))
+
+
+def test_jobs_with_other_keys_merge_into_one_manifest_with_nulls(tmp_path: Path) -> None:
+    sink = Sink(str(tmp_path))
+    update_manifest(sink, rows_to_frame([row("a", job="shoes", key={"sku": "S-1"})]))
+    update_manifest(sink, rows_to_frame([row("b", job="mugs", key={"sku": "M-1", "size": 2})]))
+    update_manifest(sink, rows_to_frame([row("c", job="art")]))  # no key at all
+    final = pl.read_parquet(tmp_path / MANIFEST_NAME)  # plain polars, no nbp code
+    assert final.select("cell_id", "key_sku", "key_size").rows() == [
+        ("a", "S-1", None), ("b", "M-1", 2), ("c", None, None)]
+    assert final.schema["key_size"] == pl.Int64
+    stored = read_manifest(sink)
+    assert stored is not None and stored.columns == final.columns
+
+
+@pytest.mark.parametrize(("old", "new", "dtype", "values"), [
+    pytest.param([1], ["A-1"], pl.String, ["1", "A-1"], id="int-then-text"),
+    pytest.param([1], [2.5], pl.Float64, [1.0, 2.5], id="int-then-float"),
+    pytest.param([None], [3], pl.Int64, [None, 3], id="null-then-int"),
+    pytest.param([True], [None], pl.Boolean, [True, None], id="bool-then-null"),
+])
+def test_one_key_column_of_two_types_gets_one_type(
+    old: list[Any], new: list[Any], dtype: pl.DataType, values: list[Any]
+) -> None:
+    first = rows_to_frame([row(f"o{i}", key={"sku": v}) for i, v in enumerate(old)])
+    second = rows_to_frame([row(f"n{i}", key={"sku": v}) for i, v in enumerate(new)])
+    merged = merge_manifest(first, second)
+    assert merged.schema["key_sku"] == dtype
+    assert merged["key_sku"].to_list() == values

@@ -84,8 +84,10 @@ def test_any_merge_is_the_frame_merge(tmp_path: Path, ids: list[str]) -> None:
         (folder / "parts").mkdir(parents=True)
         old_ids = rng.sample(ids, rng.randint(0, 20))
         new_ids = rng.sample(ids, rng.randint(0, 20))
-        old = rows_to_frame([row(c, run_id="old") for c in old_ids]) if old_ids else None
-        new = rows_to_frame([row(c, run_id="new", attempts=i) for i, c in enumerate(new_ids)])
+        old = rows_to_frame([row(c, run_id="old", key={"sku": c}) for c in old_ids]
+                            ) if old_ids else None
+        new = rows_to_frame([row(c, run_id="new", attempts=i, key=rng.choice(
+            [None, {"sku": c}, {"n": i if i % 3 else None}])) for i, c in enumerate(new_ids)])
         order = None
         if rng.random() < 0.5:
             order = pl.DataFrame({"cell_id": rng.sample(ids, 25), "index": list(range(25))})
@@ -98,3 +100,27 @@ def test_any_merge_is_the_frame_merge(tmp_path: Path, ids: list[str]) -> None:
             want = want.with_columns(spec_order.alias("_o")).sort("_o", maintain_order=True)
             want = want.drop("_o")
         assert got.equals(want), trial
+
+
+def test_key_columns_merge_across_parts_runs_and_jobs(folders: Path) -> None:
+    """Parts of one run whose key values are all null in one chunk, and an old manifest of
+    another job with another key column: the frame merge's columns, types and nulls."""
+    old = rows_to_frame([row("x", job="mugs", key={"mug": "M-1"})])
+    new = rows_to_frame([row("a", key={"sku": 1, "colour": None}),
+                         row("b", key={"sku": 2, "colour": None}),
+                         row("c", key={"sku": 3, "colour": "red"})])
+    got = merged(folders, old, new, size=2)
+    assert got.equals(merge_manifest(old, new))
+    assert got.select("cell_id", "key_mug", "key_sku", "key_colour").rows() == [
+        ("x", "M-1", None, None), ("a", None, 1, None), ("b", None, 2, None),
+        ("c", None, 3, "red")]
+    assert (got.schema["key_sku"], got.schema["key_colour"]) == (pl.Int64, pl.String)
+    columns = got.columns
+    assert columns[columns.index("vars") + 1:columns.index("replicate")] == [
+        "key_mug", "key_sku", "key_colour"]
+
+
+def test_a_first_run_with_a_key_keeps_its_key_columns(folders: Path) -> None:
+    new = rows_to_frame([row(f"c{i}", key={"sku": f"S-{i}"}) for i in range(5)])
+    got = merged(folders, None, new, size=2)
+    assert got.equals(new) and got["key_sku"].to_list() == [f"S-{i}" for i in range(5)]

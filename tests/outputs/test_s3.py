@@ -21,7 +21,7 @@ from PIL import Image
 
 from outputs.gallery import write_gallery
 from outputs.manifest import MANIFEST_COLUMNS, read_manifest, rows_to_frame, update_manifest
-from outputs.paths import sanitise_relative_path
+from outputs.paths import check_output_path, encode_segment
 from outputs.sink import Sink
 from tests.s3server import S3Server, s3_server
 
@@ -57,7 +57,8 @@ def test_job_outputs_round_trip(target: tuple[Sink, Reader, str]) -> None:
     sink, read, prefix = target
     rows: list[dict[str, Any]] = []
     for n, ratio in enumerate(["1:1", "16:9"]):
-        rel = sanitise_relative_path(f"../../{prefix}-sku{n}/{ratio}_1K.png")
+        rel = f"{encode_segment(f'../../{prefix}-sku{n}')}/{encode_segment(ratio)}_1K.png"
+        check_output_path(rel)  # as expansion renders a path: one folder, '%' in both names
         uri = sink.write_bytes(rel, png((64, 36) if n else (48, 48)), overwrite=False)
         assert uri.endswith(f"/{prefix}/{rel}")
         rows.append({"cell_id": f"cell{n}", "job": "j", "prompt": "shoe", "status": "succeeded",

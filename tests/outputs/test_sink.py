@@ -13,7 +13,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from outputs.paths import sanitise_relative_path
+from outputs.paths import check_output_path, encode_segment
 from outputs.sink import TEMP_MARKER, Sink
 
 
@@ -156,7 +156,8 @@ def test_unsafe_relative_paths_are_refused(sink: Sink, rel: str) -> None:
 def test_templated_values_stay_inside_the_target(tmp_path: Path, value: str) -> None:
     target = tmp_path / "target"
     sink = Sink(str(target))
-    rel = sanitise_relative_path(f"{value}/{value}_1K.png")
+    rel = f"{encode_segment(value)}/{encode_segment(value)}_1K.png"
+    check_output_path(rel)
     sink.write_bytes(rel, b"img", overwrite=False)
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(written) == 1

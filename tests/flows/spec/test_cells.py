@@ -152,7 +152,7 @@ def test_dataset_rows_times_matrix_with_templates(tmp_path: Path) -> None:
     assert first.references == (
         str(tmp_path / "data" / "red.png"), "https://cdn.example.com/logo.png",
     )
-    assert first.output_path == "S-1/1_1_1K.jpg"
+    assert first.output_path == "S-1/1%3A1_1K.jpg"
     assert first.output_format == "jpg"
     assert first.vars["sku"] == "S-1" and first.vars["aspect_ratio"] == "1:1"
     assert [c.index for c in cells] == [0, 1, 2, 3]
@@ -325,7 +325,8 @@ def test_example_specs_expand() -> None:
     rows = len((REPO / "specs" / "data" / "products.csv").read_text().splitlines()) - 1
     assert len(cells) == rows * 3 * 2
     assert all(Path(c.references[0]).is_file() for c in cells)
-    assert cells[0].output_path == "SNK-001/1_1_1K.png"
+    assert cells[0].output_path == "SNK-001/1%3A1_1K.png"
+    assert cells[0].key == {"sku": "SNK-001"}
     experiment = expand(load_spec(str(REPO / "specs" / "experiment.yaml")))
     assert {c.aspect_ratio for c in experiment} == {"1:1", "16:9", "21:9", "3:2"}
     assert not [c for c in experiment

@@ -197,12 +197,13 @@ def test_dataset_values_that_leave_the_folder_name_their_row(tmp_path: Path) -> 
     problems = validate_spec_file(path)
     assert {(p.line, p.column, p.path) for p in problems} == {(5, 14, "references[0]")}
     messages = sorted(p.message for p in problems)
-    assert messages[0].startswith(
-        "dataset row 1: reference '/etc/passwd' is outside the spec's folder")
+    assert messages[0].startswith(  # rows are named by their line in the file
+        "line 3 of rows.csv: reference '/etc/passwd' is outside the spec's folder")
     assert messages[1].startswith(
-        "dataset row 2: reference 'simplecache::http://127.0.0.1:9/latest/meta-data/' chains")
-    assert f"{path}:5:14: references[0]: dataset row 1:" in str(
-        next(p for p in problems if "row 1" in p.message))
+        "line 4 of rows.csv: reference 'simplecache::http://127.0.0.1:9/latest/meta-data/' "
+        "chains")
+    assert f"{path}:5:14: references[0]: line 3 of rows.csv:" in str(
+        next(p for p in problems if "line 3" in p.message))
 
 
 def test_references_from_an_axis_name_the_cell(tmp_path: Path) -> None:
@@ -311,7 +312,7 @@ def test_own_files(rendered: str) -> None:
     pytest.param("manifest.parquet", "manifest.parquet", id="manifest"),
     pytest.param("Index.HTML", "Index.HTML", id="gallery-any-case"),
     pytest.param("{sku}", "index.html", id="from-data"),
-    pytest.param("./{sku}.parquet", "manifest.parquet", id="after-sanitising"),
+    pytest.param("{sku}.parquet", "manifest.parquet", id="text-and-data"),
 ])
 def test_output_paths_may_not_be_nbps_own_files(
     tmp_path: Path, output_path: str, shown: str

@@ -241,7 +241,7 @@ def test_prompt_length_after_templating_names_an_example_row(tmp_path: Path) -> 
         matrix: {prompt: ["Photo of {title}"], resolution: ["1K", "2K"]}
     """)
     problem = only(validate_spec_file(path), "matrix.prompt[0]")
-    assert "this one has 10009" in problem.message and "row 1" in problem.message
+    assert "this one has 10009" in problem.message and "line 3 of rows.csv" in problem.message
 
 
 def test_hiapi_takes_references_as_urls_only(tmp_path: Path) -> None:
@@ -391,7 +391,8 @@ def test_missing_reference_from_a_dataset_row(tmp_path: Path) -> None:
         references: ["{image}"]
     """)), "dataset.path")
     assert problem.message == (
-        f"row 1 (column 'image'): reference image '{tmp_path / 'b.png'}' does not exist"
+        f"line 3 of rows.csv (column 'image'): reference image '{tmp_path / 'b.png'}' does "
+        "not exist"
     )
 
 
@@ -525,8 +526,8 @@ def test_design_example_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # same request written to the same file, so each is kept once
     assert len(cells) == 2 * (3 * 2 - 1 + 1)
     assert cells[0].references == ("https://cdn.example.com/s1.jpg",)
-    assert cells[0].output_path == "S1/1_1_1K.png"
-    assert cells[-1].output_path == "S2/21_9_4K.png"
+    assert cells[0].output_path == "S1/1%3A1_1K.png"
+    assert cells[-1].output_path == "S2/21%3A9_4K.png"
     assert cells[-1].vars["style"] == "photo"
 
 
@@ -538,7 +539,7 @@ def test_design_example_with_style_in_prompt_and_path(tmp_path: Path) -> None:
     )
     cells = expand(load_spec(write(tmp_path, text)))
     assert len(cells) == 3 * 2 * 2 - 2 + 1
-    assert cells[-1].output_path == "S1/photo/21_9_4K.png"
+    assert cells[-1].output_path == "S1/photo/21%3A9_4K.png"
     assert cells[-1].prompt.endswith("soft shadow, photo")
 
 
