@@ -226,9 +226,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
         else:
             print(f"{path}: valid" + ("" if checked is None else
                                       f"; {checked} reference URL(s) answered"))
-        if job is not None and job.skipped is not None:
-            print(f"{path}: {job.skipped.message}")
+        if job is not None:
+            _print_notes(path, job)
     return worst
+
+
+def _print_notes(path: str, job: Any, stream: Any = None) -> None:
+    """What validation noticed without refusing: rows skipped or left out, duplicates dropped."""
+    out = stream or sys.stdout
+    if job.skipped is not None:
+        print(f"{path}: {job.skipped.message}", file=out)
+    for note in job.notes:
+        print(note, file=out)
 
 
 def _check_references(job: Any) -> tuple[int, list[Any]]:
@@ -273,8 +282,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan = make_plan(job.spec, job.cells, target=delta, priced=delta.priced(view))
         delta.finish(view)
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.render())
-    if job.skipped is not None:  # references_required: skip
-        print(f"{args.spec}: {job.skipped.message}", file=sys.stderr)
+    _print_notes(args.spec, job, sys.stderr)  # on stderr: --json stays clean
     return EXIT_OK
 
 
