@@ -296,7 +296,8 @@ def _target_view(spec: Any, target: str) -> Any:
     manifest = read_manifest(Sink(target, options))
     if manifest is None:
         return TargetView(spec.name)
-    rows = manifest.select("cell_id", "job", "status", "output_path", "superseded_by")
+    rows = manifest.select("cell_id", "spec_cell_id", "job", "status", "output_path",
+                           "superseded_by")
     return TargetView.of_rows(spec.name, rows.iter_rows(named=True))
 
 

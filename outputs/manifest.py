@@ -135,6 +135,11 @@ class ManifestRow:
         "true when the cell ran against the local emulators (`nbp run --emulate`): its image "
         "is a placeholder and nothing was paid"
     )
+    spec_cell_id: str | None = _column(
+        pl.String(),
+        "the spec's cell this row's cell makes: `cell_id`, unless a redo (a new seed) or a "
+        "reference photo that changed behind its URL made it anew"
+    )
     superseded_by: str | None = _column(
         pl.String(),
         "the cell that took this cell's output path in a refresh (this row's `output_uri` then "

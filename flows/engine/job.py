@@ -44,7 +44,12 @@ from flows.engine.ledger import Ledger
 from flows.engine.policy import DEFAULT_RETRY, RetryPolicy, RunConfigurationError
 from flows.engine.progress import Progress
 from flows.engine.redo import Effective, effective, read_redos, record_redos
-from flows.engine.reference_check import check_references, http_references
+from flows.engine.reference_check import (
+    ReferenceState,
+    check_references,
+    http_references,
+    references_fingerprint,
+)
 from flows.engine.refresh import TargetState, apply_patches, patches, read_state
 from flows.engine.routing import Router, make_lanes
 from flows.engine.runner import RunContext, Runner
@@ -234,6 +239,11 @@ async def run_job(
     await asyncio.to_thread(claim_target_kind, target_sink, emulated=options.emulate)
     all_cells = await asyncio.to_thread(_effective_cells, target_sink, job.cells,
                                         redo_rejected=options.redo_rejected)
+    states: dict[str, ReferenceState] = {}
+    if not options.emulate:  # never pay for a cell whose reference does not answer
+        states = await _checked_references(all_cells, spec)
+        all_cells = Effective(all_cells.cells, all_cells.redos,
+                              await asyncio.to_thread(_fingerprints, all_cells, states))
     cells = select_shard(all_cells, options.shard, owners)
     progress = progress or Progress()
     progress.total = len(cells)
@@ -277,15 +287,8 @@ async def run_job(
             interrupt=hooks.interrupt, emulated=emulated,
         )
         runner = Runner(ctx)
-        if not emulated:  # never pay for a cell whose reference does not answer
-            urls = await asyncio.to_thread(http_references, cells)
-            if urls:
-                states = await check_references(urls, spec.policy)
-                runner.references.use_check(states)
-                failed = sum(1 for state in states.values() if not state.ok)
-                if failed:
-                    log.warning("%d of %d reference URL(s) do not answer; their cells are not "
-                                "sent", failed, len(states))
+        if states:
+            runner.references.use_check(states)
         with tempfile.TemporaryDirectory(prefix="nbp-manifest-") as folder:
             parts = ManifestParts(folder)
             try:
@@ -324,7 +327,32 @@ async def run_job(
     )
 
 
-def _effective_cells(sink: Sink, cells: CellSource, *, redo_rejected: bool) -> CellSource:
+async def _checked_references(cells: CellSource, spec: JobSpec) -> dict[str, ReferenceState]:
+    """Every distinct http(s) reference of the job, asked once (`reference_check`)."""
+    urls = await asyncio.to_thread(http_references, cells)
+    if not urls:
+        return {}
+    states = await check_references(urls, spec.policy)
+    failed = sum(1 for state in states.values() if not state.ok)
+    if failed:
+        log.warning("%d of %d reference URL(s) do not answer; their cells are not sent",
+                    failed, len(states))
+    return states
+
+
+def _fingerprints(cells: CellSource, states: Mapping[str, ReferenceState]) -> dict[str, str]:
+    """What each cell's reference URLs answered (ETag, Last-Modified), by the cell's id:
+    folded into its id (`flows.engine.redo.fingerprinted`)."""
+    if not states:
+        return {}
+    found = {}
+    for cell in cells:
+        if cell.references and (fp := references_fingerprint(cell.references, states)):
+            found[cell.cell_id] = fp
+    return found
+
+
+def _effective_cells(sink: Sink, cells: CellSource, *, redo_rejected: bool) -> Effective:
     """The spec's cells as this target makes them (`flows.engine.redo`); with
     `redo_rejected`, every cell whose current image was rejected in review gets a redo
     first (one pass over the cells)."""

@@ -66,6 +66,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "succeeded": frozenset({"written"}),
     "moved": frozenset({"succeeded"}),
     "recollect": frozenset({"succeeded"}),
+    "adopted": frozenset({"unsent"}),
 }
 
 
@@ -264,6 +265,13 @@ class CellLife:
         its task (in memory: until it succeeds again, the journal keeps its success)."""
         self._check("recollect")
         self.state, self.paid_before = "created", True
+
+    async def adopted(self, row: ManifestRow) -> None:
+        """The image of the same request made before this cell had its id (`Cell.adopts`)
+        is this cell's: succeeded, nothing created, nothing paid."""
+        self._check("adopted")
+        self.row = row
+        await self._write("succeeded", row=row)
 
     async def moved(self, row: ManifestRow) -> None:
         """The succeeded cell's image now lives at the path the spec gives (`row`)."""

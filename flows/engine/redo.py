@@ -53,19 +53,39 @@ def effective(cell: Cell, redos: Mapping[str, Redo]) -> Cell:
     redo = redos.get(cell.cell_id)
     if redo is None:
         return cell
-    return replace(cell, cell_id=redo_id(cell.cell_id, redo.generation), seed=redo.seed)
+    return replace(cell, cell_id=redo_id(cell.cell_id, redo.generation), seed=redo.seed,
+                   spec_id=cell.spec_cell_id)
+
+
+def fingerprinted(cell: Cell, fingerprint: str | None) -> Cell:
+    """The cell with what its reference URLs answered folded into its id
+    (`reference_check.references_fingerprint`): a new photo behind an unchanged URL makes a
+    new cell, which supersedes the old one's image. None (no URL, or a server that tells
+    neither ETag nor Last-Modified): the cell as it is."""
+    if fingerprint is None:
+        return cell
+    derived = hashlib.sha256(f"{cell.cell_id}:references:{fingerprint}".encode()).hexdigest()
+    return replace(cell, cell_id=derived[:len(cell.cell_id)], spec_id=cell.spec_cell_id,
+                   adopts=cell.cell_id)
 
 
 class Effective:
-    """A `CellSource` with every cell as `effective` makes it."""
+    """A `CellSource` with every cell as this target makes it: its latest redo (`effective`),
+    then its references' fingerprint (`fingerprinted`, by the cell's id before it)."""
 
-    def __init__(self, cells: CellSource, redos: Mapping[str, Redo]) -> None:
+    def __init__(self, cells: CellSource, redos: Mapping[str, Redo],
+                 fingerprints: Mapping[str, str] | None = None) -> None:
         self.cells, self.redos = cells, redos
+        self.fingerprints: Mapping[str, str] = fingerprints or {}
 
     def __iter__(self) -> Iterator[Cell]:
-        if not self.redos:
+        if not self.redos and not self.fingerprints:
             return iter(self.cells)
-        return (effective(cell, self.redos) for cell in self.cells)
+        return (self._made(cell) for cell in self.cells)
+
+    def _made(self, cell: Cell) -> Cell:
+        cell = effective(cell, self.redos)
+        return fingerprinted(cell, self.fingerprints.get(cell.cell_id))
 
     def __len__(self) -> int:
         return len(self.cells)

@@ -375,10 +375,11 @@ def references_fingerprint(
     references changes, as far as their servers tell (`ReferenceState.fingerprint`): a
     changed photo behind an unchanged URL. The same on every run and machine for the same
     URLs, order and answers. None for a cell without http(s) references (a local file's
-    content is in the cell id already). A reference whose server gives no fingerprint
-    counts as null: a change behind it cannot be seen."""
+    content is in the cell id already), and when no server of them gives one (nothing to
+    tell: the cell keeps its id). A reference whose server gives no fingerprint counts as
+    null beside others that do: a change behind it cannot be seen."""
     pairs = [[uri, _fingerprint_of(states.get(uri))] for uri in references if is_http(uri)]
-    if not pairs:
+    if not any(fingerprint for _, fingerprint in pairs):
         return None
     canonical = json.dumps(pairs, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -210,7 +210,23 @@ class Runner:
             resumed = await self._resume(life, cell)
             if resumed is not None:
                 return resumed
+        elif (adopted := await self._adopt(life, cell)) is not None:
+            return adopted
         return await self._run_channels(life, cell)
+
+    async def _adopt(self, life: CellLife, cell: Cell) -> ManifestRow | None:
+        """A cell whose path holds the image of the same request from before its reference
+        fingerprint was known (`Cell.adopts`): that image is this cell's, unpaid."""
+        owner = self._target.owner(cell.output_path)
+        if cell.adopts is None or owner is None or owner.cell_id != cell.adopts:
+            return None
+        found = (await asyncio.to_thread(self.ctx.journal.read, [cell.adopts])).get(cell.adopts)
+        if found is None or found.state != "succeeded" or found.row is None:
+            return None
+        row = dataclasses.replace(found.row, cell_id=cell.cell_id, run_id=self.ctx.run_id,
+                                  spec_cell_id=cell.spec_cell_id)
+        await life.adopted(row)
+        return row
 
     async def _recollect(self, life: CellLife, cell: Cell) -> ManifestRow:
         """A succeeded cell whose image is gone from the target: collected again from its
@@ -767,6 +783,7 @@ class Runner:
             completed_at=_utc(now) if status in ("succeeded", "failed") else None,
             latency_s=round(now - submitted_at, 3) if submitted_at else None,
             output_path=cell.output_path,
+            spec_cell_id=cell.spec_cell_id,
             emulated=ctx.emulated,
             **results,
         )

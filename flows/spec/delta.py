@@ -13,7 +13,9 @@ Pure: the caller reads the manifest (`outputs.manifest`) and hands over plain ro
                  produces (a changed title or photo): paid, and it supersedes that image
     new          anything else: paid
 
-and `stale` counts the job's cells on the target that the spec no longer produces.
+and `stale` counts the job's cells on the target that the spec no longer produces. Cells are
+compared as the spec gives them (`spec_cell_id`): a plan cannot see a photo that changed
+behind an unchanged URL (the run asks the URL; `flows.engine.redo.fingerprinted`).
 """
 
 from __future__ import annotations
@@ -37,13 +39,15 @@ class TargetView:
 
     @classmethod
     def of_rows(cls, job: str, rows: Iterable[Mapping[str, Any]]) -> TargetView:
-        """From manifest rows (cell_id, job, status, output_path, superseded_by)."""
+        """From manifest rows (cell_id, spec_cell_id, job, status, output_path,
+        superseded_by). Cells are the spec's: a row made by a redo or after a reference
+        photo changed counts for the spec cell it makes (`spec_cell_id`)."""
         done: set[str] = set()
         pending: set[str] = set()
         owners: dict[str, tuple[str, str]] = {}
         mine: set[str] = set()
         for row in rows:
-            cell_id, status = str(row["cell_id"]), row.get("status")
+            cell_id, status = str(row.get("spec_cell_id") or row["cell_id"]), row.get("status")
             if row.get("job") == job:
                 mine.add(cell_id)
             if row.get("superseded_by"):

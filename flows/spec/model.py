@@ -153,6 +153,17 @@ class Cell:
     # it (routing and fallback never move it), with that model id. None: not pinned.
     provider: str | None = None
     model: str | None = None
+    # The id the spec gives this cell when a target makes it otherwise (a redo's new seed,
+    # a reference photo that changed behind its URL: `flows.engine.redo`); None: `cell_id`.
+    spec_id: str | None = None
+    # The same request's cell before its reference fingerprint was folded into its id: its
+    # image is this cell's, taken over unpaid (a target made before fingerprints). None: none.
+    adopts: str | None = None
+
+    @property
+    def spec_cell_id(self) -> str:
+        """The id of the spec's cell this cell makes (the manifest's `spec_cell_id`)."""
+        return self.spec_id or self.cell_id
 
 
 class CellSource(Protocol):

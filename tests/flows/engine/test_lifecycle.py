@@ -39,6 +39,7 @@ CALLS: dict[str, Callable[[CellLife], Awaitable[Any]]] = {
     "pending": lambda life: life.pending("why"),
     "moved": lambda life: life.moved(ROW),
     "recollect": lambda life: _sync(life.recollect),
+    "adopted": lambda life: life.adopted(ROW),
     "cancelled": lambda life: life.cancelled(),
     "written": lambda life: _sync(life.written),
     "succeeded": lambda life: life.succeeded(ROW),

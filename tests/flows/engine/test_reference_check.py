@@ -76,6 +76,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif path == "/modified":
             self._send(200, {"Last-Modified": "Wed, 21 Oct 2026 07:28:00 GMT",
                              "Content-Type": "image/jpeg"}, size=99)
+        elif path.startswith("/photo/"):  # what it answers is the test's to change
+            headers = {"Content-Type": "image/png"}
+            if self.server.etag is not None:
+                headers["ETag"] = f"\"{self.server.etag}\""
+            self._send(200, headers, size=10)
         elif path == "/plain":
             self._send(200, {"Content-Type": "image/png"}, size=10)
         elif path.startswith("/missing"):
@@ -129,6 +134,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.requests: Counter[tuple[str, str]] = Counter()
         self.in_flight = self.most_in_flight = 0
+        self.etag: str | None = None  # of /photo/...
 
     @property
     def base(self) -> str:
@@ -490,3 +496,59 @@ def test_a_run_never_pays_for_a_cell_whose_reference_does_not_answer(
     assert result.counts["succeeded"] == 1 and result.counts["failed"] == 1
     assert "cannot be fetched: answers 404" in str(result.failures)
     assert server.asked("/missing/b2.png") == 1
+
+
+def test_a_new_photo_behind_an_unchanged_url_is_made_again_and_supersedes_the_old(
+    server: _Server, tmp_path: Path
+) -> None:
+    """What the reference URL answers (its ETag) is part of the cell's request: a new photo
+    behind the same URL makes a new image that takes the old one's path (kept as history).
+    A target made while the server told nothing (or before nbp asked) keeps its images: the
+    first run that learns the ETag adopts them unpaid."""
+    import os
+
+    import polars as pl
+    import yaml
+
+    from flows.engine.job import RunOptions, run_job
+    from providers.emulator.hub import EmulatorHub
+
+    (tmp_path / "rows.csv").write_text(f"sku,image\nA1,{server.base}/photo/a1.png\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "version": 1, "name": "photos", "provider": "kie",
+        "dataset": {"path": "rows.csv"}, "references": ["{image}"],
+        "matrix": {"prompt": ["the product {sku}"]},
+        "output": {"target": str(tmp_path / "out"), "path": "{sku}.{ext}"},
+        "limits": {"kie": {"poll_interval": 0.05}},
+    }))
+
+    def rows() -> pl.DataFrame:
+        return pl.read_parquet(tmp_path / "out" / "manifest.parquet")
+
+    with EmulatorHub.start(["kie"], latency_s=0.1) as hub:
+        saved = dict(os.environ)
+        os.environ.update(hub.environ())
+        try:
+            def run() -> int:
+                options = RunOptions(spec=str(spec), allow_private_hosts=True)
+                return asyncio.run(run_job(options)).exit_code
+
+            assert run() == 0 and len(hub["kie"].creates) == 1  # no ETag: nothing to fold
+            first = rows().row(0, named=True)
+            server.etag = "v1"
+            assert run() == 0 and len(hub["kie"].creates) == 1  # adopted, unpaid
+            adopted = rows().filter(pl.col("superseded_by").is_null()).row(0, named=True)
+            assert adopted["cell_id"] != first["cell_id"]
+            assert adopted["spec_cell_id"] == first["cell_id"]
+            assert adopted["sha256"] == first["sha256"]
+            server.etag = "v2"  # a new photo behind the same URL
+            assert run() == 0 and len(hub["kie"].creates) == 2
+            now = rows().filter(pl.col("superseded_by").is_null()).row(0, named=True)
+            old = rows().filter(pl.col("cell_id") == adopted["cell_id"]).row(0, named=True)
+            assert old["superseded_by"] == now["cell_id"]  # a new task made it
+            assert ".nbp/history/" in old["output_uri"] and Path(old["output_uri"]).exists()
+            assert run() == 0 and len(hub["kie"].creates) == 2  # unchanged: nothing paid
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
