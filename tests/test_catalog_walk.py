@@ -61,7 +61,8 @@ def test_two_weeks_of_a_catalog(prefect_api_url: str, hub: EmulatorHub, tmp_path
         found = rows().filter((pl.col("key_sku") == sku) & pl.col("superseded_by").is_null())
         return found.row(0, named=True)
 
-    mug, shirt = photo(tmp_path / "mug.png", (200, 40, 40)), photo(tmp_path / "tsh.png", (0, 0, 200))
+    mug = photo(tmp_path / "mug.png", (200, 40, 40))
+    shirt = photo(tmp_path / "tsh.png", (0, 0, 200))
     hat = photo(tmp_path / "hat.png", (0, 150, 0))
     spec = tmp_path / "catalog.yaml"
     spec.write_text(yaml.safe_dump({
