@@ -64,6 +64,8 @@ class TerminalDisplay:
         ]
         if result.get("stop_reason"):
             lines.append(f"stopped early: {result['stop_reason']}")
+        if result.get("products"):
+            lines.append(str(result["products"]))
         lines += failure_lines(result.get("failures") or [])
         if result.get("outcome") == "pending":
             lines.append("only tasks to collect are left: run the same command later "

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from outputs.manifest import STATUSES, conform_lazy
+from outputs.manifest import STATUSES, conform_lazy, is_key_column
 
 MAX_FAILURE_GROUPS = 10
 BATCH_TASK_PREFIX = "batches/"  # a batch job's cells: "batches/<id>/<cell id>" (gemini-batch)
@@ -61,6 +61,9 @@ class Summary:
     emulated: int = 0  # cells that ran against the local emulators: placeholders, not paid
     stale: int = 0       # cells the job's spec no longer produces (their images are kept)
     superseded: int = 0  # cells whose path a newer cell took (their images are history)
+    products: int = 0    # distinct dataset keys of the current cells (0: no dataset.key)
+    complete: int = 0    # ... whose every current cell succeeded
+    incomplete: tuple[tuple[str, int, int], ...] = ()  # a few: (key, succeeded, cells)
 
     @property
     def succeeded(self) -> int:
@@ -85,7 +88,21 @@ class Summary:
                  "age_s": _rounded(b.age_s())}
                 for b in self.pending_batches
             ],
+            "emulated": self.emulated, "stale": self.stale, "superseded": self.superseded,
+            "products": self.products, "products_complete": self.complete,
+            "products_incomplete": [{"key": k, "succeeded": ok, "cells": n}
+                                    for k, ok, n in self.incomplete],
         }
+
+    def products_line(self) -> str | None:
+        """Completeness per product, when the cells have a dataset key."""
+        if not self.products:
+            return None
+        line = f"products: {self.complete} of {self.products} complete"
+        if self.incomplete:
+            line += " (not: " + ", ".join(f"{key} {ok}/{cells}"
+                                          for key, ok, cells in self.incomplete) + ")"
+        return line
 
 
 def summarise(manifest: pl.DataFrame | pl.LazyFrame) -> Summary:
@@ -110,6 +127,7 @@ def summarise(manifest: pl.DataFrame | pl.LazyFrame) -> Summary:
         _failure_groups(df),
         _pending_batches(df),
     ])
+    products = _products(manifest.lazy())
     counts = dict(status_counts.iter_rows())
     by_status = {status: int(counts.pop(status, 0)) for status in STATUSES}
     by_status.update({str(k): int(v) for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))})
@@ -134,7 +152,37 @@ def summarise(manifest: pl.DataFrame | pl.LazyFrame) -> Summary:
         emulated=int(totals["emulated"][0] or 0),
         stale=int(totals["stale"][0] or 0),
         superseded=int(totals["superseded"][0] or 0),
+        **products,
     )
+
+
+MAX_INCOMPLETE = 5
+
+
+def _products(raw: pl.LazyFrame) -> dict[str, Any]:
+    """Completeness per product (the manifest's `key_*` columns): a product is complete when
+    every one of its current cells (not superseded, not stale) succeeded."""
+    names = raw.collect_schema().names()
+    keys = [name for name in names if is_key_column(name)]
+    if not keys:
+        return {}
+    current = pl.lit(True)
+    if "superseded_by" in names:
+        current = current & pl.col("superseded_by").is_null()
+    if "stale" in names:
+        current = current & ~pl.col("stale").fill_null(False)
+    per = (raw.filter(current & pl.all_horizontal(pl.col(k).is_not_null() for k in keys))
+           .group_by(keys)
+           .agg(pl.len().alias("cells"), (pl.col("status") == "succeeded").sum().alias("ok"))
+           .collect())
+    partial = per.filter(pl.col("ok") < pl.col("cells")).sort(keys).head(MAX_INCOMPLETE)
+    return {
+        "products": per.height,
+        "complete": int((per["ok"] == per["cells"]).sum()),
+        "incomplete": tuple(
+            (" ".join(str(row[k]) for k in keys), int(row["ok"]), int(row["cells"]))
+            for row in partial.iter_rows(named=True)),
+    }
 
 
 def _latency(df: pl.LazyFrame) -> pl.LazyFrame:
@@ -187,6 +235,8 @@ def render_status(summary: Summary) -> str:
     if summary.jobs:
         lines.append(f"job: {', '.join(summary.jobs)} ({summary.runs} run(s))")
     lines.append(f"spend: ${summary.spend_usd:.2f}")
+    if (products := summary.products_line()) is not None:
+        lines.append(products)
     if summary.superseded or summary.stale:
         lines.append(f"refreshed: {summary.superseded} superseded (their images kept under "
                      f".nbp/history/), {summary.stale} stale (no longer in the spec; kept)")

@@ -72,6 +72,10 @@ class Budget:
     _own: SpendRecord | None = field(default=None, repr=False)
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
     _dirty: bool = field(default=False, repr=False)
+    # Whole products: what this process promised products whose creates have not held
+    # their price yet (`pledge`), so two products never both count on the same room.
+    pledged_usd: float = 0.0
+    _pledging: asyncio.Lock | None = field(default=None, repr=False)
 
     @property
     def capped(self) -> bool:
@@ -101,6 +105,36 @@ class Budget:
         if self._own is not None and self.ledger is not None:
             await _whole(self._fold_own(self.ledger, self._own))
             self._own = None
+
+    # -- whole products ---------------------------------------------------------------------
+
+    async def pledge(self, amount_usd: float) -> bool:
+        """Room for a whole product's creates, promised before the first of them: True when
+        every cap allows the ledger's spend, the other uncapped runs', this process's holds
+        and promises, and `amount_usd` (promised then; each create's `reserve` still holds
+        its own price); False: the product should not start. Without a cap: always True."""
+        if not self.capped or amount_usd <= EPSILON_USD:
+            return True
+        assert self.ledger is not None
+        if self._pledging is None:
+            self._pledging = asyncio.Lock()
+        ledger = self.ledger
+        async with self._pledging:
+            data = await asyncio.to_thread(ledger.read)
+            promised = self.pledged_usd + amount_usd
+            run = data["runs"].get(self.run_id, 0.0) + promised
+            if self.max_usd is not None and run > self.max_usd + EPSILON_USD:
+                return False
+            if self.max_total_usd is not None:
+                others = await asyncio.to_thread(ledger.others_spend, ledger.heartbeat.holder)
+                if data["total_usd"] + others + promised > self.max_total_usd + EPSILON_USD:
+                    return False
+            self.pledged_usd = promised
+            return True
+
+    def unpledge(self, amount_usd: float) -> None:
+        """A promised create held its price, or will not be made."""
+        self.pledged_usd = max(0.0, self.pledged_usd - amount_usd)
 
     # -- holds ------------------------------------------------------------------------------
 

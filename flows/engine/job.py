@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -180,6 +182,7 @@ class RunResult:
     failures_ok: bool = False           # the user asked for success despite failed cells
     waiting: int = 0                    # pending cells whose batch is still running
     emulated: bool = False              # the local emulators served it: nothing was paid
+    products: str | None = None         # completeness per product (with a dataset key)
 
     @property
     def outcome(self) -> str:
@@ -217,7 +220,7 @@ class RunResult:
             "stop_reason": self.stop_reason, "exit_code": self.exit_code,
             "outcome": self.outcome, "interrupted_by": self.interrupted_by,
             "failures": list(self.failures), "waiting": self.waiting,
-            "emulated": self.emulated,
+            "emulated": self.emulated, "products": self.products,
         }
 
 
@@ -296,7 +299,7 @@ async def run_job(
             finally:
                 await budget.close()  # this run's spend into the target's ledger
             counts = await asyncio.to_thread(parts.counts)
-            failures = await asyncio.to_thread(_failure_groups, parts)
+            failures, products = await asyncio.to_thread(_failure_groups, parts)
             waiting = await asyncio.to_thread(_waiting_for_batches, parts, [
                 c.provider for c in used if isinstance(providers[c.key], BatchChannel)])
             record = replace(record, channels=tuple(
@@ -323,7 +326,7 @@ async def run_job(
     return RunResult(
         spec.name, options.run_id, spec.output.target, str(manifest_uri), str(gallery_uri),
         counts, budget.spent_usd + budget.reserved_usd, stop, signum, failures,
-        options.failures_ok, waiting, options.emulate,
+        options.failures_ok, waiting, options.emulate, products,
     )
 
 
@@ -403,10 +406,12 @@ def _waiting_for_batches(parts: ManifestParts, batch_providers: Sequence[str]) -
     return int(found.item())
 
 
-def _failure_groups(parts: ManifestParts) -> tuple[dict[str, Any], ...]:
-    """This run's reasons for cells that did not succeed, grouped as `nbp status` does."""
+def _failure_groups(parts: ManifestParts) -> tuple[tuple[dict[str, Any], ...], str | None]:
+    """This run's reasons for cells that did not succeed, grouped as `nbp status` does, and
+    its products' completeness (with a dataset key)."""
     summary = summarise(parts.scan())
-    return tuple(dataclasses.asdict(group) for group in summary.failures)
+    return (tuple(dataclasses.asdict(group) for group in summary.failures),
+            summary.products_line())
 
 
 async def run_chunks(
@@ -566,14 +571,24 @@ class Shard:
 
     def _owner(self, cell: Cell) -> int:
         found = self.owners(cell) if self.owners else None
+        spread = product_hash(cell)
         if not found:
-            return int(cell.cell_id, 16) % self.count
-        return found[int(cell.cell_id, 16) % len(found)]
+            return spread % self.count
+        return found[spread % len(found)]
 
     def __len__(self) -> int:
         if self._len is None:
             self._len = sum(1 for _ in self)
         return self._len
+
+
+def product_hash(cell: Cell) -> int:
+    """What splits cells across shards: the cell's id, or its product's key when the
+    dataset has one (a product is never split between shards)."""
+    if not cell.key:
+        return int(cell.cell_id, 16)
+    text = json.dumps(sorted(cell.key.items()), default=str, ensure_ascii=False)
+    return int(hashlib.sha256(text.encode()).hexdigest()[:16], 16)
 
 
 def run_channels(spec: JobSpec, options: RunOptions) -> tuple[Channel, ...]:
@@ -696,11 +711,14 @@ def make_throttles(
 
 
 def _chunked(cells: Iterable[Cell], size: int) -> Iterator[list[Cell]]:
+    """Chunks of about `size` cells that never split a product (cells of one dataset key
+    come together: the dataset is the outer loop of the expansion), so a product's cells
+    are run, and paid for, together (`Runner.run_cells`)."""
     chunk: list[Cell] = []
     for cell in cells:
-        chunk.append(cell)
-        if len(chunk) >= max(1, size):
+        if len(chunk) >= max(1, size) and (not cell.key or cell.key != chunk[-1].key):
             yield chunk
             chunk = []
+        chunk.append(cell)
     if chunk:
         yield chunk

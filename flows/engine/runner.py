@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Iterable, Mapping
@@ -114,6 +115,7 @@ class Runner:
         self.dead: dict[str, ProviderError] = {}             # account refused: per provider
         self.busy = 0                                        # cells another run holds
         self.not_started = 0                                 # cells a stop request left
+        self._pledged: dict[str, float] = {}                 # cell -> its product's promise
 
     # -- fan-out ------------------------------------------------------------------------
 
@@ -124,10 +126,16 @@ class Runner:
         items = list(cells)
         wanted = [c.cell_id for c in items if c.cell_id in self.ctx.journalled]
         previous = await asyncio.to_thread(self.ctx.journal.read, wanted) if wanted else {}
-        queue: asyncio.Queue[tuple[int, Cell]] = asyncio.Queue()
-        for item in enumerate(items):
-            queue.put_nowait(item)
         rows: list[ManifestRow | None] = [None] * len(items)
+        refused = await self._pledge_products(items, previous)
+        queue: asyncio.Queue[tuple[int, Cell]] = asyncio.Queue()
+        for index, cell in enumerate(items):
+            if cell.cell_id in refused:
+                rows[index] = self._final(self._life(cell, previous.get(cell.cell_id)), cell,
+                                          "skipped", "budget", refused[cell.cell_id])
+                self.ctx.progress.finished("skipped", 0.0)
+            else:
+                queue.put_nowait((index, cell))
 
         async def worker() -> None:
             while True:
@@ -140,7 +148,9 @@ class Runner:
                     continue
                 try:
                     rows[index] = await self.run_cell(cell, previous.get(cell.cell_id))
+                    self._unpledge(cell)
                 except Exception as exc:  # a bug in one cell must not end the run
+                    self._unpledge(cell)
                     log.exception("cell %s: unexpected error", cell.cell_id)
                     rows[index] = self._row(
                         self._life(cell), cell, "failed", error_code="internal_error",
@@ -150,6 +160,45 @@ class Runner:
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(items))))))
         return [row for row in rows if row is not None]
+
+    async def _pledge_products(
+        self, cells: list[Cell], previous: Mapping[str, JournalEntry]
+    ) -> dict[str, str]:
+        """Whole products under a budget cap (cells with a dataset key): each product's
+        creates are promised together (`Budget.pledge`) before any of them starts; a product
+        that does not fit whole is skipped whole, never left half done. Returns the refused
+        cells, with why."""
+        budget = self.ctx.budget
+        if not budget.capped or not any(cell.key for cell in cells):
+            return {}
+        refused: dict[str, str] = {}
+        for key, group in itertools.groupby(cells, key=lambda c: tuple(sorted(c.key.items()))):
+            product = list(group)
+            costs = {c.cell_id: self._estimate(c) for c in product
+                     if self._needs_create(previous.get(c.cell_id))}
+            if await budget.pledge(sum(costs.values())):
+                self._pledged.update(costs)
+                continue
+            why = (f"budget: product {dict(key)} needs ${sum(costs.values()):.2f} for its "
+                   f"{len(costs)} image(s) and would not fit whole; not started")
+            refused.update({c.cell_id: why for c in product if c.cell_id in costs})
+        return refused
+
+    def _needs_create(self, entry: JournalEntry | None) -> bool:
+        """Whether a cell may be created in this run (no task of it exists or may exist)."""
+        if entry is None or entry.state in ("unsent", "failed", "cancelled", "reserved"):
+            return True
+        return entry.state == "succeeded" and self.ctx.force
+
+    def _estimate(self, cell: Cell) -> float:
+        """A create's price on the cell's first channel (its pinned provider's, else the
+        spec's first): what a product's promise counts."""
+        routed = self.ctx.spec.routed
+        provider = cell.provider or (routed[0] if routed else "")
+        return self.price(provider, cell) if provider in self.ctx.rules else 0.0
+
+    def _unpledge(self, cell: Cell) -> None:
+        self.ctx.budget.unpledge(self._pledged.pop(cell.cell_id, 0.0))
 
     @property
     def interrupted(self) -> bool:
@@ -423,6 +472,7 @@ class Runner:
             try:
                 self._check_still_submittable(ticket.key)
                 await self._waiting(life.reserve(intent))
+                self._unpledge(cell)  # its own hold counts now
             except BudgetExhausted as exc:
                 self.stop = self.stop or Unsubmittable("skipped", "budget", str(exc))
                 raise self.stop from exc

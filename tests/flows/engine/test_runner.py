@@ -759,3 +759,25 @@ def test_a_rejected_image_is_made_again_once_and_the_target_remembers_it(
     assert Path(old["output_uri"]).read_bytes() == old_image and now["review"] is None
     assert run(spec).exit_code == 0 and run(spec, redo_rejected=True).exit_code == 0
     assert len(hub["kie"].creates) == 3  # remembered: neither undone nor paid again
+
+
+def test_a_budget_cap_stops_between_products_never_inside_one(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    """Three products of three images each ($0.27 a product), a cap of $0.50: one product
+    is made whole and the others are not started; no product is left half done."""
+    (tmp_path / "products.csv").write_text("sku,title\nA1,mug\nB2,bag\nC3,hat\n")
+    spec = write_spec(tmp_path, ["{title}"], name="products",
+                      dataset={"path": "products.csv", "key": "sku"},
+                      matrix={"prompt": ["{title}"], "aspect_ratio": ["1:1", "4:5", "16:9"]},
+                      output={"target": str(tmp_path / "out"),
+                              "path": "{sku}/{aspect_ratio}.{ext}"},
+                      budget={"max_usd": 0.5})
+    result = run(spec)
+    frame = manifest(tmp_path)
+    made = frame.group_by("key_sku").agg((pl.col("status") == "succeeded").sum().alias("n"))
+    counts = sorted(made["n"].to_list())
+    assert counts == [0, 0, 3], frame.select("key_sku", "status", "error_message").rows()
+    assert result.counts["skipped"] == 6 and len(hub["kie"].creates) == 3
+    assert result.products is not None and result.products.startswith(
+        "products: 1 of 3 complete (not: ")
