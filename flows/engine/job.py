@@ -716,9 +716,12 @@ def _chunked(cells: Iterable[Cell], size: int) -> Iterator[list[Cell]]:
     are run, and paid for, together (`Runner.run_cells`)."""
     chunk: list[Cell] = []
     for cell in cells:
-        if len(chunk) >= max(1, size) and (not cell.key or cell.key != chunk[-1].key):
+        if len(chunk) >= max(1, size) and cell.key != chunk[-1].key:  # a product ended
             yield chunk
             chunk = []
         chunk.append(cell)
+        if len(chunk) >= max(1, size) and not cell.key:  # no product: no need to look ahead
+            yield chunk
+            chunk = []
     if chunk:
         yield chunk

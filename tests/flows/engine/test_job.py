@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -149,3 +150,15 @@ def test_two_writers_ending_at_once_each_merge_into_what_the_other_wrote(
     asyncio.run(both())
     frame = pl.read_parquet(tmp_path / "out" / "manifest.parquet")
     assert sorted(frame["cell_id"]) == ["alpha", "beta"]
+
+
+def test_a_chunk_never_splits_a_product() -> None:
+    """Cells of one dataset key stay together (a product is paid for as a whole)."""
+    cells = [replace(cell, key={"sku": f"P{i // 3}"})
+             for i, cell in enumerate(cells_of(10))]  # products of 3 cells, the last of 1
+    chunks = list(job._chunked(cells, 4))
+    keys = [{c.key["sku"] for c in chunk} for chunk in chunks]
+    assert all(len(chunk) >= 3 for chunk in chunks[:-1])
+    assert [len(k & later) for i, k in enumerate(keys) for later in keys[i + 1:]] == [0] * (
+        len(keys) * (len(keys) - 1) // 2)
+    assert sum(len(chunk) for chunk in chunks) == 10
