@@ -467,12 +467,10 @@ def test_a_run_never_pays_for_a_cell_whose_reference_does_not_answer(
 ) -> None:
     """`nbp run` checks the job's http(s) references first: a cell whose photo answers 404
     fails before anything is paid; the one whose photo answers is created."""
-    import os
-
     import yaml
 
     from flows.engine.job import RunOptions, run_job
-    from providers.emulator.hub import EmulatorHub
+    from tests.flows.engine.emulated import serving
 
     (tmp_path / "rows.csv").write_text(
         f"sku,image\nA1,{server.base}/ok/a1.png\nB2,{server.base}/missing/b2.png\n")
@@ -484,14 +482,8 @@ def test_a_run_never_pays_for_a_cell_whose_reference_does_not_answer(
         "output": {"target": str(tmp_path / "out"), "path": "{sku}.{ext}"},
         "limits": {"kie": {"poll_interval": 0.05}},
     }))
-    with EmulatorHub.start(["kie"], latency_s=0.1) as hub:
-        saved = dict(os.environ)
-        os.environ.update(hub.environ())
-        try:
-            result = asyncio.run(run_job(RunOptions(spec=str(spec), allow_private_hosts=True)))
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+    with serving(["kie"], 0.1) as hub:
+        result = asyncio.run(run_job(RunOptions(spec=str(spec), allow_private_hosts=True)))
         assert [c.prompt for c in hub["kie"].creates] == ["the product A1"]
     assert result.counts["succeeded"] == 1 and result.counts["failed"] == 1
     assert "cannot be fetched: answers 404" in str(result.failures)
@@ -505,13 +497,11 @@ def test_a_new_photo_behind_an_unchanged_url_is_made_again_and_supersedes_the_ol
     behind the same URL makes a new image that takes the old one's path (kept as history).
     A target made while the server told nothing (or before nbp asked) keeps its images: the
     first run that learns the ETag adopts them unpaid."""
-    import os
-
     import polars as pl
     import yaml
 
     from flows.engine.job import RunOptions, run_job
-    from providers.emulator.hub import EmulatorHub
+    from tests.flows.engine.emulated import serving
 
     (tmp_path / "rows.csv").write_text(f"sku,image\nA1,{server.base}/photo/a1.png\n")
     spec = tmp_path / "spec.yaml"
@@ -526,29 +516,23 @@ def test_a_new_photo_behind_an_unchanged_url_is_made_again_and_supersedes_the_ol
     def rows() -> pl.DataFrame:
         return pl.read_parquet(tmp_path / "out" / "manifest.parquet")
 
-    with EmulatorHub.start(["kie"], latency_s=0.1) as hub:
-        saved = dict(os.environ)
-        os.environ.update(hub.environ())
-        try:
-            def run() -> int:
-                options = RunOptions(spec=str(spec), allow_private_hosts=True)
-                return asyncio.run(run_job(options)).exit_code
+    with serving(["kie"], 0.1) as hub:
+        def run() -> int:
+            options = RunOptions(spec=str(spec), allow_private_hosts=True)
+            return asyncio.run(run_job(options)).exit_code
 
-            assert run() == 0 and len(hub["kie"].creates) == 1  # no ETag: nothing to fold
-            first = rows().row(0, named=True)
-            server.etag = "v1"
-            assert run() == 0 and len(hub["kie"].creates) == 1  # adopted, unpaid
-            adopted = rows().filter(pl.col("superseded_by").is_null()).row(0, named=True)
-            assert adopted["cell_id"] != first["cell_id"]
-            assert adopted["spec_cell_id"] == first["cell_id"]
-            assert adopted["sha256"] == first["sha256"]
-            server.etag = "v2"  # a new photo behind the same URL
-            assert run() == 0 and len(hub["kie"].creates) == 2
-            now = rows().filter(pl.col("superseded_by").is_null()).row(0, named=True)
-            old = rows().filter(pl.col("cell_id") == adopted["cell_id"]).row(0, named=True)
-            assert old["superseded_by"] == now["cell_id"]  # a new task made it
-            assert ".nbp/history/" in old["output_uri"] and Path(old["output_uri"]).exists()
-            assert run() == 0 and len(hub["kie"].creates) == 2  # unchanged: nothing paid
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        assert run() == 0 and len(hub["kie"].creates) == 1  # no ETag: nothing to fold
+        first = rows().row(0, named=True)
+        server.etag = "v1"
+        assert run() == 0 and len(hub["kie"].creates) == 1  # adopted, unpaid
+        adopted = rows().filter(pl.col("superseded_by").is_null()).row(0, named=True)
+        assert adopted["cell_id"] != first["cell_id"]
+        assert adopted["spec_cell_id"] == first["cell_id"]
+        assert adopted["sha256"] == first["sha256"]
+        server.etag = "v2"  # a new photo behind the same URL
+        assert run() == 0 and len(hub["kie"].creates) == 2
+        now = rows().filter(pl.col("superseded_by").is_null()).row(0, named=True)
+        old = rows().filter(pl.col("cell_id") == adopted["cell_id"]).row(0, named=True)
+        assert old["superseded_by"] == now["cell_id"]  # a new task made it
+        assert ".nbp/history/" in old["output_uri"] and Path(old["output_uri"]).exists()
+        assert run() == 0 and len(hub["kie"].creates) == 2  # unchanged: nothing paid
