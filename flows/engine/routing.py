@@ -126,7 +126,7 @@ class Router:
         self.clock = clock
         self._changed = asyncio.Event()
         for lane in lanes:
-            lane.throttle.in_flight.on_release = self._changed.set
+            lane.throttle.in_flight.add_release_listener(self._changed.set)
 
     @property
     def dynamic(self) -> bool:

@@ -130,7 +130,12 @@ class InFlightLimit:
         self.in_flight = 0
         self._cond = asyncio.Condition()
         self._finished_since_shrink = 0
-        self.on_release: Callable[[], None] | None = None  # a router waiting for capacity
+        self._release_listeners: list[Callable[[], None]] = []
+
+    def add_release_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every release (a router waiting for capacity); every
+        listener added is called, in the order added."""
+        self._release_listeners.append(listener)
 
     async def acquire(self) -> None:
         async with self._cond:
@@ -156,8 +161,8 @@ class InFlightLimit:
                     self.usable += 1
                     self._finished_since_shrink = 0
             self._cond.notify_all()
-        if self.on_release is not None:
-            self.on_release()
+        for listener in self._release_listeners:
+            listener()
 
     def shrink(self) -> None:
         """The provider refused for concurrency: allow one fewer than we have now."""

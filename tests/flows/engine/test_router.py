@@ -132,3 +132,22 @@ def test_a_pinned_cell_gets_its_provider_and_an_unpinned_one_the_listed_provider
     assert pinned == "a"        # cheapest would pick c, spread any: the pin decides
     assert unpinned in ("a", "b")  # never c: only pinned cells go there
     assert gone is None         # its provider's channel is spent: no other one instead
+
+
+def test_a_router_leaves_the_throttles_other_listeners_in_place() -> None:
+    async def go() -> list[str]:
+        shared = lane("a", slots=1)
+        heard: list[str] = []
+        shared.throttle.in_flight.add_release_listener(lambda: heard.append("owner"))
+        router = Router("spread", [shared])
+        held = await router.take(CELL)
+        assert held is not None
+        waiting = asyncio.create_task(router.take(CELL))
+        await asyncio.sleep(0.02)
+        assert not waiting.done()
+        await held.release()
+        got = await asyncio.wait_for(waiting, 1.0)  # the router heard the release too
+        assert got is not None and got.key == "a"
+        return heard
+
+    assert asyncio.run(go()) == ["owner"]

@@ -87,6 +87,23 @@ def test_in_flight_limit_caps_and_shrinks() -> None:
     assert usable == 1
 
 
+def test_every_release_listener_hears_every_release() -> None:
+    async def go() -> tuple[list[str], int]:
+        limit = InFlightLimit(2)
+        heard: list[str] = []
+        limit.add_release_listener(lambda: heard.append("first"))
+        limit.add_release_listener(lambda: heard.append("second"))
+        await limit.acquire()
+        await limit.acquire()
+        await limit.release()
+        await limit.release()
+        return heard, limit.in_flight
+
+    heard, in_flight = asyncio.run(go())
+    assert heard == ["first", "second", "first", "second"]
+    assert in_flight == 0
+
+
 def test_polling_backs_off_to_a_cap() -> None:
     throttle = AccountThrottle("kie", None, InFlightLimit(1), poll_interval_s=2.0)
     delays = [throttle.next_poll_delay(n) for n in range(30)]
