@@ -38,10 +38,9 @@ from providers.errors import ResultMismatch
 from providers.model import PILLOW_FORMAT
 
 # Result images are large by design (4K is 24 MP): allow the largest documented size with
-# room to spare; anything past it is refused before decoding or inflating.
+# room to spare; anything past it is refused before decoding or inflating. Checked here, from
+# the header (`_check_size`), not through Pillow's process-wide `Image.MAX_IMAGE_PIXELS`.
 MAX_PIXELS = 6336 * 2688 * 4
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-
 
 
 def _fastest_zlib() -> ModuleType:
@@ -362,16 +361,21 @@ def _jpeg_quantisation_tables(segment: bytes) -> set[int]:
 
 
 def _verify_by_decoding(data: bytes, expected_size: tuple[int, int]) -> tuple[int, int]:
-    """Header first (format, bomb, size), then every pixel decoded."""
+    """Header first (format, bomb, size), then every pixel decoded. `Image.open` reads the
+    header only; our `MAX_PIXELS` is checked on its size before `load()` inflates anything.
+    Pillow's own, looser bomb check is left to its default: its warning is ours to judge,
+    and its error (past twice its limit, far past ours) is the same refusal."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 _check_size(image.size, expected_size)
                 image.load()  # decode every pixel: a truncated file fails here
                 return image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
+        raise _undecodable(f"{exc} (more than the {MAX_PIXELS} pixels allowed: a "
+                           "decompression bomb?)") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise _undecodable(str(exc)) from exc
 
 

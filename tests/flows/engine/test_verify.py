@@ -9,11 +9,14 @@ from __future__ import annotations
 import io
 import random
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, WebPImagePlugin
 
 from flows.engine import verify
 from flows.engine.verify import verify_image
@@ -21,6 +24,7 @@ from providers.emulator.core import bomb_png, render_image
 from providers.errors import ResultMismatch
 
 SIZE = (320, 200)
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def encode(mode: str, fmt: str = "PNG", size: tuple[int, int] = SIZE, **options: object) -> bytes:
@@ -266,6 +270,41 @@ def test_a_decompression_bomb_fails_before_anything_is_inflated() -> None:
     with pytest.raises(ResultMismatch, match="30000x30000") as caught:
         verify_image(data, "png", (1024, 1024))
     assert caught.value.code == "undecodable"
+
+
+def webp_claiming(width: int, height: int) -> bytes:
+    """A tiny lossless WebP whose VP8L header claims `width` x `height` pixels."""
+    data = bytearray(encode("RGB", "WEBP", size=(16, 16), lossless=True))
+    assert data[12:16] == b"VP8L" and data[20] == 0x2F
+    flags = struct.unpack("<I", data[21:25])[0] >> 28  # alpha hint and version, kept
+    data[21:25] = struct.pack("<I", (width - 1) | (height - 1) << 14 | flags << 28)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("side", [
+    pytest.param(9000, id="past-ours"),                  # 81 MP: Pillow's default says nothing
+    pytest.param(12000, id="past-pillows-warning"),      # 144 MP: Pillow warns
+    pytest.param(16000, id="past-pillows-error"),        # 256 MP: Pillow refuses to open it
+])
+def test_a_webp_bomb_fails_from_its_header_whatever_pillows_limit_says(
+    side: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(self: Image.Image) -> None:
+        raise AssertionError("decoded pixels before checking the header")
+
+    data = webp_claiming(side, side)
+    monkeypatch.setattr(WebPImagePlugin.WebPImageFile, "load", refuse)
+    with pytest.raises(ResultMismatch, match="decompression bomb") as caught:
+        verify_image(data, "webp", (1024, 1024))
+    assert caught.value.code == "undecodable"
+
+
+def test_importing_verify_leaves_pillows_limit_alone() -> None:
+    script = ("from PIL import Image; before = Image.MAX_IMAGE_PIXELS; "
+              "import flows.engine.verify; print(before == Image.MAX_IMAGE_PIXELS)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, cwd=ROOT)
+    assert done.stdout.strip() == "True"
 
 
 @pytest.mark.usefixtures("no_inflating")
