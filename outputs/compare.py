@@ -50,6 +50,7 @@ from outputs.html import content_security_policy, policy_meta
 from outputs.manifest import MANIFEST_NAME, read_manifest
 from outputs.runs import pick_run, read_records, split_run_ref
 from outputs.sink import Sink, check_relative
+from outputs.statuses import SETTLED
 
 DEFAULT_PAGE = "compare.html"
 # What a provider-neutral request is made of, besides its template variables.
@@ -611,7 +612,7 @@ def _side(row: Mapping[str, Any], side: str, image: _Image, differs: list[str]) 
     )
     rows += (f'<tr><th>cell</th><td title="{_e(where)}">{_e(get("cell_id"))}'
              f' · run {_e(get("run_id") or "–")}</td></tr>')
-    css = _e(status if status in ("succeeded", "failed", "skipped", "cancelled") else "unknown")
+    css = _e(status if status in SETTLED else "unknown")
     return (f'<figure class="side {css}"><figcaption>{label}</figcaption>'
             f'<div class="frame">{body}</div><table class="facts">{rows}</table></figure>')
 

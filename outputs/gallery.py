@@ -61,6 +61,7 @@ from outputs.html import content_security_policy, policy_meta
 from outputs.manifest import conform, conform_lazy
 from outputs.sink import Sink
 from outputs.status import Summary, summarise
+from outputs.statuses import SETTLED
 
 GALLERY_NAME = "index.html"
 CARD_PX = 180  # an image is drawn at most this wide and high
@@ -408,7 +409,7 @@ def _card(row: Row, code: str = "", before: Row | None = None) -> str:
             f'<div class="reason"><strong>{_e(status)}</strong>'
             f"<span>{_e(reason or 'no reason recorded')}</span></div>"
         )
-    css = _e(status if status in ("succeeded", "failed", "skipped", "cancelled") else "unknown")
+    css = _e(status if status in SETTLED else "unknown")
     css += " superseded" if superseded else " paired" if before is not None else ""
     data = f' data-f="{code}"' if code else ""
     return (

@@ -24,10 +24,10 @@ from typing import Any
 import polars as pl
 
 from outputs.sink import Sink
+from outputs.statuses import STATUSES as STATUSES  # outputs.status reads it here
 
 MANIFEST_NAME = "manifest.parquet"
 KEY_PREFIX = "key_"  # no fixed column starts with it: a key column never clashes with one
-STATUSES = ("succeeded", "failed", "skipped", "cancelled", "pending", "uncertain")
 
 _TS = pl.Datetime("us", "UTC")
 Timestamp = datetime | str | float  # aware or naive (UTC) datetime, ISO 8601, epoch seconds

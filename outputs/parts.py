@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 import polars as pl
 
 from outputs.manifest import MANIFEST_COLUMNS, conform_lazy, manifest_schema
+from outputs.statuses import SETTLED
 
 MERGE_SLICE_ROWS = 20_000  # rows of the merged manifest in memory at once (~10 MB)
 # Rows per row group of the merged manifest: `sink_parquet` holds about one group per thread
@@ -76,8 +77,8 @@ class ManifestParts:
         return pl.concat([conform_lazy(pl.scan_parquet(path), wanted) for path in paths])
 
     def counts(self) -> dict[str, int]:
-        """Rows by status: succeeded, failed, skipped and cancelled always, then others."""
-        counts = {status: 0 for status in ("succeeded", "failed", "skipped", "cancelled")}
+        """Rows by status: the settled ones always (`SETTLED`, 0 when absent), then others."""
+        counts = dict.fromkeys(SETTLED, 0)
         by_status = self.scan().group_by("status").len().collect()
         for status, count in by_status.iter_rows():
             counts[str(status)] = counts.get(str(status), 0) + int(count)
