@@ -40,7 +40,6 @@ from the axis sizes first (`cell_count_problem`).
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json.encoder
 import math
@@ -83,7 +82,6 @@ TEMP_MARKER = ".nbp-tmp-"
 MATRIX_CHECKS_PER_CELL = 50
 MAX_DIFFERENCES = 100  # colliding pairs whose differing variables a message names
 _json_string: Callable[[str], str] = json.encoder.encode_basestring  # as ensure_ascii=False
-_IDENTITY_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -256,22 +254,38 @@ def _number(n: int) -> str:
     return f"{n:,}" if n < 10**15 else f"about 10^{int(n.bit_length() * math.log10(2))}"
 
 
-def reference_identity(uri: str) -> str:
-    """What a reference contributes to a cell id: the sha256 of a local file's content
-    (cached by path, size and mtime), the URL itself for anything remote.
-    Raises `FileNotFoundError` for a missing local file."""
-    if is_remote(uri):
-        return uri
-    stat = os.stat(uri)
-    key = (uri, stat.st_size, stat.st_mtime_ns)
-    identity = _IDENTITY_CACHE.get(key)
-    if identity is None:
-        digest = hashlib.sha256()
-        with open(uri, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        identity = _IDENTITY_CACHE[key] = f"sha256:{digest.hexdigest()}"
-    return identity
+class FileIdentities:
+    """What local reference files contribute to cell ids: the sha256 of each file's content,
+    read once per path, size and mtime. Each `Expansion` owns one, so the hashes live as long
+    as the cells identified with them and a long-lived process does not collect them all.
+
+        identities = FileIdentities()
+        identities.of("/photos/a.png")        # "sha256:9f86d0..."
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, int, int], str] = {}
+
+    def of(self, path: str, info: os.stat_result | None = None) -> str:
+        """The identity of the file at `path`; `info`: its `os.stat`, when the caller has it.
+        Raises `OSError` (`FileNotFoundError`...) for a file that cannot be read."""
+        info = os.stat(path) if info is None else info
+        key = (path, info.st_size, info.st_mtime_ns)
+        identity = self._known.get(key)
+        if identity is None:
+            identity = self._known[key] = f"sha256:{_sha256(path)}"
+        return identity
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_rows(spec: JobSpec) -> Dataset | None:
@@ -323,6 +337,7 @@ class Expansion:
         self._own_file_reported = False
         self._missing_vars: set[tuple[JsonPath, str]] = set()
         self._references: dict[str, tuple[str, str]] = {}  # rendered -> (uri, identity)
+        self.identities = FileIdentities()
         self._shared_paths = _Collisions()
         self._case_paths = _Collisions()
         self._identical_requests = _Collisions()
@@ -443,17 +458,6 @@ class Expansion:
         problems go to `issues`, numbers for limit checks to `stats`. `keep`: hold the cells
         this pass builds instead (~0.6 KB each), for callers that read them all right away
         (`expand`, `nbp plan`) and would otherwise pay a second pass."""
-        # 100,000 cells are ~10 allocations each and no cycles: the cyclic GC would only
-        # rescan them again and again (a third of the time), so it pauses meanwhile.
-        paused = gc.isenabled()
-        gc.disable()
-        try:
-            return self._run(keep)
-        finally:
-            if paused:
-                gc.enable()
-
-    def _run(self, keep: bool) -> ExpandedCells:
         if self.dataset is not None:
             for problem in self.dataset.problems:
                 self.report(("dataset", "key"), problem)
@@ -461,16 +465,21 @@ class Expansion:
         if recipe is None:
             return ExpandedCells(self, None, 0)
         keys = CellKeys()
-        held: list[tuple[int, Cell]] = []
+        # Held cells in one list and their positions in another: a (position, cell) pair
+        # each would double the objects the cyclic GC rescans while the list grows.
+        held: list[Cell] = []
+        positions: list[int] = []
         for position, cell in self.candidates(recipe, check=True):
             keys.add(position, cell.cell_id, cell.output_path)
             if keep:
-                held.append((position, cell))
+                held.append(cell)
+                positions.append(position)
         dropped = self._check_unique(recipe, keys)
         self._summarise()
         cells = ExpandedCells(self, recipe, len(keys) - len(dropped), dropped)
         if keep:
-            cells.hold([cell for position, cell in held if position not in dropped])
+            cells.hold([cell for position, cell in zip(positions, held, strict=True)
+                        if position not in dropped] if dropped else held)
         return cells
 
     def _recipe(self) -> _Recipe | None:
@@ -666,7 +675,7 @@ class Expansion:
             self._refused(index, template, f"reference image {uri!r} {what}", cell_vars, row)
             return uri, f"refused:{uri}"
         try:
-            return uri, reference_identity(uri)
+            return uri, self.identities.of(uri, info)
         except OSError:  # unreadable: reported like a missing file
             self._missing_file(index, template, uri, row)
             return uri, f"missing:{uri}"

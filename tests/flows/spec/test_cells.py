@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
+from flows.spec import cells as cellmod
 from flows.spec.cells import cell_id, expand
 from flows.spec.dataset import DatasetError, read_dataset
 from flows.spec.loader import load_job, load_spec
@@ -280,6 +281,34 @@ def test_ids_follow_reference_content_not_its_path(tmp_path: Path) -> None:
     before = expand(load_spec(write(tmp_path, text)))[0].cell_id
     photo(tmp_path / "ref.png", (99, 20, 30))
     assert expand(load_spec(write(tmp_path, text)))[0].cell_id != before
+
+
+def test_each_expansion_hashes_each_reference_file_once_and_keeps_the_hashes_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    photo(tmp_path / "a.png", (1, 2, 3))
+    (tmp_path / "rows.csv").write_text("sku,image\n1,a.png\n2,./a.png\n3,a.png\n")
+    spec = load_spec(write(tmp_path, """\
+        version: 1
+        name: hashed
+        provider: kie
+        dataset: {path: rows.csv}
+        matrix: {prompt: ["fox {sku}"]}
+        references: ["{image}"]
+    """))
+    hashed: list[str] = []
+    real = cellmod._sha256
+
+    def counted(path: str) -> str:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(cellmod, "_sha256", counted)
+    first, second = cellmod.Expansion(spec), cellmod.Expansion(spec)
+    ids = [[c.references for c in expansion.run(keep=True)] for expansion in (first, second)]
+    assert ids[0] == ids[1] and len(ids[0]) == 3
+    assert len(hashed) == 2            # once per expansion, whichever way a row spells it
+    assert len(first.identities) == len(second.identities) == 1
 
 
 def test_same_ids_in_another_process(tmp_path: Path) -> None:
