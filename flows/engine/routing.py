@@ -1,21 +1,15 @@
 """Which channel a cell is created on next (design.md, "Channels and routing").
 
-    fallback   the channels in spec order: a cell waits for the first one it has not tried
-               (today's behaviour; the others only take cells the first cannot run)
-    spread     the first channel with capacity now, i.e. a free in-flight slot and a create
-               free in its rate window (the least loaded when several have one): every
-               channel takes the next cell whenever it can, so throughput is about the sum
-               of the channels
-    cheapest   without a deadline: fallback over the channels sorted by price. With one:
-               spread over the cheapest channels that can finish the cells still waiting by
-               the deadline; a dearer channel joins only while the cheaper ones cannot,
-               judged from each channel's rate window, in-flight cap and latency (what its
-               poll schedule observed while running; until then the plan's estimate)
+The spec's routing policy (`flows.spec.policies`: fallback, spread, cheapest) says in which
+order a cell tries its channels, whether it waits for one or takes whichever can take it
+now, and which of those it may take; the router applies it to live channels: a channel's
+throughput comes from its rate window, in-flight cap and latency (what its poll schedule
+observed while running; until then the plan's estimate).
 
-`take` returns a `Ticket` with an in-flight slot of the channel held. Under spread and
-cheapest it also holds the create's token of the rate window, taken in the same step as the
-choice, so two cells never count on one token (`Ticket.spent`); a ticket whose create is not
-sent gives it back (`release`).
+`take` returns a `Ticket` with an in-flight slot of the channel held. Under a dynamic policy
+(spread, cheapest by a deadline) it also holds the create's token of the rate window, taken
+in the same step as the choice, so two cells never count on one token (`Ticket.spent`); a
+ticket whose create is not sent gives it back (`release`).
 
 Which channels a cell may use at all is its pin's: a cell pinned to a provider (a `provider`
 matrix axis, `Cell.provider`) goes to that provider's channels only, the others to the
@@ -36,6 +30,7 @@ from dataclasses import dataclass, field
 from flows.engine.throttle import AccountThrottle
 from flows.spec.channels import Channel
 from flows.spec.model import Cell
+from flows.spec.policies import RoutingPolicy, routing_policy
 
 
 @dataclass
@@ -109,7 +104,7 @@ class Router:
 
     def __init__(
         self,
-        routing: str,
+        routing: str | RoutingPolicy,
         lanes: Sequence[Lane],
         *,
         deadline_s: float | None = None,
@@ -117,7 +112,7 @@ class Router:
         waiting: Callable[[], int] = lambda: 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.routing = routing
+        self.policy = routing_policy(routing)
         self.routed = routed  # providers of unpinned cells; None: every channel's
         self.lanes: dict[str, Lane] = {lane.key: lane for lane in lanes}
         self.order = tuple(lanes)
@@ -131,9 +126,7 @@ class Router:
     @property
     def dynamic(self) -> bool:
         """Whether cells go to whichever channel can take them now."""
-        return self.routing == "spread" or (
-            self.routing == "cheapest" and self.deadline_at is not None
-        )
+        return self.policy.dynamic(deadline=self.deadline_at is not None)
 
     def lane(self, key: str) -> Lane | None:
         return self.lanes.get(key)
@@ -153,7 +146,7 @@ class Router:
         if not self.dynamic:
             return await self._wait_for(candidates[0])
         while True:
-            usable = self._admitted(candidates, cell)
+            usable = self._admitted(candidates)
             ticket = self._take_ready(usable)
             if ticket is not None:
                 return ticket
@@ -173,32 +166,25 @@ class Router:
     # -- choosing ----------------------------------------------------------------------------
 
     def _ranked(self, cell: Cell) -> list[Lane]:
-        if self.routing == "cheapest":  # stable: equal prices keep the spec's order
-            return sorted(self.order, key=lambda lane: lane.price(cell))
-        return list(self.order)
+        return self.policy.rank(self.order, lambda lane: lane.price(cell))
 
-    def _admitted(self, ranked: list[Lane], cell: Cell) -> list[Lane]:
-        """Spread: every channel. Cheapest by a deadline: the cheapest channels whose
-        throughput until the deadline covers the cells still waiting (at least one)."""
-        if self.routing != "cheapest" or self.deadline_at is None:
-            return ranked
+    def _admitted(self, ranked: list[Lane]) -> list[Lane]:
+        """The ranked channels the policy lets a cell take now, judged by what each can
+        finish before the deadline, if there is one."""
+        if self.deadline_at is None:
+            return self.policy.admit(ranked, None, self.waiting)
         left = self.deadline_at - self.clock()
-        waiting = max(1, self.waiting())
-        admitted: list[Lane] = []
-        capacity = 0.0
-        for lane in ranked:
-            admitted.append(lane)
-            capacity += lane.per_second() * max(0.0, left - lane.latency_s)
-            if capacity >= waiting:
-                break
-        return admitted
+
+        def until_deadline(lane: Lane) -> float:
+            return lane.per_second() * max(0.0, left - lane.latency_s)
+
+        return self.policy.admit(ranked, until_deadline, self.waiting)
 
     def _take_ready(self, lanes: list[Lane]) -> Ticket | None:
-        """A ticket on a channel that can take the cell now, without waiting: the least
-        loaded under spread, the cheapest (first) under cheapest."""
-        ready = [lane for lane in lanes if lane.ready_in() == 0.0]
-        if self.routing == "spread":
-            ready.sort(key=Lane.load)
+        """A ticket on a channel that can take the cell now, without waiting, tried in the
+        policy's order of preference."""
+        ready = self.policy.prefer([lane for lane in lanes if lane.ready_in() == 0.0],
+                                   Lane.load)
         for lane in ready:
             rate = lane.throttle.rate
             if rate is not None and not rate.try_spend():

@@ -1,15 +1,10 @@
 """How many cells each channel takes under each routing: the plan's estimate of what the
-router (flows.engine.routing) will do, from the same prices and limits.
+router (flows.engine.routing) will do, from the same prices and limits. Each policy's rule
+is its class's (`flows.spec.policies`); here is the plan's model of a channel.
 
     lanes = [LaneEstimate("kie", 0.09, Rate(20, 10), 100, 20.0), ...]
     allocate("spread", lanes, 10_000)           # [3334, 3333, 3333]
     allocate("cheapest", lanes, 10_000, 7200)   # the cheapest first, up to the deadline
-
-    fallback   every cell on the first channel (the others take only what it cannot run)
-    spread     in proportion to each channel's throughput, so they finish together
-    cheapest   without a deadline, every cell on the cheapest channel; with one, the
-               cheapest channels first, each up to what it can finish by the deadline, and
-               in proportion to throughput when even all of them cannot
 """
 
 from __future__ import annotations
@@ -18,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from flows.spec.policies import RoutingPolicy, routing_policy
 from flows.spec.rate import Rate
 
 
@@ -62,45 +58,14 @@ def duration_s(
 
 
 def allocate(
-    routing: str, lanes: Sequence[LaneEstimate], cells: int, deadline_s: float | None = None
+    routing: str | RoutingPolicy, lanes: Sequence[LaneEstimate], cells: int,
+    deadline_s: float | None = None,
 ) -> list[int]:
-    """Cells per lane, in the order of `lanes`."""
+    """Cells per lane, in the order of `lanes`, as the `routing` policy spreads them."""
     if not lanes:
         return []
-    if routing == "spread":
-        return _proportional(lanes, cells)
-    if routing == "cheapest":
-        order = sorted(range(len(lanes)), key=lambda i: lanes[i].price_usd)
-        if deadline_s is None:
-            return [cells if i == order[0] else 0 for i in range(len(lanes))]
-        return _by_deadline(lanes, cells, deadline_s, order)
-    return [cells] + [0] * (len(lanes) - 1)
+    return routing_policy(routing).allocate(lanes, cells, deadline_s)
 
 
 def meets(lanes: Sequence[LaneEstimate], counts: Sequence[int], deadline_s: float) -> bool:
     return all(lane.seconds(n) <= deadline_s for lane, n in zip(lanes, counts, strict=True))
-
-
-def _by_deadline(
-    lanes: Sequence[LaneEstimate], cells: int, deadline_s: float, order: list[int]
-) -> list[int]:
-    counts = [0] * len(lanes)
-    left = cells
-    for i in order:
-        counts[i] = min(left, lanes[i].capacity(deadline_s, left))
-        left -= counts[i]
-        if left == 0:
-            return counts
-    return _proportional(lanes, cells)  # the deadline cannot be met: as fast as possible
-
-
-def _proportional(lanes: Sequence[LaneEstimate], cells: int) -> list[int]:
-    """Largest-remainder shares of `cells` by throughput."""
-    weights = [lane.per_second() for lane in lanes]
-    total = sum(weights) or 1.0
-    exact = [cells * w / total for w in weights]
-    counts = [math.floor(x) for x in exact]
-    by_remainder = sorted(range(len(lanes)), key=lambda i: exact[i] - counts[i], reverse=True)
-    for i in by_remainder[: cells - sum(counts)]:
-        counts[i] += 1
-    return counts

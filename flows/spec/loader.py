@@ -63,7 +63,6 @@ from flows.spec.inputs import (
 from flows.spec.model import (
     DEFAULT_OUTPUT_PATH,
     DEFAULT_RETRIES,
-    ROUTINGS,
     Account,
     CellSource,
     DatasetSpec,
@@ -75,6 +74,7 @@ from flows.spec.model import (
     ProviderLimits,
     SkippedRows,
 )
+from flows.spec.policies import DEADLINE_ROUTINGS, DEFAULT_ROUTING, ROUTINGS
 from flows.spec.rate import Rate, parse_duration
 from flows.spec.templating import Template, TemplateError
 from flows.spec.yamlpos import JsonPath, LocatedDocument
@@ -563,10 +563,11 @@ class _Checker:
         text = data.get("deadline")
         if not isinstance(text, str) or self.broken(("deadline",)):
             return None
-        routing = data.get("routing", "fallback")
-        if routing != "cheapest":
-            self.add(("deadline",), f"deadline is for routing: cheapest (this job's routing is "
-                                    f"{routing}); remove it or set routing: cheapest", key=True)
+        routing = data.get("routing", DEFAULT_ROUTING)
+        if routing not in DEADLINE_ROUTINGS:
+            wanted = " or ".join(DEADLINE_ROUTINGS)
+            self.add(("deadline",), f"deadline is for routing: {wanted} (this job's routing is "
+                                    f"{routing}); remove it or set routing: {wanted}", key=True)
             return None
         try:
             return parse_duration(text)
@@ -816,7 +817,7 @@ class _Checker:
             max_usd=_usd(budget.get("max_usd")),
             max_total_usd=_usd(budget.get("max_total_usd")),
             seed=_integer(data.get("seed"), None),
-            routing=data["routing"] if data.get("routing") in ROUTINGS else "fallback",
+            routing=data["routing"] if data.get("routing") in ROUTINGS else DEFAULT_ROUTING,
             deadline_s=self.deadline_s,
             accounts=self.accounts,
             limits=limits,

@@ -12,11 +12,11 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from flows.spec.inputs import InputPolicy
+from flows.spec.policies import DEFAULT_ROUTING
 
 DEFAULT_OUTPUT_PATH = "{cell_id}.{ext}"
 NO_KEY: Mapping[str, Any] = MappingProxyType({})  # a cell without a dataset key
 DEFAULT_RETRIES = 2
-ROUTINGS = ("fallback", "spread", "cheapest")
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class JobSpec:
     max_usd: float | None = None        # one run of the job (its shards included)
     max_total_usd: float | None = None  # everything spent on the target, across runs
     seed: int | None = None
-    routing: str = "fallback"            # one of ROUTINGS
+    routing: str = DEFAULT_ROUTING       # a name in flows.spec.policies.POLICIES
     deadline_s: float | None = None      # cheapest routing: finish within this, from the start
     accounts: Mapping[str, tuple[Account, ...]] = field(default_factory=dict)  # as listed
     limits: Mapping[str, ProviderLimits] = field(default_factory=dict)

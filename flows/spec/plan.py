@@ -36,6 +36,7 @@ from flows.spec.allocation import LaneEstimate, allocate, duration_s
 from flows.spec.channels import Channel, channels
 from flows.spec.delta import TargetDelta
 from flows.spec.model import Cell, JobSpec
+from flows.spec.policies import DEADLINE_ROUTINGS, DEFAULT_ROUTING, ROUTINGS, routing_policy
 from flows.spec.settings import PriceSource, ProviderRules, provider_rules
 
 __all__ = ["Plan", "PlanRow", "RoutingEstimate", "Timing", "duration_s", "make_plan"]
@@ -126,7 +127,7 @@ class Plan:
     timings: tuple[Timing, ...]
     max_usd: float | None = None
     by_aspect_ratio: Mapping[str, int] = field(default_factory=dict)
-    routing: str = "fallback"
+    routing: str = DEFAULT_ROUTING
     channels: int = 1                 # provider x account pairs the job may use
     deadline_s: float | None = None
     alternatives: tuple[RoutingEstimate, ...] = ()
@@ -194,11 +195,12 @@ class Plan:
         if self.pinned:
             lines.append(f"  pinned:    cells of {', '.join(self.pinned)} run there only "
                          "(provider axis)")
-        if self.routing == "fallback" and self.providers:
+        ordered = routing_policy(self.routing).ordered
+        if ordered and self.providers:
             others = self.providers[1:]
             fallback = f" (fallback: {', '.join(others)})" if others else ""
             lines.append(f"  provider:  {self.providers[0]}{fallback}")
-        elif self.routing != "fallback":
+        elif not ordered:
             by = f" by {_duration(self.deadline_s)}" if self.deadline_s is not None else ""
             lines.append(f"  routing:   {self.routing}{by}: {len(self.timings)} of "
                          f"{self.channels} channels take cells")
@@ -411,13 +413,10 @@ def _alternatives(spec: JobSpec, route: _Route) -> tuple[RoutingEstimate, ...]:
     choice of channel)."""
     if all(len(lanes) < 2 for lanes in route.lanes.values()):
         return ()
-    options: list[tuple[str, str, float | None]] = [
-        ("fallback", "fallback", None), ("spread", "spread", None),
-        ("cheapest", "cheapest", None),
-    ]
+    options: list[tuple[str, str, float | None]] = [(name, name, None) for name in ROUTINGS]
     if spec.deadline_s is not None:
-        options.append((f"cheapest by {_duration(spec.deadline_s)}", "cheapest",
-                        spec.deadline_s))
+        options += [(f"{name} by {_duration(spec.deadline_s)}", name, spec.deadline_s)
+                    for name in DEADLINE_ROUTINGS]
     found = []
     for label, routing, deadline in options:
         if (routing, deadline) == (spec.routing, spec.deadline_s):

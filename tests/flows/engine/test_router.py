@@ -151,3 +151,14 @@ def test_a_router_leaves_the_throttles_other_listeners_in_place() -> None:
         return heard
 
     assert asyncio.run(go()) == ["owner"]
+
+
+def test_the_router_follows_whatever_policy_it_is_given() -> None:
+    from tests.flows.spec.test_policies import Dearest
+
+    async def go() -> list[str]:
+        router = Router(Dearest(), [lane("cheap", price=0.05), lane("dear", price=0.2)])
+        taken = [await router.take(CELL), await router.take(CELL, exclude={"dear"})]
+        return [t.key for t in taken if t]
+
+    assert asyncio.run(go()) == ["dear", "cheap"]
