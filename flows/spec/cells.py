@@ -257,7 +257,7 @@ def _number(n: int) -> str:
 class FileIdentities:
     """What local reference files contribute to cell ids: the sha256 of each file's content,
     read once per path, size and mtime. Each `Expansion` owns one, so the hashes live as long
-    as the cells identified with them and a long-lived process does not collect them all.
+    as the cells identified with them, not as long as the process.
 
         identities = FileIdentities()
         identities.of("/photos/a.png")        # "sha256:9f86d0..."
@@ -466,7 +466,8 @@ class Expansion:
             return ExpandedCells(self, None, 0)
         keys = CellKeys()
         # Held cells in one list and their positions in another: a (position, cell) pair
-        # each would double the objects the cyclic GC rescans while the list grows.
+        # each would double the objects the cyclic GC rescans while the list grows (held,
+        # 100,000 cells cost it ~0.15 s of CPU, bench/planning.py's spec; not held, nothing).
         held: list[Cell] = []
         positions: list[int] = []
         for position, cell in self.candidates(recipe, check=True):
