@@ -84,7 +84,9 @@ def _undecodable(why: str) -> ResultMismatch:
 
 
 def _sniff(data: bytes) -> str | None:
-    """The format by its signature; other formats by Pillow's header parser (no decoding)."""
+    """The format by its signature; other formats by Pillow's header parser (no decoding).
+    A header claiming more than twice `MAX_PIXELS` is refused as a bomb before its format
+    is judged, as Pillow's own check (`Image.open`, at twice its limit) would."""
     if data.startswith(PNG_SIGNATURE):
         return "PNG"
     if data.startswith(b"\xff\xd8\xff"):
@@ -95,10 +97,13 @@ def _sniff(data: bytes) -> str | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as image:
-                fmt = image.format
+                fmt, (width, height) = image.format, image.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError) as exc:
         raise _undecodable(str(exc)) from exc
+    if width * height > 2 * MAX_PIXELS:
+        raise _undecodable(f"the header claims {width}x{height} pixels, more than twice the "
+                           f"{MAX_PIXELS} allowed (a decompression bomb?)")
     return fmt
 
 

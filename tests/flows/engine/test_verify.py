@@ -299,6 +299,22 @@ def test_a_webp_bomb_fails_from_its_header_whatever_pillows_limit_says(
     assert caught.value.code == "undecodable"
 
 
+def gif_claiming(width: int, height: int) -> bytes:
+    """A tiny GIF whose image descriptor claims `width` x `height` pixels."""
+    data = bytearray(encode("P", "GIF", size=(8, 8)))
+    start = data.index(b",", 13)  # the image descriptor: left, top, width, height
+    data[start + 5:start + 9] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("side", "code"), [
+    pytest.param(9000, "wrong_format", id="another-format"),
+    pytest.param(12000, "undecodable", id="another-format-past-twice-the-limit"),
+])
+def test_another_format_is_wrong_unless_its_header_is_a_bomb(side: int, code: str) -> None:
+    assert code_of(gif_claiming(side, side), "png", (1024, 1024)) == code
+
+
 def test_importing_verify_leaves_pillows_limit_alone() -> None:
     script = ("from PIL import Image; before = Image.MAX_IMAGE_PIXELS; "
               "import flows.engine.verify; print(before == Image.MAX_IMAGE_PIXELS)")
