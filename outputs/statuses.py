@@ -2,7 +2,7 @@
 
     succeeded   the image is written and verified
     failed      the provider failed the task or refused its content
-    skipped     nothing was sent (a budget, a stop, an input refused)
+    skipped     nothing was sent (the budget, fail_fast, a stop request)
     cancelled   the provider confirmed the cancel of its task
     pending     a created task the next run collects (the engine's live-task states)
     uncertain   a create that may have reached a provider that cannot be asked
