@@ -430,7 +430,7 @@ class _Checker:
             if name not in self.caps or not isinstance(url, str) \
                     or self.broken(("base_urls", name)):
                 continue
-            facts = ProviderFacts.of(registry.get_class(name))
+            facts = registry.facts(name)
             if not may_receive_credentials(facts, url, self.environ):
                 self.add(("base_urls", name), _refused_base_url(facts, url))
 

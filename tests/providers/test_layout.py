@@ -33,8 +33,8 @@ def test_adapter_modules_have_the_same_sections_in_the_same_order(name: str) -> 
     last_import = max(n.end_lineno or 0 for n in tree.body
                       if isinstance(n, ast.Import | ast.ImportFrom))
     assert source[:first_section].count("\n") >= last_import  # imports come first
-    adapter_at = source.index(SECTIONS[2])
-    wire_at = source.index(SECTIONS[3])
+    adapter_at = source.index(SECTIONS[1])
+    wire_at = source.index(SECTIONS[2])
     [adapter] = [n for n in tree.body if isinstance(n, ast.ClassDef)
                  and n.name.endswith("Provider")]
     class_at = sum(len(line) + 1 for line in source.splitlines()[: adapter.lineno - 1])
