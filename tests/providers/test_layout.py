@@ -57,6 +57,25 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+# What a facts module may import: values and other facts, never a client or an adapter.
+FACTS_MAY_IMPORT = ("__future__", "collections.abc", "dataclasses", "typing",
+                    "providers.base", "providers.model")
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_facts_modules_import_only_values_and_other_facts(name: str) -> None:
+    tree = ast.parse((ROOT / "providers" / f"{name}_facts.py").read_text())
+    docstring = ast.get_docstring(tree)
+    assert docstring and "\n\nSources: " in docstring
+    imported = [alias.name for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for alias in n.names]
+    imported += [n.module if n.module != "providers" else f"providers.{alias.name}"
+                 for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                 for alias in n.names]
+    assert all(m in FACTS_MAY_IMPORT or (m.startswith("providers.") and m.endswith("_facts"))
+               for m in imported), imported
+
+
 def test_only_the_conformance_suite_imports_pytest() -> None:
     importers = sorted(
         str(path.relative_to(ROOT)) for path in (ROOT / "providers").rglob("*.py")
