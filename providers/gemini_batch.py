@@ -65,17 +65,13 @@ from providers.gemini import (
     request_body,
     version_of,
 )
-from providers.gemini_batch_facts import FACTS
+from providers.gemini_batch_facts import FACTS, MAX_INPUT_FILE_BYTES
 from providers.gemini_facts import DEFAULT_API_VERSION
 
 # -- documented constants --------------------------------------------------------------------
 # protocols-gemini.md (§ numbers; its source tags in brackets).
 
 BATCH_TOKEN_PRICES: TokenPrices = STANDARD_TOKEN_PRICES.scaled(0.5)      # §7 "Batch (50 %)"
-EXPIRY_S = 48 * 3600.0                 # §6 pending or running longer: EXPIRED [C BAT]
-MAX_INPUT_FILE_BYTES = 2 * 1000**3     # §4, §5 2 GB per file [C RL, FIL]
-MAX_INLINE_BATCH_BYTES = 20 * 1000**2  # §6 inline requests < 20 MB (nbp always uploads a file)
-ENQUEUED_TOKENS_TIER_1 = 2_000_000     # §4 Gemini 3 Pro Image Preview, Tier 1 [C RL]
 UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024   # §5 the SDK's chunk [C PY]
 SPOOL_BYTES = 16 * 1024 * 1024         # JSONL beyond this goes to a temporary file, not memory
 JSONL_MIME = "application/jsonl"       # what nbp declares for its input file [I]

@@ -23,6 +23,10 @@ from providers.model import ASPECT_RATIOS, RESOLUTIONS
 
 PRICES_USD: dict[str, float] = {"1K": 0.067, "2K": 0.067, "4K": 0.12}  # §7 batch, 50 % [C PRC]
 TURNAROUND_S = 24 * 3600.0             # §6 target turnaround [C BAT]
+EXPIRY_S = 48 * 3600.0                 # §6 pending or running longer: EXPIRED [C BAT]
+MAX_INPUT_FILE_BYTES = 2 * 1000**3     # §4, §5 2 GB per file [C RL, FIL]
+MAX_INLINE_BATCH_BYTES = 20 * 1000**2  # §6 inline requests < 20 MB (nbp always uploads a file)
+ENQUEUED_TOKENS_TIER_1 = 2_000_000     # §4 Gemini 3 Pro Image Preview, Tier 1 [C RL]
 MAX_CONCURRENT_BATCHES = 100           # §4 [C RL]
 
 # Options: the same as `gemini` (model and api_version); a batch runs one model, so every
