@@ -1,5 +1,5 @@
 """Validating a spec reads provider facts only: no HTTP client and no adapter is imported, in a
-fresh interpreter, through the public loader and through `nbp validate`."""
+fresh interpreter, through the public loader and through `nbp validate` (and `nbp plan`)."""
 
 from __future__ import annotations
 
@@ -53,11 +53,12 @@ def test_validating_and_loading_a_spec_imports_no_http_client_nor_adapter(spec: 
     assert found["facts"]  # the providers' limits were read: from their facts modules
 
 
-def test_nbp_validate_imports_no_http_client_nor_adapter() -> None:
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_nbp_validate_and_plan_import_no_http_client_nor_adapter(command: str) -> None:
     load = (
         "from flows.cli import main\n"
         "try:\n"
-        "    main(['validate', 'specs/demo.yaml'])\n"
+        f"    main([{command!r}, 'specs/demo.yaml'])\n"
         "except SystemExit as stop:\n"
         "    assert not stop.code, stop.code"
     )
