@@ -4,7 +4,7 @@ An adapter turns a provider-neutral `ImageRequest` into one remote task and foll
 terminal state. It knows HTTP and its provider's wire format, nothing about specs, matrices,
 Prefect or storage. Retries, throttling and fan-out live outside adapters.
 
-    provider = registry.create("kie", ProviderSettings.from_env("kie"))
+    provider = registry.create("kie")                 # settings from the environment
     request = await provider.prepare(request)         # reference uploads: no task yet
     submitted = await provider.submit(request)        # remote task id, as soon as known
     while isinstance(outcome := await provider.poll(submitted), Pending):
