@@ -1,16 +1,19 @@
 """`HttpAdapter`: what every built-in adapter shares, so each adapter module holds only its
-provider's wire format, its documented constants and its error mapping.
+provider's wire format and its error mapping.
 
-Subclasses set `name`, `capabilities`, `default_base_url` (and `extra_url_defaults` for
-other hosts, e.g. Kie's upload host) and implement `submit` and `poll` (and `prepare` when a
-create needs uploads first, `cancel` when the provider can stop a task).
+A built-in adapter's facts (limits, prices, default model, documented URLs, credential
+variables, option schema) are declared in `providers/<name>_facts.py` as a `ProviderFacts`,
+which loads without an HTTP client; the adapter class takes `name`, `model`, `capabilities`,
+`default_base_url` (and `extra_url_defaults`, `env_name` where it has them) from there, and
+implements `submit` and `poll` (and `prepare` when a create needs uploads first, `cancel` when
+the provider can stop a task).
 
 Every adapter module has the same sections, in this order, marked by these comment lines
 (`SECTIONS`; tests/providers/test_layout.py holds every built-in adapter to it): module
-docstring (wire format in one paragraph, sources), imports, documented constants, options
-(the JSON Schema of provider options), the adapter class (prepare, submit, poll, recover,
-download, cancel, then its helpers), wire format (request and response mapping), errors (the one
-place mapping HTTP statuses and body codes to `providers.errors`, via `http`'s ladder).
+docstring (wire format in one paragraph, sources), imports, documented constants of the wire
+format, the adapter class (prepare, submit, poll, recover, download, cancel, then its
+helpers), wire format (request and response mapping), errors (the one place mapping HTTP
+statuses and body codes to `providers.errors`, via `http`'s ladder).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from providers.options import check_options
 
 SECTIONS: tuple[str, ...] = tuple(
     f"# -- {title} ".ljust(94, "-")
-    for title in ("documented constants", "options", "adapter", "wire format", "errors")
+    for title in ("documented constants", "adapter", "wire format", "errors")
 )
 
 

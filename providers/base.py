@@ -4,7 +4,7 @@ An adapter turns a provider-neutral `ImageRequest` into one remote task and foll
 terminal state. It knows HTTP and its provider's wire format, nothing about specs, matrices,
 Prefect or storage. Retries, throttling and fan-out live outside adapters.
 
-    provider = registry.create("kie", ProviderSettings.from_env("kie"))
+    provider = registry.create("kie")                 # settings from the environment
     request = await provider.prepare(request)         # reference uploads: no task yet
     submitted = await provider.submit(request)        # remote task id, as soon as known
     while isinstance(outcome := await provider.poll(submitted), Pending):
@@ -271,38 +271,67 @@ def url_variable(provider: str, key: str = "") -> str:
 # `NBP_<PROVIDER>_<KEY>_BASE_URL`: the user's own choice) and loopback (emulators, local
 # proxies). Origins, not hosts: `http://api.kie.ai:8080` is another server than
 # `https://api.kie.ai`, and a key sent in clear text can be read on the way. The rule reads
-# `ProviderFacts`, plain values taken from an adapter class, so deciding needs no HTTP client.
+# `ProviderFacts`, plain values, so deciding needs no HTTP client.
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
 class ProviderFacts:
-    """What decides where a provider's credentials may go, read from its adapter class's
-    ClassVars without building it (no client, no settings):
+    """A provider's documented facts as plain values, loaded without an HTTP client: its
+    limits, prices and credential variables (`capabilities`), default model, documented URLs
+    and the variables that replace them. A built-in provider declares them in
+    `providers/<name>_facts.py` and its adapter class is built from them; an outside
+    adapter's are read from its class (`ProviderFacts.of`).
 
-        facts = ProviderFacts.of(registry.get_class("kie"))
-        facts.url_variables            # ("NBP_KIE_BASE_URL", "NBP_KIE_UPLOAD_BASE_URL")
+        facts = registry.facts("kie")      # imports providers.kie_facts, no client
+        facts.capabilities.max_references  # 8
+        facts.url_variables                # ("NBP_KIE_BASE_URL", "NBP_KIE_UPLOAD_BASE_URL")
         may_receive_credentials(facts, "http://api.kie.ai:8080", {})   # False
     """
 
-    name: str                           # the provider's name, for messages
-    env_name: str                       # the <PROVIDER> of its NBP_<PROVIDER>_..._BASE_URL
-    documented_urls: tuple[str, ...]    # `default_base_url`, then `extra_url_defaults`
-    url_keys: tuple[str, ...] = ()      # the keys of `extra_url_defaults` (Kie: "upload")
+    name: str                           # the registry name, for messages
+    capabilities: Capabilities
+    model: str = ""                     # the model id as this provider names it (the default)
+    base_url: str = ""                  # the documented base URL
+    # Other documented hosts by key (Kie's "upload"), each replaced by its own variable.
+    extra_urls: Mapping[str, str] = field(default_factory=dict)
+    # The <PROVIDER> of its `NBP_<PROVIDER>_..._BASE_URL` variables when it is not `name`
+    # (adapters of one host share them: gemini-batch reads NBP_GEMINI_BASE_URL).
+    env_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.env_name:
+            object.__setattr__(self, "env_name", self.name)
 
     @classmethod
-    def of(cls, adapter: type) -> ProviderFacts:
-        """The facts of an adapter class (`default_base_url`, `extra_url_defaults`,
-        `env_name`); a class without them has no documented origin."""
-        extra = dict(getattr(adapter, "extra_url_defaults", None) or {})
-        urls = (getattr(adapter, "default_base_url", None), *extra.values())
+    def of(cls, adapter: Any) -> ProviderFacts:
+        """The facts of an adapter class, from its attributes (`name`, `capabilities`,
+        `model`, `default_base_url`, `extra_url_defaults`, `env_name`); a class without URLs
+        has no documented origin."""
         return cls(
             name=str(getattr(adapter, "name", "")),
-            env_name=env_name(adapter),
-            documented_urls=tuple(u for u in urls if isinstance(u, str) and u),
-            url_keys=tuple(str(k) for k in extra),
+            capabilities=adapter.capabilities,
+            model=str(getattr(adapter, "model", None) or ""),
+            base_url=str(getattr(adapter, "default_base_url", None) or ""),
+            extra_urls={str(k): str(v) for k, v in
+                        dict(getattr(adapter, "extra_url_defaults", None) or {}).items()},
+            env_name=str(getattr(adapter, "env_name", None) or ""),
         )
+
+    @property
+    def documented_urls(self) -> tuple[str, ...]:
+        """The base URL, then each extra URL."""
+        return tuple(u for u in (self.base_url, *self.extra_urls.values()) if u)
+
+    @property
+    def url_keys(self) -> tuple[str, ...]:
+        return tuple(self.extra_urls)
+
+    @property
+    def base_url_variable(self) -> str:
+        """`NBP_<PROVIDER>_BASE_URL`: the variable that replaces the documented base URL."""
+        return url_variable(self.env_name)
 
     @property
     def url_variables(self) -> tuple[str, ...]:
@@ -344,12 +373,6 @@ def is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def env_name(cls: type) -> str:
-    """The name in an adapter's `NBP_<NAME>_BASE_URL` variables: its `env_name` when it has
-    one (adapters sharing a host: gemini-batch reads gemini's), else its `name`."""
-    return str(getattr(cls, "env_name", None) or getattr(cls, "name", ""))
 
 
 def environment_urls(facts: ProviderFacts, environ: Mapping[str, str] | None = None) -> list[str]:

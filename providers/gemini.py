@@ -56,40 +56,30 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.model import ASPECT_RATIOS, RESOLUTIONS
+from providers.gemini_facts import (
+    API_KEY_ENV,
+    DEFAULT_API_VERSION,
+    DEFAULT_MODEL,
+    FACTS,
+    FALLBACK_KEY_ENV,
+)
+from providers.gemini_facts import (
+    MODELS as MODELS,
+)
 
 # -- documented constants --------------------------------------------------------------------
 # protocols-gemini.md (§ numbers below; its source tags in brackets).
 
-DOCUMENTED_BASE_URL = "https://generativelanguage.googleapis.com"  # §1 [C IMG]
-# The docs use v1beta everywhere; google-genai 3.x talks v1 (§1, §8.7): `options.gemini
-# .api_version` chooses per request, `GeminiProvider(settings, api_version=)` per adapter.
-API_VERSIONS: tuple[str, ...] = ("v1beta", "v1")
-DEFAULT_API_VERSION = "v1beta"
-# Both ids are documented (§ head). The preview id is the one the image-generation guide, the
-# rate-limit table and the Batch quota ("Gemini 3 Pro Image Preview") name [C IMG, RL]; the
-# protocol notes recommend neither, so nbp defaults to what the docs' examples call.
-MODELS: tuple[str, ...] = ("gemini-3-pro-image-preview", "gemini-3-pro-image")
-DEFAULT_MODEL = MODELS[0]
-API_KEY_ENV = "GEMINI_API_KEY"
-FALLBACK_KEY_ENV = "GOOGLE_API_KEY"  # read when GEMINI_API_KEY is unset (google-genai's names)
 KEY_HEADER = "x-goog-api-key"        # §1 [C API]; never `?key=` (URLs end up in logs)
-
-# No prompt limit is published in characters (the model's limit is in tokens). nbp uses the
-# 45,000 characters resellers relaying this model document (protocols.md: Runware).
-MAX_PROMPT_CHARS = 45_000
-MAX_REFERENCES = 14                     # §2 "up to 14" [C IMG]
 REFERENCE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif")  # [C VTX]
 # Inline data: the 20 MB request cap is documented for inline batch requests (§6 [C BAT]);
 # Google's guides give generateContent the same cap [I]. nbp counts the base64 it sends.
 MAX_INLINE_BYTES = 20 * 1000 * 1000
-OUTPUT_FORMATS: tuple[str, ...] = ("png",)  # the Developer API has no outputMimeType (§2 [C PY])
 RESPONSE_MODALITIES = ("TEXT", "IMAGE")     # the docs' example; IMAGE alone fails with grounding
 # Image generation takes 10-60+ s (§2 [I]): the answer is waited for this long.
 GENERATE_TIMEOUT_S = 300.0
 
-# Prices (§7 [C PRC]): per image, and per token for what usageMetadata reports.
-PRICES_USD: dict[str, float] = {"1K": 0.134, "2K": 0.134, "4K": 0.24}
+# Prices per token (§7 [C PRC]) of what usageMetadata reports (per image: `gemini_facts`).
 USD_PER_IMAGE_TOKEN = 120e-6            # $120 / 1M image output tokens (1120 at 1K/2K: 0.134)
 USD_PER_TEXT_TOKEN = 12e-6              # $12 / 1M text and thinking output tokens
 USD_PER_INPUT_TOKEN = 2e-6              # $2 / 1M input tokens (560 per input image)
@@ -109,21 +99,6 @@ BILLING_STATUS = "FAILED_PRECONDITION"  # "free tier unavailable / billing neede
 OVERLOADED_STATUS = "UNAVAILABLE"       # 503 "The model is overloaded" (§3 [I])
 RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
 ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
-
-# -- options ---------------------------------------------------------------------------------
-
-OPTION_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "model": {
-            "enum": list(MODELS),
-            "description": "the documented Nano Banana Pro model ids",
-        },
-        "api_version": {"enum": list(API_VERSIONS)},
-    },
-}
 
 # -- adapter ---------------------------------------------------------------------------------
 
@@ -147,32 +122,11 @@ class GeminiProvider(HttpAdapter):
     """Nano Banana Pro on Google's Gemini API (`gemini`): one generateContent per image, the
     image inline in the answer (`Submitted.finished`)."""
 
-    name: ClassVar[str] = "gemini"
-    model: ClassVar[str] = DEFAULT_MODEL
-    default_base_url: ClassVar[str] = DOCUMENTED_BASE_URL
+    name: ClassVar[str] = FACTS.name
+    model: ClassVar[str] = FACTS.model
+    default_base_url: ClassVar[str] = FACTS.base_url
     secret_headers: ClassVar[tuple[str, ...]] = (KEY_HEADER,)
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        aspect_ratios=ASPECT_RATIOS,   # §2 [C IMG, VTX]
-        resolutions=RESOLUTIONS,       # §2 uppercase K [C IMG]
-        output_formats=OUTPUT_FORMATS,
-        max_prompt_chars=MAX_PROMPT_CHARS,
-        max_references=MAX_REFERENCES,
-        reference_delivery="upload",   # local files inline (base64), URLs as fileData
-        idempotent_submit=False,       # §3, §6: no idempotency key
-        recoverable_submit=False,      # and no lookup: a lost answer is gone
-        can_cancel=False,
-        synchronous=True,
-        prices_usd=PRICES_USD,
-        default_rate=None,             # §4: no Nano Banana Pro numbers published
-        # No limit is published; RPM for preview image models is low (§4). Ten calls of
-        # 10-60 s each stay near one create every few seconds, and a 429 slows nbp down.
-        default_max_in_flight=10,
-        option_schema=OPTION_SCHEMA,
-        models=MODELS,
-        env_vars=(API_KEY_ENV,),
-        optional_env_vars=(FALLBACK_KEY_ENV,),
-        env_alternatives={API_KEY_ENV: (FALLBACK_KEY_ENV,)},
-    )
+    capabilities: ClassVar[Capabilities] = FACTS.capabilities
     token_prices: ClassVar[TokenPrices] = STANDARD_TOKEN_PRICES
 
     def __init__(self, settings: ProviderSettings, *, api_version: str | None = None) -> None:

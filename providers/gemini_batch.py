@@ -51,18 +51,8 @@ from providers.errors import (
     TransientError,
 )
 from providers.gemini import (
-    API_KEY_ENV,
-    DEFAULT_API_VERSION,
-    DOCUMENTED_BASE_URL,
-    FALLBACK_KEY_ENV,
     KEY_HEADER,
-    MAX_PROMPT_CHARS,
-    MAX_REFERENCES,
-    MODELS,
-    OPTION_SCHEMA,
-    OUTPUT_FORMATS,
     STANDARD_TOKEN_PRICES,
-    GeminiProvider,
     TokenPrices,
     answer_cap,
     check_inline_size,
@@ -75,19 +65,13 @@ from providers.gemini import (
     request_body,
     version_of,
 )
-from providers.model import ASPECT_RATIOS, RESOLUTIONS
+from providers.gemini_batch_facts import FACTS, MAX_INPUT_FILE_BYTES
+from providers.gemini_facts import DEFAULT_API_VERSION
 
 # -- documented constants --------------------------------------------------------------------
 # protocols-gemini.md (§ numbers; its source tags in brackets).
 
-PRICES_USD: dict[str, float] = {"1K": 0.067, "2K": 0.067, "4K": 0.12}  # §7 batch, 50 % [C PRC]
 BATCH_TOKEN_PRICES: TokenPrices = STANDARD_TOKEN_PRICES.scaled(0.5)      # §7 "Batch (50 %)"
-TURNAROUND_S = 24 * 3600.0             # §6 target turnaround [C BAT]
-EXPIRY_S = 48 * 3600.0                 # §6 pending or running longer: EXPIRED [C BAT]
-MAX_CONCURRENT_BATCHES = 100           # §4 [C RL]
-MAX_INPUT_FILE_BYTES = 2 * 1000**3     # §4, §5 2 GB per file [C RL, FIL]
-MAX_INLINE_BATCH_BYTES = 20 * 1000**2  # §6 inline requests < 20 MB (nbp always uploads a file)
-ENQUEUED_TOKENS_TIER_1 = 2_000_000     # §4 Gemini 3 Pro Image Preview, Tier 1 [C RL]
 UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024   # §5 the SDK's chunk [C PY]
 SPOOL_BYTES = 16 * 1024 * 1024         # JSONL beyond this goes to a temporary file, not memory
 JSONL_MIME = "application/jsonl"       # what nbp declares for its input file [I]
@@ -108,10 +92,6 @@ DEFAULT_ERRORS: Mapping[str, str] = {
 }
 _KEY_IN_LINE = re.compile(rb'"key"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
-# -- options ---------------------------------------------------------------------------------
-# The same as `gemini` (`providers.gemini.OPTION_SCHEMA`): model and api_version; a batch
-# runs one model, so every request of a batch must name the same one.
-
 # -- adapter ---------------------------------------------------------------------------------
 
 
@@ -119,34 +99,12 @@ class GeminiBatchProvider(HttpAdapter):
     """Google's Batch API (`gemini-batch`), a `providers.base.BatchProvider`: no
     `submit`/`poll`; the engine groups cells into batches and follows them."""
 
-    name: ClassVar[str] = "gemini-batch"
-    env_name: ClassVar[str | None] = "gemini"  # same host, same NBP_GEMINI_BASE_URL
-    model: ClassVar[str] = GeminiProvider.model
-    default_base_url: ClassVar[str] = DOCUMENTED_BASE_URL
+    name: ClassVar[str] = FACTS.name
+    env_name: ClassVar[str | None] = FACTS.env_name
+    model: ClassVar[str] = FACTS.model
+    default_base_url: ClassVar[str] = FACTS.base_url
     secret_headers: ClassVar[tuple[str, ...]] = (KEY_HEADER,)
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        aspect_ratios=ASPECT_RATIOS,
-        resolutions=RESOLUTIONS,
-        output_formats=OUTPUT_FORMATS,
-        max_prompt_chars=MAX_PROMPT_CHARS,
-        max_references=MAX_REFERENCES,
-        reference_delivery="upload",
-        idempotent_submit=False,       # §6: the same create twice makes two jobs
-        # A lost create is found again by display name (`find_batch`), not by `recover`,
-        # which the `Provider` path would call: that flag stays False.
-        recoverable_submit=False,
-        can_cancel=True,               # §6 batches.cancel
-        prices_usd=PRICES_USD,
-        default_rate=None,             # §4: batch creation has no published rate
-        default_max_in_flight=MAX_CONCURRENT_BATCHES,  # §4: concurrent batches
-        poll_interval_s=60.0,          # hours of turnaround: a minute between looks
-        batch_turnaround_s=TURNAROUND_S,
-        option_schema=OPTION_SCHEMA,
-        models=MODELS,
-        env_vars=(API_KEY_ENV,),
-        optional_env_vars=(FALLBACK_KEY_ENV,),
-        env_alternatives={API_KEY_ENV: (FALLBACK_KEY_ENV,)},
-    )
+    capabilities: ClassVar[Capabilities] = FACTS.capabilities
     token_prices: ClassVar[TokenPrices] = BATCH_TOKEN_PRICES
 
     def __init__(self, settings: ProviderSettings, *, api_version: str | None = None) -> None:

@@ -35,16 +35,11 @@ from providers.errors import (
     TaskFailed,
     TransientError,
 )
-from providers.model import ASPECT_RATIOS, GOOGLE_STANDARD_PRICES_USD, RESOLUTIONS
+from providers.hiapi_facts import API_KEY_ENV, FACTS, MODEL_ID
 
 # -- documented constants --------------------------------------------------------------------
 # seeds/hiapi.txt (S1), protocols.md §2; HJ = github HiAPIAI/hiapi-java.
-MODEL_ID = "Nano-Banana-Pro"
-API_KEY_ENV = "HIAPI_API_KEY"
 TASKS_PATH = "/v1/tasks"
-MAX_PROMPT_CHARS = 10_000                     # S1 input.prompt
-MAX_REFERENCES = 8                            # S1 input.image_input
-OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpg")  # S1 input.output_format
 # S1 also accepts "auto"; nbp always asks for a concrete ratio so outputs can be verified.
 WIRE_ASPECT_RATIOS: tuple[str, ...] = (
     "auto", "1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "5:4", "4:5", "21:9",
@@ -62,54 +57,16 @@ MISMATCH_CODE = "IDEMPOTENCY_KEY_MISMATCH"      # 422: same key, different body
 # HiAPI documents no content-moderation code: a task or create error is taken as a content
 # rejection when `looks_like_content_rejection` recognises its code or message.
 
-# -- options ---------------------------------------------------------------------------------
-
-OPTION_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "callback": {  # S1: top level of the body, never inside `input`
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["url"],
-            "properties": {
-                # S1: "HTTPS URL that receives terminal task notifications"
-                "url": {"type": "string", "format": "uri", "pattern": r"^https://\S+$"},
-                "when": {"enum": ["final"]},
-            },
-        },
-    },
-}
-
-
 # -- adapter ---------------------------------------------------------------------------------
 
 
 class HiapiProvider(HttpAdapter):
     """Nano Banana Pro via HiAPI (`hiapi`). References must be http(s) URLs."""
 
-    name: ClassVar[str] = "hiapi"
-    model: ClassVar[str] = MODEL_ID
-    default_base_url: ClassVar[str] = "https://api.hiapi.ai"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        aspect_ratios=ASPECT_RATIOS,
-        resolutions=RESOLUTIONS,
-        output_formats=OUTPUT_FORMATS,
-        max_prompt_chars=MAX_PROMPT_CHARS,
-        max_references=MAX_REFERENCES,
-        reference_delivery="url_only",
-        idempotent_submit=True,
-        can_cancel=False,  # no cancel endpoint documented
-        # Unpublished (§8): Google's standard price as the estimate.
-        prices_usd=GOOGLE_STANDARD_PRICES_USD,
-        price_is_published=False,
-        default_rate=None,  # no numeric limit published (§2.4)
-        default_max_in_flight=50,
-        poll_interval_s=3.0,
-        option_schema=OPTION_SCHEMA,
-        env_vars=(API_KEY_ENV,),
-    )
+    name: ClassVar[str] = FACTS.name
+    model: ClassVar[str] = FACTS.model
+    default_base_url: ClassVar[str] = FACTS.base_url
+    capabilities: ClassVar[Capabilities] = FACTS.capabilities
 
     async def submit(self, request: ImageRequest) -> Submitted:
         self.check_limits(request)

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from providers.base import MAX_IMAGE_BYTES, is_loopback, url_origin
+from providers.base import MAX_IMAGE_BYTES, is_loopback, url_origin, url_variable
 from providers.errors import (
     AuthError,
     InsufficientBalance,
@@ -128,7 +128,7 @@ class CredentialGuard:
                 and not is_loopback(url):
             raise AuthError(
                 f"{request.method} {_path(url)}: credentials are sent only to documented "
-                f"hosts, hosts named in the environment (NBP_<PROVIDER>_BASE_URL) and "
+                f"hosts, hosts named in the environment ({url_variable('<provider>')}) and "
                 f"loopback, not to {origin}"
             )
 

@@ -48,23 +48,17 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.model import ASPECT_RATIOS, MIME_TYPE, RESOLUTIONS
+from providers.kie_facts import FACTS, MODEL_ID
+from providers.model import MIME_TYPE
 
 # -- documented constants --------------------------------------------------------------------
 # seeds/kie.txt (S3), protocols.md §4.
 
-MODEL_ID = "nano-banana-pro"
-DOCUMENTED_BASE_URL = "https://api.kie.ai"
-DOCUMENTED_UPLOAD_URL = "https://kieai.redpandaai.co"  # §4.6; NBP_KIE_UPLOAD_BASE_URL replaces it
-API_KEY_ENV = "KIE_API_KEY"
 CREATE_PATH = "/api/v1/jobs/createTask"
 RECORD_PATH = "/api/v1/jobs/recordInfo"
 STREAM_UPLOAD_PATH = "/api/file-stream-upload"  # §4.6
 UPLOAD_FOLDER = "nbp/references"
 
-MAX_PROMPT_CHARS = 20_000  # S3 prompt "Max Length"
-MAX_REFERENCES = 8  # S3 image_input "up to 8 images"
-OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpg")  # S3 output_format
 # S3 image_input: at most 30 MB each, jpeg/png/webp.
 MAX_REFERENCE_BYTES = 30 * 1024 * 1024
 REFERENCE_TYPES = ("image/jpeg", "image/png", "image/webp")
@@ -72,24 +66,12 @@ REFERENCE_TYPES = ("image/jpeg", "image/png", "image/webp")
 UPLOAD_REUSE_S = 12 * 3600.0
 PENDING_STATES = ("waiting", "queuing", "generating")  # §4.3
 SUCCESS_STATE, FAIL_STATE = "success", "fail"
-PRICES_USD: dict[str, float] = {"1K": 0.09, "2K": 0.09, "4K": 0.12}  # §4.8 [I KP]
 USD_PER_CREDIT = 0.005  # §4.8
 
 # S3's body codes are HTTP statuses and mean what the shared ladder says (`http`), except
 # where a message or the operation tells otherwise (see `raise_for_error`). A Kie-compatible
 # provider adds its own codes here (Apikley: 455, 501, 505).
 KIE_OWN_CODES: Mapping[int, type[ProviderError]] = {}
-
-# -- options ---------------------------------------------------------------------------------
-
-# Only `callBackUrl` is documented beside `model` and `input` (S3 "Request Parameters").
-OPTION_SCHEMA: Mapping[str, Any] = {
-    "type": "object",
-    "properties": {
-        "callBackUrl": {"type": "string", "format": "uri", "pattern": "^https?://\\S+$"},
-    },
-    "additionalProperties": False,
-}
 
 # -- adapter ---------------------------------------------------------------------------------
 
@@ -98,24 +80,11 @@ class KieProvider(HttpAdapter):
     """Kie.ai's market API. Local reference files are uploaded by `prepare`, once per
     adapter (by content hash), to the upload host and passed as `image_input` URLs."""
 
-    name = "kie"
-    model = MODEL_ID
-    default_base_url = DOCUMENTED_BASE_URL
-    extra_url_defaults: ClassVar[Mapping[str, str]] = {"upload": DOCUMENTED_UPLOAD_URL}
-    capabilities = Capabilities(
-        aspect_ratios=ASPECT_RATIOS,   # "auto" too upstream, but its pixel size is unknown
-        resolutions=RESOLUTIONS,
-        output_formats=OUTPUT_FORMATS,
-        max_prompt_chars=MAX_PROMPT_CHARS,
-        max_references=MAX_REFERENCES,
-        reference_delivery="upload",
-        prices_usd=PRICES_USD,
-        default_rate="20/10s",                            # §4.5
-        default_max_in_flight=100,                        # "typically 100+ running" (§4.5)
-        poll_interval_s=3.0,                              # "2-3 s for 30 s" (§4.3)
-        option_schema=OPTION_SCHEMA,
-        env_vars=(API_KEY_ENV,),
-    )
+    name: ClassVar[str] = FACTS.name
+    model: ClassVar[str] = FACTS.model
+    default_base_url: ClassVar[str] = FACTS.base_url
+    extra_url_defaults: ClassVar[Mapping[str, str]] = FACTS.extra_urls
+    capabilities: ClassVar[Capabilities] = FACTS.capabilities
     own_codes: ClassVar[Mapping[int, type[ProviderError]]] = KIE_OWN_CODES
     usd_per_credit: ClassVar[float | None] = USD_PER_CREDIT  # None where credits are unpriced
 

@@ -10,12 +10,12 @@ one message format for spec loading and every adapter.
 Writing a schema: plain JSON Schema (2020-12 unless its `$schema` says otherwise; `format` is
 checked). A rule of nbp's own beyond the provider's documentation is a schema rule too
 (Runware's `numberResults` is `{"const": 1}`): a `description` on such a value is shown with
-any problem of it, so write it as the reason. Pure: no HTTP client.
+any problem of it, so write it as the reason. Problems read as the job spec's do
+(`schemas.messages`). Pure: no HTTP client.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,13 +23,11 @@ from typing import Any
 import jsonschema
 
 from providers.errors import LimitExceeded
+from schemas.messages import Wording, schema_problems
 
 OptionPath = tuple[str | int, ...]
-
-_TYPE_NAMES = {
-    "string": "a string", "integer": "an integer", "number": "a number",
-    "boolean": "true or false", "object": "a mapping", "array": "a list", "null": "nothing",
-}
+# An option schema's `description` on a value states the reason of its rule.
+_WORDING = Wording(show_descriptions=True)
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,8 @@ def option_problems(schema: Mapping[str, Any], options: Any) -> list[OptionProbl
     validator = cls(dict(schema), format_checker=cls.FORMAT_CHECKER)
     found: dict[tuple[str, str], OptionProblem] = {}
     for error in validator.iter_errors(options):
-        for problem in _problems(error):
+        for plain in schema_problems(error, wording=_WORDING):
+            problem = OptionProblem(plain.path, plain.message, plain.at_key)
             found.setdefault((format_path(problem.path), problem.message), problem)
     return [found[key] for key in sorted(found)]
 
@@ -85,71 +84,6 @@ def format_path(path: OptionPath) -> str:
         else:
             text += f"[{part!r}]"
     return text
-
-
-# -- one jsonschema error in plain words ---------------------------------------------------
-
-
-def _problems(error: Any) -> list[OptionProblem]:
-    path: OptionPath = tuple(error.absolute_path)
-    kind, value, instance = error.validator, error.validator_value, error.instance
-    if kind == "additionalProperties" and value is False and isinstance(instance, Mapping):
-        allowed = list(error.schema.get("properties", {}))
-        return [
-            OptionProblem((*path, key), _unknown_key(str(key), allowed), at_key=True)
-            for key in instance if key not in allowed
-        ]
-    if kind == "required" and isinstance(instance, Mapping):
-        return [OptionProblem((*path, k), f"missing required key {k!r}")
-                for k in value if k not in instance]
-    if kind in ("anyOf", "oneOf") and error.context:
-        return _problems(jsonschema.exceptions.best_match(error.context))
-    message = _plain_message(kind, value, instance, str(error.message))
-    description = error.schema.get("description") if isinstance(error.schema, Mapping) else None
-    if description:
-        message = f"{message} ({description})"
-    return [OptionProblem(path, message)]
-
-
-def _plain_message(kind: str, value: Any, instance: Any, fallback: str) -> str:
-    if kind == "type":
-        names = [value] if isinstance(value, str) else list(value)
-        wanted = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
-        return f"expected {wanted}, got {_describe(instance)}"
-    if kind == "enum":
-        close = difflib.get_close_matches(str(instance), [str(v) for v in value], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"{instance!r} is not one of {', '.join(map(repr, value))}{hint}"
-    simple = {
-        "const": f"must be {value!r}",
-        "pattern": f"{instance!r} does not match {value}",
-        "format": f"{instance!r} is not a valid {value}",
-        "minimum": f"must be at least {value}",
-        "maximum": f"must be at most {value}",
-        "exclusiveMinimum": f"must be greater than {value}",
-        "exclusiveMaximum": f"must be less than {value}",
-        "minLength": "must not be empty" if value == 1 else f"needs at least {value} characters",
-        "maxLength": f"must be at most {value} characters",
-        "minItems": "must not be empty" if value == 1 else f"needs at least {value} items",
-        "maxItems": f"takes at most {value} items",
-    }
-    return simple.get(kind, fallback)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true or false"
-    for kind, name in ((int, "an integer"), (float, "a number"), (str, "a string"),
-                       (list, "a list"), (Mapping, "a mapping")):
-        if isinstance(value, kind):
-            return name
-    return "nothing" if value is None else type(value).__name__
-
-
-def _unknown_key(key: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key {key!r}; {hint}allowed here: {', '.join(allowed) or 'none'}"
 
 
 __all__ = ["OptionPath", "OptionProblem", "check_options", "format_path", "option_problems"]

@@ -1,8 +1,16 @@
 """Adapters by name, fsspec style: a table of dotted paths imported on first use, plus the
 `nbp.providers` entry-point group for adapters that live outside this package.
 
+A provider's facts (`ProviderFacts`: capabilities, prices, model, URLs, variables) are
+answered without its adapter: a built-in provider's come from `providers/<name>_facts.py`,
+which imports no HTTP client, so validating and planning a spec never load httpx. The adapter
+class is imported only to make a client (`create`, `get_class`). An adapter registered by
+hand or through the entry-point group has its facts read from its class.
+
     from providers import registry
-    cls = registry.get_class("kie")              # imports providers.kie on first use
+    registry.capabilities("kie").max_references   # imports providers.kie_facts only
+    registry.facts("kie").base_url_variable       # "NBP_KIE_BASE_URL"
+    cls = registry.get_class("kie")               # imports providers.kie on first use
     provider = registry.create("kie")             # settings from the environment
 """
 
@@ -13,7 +21,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from providers.base import Capabilities, Provider, ProviderSettings
+from providers.base import Capabilities, Provider, ProviderFacts, ProviderSettings
 
 ENTRY_POINT_GROUP = "nbp.providers"
 
@@ -27,6 +35,17 @@ known_implementations: dict[str, str] = {
     # A `providers.base.BatchProvider`, not a `Provider`: no submit/poll (the engine runs
     # its cells as batches). Its `capabilities` serve validation and planning as any other's.
     "gemini-batch": "providers.gemini_batch:GeminiBatchProvider",
+}
+
+# The built-in providers' facts, by the same names: modules that import no HTTP client.
+known_facts: dict[str, str] = {
+    "wiro": "providers.wiro_facts:FACTS",
+    "hiapi": "providers.hiapi_facts:FACTS",
+    "runware": "providers.runware_facts:FACTS",
+    "kie": "providers.kie_facts:FACTS",
+    "apikley": "providers.apikley_facts:FACTS",
+    "gemini": "providers.gemini_facts:FACTS",
+    "gemini-batch": "providers.gemini_batch_facts:FACTS",
 }
 
 _registry: dict[str, type[Any]] = {}
@@ -65,16 +84,26 @@ def get_class(name: str) -> type[Any]:
                 break
     if target is None:
         raise UnknownProvider(name)
-    module_name, _, attr = target.partition(":")
-    cls: type[Any] = getattr(importlib.import_module(module_name), attr)
+    cls: type[Any] = _load(target)
     _registry[name] = cls
     return cls
 
 
+def facts(name: str) -> ProviderFacts:
+    """A provider's documented facts, without building a client: a built-in provider's
+    without importing its adapter (nor httpx); an adapter registered by hand or through the
+    entry-point group answers from its class."""
+    cls = _registry.get(name)
+    target = known_facts.get(name)
+    if target is None or (cls is not None and _path(cls) != known_implementations.get(name)):
+        return ProviderFacts.of(get_class(name))
+    found: ProviderFacts = _load(target)
+    return found
+
+
 def capabilities(name: str) -> Capabilities:
     """A provider's documented limits, without building a client."""
-    caps: Capabilities = get_class(name).capabilities
-    return caps
+    return facts(name).capabilities
 
 
 def create(
@@ -89,3 +118,13 @@ def create(
         settings = cls.settings_from_env(environ)
     provider: Provider = cls(settings)
     return provider
+
+
+def _load(target: str) -> Any:
+    """The object a `module:attribute` path names, importing the module."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _path(cls: type[Any]) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"

@@ -50,17 +50,12 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.model import ASPECT_RATIOS, OUTPUT_FORMATS, PIXEL_SIZES, RESOLUTIONS
+from providers.model import PIXEL_SIZES
+from providers.runware_facts import API_KEY_ENV, FACTS, MODEL_ID
 
 # -- documented constants --------------------------------------------------------------------
 # seeds/runware.txt (S2), protocols.md §3 and §7, runware.ai/docs (RD).
-MODEL_ID = "google:4@2"
-API_KEY_ENV = "RUNWARE_API_KEY"
-MIN_PROMPT_CHARS, MAX_PROMPT_CHARS = 3, 45_000      # S2 positivePrompt
-MAX_REFERENCES = 14                                 # S2 inputs.referenceImages 1..14
 WIRE_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPG", "webp": "WEBP"}  # S2 outputFormat
-PRICES_USD: dict[str, float] = {"1K": 0.138, "2K": 0.138, "4K": 0.244}       # §3.8 / RD
-PRICE_PER_REFERENCE_USD = 0.0011  # §3.8 [I]: S2 shows 0.1424 for 2K with 4 references
 # Runware's supported width x height pairs (RD model page, "Compatibility & Validation"). They
 # are Google's sizes (protocols.md §7) except 1K 21:9, which Runware lists as 1548x672 while
 # the model returns 1584x672. Runware validates against its own list, so nbp sends 1548x672
@@ -69,11 +64,6 @@ PRICE_PER_REFERENCE_USD = 0.0011  # §3.8 [I]: S2 shows 0.1424 for 2K with 4 ref
 WIRE_DIMENSIONS: dict[tuple[str, str], tuple[int, int]] = {
     **PIXEL_SIZES, ("21:9", "1K"): (1548, 672),
 }
-# providerSettings.google.safetyTolerance: RD lists 5 values, default "none", "off" = Google's
-# defaults; "none" and "off" also appear in public clients. The other three are inferred from
-# Google's HarmBlockThreshold (BLOCK_LOW_AND_ABOVE / MEDIUM_AND_ABOVE / ONLY_HIGH) [I].
-SAFETY_TOLERANCES: tuple[str, ...] = ("none", "low", "medium", "high", "off")
-DELIVERY_METHODS: tuple[str, ...] = ("sync", "async")  # S2 deliveryMethod
 DEFAULT_DELIVERY = "async"
 SYNC_TIMEOUT_S = 300.0        # RP: the SDK waits up to 300 s for an image inference
 INLINE_MAX_BYTES = 1_000_000  # local references up to ~1 MB go inline as data URIs
@@ -101,59 +91,6 @@ UUID_V4 = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.IGNORECASE
 )
 
-# -- options ---------------------------------------------------------------------------------
-
-OPTION_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "settings": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "systemPrompt": {"type": "string", "minLength": 1, "maxLength": 50_000},
-                "temperature": {"type": "number", "minimum": 0, "maximum": 1},
-                "topP": {"type": "number", "minimum": 0, "maximum": 1},
-            },
-        },
-        "providerSettings": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "google": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "safetyTolerance": {"enum": list(SAFETY_TOLERANCES)},
-                        "webSearch": {"type": "boolean"},
-                    },
-                },
-            },
-        },
-        # S2 takes 1..20; nbp's rule, stated where spec loading and the adapter both read it.
-        "numberResults": {
-            "const": 1,
-            "description": "nbp makes one image per cell, so only 1 is supported; use "
-                           "`repeat` in the spec for more images",
-        },
-        "seed": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
-        "outputQuality": {"type": "integer", "minimum": 20, "maximum": 99},
-        "deliveryMethod": {"enum": list(DELIVERY_METHODS)},
-        "safety": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "checkContent": {"type": "boolean"},
-                "mode": {"enum": ["none", "fast"]},
-            },
-        },
-        "ttl": {"type": "integer", "minimum": 60},
-        "includeCost": {"type": "boolean"},
-    },
-}
-
-
 # -- adapter ---------------------------------------------------------------------------------
 
 
@@ -162,27 +99,10 @@ class RunwareProvider(HttpAdapter):
     when larger than `INLINE_MAX_BYTES`, through `imageUpload` in `prepare` (once per
     content) and then by their imageUUID."""
 
-    name: ClassVar[str] = "runware"
-    model: ClassVar[str] = MODEL_ID
-    default_base_url: ClassVar[str] = "https://api.runware.ai/v1"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        aspect_ratios=ASPECT_RATIOS,
-        resolutions=RESOLUTIONS,
-        output_formats=OUTPUT_FORMATS,
-        max_prompt_chars=MAX_PROMPT_CHARS,
-        min_prompt_chars=MIN_PROMPT_CHARS,
-        max_references=MAX_REFERENCES,
-        reference_delivery="upload",
-        recoverable_submit=True,  # taskUUID is ours: getResponse finds a lost create
-        can_cancel=False,         # no cancel task documented
-        prices_usd=PRICES_USD,
-        price_per_reference_usd=PRICE_PER_REFERENCE_USD,
-        default_rate=None,        # "no hard rate limits", fair queue (§3.6)
-        default_max_in_flight=50,
-        poll_interval_s=1.5,      # RD task-polling: start with 1-2 s, back off
-        option_schema=OPTION_SCHEMA,
-        env_vars=(API_KEY_ENV,),
-    )
+    name: ClassVar[str] = FACTS.name
+    model: ClassVar[str] = FACTS.model
+    default_base_url: ClassVar[str] = FACTS.base_url
+    capabilities: ClassVar[Capabilities] = FACTS.capabilities
 
     def __init__(self, settings: ProviderSettings) -> None:
         super().__init__(settings)

@@ -46,39 +46,25 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.model import ASPECT_RATIOS, GOOGLE_STANDARD_PRICES_USD, RESOLUTIONS
+from providers.model import ASPECT_RATIOS
+from providers.wiro_facts import API_KEY_ENV, API_SECRET_ENV, FACTS, MODEL_OWNER, MODEL_PROJECT
 
 # -- documented constants --------------------------------------------------------------------
 # protocols.md §1; WD = github wiroai/Wiro-Docs markdown/.
 
-DOCUMENTED_BASE_URL = "https://api.wiro.ai/v1"
-MODEL_OWNER, MODEL_PROJECT = "google", "nano-banana-pro"
 RUN_PATH = f"/Run/{MODEL_OWNER}/{MODEL_PROJECT}"
 DETAIL_PATH = "/Task/Detail"
 CANCEL_PATH = "/Task/Cancel"
 KILL_PATH = "/Task/Kill"
 UPLOAD_PATH = "/File/Upload"
 
-API_KEY_ENV, API_SECRET_ENV = "WIRO_API_KEY", "WIRO_API_SECRET"
 # The auth headers (protocols.md §1.1): all three are credentials (the signature is replayable).
 AUTH_HEADERS: tuple[str, ...] = ("x-api-key", "x-nonce", "x-signature")
 
-# Seed inputs: `aspectRatio` select (default match_input_image), `resolution` 1K|2K|4K,
-# `inputImage` combinefileinput "up to 14 reference images" (seed, protocols.md §1.2).
+# Seed inputs: `aspectRatio` select (default match_input_image), `resolution` 1K|2K|4K
+# (seed, protocols.md §1.2).
 MATCH_INPUT_IMAGE = "match_input_image"
 WIRE_ASPECT_RATIOS: tuple[str, ...] = (MATCH_INPUT_IMAGE, *ASPECT_RATIOS)
-MAX_REFERENCES = 14
-# Wiro documents no prompt limit (seed: `textarea`); the longest prompt another reseller
-# documents for this same model is Runware's 45000 characters (protocols.md §3.2).
-MAX_PROMPT_CHARS = 45_000
-# Wiro returns the model's PNG (seed outputs `0.png`, `image/png`); no output-format input.
-OUTPUT_FORMATS: tuple[str, ...] = ("png",)
-# Price unpublished (protocols.md §1.7, §8): Google's standard price as the estimate (§6.4).
-ESTIMATED_PRICES_USD: Mapping[str, float] = GOOGLE_STANDARD_PRICES_USD
-# Concurrency = max(1, floor(balance_usd * 0.10)) up to $250 of balance, unlimited above
-# (protocols.md §1.5, WD concurrency-limits.md): 10 in flight is what a $100 balance allows.
-DEFAULT_MAX_IN_FLIGHT = 10
-POLL_INTERVAL_S = 3.0  # "start at 3 seconds" (WD concurrency-limits.md, protocols.md §1.3)
 
 # Task statuses (protocols.md §1.3, WD tasks.md). Only these two end a task; `task_end`
 # and `task_error` (a stderr log event) are not terminal.
@@ -109,18 +95,6 @@ REJECTION_PHRASES: tuple[str, ...] = (
 # us only as a failed task (pexit != "0") whose `debugerror` carries the upstream reason,
 # classified by `looks_like_content_rejection` (a heuristic, not a documented signal).
 
-# -- options ---------------------------------------------------------------------------------
-
-OPTION_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        # Common Run parameter: Wiro POSTs the task result there (WD run-a-model.md).
-        "callbackUrl": {"type": "string", "format": "uri", "pattern": "^https?://"},
-    },
-    "additionalProperties": False,
-}
-
-
 # -- adapter ---------------------------------------------------------------------------------
 
 
@@ -132,27 +106,11 @@ class WiroProvider(HttpAdapter):
     which one is accepted. Wiro has no seed input: `ImageRequest.seed` is not sent.
     """
 
-    name: ClassVar[str] = "wiro"
-    model: ClassVar[str] = f"{MODEL_OWNER}/{MODEL_PROJECT}"
-    default_base_url: ClassVar[str] = DOCUMENTED_BASE_URL
+    name: ClassVar[str] = FACTS.name
+    model: ClassVar[str] = FACTS.model
+    default_base_url: ClassVar[str] = FACTS.base_url
     secret_headers: ClassVar[tuple[str, ...]] = AUTH_HEADERS
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        aspect_ratios=ASPECT_RATIOS,
-        resolutions=RESOLUTIONS,
-        output_formats=OUTPUT_FORMATS,
-        max_prompt_chars=MAX_PROMPT_CHARS,
-        max_references=MAX_REFERENCES,
-        reference_delivery="upload",
-        can_cancel=True,
-        prices_usd=ESTIMATED_PRICES_USD,
-        price_is_published=False,
-        default_rate=None,
-        default_max_in_flight=DEFAULT_MAX_IN_FLIGHT,
-        poll_interval_s=POLL_INTERVAL_S,
-        option_schema=OPTION_SCHEMA,
-        env_vars=(API_KEY_ENV,),
-        optional_env_vars=(API_SECRET_ENV,),
-    )
+    capabilities: ClassVar[Capabilities] = FACTS.capabilities
 
     async def submit(self, request: ImageRequest) -> Submitted:
         self.check_limits(request)

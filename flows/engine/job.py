@@ -77,7 +77,7 @@ from outputs.runs import RunRecord, merge_record
 from outputs.sink import Sink
 from outputs.status import summarise
 from providers import registry
-from providers.base import BatchProvider, Provider, env_name
+from providers.base import BatchProvider, Provider
 
 log = logging.getLogger("nbp.job")
 
@@ -653,7 +653,7 @@ async def open_providers(
         for channel in used:
             name = channel.provider
             cls = registry.get_class(name)
-            own_url = f"NBP_{env_name(cls).upper()}_BASE_URL" in environ  # the user's choice
+            own_url = registry.facts(name).base_url_variable in environ  # the user's choice
             base_url = None if options.emulate or own_url else spec.base_urls.get(name)
             adapter = cls(cls.settings_from_env(channel.environ(environ), base_url=base_url))
             if isinstance(adapter, BatchProvider):  # many cells per remote job

@@ -90,6 +90,7 @@ from providers.base import (
 from providers.limits import limit_problems
 from providers.options import option_problems
 from schemas import load_job_schema
+from schemas.messages import Wording, schema_problems
 
 DEFAULT_TARGET = "./runs/{name}"
 DEFAULT_ASPECT_RATIOS = ("1:1",)
@@ -104,10 +105,6 @@ MAX_PROBLEMS = 200  # then validation stops: 90,000 wrong values take seconds to
 # not expanded (the problems it would add would only repeat that error).
 EXPANSION_INPUTS = {
     (key,) for key in ("matrix", "dataset", "references", "repeat", "seed", "output")
-}
-_TYPE_NAMES = {
-    "string": "a string", "array": "a list", "object": "a mapping", "integer": "an integer",
-    "number": "a number", "boolean": "true or false", "null": "nothing",
 }
 
 
@@ -368,9 +365,9 @@ class _Checker:
 
     def check_schema(self, data: Mapping[str, Any]) -> None:
         for error in _job_validator().iter_errors(data):
-            base = tuple(error.absolute_path)
-            for path, message, key in schema_messages(error, base):
-                self.add(path, message, key=key)
+            for problem in schema_problems(error, wording=_JOB_WORDING):
+                path = problem.path
+                self.add(path, problem.message, key=problem.at_key)
                 if error.validator == "additionalProperties":
                     continue  # an unknown key changes no value: the rest can still expand
                 self.schema_paths.append(path)
@@ -430,7 +427,7 @@ class _Checker:
             if name not in self.caps or not isinstance(url, str) \
                     or self.broken(("base_urls", name)):
                 continue
-            facts = ProviderFacts.of(registry.get_class(name))
+            facts = registry.facts(name)
             if not may_receive_credentials(facts, url, self.environ):
                 self.add(("base_urls", name), _refused_base_url(facts, url))
 
@@ -999,126 +996,43 @@ def _integer(value: Any, default: Any) -> Any:
     return default
 
 
-# -- JSON Schema errors in plain words ----------------------------------------------------
-
-def schema_messages(error: Any, base: JsonPath) -> list[tuple[JsonPath, str, bool]]:
-    """(path, message, point-at-key) for one jsonschema error."""
-    kind = error.validator
-    instance = error.instance
-    if "propertyNames" in error.schema_path:
-        return [((*base, instance), _bad_key_message(base, instance), True)]
-    if kind == "additionalProperties" and error.validator_value is False:
-        allowed = list(error.schema.get("properties", {}))
-        extra = [k for k in instance if k not in allowed]
-        return [((*base, k), _unknown_key_message(k, allowed), True) for k in extra]
-    if kind == "required":
-        missing = [k for k in error.validator_value if k not in instance]
-        return [((*base, k), f"missing required key {k!r}", False) for k in missing]
-    if kind in ("anyOf", "oneOf"):
-        # the branch of the instance's own type explains best: `provider: [kie, 3]`
-        deeper = [e for e in error.context or [] if e.path or e.validator != "type"]
-        if deeper:
-            found: list[tuple[JsonPath, str, bool]] = []
-            for sub in deeper:
-                found += schema_messages(sub, (*base, *tuple(sub.path)))
-            return found
-        return [(base, _any_of_message(error), False)]
-    return [(base, _plain_message(error, base), False)]
+# -- the job schema's own words -----------------------------------------------------------
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return "nothing" if value is None else type(value).__name__
+class _JobWording(Wording):
+    """What the job schema's patterns and key rules mean; `schemas.messages` words the rest
+    as it does for provider options."""
+
+    def pattern(self, path: JsonPath, instance: Any, pattern: str) -> str:
+        if path == ("name",):
+            return (f"{instance!r} is not a valid job name: lowercase letters, digits, '.', '_' "
+                    "and '-', starting with a letter or digit")
+        if path[-1:] == ("rate",):
+            return f"{instance!r} is not a rate like '20/10s' (N creates per window: ms, s, m, h)"
+        if path[:1] == ("base_urls",):
+            return f"{instance!r} is not an http(s) URL"
+        if path[:1] == ("provider",):
+            return f"{instance!r} is not a provider name (lowercase letters, digits, '-', '_')"
+        if path == ("deadline",):
+            return f"{instance!r} is not a duration like '2h', '90m' or '1h30m' (s, m, h, d)"
+        if path[:1] in (("accounts",), ("credentials",)):
+            return (f"{instance!r} is not an environment variable name (capitals, digits and "
+                    "'_', e.g. KIE_API_KEY_2)")
+        return super().pattern(path, instance, pattern)
+
+    def key_name(self, path: JsonPath, key: str) -> str:
+        if path[:1] == ("credentials",):
+            return f"{key!r} is not an environment variable name (A-Z, 0-9, _), e.g. KIE_API_KEY"
+        if path[:1] == ("matrix",):
+            return (f"{key!r} is not a valid variable name: letters, digits and '_', not "
+                    "starting with a digit (it is used as a {placeholder})")
+        return f"{key!r} is not a provider name (lowercase letters, digits, '-', '_')"
+
+    def either_type(self, path: JsonPath, wanted: str) -> str:
+        return "a provider name or a list of provider names" if path == ("provider",) else wanted
 
 
-def _type_names(types: Any) -> str:
-    names = [types] if isinstance(types, str) else list(types)
-    return " or ".join(_TYPE_NAMES.get(t, t) for t in names)
-
-
-def _plain_message(error: Any, base: JsonPath) -> str:
-    kind, value, instance = error.validator, error.validator_value, error.instance
-    if kind == "type":
-        return f"expected {_type_names(value)}, got {_describe(instance)}"
-    if kind == "enum":
-        close = difflib.get_close_matches(text_value(instance), [text_value(v) for v in value], 1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"{instance!r} is not one of {', '.join(map(repr, value))}{hint}"
-    if kind == "const":
-        return f"must be {value!r}"
-    if kind == "pattern":
-        return _pattern_message(base, instance, value)
-    if kind in ("minItems", "minLength", "minProperties") and value == 1:
-        return "must not be empty"
-    if kind == "minItems":
-        return f"needs at least {value} items"
-    if kind == "uniqueItems":
-        return "lists the same value twice"
-    if kind == "minimum":
-        return f"must be at least {value}"
-    if kind == "exclusiveMinimum":
-        return f"must be greater than {value}"
-    if kind == "maximum":
-        return f"must be at most {value}"
-    return str(error.message)
-
-
-def _pattern_message(base: JsonPath, instance: Any, pattern: str) -> str:
-    if base == ("name",):
-        return (f"{instance!r} is not a valid job name: lowercase letters, digits, '.', '_' "
-                "and '-', starting with a letter or digit")
-    if base[-1:] == ("rate",):
-        return f"{instance!r} is not a rate like '20/10s' (N creates per window: ms, s, m, h)"
-    if base[:1] == ("base_urls",):
-        return f"{instance!r} is not an http(s) URL"
-    if base[:1] == ("provider",):
-        return f"{instance!r} is not a provider name (lowercase letters, digits, '-', '_')"
-    if base == ("deadline",):
-        return f"{instance!r} is not a duration like '2h', '90m' or '1h30m' (s, m, h, d)"
-    if base[:1] in (("accounts",), ("credentials",)):
-        return (f"{instance!r} is not an environment variable name (capitals, digits and "
-                "'_', e.g. KIE_API_KEY_2)")
-    return f"{instance!r} does not match {pattern}"
-
-
-def _bad_key_message(base: JsonPath, key: str) -> str:
-    if base[:1] == ("credentials",):
-        return f"{key!r} is not an environment variable name (A-Z, 0-9, _), e.g. KIE_API_KEY"
-    if base[:1] == ("matrix",):
-        return (f"{key!r} is not a valid variable name: letters, digits and '_', not "
-                "starting with a digit (it is used as a {placeholder})")
-    return f"{key!r} is not a provider name (lowercase letters, digits, '-', '_')"
-
-
-def _unknown_key_message(key: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key {key!r}; {hint}allowed here: {', '.join(allowed)}"
-
-
-def _any_of_message(error: Any) -> str:
-    branches = list(error.context or [])
-    if branches and all(e.validator == "type" and not e.path for e in branches):
-        wanted = " or ".join(_type_names(e.validator_value) for e in branches)
-        if tuple(error.absolute_path) == ("provider",):
-            wanted = "a provider name or a list of provider names"
-        return f"expected {wanted}, got {_describe(error.instance)}"
-    best = jsonschema.exceptions.best_match(branches)
-    if best is None:
-        return str(error.message)
-    path = (*tuple(error.absolute_path), *tuple(best.path))
-    return _plain_message(best, path)
+_JOB_WORDING = _JobWording()
 
 
 def _refused_base_url(facts: ProviderFacts, url: str) -> str:

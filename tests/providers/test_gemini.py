@@ -32,7 +32,6 @@ from providers.errors import (
     TransientError,
 )
 from providers.gemini import (
-    DOCUMENTED_BASE_URL,
     GeminiProvider,
     error_of,
     finished_of,
@@ -40,6 +39,7 @@ from providers.gemini import (
     retry_delay,
     usage_of,
 )
+from providers.gemini_facts import DOCUMENTED_BASE_URL
 from providers.model import pixel_size
 
 PROVIDER = "gemini"

@@ -33,8 +33,8 @@ def test_adapter_modules_have_the_same_sections_in_the_same_order(name: str) -> 
     last_import = max(n.end_lineno or 0 for n in tree.body
                       if isinstance(n, ast.Import | ast.ImportFrom))
     assert source[:first_section].count("\n") >= last_import  # imports come first
-    adapter_at = source.index(SECTIONS[2])
-    wire_at = source.index(SECTIONS[3])
+    adapter_at = source.index(SECTIONS[1])
+    wire_at = source.index(SECTIONS[2])
     [adapter] = [n for n in tree.body if isinstance(n, ast.ClassDef)
                  and n.name.endswith("Provider")]
     class_at = sum(len(line) + 1 for line in source.splitlines()[: adapter.lineno - 1])
@@ -55,6 +55,25 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
     return names
+
+
+# What a facts module may import: values and other facts, never a client or an adapter.
+FACTS_MAY_IMPORT = ("__future__", "collections.abc", "dataclasses", "typing",
+                    "providers.base", "providers.model")
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_facts_modules_import_only_values_and_other_facts(name: str) -> None:
+    tree = ast.parse((ROOT / "providers" / f"{name}_facts.py").read_text())
+    docstring = ast.get_docstring(tree)
+    assert docstring and "\n\nSources: " in docstring
+    imported = [alias.name for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for alias in n.names]
+    imported += [n.module if n.module != "providers" else f"providers.{alias.name}"
+                 for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                 for alias in n.names]
+    assert all(m in FACTS_MAY_IMPORT or (m.startswith("providers.") and m.endswith("_facts"))
+               for m in imported), imported
 
 
 def test_only_the_conformance_suite_imports_pytest() -> None:

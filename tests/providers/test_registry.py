@@ -3,13 +3,16 @@ point (a real dist-info on sys.path, as pip would install it)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from providers import registry
-from providers.base import BatchProvider, Provider
+from providers.base import BatchProvider, Provider, ProviderFacts
 from providers.kie import KieProvider
 
 
@@ -68,6 +71,53 @@ def test_outside_adapters_come_from_the_entry_point_group(
     try:
         assert "acme" in registry.available()
         assert registry.get_class("acme").__name__ == "AcmeProvider"
+        facts = registry.facts("acme")  # an outside adapter's facts come from its class
+        assert facts.name == "acme" and facts.base_url_variable == "NBP_ACME_BASE_URL"
+        assert registry.capabilities("acme") is KieProvider.capabilities
     finally:
         sys.modules.pop("acme_nbp", None)
         registry._registry.pop("acme", None)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_facts_of_every_built_in_provider_load_without_its_adapter() -> None:
+    probe = (
+        "import json, sys\n"
+        "from providers import registry\n"
+        "answers = {name: [registry.capabilities(name).max_references,\n"
+        "                  *registry.facts(name).url_variables]\n"
+        "           for name in registry.known_facts}\n"
+        "adapters = [t.partition(':')[0] for t in registry.known_implementations.values()]\n"
+        "loaded = [m for m in ('httpx', 'providers.adapter', *adapters) if m in sys.modules]\n"
+        "print(json.dumps({'answers': answers, 'loaded': loaded}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    found = json.loads(out)
+    assert found["loaded"] == []
+    assert found["answers"]["kie"] == [8, "NBP_KIE_BASE_URL", "NBP_KIE_UPLOAD_BASE_URL"]
+    assert found["answers"]["gemini-batch"] == [14, "NBP_GEMINI_BASE_URL"]
+    assert set(found["answers"]) == set(registry.known_implementations)
+
+
+@pytest.mark.parametrize("name", sorted(registry.known_implementations))
+def test_an_adapter_class_says_what_its_facts_say(name: str) -> None:
+    facts = registry.facts(name)
+    cls = registry.get_class(name)
+    assert ProviderFacts.of(cls) == facts
+    assert cls.capabilities is facts.capabilities and cls.name == facts.name == name
+    assert registry.facts(name) is facts  # the built-in facts, also once the class is loaded
+
+
+def test_a_class_registered_under_a_built_in_name_answers_for_it() -> None:
+    class Narrow(KieProvider):
+        capabilities = dataclasses.replace(KieProvider.capabilities, max_references=1)
+
+    registry.register("kie", Narrow, clobber=True)
+    try:
+        assert registry.capabilities("kie").max_references == 1
+    finally:
+        registry.register("kie", KieProvider, clobber=True)
+    assert registry.capabilities("kie").max_references == 8

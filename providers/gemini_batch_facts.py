@@ -1,0 +1,62 @@
+"""Google's Batch API's documented facts (`gemini-batch`): Gemini's (`providers.gemini_facts`)
+at batch prices and batch turnaround, without an HTTP client (`providers.gemini_batch` is the
+adapter). Same host and key as `gemini`: `NBP_GEMINI_BASE_URL`, `GEMINI_API_KEY`.
+
+Sources: /work/shared/protocols-gemini.md (§ numbers; its source tags in brackets).
+"""
+
+from __future__ import annotations
+
+from providers.base import Capabilities, ProviderFacts
+from providers.gemini_facts import (
+    API_KEY_ENV,
+    DEFAULT_MODEL,
+    DOCUMENTED_BASE_URL,
+    FALLBACK_KEY_ENV,
+    MAX_PROMPT_CHARS,
+    MAX_REFERENCES,
+    MODELS,
+    OPTION_SCHEMA,
+    OUTPUT_FORMATS,
+)
+from providers.model import ASPECT_RATIOS, RESOLUTIONS
+
+PRICES_USD: dict[str, float] = {"1K": 0.067, "2K": 0.067, "4K": 0.12}  # §7 batch, 50 % [C PRC]
+TURNAROUND_S = 24 * 3600.0             # §6 target turnaround [C BAT]
+EXPIRY_S = 48 * 3600.0                 # §6 pending or running longer: EXPIRED [C BAT]
+MAX_INPUT_FILE_BYTES = 2 * 1000**3     # §4, §5 2 GB per file [C RL, FIL]
+MAX_INLINE_BATCH_BYTES = 20 * 1000**2  # §6 inline requests < 20 MB (nbp always uploads a file)
+ENQUEUED_TOKENS_TIER_1 = 2_000_000     # §4 Gemini 3 Pro Image Preview, Tier 1 [C RL]
+MAX_CONCURRENT_BATCHES = 100           # §4 [C RL]
+
+# Options: the same as `gemini` (model and api_version); a batch runs one model, so every
+# request of a batch must name the same one.
+FACTS = ProviderFacts(
+    name="gemini-batch",
+    env_name="gemini",  # same host, same NBP_GEMINI_BASE_URL
+    model=DEFAULT_MODEL,
+    base_url=DOCUMENTED_BASE_URL,
+    capabilities=Capabilities(
+        aspect_ratios=ASPECT_RATIOS,
+        resolutions=RESOLUTIONS,
+        output_formats=OUTPUT_FORMATS,
+        max_prompt_chars=MAX_PROMPT_CHARS,
+        max_references=MAX_REFERENCES,
+        reference_delivery="upload",
+        idempotent_submit=False,       # §6: the same create twice makes two jobs
+        # A lost create is found again by display name (`find_batch`), not by `recover`,
+        # which the `Provider` path would call: that flag stays False.
+        recoverable_submit=False,
+        can_cancel=True,               # §6 batches.cancel
+        prices_usd=PRICES_USD,
+        default_rate=None,             # §4: batch creation has no published rate
+        default_max_in_flight=MAX_CONCURRENT_BATCHES,  # §4: concurrent batches
+        poll_interval_s=60.0,          # hours of turnaround: a minute between looks
+        batch_turnaround_s=TURNAROUND_S,
+        option_schema=OPTION_SCHEMA,
+        models=MODELS,
+        env_vars=(API_KEY_ENV,),
+        optional_env_vars=(FALLBACK_KEY_ENV,),
+        env_alternatives={API_KEY_ENV: (FALLBACK_KEY_ENV,)},
+    ),
+)
