@@ -33,6 +33,7 @@ from providers import http
 from providers.adapter import HttpAdapter
 from providers.base import (
     BatchJob,
+    BatchLimits,
     BatchResult,
     BatchState,
     Capabilities,
@@ -106,6 +107,16 @@ DEFAULT_ERRORS: Mapping[str, str] = {
     "expired": "the batch was pending or running for more than 48 h and has no results",
     "cancelled": "the batch was cancelled",
 }
+# What nbp puts in one batch (`Capabilities.batch`): the engine closes a group before any of
+# these is passed.
+BATCH_LIMITS = BatchLimits(
+    max_requests=500,                  # nbp's choice: a results file streamed in minutes
+    max_input_bytes=3 * 2**29,         # 1.5 GiB, under §4, §5's 2 GB per file [C RL, FIL]
+    max_result_bytes=2**30,            # nbp's choice: a results file that downloads reliably
+    # §6: a 2K image is ~8 MB in base64 [I]; 1K and 4K scaled by their pixels
+    expected_result_bytes={"1K": 3 * 2**20, "2K": 8 * 2**20, "4K": 30 * 2**20},
+    turnaround_s=TURNAROUND_S,         # §6 [C BAT]
+)
 _KEY_IN_LINE = re.compile(rb'"key"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 # -- options ---------------------------------------------------------------------------------
@@ -140,7 +151,7 @@ class GeminiBatchProvider(HttpAdapter):
         default_rate=None,             # §4: batch creation has no published rate
         default_max_in_flight=MAX_CONCURRENT_BATCHES,  # §4: concurrent batches
         poll_interval_s=60.0,          # hours of turnaround: a minute between looks
-        batch_turnaround_s=TURNAROUND_S,
+        batch=BATCH_LIMITS,
         option_schema=OPTION_SCHEMA,
         models=MODELS,
         env_vars=(API_KEY_ENV,),

@@ -87,7 +87,8 @@ def test_the_env_and_capabilities_are_geminis_at_half_price() -> None:
     assert settings.credential("GEMINI_API_KEY") == "k"
     caps = GeminiBatchProvider.capabilities
     assert dict(caps.prices_usd) == {"1K": 0.067, "2K": 0.067, "4K": 0.12}
-    assert caps.batch_turnaround_s == 24 * 3600 and caps.max_references == 14
+    assert caps.batch is not None and caps.batch.turnaround_s == 24 * 3600
+    assert caps.max_references == 14
     assert isinstance(GeminiBatchProvider(settings), BatchProvider)
 
 
