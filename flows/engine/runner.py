@@ -358,9 +358,9 @@ class Runner:
                 return False  # the user accepts paying twice: create afresh
             raise CreateUncertain(life.reason)
         assert life.intent is not None
-        if rule is Resend.RECOVER:  # asked by its key: nothing to prepare
+        if rule is Resend.RECOVER:  # asked by its key: nothing is read, prepared or placed
             request = self._request(cell, life.provider, life.intent.key,
-                                    await self._references(cell))
+                                    tuple(Reference(uri) for uri in cell.references))
             found = await self._recover(life, provider, request)
             if found is None:
                 await life.nothing_created(f"{life.provider} has no task for its key: it "
