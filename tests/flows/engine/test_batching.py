@@ -134,6 +134,53 @@ def test_a_create_that_made_no_batch_is_sent_again_once_for_the_whole_group(
     assert set(manifest(tmp_path)["task_group"]) == {batch.name}
 
 
+@pytest.mark.parametrize("made", [True, False], ids=["batch-made", "nothing-made"])
+def test_after_a_lost_answer_the_group_is_sent_again_only_once_a_listing_spoke(
+    hub: EmulatorHub, made: bool
+) -> None:
+    """The channel's side of a lost create: its members hear `SubmitUncertain`, and hear it
+    again on a re-send until `recover` has listed the group's name; then the batch it found
+    is every member's task, or, when there was none, one new create carries them all."""
+    from dataclasses import replace
+
+    from flows.engine.batching import BatchChannel
+    from providers.base import ImageRequest, Submitted
+    from providers.errors import SubmitUncertain
+    from providers.gemini_batch import GeminiBatchProvider
+
+    gemini = hub["gemini"]
+    gemini.configure(**{"drop_after_create_prob" if made else "submit_5xx_prob": 1.0})
+
+    async def go() -> list[Submitted | None]:
+        provider = GeminiBatchProvider(GeminiBatchProvider.settings_from_env(os.environ))
+        channel = BatchChannel(provider, label="nbp-lost")
+        try:
+            members = [await channel.prepare(replace(ImageRequest(p), cell_id=f"c{i}"))
+                       for i, p in enumerate(PROMPTS[:2])]
+            for outcome in await asyncio.gather(*(channel.submit(m) for m in members),
+                                                return_exceptions=True):
+                assert isinstance(outcome, SubmitUncertain), outcome
+            gemini.configure(drop_after_create_prob=0.0, submit_5xx_prob=0.0)
+            with pytest.raises(SubmitUncertain):  # no listing yet: nothing may be sent
+                await channel.submit(members[0])
+            assert len(gemini.creates) == int(made)
+            found = [await channel.recover(m) for m in members]
+            if made:
+                return found
+            assert found == [None, None]
+            return list(await asyncio.gather(*(channel.submit(m) for m in members)))
+        finally:
+            await channel.aclose()
+
+    tasks = asyncio.run(go())
+    assert len(gemini.creates) == 1
+    (batch,) = gemini.batches.values()
+    assert [line.key for line in batch.lines] == ["c0", "c1"]
+    assert [t.group if t else None for t in tasks] == [batch.name, batch.name]
+    listed = [path for _, path in gemini.requests if path == "/gemini/v1beta/batches"]
+    assert len(listed) == 1  # one listing answered both members
+
+
 def test_a_kill_during_the_batch_create_is_resumed_by_listing_never_by_a_new_batch(
     hub: EmulatorHub, tmp_path: Path
 ) -> None:
