@@ -291,6 +291,26 @@ def test_an_old_batch_is_looked_at_less_often(hub: EmulatorHub) -> None:
     asyncio.run(channel.aclose())
 
 
+def test_a_batch_channel_is_built_with_the_jobs_poll_interval(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    """The job's rules (here the spec's `limits`) reach the channel as it is built."""
+    from flows.engine.batching import BatchChannel
+    from flows.engine.job import open_providers
+    from flows.spec.loader import load_job
+
+    path = write_spec(tmp_path, PROMPTS, limits={"gemini-batch": {"poll_interval": 7}})
+    options = RunOptions(spec=str(path))
+
+    async def go() -> float:
+        async with open_providers(load_job(str(path)).spec, options) as (providers, _):
+            (channel,) = providers.values()
+            assert isinstance(channel, BatchChannel)
+            return channel.poll_interval_s
+
+    assert asyncio.run(go()) == 7.0
+
+
 def test_cells_asking_for_two_models_travel_in_two_batches(
     hub: EmulatorHub, tmp_path: Path
 ) -> None:
