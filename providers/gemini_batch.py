@@ -111,9 +111,9 @@ DEFAULT_ERRORS: Mapping[str, str] = {
 # these is passed.
 BATCH_LIMITS = BatchLimits(
     max_requests=500,                  # nbp's choice: a results file streamed in minutes
-    max_input_bytes=3 * 2**29,         # 1.5 GiB, under §4, §5's 2 GB per file [C RL, FIL]
+    max_input_bytes=3 * 2**29,         # 1.5 GiB: under the 2 GB per file (§4, §5) [C RL, FIL]
     max_result_bytes=2**30,            # nbp's choice: a results file that downloads reliably
-    # §6: a 2K image is ~8 MB in base64 [I]; 1K and 4K scaled by their pixels
+    # §6: a 2K image is ~8 MB in base64 [I]; 1K and 4K are nbp's estimates
     expected_result_bytes={"1K": 3 * 2**20, "2K": 8 * 2**20, "4K": 30 * 2**20},
     turnaround_s=TURNAROUND_S,         # §6 [C BAT]
 )
