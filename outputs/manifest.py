@@ -151,6 +151,11 @@ class ManifestRow:
     review: str | None = _column(
         pl.String(), "the review decision on this cell's image: approved or rejected (empty: none)"
     )
+    task_group: str | None = _column(
+        pl.String(),
+        "the remote job the cell's task travels in: its batch's name (`batches/…`) for a "
+        "`gemini-batch` cell, null for a task of its own"
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ManifestRow:

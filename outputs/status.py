@@ -15,7 +15,6 @@ import polars as pl
 from outputs.manifest import STATUSES, conform_lazy, is_key_column
 
 MAX_FAILURE_GROUPS = 10
-BATCH_TASK_PREFIX = "batches/"  # a batch job's cells: "batches/<id>/<cell id>" (gemini-batch)
 MAX_MESSAGE_CHARS = 200
 EXAMPLE_CELLS = 3
 PERCENTILES = (0.5, 0.9, 0.99)
@@ -36,7 +35,7 @@ class FailureGroup:
 class PendingBatch:
     """A batch job (gemini-batch) whose cells a run left pending: the next run collects it."""
 
-    name: str               # "batches/<id>"
+    name: str               # its `task_group`: "batches/<id>"
     cells: int
     submitted_at: datetime | None  # its oldest cell's submission
 
@@ -204,13 +203,14 @@ def _number(value: object) -> float:
 
 
 def _pending_batches(df: pl.LazyFrame) -> pl.LazyFrame:
-    """Pending cells whose task is a batch job's ("batches/<id>/<cell>"), by job."""
-    task = pl.col("remote_task_id")
+    """Pending cells whose task travels in a remote job (`task_group`: a batch), by job; a
+    manifest older than the column has none."""
+    group = pl.col("task_group")
     return (
-        df.filter((pl.col("status") == "pending") & task.str.starts_with(BATCH_TASK_PREFIX))
-        .group_by(task.str.extract(r"^(batches/[^/]+)/", 1).alias("batch"))
+        df.filter((pl.col("status") == "pending") & group.is_not_null())
+        .group_by(group.alias("batch"))
         .agg(pl.len().alias("cells"), pl.col("submitted_at").min())
-        .sort("submitted_at", nulls_last=True)
+        .sort("submitted_at", "batch", nulls_last=True)
     )
 
 

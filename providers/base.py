@@ -97,6 +97,9 @@ class ImageRequest:
     seed: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
+    # The caller's name for what the request makes (nbp: the cell id), the same on every
+    # attempt; opaque to adapters. A batch channel keys the request's line in its batch by it.
+    cell_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,13 +111,19 @@ class Submitted:
     task_id: str
     extra: Mapping[str, str] = field(default_factory=dict)
     finished: Finished | None = None  # set when the provider answered synchronously
+    # The remote job the task travels in when many tasks run as one (a batch's name,
+    # "batches/abc"); None for a task of its own. The manifest's `task_group`.
+    group: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"provider": self.provider, "task_id": self.task_id, "extra": dict(self.extra)}
+        found = {"provider": self.provider, "task_id": self.task_id, "extra": dict(self.extra)}
+        return found | ({"group": self.group} if self.group is not None else {})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Submitted:
-        return cls(str(data["provider"]), str(data["task_id"]), dict(data.get("extra") or {}))
+        group = data.get("group")
+        return cls(str(data["provider"]), str(data["task_id"]), dict(data.get("extra") or {}),
+                   group=str(group) if group is not None else None)
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,28 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class BatchLimits:
+    """What one batch of a batch provider (`BatchProvider`) may hold, and how long it takes:
+    the engine closes a group of cells when the next one would pass a limit.
+
+        BatchLimits(max_requests=500, max_input_bytes=3 * 2**29, max_result_bytes=2**30,
+                    expected_result_bytes={"1K": 3 * 2**20, "2K": 8 * 2**20},
+                    turnaround_s=24 * 3600.0)
+    """
+
+    max_requests: int                 # requests (cells) per batch
+    max_input_bytes: int              # the batch's input file, references inline
+    max_result_bytes: int             # its results file, as the expected sizes add up
+    expected_result_bytes: Mapping[str, int]  # resolution -> one result's bytes on the wire
+    turnaround_s: float               # the provider's target turnaround of a batch
+
+    def result_bytes(self, resolution: str) -> int:
+        """One result's expected bytes; the largest known for an unknown resolution."""
+        found = self.expected_result_bytes
+        return found.get(resolution, max(found.values(), default=0))
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """A provider's documented limits and defaults; validation and planning read these
     before anything is sent. Each adapter cites where its numbers are documented."""
@@ -166,8 +197,8 @@ class Capabilities:
     default_rate: str | None = None      # "20/10s": creates per window, None when undocumented
     default_max_in_flight: int = 50
     poll_interval_s: float = 3.0         # documented polling guidance, first interval
-    # A batch provider (`BatchProvider`): its documented target turnaround, else None.
-    batch_turnaround_s: float | None = None
+    # A batch provider (`BatchProvider`): what one batch holds and takes, else None.
+    batch: BatchLimits | None = None
     # `submit` answers with the image itself (`Submitted.finished`, Gemini's generateContent):
     # there is no remote task to poll, and an answer that was not recorded is gone.
     synchronous: bool = False
@@ -209,10 +240,12 @@ class Provider(Protocol):
     capabilities: Capabilities
 
     async def prepare(self, request: ImageRequest) -> ImageRequest:
-        """Everything a create needs that is not the create itself: reference uploads.
-        Called before the create intent is journalled; whatever it raises, no task was
-        created. Returns the request to `submit` (e.g. local references replaced by the
-        URLs or ids of their uploads); unchanged where nothing is needed."""
+        """Everything a create needs that is not the create itself: reference uploads, or a
+        batch channel's placement of the request in a group. Called once per create intent,
+        before its create is journalled; whatever it raises, no task was created. Returns
+        the request to `submit` (e.g. local references replaced by the URLs or ids of their
+        uploads; a batch's member keyed by its group: the key journalled with the create);
+        unchanged where nothing is needed."""
         ...
 
     async def submit(self, request: ImageRequest) -> Submitted:

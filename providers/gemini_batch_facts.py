@@ -7,7 +7,7 @@ Sources: /work/shared/protocols-gemini.md (§ numbers; its source tags in bracke
 
 from __future__ import annotations
 
-from providers.base import Capabilities, ProviderFacts
+from providers.base import BatchLimits, Capabilities, ProviderFacts
 from providers.gemini_facts import (
     API_KEY_ENV,
     DEFAULT_MODEL,
@@ -29,6 +29,16 @@ MAX_INLINE_BATCH_BYTES = 20 * 1000**2  # §6 inline requests < 20 MB (nbp always
 ENQUEUED_TOKENS_TIER_1 = 2_000_000     # §4 Gemini 3 Pro Image Preview, Tier 1 [C RL]
 MAX_CONCURRENT_BATCHES = 100           # §4 [C RL]
 
+# What nbp puts in one batch (`Capabilities.batch`): the engine closes a group before any of
+# these is passed.
+BATCH_LIMITS = BatchLimits(
+    max_requests=500,                  # nbp's choice: a results file streamed in minutes
+    max_input_bytes=3 * 2**29,         # 1.5 GiB: under the 2 GB per file (§4, §5) [C RL, FIL]
+    max_result_bytes=2**30,            # nbp's choice: a results file that downloads reliably
+    # §6: a 2K image is ~8 MB in base64 [I]; 1K and 4K are nbp's estimates
+    expected_result_bytes={"1K": 3 * 2**20, "2K": 8 * 2**20, "4K": 30 * 2**20},
+    turnaround_s=TURNAROUND_S,         # §6 [C BAT]
+)
 # Options: the same as `gemini` (model and api_version); a batch runs one model, so every
 # request of a batch must name the same one.
 FACTS = ProviderFacts(
@@ -52,7 +62,7 @@ FACTS = ProviderFacts(
         default_rate=None,             # §4: batch creation has no published rate
         default_max_in_flight=MAX_CONCURRENT_BATCHES,  # §4: concurrent batches
         poll_interval_s=60.0,          # hours of turnaround: a minute between looks
-        batch_turnaround_s=TURNAROUND_S,
+        batch=BATCH_LIMITS,
         option_schema=OPTION_SCHEMA,
         models=MODELS,
         env_vars=(API_KEY_ENV,),

@@ -60,7 +60,8 @@ class UnknownProvider(KeyError):
 
 def register(name: str, cls: type[Any], *, clobber: bool = False) -> None:
     """Register an adapter class; refuses to replace an existing one unless `clobber`."""
-    if not clobber and name in _registry and _registry[name] is not cls:
+    taken = name in _registry or name in known_implementations  # loaded or not yet
+    if not clobber and taken and get_class(name) is not cls:
         raise ValueError(f"provider {name!r} is already registered; pass clobber=True")
     _registry[name] = cls
 

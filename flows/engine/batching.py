@@ -1,22 +1,27 @@
-"""Batch channels: a `BatchProvider` (Gemini's Batch API) as the runner sees a provider, so
-every cell keeps its own lifecycle in the journal while many cells travel as one batch.
+"""Batch channels: a `BatchProvider` (Gemini's Batch API) as the runner sees any provider,
+so every cell keeps its own lifecycle in the journal while many cells travel as one batch.
 
-    channel = BatchChannel(batch_provider, label="nbp-catalog-1a2b3c4d")
-    key = channel.place(cell_id)         # joins the open group: "{display name}|{cell id}"
-    ...                                  # the runner journals create_sent with that key
+    channel = channel_for(adapter, label="nbp-catalog-1a2b3c4d", wait_s=600, poll_interval_s=60)
+    request = await channel.prepare(request)    # joins the open group: its key names it,
+                                                # "{display name}|{cell id}"
+    ...                                         # the runner journals create_sent with that key
     submitted = await channel.submit(request)   # returns once the group's batch exists
     await channel.poll(submitted)        # Pending until the batch ends; one GET per batch
     data = await channel.download(image) # the cell's image, spooled to disk while streaming
 
-Groups. Cells join the open group of their model id (a batch runs one model) until it holds
-`MAX_REQUESTS` cells, its expected result bytes reach `MAX_RESULT_BYTES` (a results file
-small enough to download reliably) or its input file `MAX_INPUT_BYTES` (references travel
-inline), or `LINGER_S` pass without a new cell. Its display name, unique to this process and
-group, is in every member's journal entry *before* the batch is created (the runner journals
-the key), so after a lost create answer or a kill the batch is found again by listing
-(`recover`), and no batch is ever created twice for the same cells: a create whose answer
-was lost is followed by a listing, and sent again only when the listing shows no batch of
-that name.
+Groups. Cells join the open group of their model id (a batch runs one model) until the next
+would pass a limit of the provider's `BatchLimits` (`Capabilities.batch`: requests per batch,
+expected result bytes, input file bytes; references travel inline), or `LINGER_S` pass
+without a new cell. Its display name, unique to this process and group, is in every member's
+journal entry *before* the batch is created, so after a lost create answer or a kill the
+batch is found again by listing (`recover`).
+
+A lost create answer is the runner's to handle, as for any provider (`Resend.RECOVER`): every
+member hears `SubmitUncertain` and asks `recover`, which lists the provider's batches by the
+group's display name once for all of them; a member sends again only when the listing shows
+no batch of that name, and only then may the group be created again (`submit` answers
+`SubmitUncertain` until a listing has spoken), so no batch is ever created twice for the
+same cells.
 
 Waiting. A batch takes up to a day. `poll` answers Pending from one shared `get_batch` per
 batch, asked again after the job's poll interval or a tenth of the batch's age, whichever is
@@ -38,21 +43,23 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Literal
 
-from flows.engine.policy import TaskPending
-from flows.spec.settings import CELLS_PER_BATCH
+from flows.engine.policy import Step, StepEnd, TaskPending, step_end
 from providers.base import (
     BATCH_DONE,
     BatchJob,
+    BatchLimits,
     BatchProvider,
     BatchResult,
     Capabilities,
     Finished,
     ImageRequest,
     Pending,
+    Provider,
     ResultImage,
     Submitted,
 )
@@ -66,35 +73,56 @@ from providers.errors import (
 
 log = logging.getLogger("nbp.batching")
 
-MAX_REQUESTS = CELLS_PER_BATCH  # cells per batch
-# Expected base64 result bytes per image (protocols-gemini.md §6: a 2K image is ~8 MB in
-# base64); a batch's results file stays under MAX_RESULT_BYTES.
-EXPECTED_RESULT_BYTES: Mapping[str, int] = {"1K": 3 * 2**20, "2K": 8 * 2**20, "4K": 30 * 2**20}
-MAX_RESULT_BYTES = 1 * 2**30
-# The JSONL input file, references inline in base64: under the documented 2 GB per file.
-MAX_INPUT_BYTES = 3 * 2**29
 LINGER_S = 0.5                # a group leaves this long after its last cell joined
 GRACE_S = 2.0                 # ... waiting at most this for members still journalling
-CREATE_ATTEMPTS = 4
 DEFAULT_WAIT_S = 600.0        # how long one run waits for its batches before leaving them
 AGE_FRACTION = 0.1            # a batch is looked at again after a tenth of its age ...
 MAX_CHECK_INTERVAL_S = 1800.0  # ... and at least every half hour
 SPOOL_PREFIX = "spool:"
 KEY_SEPARATOR = "|"
 
+# Where a group's create stands: members gather, the create is on its way, the batch exists,
+# its answer was lost (a listing must speak before anything is sent again), or it surely
+# does not exist (refused, never sent, or not listed): the next member's send creates it.
+Phase = Literal["gathering", "sending", "created", "uncertain", "absent"]
+
+
+def channel_for(
+    adapter: Provider | BatchProvider, *, label: str, wait_s: float = DEFAULT_WAIT_S,
+    poll_interval_s: float | None = None,
+) -> Provider:
+    """The engine's channel to an adapter: the adapter itself, or for a batch provider a
+    `BatchChannel` (`label` makes its display names unique to this process; `poll_interval_s`
+    is the job's, from its rules)."""
+    if isinstance(adapter, BatchProvider):
+        return BatchChannel(adapter, label=label, wait_s=wait_s, poll_interval_s=poll_interval_s)
+    return adapter
+
+
+@dataclass
+class _Attempt:
+    """One create of a group's batch: the members it waits for and the requests they sent."""
+
+    expected: set[str]
+    requests: dict[str, ImageRequest] = field(default_factory=dict)
+    outcome: asyncio.Future[BatchJob] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
 
 @dataclass
 class _Group:
     display_name: str
     model: str | None = None               # the model id its requests ask for
-    members: set[str] = field(default_factory=set)          # cell ids placed
-    requests: dict[str, ImageRequest] = field(default_factory=dict)  # ... and submitted
+    members: set[str] = field(default_factory=set)   # cell ids placed
     result_bytes: int = 0
     input_bytes: int = 0
     closed: bool = False                   # no new member joins
-    sent: bool = False                     # its batch is being (or was) created
     last_joined: float = field(default_factory=time.monotonic)
-    job: asyncio.Future[BatchJob] | None = None
+    phase: Phase = "gathering"
+    attempt: _Attempt | None = None        # the create gathering or on its way
+    sent_with: frozenset[str] = frozenset()  # the cells of the last create sent
+    job: BatchJob | None = None            # the batch, once created or found
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one listing at a time
 
 
 @dataclass
@@ -108,26 +136,33 @@ class _Tracked:
 
 class BatchChannel:
     """One batch account as a `providers.base.Provider` for the runner (see the module
-    docstring); `label` makes display names unique to this process."""
+    docstring); `label` makes display names unique to this process, `poll_interval_s` (the
+    job's; default the provider's) spaces the looks at one batch."""
 
     def __init__(
         self, provider: BatchProvider, *, label: str, wait_s: float = DEFAULT_WAIT_S,
+        poll_interval_s: float | None = None,
     ) -> None:
+        caps = provider.capabilities
+        if caps.batch is None:
+            raise ValueError(f"{provider.name} declares no batch limits (Capabilities.batch)")
         self.batches = provider
         self.name = provider.name
         self.label = label
         self.wait_s = wait_s
-        caps = provider.capabilities
+        self.limits: BatchLimits = caps.batch
         self.capabilities: Capabilities = replace(caps, recoverable_submit=True,
                                                   idempotent_submit=False, can_cancel=True)
-        # One GET per batch per this many seconds; the run sets it from the job's rules.
-        self.poll_interval_s = caps.poll_interval_s
+        self.poll_interval_s = caps.poll_interval_s if poll_interval_s is None else (
+            poll_interval_s)
         self.model = getattr(provider, "model", provider.name)
         self._groups: dict[str, _Group] = {}
         self._creators: set[asyncio.Task[None]] = set()  # referenced until done
         # the group open for new cells, per model id asked (a batch runs one model)
         self._open: dict[str | None, _Group] = {}
         self._sequence = 0
+        self._found: dict[str, BatchJob] = {}      # earlier runs' batches, by display name
+        self._finding: dict[str, asyncio.Lock] = {}
         self._tracked: dict[str, _Tracked] = {}
         self._cancelled: dict[str, bool] = {}  # batch -> whether Google confirmed its cancel
         self._started = time.monotonic()
@@ -135,121 +170,143 @@ class BatchChannel:
 
     # -- grouping ---------------------------------------------------------------------------
 
-    def place(self, cell_id: str, request: ImageRequest) -> str:
-        """The cell joins the open group of its model; its key names the group's display
-        name."""
+    async def prepare(self, request: ImageRequest) -> ImageRequest:
+        """The cell (`request.cell_id`) joins the open group of its model; the request comes
+        back keyed by the group ("{display name}|{cell id}"). References need nothing: they
+        travel inline in the batch's input file."""
+        if not request.cell_id:
+            raise ValueError("a batch member needs its cell_id")
+        return replace(request, idempotency_key=self._place(request.cell_id, request))
+
+    def _place(self, cell_id: str, request: ImageRequest) -> str:
+        limits = self.limits
         model = request.options.get("model")
         group = self._open.get(model)
-        expected = EXPECTED_RESULT_BYTES.get(request.resolution,
-                                             max(EXPECTED_RESULT_BYTES.values()))
+        expected = limits.result_bytes(request.resolution)
         sent = input_bytes(request)
-        if group is None or group.closed or len(group.members) >= MAX_REQUESTS or (
-            group.members and (group.result_bytes + expected > MAX_RESULT_BYTES
-                               or group.input_bytes + sent > MAX_INPUT_BYTES)
+        if group is None or group.closed or len(group.members) >= limits.max_requests or (
+            group.members and (group.result_bytes + expected > limits.max_result_bytes
+                               or group.input_bytes + sent > limits.max_input_bytes)
         ):
             if group is not None:
                 group.closed = True
-            self._sequence += 1
-            group = _Group(f"{self.label}-{self._sequence:05d}", model)
-            self._groups[group.display_name] = group
-            self._open[model] = group
-            creator = asyncio.get_running_loop().create_task(self._leave_when_ready(group))
-            self._creators.add(creator)
-            creator.add_done_callback(self._creators.discard)
+            group = self._new_group(model)
         group.members.add(cell_id)
         group.result_bytes += expected
         group.input_bytes += sent
         group.last_joined = time.monotonic()
         return f"{group.display_name}{KEY_SEPARATOR}{cell_id}"
 
-    async def prepare(self, request: ImageRequest) -> ImageRequest:
-        """Nothing: references travel inline in the batch's input file."""
-        return request
+    def _new_group(self, model: str | None) -> _Group:
+        self._sequence += 1
+        group = _Group(f"{self.label}-{self._sequence:05d}", model)
+        self._groups[group.display_name] = group
+        self._open[model] = group
+        group.attempt = _Attempt(group.members)  # the first create waits for every member
+        self._start(self._send_when_ready(group, group.attempt, linger=True))
+        return group
+
+    def _start(self, creator: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(creator)
+        self._creators.add(task)
+        task.add_done_callback(self._creators.discard)
 
     async def submit(self, request: ImageRequest) -> Submitted:
-        """Wait for the cell's group to become a batch at the provider."""
+        """Wait for the cell's group to become a batch at the provider. A send after a lost
+        answer (`SubmitUncertain`) creates the group again only once a listing showed no
+        batch of its name (`recover`); until then it is `SubmitUncertain` again."""
         display, cell_id = _split(request.idempotency_key)
         group = self._groups.get(display)
-        if group is None or group.sent or cell_id not in group.members:
+        if group is None or cell_id not in group.members:
+            raise RequestNotSent(f"batch {display} has no place for this cell; it was not sent")
+        if group.phase == "created":
+            if cell_id not in group.sent_with:
+                raise RequestNotSent(f"batch {display} left without this cell; it was not sent")
+            assert group.job is not None
+            return self._submitted(group.job, cell_id)
+        if group.phase == "uncertain":
+            raise SubmitUncertain(f"batch {display}: its create may have reached the "
+                                  "provider; a listing must show it is not there first")
+        if group.phase == "absent":  # the runner's word: send the same cells again
+            group.phase = "gathering"
+            group.attempt = _Attempt({*group.sent_with, cell_id})
+            self._start(self._send_when_ready(group, group.attempt, linger=False))
+        attempt = group.attempt
+        if group.phase != "gathering" or attempt is None:
             raise RequestNotSent(f"batch {display} left without this cell; it was not sent")
-        group.requests[cell_id] = request
-        if group.job is None:
-            group.job = asyncio.get_running_loop().create_future()
-        job = await asyncio.shield(group.job)
+        attempt.requests[cell_id] = request
+        job = await asyncio.shield(attempt.outcome)
         return self._submitted(job, cell_id)
 
-    async def _leave_when_ready(self, group: _Group) -> None:
-        """Close the group when full or quiet, let its members finish journalling, create."""
-        while not group.closed and time.monotonic() - group.last_joined < LINGER_S:
+    async def _send_when_ready(self, group: _Group, attempt: _Attempt, *, linger: bool) -> None:
+        """Close the group when full or quiet (`linger`), let its members finish
+        journalling, create its batch; every member waiting hears the outcome."""
+        while linger and not group.closed and time.monotonic() - group.last_joined < LINGER_S:
             await asyncio.sleep(LINGER_S / 5)
         group.closed = True
         if self._open.get(group.model) is group:
             del self._open[group.model]
         until = time.monotonic() + GRACE_S
-        while len(group.requests) < len(group.members) and time.monotonic() < until:
+        while len(attempt.requests) < len(attempt.expected) and time.monotonic() < until:
             await asyncio.sleep(0.02)
-        group.sent = True
-        if group.job is None:
-            group.job = asyncio.get_running_loop().create_future()
-        future = group.job
+        group.phase = "sending"
+        future = attempt.outcome
         try:
-            if not group.requests:
+            if not attempt.requests:
                 raise RequestNotSent("no cell of the group was submitted")
-            job = await self._create(group)
+            group.sent_with = frozenset(attempt.requests)
+            requests = sorted(attempt.requests.items())
+            job = await self.batches.create_batch(group.display_name, requests)
+            log.info("batch %s: %d cells, %s", group.display_name, len(requests), job.name)
         except BaseException as exc:  # every member hears it
+            group.phase = "absent" if _nothing_created(exc) else "uncertain"
             if not future.done():
                 future.set_exception(exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         else:
+            group.phase, group.job = "created", job
             future.set_result(job)
         finally:
-            self._groups.pop(group.display_name, None)
+            group.attempt = None  # its requests (references inline) are let go
         with contextlib.suppress(BaseException):
             future.exception()  # retrieved: no "never retrieved" warning without members
-
-    async def _create(self, group: _Group) -> BatchJob:
-        """Create the batch once: after a lost answer, list before ever sending again."""
-        requests = sorted(group.requests.items())
-        for attempt in range(CREATE_ATTEMPTS):
-            try:
-                job = await self.batches.create_batch(group.display_name, requests)
-                log.info("batch %s: %d cells, %s", group.display_name, len(requests), job.name)
-                return job
-            except (SubmitUncertain, TransientError) as exc:
-                found = await self._find(group.display_name)
-                if found is not None:
-                    return found
-                if attempt == CREATE_ATTEMPTS - 1:
-                    raise
-                log.warning("batch %s: %s; no such batch at the provider, creating again",
-                            group.display_name, exc)
-                await asyncio.sleep(min(30.0, 2.0**attempt))
-        raise AssertionError("unreachable")
-
-    async def _find(self, display_name: str) -> BatchJob | None:
-        for attempt in range(3):
-            try:
-                return await self.batches.find_batch(display_name)
-            except TransientError:
-                await asyncio.sleep(2.0**attempt)
-        raise SubmitUncertain(f"batch {display_name}: the create's answer was lost and the "
-                              "provider's list of batches cannot be read")
 
     def _submitted(self, job: BatchJob, cell_id: str) -> Submitted:
         self._track(job)
         return Submitted(self.name, f"{job.name}/{cell_id}",
                          {"batch": job.name, "display_name": job.display_name,
-                          "cell": cell_id})
+                          "cell": cell_id}, group=job.name)
 
-    # -- after a kill -----------------------------------------------------------------------
+    # -- a lost answer, a kill ----------------------------------------------------------------
 
     async def recover(self, request: ImageRequest) -> Submitted | None:
-        """The batch an earlier run created for this cell, by its display name; None when
-        it was never created (the cell may be created afresh)."""
+        """The batch that holds this cell, found by its group's display name; None when
+        there is none (the cell may be sent again). A group of this run is listed once
+        for all its members, and answers only for the cells its last create carried."""
         display, cell_id = _split(request.idempotency_key)
-        job = await self._find(display)
-        return None if job is None else self._submitted(job, cell_id)
+        group = self._groups.get(display)
+        if group is None:  # an earlier run's group
+            job = await self._find(display)
+            return None if job is None else self._submitted(job, cell_id)
+        async with group.lock:
+            if group.phase == "uncertain":
+                found = await self.batches.find_batch(display)
+                group.phase, group.job = ("created", found) if found else ("absent", None)
+        if group.phase == "created" and cell_id in group.sent_with:
+            assert group.job is not None
+            return self._submitted(group.job, cell_id)
+        return None
+
+    async def _find(self, display_name: str) -> BatchJob | None:
+        """An earlier run's batch by its display name: one listing however many ask."""
+        async with self._finding.setdefault(display_name, asyncio.Lock()):
+            if display_name not in self._found:
+                job = await self.batches.find_batch(display_name)
+                if job is None:
+                    return None
+                self._found[display_name] = job
+            return self._found[display_name]
 
     # -- following a batch ------------------------------------------------------------------
 
@@ -300,10 +357,6 @@ class BatchChannel:
             creator.cancel()
         await self.batches.aclose()
         await asyncio.to_thread(shutil.rmtree, self._spool, True)
-
-    def pending_batches(self) -> list[BatchJob]:
-        """Batches this run followed that had not ended (for the run's summary)."""
-        return [t.job for t in self._tracked.values() if t.job.state not in BATCH_DONE]
 
     # -- shared per batch -------------------------------------------------------------------
 
@@ -376,5 +429,9 @@ def _cell_of(task_id: str) -> str:
     return task_id.rpartition("/")[2]
 
 
-def is_batch(provider: object) -> bool:
-    return isinstance(provider, BatchChannel)
+def _nothing_created(exc: BaseException) -> bool:
+    """Whether a failed create surely made no batch: it never left, or the provider refused
+    it (`policy.STEP_ENDS`); anything else may have made one."""
+    return isinstance(exc, Exception) and step_end(Step.CREATE, exc) in (
+        StepEnd.RETRY, StepEnd.REFUSED)
+

@@ -37,7 +37,7 @@ from typing import Any
 
 import polars as pl
 
-from flows.engine.batching import DEFAULT_WAIT_S, BatchChannel
+from flows.engine.batching import DEFAULT_WAIT_S, channel_for
 from flows.engine.budget import Budget
 from flows.engine.interrupt import Interrupt
 from flows.engine.journal import Journal
@@ -77,7 +77,7 @@ from outputs.runs import RunRecord, merge_record
 from outputs.sink import Sink
 from outputs.status import summarise
 from providers import registry
-from providers.base import BatchProvider, Provider
+from providers.base import Provider
 
 log = logging.getLogger("nbp.job")
 
@@ -273,9 +273,6 @@ async def run_job(
                         Ledger(sink, heartbeat))
         await budget.start()  # the ledger reads, before anything is paid
         throttles = make_throttles(rules, providers, hooks.rate_limiter, used)
-        for channel in used:  # a batch's status is asked as often as its cells would poll
-            if isinstance(batch := providers[channel.key], BatchChannel):
-                batch.poll_interval_s = rules[channel.provider].poll_interval_s
         ctx = RunContext(
             spec=spec, run_id=options.run_id, sink=sink, journal=journal,
             providers=providers, rules=rules, throttles=throttles,
@@ -300,8 +297,7 @@ async def run_job(
                 await budget.close()  # this run's spend into the target's ledger
             counts = await asyncio.to_thread(parts.counts)
             failures, products = await asyncio.to_thread(_failure_groups, parts)
-            waiting = await asyncio.to_thread(_waiting_for_batches, parts, [
-                c.provider for c in used if isinstance(providers[c.key], BatchChannel)])
+            waiting = await asyncio.to_thread(_waiting_in_groups, parts)
             record = replace(record, channels=tuple(
                 {"key": c.key, "provider": c.provider, "account": c.account,
                  "model": ", ".join(sorted(ctx.asked.get(c.key, ()))
@@ -396,12 +392,11 @@ def claim_target_kind(sink: Sink, *, emulated: bool) -> None:
         f"{sink.target} holds {held} cells: a {kind} run may not write into it ({how})")
 
 
-def _waiting_for_batches(parts: ManifestParts, batch_providers: Sequence[str]) -> int:
-    """This run's pending cells on batch channels: a batch takes hours, not a failure."""
-    if not batch_providers:
-        return 0
+def _waiting_in_groups(parts: ManifestParts) -> int:
+    """This run's pending cells whose task travels in a remote job (`task_group`: a batch,
+    which takes hours): waiting, not a failure."""
     found = parts.scan().filter(
-        (pl.col("status") == "pending") & pl.col("provider").is_in(list(batch_providers))
+        (pl.col("status") == "pending") & pl.col("task_group").is_not_null()
     ).select(pl.len()).collect()
     return int(found.item())
 
@@ -656,10 +651,10 @@ async def open_providers(
             own_url = registry.facts(name).base_url_variable in environ  # the user's choice
             base_url = None if options.emulate or own_url else spec.base_urls.get(name)
             adapter = cls(cls.settings_from_env(channel.environ(environ), base_url=base_url))
-            if isinstance(adapter, BatchProvider):  # many cells per remote job
-                adapter = BatchChannel(adapter, label=f"nbp-{spec.name}-{options.holder[:8]}",
-                                       wait_s=options.batch_wait_s)
-            providers[channel.key] = adapter
+            rules = provider_rules(spec, name, adapter.capabilities, emulated=hub is not None)
+            providers[channel.key] = channel_for(
+                adapter, label=f"nbp-{spec.name}-{options.holder[:8]}",
+                wait_s=options.batch_wait_s, poll_interval_s=rules.poll_interval_s)
         yield providers, hub is not None
     finally:
         for provider in providers.values():

@@ -5,8 +5,9 @@ of cells). For each cell: reuse it when an earlier run succeeded; take its claim
 target (no other run works on it meanwhile); resume what the journal says an earlier run
 left (collect a created task, apply the resend rule to a create whose answer was never
 recorded, release an intent that never left); else check its output path is writable, take
-an in-flight slot, hold its price, prepare the request (uploads), take a rate token, journal
-the intent, create, journal the task id, poll to the end, download, verify, write.
+an in-flight slot, hold its price, prepare the request (uploads; a batch channel's placement
+in a group), take a rate token, journal the intent, create, journal the task id, poll to the
+end, download, verify, write. Batch and direct channels are the same `Provider` here.
 
 A cell's states and their journal entries are `flows.engine.lifecycle`'s (the runner calls
 its transitions); what each error does is `flows.engine.policy`'s; a stop request (Ctrl-C,
@@ -23,11 +24,10 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from flows.engine.batching import BatchChannel
 from flows.engine.budget import Budget, BudgetExhausted
 from flows.engine.interrupt import Interrupt
 from flows.engine.journal import Journal, JournalEntry
@@ -358,9 +358,9 @@ class Runner:
                 return False  # the user accepts paying twice: create afresh
             raise CreateUncertain(life.reason)
         assert life.intent is not None
-        references = await self._prepared_references(cell, provider, life)
-        request = self._request(cell, life.provider, life.intent.key, references)
-        if rule is Resend.RECOVER:
+        if rule is Resend.RECOVER:  # asked by its key: nothing is read, prepared or placed
+            request = self._request(cell, life.provider, life.intent.key,
+                                    tuple(Reference(uri) for uri in cell.references))
             found = await self._recover(life, provider, request)
             if found is None:
                 await life.nothing_created(f"{life.provider} has no task for its key: it "
@@ -368,6 +368,8 @@ class Runner:
                 return False
             await life.created(found)
             return True
+        references = await self._prepared_references(cell, provider, life)
+        request = self._request(cell, life.provider, life.intent.key, references)
         await self._create(life, provider, request, self.ctx.throttles[life.channel], rule)
         return True
 
@@ -479,9 +481,6 @@ class Runner:
             request = await self._prepare(life, provider, throttle,
                                           self._request(cell, channel.provider, intent.key,
                                                         references))
-            if isinstance(provider, BatchChannel):  # the cell joins a batch: its key names it
-                request = replace(request,
-                                  idempotency_key=provider.place(cell.cell_id, request))
             await self._create(life, provider, request, throttle,
                                resend_rule(provider.capabilities), ticket)
             ctx.progress.submitted += 1
@@ -764,6 +763,7 @@ class Runner:
             seed=cell.seed,
             options=request_options(self.ctx.spec.options.get(name, {}), cell),
             idempotency_key=key,
+            cell_id=cell.cell_id,
         )
 
     async def _on_cancel(self, life: CellLife) -> None:
@@ -827,6 +827,7 @@ class Runner:
             dataset_row=cell.dataset_row,
             status=status,
             remote_task_id=life.submitted.task_id if life.submitted else None,
+            task_group=life.submitted.group if life.submitted else None,
             attempts=life.attempts,
             cost_usd=life.cost_usd,
             submitted_at=_utc(submitted_at),

@@ -31,9 +31,6 @@ PER_REFERENCE_KEY = "per_reference"
 # Used only for a provider whose adapter cannot be loaded (validation reports that).
 STAND_IN_MAX_IN_FLIGHT = 50
 STAND_IN_POLL_INTERVAL_S = 3.0
-# A batch channel groups at most this many cells per batch job (flows.engine.batching), so
-# its cells in flight are its provider's concurrent batches times this.
-CELLS_PER_BATCH = 500
 # Emulated tasks finish in about a second; polling them on a provider's 3 s schedule would
 # make the demo and the tests wait for nothing.
 EMULATED_POLL_INTERVAL_S = 0.25
@@ -90,7 +87,7 @@ def provider_rules(
         rate=Rate.parse(rate_text) if rate_text else None,
         max_in_flight=(limits.max_in_flight if limits else None) or _default_in_flight(caps),
         poll_interval_s=(limits.poll_interval_s if limits else None) or documented_poll,
-        turnaround_s=caps.batch_turnaround_s if caps else None,
+        turnaround_s=caps.batch.turnaround_s if caps and caps.batch else None,
     )
 
 
@@ -120,9 +117,10 @@ def _capabilities(provider: str) -> Capabilities | None:
 
 
 def _default_in_flight(caps: Capabilities | None) -> int:
-    """Cells in flight by default: a batch provider's concurrent jobs hold many cells each."""
+    """Cells in flight by default: a batch provider's concurrent jobs hold many cells each
+    (`BatchLimits.max_requests`)."""
     if caps is None:
         return STAND_IN_MAX_IN_FLIGHT
-    if caps.batch_turnaround_s is not None:
-        return caps.default_max_in_flight * CELLS_PER_BATCH
+    if caps.batch is not None:
+        return caps.default_max_in_flight * caps.batch.max_requests
     return caps.default_max_in_flight

@@ -15,6 +15,8 @@ import pytest
 
 if "providers.conformance" not in sys.modules:  # plain asserts there, rich reports here
     pytest.register_assert_rewrite("providers.conformance")
+if "providers.batch_conformance" not in sys.modules:
+    pytest.register_assert_rewrite("providers.batch_conformance")
 
 from providers.emulator.core import FaultConfig, ProviderEmulator
 from providers.emulator.hub import EmulatorHub, emulator_class

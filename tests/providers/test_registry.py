@@ -30,7 +30,9 @@ def test_gemini_is_a_provider_and_gemini_batch_a_batch_provider() -> None:
     batch = registry.create("gemini-batch", environ={})
     assert isinstance(gemini, Provider) and not isinstance(gemini, BatchProvider)
     assert isinstance(batch, BatchProvider)
-    assert registry.capabilities("gemini-batch").batch_turnaround_s == 24 * 3600
+    limits = registry.capabilities("gemini-batch").batch
+    assert limits is not None and limits.turnaround_s == 24 * 3600
+    assert registry.capabilities("gemini").batch is None
 
 
 def test_unknown_provider_names_the_known_ones() -> None:

@@ -104,6 +104,83 @@ def test_a_lost_create_answer_is_found_by_listing_not_sent_again(
     assert result.counts["succeeded"] == 3 and batches(hub) == 1
 
 
+def test_a_create_that_made_no_batch_is_sent_again_once_for_the_whole_group(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    """A 5xx answer to the create: uncertain, so the runner asks by the group's name; the
+    listing shows none, so the members send again and the group becomes one batch."""
+    hub["gemini"].configure(submit_5xx_prob=1.0)
+    create = "/gemini/v1beta/models/gemini-3-pro-image-preview:batchGenerateContent"
+
+    async def heal() -> None:
+        while ("POST", create) not in hub["gemini"].requests:
+            await asyncio.sleep(0.01)
+        hub["gemini"].configure(submit_5xx_prob=0.0)
+
+    async def go() -> RunResult:
+        healer = asyncio.create_task(heal())
+        result = await run_job(RunOptions(spec=str(write_spec(tmp_path, PROMPTS))))
+        await healer
+        return result
+
+    result = asyncio.run(go())
+    assert result.counts["succeeded"] == 3 and batches(hub) == 1
+    sent = [path for method, path in hub["gemini"].requests if path == create]
+    assert len(sent) == 2  # the refused create, then the group's one batch
+    (batch,) = hub["gemini"].batches.values()
+    assert len(batch.lines) == 3
+    listed = [path for _, path in hub["gemini"].requests if path == "/gemini/v1beta/batches"]
+    assert len(listed) == 1  # one listing answered every member
+    assert set(manifest(tmp_path)["task_group"]) == {batch.name}
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["batch-made", "nothing-made"])
+def test_after_a_lost_answer_the_group_is_sent_again_only_once_a_listing_spoke(
+    hub: EmulatorHub, made: bool
+) -> None:
+    """The channel's side of a lost create: its members hear `SubmitUncertain`, and hear it
+    again on a re-send until `recover` has listed the group's name; then the batch it found
+    is every member's task, or, when there was none, one new create carries them all."""
+    from dataclasses import replace
+
+    from flows.engine.batching import BatchChannel
+    from providers.base import ImageRequest, Submitted
+    from providers.errors import SubmitUncertain
+    from providers.gemini_batch import GeminiBatchProvider
+
+    gemini = hub["gemini"]
+    gemini.configure(**{"drop_after_create_prob" if made else "submit_5xx_prob": 1.0})
+
+    async def go() -> list[Submitted | None]:
+        provider = GeminiBatchProvider(GeminiBatchProvider.settings_from_env(os.environ))
+        channel = BatchChannel(provider, label="nbp-lost")
+        try:
+            members = [await channel.prepare(replace(ImageRequest(p), cell_id=f"c{i}"))
+                       for i, p in enumerate(PROMPTS[:2])]
+            for outcome in await asyncio.gather(*(channel.submit(m) for m in members),
+                                                return_exceptions=True):
+                assert isinstance(outcome, SubmitUncertain), outcome
+            gemini.configure(drop_after_create_prob=0.0, submit_5xx_prob=0.0)
+            with pytest.raises(SubmitUncertain):  # no listing yet: nothing may be sent
+                await channel.submit(members[0])
+            assert len(gemini.creates) == int(made)
+            found = [await channel.recover(m) for m in members]
+            if made:
+                return found
+            assert found == [None, None]
+            return list(await asyncio.gather(*(channel.submit(m) for m in members)))
+        finally:
+            await channel.aclose()
+
+    tasks = asyncio.run(go())
+    assert len(gemini.creates) == 1
+    (batch,) = gemini.batches.values()
+    assert [line.key for line in batch.lines] == ["c0", "c1"]
+    assert [t.group if t else None for t in tasks] == [batch.name, batch.name]
+    listed = [path for _, path in gemini.requests if path == "/gemini/v1beta/batches"]
+    assert len(listed) == 1  # one listing answered both members
+
+
 def test_a_kill_during_the_batch_create_is_resumed_by_listing_never_by_a_new_batch(
     hub: EmulatorHub, tmp_path: Path
 ) -> None:
@@ -133,37 +210,50 @@ def test_a_failed_batch_fails_its_cells_with_the_reason(hub: EmulatorHub, tmp_pa
     assert set(frame["error_code"]) == {"batch_failed"}
 
 
-def test_groups_close_by_count_result_bytes_and_input_bytes(
-    hub: EmulatorHub, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_groups_close_by_count_result_bytes_and_input_bytes(hub: EmulatorHub) -> None:
+    """The provider's `BatchLimits` decide (its input bytes shrunk to see them bite)."""
+    from dataclasses import replace
+    from typing import ClassVar
+
     from flows.engine import batching
-    from providers.base import ImageRequest, Reference
+    from providers.base import Capabilities, ImageRequest, Reference
     from providers.gemini_batch import GeminiBatchProvider
 
-    monkeypatch.setattr(batching, "MAX_INPUT_BYTES", 3 * 2**20)  # 1.5 GiB in miniature
+    documented = GeminiBatchProvider.capabilities.batch
+    assert documented is not None
+    limits = replace(documented, max_input_bytes=3 * 2**20)  # 1.5 GiB in miniature
+
+    class Small(GeminiBatchProvider):
+        capabilities: ClassVar[Capabilities] = replace(GeminiBatchProvider.capabilities,
+                                                       batch=limits)
 
     async def go() -> list[str]:
-        provider = GeminiBatchProvider(GeminiBatchProvider.settings_from_env(os.environ))
+        provider = Small(Small.settings_from_env(os.environ))
         channel = batching.BatchChannel(provider, label="nbp-t")
+
+        async def group_of(cell_id: str, request: ImageRequest) -> str:
+            placed = await channel.prepare(replace(request, cell_id=cell_id))
+            return (placed.idempotency_key or "").split("|")[0]
+
         small = ImageRequest("a fig", resolution="1K")
         big_refs = ImageRequest("a fig", resolution="1K", references=(
-            Reference("ref.png", data=b"x" * (batching.MAX_INPUT_BYTES // 2)),))
-        displays = [channel.place(f"c{i}", small).split("|")[0]
-                    for i in range(batching.MAX_REQUESTS + 1)]
-        displays += [channel.place(f"r{i}", big_refs).split("|")[0] for i in range(2)]
-        displays += [channel.place(f"k{i}", ImageRequest("a fig", resolution="4K"))
-                     .split("|")[0] for i in range(40)]
+            Reference("ref.png", data=b"x" * (limits.max_input_bytes // 2)),))
+        displays = [await group_of(f"c{i}", small) for i in range(limits.max_requests + 1)]
+        displays += [await group_of(f"r{i}", big_refs) for i in range(2)]
+        displays += [await group_of(f"k{i}", ImageRequest("a fig", resolution="4K"))
+                     for i in range(40)]
         await channel.aclose()  # cancels the groups' creators: nothing is sent in this test
         return displays
 
     displays = asyncio.run(go())
-    n = batching.MAX_REQUESTS
-    first = min(n, batching.MAX_RESULT_BYTES // batching.EXPECTED_RESULT_BYTES["1K"])
+    n = limits.max_requests
+    first = min(n, limits.max_result_bytes // limits.expected_result_bytes["1K"])
     assert displays[:n].count(displays[0]) == first  # full by count or by result bytes
     assert displays[n + 1] != displays[n + 2]  # two large inputs never share a file
     fours = displays[n + 3:]
     per_group = max(fours.count(d) for d in set(fours))
-    assert per_group * batching.EXPECTED_RESULT_BYTES["4K"] <= batching.MAX_RESULT_BYTES
+    assert per_group * limits.expected_result_bytes["4K"] <= limits.max_result_bytes
+    assert len(set(fours)) > 1
 
 
 def test_cancelling_the_run_cancels_its_batch(hub: EmulatorHub, tmp_path: Path) -> None:
@@ -192,14 +282,33 @@ def test_an_old_batch_is_looked_at_less_often(hub: EmulatorHub) -> None:
     from providers.gemini_batch import GeminiBatchProvider
 
     provider = GeminiBatchProvider(GeminiBatchProvider.settings_from_env(os.environ))
-    channel = BatchChannel(provider, label="nbp-t")
-    channel.poll_interval_s = 60.0
+    channel = BatchChannel(provider, label="nbp-t", poll_interval_s=60.0)
     now = time.time()
     young, hours = (BatchJob("batches/a", "d", "running", created_at=now - age)
                     for age in (30.0, 5 * 3600.0))
     assert channel.check_interval_s(young) == 60.0
     assert channel.check_interval_s(hours) == pytest.approx(MAX_CHECK_INTERVAL_S)
     asyncio.run(channel.aclose())
+
+
+def test_a_batch_channel_is_built_with_the_jobs_poll_interval(
+    hub: EmulatorHub, tmp_path: Path
+) -> None:
+    """The job's rules (here the spec's `limits`) reach the channel as it is built."""
+    from flows.engine.batching import BatchChannel
+    from flows.engine.job import open_providers
+    from flows.spec.loader import load_job
+
+    path = write_spec(tmp_path, PROMPTS, limits={"gemini-batch": {"poll_interval": 7}})
+    options = RunOptions(spec=str(path))
+
+    async def go() -> float:
+        async with open_providers(load_job(str(path)).spec, options) as (providers, _):
+            (channel,) = providers.values()
+            assert isinstance(channel, BatchChannel)
+            return channel.poll_interval_s
+
+    assert asyncio.run(go()) == 7.0
 
 
 def test_cells_asking_for_two_models_travel_in_two_batches(

@@ -81,6 +81,7 @@ def test_a_job_writes_verified_images_and_one_manifest_row_per_cell(
             assert image.size == pixel_size(row["aspect_ratio"], row["resolution"])
             assert image.format == "PNG"
         assert row["remote_task_id"] in hub["kie"].tasks
+        assert row["task_group"] is None  # a task of its own
         assert row["cost_usd"] > 0 and row["attempts"] == 1
         assert row["model"] == "nano-banana-pro" and row["provider"] == "kie"
     assert len(hub["kie"].creates) == 4

@@ -1,0 +1,60 @@
+"""The batch conformance suite (`providers.batch_conformance`) for `gemini-batch` against
+the Gemini emulator on the session hub, under each reading of the Batch API the emulator
+serves: both spellings of the states (protocols-gemini.md §6: the REST API's
+`BATCH_STATE_*`, the SDKs' and docs' `JOB_STATE_*`) and listings paged small or large (§9:
+the page size is not documented)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from providers.batch_conformance import (
+    BATCH_LIST_PAGES,
+    BATCH_STATES,
+    BatchEmulatorControls,
+    BatchProviderConformance,
+)
+from providers.emulator.core import Readings
+from providers.emulator.gemini import GeminiEmulator
+from providers.emulator.hub import EmulatorHub
+
+# The emulator's switches of the readings: attributes of `GeminiEmulator` (reset per test).
+GEMINI_BATCH_READINGS: Readings = {
+    BATCH_STATES: {
+        "batch-state": {"state_prefix": "BATCH_STATE_"},
+        "job-state": {"state_prefix": "JOB_STATE_"},
+    },
+    BATCH_LIST_PAGES: {
+        "pages-of-1": {"max_page_size": 1},
+        "pages-of-100": {"max_page_size": 100},
+    },
+}
+
+
+class TestGeminiBatch(BatchProviderConformance):
+    def batch_readings(self) -> Readings:
+        return GEMINI_BATCH_READINGS
+
+    def use_reading(self, emulator: BatchEmulatorControls, switches: Mapping[str, Any]) -> None:
+        assert isinstance(emulator, GeminiEmulator)
+        for name, value in switches.items():
+            assert hasattr(emulator, name), name
+            setattr(emulator, name, value)
+
+    @pytest.fixture
+    def provider_name(self) -> str:
+        return "gemini-batch"
+
+    @pytest.fixture
+    def provider_environ(self, hub: EmulatorHub) -> Mapping[str, str]:
+        return hub.environ()
+
+    @pytest.fixture
+    def emulator(self, hub: EmulatorHub) -> GeminiEmulator:
+        hub.reset()
+        found = hub["gemini"]
+        assert isinstance(found, GeminiEmulator)
+        return found
