@@ -585,9 +585,9 @@ def cmd_review(args: argparse.Namespace) -> int:
     store, under the target's manifest lease (a run ending meanwhile merges into it)."""
     import uuid
 
-    from flows.engine.job import MANIFEST_LOCK
     from flows.engine.lease import Heartbeat, Lease, LeaseTimeout
     from outputs import review
+    from outputs.layout import MANIFEST_LOCK
     from outputs.manifest import ManifestInvalid, read_manifest, write_manifest
     from outputs.sink import Sink
 

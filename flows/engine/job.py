@@ -70,6 +70,7 @@ from flows.spec.plan import DEFAULT_LATENCY_S
 from flows.spec.rate import Rate
 from flows.spec.settings import ProviderRules, provider_rules
 from outputs.gallery import write_gallery
+from outputs.layout import EMULATED_TASKS, MANIFEST_LOCK, TARGET_KIND
 from outputs.manifest import MANIFEST_NAME, rows_to_frame
 from outputs.parts import ManifestParts, merge_parts
 from outputs.review import decisions, review_frame, with_reviews
@@ -82,8 +83,6 @@ from providers.base import BatchProvider, Provider, env_name
 log = logging.getLogger("nbp.job")
 
 DEFAULT_CHUNK_SIZE = 200
-MANIFEST_LOCK = ".nbp/locks/manifest"
-EMULATED_TASKS = ".nbp/emulated/tasks.json"  # what `--emulate`'s emulators knew (JSON)
 COPY_BLOCK = 1 << 20  # the merged manifest goes to the target a block at a time
 
 # A chunk's rows as a frame: returned per row, Prefect would track every row of every task
@@ -369,9 +368,6 @@ def _effective_cells(sink: Sink, cells: CellSource, *, redo_rejected: bool) -> E
             redos.update({redo.cell_id: redo for redo in made})
             log.info("redoing %d rejected image(s) with a new seed", len(made))
     return Effective(cells, redos)
-
-
-TARGET_KIND = ".nbp/target.json"  # {"emulated": bool}: what kind of cells the target holds
 
 
 def claim_target_kind(sink: Sink, *, emulated: bool) -> None:
