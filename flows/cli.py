@@ -370,16 +370,19 @@ def _run(args: argparse.Namespace) -> int:
         if problem:
             print(f"nbp run: --target {args.target}: {problem}", file=sys.stderr)
             return EXIT_INVALID
+    shard = None
     if args.shard:
+        from flows.spec.shard import Shard
+
         try:
-            _check_shard(args.shard)
+            shard = Shard.parse(args.shard)
         except ValueError as exc:
             print(f"nbp run: --shard: {exc}", file=sys.stderr)
             return EXIT_INVALID
-    if args.own_accounts and (problem := _own_accounts_problem(job.spec, args)):
+    if args.own_accounts and (problem := _own_accounts_problem(job.spec, shard, args)):
         print(f"nbp run: --own-accounts: {problem}", file=sys.stderr)
         return EXIT_INVALID
-    if not args.emulate and (problem := _credentials_problem(job.spec, args)):
+    if not args.emulate and (problem := _credentials_problem(job.spec, shard, args)):
         print(f"nbp run: {problem}", file=sys.stderr)
         return EXIT_INVALID
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -430,38 +433,32 @@ def _run(args: argparse.Namespace) -> int:
     return int(result["exit_code"])
 
 
-def _credentials_problem(spec: Any, args: argparse.Namespace) -> str | None:
+def _credentials_problem(spec: Any, shard: Any, args: argparse.Namespace) -> str | None:
     """Missing API keys, found before Prefect starts: every variable the run's channels need
     that the environment lacks, except those a Secret block provides (checked in the flow,
     which needs Prefect's API, before any create)."""
     from flows.engine.job import RunOptions, missing_message, run_channels
     from flows.spec.channels import missing_credentials
 
-    options = RunOptions(spec=args.spec, shard=args.shard, own_accounts=args.own_accounts)
+    options = RunOptions(spec=args.spec, shard=shard, own_accounts=args.own_accounts)
     missing = missing_credentials(run_channels(spec, options), os.environ)
     unblocked = {var: keys for var, keys in missing.items() if var not in spec.credentials}
     return missing_message(unblocked) if unblocked else None
 
 
-def _own_accounts_problem(spec: Any, args: argparse.Namespace) -> str | None:
-    """Why --own-accounts cannot be used as given, or None."""
+def _own_accounts_problem(spec: Any, shard: Any, args: argparse.Namespace) -> str | None:
+    """Why --own-accounts cannot be used as given (`shard`: --shard's value), or None."""
     from flows.spec.channels import channels, split_for_shard
 
-    if not args.shard:
+    if shard is None:
         return "needs --shard i/n (the shard that owns some of the accounts)"
     if args.shared_limits:
         return "shards that own their accounts share none: drop --shared-limits"
     found = channels(spec)
-    if not split_for_shard(found, args.shard):
-        return (f"shard {args.shard} would own none of the job's {len(found)} channel(s) "
+    if not split_for_shard(found, shard):
+        return (f"shard {shard} would own none of the job's {len(found)} channel(s) "
                 f"({', '.join(c.key for c in found)}): run at most {len(found)} shards")
     return None
-
-
-def _check_shard(shard: str) -> None:
-    index, sep, count = shard.partition("/")
-    if not sep or not index.isdigit() or not count.isdigit() or int(index) >= int(count):
-        raise ValueError(f"{shard!r} is not of the form i/n with 0 <= i < n, e.g. 0/4")
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:

@@ -69,6 +69,7 @@ from flows.spec.model import Cell, CellSource, GallerySpec, JobSpec
 from flows.spec.plan import DEFAULT_LATENCY_S
 from flows.spec.rate import Rate
 from flows.spec.settings import ProviderRules, provider_rules
+from flows.spec.shard import Shard
 from outputs.gallery import write_gallery
 from outputs.layout import EMULATED_TASKS, MANIFEST_LOCK, TARGET_KIND
 from outputs.manifest import MANIFEST_NAME, rows_to_frame
@@ -127,7 +128,7 @@ class RunOptions:
     emulate: bool = False
     force: bool = False
     max_usd: float | None = None
-    shard: str | None = None            # "i/n": this run takes the cells with hash % n == i
+    shard: Shard | None = None          # this run takes the cells with hash % n == i
     chunk_size: int = DEFAULT_CHUNK_SIZE
     emulator_latency_s: float | None = None
     retry_uncertain: bool = False       # create again cells whose create may have happened
@@ -253,7 +254,8 @@ async def run_job(
     record = RunRecord.start(run_id=options.run_id, job=spec.name,
                              spec_source=options.spec_source or spec.source,
                              spec_text=spec.text, flow_run_id=options.flow_run_id,
-                             shard=options.shard, spec_folder=spec.base_dir,
+                             shard=str(options.shard) if options.shard else None,
+                             spec_folder=spec.base_dir,
                              emulated=options.emulate,
                              dataset=spec.dataset.path if options.dataset and spec.dataset
                              else "")
@@ -536,40 +538,35 @@ def _cells_at_once(runner: Runner) -> int:
 
 
 def select_shard(
-    cells: CellSource, shard: str | None,
+    cells: CellSource, shard: Shard | None,
     owners: Callable[[int], Callable[[Cell], Sequence[int]]] | None = None,
 ) -> CellSource:
     """Cells of shard "i/n" (by cell-id hash, so shards are stable across runs), filtered as
     they are read. `owners(n)`: which of n shards can run a cell (own_accounts), one of
     which takes it by the same hash."""
-    if not shard:
+    if shard is None:
         return cells
-    index, _, count = shard.partition("/")
-    i, n = int(index), int(count)
-    if not 0 <= i < n:
-        raise ValueError(f"shard {shard!r} must be i/n with 0 <= i < n")
-    return Shard(cells, i, n, owners(n) if owners else None)
+    return ShardCells(cells, shard, owners(shard.count) if owners else None)
 
 
-class Shard:
-    """The cells of shard `index` of `count`, filtered on every pass; `len()` costs one pass
-    the first time."""
+class ShardCells:
+    """The cells of `shard`, filtered on every pass; `len()` costs one pass the first time."""
 
     def __init__(
-        self, cells: CellSource, index: int, count: int,
+        self, cells: CellSource, shard: Shard,
         owners: Callable[[Cell], Sequence[int]] | None = None,
     ) -> None:
-        self.cells, self.index, self.count, self.owners = cells, index, count, owners
+        self.cells, self.shard, self.owners = cells, shard, owners
         self._len: int | None = None
 
     def __iter__(self) -> Iterator[Cell]:
-        return (c for c in self.cells if self._owner(c) == self.index)
+        return (c for c in self.cells if self._owner(c) == self.shard.index)
 
     def _owner(self, cell: Cell) -> int:
         found = self.owners(cell) if self.owners else None
         spread = product_hash(cell)
         if not found:
-            return spread % self.count
+            return spread % self.shard.count
         return found[spread % len(found)]
 
     def __len__(self) -> int:

@@ -51,6 +51,7 @@ from flows.engine.runner import Runner
 from flows.orchestration.secrets import secret_blocks
 from flows.orchestration.shared_limits import shared_limiter
 from flows.spec.model import Cell
+from flows.spec.shard import Shard
 
 FLOW_NAME = "nbp-run"
 ARTIFACT_INTERVAL_S = 5.0
@@ -176,7 +177,8 @@ def build_flow(
         this_run = str(runtime_flow_run.id)
         options = RunOptions(
             spec=spec, target=target, emulate=emulate, force=force, max_usd=max_usd,
-            shard=shard, chunk_size=chunk_size, emulator_latency_s=emulator_latency_s,
+            shard=Shard.parse(shard) if shard else None, chunk_size=chunk_size,
+            emulator_latency_s=emulator_latency_s,
             retry_uncertain=retry_uncertain, run_id=run_id or this_run[:12], holder=this_run,
             allow_paths=tuple(allow_paths or ()), max_cells=max_cells,
             retry=RetryPolicy(patience_s=patience_s) if patience_s else DEFAULT_RETRY,

@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 
 from flows.engine.job import RunOptions, RunResult, run_job
+from flows.spec.shard import Shard
 from providers.emulator.hub import EmulatorHub
 
 
@@ -30,8 +31,10 @@ def serving(providers: Sequence[str], latency_s: float) -> Iterator[EmulatorHub]
             os.environ.update(saved)
 
 
-def run(spec: Path, **options: Any) -> RunResult:
-    return asyncio.run(run_job(RunOptions(spec=str(spec), **options)))
+def run(spec: Path, *, shard: str | None = None, **options: Any) -> RunResult:
+    """`spec` run to the end; `shard` as "i/n"."""
+    found = Shard.parse(shard) if shard else None
+    return asyncio.run(run_job(RunOptions(spec=str(spec), shard=found, **options)))
 
 
 def manifest(tmp_path: Path) -> pl.DataFrame:
