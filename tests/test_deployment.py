@@ -25,7 +25,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows.engine.job import RunOptions, run_job, select_shard
+from flows.engine.job import RunHooks, RunOptions, run_job, select_shard
+from flows.orchestration.emulation import serve_emulators
 from flows.orchestration.shared_limits import (
     TOKEN_TTL_S,
     TRANSIT_GRACE_S,
@@ -293,7 +294,7 @@ def test_shards_finishing_at_once_leave_one_complete_manifest(tmp_path: Path) ->
     async def shards() -> list[Any]:
         return list(await asyncio.gather(*(
             run_job(RunOptions(spec=str(spec), emulate=True, shard=Shard(i, 3),
-                               emulator_latency_s=0.05))
+                               emulator_latency_s=0.05), hooks=RunHooks(emulation=serve_emulators))
             for i in range(3)
         )))
 

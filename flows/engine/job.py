@@ -31,6 +31,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -71,7 +72,7 @@ from flows.spec.rate import Rate
 from flows.spec.settings import ProviderRules, provider_rules
 from flows.spec.shard import Shard
 from outputs.gallery import write_gallery
-from outputs.layout import EMULATED_TASKS, MANIFEST_LOCK, TARGET_KIND
+from outputs.layout import MANIFEST_LOCK, TARGET_KIND
 from outputs.manifest import MANIFEST_NAME, rows_to_frame
 from outputs.parts import ManifestParts, merge_parts
 from outputs.review import decisions, review_frame, with_reviews
@@ -90,6 +91,12 @@ COPY_BLOCK = 1 << 20  # the merged manifest goes to the target a block at a time
 # run in its flow-run context (one entry each, never dropped: ~200 bytes a cell).
 ChunkRunner = Callable[[Runner, int, Sequence[Cell], int], Awaitable[pl.DataFrame]]
 CredentialSource = Callable[[JobSpec], Awaitable[Mapping[str, str]]]
+# Serves stand-ins for the spec's providers while the run lasts (`--emulate`), given the spec,
+# the run's channels and the seconds a task takes (None: the stand-ins' default); yields the
+# environment that points the real clients at them (base URLs, a key for every channel).
+Emulation = Callable[
+    [JobSpec, Sequence[Channel], float | None], AbstractAsyncContextManager[Mapping[str, str]]
+]
 LimiterFactory = Callable[[Rate, Provider], SlidingWindowLimiter]
 
 
@@ -117,6 +124,7 @@ class RunHooks:
     credentials: CredentialSource | None = None   # values of env vars the environment lacks
     rate_limiter: LimiterFactory = local_limiter
     interrupt: Interrupt | None = None            # stop requests (Ctrl-C, SIGTERM)
+    emulation: Emulation | None = None            # what serves the emulators under `emulate`
 
 
 @dataclass(frozen=True)
@@ -259,7 +267,8 @@ async def run_job(
                              emulated=options.emulate,
                              dataset=spec.dataset.path if options.dataset and spec.dataset
                              else "")
-    async with open_providers(spec, options, hooks.credentials, used) as (providers, emulated), \
+    async with open_providers(spec, options, hooks.credentials, used,
+                              hooks.emulation) as (providers, emulated), \
             Heartbeat(Sink(spec.output.target, spec.output.storage_options),
                       options.holder) as heartbeat:
         sink = heartbeat.sink
@@ -619,27 +628,24 @@ def _cell_price(rule: ProviderRules) -> Callable[[Cell], float]:
 @contextlib.asynccontextmanager
 async def open_providers(
     spec: JobSpec, options: RunOptions, credentials: CredentialSource | None = None,
-    used: Sequence[Channel] | None = None,
+    used: Sequence[Channel] | None = None, emulation: Emulation | None = None,
 ) -> AsyncIterator[tuple[dict[str, Provider], bool]]:
     """An adapter for every channel (`used`, else all of the spec's) by channel key, and
-    whether they are emulated: under `emulate`, pointed at in-process emulators (same
-    clients, loopback HTTP; each extra account a key of its own there)."""
+    whether they are emulated: under `emulate`, pointed at the emulators `emulation` serves
+    (same clients, loopback HTTP; each extra account a key of its own there)."""
     used = channels(spec) if used is None else used
-    hub = None
+    serving = contextlib.AsyncExitStack()  # the emulators, while the adapters use them
     environ: Mapping[str, str] = os.environ
     if options.emulate:
-        from providers.emulator.hub import DEFAULT_LATENCY_S, EmulatorHub
-
-        latency = options.emulator_latency_s
-        hub = EmulatorHub(list(spec.providers), latency_s=latency or DEFAULT_LATENCY_S)
-        emulated = Sink(spec.output.target, spec.output.storage_options)
-        await asyncio.to_thread(_remember_emulated_tasks, hub, emulated)
-        await asyncio.to_thread(hub.serve_in_thread)
-        environ = {**os.environ, **hub.environ(), **hub.accounts_environ(
-            [(c.provider, c.variables) for c in used if not c.documented])}
+        if emulation is None:
+            raise RunConfigurationError("an emulated run needs the emulators: pass "
+                                        "RunHooks(emulation=...) (nbp run --emulate does)")
+        served = emulation(spec, used, options.emulator_latency_s)
+        environ = {**os.environ, **await serving.enter_async_context(served)}
     elif credentials is not None:  # Secret blocks first: before anything is sent
         environ = {**os.environ, **await credentials(spec)}
     if missing := missing_credentials(used, environ):
+        await serving.aclose()
         raise RunConfigurationError(missing_message(missing))
     providers: dict[str, Provider] = {}
     try:
@@ -653,28 +659,11 @@ async def open_providers(
                 adapter = BatchChannel(adapter, label=f"nbp-{spec.name}-{options.holder[:8]}",
                                        wait_s=options.batch_wait_s)
             providers[channel.key] = adapter
-        yield providers, hub is not None
+        yield providers, options.emulate
     finally:
         for provider in providers.values():
             await provider.aclose()
-        if hub is not None:
-            await asyncio.to_thread(hub.stop)
-            with contextlib.suppress(OSError):  # the next emulated run collects its tasks
-                await asyncio.to_thread(emulated.put_json, EMULATED_TASKS, hub.export_tasks())
-
-
-def _remember_emulated_tasks(hub: Any, sink: Sink) -> None:
-    """The tasks earlier emulated runs on this target left at the emulators: a real provider
-    keeps a task when its client stops, so a task an interrupted run left is collected by
-    the next one. The file is the target's, so it is read as input (bad entries skipped)."""
-    try:
-        taken = hub.import_tasks(sink.get_json(EMULATED_TASKS))
-    except (OSError, ValueError):
-        log.warning("%s could not be read; the emulators start without earlier tasks",
-                    EMULATED_TASKS)
-        return
-    if taken:
-        log.info("the emulators remember %d task(s) of earlier emulated runs", taken)
+        await serving.aclose()
 
 
 def missing_message(missing: Mapping[str, Sequence[str]]) -> str:

@@ -48,6 +48,7 @@ from flows.engine.job import (
 from flows.engine.policy import DEFAULT_RETRY, RetryPolicy
 from flows.engine.progress import Progress
 from flows.engine.runner import Runner
+from flows.orchestration.emulation import serve_emulators
 from flows.orchestration.secrets import secret_blocks
 from flows.orchestration.shared_limits import shared_limiter
 from flows.spec.model import Cell
@@ -190,7 +191,7 @@ def build_flow(
             options = replace(options, batch_wait_s=batch_wait_s)
         limiter: LimiterFactory = shared_limiter if shared_limits else local_limiter
         hooks = RunHooks(chunk_runner=_chunk_as_task, credentials=secret_blocks,
-                         rate_limiter=limiter, interrupt=interrupt)
+                         rate_limiter=limiter, interrupt=interrupt, emulation=serve_emulators)
         progress = Progress(listeners=list(watchers))
         for watcher in watchers:  # the live line from the start (and what a stop waits for)
             watcher(progress)

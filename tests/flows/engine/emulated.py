@@ -12,7 +12,8 @@ from typing import Any
 
 import polars as pl
 
-from flows.engine.job import RunOptions, RunResult, run_job
+from flows.engine.job import RunHooks, RunOptions, RunResult, run_job
+from flows.orchestration.emulation import serve_emulators
 from flows.spec.shard import Shard
 from providers.emulator.hub import EmulatorHub
 
@@ -34,7 +35,8 @@ def serving(providers: Sequence[str], latency_s: float) -> Iterator[EmulatorHub]
 def run(spec: Path, *, shard: str | None = None, **options: Any) -> RunResult:
     """`spec` run to the end; `shard` as "i/n"."""
     found = Shard.parse(shard) if shard else None
-    return asyncio.run(run_job(RunOptions(spec=str(spec), shard=found, **options)))
+    return asyncio.run(run_job(RunOptions(spec=str(spec), shard=found, **options),
+                               hooks=RunHooks(emulation=serve_emulators)))
 
 
 def manifest(tmp_path: Path) -> pl.DataFrame:
