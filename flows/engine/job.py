@@ -129,7 +129,8 @@ class RunHooks:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What `nbp run` and the `nbp-run` flow take besides the spec."""
+    """One run's settings as the engine takes them; `nbp run` and the `nbp-run` flow make
+    them of the declared run options (`flows.orchestration.run_options.engine_options`)."""
 
     spec: str
     target: str | None = None
@@ -140,8 +141,7 @@ class RunOptions:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     emulator_latency_s: float | None = None
     retry_uncertain: bool = False       # create again cells whose create may have happened
-    allow_paths: tuple[str, ...] = ()   # folders besides the spec's that inputs may come from
-    max_cells: int | None = None        # None: InputPolicy's default (or NBP_MAX_CELLS)
+    inputs: InputPolicy | None = None   # what the spec may read; None: InputPolicy.from_environ
     # This run of the job: shards started as one run pass the same id and share max_usd.
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     # This process on the target (claims, cancel hooks): the flow run id under Prefect.
@@ -152,22 +152,8 @@ class RunOptions:
     batch_wait_s: float = DEFAULT_WAIT_S  # how long to wait for batches before leaving them
     spec_source: str | None = None      # what the run's record names as the spec's source
     failures_ok: bool = False           # a run with failed cells still succeeds (exit 0)
-    allow_private_hosts: bool = False   # references and datasets on private hosts are fine
-    dataset: str | None = None          # read in place of the spec's dataset.path
     redo_rejected: bool = False         # make the rejected images again (new seed, same path)
     archive_stale: bool = False         # move the images of stale cells to history
-
-    def input_policy(self) -> InputPolicy:
-        changes: dict[str, Any] = {}
-        if self.allow_paths:
-            changes["allow_paths"] = tuple(os.path.abspath(p) for p in self.allow_paths)
-        if self.max_cells is not None:
-            changes["max_cells"] = self.max_cells
-        if self.allow_private_hosts:
-            changes["allow_private_hosts"] = True
-        if self.dataset:
-            changes["dataset"] = self.dataset
-        return InputPolicy.from_environ(**changes)
 
 
 EXIT_PENDING = 75  # sysexits' EX_TEMPFAIL: only tasks to collect are left, run again later
@@ -239,7 +225,7 @@ async def run_job(
     progress: Progress | None = None,
 ) -> RunResult:
     """Run a job to the end and write its manifest and gallery."""
-    job = load_job(options.spec, policy=options.input_policy())
+    job = load_job(options.spec, policy=options.inputs)
     spec = job.spec
     if options.target:
         spec = replace(spec, output=replace(spec.output, target=options.target))
@@ -265,7 +251,8 @@ async def run_job(
                              shard=str(options.shard) if options.shard else None,
                              spec_folder=spec.base_dir,
                              emulated=options.emulate,
-                             dataset=spec.dataset.path if options.dataset and spec.dataset
+                             dataset=spec.dataset.path
+                             if options.inputs and options.inputs.dataset and spec.dataset
                              else "")
     async with open_providers(spec, options, hooks.credentials, used,
                               hooks.emulation) as (providers, emulated), \
