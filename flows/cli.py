@@ -306,19 +306,15 @@ def _run(args: argparse.Namespace) -> int:
         if problem:
             print(f"nbp run: --target {args.target}: {problem}", file=sys.stderr)
             return EXIT_INVALID
-    shard = None
-    if args.shard:
-        from flows.spec.shard import Shard
-
-        try:
-            shard = Shard.parse(args.shard)
-        except ValueError as exc:
-            print(f"nbp run: --shard: {exc}", file=sys.stderr)
-            return EXIT_INVALID
-    if args.own_accounts and (problem := _own_accounts_problem(job.spec, shard, args)):
+    try:
+        options = engine_options(vars(args))
+    except ValueError as exc:  # RunConfigurationError: a shard that is not one
+        print(f"nbp run: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.own_accounts and (problem := _own_accounts_problem(job.spec, options.shard, args)):
         print(f"nbp run: --own-accounts: {problem}", file=sys.stderr)
         return EXIT_INVALID
-    if not args.emulate and (problem := _credentials_problem(job.spec, args)):
+    if not args.emulate and (problem := _credentials_problem(job.spec, options)):
         print(f"nbp run: {problem}", file=sys.stderr)
         return EXIT_INVALID
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -358,14 +354,14 @@ def _run(args: argparse.Namespace) -> int:
     return int(result["exit_code"])
 
 
-def _credentials_problem(spec: Any, args: argparse.Namespace) -> str | None:
-    """Missing API keys, found before Prefect starts: every variable the run's channels need
-    that the environment lacks, except those a Secret block provides (checked in the flow,
-    which needs Prefect's API, before any create)."""
+def _credentials_problem(spec: Any, options: Any) -> str | None:
+    """Missing API keys, found before Prefect starts: every variable the run's channels
+    (`options`: the engine's `RunOptions`) need that the environment lacks, except those a
+    Secret block provides (checked in the flow, which needs Prefect's API, before any
+    create)."""
     from flows.engine.job import missing_message, run_channels
     from flows.spec.channels import missing_credentials
 
-    options = engine_options(vars(args))
     missing = missing_credentials(run_channels(spec, options), os.environ)
     unblocked = {var: keys for var, keys in missing.items() if var not in spec.credentials}
     return missing_message(unblocked) if unblocked else None

@@ -177,6 +177,9 @@ def engine_options(
     given = {**{o.name: o.default for o in RUN_OPTIONS}, **values}
     try:
         shard = Shard.parse(given["shard"]) if given["shard"] else None
+    except ValueError as exc:
+        raise RunConfigurationError(f"{OPTIONS['shard'].flag}: {exc}") from exc
+    try:
         inputs = input_policy(given)
     except ValueError as exc:
         raise RunConfigurationError(str(exc)) from exc
