@@ -17,7 +17,7 @@ from outputs.sink import Sink
 if TYPE_CHECKING:
     from providers.emulator.hub import EmulatorHub
 
-log = logging.getLogger("nbp.job")
+log = logging.getLogger("nbp.emulation")
 
 
 @contextlib.asynccontextmanager

@@ -78,7 +78,7 @@ def test_the_hook_serves_the_channels_and_hands_its_tasks_to_the_next_run(
         async with serve_emulators(spec, used, 30.0) as served:
             return await poll(extra, dict(served), task)
 
-    with caplog.at_level(logging.INFO, logger="nbp.job"):
+    with caplog.at_level(logging.INFO, logger="nbp.emulation"):
         assert isinstance(asyncio.run(second()), Pending)  # the same task, still running
     assert "the emulators remember 1 task(s)" in caplog.text
 
