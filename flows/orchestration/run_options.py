@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 from flows.spec.inputs import MAX_CELLS_ENV, InputPolicy
 from flows.spec.shard import Shard
@@ -44,9 +45,16 @@ class RunOption:
     inputs: bool = False
 
     @property
+    def kind(self) -> Any:
+        """The type a value has when given: `float | None` -> float."""
+        if isinstance(self.type, types.UnionType):
+            return next(t for t in get_args(self.type) if t is not type(None))
+        return self.type
+
+    @property
     def repeatable(self) -> bool:
         """A list: the flag is given once per value."""
-        return any(getattr(t, "__origin__", None) is list for t in (self.type, *_members(self)))
+        return get_origin(self.kind) is list
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         """This option's flag on `parser`: a switch for a bool, repeatable for a list."""
@@ -54,20 +62,15 @@ class RunOption:
         kwargs: dict[str, Any] = {"dest": self.name, "help": self.help}
         if self.metavar:
             kwargs["metavar"] = self.metavar
-        if self.type is bool:
+        if self.kind is bool:
             kwargs["action"] = "store_true"
         elif self.repeatable:
             kwargs.update(action="append", default=[])
         else:
-            scalar = next(t for t in (self.type, *_members(self)) if t in (str, int, float))
-            if scalar is not str:
-                kwargs["type"] = scalar
+            if self.kind is not str:
+                kwargs["type"] = self.kind
             kwargs["default"] = self.default
         parser.add_argument(self.flag, **kwargs)
-
-
-def _members(option: RunOption) -> tuple[Any, ...]:
-    return tuple(t for t in get_args(option.type) if t is not type(None))
 
 
 # In `nbp run --help` order; `spec` is the command's argument and `spec_source` is set by
