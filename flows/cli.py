@@ -16,6 +16,15 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from flows.orchestration.run_options import (
+    INPUT_OPTIONS,
+    RUN_OPTIONS,
+    add_flags,
+    engine_options,
+    flow_parameters,
+    input_policy,
+)
+
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import State
 
@@ -42,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--check-references", action="store_true",
                           help="also ask every distinct http(s) reference URL whether it "
                                "answers (HEAD, once each); exit 2 when one does not")
-    add_input_options(validate)
+    add_flags(validate, INPUT_OPTIONS)
     validate.set_defaults(handler=cmd_validate)
 
     plan = commands.add_parser("plan", help="cells, estimated cost and duration")
@@ -53,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                            "empty target")
     plan.add_argument("--target", help="plan against this target instead of the spec's "
                                        "output.target")
-    add_input_options(plan)
+    add_flags(plan, INPUT_OPTIONS)
     plan.set_defaults(handler=cmd_plan)
 
     run = commands.add_parser("run", help="run a spec as the Prefect flow nbp-run")
@@ -67,42 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--live", action="store_true",
                      help="with --from: run a recorded emulated run against the real "
                           "providers (it pays); without it, an emulated run emulates again")
-    run.add_argument("--target", help="write here instead of the spec's output.target")
-    run.add_argument("--emulate", action="store_true",
-                     help="serve the provider emulators in-process and use them (offline)")
-    run.add_argument("--force", action="store_true", help="redo cells that already succeeded")
-    run.add_argument("--max-usd", type=float, help="hard spending cap for this run")
-    run.add_argument("--shard", help="i/n: run only this shard of the cells (several workers)")
-    run.add_argument("--shared-limits", action="store_true",
-                     help="share provider create rates through the Prefect server "
-                          "(several workers on one account)")
-    run.add_argument("--own-accounts", action="store_true",
-                     help="with --shard i/n: use only the channels (provider accounts) this "
-                          "shard owns, every n-th from the i-th, so shards share no account")
-    run.add_argument("--retry-uncertain", action="store_true",
-                     help="create again cells whose create may have reached a provider that "
-                          "cannot be asked (they may be paid twice)")
-    run.add_argument("--run-id", help="this run's id; shards started as one run pass the same "
-                                      "one and share budget.max_usd")
-    run.add_argument("--patience", type=float, metavar="SECONDS",
-                     help="how long a poll or download of a created task keeps retrying "
-                          "before the cell is left pending for the next run (default 600)")
-    run.add_argument("--batch-wait", type=float, metavar="SECONDS",
-                     help="how long to wait for batch jobs (gemini-batch) before leaving their "
-                          "cells pending for the next run (default 600)")
-    run.add_argument("--redo-rejected", action="store_true",
-                     help="make again, with a new seed and into the same paths, the images "
-                          "rejected in review (nbp review); the old ones are kept as history")
-    run.add_argument("--archive-stale", action="store_true",
-                     help="move the images of cells the spec no longer produces (stale) to "
-                          "history, freeing their paths; without it they stay where they are")
-    run.add_argument("--succeed-with-failures", action="store_true",
-                     help="end the flow run Completed and exit 0 even when cells failed "
-                          "(default: Failed and exit 1, so Prefect automations see it)")
-    run.add_argument("--chunk-size", type=int, default=200, help="cells per Prefect task")
-    add_input_options(run)
-    run.add_argument("--emulator-latency", type=float, default=None,
-                     help="seconds an emulated task takes (with --emulate)")
+    add_flags(run, RUN_OPTIONS)
     run.set_defaults(handler=cmd_run)
 
     emulate = commands.add_parser("emulate", help="serve the provider emulators")
@@ -159,48 +133,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_input_options(parser: argparse.ArgumentParser) -> None:
-    """--allow-path, --allow-private-hosts and --max-cells: what a spec may read and how
-    large it may be (`flows.spec.inputs.InputPolicy`)."""
-    parser.add_argument("--allow-path", action="append", default=[], metavar="DIR",
-                        help="also read local references and datasets under DIR "
-                             "(besides the spec's folder); repeatable")
-    parser.add_argument("--allow-private-hosts", action="store_true",
-                        help="let nbp fetch http(s) datasets and references from loopback, "
-                             "private and link-local hosts too (default: public hosts only)")
-    parser.add_argument("--dataset", metavar="PATH",
-                        help="read this dataset (a path or URL) in place of the spec's "
-                             "dataset.path: this week's export")
-    parser.add_argument("--max-cells", type=int, metavar="N",
-                        help="refuse specs with more than N cells (default 1,000,000, "
-                             "or NBP_MAX_CELLS)")
-
-
-def input_policy(args: argparse.Namespace) -> Any:
-    """The `InputPolicy` of `add_input_options`' flags over the environment's defaults;
-    raises ValueError for a bad value."""
-    from flows.spec.inputs import InputPolicy
-
-    changes: dict[str, Any] = {}
-    allow = getattr(args, "allow_path", None)
-    if allow:
-        changes["allow_paths"] = tuple(os.path.abspath(path) for path in allow)
-    dataset = getattr(args, "dataset", None)
-    if dataset:
-        changes["dataset"] = dataset if "://" in dataset else os.path.abspath(dataset)
-    max_cells = getattr(args, "max_cells", None)
-    if max_cells is not None:
-        if max_cells < 1:
-            raise ValueError(f"--max-cells {max_cells}: give a positive number of cells")
-        changes["max_cells"] = max_cells
-    if getattr(args, "allow_private_hosts", False):
-        changes["allow_private_hosts"] = True
-    return InputPolicy.from_environ(**changes)
-
-
 def _policy_or_report(args: argparse.Namespace, command: str) -> Any:
+    """The `InputPolicy` of the command's input flags, or None after saying what is wrong."""
     try:
-        return input_policy(args)
+        return input_policy(vars(args))
     except ValueError as exc:
         print(f"nbp {command}: {exc}", file=sys.stderr)
         return None
@@ -370,16 +306,15 @@ def _run(args: argparse.Namespace) -> int:
         if problem:
             print(f"nbp run: --target {args.target}: {problem}", file=sys.stderr)
             return EXIT_INVALID
-    if args.shard:
-        try:
-            _check_shard(args.shard)
-        except ValueError as exc:
-            print(f"nbp run: --shard: {exc}", file=sys.stderr)
-            return EXIT_INVALID
-    if args.own_accounts and (problem := _own_accounts_problem(job.spec, args)):
+    try:
+        options = engine_options(vars(args))
+    except ValueError as exc:  # RunConfigurationError: a shard that is not one
+        print(f"nbp run: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.own_accounts and (problem := _own_accounts_problem(job.spec, options.shard, args)):
         print(f"nbp run: --own-accounts: {problem}", file=sys.stderr)
         return EXIT_INVALID
-    if not args.emulate and (problem := _credentials_problem(job.spec, args)):
+    if not args.emulate and (problem := _credentials_problem(job.spec, options)):
         print(f"nbp run: {problem}", file=sys.stderr)
         return EXIT_INVALID
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -400,18 +335,7 @@ def _run(args: argparse.Namespace) -> int:
         # the whole foreground process group) does not reach: the run needs it to the end.
         with prefect_api():
             state: State[Any] = cast("State[Any]", asyncio.run(nbp_run(
-                spec=args.spec, target=args.target, emulate=args.emulate, force=args.force,
-                max_usd=args.max_usd, shard=args.shard, chunk_size=args.chunk_size,
-                emulator_latency_s=args.emulator_latency, shared_limits=args.shared_limits,
-                retry_uncertain=args.retry_uncertain, run_id=args.run_id,
-                allow_paths=list(policy.allow_paths) or None, max_cells=args.max_cells,
-                patience_s=args.patience, own_accounts=args.own_accounts,
-                batch_wait_s=args.batch_wait, spec_source=getattr(args, "spec_source", None),
-                succeed_with_failures=args.succeed_with_failures,
-                allow_private_hosts=policy.allow_private_hosts, dataset=policy.dataset,
-                redo_rejected=args.redo_rejected, archive_stale=args.archive_stale,
-                return_state=True,
-            )))
+                **flow_parameters(vars(args)), return_state=True)))
     except TerminationSignal:  # SIGTERM before the run started or after it ended
         print("nbp: stopped by SIGTERM", file=sys.stderr)
         return 143
@@ -430,38 +354,32 @@ def _run(args: argparse.Namespace) -> int:
     return int(result["exit_code"])
 
 
-def _credentials_problem(spec: Any, args: argparse.Namespace) -> str | None:
-    """Missing API keys, found before Prefect starts: every variable the run's channels need
-    that the environment lacks, except those a Secret block provides (checked in the flow,
-    which needs Prefect's API, before any create)."""
-    from flows.engine.job import RunOptions, missing_message, run_channels
+def _credentials_problem(spec: Any, options: Any) -> str | None:
+    """Missing API keys, found before Prefect starts: every variable the run's channels
+    (`options`: the engine's `RunOptions`) need that the environment lacks, except those a
+    Secret block provides (checked in the flow, which needs Prefect's API, before any
+    create)."""
+    from flows.engine.job import missing_message, run_channels
     from flows.spec.channels import missing_credentials
 
-    options = RunOptions(spec=args.spec, shard=args.shard, own_accounts=args.own_accounts)
     missing = missing_credentials(run_channels(spec, options), os.environ)
     unblocked = {var: keys for var, keys in missing.items() if var not in spec.credentials}
     return missing_message(unblocked) if unblocked else None
 
 
-def _own_accounts_problem(spec: Any, args: argparse.Namespace) -> str | None:
-    """Why --own-accounts cannot be used as given, or None."""
+def _own_accounts_problem(spec: Any, shard: Any, args: argparse.Namespace) -> str | None:
+    """Why --own-accounts cannot be used as given (`shard`: --shard's value), or None."""
     from flows.spec.channels import channels, split_for_shard
 
-    if not args.shard:
+    if shard is None:
         return "needs --shard i/n (the shard that owns some of the accounts)"
     if args.shared_limits:
         return "shards that own their accounts share none: drop --shared-limits"
     found = channels(spec)
-    if not split_for_shard(found, args.shard):
-        return (f"shard {args.shard} would own none of the job's {len(found)} channel(s) "
+    if not split_for_shard(found, shard):
+        return (f"shard {shard} would own none of the job's {len(found)} channel(s) "
                 f"({', '.join(c.key for c in found)}): run at most {len(found)} shards")
     return None
-
-
-def _check_shard(shard: str) -> None:
-    index, sep, count = shard.partition("/")
-    if not sep or not index.isdigit() or not count.isdigit() or int(index) >= int(count):
-        raise ValueError(f"{shard!r} is not of the form i/n with 0 <= i < n, e.g. 0/4")
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
@@ -585,9 +503,9 @@ def cmd_review(args: argparse.Namespace) -> int:
     store, under the target's manifest lease (a run ending meanwhile merges into it)."""
     import uuid
 
-    from flows.engine.job import MANIFEST_LOCK
     from flows.engine.lease import Heartbeat, Lease, LeaseTimeout
     from outputs import review
+    from outputs.layout import MANIFEST_LOCK
     from outputs.manifest import ManifestInvalid, read_manifest, write_manifest
     from outputs.sink import Sink
 

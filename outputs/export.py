@@ -50,6 +50,7 @@ from urllib.parse import quote, urlsplit
 import fsspec.core
 import polars as pl
 
+from outputs.layout import in_state
 from outputs.manifest import MANIFEST_NAME, ManifestInvalid, conform
 from outputs.sink import Sink, check_relative
 
@@ -66,7 +67,6 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _FORMULA = "^[=+\\-@\t\r]"
 # What nbp itself keeps in a target: an export never overwrites it.
 _TARGET_FILES = (MANIFEST_NAME, "index.html")
-_TARGET_STATE = ".nbp/"
 
 
 class ExportInputError(ValueError):
@@ -279,7 +279,7 @@ def export_location(out: str, fmt: str, *, target: Sink) -> tuple[Sink, str]:
         raise ExportInputError(f"--out {out}: not a place for the export: {exc}") from exc
     base = target.uri(MANIFEST_NAME)[: -len(MANIFEST_NAME)]
     inside = where[len(base):].lower() if where.startswith(base) else None
-    if inside is not None and (inside in _TARGET_FILES or inside.startswith(_TARGET_STATE)):
+    if inside is not None and (inside in _TARGET_FILES or in_state(inside)):
         raise ExportInputError(f"--out {out} is the target's own {inside}; write the export "
                                "beside the target, not over what nbp keeps in it")
     return sink, name

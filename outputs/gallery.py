@@ -58,6 +58,7 @@ from urllib.parse import quote
 import polars as pl
 
 from outputs.html import content_security_policy, policy_meta
+from outputs.layout import HISTORY_DIR
 from outputs.manifest import conform, conform_lazy
 from outputs.sink import Sink
 from outputs.status import Summary, summarise
@@ -83,9 +84,6 @@ AXIS_COLUMNS = {
     "run": "run_id", "status": "status",
 }  # fmt: skip
 FAILED_ONLY = "failed-only"  # the switch's name, and its key in the URL fragment
-# Where a refresh keeps a superseded image: flows.engine.refresh.HISTORY_DIR (outputs never
-# imports flows; tests/outputs/test_gallery.py checks that the two agree).
-HISTORY_DIR = ".nbp/history"
 REVIEWED = ("approved", "rejected")  # outputs.review.VERDICTS: the badges the page draws
 
 Row = Mapping[str, Any]

@@ -45,9 +45,9 @@ from typing import Any, Literal, TypeVar, cast, get_args
 import polars as pl
 
 from outputs import fields as check
-from outputs.sink import TEMP_MARKER, Sink
+from outputs.layout import REVIEWS_DIR, TEMP_MARKER
+from outputs.sink import Sink
 
-REVIEWS_DIR = ".nbp/reviews"
 REVIEW_VERSION = 1
 Verdict = Literal["approved", "rejected"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)

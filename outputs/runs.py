@@ -34,9 +34,9 @@ from importlib import metadata
 from typing import Any
 
 from outputs import fields as check
+from outputs.layout import RUNS_DIR
 from outputs.sink import Sink
 
-RUNS_DIR = ".nbp/runs"
 VERSIONED = ("nbp", "prefect")
 # The spec loader's limit on a spec (flows.spec.inputs.InputPolicy.max_spec_bytes; outputs
 # never imports flows, tests/outputs/test_runs.py checks that the two agree).

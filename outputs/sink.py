@@ -31,7 +31,7 @@ from typing import Any
 import fsspec.core
 from fsspec.implementations.local import LocalFileSystem
 
-TEMP_MARKER = ".nbp-tmp-"  # in every temp file name; never ends in a real extension
+from outputs.layout import TEMP_MARKER, in_state
 
 
 class Sink:
@@ -166,7 +166,7 @@ class Sink:
         except FileNotFoundError:
             return set()
         relative = (str(self.fs._strip_protocol(p))[len(root) + 1:] for p in found)
-        return {rel for rel in relative if rel and not rel.startswith(".nbp/")
+        return {rel for rel in relative if rel and not in_state(rel)
                 and TEMP_MARKER not in rel}
 
     def list_json(self, rel_dir: str) -> list[Any]:

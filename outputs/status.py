@@ -12,6 +12,7 @@ from typing import Any
 
 import polars as pl
 
+from outputs.layout import HISTORY_DIR
 from outputs.manifest import STATUSES, conform_lazy, is_key_column
 
 MAX_FAILURE_GROUPS = 10
@@ -239,7 +240,7 @@ def render_status(summary: Summary) -> str:
         lines.append(products)
     if summary.superseded or summary.stale:
         lines.append(f"refreshed: {summary.superseded} superseded (their images kept under "
-                     f".nbp/history/), {summary.stale} stale (no longer in the spec; kept)")
+                     f"{HISTORY_DIR}/), {summary.stale} stale (no longer in the spec; kept)")
     if summary.emulated:
         lines.append(f"emulated: {summary.emulated} cell(s) ran against the local emulators "
                      "(placeholder images; nothing was paid, spend is what it would cost)")

@@ -25,7 +25,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows.engine.job import RunOptions, run_job, select_shard
+from flows.engine.job import RunHooks, RunOptions, run_job, select_shard
+from flows.orchestration.emulation import serve_emulators
 from flows.orchestration.shared_limits import (
     TOKEN_TTL_S,
     TRANSIT_GRACE_S,
@@ -35,6 +36,7 @@ from flows.orchestration.shared_limits import (
 from flows.spec.cells import expand
 from flows.spec.loader import load_spec
 from flows.spec.rate import Rate
+from flows.spec.shard import Shard
 from providers.emulator.core import FaultConfig
 from providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
 from providers.model import pixel_size
@@ -147,7 +149,7 @@ def test_prefect_yaml_deploys_and_runs_on_a_process_worker(tmp_path: Path) -> No
         deployments, limits = asyncio.run(read_server(api_url))
 
     check_images(demo, 18)
-    shard = select_shard(list(expand(load_spec(str(ROOT / "specs/catalog.yaml")))), "1/2")
+    shard = select_shard(list(expand(load_spec(str(ROOT / "specs/catalog.yaml")))), Shard(1, 2))
     frame = check_images(catalog, len(shard))
     assert set(frame["cell_id"]) == {cell.cell_id for cell in shard}
     assert set(frame["provider"]) == {"kie"} and len(hub["kie"].creates) == len(shard)
@@ -291,8 +293,8 @@ def test_shards_finishing_at_once_leave_one_complete_manifest(tmp_path: Path) ->
 
     async def shards() -> list[Any]:
         return list(await asyncio.gather(*(
-            run_job(RunOptions(spec=str(spec), emulate=True, shard=f"{i}/3",
-                               emulator_latency_s=0.05))
+            run_job(RunOptions(spec=str(spec), emulate=True, shard=Shard(i, 3),
+                               emulator_latency_s=0.05), hooks=RunHooks(emulation=serve_emulators))
             for i in range(3)
         )))
 

@@ -3,7 +3,8 @@ the ones inside functions, and fails on any against the direction.
 
     flows.cli, flows.display          on top: may import anything below
     flows.orchestration               Prefect; may import engine, spec, providers, outputs
-    flows.engine                      plain asyncio; never Prefect, orchestration or the CLI
+    flows.engine                      plain asyncio; never Prefect, orchestration, the CLI or
+                                      the emulators (they reach it as a hook: RunHooks.emulation)
     flows.spec                        pure: no Prefect, HTTP client, asyncio or engine
     providers, outputs                never flows; an emulator never imports an adapter
 """
@@ -25,7 +26,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "flows.orchestration", "flows.cli", "flows.display", "providers.adapter",
         "providers.http", "providers.emulator",
     ),
-    "flows.engine": ("prefect", "flows.orchestration", "flows.cli", "flows.display"),
+    "flows.engine": ("prefect", "flows.orchestration", "flows.cli", "flows.display",
+                     "providers.emulator"),
     "flows.orchestration": ("flows.cli", "flows.display"),
     "providers": ("flows", "prefect"),
     "outputs": ("flows", "providers", "prefect"),
@@ -92,12 +94,19 @@ def test_imports_follow_the_layers(module: str, path: Path) -> None:
 
 def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
     """A test that cannot fail is a defect: a hidden Prefect import in the engine is caught,
-    and so is an emulator importing the adapter it emulates."""
+    so is the engine reaching for the emulators, and an emulator importing the adapter it
+    emulates."""
     engine = tmp_path / "job.py"
     engine.write_text("def f():\n    from prefect.blocks.system import Secret\n    return Secret\n")
     assert _violations("flows.engine.job", engine)[0] == (
         "job.py:2: flows.engine.job imports prefect.blocks.system"
     )
+    emulating = tmp_path / "emulating.py"
+    emulating.write_text("async def serve():\n    from providers.emulator import hub\n")
+    assert _violations("flows.engine.job", emulating) == [
+        "emulating.py:2: flows.engine.job imports providers.emulator",
+        "emulating.py:2: flows.engine.job imports providers.emulator.hub",
+    ]
     emulator = tmp_path / "kie.py"
     emulator.write_text("from providers import kie\n")
     assert _violations("providers.emulator.kie", emulator) == [

@@ -31,6 +31,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -69,7 +70,9 @@ from flows.spec.model import Cell, CellSource, GallerySpec, JobSpec
 from flows.spec.plan import DEFAULT_LATENCY_S
 from flows.spec.rate import Rate
 from flows.spec.settings import ProviderRules, provider_rules
+from flows.spec.shard import Shard
 from outputs.gallery import write_gallery
+from outputs.layout import MANIFEST_LOCK, TARGET_KIND
 from outputs.manifest import MANIFEST_NAME, rows_to_frame
 from outputs.parts import ManifestParts, merge_parts
 from outputs.review import decisions, review_frame, with_reviews
@@ -82,14 +85,18 @@ from providers.base import Provider
 log = logging.getLogger("nbp.job")
 
 DEFAULT_CHUNK_SIZE = 200
-MANIFEST_LOCK = ".nbp/locks/manifest"
-EMULATED_TASKS = ".nbp/emulated/tasks.json"  # what `--emulate`'s emulators knew (JSON)
 COPY_BLOCK = 1 << 20  # the merged manifest goes to the target a block at a time
 
 # A chunk's rows as a frame: returned per row, Prefect would track every row of every task
 # run in its flow-run context (one entry each, never dropped: ~200 bytes a cell).
 ChunkRunner = Callable[[Runner, int, Sequence[Cell], int], Awaitable[pl.DataFrame]]
 CredentialSource = Callable[[JobSpec], Awaitable[Mapping[str, str]]]
+# Serves stand-ins for the spec's providers while the run lasts (`--emulate`), given the spec,
+# the run's channels and the seconds a task takes (None: the stand-ins' default); yields the
+# environment that points the real clients at them (base URLs, a key for every channel).
+Emulation = Callable[
+    [JobSpec, Sequence[Channel], float | None], AbstractAsyncContextManager[Mapping[str, str]]
+]
 LimiterFactory = Callable[[Rate, Provider], SlidingWindowLimiter]
 
 
@@ -117,23 +124,24 @@ class RunHooks:
     credentials: CredentialSource | None = None   # values of env vars the environment lacks
     rate_limiter: LimiterFactory = local_limiter
     interrupt: Interrupt | None = None            # stop requests (Ctrl-C, SIGTERM)
+    emulation: Emulation | None = None            # what serves the emulators under `emulate`
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What `nbp run` and the `nbp-run` flow take besides the spec."""
+    """One run's settings as the engine takes them; `nbp run` and the `nbp-run` flow make
+    them of the declared run options (`flows.orchestration.run_options.engine_options`)."""
 
     spec: str
     target: str | None = None
     emulate: bool = False
     force: bool = False
     max_usd: float | None = None
-    shard: str | None = None            # "i/n": this run takes the cells with hash % n == i
+    shard: Shard | None = None          # this run takes the cells with hash % n == i
     chunk_size: int = DEFAULT_CHUNK_SIZE
     emulator_latency_s: float | None = None
     retry_uncertain: bool = False       # create again cells whose create may have happened
-    allow_paths: tuple[str, ...] = ()   # folders besides the spec's that inputs may come from
-    max_cells: int | None = None        # None: InputPolicy's default (or NBP_MAX_CELLS)
+    inputs: InputPolicy | None = None   # what the spec may read; None: InputPolicy.from_environ
     # This run of the job: shards started as one run pass the same id and share max_usd.
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     # This process on the target (claims, cancel hooks): the flow run id under Prefect.
@@ -144,22 +152,8 @@ class RunOptions:
     batch_wait_s: float = DEFAULT_WAIT_S  # how long to wait for batches before leaving them
     spec_source: str | None = None      # what the run's record names as the spec's source
     failures_ok: bool = False           # a run with failed cells still succeeds (exit 0)
-    allow_private_hosts: bool = False   # references and datasets on private hosts are fine
-    dataset: str | None = None          # read in place of the spec's dataset.path
     redo_rejected: bool = False         # make the rejected images again (new seed, same path)
     archive_stale: bool = False         # move the images of stale cells to history
-
-    def input_policy(self) -> InputPolicy:
-        changes: dict[str, Any] = {}
-        if self.allow_paths:
-            changes["allow_paths"] = tuple(os.path.abspath(p) for p in self.allow_paths)
-        if self.max_cells is not None:
-            changes["max_cells"] = self.max_cells
-        if self.allow_private_hosts:
-            changes["allow_private_hosts"] = True
-        if self.dataset:
-            changes["dataset"] = self.dataset
-        return InputPolicy.from_environ(**changes)
 
 
 EXIT_PENDING = 75  # sysexits' EX_TEMPFAIL: only tasks to collect are left, run again later
@@ -231,7 +225,7 @@ async def run_job(
     progress: Progress | None = None,
 ) -> RunResult:
     """Run a job to the end and write its manifest and gallery."""
-    job = load_job(options.spec, policy=options.input_policy())
+    job = load_job(options.spec, policy=options.inputs)
     spec = job.spec
     if options.target:
         spec = replace(spec, output=replace(spec.output, target=options.target))
@@ -254,11 +248,14 @@ async def run_job(
     record = RunRecord.start(run_id=options.run_id, job=spec.name,
                              spec_source=options.spec_source or spec.source,
                              spec_text=spec.text, flow_run_id=options.flow_run_id,
-                             shard=options.shard, spec_folder=spec.base_dir,
+                             shard=str(options.shard) if options.shard else None,
+                             spec_folder=spec.base_dir,
                              emulated=options.emulate,
-                             dataset=spec.dataset.path if options.dataset and spec.dataset
+                             dataset=spec.dataset.path
+                             if options.inputs and options.inputs.dataset and spec.dataset
                              else "")
-    async with open_providers(spec, options, hooks.credentials, used) as (providers, emulated), \
+    async with open_providers(spec, options, hooks.credentials, used,
+                              hooks.emulation) as (providers, emulated), \
             Heartbeat(Sink(spec.output.target, spec.output.storage_options),
                       options.holder) as heartbeat:
         sink = heartbeat.sink
@@ -365,9 +362,6 @@ def _effective_cells(sink: Sink, cells: CellSource, *, redo_rejected: bool) -> E
             redos.update({redo.cell_id: redo for redo in made})
             log.info("redoing %d rejected image(s) with a new seed", len(made))
     return Effective(cells, redos)
-
-
-TARGET_KIND = ".nbp/target.json"  # {"emulated": bool}: what kind of cells the target holds
 
 
 def claim_target_kind(sink: Sink, *, emulated: bool) -> None:
@@ -535,40 +529,35 @@ def _cells_at_once(runner: Runner) -> int:
 
 
 def select_shard(
-    cells: CellSource, shard: str | None,
+    cells: CellSource, shard: Shard | None,
     owners: Callable[[int], Callable[[Cell], Sequence[int]]] | None = None,
 ) -> CellSource:
     """Cells of shard "i/n" (by cell-id hash, so shards are stable across runs), filtered as
     they are read. `owners(n)`: which of n shards can run a cell (own_accounts), one of
     which takes it by the same hash."""
-    if not shard:
+    if shard is None:
         return cells
-    index, _, count = shard.partition("/")
-    i, n = int(index), int(count)
-    if not 0 <= i < n:
-        raise ValueError(f"shard {shard!r} must be i/n with 0 <= i < n")
-    return Shard(cells, i, n, owners(n) if owners else None)
+    return ShardCells(cells, shard, owners(shard.count) if owners else None)
 
 
-class Shard:
-    """The cells of shard `index` of `count`, filtered on every pass; `len()` costs one pass
-    the first time."""
+class ShardCells:
+    """The cells of `shard`, filtered on every pass; `len()` costs one pass the first time."""
 
     def __init__(
-        self, cells: CellSource, index: int, count: int,
+        self, cells: CellSource, shard: Shard,
         owners: Callable[[Cell], Sequence[int]] | None = None,
     ) -> None:
-        self.cells, self.index, self.count, self.owners = cells, index, count, owners
+        self.cells, self.shard, self.owners = cells, shard, owners
         self._len: int | None = None
 
     def __iter__(self) -> Iterator[Cell]:
-        return (c for c in self.cells if self._owner(c) == self.index)
+        return (c for c in self.cells if self._owner(c) == self.shard.index)
 
     def _owner(self, cell: Cell) -> int:
         found = self.owners(cell) if self.owners else None
         spread = product_hash(cell)
         if not found:
-            return spread % self.count
+            return spread % self.shard.count
         return found[spread % len(found)]
 
     def __len__(self) -> int:
@@ -621,27 +610,24 @@ def _cell_price(rule: ProviderRules) -> Callable[[Cell], float]:
 @contextlib.asynccontextmanager
 async def open_providers(
     spec: JobSpec, options: RunOptions, credentials: CredentialSource | None = None,
-    used: Sequence[Channel] | None = None,
+    used: Sequence[Channel] | None = None, emulation: Emulation | None = None,
 ) -> AsyncIterator[tuple[dict[str, Provider], bool]]:
     """An adapter for every channel (`used`, else all of the spec's) by channel key, and
-    whether they are emulated: under `emulate`, pointed at in-process emulators (same
-    clients, loopback HTTP; each extra account a key of its own there)."""
+    whether they are emulated: under `emulate`, pointed at the emulators `emulation` serves
+    (same clients, loopback HTTP; each extra account a key of its own there)."""
     used = channels(spec) if used is None else used
-    hub = None
+    serving = contextlib.AsyncExitStack()  # the emulators, while the adapters use them
     environ: Mapping[str, str] = os.environ
     if options.emulate:
-        from providers.emulator.hub import DEFAULT_LATENCY_S, EmulatorHub
-
-        latency = options.emulator_latency_s
-        hub = EmulatorHub(list(spec.providers), latency_s=latency or DEFAULT_LATENCY_S)
-        emulated = Sink(spec.output.target, spec.output.storage_options)
-        await asyncio.to_thread(_remember_emulated_tasks, hub, emulated)
-        await asyncio.to_thread(hub.serve_in_thread)
-        environ = {**os.environ, **hub.environ(), **hub.accounts_environ(
-            [(c.provider, c.variables) for c in used if not c.documented])}
+        if emulation is None:
+            raise RunConfigurationError("an emulated run needs the emulators: pass "
+                                        "RunHooks(emulation=...) (nbp run --emulate does)")
+        served = emulation(spec, used, options.emulator_latency_s)
+        environ = {**os.environ, **await serving.enter_async_context(served)}
     elif credentials is not None:  # Secret blocks first: before anything is sent
         environ = {**os.environ, **await credentials(spec)}
     if missing := missing_credentials(used, environ):
+        await serving.aclose()
         raise RunConfigurationError(missing_message(missing))
     providers: dict[str, Provider] = {}
     try:
@@ -651,32 +637,15 @@ async def open_providers(
             own_url = registry.facts(name).base_url_variable in environ  # the user's choice
             base_url = None if options.emulate or own_url else spec.base_urls.get(name)
             adapter = cls(cls.settings_from_env(channel.environ(environ), base_url=base_url))
-            rules = provider_rules(spec, name, adapter.capabilities, emulated=hub is not None)
+            rules = provider_rules(spec, name, adapter.capabilities, emulated=options.emulate)
             providers[channel.key] = channel_for(
                 adapter, label=f"nbp-{spec.name}-{options.holder[:8]}",
                 wait_s=options.batch_wait_s, poll_interval_s=rules.poll_interval_s)
-        yield providers, hub is not None
+        yield providers, options.emulate
     finally:
         for provider in providers.values():
             await provider.aclose()
-        if hub is not None:
-            await asyncio.to_thread(hub.stop)
-            with contextlib.suppress(OSError):  # the next emulated run collects its tasks
-                await asyncio.to_thread(emulated.put_json, EMULATED_TASKS, hub.export_tasks())
-
-
-def _remember_emulated_tasks(hub: Any, sink: Sink) -> None:
-    """The tasks earlier emulated runs on this target left at the emulators: a real provider
-    keeps a task when its client stops, so a task an interrupted run left is collected by
-    the next one. The file is the target's, so it is read as input (bad entries skipped)."""
-    try:
-        taken = hub.import_tasks(sink.get_json(EMULATED_TASKS))
-    except (OSError, ValueError):
-        log.warning("%s could not be read; the emulators start without earlier tasks",
-                    EMULATED_TASKS)
-        return
-    if taken:
-        log.info("the emulators remember %d task(s) of earlier emulated runs", taken)
+        await serving.aclose()
 
 
 def missing_message(missing: Mapping[str, Sequence[str]]) -> str:

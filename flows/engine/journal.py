@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
+from outputs.layout import JOURNAL_DIR
 from outputs.manifest import ManifestRow
 from providers.base import Submitted
 
-JOURNAL_DIR = ".nbp/cells"
 # 2: intents (a random id and key per create, journalled before it leaves), `unsent` and
 # `reserved`, a cancel recorded only on the provider's word, uncertain spend settled.
 JOURNAL_VERSION = 2
@@ -83,7 +83,7 @@ class JournalEntry:
     @classmethod
     def unreadable(cls, cell_id: str, why: str) -> JournalEntry:
         return cls(cell_id, "unreadable", run_id="", provider="",
-                   reason=f"journal entry .nbp/cells/{cell_id}.json is unreadable ({why})")
+                   reason=f"journal entry {JOURNAL_DIR}/{cell_id}.json is unreadable ({why})")
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -29,9 +29,9 @@ import socket
 import time
 from types import TracebackType
 
+from outputs.layout import HOLDERS_DIR
 from outputs.sink import Sink
 
-HOLDERS_DIR = ".nbp/holders"
 BEAT_EVERY_S = 15.0
 STALE_AFTER_S = 60.0      # four missed beats: the holder is gone
 LOCK_WAIT_S = 120.0       # how long a short critical section may wait for another holder

@@ -25,11 +25,9 @@ from typing import Any
 
 from flows.engine.lease import Heartbeat, Lease
 from flows.engine.policy import RunConfigurationError
+from outputs.layout import LEDGER, LEDGER_LOCK, SPEND_DIR
 from outputs.sink import Sink
 
-LEDGER = ".nbp/budget.json"
-LEDGER_LOCK = ".nbp/locks/budget"
-SPEND_DIR = ".nbp/spend"
 LEDGER_VERSION = 2
 MAX_ENTRIES = 1_000_000      # open holds or runs a ledger may list: more is not a ledger
 REPAIR = ("restore it from a backup, or delete it to count the target's spend from zero "

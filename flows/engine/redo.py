@@ -22,11 +22,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from flows.spec.model import Cell, CellSource
+from outputs.layout import REDO_DIR
 from outputs.sink import Sink
 
 log = logging.getLogger("nbp.redo")
 
-REDO_DIR = ".nbp/redo"
 MAX_SEED = 2**31 - 1  # what every provider that takes a seed accepts
 
 

@@ -27,10 +27,9 @@ import polars as pl
 
 from flows.engine.policy import OutputTaken, RunConfigurationError
 from flows.spec.model import Cell
+from outputs.layout import HISTORY_DIR
 from outputs.manifest import ManifestInvalid, read_manifest
 from outputs.sink import Sink
-
-HISTORY_DIR = ".nbp/history"
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ from flows.engine.throttle import AccountThrottle
 from flows.engine.verify import verify_image
 from flows.spec.model import Cell, JobSpec
 from flows.spec.settings import ProviderRules
+from outputs.layout import CLAIMS_DIR
 from outputs.manifest import ManifestRow
 from outputs.sink import Sink
 from providers.base import Finished, ImageRequest, Pending, Provider, Reference, Submitted
@@ -68,7 +69,6 @@ from providers.model import pixel_size
 
 log = logging.getLogger("nbp.runner")
 
-CLAIMS_DIR = ".nbp/claims"
 T = TypeVar("T")
 
 

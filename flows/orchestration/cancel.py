@@ -14,11 +14,12 @@ import contextlib
 from dataclasses import replace
 
 from flows.engine.budget import Budget
-from flows.engine.job import RunOptions, open_providers
+from flows.engine.job import open_providers
 from flows.engine.journal import Journal
 from flows.engine.lease import Heartbeat
 from flows.engine.ledger import Ledger
 from flows.engine.lifecycle import CellLife
+from flows.orchestration.run_options import engine_options
 from flows.orchestration.secrets import secret_blocks
 from flows.spec.loader import load_spec
 from outputs.sink import Sink
@@ -38,7 +39,7 @@ async def cancel_submitted(spec_path: str, target: str | None, holder: str) -> i
         return 0
     budget = Budget(ledger=Ledger(sink, Heartbeat(sink, holder)))  # settles holds, caps none
     cancelled = 0
-    options = RunOptions(spec=spec_path)
+    options = engine_options({"spec": spec_path, "target": target}, holder=holder)
     async with open_providers(spec, options, secret_blocks) as (providers, _):
         for entry in running:
             provider = providers.get(entry.channel_key)

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 import polars as pl
@@ -39,15 +38,15 @@ from flows.engine.job import (
     DEFAULT_CHUNK_SIZE,
     LimiterFactory,
     RunHooks,
-    RunOptions,
     RunResult,
     local_limiter,
     run_chunk_rows,
     run_job,
 )
-from flows.engine.policy import DEFAULT_RETRY, RetryPolicy
 from flows.engine.progress import Progress
 from flows.engine.runner import Runner
+from flows.orchestration.emulation import serve_emulators
+from flows.orchestration.run_options import OPTIONS, engine_options
 from flows.orchestration.secrets import secret_blocks
 from flows.orchestration.shared_limits import shared_limiter
 from flows.spec.model import Cell
@@ -172,23 +171,14 @@ def build_flow(
         ends Failed when cells failed, were uncertain or not sent (unless
         `succeed_with_failures`), Completed named "N pending" when only tasks to collect are
         left (a running Google batch), Cancelled when a stop request ended it."""
+        # The parameters as called: read before any other local name is bound.
+        given = {name: value for name, value in locals().items() if name in OPTIONS}
         logger = get_run_logger()
         this_run = str(runtime_flow_run.id)
-        options = RunOptions(
-            spec=spec, target=target, emulate=emulate, force=force, max_usd=max_usd,
-            shard=shard, chunk_size=chunk_size, emulator_latency_s=emulator_latency_s,
-            retry_uncertain=retry_uncertain, run_id=run_id or this_run[:12], holder=this_run,
-            allow_paths=tuple(allow_paths or ()), max_cells=max_cells,
-            retry=RetryPolicy(patience_s=patience_s) if patience_s else DEFAULT_RETRY,
-            own_accounts=own_accounts, flow_run_id=this_run, spec_source=spec_source,
-            failures_ok=succeed_with_failures, allow_private_hosts=allow_private_hosts,
-            dataset=dataset, redo_rejected=redo_rejected, archive_stale=archive_stale,
-        )
-        if batch_wait_s is not None:
-            options = replace(options, batch_wait_s=batch_wait_s)
+        options = engine_options(given, holder=this_run, flow_run_id=this_run)
         limiter: LimiterFactory = shared_limiter if shared_limits else local_limiter
         hooks = RunHooks(chunk_runner=_chunk_as_task, credentials=secret_blocks,
-                         rate_limiter=limiter, interrupt=interrupt)
+                         rate_limiter=limiter, interrupt=interrupt, emulation=serve_emulators)
         progress = Progress(listeners=list(watchers))
         for watcher in watchers:  # the live line from the start (and what a stop waits for)
             watcher(progress)

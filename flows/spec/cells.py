@@ -64,6 +64,7 @@ from flows.spec.model import NO_KEY, Cell, JobSpec, MatrixSpec, SkippedRows
 from flows.spec.records import MAX_LISTED, dataset_lines, file_name, places
 from flows.spec.templating import MissingVariable, Template, TemplateError
 from flows.spec.yamlpos import JsonPath
+from outputs.layout import STATE_DIR, TEMP_MARKER
 from outputs.paths import check_output_path, encode_segment, template_text_problem
 
 ID_CHARS = 16
@@ -73,10 +74,8 @@ TEMPLATE_BUILTINS = ("name", "aspect_ratio", "resolution", "replicate", "format"
 RESERVED_NAMES = frozenset({"name", "replicate", "format", "ext", "cell_id"})
 MAX_MISSING_FILES = 10  # and as many refused references: the rest are counted
 # nbp's own files in a target (outputs.manifest.MANIFEST_NAME, outputs.gallery.GALLERY_NAME,
-# the state folder, outputs.sink.TEMP_MARKER): an image written there would destroy them
+# outputs.layout.STATE_DIR and TEMP_MARKER): an image written there would destroy them
 OWN_FILES = ("manifest.parquet", "index.html")
-STATE_DIR = ".nbp"
-TEMP_MARKER = ".nbp-tmp-"
 # include/exclude entries x combinations, per allowed cell: matching costs about what a cell
 # costs to expand, so a matrix that would take longer than max_cells cells is refused too
 MATRIX_CHECKS_PER_CELL = 50

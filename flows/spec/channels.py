@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from flows.spec.credentials import allowed, owner, provider_variables
 from flows.spec.model import Account, Cell, JobSpec
+from flows.spec.shard import Shard
 from providers import registry
 from providers.base import Capabilities
 
@@ -115,12 +116,10 @@ def documented_label(provider: str) -> str:
     return _primary_variable(caps) or provider
 
 
-def split_for_shard(found: Sequence[Channel], shard: str) -> tuple[Channel, ...]:
+def split_for_shard(found: Sequence[Channel], shard: Shard) -> tuple[Channel, ...]:
     """The channels shard "i/n" owns when shards split the accounts: every n-th from the
     i-th, so each channel belongs to exactly one shard (the same on every machine)."""
-    index, _, count = shard.partition("/")
-    i, n = int(index), int(count)
-    return tuple(found[i::n])
+    return shard.every_nth(found)
 
 
 def shard_owners(spec: JobSpec, count: int) -> Callable[[Cell], Sequence[int]]:

@@ -10,11 +10,12 @@ import pytest
 import yaml
 
 from flows.engine.budget import Budget
-from flows.engine.job import RunOptions, make_throttles, run_job
+from flows.engine.job import RunHooks, RunOptions, make_throttles, run_job
 from flows.engine.journal import Journal
 from flows.engine.progress import Progress
 from flows.engine.routing import Router
 from flows.engine.runner import RunContext, Runner
+from flows.orchestration.emulation import serve_emulators
 from flows.spec.loader import parse_job
 from flows.spec.plan import make_plan
 from flows.spec.settings import provider_rules
@@ -93,11 +94,12 @@ def test_a_budget_of_exactly_the_planned_cost_pays_for_the_cell(tmp_path: Path) 
     path.write_text(yaml.safe_dump(spec))
     job = parse_job(path.read_text(), base_dir=str(tmp_path))
     planned = make_plan(job.spec, job.cells).estimated_cost_usd
+    emulated = RunHooks(emulation=serve_emulators)
     short = asyncio.run(run_job(RunOptions(spec=str(path), emulate=True, max_usd=planned - 1e-6,
-                                           emulator_latency_s=0.05)))
+                                           emulator_latency_s=0.05), hooks=emulated))
     assert short.counts["skipped"] == 1 and short.spent_usd == 0
     paid = asyncio.run(run_job(RunOptions(spec=str(path), emulate=True, max_usd=planned,
-                                          emulator_latency_s=0.05)))
+                                          emulator_latency_s=0.05), hooks=emulated))
     assert paid.counts["succeeded"] == 1
     assert paid.spent_usd == pytest.approx(planned)
 

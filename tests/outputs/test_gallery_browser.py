@@ -27,7 +27,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows.engine.job import RunOptions, run_job
+from flows.engine.job import RunHooks, RunOptions, run_job
+from flows.orchestration.emulation import serve_emulators
 from outputs.gallery import FILTER_SCRIPT, GALLERY_NAME, PAGE_SCRIPT, render_gallery
 from providers.emulator.core import CONTENT_MARKER
 
@@ -75,7 +76,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
     }  # fmt: skip
     (root / "spec.yaml").write_text(yaml.safe_dump(spec))
     options = RunOptions(spec=str(root / "spec.yaml"), emulate=True, emulator_latency_s=0.2)
-    result = asyncio.run(run_job(options))
+    result = asyncio.run(run_job(options, hooks=RunHooks(emulation=serve_emulators)))
     assert result.counts["succeeded"] == 2 and result.counts["failed"] == 2
     target = Path(result.target)
     return Job(target, pl.read_parquet(target / "manifest.parquet"))
@@ -546,7 +547,8 @@ def refreshed(tmp_path_factory: pytest.TempPathFactory) -> Job:
         }  # fmt: skip
         (root / "spec.yaml").write_text(yaml.safe_dump(spec))
         options = RunOptions(spec=str(root / "spec.yaml"), emulate=True, emulator_latency_s=0.1)
-        assert asyncio.run(run_job(options)).counts["succeeded"] == 2
+        emulated = RunHooks(emulation=serve_emulators)
+        assert asyncio.run(run_job(options, hooks=emulated)).counts["succeeded"] == 2
     target = root / "out"
     return Job(target, pl.read_parquet(target / "manifest.parquet"))
 

@@ -12,7 +12,9 @@ from typing import Any
 
 import polars as pl
 
-from flows.engine.job import RunOptions, RunResult, run_job
+from flows.engine.job import RunHooks, RunOptions, RunResult, run_job
+from flows.orchestration.emulation import serve_emulators
+from flows.spec.shard import Shard
 from providers.emulator.hub import EmulatorHub
 
 
@@ -30,8 +32,11 @@ def serving(providers: Sequence[str], latency_s: float) -> Iterator[EmulatorHub]
             os.environ.update(saved)
 
 
-def run(spec: Path, **options: Any) -> RunResult:
-    return asyncio.run(run_job(RunOptions(spec=str(spec), **options)))
+def run(spec: Path, *, shard: str | None = None, **options: Any) -> RunResult:
+    """`spec` run to the end; `shard` as "i/n"."""
+    found = Shard.parse(shard) if shard else None
+    return asyncio.run(run_job(RunOptions(spec=str(spec), shard=found, **options),
+                               hooks=RunHooks(emulation=serve_emulators)))
 
 
 def manifest(tmp_path: Path) -> pl.DataFrame:

@@ -23,6 +23,7 @@ from flows.spec.cells import expand
 from flows.spec.channels import Channel
 from flows.spec.loader import parse_spec
 from flows.spec.model import Cell
+from flows.spec.shard import Shard
 from outputs.manifest import ManifestRow, rows_to_frame
 from outputs.parts import ManifestParts
 from outputs.sink import Sink
@@ -101,7 +102,7 @@ def test_a_failing_chunk_ends_the_run_with_its_error(tmp_path: Path) -> None:
 def test_a_shard_is_filtered_as_it_is_read() -> None:
     cells = cells_of(40)
     source = Counted(cells)
-    shard = select_shard(source, "1/3")
+    shard = select_shard(source, Shard(1, 3))
     assert source.taken == 0
     wanted = [c for c in cells if int(c.cell_id, 16) % 3 == 1]
     assert list(shard) == wanted and list(shard) == wanted  # re-iterable

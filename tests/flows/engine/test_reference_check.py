@@ -483,7 +483,7 @@ def test_a_run_never_pays_for_a_cell_whose_reference_does_not_answer(
         "limits": {"kie": {"poll_interval": 0.05}},
     }))
     with serving(["kie"], 0.1) as hub:
-        result = asyncio.run(run_job(RunOptions(spec=str(spec), allow_private_hosts=True)))
+        result = asyncio.run(run_job(RunOptions(spec=str(spec), inputs=ALLOWED)))
         assert [c.prompt for c in hub["kie"].creates] == ["the product A1"]
     assert result.counts["succeeded"] == 1 and result.counts["failed"] == 1
     assert "cannot be fetched: answers 404" in str(result.failures)
@@ -518,7 +518,7 @@ def test_a_new_photo_behind_an_unchanged_url_is_made_again_and_supersedes_the_ol
 
     with serving(["kie"], 0.1) as hub:
         def run() -> int:
-            options = RunOptions(spec=str(spec), allow_private_hosts=True)
+            options = RunOptions(spec=str(spec), inputs=ALLOWED)
             return asyncio.run(run_job(options)).exit_code
 
         assert run() == 0 and len(hub["kie"].creates) == 1  # no ETag: nothing to fold

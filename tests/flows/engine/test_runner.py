@@ -23,6 +23,7 @@ from flows.engine.job import RunHooks, RunOptions, RunResult, run_job
 from flows.engine.ledger import LedgerInvalid
 from flows.engine.policy import RetryPolicy, RunConfigurationError
 from flows.engine.progress import Progress
+from flows.orchestration.emulation import serve_emulators
 from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
 from providers.emulator.hub import EmulatorHub
 from providers.model import pixel_size
@@ -517,7 +518,8 @@ def test_an_emulated_run_stopped_midway_is_finished_by_the_next_emulated_run(
         try:
             return await run_job(RunOptions(spec=str(spec), emulate=True,
                                             emulator_latency_s=2.0),
-                                 hooks=RunHooks(interrupt=interrupt), progress=progress)
+                                 hooks=RunHooks(interrupt=interrupt, emulation=serve_emulators),
+                                 progress=progress)
         finally:
             watcher.cancel()
 

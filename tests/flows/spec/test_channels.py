@@ -9,6 +9,7 @@ import pytest
 
 from flows.spec.channels import channels, split_for_shard
 from flows.spec.loader import load_spec, validate_spec_file
+from flows.spec.shard import Shard
 
 HEAD = """\
 version: 1
@@ -56,7 +57,7 @@ def test_shards_can_split_the_channels(tmp_path: Path) -> None:
         accounts: {kie: [KIE_API_KEY, KIE_API_KEY_2, KIE_API_KEY_3]}
         """))
     found = channels(spec)
-    shards = [split_for_shard(found, f"{i}/2") for i in range(2)]
+    shards = [split_for_shard(found, Shard(i, 2)) for i in range(2)]
     assert [c.key for c in shards[0]] == ["kie", "kie:KIE_API_KEY_3"]
     assert [c.key for c in shards[1]] == ["kie:KIE_API_KEY_2", "apikley"]
 

@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from flows.cli import add_input_options, input_policy
+from flows.orchestration.run_options import INPUT_OPTIONS, add_flags, input_policy
 from flows.spec.inputs import (
     HostRefused,
     InputPolicy,
@@ -92,6 +92,6 @@ def test_address_problem(address: str, problem: str | None) -> None:
 
 def test_the_flag_reaches_the_policy() -> None:
     parser = argparse.ArgumentParser()
-    add_input_options(parser)
-    assert input_policy(parser.parse_args([])).allow_private_hosts is False
-    assert input_policy(parser.parse_args(["--allow-private-hosts"])).allow_private_hosts
+    add_flags(parser, INPUT_OPTIONS)
+    assert input_policy(vars(parser.parse_args([]))).allow_private_hosts is False
+    assert input_policy(vars(parser.parse_args(["--allow-private-hosts"]))).allow_private_hosts
