@@ -71,7 +71,6 @@ from flows.spec.plan import DEFAULT_LATENCY_S
 from flows.spec.rate import Rate
 from flows.spec.settings import ProviderRules, provider_rules
 from flows.spec.shard import Shard
-from outputs.gallery import write_gallery
 from outputs.layout import MANIFEST_LOCK, TARGET_KIND
 from outputs.manifest import MANIFEST_NAME, rows_to_frame
 from outputs.parts import ManifestParts, merge_parts
@@ -79,6 +78,7 @@ from outputs.review import decisions, review_frame, with_reviews
 from outputs.runs import RunRecord, merge_record
 from outputs.sink import Sink
 from outputs.status import summarise
+from outputs.steps import AFTER_WRITE, AfterWrite, Written, run_steps
 from providers import registry
 from providers.base import Provider
 
@@ -125,6 +125,8 @@ class RunHooks:
     rate_limiter: LimiterFactory = local_limiter
     interrupt: Interrupt | None = None            # stop requests (Ctrl-C, SIGTERM)
     emulation: Emulation | None = None            # what serves the emulators under `emulate`
+    # What is made from the manifest once it is written (`outputs.steps`): the gallery, ...
+    after_write: Sequence[AfterWrite] = AFTER_WRITE
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ class RunResult:
     run_id: str
     target: str
     manifest_uri: str
-    gallery_uri: str | None
+    gallery_uri: str | None             # `written["gallery"]`: what `nbp run` prints
     counts: dict[str, int]
     spent_usd: float
     stop_reason: str | None = None
@@ -177,6 +179,7 @@ class RunResult:
     waiting: int = 0                    # pending cells whose batch is still running
     emulated: bool = False              # the local emulators served it: nothing was paid
     products: str | None = None         # completeness per product (with a dataset key)
+    written: Mapping[str, str] = field(default_factory=dict)  # after-write step -> its URI
 
     @property
     def outcome(self) -> str:
@@ -215,6 +218,7 @@ class RunResult:
             "outcome": self.outcome, "interrupted_by": self.interrupted_by,
             "failures": list(self.failures), "waiting": self.waiting,
             "emulated": self.emulated, "products": self.products,
+            "written": dict(self.written),
         }
 
 
@@ -299,11 +303,11 @@ async def run_job(
                 {"key": c.key, "provider": c.provider, "account": c.account,
                  "model": ", ".join(sorted(ctx.asked.get(c.key, ()))
                                     or [ctx.models.get(c.provider, "")])} for c in used))
-            manifest_uri, gallery_uri = await write_outputs(
+            manifest_uri, written = await write_outputs(
                 heartbeat, parts, all_cells if options.shard else None, title=spec.name,
                 record=record.ended(counts, budget.spent_usd + budget.reserved_usd),
                 gallery=spec.output.gallery, state=ctx.target,
-                archive_stale=options.archive_stale,
+                archive_stale=options.archive_stale, steps=hooks.after_write,
             )
     if runner.busy:
         counts["busy"] = runner.busy  # another live run on the target holds these cells
@@ -317,9 +321,9 @@ async def run_job(
             counts["not_started"] = not_started  # the manifest keeps their earlier rows
         stop = f"stopped by {interrupt.signal_name}"
     return RunResult(
-        spec.name, options.run_id, spec.output.target, str(manifest_uri), str(gallery_uri),
-        counts, budget.spent_usd + budget.reserved_usd, stop, signum, failures,
-        options.failures_ok, waiting, options.emulate, products,
+        spec.name, options.run_id, spec.output.target, str(manifest_uri),
+        written.get("gallery"), counts, budget.spent_usd + budget.reserved_usd, stop, signum,
+        failures, options.failures_ok, waiting, options.emulate, products, written,
     )
 
 
@@ -449,12 +453,15 @@ async def write_outputs(
     heartbeat: Heartbeat, parts: ManifestParts, spec_order: Iterable[Cell] | None, *,
     title: str, record: RunRecord | None = None, gallery: GallerySpec | None = None,
     state: TargetState | None = None, archive_stale: bool = False,
-) -> tuple[str, str]:
-    """Merge this run's rows into `{target}/manifest.parquet` and redraw the gallery, under
-    the target's manifest lease: runs and shards that end together each merge into what the
-    one before them wrote, so no run's rows are lost. `spec_order`: sort the cells of the
-    spec in its order (shards finish in any order). The merge streams through local files
-    next to the parts (`outputs.parts.merge_parts`); the gallery reads only what it shows.
+    steps: Sequence[AfterWrite] = AFTER_WRITE,
+) -> tuple[str, dict[str, str]]:
+    """Merge this run's rows into `{target}/manifest.parquet`, then run the after-write
+    `steps` on it (the gallery, ...: `outputs.steps`), under the target's manifest lease:
+    runs and shards that end together each merge into what the one before them wrote, so no
+    run's rows are lost. Returns the manifest's URI and what each step wrote. `spec_order`:
+    sort the cells of the spec in its order (shards finish in any order). The merge streams
+    through local files next to the parts (`outputs.parts.merge_parts`); a step reads only
+    what it needs.
     `record`: the run's record (`outputs.runs`), merged with its other shards' likewise.
     `gallery`: the spec's `output.gallery` pivot (None: the default layout). `state`: the
     target as the run found it: this job's rows a new cell superseded, or that the spec no
@@ -462,7 +469,7 @@ async def write_outputs(
     images move to history."""
     sink = heartbeat.sink
 
-    def write() -> tuple[str, str]:
+    def write() -> tuple[str, dict[str, str]]:
         if record is not None:
             merge_record(sink, record)
         old = _local_manifest(sink, parts.folder)
@@ -484,8 +491,8 @@ async def write_outputs(
             blocks = iter(lambda: handle.read(COPY_BLOCK), b"")
             uri = sink.write_chunks(MANIFEST_NAME, blocks, overwrite=True)
         rows, columns = (gallery.rows, gallery.columns) if gallery else (None, None)
-        return uri, write_gallery(sink, pl.scan_parquet(merged), title=title, rows=rows,
-                                  columns=columns)
+        written = Written(sink, pl.scan_parquet(merged), title, rows, columns)
+        return uri, run_steps(steps, written)
 
     async with Lease(sink, MANIFEST_LOCK, heartbeat):
         return await asyncio.to_thread(write)

@@ -163,3 +163,58 @@ def test_a_chunk_never_splits_a_product() -> None:
     assert [len(k & later) for i, k in enumerate(keys) for later in keys[i + 1:]] == [0] * (
         len(keys) * (len(keys) - 1) // 2)
     assert sum(len(chunk) for chunk in chunks) == 10
+
+
+class Thumbnails:
+    """An output format nbp does not ship, as a user would add it: a 64 px WebP beside each
+    image the manifest says succeeded (`outputs.steps`)."""
+
+    name = "thumbnails"
+
+    def __call__(self, written: Any) -> str:
+        from io import BytesIO
+
+        from PIL import Image
+
+        done = written.manifest.filter(pl.col("status") == "succeeded")
+        for rel in done.select("output_path").collect().to_series():
+            with Image.open(BytesIO(written.sink.read_bytes(rel))) as image:
+                image.thumbnail((64, 64))
+                small = BytesIO()
+                image.save(small, "WEBP")
+            written.sink.write_bytes(f"thumbs/{Path(rel).stem}.webp", small.getvalue(),
+                                     overwrite=True)
+        uri: str = written.sink.uri("thumbs")
+        return uri
+
+
+def test_an_after_write_step_makes_a_new_format_from_the_written_manifest(
+    tmp_path: Path,
+) -> None:
+    """A run hands its merged manifest to each after-write step: thumbnails appear beside the
+    gallery without a change to the engine, the manifest, the gallery or `nbp compare`."""
+    from PIL import Image
+
+    from flows.engine.job import RunHooks, RunOptions, run_job
+    from outputs.steps import AFTER_WRITE
+    from tests.flows.engine.emulated import serving
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"""\
+version: 1
+name: thumbs
+provider: kie
+matrix: {{prompt: [a paper crane, a glass bird]}}
+output: {{target: "{tmp_path / 'out'}", path: "{{prompt}}.{{ext}}"}}
+limits: {{kie: {{poll_interval: 0.05}}}}
+""")
+    hooks = RunHooks(after_write=(*AFTER_WRITE, Thumbnails()))
+    with serving(["kie"], 0.05) as hub:
+        result = asyncio.run(run_job(RunOptions(spec=str(spec)), hooks=hooks))
+    assert result.exit_code == 0 and len(hub["kie"].creates) == 2
+    assert set(result.written) == {"gallery", "thumbnails"}
+    assert result.gallery_uri == result.written["gallery"]
+    thumbs = sorted((tmp_path / "out" / "thumbs").iterdir())
+    assert [t.suffix for t in thumbs] == [".webp", ".webp"]
+    with Image.open(thumbs[0]) as small:
+        assert small.format == "WEBP" and max(small.size) == 64
