@@ -487,9 +487,9 @@ def test_the_engine_draws_the_spec_pivot(styles: tuple[Sink, pl.DataFrame], tmp_
     parts.add(0, frame)
 
     async def write(gallery: GallerySpec | None) -> str:
-        _, uri = await write_outputs(Heartbeat(sink, "test"), parts, None, title="t",
-                                     gallery=gallery)
-        return Path(uri).read_text()
+        _, wrote = await write_outputs(Heartbeat(sink, "test"), parts, None, title="t",
+                                       gallery=gallery)
+        return Path(wrote["gallery"]).read_text()
 
     pivoted = Grid(asyncio.run(write(GallerySpec(("style",), ("provider",))))).table
     assert pivoted["corner"] == "style" and pivoted["columns"] == ["kie", "runware", "wiro"]

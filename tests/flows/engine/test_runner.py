@@ -24,6 +24,7 @@ from flows.engine.ledger import LedgerInvalid
 from flows.engine.policy import RetryPolicy, RunConfigurationError
 from flows.engine.progress import Progress
 from flows.orchestration.emulation import serve_emulators
+from flows.spec.inputs import InputPolicy
 from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
 from providers.emulator.hub import EmulatorHub
 from providers.model import pixel_size
@@ -733,7 +734,7 @@ def test_this_weeks_export_is_a_run_option_and_is_recorded(
     export = tmp_path / "exports" / "2026-12.csv"
     export.parent.mkdir()
     export.write_text('sku,title\nB2,"blue bag"\nC3,"green hat"\n')
-    result = run(spec, dataset=str(export))
+    result = run(spec, inputs=InputPolicy.from_environ(dataset=str(export)))
     assert result.exit_code == 0
     assert sorted(manifest(tmp_path)["output_path"]) == ["B2.png", "C3.png"]
     record = json.loads(next((tmp_path / "out" / ".nbp" / "runs").glob("*.json")).read_text())
