@@ -20,8 +20,8 @@ import resource
 import sys
 from typing import Any
 
-from providers.emulator.core import FaultConfig
-from providers.emulator.hub import EMULATORS, EmulatorHub
+from nbp.providers.emulator.core import FaultConfig
+from nbp.providers.emulator.hub import EMULATORS, EmulatorHub
 
 
 def parse_rates(values: list[str]) -> dict[str, tuple[int, float]]:

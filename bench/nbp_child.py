@@ -2,7 +2,7 @@
 
     python -m bench.nbp_child USAGE.json run spec.yaml
 
-The command is the real CLI (`flows.cli.main`); the file splits the process into start-up
+The command is the real CLI (`nbp.flows.cli.main`); the file splits the process into start-up
 (interpreter and imports, Prefect included) and the command itself, read from
 `getrusage(RUSAGE_SELF)` and /proc/self/status (no psutil).
 """
@@ -33,11 +33,11 @@ def usage() -> dict[str, float]:
 def main(argv: list[str]) -> int:
     out_path, args = argv[0], argv[1:]
     started = usage()
-    import flows.cli
-    import flows.orchestration.flow  # Prefect: the bulk of start-up, imported by `run` anyway
+    import nbp.flows.cli
+    import nbp.flows.orchestration.flow  # Prefect: the bulk of start-up, imported by `run` anyway
 
     imported = usage()
-    code = flows.cli.main(args)
+    code = nbp.flows.cli.main(args)
     finished = usage()
     report: dict[str, Any] = {
         "exit_code": code,

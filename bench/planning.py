@@ -70,7 +70,7 @@ def main() -> dict[str, Any]:
             runs = []
             for _ in range(REPEATS[cells]):
                 # The product photos live in the repository, outside the scratch folder.
-                child = run_child([PYTHON, "-m", "flows.cli", "plan", str(path), "--json",
+                child = run_child([PYTHON, "-m", "nbp.flows.cli", "plan", str(path), "--json",
                                    "--allow-path", str(PHOTO_DIR)],
                                   env=quiet_env()).check(f"nbp plan ({cells} cells)")
                 if f'"cells": {cells}' not in child.stdout:

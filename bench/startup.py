@@ -47,7 +47,7 @@ def main() -> dict[str, Any]:
                                       "ephemeral_cold")}
     with scratch("startup") as work:
         path = write_spec(work / "one.yaml", spec(work / "out"))
-        run = [PYTHON, "-m", "flows.cli", "run", str(path), "--emulate", "--force",
+        run = [PYTHON, "-m", "nbp.flows.cli", "run", str(path), "--emulate", "--force",
                "--emulator-latency", "0.1"]
         warm_home = work / "warm-home"
         warm_home.mkdir()
@@ -56,7 +56,7 @@ def main() -> dict[str, Any]:
             server_start = server.startup_s
             for i in range(REPEATS):
                 walls["validate"].append(run_child(
-                    [PYTHON, "-m", "flows.cli", "validate", str(path)], env=quiet_env()
+                    [PYTHON, "-m", "nbp.flows.cli", "validate", str(path)], env=quiet_env()
                 ).check("nbp validate").wall_s)
                 walls["running_server"].append(run_child(run, env=quiet_env(
                     PREFECT_API_URL=server.url, PREFECT_HOME=str(work / "client-home"))

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from flows.orchestration.run_options import (
+from nbp.flows.orchestration.run_options import (
     INPUT_OPTIONS,
     RUN_OPTIONS,
     add_flags,
@@ -143,7 +143,7 @@ def _policy_or_report(args: argparse.Namespace, command: str) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from flows.spec.loader import check_job_file
+    from nbp.flows.spec.loader import check_job_file
 
     policy = _policy_or_report(args, "validate")
     if policy is None:
@@ -178,14 +178,14 @@ def _print_notes(path: str, job: Any, stream: Any = None) -> None:
 
 def _check_references(job: Any) -> tuple[int, list[Any]]:
     """(URLs checked, a located problem per URL that does not answer)."""
-    from flows.engine.reference_check import check_job_references
+    from nbp.flows.engine.reference_check import check_job_references
 
     return asyncio.run(check_job_references(job))
 
 
 def _load_or_report(path: str, policy: Any = None, *, keep_cells: bool = False) -> Any:
     """The `Job` at `path` (spec and cells), or None after printing every problem."""
-    from flows.spec.loader import SpecInvalid, load_job
+    from nbp.flows.spec.loader import SpecInvalid, load_job
 
     try:
         return load_job(path, policy=policy, keep_cells=keep_cells)
@@ -197,8 +197,8 @@ def _load_or_report(path: str, policy: Any = None, *, keep_cells: bool = False) 
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from flows.spec.delta import TargetDelta
-    from flows.spec.plan import make_plan
+    from nbp.flows.spec.delta import TargetDelta
+    from nbp.flows.spec.plan import make_plan
 
     policy = _policy_or_report(args, "plan")
     job = None if policy is None else _load_or_report(args.spec, policy, keep_cells=True)
@@ -224,9 +224,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _target_view(spec: Any, target: str) -> Any:
     """What the target's manifest says, for planning against it (`flows.spec.delta`)."""
-    from flows.spec.delta import TargetView
-    from outputs.manifest import read_manifest
-    from outputs.sink import Sink
+    from nbp.flows.spec.delta import TargetView
+    from nbp.outputs.manifest import read_manifest
+    from nbp.outputs.sink import Sink
 
     options = spec.output.storage_options if target == spec.output.target else {}
     manifest = read_manifest(Sink(target, options))
@@ -270,8 +270,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _recorded_spec(source: str) -> tuple[Any, str]:
     """The spec a run of TARGET recorded (`outputs.runs.RecordedSpec`: text to validate like
     any spec, no folder to trust) and the target."""
-    from outputs.runs import recorded_spec, split_run_ref
-    from outputs.sink import Sink
+    from nbp.outputs.runs import recorded_spec, split_run_ref
+    from nbp.outputs.sink import Sink
 
     target, run_id = split_run_ref(source)
     recorded = recorded_spec(Sink(target), run_id)
@@ -299,7 +299,7 @@ def _run(args: argparse.Namespace) -> int:
     if job is None:
         return EXIT_INVALID
     if args.target:
-        from flows.spec.inputs import protocol_problem, split_protocol
+        from nbp.flows.spec.inputs import protocol_problem, split_protocol
 
         protocol = split_protocol(args.target)[0]
         problem = protocol_problem(protocol) if protocol else None
@@ -320,11 +320,11 @@ def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.exceptions import TerminationSignal
 
-    from flows.display import TerminalDisplay
-    from flows.engine.interrupt import Interrupt
-    from flows.engine.policy import RunConfigurationError
-    from flows.orchestration.flow import build_flow
-    from flows.orchestration.server import prefect_api
+    from nbp.flows.display import TerminalDisplay
+    from nbp.flows.engine.interrupt import Interrupt
+    from nbp.flows.engine.policy import RunConfigurationError
+    from nbp.flows.orchestration.flow import build_flow
+    from nbp.flows.orchestration.server import prefect_api
 
     display = TerminalDisplay(sys.stderr)
     interrupt = Interrupt()  # Ctrl-C and SIGTERM while the flow runs: stop, don't crash
@@ -359,8 +359,8 @@ def _credentials_problem(spec: Any, options: Any) -> str | None:
     (`options`: the engine's `RunOptions`) need that the environment lacks, except those a
     Secret block provides (checked in the flow, which needs Prefect's API, before any
     create)."""
-    from flows.engine.job import missing_message, run_channels
-    from flows.spec.channels import missing_credentials
+    from nbp.flows.engine.job import missing_message, run_channels
+    from nbp.flows.spec.channels import missing_credentials
 
     missing = missing_credentials(run_channels(spec, options), os.environ)
     unblocked = {var: keys for var, keys in missing.items() if var not in spec.credentials}
@@ -369,7 +369,7 @@ def _credentials_problem(spec: Any, options: Any) -> str | None:
 
 def _own_accounts_problem(spec: Any, shard: Any, args: argparse.Namespace) -> str | None:
     """Why --own-accounts cannot be used as given (`shard`: --shard's value), or None."""
-    from flows.spec.channels import channels, split_for_shard
+    from nbp.flows.spec.channels import channels, split_for_shard
 
     if shard is None:
         return "needs --shard i/n (the shard that owns some of the accounts)"
@@ -383,7 +383,7 @@ def _own_accounts_problem(spec: Any, shard: Any, args: argparse.Namespace) -> st
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
-    from providers.emulator.hub import EmulatorHub
+    from nbp.providers.emulator.hub import EmulatorHub
 
     hub = EmulatorHub(latency_s=args.latency)
     hub.serve_in_thread(port=args.port)
@@ -401,10 +401,10 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from outputs.manifest import read_manifest
-    from outputs.runs import read_records, render_runs
-    from outputs.sink import Sink
-    from outputs.status import render_status, summarise
+    from nbp.outputs.manifest import read_manifest
+    from nbp.outputs.runs import read_records, render_runs
+    from nbp.outputs.sink import Sink
+    from nbp.outputs.status import render_status, summarise
 
     try:
         frame = read_manifest(Sink(args.target))
@@ -427,7 +427,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from outputs.compare import CompareInputError, compare, load_side, render_summary, write_page
+    from nbp.outputs.compare import (
+        CompareInputError,
+        compare,
+        load_side,
+        render_summary,
+        write_page,
+    )
 
     try:
         a, b = load_side(args.a), load_side(args.b)
@@ -452,8 +458,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from flows.spec.inputs import HTTP_PROTOCOLS, InputPolicy
-    from outputs.export import (
+    from nbp.flows.spec.inputs import HTTP_PROTOCOLS, InputPolicy
+    from nbp.outputs.export import (
         DEFAULT_OUT,
         STDOUT,
         build_export,
@@ -463,7 +469,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         to_csv,
         to_parquet,
     )
-    from outputs.sink import Sink
+    from nbp.outputs.sink import Sink
 
     fmt = args.format or ("parquet" if (args.out or "").lower().endswith(".parquet") else "csv")
     out = args.out or DEFAULT_OUT[fmt]
@@ -503,11 +509,11 @@ def cmd_review(args: argparse.Namespace) -> int:
     store, under the target's manifest lease (a run ending meanwhile merges into it)."""
     import uuid
 
-    from flows.engine.lease import Heartbeat, Lease, LeaseTimeout
-    from outputs import review
-    from outputs.layout import MANIFEST_LOCK
-    from outputs.manifest import ManifestInvalid, read_manifest, write_manifest
-    from outputs.sink import Sink
+    from nbp.flows.engine.lease import Heartbeat, Lease, LeaseTimeout
+    from nbp.outputs import review
+    from nbp.outputs.layout import MANIFEST_LOCK
+    from nbp.outputs.manifest import ManifestInvalid, read_manifest, write_manifest
+    from nbp.outputs.sink import Sink
 
     if not (args.approve or args.reject or args.import_file or args.list):
         print("nbp review: nothing to do: give --approve, --reject, --import or --list",

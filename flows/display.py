@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any, TextIO
 
-from flows.engine.interrupt import Interrupt
-from flows.engine.progress import Progress
+from nbp.flows.engine.interrupt import Interrupt
+from nbp.flows.engine.progress import Progress
 
 BAR_WIDTH = 28
 REDRAW_S = 0.2

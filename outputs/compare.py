@@ -45,12 +45,12 @@ from urllib.parse import quote
 import fsspec.core
 import polars as pl
 
-from outputs.gallery import drawn_size
-from outputs.html import content_security_policy, policy_meta
-from outputs.manifest import MANIFEST_NAME, read_manifest
-from outputs.runs import pick_run, read_records, split_run_ref
-from outputs.sink import Sink, check_relative
-from outputs.statuses import SETTLED
+from nbp.outputs.gallery import drawn_size
+from nbp.outputs.html import content_security_policy, policy_meta
+from nbp.outputs.manifest import MANIFEST_NAME, read_manifest
+from nbp.outputs.runs import pick_run, read_records, split_run_ref
+from nbp.outputs.sink import Sink, check_relative
+from nbp.outputs.statuses import SETTLED
 
 DEFAULT_PAGE = "compare.html"
 # What a provider-neutral request is made of, besides its template variables.

@@ -50,9 +50,9 @@ from urllib.parse import quote, urlsplit
 import fsspec.core
 import polars as pl
 
-from outputs.layout import in_state
-from outputs.manifest import MANIFEST_NAME, ManifestInvalid, conform
-from outputs.sink import Sink, check_relative
+from nbp.outputs.layout import in_state
+from nbp.outputs.manifest import MANIFEST_NAME, ManifestInvalid, conform
+from nbp.outputs.sink import Sink, check_relative
 
 FORMATS = ("csv", "parquet")
 STDOUT = "-"

@@ -57,12 +57,12 @@ from urllib.parse import quote
 
 import polars as pl
 
-from outputs.html import content_security_policy, policy_meta
-from outputs.layout import HISTORY_DIR
-from outputs.manifest import conform, conform_lazy
-from outputs.sink import Sink
-from outputs.status import Summary, summarise
-from outputs.statuses import SETTLED
+from nbp.outputs.html import content_security_policy, policy_meta
+from nbp.outputs.layout import HISTORY_DIR
+from nbp.outputs.manifest import conform, conform_lazy
+from nbp.outputs.sink import Sink
+from nbp.outputs.status import Summary, summarise
+from nbp.outputs.statuses import SETTLED
 
 GALLERY_NAME = "index.html"
 CARD_PX = 180  # an image is drawn at most this wide and high

@@ -23,8 +23,8 @@ from typing import Any
 
 import polars as pl
 
-from outputs.sink import Sink
-from outputs.statuses import STATUSES as STATUSES  # outputs.status reads it here
+from nbp.outputs.sink import Sink
+from nbp.outputs.statuses import STATUSES as STATUSES  # outputs.status reads it here
 
 MANIFEST_NAME = "manifest.parquet"
 KEY_PREFIX = "key_"  # no fixed column starts with it: a key column never clashes with one

@@ -23,8 +23,8 @@ from collections.abc import Iterator, Mapping
 
 import polars as pl
 
-from outputs.manifest import MANIFEST_COLUMNS, conform_lazy, manifest_schema
-from outputs.statuses import SETTLED
+from nbp.outputs.manifest import MANIFEST_COLUMNS, conform_lazy, manifest_schema
+from nbp.outputs.statuses import SETTLED
 
 MERGE_SLICE_ROWS = 20_000  # rows of the merged manifest in memory at once (~10 MB)
 # Rows per row group of the merged manifest: `sink_parquet` holds about one group per thread

@@ -44,9 +44,9 @@ from typing import Any, Literal, TypeVar, cast, get_args
 
 import polars as pl
 
-from outputs import fields as check
-from outputs.layout import REVIEWS_DIR, TEMP_MARKER
-from outputs.sink import Sink
+from nbp.outputs import fields as check
+from nbp.outputs.layout import REVIEWS_DIR, TEMP_MARKER
+from nbp.outputs.sink import Sink
 
 REVIEW_VERSION = 1
 Verdict = Literal["approved", "rejected"]

@@ -33,9 +33,9 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-from outputs import fields as check
-from outputs.layout import RUNS_DIR
-from outputs.sink import Sink
+from nbp.outputs import fields as check
+from nbp.outputs.layout import RUNS_DIR
+from nbp.outputs.sink import Sink
 
 VERSIONED = ("nbp", "prefect")
 # The spec loader's limit on a spec (flows.spec.inputs.InputPolicy.max_spec_bytes; outputs

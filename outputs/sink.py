@@ -31,7 +31,7 @@ from typing import Any
 import fsspec.core
 from fsspec.implementations.local import LocalFileSystem
 
-from outputs.layout import TEMP_MARKER, in_state
+from nbp.outputs.layout import TEMP_MARKER, in_state
 
 
 class Sink:

@@ -12,8 +12,8 @@ from typing import Any
 
 import polars as pl
 
-from outputs.layout import HISTORY_DIR
-from outputs.manifest import STATUSES, conform_lazy, is_key_column
+from nbp.outputs.layout import HISTORY_DIR
+from nbp.outputs.manifest import STATUSES, conform_lazy, is_key_column
 
 MAX_FAILURE_GROUPS = 10
 MAX_MESSAGE_CHARS = 200

@@ -26,8 +26,8 @@ from typing import Protocol
 
 import polars as pl
 
-from outputs.gallery import write_gallery
-from outputs.sink import Sink
+from nbp.outputs.gallery import write_gallery
+from nbp.outputs.sink import Sink
 
 
 @dataclass(frozen=True)

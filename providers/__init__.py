@@ -1,6 +1,6 @@
 """Provider adapters for Nano Banana Pro resellers, their registry and local emulators."""
 
-from providers.base import (
+from nbp.providers.base import (
     Capabilities,
     Finished,
     ImageRequest,

@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers import http
-from providers.base import (
+from nbp.providers import http
+from nbp.providers.base import (
     Capabilities,
     Finished,
     ImageRequest,
@@ -40,9 +40,9 @@ from providers.base import (
     env_base_url,
     url_variable,
 )
-from providers.errors import AuthError, LimitExceeded, ResultMismatch
-from providers.limits import limit_problems
-from providers.options import check_options
+from nbp.providers.errors import AuthError, LimitExceeded, ResultMismatch
+from nbp.providers.limits import limit_problems
+from nbp.providers.options import check_options
 
 SECTIONS: tuple[str, ...] = tuple(
     f"# -- {title} ".ljust(94, "-")

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from providers.apikley_facts import FACTS
-from providers.base import Capabilities
-from providers.errors import ProviderError, Rejected, TaskFailed, TransientError
-from providers.kie import KieProvider
+from nbp.providers.apikley_facts import FACTS
+from nbp.providers.base import Capabilities
+from nbp.providers.errors import ProviderError, Rejected, TaskFailed, TransientError
+from nbp.providers.kie import KieProvider
 
 # -- documented constants --------------------------------------------------------------------
 

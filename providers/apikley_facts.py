@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from providers import kie_facts
-from providers.base import ProviderFacts
-from providers.model import GOOGLE_STANDARD_PRICES_USD
+from nbp.providers import kie_facts
+from nbp.providers.base import ProviderFacts
+from nbp.providers.model import GOOGLE_STANDARD_PRICES_USD
 
 DOCUMENTED_BASE_URL = "https://api.apikley.ru"
 API_KEY_ENV = "APIKLEY_API_KEY"

@@ -44,8 +44,8 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import pytest
 from PIL import Image
 
-from providers import registry
-from providers.base import (
+from nbp.providers import registry
+from nbp.providers.base import (
     BATCH_DONE,
     BatchJob,
     BatchProvider,
@@ -53,9 +53,9 @@ from providers.base import (
     ImageRequest,
     Reference,
 )
-from providers.conformance import DOCUMENTED, CreatedTask, under_readings
-from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER, Readings
-from providers.errors import (
+from nbp.providers.conformance import DOCUMENTED, CreatedTask, under_readings
+from nbp.providers.emulator.core import CONTENT_MARKER, FAIL_MARKER, Readings
+from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     LimitExceeded,
@@ -63,7 +63,7 @@ from providers.errors import (
     TaskFailed,
     TaskNotFound,
 )
-from providers.model import pixel_size
+from nbp.providers.model import pixel_size
 
 T = TypeVar("T")
 BATCH_STATES = "batch_states"          # how the provider spells a batch's states

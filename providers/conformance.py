@@ -56,8 +56,8 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import pytest
 from PIL import Image
 
-from providers import registry
-from providers.base import (
+from nbp.providers import registry
+from nbp.providers.base import (
     Finished,
     ImageRequest,
     Pending,
@@ -66,7 +66,7 @@ from providers.base import (
     ResultImage,
     Submitted,
 )
-from providers.emulator.core import (
+from nbp.providers.emulator.core import (
     BOMB_MARKER,
     BOMB_SIZE,
     CANCEL,
@@ -82,7 +82,7 @@ from providers.emulator.core import (
     WRONG_SIZE_MARKER,
     Readings,
 )
-from providers.errors import (
+from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     LimitExceeded,
@@ -96,8 +96,8 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.http import CREDENTIAL_HEADERS, TOO_LARGE
-from providers.model import PILLOW_FORMAT, pixel_size
+from nbp.providers.http import CREDENTIAL_HEADERS, TOO_LARGE
+from nbp.providers.model import PILLOW_FORMAT, pixel_size
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

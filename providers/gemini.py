@@ -30,9 +30,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers import http
-from providers.adapter import HttpAdapter, looks_like_content_rejection
-from providers.base import (
+from nbp.providers import http
+from nbp.providers.adapter import HttpAdapter, looks_like_content_rejection
+from nbp.providers.base import (
     Capabilities,
     Finished,
     ImageRequest,
@@ -42,7 +42,7 @@ from providers.base import (
     ResultImage,
     Submitted,
 )
-from providers.errors import (
+from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     InsufficientBalance,
@@ -56,14 +56,14 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.gemini_facts import (
+from nbp.providers.gemini_facts import (
     API_KEY_ENV,
     DEFAULT_API_VERSION,
     DEFAULT_MODEL,
     FACTS,
     FALLBACK_KEY_ENV,
 )
-from providers.gemini_facts import (
+from nbp.providers.gemini_facts import (
     MODELS as MODELS,
 )
 

@@ -29,9 +29,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import IO, Any, ClassVar
 
-from providers import http
-from providers.adapter import HttpAdapter
-from providers.base import (
+from nbp.providers import http
+from nbp.providers.adapter import HttpAdapter
+from nbp.providers.base import (
     BatchJob,
     BatchResult,
     BatchState,
@@ -39,7 +39,7 @@ from providers.base import (
     ImageRequest,
     ProviderSettings,
 )
-from providers.errors import (
+from nbp.providers.errors import (
     AuthError,
     LimitExceeded,
     ProviderError,
@@ -50,7 +50,7 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.gemini import (
+from nbp.providers.gemini import (
     KEY_HEADER,
     STANDARD_TOKEN_PRICES,
     TokenPrices,
@@ -65,8 +65,8 @@ from providers.gemini import (
     request_body,
     version_of,
 )
-from providers.gemini_batch_facts import FACTS, MAX_INPUT_FILE_BYTES
-from providers.gemini_facts import DEFAULT_API_VERSION
+from nbp.providers.gemini_batch_facts import FACTS, MAX_INPUT_FILE_BYTES
+from nbp.providers.gemini_facts import DEFAULT_API_VERSION
 
 # -- documented constants --------------------------------------------------------------------
 # protocols-gemini.md (§ numbers; its source tags in brackets).

@@ -7,8 +7,8 @@ Sources: /work/shared/protocols-gemini.md (§ numbers; its source tags in bracke
 
 from __future__ import annotations
 
-from providers.base import BatchLimits, Capabilities, ProviderFacts
-from providers.gemini_facts import (
+from nbp.providers.base import BatchLimits, Capabilities, ProviderFacts
+from nbp.providers.gemini_facts import (
     API_KEY_ENV,
     DEFAULT_MODEL,
     DOCUMENTED_BASE_URL,
@@ -19,7 +19,7 @@ from providers.gemini_facts import (
     OPTION_SCHEMA,
     OUTPUT_FORMATS,
 )
-from providers.model import ASPECT_RATIOS, RESOLUTIONS
+from nbp.providers.model import ASPECT_RATIOS, RESOLUTIONS
 
 PRICES_USD: dict[str, float] = {"1K": 0.067, "2K": 0.067, "4K": 0.12}  # §7 batch, 50 % [C PRC]
 TURNAROUND_S = 24 * 3600.0             # §6 target turnaround [C BAT]

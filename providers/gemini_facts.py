@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.base import Capabilities, ProviderFacts
-from providers.model import ASPECT_RATIOS, RESOLUTIONS
+from nbp.providers.base import Capabilities, ProviderFacts
+from nbp.providers.model import ASPECT_RATIOS, RESOLUTIONS
 
 DOCUMENTED_BASE_URL = "https://generativelanguage.googleapis.com"  # §1 [C IMG]
 # The docs use v1beta everywhere; google-genai 3.x talks v1 (§1, §8.7): `options.gemini

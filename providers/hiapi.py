@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers import http
-from providers.adapter import HttpAdapter, looks_like_content_rejection, status_message
-from providers.base import (
+from nbp.providers import http
+from nbp.providers.adapter import HttpAdapter, looks_like_content_rejection, status_message
+from nbp.providers.base import (
     Capabilities,
     Finished,
     ImageRequest,
@@ -27,7 +27,7 @@ from providers.base import (
     ResultImage,
     Submitted,
 )
-from providers.errors import (
+from nbp.providers.errors import (
     ContentRejected,
     InsufficientBalance,
     RateLimited,
@@ -35,7 +35,7 @@ from providers.errors import (
     TaskFailed,
     TransientError,
 )
-from providers.hiapi_facts import API_KEY_ENV, FACTS, MODEL_ID
+from nbp.providers.hiapi_facts import API_KEY_ENV, FACTS, MODEL_ID
 
 # -- documented constants --------------------------------------------------------------------
 # seeds/hiapi.txt (S1), protocols.md §2; HJ = github HiAPIAI/hiapi-java.

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.base import Capabilities, ProviderFacts
-from providers.model import ASPECT_RATIOS, GOOGLE_STANDARD_PRICES_USD, RESOLUTIONS
+from nbp.providers.base import Capabilities, ProviderFacts
+from nbp.providers.model import ASPECT_RATIOS, GOOGLE_STANDARD_PRICES_USD, RESOLUTIONS
 
 DOCUMENTED_BASE_URL = "https://api.hiapi.ai"
 MODEL_ID = "Nano-Banana-Pro"

@@ -31,8 +31,8 @@ from typing import Any
 
 import httpx
 
-from providers.base import MAX_IMAGE_BYTES, is_loopback, url_origin, url_variable
-from providers.errors import (
+from nbp.providers.base import MAX_IMAGE_BYTES, is_loopback, url_origin, url_variable
+from nbp.providers.errors import (
     AuthError,
     InsufficientBalance,
     ProviderError,

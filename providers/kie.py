@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers import http
-from providers.adapter import HttpAdapter, looks_like_content_rejection, status_message
-from providers.base import (
+from nbp.providers import http
+from nbp.providers.adapter import HttpAdapter, looks_like_content_rejection, status_message
+from nbp.providers.base import (
     Capabilities,
     Finished,
     ImageRequest,
@@ -38,7 +38,7 @@ from providers.base import (
     ResultImage,
     Submitted,
 )
-from providers.errors import (
+from nbp.providers.errors import (
     ContentRejected,
     LimitExceeded,
     ProviderError,
@@ -48,8 +48,8 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.kie_facts import FACTS, MODEL_ID
-from providers.model import MIME_TYPE
+from nbp.providers.kie_facts import FACTS, MODEL_ID
+from nbp.providers.model import MIME_TYPE
 
 # -- documented constants --------------------------------------------------------------------
 # seeds/kie.txt (S3), protocols.md §4.

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from providers.base import Capabilities, ProviderFacts
-from providers.model import ASPECT_RATIOS, RESOLUTIONS
+from nbp.providers.base import Capabilities, ProviderFacts
+from nbp.providers.model import ASPECT_RATIOS, RESOLUTIONS
 
 MODEL_ID = "nano-banana-pro"
 DOCUMENTED_BASE_URL = "https://api.kie.ai"

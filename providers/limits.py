@@ -8,7 +8,7 @@ rule adapters apply again before they send anything.
 
 from __future__ import annotations
 
-from providers.base import Capabilities, ImageRequest
+from nbp.providers.base import Capabilities, ImageRequest
 
 
 def limit_problems(name: str, caps: Capabilities, request: ImageRequest) -> list[str]:

@@ -22,8 +22,8 @@ from typing import Any
 
 import jsonschema
 
-from providers.errors import LimitExceeded
-from schemas.messages import Wording, schema_problems
+from nbp.providers.errors import LimitExceeded
+from nbp.schemas.messages import Wording, schema_problems
 
 OptionPath = tuple[str | int, ...]
 # An option schema's `description` on a value states the reason of its rule.

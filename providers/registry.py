@@ -7,7 +7,7 @@ which imports no HTTP client, so validating and planning a spec never load httpx
 class is imported only to make a client (`create`, `get_class`). An adapter registered by
 hand or through the entry-point group has its facts read from its class.
 
-    from providers import registry
+    from nbp.providers import registry
     registry.capabilities("kie").max_references   # imports providers.kie_facts only
     registry.facts("kie").base_url_variable       # "NBP_KIE_BASE_URL"
     cls = registry.get_class("kie")               # imports providers.kie on first use
@@ -21,31 +21,31 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from providers.base import Capabilities, Provider, ProviderFacts, ProviderSettings
+from nbp.providers.base import Capabilities, Provider, ProviderFacts, ProviderSettings
 
 ENTRY_POINT_GROUP = "nbp.providers"
 
 known_implementations: dict[str, str] = {
-    "wiro": "providers.wiro:WiroProvider",
-    "hiapi": "providers.hiapi:HiapiProvider",
-    "runware": "providers.runware:RunwareProvider",
-    "kie": "providers.kie:KieProvider",
-    "apikley": "providers.apikley:ApikleyProvider",
-    "gemini": "providers.gemini:GeminiProvider",
+    "wiro": "nbp.providers.wiro:WiroProvider",
+    "hiapi": "nbp.providers.hiapi:HiapiProvider",
+    "runware": "nbp.providers.runware:RunwareProvider",
+    "kie": "nbp.providers.kie:KieProvider",
+    "apikley": "nbp.providers.apikley:ApikleyProvider",
+    "gemini": "nbp.providers.gemini:GeminiProvider",
     # A `providers.base.BatchProvider`, not a `Provider`: no submit/poll (the engine runs
     # its cells as batches). Its `capabilities` serve validation and planning as any other's.
-    "gemini-batch": "providers.gemini_batch:GeminiBatchProvider",
+    "gemini-batch": "nbp.providers.gemini_batch:GeminiBatchProvider",
 }
 
 # The built-in providers' facts, by the same names: modules that import no HTTP client.
 known_facts: dict[str, str] = {
-    "wiro": "providers.wiro_facts:FACTS",
-    "hiapi": "providers.hiapi_facts:FACTS",
-    "runware": "providers.runware_facts:FACTS",
-    "kie": "providers.kie_facts:FACTS",
-    "apikley": "providers.apikley_facts:FACTS",
-    "gemini": "providers.gemini_facts:FACTS",
-    "gemini-batch": "providers.gemini_batch_facts:FACTS",
+    "wiro": "nbp.providers.wiro_facts:FACTS",
+    "hiapi": "nbp.providers.hiapi_facts:FACTS",
+    "runware": "nbp.providers.runware_facts:FACTS",
+    "kie": "nbp.providers.kie_facts:FACTS",
+    "apikley": "nbp.providers.apikley_facts:FACTS",
+    "gemini": "nbp.providers.gemini_facts:FACTS",
+    "gemini-batch": "nbp.providers.gemini_batch_facts:FACTS",
 }
 
 _registry: dict[str, type[Any]] = {}

@@ -28,9 +28,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers import http
-from providers.adapter import HttpAdapter, looks_like_content_rejection
-from providers.base import (
+from nbp.providers import http
+from nbp.providers.adapter import HttpAdapter, looks_like_content_rejection
+from nbp.providers.base import (
     Capabilities,
     Finished,
     ImageRequest,
@@ -40,7 +40,7 @@ from providers.base import (
     ResultImage,
     Submitted,
 )
-from providers.errors import (
+from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     InsufficientBalance,
@@ -50,8 +50,8 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.model import PIXEL_SIZES
-from providers.runware_facts import API_KEY_ENV, FACTS, MODEL_ID
+from nbp.providers.model import PIXEL_SIZES
+from nbp.providers.runware_facts import API_KEY_ENV, FACTS, MODEL_ID
 
 # -- documented constants --------------------------------------------------------------------
 # seeds/runware.txt (S2), protocols.md §3 and §7, runware.ai/docs (RD).

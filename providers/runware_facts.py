@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.base import Capabilities, ProviderFacts
-from providers.model import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
+from nbp.providers.base import Capabilities, ProviderFacts
+from nbp.providers.model import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
 
 DOCUMENTED_BASE_URL = "https://api.runware.ai/v1"
 MODEL_ID = "google:4@2"

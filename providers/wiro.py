@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers import http
-from providers.adapter import HttpAdapter, looks_like_content_rejection
-from providers.base import (
+from nbp.providers import http
+from nbp.providers.adapter import HttpAdapter, looks_like_content_rejection
+from nbp.providers.base import (
     Capabilities,
     Finished,
     ImageRequest,
@@ -34,7 +34,7 @@ from providers.base import (
     ResultImage,
     Submitted,
 )
-from providers.errors import (
+from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     InsufficientBalance,
@@ -46,8 +46,8 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.model import ASPECT_RATIOS
-from providers.wiro_facts import API_KEY_ENV, API_SECRET_ENV, FACTS, MODEL_OWNER, MODEL_PROJECT
+from nbp.providers.model import ASPECT_RATIOS
+from nbp.providers.wiro_facts import API_KEY_ENV, API_SECRET_ENV, FACTS, MODEL_OWNER, MODEL_PROJECT
 
 # -- documented constants --------------------------------------------------------------------
 # protocols.md §1; WD = github wiroai/Wiro-Docs markdown/.

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from providers.base import Capabilities, ProviderFacts
-from providers.model import ASPECT_RATIOS, GOOGLE_STANDARD_PRICES_USD, RESOLUTIONS
+from nbp.providers.base import Capabilities, ProviderFacts
+from nbp.providers.model import ASPECT_RATIOS, GOOGLE_STANDARD_PRICES_USD, RESOLUTIONS
 
 DOCUMENTED_BASE_URL = "https://api.wiro.ai/v1"
 MODEL_OWNER, MODEL_PROJECT = "google", "nano-banana-pro"

@@ -1,6 +1,6 @@
 """JSON Schemas shipped as package data, so they are found after `pip install .` too.
 
-    from schemas import load_job_schema
+    from nbp.schemas import load_job_schema
     schema = load_job_schema()      # dict, JSON Schema 2020-12 of a job spec
 
 Editors use the same file through `# yaml-language-server: $schema=../schemas/job.schema.json`.

@@ -40,6 +40,6 @@ def run_nbp(
 ) -> subprocess.CompletedProcess[str]:
     """The real `nbp` command line in a child process."""
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "nbp.flows.cli", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )

@@ -18,8 +18,8 @@ import polars as pl
 import pytest
 import yaml
 
-from providers.emulator.core import CONTENT_MARKER
-from providers.emulator.hub import EmulatorHub
+from nbp.providers.emulator.core import CONTENT_MARKER
+from nbp.providers.emulator.hub import EmulatorHub
 from tests.conftest import ROOT, run_nbp
 
 pytestmark = pytest.mark.prefect
@@ -111,7 +111,7 @@ def test_a_kill_while_the_batch_is_pending_then_a_rerun_creates_no_batch(
 ) -> None:
     gemini["gemini"].configure(latency_s=3.0)
     spec = spec_file(tmp_path)
-    child = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(spec)], cwd=ROOT,
+    child = subprocess.Popen([sys.executable, "-m", "nbp.flows.cli", "run", str(spec)], cwd=ROOT,
                              env=env(prefect_api_url, gemini), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     journal = tmp_path / "out" / ".nbp" / "cells"

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from providers.emulator.hub import EmulatorHub
+from nbp.providers.emulator.hub import EmulatorHub
 from tests.conftest import run_nbp
 
 pytestmark = pytest.mark.prefect

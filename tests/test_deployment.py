@@ -25,21 +25,21 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows.engine.job import RunHooks, RunOptions, run_job, select_shard
-from flows.orchestration.emulation import serve_emulators
-from flows.orchestration.shared_limits import (
+from nbp.flows.engine.job import RunHooks, RunOptions, run_job, select_shard
+from nbp.flows.orchestration.emulation import serve_emulators
+from nbp.flows.orchestration.shared_limits import (
     TOKEN_TTL_S,
     TRANSIT_GRACE_S,
     SharedRate,
     account_limit_name,
 )
-from flows.spec.cells import expand
-from flows.spec.loader import load_spec
-from flows.spec.rate import Rate
-from flows.spec.shard import Shard
-from providers.emulator.core import FaultConfig
-from providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
-from providers.model import pixel_size
+from nbp.flows.spec.cells import expand
+from nbp.flows.spec.loader import load_spec
+from nbp.flows.spec.rate import Rate
+from nbp.flows.spec.shard import Shard
+from nbp.providers.emulator.core import FaultConfig
+from nbp.providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
+from nbp.providers.model import pixel_size
 from tests.conftest import ROOT
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -260,7 +260,7 @@ def test_two_shards_share_one_kie_account_without_exceeding_its_limit(
             log = open(tmp_path / f"shard-{shard[0]}.log", "w+")  # noqa: SIM115
             logs.append(log)
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "flows.cli", "run", str(spec), "--shard", shard,
+                [sys.executable, "-m", "nbp.flows.cli", "run", str(spec), "--shard", shard,
                  "--shared-limits"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             ))
         try:
@@ -324,7 +324,7 @@ def test_a_shared_bucket_never_admits_more_than_the_documented_window(rate: str)
 
 
 def test_the_shared_limit_is_named_by_account_without_revealing_the_key() -> None:
-    from providers.kie import KieProvider
+    from nbp.providers.kie import KieProvider
 
     def name(key: str) -> str:
         provider = KieProvider(KieProvider.settings_from_env({"KIE_API_KEY": key}))

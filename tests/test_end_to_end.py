@@ -19,8 +19,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from providers.emulator.hub import EmulatorHub
-from providers.model import pixel_size
+from nbp.providers.emulator.hub import EmulatorHub
+from nbp.providers.model import pixel_size
 from tests.conftest import ROOT, run_nbp
 from tests.s3server import s3_server
 
@@ -66,7 +66,7 @@ def check_job_output(target: Path, cells: int) -> pl.DataFrame:
 def test_the_flow_runs_a_spec_on_a_prefect_server(prefect_api_url: str, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
 
-    from flows.orchestration.flow import nbp_run
+    from nbp.flows.orchestration.flow import nbp_run
 
     spec = small_spec(tmp_path)
     result = asyncio.run(nbp_run(spec=str(spec), emulate=True, emulator_latency_s=0.2))
@@ -143,7 +143,7 @@ def test_a_run_killed_with_sigkill_resumes_without_paying_twice(
     spec = small_spec(tmp_path, matrix={"prompt": prompts, "aspect_ratio": ["1:1"]})
     env = child_env(prefect_api_url, **kie_hub.environ())
     child = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", str(spec)], cwd=ROOT, env=env,
+        [sys.executable, "-m", "nbp.flows.cli", "run", str(spec)], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
@@ -183,7 +183,7 @@ def test_a_spread_run_killed_with_sigkill_collects_each_task_with_its_own_accoun
                       routing="spread", accounts={"kie": ["KIE_API_KEY", "KIE_API_KEY_2"]})
     env = child_env(prefect_api_url, **kie_hub.environ(), KIE_API_KEY_2=second_key)
     child = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", str(spec)], cwd=ROOT, env=env,
+        [sys.executable, "-m", "nbp.flows.cli", "run", str(spec)], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     journal = tmp_path / "out" / ".nbp" / "cells"

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from outputs.manifest import MANIFEST_NAME, rows_to_frame
+from nbp.outputs.manifest import MANIFEST_NAME, rows_to_frame
 from tests.conftest import ROOT, run_nbp
 from tests.outputs.test_export import COLUMNS, PREFIX, catalog, cell, manifest
 
@@ -64,7 +64,7 @@ def test_parquet_written_atomically_to_out_with_every_row(tmp_path: Path) -> Non
 def test_parquet_goes_to_export_parquet_in_the_current_folder_by_default(tmp_path: Path) -> None:
     target = target_with(tmp_path, catalog())
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "export", str(target), "--format", "parquet"],
+        [sys.executable, "-m", "nbp.flows.cli", "export", str(target), "--format", "parquet"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True, text=True, timeout=120,
     )

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 import yaml
 
-from providers.emulator.hub import EmulatorHub
+from nbp.providers.emulator.hub import EmulatorHub
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.prefect
@@ -60,7 +60,7 @@ def start(prefect_api_url: str, hub: EmulatorHub, *args: str) -> subprocess.Pope
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, **hub.environ()}
     env.pop("PYTEST_CURRENT_TEST", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "nbp.flows.cli", *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )

@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 import yaml
 
-from providers.emulator.hub import EmulatorHub
+from nbp.providers.emulator.hub import EmulatorHub
 from tests.conftest import ROOT, run_nbp
 
 pytestmark = pytest.mark.prefect
@@ -68,7 +68,7 @@ def nbp(prefect_api_url: str, hub: EmulatorHub, *args: str) -> subprocess.Comple
 def start_nbp(prefect_api_url: str, hub: EmulatorHub, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, **hub.environ()}
     env.pop("PYTEST_CURRENT_TEST", None)
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "nbp.flows.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,4 +1,5 @@
-"""`pip install .` (not editable) gives a working package: the schema ships as package data."""
+"""`pip install .` (not editable) gives one import name, `nbp`: the schema ships as package data,
+and a Prefect project with its own `flows/` package still imports and deploys nbp's flow."""
 
 from __future__ import annotations
 
@@ -6,42 +7,118 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow
 
-@pytest.mark.slow
-def test_a_wheel_carries_the_schema_and_validates_from_it(tmp_path: Path) -> None:
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """The wheel `pip wheel .` builds, and a folder it is installed into (`--target`)."""
+    folder = tmp_path_factory.mktemp("wheel")
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
-         "-q", "-w", str(tmp_path / "dist")],
+         "-q", "-w", str(folder / "dist")],
         capture_output=True, text=True, timeout=300,
     )
     assert built.returncode == 0, built.stderr[-2000:]
-    wheel = next((tmp_path / "dist").glob("nbp-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "schemas/job.schema.json" in names
-    assert "providers/emulator/kie.py" in names and "flows/cli.py" in names
-    assert not any(name.startswith("tests/") for name in names)
-
-    target = tmp_path / "site"
-    installed = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+    wheel = next((folder / "dist").glob("nbp-*.whl"))
+    site = folder / "site"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
          str(wheel)],
         capture_output=True, text=True, timeout=300,
     )
-    assert installed.returncode == 0, installed.stderr[-2000:]
-    spec = ROOT / "specs" / "demo.yaml"
-    check = subprocess.run(
-        [sys.executable, "-c",
-         "import schemas, sys; from flows.cli import main;"
-         "assert schemas.__file__.startswith(sys.argv[1]), schemas.__file__;"
-         "raise SystemExit(main(['validate', sys.argv[2]]))", str(target), str(spec)],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)},
-        capture_output=True, text=True, timeout=120,
+    assert done.returncode == 0, done.stderr[-2000:]
+    yield wheel, site
+
+
+def _python(code: str, *args: str, cwd: Path, site: Path,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -c code` seeing the installed wheel, not this checkout (cwd is elsewhere)."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd,
+        env={**os.environ, **(env or {}), "PYTHONPATH": str(site)},
+        capture_output=True, text=True, timeout=180,
+    )
+
+
+def test_a_wheel_has_only_nbp_at_its_top_level(installed: tuple[Path, Path]) -> None:
+    wheel, _ = installed
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/", 1)[0] for name in names if not name.startswith("nbp-0")}
+    assert top == {"nbp"}, sorted(top)
+    assert "nbp/schemas/job.schema.json" in names
+    assert "nbp/providers/emulator/kie.py" in names and "nbp/flows/cli.py" in names
+
+
+def test_the_installed_package_validates_with_its_own_schema(
+    installed: tuple[Path, Path], tmp_path: Path,
+) -> None:
+    _, site = installed
+    check = _python(
+        "import sys; import nbp.schemas; from nbp.flows.cli import main;"
+        "assert nbp.schemas.__file__.startswith(sys.argv[1]), nbp.schemas.__file__;"
+        "raise SystemExit(main(['validate', sys.argv[2]]))",
+        str(site), str(ROOT / "specs" / "demo.yaml"), cwd=tmp_path, site=site,
     )
     assert check.returncode == 0, check.stderr[-2000:]
     assert "valid" in check.stdout
+
+
+PROJECT_DEPLOYMENTS = """\
+name: shop
+prefect-version: 3.8.8
+deployments:
+  - name: catalog-refresh
+    entrypoint: nbp.flows.orchestration.flow.nbp_run
+    parameters: {spec: catalog.yaml}
+    work_pool: {name: shop}
+"""
+
+WORKER_VIEW = """
+import asyncio, sys
+import flows.catalog                       # the project's own `flows` package
+from prefect.client.orchestration import get_client
+from prefect.flows import load_flow_from_entrypoint
+
+async def read():
+    async with get_client() as client:
+        return await client.read_deployment_by_name("nbp-run/catalog-refresh")
+
+deployment = asyncio.run(read())
+loaded = load_flow_from_entrypoint(deployment.entrypoint)
+print(flows.catalog.__file__, deployment.entrypoint, loaded.name, sep="\\n")
+"""
+
+
+def test_a_prefect_project_with_its_own_flows_package_deploys_nbp(
+    installed: tuple[Path, Path], tmp_path: Path, prefect_api_url: str,
+) -> None:
+    """`prefect deploy` from a project whose own `flows/` package would have shadowed nbp's
+    top-level one; a worker in that project then loads nbp's flow from the entrypoint."""
+    _, site = installed
+    project = tmp_path / "project"
+    (project / "flows").mkdir(parents=True)
+    (project / "flows" / "__init__.py").write_text("")
+    (project / "flows" / "catalog.py").write_text(
+        "from prefect import flow\n\n@flow\ndef refresh() -> None:\n    pass\n")
+    (project / "prefect.yaml").write_text(PROJECT_DEPLOYMENTS)
+    env = {**os.environ, "PYTHONPATH": str(site), "PREFECT_API_URL": prefect_api_url}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    for command in (["work-pool", "create", "shop", "--type", "process"],
+                    ["--no-prompt", "deploy", "--all"]):
+        done = subprocess.run([prefect, *command], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    seen = _python(WORKER_VIEW, cwd=project, site=site, env={"PREFECT_API_URL": prefect_api_url})
+    assert seen.returncode == 0, seen.stderr[-3000:]
+    own, entrypoint, name = seen.stdout.strip().splitlines()[-3:]
+    assert Path(own) == project / "flows" / "catalog.py"
+    assert entrypoint == "nbp.flows.orchestration.flow.nbp_run"
+    assert name == "nbp-run"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from outputs.manifest import manifest_doc_markdown
+from nbp.outputs.manifest import manifest_doc_markdown
 from tests.conftest import ROOT
 
 

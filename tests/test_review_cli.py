@@ -13,12 +13,12 @@ from typing import Any
 import polars as pl
 import pytest
 
-from flows.cli import main
-from flows.engine.job import MANIFEST_LOCK
-from flows.engine.lease import Heartbeat, Lease
-from outputs.manifest import read_manifest, rows_to_frame, write_manifest
-from outputs.review import EXPORT_FORMAT, REVIEWS_DIR, decisions
-from outputs.sink import Sink
+from nbp.flows.cli import main
+from nbp.flows.engine.job import MANIFEST_LOCK
+from nbp.flows.engine.lease import Heartbeat, Lease
+from nbp.outputs.manifest import read_manifest, rows_to_frame, write_manifest
+from nbp.outputs.review import EXPORT_FORMAT, REVIEWS_DIR, decisions
+from nbp.outputs.sink import Sink
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 A1, A2, B1, C1 = "aaaa1111bbbb2222", "aaaa1111cccc3333", "dddd4444eeee5555", "ffff6666aaaa7777"

@@ -48,8 +48,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from flows.engine.policy import Step, StepEnd, TaskPending, step_end
-from providers.base import (
+from nbp.flows.engine.policy import Step, StepEnd, TaskPending, step_end
+from nbp.providers.base import (
     BATCH_DONE,
     BatchJob,
     BatchLimits,
@@ -63,7 +63,7 @@ from providers.base import (
     ResultImage,
     Submitted,
 )
-from providers.errors import (
+from nbp.providers.errors import (
     ProviderError,
     RequestNotSent,
     SubmitUncertain,

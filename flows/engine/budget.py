@@ -34,7 +34,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from flows.engine.ledger import Ledger, SpendRecord
+from nbp.flows.engine.ledger import Ledger, SpendRecord
 
 T = TypeVar("T")
 EPSILON_USD = 1e-9

@@ -20,7 +20,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from flows.engine.policy import Interrupted
+from nbp.flows.engine.policy import Interrupted
 
 T = TypeVar("T")
 

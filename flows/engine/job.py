@@ -38,49 +38,49 @@ from typing import Any
 
 import polars as pl
 
-from flows.engine.batching import DEFAULT_WAIT_S, channel_for
-from flows.engine.budget import Budget
-from flows.engine.interrupt import Interrupt
-from flows.engine.journal import Journal
-from flows.engine.lease import Heartbeat, Lease
-from flows.engine.ledger import Ledger
-from flows.engine.policy import DEFAULT_RETRY, RetryPolicy, RunConfigurationError
-from flows.engine.progress import Progress
-from flows.engine.redo import Effective, effective, read_redos, record_redos
-from flows.engine.reference_check import (
+from nbp.flows.engine.batching import DEFAULT_WAIT_S, channel_for
+from nbp.flows.engine.budget import Budget
+from nbp.flows.engine.interrupt import Interrupt
+from nbp.flows.engine.journal import Journal
+from nbp.flows.engine.lease import Heartbeat, Lease
+from nbp.flows.engine.ledger import Ledger
+from nbp.flows.engine.policy import DEFAULT_RETRY, RetryPolicy, RunConfigurationError
+from nbp.flows.engine.progress import Progress
+from nbp.flows.engine.redo import Effective, effective, read_redos, record_redos
+from nbp.flows.engine.reference_check import (
     ReferenceState,
     check_references,
     http_references,
     references_fingerprint,
 )
-from flows.engine.refresh import TargetState, apply_patches, patches, read_state
-from flows.engine.routing import Router, make_lanes
-from flows.engine.runner import RunContext, Runner
-from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
-from flows.spec.channels import (
+from nbp.flows.engine.refresh import TargetState, apply_patches, patches, read_state
+from nbp.flows.engine.routing import Router, make_lanes
+from nbp.flows.engine.runner import RunContext, Runner
+from nbp.flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
+from nbp.flows.spec.channels import (
     Channel,
     channels,
     missing_credentials,
     shard_owners,
     split_for_shard,
 )
-from flows.spec.inputs import InputPolicy
-from flows.spec.loader import load_job
-from flows.spec.model import Cell, CellSource, GallerySpec, JobSpec
-from flows.spec.plan import DEFAULT_LATENCY_S
-from flows.spec.rate import Rate
-from flows.spec.settings import ProviderRules, provider_rules
-from flows.spec.shard import Shard
-from outputs.layout import MANIFEST_LOCK, TARGET_KIND
-from outputs.manifest import MANIFEST_NAME, rows_to_frame
-from outputs.parts import ManifestParts, merge_parts
-from outputs.review import decisions, review_frame, with_reviews
-from outputs.runs import RunRecord, merge_record
-from outputs.sink import Sink
-from outputs.status import summarise
-from outputs.steps import AFTER_WRITE, AfterWrite, Written, run_steps
-from providers import registry
-from providers.base import Provider
+from nbp.flows.spec.inputs import InputPolicy
+from nbp.flows.spec.loader import load_job
+from nbp.flows.spec.model import Cell, CellSource, GallerySpec, JobSpec
+from nbp.flows.spec.plan import DEFAULT_LATENCY_S
+from nbp.flows.spec.rate import Rate
+from nbp.flows.spec.settings import ProviderRules, provider_rules
+from nbp.flows.spec.shard import Shard
+from nbp.outputs.layout import MANIFEST_LOCK, TARGET_KIND
+from nbp.outputs.manifest import MANIFEST_NAME, rows_to_frame
+from nbp.outputs.parts import ManifestParts, merge_parts
+from nbp.outputs.review import decisions, review_frame, with_reviews
+from nbp.outputs.runs import RunRecord, merge_record
+from nbp.outputs.sink import Sink
+from nbp.outputs.status import summarise
+from nbp.outputs.steps import AFTER_WRITE, AfterWrite, Written, run_steps
+from nbp.providers import registry
+from nbp.providers.base import Provider
 
 log = logging.getLogger("nbp.job")
 

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
-from outputs.layout import JOURNAL_DIR
-from outputs.manifest import ManifestRow
-from providers.base import Submitted
+from nbp.outputs.layout import JOURNAL_DIR
+from nbp.outputs.manifest import ManifestRow
+from nbp.providers.base import Submitted
 
 # 2: intents (a random id and key per create, journalled before it leaves), `unsent` and
 # `reserved`, a cancel recorded only on the provider's word, uncertain spend settled.

@@ -29,8 +29,8 @@ import socket
 import time
 from types import TracebackType
 
-from outputs.layout import HOLDERS_DIR
-from outputs.sink import Sink
+from nbp.outputs.layout import HOLDERS_DIR
+from nbp.outputs.sink import Sink
 
 BEAT_EVERY_S = 15.0
 STALE_AFTER_S = 60.0      # four missed beats: the holder is gone

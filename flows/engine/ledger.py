@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.engine.lease import Heartbeat, Lease
-from flows.engine.policy import RunConfigurationError
-from outputs.layout import LEDGER, LEDGER_LOCK, SPEND_DIR
-from outputs.sink import Sink
+from nbp.flows.engine.lease import Heartbeat, Lease
+from nbp.flows.engine.policy import RunConfigurationError
+from nbp.outputs.layout import LEDGER, LEDGER_LOCK, SPEND_DIR
+from nbp.outputs.sink import Sink
 
 LEDGER_VERSION = 2
 MAX_ENTRIES = 1_000_000      # open holds or runs a ledger may list: more is not a ledger

@@ -43,10 +43,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from flows.engine.budget import Budget, Hold
-from flows.engine.journal import Journal, JournalEntry, JournalState
-from outputs.manifest import ManifestRow
-from providers.base import Finished, Submitted
+from nbp.flows.engine.budget import Budget, Hold
+from nbp.flows.engine.journal import Journal, JournalEntry, JournalState
+from nbp.outputs.manifest import ManifestRow
+from nbp.providers.base import Finished, Submitted
 
 # From which states each transition may start (anything else is a bug: `LifecycleError`).
 NO_TASK = frozenset({"unsent", "failed", "cancelled", "succeeded", "uncertain", "unreadable"})

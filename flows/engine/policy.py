@@ -56,9 +56,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from flows.engine.throttle import AccountThrottle
-from providers.base import Capabilities
-from providers.errors import (
+from nbp.flows.engine.throttle import AccountThrottle
+from nbp.providers.base import Capabilities
+from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     InsufficientBalance,

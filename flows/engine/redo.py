@@ -21,9 +21,9 @@ import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
-from flows.spec.model import Cell, CellSource
-from outputs.layout import REDO_DIR
-from outputs.sink import Sink
+from nbp.flows.spec.model import Cell, CellSource
+from nbp.outputs.layout import REDO_DIR
+from nbp.outputs.sink import Sink
 
 log = logging.getLogger("nbp.redo")
 

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from flows.spec import yamlpos
-from flows.spec.inputs import (
+from nbp.flows.spec import yamlpos
+from nbp.flows.spec.inputs import (
     HTTP_PORTS,
     FetchTarget,
     HostRefused,
@@ -54,9 +54,9 @@ from flows.spec.inputs import (
     is_http,
     resolve_host,
 )
-from flows.spec.loader import Problem
-from flows.spec.model import Cell, Job
-from flows.spec.records import MAX_LISTED, dataset_lines, file_name, places
+from nbp.flows.spec.loader import Problem
+from nbp.flows.spec.model import Cell, Job
+from nbp.flows.spec.records import MAX_LISTED, dataset_lines, file_name, places
 
 __all__ = [
     "DEFAULT_LIMITS",

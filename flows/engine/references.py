@@ -32,11 +32,11 @@ from typing import Any
 
 import fsspec
 
-from flows.engine.reference_check import ReferenceState, payable_problem
-from flows.spec.inputs import InputPolicy, InputRefused, check_location, is_http, split_protocol
-from flows.spec.model import JobSpec
-from providers.base import Reference
-from providers.errors import Rejected
+from nbp.flows.engine.reference_check import ReferenceState, payable_problem
+from nbp.flows.spec.inputs import InputPolicy, InputRefused, check_location, is_http, split_protocol
+from nbp.flows.spec.model import JobSpec
+from nbp.providers.base import Reference
+from nbp.providers.errors import Rejected
 
 _CACHE_ENTRIES = 256
 _CACHE_BYTES = 256 << 20  # a catalog's photos, not 256 references of 20 MiB each

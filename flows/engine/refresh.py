@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from flows.engine.policy import OutputTaken, RunConfigurationError
-from flows.spec.model import Cell
-from outputs.layout import HISTORY_DIR
-from outputs.manifest import ManifestInvalid, read_manifest
-from outputs.sink import Sink
+from nbp.flows.engine.policy import OutputTaken, RunConfigurationError
+from nbp.flows.spec.model import Cell
+from nbp.outputs.layout import HISTORY_DIR
+from nbp.outputs.manifest import ManifestInvalid, read_manifest
+from nbp.outputs.sink import Sink
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from flows.engine.throttle import AccountThrottle
-from flows.spec.channels import Channel
-from flows.spec.model import Cell
-from flows.spec.policies import RoutingPolicy, routing_policy
+from nbp.flows.engine.throttle import AccountThrottle
+from nbp.flows.spec.channels import Channel
+from nbp.flows.spec.model import Cell
+from nbp.flows.spec.policies import RoutingPolicy, routing_policy
 
 
 @dataclass

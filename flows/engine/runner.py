@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from flows.engine.budget import Budget, BudgetExhausted
-from flows.engine.interrupt import Interrupt
-from flows.engine.journal import Journal, JournalEntry
-from flows.engine.lease import Heartbeat, Lease
-from flows.engine.lifecycle import CellLife, Intent
-from flows.engine.policy import (
+from nbp.flows.engine.budget import Budget, BudgetExhausted
+from nbp.flows.engine.interrupt import Interrupt
+from nbp.flows.engine.journal import Journal, JournalEntry
+from nbp.flows.engine.lease import Heartbeat, Lease
+from nbp.flows.engine.lifecycle import CellLife, Intent
+from nbp.flows.engine.policy import (
     DEFAULT_RETRY,
     HANDLED,
     CellInvalid,
@@ -52,20 +52,20 @@ from flows.engine.policy import (
     step_end,
     with_retries,
 )
-from flows.engine.progress import Progress
-from flows.engine.references import ReferenceLoader
-from flows.engine.refresh import TargetState
-from flows.engine.routing import Router, Ticket
-from flows.engine.throttle import AccountThrottle
-from flows.engine.verify import verify_image
-from flows.spec.model import Cell, JobSpec
-from flows.spec.settings import ProviderRules
-from outputs.layout import CLAIMS_DIR
-from outputs.manifest import ManifestRow
-from outputs.sink import Sink
-from providers.base import Finished, ImageRequest, Pending, Provider, Reference, Submitted
-from providers.errors import ProviderError, RequestNotSent, TaskFailed
-from providers.model import pixel_size
+from nbp.flows.engine.progress import Progress
+from nbp.flows.engine.references import ReferenceLoader
+from nbp.flows.engine.refresh import TargetState
+from nbp.flows.engine.routing import Router, Ticket
+from nbp.flows.engine.throttle import AccountThrottle
+from nbp.flows.engine.verify import verify_image
+from nbp.flows.spec.model import Cell, JobSpec
+from nbp.flows.spec.settings import ProviderRules
+from nbp.outputs.layout import CLAIMS_DIR
+from nbp.outputs.manifest import ManifestRow
+from nbp.outputs.sink import Sink
+from nbp.providers.base import Finished, ImageRequest, Pending, Provider, Reference, Submitted
+from nbp.providers.errors import ProviderError, RequestNotSent, TaskFailed
+from nbp.providers.model import pixel_size
 
 log = logging.getLogger("nbp.runner")
 

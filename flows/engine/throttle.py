@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flows.spec.rate import Rate
+from nbp.flows.spec.rate import Rate
 
 # Server and client clocks see a create a few ms apart; leave that much room in each window.
 WINDOW_MARGIN_S = 0.05

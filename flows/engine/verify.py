@@ -34,8 +34,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from providers.errors import ResultMismatch
-from providers.model import PILLOW_FORMAT
+from nbp.providers.errors import ResultMismatch
+from nbp.providers.model import PILLOW_FORMAT
 
 # Result images are large by design (4K is 24 MP): allow the largest documented size with
 # room to spare; anything past it is refused before decoding or inflating. Checked here, from

@@ -13,16 +13,16 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 
-from flows.engine.budget import Budget
-from flows.engine.job import open_providers
-from flows.engine.journal import Journal
-from flows.engine.lease import Heartbeat
-from flows.engine.ledger import Ledger
-from flows.engine.lifecycle import CellLife
-from flows.orchestration.run_options import engine_options
-from flows.orchestration.secrets import secret_blocks
-from flows.spec.loader import load_spec
-from outputs.sink import Sink
+from nbp.flows.engine.budget import Budget
+from nbp.flows.engine.job import open_providers
+from nbp.flows.engine.journal import Journal
+from nbp.flows.engine.lease import Heartbeat
+from nbp.flows.engine.ledger import Ledger
+from nbp.flows.engine.lifecycle import CellLife
+from nbp.flows.orchestration.run_options import engine_options
+from nbp.flows.orchestration.secrets import secret_blocks
+from nbp.flows.spec.loader import load_spec
+from nbp.outputs.sink import Sink
 
 
 async def cancel_submitted(spec_path: str, target: str | None, holder: str) -> int:

@@ -9,13 +9,13 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from flows.spec.channels import Channel
-from flows.spec.model import JobSpec
-from outputs.layout import EMULATED_TASKS
-from outputs.sink import Sink
+from nbp.flows.spec.channels import Channel
+from nbp.flows.spec.model import JobSpec
+from nbp.outputs.layout import EMULATED_TASKS
+from nbp.outputs.sink import Sink
 
 if TYPE_CHECKING:
-    from providers.emulator.hub import EmulatorHub
+    from nbp.providers.emulator.hub import EmulatorHub
 
 log = logging.getLogger("nbp.emulation")
 
@@ -30,7 +30,7 @@ async def serve_emulators(
     default). They start with the tasks earlier emulated runs left on the target and give
     theirs back to it at the end (`EMULATED_TASKS`): a real provider keeps a task when its
     client stops, so the next run collects what an interrupted one left."""
-    from providers.emulator.hub import DEFAULT_LATENCY_S, EmulatorHub  # uvicorn: when used
+    from nbp.providers.emulator.hub import DEFAULT_LATENCY_S, EmulatorHub  # uvicorn: when used
 
     hub = EmulatorHub(list(spec.providers), latency_s=latency_s or DEFAULT_LATENCY_S)
     target = Sink(spec.output.target, spec.output.storage_options)

@@ -33,8 +33,8 @@ from prefect.flows import Flow
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Completed, Failed
 
-from flows.engine.interrupt import Interrupt
-from flows.engine.job import (
+from nbp.flows.engine.interrupt import Interrupt
+from nbp.flows.engine.job import (
     DEFAULT_CHUNK_SIZE,
     LimiterFactory,
     RunHooks,
@@ -43,13 +43,13 @@ from flows.engine.job import (
     run_chunk_rows,
     run_job,
 )
-from flows.engine.progress import Progress
-from flows.engine.runner import Runner
-from flows.orchestration.emulation import serve_emulators
-from flows.orchestration.run_options import OPTIONS, engine_options
-from flows.orchestration.secrets import secret_blocks
-from flows.orchestration.shared_limits import shared_limiter
-from flows.spec.model import Cell
+from nbp.flows.engine.progress import Progress
+from nbp.flows.engine.runner import Runner
+from nbp.flows.orchestration.emulation import serve_emulators
+from nbp.flows.orchestration.run_options import OPTIONS, engine_options
+from nbp.flows.orchestration.secrets import secret_blocks
+from nbp.flows.orchestration.shared_limits import shared_limiter
+from nbp.flows.spec.model import Cell
 
 FLOW_NAME = "nbp-run"
 ARTIFACT_INTERVAL_S = 5.0
@@ -78,7 +78,7 @@ async def cancel_remote_tasks(
 ) -> None:
     """on_cancellation / on_crashed: ask the providers to cancel what the journal says this
     flow run left running (an async hook: Prefect awaits it in the flow's own loop)."""
-    from flows.orchestration.cancel import cancel_submitted
+    from nbp.flows.orchestration.cancel import cancel_submitted
 
     parameters = flow_run.parameters or {}
     with contextlib.suppress(Exception):

@@ -19,11 +19,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_args, get_origin
 
-from flows.spec.inputs import MAX_CELLS_ENV, InputPolicy
-from flows.spec.shard import Shard
+from nbp.flows.spec.inputs import MAX_CELLS_ENV, InputPolicy
+from nbp.flows.spec.shard import Shard
 
 if TYPE_CHECKING:
-    from flows.engine.job import RunOptions
+    from nbp.flows.engine.job import RunOptions
 
 REQUIRED: Any = inspect.Parameter.empty  # an option without a default
 
@@ -174,8 +174,8 @@ def engine_options(
     their defaults). `holder`: this process on the target (the flow run id under Prefect),
     whose first 12 characters are the run id unless one is given. Raises
     `RunConfigurationError` for a shard or input limit that cannot be used."""
-    from flows.engine.job import RunOptions
-    from flows.engine.policy import DEFAULT_RETRY, RetryPolicy, RunConfigurationError
+    from nbp.flows.engine.job import RunOptions
+    from nbp.flows.engine.policy import DEFAULT_RETRY, RetryPolicy, RunConfigurationError
 
     given = {**{o.name: o.default for o in RUN_OPTIONS}, **values}
     try:

@@ -6,8 +6,8 @@ import os
 
 from prefect.blocks.system import Secret
 
-from flows.spec.credentials import block_name
-from flows.spec.model import JobSpec
+from nbp.flows.spec.credentials import block_name
+from nbp.flows.spec.model import JobSpec
 
 
 async def secret_blocks(spec: JobSpec) -> dict[str, str]:

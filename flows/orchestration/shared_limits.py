@@ -41,9 +41,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from flows.engine.throttle import SlidingWindowLimiter
-from flows.spec.rate import Rate
-from providers.base import Provider
+from nbp.flows.engine.throttle import SlidingWindowLimiter
+from nbp.flows.spec.rate import Rate
+from nbp.providers.base import Provider
 
 log = logging.getLogger("nbp.shared_limits")
 

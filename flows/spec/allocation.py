@@ -13,8 +13,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flows.spec.policies import RoutingPolicy, routing_policy
-from flows.spec.rate import Rate
+from nbp.flows.spec.policies import RoutingPolicy, routing_policy
+from nbp.flows.spec.rate import Rate
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,10 @@ from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flows.spec import matrix as gha
-from flows.spec.collisions import CellKeys, Pairs, find_collisions
-from flows.spec.dataset import Dataset, read_dataset
-from flows.spec.inputs import (
+from nbp.flows.spec import matrix as gha
+from nbp.flows.spec.collisions import CellKeys, Pairs, find_collisions
+from nbp.flows.spec.dataset import Dataset, read_dataset
+from nbp.flows.spec.inputs import (
     LOCAL_PROTOCOLS,
     MAX_CELLS_ENV,
     InputRefused,
@@ -60,12 +60,12 @@ from flows.spec.inputs import (
     is_http,
     split_protocol,
 )
-from flows.spec.model import NO_KEY, Cell, JobSpec, MatrixSpec, SkippedRows
-from flows.spec.records import MAX_LISTED, dataset_lines, file_name, places
-from flows.spec.templating import MissingVariable, Template, TemplateError
-from flows.spec.yamlpos import JsonPath
-from outputs.layout import STATE_DIR, TEMP_MARKER
-from outputs.paths import check_output_path, encode_segment, template_text_problem
+from nbp.flows.spec.model import NO_KEY, Cell, JobSpec, MatrixSpec, SkippedRows
+from nbp.flows.spec.records import MAX_LISTED, dataset_lines, file_name, places
+from nbp.flows.spec.templating import MissingVariable, Template, TemplateError
+from nbp.flows.spec.yamlpos import JsonPath
+from nbp.outputs.layout import STATE_DIR, TEMP_MARKER
+from nbp.outputs.paths import check_output_path, encode_segment, template_text_problem
 
 ID_CHARS = 16
 REQUEST_KEYS = ("prompt", "aspect_ratio", "resolution")  # every cell needs these

@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from flows.spec.credentials import allowed, owner, provider_variables
-from flows.spec.model import Account, Cell, JobSpec
-from flows.spec.shard import Shard
-from providers import registry
-from providers.base import Capabilities
+from nbp.flows.spec.credentials import allowed, owner, provider_variables
+from nbp.flows.spec.model import Account, Cell, JobSpec
+from nbp.flows.spec.shard import Shard
+from nbp.providers import registry
+from nbp.providers.base import Capabilities
 
 
 @dataclass(frozen=True)

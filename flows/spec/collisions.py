@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from outputs.paths import fold_case
+from nbp.outputs.paths import fold_case
 
 
 def _array(code: str) -> array[int]:

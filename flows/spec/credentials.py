@@ -23,7 +23,7 @@ import difflib
 import re
 from collections.abc import Mapping, Sequence
 
-from providers.base import Capabilities
+from nbp.providers.base import Capabilities
 
 _SUFFIX = re.compile(r"_[A-Z0-9_]+")
 

@@ -33,7 +33,7 @@ from typing import Any
 import fsspec
 import polars as pl
 
-from outputs.paths import fold_case
+from nbp.outputs.paths import fold_case
 
 FORMATS: dict[str, str] = {
     ".csv": "csv",

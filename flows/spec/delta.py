@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.spec.model import Cell
+from nbp.flows.spec.model import Cell
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,10 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
-from flows.spec import cells as cellmod
-from flows.spec import yamlpos
-from flows.spec.channels import account_from_entry
-from flows.spec.credentials import (
+from nbp.flows.spec import cells as cellmod
+from nbp.flows.spec import yamlpos
+from nbp.flows.spec.channels import account_from_entry
+from nbp.flows.spec.credentials import (
     block_name,
     extends,
     foreign_block_variable,
@@ -50,8 +50,8 @@ from flows.spec.credentials import (
     unknown_key,
     wrong_block_name,
 )
-from flows.spec.dataset import DUPLICATE_RULES, Dataset, DatasetError, read_dataset
-from flows.spec.inputs import (
+from nbp.flows.spec.dataset import DUPLICATE_RULES, Dataset, DatasetError, read_dataset
+from nbp.flows.spec.inputs import (
     InputPolicy,
     InputRefused,
     check_location,
@@ -60,7 +60,7 @@ from flows.spec.inputs import (
     protocol_problem,
     split_protocol,
 )
-from flows.spec.model import (
+from nbp.flows.spec.model import (
     DEFAULT_OUTPUT_PATH,
     DEFAULT_RETRIES,
     Account,
@@ -74,12 +74,12 @@ from flows.spec.model import (
     ProviderLimits,
     SkippedRows,
 )
-from flows.spec.policies import DEADLINE_ROUTINGS, DEFAULT_ROUTING, ROUTINGS
-from flows.spec.rate import Rate, parse_duration
-from flows.spec.templating import Template, TemplateError
-from flows.spec.yamlpos import JsonPath, LocatedDocument
-from providers import registry
-from providers.base import (
+from nbp.flows.spec.policies import DEADLINE_ROUTINGS, DEFAULT_ROUTING, ROUTINGS
+from nbp.flows.spec.rate import Rate, parse_duration
+from nbp.flows.spec.templating import Template, TemplateError
+from nbp.flows.spec.yamlpos import JsonPath, LocatedDocument
+from nbp.providers import registry
+from nbp.providers.base import (
     Capabilities,
     ImageRequest,
     ProviderFacts,
@@ -87,10 +87,10 @@ from providers.base import (
     may_receive_credentials,
     url_origin,
 )
-from providers.limits import limit_problems
-from providers.options import option_problems
-from schemas import load_job_schema
-from schemas.messages import Wording, schema_problems
+from nbp.providers.limits import limit_problems
+from nbp.providers.options import option_problems
+from nbp.schemas import load_job_schema
+from nbp.schemas.messages import Wording, schema_problems
 
 DEFAULT_TARGET = "./runs/{name}"
 DEFAULT_ASPECT_RATIOS = ("1:1",)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from flows.spec.inputs import InputPolicy
-from flows.spec.policies import DEFAULT_ROUTING
+from nbp.flows.spec.inputs import InputPolicy
+from nbp.flows.spec.policies import DEFAULT_ROUTING
 
 DEFAULT_OUTPUT_PATH = "{cell_id}.{ext}"
 NO_KEY: Mapping[str, Any] = MappingProxyType({})  # a cell without a dataset key

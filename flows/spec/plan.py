@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.spec.allocation import LaneEstimate, allocate, duration_s
-from flows.spec.channels import Channel, channels
-from flows.spec.delta import TargetDelta
-from flows.spec.model import Cell, JobSpec
-from flows.spec.policies import DEADLINE_ROUTINGS, DEFAULT_ROUTING, ROUTINGS, routing_policy
-from flows.spec.settings import PriceSource, ProviderRules, provider_rules
+from nbp.flows.spec.allocation import LaneEstimate, allocate, duration_s
+from nbp.flows.spec.channels import Channel, channels
+from nbp.flows.spec.delta import TargetDelta
+from nbp.flows.spec.model import Cell, JobSpec
+from nbp.flows.spec.policies import DEADLINE_ROUTINGS, DEFAULT_ROUTING, ROUTINGS, routing_policy
+from nbp.flows.spec.settings import PriceSource, ProviderRules, provider_rules
 
 __all__ = ["Plan", "PlanRow", "RoutingEstimate", "Timing", "duration_s", "make_plan"]
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import fsspec
 
-from flows.spec.dataset import dataset_format
-from flows.spec.model import DatasetSpec
+from nbp.flows.spec.dataset import dataset_format
+from nbp.flows.spec.model import DatasetSpec
 
 MAX_LISTED = 10  # records a message names; the rest are counted
 

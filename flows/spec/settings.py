@@ -20,11 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from flows.spec.model import JobSpec
-from flows.spec.rate import Rate
-from providers import registry
-from providers.base import Capabilities
-from providers.model import GOOGLE_STANDARD_PRICES_USD
+from nbp.flows.spec.model import JobSpec
+from nbp.flows.spec.rate import Rate
+from nbp.providers import registry
+from nbp.providers.base import Capabilities
+from nbp.providers.model import GOOGLE_STANDARD_PRICES_USD
 
 PriceSource = Literal["spec", "published", "estimate"]
 PER_REFERENCE_KEY = "per_reference"

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from providers.options import format_path as format_option_path
+from nbp.providers.options import format_path as format_option_path
 
 PathKey = str | int
 JsonPath = tuple[PathKey, ...]

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from starlette.routing import BaseRoute, Mount
 
-from providers.emulator.kie import KieEmulator
+from nbp.providers.emulator.kie import KieEmulator
 
 # S4 `ApiResponse.code` enum.
 APIKLEY_BODY_CODES: frozenset[int] = frozenset(

@@ -47,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from providers.emulator.core import (
+from nbp.providers.emulator.core import (
     BOMB_SIZE,
     CONTENT_MARKER,
     FAIL_MARKER,
@@ -67,7 +67,7 @@ from providers.emulator.core import (
     proxy_error,
     render_image,
 )
-from providers.emulator.hub import TEST_CREDENTIALS
+from nbp.providers.emulator.hub import TEST_CREDENTIALS
 
 # -- Google's documented facts (protocols-gemini.md) ---------------------------------------------
 

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from providers.emulator.core import (
+from nbp.providers.emulator.core import (
     RESENT_CREATE,
     FaultConfig,
     ProviderEmulator,
@@ -36,7 +36,7 @@ from providers.emulator.core import (
     RemoteTask,
     proxy_error,
 )
-from providers.emulator.hub import TEST_CREDENTIALS
+from nbp.providers.emulator.hub import TEST_CREDENTIALS
 
 # -- HiAPI's documented facts (S1 = seeds/hiapi.txt, protocols.md §2; HJ = hiapi-java) -------
 

@@ -30,15 +30,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
-from providers.emulator.core import FaultConfig, FileBody, FileStore, ProviderEmulator
+from nbp.providers.emulator.core import FaultConfig, FileBody, FileStore, ProviderEmulator
 
 EMULATORS: dict[str, str] = {
-    "wiro": "providers.emulator.wiro:WiroEmulator",
-    "hiapi": "providers.emulator.hiapi:HiapiEmulator",
-    "runware": "providers.emulator.runware:RunwareEmulator",
-    "kie": "providers.emulator.kie:KieEmulator",
-    "apikley": "providers.emulator.apikley:ApikleyEmulator",
-    "gemini": "providers.emulator.gemini:GeminiEmulator",
+    "wiro": "nbp.providers.emulator.wiro:WiroEmulator",
+    "hiapi": "nbp.providers.emulator.hiapi:HiapiEmulator",
+    "runware": "nbp.providers.emulator.runware:RunwareEmulator",
+    "kie": "nbp.providers.emulator.kie:KieEmulator",
+    "apikley": "nbp.providers.emulator.apikley:ApikleyEmulator",
+    "gemini": "nbp.providers.emulator.gemini:GeminiEmulator",
 }
 # Providers served by another provider's emulator (same host): gemini-batch is Google's
 # Batch API on the gemini host, so one emulator and one NBP_GEMINI_BASE_URL serve both.

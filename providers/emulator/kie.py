@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from providers.emulator.core import (
+from nbp.providers.emulator.core import (
     UNKNOWN_TASK,
     FaultConfig,
     ProviderEmulator,
@@ -40,7 +40,7 @@ from providers.emulator.core import (
     choice,
     proxy_error,
 )
-from providers.emulator.hub import TEST_CREDENTIALS
+from nbp.providers.emulator.hub import TEST_CREDENTIALS
 
 # -- Kie's documented facts (S3 = seeds/kie.txt "input Object Parameters", protocols.md §4) --
 

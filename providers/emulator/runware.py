@@ -44,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from providers.emulator.core import (
+from nbp.providers.emulator.core import (
     PIXEL_SIZES,
     POLL_FAILURE,
     RESENT_CREATE,
@@ -55,7 +55,7 @@ from providers.emulator.core import (
     choice,
     proxy_error,
 )
-from providers.emulator.hub import TEST_CREDENTIALS
+from nbp.providers.emulator.hub import TEST_CREDENTIALS
 
 # -- Runware's documented facts (S2 = seeds/runware.txt, protocols.md §3, RD = runware.ai/docs) --
 

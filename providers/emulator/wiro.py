@@ -44,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from providers.emulator.core import (
+from nbp.providers.emulator.core import (
     ASPECT_RATIOS,
     CANCEL,
     PIXEL_SIZES,
@@ -55,7 +55,7 @@ from providers.emulator.core import (
     choice,
     proxy_error,
 )
-from providers.emulator.hub import TEST_CREDENTIALS
+from nbp.providers.emulator.hub import TEST_CREDENTIALS
 
 # -- Wiro's documented facts (S0 = seeds/wiro.txt, protocols.md §1; WD = wiroai/Wiro-Docs) ------
 

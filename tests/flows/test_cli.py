@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.cli import EXIT_INVALID, _parser, main
-from flows.orchestration.run_options import INPUT_OPTIONS, OPTIONS, RUN_OPTIONS
+from nbp.flows.cli import EXIT_INVALID, _parser, main
+from nbp.flows.orchestration.run_options import INPUT_OPTIONS, OPTIONS, RUN_OPTIONS
 
 # The flags as they are spelled and what they default to: a contract, written out.
 RUN_FLAGS = {

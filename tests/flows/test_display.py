@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from flows.display import TerminalDisplay
-from flows.engine.progress import Progress
+from nbp.flows.display import TerminalDisplay
+from nbp.flows.engine.progress import Progress
 
 
 class Terminal(io.StringIO):

@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.engine.budget import Budget
-from flows.engine.job import RunHooks, RunOptions, make_throttles, run_job
-from flows.engine.journal import Journal
-from flows.engine.progress import Progress
-from flows.engine.routing import Router
-from flows.engine.runner import RunContext, Runner
-from flows.orchestration.emulation import serve_emulators
-from flows.spec.loader import parse_job
-from flows.spec.plan import make_plan
-from flows.spec.settings import provider_rules
-from outputs.sink import Sink
-from providers import registry
+from nbp.flows.engine.budget import Budget
+from nbp.flows.engine.job import RunHooks, RunOptions, make_throttles, run_job
+from nbp.flows.engine.journal import Journal
+from nbp.flows.engine.progress import Progress
+from nbp.flows.engine.routing import Router
+from nbp.flows.engine.runner import RunContext, Runner
+from nbp.flows.orchestration.emulation import serve_emulators
+from nbp.flows.spec.loader import parse_job
+from nbp.flows.spec.plan import make_plan
+from nbp.flows.spec.settings import provider_rules
+from nbp.outputs.sink import Sink
+from nbp.providers import registry
 
 PROVIDERS = ("wiro", "hiapi", "runware", "kie", "apikley")
 

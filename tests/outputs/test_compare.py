@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from outputs.compare import (
+from nbp.outputs.compare import (
     CompareInputError,
     compare,
     load_side,
@@ -31,10 +31,10 @@ from outputs.compare import (
     request_variables,
     write_page,
 )
-from outputs.gallery import render_gallery
-from outputs.manifest import rows_to_frame, write_manifest
-from outputs.runs import RunRecord, merge_record
-from outputs.sink import Sink, check_relative
+from nbp.outputs.gallery import render_gallery
+from nbp.outputs.manifest import rows_to_frame, write_manifest
+from nbp.outputs.runs import RunRecord, merge_record
+from nbp.outputs.sink import Sink, check_relative
 from tests.conftest import ROOT, run_nbp
 
 HOSTILE = '<script>alert("x")</script> & "quotes" <img src=x onerror=alert(1)>'
@@ -410,9 +410,9 @@ def test_the_page_has_the_gallery_s_content_security_policy(tmp_path: Path) -> N
 
 def test_the_page_is_bounded_and_says_so(tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import outputs.compare
+    import nbp.outputs.compare
 
-    monkeypatch.setattr(outputs.compare, "MAX_PAIRS", 2)
+    monkeypatch.setattr(nbp.outputs.compare, "MAX_PAIRS", 2)
     a = target(tmp_path / "a", [cell(f"a{i}", f"p{i}") for i in range(4)])
     b = target(tmp_path / "b", [cell(f"b{i}", f"p{i}", sha256="x" if i == 3 else f"sha-p{i}")
                                 for i in range(4)])
@@ -464,7 +464,7 @@ def test_nbp_compare_on_the_command_line(tmp_path: Path) -> None:
     a = target(tmp_path / "a", [cell("a0"), cell("a1", "blue")])
     b = target(tmp_path / "b", [cell("b0", provider="runware", sha256="other")])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's nbp, from another folder
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "compare", a, b], cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-m", "nbp.flows.cli", "compare", a, b], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert re.search(r"^changed +1 .*\nsame +0 .*\nonly in A +1\nonly in B +0\n", done.stdout,

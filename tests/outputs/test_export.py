@@ -15,7 +15,7 @@ import fsspec
 import polars as pl
 import pytest
 
-from outputs.export import (
+from nbp.outputs.export import (
     FORMULA_STARTS,
     ExportInputError,
     build_export,
@@ -27,8 +27,8 @@ from outputs.export import (
     to_csv,
     to_parquet,
 )
-from outputs.manifest import MANIFEST_NAME, ManifestInvalid, rows_to_frame
-from outputs.sink import Sink
+from nbp.outputs.manifest import MANIFEST_NAME, ManifestInvalid, rows_to_frame
+from nbp.outputs.sink import Sink
 
 PREFIX = "https://cdn.example.com/catalog"
 ALLOWED = ("http", "https", "s3", "gs", "gcs", "az", "abfs", "memory")

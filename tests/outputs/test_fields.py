@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from outputs.fields import (
+from nbp.outputs.fields import (
     Unfit,
     amount,
     count,

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from outputs.gallery import (
+from nbp.outputs.gallery import (
     CARD_PX,
     GALLERY_NAME,
     PAGE_SCRIPT,
@@ -25,8 +25,8 @@ from outputs.gallery import (
     render_gallery,
     write_gallery,
 )
-from outputs.manifest import rows_to_frame
-from outputs.sink import Sink
+from nbp.outputs.manifest import rows_to_frame
+from nbp.outputs.sink import Sink
 
 HOSTILE = '<script>alert("x")</script> & "quotes"'
 
@@ -220,10 +220,10 @@ def test_card_count_is_bounded_and_the_page_says_so(
     job: tuple[Sink, pl.DataFrame], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """At catalog scale the page shows the first cells only; the manifest has them all."""
-    import outputs.gallery
+    import nbp.outputs.gallery
 
     sink, frame = job
-    monkeypatch.setattr(outputs.gallery, "MAX_CARDS", 3)
+    monkeypatch.setattr(nbp.outputs.gallery, "MAX_CARDS", 3)
     page = Page(Path(write_gallery(sink, frame, title="big")).read_text("utf-8"))
     assert sorted(page.cards) == sorted(frame["cell_id"].head(3).to_list())
     assert f"the first 3 of {frame.height} cells" in Path(sink.uri("index.html")).read_text()
@@ -436,9 +436,9 @@ def test_the_filter_lists_every_axis_with_several_values(
 def test_an_axis_with_too_many_values_gets_no_select(
     styles: tuple[Sink, pl.DataFrame], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import outputs.gallery
+    import nbp.outputs.gallery
 
-    monkeypatch.setattr(outputs.gallery, "MAX_FILTER_VALUES", 2)
+    monkeypatch.setattr(nbp.outputs.gallery, "MAX_FILTER_VALUES", 2)
     assert list(Form(pivot(styles, None, None)).selects) == ["lighting", "run"]
 
 
@@ -476,10 +476,10 @@ def test_the_page_runs_only_its_own_script_and_style(job: tuple[Sink, pl.DataFra
 
 def test_the_engine_draws_the_spec_pivot(styles: tuple[Sink, pl.DataFrame], tmp_path: Path) -> None:
     """The engine passes `output.gallery` to the page it writes at the end of a run."""
-    from flows.engine.job import write_outputs
-    from flows.engine.lease import Heartbeat
-    from flows.spec.model import GallerySpec
-    from outputs.parts import ManifestParts
+    from nbp.flows.engine.job import write_outputs
+    from nbp.flows.engine.lease import Heartbeat
+    from nbp.flows.spec.model import GallerySpec
+    from nbp.outputs.parts import ManifestParts
 
     sink, frame = styles
     (tmp_path / "parts").mkdir()
@@ -626,8 +626,8 @@ def test_a_history_path_is_only_what_a_refresh_writes(tmp_path: Path) -> None:
 
 def test_the_history_folder_is_the_refresh_one() -> None:
     """The gallery finds a superseded image where a refresh keeps it."""
-    from flows.engine.refresh import history_path
-    from outputs.gallery import history_image
+    from nbp.flows.engine.refresh import history_path
+    from nbp.outputs.gallery import history_image
 
     row = cell("0123abcd", output_path="sku 1/4_5.jpg",
                output_uri=f"s3://b/t/{history_path('0123abcd', 'sku 1/4_5.jpg')}")
@@ -637,8 +637,8 @@ def test_the_history_folder_is_the_refresh_one() -> None:
 def test_the_review_script_writes_no_markup_and_asks_nothing_of_the_network() -> None:
     """Its only URL is the download's blob:, made from the decisions it built; the file it
     writes is the one `nbp review --import` reads."""
-    from outputs.gallery import REVIEW_SCRIPT, REVIEWED
-    from outputs.review import EXPORT_FORMAT, EXPORT_VERSION, VERDICTS
+    from nbp.outputs.gallery import REVIEW_SCRIPT, REVIEWED
+    from nbp.outputs.review import EXPORT_FORMAT, EXPORT_VERSION, VERDICTS
 
     assert PAGE_SCRIPT.endswith(REVIEW_SCRIPT)
     assert not re.search(r"fetch|XMLHttpRequest|WebSocket|EventSource|sendBeacon|import|"

@@ -27,10 +27,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows.engine.job import RunHooks, RunOptions, run_job
-from flows.orchestration.emulation import serve_emulators
-from outputs.gallery import FILTER_SCRIPT, GALLERY_NAME, PAGE_SCRIPT, render_gallery
-from providers.emulator.core import CONTENT_MARKER
+from nbp.flows.engine.job import RunHooks, RunOptions, run_job
+from nbp.flows.orchestration.emulation import serve_emulators
+from nbp.outputs.gallery import FILTER_SCRIPT, GALLERY_NAME, PAGE_SCRIPT, render_gallery
+from nbp.providers.emulator.core import CONTENT_MARKER
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -563,9 +563,9 @@ def test_review_buttons_choose_and_download_a_file_nbp_review_imports(
     """A reviewer's clicks, with the page's policy in force: choose, change their mind,
     reload (the choices stay), download; `nbp review --import` records that file, and the
     redrawn page shows the decisions as badges."""
-    from flows.cli import main
-    from outputs.gallery import write_gallery
-    from outputs.sink import Sink
+    from nbp.flows.cli import main
+    from nbp.outputs.gallery import write_gallery
+    from nbp.outputs.sink import Sink
 
     first, second = current(refreshed)
     with DevTools(tmp_path) as browser:
@@ -643,8 +643,8 @@ def test_before_and_after_are_drawn_from_the_target(refreshed: Job, tmp_path: Pa
 def test_without_scripts_every_card_shows_with_its_badge_and_no_button(
     refreshed: Job, tmp_path: Path
 ) -> None:
-    from outputs.gallery import write_gallery
-    from outputs.sink import Sink
+    from nbp.outputs.gallery import write_gallery
+    from nbp.outputs.sink import Sink
 
     first = current(refreshed)[0]
     manifest = refreshed.manifest.with_columns(
@@ -669,7 +669,7 @@ def test_a_script_the_policy_does_not_allow_shows_no_button(
 ) -> None:
     """The policy is in force, and the check of it can fail: the same page with one
     character of its script changed runs nothing, and the refusal is seen."""
-    from outputs.gallery import PAGE_SCRIPT
+    from nbp.outputs.gallery import PAGE_SCRIPT
 
     tampered = refreshed.target / "tampered.html"
     text = refreshed.page.read_text()

@@ -1,4 +1,4 @@
-"""outputs.layout is the one place that spells a target's `.nbp/` paths: this test reads every
+"""nbp.outputs.layout is the one place that spells a target's `.nbp/` paths: this test reads every
 string in the code of flows/, outputs/ and providers/ (docstrings aside) and fails on any
 other module that writes one out."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from outputs import layout
-from outputs.layout import STATE_DIR, TEMP_MARKER, in_state
+from nbp.outputs import layout
+from nbp.outputs.layout import STATE_DIR, TEMP_MARKER, in_state
 
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = ROOT / "outputs" / "layout.py"

@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from outputs.manifest import (
+from nbp.outputs.manifest import (
     MANIFEST_COLUMNS,
     MANIFEST_DOC,
     MANIFEST_NAME,
@@ -25,8 +25,8 @@ from outputs.manifest import (
     update_manifest,
     write_manifest,
 )
-from outputs.sink import Sink
-from outputs.status import MAX_FAILURE_GROUPS, render_status, summarise
+from nbp.outputs.sink import Sink
+from nbp.outputs.status import MAX_FAILURE_GROUPS, render_status, summarise
 
 # design.md "Outputs (contract)", in its order
 DESIGN_COLUMNS = [

@@ -10,8 +10,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from outputs.manifest import merge_manifest, rows_to_frame
-from outputs.parts import ManifestParts, merge_parts
+from nbp.outputs.manifest import merge_manifest, rows_to_frame
+from nbp.outputs.parts import ManifestParts, merge_parts
 
 
 def row(cell_id: str, **values: Any) -> dict[str, Any]:

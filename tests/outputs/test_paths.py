@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from outputs.paths import (
+from nbp.outputs.paths import (
     MAX_COMPONENT_BYTES,
     check_output_path,
     decode_segment,
@@ -16,7 +16,7 @@ from outputs.paths import (
     fold_case,
     template_text_problem,
 )
-from outputs.sink import Sink, check_relative
+from nbp.outputs.sink import Sink, check_relative
 
 # Characters that matter to the encoding, and ones that look like its escapes.
 TRICKY = ["a", "A", ".", " ", "/", "\\", "%", "2", "F", ":", "*", "\x00", "\n", "é", "e\u0301",

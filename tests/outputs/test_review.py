@@ -13,9 +13,9 @@ from typing import Any
 import polars as pl
 import pytest
 
-from outputs import review
-from outputs.manifest import rows_to_frame
-from outputs.review import (
+from nbp.outputs import review
+from nbp.outputs.manifest import rows_to_frame
+from nbp.outputs.review import (
     EXPORT_FORMAT,
     MAX_FILE_BYTES,
     REVIEWS_DIR,
@@ -31,7 +31,7 @@ from outputs.review import (
     review_frame,
     with_reviews,
 )
-from outputs.sink import TEMP_MARKER, Sink
+from nbp.outputs.sink import TEMP_MARKER, Sink
 
 AT = "2026-12-01T09:30:00+00:00"
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-import outputs.runs
-from flows.spec.inputs import InputPolicy
-from outputs.runs import (
+import nbp.outputs.runs
+from nbp.flows.spec.inputs import InputPolicy
+from nbp.outputs.runs import (
     MAX_SPEC_BYTES,
     RUNS_DIR,
     RecordedSpec,
@@ -29,7 +29,7 @@ from outputs.runs import (
     render_runs,
     split_run_ref,
 )
-from outputs.sink import Sink
+from nbp.outputs.sink import Sink
 
 SPEC = "version: 1\nname: r\nprovider: kie\nmatrix: {prompt: [a fig]}\n"
 
@@ -194,7 +194,7 @@ def test_a_malformed_record_is_skipped_and_refused(
 
 def test_a_record_file_too_large_is_not_read(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(outputs.runs, "MAX_RECORD_BYTES", 1_000)
+    monkeypatch.setattr(nbp.outputs.runs, "MAX_RECORD_BYTES", 1_000)
     sink = Sink(str(tmp_path))
     write_bad(sink, lambda data: json.dumps({**data, "padding": "x" * 1_000}).encode())
     with pytest.raises(RecordError, match=r"bad\.json: larger than 1,000 bytes"):

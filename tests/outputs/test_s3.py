@@ -19,10 +19,10 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from outputs.gallery import write_gallery
-from outputs.manifest import MANIFEST_COLUMNS, read_manifest, rows_to_frame, update_manifest
-from outputs.paths import check_output_path, encode_segment
-from outputs.sink import Sink
+from nbp.outputs.gallery import write_gallery
+from nbp.outputs.manifest import MANIFEST_COLUMNS, read_manifest, rows_to_frame, update_manifest
+from nbp.outputs.paths import check_output_path, encode_segment
+from nbp.outputs.sink import Sink
 from tests.s3server import S3Server, s3_server
 
 Reader = Callable[[str], bytes]  # path relative to the target -> bytes, through a fresh client

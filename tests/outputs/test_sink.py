@@ -13,8 +13,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from outputs.paths import check_output_path, encode_segment
-from outputs.sink import TEMP_MARKER, Sink
+from nbp.outputs.paths import check_output_path, encode_segment
+from nbp.outputs.sink import TEMP_MARKER, Sink
 
 
 @pytest.fixture(params=["local", "memory"])

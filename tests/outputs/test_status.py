@@ -9,8 +9,8 @@ from typing import Any
 
 import polars as pl
 
-from outputs.manifest import ManifestRow, rows_to_frame
-from outputs.status import PendingBatch, render_status, summarise
+from nbp.outputs.manifest import ManifestRow, rows_to_frame
+from nbp.outputs.status import PendingBatch, render_status, summarise
 
 EARLY = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 LATE = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

@@ -3,9 +3,9 @@ same name, except `pending`, the manifest's name for a task still live."""
 
 from __future__ import annotations
 
-from flows.engine.journal import LIVE_TASK, STATES
-from outputs.manifest import MANIFEST_DOC
-from outputs.statuses import SETTLED, STATUSES, UNSETTLED
+from nbp.flows.engine.journal import LIVE_TASK, STATES
+from nbp.outputs.manifest import MANIFEST_DOC
+from nbp.outputs.statuses import SETTLED, STATUSES, UNSETTLED
 
 
 def test_every_status_but_pending_is_a_journal_state() -> None:

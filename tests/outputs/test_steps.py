@@ -7,9 +7,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from outputs.manifest import ManifestRow, rows_to_frame
-from outputs.sink import Sink
-from outputs.steps import AFTER_WRITE, Gallery, Written, run_steps
+from nbp.outputs.manifest import ManifestRow, rows_to_frame
+from nbp.outputs.sink import Sink
+from nbp.outputs.steps import AFTER_WRITE, Gallery, Written, run_steps
 
 
 def written(tmp_path: Path) -> Written:

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 
-if "providers.conformance" not in sys.modules:  # plain asserts there, rich reports here
-    pytest.register_assert_rewrite("providers.conformance")
-if "providers.batch_conformance" not in sys.modules:
-    pytest.register_assert_rewrite("providers.batch_conformance")
+if "nbp.providers.conformance" not in sys.modules:  # plain asserts there, rich reports here
+    pytest.register_assert_rewrite("nbp.providers.conformance")
+if "nbp.providers.batch_conformance" not in sys.modules:
+    pytest.register_assert_rewrite("nbp.providers.batch_conformance")
 
-from providers.emulator.core import FaultConfig, ProviderEmulator
-from providers.emulator.hub import EmulatorHub, emulator_class
+from nbp.providers.emulator.core import FaultConfig, ProviderEmulator
+from nbp.providers.emulator.hub import EmulatorHub, emulator_class
 
 DEFAULT_LATENCY_S = 0.1
 

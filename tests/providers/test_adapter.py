@@ -6,10 +6,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from providers import http
-from providers.adapter import looks_like_content_rejection
-from providers.base import ImageRequest, Reference
-from providers.errors import (
+from nbp.providers import http
+from nbp.providers.adapter import looks_like_content_rejection
+from nbp.providers.base import ImageRequest, Reference
+from nbp.providers.errors import (
     AuthError,
     InsufficientBalance,
     ProviderError,
@@ -18,8 +18,8 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.limits import limit_problems
-from providers.registry import capabilities
+from nbp.providers.limits import limit_problems
+from nbp.providers.registry import capabilities
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from providers.apikley import ApikleyProvider
-from providers.base import Finished, ImageRequest, Pending, Reference, Submitted
-from providers.emulator.apikley import ApikleyEmulator
-from providers.emulator.hub import EmulatorHub
-from providers.errors import (
+from nbp.providers.apikley import ApikleyProvider
+from nbp.providers.base import Finished, ImageRequest, Pending, Reference, Submitted
+from nbp.providers.emulator.apikley import ApikleyEmulator
+from nbp.providers.emulator.hub import EmulatorHub
+from nbp.providers.errors import (
     LimitExceeded,
     ProviderError,
     Rejected,

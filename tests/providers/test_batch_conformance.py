@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from providers.batch_conformance import (
+from nbp.providers.batch_conformance import (
     BATCH_LIST_PAGES,
     BATCH_STATES,
     BatchEmulatorControls,
     BatchProviderConformance,
 )
-from providers.emulator.core import Readings
-from providers.emulator.gemini import GeminiEmulator
-from providers.emulator.hub import EmulatorHub
+from nbp.providers.emulator.core import Readings
+from nbp.providers.emulator.gemini import GeminiEmulator
+from nbp.providers.emulator.hub import EmulatorHub
 
 # The emulator's switches of the readings: attributes of `GeminiEmulator` (reset per test).
 GEMINI_BATCH_READINGS: Readings = {

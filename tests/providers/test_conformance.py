@@ -9,9 +9,9 @@ from typing import ClassVar
 
 import pytest
 
-from providers.conformance import ProviderConformance
-from providers.emulator.core import ProviderEmulator, Readings
-from providers.emulator.hub import EmulatorHub, emulator_class
+from nbp.providers.conformance import ProviderConformance
+from nbp.providers.emulator.core import ProviderEmulator, Readings
+from nbp.providers.emulator.hub import EmulatorHub, emulator_class
 
 
 class _BuiltIn(ProviderConformance):

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from starlette.responses import Response
 
-from providers.emulator.core import (
+from nbp.providers.emulator.core import (
     AFTER_CREATE_STATUSES,
     PAD_CHUNK_TYPE,
     READING_POINTS,
@@ -26,7 +26,7 @@ from providers.emulator.core import (
     oversize_body,
     render_image,
 )
-from providers.emulator.hub import emulator_class
+from nbp.providers.emulator.hub import emulator_class
 
 BUILT_IN = ["wiro", "hiapi", "runware", "kie", "apikley", "gemini"]
 

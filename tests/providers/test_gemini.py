@@ -15,12 +15,12 @@ import httpx
 import pytest
 from PIL import Image
 
-from providers import http
-from providers.base import Finished, ImageRequest, Reference, Submitted
-from providers.emulator.core import CONTENT_MARKER, NO_IMAGE_MARKER
-from providers.emulator.gemini import BLOCK_MARKER, GeminiEmulator
-from providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
-from providers.errors import (
+from nbp.providers import http
+from nbp.providers.base import Finished, ImageRequest, Reference, Submitted
+from nbp.providers.emulator.core import CONTENT_MARKER, NO_IMAGE_MARKER
+from nbp.providers.emulator.gemini import BLOCK_MARKER, GeminiEmulator
+from nbp.providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
+from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     InsufficientBalance,
@@ -31,7 +31,7 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.gemini import (
+from nbp.providers.gemini import (
     GeminiProvider,
     error_of,
     finished_of,
@@ -39,8 +39,8 @@ from providers.gemini import (
     retry_delay,
     usage_of,
 )
-from providers.gemini_facts import DOCUMENTED_BASE_URL
-from providers.model import pixel_size
+from nbp.providers.gemini_facts import DOCUMENTED_BASE_URL
+from nbp.providers.model import pixel_size
 
 PROVIDER = "gemini"
 LATENCY_S = 0.05

@@ -19,19 +19,19 @@ import httpx
 import pytest
 from PIL import Image
 
-from providers import gemini_batch, http
-from providers.base import BatchJob, BatchProvider, BatchResult, ImageRequest, Reference
-from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER, OVERSIZE_MARKER
-from providers.emulator.gemini import GeminiEmulator
-from providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
-from providers.errors import (
+from nbp.providers import gemini_batch, http
+from nbp.providers.base import BatchJob, BatchProvider, BatchResult, ImageRequest, Reference
+from nbp.providers.emulator.core import CONTENT_MARKER, FAIL_MARKER, OVERSIZE_MARKER
+from nbp.providers.emulator.gemini import GeminiEmulator
+from nbp.providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
+from nbp.providers.errors import (
     ContentRejected,
     LimitExceeded,
     ResultMismatch,
     TaskFailed,
 )
-from providers.gemini_batch import GeminiBatchProvider, batch_job, batch_state, key_in
-from providers.model import pixel_size
+from nbp.providers.gemini_batch import GeminiBatchProvider, batch_job, batch_state, key_in
+from nbp.providers.model import pixel_size
 
 PROVIDER = "gemini"  # the emulator of Google's host serves both adapters
 LATENCY_S = 0.4

@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from providers import registry
-from providers.base import ImageRequest, Pending, Reference, Submitted
-from providers.emulator.hiapi import HiapiEmulator
-from providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
-from providers.errors import (
+from nbp.providers import registry
+from nbp.providers.base import ImageRequest, Pending, Reference, Submitted
+from nbp.providers.emulator.hiapi import HiapiEmulator
+from nbp.providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
+from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     LimitExceeded,
@@ -28,7 +28,7 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.hiapi import HiapiProvider
+from nbp.providers.hiapi import HiapiProvider
 
 PROVIDER = "hiapi"
 LATENCY_S = 0.15

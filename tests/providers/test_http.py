@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from providers import http, registry
-from providers.base import (
+from nbp.providers import http, registry
+from nbp.providers.base import (
     MAX_IMAGE_BYTES,
     ImageRequest,
     ProviderFacts,
@@ -22,10 +22,10 @@ from providers.base import (
     may_receive_credentials,
     url_origin,
 )
-from providers.conformance import RedirectPair
-from providers.emulator.core import DEFAULT_OVERSIZE_BYTES, FaultConfig
-from providers.emulator.hub import EmulatorHub
-from providers.errors import AuthError, Rejected, RequestNotSent, ResultMismatch, TransientError
+from nbp.providers.conformance import RedirectPair
+from nbp.providers.emulator.core import DEFAULT_OVERSIZE_BYTES, FaultConfig
+from nbp.providers.emulator.hub import EmulatorHub
+from nbp.providers.errors import AuthError, Rejected, RequestNotSent, ResultMismatch, TransientError
 
 T = TypeVar("T")
 BUILT_IN = ["wiro", "hiapi", "runware", "kie", "apikley"]

@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from providers.base import Finished, ImageRequest, Pending, Reference, Submitted
-from providers.emulator.hub import EmulatorHub
-from providers.emulator.kie import KieEmulator
-from providers.errors import (
+from nbp.providers.base import Finished, ImageRequest, Pending, Reference, Submitted
+from nbp.providers.emulator.hub import EmulatorHub
+from nbp.providers.emulator.kie import KieEmulator
+from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     InsufficientBalance,
@@ -30,7 +30,7 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.kie import KieProvider
+from nbp.providers.kie import KieProvider
 
 T = TypeVar("T")
 PNG = b"\x89PNG\r\n\x1a\n" + b"product-photo" * 50

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from providers.adapter import SECTIONS
+from nbp.providers.adapter import SECTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 ADAPTERS = ["wiro", "hiapi", "runware", "kie", "apikley", "gemini", "gemini_batch"]
@@ -59,7 +59,7 @@ def _imports(path: Path) -> set[str]:
 
 # What a facts module may import: values and other facts, never a client or an adapter.
 FACTS_MAY_IMPORT = ("__future__", "collections.abc", "dataclasses", "typing",
-                    "providers.base", "providers.model")
+                    "nbp.providers.base", "nbp.providers.model")
 
 
 @pytest.mark.parametrize("name", ADAPTERS)
@@ -69,10 +69,10 @@ def test_facts_modules_import_only_values_and_other_facts(name: str) -> None:
     assert docstring and "\n\nSources: " in docstring
     imported = [alias.name for n in ast.walk(tree) if isinstance(n, ast.Import)
                 for alias in n.names]
-    imported += [n.module if n.module != "providers" else f"providers.{alias.name}"
+    imported += [n.module if n.module != "nbp.providers" else f"nbp.providers.{alias.name}"
                  for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
                  for alias in n.names]
-    assert all(m in FACTS_MAY_IMPORT or (m.startswith("providers.") and m.endswith("_facts"))
+    assert all(m in FACTS_MAY_IMPORT or (m.startswith("nbp.providers.") and m.endswith("_facts"))
                for m in imported), imported
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from providers import registry
-from providers.errors import LimitExceeded
-from providers.options import OptionProblem, check_options, option_problems
+from nbp.providers import registry
+from nbp.providers.errors import LimitExceeded
+from nbp.providers.options import OptionProblem, check_options, option_problems
 
 RUNWARE = registry.capabilities("runware").option_schema
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from providers import registry
-from providers.base import BatchProvider, Provider, ProviderFacts
-from providers.kie import KieProvider
+from nbp.providers import registry
+from nbp.providers.base import BatchProvider, Provider, ProviderFacts
+from nbp.providers.kie import KieProvider
 
 
 def test_the_five_providers_are_known_and_implement_the_contract() -> None:
@@ -59,7 +59,7 @@ def test_outside_adapters_come_from_the_entry_point_group(
 ) -> None:
     package = tmp_path / "acme_nbp.py"
     package.write_text(
-        "from providers.kie import KieProvider\n"
+        "from nbp.providers.kie import KieProvider\n"
         "class AcmeProvider(KieProvider):\n"
         "    name = 'acme'\n"
     )
@@ -87,12 +87,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_facts_of_every_built_in_provider_load_without_its_adapter() -> None:
     probe = (
         "import json, sys\n"
-        "from providers import registry\n"
+        "from nbp.providers import registry\n"
         "answers = {name: [registry.capabilities(name).max_references,\n"
         "                  *registry.facts(name).url_variables]\n"
         "           for name in registry.known_facts}\n"
         "adapters = [t.partition(':')[0] for t in registry.known_implementations.values()]\n"
-        "loaded = [m for m in ('httpx', 'providers.adapter', *adapters) if m in sys.modules]\n"
+        "loaded = [m for m in ('httpx', 'nbp.providers.adapter', *adapters) if m in sys.modules]\n"
         "print(json.dumps({'answers': answers, 'loaded': loaded}))"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from providers.base import Finished, ImageRequest, Pending, Reference, Submitted
-from providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
-from providers.emulator.runware import RunwareEmulator
-from providers.errors import (
+from nbp.providers.base import Finished, ImageRequest, Pending, Reference, Submitted
+from nbp.providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
+from nbp.providers.emulator.runware import RunwareEmulator
+from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     LimitExceeded,
@@ -32,8 +32,8 @@ from providers.errors import (
     TaskFailed,
     TaskNotFound,
 )
-from providers.model import pixel_size
-from providers.runware import (
+from nbp.providers.model import pixel_size
+from nbp.providers.runware import (
     INLINE_MAX_BYTES,
     WIRE_DIMENSIONS,
     RunwareProvider,

@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from providers.base import Finished, ImageRequest, Pending, Reference, Submitted
-from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
-from providers.emulator.hub import EmulatorHub
-from providers.emulator.wiro import WiroEmulator
-from providers.errors import (
+from nbp.providers.base import Finished, ImageRequest, Pending, Reference, Submitted
+from nbp.providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
+from nbp.providers.emulator.hub import EmulatorHub
+from nbp.providers.emulator.wiro import WiroEmulator
+from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     InsufficientBalance,
@@ -33,7 +33,7 @@ from providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from providers.wiro import TASK_LIFECYCLE, WiroProvider, raise_for_error, sign, task_outcome
+from nbp.providers.wiro import TASK_LIFECYCLE, WiroProvider, raise_for_error, sign, task_outcome
 
 T = TypeVar("T")
 PROVIDER = "wiro"

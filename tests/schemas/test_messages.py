@@ -7,8 +7,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from providers.options import option_problems
-from schemas.messages import JsonPath, Wording, schema_problems
+from nbp.providers.options import option_problems
+from nbp.schemas.messages import JsonPath, Wording, schema_problems
 
 
 def problems(schema: dict[str, Any], instance: Any, wording: Wording | None = None

@@ -12,10 +12,10 @@ from typing import Any
 
 import polars as pl
 
-from flows.engine.job import RunHooks, RunOptions, RunResult, run_job
-from flows.orchestration.emulation import serve_emulators
-from flows.spec.shard import Shard
-from providers.emulator.hub import EmulatorHub
+from nbp.flows.engine.job import RunHooks, RunOptions, RunResult, run_job
+from nbp.flows.orchestration.emulation import serve_emulators
+from nbp.flows.spec.shard import Shard
+from nbp.providers.emulator.hub import EmulatorHub
 
 
 @contextlib.contextmanager

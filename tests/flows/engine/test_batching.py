@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 import yaml
 
-from flows.engine.job import RunOptions, RunResult, run_job
-from providers.emulator.core import CONTENT_MARKER
-from providers.emulator.hub import EmulatorHub
+from nbp.flows.engine.job import RunOptions, RunResult, run_job
+from nbp.providers.emulator.core import CONTENT_MARKER
+from nbp.providers.emulator.hub import EmulatorHub
 from tests.flows.engine.emulated import manifest, run, serving
 
 TURNAROUND_S = 0.5
@@ -143,10 +143,10 @@ def test_after_a_lost_answer_the_group_is_sent_again_only_once_a_listing_spoke(
     is every member's task, or, when there was none, one new create carries them all."""
     from dataclasses import replace
 
-    from flows.engine.batching import BatchChannel
-    from providers.base import ImageRequest, Submitted
-    from providers.errors import SubmitUncertain
-    from providers.gemini_batch import GeminiBatchProvider
+    from nbp.flows.engine.batching import BatchChannel
+    from nbp.providers.base import ImageRequest, Submitted
+    from nbp.providers.errors import SubmitUncertain
+    from nbp.providers.gemini_batch import GeminiBatchProvider
 
     gemini = hub["gemini"]
     gemini.configure(**{"drop_after_create_prob" if made else "submit_5xx_prob": 1.0})
@@ -215,9 +215,9 @@ def test_groups_close_by_count_result_bytes_and_input_bytes(hub: EmulatorHub) ->
     from dataclasses import replace
     from typing import ClassVar
 
-    from flows.engine import batching
-    from providers.base import Capabilities, ImageRequest, Reference
-    from providers.gemini_batch import GeminiBatchProvider
+    from nbp.flows.engine import batching
+    from nbp.providers.base import Capabilities, ImageRequest, Reference
+    from nbp.providers.gemini_batch import GeminiBatchProvider
 
     documented = GeminiBatchProvider.capabilities.batch
     assert documented is not None
@@ -277,9 +277,9 @@ def test_cancelling_the_run_cancels_its_batch(hub: EmulatorHub, tmp_path: Path) 
 def test_an_old_batch_is_looked_at_less_often(hub: EmulatorHub) -> None:
     import time
 
-    from flows.engine.batching import MAX_CHECK_INTERVAL_S, BatchChannel
-    from providers.base import BatchJob
-    from providers.gemini_batch import GeminiBatchProvider
+    from nbp.flows.engine.batching import MAX_CHECK_INTERVAL_S, BatchChannel
+    from nbp.providers.base import BatchJob
+    from nbp.providers.gemini_batch import GeminiBatchProvider
 
     provider = GeminiBatchProvider(GeminiBatchProvider.settings_from_env(os.environ))
     channel = BatchChannel(provider, label="nbp-t", poll_interval_s=60.0)
@@ -295,9 +295,9 @@ def test_a_batch_channel_is_built_with_the_jobs_poll_interval(
     hub: EmulatorHub, tmp_path: Path
 ) -> None:
     """The job's rules (here the spec's `limits`) reach the channel as it is built."""
-    from flows.engine.batching import BatchChannel
-    from flows.engine.job import open_providers
-    from flows.spec.loader import load_job
+    from nbp.flows.engine.batching import BatchChannel
+    from nbp.flows.engine.job import open_providers
+    from nbp.flows.spec.loader import load_job
 
     path = write_spec(tmp_path, PROMPTS, limits={"gemini-batch": {"poll_interval": 7}})
     options = RunOptions(spec=str(path))
@@ -314,7 +314,7 @@ def test_a_batch_channel_is_built_with_the_jobs_poll_interval(
 def test_cells_asking_for_two_models_travel_in_two_batches(
     hub: EmulatorHub, tmp_path: Path
 ) -> None:
-    from providers.gemini import MODELS
+    from nbp.providers.gemini import MODELS
 
     result = run(write_spec(tmp_path, PROMPTS[:2], matrix={"prompt": PROMPTS[:2],
                                                            "model": list(MODELS)}))

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from flows.engine.budget import Budget, BudgetExhausted, Hold
-from flows.engine.lease import Heartbeat
-from flows.engine.ledger import Ledger
-from flows.engine.policy import RetryPolicy, Step, with_retries
-from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
-from flows.engine.verify import verify_image
-from flows.spec.rate import Rate
-from outputs.sink import Sink
-from providers.errors import RateLimited, Rejected, ResultMismatch, TransientError
+from nbp.flows.engine.budget import Budget, BudgetExhausted, Hold
+from nbp.flows.engine.lease import Heartbeat
+from nbp.flows.engine.ledger import Ledger
+from nbp.flows.engine.policy import RetryPolicy, Step, with_retries
+from nbp.flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
+from nbp.flows.engine.verify import verify_image
+from nbp.flows.spec.rate import Rate
+from nbp.outputs.sink import Sink
+from nbp.providers.errors import RateLimited, Rejected, ResultMismatch, TransientError
 
 
 def ledger(target: str, holder: str = "me") -> Ledger:

@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from flows.engine.interrupt import Interrupt
-from flows.engine.policy import Interrupted
+from nbp.flows.engine.interrupt import Interrupt
+from nbp.flows.engine.policy import Interrupted
 
 
 def test_a_first_request_ends_waits_but_not_a_create_on_the_wire() -> None:

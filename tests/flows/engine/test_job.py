@@ -14,19 +14,19 @@ from typing import Any
 import polars as pl
 import pytest
 
-import flows.engine.job as job
-from flows.engine.job import cell_positions, run_chunks, select_shard
-from flows.engine.lease import Heartbeat
-from flows.engine.routing import Lane, Router
-from flows.engine.throttle import AccountThrottle, InFlightLimit
-from flows.spec.cells import expand
-from flows.spec.channels import Channel
-from flows.spec.loader import parse_spec
-from flows.spec.model import Cell
-from flows.spec.shard import Shard
-from outputs.manifest import ManifestRow, rows_to_frame
-from outputs.parts import ManifestParts
-from outputs.sink import Sink
+import nbp.flows.engine.job as job
+from nbp.flows.engine.job import cell_positions, run_chunks, select_shard
+from nbp.flows.engine.lease import Heartbeat
+from nbp.flows.engine.routing import Lane, Router
+from nbp.flows.engine.throttle import AccountThrottle, InFlightLimit
+from nbp.flows.spec.cells import expand
+from nbp.flows.spec.channels import Channel
+from nbp.flows.spec.loader import parse_spec
+from nbp.flows.spec.model import Cell
+from nbp.flows.spec.shard import Shard
+from nbp.outputs.manifest import ManifestRow, rows_to_frame
+from nbp.outputs.parts import ManifestParts
+from nbp.outputs.sink import Sink
 
 
 def cells_of(n: int) -> list[Cell]:
@@ -195,8 +195,8 @@ def test_an_after_write_step_makes_a_new_format_from_the_written_manifest(
     gallery without a change to the engine, the manifest, the gallery or `nbp compare`."""
     from PIL import Image
 
-    from flows.engine.job import RunHooks, RunOptions, run_job
-    from outputs.steps import AFTER_WRITE
+    from nbp.flows.engine.job import RunHooks, RunOptions, run_job
+    from nbp.outputs.steps import AFTER_WRITE
     from tests.flows.engine.emulated import serving
 
     spec = tmp_path / "spec.yaml"

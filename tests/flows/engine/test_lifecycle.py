@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from flows.engine.budget import Budget
-from flows.engine.journal import JOURNAL_VERSION, Journal, JournalEntry
-from flows.engine.lease import Heartbeat
-from flows.engine.ledger import Ledger
-from flows.engine.lifecycle import TRANSITIONS, CellLife, Intent, LifecycleError
-from outputs.manifest import ManifestRow
-from outputs.sink import Sink
-from providers.base import Finished, Submitted
+from nbp.flows.engine.budget import Budget
+from nbp.flows.engine.journal import JOURNAL_VERSION, Journal, JournalEntry
+from nbp.flows.engine.lease import Heartbeat
+from nbp.flows.engine.ledger import Ledger
+from nbp.flows.engine.lifecycle import TRANSITIONS, CellLife, Intent, LifecycleError
+from nbp.outputs.manifest import ManifestRow
+from nbp.outputs.sink import Sink
+from nbp.providers.base import Finished, Submitted
 
 STATES = ("unsent", "reserved", "create_sent", "created", "finished", "written", "succeeded",
           "failed", "uncertain", "cancelled", "unreadable")

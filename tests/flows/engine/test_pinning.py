@@ -13,10 +13,10 @@ import polars as pl
 import pytest
 import yaml
 
-from outputs.runs import read_records
-from outputs.sink import Sink
-from providers.emulator.hub import EmulatorHub
-from providers.gemini import MODELS
+from nbp.outputs.runs import read_records
+from nbp.outputs.sink import Sink
+from nbp.providers.emulator.hub import EmulatorHub
+from nbp.providers.gemini import MODELS
 from tests.flows.engine.emulated import manifest, run, serving
 
 LATENCY_S = 0.2

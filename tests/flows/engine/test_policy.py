@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from flows.engine.policy import (
+from nbp.flows.engine.policy import (
     STEP_ENDS,
     CellInvalid,
     OutputTaken,
@@ -20,7 +20,7 @@ from flows.engine.policy import (
     step_end,
     with_retries,
 )
-from providers.errors import (
+from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     InsufficientBalance,

@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.cli import main
-from flows.engine.reference_check import (
+from nbp.flows.cli import main
+from nbp.flows.engine.reference_check import (
     CheckLimits,
     ReferenceState,
     check_references,
@@ -31,9 +31,9 @@ from flows.engine.reference_check import (
     references_fingerprint,
     shown_url,
 )
-from flows.engine.references import ReferenceLoader, ReferenceRefused
-from flows.spec.inputs import InputPolicy
-from flows.spec.loader import load_job, validate_spec_file
+from nbp.flows.engine.references import ReferenceLoader, ReferenceRefused
+from nbp.flows.spec.inputs import InputPolicy
+from nbp.flows.spec.loader import load_job, validate_spec_file
 
 ALLOWED = InputPolicy(allow_private_hosts=True)
 PUBLIC_IP = "93.184.216.34"  # any global address: the stand-in resolver's answer
@@ -469,7 +469,7 @@ def test_a_run_never_pays_for_a_cell_whose_reference_does_not_answer(
     fails before anything is paid; the one whose photo answers is created."""
     import yaml
 
-    from flows.engine.job import RunOptions, run_job
+    from nbp.flows.engine.job import RunOptions, run_job
     from tests.flows.engine.emulated import serving
 
     (tmp_path / "rows.csv").write_text(
@@ -500,7 +500,7 @@ def test_a_new_photo_behind_an_unchanged_url_is_made_again_and_supersedes_the_ol
     import polars as pl
     import yaml
 
-    from flows.engine.job import RunOptions, run_job
+    from nbp.flows.engine.job import RunOptions, run_job
     from tests.flows.engine.emulated import serving
 
     (tmp_path / "rows.csv").write_text(f"sku,image\nA1,{server.base}/photo/a1.png\n")

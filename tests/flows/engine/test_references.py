@@ -11,11 +11,11 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from flows.engine.policy import HANDLED, Decision, decide
-from flows.engine.references import ReferenceLoader, ReferenceRefused
-from flows.spec.inputs import InputPolicy
-from flows.spec.loader import load_job
-from providers.errors import Rejected
+from nbp.flows.engine.policy import HANDLED, Decision, decide
+from nbp.flows.engine.references import ReferenceLoader, ReferenceRefused
+from nbp.flows.spec.inputs import InputPolicy
+from nbp.flows.spec.loader import load_job
+from nbp.providers.errors import Rejected
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 

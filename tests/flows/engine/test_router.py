@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from flows.engine.routing import Lane, Router
-from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
-from flows.spec.channels import Channel
-from flows.spec.model import Cell
-from flows.spec.rate import Rate
+from nbp.flows.engine.routing import Lane, Router
+from nbp.flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
+from nbp.flows.spec.channels import Channel
+from nbp.flows.spec.model import Cell
+from nbp.flows.spec.rate import Rate
 
 CELL = Cell("c0", 0, "a fig", "1:1", "1K", "png", (), {}, 0, "c0.png")
 

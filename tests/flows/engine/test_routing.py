@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 import yaml
 
-from flows.engine.job import RunOptions, run_job
-from providers.emulator.core import CONTENT_MARKER, CreateRecord
-from providers.emulator.hub import EmulatorHub
+from nbp.flows.engine.job import RunOptions, run_job
+from nbp.providers.emulator.core import CONTENT_MARKER, CreateRecord
+from nbp.providers.emulator.hub import EmulatorHub
 from tests.flows.engine.emulated import manifest, run, serving
 
 LATENCY_S = 0.2

@@ -18,16 +18,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows.engine.interrupt import Interrupt
-from flows.engine.job import RunHooks, RunOptions, RunResult, run_job
-from flows.engine.ledger import LedgerInvalid
-from flows.engine.policy import RetryPolicy, RunConfigurationError
-from flows.engine.progress import Progress
-from flows.orchestration.emulation import serve_emulators
-from flows.spec.inputs import InputPolicy
-from providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
-from providers.emulator.hub import EmulatorHub
-from providers.model import pixel_size
+from nbp.flows.engine.interrupt import Interrupt
+from nbp.flows.engine.job import RunHooks, RunOptions, RunResult, run_job
+from nbp.flows.engine.ledger import LedgerInvalid
+from nbp.flows.engine.policy import RetryPolicy, RunConfigurationError
+from nbp.flows.engine.progress import Progress
+from nbp.flows.orchestration.emulation import serve_emulators
+from nbp.flows.spec.inputs import InputPolicy
+from nbp.providers.emulator.core import CONTENT_MARKER, FAIL_MARKER
+from nbp.providers.emulator.hub import EmulatorHub
+from nbp.providers.model import pixel_size
 from tests.flows.engine.emulated import manifest, run, serving
 
 LATENCY_S = 0.15
@@ -318,7 +318,7 @@ def test_an_unexpected_error_in_one_cell_ends_neither_the_run_nor_its_paid_task(
 ) -> None:
     """A bug while delivering one cell's image: the other cells finish, the manifest is
     written, and the next run collects that cell's task instead of creating another."""
-    import flows.engine.runner as runner_module
+    import nbp.flows.engine.runner as runner_module
 
     real_verify = runner_module.verify_image
 
@@ -341,8 +341,8 @@ def test_an_unexpected_error_in_one_cell_ends_neither_the_run_nor_its_paid_task(
 
 
 def test_every_run_leaves_a_record_its_manifest_rows_name(hub: EmulatorHub, tmp_path: Path) -> None:
-    from outputs.runs import read_records
-    from outputs.sink import Sink
+    from nbp.outputs.runs import read_records
+    from nbp.outputs.sink import Sink
 
     spec = write_spec(tmp_path, ["a lemon"])
     first, second = run(spec), run(spec, force=True)
@@ -744,8 +744,8 @@ def test_this_weeks_export_is_a_run_option_and_is_recorded(
 def test_a_rejected_image_is_made_again_once_and_the_target_remembers_it(
     hub: EmulatorHub, tmp_path: Path
 ) -> None:
-    from outputs.review import record
-    from outputs.sink import Sink
+    from nbp.outputs.review import record
+    from nbp.outputs.sink import Sink
 
     spec = catalog(tmp_path, [("A1", "red mug"), ("B2", "blue bag")])
     assert run(spec).exit_code == 0

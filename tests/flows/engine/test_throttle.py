@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
-from flows.spec.rate import Rate
+from nbp.flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
+from nbp.flows.spec.rate import Rate
 
 
 @pytest.mark.parametrize(

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, WebPImagePlugin
 
-from flows.engine import verify
-from flows.engine.verify import verify_image
-from providers.emulator.core import bomb_png, render_image
-from providers.errors import ResultMismatch
+from nbp.flows.engine import verify
+from nbp.flows.engine.verify import verify_image
+from nbp.providers.emulator.core import bomb_png, render_image
+from nbp.providers.errors import ResultMismatch
 
 SIZE = (320, 200)
 ROOT = Path(__file__).resolve().parents[3]
@@ -317,7 +317,7 @@ def test_another_format_is_wrong_unless_its_header_is_a_bomb(side: int, code: st
 
 def test_importing_verify_leaves_pillows_limit_alone() -> None:
     script = ("from PIL import Image; before = Image.MAX_IMAGE_PIXELS; "
-              "import flows.engine.verify; print(before == Image.MAX_IMAGE_PIXELS)")
+              "import nbp.flows.engine.verify; print(before == Image.MAX_IMAGE_PIXELS)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=True, cwd=ROOT)
     assert done.stdout.strip() == "True"

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import yaml
 
-from flows.engine.job import RunOptions, run_job
-from flows.engine.journal import Journal, JournalEntry
-from flows.engine.policy import RetryPolicy
-from flows.orchestration.cancel import cancel_submitted
-from outputs.sink import Sink
-from providers import registry
-from providers.base import ImageRequest
-from providers.emulator.hub import EmulatorHub
+from nbp.flows.engine.job import RunOptions, run_job
+from nbp.flows.engine.journal import Journal, JournalEntry
+from nbp.flows.engine.policy import RetryPolicy
+from nbp.flows.orchestration.cancel import cancel_submitted
+from nbp.outputs.sink import Sink
+from nbp.providers import registry
+from nbp.providers.base import ImageRequest
+from nbp.providers.emulator.hub import EmulatorHub
 
 
 def test_the_cancel_hook_touches_only_its_own_flow_runs_tasks(tmp_path: Path) -> None:

@@ -14,15 +14,15 @@ import httpx
 import pytest
 import yaml
 
-from flows.engine.job import RunOptions, run_job
-from flows.engine.policy import RunConfigurationError
-from flows.orchestration.emulation import serve_emulators
-from flows.spec.channels import Channel, channels
-from flows.spec.loader import load_spec
-from flows.spec.model import JobSpec
-from outputs.layout import EMULATED_TASKS, JOURNAL_DIR
-from providers import registry
-from providers.base import ImageRequest, Pending, Submitted
+from nbp.flows.engine.job import RunOptions, run_job
+from nbp.flows.engine.policy import RunConfigurationError
+from nbp.flows.orchestration.emulation import serve_emulators
+from nbp.flows.spec.channels import Channel, channels
+from nbp.flows.spec.loader import load_spec
+from nbp.flows.spec.model import JobSpec
+from nbp.outputs.layout import EMULATED_TASKS, JOURNAL_DIR
+from nbp.providers import registry
+from nbp.providers.base import ImageRequest, Pending, Submitted
 
 
 def spec_file(tmp_path: Path) -> Path:

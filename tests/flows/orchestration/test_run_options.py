@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.engine.job import RunOptions
-from flows.engine.policy import DEFAULT_RETRY, RunConfigurationError
-from flows.orchestration.flow import build_flow, nbp_run
-from flows.orchestration.run_options import (
+from nbp.flows.engine.job import RunOptions
+from nbp.flows.engine.policy import DEFAULT_RETRY, RunConfigurationError
+from nbp.flows.orchestration.flow import build_flow, nbp_run
+from nbp.flows.orchestration.run_options import (
     INPUT_OPTIONS,
     OPTIONS,
     REQUIRED,
@@ -27,8 +27,8 @@ from flows.orchestration.run_options import (
     flow_parameters,
     input_policy,
 )
-from flows.spec.inputs import MAX_CELLS_ENV, InputPolicy
-from flows.spec.shard import Shard
+from nbp.flows.spec.inputs import MAX_CELLS_ENV, InputPolicy
+from nbp.flows.spec.shard import Shard
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -144,7 +144,7 @@ def test_flow_parameters_name_every_option() -> None:
 def test_the_declarations_import_neither_prefect_nor_the_engine() -> None:
     """`nbp validate` builds its parser from them: they stay light."""
     code = ("import sys, flows.orchestration.run_options; "
-            "print(sorted(m for m in ('prefect', 'flows.engine.job', 'polars') "
+            "print(sorted(m for m in ('prefect', 'nbp.flows.engine.job', 'polars') "
             "if m in sys.modules))")
     found = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, text=True,
                            capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

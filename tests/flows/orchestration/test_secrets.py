@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from prefect.blocks.system import Secret
 
-from flows.orchestration.secrets import secret_blocks
-from flows.spec.loader import parse_spec
-from flows.spec.model import JobSpec
+from nbp.flows.orchestration.secrets import secret_blocks
+from nbp.flows.spec.loader import parse_spec
+from nbp.flows.spec.model import JobSpec
 
 SPEC = """\
 version: 1

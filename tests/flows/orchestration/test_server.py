@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.orchestration.server import ServerDidNotStart, TemporaryServer, prefect_api, use_api
+from nbp.flows.orchestration.server import ServerDidNotStart, TemporaryServer, prefect_api, use_api
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 # leaves the block (so the test can look at the server too).
 HOLDS_A_SERVER = """\
 import signal, sys, httpx
-from flows.orchestration.server import TemporaryServer
+from nbp.flows.orchestration.server import TemporaryServer
 with TemporaryServer() as server:
     try:
         print(server.pid, server.log_path, flush=True)
@@ -43,7 +43,7 @@ import asyncio, json, os
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.server.api.server import SubprocessASGIServer
-from flows.orchestration.server import prefect_api, use_api
+from nbp.flows.orchestration.server import prefect_api, use_api
 
 def children():
     return [pid for task in os.listdir("/proc/self/task")

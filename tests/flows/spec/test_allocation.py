@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows.spec.allocation import LaneEstimate, allocate, meets
-from flows.spec.rate import Rate
+from nbp.flows.spec.allocation import LaneEstimate, allocate, meets
+from nbp.flows.spec.rate import Rate
 
 KIE = LaneEstimate("kie", 0.09, Rate(20, 10.0), 100, 20.0)         # 2 cells/s
 KIE_2 = LaneEstimate("kie:KIE_API_KEY_2", 0.09, Rate(20, 10.0), 100, 20.0)

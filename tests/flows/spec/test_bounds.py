@@ -19,8 +19,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.spec import yamlpos
-from flows.spec.loader import MAX_PROBLEMS, Problem, check_job, load_job, validate_spec_file
+from nbp.flows.spec import yamlpos
+from nbp.flows.spec.loader import MAX_PROBLEMS, Problem, check_job, load_job, validate_spec_file
 from tests.bounded import memory_cap
 from tests.conftest import ROOT, run_nbp
 
@@ -49,7 +49,7 @@ HUGE_MATRIX = (
 BOUNDED_VALIDATE = """
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-from flows.cli import main
+from nbp.flows.cli import main
 start = time.perf_counter()
 code = main(["validate", *sys.argv[1:]])
 seconds = time.perf_counter() - start
@@ -136,7 +136,7 @@ def test_deep_nesting_is_refused(tmp_path: Path) -> None:
 
 
 def test_limits_are_the_policys(tmp_path: Path) -> None:
-    from flows.spec.inputs import InputPolicy
+    from nbp.flows.spec.inputs import InputPolicy
 
     path = write(tmp_path, """\
         version: 1
@@ -214,7 +214,7 @@ def test_max_cells_from_the_flag_and_the_environment(tmp_path: Path) -> None:
 
 
 def test_dataset_rows_and_repeat_count(tmp_path: Path) -> None:
-    from flows.spec.inputs import InputPolicy
+    from nbp.flows.spec.inputs import InputPolicy
 
     (tmp_path / "rows.csv").write_text("sku\n" + "".join(f"S{i}\n" for i in range(30)))
     path = write(tmp_path, """\
@@ -288,7 +288,7 @@ def test_a_spec_file_over_the_size_limit_is_not_parsed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
 def test_dataset_rows_are_capped(tmp_path: Path, fmt: str) -> None:
-    from flows.spec.inputs import InputPolicy
+    from nbp.flows.spec.inputs import InputPolicy
 
     frame = pl.DataFrame({"sku": [f"S{i}" for i in range(11)]})
     buffer = io.BytesIO()

@@ -13,12 +13,12 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from flows.spec import cells as cellmod
-from flows.spec.cells import cell_id, expand
-from flows.spec.dataset import DatasetError, read_dataset
-from flows.spec.loader import load_job, load_spec
-from flows.spec.model import Cell
-from flows.spec.templating import MissingVariable, Template, TemplateError
+from nbp.flows.spec import cells as cellmod
+from nbp.flows.spec.cells import cell_id, expand
+from nbp.flows.spec.dataset import DatasetError, read_dataset
+from nbp.flows.spec.loader import load_job, load_spec
+from nbp.flows.spec.model import Cell
+from nbp.flows.spec.templating import MissingVariable, Template, TemplateError
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -318,8 +318,8 @@ def test_same_ids_in_another_process(tmp_path: Path) -> None:
     ))
     here = [c.cell_id for c in expand(load_spec(path))]
     code = (
-        "import json, sys; from flows.spec.loader import load_spec; "
-        "from flows.spec.cells import expand; "
+        "import json, sys; from nbp.flows.spec.loader import load_spec; "
+        "from nbp.flows.spec.cells import expand; "
         "print(json.dumps([c.cell_id for c in expand(load_spec(sys.argv[1]))]))"
     )
     out = subprocess.run(

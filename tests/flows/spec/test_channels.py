@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.spec.channels import channels, split_for_shard
-from flows.spec.loader import load_spec, validate_spec_file
-from flows.spec.shard import Shard
+from nbp.flows.spec.channels import channels, split_for_shard
+from nbp.flows.spec.loader import load_spec, validate_spec_file
+from nbp.flows.spec.shard import Shard
 
 HEAD = """\
 version: 1

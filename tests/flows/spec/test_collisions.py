@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from flows.spec.collisions import CellKeys, Pairs, find_collisions
-from outputs.paths import fold_case
+from nbp.flows.spec.collisions import CellKeys, Pairs, find_collisions
+from nbp.outputs.paths import fold_case
 
 Found = tuple[set[int], list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]
 

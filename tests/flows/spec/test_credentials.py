@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.spec.channels import Channel
-from flows.spec.credentials import block_name, did_you_mean, extends, owner
-from flows.spec.loader import Problem, validate_spec_file
-from providers import http, registry
-from providers.errors import AuthError
+from nbp.flows.spec.channels import Channel
+from nbp.flows.spec.credentials import block_name, did_you_mean, extends, owner
+from nbp.flows.spec.loader import Problem, validate_spec_file
+from nbp.providers import http, registry
+from nbp.providers.errors import AuthError
 
 HEAD = """\
 version: 1

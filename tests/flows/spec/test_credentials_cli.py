@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from providers.emulator.hub import EmulatorHub
+from nbp.providers.emulator.hub import EmulatorHub
 from tests.conftest import run_nbp
 
 SECRET_VALUE = "aws-secret-value-never-sent"

@@ -11,9 +11,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.spec.cells import expand
-from flows.spec.dataset import read_dataset
-from flows.spec.loader import Problem, check_job_file, load_job, validate_spec_file
+from nbp.flows.spec.cells import expand
+from nbp.flows.spec.dataset import read_dataset
+from nbp.flows.spec.loader import Problem, check_job_file, load_job, validate_spec_file
 
 # Line 4 starts a record whose quoted title spans lines 4-6; SNK-002 repeats on line 8.
 PRODUCTS = (

@@ -7,8 +7,8 @@ import argparse
 
 import pytest
 
-from flows.orchestration.run_options import INPUT_OPTIONS, add_flags, input_policy
-from flows.spec.inputs import (
+from nbp.flows.orchestration.run_options import INPUT_OPTIONS, add_flags, input_policy
+from nbp.flows.spec.inputs import (
     HostRefused,
     InputPolicy,
     address_problem,

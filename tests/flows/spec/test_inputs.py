@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flows.spec.cells import OWN_FILES, expand, own_file
-from flows.spec.inputs import (
+from nbp.flows.spec.cells import OWN_FILES, expand, own_file
+from nbp.flows.spec.inputs import (
     DEFAULT_PROTOCOLS,
     InputPolicy,
     InputRefused,
@@ -22,7 +22,7 @@ from flows.spec.inputs import (
     protocol_problem,
     split_protocol,
 )
-from flows.spec.loader import Problem, load_job, load_spec, validate_spec_file
+from nbp.flows.spec.loader import Problem, load_job, load_spec, validate_spec_file
 from tests.conftest import run_nbp
 
 POLICY = InputPolicy()
@@ -326,8 +326,8 @@ def test_output_paths_may_not_be_nbps_own_files(
 
 
 def test_own_file_names_follow_the_outputs_package() -> None:
-    from outputs.gallery import GALLERY_NAME
-    from outputs.manifest import MANIFEST_NAME
+    from nbp.outputs.gallery import GALLERY_NAME
+    from nbp.outputs.manifest import MANIFEST_NAME
 
     assert OWN_FILES == (MANIFEST_NAME, GALLERY_NAME)
 

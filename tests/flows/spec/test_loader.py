@@ -12,11 +12,11 @@ import jsonschema
 import pytest
 from PIL import Image
 
-from flows.spec.cells import expand
-from flows.spec.loader import Problem, SpecInvalid, load_spec, validate_spec_file
-from flows.spec.model import GallerySpec, ProviderLimits
-from providers.model import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
-from schemas import load_job_schema
+from nbp.flows.spec.cells import expand
+from nbp.flows.spec.loader import Problem, SpecInvalid, load_spec, validate_spec_file
+from nbp.flows.spec.model import GallerySpec, ProviderLimits
+from nbp.providers.model import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
+from nbp.schemas import load_job_schema
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -552,8 +552,9 @@ def test_validation_writes_nothing(tmp_path: Path) -> None:
 
 def test_no_prefect_import_for_validate_expand_plan() -> None:
     code = (
-        "import sys; from flows.spec.loader import load_spec; from flows.spec.cells import expand; "
-        "from flows.spec.plan import make_plan; s = load_spec('specs/catalog.yaml'); "
+        "import sys; from nbp.flows.spec.loader import load_spec; "
+        "from nbp.flows.spec.cells import expand; "
+        "from nbp.flows.spec.plan import make_plan; s = load_spec('specs/catalog.yaml'); "
         "make_plan(s, expand(s)).to_json(); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))"
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from flows.spec.matrix import expand, matches, product
+from nbp.flows.spec.matrix import expand, matches, product
 
 
 def values(axes: dict[str, Any], include: Any = (), exclude: Any = ()) -> list[dict[str, Any]]:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from providers import registry
+from nbp.providers import registry
 
 REPO = Path(__file__).resolve().parents[3]
 SPECS = sorted(str(p.relative_to(REPO)) for p in (REPO / "specs").glob("*.yaml"))
 # What a client needs and facts must not: the HTTP stack and every adapter module.
 CLIENT_MODULES = sorted(
-    {"httpx", "httpcore", "providers.adapter", "providers.http"}
+    {"httpx", "httpcore", "nbp.providers.adapter", "nbp.providers.http"}
     | {target.partition(":")[0] for target in registry.known_implementations.values()}
 )
 
@@ -24,7 +24,7 @@ PROBE = """
 import json, sys
 {load}
 loaded = sorted(m for m in sys.modules if m in {client!r})
-facts = sorted(m for m in sys.modules if m.startswith("providers.") and m.endswith("_facts"))
+facts = sorted(m for m in sys.modules if m.startswith("nbp.providers.") and m.endswith("_facts"))
 print(json.dumps({{"loaded": loaded, "facts": facts}}))
 """
 
@@ -44,7 +44,7 @@ def test_the_specs_folder_has_specs_to_validate() -> None:
 @pytest.mark.parametrize("spec", SPECS)
 def test_validating_and_loading_a_spec_imports_no_http_client_nor_adapter(spec: str) -> None:
     load = (
-        "from flows.spec.loader import load_spec, validate_spec_file\n"
+        "from nbp.flows.spec.loader import load_spec, validate_spec_file\n"
         f"assert validate_spec_file({spec!r}) == [], 'the example spec is valid'\n"
         f"load_spec({spec!r})"
     )
@@ -56,7 +56,7 @@ def test_validating_and_loading_a_spec_imports_no_http_client_nor_adapter(spec: 
 @pytest.mark.parametrize("command", ["validate", "plan"])
 def test_nbp_validate_and_plan_import_no_http_client_nor_adapter(command: str) -> None:
     load = (
-        "from flows.cli import main\n"
+        "from nbp.flows.cli import main\n"
         "try:\n"
         f"    main([{command!r}, 'specs/demo.yaml'])\n"
         "except SystemExit as stop:\n"
@@ -64,4 +64,4 @@ def test_nbp_validate_and_plan_import_no_http_client_nor_adapter(command: str) -
     )
     found = _probe(load)
     assert found["loaded"] == []
-    assert "providers.kie_facts" in found["facts"]  # specs/demo.yaml runs on kie
+    assert "nbp.providers.kie_facts" in found["facts"]  # specs/demo.yaml runs on kie

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.spec.cells import expand
-from flows.spec.loader import load_spec
-from flows.spec.plan import Plan, duration_s, make_plan
-from flows.spec.rate import Rate
+from nbp.flows.spec.cells import expand
+from nbp.flows.spec.loader import load_spec
+from nbp.flows.spec.plan import Plan, duration_s, make_plan
+from nbp.flows.spec.rate import Rate
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -113,7 +113,7 @@ def test_render_for_people() -> None:
 
 def test_cli_plan_json() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "plan", "specs/experiment.yaml", "--json"],
+        [sys.executable, "-m", "nbp.flows.cli", "plan", "specs/experiment.yaml", "--json"],
         cwd=REPO, capture_output=True, text=True, check=True,
     )
     data = json.loads(out.stdout)
@@ -253,9 +253,9 @@ def catalog_spec(folder: Path, rows: list[tuple[str, str]]) -> Path:
 def test_the_plan_prices_this_run_against_the_target(tmp_path: Path) -> None:
     """Week 2 of a catalog: one title changed, one product added, one removed. The plan
     prices the changed and the new cell only, and reports the rest."""
-    from flows.spec.loader import load_job
-    from outputs.manifest import ManifestRow, rows_to_frame, write_manifest
-    from outputs.sink import Sink
+    from nbp.flows.spec.loader import load_job
+    from nbp.outputs.manifest import ManifestRow, rows_to_frame, write_manifest
+    from nbp.outputs.sink import Sink
     from tests.conftest import run_nbp
 
     week_1 = load_job(str(catalog_spec(tmp_path, [("A1", "mug"), ("B2", "bag"),

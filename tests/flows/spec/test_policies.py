@@ -10,8 +10,8 @@ from typing import TypeVar
 
 import pytest
 
-from flows.spec.allocation import LaneEstimate, allocate
-from flows.spec.policies import (
+from nbp.flows.spec.allocation import LaneEstimate, allocate
+from nbp.flows.spec.policies import (
     DEADLINE_ROUTINGS,
     DEFAULT_ROUTING,
     POLICIES,
@@ -20,7 +20,7 @@ from flows.spec.policies import (
     RoutingPolicy,
     routing_policy,
 )
-from flows.spec.rate import Rate
+from nbp.flows.spec.rate import Rate
 
 L = TypeVar("L")
 SCHEMA = Path(__file__).resolve().parents[3] / "schemas" / "job.schema.json"

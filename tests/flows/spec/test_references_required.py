@@ -11,10 +11,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.cli import main
-from flows.spec.cells import expand
-from flows.spec.loader import check_job_file, load_job, validate_spec_file
-from flows.spec.records import place, places, record_lines
+from nbp.flows.cli import main
+from nbp.flows.spec.cells import expand
+from nbp.flows.spec.loader import check_job_file, load_job, validate_spec_file
+from nbp.flows.spec.records import place, places, record_lines
 
 CATALOG = (
     "sku,title,image\n"                         # line 1

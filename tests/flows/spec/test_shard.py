@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.spec.shard import Shard
+from nbp.flows.spec.shard import Shard
 
 
 @pytest.mark.parametrize(("text", "index", "count"), [

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from providers import registry
-from providers.conformance import EmulatorControls, ProviderConformance
-from providers.emulator.hub import EmulatorHub
+from nbp.providers import registry
+from nbp.providers.conformance import EmulatorControls, ProviderConformance
+from nbp.providers.emulator.hub import EmulatorHub
 
 PACKAGE = Path(__file__).resolve().parent / "toy_nbp"
 

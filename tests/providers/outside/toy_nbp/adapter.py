@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers import http
-from providers.adapter import HttpAdapter, looks_like_content_rejection
-from providers.base import Capabilities, Finished, ImageRequest, Pending, ResultImage, Submitted
-from providers.errors import ContentRejected, SubmitUncertain, TaskFailed, TransientError
+from nbp.providers import http
+from nbp.providers.adapter import HttpAdapter, looks_like_content_rejection
+from nbp.providers.base import Capabilities, Finished, ImageRequest, Pending, ResultImage, Submitted
+from nbp.providers.errors import ContentRejected, SubmitUncertain, TaskFailed, TransientError
 
 # -- documented constants --------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from providers.emulator.core import FaultConfig, ProviderEmulator
+from nbp.providers.emulator.core import FaultConfig, ProviderEmulator
 
 RATIOS = ("1:1", "16:9", "3:4", "21:9")
 SIZES = ("1K", "2K")
