@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from nbp.providers import registry
 from nbp.providers.adapter import SECTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
-ADAPTERS = ["wiro", "hiapi", "runware", "kie", "apikley", "gemini", "gemini_batch"]
+# Module names of the built-in adapters ("gemini_batch"): a new one is held to the layout too.
+ADAPTERS = [target.partition(":")[0].rpartition(".")[2]
+            for target in registry.known_implementations.values()]
 CONTRACT = ("prepare", "submit", "poll", "recover", "download", "cancel")
 
 
