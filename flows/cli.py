@@ -33,7 +33,9 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(given)
+    args.command = ["nbp", *given]  # what a run's record says started it
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:

@@ -27,10 +27,12 @@ import hashlib
 import json
 import logging
 import re
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from nbp.outputs import fields as check
@@ -108,13 +110,16 @@ class RunRecord:
     """The run's providers were the emulators (records written before this field: false)."""
     dataset: str = ""
     """The dataset the run read in place of the spec's (`--dataset`); empty: the spec's."""
+    command: tuple[str, ...] = ()
+    """The command line that started the run (`nbp run ...`); empty under a deployment,
+    whose flow run (`flow_run_ids`) holds its parameters."""
 
     @classmethod
     def start(
         cls, *, run_id: str, job: str, spec_source: str, spec_text: str,
         channels: Sequence[Mapping[str, str]] = (), flow_run_id: str | None = None,
         shard: str | None = None, spec_folder: str = "", emulated: bool = False,
-        dataset: str = "",
+        dataset: str = "", command: Sequence[str] = (),
     ) -> RunRecord:
         """A running run's record; `ValueError` for a run id no record could be read by."""
         check_run_id(run_id)
@@ -124,6 +129,7 @@ class RunRecord:
             channels=tuple(dict(c) for c in channels), versions=installed_versions(),
             started_at=_now(), flow_run_ids=(flow_run_id,) if flow_run_id else (),
             shards=(shard,) if shard else (), emulated=emulated, dataset=dataset,
+            command=tuple(command),
         )
 
     def ended(self, counts: Mapping[str, int], spent_usd: float) -> RunRecord:
@@ -145,6 +151,7 @@ class RunRecord:
         data = asdict(self)
         data["channels"] = [dict(c) for c in self.channels]
         data["flow_run_ids"], data["shards"] = list(self.flow_run_ids), list(self.shards)
+        data["command"] = list(self.command)
         return data
 
     @classmethod
@@ -187,7 +194,12 @@ _RECORD = check.object_of({
     "spec_text": check.document(MAX_SPEC_BYTES),
     "spec_sha256": check.matching(_SHA256, "a sha256 in lowercase hex"),
     "spec_folder": _LINE,
-    "channels": check.list_of(check.object_of({k: _LINE for k in CHANNEL_KEYS}), MAX_ITEMS),
+    "channels": check.list_of(check.object_of({
+        **{k: _LINE for k in CHANNEL_KEYS},
+        "models": check.list_of(_LINE, MAX_ITEMS),
+        "prices_usd": check.mapping_of(check.identifier(64), check.amount, 64),
+        "price_per_reference_usd": check.amount,
+    }), MAX_ITEMS),
     "versions": check.mapping_of(check.identifier(), check.text(256), 64),
     "started_at": check.timestamp,
     "ended_at": check.optional(check.timestamp),
@@ -197,6 +209,7 @@ _RECORD = check.object_of({
     "shards": check.list_of(check.matching(_SHARD, "a shard as i/n"), MAX_ITEMS),
     "emulated": check.flag,
     "dataset": _LINE,
+    "command": check.list_of(_LINE, MAX_ITEMS),
 })  # fmt: skip
 _REQUIRED = tuple(f.name for f in fields(RunRecord)
                   if f.default is MISSING and f.default_factory is MISSING)
@@ -291,13 +304,32 @@ def pick_run(run_ids: Sequence[str], run_id: str) -> str:
 
 
 def installed_versions() -> dict[str, str]:
+    """nbp's and Prefect's versions, and nbp's commit when it runs from a git checkout
+    (`nbp_commit`: the full hash, "-dirty" when files differ from it)."""
     versions = {}
     for name in VERSIONED:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "unknown"
+    if commit := source_commit():
+        versions["nbp_commit"] = commit
     return versions
+
+
+def source_commit() -> str | None:
+    """The commit of the checkout this code runs from (None: an installed wheel, or no git);
+    asked once per run (`RunRecord.start`)."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / ".git").exists():
+        return None
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(checkout), "describe", "--always", "--dirty", "--abbrev=40"],
+            capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.strip() or None
 
 
 def _scan(sink: Sink) -> tuple[list[RunRecord], list[tuple[str | None, RecordError]]]:

@@ -270,6 +270,10 @@ def test_a_run_is_reproduced_from_its_output_folder_alone(
     sources = sorted(r["spec_source"] for r in records)  # the original, not the copy
     assert sources[1] == f"{sources[0]} (from {tmp_path / 'out'}@{before['run_id'][0]})"
     assert not list(tmp_path.glob(".nbp-from-*"))  # the spec copy is gone
+    commands = sorted(r["command"] for r in records)  # what the researcher typed, each time
+    assert commands[0][:3] == ["nbp", "run", "--from"] and commands[1][:2] == ["nbp", "run"]
+    (kie,) = records[0]["channels"]
+    assert kie["models"] == [kie["model"]] and kie["prices_usd"]["1K"] > 0
     missing = run_nbp("run", "--from", f"{tmp_path / 'out'}@nope", "--emulate", env=env)
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
 

@@ -154,6 +154,7 @@ class RunOptions:
     batch_wait_s: float = DEFAULT_WAIT_S  # how long to wait for batches before leaving them
     spec_source: str | None = None      # what the run's record names as the spec's source
     failures_ok: bool = False           # a run with failed cells still succeeds (exit 0)
+    command: tuple[str, ...] | None = None  # the command line that started it (record)
     redo_rejected: bool = False         # make the rejected images again (new seed, same path)
     archive_stale: bool = False         # move the images of stale cells to history
 
@@ -254,7 +255,7 @@ async def run_job(
                              spec_text=spec.text, flow_run_id=options.flow_run_id,
                              shard=str(options.shard) if options.shard else None,
                              spec_folder=spec.base_dir,
-                             emulated=options.emulate,
+                             emulated=options.emulate, command=options.command or (),
                              dataset=spec.dataset.path
                              if options.inputs and options.inputs.dataset and spec.dataset
                              else "")
@@ -300,9 +301,9 @@ async def run_job(
             failures, products = await asyncio.to_thread(_failure_groups, parts)
             waiting = await asyncio.to_thread(_waiting_in_groups, parts)
             record = replace(record, channels=tuple(
-                {"key": c.key, "provider": c.provider, "account": c.account,
-                 "model": ", ".join(sorted(ctx.asked.get(c.key, ()))
-                                    or [ctx.models.get(c.provider, "")])} for c in used))
+                _channel_record(c, sorted(ctx.asked.get(c.key, ()))
+                                or [ctx.models.get(c.provider, "")], rules[c.provider])
+                for c in used))
             manifest_uri, written = await write_outputs(
                 heartbeat, parts, all_cells if options.shard else None, title=spec.name,
                 record=record.ended(counts, budget.spent_usd + budget.reserved_usd),
@@ -366,6 +367,17 @@ def _effective_cells(sink: Sink, cells: CellSource, *, redo_rejected: bool) -> E
             redos.update({redo.cell_id: redo for redo in made})
             log.info("redoing %d rejected image(s) with a new seed", len(made))
     return Effective(cells, redos)
+
+
+def _channel_record(
+    channel: Channel, models: Sequence[str], rule: ProviderRules
+) -> dict[str, Any]:
+    """A channel as the run's record names it: the model ids its creates asked for and the
+    prices the run used (the plan's and the budget's), so a figure can be recomputed."""
+    return {"key": channel.key, "provider": channel.provider, "account": channel.account,
+            "model": ", ".join(models), "models": list(models),
+            "prices_usd": dict(rule.prices_usd),
+            "price_per_reference_usd": rule.price_per_reference_usd}
 
 
 def claim_target_kind(sink: Sink, *, emulated: bool) -> None:

@@ -163,11 +163,13 @@ def build_flow(
         dataset: str | None = None,
         redo_rejected: bool = False,
         archive_stale: bool = False,
+        command: list[str] | None = None,
     ) -> dict[str, Any]:
         """Run the job spec `spec` (a path or fsspec URL); see `nbp run --help`. Shards
         started as one run pass the same `run_id` (they share `budget.max_usd`); with
         `own_accounts` each shard uses only the channels it owns; `spec_source` names the
-        spec in the run's record when `spec` is a copy (`nbp run --from`). The flow run
+        spec in the run's record when `spec` is a copy (`nbp run --from`); `command`: the
+        command line that started it (`nbp run` passes its own). The flow run
         ends Failed when cells failed, were uncertain or not sent (unless
         `succeed_with_failures`), Completed named "N pending" when only tasks to collect are
         left (a running Google batch), Cancelled when a stop request ended it."""

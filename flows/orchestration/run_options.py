@@ -126,6 +126,8 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
               "--emulate)", "--emulator-latency", "EMULATOR_LATENCY"),
     RunOption("spec_source", str | None, None, "what the run's record names as the spec's "
               "source when `spec` is a copy (nbp run --from)"),
+    RunOption("command", list[str] | None, None, "the command line that started the run "
+              "(`nbp run ...`), kept in its record"),
 )
 OPTIONS: Mapping[str, RunOption] = {option.name: option for option in RUN_OPTIONS}
 INPUT_OPTIONS: tuple[RunOption, ...] = tuple(o for o in RUN_OPTIONS if o.inputs)
@@ -202,5 +204,6 @@ def engine_options(
         retry=RetryPolicy(patience_s=patience) if patience else DEFAULT_RETRY,
         own_accounts=given["own_accounts"], flow_run_id=flow_run_id,
         spec_source=given["spec_source"], failures_ok=given["succeed_with_failures"],
+        command=tuple(given["command"]) if given["command"] else None,
         redo_rejected=given["redo_rejected"], archive_stale=given["archive_stale"], **own,
     )

@@ -281,3 +281,35 @@ def test_a_run_id_must_name_a_record_that_reads_back() -> None:
 
 def test_the_spec_limit_is_the_loader_s() -> None:
     assert InputPolicy().max_spec_bytes == MAX_SPEC_BYTES
+
+
+def test_a_record_keeps_the_command_prices_and_model_lists(tmp_path: Path) -> None:
+    """What a researcher needs to recompute a figure: the command line, each channel's model
+    ids as a list and the prices the run used; a record without them (older) still reads."""
+    sink = Sink(str(tmp_path))
+    channel = {"key": "gemini", "provider": "gemini", "account": "GEMINI_API_KEY",
+               "model": "a, b", "models": ["a", "b"], "prices_usd": {"1K": 0.134, "4K": 0.24},
+               "price_per_reference_usd": 0.0011}
+    start = RunRecord.start(run_id="full", job="r", spec_source="r.yaml", spec_text=SPEC,
+                            channels=[channel], command=["nbp", "run", "r.yaml", "--force"])
+    merge_record(sink, start.ended({"succeeded": 1}, 0.134))
+    found = find_record(sink, "full")
+    assert found.command == ("nbp", "run", "r.yaml", "--force")
+    assert found.channels[0]["models"] == ("a", "b")
+    assert found.channels[0]["prices_usd"] == {"1K": 0.134, "4K": 0.24}
+    assert found.channels[0]["price_per_reference_usd"] == 0.0011
+    write_bad(sink, without("command"))
+    assert find_record(sink, "bad").command == ()
+
+
+def test_a_record_names_the_commit_nbp_ran_from(tmp_path: Path) -> None:
+    """From a git checkout (this one) the full commit hash, "-dirty" when files differ;
+    an installed wheel has no checkout and records its version only."""
+    if not (Path(nbp.outputs.runs.__file__).resolve().parents[1] / ".git").exists():
+        pytest.skip("not run from a git checkout")
+    commit = nbp.outputs.runs.source_commit()
+    assert commit is not None and len(commit.removesuffix("-dirty")) == 40
+    start = RunRecord.start(run_id="c", job="r", spec_source="r.yaml", spec_text=SPEC)
+    assert start.versions["nbp_commit"] == commit
+    merge_record(Sink(str(tmp_path)), start.ended({}, 0.0))
+    assert find_record(Sink(str(tmp_path)), "c").versions["nbp_commit"] == commit
