@@ -24,6 +24,7 @@ from nbp.flows.orchestration.run_options import (
     flow_parameters,
     input_policy,
 )
+from nbp.flows.streams import guard_standard_streams
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import State
@@ -320,6 +321,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"nbp run: {problem}", file=sys.stderr)
         return EXIT_INVALID
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A reader that quits on Ctrl-C with nbp (`| tee`) must not end the run before its manifest.
+    guard_standard_streams()
     from prefect.exceptions import TerminationSignal
 
     from nbp.flows.display import TerminalDisplay

@@ -120,6 +120,31 @@ def test_a_stop_request_stops_creating_writes_the_manifest_and_a_rerun_pays_noth
     assert ledger["total_usd"] == pytest.approx(0.09 * len(names)) and ledger["open"] == {}
 
 
+def test_ctrl_c_with_the_output_piped_to_a_reader_that_quits_too(
+    prefect_api_url: str, kie: EmulatorHub, tmp_path: Path
+) -> None:
+    """`nbp run spec | tee run.log`, Ctrl-C: the terminal stops `tee` with nbp, and every
+    later write to the pipe fails. The run still ends as a stop request ends it (manifest,
+    exit 130) instead of dying of the broken pipe, and the rerun pays nothing twice."""
+    names = prompts(24)
+    spec = spec_file(tmp_path, names, limits={"kie": {"poll_interval": 0.2, "rate": "6/1s"}})
+    kie["kie"].configure(rate_limit=(6, 1.0))
+    child = start(prefect_api_url, kie, "run", str(spec))
+    wait_for(lambda: len(kie["kie"].creates) >= 6)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()
+    child.stderr.close()  # the reader is gone
+    os.killpg(child.pid, signal.SIGINT)
+    assert child.wait(timeout=60) == 130
+    assert len(kie["kie"].creates) < len(names)
+    assert set(rows(tmp_path)["status"]) <= {"succeeded", "pending", "skipped"}
+
+    again = start(prefect_api_url, kie, "run", str(spec))
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err[-3000:]
+    assert creates_per_prompt(kie, names) == [1] * len(names)
+
+
 def test_a_kill_while_cells_wait_for_the_rate_window_leaves_them_unsent(
     prefect_api_url: str, kie: EmulatorHub, tmp_path: Path
 ) -> None:
