@@ -42,14 +42,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-import fsspec.core
 import polars as pl
 
 from nbp.outputs.gallery import drawn_size
 from nbp.outputs.html import content_security_policy, policy_meta
 from nbp.outputs.manifest import MANIFEST_NAME, read_manifest
 from nbp.outputs.runs import pick_run, read_records, split_run_ref
-from nbp.outputs.sink import Sink, check_relative
+from nbp.outputs.sink import Sink, file_location
 from nbp.outputs.statuses import SETTLED
 
 DEFAULT_PAGE = "compare.html"
@@ -367,17 +366,8 @@ def page_location(out: str) -> tuple[Sink, str]:
     """The folder (a Sink) and file name of the page at `out`: a local path or any fsspec
     URL; a folder (an existing one, or any ending in `/`) gets `DEFAULT_PAGE` in it.
     `CompareInputError` when unusable."""
-    protocol, path = fsspec.core.split_protocol(out)
-    if path.endswith("/") or (protocol is None and os.path.isdir(path)):
-        path = path.rstrip("/") + "/" + DEFAULT_PAGE  # a folder: the page goes in it
-    if protocol in (None, "file", "local"):
-        folder, name = os.path.split(os.path.abspath(path))
-    else:
-        parent, _, name = path.rpartition("/")
-        folder = f"{protocol}://{parent}"
     try:
-        check_relative(name)
-        return Sink(folder), name
+        return file_location(out, DEFAULT_PAGE)
     except (ImportError, ValueError) as exc:
         raise CompareInputError(f"{out}: not a place for the page: {exc}") from exc
 

@@ -42,17 +42,15 @@ every type and every value exactly as the manifest has it.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-import fsspec.core
 import polars as pl
 
 from nbp.outputs.layout import in_state
 from nbp.outputs.manifest import MANIFEST_NAME, ManifestInvalid, conform
-from nbp.outputs.sink import Sink, check_relative
+from nbp.outputs.sink import Sink, check_relative, file_location
 
 FORMATS = ("csv", "parquet")
 STDOUT = "-"
@@ -263,17 +261,8 @@ def export_location(out: str, fmt: str, *, target: Sink) -> tuple[Sink, str]:
     path or any fsspec URL; a folder (an existing one, or any ending in `/`) gets
     `DEFAULT_NAME[fmt]` in it. `ExportInputError` when unusable, or when it is a file nbp
     keeps in `target` (its manifest, gallery or `.nbp/` state)."""
-    protocol, path = fsspec.core.split_protocol(out)
-    if path.endswith("/") or (protocol is None and os.path.isdir(path)):
-        path = path.rstrip("/") + "/" + DEFAULT_NAME[fmt]
-    if protocol in (None, "file", "local"):
-        folder, name = os.path.split(os.path.abspath(path))
-    else:
-        parent, _, name = path.rpartition("/")
-        folder = f"{protocol}://{parent}"
     try:
-        check_relative(name)
-        sink = Sink(folder)
+        sink, name = file_location(out, DEFAULT_NAME[fmt])
         where = sink.uri(name)
     except (ImportError, ValueError) as exc:
         raise ExportInputError(f"--out {out}: not a place for the export: {exc}") from exc

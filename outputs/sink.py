@@ -189,6 +189,23 @@ class Sink:
         return [json.loads(contents[name]) for name in names if name in contents]
 
 
+def file_location(out: str, default_name: str) -> tuple[Sink, str]:
+    """The folder (a Sink, for its atomic write) and file name of one file nbp writes at
+    `out` (`nbp export --out`, `nbp compare --out`): a local path or any fsspec URL; a folder
+    (an existing one, or any ending in `/`) gets `default_name` in it. `ValueError` (or
+    `ImportError`, a protocol whose package is missing) when it is no place for a file."""
+    protocol, path = fsspec.core.split_protocol(out)
+    if path.endswith("/") or (protocol is None and os.path.isdir(path)):
+        path = path.rstrip("/") + "/" + default_name
+    if protocol in (None, "file", "local"):
+        folder, name = os.path.split(os.path.abspath(path))
+    else:
+        parent, _, name = path.rpartition("/")
+        folder = f"{protocol}://{parent}"
+    check_relative(name)
+    return Sink(folder), name
+
+
 def check_relative(rel: str) -> None:
     """Refuse any relative path that is empty, absolute, a URL or could climb out of the root."""
     if not rel or rel.startswith("/") or "\\" in rel or "\0" in rel or "://" in rel:
