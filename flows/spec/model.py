@@ -153,6 +153,9 @@ class Cell:
     # it (routing and fallback never move it), with that model id. None: not pinned.
     provider: str | None = None
     model: str | None = None
+    # The name of the cell's prompt template (`matrix.prompt` written as a mapping name ->
+    # text); the manifest's `template` column. None: prompts written as a list.
+    template: str | None = None
     # The id the spec gives this cell when a target makes it otherwise (a redo's new seed,
     # a reference photo that changed behind its URL: `flows.engine.redo`); None: `cell_id`.
     spec_id: str | None = None
