@@ -4,6 +4,7 @@
     {target}/.nbp/                          STATE_DIR: nbp's state; never an image's path
         cells/{cell_id}.json                JOURNAL_DIR: a cell's life (flows.engine.journal)
         runs/{run_id}.json                  RUNS_DIR: what produced the target's rows
+        inputs/{run_id}.json                INPUTS_DIR: sha256 of each file a run read
         budget.json                         LEDGER: spend by run, and open holds
         spend/{holder}.json                 SPEND_DIR: an uncapped process's spend
         locks/budget, locks/manifest        LEDGER_LOCK, MANIFEST_LOCK: short leases
@@ -26,6 +27,7 @@ TEMP_MARKER = ".nbp-tmp-"  # in every temp file name; never ends in a real exten
 
 JOURNAL_DIR = f"{STATE_DIR}/cells"
 RUNS_DIR = f"{STATE_DIR}/runs"
+INPUTS_DIR = f"{STATE_DIR}/inputs"
 LEDGER = f"{STATE_DIR}/budget.json"
 SPEND_DIR = f"{STATE_DIR}/spend"
 LOCKS_DIR = f"{STATE_DIR}/locks"

@@ -26,9 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from nbp.outputs import fields as check
-from nbp.outputs.layout import RUNS_DIR
+from nbp.outputs.layout import INPUTS_DIR, RUNS_DIR
 from nbp.outputs.sink import Sink
 
 VERSIONED = ("nbp", "prefect")
@@ -50,6 +51,7 @@ MAX_PATH_CHARS = 4_096
 MAX_ITEMS = 1_024     # channels, shards, flow run ids of one run
 CHANNEL_KEYS = ("key", "provider", "account", "model")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA256_OR_NONE = re.compile(r"(?:[0-9a-f]{64})?")
 _SHARD = re.compile(r"[0-9]{1,6}/[0-9]{1,6}")
 
 log = logging.getLogger("nbp.runs")
@@ -113,13 +115,16 @@ class RunRecord:
     command: tuple[str, ...] = ()
     """The command line that started the run (`nbp run ...`); empty under a deployment,
     whose flow run (`flow_run_ids`) holds its parameters."""
+    inputs_sha256: str = ""
+    """One sha256 of the dataset and local reference files the cells were made from
+    (`inputs_digest`; each file's own in `write_inputs`'s file); empty: none."""
 
     @classmethod
     def start(
         cls, *, run_id: str, job: str, spec_source: str, spec_text: str,
         channels: Sequence[Mapping[str, str]] = (), flow_run_id: str | None = None,
         shard: str | None = None, spec_folder: str = "", emulated: bool = False,
-        dataset: str = "", command: Sequence[str] = (),
+        dataset: str = "", command: Sequence[str] = (), inputs_sha256: str = "",
     ) -> RunRecord:
         """A running run's record; `ValueError` for a run id no record could be read by."""
         check_run_id(run_id)
@@ -129,7 +134,7 @@ class RunRecord:
             channels=tuple(dict(c) for c in channels), versions=installed_versions(),
             started_at=_now(), flow_run_ids=(flow_run_id,) if flow_run_id else (),
             shards=(shard,) if shard else (), emulated=emulated, dataset=dataset,
-            command=tuple(command),
+            command=tuple(command), inputs_sha256=inputs_sha256,
         )
 
     def ended(self, counts: Mapping[str, int], spent_usd: float) -> RunRecord:
@@ -210,6 +215,7 @@ _RECORD = check.object_of({
     "emulated": check.flag,
     "dataset": _LINE,
     "command": check.list_of(_LINE, MAX_ITEMS),
+    "inputs_sha256": check.matching(_SHA256_OR_NONE, "a sha256 in lowercase hex, or empty"),
 })  # fmt: skip
 _REQUIRED = tuple(f.name for f in fields(RunRecord)
                   if f.default is MISSING and f.default_factory is MISSING)
@@ -226,6 +232,49 @@ def merge_record(sink: Sink, record: RunRecord) -> None:
     if earlier is not None and record.shards and earlier.shards:
         record = record.merged_into(earlier)
     sink.put_json(path, record.to_json())
+
+
+@dataclass(frozen=True)
+class InputHash:
+    """One file a run read: its role ("dataset", "reference"), its path (relative to the
+    spec's folder when it lies there, else as resolved: an absolute path or a URL) and the
+    sha256 of its content."""
+
+    role: str
+    path: str
+    sha256: str
+
+
+def inputs_digest(files: Sequence[InputHash]) -> str:
+    """The run's one hash of its input files: the sha256 of their lines
+    `"{role} {sha256} {path}\\n"` in sorted order, so two runs that read the same files (the
+    same content under the same names in their spec's folder) have the same digest, on any
+    machine. Empty for a run that read no file."""
+    if not files:
+        return ""
+    lines = sorted(f"{f.role} {f.sha256} {f.path}\n" for f in files)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def relative_inputs(
+    files: Iterable[tuple[str, str, str]], spec_folder: str
+) -> tuple[InputHash, ...]:
+    """(role, resolved path, sha256) as the record names them (`InputHash.path`)."""
+    found = []
+    for role, path, digest in files:
+        inside = "://" not in path and os.path.isabs(path) and spec_folder and (
+            os.path.commonpath([path, spec_folder]) == os.path.abspath(spec_folder))
+        shown = os.path.relpath(path, spec_folder).replace(os.sep, "/") if inside else path
+        found.append(InputHash(role, shown, digest))
+    return tuple(found)
+
+
+def write_inputs(sink: Sink, run_id: str, files: Sequence[InputHash]) -> None:
+    """`.nbp/inputs/{run_id}.json`: each input file's sha256 and the digest over them."""
+    sink.put_json(f"{INPUTS_DIR}/{run_id}.json", {
+        "version": 1, "run_id": run_id, "inputs_sha256": inputs_digest(files),
+        "files": [asdict(f) for f in files],
+    })
 
 
 def read_records(sink: Sink) -> list[RunRecord]:

@@ -75,7 +75,13 @@ from nbp.outputs.layout import MANIFEST_LOCK, TARGET_KIND
 from nbp.outputs.manifest import MANIFEST_NAME, rows_to_frame
 from nbp.outputs.parts import ManifestParts, merge_parts
 from nbp.outputs.review import decisions, review_frame, with_reviews
-from nbp.outputs.runs import RunRecord, merge_record
+from nbp.outputs.runs import (
+    RunRecord,
+    inputs_digest,
+    merge_record,
+    relative_inputs,
+    write_inputs,
+)
 from nbp.outputs.sink import Sink
 from nbp.outputs.status import summarise
 from nbp.outputs.steps import AFTER_WRITE, AfterWrite, Written, run_steps
@@ -250,12 +256,14 @@ async def run_job(
     progress = progress or Progress()
     progress.total = len(cells)
     used = run_channels(spec, options)
+    inputs = relative_inputs(((f.role, f.path, f.sha256) for f in job.inputs), spec.base_dir)
     record = RunRecord.start(run_id=options.run_id, job=spec.name,
                              spec_source=options.spec_source or spec.source,
                              spec_text=spec.text, flow_run_id=options.flow_run_id,
                              shard=str(options.shard) if options.shard else None,
                              spec_folder=spec.base_dir,
                              emulated=options.emulate, command=options.command or (),
+                             inputs_sha256=inputs_digest(inputs),
                              dataset=spec.dataset.path
                              if options.inputs and options.inputs.dataset and spec.dataset
                              else "")
@@ -304,6 +312,8 @@ async def run_job(
                 _channel_record(c, sorted(ctx.asked.get(c.key, ()))
                                 or [ctx.models.get(c.provider, "")], rules[c.provider])
                 for c in used))
+            if inputs:
+                await asyncio.to_thread(write_inputs, sink, options.run_id, inputs)
             manifest_uri, written = await write_outputs(
                 heartbeat, parts, all_cells if options.shard else None, title=spec.name,
                 record=record.ended(counts, budget.spent_usd + budget.reserved_usd),

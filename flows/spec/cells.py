@@ -60,7 +60,7 @@ from nbp.flows.spec.inputs import (
     is_http,
     split_protocol,
 )
-from nbp.flows.spec.model import NO_KEY, Cell, JobSpec, MatrixSpec, SkippedRows
+from nbp.flows.spec.model import NO_KEY, Cell, InputFile, JobSpec, MatrixSpec, SkippedRows
 from nbp.flows.spec.records import MAX_LISTED, dataset_lines, file_name, places
 from nbp.flows.spec.templating import MissingVariable, Template, TemplateError
 from nbp.flows.spec.yamlpos import JsonPath
@@ -277,6 +277,11 @@ class FileIdentities:
 
     def __len__(self) -> int:
         return len(self._known)
+
+    def files(self) -> dict[str, str]:
+        """Every file read, path -> sha256 hex (its latest content, when it changed)."""
+        return {path: identity.removeprefix("sha256:")
+                for (path, _, _), identity in self._known.items()}
 
 
 def _sha256(path: str) -> str:
@@ -976,6 +981,17 @@ class ExpandedCells:
 
     def __len__(self) -> int:
         return self._count
+
+    def input_files(self) -> tuple[InputFile, ...]:
+        """The dataset and the local reference files the cells were made from, hashed
+        when validation read them (a reference no cell kept is listed too)."""
+        expansion = self._expansion
+        dataset = expansion.dataset
+        files = [InputFile("dataset", expansion.spec.dataset.path, dataset.sha256)
+                 ] if dataset is not None and expansion.spec.dataset is not None else []
+        files += [InputFile("reference", path, digest)
+                  for path, digest in sorted(expansion.identities.files().items())]
+        return tuple(files)
 
     def __iter__(self) -> Iterator[Cell]:
         if self._held is not None:

@@ -24,10 +24,11 @@ number in the file (`number`).
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import fsspec
@@ -88,6 +89,7 @@ class Dataset:
     dropped_example: str = ""       # the first of them, and the row it repeats
     blank: int = 0                  # rows without a single value, left out (with a key)
     blank_example: str = ""         # where the first of them is
+    sha256: str = ""                # of the file's bytes as read (the run's record)
 
     def number(self, index: int) -> int:
         """The 0-based row in the file of `rows[index]`."""
@@ -144,11 +146,12 @@ def read_dataset(
     if max_rows is not None and frame.height > max_rows:
         raise _too_many_rows(path, frame.height, max_rows)
     lines = record_lines(data, fmt, frame.height, _file_name(path))
+    digest = hashlib.sha256(data).hexdigest()
     del data
     text = _as_text(frame, path)
     if not key:
-        return Dataset(tuple(frame.columns), text.to_dicts(), lines)
-    return _keyed(frame, text, lines, tuple(key), duplicates)
+        return Dataset(tuple(frame.columns), text.to_dicts(), lines, sha256=digest)
+    return replace(_keyed(frame, text, lines, tuple(key), duplicates), sha256=digest)
 
 
 def _read_bytes(

@@ -67,6 +67,7 @@ from nbp.flows.spec.model import (
     CellSource,
     DatasetSpec,
     GallerySpec,
+    InputFile,
     Job,
     JobSpec,
     MatrixSpec,
@@ -224,7 +225,8 @@ def check_job(
         return None, [*checker.sorted_problems(), Problem(
             source, 1, 1, "$", f"more than {MAX_PROBLEMS} problems: nbp stopped looking; "
                                "fix these and validate again")]
-    job = (Job(spec, checker.cells, skipped=checker.skipped, notes=tuple(checker.notes))
+    job = (Job(spec, checker.cells, skipped=checker.skipped, notes=tuple(checker.notes),
+               inputs=checker.inputs)
            if spec is not None and not checker.problems else None)
     return job, checker.sorted_problems()
 
@@ -275,6 +277,7 @@ class _Checker:
         self.schema_paths: list[JsonPath] = []  # where a value is wrong (not unknown keys)
         self.blocking: list[JsonPath] = []      # ... and the value cannot be expanded
         self.cells: CellSource = []             # every cell, once the spec expands
+        self.inputs: tuple[InputFile, ...] = ()  # the files they were made from
         self.skipped: SkippedRows | None = None  # left out by references_required: skip
         self.notes: list[str] = []              # remarks that do not make it invalid
         self.keep_cells = False                 # hold them (see `load_job`)
@@ -356,7 +359,8 @@ class _Checker:
             self.check_template_syntax(data)  # names cannot be judged without the rest
             return None
         expansion = cellmod.Expansion(spec, dataset=dataset, value_path=self.value_path)
-        self.cells = expansion.run(keep=self.keep_cells)
+        cells = self.cells = expansion.run(keep=self.keep_cells)
+        self.inputs = cells.input_files()
         self.skipped = expansion.skipped
         for issue in expansion.issues:
             self.add(issue.path, issue.message, key=issue.key)

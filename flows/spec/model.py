@@ -193,6 +193,16 @@ class SkippedRows:
 
 
 @dataclass(frozen=True)
+class InputFile:
+    """A file the cells were made from, for the run's record: the dataset (as read, local
+    or a URL) or a local reference file."""
+
+    role: str       # "dataset" | "reference"
+    path: str       # resolved: absolute local path or URL
+    sha256: str     # of its content
+
+
+@dataclass(frozen=True)
 class Job:
     """A validated spec and every cell it expands to (`flows.spec.loader.load_job`).
 
@@ -203,3 +213,4 @@ class Job:
     cells: CellSource
     skipped: SkippedRows | None = None  # cells left out by `references_required: skip`
     notes: tuple[str, ...] = ()
+    inputs: tuple[InputFile, ...] = ()  # the dataset and local references, hashed

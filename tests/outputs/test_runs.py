@@ -313,3 +313,31 @@ def test_a_record_names_the_commit_nbp_ran_from(tmp_path: Path) -> None:
     assert start.versions["nbp_commit"] == commit
     merge_record(Sink(str(tmp_path)), start.ended({}, 0.0))
     assert find_record(Sink(str(tmp_path)), "c").versions["nbp_commit"] == commit
+
+
+def test_the_inputs_digest_is_over_content_and_names_in_the_spec_folder(tmp_path: Path) -> None:
+    """One hash for a run's input files: the same content under the same names (relative to
+    the spec's folder) on any machine; a URL keeps its name; a record keeps it, and an
+    older record without it reads as empty."""
+    from nbp.outputs.runs import InputHash, inputs_digest, relative_inputs
+
+    sha = "ab" * 32
+    here = relative_inputs([("dataset", "/m1/specs/rows.csv", sha),
+                            ("reference", "s3://b/cup.png", sha)], "/m1/specs")
+    there = relative_inputs([("reference", "s3://b/cup.png", sha),
+                             ("dataset", "/m2/work/specs/rows.csv", sha)], "/m2/work/specs")
+    assert [f.path for f in here] == ["rows.csv", "s3://b/cup.png"]
+    assert inputs_digest(here) == inputs_digest(there) != ""
+    assert inputs_digest(()) == ""
+    assert inputs_digest([InputHash("dataset", "rows.csv", "cd" * 32)]) != inputs_digest(
+        [InputHash("dataset", "rows.csv", sha)])
+    sink = Sink(str(tmp_path))
+    start = RunRecord.start(run_id="h", job="r", spec_source="r.yaml", spec_text=SPEC,
+                            inputs_sha256=inputs_digest(here))
+    merge_record(sink, start.ended({}, 0.0))
+    assert find_record(sink, "h").inputs_sha256 == inputs_digest(here)
+    write_bad(sink, without("inputs_sha256"))
+    assert find_record(sink, "bad").inputs_sha256 == ""
+    write_bad(sink, lambda data: {**data, "inputs_sha256": "x"})
+    with pytest.raises(RecordError, match="inputs_sha256"):
+        find_record(sink, "bad")

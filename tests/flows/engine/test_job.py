@@ -218,3 +218,56 @@ limits: {{kie: {{poll_interval: 0.05}}}}
     assert [t.suffix for t in thumbs] == [".webp", ".webp"]
     with Image.open(thumbs[0]) as small:
         assert small.format == "WEBP" and max(small.size) == 64
+
+
+def test_a_run_records_one_hash_of_its_dataset_and_reference_files(tmp_path: Path) -> None:
+    """The record's `inputs_sha256` is one digest over every file the cells were made from;
+    each file's own sha256 is in `.nbp/inputs/{run_id}.json`. The same files in another
+    folder give the same digest; a changed reference gives another."""
+    import hashlib
+    import json
+
+    from PIL import Image
+
+    from nbp.flows.engine.job import RunOptions, run_job
+    from nbp.flows.spec.loader import load_job
+    from nbp.outputs.runs import find_record, inputs_digest, relative_inputs
+    from tests.flows.engine.emulated import serving
+
+    def make(folder: Path, colour: str) -> Path:
+        (folder / "refs").mkdir(parents=True)
+        Image.new("RGB", (8, 8), colour).save(folder / "refs" / "cup.png")
+        (folder / "rows.csv").write_text("item,photo\ncup,refs/cup.png\n")
+        spec = folder / "spec.yaml"
+        spec.write_text(f"""\
+version: 1
+name: hashed
+provider: kie
+dataset: {{path: rows.csv}}
+references: ["{{photo}}"]
+matrix: {{prompt: ["a {{item}} on a table"]}}
+output: {{target: "{folder / 'out'}"}}
+limits: {{kie: {{poll_interval: 0.05}}}}
+""")
+        return spec
+
+    first = make(tmp_path / "a", "red")
+    with serving(["kie"], 0.05) as hub:
+        result = asyncio.run(run_job(RunOptions(spec=str(first), run_id="r1")))
+    assert result.exit_code == 0 and len(hub["kie"].creates) == 1
+    record = find_record(Sink(str(tmp_path / "a" / "out")), "r1")
+    sidecar = json.loads((tmp_path / "a" / "out" / ".nbp" / "inputs" / "r1.json").read_text())
+    files = {f["path"]: f for f in sidecar["files"]}
+    assert set(files) == {"rows.csv", "refs/cup.png"}
+    assert files["rows.csv"]["role"] == "dataset"
+    assert files["refs/cup.png"]["sha256"] == hashlib.sha256(
+        (tmp_path / "a" / "refs" / "cup.png").read_bytes()).hexdigest()
+    assert record.inputs_sha256 == sidecar["inputs_sha256"] != ""
+
+    def digest(spec: Path) -> str:
+        found = load_job(str(spec)).inputs
+        return inputs_digest(relative_inputs(((f.role, f.path, f.sha256) for f in found),
+                                             str(spec.parent)))
+
+    assert digest(make(tmp_path / "b", "red")) == record.inputs_sha256  # same files elsewhere
+    assert digest(make(tmp_path / "c", "blue")) != record.inputs_sha256  # another photo
