@@ -25,12 +25,10 @@ from nbp.outputs.compare import (
     CompareInputError,
     compare,
     load_side,
-    page_location,
-    render_page,
     render_summary,
     request_variables,
-    write_page,
 )
+from nbp.outputs.compare_page import PREFERENCE_SCRIPT, page_location, render_page, write_page
 from nbp.outputs.gallery import render_gallery
 from nbp.outputs.manifest import rows_to_frame, write_manifest
 from nbp.outputs.runs import RunRecord, merge_record
@@ -92,21 +90,29 @@ def pairs_of(a: str, b: str) -> list[tuple[str, str | None, str | None]]:
 
 
 class Page(HTMLParser):
-    """Each pair's text and its image sources; refuses any script or event handler."""
+    """Each pair's text and its image sources; refuses any event handler and any script but
+    the page's own one (`PREFERENCE_SCRIPT`, at the end, exactly as written)."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
         self.pairs: list[dict[str, Any]] = []
         self.srcs: list[str] = []
         self.hrefs: list[str] = []
+        self.scripts: list[str] = []
+        self.in_script = False
         self.feed(text)
+        assert self.scripts == [PREFERENCE_SCRIPT], "a script that is not the page's own"
+        assert text.endswith(f"<script>{PREFERENCE_SCRIPT}</script>\n</body>\n</html>\n")
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
-        if tag == "script" or any(k.startswith("on") for k in a):
+        if any(k.startswith("on") for k in a) or (tag == "script" and a):
             raise AssertionError(f"script in page: {tag} {a}")
+        if tag == "script":
+            self.in_script = True
+            self.scripts.append("")
         if tag == "article":
-            self.pairs.append({"class": a["class"], "text": "", "srcs": []})
+            self.pairs.append({"class": a["class"], "text": "", "srcs": [], "attrs": a})
         if tag == "img":
             self.srcs.append(a["src"])
             if self.pairs:
@@ -114,8 +120,14 @@ class Page(HTMLParser):
         if tag == "a":
             self.hrefs.append(a["href"])
 
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self.in_script = False
+
     def handle_data(self, data: str) -> None:
-        if self.pairs:
+        if self.in_script:
+            self.scripts[-1] += data
+        elif self.pairs:
             self.pairs[-1]["text"] += data
 
 
@@ -136,35 +148,41 @@ def test_cells_pair_by_request_not_by_cell_id(tmp_path: Path) -> None:
 
 
 def test_same_changed_and_only_in_one(tmp_path: Path) -> None:
+    """Same: the same image, or a failure with the same error code on both sides (a refusal
+    that did not change); changed: anything else in both."""
+    failed = {"status": "failed", "sha256": None, "output_path": None}
     a = target(tmp_path / "a", [
         cell("a-same", "same"),
         cell("a-image", "other image"),
         cell("a-status", "fails in B"),
-        cell("a-both-failed", "fails twice", status="failed", sha256=None, output_path=None),
+        cell("a-both-failed", "fails twice", **failed, error_code="content_policy"),
+        cell("a-other-failure", "fails otherwise", **failed, error_code="content_policy"),
         cell("a-only", "only in A"),
     ])  # fmt: skip
     b = target(tmp_path / "b", [
         cell("b-new", "only in B"),
         cell("b-same", "same", latency_s=4.0, cost_usd=0.05),
         cell("b-image", "other image", sha256="sha-other", bytes=90),
-        cell("b-status", "fails in B", status="failed", sha256=None, output_path=None,
-             error_code="TaskFailed"),
-        cell("b-both-failed", "fails twice", status="failed", sha256=None, output_path=None),
+        cell("b-status", "fails in B", **failed, error_code="TaskFailed"),
+        cell("b-both-failed", "fails twice", **failed, error_code="content_policy"),
+        cell("b-other-failure", "fails otherwise", **failed, error_code="Timeout"),
     ])  # fmt: skip
     comparison = compare(load_side(a), load_side(b))
-    assert comparison.summary.counts == {"changed": 3, "only_a": 1, "only_b": 1, "same": 1}
+    assert comparison.summary.counts == {"changed": 3, "only_a": 1, "only_b": 1, "same": 2}
     rows = {r["a_cell_id"] or r["b_cell_id"]: r for r in comparison.pairs.iter_rows(named=True)}
     assert rows["a-same"]["kind"] == "same"  # faster and cheaper, the same image
     assert rows["a-same"]["differs"] == ["cost", "latency"]
     assert rows["a-image"]["differs"] == ["size", "sha256"]
-    assert rows["a-status"]["differs"] == ["status", "sha256"]
-    assert rows["a-both-failed"]["kind"] == "changed" and rows["a-both-failed"]["differs"] == []
+    assert rows["a-status"]["differs"] == ["status", "error", "sha256"]
+    assert rows["a-both-failed"]["kind"] == "same" and rows["a-both-failed"]["differs"] == []
+    assert rows["a-other-failure"]["kind"] == "changed"
+    assert rows["a-other-failure"]["differs"] == ["error"]
     assert (rows["a-only"]["kind"], rows["b-new"]["kind"]) == ("only_a", "only_b")
     # changed first, then only in A, only in B, same; each in manifest order
     assert comparison.pairs["kind"].to_list() == [
-        "changed", "changed", "changed", "only_a", "only_b", "same"]
+        "changed", "changed", "changed", "only_a", "only_b", "same", "same"]
     assert comparison.pairs["a_cell_id"].to_list()[:3] == [
-        "a-image", "a-status", "a-both-failed"]
+        "a-image", "a-status", "a-other-failure"]
 
 
 def test_the_request_is_everything_but_the_channel(tmp_path: Path) -> None:
@@ -263,7 +281,7 @@ def test_hostile_values_are_escaped(tmp_path: Path) -> None:
     ])  # fmt: skip
     comparison = compare(load_side(a), load_side(b))
     text = render_page(comparison, str(tmp_path / "compare.html"))
-    assert "<script>" not in text and "&lt;script&gt;" in text
+    assert text.count("<script>") == 1 and "&lt;script&gt;" in text  # the page's own only
     assert "<b>" not in text and "a&quot;&lt;b&gt;" in text  # the target's name
     page = Page(text)  # raises on any script tag or on* attribute
     assert all(not re.match(r"[a-z]+:", src) for src in page.srcs + page.hrefs)
@@ -392,16 +410,22 @@ def test_a_huge_location_is_cut(tmp_path: Path) -> None:
 
 
 def test_the_page_has_the_gallery_s_content_security_policy(tmp_path: Path) -> None:
-    """Nothing runs (there is no script), the style only by its hash, images only from
-    beside the page: the gallery's rule, from the one definition (outputs.html)."""
+    """Nothing runs but the page's own script, the style only by its hash, images only from
+    beside the page: the gallery's rule, from the one definition (outputs.html). The hashes
+    are of the text the page embeds."""
     a = target(tmp_path / "a", [cell("a0")])
     text = render_page(compare(load_side(a), load_side(a)), str(tmp_path / "c.html"))
     rules = policy_of(text)
     style = re.search(r"<style>(.*?)</style>", text, re.DOTALL)
-    assert style is not None
-    digest = base64.b64encode(hashlib.sha256(style[1].encode()).digest()).decode()
-    assert rules == {"default-src": "'none'", "script-src": "'none'",
-                     "style-src": f"'sha256-{digest}'", "img-src": "'self' file:"}
+    script = re.search(r"<script>(.*?)</script>", text, re.DOTALL)
+    assert style is not None and script is not None
+
+    def digest(source: str) -> str:
+        hashed = base64.b64encode(hashlib.sha256(source.encode()).digest()).decode()
+        return f"'sha256-{hashed}'"
+
+    assert rules == {"default-src": "'none'", "script-src": digest(script[1]),
+                     "style-src": digest(style[1]), "img-src": "'self' file:"}
     gallery = policy_of(render_gallery(rows_to_frame([cell("g0")]), title="g"))
     assert (gallery["default-src"], gallery["img-src"]) == (rules["default-src"],
                                                             rules["img-src"])
@@ -410,9 +434,9 @@ def test_the_page_has_the_gallery_s_content_security_policy(tmp_path: Path) -> N
 
 def test_the_page_is_bounded_and_says_so(tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import nbp.outputs.compare
+    import nbp.outputs.compare_page
 
-    monkeypatch.setattr(nbp.outputs.compare, "MAX_PAIRS", 2)
+    monkeypatch.setattr(nbp.outputs.compare_page, "MAX_PAIRS", 2)
     a = target(tmp_path / "a", [cell(f"a{i}", f"p{i}") for i in range(4)])
     b = target(tmp_path / "b", [cell(f"b{i}", f"p{i}", sha256="x" if i == 3 else f"sha-p{i}")
                                 for i in range(4)])

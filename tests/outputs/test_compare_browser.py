@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from nbp.outputs.compare import compare, load_side, write_page
+from nbp.outputs.compare import compare, load_side
+from nbp.outputs.compare_page import write_page
 from nbp.outputs.sink import Sink
 from tests.outputs.test_compare import cell, target
 from tests.outputs.test_gallery_browser import CHROMIUM, WINDOW, chromium, colours, page_requests
