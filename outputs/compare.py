@@ -489,13 +489,17 @@ def render_comparison(comparison: Comparison) -> str:
 
 
 def pair_label(row: Mapping[str, Any], by: Sequence[str]) -> str:
-    """A pair in a few words: its axis values, else its request's prompt, ratio and size."""
-    if by:
-        key = row["key"] or {}
-        return " · ".join(f"{axis}={value_text(key.get(axis), 30)}" for axis in by)
-    request = row["request"]
-    return (f"{value_text(request['prompt'], 60)} · {request['aspect_ratio']} · "
-            f"{request['resolution']}")
+    """A pair in a few words: its axis values and prompt (each side's when they differ),
+    else its request's prompt, ratio and size."""
+    if not by:
+        request = row["request"]
+        return (f"{value_text(request['prompt'], 60)} · {request['aspect_ratio']} · "
+                f"{request['resolution']}")
+    key = row["key"] or {}
+    axes = " · ".join(f"{axis}={value_text(key.get(axis), 30)}" for axis in by)
+    prompts = list(dict.fromkeys(value_text(r["prompt"], 40) for r in (
+        row["a_request"], row["b_request"]) if r))
+    return f"{axes} · {' → '.join(prompts)}"
 
 
 def _side_text(row: Mapping[str, Any], side: str) -> str:

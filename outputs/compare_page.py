@@ -4,8 +4,9 @@
 
 The page is one file with its CSS and one small script inline and no external asset,
 bounded (`MAX_PAIRS`) and written a piece at a time: the header (both sides, the counts),
-the tables (`outputs.compare_tables`), then the pairs, changed first, then the rows of one
-side only, then the same ones; each pair's images side by side with their facts.
+the tables (`outputs.compare_tables`, folded under one line), then the pairs, changed
+first, then the rows of one side only, then the same ones; each pair's images side by side
+with their facts.
 
 Preference: when the script runs (`PREFERENCE_SCRIPT`), every pair in both sides gets
 "A better" / "B better" buttons and a clear one; the choices stay in the browser's
@@ -238,11 +239,14 @@ _SECTION_TITLES = {"changed": "Changed", "only_a": "Only in A", "only_b": "Only 
 
 
 def _tables(tables: tuple[AxisTable, ...]) -> str:
-    """The figures by axis (overall first), as HTML tables: each figure for A, then B."""
+    """The figures by axis (overall first), as HTML tables: each figure for A, then B.
+    Folded under one line, so that the changed pairs come first."""
     if not tables:
         return ""
     figures = ("cells", "$/image", "p50 latency", "p95 latency", "failed")
-    parts = ['<section class="tables" id="tables">\n<h2>Figures by axis</h2>\n']
+    names = ", ".join("all cells" if t.axis == OVERALL else t.axis for t in tables)
+    parts = [f'<details class="tables" id="tables"><summary>Figures by axis: {_e(names)}'
+             "</summary>\n"]
     for table in tables:
         extra = list(table.rows[0].a.extra) if table.rows else []
         name = "all cells" if table.axis == OVERALL else table.axis
@@ -254,7 +258,7 @@ def _tables(tables: tuple[AxisTable, ...]) -> str:
             f'<tr><th rowspan="2">{_e("" if table.axis == OVERALL else table.axis)}</th>{top}'
             f'<th rowspan="2">changed</th></tr><tr>{sub}</tr></thead>'
             f"<tbody>{body}</tbody></table>\n")
-    parts.append("</section>\n")
+    parts.append("</details>\n")
     return "".join(parts)
 
 
@@ -329,24 +333,30 @@ def _pair(row: Mapping[str, Any], number: int, comparison: Comparison, images: _
 
 
 def _request(row: Mapping[str, Any], comparison: Comparison) -> str:
-    """The pair's key (with `by`) and what was asked: one prompt, or each side's when they
-    differ."""
-    request = row["request"]
+    """The pair's key (with `by`) and what was asked: once, or each side's when the two
+    cells asked for different things."""
     out = ""
     if comparison.by:
         key = row["key"] or {}
         out += ('<p class="key">' + " · ".join(
             f"{_e(axis)}=<strong>{_e(value_text(key.get(axis), 80))}</strong>"
             for axis in comparison.by) + "</p>")
-        prompts = [(label, r["prompt"]) for label, r in (("A", row["a_request"]),
-                                                         ("B", row["b_request"])) if r]
+        asked = [(label, r) for label, r in (("A", row["a_request"]), ("B", row["b_request"]))
+                 if r]
     else:
-        prompts = [("", request["prompt"])]
-    if len(prompts) == 2 and prompts[0][1] == prompts[1][1]:
-        prompts = [("", prompts[0][1])]
-    for label, prompt in prompts:
-        said = f"{label}: " if label and len(prompts) > 1 else ""
-        out += f'<p class="prompt">{_e(said)}{_e(prompt)}</p>'
+        asked = [("", row["request"])]
+    for css, texts in (("prompt", [(label, r["prompt"]) for label, r in asked]),
+                       ("facts", [(label, _facts(r)) for label, r in asked])):
+        if len({text for _, text in texts}) == 1:
+            texts = [("", texts[0][1])]
+        out += "".join(f'<p class="{css}">{_e(f"{label}: " if label else "")}{_e(text)}</p>'
+                       for label, text in texts)
+    return out
+
+
+def _facts(request: Mapping[str, Any]) -> str:
+    """A request's ratio, size, format, seed, replicate, dataset row, references and
+    variables, in one line."""
     facts = [request["aspect_ratio"], request["resolution"], request["output_format"]]
     facts += [f"{label} {request[key]}" for label, key in (
         ("seed", "seed"), ("replicate", "replicate"), ("dataset row", "dataset_row"))
@@ -356,7 +366,7 @@ def _request(row: Mapping[str, Any], comparison: Comparison) -> str:
     variables = _variables(request["vars"])
     if variables:
         facts.append(", ".join(f"{k}={v}" for k, v in variables.items()))
-    return out + f'<p class="facts">{_e(" · ".join(str(f) for f in facts if f is not None))}</p>'
+    return " · ".join(str(f) for f in facts if f is not None)
 
 
 def _variables(text: str | None) -> dict[str, Any]:
@@ -449,6 +459,8 @@ table-layout:fixed}
 table.facts th{width:4.5rem;text-align:left;font-weight:400;color:#666;vertical-align:top}
 table.facts td{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 table.facts tr.diff td{background:#fff1d6;font-weight:600}
+[hidden]{display:none!important}
+details.tables{margin:.5rem 0}details.tables summary{cursor:pointer;font-weight:600}
 table.figures{border-collapse:collapse;margin:.25rem 0 1rem;font-size:12px;background:#fff}
 table.figures caption{text-align:left;font-weight:600;padding:.2rem 0}
 table.figures th,table.figures td{border:1px solid #ddd;padding:.15rem .4rem;text-align:right;
@@ -474,13 +486,13 @@ PREFERENCE_SCRIPT = """
 (function () {
   "use strict";
   var bar = document.getElementById("prefer");
-  if (!bar) { return; }
+  var controls = Array.prototype.slice.call(document.querySelectorAll("article.pair .prefer"));
+  if (!bar || !controls.length) { return; }  /* no pair in both sides: nothing to prefer */
   var sides = {a: bar.getAttribute("data-a-target"), b: bar.getAttribute("data-b-target")};
   var key = "nbp-compare " + JSON.stringify([location.pathname, sides.a, sides.b]);
   var download = document.getElementById("prefer-download");
   var clear = document.getElementById("prefer-clear");
   var count = document.getElementById("prefer-count");
-  var controls = Array.prototype.slice.call(document.querySelectorAll("article.pair .prefer"));
   var onPage = Object.create(null);
   controls.forEach(function (control) { onPage[pairOf(control)] = true; });
   var chosen = load();

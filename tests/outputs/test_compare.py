@@ -25,6 +25,7 @@ from nbp.outputs.compare import (
     CompareInputError,
     compare,
     load_side,
+    render_comparison,
     render_summary,
     request_variables,
 )
@@ -516,3 +517,267 @@ def test_the_frame_is_the_comparison_s_record(tmp_path: Path) -> None:
     assert pairs.select("a_cost_usd", "b_cost_usd").row(0) == (0.09, 0.134)
     assert pairs["request"].struct.field("prompt").to_list() == ["a red shoe"]
     assert pairs.schema["differs"] == pl.List(pl.String())
+
+
+# -- by axes -----------------------------------------------------------------------------------
+
+
+def experiment(path: Path, template: str, *, failing: Sequence[str] = (),
+               sha: str = "") -> str:
+    """A target of a small experiment: templates t1 (fixed) and t2 (`template`, its text)
+    x styles x two providers, one replicate each; cells of `failing` styles of t2 are
+    refused on kie; `sha` marks images of t2 as new."""
+    rows = []
+    for name, text in (("t1", "{style} shoe"), ("t2", template)):
+        for style in ("photo", "ink"):
+            for provider in ("kie", "gemini"):
+                prompt = text.format(style=style)
+                refused = name == "t2" and style in failing and provider == "kie"
+                facts: dict[str, Any] = {
+                    "sha256": f"{sha if name == 't2' else ''}sha-{prompt}-{provider}"}
+                if refused:
+                    facts = {"status": "failed", "sha256": None, "output_path": None,
+                             "cost_usd": 0.0, "error_code": "content_policy"}
+                rows.append(cell(
+                    f"{name}-{style}-{provider}", prompt, provider=provider,
+                    vars={"prompt": text, "style": style, "provider": provider},
+                    **facts))  # fmt: skip
+    return target(path, rows)
+
+
+def test_by_axes_pairs_a_changed_template_side_by_side(tmp_path: Path) -> None:
+    """The issue's walk: template t2's text changed. By request nothing of t2 pairs; by
+    style and provider each t2 cell meets its new self, and a refusal on both sides with the
+    same code is the same."""
+    a = experiment(tmp_path / "a", "{style} boot", failing=["ink"])
+    b = experiment(tmp_path / "b", "a {style} boot, close up", failing=["ink"], sha="new-")
+    by_request = compare(load_side(a), load_side(b))
+    assert by_request.summary.counts == {"changed": 0, "only_a": 4, "only_b": 4, "same": 4}
+    comparison = compare(load_side(a), load_side(b), by=["style", "provider"])
+    kinds = [(k, x, y) for k, x, y in comparison.pairs.select("kind", "a_cell_id", "b_cell_id")
+             .iter_rows()]
+    assert kinds[:3] == [("changed", "t2-photo-kie", "t2-photo-kie"),
+                         ("changed", "t2-photo-gemini", "t2-photo-gemini"),
+                         ("changed", "t2-ink-gemini", "t2-ink-gemini")]  # changed first
+    assert ("same", "t2-ink-kie", "t2-ink-kie") in kinds  # refused alike on both sides
+    assert all(x == y for _, x, y in kinds)  # within a key: the same request, then the
+    # same but for its prompt text: each cell meets its counterpart, not the next in order
+    assert comparison.summary.counts == {"changed": 3, "only_a": 0, "only_b": 0, "same": 5}
+    assert (comparison.summary.a.repeated_keys, comparison.summary.b.repeated_keys) == (4, 4)
+    changed = comparison.pairs.row(0, named=True)
+    assert changed["key"] == {"style": "photo", "provider": "kie"}
+    assert changed["differs"] == ["request", "sha256"]
+    assert (changed["a_request"]["prompt"], changed["b_request"]["prompt"]) == (
+        "photo boot", "a photo boot, close up")
+    by_template = compare(load_side(a), load_side(b), by=["template", "style", "provider"])
+    # the template axis is its text (no name): the changed text pairs with nothing
+    assert by_template.summary.counts == {"changed": 0, "only_a": 4, "only_b": 4, "same": 4}
+    assert by_template.summary.a.repeated_keys == 0
+
+
+def test_by_without_axes_pairs_as_before(tmp_path: Path) -> None:
+    a = target(tmp_path / "a", [cell("a0"), cell("a1", "b")])
+    assert compare(load_side(a), load_side(a), by=[]).pairs.columns == compare(
+        load_side(a), load_side(a)).pairs.columns
+
+
+def test_an_axis_neither_side_has_is_refused_with_the_axes_there_are(tmp_path: Path) -> None:
+    a = target(tmp_path / "a", [cell("a0", vars={"style": "ink", "lighting": "soft"})])
+    b = target(tmp_path / "b", [cell("b0", vars={"style": "ink"})])
+    with pytest.raises(CompareInputError) as error:
+        compare(load_side(a), load_side(b), by=["style", "colour", "mood"])
+    assert str(error.value) == (
+        "no axis 'colour', 'mood' on either side; the axes there are: template, provider, "
+        "model, replicate, aspect_ratio, resolution, account, lighting, style")
+    # one side having it is enough: the other side's rows have none (null)
+    pairs = compare(load_side(a), load_side(b), by=["lighting"]).pairs
+    assert pairs.select("kind", "a_cell_id", "b_cell_id").rows() == [
+        ("only_a", "a0", None), ("only_b", None, "b0")]
+
+
+def test_the_summary_lists_the_first_changed_pairs_and_the_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = experiment(tmp_path / "a", "{style} boot")
+    b = experiment(tmp_path / "b", "{style} boot", failing=["ink", "photo"], sha="new-")
+    comparison = compare(load_side(a), load_side(b), by=["style", "provider"])
+    text = render_comparison(comparison)
+    assert "changed pairs (4):\n  style=photo · provider=kie · photo boot\n" in text
+    assert ("    A t2-photo-kie kie succeeded (sha256 sha-photo bo)  →  "
+            "B t2-photo-kie kie failed (content_policy)\n") in text
+    assert re.search(r"^by style +cells +\$/image +p50 latency +p95 latency +failed +changed$",
+                     text, re.MULTILINE), text
+    assert re.search(r"^ink +4 → 4 +\$0\.090 → \$0\.090 .* 0% → 25% +2 of 4$", text,
+                     re.MULTILINE), text
+    import nbp.outputs.compare
+
+    monkeypatch.setattr(nbp.outputs.compare, "MAX_LISTED", 3)
+    listed = render_comparison(comparison)
+    assert "changed pairs (4, the first 3):" in listed and listed.count("  →  B ") == 3
+
+
+def test_json_carries_the_pairs_and_the_tables(tmp_path: Path) -> None:
+    a = experiment(tmp_path / "a", "{style} boot")
+    b = experiment(tmp_path / "b", "{style} boot", failing=["ink"], sha="new-")
+    done = run_nbp("compare", a, b, "--by", "style", "--by", "provider,template", "--json",
+                   "--out", str(tmp_path / "c.html"))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert {"a", "b", "counts", "page"} <= set(data)  # what it held before
+    assert data["by"] == ["style", "provider", "template"]
+    assert data["counts"] == {"changed": 4, "only_a": 0, "only_b": 0, "same": 4}
+    first = data["pairs"][0]
+    assert first["kind"] == "changed" and first["key"] == {
+        "style": "photo", "provider": "kie", "template": "{style} boot"}
+    assert set(first["a"]) == {"cell_id", "run_id", "provider", "model", "status",
+                               "error_code", "sha256", "cost_usd", "latency_s",
+                               "output_path", "image_path"}
+    refused = next(p for p in data["pairs"] if p["b"]["status"] == "failed")
+    assert refused["b"]["error_code"] == "content_policy" and refused["b"]["sha256"] is None
+    assert [t["axis"] for t in data["tables"]] == ["overall", "style", "provider", "template"]
+    ink = next(r for r in data["tables"][1]["rows"] if r["value"] == "ink")
+    assert (ink["a"]["failure_rate"], ink["b"]["failure_rate"]) == (0.0, 0.25)
+    assert (ink["paired"], ink["changed"], ink["share_changed"]) == (4, 2, 0.5)
+    plain = json.loads(run_nbp("compare", a, b, "--json", "--out",
+                               str(tmp_path / "d.html")).stdout)
+    assert plain["by"] == [] and plain["pairs"][0]["key"]["prompt"] == "photo boot"
+    assert plain["pairs"][0]["key"]["vars"] == {"style": "photo"}  # the request's variables
+    assert [t["axis"] for t in plain["tables"]] == ["overall"]
+    bad = run_nbp("compare", a, b, "--by", "style,colour", "--out", str(tmp_path / "e.html"))
+    assert bad.returncode == 2 and "no axis 'colour' on either side" in bad.stderr
+    assert "the axes there are: template, provider" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "e.html").exists()
+
+
+def test_the_page_shows_the_tables_and_the_key_of_each_pair(tmp_path: Path) -> None:
+    a = experiment(tmp_path / "a", "{style} boot")
+    b = experiment(tmp_path / "b", "{style} boot", failing=["ink"], sha="new-")
+    text = render_page(compare(load_side(a), load_side(b), by=["style"]),
+                       str(tmp_path / "c.html"))
+    page = Page(text)
+    assert text.index('id="tables"') < text.index('id="changed"')
+    assert "<caption>style</caption>" in text and "2 of 4 (50%)" in text
+    assert [p["class"] for p in page.pairs][:4] == ["pair changed"] * 4
+    assert "style=photo" in page.pairs[0]["text"]
+    assert "cells paired on style" in text
+    assert all(p["attrs"]["data-a"] and p["attrs"]["data-b"] for p in page.pairs)
+
+
+# -- two runs of one target --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def refreshed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three emulated runs into one target, `{fruit}.png` a product: run-0 makes a lemon and
+    a pear, both matte; run-1 makes the pear glossy (a new cell at the same path: the matte
+    one is superseded, its image kept as history) and leaves the lemon alone; run-2
+    (--force) makes both again, rewriting their manifest rows. Returns the folder that holds
+    the target (`out`)."""
+    import asyncio
+
+    from nbp.flows.engine.job import RunHooks, RunOptions, run_job
+    from nbp.flows.orchestration.emulation import serve_emulators
+
+    root = tmp_path_factory.mktemp("history")
+    spec = root / "spec.yaml"
+    spec.write_text(json.dumps({
+        "version": 1, "name": "fruit", "provider": "kie",
+        "matrix": {"prompt": ["A {fruit} on a plate, {look} finish"]},
+        "dataset": {"path": str(root / "fruit.csv")},
+        "output": {"target": str(root / "out"), "path": "{fruit}.{ext}"},
+        "limits": {"kie": {"poll_interval": 0.05}},
+    }))  # fmt: skip
+    for run_id, pear, force in (("run-0", "matte", False), ("run-1", "glossy", False),
+                                ("run-2", "glossy", True)):
+        (root / "fruit.csv").write_text(f"fruit,look\nlemon,matte\npear,{pear}\n")
+        options = RunOptions(spec=str(spec), emulate=True, emulator_latency_s=0.05,
+                             run_id=run_id, force=force)
+        result = asyncio.run(run_job(options, hooks=RunHooks(emulation=serve_emulators)))
+        assert result.exit_code == 0 and result.written["run_rows"].endswith(
+            f"/out/.nbp/runs/{run_id}.parquet")
+    return root
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_two_runs_of_one_target_compare_through_its_history(refreshed: Path) -> None:
+    """@run-0 against @run-1: the pear changed, and each side shows its own image, the matte
+    one from history (the pear's path holds the glossy one now); the lemon run-1 did not
+    make is only in A. Every image drawn is the one its row's sha256 names."""
+    out = refreshed / "out"
+    comparison = compare(load_side(f"{out}@run-0"), load_side(f"{out}@run-1"), by=["fruit"])
+    assert comparison.pairs.select("kind", "key").rows() == [
+        ("changed", {"fruit": "pear"}), ("only_a", {"fruit": "lemon"})]
+    pear = comparison.pairs.row(0, named=True)
+    assert pear["a_image_path"] == f".nbp/history/{pear['a_cell_id']}.png"
+    assert (pear["a_output_path"], pear["b_image_path"]) == ("pear.png", "pear.png")
+    page = Page(Path(write_page(comparison, str(refreshed / "c.html"))).read_text("utf-8"))
+    assert page.pairs[0]["srcs"] == [f"out/.nbp/history/{pear['a_cell_id']}.png",
+                                     "out/pear.png"]
+    assert page.pairs[1]["srcs"] == ["out/lemon.png"]
+    for side in ("a", "b"):
+        assert sha256_of(out / pear[f"{side}_image_path"]) == pear[f"{side}_sha256"]
+    # The target itself: its superseded matte row shows its history image too.
+    whole = compare(load_side(str(out)), load_side(f"{out}@run-1"), by=["fruit", "look"])
+    matte = whole.pairs.filter(pl.col("a_cell_id") == pear["a_cell_id"]).row(0, named=True)
+    assert matte["kind"] == "only_a" and matte["a_image_path"] == pear["a_image_path"]
+
+
+def test_a_run_s_rows_outlive_the_manifest_s(refreshed: Path) -> None:
+    """run-2 rewrote every current row of the manifest; run-0's rows are still read from its
+    rows file (the manifest alone keeps only its superseded pear), and a cell made again with
+    the same image is the same."""
+    out = refreshed / "out"
+    manifest = pl.read_parquet(out / "manifest.parquet")
+    assert manifest.filter(pl.col("run_id") == "run-0").height == 1
+    side = load_side(f"{out}@run-0")
+    assert side.rows.height == 2 and set(side.rows["run_id"]) == {"run-0"}
+    comparison = compare(side, load_side(f"{out}@run-2"), by=["fruit"])
+    assert comparison.pairs.select("kind", "key").rows() == [
+        ("changed", {"fruit": "pear"}), ("same", {"fruit": "lemon"})]
+    lemon = comparison.pairs.row(1, named=True)
+    assert lemon["a_image_path"] == lemon["b_image_path"] == "lemon.png"
+    rows_file = out / ".nbp" / "runs" / "run-2.parquet"
+    assert pl.read_parquet(rows_file).height == 2  # its own rows, not a snapshot
+    assert pl.read_parquet(out / ".nbp" / "runs" / "run-1.parquet").height == 1
+
+
+def test_a_run_from_before_rows_files_reads_the_manifest(refreshed: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(refreshed / "out", out)
+    (out / ".nbp" / "runs" / "run-0.parquet").unlink()
+    assert load_side(f"{out}@run-0").rows.height == 1  # what the manifest still holds
+    (out / ".nbp" / "runs" / "run-1.parquet").unlink()
+    with pytest.raises(CompareInputError, match=r"run run-1 has no row left in manifest\.parquet "
+                                                r"and no rows file"):
+        load_side(f"{out}@run-1")
+    (out / ".nbp" / "runs" / "run-2.parquet").write_text("not parquet")
+    with pytest.raises(CompareInputError, match=r"run-2\.parquet is not the rows of a run"):
+        load_side(f"{out}@run-2")
+
+
+def test_an_image_no_longer_at_its_path_is_named_not_drawn(tmp_path: Path) -> None:
+    """A row whose path now holds another image (a cell made again, or another cell's) and
+    no history copy: its facts and why, never the wrong picture."""
+    t = target(tmp_path / "t", [cell("c0", run_id="r2", sha256="new"), cell("c1", "blue",
+                                                                             run_id="r2")])
+    for run in ("r1", "r2"):
+        merge_record(Sink(t), RunRecord.start(run_id=run, job="j", spec_source="s.yaml",
+                                              spec_text="x"))
+    old = rows_to_frame([cell("c0", run_id="r1", sha256="old"),
+                         cell("c9", "gone", run_id="r1", output_path="img/c1.png")])
+    buffer = io.BytesIO()
+    old.write_parquet(buffer)
+    Sink(t).write_bytes(".nbp/runs/r1.parquet", buffer.getvalue(), overwrite=True)
+    comparison = compare(load_side(f"{t}@r1"), load_side(f"{t}@r2"))
+    notes = dict(comparison.pairs.select("a_cell_id", "a_image_note").drop_nulls().rows())
+    assert notes == {"c0": "its path now holds a newer image of this cell",
+                     "c9": "its path now holds cell c1's image"}
+    page = Page(render_page(comparison, str(tmp_path / "c.html")))
+    c0 = next(p for p in page.pairs if "a red shoe" in p["text"])
+    assert c0["srcs"] == ["t/img/c0.png"]  # B's, the current one; A's by its facts
+    assert "not viewable from here: its path now holds a newer image" in c0["text"]
