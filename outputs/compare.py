@@ -258,7 +258,7 @@ def compare(a: Side, b: Side, by: Sequence[str] = (),
     """Match the two sides' rows (by request, or on the axes `by`) and tell what differs in
     each pair; `extra`: per-cell figures that the tables add (`outputs.compare_tables`).
     `CompareInputError` for an axis neither side has (the message lists those there are)."""
-    by = tuple(by)
+    by = tuple(dict.fromkeys(by))
     try:
         check_axes([a.rows, b.rows], by)
     except AxisError as exc:
@@ -270,7 +270,7 @@ def compare(a: Side, b: Side, by: Sequence[str] = (),
     if by:
         left, right = (
             frame.rename({"request": f"{p}request"}).with_columns(
-                key=pl.struct(*values.get_columns()) if values.width else pl.lit(None))
+                key=pl.struct(*values.get_columns()))
             for frame, values, p in ((left, axes[0], "a_"), (right, axes[1], "b_")))
         joined = _match(left, right, "key", BY_TIERS).with_columns(
             request=pl.coalesce("a_request", "b_request"))
