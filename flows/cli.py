@@ -98,7 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("b", metavar="TARGET_B[@RUN_ID]", help="the same, for the other side")
     compare.add_argument("--out", default="compare.html", metavar="PATH",
                          help="write the page here: a path or fsspec URL (default compare.html)")
-    compare.add_argument("--json", action="store_true", help="print the summary as JSON")
+    compare.add_argument("--by", action="append", default=[], metavar="AXES",
+                         help="pair cells on these axes (comma-separated or repeated): matrix "
+                              "axes, include keys, dataset columns, template, provider, model, "
+                              "replicate, aspect_ratio, resolution, account; default: by request")
+    compare.add_argument("--json", action="store_true",
+                         help="print the summary, the pairs and the tables as JSON")
     compare.set_defaults(handler=cmd_compare)
 
     export = commands.add_parser("export", help="a target's images as a table for a product "
@@ -432,20 +437,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from nbp.outputs.compare import (
-        CompareInputError,
-        compare,
-        load_side,
-        render_summary,
-        write_page,
-    )
+    from nbp.outputs.compare import CompareInputError, compare, load_side, render_comparison
+    from nbp.outputs.compare_axes import parse_axes
+    from nbp.outputs.compare_page import write_page
 
     try:
         a, b = load_side(args.a), load_side(args.b)
+        comparison = compare(a, b, by=parse_axes(args.by))
     except CompareInputError as exc:
         print(f"nbp compare: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    comparison = compare(a, b)
     try:
         page = write_page(comparison, args.out)
     except CompareInputError as exc:
@@ -455,9 +456,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"nbp compare: could not write the page to {args.out}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        print(json.dumps({**comparison.summary.to_json(), "page": page}, indent=2))
+        print(json.dumps({**comparison.to_json(), "page": page}, indent=2, default=str))
     else:
-        print(render_summary(comparison.summary))
+        print(render_comparison(comparison))
         print(f"page: {page}")
     return EXIT_OK
 

@@ -1,77 +1,90 @@
-"""`nbp compare A B`: the cells two targets (or two runs of one target) both have, side by side.
+"""`nbp compare`: the cells two targets (or two runs of one target) both have, side by side.
 
     a, b = load_side("runs/kie"), load_side("runs/runware@a1b2")   # TARGET or TARGET@RUN_ID
-    comparison = compare(a, b)
-    print(render_summary(comparison.summary))       # changed / same / only in A / only in B
-    write_page(comparison, "compare.html")          # one offline page; returns its URI
+    comparison = compare(a, b, by=("template", "style"))             # by=(): by request
+    print(render_comparison(comparison))    # counts, the first changed pairs, the tables
+    comparison.to_json()                    # `nbp compare --json`: the pairs and the tables
+    write_page(comparison, "compare.html")  # outputs.compare_page: one offline page
 
 A side is every row of a target's manifest, or the rows one run of it wrote (`@RUN_ID`, a
-unique prefix will do). Cells are matched by the provider-neutral request, not by cell id (a
+unique prefix will do): the run's rows file (`outputs.runs.read_run_rows`), else, for a run
+from before nbp kept them, its rows still in the manifest.
+
+Pairing. Without `by`, cells are matched by the provider-neutral request, not by cell id (a
 cell pinned to another provider or model has another id): the `REQUEST` columns plus the
 template variables other than `NOT_REQUEST_VARS`. Rows of a side with the same request (one
 target holding every provider of a provider axis) pair with the other side's on the same
-provider first, then in manifest order, first with first; the page says how many requests
-have several rows on one provider (paired by order alone).
+provider first, then in manifest order, first with first; the summary says how many
+requests have several rows on one provider (paired by order alone).
+With `by` (axes: `outputs.compare_axes`), cells are matched on those axes' values, the
+*key*. Where a key has several rows on a side (axes not named), they pair within the key
+with the other side's row of the same request on the same provider first, then the same
+request, then the same request but for its prompt text (a changed template) on the same
+provider, then that on any provider, then in manifest order (`BY_TIERS`); the summary says
+how many keys have several rows.
 
-A pair is `same` when both cells succeeded with the same sha256 and `changed` otherwise
-(another image, another status, no image on either side); a row with no partner is
-`only_a` or `only_b`. Channel, cost, latency and size are shown for every pair and marked
-where they differ, but do not make a pair changed: a second run is never exactly as fast.
+A pair is `same` when both cells succeeded with the same sha256, or both failed with the
+same `error_code` (a refusal that did not change), and `changed` otherwise (another image,
+another status or reason, no image on either side); a row with no partner is `only_a` or
+`only_b`. Channel, cost, latency and size are shown for every pair and marked where they
+differ, but do not make a pair changed: a second run is never exactly as fast.
 
-The page is one file with its CSS inline, no script and no external asset, bounded like the
-gallery (`MAX_PAIRS`) and written a piece at a time, under the gallery's content security
-policy (`outputs.html`): nothing runs but its own style, nothing loads from the network.
-A manifest is input (a target may come from anyone and point at any URL), so the page reads
-no image and shows one only when it sits beside the page: its target's path joined with the
-row's `output_path`, relative to the page's folder, on the same disk or in the same bucket,
-and inside that folder (no `..`, nothing absolute). The manifest's `output_uri` is never a
-`src`: an http(s) URL there could be a tracker. Any other image shows by its facts only,
-with a note saying why. The sha256 compared is the manifest's, recorded when the image was
-verified.
+Images: each row's image is where its cell's image is *now* (`image_path`, relative to its
+target): its path while the target's manifest says the path still holds it, else its history
+copy (`.nbp/history/`, kept when a later cell took its path), else nowhere, with a note.
 """
 
 from __future__ import annotations
 
-import html
 import json
-import os
-import posixpath
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import polars as pl
 
-from nbp.outputs.gallery import drawn_size
-from nbp.outputs.html import content_security_policy, policy_meta
+from nbp.outputs.compare_axes import AxisError, axis_values, check_axes, template_names
+from nbp.outputs.compare_tables import (
+    CELL_COLUMNS,
+    AxisTable,
+    CellFigures,
+    axis_tables,
+    render_tables,
+    seconds,
+    usd,
+    value_text,
+)
+from nbp.outputs.gallery import history_image
+from nbp.outputs.layout import HISTORY_DIR
 from nbp.outputs.manifest import MANIFEST_NAME, read_manifest
-from nbp.outputs.runs import pick_run, read_records, split_run_ref
-from nbp.outputs.sink import Sink, file_location
-from nbp.outputs.statuses import SETTLED
+from nbp.outputs.runs import pick_run, read_records, read_run_rows, split_run_ref
+from nbp.outputs.sink import Sink
 
-DEFAULT_PAGE = "compare.html"
 # What a provider-neutral request is made of, besides its template variables.
 REQUEST = ("prompt", "aspect_ratio", "resolution", "output_format", "references", "seed",
            "replicate", "dataset_row")
 # Variables that name the channel (`provider`, `model`: soon matrix axes), or repeat a
 # REQUEST column before templating (the prompt's template): not part of the request.
 NOT_REQUEST_VARS = frozenset({"provider", "model", "prompt", "aspect_ratio", "resolution"})
-# Each side's columns that a pair keeps, as `a_<name>` and `b_<name>`.
+# Each side's columns that a pair keeps, as `a_<name>` and `b_<name>`; `image_path` and
+# `image_note` say where the row's image is now (see the module docstring).
 SIDE_COLUMNS = ("cell_id", "run_id", "provider", "account", "model", "status", "cost_usd",
                 "latency_s", "bytes", "width", "height", "sha256", "output_path", "output_uri",
-                "error_code", "error_message")
+                "error_code", "error_message", "image_path", "image_note")
 KINDS = ("changed", "only_a", "only_b", "same")  # the page's order
-# Pairs drawn on the page (up to two images each, ~2 KB of HTML); every pair is counted.
-MAX_PAIRS = 1_000
-PAIR_PX = 240  # an image is drawn at most this wide and high
-# A location shown as text is cut to this: a foreign manifest's value can be any size.
-MAX_WHERE_CHARS = 300
+# With `by`: within a key, the columns rows must share to pair, tier by tier, before what is
+# left pairs in manifest order. `_request`: the request; `_loose`: it without the prompt
+# text; `_channel`: the provider.
+BY_TIERS = (("_request", "_channel"), ("_request",), ("_loose", "_channel"), ("_loose",))
+# Changed pairs `render_comparison` lists (all are on the page and in --json).
+MAX_LISTED = 5
+# A pair's JSON: each side's fields.
+JSON_SIDE = ("cell_id", "run_id", "provider", "model", "status", "error_code", "sha256",
+             "cost_usd", "latency_s", "output_path", "image_path")
 
 
 class CompareInputError(ValueError):
-    """A side or page location that cannot be used; the message names it and says why."""
+    """A side, axis or page location that cannot be used; the message names it and says why."""
 
 
 # -- sides -------------------------------------------------------------------------------------
@@ -85,6 +98,8 @@ class Side:
     sink: Sink
     run_id: str | None   # the run RUN_ID resolved to, when given
     rows: pl.DataFrame   # conformed to the manifest schema
+    # The target's manifest (where each cell's image is now); None: `rows` is it.
+    current: pl.DataFrame | None = None
 
 
 def load_side(source: str) -> Side:
@@ -110,15 +125,59 @@ def load_side(source: str) -> Side:
         raise CompareInputError(f"{target}: no run {run_ref!r}; it names no run")
     try:
         run_id = pick_run(known, run_ref)
-    except LookupError as exc:
+        kept = read_run_rows(sink, run_id)
+    except (LookupError, ValueError, OSError) as exc:
         raise CompareInputError(f"{target}: {exc}") from exc
+    if kept is not None:
+        return Side(source, sink, run_id, kept, frame)
     if not rows_by_run.get(run_id):
         counts = ", ".join(f"{r} {n}" for r, n in rows_by_run.items() if r is not None)
         raise CompareInputError(
-            f"{target}: run {run_id} has no row left in {MANIFEST_NAME}: the manifest keeps "
-            f"each cell's latest row, and later runs rewrote all of its cells (rows by run: "
-            f"{counts or 'none'})")
-    return Side(source, sink, run_id, frame.filter(pl.col("run_id") == run_id))
+            f"{target}: run {run_id} has no row left in {MANIFEST_NAME} and no rows file (a "
+            f"run from before nbp kept them): the manifest keeps each cell's latest row, and "
+            f"later runs rewrote all of its cells (rows by run: {counts or 'none'})")
+    return Side(source, sink, run_id, frame.filter(pl.col("run_id") == run_id), frame)
+
+
+def image_locations(side: Side) -> pl.DataFrame:
+    """Where each row's image is now (`image_path`, relative to the target; null: nowhere
+    nbp knows) and, when not at its path, why (`image_note`), a row per row of the side.
+
+    The target's manifest knows each path's current image (its succeeded row that no cell
+    superseded) and each superseded or archived cell's history copy (its `output_uri`)."""
+    current = side.rows if side.current is None else side.current
+    now = current.select("cell_id", pl.col("superseded_by").alias("_superseded"),
+                         pl.col("output_uri").alias("_uri")).unique("cell_id", keep="last")
+    holders = current.filter(
+        (pl.col("status") == "succeeded") & pl.col("superseded_by").is_null()
+        & pl.col("output_path").is_not_null()
+    ).select("output_path", pl.col("cell_id").alias("_holder"),
+             pl.col("sha256").alias("_holder_sha")).unique("output_path", keep="last")
+    rows = (side.rows.select("cell_id", "status", "output_path", "sha256")
+            .with_row_index("_i")
+            .join(now, on="cell_id", how="left")
+            .join(holders, on="output_path", how="left")
+            .sort("_i"))
+    kept = [history_image({"cell_id": cell_id, "output_path": path, "output_uri": uri})
+            if uri and HISTORY_DIR in uri else None
+            for cell_id, path, uri in rows.select("cell_id", "output_path", "_uri").iter_rows()]
+    succeeded = pl.col("status") == "succeeded"
+    at_path = pl.col("_holder").is_null() | (
+        (pl.col("_holder") == pl.col("cell_id")) & pl.col("_holder_sha").eq_missing(
+            pl.col("sha256")))
+    return rows.with_columns(_kept=pl.Series(kept, dtype=pl.String)).select(
+        image_path=pl.when(~succeeded).then(None)
+        .when(pl.col("_kept").is_not_null()).then(pl.col("_kept"))
+        .when(pl.col("_superseded").is_null() & at_path).then(pl.col("output_path")),
+        image_note=pl.when(~succeeded | pl.col("_kept").is_not_null()).then(None)
+        .when(pl.col("_superseded").is_not_null()).then(pl.format(
+            "cell {} took its path, and no history copy of it was kept",
+            pl.col("_superseded")))
+        .when(~at_path & (pl.col("_holder") == pl.col("cell_id"))).then(pl.lit(
+            "its path now holds a newer image of this cell"))
+        .when(~at_path).then(pl.format("its path now holds cell {}'s image",
+                                       pl.col("_holder"))),
+    )
 
 
 # -- matching ----------------------------------------------------------------------------------
@@ -143,16 +202,18 @@ class SideSummary:
     cells: int
     cost_usd: float                   # every row's cost_usd, nulls as 0
     median_latency_s: float | None    # of succeeded cells
-    repeated_requests: int            # requests with several rows on this side
+    repeated_requests: int            # requests with several rows on one provider here
     channels: tuple[Channel, ...]     # in order of first appearance
     target: str = ""
     run_id: str | None = None         # the run RUN_ID resolved to
+    repeated_keys: int = 0            # with `by`: keys with several rows here
 
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "target": self.target, "run_id": self.run_id,
                 "cells": self.cells, "cost_usd": round(self.cost_usd, 6),
                 "median_latency_s": self.median_latency_s,
                 "repeated_requests": self.repeated_requests,
+                "repeated_keys": self.repeated_keys,
                 "channels": [asdict(c) for c in self.channels]}
 
 
@@ -161,10 +222,12 @@ class CompareSummary:
     a: SideSummary
     b: SideSummary
     counts: Mapping[str, int]         # every kind of KINDS
+    by: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """`nbp compare --json`."""
-        return {"a": self.a.to_json(), "b": self.b.to_json(), "counts": dict(self.counts)}
+        """The summary part of `nbp compare --json`."""
+        return {"a": self.a.to_json(), "b": self.b.to_json(), "counts": dict(self.counts),
+                "by": list(self.by)}
 
 
 @dataclass(frozen=True)
@@ -172,44 +235,84 @@ class Comparison:
     a: Side
     b: Side
     # One row per pair or lone row, changed first, then only in A, only in B, same (each in
-    # manifest order): `request` (a struct of the request), `kind`, `differs` (names of the
-    # fields that differ), and each side's SIDE_COLUMNS as `a_*` / `b_*` (null when absent).
+    # manifest order): `request` (a struct of the request: A's, else B's), `kind`, `differs`
+    # (names of the fields that differ), and each side's SIDE_COLUMNS as `a_*` / `b_*` (null
+    # when absent). With `by`: also `key` (a struct of the axis values, text) and each
+    # side's own request, `a_request` / `b_request`.
     pairs: pl.DataFrame
     summary: CompareSummary
+    by: tuple[str, ...] = ()
+    tables: tuple[AxisTable, ...] = field(default_factory=tuple)  # overall, then each axis
+
+    def to_json(self) -> dict[str, Any]:
+        """`nbp compare --json`: the summary, every pair and the tables."""
+        wanted = ["kind", "key" if self.by else "request", "differs", "a_pos", "b_pos",
+                  *(f"{side}_{name}" for side in "ab" for name in JSON_SIDE)]
+        rows = self.pairs.select(wanted).iter_rows(named=True)  # only what it writes: 3x faster
+        return {**self.summary.to_json(), "pairs": [pair_json(row, self.by) for row in rows],
+                "tables": [table.to_json() for table in self.tables]}
 
 
-def compare(a: Side, b: Side) -> Comparison:
-    """Match the two sides' rows by request and tell what differs in each pair."""
+def compare(a: Side, b: Side, by: Sequence[str] = (),
+            extra: Sequence[CellFigures] = ()) -> Comparison:
+    """Match the two sides' rows (by request, or on the axes `by`) and tell what differs in
+    each pair; `extra`: per-cell figures that the tables add (`outputs.compare_tables`).
+    `CompareInputError` for an axis neither side has (the message lists those there are)."""
+    by = tuple(dict.fromkeys(by))
+    try:
+        check_axes([a.rows, b.rows], by)
+    except AxisError as exc:
+        raise CompareInputError(str(exc)) from exc
     a_vars, b_vars = request_variables(a.rows["vars"], b.rows["vars"])
-    left, right = _keyed(a.rows, a_vars, "a_"), _keyed(b.rows, b_vars, "b_")
-    joined = _pair_rows(left, right)
+    left, right = _keyed(a, a_vars, "a_"), _keyed(b, b_vars, "b_")
+    names = template_names(a.rows) and template_names(b.rows)
+    axes = [axis_values(side.rows, by, template_names=names) for side in (a, b)]
+    if by:
+        left, right = (
+            frame.rename({"request": f"{p}request"}).with_columns(
+                key=pl.struct(*values.get_columns()))
+            for frame, values, p in ((left, axes[0], "a_"), (right, axes[1], "b_")))
+        joined = _match(left, right, "key", BY_TIERS).with_columns(
+            request=pl.coalesce("a_request", "b_request"))
+    else:
+        joined = _match(left, right, "request", (("_channel",),))
     rank = pl.col("kind").replace_strict({k: i for i, k in enumerate(KINDS)},
                                          return_dtype=pl.Int8)
-    pairs = (
-        joined.with_columns(kind=_kind(), differs=_differs())
-        .sort(rank, pl.col("a_pos"), pl.col("b_pos"), nulls_last=True)
-        .drop("a_repeated", "b_repeated")
-    )
+    pairs = (joined.with_columns(kind=_kind(), differs=_differs(bool(by)))
+             .sort(rank, pl.col("a_pos"), pl.col("b_pos"), nulls_last=True))
     found = dict(pairs.group_by("kind").len().iter_rows())
     counts = {kind: int(found.get(kind, 0)) for kind in KINDS}
-    summary = CompareSummary(_side_summary(a, left, "a_"), _side_summary(b, right, "b_"),
-                             counts)
-    return Comparison(a, b, pairs, summary)
+    summary = CompareSummary(_side_summary(a, left, by), _side_summary(b, right, by),
+                             counts, by)
+    cells = [pl.concat([side.rows.select(CELL_COLUMNS), values], how="horizontal")
+             for side, values in zip((a, b), axes, strict=True)]
+    tables = axis_tables(cells[0], cells[1], pairs, by, extra)
+    return Comparison(a, b, pairs, summary, by, tables)
 
 
-def _pair_rows(left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
-    """Pairs of one request: on the same provider first (a target holding every provider of
-    a provider axis pairs kie with kie), then what is left in manifest order (a channel
-    change: kie's row with runware's). Unpaired rows stay, with the other side's null."""
-    keys = ["request", "_channel", "_n"]
-    same_channel = left.join(right, on=keys, how="inner", nulls_equal=True).drop(
-        "_channel", "_n")
-    rest = [frame.join(same_channel.select(pos), on=pos, how="anti").drop("_channel", "_n")
-            .with_columns(_n=pl.int_range(pl.len()).over("request"))
-            for frame, pos in ((left, "a_pos"), (right, "b_pos"))]
-    across = rest[0].join(rest[1], on=["request", "_n"], how="full", nulls_equal=True,
-                          coalesce=True).drop("_n")
-    return pl.concat([same_channel, across], how="diagonal_relaxed")
+def _match(left: pl.DataFrame, right: pl.DataFrame, key: str,
+           tiers: Sequence[Sequence[str]]) -> pl.DataFrame:
+    """Pairs of rows with the same `key`: for each tier in turn, rows that also share the
+    tier's columns (first with first), then what is left in manifest order. Unpaired rows
+    stay, with the other side's columns null. Each side keeps its own (`a_` / `b_`)
+    columns; the tiers' columns are dropped."""
+    own = [[c for c in frame.columns if c.startswith(p)]
+           for frame, p in ((left, "a_"), (right, "b_"))]
+    positions = ("a_pos", "b_pos")
+    rest, found = [left, right], []
+    for tier in tiers:
+        on = [key, *tier]
+        numbered = [frame.with_columns(_n=pl.int_range(pl.len()).over(on)).select(
+            *on, "_n", *columns) for frame, columns in zip(rest, own, strict=True)]
+        paired = numbered[0].join(numbered[1], on=[*on, "_n"], how="inner", nulls_equal=True)
+        found.append(paired.select(key, *own[0], *own[1]))
+        rest = [frame.join(paired.select(pos), on=pos, how="anti")
+                for frame, pos in zip(rest, positions, strict=True)]
+    numbered = [frame.with_columns(_n=pl.int_range(pl.len()).over(key)).select(
+        key, "_n", *columns) for frame, columns in zip(rest, own, strict=True)]
+    across = numbered[0].join(numbered[1], on=[key, "_n"], how="full", nulls_equal=True,
+                              coalesce=True).drop("_n")
+    return pl.concat([*found, across], how="diagonal_relaxed")
 
 
 def request_variables(a: pl.Series, b: pl.Series) -> tuple[pl.Series, pl.Series]:
@@ -254,37 +357,43 @@ def request_vars(text: str | None) -> str:
     return json.dumps(kept, sort_keys=True, ensure_ascii=False, default=str)
 
 
-def _keyed(rows: pl.DataFrame, variables: pl.Series, prefix: str) -> pl.DataFrame:
-    """Rows with their `request` struct (`variables`: their request variables), their
-    provider (`_channel`) and place among the side's rows of that request on that provider
-    (`_n`), and the SIDE_COLUMNS under `prefix`."""
+def _keyed(side: Side, variables: pl.Series, prefix: str) -> pl.DataFrame:
+    """A side's rows with their `request` struct (`variables`: their request variables),
+    that struct again as `_request` and without the prompt text as `_loose`, their provider
+    (`_channel`), their place (`{prefix}pos`) and the SIDE_COLUMNS under `prefix`."""
     no_references = pl.lit([], dtype=pl.List(pl.String()))
-    fields = [pl.col(name).fill_null(no_references) if name == "references" else pl.col(name)
-              for name in REQUEST]
+    fields = {name: pl.col(name).fill_null(no_references) if name == "references"
+              else pl.col(name) for name in REQUEST}
     return (
-        rows.with_columns(vars=variables)
+        pl.concat([side.rows.with_columns(vars=variables), image_locations(side)],
+                  how="horizontal")
         .with_row_index(f"{prefix}pos")
         .select(
-            pl.struct(*fields, pl.col("vars")).alias("request"),
+            pl.struct(*fields.values(), pl.col("vars")).alias("request"),
+            pl.struct(*(e for n, e in fields.items() if n != "prompt"),
+                      pl.col("vars")).alias("_loose"),
             pl.col(f"{prefix}pos"),
             *(pl.col(name).alias(prefix + name) for name in SIDE_COLUMNS),
+            pl.col("provider").alias("_channel"),
         )
-        .with_columns(_channel=pl.col(prefix + "provider"))
-        .with_columns(_n=pl.int_range(pl.len()).over("request", "_channel"),
-                      **{f"{prefix}repeated": pl.len().over("request", "_channel") > 1})
+        .with_columns(_request=pl.col("request"))
     )
 
 
 def _kind() -> pl.Expr:
     a_in, b_in = pl.col("a_pos").is_not_null(), pl.col("b_pos").is_not_null()
-    same = ((pl.col("a_status") == "succeeded") & (pl.col("b_status") == "succeeded")
-            & pl.col("a_sha256").is_not_null() & (pl.col("a_sha256") == pl.col("b_sha256")))
+    same_image = ((pl.col("a_status") == "succeeded") & (pl.col("b_status") == "succeeded")
+                  & pl.col("a_sha256").is_not_null() & (pl.col("a_sha256") == pl.col("b_sha256")))
+    same_failure = ((pl.col("a_status") == "failed") & (pl.col("b_status") == "failed")
+                    & pl.col("a_error_code").eq_missing(pl.col("b_error_code")))
     return (pl.when(~b_in).then(pl.lit("only_a")).when(~a_in).then(pl.lit("only_b"))
-            .when(same).then(pl.lit("same")).otherwise(pl.lit("changed")))
+            .when(same_image | same_failure).then(pl.lit("same"))
+            .otherwise(pl.lit("changed")))
 
 
-def _differs() -> pl.Expr:
-    """The names of the compared fields whose values differ within a pair ([] for lone rows)."""
+def _differs(by: bool) -> pl.Expr:
+    """The names of the compared fields whose values differ within a pair ([] for lone
+    rows); with `by`, `request` when the two cells asked for different things."""
 
     def differ(*names: str, digits: int | None = None) -> pl.Expr:
         def value(side: str, name: str) -> pl.Expr:
@@ -294,8 +403,10 @@ def _differs() -> pl.Expr:
         return pl.any_horizontal(value("a", n).ne_missing(value("b", n)) for n in names)
 
     checks = {
+        "request": differ("request") if by else pl.lit(False),
         "channel": differ("provider", "account", "model"),
         "status": differ("status"),
+        "error": differ("error_code"),
         "cost": differ("cost_usd", digits=6),
         "latency": differ("latency_s", digits=1),
         "size": differ("bytes", "width", "height"),
@@ -307,26 +418,28 @@ def _differs() -> pl.Expr:
     ).list.drop_nulls()
 
 
-def _side_summary(side: Side, keyed: pl.DataFrame, prefix: str) -> SideSummary:
+def _side_summary(side: Side, keyed: pl.DataFrame, by: Sequence[str]) -> SideSummary:
     rows = side.rows
     median = rows.filter(pl.col("status") == "succeeded")["latency_s"].median()
     channels = rows.group_by("provider", "account", "model", maintain_order=True).len()
-    repeated = keyed.filter(pl.col(f"{prefix}repeated") & (pl.col("_n") == 0)).height
+    request = "request" if "request" in keyed.columns else "_request"
+    repeated = keyed.group_by(request, "_channel").len().filter(pl.col("len") > 1).height
+    keys = keyed.group_by("key").len().filter(pl.col("len") > 1).height if by else 0
     return SideSummary(
         source=side.source, cells=rows.height,
         cost_usd=float(rows["cost_usd"].fill_null(0.0).sum()),
         median_latency_s=round(median, 3) if isinstance(median, int | float) else None,
         repeated_requests=repeated,
         channels=tuple(Channel(p, a, m, int(n)) for p, a, m, n in channels.iter_rows()),
-        target=side.sink.target, run_id=side.run_id,
+        target=side.sink.target, run_id=side.run_id, repeated_keys=keys,
     )
 
 
-# -- summary table -----------------------------------------------------------------------------
+# -- text and JSON -----------------------------------------------------------------------------
 
 KIND_LABELS = {"changed": "changed", "same": "same", "only_a": "only in A", "only_b": "only in B"}
-KIND_MEANINGS = {"changed": "in both; another image or status",
-                 "same": "in both; succeeded, same sha256"}
+KIND_MEANINGS = {"changed": "in both; another image, status or reason",
+                 "same": "in both; the same image, or failed alike"}
 
 
 def render_summary(summary: CompareSummary) -> str:
@@ -335,8 +448,8 @@ def render_summary(summary: CompareSummary) -> str:
     a, b = summary.a, summary.b
     lines = [f"A  {a.source}", f"B  {b.source}", ""]
     table = [("", "A", "B"), ("cells", str(a.cells), str(b.cells)),
-             ("total cost", _usd(a.cost_usd), _usd(b.cost_usd)),
-             ("median latency", _seconds(a.median_latency_s), _seconds(b.median_latency_s))]
+             ("total cost", usd(a.cost_usd), usd(b.cost_usd)),
+             ("median latency", seconds(a.median_latency_s), seconds(b.median_latency_s))]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     lines += [f"{label:<{widths[0]}}  {x:>{widths[1]}}  {y:>{widths[2]}}".rstrip()
               for label, x, y in table]
@@ -344,303 +457,79 @@ def render_summary(summary: CompareSummary) -> str:
     for kind in ("changed", "same", "only_a", "only_b"):
         meaning = f"  ({KIND_MEANINGS[kind]})" if kind in KIND_MEANINGS else ""
         lines.append(f"{KIND_LABELS[kind]:<10} {summary.counts[kind]:>6}{meaning}")
-    for label, side in (("A", a), ("B", b)):
-        if side.repeated_requests:
-            lines.append(f"note: {side.repeated_requests} request(s) have several rows on "
-                         f"one provider in {label}; paired in manifest order")
+    lines += [f"note: {note}" for note in pairing_notes(summary)]
     return "\n".join(lines)
 
 
-def _usd(value: float | None) -> str:
-    return "–" if value is None else f"${value:.2f}"
+def pairing_notes(summary: CompareSummary) -> list[str]:
+    """What the reader should know of how rows were paired."""
+    notes = []
+    for label, side in (("A", summary.a), ("B", summary.b)):
+        if summary.by and side.repeated_keys:
+            notes.append(f"{side.repeated_keys} key(s) have several rows in {label}; paired "
+                         "within the key by request, then in manifest order")
+        elif not summary.by and side.repeated_requests:
+            notes.append(f"{side.repeated_requests} request(s) have several rows on one "
+                         f"provider in {label}; paired in manifest order")
+    return notes
 
 
-def _seconds(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f} s"
+def render_comparison(comparison: Comparison) -> str:
+    """What `nbp compare` prints: the summary, the first changed pairs, then the tables."""
+    lines = [render_summary(comparison.summary)]
+    changed = comparison.pairs.filter(pl.col("kind") == "changed")
+    if changed.height:
+        shown = min(changed.height, MAX_LISTED)
+        more = f", the first {shown}" if shown < changed.height else ""
+        lines.append(f"\nchanged pairs ({changed.height}{more}):")
+        for row in changed.head(MAX_LISTED).iter_rows(named=True):
+            lines.append(f"  {pair_label(row, comparison.by)}")
+            lines.append(f"    A {_side_text(row, 'a')}  →  B {_side_text(row, 'b')}")
+    if comparison.by:
+        lines.append("\n" + render_tables(comparison.tables))
+    return "\n".join(lines)
 
 
-# -- page --------------------------------------------------------------------------------------
+def pair_label(row: Mapping[str, Any], by: Sequence[str]) -> str:
+    """A pair in a few words: its axis values and prompt (each side's when they differ),
+    else its request's prompt, ratio and size."""
+    if not by:
+        request = row["request"]
+        return (f"{value_text(request['prompt'], 60)} · {request['aspect_ratio']} · "
+                f"{request['resolution']}")
+    key = row["key"] or {}
+    axes = " · ".join(f"{axis}={value_text(key.get(axis), 30)}" for axis in by)
+    prompts = list(dict.fromkeys(value_text(r["prompt"], 40) for r in (
+        row["a_request"], row["b_request"]) if r))
+    return f"{axes} · {' → '.join(prompts)}"
 
 
-def page_location(out: str) -> tuple[Sink, str]:
-    """The folder (a Sink) and file name of the page at `out`: a local path or any fsspec
-    URL; a folder (an existing one, or any ending in `/`) gets `DEFAULT_PAGE` in it.
-    `CompareInputError` when unusable."""
-    try:
-        return file_location(out, DEFAULT_PAGE)
-    except (ImportError, ValueError) as exc:
-        raise CompareInputError(f"{out}: not a place for the page: {exc}") from exc
-
-
-def write_page(comparison: Comparison, out: str = DEFAULT_PAGE) -> str:
-    """Write the page to `out` (see `page_location`) a piece at a time; returns its URI."""
-    sink, name = page_location(out)
-    pieces = _page(comparison, _Images(sink))
-    return sink.write_chunks(name, (piece.encode() for piece in pieces), overwrite=True)
-
-
-def render_page(comparison: Comparison, out: str = DEFAULT_PAGE) -> str:
-    """The page `write_page` writes to `out`, as text."""
-    sink, _ = page_location(out)
-    return "".join(_page(comparison, _Images(sink)))
-
-
-@dataclass(frozen=True)
-class _Image:
-    """How the page shows one side's image."""
-
-    src: str | None   # relative to the page, quoted; None: by its facts only
-    where: str        # where the manifest says it is, shown as text and never followed
-    why: str = ""     # why there is no `src`
-
-
-class _Images:
-    """Which images a page in the folder `page` shows: only those beside it."""
-
-    def __init__(self, page: Sink) -> None:
-        self.page = page
-
-    def locate(self, side: Sink, output_path: str | None, output_uri: str | None) -> _Image:
-        """Where `side`'s image is, and its `src` when it sits beside the page.
-
-        The target as given wins over the manifest's `output_uri`, which is never followed:
-        a target folder that was moved or copied still shows its own images, and a URL in
-        a foreign manifest is never asked for."""
-        if not output_path:
-            return _Image(None, output_uri or "", "the manifest gives it no path in its target")
-        try:
-            path, where = side.path(output_path), side.uri(output_path)
-        except ValueError:  # `..`, absolute, a URL: shown as text, never followed
-            return _Image(None, output_path, "its path in the manifest is not a safe one")
-        if type(side.fs) is not type(self.page.fs) or (
-            not self.page.local and _bucket(path) != _bucket(self.page.root)
-        ):
-            return _Image(None, where, "on another disk or bucket than the page")
-        relative = self._relative(path)
-        if relative is None:
-            return _Image(None, where, "outside the page's folder (write the page in a folder "
-                                       "that holds the target)")
-        return _Image(quote(relative), where)  # quoted: a ':' in it can never make a scheme
-
-    def _relative(self, path: str) -> str | None:
-        """`path` relative to the page's folder, or None when it is not inside it."""
-        try:
-            relative = (os.path.relpath(path, self.page.root).replace(os.sep, "/")
-                        if self.page.local else posixpath.relpath(path, self.page.root))
-        except ValueError:  # another drive
-            return None
-        if relative.startswith("/") or ".." in relative.split("/"):
-            return None
-        return relative
-
-
-def _bucket(path: str) -> str:
-    """The bucket of an object store path (`bucket/key`): page and image must share it."""
-    return path.lstrip("/").split("/", 1)[0]
-
-
-def _short(text: str, limit: int = MAX_WHERE_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _page(comparison: Comparison, images: _Images) -> Iterator[str]:
-    """The page in pieces of at most one pair each."""
-    summary = comparison.summary
-    title = f"nbp compare: {comparison.a.source} vs {comparison.b.source}"
-    yield _head(title)
-    yield _header(comparison, title)
-    shown = comparison.pairs.head(MAX_PAIRS)
-    open_kind: str | None = None
-    for number, row in enumerate(shown.iter_rows(named=True)):
-        if row["kind"] != open_kind:
-            if open_kind is not None:
-                yield "</section>\n"
-            open_kind = row["kind"]
-            yield _section_head(open_kind, summary.counts[open_kind], shown)
-        yield _pair(row, number, comparison, images)
-    if open_kind is not None:
-        yield "</section>\n"
-    yield "</body>\n</html>\n"
-
-
-def _head(title: str) -> str:
-    return (
-        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"{policy_meta(_POLICY)}"
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-    )
-
-
-def _header(comparison: Comparison, title: str) -> str:
-    summary = comparison.summary
-    counts = " · ".join(f"{summary.counts[k]} {KIND_LABELS[k]}" for k in KINDS)
-    rows = []
-    for label, side, facts in (("A", comparison.a, summary.a), ("B", comparison.b, summary.b)):
-        channels = ", ".join(f"{c} ({c.cells})" for c in facts.channels) or "–"
-        run = f" · run {_e(side.run_id)}" if side.run_id else ""
-        rows.append(
-            f'<tr><th>{label}</th><td class="wrap"><code>{_e(side.source)}</code>{run}</td>'
-            f"<td>{facts.cells} cells</td><td>{_e(_usd(facts.cost_usd))}</td>"
-            f"<td>median {_e(_seconds(facts.median_latency_s))}</td>"
-            f'<td class="wrap">{_e(channels)}</td></tr>'
-        )
-    notes = [f"generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-             "cells matched by request (prompt, ratio, resolution, format, references, seed, "
-             "replicate, dataset row, variables other than provider and model)"]
-    for label, facts in (("A", summary.a), ("B", summary.b)):
-        if facts.repeated_requests:
-            notes.append(f"{facts.repeated_requests} request(s) have several rows on one "
-                         f"provider in {label}: paired with the other side's in manifest order")
-    total = comparison.pairs.height
-    if total > MAX_PAIRS:
-        notes.append(f"the first {MAX_PAIRS} of {total} pairs and lone rows (changed, then "
-                     f"only in one side, then same); `nbp compare --json` counts them all")
-    return (
-        f"<header>\n<h1>{_e(title)}</h1>\n"
-        f'<p class="summary">{_e(counts)}</p>\n'
-        f'<table class="sides-table">{"".join(rows)}</table>\n'
-        + "".join(f'<p class="meta">{_e(note)}</p>\n' for note in notes)
-        + "</header>\n"
-    )
-
-
-_SECTION_TITLES = {"changed": "Changed", "only_a": "Only in A", "only_b": "Only in B",
-                   "same": "Same"}
-
-
-def _section_head(kind: str, count: int, shown: pl.DataFrame) -> str:
-    drawn = shown.filter(pl.col("kind") == kind).height
-    more = f" (the first {drawn})" if drawn < count else ""
-    return (f'<section class="kind" id="{kind}">\n'
-            f"<h2>{_SECTION_TITLES[kind]}: {count}{more}</h2>\n")
-
-
-def _pair(row: Mapping[str, Any], number: int, comparison: Comparison, images: _Images) -> str:
-    request = row["request"]
-    differs: list[str] = row["differs"] or []
-    facts = [request["aspect_ratio"], request["resolution"], request["output_format"]]
-    facts += [f"{label} {request[key]}" for label, key in (
-        ("seed", "seed"), ("replicate", "replicate"), ("dataset row", "dataset_row"))
-        if request[key] is not None]
-    if request["references"]:
-        facts.append(f"{len(request['references'])} reference(s)")
-    variables = _variables(request["vars"])
-    if variables:
-        facts.append(", ".join(f"{k}={v}" for k, v in variables.items()))
-    a = images.locate(comparison.a.sink, row["a_output_path"], row["a_output_uri"])
-    b = images.locate(comparison.b.sink, row["b_output_path"], row["b_output_uri"])
-    notes = ""
-    if differs:
-        notes += f'<p class="differs">differs: {_e(", ".join(differs))}</p>'
-    if a.where and a.where == b.where and row["a_sha256"] != row["b_sha256"]:
-        notes += ('<p class="differs">both rows name the same file: it holds one of the two '
-                  "images</p>")
-    return (
-        f'<article class="pair {_e(row["kind"])}" id="pair-{number}">'
-        f'<div class="request"><p class="prompt">{_e(request["prompt"])}</p>'
-        f'<p class="facts">{_e(" · ".join(str(f) for f in facts if f is not None))}</p>'
-        f"{notes}</div>"
-        f'<div class="sides">{_side(row, "a", a, differs)}{_side(row, "b", b, differs)}</div>'
-        "</article>\n"
-    )
-
-
-def _variables(text: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {"vars": text}
-    if not isinstance(value, dict):
-        return {"vars": text}
-    return {k: v for k, v in value.items() if v is not None}
-
-
-def _side(row: Mapping[str, Any], side: str, image: _Image, differs: list[str]) -> str:
-    label = side.upper()
-    if row[f"{side}_pos"] is None:
-        return (f'<figure class="side absent"><figcaption>{label}</figcaption>'
-                f'<div class="frame"><span class="none">not in {label}</span></div></figure>')
-
-    def get(name: str) -> Any:
-        return row[f"{side}_{name}"]
-
-    status = get("status") or "unknown"
-    src, where = image.src, _short(image.where)
-    if status == "succeeded" and src:
-        size = drawn_size(get("width"), get("height"), PAIR_PX)
-        dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
-        body = (f'<a href="{_e(src)}"><img src="{_e(src)}"{dims} alt="{label}: '
-                f'{_e(get("cell_id"))}" loading="lazy"></a>')
-    elif status == "succeeded":
-        body = (f'<span class="none">image not viewable from here: {_e(image.why)}<br>'
-                f"{_e(where)}</span>")
+def _side_text(row: Mapping[str, Any], side: str) -> str:
+    status = row[f"{side}_status"] or "unknown"
+    cell = (row[f"{side}_cell_id"] or "")[:12]
+    if status == "succeeded":
+        detail = f"sha256 {(row[f'{side}_sha256'] or '–')[:12]}"
     else:
-        reason = ": ".join(str(x) for x in (get("error_code"), get("error_message")) if x)
-        body = (f'<div class="reason"><strong>{_e(status)}</strong>'
-                f"<span>{_e(reason or 'no reason recorded')}</span></div>")
-    channel = " · ".join(str(x) for x in (get("provider"), get("account"), get("model")) if x)
-    size_text = " · ".join(x for x in (
-        f"{get('bytes'):,} bytes" if get("bytes") is not None else "",
-        f"{get('width')}×{get('height')}" if get("width") and get("height") else "") if x)
-    facts = [
-        ("channel", channel or "–"),
-        ("status", status),
-        ("cost", f"${get('cost_usd'):.3f}" if get("cost_usd") is not None else "–"),
-        ("latency", f"{get('latency_s'):.1f} s" if get("latency_s") is not None else "–"),
-        ("size", size_text or "–"),
-        ("sha256", get("sha256") or "–"),
-    ]
-    rows = "".join(
-        f'<tr class="{"diff" if name in differs else "same"}"><th>{name}</th>'
-        f'<td title="{_e(value)}">{_e(value)}</td></tr>'
-        for name, value in facts
-    )
-    rows += (f'<tr><th>cell</th><td title="{_e(where)}">{_e(get("cell_id"))}'
-             f' · run {_e(get("run_id") or "–")}</td></tr>')
-    css = _e(status if status in SETTLED else "unknown")
-    return (f'<figure class="side {css}"><figcaption>{label}</figcaption>'
-            f'<div class="frame">{body}</div><table class="facts">{rows}</table></figure>')
+        detail = row[f"{side}_error_code"] or "no reason recorded"
+    channel = row[f"{side}_provider"] or "–"
+    return f"{cell} {channel} {status} ({detail})"
 
 
-_CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.25rem;color:#222;background:#f6f6f4}
-h1{margin:0 0 .25rem;font-size:1.3rem;overflow-wrap:anywhere}
-h2{font-size:1.1rem;margin:1.5rem 0 .5rem}
-.summary{font-weight:600;margin:.25rem 0}.meta{color:#666;margin:.1rem 0}
-table.sides-table{border-collapse:collapse;margin:.5rem 0}
-table.sides-table th,table.sides-table td{padding:.15rem .6rem .15rem 0;text-align:left;
-vertical-align:top;white-space:nowrap}
-table.sides-table td.wrap{white-space:normal;overflow-wrap:anywhere}
-.pair{background:#fff;border:1px solid #ddd;border-radius:4px;padding:.6rem;margin:0 0 .75rem;
-max-width:60rem}
-.pair.changed{border-left:4px solid #c77d12}.pair.same{border-left:4px solid #6a9a6a}
-.pair.only_a,.pair.only_b{border-left:4px solid #8a8a8a}
-.request p{margin:0 0 .2rem}.prompt{font-weight:600;overflow-wrap:anywhere}
-.request .facts{color:#555;font-size:12px;overflow-wrap:anywhere}
-.differs{color:#8a4b00;font-size:12px}
-.sides{display:grid;grid-template-columns:1fr 1fr;gap:.75rem;margin-top:.4rem}
-.side{margin:0;min-width:0}
-.side.absent .frame{height:auto;min-height:3rem}
-.side figcaption{font-weight:600;font-size:12px;margin-bottom:.2rem}
-.side .frame{height:240px;display:flex;align-items:center;justify-content:center;
-background:#f1f0ec;border-radius:3px;overflow:hidden}
-.side img{display:block;max-width:240px;max-height:240px}
-.none{color:#666;font-size:12px;text-align:center;padding:.5rem;overflow-wrap:anywhere}
-.reason{box-sizing:border-box;height:100%;width:100%;overflow:auto;padding:.5rem;
-font-size:12px;overflow-wrap:anywhere;background:#fde8e8;color:#8a1c1c}
-.side.cancelled .reason,.side.skipped .reason,.side.unknown .reason{background:#eee;color:#444}
-.reason strong{display:block;text-transform:uppercase;margin-bottom:.25rem}
-table.facts{border-collapse:collapse;font-size:12px;margin-top:.3rem;width:100%;
-table-layout:fixed}
-table.facts th{width:4.5rem;text-align:left;font-weight:400;color:#666;vertical-align:top}
-table.facts td{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-table.facts tr.diff td{background:#fff1d6;font-weight:600}
-"""
+def pair_json(row: Mapping[str, Any], by: Sequence[str]) -> dict[str, Any]:
+    """One pair of `nbp compare --json`: its key (the axis values; without `by`, the
+    request), kind, what differs, and each side's facts (null for a side without the row)."""
+    if by:
+        key = dict(row["key"] or {})
+    else:
+        key = dict(row["request"])
+        key["vars"] = _decoded(key["vars"])
+    sides = {side: None if row[f"{side}_pos"] is None else
+             {name: row[f"{side}_{name}"] for name in JSON_SIDE} for side in ("a", "b")}
+    return {"kind": row["kind"], "key": key, "differs": list(row["differs"] or []), **sides}
 
-# No script; the style by its hash; images only from beside the page (the gallery's rule).
-_POLICY = content_security_policy(styles=[_CSS])
+
+def _decoded(text: str | None) -> Any:
+    try:
+        return json.loads(text or "{}")
+    except ValueError:
+        return text

@@ -4,6 +4,7 @@
     {target}/.nbp/                          STATE_DIR: nbp's state; never an image's path
         cells/{cell_id}.json                JOURNAL_DIR: a cell's life (flows.engine.journal)
         runs/{run_id}.json                  RUNS_DIR: what produced the target's rows
+        runs/{run_id}.parquet               run_rows(): the manifest rows that run wrote
         inputs/{run_id}.json                INPUTS_DIR: sha256 of each file a run read
         budget.json                         LEDGER: spend by run, and open holds
         spend/{holder}.json                 SPEND_DIR: an uncapped process's spend
@@ -40,6 +41,12 @@ REDO_DIR = f"{STATE_DIR}/redo"
 REVIEWS_DIR = f"{STATE_DIR}/reviews"
 EMULATED_TASKS = f"{STATE_DIR}/emulated/tasks.json"
 TARGET_KIND = f"{STATE_DIR}/target.json"
+
+
+def run_rows(run_id: str) -> str:
+    """Where the manifest rows one run wrote are kept (`outputs.runs.write_run_rows`), beside
+    its record: the manifest keeps each cell's latest row only."""
+    return f"{RUNS_DIR}/{run_id}.parquet"
 
 
 def in_state(rel: str) -> bool:

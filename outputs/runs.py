@@ -9,6 +9,13 @@ record. Shards of one run (one `--run-id`) merge into one record under the manif
     merge_record(sink, record.ended(counts, spent_usd))     # at the end of the run
     read_records(sink)                                      # `nbp status` lists them
     recorded_spec(sink, "a1b2").text                        # `nbp run --from TARGET@a1b2`
+    read_run_rows(sink, "a1b2")        # the manifest rows that run wrote (`nbp compare`)
+
+Beside its record, each run keeps the manifest rows it wrote, `.nbp/runs/{run_id}.parquet`
+(`write_run_rows`, an after-write step: `outputs.steps.RunRows`): the manifest holds each
+cell's latest row, so a later run that makes a cell again rewrites it there, and the rows
+file is where `nbp compare TARGET@RUN_ID` still finds it. Only that run's rows, never a
+snapshot of the manifest.
 
 A record is input: a target can come from anyone, and a record can be written by hand. Each
 is read at most `MAX_RECORD_BYTES`, and every field is checked for its type, shape and size
@@ -24,6 +31,7 @@ spec's relative paths where its user says).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -36,8 +44,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from nbp.outputs import fields as check
-from nbp.outputs.layout import INPUTS_DIR, RUNS_DIR
+from nbp.outputs.layout import INPUTS_DIR, RUNS_DIR, run_rows
+from nbp.outputs.manifest import conform, merge_manifest
 from nbp.outputs.sink import Sink
 
 VERSIONED = ("nbp", "prefect")
@@ -350,6 +361,47 @@ def pick_run(run_ids: Sequence[str], run_id: str) -> str:
         raise LookupError(f"{'no' if not found else 'more than one'} run {run_id!r}; "
                           f"its runs: {known}")
     return found[0]
+
+
+# -- the rows a run wrote ----------------------------------------------------------------------
+
+
+class RunRowsError(ValueError):
+    """A run's rows file that is not one nbp can read (the message names it)."""
+
+
+def write_run_rows(sink: Sink, manifest: pl.LazyFrame, run_id: str) -> str | None:
+    """Keep the rows of `manifest` (the target's, as just written) whose `run_id` is
+    `run_id` in its rows file, merged into what the run's other shards kept there; returns
+    its URI (None: the run wrote no row). A rows file that cannot be read is replaced."""
+    check_run_id(run_id)
+    rows = manifest.filter(pl.col("run_id") == run_id).collect()
+    if rows.is_empty():
+        return None
+    try:
+        earlier = read_run_rows(sink, run_id)
+    except RunRowsError as exc:
+        log.warning("replacing a rows file that cannot be read: %s", exc)
+        earlier = None
+    buffer = io.BytesIO()
+    conform(merge_manifest(earlier, rows)).write_parquet(buffer, compression="zstd")
+    return sink.write_bytes(run_rows(run_id), buffer.getvalue(), overwrite=True)
+
+
+def read_run_rows(sink: Sink, run_id: str) -> pl.DataFrame | None:
+    """The manifest rows run `run_id` wrote (conformed to the manifest's schema), as its
+    rows file kept them; None when it has none (a run from before rows files were kept).
+    `RunRowsError` when the file does not read as a manifest's rows."""
+    rel = run_rows(check_run_id(run_id))
+    data = sink.read_bytes(rel)
+    if data is None:
+        return None
+    try:
+        frame = conform(pl.read_parquet(io.BytesIO(data)))
+    except (pl.exceptions.PolarsError, OSError, ValueError, TypeError) as exc:
+        raise RunRowsError(f"{sink.uri(rel)} is not the rows of a run nbp can read "
+                           f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    return frame.filter(pl.col("run_id") == run_id)  # a file is input: only its run's rows
 
 
 def installed_versions() -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 A run merges its rows into `{target}/manifest.parquet`, then hands every step the merged
 manifest, under the same manifest lease: a step sees the target's whole manifest, never a
-half-merged one, and two runs' steps never interleave. The gallery is the first such step; a
+half-merged one, and two runs' steps never interleave. The gallery is one such step, the
+rows the run wrote (kept for `nbp compare TARGET@RUN_ID`, `outputs.runs`) another; a
 new output format (WebP thumbnails, a DuckDB copy of the manifest, a CSV for a shop's
 importer) is a class with a `name` and `__call__`, added to `AFTER_WRITE` (every run) or
 given to one run (`RunHooks.after_write`):
@@ -27,6 +28,7 @@ from typing import Protocol
 import polars as pl
 
 from nbp.outputs.gallery import write_gallery
+from nbp.outputs.runs import write_run_rows
 from nbp.outputs.sink import Sink
 
 
@@ -40,6 +42,7 @@ class Written:
     title: str                                   # the job's name
     gallery_rows: Sequence[str] | None = None    # the spec's `output.gallery` pivot
     gallery_columns: Sequence[str] | None = None
+    run_id: str | None = None                    # the run that wrote (None: not a run's)
 
 
 class AfterWrite(Protocol):
@@ -60,7 +63,19 @@ class Gallery:
                              rows=written.gallery_rows, columns=written.gallery_columns)
 
 
-AFTER_WRITE: tuple[AfterWrite, ...] = (Gallery(),)
+class RunRows:
+    """`{target}/.nbp/runs/{run_id}.parquet`: the manifest rows this run wrote, kept after
+    later runs rewrite them (`outputs.runs.write_run_rows`)."""
+
+    name = "run_rows"
+
+    def __call__(self, written: Written) -> str | None:
+        if written.run_id is None:
+            return None
+        return write_run_rows(written.sink, written.manifest, written.run_id)
+
+
+AFTER_WRITE: tuple[AfterWrite, ...] = (Gallery(), RunRows())
 
 
 def run_steps(steps: Sequence[AfterWrite], written: Written) -> dict[str, str]:

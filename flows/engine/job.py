@@ -513,7 +513,8 @@ async def write_outputs(
             blocks = iter(lambda: handle.read(COPY_BLOCK), b"")
             uri = sink.write_chunks(MANIFEST_NAME, blocks, overwrite=True)
         rows, columns = (gallery.rows, gallery.columns) if gallery else (None, None)
-        written = Written(sink, pl.scan_parquet(merged), title, rows, columns)
+        written = Written(sink, pl.scan_parquet(merged), title, rows, columns,
+                          run_id=record.run_id if record is not None else None)
         return uri, run_steps(steps, written)
 
     async with Lease(sink, MANIFEST_LOCK, heartbeat):

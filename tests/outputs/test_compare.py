@@ -25,12 +25,11 @@ from nbp.outputs.compare import (
     CompareInputError,
     compare,
     load_side,
-    page_location,
-    render_page,
+    render_comparison,
     render_summary,
     request_variables,
-    write_page,
 )
+from nbp.outputs.compare_page import PREFERENCE_SCRIPT, page_location, render_page, write_page
 from nbp.outputs.gallery import render_gallery
 from nbp.outputs.manifest import rows_to_frame, write_manifest
 from nbp.outputs.runs import RunRecord, merge_record
@@ -92,21 +91,29 @@ def pairs_of(a: str, b: str) -> list[tuple[str, str | None, str | None]]:
 
 
 class Page(HTMLParser):
-    """Each pair's text and its image sources; refuses any script or event handler."""
+    """Each pair's text and its image sources; refuses any event handler and any script but
+    the page's own one (`PREFERENCE_SCRIPT`, at the end, exactly as written)."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
         self.pairs: list[dict[str, Any]] = []
         self.srcs: list[str] = []
         self.hrefs: list[str] = []
+        self.scripts: list[str] = []
+        self.in_script = False
         self.feed(text)
+        assert self.scripts == [PREFERENCE_SCRIPT], "a script that is not the page's own"
+        assert text.endswith(f"<script>{PREFERENCE_SCRIPT}</script>\n</body>\n</html>\n")
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
-        if tag == "script" or any(k.startswith("on") for k in a):
+        if any(k.startswith("on") for k in a) or (tag == "script" and a):
             raise AssertionError(f"script in page: {tag} {a}")
+        if tag == "script":
+            self.in_script = True
+            self.scripts.append("")
         if tag == "article":
-            self.pairs.append({"class": a["class"], "text": "", "srcs": []})
+            self.pairs.append({"class": a["class"], "text": "", "srcs": [], "attrs": a})
         if tag == "img":
             self.srcs.append(a["src"])
             if self.pairs:
@@ -114,8 +121,14 @@ class Page(HTMLParser):
         if tag == "a":
             self.hrefs.append(a["href"])
 
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self.in_script = False
+
     def handle_data(self, data: str) -> None:
-        if self.pairs:
+        if self.in_script:
+            self.scripts[-1] += data
+        elif self.pairs:
             self.pairs[-1]["text"] += data
 
 
@@ -136,35 +149,41 @@ def test_cells_pair_by_request_not_by_cell_id(tmp_path: Path) -> None:
 
 
 def test_same_changed_and_only_in_one(tmp_path: Path) -> None:
+    """Same: the same image, or a failure with the same error code on both sides (a refusal
+    that did not change); changed: anything else in both."""
+    failed = {"status": "failed", "sha256": None, "output_path": None}
     a = target(tmp_path / "a", [
         cell("a-same", "same"),
         cell("a-image", "other image"),
         cell("a-status", "fails in B"),
-        cell("a-both-failed", "fails twice", status="failed", sha256=None, output_path=None),
+        cell("a-both-failed", "fails twice", **failed, error_code="content_policy"),
+        cell("a-other-failure", "fails otherwise", **failed, error_code="content_policy"),
         cell("a-only", "only in A"),
     ])  # fmt: skip
     b = target(tmp_path / "b", [
         cell("b-new", "only in B"),
         cell("b-same", "same", latency_s=4.0, cost_usd=0.05),
         cell("b-image", "other image", sha256="sha-other", bytes=90),
-        cell("b-status", "fails in B", status="failed", sha256=None, output_path=None,
-             error_code="TaskFailed"),
-        cell("b-both-failed", "fails twice", status="failed", sha256=None, output_path=None),
+        cell("b-status", "fails in B", **failed, error_code="TaskFailed"),
+        cell("b-both-failed", "fails twice", **failed, error_code="content_policy"),
+        cell("b-other-failure", "fails otherwise", **failed, error_code="Timeout"),
     ])  # fmt: skip
     comparison = compare(load_side(a), load_side(b))
-    assert comparison.summary.counts == {"changed": 3, "only_a": 1, "only_b": 1, "same": 1}
+    assert comparison.summary.counts == {"changed": 3, "only_a": 1, "only_b": 1, "same": 2}
     rows = {r["a_cell_id"] or r["b_cell_id"]: r for r in comparison.pairs.iter_rows(named=True)}
     assert rows["a-same"]["kind"] == "same"  # faster and cheaper, the same image
     assert rows["a-same"]["differs"] == ["cost", "latency"]
     assert rows["a-image"]["differs"] == ["size", "sha256"]
-    assert rows["a-status"]["differs"] == ["status", "sha256"]
-    assert rows["a-both-failed"]["kind"] == "changed" and rows["a-both-failed"]["differs"] == []
+    assert rows["a-status"]["differs"] == ["status", "error", "sha256"]
+    assert rows["a-both-failed"]["kind"] == "same" and rows["a-both-failed"]["differs"] == []
+    assert rows["a-other-failure"]["kind"] == "changed"
+    assert rows["a-other-failure"]["differs"] == ["error"]
     assert (rows["a-only"]["kind"], rows["b-new"]["kind"]) == ("only_a", "only_b")
     # changed first, then only in A, only in B, same; each in manifest order
     assert comparison.pairs["kind"].to_list() == [
-        "changed", "changed", "changed", "only_a", "only_b", "same"]
+        "changed", "changed", "changed", "only_a", "only_b", "same", "same"]
     assert comparison.pairs["a_cell_id"].to_list()[:3] == [
-        "a-image", "a-status", "a-both-failed"]
+        "a-image", "a-status", "a-other-failure"]
 
 
 def test_the_request_is_everything_but_the_channel(tmp_path: Path) -> None:
@@ -263,7 +282,7 @@ def test_hostile_values_are_escaped(tmp_path: Path) -> None:
     ])  # fmt: skip
     comparison = compare(load_side(a), load_side(b))
     text = render_page(comparison, str(tmp_path / "compare.html"))
-    assert "<script>" not in text and "&lt;script&gt;" in text
+    assert text.count("<script>") == 1 and "&lt;script&gt;" in text  # the page's own only
     assert "<b>" not in text and "a&quot;&lt;b&gt;" in text  # the target's name
     page = Page(text)  # raises on any script tag or on* attribute
     assert all(not re.match(r"[a-z]+:", src) for src in page.srcs + page.hrefs)
@@ -392,16 +411,22 @@ def test_a_huge_location_is_cut(tmp_path: Path) -> None:
 
 
 def test_the_page_has_the_gallery_s_content_security_policy(tmp_path: Path) -> None:
-    """Nothing runs (there is no script), the style only by its hash, images only from
-    beside the page: the gallery's rule, from the one definition (outputs.html)."""
+    """Nothing runs but the page's own script, the style only by its hash, images only from
+    beside the page: the gallery's rule, from the one definition (outputs.html). The hashes
+    are of the text the page embeds."""
     a = target(tmp_path / "a", [cell("a0")])
     text = render_page(compare(load_side(a), load_side(a)), str(tmp_path / "c.html"))
     rules = policy_of(text)
     style = re.search(r"<style>(.*?)</style>", text, re.DOTALL)
-    assert style is not None
-    digest = base64.b64encode(hashlib.sha256(style[1].encode()).digest()).decode()
-    assert rules == {"default-src": "'none'", "script-src": "'none'",
-                     "style-src": f"'sha256-{digest}'", "img-src": "'self' file:"}
+    script = re.search(r"<script>(.*?)</script>", text, re.DOTALL)
+    assert style is not None and script is not None
+
+    def digest(source: str) -> str:
+        hashed = base64.b64encode(hashlib.sha256(source.encode()).digest()).decode()
+        return f"'sha256-{hashed}'"
+
+    assert rules == {"default-src": "'none'", "script-src": digest(script[1]),
+                     "style-src": digest(style[1]), "img-src": "'self' file:"}
     gallery = policy_of(render_gallery(rows_to_frame([cell("g0")]), title="g"))
     assert (gallery["default-src"], gallery["img-src"]) == (rules["default-src"],
                                                             rules["img-src"])
@@ -410,9 +435,9 @@ def test_the_page_has_the_gallery_s_content_security_policy(tmp_path: Path) -> N
 
 def test_the_page_is_bounded_and_says_so(tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import nbp.outputs.compare
+    import nbp.outputs.compare_page
 
-    monkeypatch.setattr(nbp.outputs.compare, "MAX_PAIRS", 2)
+    monkeypatch.setattr(nbp.outputs.compare_page, "MAX_PAIRS", 2)
     a = target(tmp_path / "a", [cell(f"a{i}", f"p{i}") for i in range(4)])
     b = target(tmp_path / "b", [cell(f"b{i}", f"p{i}", sha256="x" if i == 3 else f"sha-p{i}")
                                 for i in range(4)])
@@ -492,3 +517,267 @@ def test_the_frame_is_the_comparison_s_record(tmp_path: Path) -> None:
     assert pairs.select("a_cost_usd", "b_cost_usd").row(0) == (0.09, 0.134)
     assert pairs["request"].struct.field("prompt").to_list() == ["a red shoe"]
     assert pairs.schema["differs"] == pl.List(pl.String())
+
+
+# -- by axes -----------------------------------------------------------------------------------
+
+
+def experiment(path: Path, template: str, *, failing: Sequence[str] = (),
+               sha: str = "") -> str:
+    """A target of a small experiment: templates t1 (fixed) and t2 (`template`, its text)
+    x styles x two providers, one replicate each; cells of `failing` styles of t2 are
+    refused on kie; `sha` marks images of t2 as new."""
+    rows = []
+    for name, text in (("t1", "{style} shoe"), ("t2", template)):
+        for style in ("photo", "ink"):
+            for provider in ("kie", "gemini"):
+                prompt = text.format(style=style)
+                refused = name == "t2" and style in failing and provider == "kie"
+                facts: dict[str, Any] = {
+                    "sha256": f"{sha if name == 't2' else ''}sha-{prompt}-{provider}"}
+                if refused:
+                    facts = {"status": "failed", "sha256": None, "output_path": None,
+                             "cost_usd": 0.0, "error_code": "content_policy"}
+                rows.append(cell(
+                    f"{name}-{style}-{provider}", prompt, provider=provider,
+                    vars={"prompt": text, "style": style, "provider": provider},
+                    **facts))  # fmt: skip
+    return target(path, rows)
+
+
+def test_by_axes_pairs_a_changed_template_side_by_side(tmp_path: Path) -> None:
+    """The issue's walk: template t2's text changed. By request nothing of t2 pairs; by
+    style and provider each t2 cell meets its new self, and a refusal on both sides with the
+    same code is the same."""
+    a = experiment(tmp_path / "a", "{style} boot", failing=["ink"])
+    b = experiment(tmp_path / "b", "a {style} boot, close up", failing=["ink"], sha="new-")
+    by_request = compare(load_side(a), load_side(b))
+    assert by_request.summary.counts == {"changed": 0, "only_a": 4, "only_b": 4, "same": 4}
+    comparison = compare(load_side(a), load_side(b), by=["style", "provider"])
+    kinds = [(k, x, y) for k, x, y in comparison.pairs.select("kind", "a_cell_id", "b_cell_id")
+             .iter_rows()]
+    assert kinds[:3] == [("changed", "t2-photo-kie", "t2-photo-kie"),
+                         ("changed", "t2-photo-gemini", "t2-photo-gemini"),
+                         ("changed", "t2-ink-gemini", "t2-ink-gemini")]  # changed first
+    assert ("same", "t2-ink-kie", "t2-ink-kie") in kinds  # refused alike on both sides
+    assert all(x == y for _, x, y in kinds)  # within a key: the same request, then the
+    # same but for its prompt text: each cell meets its counterpart, not the next in order
+    assert comparison.summary.counts == {"changed": 3, "only_a": 0, "only_b": 0, "same": 5}
+    assert (comparison.summary.a.repeated_keys, comparison.summary.b.repeated_keys) == (4, 4)
+    changed = comparison.pairs.row(0, named=True)
+    assert changed["key"] == {"style": "photo", "provider": "kie"}
+    assert changed["differs"] == ["request", "sha256"]
+    assert (changed["a_request"]["prompt"], changed["b_request"]["prompt"]) == (
+        "photo boot", "a photo boot, close up")
+    by_template = compare(load_side(a), load_side(b), by=["template", "style", "provider"])
+    # the template axis is its text (no name): the changed text pairs with nothing
+    assert by_template.summary.counts == {"changed": 0, "only_a": 4, "only_b": 4, "same": 4}
+    assert by_template.summary.a.repeated_keys == 0
+
+
+def test_by_without_axes_pairs_as_before(tmp_path: Path) -> None:
+    a = target(tmp_path / "a", [cell("a0"), cell("a1", "b")])
+    assert compare(load_side(a), load_side(a), by=[]).pairs.columns == compare(
+        load_side(a), load_side(a)).pairs.columns
+
+
+def test_an_axis_neither_side_has_is_refused_with_the_axes_there_are(tmp_path: Path) -> None:
+    a = target(tmp_path / "a", [cell("a0", vars={"style": "ink", "lighting": "soft"})])
+    b = target(tmp_path / "b", [cell("b0", vars={"style": "ink"})])
+    with pytest.raises(CompareInputError) as error:
+        compare(load_side(a), load_side(b), by=["style", "colour", "mood"])
+    assert str(error.value) == (
+        "no axis 'colour', 'mood' on either side; the axes there are: template, provider, "
+        "model, replicate, aspect_ratio, resolution, account, lighting, style")
+    # one side having it is enough: the other side's rows have none (null)
+    pairs = compare(load_side(a), load_side(b), by=["lighting"]).pairs
+    assert pairs.select("kind", "a_cell_id", "b_cell_id").rows() == [
+        ("only_a", "a0", None), ("only_b", None, "b0")]
+
+
+def test_the_summary_lists_the_first_changed_pairs_and_the_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = experiment(tmp_path / "a", "{style} boot")
+    b = experiment(tmp_path / "b", "{style} boot", failing=["ink", "photo"], sha="new-")
+    comparison = compare(load_side(a), load_side(b), by=["style", "provider"])
+    text = render_comparison(comparison)
+    assert "changed pairs (4):\n  style=photo · provider=kie · photo boot\n" in text
+    assert ("    A t2-photo-kie kie succeeded (sha256 sha-photo bo)  →  "
+            "B t2-photo-kie kie failed (content_policy)\n") in text
+    assert re.search(r"^by style +cells +\$/image +p50 latency +p95 latency +failed +changed$",
+                     text, re.MULTILINE), text
+    assert re.search(r"^ink +4 → 4 +\$0\.090 → \$0\.090 .* 0% → 25% +2 of 4$", text,
+                     re.MULTILINE), text
+    import nbp.outputs.compare
+
+    monkeypatch.setattr(nbp.outputs.compare, "MAX_LISTED", 3)
+    listed = render_comparison(comparison)
+    assert "changed pairs (4, the first 3):" in listed and listed.count("  →  B ") == 3
+
+
+def test_json_carries_the_pairs_and_the_tables(tmp_path: Path) -> None:
+    a = experiment(tmp_path / "a", "{style} boot")
+    b = experiment(tmp_path / "b", "{style} boot", failing=["ink"], sha="new-")
+    done = run_nbp("compare", a, b, "--by", "style", "--by", "provider,template", "--json",
+                   "--out", str(tmp_path / "c.html"))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert {"a", "b", "counts", "page"} <= set(data)  # what it held before
+    assert data["by"] == ["style", "provider", "template"]
+    assert data["counts"] == {"changed": 4, "only_a": 0, "only_b": 0, "same": 4}
+    first = data["pairs"][0]
+    assert first["kind"] == "changed" and first["key"] == {
+        "style": "photo", "provider": "kie", "template": "{style} boot"}
+    assert set(first["a"]) == {"cell_id", "run_id", "provider", "model", "status",
+                               "error_code", "sha256", "cost_usd", "latency_s",
+                               "output_path", "image_path"}
+    refused = next(p for p in data["pairs"] if p["b"]["status"] == "failed")
+    assert refused["b"]["error_code"] == "content_policy" and refused["b"]["sha256"] is None
+    assert [t["axis"] for t in data["tables"]] == ["overall", "style", "provider", "template"]
+    ink = next(r for r in data["tables"][1]["rows"] if r["value"] == "ink")
+    assert (ink["a"]["failure_rate"], ink["b"]["failure_rate"]) == (0.0, 0.25)
+    assert (ink["paired"], ink["changed"], ink["share_changed"]) == (4, 2, 0.5)
+    plain = json.loads(run_nbp("compare", a, b, "--json", "--out",
+                               str(tmp_path / "d.html")).stdout)
+    assert plain["by"] == [] and plain["pairs"][0]["key"]["prompt"] == "photo boot"
+    assert plain["pairs"][0]["key"]["vars"] == {"style": "photo"}  # the request's variables
+    assert [t["axis"] for t in plain["tables"]] == ["overall"]
+    bad = run_nbp("compare", a, b, "--by", "style,colour", "--out", str(tmp_path / "e.html"))
+    assert bad.returncode == 2 and "no axis 'colour' on either side" in bad.stderr
+    assert "the axes there are: template, provider" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "e.html").exists()
+
+
+def test_the_page_shows_the_tables_and_the_key_of_each_pair(tmp_path: Path) -> None:
+    a = experiment(tmp_path / "a", "{style} boot")
+    b = experiment(tmp_path / "b", "{style} boot", failing=["ink"], sha="new-")
+    text = render_page(compare(load_side(a), load_side(b), by=["style"]),
+                       str(tmp_path / "c.html"))
+    page = Page(text)
+    assert text.index('id="tables"') < text.index('id="changed"')
+    assert "<caption>style</caption>" in text and "2 of 4 (50%)" in text
+    assert [p["class"] for p in page.pairs][:4] == ["pair changed"] * 4
+    assert "style=photo" in page.pairs[0]["text"]
+    assert "cells paired on style" in text
+    assert all(p["attrs"]["data-a"] and p["attrs"]["data-b"] for p in page.pairs)
+
+
+# -- two runs of one target --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def refreshed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three emulated runs into one target, `{fruit}.png` a product: run-0 makes a lemon and
+    a pear, both matte; run-1 makes the pear glossy (a new cell at the same path: the matte
+    one is superseded, its image kept as history) and leaves the lemon alone; run-2
+    (--force) makes both again, rewriting their manifest rows. Returns the folder that holds
+    the target (`out`)."""
+    import asyncio
+
+    from nbp.flows.engine.job import RunHooks, RunOptions, run_job
+    from nbp.flows.orchestration.emulation import serve_emulators
+
+    root = tmp_path_factory.mktemp("history")
+    spec = root / "spec.yaml"
+    spec.write_text(json.dumps({
+        "version": 1, "name": "fruit", "provider": "kie",
+        "matrix": {"prompt": ["A {fruit} on a plate, {look} finish"]},
+        "dataset": {"path": str(root / "fruit.csv")},
+        "output": {"target": str(root / "out"), "path": "{fruit}.{ext}"},
+        "limits": {"kie": {"poll_interval": 0.05}},
+    }))  # fmt: skip
+    for run_id, pear, force in (("run-0", "matte", False), ("run-1", "glossy", False),
+                                ("run-2", "glossy", True)):
+        (root / "fruit.csv").write_text(f"fruit,look\nlemon,matte\npear,{pear}\n")
+        options = RunOptions(spec=str(spec), emulate=True, emulator_latency_s=0.05,
+                             run_id=run_id, force=force)
+        result = asyncio.run(run_job(options, hooks=RunHooks(emulation=serve_emulators)))
+        assert result.exit_code == 0 and result.written["run_rows"].endswith(
+            f"/out/.nbp/runs/{run_id}.parquet")
+    return root
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_two_runs_of_one_target_compare_through_its_history(refreshed: Path) -> None:
+    """@run-0 against @run-1: the pear changed, and each side shows its own image, the matte
+    one from history (the pear's path holds the glossy one now); the lemon run-1 did not
+    make is only in A. Every image drawn is the one its row's sha256 names."""
+    out = refreshed / "out"
+    comparison = compare(load_side(f"{out}@run-0"), load_side(f"{out}@run-1"), by=["fruit"])
+    assert comparison.pairs.select("kind", "key").rows() == [
+        ("changed", {"fruit": "pear"}), ("only_a", {"fruit": "lemon"})]
+    pear = comparison.pairs.row(0, named=True)
+    assert pear["a_image_path"] == f".nbp/history/{pear['a_cell_id']}.png"
+    assert (pear["a_output_path"], pear["b_image_path"]) == ("pear.png", "pear.png")
+    page = Page(Path(write_page(comparison, str(refreshed / "c.html"))).read_text("utf-8"))
+    assert page.pairs[0]["srcs"] == [f"out/.nbp/history/{pear['a_cell_id']}.png",
+                                     "out/pear.png"]
+    assert page.pairs[1]["srcs"] == ["out/lemon.png"]
+    for side in ("a", "b"):
+        assert sha256_of(out / pear[f"{side}_image_path"]) == pear[f"{side}_sha256"]
+    # The target itself: its superseded matte row shows its history image too.
+    whole = compare(load_side(str(out)), load_side(f"{out}@run-1"), by=["fruit", "look"])
+    matte = whole.pairs.filter(pl.col("a_cell_id") == pear["a_cell_id"]).row(0, named=True)
+    assert matte["kind"] == "only_a" and matte["a_image_path"] == pear["a_image_path"]
+
+
+def test_a_run_s_rows_outlive_the_manifest_s(refreshed: Path) -> None:
+    """run-2 rewrote every current row of the manifest; run-0's rows are still read from its
+    rows file (the manifest alone keeps only its superseded pear), and a cell made again with
+    the same image is the same."""
+    out = refreshed / "out"
+    manifest = pl.read_parquet(out / "manifest.parquet")
+    assert manifest.filter(pl.col("run_id") == "run-0").height == 1
+    side = load_side(f"{out}@run-0")
+    assert side.rows.height == 2 and set(side.rows["run_id"]) == {"run-0"}
+    comparison = compare(side, load_side(f"{out}@run-2"), by=["fruit"])
+    assert comparison.pairs.select("kind", "key").rows() == [
+        ("changed", {"fruit": "pear"}), ("same", {"fruit": "lemon"})]
+    lemon = comparison.pairs.row(1, named=True)
+    assert lemon["a_image_path"] == lemon["b_image_path"] == "lemon.png"
+    rows_file = out / ".nbp" / "runs" / "run-2.parquet"
+    assert pl.read_parquet(rows_file).height == 2  # its own rows, not a snapshot
+    assert pl.read_parquet(out / ".nbp" / "runs" / "run-1.parquet").height == 1
+
+
+def test_a_run_from_before_rows_files_reads_the_manifest(refreshed: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(refreshed / "out", out)
+    (out / ".nbp" / "runs" / "run-0.parquet").unlink()
+    assert load_side(f"{out}@run-0").rows.height == 1  # what the manifest still holds
+    (out / ".nbp" / "runs" / "run-1.parquet").unlink()
+    with pytest.raises(CompareInputError, match=r"run run-1 has no row left in manifest\.parquet "
+                                                r"and no rows file"):
+        load_side(f"{out}@run-1")
+    (out / ".nbp" / "runs" / "run-2.parquet").write_text("not parquet")
+    with pytest.raises(CompareInputError, match=r"run-2\.parquet is not the rows of a run"):
+        load_side(f"{out}@run-2")
+
+
+def test_an_image_no_longer_at_its_path_is_named_not_drawn(tmp_path: Path) -> None:
+    """A row whose path now holds another image (a cell made again, or another cell's) and
+    no history copy: its facts and why, never the wrong picture."""
+    t = target(tmp_path / "t", [cell("c0", run_id="r2", sha256="new"), cell("c1", "blue",
+                                                                             run_id="r2")])
+    for run in ("r1", "r2"):
+        merge_record(Sink(t), RunRecord.start(run_id=run, job="j", spec_source="s.yaml",
+                                              spec_text="x"))
+    old = rows_to_frame([cell("c0", run_id="r1", sha256="old"),
+                         cell("c9", "gone", run_id="r1", output_path="img/c1.png")])
+    buffer = io.BytesIO()
+    old.write_parquet(buffer)
+    Sink(t).write_bytes(".nbp/runs/r1.parquet", buffer.getvalue(), overwrite=True)
+    comparison = compare(load_side(f"{t}@r1"), load_side(f"{t}@r2"))
+    notes = dict(comparison.pairs.select("a_cell_id", "a_image_note").drop_nulls().rows())
+    assert notes == {"c0": "its path now holds a newer image of this cell",
+                     "c9": "its path now holds cell c1's image"}
+    page = Page(render_page(comparison, str(tmp_path / "c.html")))
+    c0 = next(p for p in page.pairs if "a red shoe" in p["text"])
+    assert c0["srcs"] == ["t/img/c0.png"]  # B's, the current one; A's by its facts
+    assert "not viewable from here: its path now holds a newer image" in c0["text"]

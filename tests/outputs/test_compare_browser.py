@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from nbp.outputs.compare import compare, load_side, write_page
+from nbp.outputs.compare import compare, load_side
+from nbp.outputs.compare_page import write_page
 from nbp.outputs.sink import Sink
 from tests.outputs.test_compare import cell, target
 from tests.outputs.test_gallery_browser import CHROMIUM, WINDOW, chromium, colours, page_requests
@@ -134,3 +136,89 @@ def test_a_foreign_manifest_s_url_is_never_asked_for(
         elif html is guarded:
             assert asked == []
     assert asked == ["/injected.png"]
+
+
+# -- preference --------------------------------------------------------------------------------
+
+
+def preference_page(tmp_path: Path) -> tuple[Path, str, str]:
+    """A page of two targets: a changed pair, a same pair and a row only in A (no buttons);
+    the sides as given."""
+    a = target(tmp_path / "a", [cell("a0", sha256="a"), cell("a1", "blue"), cell("a2", "only")])
+    b = target(tmp_path / "b", [cell("b0", sha256="b"), cell("b1", "blue")])
+    a_side, b_side = a, f"{b}@r1"
+    page = write_page(compare(load_side(a_side), load_side(b_side)), str(tmp_path / "c.html"))
+    return Path(page), a_side, b_side
+
+
+def test_preference_buttons_choose_and_download_one_ratings_file(tmp_path: Path) -> None:
+    """A reader's clicks with the page's policy in force: A better on the changed pair, B
+    better on the same one, a change of mind, a reload (the choices stay), a clear, and the
+    download: one `nbp-ratings` file naming both sides as given and each cell."""
+    from tests.outputs.test_gallery_browser import DevTools
+
+    page, a_side, b_side = preference_page(tmp_path)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    pressed = ("Array.prototype.slice.call(document.querySelectorAll('.prefer button[value]'))"
+               ".filter(function (b) { return b.value; })"
+               ".map(function (b) { return b.getAttribute('aria-pressed'); })")
+    counted = "document.getElementById('prefer-count').textContent"
+    with DevTools(downloads) as browser:
+        browser.open(page)
+        assert browser.visible("#prefer") == ["prefer"]
+        assert browser.visible(".prefer") == ["prefer", "prefer"]  # not the lone row
+        assert browser.evaluate("document.getElementById('prefer-download').disabled")
+        browser.click("#pair-0 button[value=a]")
+        browser.click("#pair-2 button[value=a]")
+        browser.click("#pair-2 button[value=b]")  # changed their mind
+        assert browser.evaluate(pressed) == ["true", "false", "false", "true"]
+        assert browser.evaluate(counted) == "2 chosen: 1 A better, 1 B better"
+        browser.reload()
+        assert browser.evaluate(pressed) == ["true", "false", "false", "true"]
+        browser.click("#pair-0 button.clear")
+        assert browser.evaluate(pressed) == ["false", "false", "false", "true"]
+        browser.click("#pair-0 button[value=a]")
+        browser.click("#prefer-download")
+        saved = browser.download()
+        assert browser.evaluate("window.nbpViolations") == []
+        browser.click("#prefer-clear")
+        assert browser.evaluate(counted) == "no choice yet"
+        requests = browser.requests
+    assert saved.name == "compare-ratings.json"
+    data = json.loads(saved.read_text())
+    assert set(data) == {"format", "version", "exported_at", "title", "ratings",
+                         "preferences"}
+    assert (data["format"], data["version"], data["ratings"]) == ("nbp-ratings", 1, [])
+    assert data["title"] == f"nbp compare: {a_side} vs {b_side}"
+    assert [(p["a"], p["b"], p["winner"]) for p in data["preferences"]] == [
+        ({"target": a_side, "cell_id": "a0"}, {"target": b_side, "cell_id": "b0"}, "a"),
+        ({"target": a_side, "cell_id": "a1"}, {"target": b_side, "cell_id": "b1"}, "b"),
+    ]
+    for stamp in [data["exported_at"], *(p["at"] for p in data["preferences"])]:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
+    assert {url.split(":", 1)[0] for url in requests} <= {"file", "blob"}  # nothing else
+
+
+def test_the_buttons_need_the_page_s_own_script(tmp_path: Path) -> None:
+    """Without scripts every pair shows and no button does; with one character of the
+    script changed the policy runs nothing (the check can fail: the real page shows them)."""
+    from nbp.outputs.compare_page import PREFERENCE_SCRIPT
+    from tests.outputs.test_gallery_browser import DevTools
+
+    page, _, _ = preference_page(tmp_path)
+    tampered = page.with_name("tampered.html")
+    text = page.read_text("utf-8")
+    assert PREFERENCE_SCRIPT in text
+    tampered.write_text(text.replace(PREFERENCE_SCRIPT,
+                                     PREFERENCE_SCRIPT.replace("no choice yet", "x")))
+    seen = {}
+    for name, html, scripts in (("page", page, True), ("no-script", page, False),
+                                ("tampered", tampered, True)):
+        with DevTools(tmp_path, scripts=scripts) as browser:
+            browser.open(html)
+            seen[name] = (len(browser.visible("article.pair")), browser.visible(".prefer"),
+                          browser.visible("#prefer"), browser.evaluate("window.nbpViolations"))
+    assert seen["page"] == (3, ["prefer", "prefer"], ["prefer"], [])
+    assert seen["no-script"] == (3, [], [], [])
+    assert seen["tampered"] == (3, [], [], ["script-src-elem"])

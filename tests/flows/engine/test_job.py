@@ -212,7 +212,7 @@ limits: {{kie: {{poll_interval: 0.05}}}}
     with serving(["kie"], 0.05) as hub:
         result = asyncio.run(run_job(RunOptions(spec=str(spec)), hooks=hooks))
     assert result.exit_code == 0 and len(hub["kie"].creates) == 2
-    assert set(result.written) == {"gallery", "thumbnails"}
+    assert set(result.written) == {"gallery", "run_rows", "thumbnails"}
     assert result.gallery_uri == result.written["gallery"]
     thumbs = sorted((tmp_path / "out" / "thumbs").iterdir())
     assert [t.suffix for t in thumbs] == [".webp", ".webp"]
