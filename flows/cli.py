@@ -128,8 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument("--note", metavar="TEXT", help="a note kept with these decisions")
     review.add_argument("--by", metavar="NAME", help="who decides (default: your user name)")
     review.add_argument("--import", dest="import_file", metavar="FILE",
-                        help="record the decisions of a file the gallery's \"download "
-                             "decisions\" saved")
+                        help="record the decisions, or the ratings and preferences, of a file "
+                             "the gallery's \"download decisions\" or \"download ratings\" "
+                             "(or the compare page) saved")
     review.add_argument("--list", action="store_true",
                         help="print the target's decisions with their cells' paths")
     review.set_defaults(handler=cmd_review)
@@ -531,21 +532,29 @@ def cmd_review(args: argparse.Namespace) -> int:
             raise ValueError(f"no manifest.parquet at {args.target}")
         by = review.default_reviewer() if args.by is None else args.by
         review.check_signature(by, args.note)
-        export = None
+        imported = review.Imported()
         if args.import_file:
             with open(args.import_file, "rb") as handle:
-                export = handle.read(review.MAX_EXPORT_BYTES + 1)
+                data = handle.read(review.MAX_EXPORT_BYTES + 1)
+            try:
+                imported = review.read_import(data, manifest, sink)
+            except review.ReviewInputError as exc:
+                raise review.ReviewInputError(f"--import {args.import_file}: {exc}") from None
         choices = review.gather(manifest, approve=args.approve, reject=args.reject,
-                                export=export, export_name=f"--import {args.import_file}")
+                                also=imported.choices)
     except (ImportError, ValueError, OSError) as exc:  # ManifestInvalid, ReviewInputError
         print(f"nbp review: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    judged, rated = imported.judged, {}
 
     def apply() -> tuple[dict[str, review.Decision], Any]:
         store = review.decisions(sink)
         store.update(review.record_all(sink, choices, by=by, note=args.note, previous=store))
+        if judged is not None:
+            rated.update(review.record_ratings(sink, judged, by=by, previous=store))
+            store.update(rated)
         current = read_manifest(sink)  # under the lease: as the last run left it
-        if current is not None:
+        if current is not None and choices:
             current = review.with_reviews(current, review.frame_of(store))
             write_manifest(sink, current)
         return store, current
@@ -556,7 +565,7 @@ def cmd_review(args: argparse.Namespace) -> int:
             return await asyncio.to_thread(apply)
 
     store = None
-    if choices:
+    if choices or judged is not None:
         try:
             store, manifest = asyncio.run(locked())
         except ManifestInvalid as exc:
@@ -565,7 +574,11 @@ def cmd_review(args: argparse.Namespace) -> int:
         except (LeaseTimeout, OSError) as exc:
             print(f"nbp review: not all recorded; run it again: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        print(review.summary(choices, manifest) + " (index.html shows them from the next run)")
+        if choices:
+            print(review.summary(choices, manifest) + " (`nbp gallery TARGET` redraws "
+                  "index.html with them)")
+        if judged is not None:
+            print(review.ratings_summary(judged, rated) + "; `review.ratings_frame` reads them")
     if args.list:
         print(review.render_list(review.decisions(sink) if store is None else store, manifest))
     return EXIT_OK
