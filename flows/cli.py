@@ -1,4 +1,4 @@
-"""`nbp`: validate, plan, run, emulate, status, compare.
+"""`nbp`: validate, plan, run, emulate, status, compare, export, review, gallery.
 
 Exit codes: 0 success; 1 some cells failed (run) or a runtime error; 2 invalid spec or
 configuration (nothing was submitted or written).
@@ -134,7 +134,28 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument("--list", action="store_true",
                         help="print the target's decisions with their cells' paths")
     review.set_defaults(handler=cmd_review)
+
+    gallery = commands.add_parser("gallery", help="redraw a target's index.html from its "
+                                                  "manifest, in another pivot if you like")
+    gallery.add_argument("target", metavar="TARGET")
+    gallery.add_argument("--rows", type=_axes, metavar="AXES",
+                         help="comma-separated axes of the grid's rows (e.g. style,template)")
+    gallery.add_argument("--columns", type=_axes, metavar="AXES",
+                         help="comma-separated axes of its columns (e.g. provider,model)")
+    gallery.add_argument("--out", metavar="PATH",
+                         help="write the page here (an .html path or fsspec URL in the "
+                              "target's folder or a folder that holds it) instead of the "
+                              "target's index.html")
+    gallery.set_defaults(handler=cmd_gallery)
     return parser
+
+
+def _axes(text: str) -> list[str]:
+    """`--rows a,b`: the axes named, in order."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give axis names separated by commas")
+    return names
 
 
 def _policy_or_report(args: argparse.Namespace, command: str) -> Any:
@@ -582,6 +603,91 @@ def cmd_review(args: argparse.Namespace) -> int:
     if args.list:
         print(review.render_list(review.decisions(sink) if store is None else store, manifest))
     return EXIT_OK
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    """Redraw the target's gallery from its manifest (`outputs.gallery`): the pivot given,
+    else the one the newest run's spec asked for. The target's own index.html is written
+    under its manifest lease (a run ending meanwhile writes its page after this one)."""
+    import uuid
+
+    from nbp.flows.engine.lease import Heartbeat, Lease, LeaseTimeout
+    from nbp.outputs import gallery
+    from nbp.outputs.layout import MANIFEST_LOCK
+    from nbp.outputs.manifest import read_manifest
+    from nbp.outputs.sink import Sink
+
+    try:
+        sink = Sink(args.target)
+        manifest = read_manifest(sink)
+        if manifest is None:
+            raise ValueError(f"no manifest.parquet at {args.target}")
+        axes = gallery.axes_of(manifest)
+        rows, columns = args.rows, args.columns
+        if rows is None and columns is None:
+            rows, columns = _recorded_pivot(sink, axes)
+        gallery.check_pivot(rows, columns, axes)
+        page, name, base = gallery.page_place(sink, args.out, manifest)
+    except (ImportError, ValueError, OSError) as exc:  # ManifestInvalid, GalleryInputError
+        print(f"nbp gallery: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+    def draw() -> str:
+        current = read_manifest(sink) if args.out is None else manifest
+        return gallery.write_gallery(
+            page, manifest if current is None else current, rows=rows, columns=columns,
+            title=gallery.title_of(manifest, args.target), name=name, base=base)
+
+    async def locked() -> str:
+        heartbeat = Heartbeat(sink, f"gallery-{uuid.uuid4().hex[:16]}")
+        async with heartbeat, Lease(sink, MANIFEST_LOCK, heartbeat):
+            return await asyncio.to_thread(draw)
+
+    try:
+        uri = draw() if args.out is not None else asyncio.run(locked())
+    except (LeaseTimeout, OSError, ValueError) as exc:
+        print(f"nbp gallery: could not write the page: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    layout = gallery.Layout.of(rows, columns)
+    shown = ("the default layout (prompt rows by aspect ratio and resolution, a section per "
+             "dataset row)" if layout.by_dataset_row else
+             f"rows {', '.join(layout.rows)}; columns {', '.join(layout.columns)}")
+    print(f"gallery: {uri} ({shown})")
+    return EXIT_OK
+
+
+def _recorded_pivot(sink: Any, axes: Sequence[str]) -> tuple[Any, Any]:
+    """The `output.gallery` pivot of the spec the target's newest run recorded, as (rows,
+    columns): (None, None) when there is none, or when it names an axis the manifest lacks
+    (said on stderr). The record is input: its spec is parsed with the spec loader's bounds
+    and only that key is read."""
+    from nbp.flows.spec.yamlpos import YamlSyntaxError, load
+    from nbp.outputs.gallery import GalleryInputError, check_pivot
+    from nbp.outputs.runs import find_record
+
+    try:
+        text = find_record(sink).spec_text
+        spec = load(text).value
+    except (LookupError, YamlSyntaxError):
+        return None, None
+    output = spec.get("output") if isinstance(spec, dict) else None
+    pivot = output.get("gallery") if isinstance(output, dict) else None
+    if not isinstance(pivot, dict):
+        return None, None
+    sides = []
+    for side in ("rows", "columns"):
+        names = pivot.get(side)
+        sides.append([n for n in names if isinstance(n, str)] or None
+                     if isinstance(names, list) else None)
+    rows, columns = sides
+    try:
+        check_pivot(rows, columns, axes)
+    except GalleryInputError as exc:
+        print(f"nbp gallery: the newest run's output.gallery does not fit this manifest "
+              f"({exc}); drawing the default layout", file=sys.stderr)
+        return None, None
+    return rows, columns
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -526,7 +526,8 @@ class Review(HTMLParser):
     def __init__(self, text: str) -> None:
         super().__init__()
         self.badges: dict[str, str] = {}
-        self.buttons: dict[str, list[str]] = {}
+        self.buttons: dict[str, list[str]] = {}  # approve / reject
+        self.rates: dict[str, list[str]] = {}  # pass / fail / stars
         self.hidden_controls: set[str] = set()
         self.srcs: dict[str, list[str]] = {}
         self.bar: dict[str, str] | None = None
@@ -547,10 +548,12 @@ class Review(HTMLParser):
             self.srcs[self._card].append(a["src"])
         elif tag == "span" and "badge" in a.get("class", ""):
             self._badge = True
-        elif tag == "span" and a.get("class") == "decide" and "hidden" in a:
-            self.hidden_controls.add(self._card)
-        elif tag == "button":
+        elif a.get("class") in ("decide", "rate") and "hidden" in a:
+            self.hidden_controls.add(f"{self._card} {a['class']}")
+        elif tag == "button" and a["value"] in ("approved", "rejected"):
             self.buttons.setdefault(self._card, []).append(a["value"])
+        elif tag == "button":
+            self.rates.setdefault(self._card, []).append(a["value"])
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "figure":
@@ -572,7 +575,10 @@ def test_cards_show_their_review_and_buttons_for_current_images(
     assert 'class="badge approved"' in text and 'class="badge rejected"' in text
     # buttons only where an image is the current one at its path, hidden until the script runs
     assert page.buttons == {"new": ["approved", "rejected"], "newer": ["approved", "rejected"]}
-    assert page.hidden_controls == {"new", "newer"}
+    # and pass / fail and stars on the same cards
+    rates = ["pass", "fail", "1", "2", "3", "4", "5"]
+    assert page.rates == {"new": rates, "newer": rates}
+    assert page.hidden_controls == {"new decide", "newer decide", "new rate", "newer rate"}
     assert page.bar is not None and "hidden" in page.bar
     assert "review approved" in Page(text).titles["old"]  # the tooltip says it too
     only_failures = frame.filter(pl.col("status") == "failed")
@@ -637,10 +643,16 @@ def test_the_history_folder_is_the_refresh_one() -> None:
 def test_the_review_script_writes_no_markup_and_asks_nothing_of_the_network() -> None:
     """Its only URL is the download's blob:, made from the decisions it built; the file it
     writes is the one `nbp review --import` reads."""
-    from nbp.outputs.gallery import REVIEW_SCRIPT, REVIEWED
+    from nbp.outputs.gallery import (
+        FILTER_SCRIPT,
+        LIGHTBOX_SCRIPT,
+        RATING_SCRIPT,
+        REVIEW_SCRIPT,
+        REVIEWED,
+    )
     from nbp.outputs.review import EXPORT_FORMAT, EXPORT_VERSION, VERDICTS
 
-    assert PAGE_SCRIPT.endswith(REVIEW_SCRIPT)
+    assert PAGE_SCRIPT == FILTER_SCRIPT + REVIEW_SCRIPT + RATING_SCRIPT + LIGHTBOX_SCRIPT
     assert not re.search(r"fetch|XMLHttpRequest|WebSocket|EventSource|sendBeacon|import|"
                          r"src|open\(|innerHTML|outerHTML|insertAdjacent|write\(|eval|"
                          r"Function\(|//", REVIEW_SCRIPT)
