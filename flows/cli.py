@@ -599,7 +599,8 @@ def cmd_review(args: argparse.Namespace) -> int:
             print(review.summary(choices, manifest) + " (`nbp gallery TARGET` redraws "
                   "index.html with them)")
         if judged is not None:
-            print(review.ratings_summary(judged, rated) + "; `review.ratings_frame` reads them")
+            print(review.ratings_summary(judged, rated) + " (`nbp review TARGET --list` shows "
+                  "them)")
     if args.list:
         print(review.render_list(review.decisions(sink) if store is None else store, manifest))
     return EXIT_OK

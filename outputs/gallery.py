@@ -15,11 +15,15 @@ section a grid of prompts (rows) by aspect ratio × resolution (columns). A pivo
 (`output.gallery: {rows: [style], columns: [lighting, provider]}`) draws one grid whose rows
 and columns are the combinations of the named axes, in the order the values first appear in
 the manifest (the spec's order); an omitted side keeps its default axes. Cards that share a
-grid position (replicates, axes on neither side) stack inside it. An axis name is a manifest
-column (`AXIS_COLUMNS`: aspect_ratio, resolution, replicate, provider, model, account,
-status, prompt, and run for run_id), else an entry of the cell's template variables (matrix
-axes and dataset columns). Failed, skipped and cancelled cells are cards with their status
-and reason. Every card shows its cell id, cost and latency (caption and tooltip).
+grid position (replicates, axes on neither side) stack inside it, and each of their captions
+says what tells it apart: the axes whose values differ among them (`differing`: template,
+template variables, provider, model, account, ratio, resolution, replicate; the prompt when
+prompts differ in their template and no template name says so), e.g. `model=gemini-3-pro-image
+· replicate=1`. An axis name is a manifest column (`AXIS_COLUMNS`: template where the
+manifest has it, aspect_ratio, resolution, replicate, provider, model, account, status,
+prompt, and run for run_id), else an entry of the cell's template variables (matrix axes and
+dataset columns). Failed, skipped and cancelled cells are cards with their status and
+reason. Every card shows its cell id, cost and latency (caption and tooltip).
 
 Filter: the script (`FILTER_SCRIPT`, no network, no external asset) shows a form with a
 select per axis that has 2 to `MAX_FILTER_VALUES` values among the cards, and a "failed
@@ -40,7 +44,25 @@ as history at `HISTORY_DIR/{cell_id}{suffix}` (its `output_uri` points there). T
 the cell that took the path shows that old image beside the new one, both by relative path;
 the old row's own card shows its history image, not what its path holds now.
 
-The page's one script is `PAGE_SCRIPT` (the filter's and the review's), allowed by its hash.
+Ratings: beside approve / reject, the same cards get pass / fail and 1-5 stars
+(`RATING_SCRIPT`): the experiment's judgement, never a review decision (nothing is published
+or made again for it). They are kept in localStorage by the target's folder (every page of
+one target shares them: a redraw in another pivot shows them) and cell id, and "download
+ratings" saves them as one `outputs.review.RATINGS_FORMAT` file for `nbp review TARGET
+--import FILE` (the compare page saves preferences in the same format).
+
+Lightbox: a click on a card's image opens it over the page (`LIGHTBOX_SCRIPT`), with every
+axis value of the card (`data-axes`, from `lightbox_facts`), cost, latency, status, prompt,
+decision and rating; the arrow keys move through the images the filter shows, in page order,
+Escape closes, and keys press the card's own buttons (p / f, 1-5, a / r). Without scripts the
+image is a link to itself, as before.
+
+Redraw: `nbp gallery TARGET` draws the page again from the manifest, in another pivot if
+asked (`axes_of`, `check_pivot`), into the target or into a page above it (`page_place`: the
+images stay relative paths, `base`).
+
+The page's one script is `PAGE_SCRIPT` (the filter's, the review's, the ratings' and the
+lightbox's: `outputs.gallery_assets`), allowed by its hash.
 """
 
 from __future__ import annotations
@@ -74,7 +96,7 @@ from nbp.outputs.statuses import SETTLED
 GALLERY_NAME = "index.html"
 CARD_PX = 180  # an image is drawn at most this wide and high
 # Past this many cells the page shows the first ones only (every cell is in the manifest):
-# ~1 KB of HTML per card, so a 1,000,000-cell catalog would otherwise be a 1 GB page, and
+# ~1.1 KB of HTML per card, so a 1,000,000-cell catalog would otherwise be a 1 GB page, and
 # rendering 10,000 cards took 120 MB more memory than the whole run before it (bench/cost.py).
 MAX_CARDS = 2_000
 # An axis with more values than this gets no select (a dataset's title column is not a
@@ -504,7 +526,9 @@ def _differs(card: _Card, axes: Sequence[str]) -> str:
     shown = [(axis, card.caption_value(axis)) for axis in axes]
     whole = " · ".join(f"{axis}={value}" for axis, value in shown)
     short = " · ".join(f"{axis}={_label(value, MAX_CAPTION_VALUE, '–')}" for axis, value in shown)
-    return f'<div class="differs" title="{_e(whole)}">{_e(short)}</div>'
+    clipped = any(len(value) > MAX_CAPTION_VALUE for _, value in shown)
+    title = f' title="{_e(whole)}"' if clipped else ""
+    return f'<div class="differs"{title}>{_e(short)}</div>'
 
 
 def _attribute(text: str) -> str:
@@ -552,16 +576,10 @@ def _review(row: Row) -> str:
 
 
 def _rating(row: Row) -> str:
-    """The card's pass / fail and star buttons (hidden until the script shows them), on the
-    cards the review store takes ratings for (`outputs.review.unreviewable`)."""
-    if not _reviewable(row):
-        return ""
-    stars = "".join(f'<button type="button" value="{n}" aria-pressed="false" '
-                    f'aria-label="{n} of 5 stars">★</button>' for n in range(1, 6))
-    return ('<div class="rate" hidden>'
-            '<button type="button" value="pass" aria-pressed="false">pass</button>'
-            '<button type="button" value="fail" aria-pressed="false">fail</button>'
-            f'<span class="stars">{stars}</span></div>')
+    """The place of the card's pass / fail and star buttons, on the cards the review store
+    takes ratings for (`outputs.review.unreviewable`): the script makes the buttons and
+    shows them (600 bytes a card less to load, and nothing without a script)."""
+    return '<div class="rate" hidden></div>' if _reviewable(row) else ""
 
 
 def _ratings_bar(base: str) -> str:

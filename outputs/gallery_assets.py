@@ -286,8 +286,27 @@ RATING_SCRIPT = """
   var count = document.getElementById("ratings-count");
   var controls = Array.prototype.slice.call(document.querySelectorAll("figure.card .rate"));
   var onPage = {};
-  controls.forEach(function (control) { onPage[cellOf(control)] = true; });
+  controls.forEach(function (control) {
+    onPage[cellOf(control)] = true;
+    control.appendChild(button("pass", "pass", "pass"));
+    control.appendChild(button("fail", "fail", "fail"));
+    var stars = control.appendChild(document.createElement("span"));
+    stars.className = "stars";
+    [1, 2, 3, 4, 5].forEach(function (n) {
+      stars.appendChild(button(String(n), "\u2605", n + " of 5 stars"));
+    });
+  });
   var rated = {};
+
+  function button(value, text, label) {
+    var made = document.createElement("button");
+    made.type = "button";
+    made.value = value;
+    made.textContent = text;
+    made.setAttribute("aria-label", label);
+    made.setAttribute("aria-pressed", "false");
+    return made;
+  }
 
   function cellOf(element) { return element.closest("figure.card").id.slice(5); }
 
