@@ -117,8 +117,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="also rows a catalog should not publish: superseded and stale "
                              "cells (adds the superseded_by and stale columns)")
     export.set_defaults(handler=cmd_export)
-    review = commands.add_parser("review", help="approve or reject a target's images; list "
-                                                "the decisions")
+    review = commands.add_parser("review", help="approve or reject a target's images, record "
+                                                "their ratings; list them")
     review.add_argument("target", metavar="TARGET")
     review.add_argument("--approve", nargs="+", action="extend", default=[], metavar="CELL_ID",
                         help="approve these cells (ids, or unique prefixes as the gallery "

@@ -826,9 +826,9 @@ def record_ratings(
     """Merge `judged` into the store; returns the entries written (those that changed).
 
     A rating replaces the cell's pass and stars unless the store's are newer (`rated_at`);
-    a preference replaces the cell's earlier one against the same opponent unless that one is
-    newer; the latest `MAX_PREFERENCES` are kept. Importing one file twice writes nothing the
-    second time. `previous`: the store as read (`decisions`)."""
+    a preference replaces the cell's earlier one against the same opponent when its result
+    differs, unless that one is newer; the latest `MAX_PREFERENCES` are kept. Importing one
+    file twice writes nothing the second time. `previous`: the store as read (`decisions`)."""
     cells = [r.cell_id for r in judged.ratings] + list(judged.results)
     if previous is None:
         previous = _read_entries(sink, set(cells))
@@ -861,7 +861,7 @@ def _judged(entry: Decision, rating: Rating | None, results: Sequence[Preference
         kept = {(p.opponent_target, p.opponent): p for p in entry.preferences}
         for p in results:
             old = kept.get((p.opponent_target, p.opponent))
-            if old is None or _time(p.at) >= _time(old.at):
+            if old is None or (p.result != old.result and _time(p.at) >= _time(old.at)):
                 kept[p.opponent_target, p.opponent] = p
         ordered = sorted(kept.values(), key=lambda p: (_time(p.at), p.opponent_target,
                                                        p.opponent))

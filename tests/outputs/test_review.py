@@ -438,6 +438,9 @@ def test_importing_a_file_twice_changes_nothing_and_the_newer_judgement_wins(sin
     assert sorted(review.record_ratings(sink, judged, by="ana")) == ["aaaa1111", "aaaa2222"]
     before = decisions(sink)
     assert review.record_ratings(sink, judged, by="ben") == {}  # the same file again
+    undated = ratings_file([{"cell_id": "aaaa1111", "pass": True, "stars": 4}],
+                           [{k: v for k, v in prefer("aaaa2222", "z").items() if k != "at"}])
+    assert review.record_ratings(sink, review.read_ratings(undated, manifest), by="ben") == {}
     assert decisions(sink) == before
     older = ratings_file([{"cell_id": "aaaa1111", "pass": False, "at": AT}],
                          [prefer("aaaa2222", "z", winner="b", at=LATER)])
