@@ -24,9 +24,10 @@ A-or-B preferences given on the compare page; they never approve, reject or redo
 `rating` is the stars (a whole number 1-5; it was reserved for them, and a value nbp would not
 write is kept but not counted), `rated_at` when pass and stars were given. A preference is
 kept on the cell of each side the importing target holds, one per opponent (its target as the
-file names it, and its cell id; a later one replaces an earlier one), at most
-`MAX_PREFERENCES` per cell (the latest). The last four fields are optional and newer than the
-format's version 1, which readers keep: they ignore unknown fields. `at` and `by`: when and by
+file names it, and its cell id; a later, different result replaces an earlier one), at most
+`MAX_PREFERENCES` per cell (the latest). The last four fields are optional and came after
+version 1, which stays: readers ignore fields they do not know (an older nbp skips, with a
+warning, a file holding only a pass or preferences). `at` and `by`: when and by
 whom the decision was made, or, in an entry without one, when and by whom it was last
 recorded. A file holds a decision, ratings or preferences, or several of them.
 
