@@ -1,4 +1,4 @@
-"""`nbp`: validate, plan, run, emulate, status, compare.
+"""`nbp`: validate, plan, run, emulate, status, compare, export, review, gallery.
 
 Exit codes: 0 success; 1 some cells failed (run) or a runtime error; 2 invalid spec or
 configuration (nothing was submitted or written).
@@ -122,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="also rows a catalog should not publish: superseded and stale "
                              "cells (adds the superseded_by and stale columns)")
     export.set_defaults(handler=cmd_export)
-    review = commands.add_parser("review", help="approve or reject a target's images; list "
-                                                "the decisions")
+    review = commands.add_parser("review", help="approve or reject a target's images, record "
+                                                "their ratings; list them")
     review.add_argument("target", metavar="TARGET")
     review.add_argument("--approve", nargs="+", action="extend", default=[], metavar="CELL_ID",
                         help="approve these cells (ids, or unique prefixes as the gallery "
@@ -133,12 +133,34 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument("--note", metavar="TEXT", help="a note kept with these decisions")
     review.add_argument("--by", metavar="NAME", help="who decides (default: your user name)")
     review.add_argument("--import", dest="import_file", metavar="FILE",
-                        help="record the decisions of a file the gallery's \"download "
-                             "decisions\" saved")
+                        help="record the decisions, or the ratings and preferences, of a file "
+                             "the gallery's \"download decisions\" or \"download ratings\" "
+                             "(or the compare page) saved")
     review.add_argument("--list", action="store_true",
                         help="print the target's decisions with their cells' paths")
     review.set_defaults(handler=cmd_review)
+
+    gallery = commands.add_parser("gallery", help="redraw a target's index.html from its "
+                                                  "manifest, in another pivot if you like")
+    gallery.add_argument("target", metavar="TARGET")
+    gallery.add_argument("--rows", type=_axes, metavar="AXES",
+                         help="comma-separated axes of the grid's rows (e.g. style,template)")
+    gallery.add_argument("--columns", type=_axes, metavar="AXES",
+                         help="comma-separated axes of its columns (e.g. provider,model)")
+    gallery.add_argument("--out", metavar="PATH",
+                         help="write the page here (an .html path or fsspec URL in the "
+                              "target's folder or a folder that holds it) instead of the "
+                              "target's index.html")
+    gallery.set_defaults(handler=cmd_gallery)
     return parser
+
+
+def _axes(text: str) -> list[str]:
+    """`--rows a,b`: the axes named, in order."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give axis names separated by commas")
+    return names
 
 
 def _policy_or_report(args: argparse.Namespace, command: str) -> Any:
@@ -532,21 +554,29 @@ def cmd_review(args: argparse.Namespace) -> int:
             raise ValueError(f"no manifest.parquet at {args.target}")
         by = review.default_reviewer() if args.by is None else args.by
         review.check_signature(by, args.note)
-        export = None
+        imported = review.Imported()
         if args.import_file:
             with open(args.import_file, "rb") as handle:
-                export = handle.read(review.MAX_EXPORT_BYTES + 1)
+                data = handle.read(review.MAX_EXPORT_BYTES + 1)
+            try:
+                imported = review.read_import(data, manifest, sink)
+            except review.ReviewInputError as exc:
+                raise review.ReviewInputError(f"--import {args.import_file}: {exc}") from None
         choices = review.gather(manifest, approve=args.approve, reject=args.reject,
-                                export=export, export_name=f"--import {args.import_file}")
+                                also=imported.choices)
     except (ImportError, ValueError, OSError) as exc:  # ManifestInvalid, ReviewInputError
         print(f"nbp review: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    judged, rated = imported.judged, {}
 
     def apply() -> tuple[dict[str, review.Decision], Any]:
         store = review.decisions(sink)
         store.update(review.record_all(sink, choices, by=by, note=args.note, previous=store))
+        if judged is not None:
+            rated.update(review.record_ratings(sink, judged, by=by, previous=store))
+            store.update(rated)
         current = read_manifest(sink)  # under the lease: as the last run left it
-        if current is not None:
+        if current is not None and choices:
             current = review.with_reviews(current, review.frame_of(store))
             write_manifest(sink, current)
         return store, current
@@ -557,7 +587,7 @@ def cmd_review(args: argparse.Namespace) -> int:
             return await asyncio.to_thread(apply)
 
     store = None
-    if choices:
+    if choices or judged is not None:
         try:
             store, manifest = asyncio.run(locked())
         except ManifestInvalid as exc:
@@ -566,10 +596,100 @@ def cmd_review(args: argparse.Namespace) -> int:
         except (LeaseTimeout, OSError) as exc:
             print(f"nbp review: not all recorded; run it again: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        print(review.summary(choices, manifest) + " (index.html shows them from the next run)")
+        if choices:
+            print(review.summary(choices, manifest) + " (`nbp gallery TARGET` redraws "
+                  "index.html with them)")
+        if judged is not None:
+            print(review.ratings_summary(judged, rated) + " (`nbp review TARGET --list` shows "
+                  "them)")
     if args.list:
         print(review.render_list(review.decisions(sink) if store is None else store, manifest))
     return EXIT_OK
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    """Redraw the target's gallery from its manifest (`outputs.gallery`): the pivot given,
+    else the one the newest run's spec asked for. The target's own index.html is written
+    under its manifest lease (a run ending meanwhile writes its page after this one)."""
+    import uuid
+
+    from nbp.flows.engine.lease import Heartbeat, Lease, LeaseTimeout
+    from nbp.outputs import gallery
+    from nbp.outputs.layout import MANIFEST_LOCK
+    from nbp.outputs.manifest import read_manifest
+    from nbp.outputs.sink import Sink
+
+    try:
+        sink = Sink(args.target)
+        manifest = read_manifest(sink)
+        if manifest is None:
+            raise ValueError(f"no manifest.parquet at {args.target}")
+        axes = gallery.axes_of(manifest)
+        rows, columns = args.rows, args.columns
+        if rows is None and columns is None:
+            rows, columns = _recorded_pivot(sink, axes)
+        gallery.check_pivot(rows, columns, axes)
+        page, name, base = gallery.page_place(sink, args.out, manifest)
+    except (ImportError, ValueError, OSError) as exc:  # ManifestInvalid, GalleryInputError
+        print(f"nbp gallery: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+    def draw() -> str:
+        current = read_manifest(sink) if args.out is None else manifest
+        return gallery.write_gallery(
+            page, manifest if current is None else current, rows=rows, columns=columns,
+            title=gallery.title_of(manifest, args.target), name=name, base=base)
+
+    async def locked() -> str:
+        heartbeat = Heartbeat(sink, f"gallery-{uuid.uuid4().hex[:16]}")
+        async with heartbeat, Lease(sink, MANIFEST_LOCK, heartbeat):
+            return await asyncio.to_thread(draw)
+
+    try:
+        uri = draw() if args.out is not None else asyncio.run(locked())
+    except (LeaseTimeout, OSError, ValueError) as exc:
+        print(f"nbp gallery: could not write the page: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    layout = gallery.Layout.of(rows, columns)
+    shown = ("the default layout (prompt rows by aspect ratio and resolution, a section per "
+             "dataset row)" if layout.by_dataset_row else
+             f"rows {', '.join(layout.rows)}; columns {', '.join(layout.columns)}")
+    print(f"gallery: {uri} ({shown})")
+    return EXIT_OK
+
+
+def _recorded_pivot(sink: Any, axes: Sequence[str]) -> tuple[Any, Any]:
+    """The `output.gallery` pivot of the spec the target's newest run recorded, as (rows,
+    columns): (None, None) when there is none, or when it names an axis the manifest lacks
+    (said on stderr). The record is input: its spec is parsed with the spec loader's bounds
+    and only that key is read."""
+    from nbp.flows.spec.yamlpos import YamlSyntaxError, load
+    from nbp.outputs.gallery import GalleryInputError, check_pivot
+    from nbp.outputs.runs import find_record
+
+    try:
+        text = find_record(sink).spec_text
+        spec = load(text).value
+    except (LookupError, YamlSyntaxError):
+        return None, None
+    output = spec.get("output") if isinstance(spec, dict) else None
+    pivot = output.get("gallery") if isinstance(output, dict) else None
+    if not isinstance(pivot, dict):
+        return None, None
+    sides = []
+    for side in ("rows", "columns"):
+        names = pivot.get(side)
+        sides.append([n for n in names if isinstance(n, str)] or None
+                     if isinstance(names, list) else None)
+    rows, columns = sides
+    try:
+        check_pivot(rows, columns, axes)
+    except GalleryInputError as exc:
+        print(f"nbp gallery: the newest run's output.gallery does not fit this manifest "
+              f"({exc}); drawing the default layout", file=sys.stderr)
+        return None, None
+    return rows, columns
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,11 +15,15 @@ section a grid of prompts (rows) by aspect ratio × resolution (columns). A pivo
 (`output.gallery: {rows: [style], columns: [lighting, provider]}`) draws one grid whose rows
 and columns are the combinations of the named axes, in the order the values first appear in
 the manifest (the spec's order); an omitted side keeps its default axes. Cards that share a
-grid position (replicates, axes on neither side) stack inside it. An axis name is a manifest
-column (`AXIS_COLUMNS`: aspect_ratio, resolution, replicate, provider, model, account,
-status, prompt, and run for run_id), else an entry of the cell's template variables (matrix
-axes and dataset columns). Failed, skipped and cancelled cells are cards with their status
-and reason. Every card shows its cell id, cost and latency (caption and tooltip).
+grid position (replicates, axes on neither side) stack inside it, and each of their captions
+says what tells it apart: the axes whose values differ among them (`differing`: template,
+template variables, provider, model, account, ratio, resolution, replicate; the prompt when
+prompts differ in their template and no template name says so), e.g. `model=gemini-3-pro-image
+· replicate=1`. An axis name is a manifest column (`AXIS_COLUMNS`: template where the
+manifest has it, aspect_ratio, resolution, replicate, provider, model, account, status,
+prompt, and run for run_id), else an entry of the cell's template variables (matrix axes and
+dataset columns). Failed, skipped and cancelled cells are cards with their status and
+reason. Every card shows its cell id, cost and latency (caption and tooltip).
 
 Filter: the script (`FILTER_SCRIPT`, no network, no external asset) shows a form with a
 select per axis that has 2 to `MAX_FILTER_VALUES` values among the cards, and a "failed
@@ -40,13 +44,33 @@ as history at `HISTORY_DIR/{cell_id}{suffix}` (its `output_uri` points there). T
 the cell that took the path shows that old image beside the new one, both by relative path;
 the old row's own card shows its history image, not what its path holds now.
 
-The page's one script is `PAGE_SCRIPT` (the filter's and the review's), allowed by its hash.
+Ratings: beside approve / reject, the same cards get pass / fail and 1-5 stars
+(`RATING_SCRIPT`): the experiment's judgement, never a review decision (nothing is published
+or made again for it). They are kept in localStorage by the target's folder (every page of
+one target shares them: a redraw in another pivot shows them) and cell id, and "download
+ratings" saves them as one `outputs.review.RATINGS_FORMAT` file for `nbp review TARGET
+--import FILE` (the compare page saves preferences in the same format).
+
+Lightbox: a click on a card's image opens it over the page (`LIGHTBOX_SCRIPT`), with every
+axis value of the card (`data-axes`, from `lightbox_facts`), cost, latency, status, prompt,
+decision and rating; the arrow keys move through the images the filter shows, in page order,
+Escape closes, and keys press the card's own buttons (p / f, 1-5, a / r). Without scripts the
+image is a link to itself, as before.
+
+Redraw: `nbp gallery TARGET` draws the page again from the manifest, in another pivot if
+asked (`axes_of`, `check_pivot`), into the target or into a page above it (`page_place`: the
+images stay relative paths, `base`).
+
+The page's one script is `PAGE_SCRIPT` (the filter's, the review's, the ratings' and the
+lightbox's: `outputs.gallery_assets`), allowed by its hash.
 """
 
 from __future__ import annotations
 
+import difflib
 import html
 import json
+import os
 import posixpath
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -57,17 +81,22 @@ from urllib.parse import quote
 
 import polars as pl
 
+from nbp.outputs.gallery_assets import CSS, PAGE_SCRIPT
+from nbp.outputs.gallery_assets import FILTER_SCRIPT as FILTER_SCRIPT
+from nbp.outputs.gallery_assets import LIGHTBOX_SCRIPT as LIGHTBOX_SCRIPT
+from nbp.outputs.gallery_assets import RATING_SCRIPT as RATING_SCRIPT
+from nbp.outputs.gallery_assets import REVIEW_SCRIPT as REVIEW_SCRIPT
 from nbp.outputs.html import content_security_policy, policy_meta
 from nbp.outputs.layout import HISTORY_DIR
 from nbp.outputs.manifest import conform, conform_lazy
-from nbp.outputs.sink import Sink
+from nbp.outputs.sink import Sink, file_location
 from nbp.outputs.status import Summary, summarise
 from nbp.outputs.statuses import SETTLED
 
 GALLERY_NAME = "index.html"
 CARD_PX = 180  # an image is drawn at most this wide and high
 # Past this many cells the page shows the first ones only (every cell is in the manifest):
-# ~1 KB of HTML per card, so a 1,000,000-cell catalog would otherwise be a 1 GB page, and
+# ~1.1 KB of HTML per card, so a 1,000,000-cell catalog would otherwise be a 1 GB page, and
 # rendering 10,000 cards took 120 MB more memory than the whole run before it (bench/cost.py).
 MAX_CARDS = 2_000
 # An axis with more values than this gets no select (a dataset's title column is not a
@@ -79,10 +108,19 @@ DEFAULT_COLUMNS = ("aspect_ratio", "resolution")
 # when the column is empty: a cell skipped before a provider served it still has its axis).
 # In this order the filter lists them after the grid's axes and the template variables.
 AXIS_COLUMNS = {
+    "template": "template",
     "prompt": "prompt", "aspect_ratio": "aspect_ratio", "resolution": "resolution",
     "provider": "provider", "model": "model", "account": "account", "replicate": "replicate",
     "run": "run_id", "status": "status",
 }  # fmt: skip
+# Columns a newer manifest has that the cards read when they are there (`template`: the
+# prompt template's name, written by named prompts).
+OPTIONAL_COLUMNS = ("template",)
+# The axes a card's caption may name (where they differ among the cards of its slot), after
+# `template` and the template variables; and those the lightbox lists (all of them).
+CAPTION_AXES = ("provider", "model", "account", "aspect_ratio", "resolution", "replicate")
+LIGHTBOX_AXES = (*CAPTION_AXES, "run")
+MAX_CAPTION_VALUE = 40  # characters of a value a caption shows (all of it in its tooltip)
 FAILED_ONLY = "failed-only"  # the switch's name, and its key in the URL fragment
 REVIEWED = ("approved", "rejected")  # outputs.review.VERDICTS: the badges the page draws
 
@@ -111,22 +149,30 @@ class Layout:
 def write_gallery(
     sink: Sink, manifest: pl.DataFrame | pl.LazyFrame, *, title: str,
     rows: Sequence[str] | None = None, columns: Sequence[str] | None = None,
+    name: str = GALLERY_NAME, base: str = "",
 ) -> str:
     """Render the manifest's cells to `{target}/index.html` (atomic); returns its URI.
 
     `rows` and `columns` pivot the grid (`output.gallery`); neither: the default layout.
     `manifest` may be lazy (a scanned Parquet file): only the first `MAX_CARDS` rows and the
     summary's aggregates are read. The page is written a card at a time (`Sink.write_chunks`):
-    a 2,000-card page is never joined in memory."""
+    a 2,000-card page is never joined in memory. `name` and `base`: the page is `name` in
+    `sink`, and the target's files are at `base` + their path from it (`page_place`)."""
     cards = _cards(manifest)
     pieces = _page(cards, summarise(manifest), title=title, layout=Layout.of(rows, columns),
-                   befores=_befores(manifest, cards))
-    return sink.write_chunks(GALLERY_NAME, (piece.encode() for piece in pieces), overwrite=True)
+                   befores=_befores(manifest, cards), base=base)
+    return sink.write_chunks(name, (piece.encode() for piece in pieces), overwrite=True)
 
 
 def _cards(manifest: pl.DataFrame | pl.LazyFrame) -> list[dict[str, Any]]:
-    """The rows the page shows as cards: the first `MAX_CARDS`."""
-    return conform(manifest.lazy().head(MAX_CARDS).collect()).to_dicts()
+    """The rows the page shows as cards: the first `MAX_CARDS` (with `OPTIONAL_COLUMNS`
+    where the manifest has them, even when the manifest's schema does not name them)."""
+    head = manifest.lazy().head(MAX_CARDS).collect()
+    rows = conform(head)
+    extra = [c for c in OPTIONAL_COLUMNS if c in head.columns and c not in rows.columns]
+    if extra:
+        rows = rows.with_columns(head.select(pl.col(extra).cast(pl.String)))
+    return rows.to_dicts()
 
 
 def _befores(
@@ -179,11 +225,55 @@ class _Card:
     def value(self, axis: str) -> str:
         """The card's value of `axis` as text ("" when it has none)."""
         column = AXIS_COLUMNS.get(axis)
-        value = self.row[column] if column else None
+        value = self.row.get(column) if column else None
         return _text(self.vars.get(axis) if value is None else value)
 
     def key(self, axes: Sequence[str]) -> tuple[str, ...]:
         return tuple(self.value(axis) for axis in axes)
+
+    def variables(self) -> list[str]:
+        """Its template variables' names but `prompt` (the template's text), in order."""
+        return [name for name in self.vars if name != "prompt"]
+
+    def caption_value(self, axis: str) -> str:
+        """`value`, but for `prompt` the prompt itself (`differing` names it for its
+        template)."""
+        return _text(self.row["prompt"]) if axis == "prompt" else self.value(axis)
+
+    def template_text(self) -> str:
+        """The prompt as written before templating (the whole prompt when `vars` lacks it)."""
+        return _text(self.vars.get("prompt", self.row["prompt"]))
+
+
+def differing(cards: Sequence[_Card]) -> list[str]:
+    """The axes whose values differ among `cards` (the cards stacked in one slot), in caption
+    order: `template`, the template variables, `CAPTION_AXES`; then `prompt` when the prompts
+    differ in their template and no template name says so (written as a list, or a manifest
+    whose `vars` lack it, when nothing else differs)."""
+    names = _unique(["template", *(n for card in cards for n in card.variables()),
+                     *CAPTION_AXES])
+    found = [name for name in names if len({card.value(name) for card in cards}) > 1]
+    described = all("prompt" in card.vars for card in cards)
+    if "template" not in found and (described or not found) and len(
+        {card.template_text() for card in cards}
+    ) > 1:
+        found.append("prompt")
+    return found
+
+
+def lightbox_facts(card: _Card) -> list[tuple[str, str]]:
+    """What the lightbox lists for a card: its status, cost, latency and size, then each
+    axis it has a value of (`template`, the template variables, `LIGHTBOX_AXES`)."""
+    row = card.row
+    facts = _facts(row)
+    found = [("status", _text(row["status"])), ("cost", facts[0]), ("latency", facts[1])]
+    if row["width"] and row["height"]:
+        found.append(("size", f"{row['width']}×{row['height']}"))
+    for axis in _unique(["template", *card.variables(), *LIGHTBOX_AXES]):
+        value = card.value(axis)
+        if value:
+            found.append((axis, value))
+    return found
 
 
 @dataclass(frozen=True)
@@ -221,20 +311,21 @@ def _code(card: _Card, filters: list[_Filter]) -> str:
 
 def render_gallery(
     manifest: pl.DataFrame | pl.LazyFrame, *, title: str,
-    rows: Sequence[str] | None = None, columns: Sequence[str] | None = None,
+    rows: Sequence[str] | None = None, columns: Sequence[str] | None = None, base: str = "",
 ) -> str:
     """The page for `manifest` (`write_gallery`'s, as one string)."""
     cards = _cards(manifest)
-    return "".join(_page(cards, summarise(manifest), title=title,
+    return "".join(_page(cards, summarise(manifest), title=title, base=base,
                          layout=Layout.of(rows, columns), befores=_befores(manifest, cards)))
 
 
 def _page(
     rows: list[dict[str, Any]], summary: Summary, *, title: str, layout: Layout,
-    befores: Mapping[str, Row] | None = None,
+    befores: Mapping[str, Row] | None = None, base: str = "",
 ) -> Iterator[str]:
     """The page in pieces of at most one card each. `befores`: new cell id -> the row it
-    superseded (`_befores`)."""
+    superseded (`_befores`); `base`: the path from the page to the target ("" or ending in
+    "/")."""
     cards = [_Card(row, (befores or {}).get(row["cell_id"])) for row in rows]
     filters = _filters(cards, layout)
     columns = _unique(card.key(layout.columns) for card in cards)
@@ -243,8 +334,11 @@ def _page(
     yield _form(filters)
     if any(_reviewable(card.row) for card in cards):
         yield _review_bar()
+        yield _ratings_bar(base)
     for key, section in _sections(cards, layout).items():
-        yield from _section(key, section, columns, layout, filters)
+        yield from _section(key, section, columns, layout, filters, base)
+    if any(card.row["status"] == "succeeded" for card in cards):
+        yield LIGHTBOX
     yield f"<script>{PAGE_SCRIPT}</script>\n</body>\n</html>\n"
 
 
@@ -276,7 +370,7 @@ def _head(title: str) -> str:
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"{policy_meta(_POLICY)}"
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
     )
 
 
@@ -316,9 +410,9 @@ def _form(filters: list[_Filter]) -> str:
     return "".join(out)
 
 
-def _label(value: str, limit: int = 60) -> str:
+def _label(value: str, limit: int = 60, empty: str = "(none)") -> str:
     if not value:
-        return "(none)"
+        return empty
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
@@ -333,6 +427,7 @@ def _section(
     columns: list[tuple[str, ...]],
     layout: Layout,
     filters: list[_Filter],
+    base: str = "",
 ) -> Iterator[str]:
     out = ['<section class="rows">\n']
     if key is not None:
@@ -358,8 +453,10 @@ def _section(
         yield f'<tr><th class="prompt" title="{header}"><div>{header}</div></th>'
         for col in columns:
             yield "<td>"
-            for card in grid.get((row_key, col), []):
-                yield _card(card.row, _code(card, filters), card.before)
+            stacked = grid.get((row_key, col), [])
+            differs = differing(stacked) if len(stacked) > 1 else []
+            for card in stacked:
+                yield _card(card, _code(card, filters), differs, base)
             yield "</td>"
         yield "</tr>\n"
     yield "</tbody>\n</table>\n</div>\n</section>\n"
@@ -380,7 +477,8 @@ def _vars(row: Row) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _card(row: Row, code: str = "", before: Row | None = None) -> str:
+def _card(card: _Card, code: str = "", differs: Sequence[str] = (), base: str = "") -> str:
+    row, before = card.row, card.before
     status = row["status"] or "unknown"
     facts = _facts(row)
     tooltip = "\n".join([f"cell {row['cell_id']}", *facts])
@@ -388,16 +486,20 @@ def _card(row: Row, code: str = "", before: Row | None = None) -> str:
         f'<figcaption><code>{_e(row["cell_id"][:12])}</code>'
         f'<span>{_e(" · ".join(facts[:2]))}</span></figcaption>'
     )
+    if differs:  # what tells it apart from the cards stacked with it
+        caption += _differs(card, differs)
     superseded = status == "succeeded" and bool(row["superseded_by"])
     if superseded:  # its path holds the new cell's image now: show the history copy
         path = history_image(row)
-        body = _image(path, row, f"image not kept (superseded by {row['superseded_by']})")
+        body = _image(path, row, f"image not kept (superseded by {row['superseded_by']})",
+                      base)
         body += (f'<p class="superseded">superseded by '
                  f'<code>{_e(row["superseded_by"][:12])}</code></p>')
     elif status == "succeeded":
-        body = _image(row["output_path"], row, "no image")
+        body = _image(row["output_path"], row, "no image", base)
         if before is not None:
-            old = _image(history_image(before), before, "before: image not kept")
+            old = _image(history_image(before), before, "before: image not kept", base,
+                         large=False)
             body = (f'<div class="pair"><div class="side"><span class="tag">before · '
                     f'<code>{_e(before["cell_id"][:12])}</code></span>{old}</div>'
                     f'<div class="side"><span class="tag">after</span>{body}</div></div>')
@@ -410,22 +512,44 @@ def _card(row: Row, code: str = "", before: Row | None = None) -> str:
     css = _e(status if status in SETTLED else "unknown")
     css += " superseded" if superseded else " paired" if before is not None else ""
     data = f' data-f="{code}"' if code else ""
+    if status == "succeeded":  # for the lightbox; single quotes: JSON's are left as they are
+        facts_json = json.dumps(lightbox_facts(card), ensure_ascii=False, separators=(",", ":"))
+        data += f" data-axes='{_attribute(facts_json)}'"
     return (
         f'<figure class="card {css}" id="cell-{_e(row["cell_id"])}" title="{_e(tooltip)}"'
-        f"{data}>{body}{caption}{_review(row)}</figure>"
+        f"{data}>{body}{caption}{_review(row)}{_rating(row)}</figure>"
     )
 
 
-def _image(path: str | None, row: Row, missing: str) -> str:
-    """An image of the target by relative path, linked to itself, at its drawn size."""
+def _differs(card: _Card, axes: Sequence[str]) -> str:
+    """The caption's line of the values that tell the card apart (whole in its tooltip)."""
+    shown = [(axis, card.caption_value(axis)) for axis in axes]
+    whole = " · ".join(f"{axis}={value}" for axis, value in shown)
+    short = " · ".join(f"{axis}={_label(value, MAX_CAPTION_VALUE, '–')}" for axis, value in shown)
+    clipped = any(len(value) > MAX_CAPTION_VALUE for _, value in shown)
+    title = f' title="{_e(whole)}"' if clipped else ""
+    return f'<div class="differs"{title}>{_e(short)}</div>'
+
+
+def _attribute(text: str) -> str:
+    """`text` for an attribute between single quotes."""
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("'", "&#39;"))
+
+
+def _image(path: str | None, row: Row, missing: str, base: str = "", *,
+           large: bool = True) -> str:
+    """An image of the target by relative path, linked to itself, at its drawn size; a
+    `large` one opens in the lightbox."""
     if not path:
         return f'<div class="frame"><span class="noimage">{_e(missing)}</span></div>'
-    href = _e(quote(path))
+    href = _e(quote(base + path))
     size = drawn_size(row["width"], row["height"])
     dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
+    link = ' class="image"' if large else ""
     # Not decoding="async": headless Chromium's screenshots (and printing) then
     # often miss images that have loaded (tests/outputs/test_gallery_browser.py).
-    return (f'<a href="{href}"><div class="frame"><img src="{href}"{dims} '
+    return (f'<a{link} href="{href}"><div class="frame"><img src="{href}"{dims} '
             f'alt="{_e(row["prompt"])}" loading="lazy"></div></a>')
 
 
@@ -449,6 +573,38 @@ def _review(row: Row) -> str:
                    '<button type="button" value="rejected" aria-pressed="false">reject</button>'
                    "</span>")
     return f'<div class="review">{badge}{buttons}</div>' if badge or buttons else ""
+
+
+def _rating(row: Row) -> str:
+    """The place of the card's pass / fail and star buttons, on the cards the review store
+    takes ratings for (`outputs.review.unreviewable`): the script makes the buttons and
+    shows them (600 bytes a card less to load, and nothing without a script)."""
+    return '<div class="rate" hidden></div>' if _reviewable(row) else ""
+
+
+def _ratings_bar(base: str) -> str:
+    """The page's ratings controls: hidden until the script shows them. `data-target`: the
+    path from the page to its target's folder, which keys the ratings kept in the browser."""
+    return (f'<div id="ratings" class="review-bar" data-target="{_e(quote(base))}" hidden>'
+            '<button type="button" id="ratings-download" disabled>download ratings</button>'
+            '<span id="ratings-count" role="status">no rating yet</span>'
+            '<button type="button" id="ratings-clear" disabled>clear ratings</button>'
+            '<span class="hint">pass / fail and stars, kept in this browser for this '
+            "target; then <code>nbp review TARGET --import FILE</code></span></div>\n")
+
+
+# The lightbox (LIGHTBOX_SCRIPT fills and shows it; its image is made by the script).
+LIGHTBOX = (
+    '<div id="lightbox" class="lightbox" role="dialog" aria-modal="true" '
+    'aria-label="the image, large" hidden>\n<div class="lb-frame"></div>\n<div class="lb-side">'
+    '<p class="lb-head"></p><p class="lb-judged"></p><dl class="lb-facts"></dl>'
+    '<p class="lb-prompt"></p><div class="lb-buttons">'
+    '<button type="button" class="lb-prev">← previous</button>'
+    '<button type="button" class="lb-next">next →</button>'
+    '<button type="button" class="lb-close">close</button></div>'
+    '<p class="lb-keys">← → previous / next · Esc close · p pass · f fail · 1–5 stars · '
+    "a approve · r reject</p></div>\n</div>\n"
+)
 
 
 def _review_bar() -> str:
@@ -479,242 +635,99 @@ def _facts(row: Row) -> list[str]:
     return facts
 
 
-_CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.25rem;color:#222;background:#f6f6f4}
-h1{margin:0 0 .25rem;font-size:1.4rem}h2{font-size:1.1rem;margin:1.75rem 0 .25rem}
-.summary{font-weight:600;margin:.25rem 0}.meta{color:#666;margin:0 0 1rem}
-.emulated{background:#fff3cd;border:1px solid #e0c060;border-radius:3px;padding:.4rem .6rem;
-margin:.25rem 0;max-width:60rem}
-dl.vars{display:flex;flex-wrap:wrap;gap:.25rem 1rem;margin:.25rem 0 .75rem}
-dl.vars dt{font-weight:600}dl.vars dt::after{content:":"}dl.vars dd{margin:0}
-.scroll{overflow-x:auto}
-table.grid{border-collapse:collapse;background:#fff}
-table.grid th,table.grid td{border:1px solid #ddd;padding:.35rem;vertical-align:top}
-table.grid thead th{background:#ecebe7;white-space:nowrap;font-size:13px}
-th.prompt{width:12rem;min-width:9rem;font-weight:400;text-align:left;font-size:12px;
-background:#fff;position:sticky;left:0;z-index:1}
-th.prompt div{overflow:hidden;display:-webkit-box;-webkit-line-clamp:10;
--webkit-box-orient:vertical}
-.card{display:inline-block;margin:0;width:180px;vertical-align:top}
-.card+.card{margin-left:.35rem}
-.card .frame{height:180px;display:flex;align-items:center;justify-content:center;
-background:#f1f0ec;border-radius:3px;overflow:hidden}
-.card img{display:block;max-width:180px;max-height:180px}
-.card figcaption{display:flex;justify-content:space-between;gap:.25rem;font-size:11px;
-color:#555;margin-top:.2rem;white-space:nowrap}
-.card figcaption code{font-size:10.5px;overflow:hidden;text-overflow:ellipsis}
-.card .reason{box-sizing:border-box;height:180px;overflow:auto;padding:.5rem;
-border-radius:3px;font-size:12px;overflow-wrap:anywhere}
-.card .reason strong{display:block;text-transform:uppercase;margin-bottom:.25rem}
-.failed .reason{background:#fde8e8;color:#8a1c1c;border:1px solid #f5b5b5}
-.cancelled .reason,.skipped .reason,.unknown .reason{background:#eee;color:#444;
-border:1px solid #ccc}
-.noimage{color:#666}
-[hidden]{display:none!important}
-form.filter{display:flex;flex-wrap:wrap;align-items:center;gap:.35rem 1rem;margin:0 0 1rem;
-font-size:13px}
-form.filter select{max-width:16rem}form.filter output{color:#666}
-table.grid caption{caption-side:top;text-align:left;color:#666;padding:0 0 .35rem}
-.card.paired{width:366px}.pair{display:flex;gap:6px}.pair .side{width:180px}
-.pair .tag{display:block;font-size:11px;color:#555;margin-bottom:.15rem}
-.superseded .frame{opacity:.8}.card p.superseded{font-size:11px;color:#666;margin:.15rem 0 0}
-.card .review{display:flex;flex-wrap:wrap;align-items:center;gap:.3rem;margin-top:.2rem;
-font-size:11px}
-.badge{border-radius:3px;padding:0 .35rem;font-weight:600;border:1px solid #ccc}
-.badge.approved{background:#e3f4e1;color:#1d5e1a;border-color:#9fd39a}
-.badge.rejected{background:#fde8e8;color:#8a1c1c;border-color:#f5b5b5}
-.decide button{font-size:11px;padding:0 .4rem;margin-right:.2rem;cursor:pointer}
-.decide button[aria-pressed=true]{font-weight:700}
-.chosen-approved .frame{outline:3px solid #3c9a36}
-.chosen-rejected .frame{outline:3px solid #c43c3c}
-.chosen-approved .decide button[value=approved]{background:#3c9a36;color:#fff}
-.chosen-rejected .decide button[value=rejected]{background:#c43c3c;color:#fff}
-.review-bar{display:flex;flex-wrap:wrap;align-items:center;gap:.35rem 1rem;margin:0 0 1rem;
-font-size:13px}#review-count,.review-bar .hint{color:#666}
-"""
-
-# The filter (see the module docstring). Cards carry `data-f`: for each select, in order, the
-# index of the card's value among that select's options (after "all"). It never writes
-# markup, only `hidden` and the count: values from user data are read as option values.
-# No line comments: the page is checked to hold no "//" (no URL of any kind).
-FILTER_SCRIPT = """
-(function () {
-  "use strict";
-  var form = document.getElementById("filter");
-  if (!form) { return; }
-  var selects = Array.prototype.slice.call(form.querySelectorAll("select"));
-  var failedOnly = form.querySelector("input[type=checkbox]");
-  var cards = Array.prototype.slice.call(document.querySelectorAll("figure.card"));
-  var codes = cards.map(function (card) { return (card.getAttribute("data-f") || "").split(" "); });
-
-  function fromFragment() {
-    var params = new URLSearchParams(location.hash.slice(1));
-    selects.forEach(function (select) {
-      var wanted = params.get(select.name), index = 0;
-      for (var i = 1; wanted !== null && i < select.options.length; i++) {
-        if (select.options[i].value === wanted) { index = i; }
-      }
-      select.selectedIndex = index;
-    });
-    failedOnly.checked = params.has(failedOnly.name);
-  }
-
-  function toFragment() {
-    var params = new URLSearchParams();
-    selects.forEach(function (select) {
-      if (select.selectedIndex > 0) { params.append(select.name, select.value); }
-    });
-    if (failedOnly.checked) { params.append(failedOnly.name, ""); }
-    var fragment = params.toString();
-    try {
-      var url = fragment ? "#" + fragment : location.pathname + location.search;
-      history.replaceState(null, "", url);
-    } catch (error) { /* some browsers refuse it for a page opened from disk: no matter */ }
-  }
-
-  function hideEmpty(table, active) {
-    var rows = Array.prototype.slice.call(table.tBodies[0].rows);
-    var headers = table.tHead.rows[0].cells;
-    var used = [], any = false;
-    rows.forEach(function (row) {
-      var shown = false;
-      for (var j = 1; j < row.cells.length; j++) {
-        if (row.cells[j].querySelector("figure.card:not([hidden])")) {
-          used[j] = shown = any = true;
-        }
-      }
-      row.hidden = active && !shown;
-    });
-    for (var j = 1; j < headers.length; j++) {
-      var hide = active && !used[j];
-      headers[j].hidden = hide;
-      rows.forEach(function (row) { if (row.cells[j]) { row.cells[j].hidden = hide; } });
-    }
-    table.closest("section").hidden = active && !any;
-  }
-
-  function apply() {
-    var wanted = selects.map(function (select) { return String(select.selectedIndex - 1); });
-    var active = failedOnly.checked || selects.some(function (s) { return s.selectedIndex > 0; });
-    var count = 0;
-    cards.forEach(function (card, i) {
-      var show = !(failedOnly.checked && card.classList.contains("succeeded")) &&
-        wanted.every(function (want, axis) { return want === "-1" || codes[i][axis] === want; });
-      card.hidden = !show;
-      count += show ? 1 : 0;
-    });
-    Array.prototype.forEach.call(document.querySelectorAll("table.grid"), function (table) {
-      hideEmpty(table, active);
-    });
-    document.getElementById("shown").textContent = count + " of " + cards.length + " cards";
-  }
-
-  form.addEventListener("change", function () { toFragment(); apply(); });
-  form.addEventListener("submit", function (event) { event.preventDefault(); });
-  window.addEventListener("hashchange", function () { fromFragment(); apply(); });
-  form.hidden = false;
-  fromFragment();
-  apply();
-})();
-"""
-
-
-# Review (see the module docstring). Choices live in `chosen` (cell id -> decision and time),
-# in localStorage under the page's path; only cells with buttons on this page are kept. It
-# never writes markup, only attributes, classes and text; the one URL it makes is the
-# download's, a blob: of the decisions it built. The file is outputs.review.EXPORT_FORMAT.
-REVIEW_SCRIPT = """
-(function () {
-  "use strict";
-  var bar = document.getElementById("review");
-  if (!bar) { return; }
-  var key = "nbp-review " + location.pathname;
-  var download = document.getElementById("review-download");
-  var clear = document.getElementById("review-clear");
-  var count = document.getElementById("review-count");
-  var controls = Array.prototype.slice.call(document.querySelectorAll("figure.card .decide"));
-  var onPage = {};
-  controls.forEach(function (control) { onPage[cellOf(control)] = true; });
-  var chosen = load();
-
-  function cellOf(element) { return element.closest("figure.card").id.slice(5); }
-
-  function load() {
-    var found = {};
-    try {
-      var stored = JSON.parse(localStorage.getItem(key) || "{}");
-      Object.keys(stored).forEach(function (id) {
-        var choice = stored[id];
-        if (onPage[id] === true && choice && typeof choice.at === "string" &&
-            (choice.decision === "approved" || choice.decision === "rejected")) {
-          found[id] = {decision: choice.decision, at: choice.at};
-        }
-      });
-    } catch (error) { /* no storage here: choices last as long as the page */ }
-    return found;
-  }
-
-  function save() {
-    try { localStorage.setItem(key, JSON.stringify(chosen)); } catch (error) { /* see load */ }
-  }
-
-  function show() {
-    controls.forEach(function (control) {
-      var choice = chosen[cellOf(control)], card = control.closest("figure.card");
-      Array.prototype.forEach.call(control.querySelectorAll("button"), function (button) {
-        button.setAttribute("aria-pressed", String(!!choice && choice.decision === button.value));
-      });
-      card.classList.toggle("chosen-approved", !!choice && choice.decision === "approved");
-      card.classList.toggle("chosen-rejected", !!choice && choice.decision === "rejected");
-    });
-    var ids = Object.keys(chosen), approved = 0;
-    ids.forEach(function (id) { approved += chosen[id].decision === "approved" ? 1 : 0; });
-    count.textContent = ids.length ? ids.length + " chosen: " + approved + " approved, " +
-      (ids.length - approved) + " rejected" : "no choice yet";
-    download.disabled = clear.disabled = !ids.length;
-  }
-
-  function decisionsFile() {
-    var decisions = Object.keys(chosen).sort().map(function (id) {
-      return {cell_id: id, decision: chosen[id].decision, at: chosen[id].at};
-    });
-    var title = document.title.replace(/[\\u0000-\\u001f\\u007f-\\u009f]/g, "").slice(0, 200);
-    return JSON.stringify({format: "nbp-review-decisions", version: 1,
-      exported_at: new Date().toISOString(), title: title, decisions: decisions}, null, 1);
-  }
-
-  function saveFile() {
-    var link = document.createElement("a");
-    link.href = URL.createObjectURL(new Blob([decisionsFile()], {type: "application/json"}));
-    link.download = "review-decisions.json";
-    document.body.appendChild(link);
-    link.click();
-    link.remove();
-    setTimeout(function () { URL.revokeObjectURL(link.href); }, 60000);
-  }
-
-  document.addEventListener("click", function (event) {
-    var button = event.target.closest && event.target.closest(".decide button");
-    if (!button) { return; }
-    var id = cellOf(button), was = chosen[id];
-    if (was && was.decision === button.value) {
-      delete chosen[id];
-    } else {
-      chosen[id] = {decision: button.value, at: new Date().toISOString()};
-    }
-    save();
-    show();
-  });
-  download.addEventListener("click", saveFile);
-  clear.addEventListener("click", function () { chosen = {}; save(); show(); });
-  controls.forEach(function (control) { control.hidden = false; });
-  bar.hidden = false;
-  show();
-})();
-"""
-# The page's one inline script, allowed by its hash.
-PAGE_SCRIPT = FILTER_SCRIPT + REVIEW_SCRIPT
-
 # The page runs its own script and style only and loads images from where it lies, nothing
 # else (outputs.html says why; compare.html obeys the same policy).
-_POLICY = content_security_policy(styles=[_CSS], scripts=[PAGE_SCRIPT])
+_POLICY = content_security_policy(styles=[CSS], scripts=[PAGE_SCRIPT])
+
+
+# -- redrawing: `nbp gallery` ---------------------------------------------------------------
+
+
+class GalleryInputError(ValueError):
+    """A pivot or a place for the page that cannot be drawn; the message says why."""
+
+
+def axes_of(manifest: pl.DataFrame | pl.LazyFrame) -> list[str]:
+    """Every axis a pivot of `manifest` may name: its template variables (matrix axes,
+    include keys, dataset columns; first seen first) but `prompt`, then `AXIS_COLUMNS`
+    (`template` only when the manifest has template names)."""
+    frame = manifest.lazy()
+    texts = frame.select(pl.col("vars").drop_nulls().unique(maintain_order=True)).collect()
+    names: dict[str, None] = {}
+    for text in texts["vars"]:
+        names.update(dict.fromkeys(_vars({"vars": text})))
+    names.pop("prompt", None)
+    if "template" in frame.collect_schema().names():
+        named = frame.select(pl.col("template").is_not_null().any()).collect().item()
+        if named:
+            names["template"] = None
+    return _unique([*names, *(a for a in AXIS_COLUMNS if a != "template" or a in names)])
+
+
+def check_pivot(rows: Sequence[str] | None, columns: Sequence[str] | None,
+                axes: Sequence[str]) -> None:
+    """`GalleryInputError` (one line) when `rows` or `columns` name an axis not in `axes`
+    (`axes_of`), or one axis on both sides."""
+    problems = []
+    for flag, names in (("--rows", rows or ()), ("--columns", columns or ())):
+        for name in names:
+            if name not in axes:
+                close = difflib.get_close_matches(name, axes, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"{flag}: {name!r} is not an axis of this target{hint}")
+    both = [name for name in rows or () if name in (columns or ())]
+    problems += [f"{name!r} is in --rows and --columns; an axis makes rows or columns, not "
+                 "both" for name in both]
+    if problems:
+        raise GalleryInputError(f"{'; '.join(problems)}; axes: {', '.join(axes)}")
+
+
+def page_place(target: Sink, out: str | None,
+               manifest: pl.DataFrame | None = None) -> tuple[Sink, str, str]:
+    """Where a redrawn page goes: (its folder, its file name, the path from it to the
+    target: "" or ending in "/"). None: the target's `index.html`. Else `out`, a path or
+    fsspec URL of an `.html` file (a folder gets `index.html`) in the target's folder or in
+    a folder that holds it, on the same filesystem (and bucket): the page shows the target's
+    images by relative path, and climbs out of no folder. In the target's folder it may not
+    be one of the manifest's images. `GalleryInputError` saying why otherwise."""
+    if out is None:
+        return target, GALLERY_NAME, ""
+    try:
+        page, name = file_location(out, GALLERY_NAME)
+    except (ImportError, ValueError) as exc:
+        raise GalleryInputError(f"--out {out}: not a place for the page: {exc}") from exc
+    if not name.lower().endswith((".html", ".htm")):
+        raise GalleryInputError(f"--out {out}: the page is an .html file")
+    base = _path_to(target, page)
+    if base is None:
+        raise GalleryInputError(
+            f"--out {out}: the page shows the target's images by relative path: write it in "
+            f"the target's folder ({target.target}) or a folder that holds it")
+    if not base and manifest is not None and manifest["output_path"].is_in([name]).any():
+        raise GalleryInputError(f"--out {out}: that is an image of the target")
+    return page, name, base
+
+
+def _path_to(target: Sink, page: Sink) -> str | None:
+    """The relative path from the folder `page` to the folder `target` ("" or ending in
+    "/"), or None when the target is not in it (another filesystem or bucket, or outside)."""
+    if type(target.fs) is not type(page.fs):
+        return None
+    if page.local:
+        relative = os.path.relpath(target.root, page.root).replace(os.sep, "/")
+    elif target.root.split("/", 1)[0] != page.root.split("/", 1)[0]:
+        return None
+    else:
+        relative = posixpath.relpath(target.root, page.root)
+    if relative == ".":
+        return ""
+    if relative.startswith("/") or ".." in relative.split("/"):
+        return None
+    return relative + "/"
+
+
+def title_of(manifest: pl.DataFrame | pl.LazyFrame, fallback: str) -> str:
+    """A redrawn page's title: the job's name (as a run titles it), the jobs' names joined
+    when the target holds several, else `fallback`."""
+    jobs = manifest.lazy().select(pl.col("job").drop_nulls().unique(maintain_order=True))
+    return ", ".join(jobs.collect()["job"].to_list()) or fallback

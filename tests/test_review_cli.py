@@ -163,7 +163,7 @@ def test_import_of_a_missing_or_mixed_up_file_exits_2(
     assert "nope.json" in capsys.readouterr().err
     (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     assert review(target, "--import", str(tmp_path / "photo.png")) == EXIT_INVALID
-    assert "not a JSON decisions file" in capsys.readouterr().err
+    assert "not a JSON decisions or ratings file" in capsys.readouterr().err
     assert unchanged(target, before)
 
 
@@ -177,7 +177,8 @@ def test_list_shows_decisions_with_their_paths(
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:2] == ["cell_id", "review"]
     listed = {line.split()[0]: line.split() for line in lines[2:]}
-    assert listed[A1][1] == "approved" and listed[A1][3:] == ["ana", "A/1_1.png", "blurry"]
+    assert listed[A1][1] == "approved" and listed[A1][3:] == ["ana", "A/1_1.png", "-",
+                                                               "blurry"]
     assert listed[A2][1] == "rejected" and listed[A2][4] == "A/4_5.png"
     # A decision whose cell the manifest no longer holds is listed as such.
     write_manifest(Sink(str(target)), rows_to_frame(rows()[1:]))
@@ -212,3 +213,57 @@ def test_review_waits_for_the_manifest_lease_and_keeps_what_a_run_wrote(
     assert frame is not None and frame.height == 5
     assert frame.filter(pl.col("review").is_not_null())["cell_id"].to_list() == [A1]
     assert not (target / MANIFEST_LOCK).exists()
+
+
+def ratings_file(path: Path, ratings: list[dict[str, Any]],
+                 preferences: list[dict[str, Any]] | None = None) -> Path:
+    path.write_text(json.dumps({"format": "nbp-ratings", "version": 1,
+                                "exported_at": "2026-12-01T10:00:00.000Z", "title": "spring",
+                                "ratings": ratings, "preferences": preferences or []}))
+    return path
+
+
+def test_import_records_a_ratings_file_beside_the_decisions(
+    target: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ratings are the experiment's: they go to the store, never to the review column;
+    the same file twice changes nothing."""
+    from nbp.outputs.review import ratings_frame
+
+    assert review(target, "--approve", A2) == EXIT_OK
+    before = (target / "manifest.parquet").read_bytes()
+    file = ratings_file(tmp_path / "ratings.json", [
+        {"cell_id": A1, "pass": True, "stars": 4, "at": "2026-12-01T09:59:01.250Z"},
+        {"cell_id": A2, "pass": False, "at": "2026-12-01T09:59:02.000Z"},
+    ], [{"a": {"target": "runs/other", "cell_id": "0f0f0f0f0f0f0f0f"},
+         "b": {"target": str(target), "cell_id": A1}, "winner": "b",
+         "at": "2026-12-01T09:59:03.000Z"}])
+    capsys.readouterr()
+    assert review(target, "--import", str(file), "--by", "ana") == EXIT_OK
+    out = capsys.readouterr().out
+    assert "read 2 rating(s) (1 pass, 1 fail, 1 with stars) and 1 preference result(s)" in out
+    assert "2 of 2 cell(s) changed" in out
+    assert (target / "manifest.parquet").read_bytes() == before  # the review column as it was
+    assert column(target)[A2] == "approved"
+    assert ratings_frame(Sink(str(target))).rows() == [(A1, True, 4, 1, 0), (A2, False, None,
+                                                                             0, 0)]
+    assert decisions(Sink(str(target)))[A2].decision == "approved"  # kept beside the rating
+    assert review(target, "--import", str(file)) == EXIT_OK
+    assert "0 of 2 cell(s) changed" in capsys.readouterr().out
+    assert review(target, "--list") == EXIT_OK
+    listed = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert listed[A1][1] == "-" and listed[A1][5] == "pass,4/5,1W0L"
+    assert listed[A2][1] == "approved" and listed[A2][5] == "fail"
+
+
+def test_a_bad_ratings_file_records_nothing_and_exits_2(
+    target: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = ratings_file(tmp_path / "r.json", [{"cell_id": A1, "stars": 9},
+                                              {"cell_id": B1, "pass": True}])
+    before = (target / "manifest.parquet").read_bytes()
+    assert review(target, "--import", str(file)) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert f"--import {file}: 2 problem(s)" in err
+    assert "ratings[0].stars" in err and "ratings[1].cell_id" in err
+    assert unchanged(target, before)

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import html
 import io
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -68,7 +69,8 @@ class Page(HTMLParser):
         if tag == "figure":
             self._card = a["id"].removeprefix("cell-")
             self.cards[self._card] = ""
-            self.titles[self._card] = a["title"]
+            if "title" in a:  # only when a value is shortened
+                self.titles[self._card] = a["title"]
             self.data[self._card] = a.get("data-f", "")
         if (tag == "script" and a) or any(k.startswith("on") for k in a):
             raise AssertionError(f"script in page: {tag} {a}")
@@ -526,7 +528,8 @@ class Review(HTMLParser):
     def __init__(self, text: str) -> None:
         super().__init__()
         self.badges: dict[str, str] = {}
-        self.buttons: dict[str, list[str]] = {}
+        self.buttons: dict[str, list[str]] = {}  # approve / reject
+        self.rates: dict[str, list[str]] = {}  # pass / fail / stars
         self.hidden_controls: set[str] = set()
         self.srcs: dict[str, list[str]] = {}
         self.bar: dict[str, str] | None = None
@@ -547,10 +550,12 @@ class Review(HTMLParser):
             self.srcs[self._card].append(a["src"])
         elif tag == "span" and "badge" in a.get("class", ""):
             self._badge = True
-        elif tag == "span" and a.get("class") == "decide" and "hidden" in a:
-            self.hidden_controls.add(self._card)
-        elif tag == "button":
+        elif a.get("class") in ("decide", "rate") and "hidden" in a:
+            self.hidden_controls.add(f"{self._card} {a['class']}")
+        elif tag == "button" and a["value"] in ("approved", "rejected"):
             self.buttons.setdefault(self._card, []).append(a["value"])
+        elif tag == "button":
+            self.rates.setdefault(self._card, []).append(a["value"])
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "figure":
@@ -572,7 +577,9 @@ def test_cards_show_their_review_and_buttons_for_current_images(
     assert 'class="badge approved"' in text and 'class="badge rejected"' in text
     # buttons only where an image is the current one at its path, hidden until the script runs
     assert page.buttons == {"new": ["approved", "rejected"], "newer": ["approved", "rejected"]}
-    assert page.hidden_controls == {"new", "newer"}
+    # and a place for pass / fail and stars on the same cards (their buttons: the script's)
+    assert page.rates == {}
+    assert page.hidden_controls == {"new decide", "newer decide", "new rate", "newer rate"}
     assert page.bar is not None and "hidden" in page.bar
     assert "review approved" in Page(text).titles["old"]  # the tooltip says it too
     only_failures = frame.filter(pl.col("status") == "failed")
@@ -637,10 +644,16 @@ def test_the_history_folder_is_the_refresh_one() -> None:
 def test_the_review_script_writes_no_markup_and_asks_nothing_of_the_network() -> None:
     """Its only URL is the download's blob:, made from the decisions it built; the file it
     writes is the one `nbp review --import` reads."""
-    from nbp.outputs.gallery import REVIEW_SCRIPT, REVIEWED
+    from nbp.outputs.gallery import (
+        FILTER_SCRIPT,
+        LIGHTBOX_SCRIPT,
+        RATING_SCRIPT,
+        REVIEW_SCRIPT,
+        REVIEWED,
+    )
     from nbp.outputs.review import EXPORT_FORMAT, EXPORT_VERSION, VERDICTS
 
-    assert PAGE_SCRIPT.endswith(REVIEW_SCRIPT)
+    assert PAGE_SCRIPT == FILTER_SCRIPT + REVIEW_SCRIPT + RATING_SCRIPT + LIGHTBOX_SCRIPT
     assert not re.search(r"fetch|XMLHttpRequest|WebSocket|EventSource|sendBeacon|import|"
                          r"src|open\(|innerHTML|outerHTML|insertAdjacent|write\(|eval|"
                          r"Function\(|//", REVIEW_SCRIPT)
@@ -652,3 +665,191 @@ def test_the_review_script_writes_no_markup_and_asks_nothing_of_the_network() ->
     assert f'format: "{EXPORT_FORMAT}", version: {EXPORT_VERSION},' in REVIEW_SCRIPT
     assert REVIEWED == VERDICTS
     assert all(f'"{verdict}"' in REVIEW_SCRIPT for verdict in VERDICTS)
+
+
+# -- telling stacked cards apart, the lightbox's facts -------------------------------------------
+
+
+class Captions(HTMLParser):
+    """Each card's "differs" line (None: it has none), its tooltip, and its lightbox facts."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.lines: dict[str, str | None] = {}
+        self.titles: dict[str, str] = {}
+        self.facts: dict[str, dict[str, str]] = {}
+        self._card: str | None = None
+        self._line = False
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "figure":
+            self._card = a["id"].removeprefix("cell-")
+            self.lines[self._card] = None
+            if "data-axes" in a:
+                self.facts[self._card] = dict(json.loads(a["data-axes"]))
+        elif tag == "div" and a.get("class") == "differs" and self._card:
+            self.lines[self._card], self._line = "", True
+            if "title" in a:  # only when a value is shortened
+                self.titles[self._card] = a["title"]
+
+    def handle_endtag(self, tag: str) -> None:
+        self._line = self._line and tag != "div"
+
+    def handle_data(self, data: str) -> None:
+        if self._line and self._card:
+            self.lines[self._card] = (self.lines[self._card] or "") + data
+
+
+def test_stacked_cards_name_the_axes_that_tell_them_apart(
+    styles: tuple[Sink, pl.DataFrame]
+) -> None:
+    """Only where cards share a slot, and only the axes whose values differ among them."""
+    by_style = Captions(pivot(styles, ["style"], ["lighting", "provider"])).lines
+    assert by_style["photo-soft-0"] == "replicate=0" and by_style["photo-soft-1"] == "replicate=1"
+    assert by_style["rw"] is None and by_style["nope"] is None  # alone in its slot
+    by_provider = Captions(pivot(styles, ["provider"], ["status"])).lines
+    assert by_provider["photo-hard-1"] == "style=photo · lighting=hard · replicate=1"
+    assert by_provider["watercolor-soft-0"] == "style=watercolor · lighting=soft · replicate=0"
+    default = Captions(pivot(styles, None, None)).lines  # prompt rows: replicates stack
+    assert default["watercolor-hard-1"] == "replicate=1"
+    assert default["rw"] == "provider=runware · replicate=–"
+
+
+def named(rows: list[dict[str, Any]], templates: list[str | None]) -> pl.DataFrame:
+    """A manifest with a `template` column (a newer nbp's, named prompts)."""
+    return rows_to_frame(rows).with_columns(template=pl.Series(templates, dtype=pl.String))
+
+
+def test_a_template_name_tells_prompts_apart_and_is_an_axis(tmp_path: Path) -> None:
+    """Two templates in one slot: the caption names the template, not the prompt; without
+    names, the prompt (shortened; whole in the tooltip)."""
+    long = "A fox in the snow at dawn, watercolor on rough paper, muted palette, wide shot"
+    rows = [cell("t1", prompt="A fox", vars={"prompt": "A fox", "style": "ink"}),
+            cell("t2", prompt=long, vars={"prompt": long, "style": "ink"})]
+    text = render_gallery(named(rows, ["short", "long"]), title="t", rows=["style"])
+    captions = Captions(text)
+    assert captions.lines == {"t1": "template=short", "t2": "template=long"}
+    assert captions.facts["t2"]["template"] == "long"
+    assert list(Form(text).selects) == ["template", "prompt"]  # a filter as well
+    by_template = Grid(render_gallery(named(rows, ["short", "long"]), title="t",
+                                      rows=["template"]))
+    assert [header for header, _ in by_template.table["rows"]] == ["short", "long"]
+    unnamed = Captions(render_gallery(rows_to_frame(rows), title="t", rows=["style"]))
+    assert unnamed.lines["t1"] == "prompt=A fox" and "t1" not in unnamed.titles
+    assert unnamed.lines["t2"] == f"prompt={long[:39]}…" and unnamed.titles["t2"] == (
+        f"prompt={long}")
+
+
+def test_the_lightbox_lists_each_card_s_facts_and_axes(
+    styles: tuple[Sink, pl.DataFrame]
+) -> None:
+    facts = Captions(pivot(styles, ["style"], None)).facts
+    assert facts["rw"] == {
+        "status": "succeeded", "cost": "$0.090", "latency": "12.5 s", "style": "photo",
+        "lighting": "soft", "provider": "runware", "aspect_ratio": "1:1", "resolution": "1K",
+        "run": "r1"}
+    assert facts["photo-hard-1"]["replicate"] == "1"
+    assert "nope" not in facts and "photo-soft-0" not in facts  # no image: no lightbox
+
+
+def test_the_lightbox_and_rating_scripts_write_no_markup_and_ask_nothing_of_the_network(
+) -> None:
+    """Their only URLs: the download's blob: of the file they built, and the lightbox's
+    image, the `href` nbp wrote on the card's own link. The file is the one `nbp review
+    --import` reads."""
+    from nbp.outputs.gallery import LIGHTBOX_SCRIPT, RATING_SCRIPT
+    from nbp.outputs.review import RATINGS_FORMAT, RATINGS_VERSION
+
+    for script in (RATING_SCRIPT, LIGHTBOX_SCRIPT):
+        assert not re.search(r"fetch|XMLHttpRequest|WebSocket|EventSource|sendBeacon|import|"
+                             r"open\(\)|window\.open|innerHTML|outerHTML|insertAdjacent|"
+                             r"write\(|eval|Function\(|//", script)
+    assert re.findall(r".*(?:href|src).*", RATING_SCRIPT) == [
+        '  var folder = new URL(bar.getAttribute("data-target") || "./", location.href);',
+        "    link.href = URL.createObjectURL(new Blob([ratingsFile()], "
+        '{type: "application/json"}));',
+        "    setTimeout(function () { URL.revokeObjectURL(link.href); }, 60000);",
+    ]
+    assert re.findall(r".*(?:href|src).*", LIGHTBOX_SCRIPT) == [
+        '    image.setAttribute("src", link.getAttribute("href"));',
+        '    image.removeAttribute("src");',
+    ]
+    assert f'format: "{RATINGS_FORMAT}", version: {RATINGS_VERSION},' in RATING_SCRIPT
+
+
+# -- redrawing: axes, pivots and places ----------------------------------------------------------
+
+
+def test_the_axes_of_a_manifest(styles: tuple[Sink, pl.DataFrame]) -> None:
+    from nbp.outputs.gallery import axes_of
+
+    _, frame = styles
+    assert axes_of(frame) == ["style", "lighting", "provider", "prompt", "aspect_ratio",
+                              "resolution", "model", "account", "replicate", "run", "status"]
+    assert axes_of(named([cell("a", vars={"prompt": "x"})], ["t1"]).lazy()) == [
+        "template", "prompt", "aspect_ratio", "resolution", "provider", "model", "account",
+        "replicate", "run", "status"]
+    assert "template" not in axes_of(named([cell("a")], [None]))
+
+
+@pytest.mark.parametrize("rows, columns, says", [
+    pytest.param(["styel"], None, "--rows: 'styel' is not an axis of this target (did you "
+                 "mean 'style'?); axes: style, lighting, provider, prompt,", id="misspelt"),
+    pytest.param(["style"], ["style", "x y"], "'style' is in --rows and --columns; an axis "
+                 "makes rows or columns, not both", id="both-sides"),
+    pytest.param(None, ["x y"], "--columns: 'x y' is not an axis of this target; axes:",
+                 id="unknown"),
+])  # fmt: skip
+def test_a_pivot_names_axes_of_the_manifest(
+    styles: tuple[Sink, pl.DataFrame], rows: list[str] | None, columns: list[str] | None,
+    says: str,
+) -> None:
+    from nbp.outputs.gallery import GalleryInputError, axes_of, check_pivot
+
+    axes = axes_of(styles[1])
+    check_pivot(["style"], ["provider", "run"], axes)
+    with pytest.raises(GalleryInputError) as caught:
+        check_pivot(rows, columns, axes)
+    assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_redrawn_page_goes_beside_or_above_the_target(tmp_path: Path) -> None:
+    """In the target's folder, or a folder holding it, whose images it shows by relative
+    path; never an image of the target, never a folder the page would have to climb out of."""
+    from nbp.outputs.gallery import GalleryInputError, page_place
+
+    root = tmp_path / "runs" / "fox"
+    target = Sink(str(root))
+    manifest = rows_to_frame([cell("a", output_path="a.html"), cell("b")])
+    assert page_place(target, None) == (target, GALLERY_NAME, "")
+    page, name, base = page_place(target, str(root / "by-model.html"), manifest)
+    assert (page.root, name, base) == (str(root), "by-model.html", "")
+    page, name, base = page_place(target, str(tmp_path) + "/", manifest)
+    assert (page.root, name, base) == (str(tmp_path), GALLERY_NAME, "runs/fox/")
+    for out, says in [(str(root / "sub" / "x.html"), "by relative path"),
+                      (str(tmp_path / "other" / "x.html"), "by relative path"),
+                      (str(root / "x.png"), "an .html file"),
+                      (str(root / "a.html"), "an image of the target"),
+                      ("memory://elsewhere/x.html", "by relative path")]:
+        with pytest.raises(GalleryInputError, match=re.escape(says)):
+            page_place(target, out, manifest)
+    bucket = Sink("memory://bucket/runs/fox")
+    assert page_place(bucket, "memory://bucket/runs/x.html")[2] == "fox/"
+    with pytest.raises(GalleryInputError, match="by relative path"):
+        page_place(bucket, "memory://other/runs/x.html")
+
+
+def test_a_page_above_the_target_shows_its_images_by_relative_path(
+    job: tuple[Sink, pl.DataFrame], tmp_path: Path
+) -> None:
+    _, frame = job
+    uri = write_gallery(Sink(str(tmp_path)), frame, title="t", name="above.html",
+                        base="target/")
+    page = Page(Path(uri).read_text())
+    srcs = [v for k, v in page.urls if k == "src"]
+    assert len(srcs) == 9 and all(src.startswith("target/img/") for src in srcs)
+    assert all((tmp_path / src).is_file() for src in srcs)
+    # the ratings in the browser are kept by the target's folder, the same from any page
+    assert 'id="ratings" class="review-bar" data-target="target/"' in Path(uri).read_text()

@@ -518,6 +518,14 @@ class DevTools:
             self.call("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1],
                                                    "button": "left", "clickCount": 1})
 
+    def key(self, key: str) -> None:
+        """A key pressed and released, as a person's keyboard sends it."""
+        codes = {"ArrowRight": 39, "ArrowLeft": 37, "Escape": 27}
+        code = codes[key] if key in codes else ord(key.upper())
+        for kind in ("keyDown", "keyUp"):
+            self.call("Input.dispatchKeyEvent", {"type": kind, "key": key,
+                                                 "windowsVirtualKeyCode": code})
+
     def download(self) -> Path:
         done = self._next(lambda m: m.get("method") == "Browser.downloadProgress"
                           and m["params"]["state"] in ("completed", "canceled"))
@@ -679,3 +687,211 @@ def test_a_script_the_policy_does_not_allow_shows_no_button(
         browser.open(tampered)
         assert browser.visible(".decide") == [] and browser.visible("#review") == []
         assert browser.evaluate("window.nbpViolations") == ["script-src-elem"]
+
+
+# -- judging: captions, the lightbox, ratings ------------------------------------------------
+
+MODELS = ["gemini-3-pro-image-preview", "gemini-3-pro-image"]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> Job:
+    """2 styles x 2 model ids x 2 replicates on the emulated Gemini API, drawn by style:
+    each style's slot stacks 4 cards that differ only in model and replicate."""
+    root = tmp_path_factory.mktemp("experiment")
+    spec: dict[str, Any] = {
+        "version": 1, "name": "fox-experiment", "provider": "gemini", "repeat": 2,
+        "matrix": {"prompt": ["A {style} fox"], "style": ["photo", "ink"], "model": MODELS},
+        "output": {"target": str(root / "out"),
+                   "gallery": {"rows": ["style"], "columns": ["aspect_ratio"]}},
+    }  # fmt: skip
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    options = RunOptions(spec=str(root / "spec.yaml"), emulate=True, emulator_latency_s=0.05)
+    result = asyncio.run(run_job(options, hooks=RunHooks(emulation=serve_emulators)))
+    assert result.counts["succeeded"] == 8
+    target = Path(result.target)
+    return Job(target, pl.read_parquet(target / "manifest.parquet"))
+
+
+def in_page_order(browser: DevTools) -> list[str]:
+    return list(browser.evaluate(
+        "Array.prototype.map.call(document.querySelectorAll('figure.card a.image'), "
+        "function (a) { return a.closest('figure').id.slice(5); })"))
+
+
+LIGHTBOX_STATE = """(function () {
+  var box = document.getElementById('lightbox'), img = box.querySelector('.lb-frame img');
+  var facts = {}, terms = box.querySelectorAll('.lb-facts dt');
+  Array.prototype.forEach.call(terms, function (t) { facts[t.textContent] =
+    t.nextElementSibling.textContent; });
+  return {shown: box.getClientRects().length > 0, head: box.querySelector('.lb-head')
+    .textContent, src: img.getAttribute('src'), loaded: img.complete && img.naturalWidth,
+    judged: box.querySelector('.lb-judged').textContent, facts: facts,
+    prompt: box.querySelector('.lb-prompt').textContent,
+    covers: img.getBoundingClientRect().width > 400,
+    focused: document.activeElement.className};
+})()"""
+
+
+def lightbox(browser: DevTools) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while True:
+        state: dict[str, Any] = browser.evaluate(LIGHTBOX_STATE)
+        if not state["shown"] or state["loaded"] or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)
+
+
+def test_stacked_cards_say_what_tells_them_apart(experiment: Job, tmp_path: Path) -> None:
+    with DevTools(tmp_path) as browser:
+        browser.open(experiment.page)
+        captions = browser.evaluate(
+            "Array.prototype.map.call(document.querySelectorAll('figure.card'), function (f) "
+            "{ var d = f.querySelector('.differs'); return [f.id.slice(5), d ? d.textContent "
+            ": null]; })")
+    rows = {r["cell_id"]: r for r in experiment.manifest.iter_rows(named=True)}
+    assert len(captions) == 8
+    for cell_id, differs in captions:
+        row = rows[cell_id]
+        assert differs == f"model={row['model']} · replicate={row['replicate']}"
+    assert len({differs for _, differs in captions}) == 4  # per slot, no two alike
+
+
+def test_the_lightbox_shows_a_card_large_and_moves_in_page_order(
+    experiment: Job, tmp_path: Path
+) -> None:
+    """A click on an image opens it over the page with the card's facts; the arrow keys
+    move through the cards the filter shows, in page order; Escape closes. Nothing runs but
+    the page's own script, nothing is asked of the network."""
+    rows = {r["cell_id"]: r for r in experiment.manifest.iter_rows(named=True)}
+    with DevTools(tmp_path) as browser:
+        browser.open(experiment.page)
+        order = in_page_order(browser)
+        assert sorted(order) == sorted(rows) and not lightbox(browser)["shown"]
+        browser.click(f"#cell-{order[1]} a.image")
+        state = lightbox(browser)
+        row = rows[order[1]]
+        assert state["shown"] and state["covers"] and state["loaded"] == row["width"]
+        assert state["head"] == f"cell {order[1]} (2 of 8)"
+        assert state["src"] == urllib.parse.quote(row["output_path"])
+        assert state["prompt"] == row["prompt"] and state["focused"] == "lb-close"
+        assert state["facts"] == {
+            "status": "succeeded", "cost": f"${row['cost_usd']:.3f}",
+            "latency": f"{row['latency_s']:.1f} s", "size": f"{row['width']}×{row['height']}",
+            "style": json.loads(row["vars"])["style"], "model": row["model"],
+            "aspect_ratio": "1:1", "resolution": "1K", "provider": "gemini",
+            "account": row["account"], "replicate": str(row["replicate"]), "run": row["run_id"],
+        }
+        browser.key("ArrowRight")
+        assert lightbox(browser)["head"] == f"cell {order[2]} (3 of 8)"
+        browser.key("ArrowLeft")
+        browser.key("ArrowLeft")
+        browser.key("ArrowLeft")  # at the first card: it stays
+        assert lightbox(browser)["head"] == f"cell {order[0]} (1 of 8)"
+        browser.key("Escape")
+        assert not lightbox(browser)["shown"]
+        assert browser.evaluate("document.activeElement.closest('figure').id") == (
+            f"cell-{order[1]}")  # focus back on the image it opened from
+        # The filter's choice is the lightbox's too: only the cards it shows.
+        browser.evaluate(f"location.hash = 'model={MODELS[1]}'")
+        browser.reload()
+        shown = [cid for cid in in_page_order(browser) if rows[cid]["model"] == MODELS[1]]
+        browser.click(f"#cell-{shown[-1]} a.image")
+        assert lightbox(browser)["head"] == f"cell {shown[-1]} (4 of 4)"
+        browser.key("ArrowRight")  # the last shown card: it stays
+        assert lightbox(browser)["head"] == f"cell {shown[-1]} (4 of 4)"
+        assert browser.evaluate("window.nbpViolations") == []
+        requests = browser.requests
+    assert {url.split(":", 1)[0] for url in requests} <= {"file"}
+
+
+def test_without_scripts_an_image_is_a_link_to_itself(experiment: Job, tmp_path: Path) -> None:
+    with DevTools(tmp_path, scripts=False) as browser:
+        browser.open(experiment.page)
+        first = in_page_order(browser)[0]
+        browser.click(f"#cell-{first} a.image")
+        browser._next(lambda m: m.get("method") == "Page.loadEventFired")
+        assert browser.evaluate("location.pathname").endswith(
+            experiment.manifest.filter(pl.col("cell_id") == first)["output_path"][0])
+
+
+RATED = """Array.prototype.map.call(document.querySelectorAll('figure.card'), function (f) {
+  return [f.id.slice(5), Array.prototype.filter.call(f.querySelectorAll('.rate button'),
+    function (b) { return b.getAttribute('aria-pressed') === 'true'; })
+    .map(function (b) { return b.value; }).join(' '),
+    f.querySelectorAll('.rate .lit').length];
+})"""
+
+
+def test_ratings_stay_in_the_browser_for_the_target_and_download_as_one_file(
+    experiment: Job, tmp_path: Path
+) -> None:
+    """Pass / fail and stars, by clicks and in the lightbox by keys; a reload keeps them, and
+    so does another page of the same target (a redraw with another pivot); "download
+    ratings" saves one nbp-ratings file of them."""
+    from nbp.flows.cli import main
+
+    assert main(["gallery", str(experiment.target), "--rows", "model", "--columns",
+                 "replicate", "--out", str(experiment.target / "by-model.html")]) == 0
+    with DevTools(tmp_path) as browser:
+        browser.open(experiment.page)
+        a, b, c = in_page_order(browser)[:3]
+        assert browser.visible("#ratings") == ["ratings"]
+        assert browser.evaluate("document.getElementById('ratings-download').disabled")
+        browser.click(f"#cell-{a} .rate button[value=pass]")
+        browser.click(f"#cell-{a} .rate button[value='3']")
+        browser.click(f"#cell-{b} .rate button[value=fail]")
+        browser.click(f"#cell-{b} .rate button[value='5']")
+        browser.click(f"#cell-{b} .rate button[value='5']")  # withdrawn
+        browser.click(f"#cell-{c} a.image")  # in the lightbox: keys
+        browser.key("4")
+        browser.key("p")
+        assert lightbox(browser)["judged"] == "pass · 4 of 5 stars"
+        browser.key("Escape")
+        counted = "document.getElementById('ratings-count').textContent"
+        assert browser.evaluate(counted) == "3 rated: 2 pass, 1 fail, 2 with stars"
+        rated = {cid: (pressed, lit) for cid, pressed, lit in browser.evaluate(RATED)}
+        expected = {a: ("pass 3", 3), b: ("fail", 0), c: ("pass 4", 4)}
+        assert {cid: rated[cid] for cid in (a, b, c)} == expected
+        assert {state for cid, state in rated.items() if cid not in expected} == {("", 0)}
+        browser.reload()
+        assert {cid: p for cid, *p in browser.evaluate(RATED) if cid in expected} == {
+            cid: list(state) for cid, state in expected.items()}
+        browser.open(experiment.target / "by-model.html")  # another page of the target
+        assert browser.evaluate(counted) == "3 rated: 2 pass, 1 fail, 2 with stars"
+        browser.click("#ratings-download")
+        saved = browser.download()
+        assert browser.evaluate("window.nbpViolations") == []
+    assert saved.name == "ratings.json"
+    data = json.loads(saved.read_text())
+    assert set(data) == {"format", "version", "exported_at", "title", "ratings", "preferences"}
+    assert (data["format"], data["version"], data["title"]) == ("nbp-ratings", 1,
+                                                                "fox-experiment")
+    assert data["preferences"] == []
+    got = {r["cell_id"]: {k: v for k, v in r.items() if k != "cell_id"} for r in data["ratings"]}
+    assert [r["cell_id"] for r in data["ratings"]] == sorted(got)
+    assert {cid: (r.get("pass"), r.get("stars")) for cid, r in got.items()} == {
+        a: (True, 3), b: (False, None), c: (True, 4)}
+    assert all(r["at"].endswith("Z") and set(r) <= {"pass", "stars", "at"} for r in got.values())
+
+
+def test_a_ratings_round_trip_into_the_review_store(experiment: Job, tmp_path: Path) -> None:
+    """The file the gallery saves is what `nbp review --import` reads: rate, download,
+    import; `ratings_frame` joins the manifest by cell id."""
+    from nbp.flows.cli import main
+    from nbp.outputs.review import ratings_frame
+    from nbp.outputs.sink import Sink
+
+    with DevTools(tmp_path) as browser:
+        browser.open(experiment.page)
+        first, second = in_page_order(browser)[-2:]
+        browser.click(f"#cell-{first} .rate button[value=fail]")
+        browser.click(f"#cell-{second} .rate button[value='2']")
+        browser.click("#ratings-download")
+        saved = browser.download()
+    assert main(["review", str(experiment.target), "--import", str(saved)]) == 0
+    frame = ratings_frame(Sink(str(experiment.target)))
+    by_cell = {row[0]: row[1:] for row in frame.rows()}
+    assert by_cell[first] == (False, None, 0, 0) and by_cell[second] == (None, 2, 0, 0)
+    joined = experiment.manifest.join(frame, on="cell_id", how="left")
+    assert joined.height == 8 and joined["stars"].drop_nulls().to_list() == [2]

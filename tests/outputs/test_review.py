@@ -302,3 +302,191 @@ def test_every_problem_of_a_decisions_file_is_listed() -> None:
     message = str(caught.value)
     assert message.startswith("3 problem(s): ")
     assert all(p in message for p in ("format:", "decisions[0].cell_id", "decisions[1].decision"))
+
+
+# -- ratings and preferences ---------------------------------------------------------------------
+
+LATER = "2026-12-02T09:30:00+00:00"
+
+
+def ratings_file(ratings: list[Any] | None = None, preferences: list[Any] | None = None,
+                 **top: Any) -> bytes:
+    body: dict[str, Any] = {"format": review.RATINGS_FORMAT, "version": 1,
+                            "exported_at": "2026-12-01T10:00:00.123Z", "title": "spring",
+                            **top}
+    if ratings is not None:
+        body["ratings"] = ratings
+    if preferences is not None:
+        body["preferences"] = preferences
+    return json.dumps(body).encode()
+
+
+def prefer(a: str, b: str, winner: str = "a", at: str = AT, ta: str = "runs/old",
+           tb: str = "runs/new") -> dict[str, Any]:
+    return {"a": {"target": ta, "cell_id": a}, "b": {"target": tb, "cell_id": b},
+            "winner": winner, "at": at}
+
+
+def test_ratings_and_preferences_round_trip_beside_a_decision(sink: Sink, tmp_path: Path) -> None:
+    """pass, rating (the stars), rated_at and preferences are fields of the same file; a
+    decision recorded later keeps them, and they keep the decision."""
+    manifest = rows_to_frame(manifest_rows())
+    record(sink, "aaaa1111", "approved", by="ana", at=AT)
+    judged = review.read_ratings(ratings_file(
+        [{"cell_id": "aaaa1111", "pass": False, "stars": 2, "at": AT}],
+        [prefer("aaaa1111", "ffff9999", winner="b")]), manifest)
+    written = review.record_ratings(sink, judged, by="ben")
+    stored = json.loads((tmp_path / "target" / REVIEWS_DIR / "aaaa1111.json").read_text())
+    assert stored == {
+        "version": 1, "cell_id": "aaaa1111", "decision": "approved", "at": AT, "by": "ana",
+        "note": None, "pass": False, "rating": 2, "rated_at": AT,
+        "preferences": [{"opponent": "ffff9999", "opponent_target": "runs/new",
+                         "result": "lost", "at": AT}],
+    }
+    assert written == decisions(sink)
+    assert record(sink, "aaaa1111", "rejected", by="ana").preferences == (
+        review.Preference("ffff9999", "runs/new", "lost", AT),)
+    entry = decisions(sink)["aaaa1111"]
+    assert (entry.decision, entry.passed, entry.stars) == ("rejected", False, 2)
+
+
+def test_a_ratings_file_counts_for_each_side_this_target_holds() -> None:
+    """Two runs of one target compared: both sides are its cells. Two targets of one spec
+    (the same cell id on both sides): the side whose target is this one."""
+    manifest = rows_to_frame(manifest_rows())
+    both = review.read_ratings(ratings_file(preferences=[
+        prefer("aaaa1111", "aaaa2222", winner="b", ta="t@r1", tb="t@r2")]), manifest)
+    assert both.results == {
+        "aaaa1111": (review.Preference("aaaa2222", "t@r2", "lost", AT),),
+        "aaaa2222": (review.Preference("aaaa1111", "t@r1", "won", AT),)}
+    here = Sink("memory://bucket/runs/kie")
+    same = ratings_file(preferences=[prefer("aaaa1111", "aaaa1111", ta="memory://bucket/runs/"
+                                            "gemini", tb="memory://bucket/runs/kie@r7")])
+    assert review.read_ratings(same, manifest, here).results == {
+        "aaaa1111": (review.Preference("aaaa1111", "memory://bucket/runs/gemini", "lost", AT),)}
+    with pytest.raises(ReviewInputError, match="neither side's target is this one"):
+        review.read_ratings(same, manifest, Sink("memory://bucket/runs/other"))
+
+
+BAD_RATINGS = [
+    pytest.param(ratings_file([{"cell_id": "aaaa1111"}]), "ratings[0]: holds neither pass nor "
+                 "stars", id="nothing-rated"),
+    pytest.param(ratings_file([{"cell_id": "aaaa1111", "stars": 6}]), "ratings[0].stars: "
+                 "expected a whole number from 1 to 5, got 6", id="six-stars"),
+    pytest.param(ratings_file([{"cell_id": "aaaa1111", "stars": 4.5}]), "ratings[0].stars",
+                 id="half-a-star"),
+    pytest.param(ratings_file([{"cell_id": "aaaa1111", "stars": True}]), "ratings[0].stars",
+                 id="stars-true"),
+    pytest.param(ratings_file([{"cell_id": "aaaa1111", "pass": "yes"}]), "ratings[0].pass: "
+                 "expected true or false", id="pass-as-text"),
+    pytest.param(ratings_file([{"cell_id": "aaaa1111", "pass": True, "note": "x"}]),
+                 "ratings[0]: unknown key 'note'", id="unknown-rating-key"),
+    pytest.param(ratings_file([{"cell_id": "aaaa1111", "pass": True},
+                               {"cell_id": "aaaa1111", "stars": 3}]),
+                 "ratings[1].cell_id: cell aaaa1111 is rated again", id="rated-twice"),
+    pytest.param(ratings_file([{"cell_id": "bbbb1111", "pass": True}]), "no image to review",
+                 id="failed-cell"),
+    pytest.param(ratings_file([{"cell_id": "cccc1111", "pass": True}]), "superseded",
+                 id="superseded-cell"),
+    pytest.param(ratings_file([{"cell_id": "zzzz", "pass": True}]), "no cell 'zzzz'",
+                 id="unknown-cell"),
+    pytest.param(ratings_file([], ratings_by="eve"), "'ratings_by': unknown key",
+                 id="unknown-top-key"),
+    pytest.param(ratings_file([], version=2), "version: expected 1, got 2", id="newer-version"),
+    pytest.param(ratings_file(ratings={"cell_id": "aaaa1111"}), "ratings: expected a list",
+                 id="ratings-not-a-list"),
+    pytest.param(ratings_file(preferences=[prefer("zzzz", "yyyy")]), "preferences[0]: neither "
+                 "side (zzzz of 'runs/old' and yyyy of 'runs/new') is a cell", id="elsewhere"),
+    pytest.param(ratings_file(preferences=[{**prefer("aaaa1111", "z"), "winner": "tie"}]),
+                 "preferences[0].winner: expected \"a\" or \"b\"", id="a-tie"),
+    pytest.param(ratings_file(preferences=[{**prefer("aaaa1111", "z"), "a": {"cell_id": "x"}}]),
+                 "preferences[0].a.target: missing", id="side-without-target"),
+    pytest.param(ratings_file(preferences=[prefer("bbbb1111", "z")]), "a.cell_id: cell "
+                 "bbbb1111 has no image to compare (status failed)", id="failed-side"),
+    pytest.param(ratings_file(preferences=[prefer("aaaa1111", "z"), prefer("aaaa1111", "z")]),
+                 "preferences[1]: cell aaaa1111 is compared with cell z of 'runs/new' again",
+                 id="compared-twice"),
+    pytest.param(ratings_file(preferences=[{**prefer("aaaa1111", "z"),
+                                            "a": {"target": "t" * 501, "cell_id": "aaaa1111"}}]),
+                 "preferences[0].a.target: expected text of at most 500", id="long-target"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("data, problem", BAD_RATINGS)
+def test_a_ratings_file_is_checked_strictly(data: bytes, problem: str) -> None:
+    with pytest.raises(ReviewInputError) as caught:
+        review.read_ratings(data, rows_to_frame(manifest_rows()))
+    assert problem in str(caught.value)
+
+
+def test_every_problem_of_a_ratings_file_is_listed() -> None:
+    data = ratings_file([{"cell_id": "zzzz", "pass": True}, {"cell_id": "aaaa1111"}],
+                        [prefer("y", "z")], format="x")
+    with pytest.raises(ReviewInputError) as caught:
+        review.read_ratings(data, rows_to_frame(manifest_rows()))
+    message = str(caught.value)
+    assert message.startswith("4 problem(s): ")
+    assert all(p in message for p in ("format:", "ratings[0].cell_id", "ratings[1]:",
+                                      "preferences[0]:"))
+
+
+def test_importing_a_file_twice_changes_nothing_and_the_newer_judgement_wins(sink: Sink) -> None:
+    manifest = rows_to_frame(manifest_rows())
+    first = ratings_file([{"cell_id": "aaaa1111", "pass": True, "stars": 4, "at": LATER}],
+                         [prefer("aaaa2222", "z", at=AT)])
+    judged = review.read_ratings(first, manifest)
+    assert sorted(review.record_ratings(sink, judged, by="ana")) == ["aaaa1111", "aaaa2222"]
+    before = decisions(sink)
+    assert review.record_ratings(sink, judged, by="ben") == {}  # the same file again
+    undated = ratings_file([{"cell_id": "aaaa1111", "pass": True, "stars": 4}],
+                           [{k: v for k, v in prefer("aaaa2222", "z").items() if k != "at"}])
+    assert review.record_ratings(sink, review.read_ratings(undated, manifest), by="ben") == {}
+    assert decisions(sink) == before
+    older = ratings_file([{"cell_id": "aaaa1111", "pass": False, "at": AT}],
+                         [prefer("aaaa2222", "z", winner="b", at=LATER)])
+    written = review.record_ratings(sink, review.read_ratings(older, manifest), by="ben")
+    assert list(written) == ["aaaa2222"]  # the store's rating of aaaa1111 is newer: kept
+    assert (decisions(sink)["aaaa1111"].passed, decisions(sink)["aaaa1111"].stars) == (True, 4)
+    # the same opponent again, later: the new result replaces the old one
+    assert decisions(sink)["aaaa2222"].preferences == (
+        review.Preference("z", "runs/new", "lost", LATER),)
+    assert decisions(sink)["aaaa2222"].by == "ben"  # no decision: who recorded it last
+
+
+def test_a_cell_keeps_its_latest_preferences(
+    sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(review, "MAX_PREFERENCES", 3)
+    manifest = rows_to_frame(manifest_rows())
+    compared = [prefer("aaaa1111", f"z{n}", at=f"2026-12-0{n + 1}T00:00:00+00:00")
+                for n in range(5)]
+    review.record_ratings(sink, review.read_ratings(ratings_file(preferences=compared),
+                                                    manifest), by="ana")
+    assert [p.opponent for p in decisions(sink)["aaaa1111"].preferences] == ["z2", "z3", "z4"]
+
+
+def test_a_full_store_file_stays_readable(sink: Sink) -> None:
+    """The bound on preferences keeps the largest entry under MAX_FILE_BYTES."""
+    long = "s3://" + "b" * 495
+    entry = Decision("c1", "approved", AT, "b" * 200, "n" * 2_000, 5, True, AT, tuple(
+        review.Preference("x" * 128, long, "won", AT) for _ in range(review.MAX_PREFERENCES)))
+    sink.put_json(f"{REVIEWS_DIR}/c1.json", entry.to_json())
+    assert len(json.dumps(entry.to_json()).encode()) < MAX_FILE_BYTES
+    assert decisions(sink)["c1"] == entry
+
+
+def test_ratings_frame_joins_the_manifest_by_cell_id(sink: Sink) -> None:
+    manifest = rows_to_frame(manifest_rows())
+    assert review.ratings_frame(sink).schema == pl.Schema(review.RATINGS_SCHEMA)
+    record(sink, "aaaa2222", "approved", by="ana")  # a decision alone: not a rating
+    put(sink, "aaaa1111.json", entry("aaaa1111", decision=None, rating=4.5))  # not a star
+    review.record_ratings(sink, review.read_ratings(ratings_file(
+        [{"cell_id": "aaaa2222", "stars": 5}],
+        [prefer("aaaa2222", "z1"), prefer("aaaa2222", "z2", winner="b"),
+         prefer("z3", "aaaa2222", winner="b")]), manifest), by="ana")
+    frame = review.ratings_frame(sink)
+    assert frame.rows() == [("aaaa1111", None, None, 0, 0), ("aaaa2222", None, 5, 2, 1)]
+    joined = manifest.join(frame, on="cell_id", how="left")
+    assert joined.filter(pl.col("stars").is_not_null())["cell_id"].to_list() == ["aaaa2222"]
+    assert review.judgement(decisions(sink)["aaaa2222"]) == "5/5,2W1L"
+    assert review.judgement(decisions(sink)["aaaa1111"]) == "4.5?"
