@@ -459,13 +459,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from nbp.outputs.compare import CompareInputError, compare, load_side, render_comparison
+    from nbp.outputs.compare import (
+        CompareInputError,
+        compare,
+        load_side,
+        ratings,
+        render_comparison,
+    )
     from nbp.outputs.compare_axes import parse_axes
     from nbp.outputs.compare_page import write_page
 
     try:
         a, b = load_side(args.a), load_side(args.b)
-        comparison = compare(a, b, by=parse_axes(args.by))
+        judged = ratings(a, b)
+        comparison = compare(a, b, by=parse_axes(args.by), extra=[judged] if judged else [])
     except CompareInputError as exc:
         print(f"nbp compare: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -57,6 +57,7 @@ from nbp.outputs.compare_tables import (
 from nbp.outputs.gallery import history_image
 from nbp.outputs.layout import HISTORY_DIR
 from nbp.outputs.manifest import MANIFEST_NAME, read_manifest
+from nbp.outputs.review import ratings_frame
 from nbp.outputs.runs import pick_run, read_records, read_run_rows, split_run_ref
 from nbp.outputs.sink import Sink
 
@@ -251,6 +252,26 @@ class Comparison:
         rows = self.pairs.select(wanted).iter_rows(named=True)  # only what it writes: 3x faster
         return {**self.summary.to_json(), "pairs": [pair_json(row, self.by) for row in rows],
                 "tables": [table.to_json() for table in self.tables]}
+
+
+RATING_FIGURES: Mapping[str, pl.Expr] = {
+    "stars": pl.col("stars").mean(),                     # mean of the rated images' stars
+    "pass": pl.col("passed").mean(),                     # share judged pass, of those judged
+    "preferred": pl.when((pl.col("wins").sum() + pl.col("losses").sum()) > 0).then(
+        pl.col("wins").sum() / (pl.col("wins").sum() + pl.col("losses").sum())),  # won, of given
+}
+
+
+def ratings(a: Side, b: Side) -> CellFigures | None:
+    """The experiment's judgements of each side (`nbp review --import` of the gallery's and
+    the compare page's ratings: `outputs.review.ratings_frame`) as figures for the tables;
+    None when neither side has any. Each target keeps its own: two runs of one target share
+    them."""
+    frames = [ratings_frame(side.sink) for side in (a, b)] if a.sink.root != b.sink.root \
+        else [ratings_frame(a.sink)] * 2
+    if all(frame.is_empty() for frame in frames):
+        return None
+    return CellFigures(frames[0], RATING_FIGURES, b_frame=frames[1])
 
 
 def compare(a: Side, b: Side, by: Sequence[str] = (),

@@ -33,10 +33,17 @@ CELL_COLUMNS = ("cell_id", "status", "cost_usd", "latency_s")
 class CellFigures:
     """Per-cell figures from elsewhere, joined to each side's cells by `cell_id`: `frame`
     holds `cell_id` and the per-cell columns, `aggregations` names each table column and
-    the expression that aggregates a group's cells into it."""
+    the expression that aggregates a group's cells into it. `b_frame`: side B's own figures
+    when they come from another place than A's (each target keeps its own reviews); None:
+    `frame` serves both sides."""
 
     frame: pl.DataFrame
     aggregations: Mapping[str, pl.Expr]
+    b_frame: pl.DataFrame | None = None
+
+    def of(self, side: int) -> pl.DataFrame:
+        """Side A's (0) or B's (1) figures."""
+        return self.b_frame if side == 1 and self.b_frame is not None else self.frame
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,7 @@ def axis_tables(
     """The overall table, then one per axis of `by`. `a_cells` and `b_cells`: each side's
     rows (CELL_COLUMNS and a String column per axis of `by`); `pairs`: every pair's `kind`
     and, with `by`, its `key` (a struct of the axis values)."""
-    sides = [_with_extra(cells, extra) for cells in (a_cells, b_cells)]
+    sides = [_with_extra(cells, extra, side) for side, cells in enumerate((a_cells, b_cells))]
     aggregations = {name: expr for figures in extra for name, expr in figures.aggregations.items()}
     kinds = pairs.select(
         "kind", *(pl.col("key").struct.field(axis) for axis in by)
@@ -111,9 +118,9 @@ def axis_tables(
     return tuple(tables)
 
 
-def _with_extra(cells: pl.DataFrame, extra: Sequence[CellFigures]) -> pl.DataFrame:
+def _with_extra(cells: pl.DataFrame, extra: Sequence[CellFigures], side: int) -> pl.DataFrame:
     for figures in extra:
-        cells = cells.join(figures.frame, on="cell_id", how="left")
+        cells = cells.join(figures.of(side), on="cell_id", how="left")
     return cells
 
 

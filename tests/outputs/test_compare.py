@@ -31,7 +31,8 @@ from nbp.outputs.compare import (
 )
 from nbp.outputs.compare_page import PREFERENCE_SCRIPT, page_location, render_page, write_page
 from nbp.outputs.gallery import render_gallery
-from nbp.outputs.manifest import rows_to_frame, write_manifest
+from nbp.outputs.manifest import read_manifest, rows_to_frame, write_manifest
+from nbp.outputs.review import read_ratings, record_ratings
 from nbp.outputs.runs import RunRecord, merge_record
 from nbp.outputs.sink import Sink, check_relative
 from tests.conftest import ROOT, run_nbp
@@ -781,3 +782,42 @@ def test_an_image_no_longer_at_its_path_is_named_not_drawn(tmp_path: Path) -> No
     c0 = next(p for p in page.pairs if "a red shoe" in p["text"])
     assert c0["srcs"] == ["t/img/c0.png"]  # B's, the current one; A's by its facts
     assert "not viewable from here: its path now holds a newer image" in c0["text"]
+
+
+def test_the_tables_carry_each_side_s_ratings(tmp_path: Path) -> None:
+    """Ratings imported into each target (`nbp review --import`) become figures of compare's
+    tables: mean stars, share judged pass, share of preferences won — each side its own."""
+    a = experiment(tmp_path / "a", "{style} boot")
+    b = experiment(tmp_path / "b", "{style} boot", sha="new-")
+
+    def rate(where: str, stars: dict[str, int], preferences: Sequence[dict[str, Any]] = ()
+             ) -> None:
+        ratings = [{"cell_id": cid, "stars": n, "pass": n >= 3, "at": "2026-12-06T08:00:00Z"}
+                   for cid, n in stars.items()]
+        data = json.dumps({"format": "nbp-ratings", "version": 1,
+                           "exported_at": "2026-12-06T08:00:00Z", "title": "t",
+                           "ratings": ratings, "preferences": list(preferences)}).encode()
+        sink = Sink(where)
+        manifest = read_manifest(sink)
+        assert manifest is not None
+        record_ratings(sink, read_ratings(data, manifest, sink), by="ana")
+
+    rate(a, {"t1-photo-kie": 5, "t1-ink-kie": 2})
+    preference = {"a": {"target": a, "cell_id": "t2-ink-gemini"},
+                  "b": {"target": b, "cell_id": "t2-ink-gemini"}, "winner": "b",
+                  "at": "2026-12-06T08:00:00Z"}
+    rate(b, {"t1-photo-kie": 4}, [preference])
+    rate(a, {}, [preference])
+    data = json.loads(run_nbp("compare", a, b, "--by", "style", "--json",
+                              "--out", str(tmp_path / "c.html")).stdout)
+    overall = data["tables"][0]["rows"][0]
+    assert (overall["a"]["stars"], overall["b"]["stars"]) == (3.5, 4.0)
+    assert (overall["a"]["pass"], overall["b"]["pass"]) == (0.5, 1.0)
+    assert (overall["a"]["preferred"], overall["b"]["preferred"]) == (0.0, 1.0)
+    photo = next(r for r in data["tables"][1]["rows"] if r["value"] == "photo")
+    assert photo["a"]["preferred"] is None  # no preference given: no share
+    text = run_nbp("compare", a, b, "--by", "style", "--out", str(tmp_path / "c.html")).stdout
+    assert re.search(r"^overall +cells .* stars +pass +preferred +changed$", text, re.MULTILINE), text
+    plain = experiment(tmp_path / "p", "{style} boot")  # no ratings: no such columns
+    assert "stars" not in run_nbp("compare", plain, plain, "--out",
+                                  str(tmp_path / "d.html")).stdout
