@@ -817,7 +817,8 @@ def test_the_tables_carry_each_side_s_ratings(tmp_path: Path) -> None:
     photo = next(r for r in data["tables"][1]["rows"] if r["value"] == "photo")
     assert photo["a"]["preferred"] is None  # no preference given: no share
     text = run_nbp("compare", a, b, "--by", "style", "--out", str(tmp_path / "c.html")).stdout
-    assert re.search(r"^overall +cells .* stars +pass +preferred +changed$", text, re.MULTILINE), text
+    header = r"^overall +cells .* stars +pass +preferred +changed$"
+    assert re.search(header, text, re.MULTILINE), text
     plain = experiment(tmp_path / "p", "{style} boot")  # no ratings: no such columns
     assert "stars" not in run_nbp("compare", plain, plain, "--out",
                                   str(tmp_path / "d.html")).stdout
