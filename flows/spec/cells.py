@@ -528,9 +528,9 @@ class Expansion:
             self.notes.append(Issue(
                 ("matrix", "include", later, key),
                 f"this include entry overwrites {key} {old!r}, which include[{earlier}] set, "
-                f"with {new!r} in {_combinations(count)} (an include entry merges into every "
-                f"combination it matches, GitHub Actions semantics): no cell keeps {old!r} "
-                f"there; {hint}",
+                f"with {new!r} in {_combinations(count)}, so they lose {old!r} (GitHub "
+                "Actions semantics: an entry merges into every combination it matches, over "
+                f"what earlier entries added); {hint}",
             ))
 
     def _unrouted(self, combo: gha.Combination) -> None:
@@ -746,7 +746,8 @@ class Expansion:
         if (path, name) in self._missing_vars:
             return
         self._missing_vars.add((path, name))
-        if name == TEMPLATE_NAME and self.spec.matrix.templates:
+        if name == TEMPLATE_NAME and self.spec.matrix.templates and (
+                TEMPLATE_NAME not in self.own_variables()):
             self.report(path, f"placeholder {{template}} has no value in some cells, e.g. "
                               f"{self.describe(cell_vars, row)}: their prompt is an include "
                               "entry's own text, not a named template; name it in "

@@ -986,7 +986,7 @@ class _Checker:
             path = self.own_model_path(name, model) if pinned else None
             if path is not None:
                 hint = (f"list only {name}'s own model ids under matrix.model.{name}, or "
-                        f"{DEFAULT_MODEL} (its default model id)")
+                        f"`{DEFAULT_MODEL}` (its default model id)")
             elif pinned:
                 hint = f"exclude {{provider: {name}, model: {model}}} in the matrix"
             else:
@@ -1104,7 +1104,8 @@ class _JobWording(Wording):
             return f"{instance!r} is not a rate like '20/10s' (N creates per window: ms, s, m, h)"
         if path[:1] == ("base_urls",):
             return f"{instance!r} is not an http(s) URL"
-        if path[:1] == ("provider",):
+        if path[:1] == ("provider",) or path[:2] == ("matrix", "provider") or (
+                path[:2] == ("matrix", "include") and path[-1:] == ("provider",)):
             return f"{instance!r} is not a provider name (lowercase letters, digits, '-', '_')"
         if path == ("deadline",):
             return f"{instance!r} is not a duration like '2h', '90m' or '1h30m' (s, m, h, d)"
