@@ -470,7 +470,7 @@ def _model_rows(
     """Rows per provider x model id sent: each group's cells of each model id, in the share
     of the group its channels of that provider take (counted per resolution as `_rows`)."""
     cells: Counter[tuple[str, str, bool]] = Counter()
-    cost: Counter[tuple[str, str, bool]] = Counter()
+    cost: dict[tuple[str, str, bool], float] = {}
     for pin, by_model in route.models.items():
         group = route.groups[pin]
         on_provider: Counter[str] = Counter()
@@ -484,8 +484,8 @@ def _model_rows(
                 for res, count in tally.by_resolution.items():
                     images = round(count * share)
                     cells[key] += images
-                    cost[key] += (images * rule.base_price(res) + round(
-                        tally.references[res] * share) * rule.price_per_reference_usd)
+                    cost[key] = cost.get(key, 0.0) + images * rule.base_price(res) + round(
+                        tally.references[res] * share) * rule.price_per_reference_usd
     order = {name: i for i, name in enumerate(route.rules)}
     return tuple(ModelRow(name, model, pinned, n, cost[name, model, pinned])
                  for (name, model, pinned), n in sorted(
