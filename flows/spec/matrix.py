@@ -42,33 +42,15 @@ class Overwrite:
     new: Any
 
 
-@dataclass
+@dataclass(slots=True)
 class Combination:
-    """One combination; `added_by` is the include entry that created it (None: the product).
-    `set_by`: the include entry that last set each key the combination's axes do not have;
-    `overwrites`: where a later entry replaced such a value (None: nowhere)."""
+    """One combination; `added_by` is the include entry that created it (None: the product);
+    `overwrites`: where an include entry replaced a value an earlier one had added (None:
+    nowhere)."""
 
     values: dict[str, Any]
     added_by: int | None = None
-    set_by: dict[str, int] | None = None
     overwrites: list[Overwrite] | None = None
-
-    def merge(self, index: int, entry: Mapping[str, Any], axes: Container[str]) -> None:
-        """Merge include entry number `index`, recording what it overwrites."""
-        set_by = self.set_by
-        if set_by is None:
-            set_by = self.set_by = {}
-        values = self.values
-        for key, value in entry.items():
-            if key in axes:
-                continue  # an axis value it matches: nothing changes
-            earlier = set_by.get(key)
-            if earlier is not None and values[key] != value:
-                if self.overwrites is None:
-                    self.overwrites = []
-                self.overwrites.append(Overwrite(key, earlier, index, values[key], value))
-            set_by[key] = index
-        values.update(entry)
 
 
 @dataclass(frozen=True)
@@ -157,13 +139,33 @@ def expand(
     added: list[Combination] = []
     for index, entry in enumerate(include):
         merged = False
+        extra = [key for key in entry if key not in names]  # what it adds, may overwrite
         for combination in originals:
-            if all(
-                key not in names or combination.values[key] == value
-                for key, value in entry.items()
-            ):
-                combination.merge(index, entry, names)
+            values = combination.values
+            if all(key not in names or values[key] == value for key, value in entry.items()):
+                for key in extra:
+                    if key in values and values[key] != entry[key]:
+                        _overwrite(combination, include, index, key, names)
+                values.update(entry)
                 merged = True
         if not merged:
             added.append(Combination(dict(entry), added_by=index))
     return originals + added
+
+
+def _overwrite(
+    combination: Combination, include: Sequence[Mapping[str, Any]], index: int, key: str,
+    names: Container[str],
+) -> None:
+    """Record that include entry `index` overwrites `key` of `combination`: the value the
+    latest earlier entry that merged into it set (axis values never change, so whether an
+    entry merged is known again from them)."""
+    values = combination.values
+    for earlier in range(index - 1, -1, -1):
+        entry = include[earlier]
+        if key in entry and all(k not in names or values[k] == v for k, v in entry.items()):
+            if combination.overwrites is None:
+                combination.overwrites = []
+            combination.overwrites.append(
+                Overwrite(key, earlier, index, values[key], include[index][key]))
+            return
