@@ -10,13 +10,17 @@ A problem names file, line and column, the JSON path and what is wrong, e.g.
 Checks, in order: the file's size, YAML syntax (the parser stops at the first syntax error,
 so that one is all a broken file can report) and size (values, aliases expanded, and
 nesting), duplicate keys, the JSON Schema (`schemas/job.schema.json`, unknown keys
-included), providers (unknown names, each provider's option schema), the output target's
-fsspec protocol, template placeholders, where the dataset comes from (an http one under the
-host rule of every fetch, `flows.spec.inputs.fetch_target`) and its size, the number of
+included), providers (unknown names, each provider's option schema; `matrix.model` per
+provider names providers of the provider axis), the output target's fsspec protocol, named
+prompts (each text once), template placeholders, where the dataset comes from (an http one
+under the host rule of every fetch, `flows.spec.inputs.fetch_target`) and its size, the number of
 cells (bounded before anything expands), then a full expansion into cells (missing or
 refused reference files, rows without the references `references_required` asks for,
 colliding output paths, paths that are nbp's own files, identical requests) and every
-documented limit of every provider of the fallback list (`providers.limits.limit_problems`).
+documented limit of every provider of the fallback list (`providers.limits.limit_problems`)
+and every model id against what the provider that would be asked for it offers. What is
+allowed but likely unmeant (an include entry that overwrites what an earlier one set,
+dataset rows left out) is a note (`Job.notes`), not a problem.
 Each distinct problem is reported once, at the most precise place: the list item, the
 prompt, the dataset path.
 
