@@ -24,7 +24,19 @@ every run, on every machine, whatever the order of the axes and whichever provid
 fallback list ends up running it. A `provider` or `model` matrix value (`PIN_KEYS`) pins the
 cell: only that provider runs it, with that model id, and both are part of its id (two
 providers, two cells). An include entry that adds a combination without one takes the axis's
-value when the axis has exactly one; otherwise the cell is not pinned.
+value when the axis has exactly one; otherwise the cell is not pinned. The model id
+`default` (`DEFAULT_MODEL`) pins no model: the provider's default model id, the same cell as
+one without a model value. `matrix.model` written per provider (`MatrixSpec.models`) crosses
+each provider with its own ids (`flows.spec.matrix.Dependent`); the cells are exactly those
+the same pairs written as include entries give.
+
+Prompts written as a mapping name -> text name their templates: `Cell.template`, and the
+built-in `{template}` (unless the spec has its own variable `template`, which wins); an
+include entry's `prompt` may be such a name (the loader puts in its text). Ids hash the
+rendered prompt, so naming prompts changes no id.
+
+An include entry that overwrites a value an earlier entry added (GitHub Actions allows it
+silently) is a note (`Expansion.notes`), not a problem.
 
 Two cells with the same id and the same output path are one cell (e.g. an axis that neither
 the prompt nor the path uses): it is kept once. The same id with different paths would pay
@@ -60,7 +72,15 @@ from nbp.flows.spec.inputs import (
     is_http,
     split_protocol,
 )
-from nbp.flows.spec.model import NO_KEY, Cell, InputFile, JobSpec, MatrixSpec, SkippedRows
+from nbp.flows.spec.model import (
+    DEFAULT_MODEL,
+    NO_KEY,
+    Cell,
+    InputFile,
+    JobSpec,
+    MatrixSpec,
+    SkippedRows,
+)
 from nbp.flows.spec.records import MAX_LISTED, dataset_lines, file_name, places
 from nbp.flows.spec.templating import MissingVariable, Template, TemplateError
 from nbp.flows.spec.yamlpos import JsonPath
@@ -71,6 +91,7 @@ ID_CHARS = 16
 REQUEST_KEYS = ("prompt", "aspect_ratio", "resolution")  # every cell needs these
 PIN_KEYS = ("provider", "model")  # matrix values that pin a cell to a channel and model id
 TEMPLATE_BUILTINS = ("name", "aspect_ratio", "resolution", "replicate", "format", "ext")
+TEMPLATE_NAME = "template"  # built-in with named prompts: the cell's template name
 RESERVED_NAMES = frozenset({"name", "replicate", "format", "ext", "cell_id"})
 MAX_MISSING_FILES = 10  # and as many refused references: the rest are counted
 # nbp's own files in a target (outputs.manifest.MANIFEST_NAME, outputs.gallery.GALLERY_NAME,
@@ -217,8 +238,7 @@ def cell_count_problem(
     rows (when known) and `repeat`; or why matching its include and exclude entries would
     take too long (more than `MATRIX_CHECKS_PER_CELL` x `max_cells` entry x combination
     checks). None when it is within the limits."""
-    sizes = [len(values) for values in matrix.axes.values()]
-    product = math.prod(sizes)
+    product = gha.size(matrix.axes, _dependents(matrix))
     entries = len(matrix.include) + len(matrix.exclude)
     checks = product * entries
     if checks > MATRIX_CHECKS_PER_CELL * max_cells:
@@ -232,7 +252,7 @@ def cell_count_problem(
     total = (product + len(matrix.include)) * (1 if rows is None else rows) * max(repeat, 1)
     if total <= max_cells:
         return None
-    varied = [f"{len(v):,} {k}" for k, v in matrix.axes.items() if len(v) > 1]
+    varied = [f"{n:,} {k}" for k, n in _axis_sizes(matrix) if n > 1]
     axes = " x ".join(varied[:8]) + (" x ..." if len(varied) > 8 else "")
     parts = [f"{axes or 'one value per axis'} = {_number(product)} combinations "
              "before exclude"]
@@ -246,6 +266,18 @@ def cell_count_problem(
         f"this job would have up to {_number(total)} cells ({', '.join(parts)}); nbp expands "
         f"at most {max_cells:,} (raise the limit with --max-cells N or {MAX_CELLS_ENV})"
     )
+
+
+def _axis_sizes(matrix: MatrixSpec) -> list[tuple[str, int]]:
+    """Each axis and its number of values; with models per provider, provider and model
+    count as one axis of (provider, model) pairs."""
+    dependent = model_axis(matrix)
+    if dependent is None:
+        return [(key, len(values)) for key, values in matrix.axes.items()]
+    pairs = sum(len(dependent.of(p)) for p in matrix.axes.get("provider", ()))
+    return [("provider x model" if key == "provider" else key,
+             pairs if key == "provider" else len(values))
+            for key, values in matrix.axes.items() if key != "model"]
 
 
 def _number(n: int) -> str:
@@ -305,7 +337,24 @@ def read_rows(spec: JobSpec) -> Dataset | None:
 
 def combinations(spec: JobSpec) -> list[gha.Combination]:
     m = spec.matrix
-    return gha.expand(m.axes, m.include, m.exclude)
+    return gha.expand(m.axes, m.include, m.exclude, _dependents(m))
+
+
+def _dependents(matrix: MatrixSpec) -> dict[str, gha.Dependent] | None:
+    dependent = model_axis(matrix)
+    return None if dependent is None else {"model": dependent}
+
+
+def model_axis(matrix: MatrixSpec) -> gha.Dependent | None:
+    """`matrix.model` written per provider, as the axis that depends on `provider`."""
+    if not matrix.models:
+        return None
+    return gha.Dependent("provider", matrix.models, (DEFAULT_MODEL,))
+
+
+def pinned_model(model: str | None) -> str | None:
+    """The model id a matrix value pins: None for none and for `default`."""
+    return None if model == DEFAULT_MODEL else model
 
 
 ValuePath = Callable[[str, str], JsonPath]
@@ -333,6 +382,7 @@ class Expansion:
         self.dataset = dataset if dataset is not None else read_rows(spec)
         self.value_path = value_path
         self.issues: list[Issue] = []
+        self.notes: list[Issue] = []  # remarks that do not make the spec invalid
         self.stats = Stats(rows=None if self.dataset is None else len(self.dataset.rows))
         self._reported: set[tuple[JsonPath, str]] = set()
         self._missing_files: dict[str, None] = {}
@@ -370,7 +420,14 @@ class Expansion:
 
     def variables(self) -> set[str]:
         """Names a template may use (path templates additionally get cell_id)."""
-        names = set(self.spec.matrix.axes) | set(TEMPLATE_BUILTINS)
+        names = self.own_variables() | set(TEMPLATE_BUILTINS)
+        if self.spec.matrix.templates:
+            names.add(TEMPLATE_NAME)
+        return names
+
+    def own_variables(self) -> set[str]:
+        """The spec's own variables: axes, include keys, dataset columns."""
+        names = set(self.spec.matrix.axes)
         for entry in self.spec.matrix.include:
             names.update(entry)
         if self.dataset is not None:
@@ -387,7 +444,8 @@ class Expansion:
             return None
         unknown = [name for name in template.names if name not in known]
         for name in unknown:
-            self.report(path, _unknown_placeholder(name, known, what))
+            self.report(path, _unknown_placeholder(name, known, what,
+                                                   named=bool(self.spec.matrix.templates)))
         return None if unknown else template
 
     def templates(self) -> tuple[dict[str, Template], list[Template | None], Template | None]:
@@ -425,7 +483,10 @@ class Expansion:
         a pin key (`PIN_KEYS`) is filled when its axis has one value, else the combination
         is not pinned by it (and runs on the `provider:` list)."""
         axes = self.spec.matrix.axes
+        dependent = model_axis(self.spec.matrix)
+        pin_keys = PIN_KEYS if dependent is None else ("provider",)
         complete: list[dict[str, str]] = []
+        self._overwrites(combos)
         for combo in combos:
             values = combo.values
             missing = [key for key in REQUEST_KEYS if key not in values]
@@ -439,15 +500,44 @@ class Expansion:
                     "GitHub Actions semantics)",
                 )
                 continue
-            missing += [key for key in PIN_KEYS
+            missing += [key for key in pin_keys
                         if key not in values and len(axes.get(key, ())) == 1]
             if missing:
                 values = {**values, **{key: axes[key][0] for key in missing}}
+            if dependent is not None and "model" not in values and "provider" in values:
+                models = dependent.of(values["provider"])  # that provider's own ids
+                if len(models) == 1:
+                    values = {**values, "model": models[0]}
             if "provider" not in values and not self.spec.routed:
                 self._unrouted(combo)
                 continue
             complete.append(values)
         return complete
+
+    def _overwrites(self, combos: Sequence[gha.Combination]) -> None:
+        """A note per include entry that overwrote what an earlier one set, per key."""
+        found: dict[tuple[int, int, str], list[Any]] = {}  # -> [count, old, new, provider]
+        for combo in combos:
+            for o in combo.overwrites or ():
+                seen = found.get((o.later, o.earlier, o.key))
+                if seen is None:
+                    found[o.later, o.earlier, o.key] = [1, o.old, o.new,
+                                                        combo.values.get("provider")]
+                else:
+                    seen[0] += 1
+        for (later, earlier, key), (count, old, new, provider) in sorted(found.items()):
+            if key == "model" and provider is not None:
+                hint = (f"to ask for both, give the provider its model ids: "
+                        f"`model: {{{provider}: [{old}, {new}]}}`")
+            else:
+                hint = f"to have both, make it a list axis: `{key}: [{old}, {new}]`"
+            self.notes.append(Issue(
+                ("matrix", "include", later, key),
+                f"this include entry overwrites {key} {old!r}, which include[{earlier}] set, "
+                f"with {new!r} in {_combinations(count)}, so they lose {old!r} (GitHub "
+                "Actions semantics: an entry merges into every combination it matches, over "
+                f"what earlier entries added); {hint}",
+            ))
 
     def _unrouted(self, combo: gha.Combination) -> None:
         """A combination without a provider in a job whose `provider:` is not set."""
@@ -506,13 +596,28 @@ class Expansion:
             pinned = self.stats.pin(values.get("provider"))
             pinned.aspect_ratios.add(values["aspect_ratio"])
             pinned.resolutions.add(values["resolution"])
-            if "model" in values:
-                pinned.models.add(values["model"])
+            model = pinned_model(values.get("model"))
+            if model is not None:
+                pinned.models.add(model)
         if path_template is None:  # reported; keep checking everything else
             path_template = Template.parse("{cell_id}.{ext}")
         fmt = spec.output.format
-        return _Recipe(prompts, references, path_template, combos,
-                       {"name": spec.name, "format": fmt, "ext": fmt})
+        builtins = {"name": spec.name, "format": fmt, "ext": fmt}
+        return _Recipe(self._prompts(prompts, builtins), references, path_template, combos,
+                       builtins)
+
+    def _prompts(
+        self, parsed: Mapping[str, Template], builtins: Mapping[str, str]
+    ) -> dict[str, _Prompt]:
+        """Every prompt text a combination may hold, with its name and built-ins."""
+        names = {text: name for name, text in self.spec.matrix.templates.items()}
+        own = TEMPLATE_NAME in self.own_variables()  # the spec's own `template` wins
+        prompts = {}
+        for text in self._distinct("prompt"):
+            name = names.get(text)
+            values = builtins if name is None or own else {**builtins, TEMPLATE_NAME: name}
+            prompts[text] = _Prompt(parsed.get(text) or _verbatim(text), name, values)
+        return prompts
 
     def candidates(
         self, recipe: _Recipe, dropped: Container[int] = (), *, check: bool = False
@@ -527,18 +632,17 @@ class Expansion:
             number = dataset.number(row_index) if dataset is not None else None
             key = dataset.key_of(row_index) if dataset is not None and dataset.key else NO_KEY
             for values in recipe.combos:
-                prompt_template = (recipe.prompts.get(values["prompt"])
-                                   or _verbatim(values["prompt"]))
-                pin = (values.get("provider"), values.get("model"))
+                prompt = recipe.prompts[values["prompt"]]
+                pin = (values.get("provider"), pinned_model(values.get("model")))
                 cell_vars = {**values, **row}
                 for replicate in range(spec.repeat):
                     position += 1
                     if position in dropped:
                         continue
                     cell = self._cell(
-                        index, cell_vars, {**cell_vars, **recipe.builtins}, replicate,
-                        number, prompt_template, recipe.references, recipe.path_template,
-                        pin, check=check, key=key,
+                        index, cell_vars, {**cell_vars, **prompt.builtins}, replicate,
+                        number, prompt.template, recipe.references, recipe.path_template,
+                        pin, check=check, key=key, template_name=prompt.name,
                     )
                     if cell is not None:
                         index += 1
@@ -558,6 +662,7 @@ class Expansion:
         *,
         check: bool = True,
         key: Mapping[str, Any] = NO_KEY,
+        template_name: str | None = None,
     ) -> Cell | None:
         spec = self.spec
         provider, model = pin
@@ -622,6 +727,7 @@ class Expansion:
             resolution=resolution, output_format=fmt, references=tuple(uris),
             vars=cell_vars, replicate=replicate, output_path=output_path, seed=seed,
             dataset_row=row, key=key, provider=provider, model=model,
+            template=template_name,
         )
 
     def _count(
@@ -646,6 +752,13 @@ class Expansion:
         if (path, name) in self._missing_vars:
             return
         self._missing_vars.add((path, name))
+        if name == TEMPLATE_NAME and self.spec.matrix.templates and (
+                TEMPLATE_NAME not in self.own_variables()):
+            self.report(path, f"placeholder {{template}} has no value in some cells, e.g. "
+                              f"{self.describe(cell_vars, row)}: their prompt is an include "
+                              "entry's own text, not a named template; name it in "
+                              "matrix.prompt and give the include entry its name")
+            return
         self.report(
             path,
             f"placeholder {{{name}}} has no value in some cells, e.g. "
@@ -942,11 +1055,21 @@ class _EmptyReferences:
             self.templates.setdefault(index, _EmptyRows()).add(row, cell_vars)
 
 
+@dataclass(frozen=True, slots=True)
+class _Prompt:
+    """A prompt text of the matrix: parsed, its name (named prompts) and the built-in
+    variables of its cells (`{template}` among them when it is named)."""
+
+    template: Template
+    name: str | None
+    builtins: Mapping[str, str]
+
+
 @dataclass(frozen=True)
 class _Recipe:
     """What a pass over the cells needs besides the spec: parsed templates, combinations."""
 
-    prompts: Mapping[str, Template]
+    prompts: Mapping[str, _Prompt]  # by text
     references: list[Template | None]
     path_template: Template
     combos: list[dict[str, str]]
@@ -1006,6 +1129,10 @@ def _cells(count: int) -> str:
     return "1 cell" if count == 1 else f"{count} cells"
 
 
+def _combinations(count: int) -> str:
+    return "1 combination" if count == 1 else f"{count:,} combinations"
+
+
 def _verbatim(text: str) -> Template:
     """A malformed template (already reported) as plain text, so the rest still expands."""
     return Template(text.replace("{", "{{").replace("}", "}}"), ())
@@ -1036,13 +1163,18 @@ def _names(keys: Sequence[str]) -> str:
     return " and ".join(repr(key) for key in keys)
 
 
-def _unknown_placeholder(name: str, known: set[str], what: str) -> str:
+def _unknown_placeholder(name: str, known: set[str], what: str, *, named: bool = False) -> str:
     import difflib
 
     close = difflib.get_close_matches(name, sorted(known), n=1)
     hint = f"; did you mean {{{close[0]}}}?" if close else ""
     if name == "cell_id":
         return f"{{cell_id}} is only available in output.path{hint}"
+    if name == TEMPLATE_NAME and not named:
+        return (f"placeholder {{template}} in this {what} is the name of the cell's prompt "
+                "template: name the prompts to use it (matrix.prompt as a mapping, e.g. "
+                "{t1: \"...\", t2: \"...\"}), or add an axis, include key or dataset column "
+                "`template`")
     if name == "prompt" and what != "output path":
         return f"a {what} cannot use {{prompt}}"
     return (

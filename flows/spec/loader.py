@@ -10,13 +10,17 @@ A problem names file, line and column, the JSON path and what is wrong, e.g.
 Checks, in order: the file's size, YAML syntax (the parser stops at the first syntax error,
 so that one is all a broken file can report) and size (values, aliases expanded, and
 nesting), duplicate keys, the JSON Schema (`schemas/job.schema.json`, unknown keys
-included), providers (unknown names, each provider's option schema), the output target's
-fsspec protocol, template placeholders, where the dataset comes from (an http one under the
-host rule of every fetch, `flows.spec.inputs.fetch_target`) and its size, the number of
+included), providers (unknown names, each provider's option schema; `matrix.model` per
+provider names providers of the provider axis), the output target's fsspec protocol, named
+prompts (each text once), template placeholders, where the dataset comes from (an http one
+under the host rule of every fetch, `flows.spec.inputs.fetch_target`) and its size, the number of
 cells (bounded before anything expands), then a full expansion into cells (missing or
 refused reference files, rows without the references `references_required` asks for,
 colliding output paths, paths that are nbp's own files, identical requests) and every
-documented limit of every provider of the fallback list (`providers.limits.limit_problems`).
+documented limit of every provider of the fallback list (`providers.limits.limit_problems`)
+and every model id against what the provider that would be asked for it offers. What is
+allowed but likely unmeant (an include entry that overwrites what an earlier one set,
+dataset rows left out) is a note (`Job.notes`), not a problem.
 Each distinct problem is reported once, at the most precise place: the list item, the
 prompt, the dataset path.
 
@@ -61,6 +65,7 @@ from nbp.flows.spec.inputs import (
     split_protocol,
 )
 from nbp.flows.spec.model import (
+    DEFAULT_MODEL,
     DEFAULT_OUTPUT_PATH,
     DEFAULT_RETRIES,
     Account,
@@ -364,6 +369,8 @@ class _Checker:
         self.skipped = expansion.skipped
         for issue in expansion.issues:
             self.add(issue.path, issue.message, key=issue.key)
+        for issue in expansion.notes:
+            self.note(issue.path, issue.message)
         self.check_provider_limits(spec, expansion.stats)
         return spec
 
@@ -391,11 +398,17 @@ class _Checker:
             items = [] if raw is None else [(("provider",), raw)]
         self.listed = [name for _, name in items if isinstance(name, str)]
         items += self.matrix_providers(data)
+        matrix = _mapping(data.get("matrix"))
+        per_provider = _mapping(matrix.get("model"))  # `model` written per provider
         names = list(dict.fromkeys(name for _, name in items if isinstance(name, str)))
+        if "provider" not in matrix:  # then the mapping's providers are the axis
+            names += [name for name in per_provider if name not in names]
         for path, name in items:
             if isinstance(name, str):
                 self.load_provider(path, name)
-        if raw is None and not _mapping(data.get("matrix")).get("provider"):
+        for name in per_provider:
+            self.load_provider(("matrix", "model", name), name, key=True)
+        if raw is None and not matrix.get("provider") and not per_provider:
             self.add((), "missing required key 'provider': name the provider (`provider: "
                          "kie`, or a fallback list), or add a `provider` matrix axis that pins "
                          "each cell to one")
@@ -584,6 +597,8 @@ class _Checker:
             self.blocked = True
             return MatrixSpec()
         axes: dict[str, tuple[str, ...]] = {}
+        templates: dict[str, str] = {}
+        models: dict[str, tuple[str, ...]] = {}
         for key, values in raw.items():
             if key in ("include", "exclude"):
                 continue
@@ -593,9 +608,25 @@ class _Checker:
                 self.blocked = True
             if isinstance(values, list):
                 axes[key] = tuple(text_value(v) for v in values)
+            elif key == "prompt" and isinstance(values, dict):
+                templates = self.named_prompts(values)
+                axes[key] = tuple(templates.values())
+            elif key == "model" and isinstance(values, dict):
+                models = self.provider_models(raw, values)
+                if "provider" not in raw:  # the mapping's pairs are the axis
+                    axes["provider"] = tuple(models)
+                axes[key] = ()  # every id once, when the provider axis is known (below)
+        if models:
+            ids = (id_ for p in axes.get("provider", ())
+                   for id_ in models.get(p, (DEFAULT_MODEL,)))
+            axes["model"] = tuple(dict.fromkeys(ids))
+        elif axes.get("model") == ():  # no usable entry: each is reported
+            del axes["model"]
+            if axes.get("provider") == ():
+                del axes["provider"]
         axes.setdefault("aspect_ratio", DEFAULT_ASPECT_RATIOS)
         axes.setdefault("resolution", DEFAULT_RESOLUTIONS)
-        entries = {kind: self.entries(raw, kind) for kind in ("include", "exclude")}
+        entries = {kind: self.entries(raw, kind, templates) for kind in ("include", "exclude")}
         for i, entry in enumerate(entries["exclude"]):
             for key in entry:
                 if key not in axes:
@@ -603,9 +634,53 @@ class _Checker:
                              f"exclude key {key!r} is not a matrix axis (axes: "
                              f"{', '.join(axes)}); exclude entries match axis values",
                              key=True)
-        return MatrixSpec(axes, tuple(entries["include"]), tuple(entries["exclude"]))
+        return MatrixSpec(axes, tuple(entries["include"]), tuple(entries["exclude"]),
+                          models=models, templates=templates)
 
-    def entries(self, raw: Mapping[str, Any], kind: str) -> list[dict[str, str]]:
+    def named_prompts(self, raw: Mapping[str, Any]) -> dict[str, str]:
+        """`matrix.prompt` as a mapping name -> text; a text named twice is a problem (one
+        request under two names: the cells would be one)."""
+        templates: dict[str, str] = {}
+        first: dict[str, str] = {}
+        for name, text in raw.items():
+            if not isinstance(text, str):
+                continue  # the schema says what is wrong
+            if text in first:
+                self.add(("matrix", "prompt", name),
+                         f"template {name!r} has the same text as {first[text]!r}: one "
+                         "request under two names; remove one of them")
+                continue
+            first[text] = name
+            templates[name] = text
+        return templates
+
+    def provider_models(
+        self, raw: Mapping[str, Any], mapping: Mapping[str, Any]
+    ) -> dict[str, tuple[str, ...]]:
+        """`matrix.model` per provider: each provider one of the provider axis (when the
+        spec has one; an unknown provider is reported with the others, `check_providers`)."""
+        axis = raw.get("provider")
+        listed = [p for p in axis if isinstance(p, str)] if isinstance(axis, list) else None
+        models: dict[str, tuple[str, ...]] = {}
+        for name, ids in mapping.items():
+            if not isinstance(ids, list):
+                continue  # the schema says what is wrong
+            if listed is not None and name not in listed and name in self.known:
+                close = difflib.get_close_matches(name, listed, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                self.add(("matrix", "model", name),
+                         f"{name!r} is not in matrix.provider ({', '.join(listed)}): no cell "
+                         f"of it would ask for these model ids; {hint}add it to "
+                         "matrix.provider or remove it here", key=True)
+                continue
+            models[name] = tuple(dict.fromkeys(text_value(v) for v in ids))
+        return models
+
+    def entries(
+        self, raw: Mapping[str, Any], kind: str, templates: Mapping[str, str]
+    ) -> list[dict[str, str]]:
+        """Include or exclude entries as text; a `prompt` that names a template (named
+        prompts) stands for its text."""
         entries = raw.get(kind)
         if not isinstance(entries, list):
             return []
@@ -618,7 +693,10 @@ class _Checker:
                     self.add(("matrix", kind, i, key),
                              f"{key!r} is a built-in template variable", key=True)
                     self.blocked = True
-            result.append({key: text_value(value) for key, value in entry.items()})
+            values = {key: text_value(value) for key, value in entry.items()}
+            if values.get("prompt") in templates:
+                values["prompt"] = templates[values["prompt"]]
+            result.append(values)
         return result
 
     def check_cell_count(self, data: Mapping[str, Any], matrix: MatrixSpec) -> None:
@@ -848,6 +926,8 @@ class _Checker:
         prompts = matrix.get("prompt")
         if isinstance(prompts, list):
             places += [(("matrix", "prompt", i), text) for i, text in enumerate(prompts)]
+        elif isinstance(prompts, dict):
+            places += [(("matrix", "prompt", name), text) for name, text in prompts.items()]
         for j, entry in enumerate(matrix.get("include") or []):
             if isinstance(entry, dict) and "prompt" in entry:
                 places.append((("matrix", "include", j, "prompt"), entry["prompt"]))
@@ -873,6 +953,13 @@ class _Checker:
             items = matrix.get(key)
             for i, raw in enumerate(items if isinstance(items, list) else []):
                 where.setdefault(text_value(raw), ("matrix", key, i))
+            if isinstance(items, dict):  # named prompts; model ids per provider
+                for name, raw in items.items():
+                    if key == "prompt":
+                        where.setdefault(text_value(raw), ("matrix", key, name))
+                    elif isinstance(raw, list):
+                        for i, value in enumerate(raw):
+                            where.setdefault(text_value(value), ("matrix", key, name, i))
             for j, entry in enumerate(matrix.get("include") or []):
                 if isinstance(entry, dict) and key in entry:
                     where.setdefault(text_value(entry[key]), ("matrix", "include", j, key))
@@ -904,14 +991,24 @@ class _Checker:
                 continue
             offered = (f"it offers {', '.join(caps.models)}" if caps.models else
                        "it runs one model and takes no model id")
-            if pinned:
+            path = self.own_model_path(name, model) if pinned else None
+            if path is not None:
+                hint = (f"list only {name}'s own model ids under matrix.model.{name}, or "
+                        f"`{DEFAULT_MODEL}` (its default model id)")
+            elif pinned:
                 hint = f"exclude {{provider: {name}, model: {model}}} in the matrix"
             else:
                 choosers = [p for p in self.known if self.offers_models(p)]
                 hint = (f"pin the cells that name it to {' or '.join(choosers)} with a "
                         "`provider` axis or include entries")
-            self.add(self.value_path("model", model),
+            self.add(path or self.value_path("model", model),
                      f"model {model!r} is not a model id of {name}: {offered}; {hint}")
+
+    def own_model_path(self, name: str, model: str) -> JsonPath | None:
+        """Where `matrix.model`, written per provider, lists `model` for provider `name`."""
+        ids = _mapping(_mapping(self.doc.value.get("matrix")).get("model")).get(name)
+        texts = [text_value(v) for v in ids] if isinstance(ids, list) else []
+        return ("matrix", "model", name, texts.index(model)) if model in texts else None
 
 class _LimitCheck:
     """Asks `limit_problems` about one varied field at a time, so each problem it finds
@@ -1015,7 +1112,8 @@ class _JobWording(Wording):
             return f"{instance!r} is not a rate like '20/10s' (N creates per window: ms, s, m, h)"
         if path[:1] == ("base_urls",):
             return f"{instance!r} is not an http(s) URL"
-        if path[:1] == ("provider",):
+        if path[:1] == ("provider",) or path[:2] == ("matrix", "provider") or (
+                path[:2] == ("matrix", "include") and path[-1:] == ("provider",)):
             return f"{instance!r} is not a provider name (lowercase letters, digits, '-', '_')"
         if path == ("deadline",):
             return f"{instance!r} is not a duration like '2h', '90m' or '1h30m' (s, m, h, d)"
@@ -1027,13 +1125,24 @@ class _JobWording(Wording):
     def key_name(self, path: JsonPath, key: str) -> str:
         if path[:1] == ("credentials",):
             return f"{key!r} is not an environment variable name (A-Z, 0-9, _), e.g. KIE_API_KEY"
+        if path == ("matrix", "prompt"):
+            return (f"{key!r} is not a template name: 1 to 64 letters, digits, '_', '.' and "
+                    "'-'")
+        if path == ("matrix", "model"):
+            return f"{key!r} is not a provider name (lowercase letters, digits, '-', '_')"
         if path[:1] == ("matrix",):
             return (f"{key!r} is not a valid variable name: letters, digits and '_', not "
                     "starting with a digit (it is used as a {placeholder})")
         return f"{key!r} is not a provider name (lowercase letters, digits, '-', '_')"
 
     def either_type(self, path: JsonPath, wanted: str) -> str:
-        return "a provider name or a list of provider names" if path == ("provider",) else wanted
+        if path == ("provider",):
+            return "a provider name or a list of provider names"
+        if path == ("matrix", "prompt"):
+            return "a list of prompts or a mapping template name -> prompt"
+        if path == ("matrix", "model"):
+            return "a list of model ids or a mapping provider -> list of model ids"
+        return wanted
 
 
 _JOB_WORDING = _JobWording()

@@ -17,6 +17,9 @@ from nbp.flows.spec.policies import DEFAULT_ROUTING
 DEFAULT_OUTPUT_PATH = "{cell_id}.{ext}"
 NO_KEY: Mapping[str, Any] = MappingProxyType({})  # a cell without a dataset key
 DEFAULT_RETRIES = 2
+# A model id that means "the provider's default model id": the cell is not pinned to a model
+# (`Cell.model` None), so it is the same cell as one without a model value.
+DEFAULT_MODEL = "default"
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,21 @@ class OutputSpec:
 @dataclass(frozen=True)
 class MatrixSpec:
     """The matrix with every value as template text. `axes` always has `prompt`,
-    `aspect_ratio` and `resolution` (defaults filled in), then the extra axes in spec order."""
+    `aspect_ratio` and `resolution` (defaults filled in), then the extra axes in spec order.
+
+    `models`: `matrix.model` written per provider (provider -> its model ids as written,
+    `DEFAULT_MODEL` among them): each provider's cells cross its own ids only, a provider it
+    leaves out has `(DEFAULT_MODEL,)`. `axes["model"]` then holds every id once (the names),
+    and `axes["provider"]` the mapping's providers when the spec has no provider axis.
+    `templates`: `matrix.prompt` written as a mapping, name -> text (`axes["prompt"]` holds
+    the texts). Both empty when written as lists.
+    """
 
     axes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     include: tuple[Mapping[str, str], ...] = ()
     exclude: tuple[Mapping[str, str], ...] = ()
+    models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    templates: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

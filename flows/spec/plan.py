@@ -4,6 +4,10 @@
     print(plan.render())                  # a table for people
     plan.to_json()["estimated_cost_usd"]  # the same numbers for scripts
 
+A second table splits the cells by provider x model id: the id each channel will send (the
+cell's pinned one, else the provider's default, `options.<provider>.model` or its documented
+one), so a researcher sees how many cells ask for which model where.
+
 Cells are counted where the spec's routing sends them (`flows.spec.allocation`): with
 `fallback` all on the primary channel (fallbacks run only cells the primary cannot), with
 `spread` in proportion to each channel's throughput, with `cheapest` the cheapest channels
@@ -38,8 +42,10 @@ from nbp.flows.spec.delta import TargetDelta
 from nbp.flows.spec.model import Cell, JobSpec
 from nbp.flows.spec.policies import DEADLINE_ROUTINGS, DEFAULT_ROUTING, ROUTINGS, routing_policy
 from nbp.flows.spec.settings import PriceSource, ProviderRules, provider_rules
+from nbp.providers import registry
 
-__all__ = ["Plan", "PlanRow", "RoutingEstimate", "Timing", "duration_s", "make_plan"]
+__all__ = ["ModelRow", "Plan", "PlanRow", "RoutingEstimate", "Timing", "duration_s",
+           "make_plan"]
 
 LATENCY_S: Mapping[str, float] = {"1K": 20.0, "2K": 20.0, "4K": 40.0}  # protocols.md §6.2
 DEFAULT_LATENCY_S = 20.0
@@ -67,6 +73,29 @@ class PlanRow:
             "price_usd": self.price_usd, "price_source": self.price_source,
             "references": self.references,
             "price_per_reference_usd": self.price_per_reference_usd,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """Cells of one provider that ask for one model id, and what they cost. `pinned`: the
+    cells name the id (a `model` matrix value); else it is the provider's default."""
+
+    provider: str
+    model: str
+    pinned: bool
+    cells: int
+    cost_usd: float
+
+    @property
+    def usd_per_image(self) -> float:
+        return self.cost_usd / self.cells if self.cells else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider, "model": self.model, "model_pinned": self.pinned,
+            "cells": self.cells, "usd_per_image": round(self.usd_per_image, 6),
             "cost_usd": round(self.cost_usd, 6),
         }
 
@@ -133,6 +162,7 @@ class Plan:
     alternatives: tuple[RoutingEstimate, ...] = ()
     pinned: tuple[str, ...] = ()      # providers a `provider` matrix axis pins cells to
     target: TargetDelta | None = None  # the cells against the target (None: all priced)
+    models: tuple[ModelRow, ...] = ()  # the priced cells by provider x model id
 
     @property
     def priced_cells(self) -> int:
@@ -180,6 +210,7 @@ class Plan:
             "pinned": list(self.pinned),
             "priced_cells": self.priced_cells,
             "target": self.target.to_json() if self.target else None,
+            "by_provider_model": [row.to_json() for row in self.models],
         }
 
     def render(self) -> str:
@@ -220,6 +251,7 @@ class Plan:
         if self.cost_is_estimate:
             lines.append("  * not published by the provider: an estimate (set `prices:` in the "
                          "spec to use yours)")
+        lines += self._model_lines(wide)
         lines.append("")
         cost = f"  estimated cost:      {_usd(self.estimated_cost_usd)}"
         if self.max_usd is not None:
@@ -247,14 +279,39 @@ class Plan:
                          + " · ".join(a.render() for a in self.alternatives))
         return "\n".join(lines)
 
+    def _model_lines(self, wide: int) -> list[str]:
+        """The provider x model table, when it says more than the one above: several
+        model ids, or one the cells pin."""
+        rows = self.models
+        if len(rows) < 2 and not any(row.pinned for row in rows):
+            return []
+        shown = [(row, row.model if row.pinned else f"{row.model} (default)") for row in rows]
+        model_wide = max(len(text) for _, text in shown) + 2
+        lines = ["", f"  {'provider':<{wide}}{'model':<{model_wide}}{'cells':>9}"
+                     f"{'USD/image':>12}{'cost':>12}"]
+        for row, text in shown:
+            lines.append(f"  {row.provider:<{wide}}{text:<{model_wide}}{row.cells:>9}"
+                         f"{row.usd_per_image:>12.3f}{_usd(row.cost_usd):>12}")
+        return lines
+
 
 @dataclass
 class _Tally:
-    """Cells that may run on the same channels (one pin, or the unpinned ones)."""
+    """Cells that may run on the same channels (one pin, or the unpinned ones), or those of
+    them that ask for one model id."""
 
     cells: int = 0
     by_resolution: Counter[str] = field(default_factory=Counter)
     references: Counter[str] = field(default_factory=Counter)  # by resolution
+
+    @classmethod
+    def total(cls, parts: Iterable[_Tally]) -> _Tally:
+        found = cls()
+        for part in parts:
+            found.cells += part.cells
+            found.by_resolution.update(part.by_resolution)
+            found.references.update(part.references)
+        return found
 
 
 @dataclass
@@ -265,6 +322,7 @@ class _Route:
     rules: Mapping[str, ProviderRules]
     groups: dict[str | None, _Tally]
     lanes: dict[str | None, list[tuple[Channel, LaneEstimate]]]
+    models: dict[str | None, dict[str | None, _Tally]] = field(default_factory=dict)
 
     def allocate(self, routing: str, deadline_s: float | None) -> dict[str, _Load]:
         """Cells and cost per channel key when each group is routed by `routing`: a pinned
@@ -313,7 +371,7 @@ def make_plan(
     the others on the `provider:` list's, by the spec's routing. `priced`: which cells this
     run pays for (against its target, `flows.spec.delta`; default: all), `target` their
     counts, shown with the plan."""
-    groups: dict[str | None, _Tally] = {}
+    models: dict[str | None, dict[str | None, _Tally]] = {}  # pin -> model -> its cells
     by_ratio: Counter[str] = Counter()
     rows: set[int] = set()
     total = 0
@@ -324,13 +382,18 @@ def make_plan(
             rows.add(cell.dataset_row)
         if priced is not None and not priced(cell):
             continue
-        tally = groups.get(cell.provider)
+        by_model = models.get(cell.provider)
+        if by_model is None:
+            by_model = models[cell.provider] = {}
+        tally = by_model.get(cell.model)
         if tally is None:
-            tally = groups[cell.provider] = _Tally()
+            tally = by_model[cell.model] = _Tally()
         tally.cells += 1
         tally.by_resolution[cell.resolution] += 1
         tally.references[cell.resolution] += len(cell.references)
+    groups = {pin: _Tally.total(by_model.values()) for pin, by_model in models.items()}
     route = _route(spec, groups)
+    route.models = models
     load = route.allocate(spec.routing, spec.deadline_s)
     plan_rows = _rows(route, load)
     timings = tuple(_timing(x.channel, route.lane_of(x), route.rules[x.channel.provider],
@@ -344,6 +407,7 @@ def make_plan(
         routing=spec.routing, channels=len(route.found), deadline_s=spec.deadline_s,
         alternatives=_alternatives(spec, route) if total else (),
         pinned=tuple(name for name in spec.providers if name in groups), target=target,
+        models=_model_rows(spec, route, load),
     )
 
 
@@ -398,6 +462,47 @@ def _rows(route: _Route, load: Mapping[str, _Load]) -> tuple[PlanRow, ...]:
                     references[name, res], rule.price_per_reference_usd,
                 ))
     return tuple(plan_rows)
+
+
+def _model_rows(
+    spec: JobSpec, route: _Route, load: Mapping[str, _Load]
+) -> tuple[ModelRow, ...]:
+    """Rows per provider x model id sent: each group's cells of each model id, in the share
+    of the group its channels of that provider take (counted per resolution as `_rows`)."""
+    cells: Counter[tuple[str, str, bool]] = Counter()
+    cost: dict[tuple[str, str, bool], float] = {}
+    for pin, by_model in route.models.items():
+        group = route.groups[pin]
+        on_provider: Counter[str] = Counter()
+        for x in load.values():
+            on_provider[x.channel.provider] += x.by_pin[pin]
+        for name, n in on_provider.items():
+            share = n / group.cells if group.cells else 0.0
+            rule = route.rules[name]
+            for model, tally in by_model.items():
+                key = (name, model or _default_model(spec, name), model is not None)
+                for res, count in tally.by_resolution.items():
+                    images = round(count * share)
+                    cells[key] += images
+                    cost[key] = cost.get(key, 0.0) + images * rule.base_price(res) + round(
+                        tally.references[res] * share) * rule.price_per_reference_usd
+    order = {name: i for i, name in enumerate(route.rules)}
+    return tuple(ModelRow(name, model, pinned, n, cost[name, model, pinned])
+                 for (name, model, pinned), n in sorted(
+                     cells.items(), key=lambda item: (order.get(item[0][0], 0), item[0][2]))
+                 if n)
+
+
+def _default_model(spec: JobSpec, provider: str) -> str:
+    """The model id a provider's channel sends for a cell that pins none: the spec's
+    `options.<provider>.model`, else the provider's documented default."""
+    chosen = spec.options.get(provider, {}).get("model")
+    if isinstance(chosen, str) and chosen:
+        return chosen
+    try:
+        return registry.facts(provider).model or "?"
+    except Exception:  # an adapter that cannot load: validation says so
+        return "?"
 
 
 def _timing(channel: Channel, lane: LaneEstimate, rules: ProviderRules, cells: int) -> Timing:

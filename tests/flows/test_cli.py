@@ -102,6 +102,29 @@ def test_a_value_that_cannot_be_used_exits_2_before_anything_starts(
     assert not (spec.parent / "out").exists()
 
 
+def test_validate_and_plan_show_an_include_that_overwrites_an_earlier_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({
+        "version": 1, "name": "cli", "output": {"target": str(tmp_path / "out")},
+        "matrix": {"prompt": ["a {style} fig"], "style": ["ink", "oil"],
+                   "provider": ["kie", "gemini"],
+                   "include": [{"provider": "gemini", "model": "gemini-3-pro-image-preview"},
+                               {"provider": "gemini", "model": "gemini-3-pro-image"}]},
+    }, sort_keys=False))
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: valid\n{path}:" in out
+    assert ("matrix.include[1].model: note: this include entry overwrites model "
+            "'gemini-3-pro-image-preview', which include[0] set, with 'gemini-3-pro-image' in "
+            "2 combinations") in out
+    assert main(["plan", str(path), "--offline"]) == 0
+    plan = capsys.readouterr()
+    assert "  gemini    gemini-3-pro-image " in plan.out  # the plan's row per model id
+    assert "matrix.include[1].model: note: this include entry overwrites" in plan.err
+
+
 # -- nbp gallery ---------------------------------------------------------------------------
 
 

@@ -16,8 +16,8 @@ from PIL import Image
 from nbp.flows.spec import cells as cellmod
 from nbp.flows.spec.cells import cell_id, expand
 from nbp.flows.spec.dataset import DatasetError, read_dataset
-from nbp.flows.spec.loader import load_job, load_spec
-from nbp.flows.spec.model import Cell
+from nbp.flows.spec.loader import load_job, load_spec, validate_spec_file
+from nbp.flows.spec.model import Cell, JobSpec, MatrixSpec, OutputSpec
 from nbp.flows.spec.templating import MissingVariable, Template, TemplateError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -395,3 +395,129 @@ def test_a_provider_axis_makes_one_cell_per_provider(tmp_path: Path) -> None:
     ]
     assert len({c.cell_id for c in cells}) == 3
     assert spec.routed == () and spec.providers == ("kie", "runware")
+
+
+# -- model ids per provider and named prompts (issue 23) ----------------------------------
+
+AXES = """\
+version: 1
+name: axes
+matrix:
+  prompt: {prompt}
+  style: [ink, oil]
+{matrix}
+output: {output}
+"""
+PREVIEW, GA = "gemini-3-pro-image-preview", "gemini-3-pro-image"
+
+
+def cells_of(folder: Path, matrix: str, prompt: str = '["a {style} fox"]',
+             output: str = '{path: "{cell_id}.{ext}"}', **more: str) -> list[Cell]:
+    text = AXES.format(prompt=prompt, matrix=textwrap.indent(textwrap.dedent(matrix), "  "),
+                       output=output)
+    return expand(load_spec(write(folder, text + "".join(f"{k}: {v}\n"
+                                                         for k, v in more.items()))))
+
+
+def pins(cells: list[Cell]) -> dict[tuple[str | None, str | None, str], str]:
+    return {(c.provider, c.model, c.vars["style"]): c.cell_id for c in cells}
+
+
+def test_model_ids_per_provider_cross_each_provider_with_its_own(tmp_path: Path) -> None:
+    crossed = cells_of(tmp_path, f"""\
+        provider: [kie, runware, gemini]
+        model: {{gemini: [{PREVIEW}, {GA}], runware: [default]}}
+        """)
+    assert [(c.provider, c.model, c.vars["model"]) for c in crossed[:4]] == [
+        ("kie", None, "default"), ("runware", None, "default"),
+        ("gemini", PREVIEW, PREVIEW), ("gemini", GA, GA),
+    ]
+    assert len(crossed) == 8
+    # the same cells, written as today: one spec per model id with include entries
+    by_include = {**pins(cells_of(tmp_path, f"""\
+        provider: [kie, runware, gemini]
+        include: [{{provider: gemini, model: {PREVIEW}}}]
+        """)), **pins(cells_of(tmp_path, f"""\
+        provider: [gemini]
+        include: [{{provider: gemini, model: {GA}}}]
+        """))}
+    assert pins(crossed) == by_include
+
+
+def test_without_a_provider_axis_the_mappings_pairs_are_the_axis(tmp_path: Path) -> None:
+    crossed = cells_of(tmp_path, f"model: {{gemini: [{GA}, default], runware: [default]}}")
+    assert [(c.provider, c.model) for c in crossed[:3]] == [
+        ("gemini", GA), ("gemini", None), ("runware", None)]
+    by_include = cells_of(tmp_path, f"""\
+        provider: [gemini, runware]
+        include: [{{provider: gemini, model: {GA}}}]
+        """)
+    assert pins(crossed) == {**pins(by_include), **pins(cells_of(tmp_path, "provider: [gemini]"))}
+
+
+def test_a_model_list_crosses_as_before_and_default_pins_no_model(tmp_path: Path) -> None:
+    listed = cells_of(tmp_path, f"model: [{GA}, default]", provider="gemini")
+    assert [(c.provider, c.model) for c in listed[:2]] == [(None, GA), (None, None)]
+    unpinned = cells_of(tmp_path, "", provider="gemini")
+    assert [c.cell_id for c in listed if c.model is None] == [c.cell_id for c in unpinned]
+
+
+def test_named_prompts_keep_the_ids_of_the_same_texts_in_a_list(tmp_path: Path) -> None:
+    listed = cells_of(tmp_path, "", prompt='["a {style} fox", "an {style} owl"]', provider="kie")
+    named = cells_of(tmp_path, "", prompt='{t1: "a {style} fox", t2: "an {style} owl"}',
+                     provider="kie")
+    assert [c.cell_id for c in named] == [c.cell_id for c in listed]
+    assert [c.template for c in named] == ["t1", "t1", "t2", "t2"]
+    assert {c.template for c in listed} == {None}
+    assert "template" not in named[0].vars  # a built-in, like {replicate}
+
+
+def test_template_names_the_prompt_in_paths_unless_the_spec_has_its_own(
+    tmp_path: Path,
+) -> None:
+    text = """\
+        version: 1
+        name: named
+        provider: kie
+        matrix:
+          prompt: {t1: "a {style} fox", t2: "an {style} owl"}
+          style: [ink]
+          include:
+            - {prompt: t2, style: oil}         # a name: that template's text
+            - {prompt: "a {style} hen", style: ink}
+        output: {path: "{template}/{style}.{ext}"}
+    """
+    problems = validate_spec_file(write(tmp_path, text))
+    assert [p.message for p in problems] == [
+        "placeholder {template} has no value in some cells, e.g. prompt='a {style} hen', "
+        "style='ink', aspect_ratio='1:1', resolution='1K': their prompt is an include "
+        "entry's own text, not a named template; name it in matrix.prompt and give the "
+        "include entry its name"]
+    cells = expand(load_spec(write(tmp_path, text.replace("{template}/", "{cell_id}/"))))
+    assert [(c.template, c.prompt) for c in cells] == [
+        ("t1", "a ink fox"), ("t2", "an ink owl"), ("t2", "an oil owl"), (None, "a ink hen")]
+    # the spec's own variable `template` wins (an axis here), for every cell
+    own = cells_of(tmp_path, "template: [house]", prompt='{t1: "a {style} fox"}',
+                   provider="kie", output='{path: "{template}/{style}.{ext}"}')
+    assert [(c.template, c.output_path) for c in own] == [
+        ("t1", "house/ink.png"), ("t1", "house/oil.png")]
+
+
+def expand_matrix(matrix: MatrixSpec) -> list[Cell]:
+    spec = JobSpec(name="m", providers=("kie", "gemini", "gemini-batch"), listed=(),
+                   output=OutputSpec(target="memory://m"), matrix=matrix)
+    return expand(spec)
+
+
+def test_the_cell_count_bound_counts_each_providers_own_model_ids() -> None:
+    matrix = MatrixSpec(
+        {"prompt": ("p",), "aspect_ratio": ("1:1",), "resolution": ("1K",),
+         "provider": ("kie", "gemini", "gemini-batch"),
+         "model": ("default", PREVIEW, GA)},
+        models={"gemini": (PREVIEW, GA), "gemini-batch": (PREVIEW, GA)})
+    assert len(expand_matrix(matrix)) == 5  # kie default, two ids each for the geminis
+    assert cellmod.cell_count_problem(matrix, 1, None, 5) is None
+    problem = cellmod.cell_count_problem(matrix, 2, None, 9)
+    assert problem is not None and problem.startswith(
+        "this job would have up to 10 cells (5 provider x model = 5 combinations before "
+        "exclude, x repeat 2)")

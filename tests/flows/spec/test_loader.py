@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from nbp.flows.spec.cells import expand
-from nbp.flows.spec.loader import Problem, SpecInvalid, load_spec, validate_spec_file
+from nbp.flows.spec.loader import Problem, SpecInvalid, load_job, load_spec, validate_spec_file
 from nbp.flows.spec.model import GallerySpec, ProviderLimits
 from nbp.providers.model import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
 from nbp.schemas import load_job_schema
@@ -42,7 +42,8 @@ def photo(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["demo.yaml", "experiment.yaml", "experiment-channels.yaml", "catalog.yaml"])
+    "name", ["demo.yaml", "experiment.yaml", "experiment-channels.yaml", "experiment-axes.yaml",
+             "catalog.yaml"])
 def test_example_specs_are_valid(name: str) -> None:
     path = REPO / "specs" / name
     assert validate_spec_file(str(path)) == []
@@ -651,6 +652,121 @@ def test_a_model_id_the_pinned_provider_does_not_offer(tmp_path: Path) -> None:
         "model id; exclude {provider: kie, model: gemini-3-pro-image} in the matrix")
     fixed = text + "  exclude:\n    - {provider: kie, model: gemini-3-pro-image}\n"
     assert validate_spec_file(write(tmp_path, fixed)) == []
+
+
+MAPPED = ("version: 1\nname: pins\nmatrix:\n  prompt: [a fig]\n  provider: [kie, gemini-batch]\n"
+          "  model: {{{models}}}\n")
+
+
+def test_model_ids_per_provider_name_providers_of_the_provider_axis(tmp_path: Path) -> None:
+    problems = validate_spec_file(write(tmp_path, MAPPED.format(
+        models="gemini: [gemini-3-pro-image], gemnii: [default]")))
+    assert [(p.line, p.column, p.path, p.message) for p in problems] == [
+        (6, 11, "matrix.model.gemini",
+         "'gemini' is not in matrix.provider (kie, gemini-batch): no cell of it would ask for "
+         "these model ids; did you mean 'gemini-batch'? add it to matrix.provider or remove it "
+         "here"),
+        (6, 41, "matrix.model.gemnii",
+         "unknown provider 'gemnii'; did you mean 'gemini'? known: apikley, gemini, "
+         "gemini-batch, hiapi, kie, runware, wiro"),
+    ]
+
+
+def test_a_model_id_per_provider_is_one_that_provider_offers(tmp_path: Path) -> None:
+    problems = validate_spec_file(write(tmp_path, MAPPED.format(
+        models="gemini-batch: [gemini-3-pro-image, default], kie: [default, nano]")))
+    assert [(p.line, p.column, p.path, p.message) for p in problems] == [
+        (6, 71, "matrix.model.kie[1]",
+         "model 'nano' is not a model id of kie: it runs one model and takes no model id; "
+         "list only kie's own model ids under matrix.model.kie, or `default` (its default "
+         "model id)"),
+    ]
+    fixed = MAPPED.format(models="gemini-batch: [gemini-3-pro-image, default]")
+    assert validate_spec_file(write(tmp_path, fixed)) == []
+
+
+def test_without_a_provider_axis_the_model_mapping_names_the_providers(tmp_path: Path) -> None:
+    text = ("version: 1\nname: pins\nmatrix:\n  prompt: [a fig]\n"
+            "  model: {gemini: [gemini-3-pro-image], runware: [default]}\n")
+    spec = load_spec(write(tmp_path, text))  # no `provider:` needed: every cell is pinned
+    assert spec.providers == ("gemini", "runware") and spec.routed == ()
+    assert spec.matrix.axes["provider"] == ("gemini", "runware")
+    assert spec.matrix.axes["model"] == ("gemini-3-pro-image", "default")
+
+
+def test_an_include_entry_that_overwrites_an_earlier_one_is_a_note(tmp_path: Path) -> None:
+    # the README's old pattern: both entries match every gemini cell; the second wins
+    text = ("version: 1\nname: pins\nmatrix:\n  prompt: [\"a {style} fig\"]\n"
+            "  style: [ink, oil]\n  provider: [kie, gemini]\n  include:\n"
+            "    - {provider: gemini, model: gemini-3-pro-image-preview}\n"
+            "    - {provider: gemini, model: gemini-3-pro-image}\n")
+    path = write(tmp_path, text)
+    job = load_job(path)
+    assert job.notes == (
+        f"{path}:9:33: matrix.include[1].model: note: this include entry overwrites model "
+        "'gemini-3-pro-image-preview', which include[0] set, with 'gemini-3-pro-image' in 2 "
+        "combinations, so they lose 'gemini-3-pro-image-preview' (GitHub Actions semantics: "
+        "an entry merges into every combination it matches, over what earlier entries "
+        "added); to ask for both, give the provider its model ids: `model: {gemini: "
+        "[gemini-3-pro-image-preview, gemini-3-pro-image]}`",)
+    assert {c.model for c in job.cells if c.provider == "gemini"} == {"gemini-3-pro-image"}
+    other = text.replace("model: gemini-3-pro-image-preview", "size: big").replace(
+        "model: gemini-3-pro-image}", "size: small}")
+    note, = load_job(write(tmp_path, other)).notes
+    assert note.endswith("to have both, make it a list axis: `size: [big, small]`")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "path", "message"),
+    [
+        pytest.param('{"a b": x}', "matrix.prompt['a b']",
+                     "'a b' is not a template name: 1 to 64 letters, digits, '_', '.' and '-'",
+                     id="name"),
+        pytest.param(f'{{{"t" * 65}: x}}', f"matrix.prompt.{'t' * 65}",
+                     f"'{'t' * 65}' is not a template name: 1 to 64 letters, digits, '_', "
+                     "'.' and '-'", id="long-name"),
+        pytest.param('{t1: x, t2: x}', "matrix.prompt.t2",
+                     "template 't2' has the same text as 't1': one request under two names; "
+                     "remove one of them", id="same-text"),
+        pytest.param('{t1: ""}', "matrix.prompt.t1", "must not be empty", id="empty"),
+        pytest.param("{}", "matrix.prompt", "must not be empty", id="no-templates"),
+        pytest.param("a fig", "matrix.prompt",
+                     "expected a list of prompts or a mapping template name -> prompt, got a "
+                     "string", id="type"),
+    ],
+)
+def test_named_prompts_schema_problems(
+    tmp_path: Path, prompt: str, path: str, message: str
+) -> None:
+    text = f"version: 1\nname: named\nprovider: kie\nmatrix:\n  prompt: {prompt}\n"
+    assert only(validate_spec_file(write(tmp_path, text)), path).message == message
+
+
+def test_template_needs_named_prompts(tmp_path: Path) -> None:
+    text = ("version: 1\nname: named\nprovider: kie\nmatrix:\n  prompt: [\"a {style} fig\"]\n"
+            "  style: [ink]\noutput: {path: \"{template}/{style}.{ext}\"}\n")
+    problem = only(validate_spec_file(write(tmp_path, text)), "output.path")
+    assert problem.message.startswith(
+        "placeholder {template} in this output path is the name of the cell's prompt "
+        "template: name the prompts to use it (matrix.prompt as a mapping")
+    named = text.replace('[\"a {style} fig\"]', '{fig: \"a {style} fig\"}')
+    assert validate_spec_file(write(tmp_path, named)) == []
+
+
+def test_an_include_or_exclude_entry_may_name_a_template(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, """\
+        version: 1
+        name: named
+        provider: kie
+        matrix:
+          prompt: {fig: "a {style} fig", pear: "a {style} pear"}
+          style: [ink, oil]
+          exclude: [{prompt: pear, style: oil}]
+          include: [{prompt: fig, mood: calm}]
+        """))
+    assert spec.matrix.exclude == ({"prompt": "a {style} pear", "style": "oil"},)
+    assert spec.matrix.include == ({"prompt": "a {style} fig", "mood": "calm"},)
+    assert [c.template for c in expand(spec)] == ["fig", "fig", "pear"]
 
 
 def test_an_added_combination_without_a_provider_needs_the_provider_list(

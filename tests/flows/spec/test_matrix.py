@@ -1,5 +1,6 @@
 """GitHub Actions' matrix semantics, pinned with the examples of GitHub's own documentation
-("Running variations of jobs in a workflow", docs.github.com), reproduced exactly."""
+("Running variations of jobs in a workflow", docs.github.com), reproduced exactly; then nbp's
+two additions: dependent axes and the record of include entries that overwrite each other."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nbp.flows.spec.matrix import expand, matches, product
+from nbp.flows.spec.matrix import Dependent, Overwrite, expand, matches, product, size
 
 
 def values(axes: dict[str, Any], include: Any = (), exclude: Any = ()) -> list[dict[str, Any]]:
@@ -133,3 +134,59 @@ def test_matches_is_a_partial_match(
     combination: dict[str, Any], entry: dict[str, Any], expected: bool
 ) -> None:
     assert matches(combination, entry) is expected
+
+
+# -- nbp's additions --------------------------------------------------------------------
+
+MODELS = Dependent("provider", {"gemini": ("A", "B"), "runware": ("default",)},
+                   default=("default",))
+
+
+def test_a_dependent_axis_crosses_each_value_with_its_own_values_only() -> None:
+    axes = {"style": ["ink", "oil"], "provider": ["kie", "gemini"], "model": ["ignored"]}
+    result = product(axes, {"model": MODELS})
+    assert result == [
+        {"style": "ink", "provider": "kie", "model": "default"},
+        {"style": "ink", "provider": "gemini", "model": "A"},
+        {"style": "ink", "provider": "gemini", "model": "B"},
+        {"style": "oil", "provider": "kie", "model": "default"},
+        {"style": "oil", "provider": "gemini", "model": "A"},
+        {"style": "oil", "provider": "gemini", "model": "B"},
+    ]
+    assert size(axes, {"model": MODELS}) == len(result) == 6
+    assert size(axes) == 2 * 2 * 1 and size({}) == 0
+
+
+def test_a_dependent_axis_needs_the_axis_it_depends_on() -> None:
+    with pytest.raises(ValueError, match="depends on 'provider'"):
+        product({"style": ["ink"]}, {"model": MODELS})
+
+
+def test_exclude_and_include_see_a_dependent_axis_as_an_axis() -> None:
+    axes = {"provider": ["kie", "gemini"]}
+    result = expand(axes, include=[{"model": "A", "size": "big"}, {"model": "C"}],
+                    exclude=[{"model": "B"}], dependent={"model": MODELS})
+    assert [c.values for c in result] == [
+        {"provider": "kie", "model": "default"},
+        {"provider": "gemini", "model": "A", "size": "big"},
+        {"model": "C"},  # matches no original model value: added, GitHub Actions semantics
+    ]
+
+
+def test_an_include_entry_that_overwrites_an_earlier_one_is_recorded() -> None:
+    # the README pattern: two entries for one provider; the second wins everywhere
+    axes = {"style": ["ink", "oil"], "provider": ["kie", "gemini"]}
+    include = [{"provider": "gemini", "model": "A"}, {"provider": "gemini", "model": "B"},
+               {"provider": "gemini", "model": "B", "tag": "x"}]
+    result = expand(axes, include)
+    gemini = [c for c in result if c.values["provider"] == "gemini"]
+    assert [c.values["model"] for c in gemini] == ["B", "B"]
+    assert [c.overwrites for c in gemini] == [[Overwrite("model", 0, 1, "A", "B")]] * 2
+    assert all(c.overwrites is None for c in result if c.values["provider"] == "kie")
+
+
+def test_matching_an_axis_value_or_setting_the_same_value_again_is_no_overwrite() -> None:
+    result = expand({"a": [1, 2]}, [{"a": 1, "tag": "x"}, {"a": 1, "tag": "x"}, {"tag": "y"}])
+    assert [c.values for c in result] == [{"a": 1, "tag": "y"}, {"a": 2, "tag": "y"}]
+    assert result[0].overwrites == [Overwrite("tag", 1, 2, "x", "y")]
+    assert result[1].overwrites is None  # tag was not set there before

@@ -65,3 +65,17 @@ def test_nbp_validate_and_plan_import_no_http_client_nor_adapter(command: str) -
     found = _probe(load)
     assert found["loaded"] == []
     assert "nbp.providers.kie_facts" in found["facts"]  # specs/demo.yaml runs on kie
+
+
+def test_planning_per_provider_and_model_reads_facts_only() -> None:
+    """The plan's model ids come from the providers' facts, not their adapters."""
+    load = (
+        "from nbp.flows.cli import main\n"
+        "try:\n"
+        "    main(['plan', '--offline', 'specs/experiment-axes.yaml'])\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code"
+    )
+    found = _probe(load)
+    assert found["loaded"] == []
+    assert {"nbp.providers.gemini_facts", "nbp.providers.runware_facts"} <= set(found["facts"])

@@ -232,6 +232,57 @@ def test_each_pinned_row_is_priced_on_its_own_provider(tmp_path: Path) -> None:
     assert plan.alternatives == ()  # no group has a choice of channel
 
 
+def test_a_row_per_provider_and_model_id_the_channel_sends(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, """\
+        version: 1
+        name: models
+        matrix:
+          prompt: ["a {style} fox"]
+          style: [ink, oil, clay]
+          resolution: [1K, 4K]
+          provider: [kie, gemini]
+          model: {gemini: [gemini-3-pro-image-preview, gemini-3-pro-image]}
+        """)
+    assert [row.to_json() for row in plan.models] == [
+        {"provider": "kie", "model": "nano-banana-pro", "model_pinned": False, "cells": 6,
+         "usd_per_image": 0.105, "cost_usd": 0.63},
+        {"provider": "gemini", "model": "gemini-3-pro-image-preview", "model_pinned": True,
+         "cells": 6, "usd_per_image": 0.187, "cost_usd": 1.122},
+        {"provider": "gemini", "model": "gemini-3-pro-image", "model_pinned": True,
+         "cells": 6, "usd_per_image": 0.187, "cost_usd": 1.122},
+    ]
+    assert sum(row.cost_usd for row in plan.models) == pytest.approx(plan.estimated_cost_usd)
+    assert plan.to_json()["by_provider_model"] == [row.to_json() for row in plan.models]
+    text = plan.render()
+    assert "  provider  model                           cells   USD/image        cost\n" in text
+    assert "  kie       nano-banana-pro (default)           6       0.105       $0.63\n" in text
+    assert "  gemini    gemini-3-pro-image                  6       0.187       $1.12\n" in text
+
+
+def test_unpinned_cells_show_each_providers_default_model_id(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, """\
+        version: 1
+        name: spread
+        provider: [kie, gemini]
+        routing: spread
+        options: {gemini: {model: gemini-3-pro-image}}
+        matrix:
+          prompt: ["a {style} fox"]
+          style: [ink, oil, clay, wax]
+        """)
+    assert [(row.provider, row.model, row.pinned) for row in plan.models] == [
+        ("kie", "nano-banana-pro", False), ("gemini", "gemini-3-pro-image", False)]
+    assert sum(row.cells for row in plan.models) == 4
+
+
+def test_one_provider_with_its_default_model_adds_no_table() -> None:
+    spec = load_spec(str(REPO / "specs" / "demo.yaml"))
+    plan = make_plan(spec, expand(spec))
+    assert [(row.provider, row.model, row.cells) for row in plan.models] == [
+        ("kie", "nano-banana-pro", 18)]
+    assert "model" not in plan.render()
+
+
 # -- against the target (issue 21) ----------------------------------------------------------
 
 
