@@ -808,6 +808,7 @@ class _Checker:
         known = list(dict.fromkeys([
             *matrix.axes, *(key for entry in matrix.include for key in entry),
             *(dataset.columns if dataset is not None else ()), *GALLERY_AXES,
+            *(("template",) if matrix.templates else ()),  # the named prompts' names
         ]))
         rows = _gallery_spec(raw).rows
         for side in ("rows", "columns"):

@@ -824,6 +824,24 @@ def test_a_gallery_axis_the_job_does_not_have_is_located(tmp_path: Path) -> None
     assert problems[1].message == f"'name' is not an axis of this job; axes: {axes}"
 
 
+def test_named_prompts_make_template_a_gallery_axis(tmp_path: Path) -> None:
+    named = """version: 1
+name: g
+provider: kie
+matrix:
+  prompt: {t1: "a {style} cup", t2: "a {style} mug"}
+  style: [glass, clay]
+output: {target: out, gallery: {rows: [template], columns: [style]}}
+"""
+    assert load_spec(write(tmp_path, named)).output.gallery == GallerySpec(
+        ("template",), ("style",))
+    listed = named.replace('{t1: "a {style} cup", t2: "a {style} mug"}',
+                           '["a {style} cup", "a {style} mug"]')
+    problems = validate_spec_file(write(tmp_path, listed, "listed.yaml"))
+    assert [p.message.split(";")[0] for p in problems] == [
+        "'template' is not an axis of this job"]
+
+
 def test_a_gallery_axis_in_rows_and_columns_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "rows.csv").write_text("sku,title\nA,boot\nB,shoe\n")
     text = GALLERY_SPEC.replace("columns: [lighting, provider, mood]",
