@@ -419,7 +419,9 @@ class WiroEmulator(ProviderEmulator):
             task_id, prompt=run.prompt, aspect_ratio=_concrete_ratio(run),
             resolution=run.resolution, output_format="png", body=body, references=references,
         )
-        queue_s, assign_at, task.latency_s = _timing(self.readings, task.latency_s)
+        queue_s, assign_at, task.latency_s = _timing(self.readings, task.latency_s,
+                                                     task.queued_s)
+        task.queue_s = queue_s
         task.extra.update(token=token, uuid=str(uuid.uuid4()), content_type=run.content_type,
                           schedule=_schedule(queue_s, assign_at, task.latency_s))
         with self._lock:
@@ -620,11 +622,14 @@ def _random_token() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(30))
 
 
-def _timing(readings: WiroReadings, latency_s: float) -> tuple[float, float, float]:
+def _timing(
+    readings: WiroReadings, latency_s: float, queued_s: float
+) -> tuple[float, float, float]:
     """(seconds in task_queue, seconds to task_assign, seconds to the end) of a new task:
-    a quarter of the latency queued and the stages spread evenly, unless the readings say
-    otherwise; the task never ends before it is assigned."""
-    queue_s = 0.25 * latency_s if readings.queue_s is None else readings.queue_s
+    `queued_s` queued (`FaultConfig.queue_s`, a quarter of the latency by default) and the
+    stages spread evenly, unless the readings say otherwise; the task never ends before it is
+    assigned."""
+    queue_s = queued_s if readings.queue_s is None else readings.queue_s
     end = max(latency_s, queue_s)
     assign_at = readings.assign_after_s
     if assign_at is None:
