@@ -128,7 +128,8 @@ class FaultConfig:
     (`ProviderEmulator.configure` or construction) unless given."""
 
     latency_s: float = 1.0             # create -> terminal state
-    queue_s: float | None = None       # of it queued before the task runs (None: a quarter)
+    # of it queued before the task runs (None: a quarter); a longer queue makes it longer
+    queue_s: float | None = None
     fail_prob: float = 0.0             # task ends in the provider's failure state
     submit_5xx_prob: float = 0.0       # create answers 500/503 and creates nothing
     # the task is created (and runs), then the create answers 500/502/504
@@ -536,10 +537,11 @@ class ProviderEmulator:
         image = next((kind for marker, kind in IMAGE_MARKERS.items() if marker in prompt),
                      "normal")
         now = time.time()
+        queue_s = self.config.queue_s
         task = RemoteTask(
             task_id, prompt, aspect_ratio, resolution, output_format, now,
-            self.config.latency_s, outcome, body, list(references), image=image,
-            account=account, queue_s=self.config.queue_s,
+            max(self.config.latency_s, queue_s or 0.0), outcome, body, list(references),
+            image=image, account=account, queue_s=queue_s,
         )
         with self._lock:
             self.tasks[task_id] = task

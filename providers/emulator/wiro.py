@@ -16,8 +16,9 @@
   default) or is refused ("refuse": code 1 "Task could not be killed: ..."); an accepted
   kill answers the task as `task_cancel` (`kill_answer="cancelled"`, the default) or as it
   still is ("pending"), the kill taking effect `kill_settle_s` later (`inf`: never). How long
-  a task sits in `task_queue` (`queue_s`) and before `task_assign` (`assign_after_s`) are
-  switches too, so tests can stop it in each state; the task ends no earlier than that.
+  a task sits in `task_queue` (`FaultConfig.queue_s`, which these readings set too) and
+  before `task_assign` (`assign_after_s`, a switch) are chosen so that tests can stop it in
+  each state; the task ends no earlier than that.
 """
 
 from __future__ import annotations
@@ -136,7 +137,6 @@ class WiroReadings:
     kill_before_assign: str = choice("kill", ("kill", "refuse"))
     kill_answer: str = choice("cancelled", ("cancelled", "pending"))
     kill_settle_s: float = 0.0          # "pending": the kill takes effect this much later
-    queue_s: float | None = None        # in task_queue (None: a quarter of latency_s)
     assign_after_s: float | None = None  # from create to task_assign (None: the even spread)
 
 
@@ -623,13 +623,12 @@ def _random_token() -> str:
 
 
 def _timing(
-    readings: WiroReadings, latency_s: float, queued_s: float
+    readings: WiroReadings, latency_s: float, queue_s: float
 ) -> tuple[float, float, float]:
     """(seconds in task_queue, seconds to task_assign, seconds to the end) of a new task:
-    `queued_s` queued (`FaultConfig.queue_s`, a quarter of the latency by default) and the
+    `queue_s` queued (`FaultConfig.queue_s`, a quarter of the latency by default) and the
     stages spread evenly, unless the readings say otherwise; the task never ends before it is
     assigned."""
-    queue_s = queued_s if readings.queue_s is None else readings.queue_s
     end = max(latency_s, queue_s)
     assign_at = readings.assign_after_s
     if assign_at is None:
