@@ -99,13 +99,16 @@ def var_series(rows: Sequence[Mapping[str, Any]]) -> dict[str, pl.Series]:
     without the variable holds null. A column without any value is of the null type (a merge
     gives it the type of the others: `outputs.manifest.manifest_schema`)."""
     columns = var_columns(name for row in rows for name in row)
-    series = {}
-    for variable, column in columns.items():
-        texts = [_text(row.get(variable)) for row in rows]
-        frame = pl.DataFrame({column: texts}, schema={column: pl.String})
-        dtype = _dtypes(frame.lazy(), [column])[column]
-        series[column] = frame.select(_cast(column, dtype)).to_series()
-    return series
+    if not columns:
+        return {}
+    texts = pl.DataFrame(
+        {column: [_text(row.get(variable)) for row in rows] for variable, column in
+         columns.items()},
+        schema=dict.fromkeys(columns.values(), pl.String()),
+    )
+    dtypes = _dtypes(texts.lazy(), texts.columns)
+    typed = texts.select(_cast(column, dtype) for column, dtype in dtypes.items())
+    return {column: typed[column] for column in typed.columns}
 
 
 def retyped(frame: pl.LazyFrame) -> pl.LazyFrame:
