@@ -5,11 +5,16 @@ code: strings, integers, floats, `references` as a list of strings, timestamps i
 `vars` as a JSON object in a string (polars: `pl.col("vars").str.json_path_match("$.sku")`;
 duckdb: `vars::JSON ->> 'sku'`). `MANIFEST_DOC` is the documented schema (README).
 
-A job with a `dataset.key` adds one column per key column, `key_<column>` (`key_columns`),
-right after `vars`, typed as the dataset has it: str, int64, float64 or bool. Which key
-columns a manifest has depends on the jobs and runs merged into it, so the schema of a
-manifest is the fixed columns plus the key columns of its rows (`manifest_schema`); rows of a
-job without a key column hold null there, and one key column of two types becomes text.
+Two kinds of columns follow `vars` besides the fixed ones, both depending on the rows a
+manifest holds: a job with a `dataset.key` adds one column per key column, `key_<column>`
+(`key_columns`), typed as the dataset has it: str, int64, float64 or bool; and every template
+variable but those with a fixed column is a `var_<name>` column (`outputs.variables`: matrix
+axes, include keys, dataset columns), typed by how its values are written. So the schema of
+a manifest is the fixed columns plus the key and variable columns of its rows
+(`manifest_schema`): key columns first, then variable columns, each in the order first seen;
+a row without one holds null there, and one such column of two types becomes one type (int64
+and float64 make float64, any other mix text; a merge then types variable columns again over
+all rows: `merge_manifest`).
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import polars as pl
 
 from nbp.outputs.sink import Sink
 from nbp.outputs.statuses import STATUSES as STATUSES  # outputs.status reads it here
+from nbp.outputs.variables import is_var_column, retyped, var_series, variables_of
 
 MANIFEST_NAME = "manifest.parquet"
-KEY_PREFIX = "key_"  # no fixed column starts with it: a key column never clashes with one
+KEY_PREFIX = "key_"  # no fixed column starts with it (nor with `var_`): no clash with one
 
 _TS = pl.Datetime("us", "UTC")
 Timestamp = datetime | str | float  # aware or naive (UTC) datetime, ISO 8601, epoch seconds
@@ -70,11 +76,17 @@ class ManifestRow:
         pl.String(),
         "template variables (matrix axes + dataset columns) as a JSON object"
     )
-    # Not a column: its entries become the `key_<column>` columns (`key_columns`).
-    key: Mapping[str, Any] | None = field(default=None, metadata={"doc": (
-        "key_*", "str, int64, float64 or bool",
-        "one column per `dataset.key` column (`key_sku`, ...), typed as the dataset has it "
-        "(csv: text as written); null in rows of jobs without that key column",
+    # Not a column: its entries become the `key_<column>` columns (`key_columns`). The docs
+    # are those of the columns after `vars` that depend on the rows: key, then variable ones.
+    key: Mapping[str, Any] | None = field(default=None, metadata={"docs": (
+        ("key_*", "str, int64, float64 or bool",
+         "one column per `dataset.key` column (`key_sku`, ...), typed as the dataset has it "
+         "(csv: text as written); null in rows of jobs without that key column"),
+        ("var_*", "str, int64, float64 or bool",
+         "one column per template variable but prompt, aspect_ratio, resolution, provider and "
+         "model (`var_style`, `var_sku`, ...): matrix axes, include keys, dataset columns; "
+         "typed by how all its values are written (integers, numbers, true/false, else text; "
+         "empty: null); null in rows without that variable"),
     )})
     replicate: int | None = _column(pl.Int32(), "replicate index, 0-based (spec `repeat`)")
     seed: int | None = _column(
@@ -156,12 +168,35 @@ class ManifestRow:
         "the remote job the cell's task travels in: its batch's name (`batches/…`) for a "
         "`gemini-batch` cell, null for a task of its own"
     )
+    template: str | None = _column(
+        pl.String(),
+        "the name of the cell's prompt template (`matrix.prompt` written as a mapping of "
+        "names to texts); null for prompts written as a list"
+    )
+    seed_sent: bool | None = _column(
+        pl.Boolean(),
+        "whether the create request carried the seed: true where the provider documents a "
+        "seed for the model and the cell has one (README, Providers), else false; null when "
+        "no create was sent"
+    )
+    queue_s: float | None = _column(
+        pl.Float64(),
+        "seconds the task waited at the provider before it ran, as the provider reports them "
+        "(Kie, Apikley, Wiro); null where it reports none"
+    )
+    generation_s: float | None = _column(
+        pl.Float64(),
+        "seconds the task ran at the provider, as the provider reports them; null where it "
+        "reports none. `latency_s` less both is nbp's share: sending, polling, downloading"
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ManifestRow:
         """A row from a mapping (a journal entry, a manifest row, a test): `key_<column>`
-        entries join `key`; unknown keys raise ValueError."""
-        fields_ = {name: value for name, value in values.items() if not is_key_column(name)}
+        entries join `key`; `var_<name>` entries are left out (`vars` holds them); unknown
+        keys raise ValueError."""
+        fields_ = {name: value for name, value in values.items()
+                   if not is_key_column(name) and not is_var_column(name)}
         keys = {name.removeprefix(KEY_PREFIX): value for name, value in values.items()
                 if is_key_column(name)}
         if keys:
@@ -188,7 +223,7 @@ class ManifestRow:
         return out
 
 
-# The fixed columns, in order (`key_*` columns follow `vars`: `manifest_schema`).
+# The fixed columns, in order (`key_*`, then `var_*` columns follow `vars`: `manifest_schema`).
 MANIFEST_COLUMNS: dict[str, pl.DataType] = {
     f.name: f.metadata["dtype"] for f in fields(ManifestRow) if "dtype" in f.metadata
 }
@@ -212,19 +247,22 @@ def is_key_column(name: str) -> bool:
 
 def manifest_schema(*schemas: Mapping[str, pl.DataType]) -> dict[str, pl.DataType]:
     """The columns of a manifest holding frames with these schemas: the fixed ones, and
-    after `vars` every key column any of them has (first seen first), each with one dtype:
-    the one they share; int64 and float64 make float64; null-only takes the other's; any
-    other mix, or null alone, makes str."""
+    after `vars` every key column, then every variable column, any of them has (first seen
+    first), each with one dtype: the one they share; int64 and float64 make float64;
+    null-only takes the other's; any other mix, or null alone, makes str."""
     keys: dict[str, pl.DataType] = {}
+    variables: dict[str, pl.DataType] = {}
     for schema in schemas:
         for name, dtype in schema.items():
-            if is_key_column(name):
-                keys[name] = _common(keys[name], dtype) if name in keys else dtype
+            found = keys if is_key_column(name) else variables if is_var_column(name) else None
+            if found is not None:
+                found[name] = _common(found[name], dtype) if name in found else dtype
     out: dict[str, pl.DataType] = {}
     for name, dtype in MANIFEST_COLUMNS.items():
         out[name] = dtype
         if name == _KEYS_AFTER:
-            out.update({k: pl.String() if v == pl.Null else v for k, v in keys.items()})
+            for dynamic in (keys, variables):
+                out.update({k: pl.String() if v == pl.Null else v for k, v in dynamic.items()})
     return out
 
 
@@ -248,8 +286,9 @@ def _type_name(dtype: object) -> str:
 
 
 MANIFEST_DOC: list[tuple[str, str, str]] = [
-    (f.name, _type_name(f.metadata["dtype"]), f.metadata["meaning"]) if "dtype" in f.metadata
-    else f.metadata["doc"] for f in fields(ManifestRow)
+    entry for f in fields(ManifestRow)
+    for entry in ([(f.name, _type_name(f.metadata["dtype"]), f.metadata["meaning"])]
+                  if "dtype" in f.metadata else f.metadata["docs"])
 ]
 
 
@@ -267,7 +306,8 @@ def manifest_doc_markdown() -> str:
 
 def rows_to_frame(rows: Iterable[ManifestRow | Mapping[str, Any]]) -> pl.DataFrame:
     """A manifest frame from rows, column by column: dtypes exactly MANIFEST_COLUMNS, and
-    after `vars` a `key_<column>` column for each key column of any row (`key_columns`).
+    after `vars` a `key_<column>` column for each key column of any row (`key_columns`),
+    then a `var_<name>` column for each variable of any row (`outputs.variables`).
 
     Mappings go through `ManifestRow.from_mapping` (unknown keys raise ValueError);
     `updated_at` defaults to now. Unknown statuses raise ValueError; a value of the wrong
@@ -283,6 +323,7 @@ def rows_to_frame(rows: Iterable[ManifestRow | Mapping[str, Any]]) -> pl.DataFra
         columns[name] = pl.Series(name, values, dtype=dtype)
         if name == _KEYS_AFTER:
             columns.update(_key_series(typed))
+            columns.update(var_series([variables_of(row.vars) for row in typed]))
     frame = pl.DataFrame(columns)
     bad = frame.filter(pl.col("status").is_not_null() & ~pl.col("status").is_in(STATUSES))
     if bad.height:
@@ -375,17 +416,26 @@ def merge_manifest(old: pl.DataFrame | None, new: pl.DataFrame) -> pl.DataFrame:
     """One row per cell_id: the latest row wins, cells absent from `new` keep their old row.
 
     Order is stable: cells keep the position they first had (old rows first, then cells new
-    to this run in the order of `new`). Within `new`, the last row of a cell wins.
+    to this run in the order of `new`). Within `new`, the last row of a cell wins. Variable
+    columns are typed again over the merged rows (`outputs.variables.retyped`).
     """
     frames = [old, new] if old is not None else [new]
     schema = manifest_schema(*(frame.schema for frame in frames))
     combined = pl.concat([conform(frame, schema) for frame in frames], how="vertical")
-    if combined["cell_id"].is_unique().all():
-        return combined  # nothing to merge (a first run): no copies
-    combined = combined.with_row_index("_pos")
-    first = combined.group_by("cell_id").agg(pl.col("_pos").min().alias("_first"))
-    latest = combined.unique(subset="cell_id", keep="last")
-    return latest.join(first, on="cell_id").sort("_first").drop("_pos", "_first")
+    if not combined["cell_id"].is_unique().all():
+        combined = combined.with_row_index("_pos")
+        first = combined.group_by("cell_id").agg(pl.col("_pos").min().alias("_first"))
+        latest = combined.unique(subset="cell_id", keep="last")
+        combined = latest.join(first, on="cell_id").sort("_first").drop("_pos", "_first")
+    return retyped(combined.lazy()).collect()
+
+
+def retype_variables(frame: pl.LazyFrame) -> pl.LazyFrame | None:
+    """`frame` (a merged manifest) with its variable columns typed over all its rows, or None
+    when each has its type already: what `merge_manifest` does last, for a merge that
+    streams (`outputs.parts.merge_parts`)."""
+    typed = retyped(frame)
+    return None if typed is frame else typed
 
 
 def write_manifest(sink: Sink, frame: pl.DataFrame) -> str:

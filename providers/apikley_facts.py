@@ -21,7 +21,8 @@ MAX_PROMPT_CHARS = 10_000  # S4: prompt maxLength 10000
 ESTIMATED_PRICES_USD: Mapping[str, float] = GOOGLE_STANDARD_PRICES_USD
 
 # Options: Kie's (`kie_facts.OPTION_SCHEMA`): S4 documents `callBackUrl` beside `model` and
-# `input`.
+# `input`. No seed either (S4's `input` schema: prompt, image_input, aspect_ratio,
+# resolution, output_format); recordInfo and its times are Kie's (protocols.md §5 [C AD]).
 FACTS = ProviderFacts(
     name="apikley",
     model=kie_facts.MODEL_ID,

@@ -145,13 +145,20 @@ class ResultImage:
 
 @dataclass(frozen=True)
 class Finished:
-    """The task succeeded. `cost_usd` is what the provider reported, None when it doesn't."""
+    """The task succeeded. `cost_usd` is what the provider reported, None when it doesn't.
+
+    `queue_s` and `generation_s` are the task's own times as the provider reports them
+    (`Capabilities.task_times`): seconds it waited before it ran, seconds it ran. None where
+    the provider reports none; what nbp spent sending, polling and downloading is in neither.
+    """
 
     images: tuple[ResultImage, ...]
     cost_usd: float | None = None
     state: str = "success"
     # Token counts the provider reported (Gemini's usageMetadata): "image", "thinking", ...
     usage: Mapping[str, int] = field(default_factory=dict)
+    queue_s: float | None = None
+    generation_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,13 @@ class Capabilities:
     # there is no remote task to poll, and an answer that was not recorded is gone.
     synchronous: bool = False
     option_schema: Mapping[str, Any] = field(default_factory=dict)  # JSON Schema of options
+    # The provider documents a seed for this model: the create carries `ImageRequest.seed`
+    # (`sent_seed`). False: the documentation is silent or says it is ignored; nothing is sent.
+    seed: bool = False
+    max_seed: int = 2**63 - 1            # the largest seed the provider takes (from 0)
+    # The status answer reports when the task waited and ran (`Finished.queue_s`,
+    # `generation_s`); False: it reports neither.
+    task_times: bool = False
     # Model ids a request may ask for in `options["model"]` (a `model` matrix axis), the
     # default first; empty: the provider runs one model and takes no model option.
     models: tuple[str, ...] = ()
@@ -211,6 +225,18 @@ class Capabilities:
     # A documented variable another documented one may stand in for, when unset (Gemini:
     # GOOGLE_API_KEY for GEMINI_API_KEY): what "missing" means for the provider's own account.
     env_alternatives: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def sent_seed(capabilities: Capabilities, request: ImageRequest) -> int | None:
+    """The seed a create of `request` carries: the request's, or where the provider documents
+    a seed its `options["seed"]` (a provider option of that name); None where it documents
+    none (`Capabilities.seed`). The engine's `seed_sent` is this, not None."""
+    if not capabilities.seed:
+        return None
+    if request.seed is not None:
+        return request.seed
+    option = request.options.get("seed")
+    return option if isinstance(option, int) and not isinstance(option, bool) else None
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ from nbp.providers.base import (
     Reference,
     ResultImage,
     Submitted,
+    sent_seed,
 )
 from nbp.providers.emulator.core import (
     BOMB_MARKER,
@@ -78,6 +79,7 @@ from nbp.providers.emulator.core import (
     OVERSIZE_MARKER,
     POLL_FAILURE,
     RESENT_CREATE,
+    TASK_TIMES,
     UNKNOWN_TASK,
     WRONG_SIZE_MARKER,
     Readings,
@@ -118,12 +120,14 @@ def under_readings(point: str) -> Callable[[F], F]:
 
 
 class CreatedTask(Protocol):
-    """One create the emulator accepted."""
+    """One create the emulator accepted; `body` as it received it (parsed JSON, form fields)."""
 
     @property
     def task_id(self) -> str: ...
     @property
     def prompt(self) -> str: ...
+    @property
+    def body(self) -> Any: ...
 
 
 class EmulatedTask(Protocol):
@@ -147,8 +151,9 @@ class EmulatedTask(Protocol):
 class EmulatorControls(Protocol):
     """What the suite reads and turns on an emulator (`ProviderEmulator` has all of it).
 
-    `configure` takes `FaultConfig` knobs: latency_s, fail_prob, rate_limit (N, window_s),
-    max_concurrency, submit_5xx_prob, create_5xx_after_create_prob, poll_5xx_prob,
+    `configure` takes `FaultConfig` knobs: latency_s, queue_s (of it, waiting), fail_prob,
+    rate_limit (N, window_s), max_concurrency, submit_5xx_prob, create_5xx_after_create_prob,
+    poll_5xx_prob,
     poll_outage_s, poll_403_count, drop_after_create_prob, truncate_download_prob,
     download_fail_count, download_outage_s, download_chunked, oversize_bytes; and the
     switches of the emulator's readings (`emulator_readings`). `requests` logs every request
@@ -200,7 +205,7 @@ class ProviderConformance:
             drop_after_create_prob=0.0, fail_prob=0.0, max_concurrency=None,
             create_5xx_after_create_prob=0.0, poll_outage_s=0.0, poll_403_count=0,
             truncate_download_prob=0.0, download_fail_count=0, download_outage_s=0.0,
-            download_chunked=False, oversize_bytes=DEFAULT_OVERSIZE_BYTES,
+            download_chunked=False, oversize_bytes=DEFAULT_OVERSIZE_BYTES, queue_s=None,
         )
 
     # -- auth and settings --------------------------------------------------------------
@@ -280,6 +285,43 @@ class ProviderConformance:
                 assert image.format == PILLOW_FORMAT[output_format]
                 assert image.size == pixel_size(ratio, resolution)
             assert finished.cost_usd is None or finished.cost_usd >= 0
+
+    def test_the_seed_goes_out_where_the_provider_documents_one(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls,
+    ) -> None:
+        """`Capabilities.seed`: the create carries the request's seed, in the field the
+        provider documents; where it documents none, nothing named seed goes out at all."""
+        caps = registry.capabilities(provider_name)
+        emulator.configure(latency_s=QUICK_LATENCY_S)
+        request = self.request_for(provider_name, "a seeded lemon", seed=1234567)
+        outcome = self.one_submit(provider_name, provider_environ, request)
+        assert isinstance(outcome, tuple), outcome
+        assert values_named("seed", emulator.creates[-1].body) == (
+            [1234567] if caps.seed else [])
+        assert sent_seed(caps, request) == (1234567 if caps.seed else None)
+
+    @under_readings(TASK_TIMES)
+    def test_a_finished_task_reports_the_providers_own_times(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls, reading: dict[str, Any],
+    ) -> None:
+        """`Capabilities.task_times`: how long the task waited and ran, as the provider
+        reports them (to the resolution of its clock: whole seconds at worst), none of nbp's
+        own time; both None where the provider reports none."""
+        queue_s = self.latency_s / 3
+        emulator.configure(latency_s=self.latency_s, queue_s=queue_s, **reading)
+        outcome = self.one_submit(provider_name, provider_environ,
+                                  self.request_for(provider_name, "a timed lemon"))
+        assert isinstance(outcome, tuple), outcome
+        finished = outcome[1]
+        if not registry.capabilities(provider_name).task_times:
+            assert (finished.queue_s, finished.generation_s) == (None, None)
+            return
+        assert finished.queue_s is not None and finished.generation_s is not None
+        assert abs(finished.queue_s - queue_s) <= 1.0
+        assert abs(finished.generation_s - (self.latency_s - queue_s)) <= 1.0
+        assert finished.queue_s + finished.generation_s <= self.latency_s + 1.0
 
     def test_a_task_is_pending_before_it_finishes(
         self, provider_name: str, provider_environ: Mapping[str, str],
@@ -1153,6 +1195,20 @@ class RedirectPair:
         self.second.stop()
 
 
+def values_named(name: str, body: Any) -> list[Any]:
+    """Every value under a key `name` anywhere in a request body (objects and lists)."""
+    found: list[Any] = []
+    if isinstance(body, Mapping):
+        for key, value in body.items():
+            if key == name:
+                found.append(value)
+            found += values_named(name, value)
+    elif isinstance(body, list | tuple):
+        for item in body:
+            found += values_named(name, item)
+    return found
+
+
 def _run(factory: Callable[[], Awaitable[T]]) -> T:
     async def main() -> T:
         return await factory()
@@ -1174,5 +1230,5 @@ async def _until_done(provider: Provider, submitted: Submitted) -> Finished:
 
 __all__ = [
     "CreatedTask", "EmulatedTask", "EmulatorControls", "LoopbackServer", "ProviderConformance",
-    "RedirectPair",
+    "RedirectPair", "values_named",
 ]

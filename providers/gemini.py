@@ -4,10 +4,12 @@ Wire format: `POST {base}/{version}/models/{model}:generateContent` with header
 `x-goog-api-key` and a GenerateContentRequest in lowerCamel JSON: `contents[0].parts` = the
 prompt as a text part, then each reference as `inlineData` (base64 + mimeType) or, for an
 http(s) URL, `fileData` (fileUri); `generationConfig.responseModalities` ["TEXT", "IMAGE"] and
-`generationConfig.imageConfig` {aspectRatio, imageSize "1K" | "2K" | "4K"}. The answer is the
-finished GenerateContentResponse, synchronously: the image is the last `inlineData` image part
-that is not a thought (`thought: true` parts are interim images, skipped), its cost follows
-from `usageMetadata`; a refusal is HTTP 200 too (`finishReason`, `promptFeedback.blockReason`).
+`generationConfig.imageConfig` {aspectRatio, imageSize "1K" | "2K" | "4K"}, and the request's
+seed as `generationConfig.seed` (documented for every generateContent request: best effort,
+`gemini_facts.SEED`). The answer is the finished GenerateContentResponse, synchronously: the
+image is the last `inlineData` image part that is not a thought (`thought: true` parts are
+interim images, skipped), its cost follows from `usageMetadata`; a refusal is HTTP 200 too
+(`finishReason`, `promptFeedback.blockReason`).
 Errors are `{"error": {code, message, status, details}}`. There is no remote task: nothing to
 poll, nothing to cancel, no idempotency, so a lost answer is `SubmitUncertain` and stays so.
 The wire helpers here (request body, response parsing, error mapping) serve
@@ -41,6 +43,7 @@ from nbp.providers.base import (
     Reference,
     ResultImage,
     Submitted,
+    sent_seed,
 )
 from nbp.providers.errors import (
     AuthError,
@@ -62,6 +65,7 @@ from nbp.providers.gemini_facts import (
     DEFAULT_MODEL,
     FACTS,
     FALLBACK_KEY_ENV,
+    MAX_SEED,
 )
 from nbp.providers.gemini_facts import (
     MODELS as MODELS,
@@ -200,18 +204,22 @@ def request_body(request: ImageRequest) -> dict[str, Any]:
     """The GenerateContentRequest for `request` (§2), in lowerCamel as the REST reference
     writes it (Google's examples mix in snake_case; the API takes both).
 
-    `request.seed` is not sent: protocols-gemini.md documents no seed for this model.
+    `request.seed` goes as `generationConfig.seed` (an int32: `gemini_facts.SEED` says why);
+    out of its range it is `LimitExceeded`, before anything is sent.
     """
     parts: list[dict[str, Any]] = [{"text": request.prompt}]
     parts += [reference_part(ref) for ref in request.references]
-    return {
-        "contents": [{"role": "user", "parts": parts}],
-        "generationConfig": {
-            "responseModalities": list(RESPONSE_MODALITIES),
-            "imageConfig": {"aspectRatio": request.aspect_ratio,
-                            "imageSize": request.resolution},  # "1K": uppercase K (§8.1)
-        },
+    config: dict[str, Any] = {
+        "responseModalities": list(RESPONSE_MODALITIES),
+        "imageConfig": {"aspectRatio": request.aspect_ratio,
+                        "imageSize": request.resolution},  # "1K": uppercase K (§8.1)
     }
+    seed = sent_seed(FACTS.capabilities, request)
+    if seed is not None:
+        if not 0 <= seed <= MAX_SEED:
+            raise LimitExceeded(f"gemini: seeds go from 0 to {MAX_SEED}; this one is {seed}")
+        config["seed"] = seed
+    return {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}
 
 
 def reference_part(ref: Reference) -> dict[str, Any]:

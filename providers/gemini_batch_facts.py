@@ -15,9 +15,11 @@ from nbp.providers.gemini_facts import (
     FALLBACK_KEY_ENV,
     MAX_PROMPT_CHARS,
     MAX_REFERENCES,
+    MAX_SEED,
     MODELS,
     OPTION_SCHEMA,
     OUTPUT_FORMATS,
+    SEED,
 )
 from nbp.providers.model import ASPECT_RATIOS, RESOLUTIONS
 
@@ -64,6 +66,9 @@ FACTS = ProviderFacts(
         poll_interval_s=60.0,          # hours of turnaround: a minute between looks
         batch=BATCH_LIMITS,
         option_schema=OPTION_SCHEMA,
+        seed=SEED,                     # each line is a GenerateContentRequest (§6)
+        max_seed=MAX_SEED,
+        task_times=False,              # createTime/updateTime are the batch's, not a line's
         models=MODELS,
         env_vars=(API_KEY_ENV,),
         optional_env_vars=(FALLBACK_KEY_ENV,),

@@ -33,6 +33,21 @@ OUTPUT_FORMATS: tuple[str, ...] = ("png",)  # the Developer API has no outputMim
 
 PRICES_USD: dict[str, float] = {"1K": 0.134, "2K": 0.134, "4K": 0.24}  # per image, §7 [C PRC]
 
+# `generationConfig.seed`: "Optional. Seed used in decoding. If not set, the request uses a
+# randomly generated seed." An int32 (GenerationConfig field 8 of the v1beta API, as Google's
+# generated clients have it) [C API reference]. google-genai sends `GenerateContentConfig.seed`
+# there in Developer API mode for any generateContent model ("the model makes a best effort to
+# provide the same response for repeated requests") [C PY models.py
+# `_GenerateContentConfig_to_mldev`, types.py], where it refuses seeds the API has no field for
+# (Veo). The image-generation guide neither names nor excludes it for this model [C IMG:
+# silent]: documented for the request this model takes, so it is sent; best effort, not a
+# promise of the same image. A batch line is the same request (§6).
+SEED = True
+MAX_SEED = 2**31 - 1
+# generateContent answers synchronously with no task times; a batch reports its own times,
+# not each request's (§6).
+TASK_TIMES = False
+
 OPTION_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -67,6 +82,9 @@ FACTS = ProviderFacts(
         # 10-60 s each stay near one create every few seconds, and a 429 slows nbp down.
         default_max_in_flight=10,
         option_schema=OPTION_SCHEMA,
+        seed=SEED,
+        max_seed=MAX_SEED,
+        task_times=TASK_TIMES,
         models=MODELS,
         env_vars=(API_KEY_ENV,),
         optional_env_vars=(FALLBACK_KEY_ENV,),

@@ -18,6 +18,13 @@ MAX_PROMPT_CHARS = 10_000                     # S1 input.prompt
 MAX_REFERENCES = 8                            # S1 input.image_input
 OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpg")  # S1 input.output_format
 
+# No seed: S1's input parameters are prompt, image_input, aspect_ratio, resolution and
+# output_format; nothing is sent.
+SEED = False
+# GET /v1/tasks/{id} reports `created` and `completed` (unix seconds, protocols.md §2.3) but
+# not when the task began to run: no queue or generation time can be told apart.
+TASK_TIMES = False
+
 OPTION_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -56,6 +63,8 @@ FACTS = ProviderFacts(
         default_max_in_flight=50,
         poll_interval_s=3.0,
         option_schema=OPTION_SCHEMA,
+        seed=SEED,
+        task_times=TASK_TIMES,
         env_vars=(API_KEY_ENV,),
     ),
 )

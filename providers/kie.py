@@ -50,6 +50,7 @@ from nbp.providers.errors import (
 )
 from nbp.providers.kie_facts import FACTS, MODEL_ID
 from nbp.providers.model import MIME_TYPE
+from nbp.providers.times import between, epoch_s, number_of
 
 # -- documented constants --------------------------------------------------------------------
 # seeds/kie.txt (S3), protocols.md §4.
@@ -249,7 +250,21 @@ def finished_from(name: str, data: Mapping[str, Any], usd_per_credit: float | No
     if usd_per_credit is not None and isinstance(credits, int | float) and credits > 0:
         cost = round(float(credits) * usd_per_credit, 6)
     images = tuple(ResultImage(url=str(u), mime_type=MIME_TYPE.get(str(fmt))) for u in urls)
-    return Finished(images=images, cost_usd=cost, state=SUCCESS_STATE)
+    queue_s, generation_s = task_times(data)
+    return Finished(images=images, cost_usd=cost, state=SUCCESS_STATE, queue_s=queue_s,
+                    generation_s=generation_s)
+
+
+def task_times(data: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(queue_s, generation_s) of a `success` record (`kie_facts.TASK_TIMES`): `costTime`
+    (milliseconds) is the time the task ran; the rest of `completeTime` - `createTime`
+    (milliseconds, or seconds: read by magnitude) the wait before it, never below 0."""
+    cost = number_of(data.get("costTime"))
+    generation = round(cost / 1000, 3) if cost is not None and cost >= 0 else None
+    span = between(epoch_s(data.get("createTime")), epoch_s(data.get("completeTime")))
+    if span is None or generation is None:
+        return None, generation
+    return round(max(0.0, span - generation), 3), generation
 
 
 def _json_field(value: Any) -> Any:

@@ -8,7 +8,7 @@ rule adapters apply again before they send anything.
 
 from __future__ import annotations
 
-from nbp.providers.base import Capabilities, ImageRequest
+from nbp.providers.base import Capabilities, ImageRequest, sent_seed
 
 
 def limit_problems(name: str, caps: Capabilities, request: ImageRequest) -> list[str]:
@@ -41,6 +41,9 @@ def limit_problems(name: str, caps: Capabilities, request: ImageRequest) -> list
             f"{name} takes at most {caps.max_references} reference images; "
             f"this request has {len(request.references)}"
         )
+    seed = sent_seed(caps, request)
+    if seed is not None and not 0 <= seed <= caps.max_seed:
+        problems.append(f"{name} takes seeds from 0 to {caps.max_seed}; this one is {seed}")
     if caps.reference_delivery == "url_only":
         local = [r.uri for r in request.references if not r.is_url]
         if local:

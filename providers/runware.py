@@ -39,6 +39,7 @@ from nbp.providers.base import (
     Reference,
     ResultImage,
     Submitted,
+    sent_seed,
 )
 from nbp.providers.errors import (
     AuthError,
@@ -51,7 +52,7 @@ from nbp.providers.errors import (
     TransientError,
 )
 from nbp.providers.model import PIXEL_SIZES
-from nbp.providers.runware_facts import API_KEY_ENV, FACTS, MODEL_ID
+from nbp.providers.runware_facts import API_KEY_ENV, FACTS, MAX_SEED, MODEL_ID
 
 # -- documented constants --------------------------------------------------------------------
 # seeds/runware.txt (S2), protocols.md §3 and §7, runware.ai/docs (RD).
@@ -271,14 +272,15 @@ def wire_task(
 
 
 def request_seed(request: ImageRequest) -> int | None:
-    """The seed to send: the neutral one, or `options.runware.seed`; both must agree."""
+    """The seed to send (`sent_seed`: Runware documents one): the neutral one, or
+    `options.runware.seed`; both must agree, and fit `MAX_SEED`."""
     option = request.options.get("seed")
     if request.seed is not None and option is not None and option != request.seed:
         raise LimitExceeded(
             f"runware: seed {request.seed} and options.runware.seed {option} disagree"
         )
-    seed = request.seed if request.seed is not None else option
-    if seed is not None and not 0 <= seed <= 2**63 - 1:
+    seed = sent_seed(FACTS.capabilities, request)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
         raise LimitExceeded(f"runware: seed must be in 0..2^63-1, got {seed}")
     return seed
 

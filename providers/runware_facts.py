@@ -24,6 +24,12 @@ PRICE_PER_REFERENCE_USD = 0.0011  # §3.8 [I]: S2 shows 0.1424 for 2K with 4 ref
 # Google's HarmBlockThreshold (BLOCK_LOW_AND_ABOVE / MEDIUM_AND_ABOVE / ONLY_HIGH) [I].
 SAFETY_TOLERANCES: tuple[str, ...] = ("none", "low", "medium", "high", "off")
 DELIVERY_METHODS: tuple[str, ...] = ("sync", "async")  # S2 deliveryMethod
+# S2 `seed`: "integer min: 0 max: 9223372036854776000 ... Random seed for reproducible
+# generation"; the item sent back echoes it (S2 responses). Sent.
+SEED = True
+MAX_SEED = 2**63 - 1
+# No time is documented in imageInference or getResponse items (S2, protocols.md §3.3).
+TASK_TIMES = False
 
 OPTION_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -59,7 +65,7 @@ OPTION_SCHEMA: dict[str, Any] = {
             "description": "nbp makes one image per cell, so only 1 is supported; use "
                            "`repeat` in the spec for more images",
         },
-        "seed": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+        "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
         "outputQuality": {"type": "integer", "minimum": 20, "maximum": 99},
         "deliveryMethod": {"enum": list(DELIVERY_METHODS)},
         "safety": {
@@ -95,6 +101,9 @@ FACTS = ProviderFacts(
         default_max_in_flight=50,
         poll_interval_s=1.5,      # RD task-polling: start with 1-2 s, back off
         option_schema=OPTION_SCHEMA,
+        seed=SEED,
+        max_seed=MAX_SEED,
+        task_times=TASK_TIMES,
         env_vars=(API_KEY_ENV,),
     ),
 )

@@ -47,6 +47,7 @@ from nbp.providers.errors import (
     TransientError,
 )
 from nbp.providers.model import ASPECT_RATIOS
+from nbp.providers.times import between, epoch_s
 from nbp.providers.wiro_facts import API_KEY_ENV, API_SECRET_ENV, FACTS, MODEL_OWNER, MODEL_PROJECT
 
 # -- documented constants --------------------------------------------------------------------
@@ -235,7 +236,19 @@ def task_outcome(task: Mapping[str, Any]) -> Pending | Finished:
         ResultImage(url=str(o["url"]), mime_type=str(o.get("contenttype") or "") or None)
         for o in outputs
     )
-    return Finished(images=images, cost_usd=_cost(task.get("totalcost")), state=status)
+    queue_s, generation_s = task_times(task)
+    return Finished(images=images, cost_usd=_cost(task.get("totalcost")), state=status,
+                    queue_s=queue_s, generation_s=generation_s)
+
+
+def task_times(task: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(queue_s, generation_s) of a Task/Detail task (`wiro_facts.TASK_TIMES`): from
+    `createtime` to `starttime` (queued, accepted, preprocessed, assigned), and from
+    `starttime` to `endtime` (task_start to task_end: the model ran); unix seconds as text,
+    "0" where not reached."""
+    created, started, ended = (epoch_s(task.get(name))
+                               for name in ("createtime", "starttime", "endtime"))
+    return between(created, started), between(started, ended)
 
 
 def shows_cancelled(answer: Mapping[str, Any]) -> bool:

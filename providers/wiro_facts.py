@@ -28,6 +28,13 @@ ESTIMATED_PRICES_USD: Mapping[str, float] = GOOGLE_STANDARD_PRICES_USD
 # Concurrency = max(1, floor(balance_usd * 0.10)) up to $250 of balance, unlimited above
 # (protocols.md §1.5, WD concurrency-limits.md): 10 in flight is what a $100 balance allows.
 DEFAULT_MAX_IN_FLIGHT = 10
+# No seed: S0's Model Inputs are inputImage, prompt, aspectRatio and resolution, and WD's
+# model-parameters.md lists no common seed parameter; nothing is sent.
+SEED = False
+# Task/Detail reports the task's own times (S0, protocols.md §1.3), unix seconds as strings,
+# "0" while not reached: `createtime`, `starttime` (task_start), `endtime` (task_end). The
+# seed's example has elapsedseconds "6.0000" = endtime - createtime.
+TASK_TIMES = True
 POLL_INTERVAL_S = 3.0  # "start at 3 seconds" (WD concurrency-limits.md, protocols.md §1.3)
 
 OPTION_SCHEMA: dict[str, Any] = {
@@ -57,6 +64,8 @@ FACTS = ProviderFacts(
         default_max_in_flight=DEFAULT_MAX_IN_FLIGHT,
         poll_interval_s=POLL_INTERVAL_S,
         option_schema=OPTION_SCHEMA,
+        seed=SEED,
+        task_times=TASK_TIMES,
         env_vars=(API_KEY_ENV,),
         optional_env_vars=(API_SECRET_ENV,),
     ),

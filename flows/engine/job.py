@@ -72,7 +72,7 @@ from nbp.flows.spec.rate import Rate
 from nbp.flows.spec.settings import ProviderRules, provider_rules
 from nbp.flows.spec.shard import Shard
 from nbp.outputs.layout import MANIFEST_LOCK, TARGET_KIND
-from nbp.outputs.manifest import MANIFEST_NAME, rows_to_frame
+from nbp.outputs.manifest import MANIFEST_NAME, retype_variables, rows_to_frame
 from nbp.outputs.parts import ManifestParts, merge_parts
 from nbp.outputs.review import decisions, review_frame, with_reviews
 from nbp.outputs.runs import (
@@ -498,6 +498,11 @@ async def write_outputs(
         order = None if spec_order is None else cell_positions(spec_order)
         merged = os.path.join(parts.folder, "merged.parquet")
         merge_parts(old, parts, merged, order)
+        typed = retype_variables(pl.scan_parquet(merged))
+        if typed is not None:  # a variable whose values met other types (outputs.variables)
+            retyped = os.path.join(parts.folder, "typed.parquet")
+            typed.sink_parquet(retyped)
+            merged = retyped
         if state is not None:  # superseded and stale rows of the job (flows.engine.refresh)
             found = patches(state, parts.scan(), sink, archive_stale=archive_stale)
             if not found.is_empty():

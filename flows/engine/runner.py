@@ -63,7 +63,16 @@ from nbp.flows.spec.settings import ProviderRules
 from nbp.outputs.layout import CLAIMS_DIR
 from nbp.outputs.manifest import ManifestRow
 from nbp.outputs.sink import Sink
-from nbp.providers.base import Finished, ImageRequest, Pending, Provider, Reference, Submitted
+from nbp.providers import registry
+from nbp.providers.base import (
+    Finished,
+    ImageRequest,
+    Pending,
+    Provider,
+    Reference,
+    Submitted,
+    sent_seed,
+)
 from nbp.providers.errors import ProviderError, RequestNotSent, TaskFailed
 from nbp.providers.model import pixel_size
 
@@ -215,7 +224,7 @@ class Runner:
                 and previous.row.output_path == cell.output_path
                 and not self._target.missing(previous.row.output_path or "")):
             ctx.progress.finished("succeeded", 0.0, reused=True)
-            return previous.row
+            return _named(previous.row, cell)
         claim = None
         if ctx.heartbeat is not None:
             claim = Lease(ctx.sink, f"{CLAIMS_DIR}/{cell.cell_id}", ctx.heartbeat)
@@ -254,7 +263,7 @@ class Runner:
                 return await self._recollect(life, cell)  # its image is gone
             if life.row.output_path != cell.output_path:
                 return await self._move(life, cell)
-            return life.row  # another run finished it while we waited for the claim
+            return _named(life.row, cell)  # another run finished it while we waited
         if life.state != "unsent":
             resumed = await self._resume(life, cell)
             if resumed is not None:
@@ -273,7 +282,7 @@ class Runner:
         if found is None or found.state != "succeeded" or found.row is None:
             return None
         row = dataclasses.replace(found.row, cell_id=cell.cell_id, run_id=self.ctx.run_id,
-                                  spec_cell_id=cell.spec_cell_id)
+                                  spec_cell_id=cell.spec_cell_id, template=cell.template)
         await life.adopted(row)
         return row
 
@@ -313,7 +322,7 @@ class Runner:
         except OutputTaken as exc:
             return self._final(life, cell, "failed", "OutputTaken", f"moving its image: {exc}")
         moved = dataclasses.replace(row, output_path=cell.output_path, output_uri=uri,
-                                    run_id=self.ctx.run_id)
+                                    run_id=self.ctx.run_id, template=cell.template)
         await life.moved(moved)
         await asyncio.to_thread(sink.delete, old)  # its own image, now at the new path
         return moved
@@ -696,6 +705,7 @@ class Runner:
             bytes=len(data), width=width, height=height,
             image_tokens=finished.usage.get("image"),
             thinking_tokens=finished.usage.get("thinking"),
+            queue_s=finished.queue_s, generation_s=finished.generation_s,
         )
         await life.succeeded(row)
         return row
@@ -836,8 +846,25 @@ class Runner:
             output_path=cell.output_path,
             spec_cell_id=cell.spec_cell_id,
             emulated=ctx.emulated,
+            template=cell.template,
+            seed_sent=self._seed_sent(life, cell, provider),
             **results,
         )
+
+    def _seed_sent(self, life: CellLife, cell: Cell, provider: str) -> bool | None:
+        """Whether the cell's create carried a seed (`providers.base.sent_seed`: where its
+        provider documents one); None when no create was sent."""
+        if life.attempts == 0:
+            return None
+        found = self.ctx.providers.get(life.channel)
+        try:
+            caps = found.capabilities if found is not None else registry.capabilities(provider)
+        except KeyError:  # a provider this installation no longer has
+            return None
+        request = ImageRequest(prompt=cell.prompt, seed=cell.seed,
+                               options=request_options(self.ctx.spec.options.get(provider, {}),
+                                                       cell))
+        return sent_seed(caps, request) is not None
 
     def _account(self, life: CellLife) -> str | None:
         lane = self.ctx.router.lane(life.channel) if life.channel else None
@@ -873,6 +900,14 @@ def request_options(options: Mapping[str, Any], cell: Cell) -> dict[str, Any]:
     if cell.model is not None:
         found["model"] = cell.model
     return found
+
+
+def _named(row: ManifestRow, cell: Cell) -> ManifestRow:
+    """A row an earlier run wrote, with the template name the spec now gives its cell (a
+    name is no part of the request: renaming a template makes nothing anew)."""
+    if row.template == cell.template:
+        return row
+    return dataclasses.replace(row, template=cell.template)
 
 
 def _utc(timestamp: float | None) -> datetime | None:

@@ -33,8 +33,13 @@ Where a provider's documentation allows more than one reading (protocols.md §11
 emulator serves each one, chosen by a switch: a field of the emulator's own small dataclass
 (`ProviderEmulator.switches`), set through `configure` like a fault knob and put back to its
 default by `reset`. `ProviderEmulator.READINGS` names, per point of §11 (`POLL_FAILURE`,
-`RESENT_CREATE`, `CANCEL`, `UNKNOWN_TASK`, `OVERLOAD`), each reading and the switch values
-that select it, so the conformance suite runs its behaviours under every one.
+`RESENT_CREATE`, `CANCEL`, `UNKNOWN_TASK`, `OVERLOAD`; and `TASK_TIMES`, a unit the docs
+leave open, noted in the provider's facts), each reading and the switch values that select
+it, so the conformance suite runs its behaviours under every one.
+
+A task waits `FaultConfig.queue_s` of its `latency_s` queued (a quarter by default), then
+runs for the rest: an emulator whose provider reports task times reports these
+(`RemoteTask.started`, `ended`), so a test can tell the provider's times from nbp's.
 """
 
 from __future__ import annotations
@@ -123,6 +128,8 @@ class FaultConfig:
     (`ProviderEmulator.configure` or construction) unless given."""
 
     latency_s: float = 1.0             # create -> terminal state
+    # of it queued before the task runs (None: a quarter); a longer queue makes it longer
+    queue_s: float | None = None
     fail_prob: float = 0.0             # task ends in the provider's failure state
     submit_5xx_prob: float = 0.0       # create answers 500/503 and creates nothing
     # the task is created (and runs), then the create answers 500/502/504
@@ -153,7 +160,9 @@ RESENT_CREATE = "resent_create"  # how a create re-sent for the same intent is a
 CANCEL = "cancel"                # how a stop of a running task is answered
 UNKNOWN_TASK = "unknown_task"    # how a status query for an unknown or expired task is answered
 OVERLOAD = "overload"            # how an overloaded model refuses a create
-READING_POINTS: tuple[str, ...] = (POLL_FAILURE, RESENT_CREATE, CANCEL, UNKNOWN_TASK, OVERLOAD)
+TASK_TIMES = "task_times"        # in which unit a status answer gives the task's times
+READING_POINTS: tuple[str, ...] = (POLL_FAILURE, RESENT_CREATE, CANCEL, UNKNOWN_TASK, OVERLOAD,
+                                   TASK_TIMES)
 Readings = Mapping[str, Mapping[str, Mapping[str, Any]]]
 
 
@@ -210,6 +219,9 @@ class RemoteTask:
     extra: dict[str, Any] = field(default_factory=dict)
     image: str = "normal"  # what a success delivers: "normal" | "bomb" | "oversize" | "wrongsize"
     account: str | None = None  # the API key that created it: only that account sees it
+    # Seconds of `latency_s` the task waits queued before it runs (None: a quarter of it):
+    # what a provider that reports task times reports as the wait, the rest as the run.
+    queue_s: float | None = None
 
     def phase(self, now: float | None = None) -> str:
         """"queued" | "running" | "done" | "cancelled": where the clock puts the task.
@@ -221,7 +233,23 @@ class RemoteTask:
         elapsed = now - self.created
         if elapsed >= self.latency_s:
             return "done"
-        return "queued" if elapsed < self.latency_s * 0.25 else "running"
+        return "queued" if elapsed < self.queued_s else "running"
+
+    @property
+    def queued_s(self) -> float:
+        """Seconds from the create until the task runs (at most its whole latency)."""
+        queued = 0.25 * self.latency_s if self.queue_s is None else self.queue_s
+        return max(0.0, min(queued, self.latency_s))
+
+    @property
+    def started(self) -> float:
+        """When the task began to run (epoch seconds)."""
+        return self.created + self.queued_s
+
+    @property
+    def ended(self) -> float:
+        """When the task ends (epoch seconds), unless cancelled before."""
+        return self.created + self.latency_s
 
     def progress(self, now: float | None = None) -> float:
         elapsed = (time.time() if now is None else now) - self.created
@@ -264,8 +292,9 @@ def _remote_task(data: Any) -> RemoteTask | None:
     if not isinstance(data.get("extra", {}), dict) or not isinstance(
             data.get("references", []), list):
         return None
-    if data.get("cancelled_at") is not None and not isinstance(data["cancelled_at"], int | float):
-        return None
+    for name in ("cancelled_at", "queue_s"):
+        if data.get(name) is not None and not isinstance(data[name], int | float):
+            return None
     if data.get("account") is not None and not isinstance(data["account"], str):
         return None
     try:
@@ -508,9 +537,11 @@ class ProviderEmulator:
         image = next((kind for marker, kind in IMAGE_MARKERS.items() if marker in prompt),
                      "normal")
         now = time.time()
+        queue_s = self.config.queue_s
         task = RemoteTask(
             task_id, prompt, aspect_ratio, resolution, output_format, now,
-            self.config.latency_s, outcome, body, list(references), image=image, account=account,
+            max(self.config.latency_s, queue_s or 0.0), outcome, body, list(references),
+            image=image, account=account, queue_s=queue_s,
         )
         with self._lock:
             self.tasks[task_id] = task

@@ -80,12 +80,15 @@ REQUEST_FIELDS = frozenset({
     "toolConfig", "cachedContent", "serviceTier", "model",  # `model`: in batch lines [C PY]
 })
 # GenerationConfig fields (§2 names responseModalities and imageConfig [C IMG]; the rest are
-# the API's common generation settings, emulator's choice [I]).
+# the API's common generation settings, emulator's choice [I]). `seed` is an int32 (field 8 of
+# the v1beta GenerationConfig; "Seed used in decoding. If not set, the request uses a randomly
+# generated seed." [C API reference]): proto JSON takes it as a number or its text.
 GENERATION_FIELDS = frozenset({
     "responseModalities", "imageConfig", "temperature", "topP", "topK", "candidateCount",
     "maxOutputTokens", "stopSequences", "seed", "thinkingConfig", "responseMimeType",
 })
 IMAGE_CONFIG_FIELDS = frozenset({"aspectRatio", "imageSize"})  # §2 [C PY _ImageConfig_to_mldev]
+INT32_RANGE = (-(2**31), 2**31 - 1)
 PART_FIELDS = frozenset({"text", "inlineData", "fileData", "thought", "thoughtSignature"})
 ASPECT_RATIOS: tuple[str, ...] = (                  # §2 [C IMG, VTX]; omitted: 1:1 here
     "1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9",
@@ -866,6 +869,22 @@ def request_problem(body: Any) -> tuple[str, list[dict[str, Any]]] | None:
     if size is not None and size not in IMAGE_SIZES:  # §2 [C IMG]: lowercase is rejected
         return (f"image_size must be one of {', '.join(IMAGE_SIZES)} "
                 "(use an uppercase 'K').", [])
+    if "seed" in config and seed_of(config["seed"]) is None:  # proto JSON's wording [I]
+        return (f"Invalid value at 'generation_config.seed' (TYPE_INT32), "
+                f"{json.dumps(config['seed'])}", [])
+    return None
+
+
+def seed_of(value: Any) -> int | None:
+    """An int32 as proto JSON writes one (a number without a fraction, or its text)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and INT32_RANGE[0] <= value <= INT32_RANGE[1]:
+        return value
     return None
 
 

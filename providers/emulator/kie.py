@@ -9,6 +9,12 @@ A recordInfo for an unknown or expired task is a reading of protocols.md §11 (`
 set through `configure`): `unknown_task="code_422"` (the default, `{"code": 422, "msg":
 "recordInfo is null", "data": null}`) or "data_null" (a `code: 200` envelope with `data:
 null`). `record_ttl_s` makes a task unknown that long after its create (an expired record).
+
+A record's times (S3 "Response Parameters"): `createTime` when the task was created,
+`completeTime` when it ended, `costTime` (milliseconds, S3) how long it ran: the task's
+`latency_s` less the `queue_s` it waited. S3 gives no unit for the timestamps; its example
+(`1757584164490`) is in milliseconds, the default here; `timestamps="s"` serves whole
+seconds instead (`TASK_TIMES` reading "seconds").
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from nbp.providers.emulator.core import (
+    TASK_TIMES,
     UNKNOWN_TASK,
     FaultConfig,
     ProviderEmulator,
@@ -63,6 +70,7 @@ RATE_MESSAGE = "The frequency of your requests is too high; this request was not
 UPLOAD_OK_MESSAGE = "File uploaded successfully"
 NO_RECORD_MESSAGE = "recordInfo is null"  # protocols.md §4.3 [I KS live]
 UNKNOWN_TASK_READINGS: tuple[str, ...] = ("code_422", "data_null")  # protocols.md §11
+TIMESTAMP_UNITS: tuple[str, ...] = ("ms", "s")  # S3 states none; its example is in ms
 
 
 @dataclass
@@ -71,6 +79,7 @@ class KieReadings:
 
     unknown_task: str = choice("code_422", UNKNOWN_TASK_READINGS)
     record_ttl_s: float | None = None  # None: records never expire
+    timestamps: str = choice("ms", TIMESTAMP_UNITS)  # createTime, completeTime, updateTime
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,7 @@ class KieEmulator(ProviderEmulator):
     READINGS: ClassVar[Readings] = {
         UNKNOWN_TASK: {reading.replace("_", "-"): {"unknown_task": reading}
                        for reading in UNKNOWN_TASK_READINGS},
+        TASK_TIMES: {"milliseconds": {"timestamps": "ms"}, "seconds": {"timestamps": "s"}},
     }
 
     def __init__(self, config: FaultConfig | None = None, *, api_key: str | None = None) -> None:
@@ -299,7 +309,6 @@ class KieEmulator(ProviderEmulator):
     def record(self, task: RemoteTask) -> dict[str, Any]:
         """The `data` object of recordInfo: `param` and `resultJson` are JSON strings."""
         now = time.time()
-        created_ms = int(task.created * 1000)
         record: dict[str, Any] = {
             "taskId": task.task_id,
             "model": MODEL_ID,
@@ -310,14 +319,14 @@ class KieEmulator(ProviderEmulator):
             "failMsg": "",
             "costTime": None,
             "completeTime": None,
-            "createTime": created_ms,
-            "updateTime": int(now * 1000),
+            "createTime": self.timestamp(task.created),
+            "updateTime": self.timestamp(now),
         }
         if task.phase(now) != "done":
             return record
-        complete_ms = int((task.created + task.latency_s) * 1000)
-        record.update(costTime=complete_ms - created_ms, completeTime=complete_ms,
-                      updateTime=complete_ms)
+        record.update(costTime=int((task.ended - task.started) * 1000),
+                      completeTime=self.timestamp(task.ended),
+                      updateTime=self.timestamp(task.ended))
         if task.outcome == "success":
             urls = [self.result_url(task)]
             record["resultJson"] = json.dumps({"resultUrls": urls})
@@ -339,11 +348,15 @@ class KieEmulator(ProviderEmulator):
             record.update(failCode="500", failMsg="Internal server error")
         return record
 
+    def timestamp(self, when: float) -> int:
+        """An epoch time as the `timestamps` reading writes it: milliseconds or seconds."""
+        return int(when * 1000) if self.readings.timestamps == "ms" else int(when)
+
     def state(self, task: RemoteTask, now: float) -> str:
         """waiting -> queuing -> generating -> success | fail (protocols.md §4.3)."""
         phase = task.phase(now)
         if phase == "queued":
-            return "waiting" if task.progress(now) < 0.125 else "queuing"
+            return "waiting" if now - task.created < task.queued_s / 2 else "queuing"
         if phase == "running":
             return "generating"
         return "fail" if task.outcome in ("fail", "content") else "success"

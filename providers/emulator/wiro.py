@@ -16,8 +16,9 @@
   default) or is refused ("refuse": code 1 "Task could not be killed: ..."); an accepted
   kill answers the task as `task_cancel` (`kill_answer="cancelled"`, the default) or as it
   still is ("pending"), the kill taking effect `kill_settle_s` later (`inf`: never). How long
-  a task sits in `task_queue` (`queue_s`) and before `task_assign` (`assign_after_s`) are
-  switches too, so tests can stop it in each state; the task ends no earlier than that.
+  a task sits in `task_queue` (`FaultConfig.queue_s`, which these readings set too) and
+  before `task_assign` (`assign_after_s`, a switch) are chosen so that tests can stop it in
+  each state; the task ends no earlier than that.
 """
 
 from __future__ import annotations
@@ -136,7 +137,6 @@ class WiroReadings:
     kill_before_assign: str = choice("kill", ("kill", "refuse"))
     kill_answer: str = choice("cancelled", ("cancelled", "pending"))
     kill_settle_s: float = 0.0          # "pending": the kill takes effect this much later
-    queue_s: float | None = None        # in task_queue (None: a quarter of latency_s)
     assign_after_s: float | None = None  # from create to task_assign (None: the even spread)
 
 
@@ -419,7 +419,9 @@ class WiroEmulator(ProviderEmulator):
             task_id, prompt=run.prompt, aspect_ratio=_concrete_ratio(run),
             resolution=run.resolution, output_format="png", body=body, references=references,
         )
-        queue_s, assign_at, task.latency_s = _timing(self.readings, task.latency_s)
+        queue_s, assign_at, task.latency_s = _timing(self.readings, task.latency_s,
+                                                     task.queued_s)
+        task.queue_s = queue_s
         task.extra.update(token=token, uuid=str(uuid.uuid4()), content_type=run.content_type,
                           schedule=_schedule(queue_s, assign_at, task.latency_s))
         with self._lock:
@@ -620,11 +622,13 @@ def _random_token() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(30))
 
 
-def _timing(readings: WiroReadings, latency_s: float) -> tuple[float, float, float]:
+def _timing(
+    readings: WiroReadings, latency_s: float, queue_s: float
+) -> tuple[float, float, float]:
     """(seconds in task_queue, seconds to task_assign, seconds to the end) of a new task:
-    a quarter of the latency queued and the stages spread evenly, unless the readings say
-    otherwise; the task never ends before it is assigned."""
-    queue_s = 0.25 * latency_s if readings.queue_s is None else readings.queue_s
+    `queue_s` queued (`FaultConfig.queue_s`, a quarter of the latency by default) and the
+    stages spread evenly, unless the readings say otherwise; the task never ends before it is
+    assigned."""
     end = max(latency_s, queue_s)
     assign_at = readings.assign_after_s
     if assign_at is None:

@@ -51,10 +51,16 @@ def row(cell_id: str, **values: Any) -> dict[str, Any]:
     return {**base, **values}
 
 
+def fixed(frame: pl.DataFrame) -> dict[str, pl.DataType]:
+    """The frame's columns but the key and variable ones (which depend on the rows)."""
+    return {name: dtype for name, dtype in frame.schema.items()
+            if not name.startswith(("key_", "var_"))}
+
+
 def test_design_columns_present_with_exact_dtypes() -> None:
     frame = rows_to_frame([row("c1")])
-    assert list(frame.columns) == list(MANIFEST_COLUMNS)
-    assert dict(frame.schema) == MANIFEST_COLUMNS
+    assert list(fixed(frame)) == list(MANIFEST_COLUMNS)
+    assert fixed(frame) == MANIFEST_COLUMNS
     assert set(DESIGN_COLUMNS) <= set(frame.columns)
     assert {"output_path", "dataset_row", "updated_at"} <= set(frame.columns)
     assert frame.schema["references"] == pl.List(pl.String)
@@ -122,7 +128,7 @@ def test_rerun_updates_rows_and_never_duplicates() -> None:
     assert by_id["a"]["run_id"] == "run-1"  # not in the rerun: kept as it was
     again = merge_manifest(merged, second)
     assert again.equals(merged)
-    assert dict(merged.schema) == MANIFEST_COLUMNS
+    assert fixed(merged) == MANIFEST_COLUMNS
 
 
 def test_last_row_of_a_cell_within_one_run_wins() -> None:
@@ -137,7 +143,7 @@ def test_merge_accepts_a_manifest_of_an_older_schema() -> None:
         pl.lit("gone").alias("column_we_no_longer_write"), pl.col("replicate").cast(pl.Int64)
     )
     merged = merge_manifest(old, rows_to_frame([row("b")]))
-    assert dict(merged.schema) == MANIFEST_COLUMNS
+    assert fixed(merged) == MANIFEST_COLUMNS
     assert merged["cell_id"].to_list() == ["a", "b"]
     assert merged["updated_at"][0] is None
 
@@ -151,7 +157,7 @@ def test_written_manifest_is_plain_parquet(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == [MANIFEST_NAME]  # no temp file left behind
     plain = pl.read_parquet(tmp_path / MANIFEST_NAME)  # no nbp code involved
     assert plain.equals(frame)
-    assert dict(plain.schema) == MANIFEST_COLUMNS
+    assert fixed(plain) == MANIFEST_COLUMNS
     assert plain.filter(pl.col("status") == "failed")["error_message"].to_list() == ["<nope>"]
     lazy = pl.scan_parquet(tmp_path / MANIFEST_NAME).select(pl.col("references").list.len())
     assert lazy.collect()["references"].to_list() == [1, 1]
@@ -171,11 +177,14 @@ def test_update_manifest_twice_keeps_one_row_per_cell(tmp_path: Path) -> None:
 
 def test_schema_documentation_covers_every_column() -> None:
     documented = [name for name, _, _ in MANIFEST_DOC]
-    assert [name for name in documented if name != "key_*"] == list(MANIFEST_COLUMNS)
-    assert documented[documented.index("vars") + 1] == "key_*"  # where key columns go
+    dynamic = ["key_*", "var_*"]
+    assert [name for name in documented if name not in dynamic] == list(MANIFEST_COLUMNS)
+    at = documented.index("vars") + 1
+    assert documented[at:at + 2] == dynamic  # where key and variable columns go
+    assert not [name for name in MANIFEST_COLUMNS if name.startswith(("key_", "var_"))]
     assert all(kind and meaning for _, kind, meaning in MANIFEST_DOC)
     table = manifest_doc_markdown()
-    assert table.count("\n") == len(MANIFEST_COLUMNS) + 2
+    assert table.count("\n") == len(MANIFEST_COLUMNS) + 3
     assert "| `references` | `list[str]` |" in table
     assert "| `submitted_at` | `datetime[us, UTC]` |" in table
 
@@ -248,7 +257,7 @@ def test_a_rows_key_becomes_typed_key_columns_after_vars() -> None:
     columns = list(frame.columns)
     assert columns[columns.index("vars") + 1:columns.index("vars") + 5] == [
         "key_sku", "key_colour", "key_ok", "key_w"]
-    assert [name for name in columns if not name.startswith("key_")] == list(MANIFEST_COLUMNS)
+    assert list(fixed(frame)) == list(MANIFEST_COLUMNS)
     assert {name: frame.schema[name] for name in columns if name.startswith("key_")} == {
         "key_sku": pl.Int64, "key_colour": pl.String, "key_ok": pl.Boolean,
         "key_w": pl.Float64}
@@ -303,3 +312,106 @@ def test_one_key_column_of_two_types_gets_one_type(
     merged = merge_manifest(first, second)
     assert merged.schema["key_sku"] == dtype
     assert merged["key_sku"].to_list() == values
+
+
+# -- variable columns --------------------------------------------------------------------------
+
+
+def test_each_variable_is_a_typed_column_after_the_key_columns() -> None:
+    values = [
+        {"style": "photo", "n": "2", "w": "1.5", "ok": "true", "code": "007", "note": "",
+         "prompt": "t1", "aspect_ratio": "4:5", "resolution": "1K", "provider": "kie",
+         "model": "nano-banana-pro"},
+        {"style": "ink", "n": "-10", "w": "3", "ok": "FALSE", "code": "12", "note": ""},
+    ]  # fmt: skip
+    frame = rows_to_frame([row(f"c{i}", vars=v, key={"sku": i}) for i, v in enumerate(values)])
+    columns = list(frame.columns)
+    at = columns.index("vars") + 1
+    assert columns[at:at + 7] == ["key_sku", "var_style", "var_n", "var_w", "var_ok",
+                                  "var_code", "var_note"]
+    assert list(fixed(frame)) == list(MANIFEST_COLUMNS)  # nothing else moved
+    assert {name: frame.schema[name] for name in columns[at + 1:at + 7]} == {
+        "var_style": pl.String, "var_n": pl.Int64, "var_w": pl.Float64, "var_ok": pl.Boolean,
+        "var_code": pl.String, "var_note": pl.Null}  # "007" is an id, not a number
+    assert frame.select(pl.col("^var_.*$")).rows() == [
+        ("photo", 2, 1.5, True, "007", None), ("ink", -10, 3.0, False, "12", None)]
+    assert json.loads(frame["vars"][0]) == values[0]  # `vars` as it was, fixed names too
+
+
+def test_variable_names_become_unique_plain_column_names() -> None:
+    values = {"Product Title": "Shoe", "colour": "red", "Colour": "Red", "colour_2": "x",
+              "Größe (cm)": "42", "#": "y", "status": "new"}
+    frame = rows_to_frame([row("a", vars=values)])
+    assert frame.select(pl.col("^var_.*$")).row(0, named=True) == {
+        "var_product_title": "Shoe", "var_colour": "red", "var_colour_3": "Red",
+        "var_colour_2": "x", "var_größe_cm": 42, "var_x": "y", "var_status": "new"}
+    assert frame["status"][0] == "succeeded"  # a variable never takes a fixed column
+    again = rows_to_frame([row("b", vars=dict(reversed(values.items())))])
+    assert set(again.columns) == set(frame.columns)  # the same names in any order
+
+
+def test_variable_columns_merge_across_runs_of_other_types(tmp_path: Path) -> None:
+    """Three runs into one target: a column of ints, then a run that adds text to it (it
+    becomes text, the old values kept), then a rerun that replaces the text (ints again);
+    rows of a run without a variable hold null there."""
+    sink = Sink(str(tmp_path))
+    update_manifest(sink, rows_to_frame([row("a", vars={"size": "1"}),
+                                         row("b", vars={"size": "2"})]))
+    update_manifest(sink, rows_to_frame([row("c", vars={"size": "XL", "style": "ink"}),
+                                         row("d", vars={"style": "photo"})]))
+    final = pl.read_parquet(tmp_path / MANIFEST_NAME)  # plain polars, no nbp code
+    assert final.schema["var_size"] == pl.String and final.schema["var_style"] == pl.String
+    assert final.select("cell_id", "var_size", "var_style").rows() == [
+        ("a", "1", None), ("b", "2", None), ("c", "XL", "ink"), ("d", None, "photo")]
+    update_manifest(sink, rows_to_frame([row("c", vars={"size": "3", "style": "ink"})]))
+    final = pl.read_parquet(tmp_path / MANIFEST_NAME)
+    assert final.schema["var_size"] == pl.Int64
+    assert final["var_size"].to_list() == [1, 2, 3, None]
+    assert json.loads(final["vars"][2]) == {"size": "3", "style": "ink"}
+
+
+@pytest.mark.parametrize(("old", "new", "dtype", "values"), [
+    pytest.param(["1"], ["2.5"], pl.Float64, [1.0, 2.5], id="int-then-float"),
+    pytest.param(["1"], ["true"], pl.String, ["1", "true"], id="int-then-bool"),
+    pytest.param([""], ["3"], pl.Int64, [None, 3], id="empty-then-int"),
+    pytest.param(["true"], [""], pl.Boolean, [True, None], id="bool-then-empty"),
+    pytest.param(["1e3"], ["x"], pl.String, ["1000.0", "x"], id="number-then-text"),
+])
+def test_one_variable_of_two_types_gets_one_type(
+    old: list[str], new: list[str], dtype: pl.DataType, values: list[Any]
+) -> None:
+    first = rows_to_frame([row(f"o{i}", vars={"v": v}) for i, v in enumerate(old)])
+    second = rows_to_frame([row(f"n{i}", vars={"v": v}) for i, v in enumerate(new)])
+    merged = merge_manifest(first, second)
+    assert merged.schema["var_v"] == dtype
+    assert merged["var_v"].to_list() == values
+
+
+def test_an_analysis_by_axis_is_one_expression(tmp_path: Path) -> None:
+    rows = [row(f"{style}{n}", vars={"style": style, "steps": str(n)}, cost_usd=cost)
+            for style, cost in (("photo", 0.09), ("ink", 0.134)) for n in (1, 2)]
+    write_manifest(Sink(str(tmp_path)), rows_to_frame(rows))
+    by_style = (pl.read_parquet(tmp_path / MANIFEST_NAME)
+                .group_by("var_style").agg(pl.col("cost_usd").mean()).sort("var_style"))
+    assert by_style.rows() == [("ink", 0.134), ("photo", 0.09)]
+    steps = pl.scan_parquet(tmp_path / MANIFEST_NAME).filter(pl.col("var_steps") > 1)
+    assert steps.select(pl.len()).collect().item() == 2  # typed: compared as numbers
+
+
+def test_variable_columns_come_from_vars_when_a_row_is_read_back() -> None:
+    first = rows_to_frame([row("a", vars={"style": "ink", "n": "2"})])
+    as_read = first.to_dicts()[0]
+    assert as_read["var_n"] == 2
+    again = rows_to_frame([ManifestRow.from_mapping(as_read)])
+    assert again.drop("updated_at").equals(first.drop("updated_at"))
+
+
+def test_template_seed_sent_and_provider_times_are_columns() -> None:
+    frame = rows_to_frame([
+        row("a", template="t1", seed=7, seed_sent=True, queue_s=1.25, generation_s=20.5),
+        row("b"),
+    ])
+    assert frame.schema["template"] == pl.String and frame.schema["seed_sent"] == pl.Boolean
+    assert frame.schema["queue_s"] == pl.Float64 and frame.schema["generation_s"] == pl.Float64
+    assert frame.select("template", "seed", "seed_sent", "queue_s", "generation_s").rows() == [
+        ("t1", 7, True, 1.25, 20.5), (None, None, None, None, None)]

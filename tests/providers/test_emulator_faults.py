@@ -42,10 +42,12 @@ def status(response: Response | None) -> int | None:
 # -- reading switches -----------------------------------------------------------------------------
 
 
-# Each point of protocols.md §11 and the emulators that must serve more than one reading of it.
+# Each point of protocols.md §11 (and a unit the docs leave open: the provider's facts say
+# which) and the emulators that must serve more than one reading of it.
 SECTION_11 = {
     "poll_failure": ["runware"], "resent_create": ["runware", "hiapi"], "cancel": ["wiro"],
     "unknown_task": ["kie", "apikley"], "overload": ["gemini"],
+    "task_times": ["kie", "apikley"],
 }
 
 

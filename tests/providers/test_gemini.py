@@ -24,6 +24,7 @@ from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     InsufficientBalance,
+    LimitExceeded,
     RateLimited,
     Rejected,
     SubmitUncertain,
@@ -124,6 +125,28 @@ def test_the_request_body_field_by_field(env: dict[str, str], emulator: GeminiEm
                              "imageConfig": {"aspectRatio": "21:9", "imageSize": "4K"}},
     }
     assert (task.aspect_ratio, task.resolution) == ("21:9", "4K")
+
+
+def test_the_seed_goes_as_generation_config_seed_an_int32(
+    hub: EmulatorHub, env: dict[str, str], emulator: GeminiEmulator
+) -> None:
+    """Google documents `generationConfig.seed` for every generateContent request (an int32,
+    best effort: `gemini_facts.SEED`); a seed out of its range is refused before sending, and
+    the emulator refuses what the API would."""
+    submitted = run(submit(provider_for(env), ImageRequest("a seeded shoe", seed=2**31 - 1)))
+    assert emulator.tasks[submitted.task_id].body["generationConfig"]["seed"] == 2**31 - 1
+    assert "seed" not in request_body(ImageRequest("no seed"))["generationConfig"]
+    with pytest.raises(LimitExceeded, match="seeds"):
+        run(submit(provider_for(env), ImageRequest("too big", seed=2**31)))
+    assert len(emulator.creates) == 1
+    for bad in (2**31, 1.5, "x", True):
+        answer = post(hub, {**a_body(imageSize="1K"),
+                            "generationConfig": {"imageConfig": {}, "seed": bad}})
+        assert answer.status_code == 400, bad
+        assert "generation_config.seed" in answer.json()["error"]["message"]
+    for good in (-(2**31), 0, "7", 7.0):  # proto JSON: an int32 as a number or its text
+        answer = post(hub, {**a_body(), "generationConfig": {"imageConfig": {}, "seed": good}})
+        assert answer.status_code == 200, (good, answer.text)
 
 
 @pytest.mark.parametrize("resolution", ["1K", "2K", "4K"])

@@ -96,8 +96,8 @@ def test_create_uploads_jsonl_resumably_then_creates_the_batch(
 ) -> None:
     monkeypatch.setattr(gemini_batch, "UPLOAD_CHUNK_BYTES", 256 * 1024)
     photo = Reference("p.png", data=png() + os.urandom(400_000), mime_type="image/png")
-    requests = [(f"cell-{i}", ImageRequest(f"shoe {i}", "4:5", "2K", references=(photo,)))
-                for i in range(3)]
+    requests = [(f"cell-{i}", ImageRequest(f"shoe {i}", "4:5", "2K", references=(photo,),
+                                           seed=40 + i)) for i in range(3)]
     job = run(create(provider_for(env), "nbp-job-1", requests))
     assert job.name.startswith("batches/") and job.display_name == "nbp-job-1"
     assert job.state == "pending" and job.created_at is not None
@@ -116,6 +116,8 @@ def test_create_uploads_jsonl_resumably_then_creates_the_batch(
     assert [line.key for line in batch.lines] == ["cell-0", "cell-1", "cell-2"]
     assert batch.lines[0].request["generationConfig"]["imageConfig"] == {
         "aspectRatio": "4:5", "imageSize": "2K"}
+    # each line is a GenerateContentRequest: its seed goes as generateContent's does
+    assert [line.request["generationConfig"]["seed"] for line in batch.lines] == [40, 41, 42]
     assert ("POST", "/gemini/upload/v1beta/files") in emulator.requests
     assert ("POST", "/gemini/v1beta/models/gemini-3-pro-image-preview:batchGenerateContent") \
         in emulator.requests

@@ -30,7 +30,7 @@ from nbp.providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from nbp.providers.kie import KieProvider
+from nbp.providers.kie import KieProvider, task_times
 
 T = TypeVar("T")
 PNG = b"\x89PNG\r\n\x1a\n" + b"product-photo" * 50
@@ -102,7 +102,7 @@ def test_record_info_carries_json_strings_and_millisecond_times(
     env: dict[str, str], emulator: KieEmulator
 ) -> None:
     latency_s = 0.5  # long enough for the first look to come before the end, under load
-    emulator.configure(latency_s=latency_s)
+    emulator.configure(latency_s=latency_s, queue_s=0.2)
     created = raw(env, "POST", "/api/v1/jobs/createTask", json=valid_body()).json()
     task_id = created["data"]["taskId"]
     assert created["code"] == 200 and created["msg"] == "success"
@@ -119,7 +119,45 @@ def test_record_info_carries_json_strings_and_millisecond_times(
     assert json.loads(data["param"]) == valid_body()
     assert json.loads(data["resultJson"])["resultUrls"][0].startswith("http")
     assert data["createTime"] > 1_600_000_000_000
-    assert data["completeTime"] - data["createTime"] == data["costTime"] == latency_s * 1000
+    assert data["completeTime"] - data["createTime"] == pytest.approx(latency_s * 1000, abs=1)
+    assert data["costTime"] == pytest.approx((latency_s - 0.2) * 1000, abs=1)  # running
+
+
+@pytest.mark.parametrize("unit", ["ms", "s"])
+def test_queue_and_generation_times_are_the_records_own(
+    env: dict[str, str], emulator: KieEmulator, unit: str
+) -> None:
+    """costTime (ms) is the time the task ran; the rest of completeTime - createTime the
+    wait before it, the timestamps in milliseconds (S3's example) or seconds (a reading)."""
+    emulator.configure(latency_s=0.6, queue_s=0.2, timestamps=unit)
+
+    async def go() -> Finished:
+        async with provider_for(env) as provider:
+            return await finish(provider, await provider.submit(ImageRequest("a timed lemon")))
+
+    finished = run(go())
+    assert finished.generation_s == pytest.approx(0.4, abs=0.002)
+    assert finished.queue_s is not None
+    if unit == "ms":
+        assert finished.queue_s == pytest.approx(0.2, abs=0.002)
+    else:  # whole seconds: the wait is known to the second
+        assert 0 <= finished.queue_s <= 1.0
+
+
+@pytest.mark.parametrize(("record", "times"), [
+    pytest.param({"createTime": 1757584164490, "completeTime": 1757584184490,
+                  "costTime": 15000}, (5.0, 15.0), id="milliseconds"),
+    pytest.param({"createTime": 1757584164, "completeTime": 1757584184, "costTime": 15000},
+                 (5.0, 15.0), id="seconds"),
+    pytest.param({"createTime": "1757584164490", "completeTime": "1757584170490",
+                  "costTime": "9000"}, (0.0, 9.0), id="text-and-a-duration-over-the-span"),
+    pytest.param({"createTime": 1757584164490, "costTime": 15000}, (None, 15.0),
+                 id="no-completeTime"),
+    pytest.param({"createTime": 1757584164490, "completeTime": None, "costTime": None},
+                 (None, None), id="none"),
+])
+def test_task_times_read_every_spelling(record: dict[str, Any], times: tuple[Any, Any]) -> None:
+    assert task_times(record) == times
 
 
 def test_pending_states_are_kies_own_words(env: dict[str, str], emulator: KieEmulator) -> None:

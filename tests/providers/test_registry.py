@@ -123,3 +123,27 @@ def test_a_class_registered_under_a_built_in_name_answers_for_it() -> None:
     finally:
         registry.register("kie", KieProvider, clobber=True)
     assert registry.capabilities("kie").max_references == 8
+
+
+# The README's provider table, by column (its header names them for people).
+README_COLUMNS = ("wiro", "hiapi", "runware", "kie", "apikley", "gemini", "gemini-batch")
+
+
+def readme_row(label: str) -> dict[str, str]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith(f"| {label} |"))
+    cells = [cell.strip() for cell in line.strip("|").split("|")][1:]
+    return dict(zip(README_COLUMNS, cells, strict=True))
+
+
+def test_the_readme_says_where_the_seed_goes_and_who_reports_task_times() -> None:
+    """One place holds each fact (`Capabilities.seed`, `task_times`, from the provider's
+    documentation); the README's table says the same."""
+    seeds, times = readme_row("seed (`seed_sent`)"), readme_row(
+        "task times (`queue_s`, `generation_s`)")
+    for name in README_COLUMNS:
+        caps = registry.capabilities(name)
+        assert seeds[name].startswith(("sent", "as Gemini")) == caps.seed, name
+        assert (not times[name].startswith("—")) == caps.task_times, name
+    assert {n for n in README_COLUMNS if registry.capabilities(n).seed} == {
+        "runware", "gemini", "gemini-batch"}

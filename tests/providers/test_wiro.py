@@ -33,7 +33,14 @@ from nbp.providers.errors import (
     TaskNotFound,
     TransientError,
 )
-from nbp.providers.wiro import TASK_LIFECYCLE, WiroProvider, raise_for_error, sign, task_outcome
+from nbp.providers.wiro import (
+    TASK_LIFECYCLE,
+    WiroProvider,
+    raise_for_error,
+    sign,
+    task_outcome,
+    task_times,
+)
 
 T = TypeVar("T")
 PROVIDER = "wiro"
@@ -640,14 +647,44 @@ def test_a_kill_answered_before_it_takes_effect_is_confirmed_by_detail_only(
     assert task["status"] == "task_cancel" and task["canceltime"] != "0"
 
 
+def test_queue_and_generation_times_come_from_the_task_detail(
+    env: dict[str, str], emulator: WiroEmulator
+) -> None:
+    """From createtime to starttime the task waited (queued, preprocessed, assigned); from
+    starttime to endtime it ran (S0's example: 1734513807, 09, 13 -> 2 s and 4 s). Wiro's
+    times are whole seconds: the emulator's schedule, to the second."""
+    assert task_times({"createtime": "1734513807", "starttime": "1734513809",
+                       "endtime": "1734513813"}) == (2.0, 4.0)
+    assert task_times({"createtime": "1734513807", "starttime": "0", "endtime": "0"}) == (
+        None, None)
+    emulator.configure(queue_s=0.3, latency_s=0.9)
+
+    async def go() -> tuple[Submitted, Finished]:
+        async with provider_for(env) as provider:
+            submitted = await provider.submit(ImageRequest("a timed koala"))
+            return submitted, await finish(provider, submitted)
+
+    submitted, finished = run(go())
+    task = emulator.tasks[submitted.task_id]
+    schedule = task.extra["schedule"]
+
+    def at(stage: str) -> int:
+        return int(task.created + schedule[stage])
+
+    assert finished.queue_s == at("task_start") - int(task.created)
+    assert finished.generation_s == at("task_end") - at("task_start")
+    assert schedule["task_queue"] == 0.0 and schedule["task_accept"] == pytest.approx(0.3)
+
+
 def test_the_stop_readings_take_only_their_values(emulator: WiroEmulator) -> None:
     with pytest.raises(ValueError, match="kill_answer must be one of"):
         emulator.configure(kill_answer="maybe")
     with pytest.raises(AttributeError, match="no_such_switch"):
         emulator.configure(no_such_switch=True)
-    emulator.configure(kill_before_assign="refuse", queue_s=1.0)
+    emulator.configure(kill_before_assign="refuse", assign_after_s=1.0)
     emulator.hub.reset()
-    assert (emulator.readings.kill_before_assign, emulator.readings.queue_s) == ("kill", None)
+    assert (emulator.readings.kill_before_assign, emulator.readings.assign_after_s) == (
+        "kill", None)
 
 
 # -- files API ------------------------------------------------------------------------------
