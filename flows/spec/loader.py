@@ -1058,6 +1058,9 @@ class _LimitCheck:
             self.check(path, suffix, references=fake)
         for index, uri in sorted(stats.local_references.items()):
             self.check(("references", index), references=(Reference(uri, data=b""),))
+        if spec.seed is not None:  # the largest seed a cell sends: seed + the last replicate
+            self.check(("seed",), f" (seed + replicate {spec.repeat - 1})" if spec.repeat > 1
+                       else "", seed=spec.seed + spec.repeat - 1)
 
 
 def _dropped_note(dataset: Dataset, rule: str) -> str:

@@ -878,3 +878,21 @@ def test_gallery_schema_problems(tmp_path: Path, gallery: str, path: str, messag
         output: {{gallery: {gallery}}}
     """))
     assert only(problems, path).message == message
+
+
+def test_a_seed_a_provider_cannot_take_is_located_at_seed(tmp_path: Path) -> None:
+    """Gemini takes int32 seeds: seed + the last replicate past it is a problem at `seed`
+    (the adapter would refuse every such cell); a provider that sends no seed does not mind."""
+    text = """version: 1
+name: s
+provider: {provider}
+repeat: 3
+seed: 2147483646
+matrix: {{prompt: [a cup]}}
+output: {{target: out}}
+"""
+    problems = validate_spec_file(write(tmp_path, text.format(provider="gemini")))
+    assert [(p.line, p.path, p.message) for p in problems] == [
+        (5, "seed", "gemini takes seeds from 0 to 2147483647; this one is 2147483648 "
+                    "(seed + replicate 2)")]
+    assert validate_spec_file(write(tmp_path, text.format(provider="kie"), "kie.yaml")) == []
