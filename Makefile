@@ -1,34 +1,43 @@
 # nbp: `make demo` and `make test` bootstrap .venv themselves on a fresh machine.
+# `make demo` installs what a run needs (`pip install -e .`); `make test` and `make lint` add
+# the dev tools (`.[dev]`), so `make demo` then `make test` installs only the difference.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.run-stamp
+DEV_STAMP := $(VENV)/.dev-stamp
 # A private Prefect home inside the checkout: no state leaks into ~/.prefect.
 export PREFECT_HOME ?= $(CURDIR)/.prefect-home
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test lint bench browser clean
+.PHONY: install install-dev demo test lint bench browser clean
 
-install: $(STAMP)
+install: $(RUN_STAMP)
 
-$(STAMP): pyproject.toml
+install-dev: $(DEV_STAMP)
+
+$(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
 
-demo: $(STAMP)
+$(DEV_STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(RUN_STAMP)
 	$(BIN)/nbp run specs/demo.yaml --emulate
 	@echo "images, manifest.parquet and index.html are in ./demo-output"
 
-test: $(STAMP) browser
+test: $(DEV_STAMP) browser
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(RUN_STAMP)
 	$(BIN)/python -m bench
 
 # Headless Chromium for the gallery test (Debian's package); skipped where apt is unavailable.
