@@ -1,12 +1,23 @@
 # nbp: `make demo` and `make test` bootstrap .venv themselves on a fresh machine.
-# `make demo` installs what a run needs (`pip install -e .`); `make test` and `make lint` add
-# the dev tools (`.[dev]`), so `make demo` then `make test` installs only the difference.
+# `make demo` installs what a run needs (`-e .`); `make test` and `make lint` add the dev
+# tools (`-e .[dev]`), so `make demo` then `make test` installs only the difference.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-stamp
 DEV_STAMP := $(VENV)/.dev-stamp
+# uv (from PyPI, into the venv) installs the same pinned versions as pip in a fraction of the
+# time (BENCHMARKS.md, "Issue 24: install size and time"); pip takes over if uv cannot be had
+# or fails, and `make demo INSTALLER=pip` uses pip alone.
+INSTALLER ?= uv
+define install
+	@echo "installing $(1) into $(VENV) with $(INSTALLER)"
+	@if [ "$(INSTALLER)" = uv ] && { test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv; }; \
+	then $(BIN)/uv pip install --quiet --python $(BIN)/python $(1) \
+	  || $(BIN)/python -m pip install --quiet $(1); \
+	else $(BIN)/python -m pip install --quiet $(1); fi
+endef
 # A private Prefect home inside the checkout: no state leaks into ~/.prefect.
 export PREFECT_HOME ?= $(CURDIR)/.prefect-home
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -19,11 +30,11 @@ install-dev: $(DEV_STAMP)
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e .
+	$(call install,-e .)
 	touch $@
 
 $(DEV_STAMP): $(RUN_STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(call install,-e ".[dev]")
 	touch $@
 
 demo: $(RUN_STAMP)
