@@ -14,7 +14,7 @@ INSTALLER ?= uv
 define install
 	@echo "installing $(1) into $(VENV) with $(INSTALLER)"
 	@if [ "$(INSTALLER)" = uv ] && { test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv; }; \
-	then $(BIN)/uv pip install --quiet --python $(BIN)/python $(1) \
+	then $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(1) \
 	  || $(BIN)/python -m pip install --quiet $(1); \
 	else $(BIN)/python -m pip install --quiet $(1); fi
 endef
