@@ -1,34 +1,54 @@
 # nbp: `make demo` and `make test` bootstrap .venv themselves on a fresh machine.
+# `make demo` installs what a run needs (`-e .`); `make test` and `make lint` add the dev
+# tools (`-e .[dev]`), so `make demo` then `make test` installs only the difference.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.run-stamp
+DEV_STAMP := $(VENV)/.dev-stamp
+# uv (from PyPI, into the venv) installs the same pinned versions as pip in a fraction of the
+# time (BENCHMARKS.md, "Issue 24: install size and time"); pip takes over if uv cannot be had
+# or fails, and `make demo INSTALLER=pip` uses pip alone.
+INSTALLER ?= uv
+define install
+	@echo "installing $(1) into $(VENV) with $(INSTALLER)"
+	@if [ "$(INSTALLER)" = uv ] && { test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv; }; \
+	then $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(1) \
+	  || $(BIN)/python -m pip install --quiet $(1); \
+	else $(BIN)/python -m pip install --quiet $(1); fi
+endef
 # A private Prefect home inside the checkout: no state leaks into ~/.prefect.
 export PREFECT_HOME ?= $(CURDIR)/.prefect-home
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test lint bench browser clean
+.PHONY: install install-dev demo test lint bench browser clean
 
-install: $(STAMP)
+install: $(RUN_STAMP)
 
-$(STAMP): pyproject.toml
+install-dev: $(DEV_STAMP)
+
+$(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	$(call install,-e .)
+	touch $@
 
-demo: $(STAMP)
+$(DEV_STAMP): $(RUN_STAMP)
+	$(call install,-e ".[dev]")
+	touch $@
+
+demo: $(RUN_STAMP)
 	$(BIN)/nbp run specs/demo.yaml --emulate
 	@echo "images, manifest.parquet and index.html are in ./demo-output"
 
-test: $(STAMP) browser
+test: $(DEV_STAMP) browser
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(RUN_STAMP)
 	$(BIN)/python -m bench
 
 # Headless Chromium for the gallery test (Debian's package); skipped where apt is unavailable.

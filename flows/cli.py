@@ -35,19 +35,122 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     given = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(given)
+    args = _parse(parser, given)
     args.command = ["nbp", *given]  # what a run's record says started it
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:
         print("nbp: interrupted", file=sys.stderr)
         code = 130
+    except Exception as exc:
+        told = expected_failure(exc, args)
+        if told is None:
+            raise
+        line, hint = told
+        print(f"nbp {args.subcommand}: {line}\nhint: {hint}", file=sys.stderr)
+        code = EXIT_INVALID
     return code
+
+
+def _parse(parser: argparse.ArgumentParser, given: list[str]) -> argparse.Namespace:
+    """`parser.parse_args`, except that an argument the subcommand does not take is reported
+    with that subcommand's usage (argparse reports it with the top level's); exit 2."""
+    args, unknown = parser.parse_known_args(given)
+    if unknown:
+        commands = next(a for a in parser._actions
+                        if isinstance(a, argparse._SubParsersAction))
+        command: argparse.ArgumentParser = commands.choices[args.subcommand]
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def expected_failure(exc: Exception, args: argparse.Namespace) -> tuple[str, str] | None:
+    """(what went wrong, a hint) for a failure that is the setting's or the input's, not
+    nbp's: `main` prints the two lines and exits 2, with no traceback. None: a bug, which
+    keeps its traceback. The one place that tells these apart."""
+    from nbp.flows.orchestration.secrets import SecretBlockMissing
+    from nbp.flows.orchestration.server import ApiUnreachable
+    from nbp.outputs.sink import FilesystemMissing
+
+    if isinstance(exc, ApiUnreachable):
+        unset = ("prefect config unset PREFECT_API_URL" if "profile" in exc.source
+                 else "unset PREFECT_API_URL")
+        return str(exc), (f"start that server (prefect server start), or {unset}: nbp then "
+                          "runs on a temporary server of its own")
+    if isinstance(exc, SecretBlockMissing):
+        var, block = next(iter(exc.missing.items()))
+        return str(exc), (f"export {var}, or create the block on this Prefect API: "
+                          f"Secret(value=...).save({block!r}) (README: \"API keys as "
+                          "Secret blocks\")")
+    if isinstance(exc, FilesystemMissing):
+        return str(exc), (f"pip install {exc.package}" if exc.package else
+                          "install the package fsspec names") + " (in nbp's environment)"
+    if args.subcommand in TARGET_READERS and _unreadable(exc):
+        where = getattr(args, "target", None) or " or ".join(
+            str(getattr(args, side)) for side in ("a", "b") if hasattr(args, side))
+        return f"cannot read {where}: {_reason(exc)}", (
+            "give the folder (or fsspec URL) a run wrote to; check that it is there, that "
+            "you may read it and, for a remote store, its address and credentials")
+    return None
+
+
+# Commands that read a target they are given: an OSError from them is that target's.
+TARGET_READERS = frozenset({"status", "compare", "export", "review", "plan"})
+
+
+def _unreadable(exc: Exception) -> bool:
+    """An error of reading a store: the OS's (local disks, fsspec's HTTP and FTP) or, on
+    s3, botocore's own (no credentials, no endpoint), which s3fs passes on as they are."""
+    botocore = sys.modules.get("botocore.exceptions")  # loaded only where s3 was used
+    return isinstance(exc, OSError) or (
+        botocore is not None and isinstance(exc, botocore.BotoCoreError))
+
+
+def _reason(exc: Exception) -> str:
+    """An OS error's words and file ("Not a directory: /x/manifest.parquet"), else its
+    message."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc) or type(exc).__name__
+
+
+class _Version(argparse.Action):
+    """`--version`: printed on demand (asking git for the commit costs a process)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(version_line())
+        parser.exit()
+
+
+def version_line() -> str:
+    """`nbp 0.1.0 (commit 1a2b…), prefect 3.8.8, Python 3.11.7`: the commit when nbp runs
+    from a git checkout (`-dirty` when it has changes), as a run's record keeps it."""
+    import platform
+    from importlib import metadata
+
+    from nbp.outputs.runs import source_commit
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "(not installed)"
+
+    commit = source_commit()
+    return (f"nbp {version('nbp')}" + (f" (commit {commit})" if commit else "")
+            + f", prefect {version('prefect')}, Python {platform.python_version()}")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nbp", description=__doc__)
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser.add_argument("--version", action=_Version,
+                        help="print nbp's version (and commit, from a checkout) and exit")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="subcommand")
 
     validate = commands.add_parser("validate", help="check specs; every problem, with its line")
     validate.add_argument("specs", nargs="+", metavar="SPEC")
@@ -347,6 +450,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.emulate and (problem := _credentials_problem(job.spec, options)):
         print(f"nbp run: {problem}", file=sys.stderr)
         return EXIT_INVALID
+    from_blocks = [] if args.emulate else _credentials_from_blocks(job.spec, options)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A reader that quits on Ctrl-C with nbp (`| tee`) must not end the run before its manifest.
     guard_standard_streams()
@@ -356,6 +460,7 @@ def _run(args: argparse.Namespace) -> int:
     from nbp.flows.engine.interrupt import Interrupt
     from nbp.flows.engine.policy import RunConfigurationError
     from nbp.flows.orchestration.flow import build_flow
+    from nbp.flows.orchestration.secrets import check_secret_blocks
     from nbp.flows.orchestration.server import prefect_api
 
     display = TerminalDisplay(sys.stderr)
@@ -366,6 +471,8 @@ def _run(args: argparse.Namespace) -> int:
         # Without PREFECT_API_URL, a server of our own that the terminal's Ctrl-C (sent to
         # the whole foreground process group) does not reach: the run needs it to the end.
         with prefect_api():
+            if from_blocks:  # SecretBlockMissing: one line, not a failed flow run
+                asyncio.run(check_secret_blocks(job.spec, from_blocks))
             state: State[Any] = cast("State[Any]", asyncio.run(nbp_run(
                 **flow_parameters(vars(args)), return_state=True)))
     except TerminationSignal:  # SIGTERM before the run started or after it ended
@@ -397,6 +504,16 @@ def _credentials_problem(spec: Any, options: Any) -> str | None:
     missing = missing_credentials(run_channels(spec, options), os.environ)
     unblocked = {var: keys for var, keys in missing.items() if var not in spec.credentials}
     return missing_message(unblocked) if unblocked else None
+
+
+def _credentials_from_blocks(spec: Any, options: Any) -> list[str]:
+    """The variables the run's channels need that the environment lacks and the spec's
+    Secret blocks are to provide."""
+    from nbp.flows.engine.job import run_channels
+    from nbp.flows.spec.channels import missing_credentials
+
+    missing = missing_credentials(run_channels(spec, options), os.environ)
+    return [var for var in missing if var in spec.credentials]
 
 
 def _own_accounts_problem(spec: Any, shard: Any, args: argparse.Namespace) -> str | None:

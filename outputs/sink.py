@@ -34,6 +34,41 @@ from fsspec.implementations.local import LocalFileSystem
 from nbp.outputs.layout import TEMP_MARKER, in_state
 
 
+class FilesystemMissing(ImportError):
+    """A URL's protocol needs a Python package that is not installed (`gs://` needs gcsfs):
+    `package` is the module to install, when fsspec's error names it."""
+
+    def __init__(self, url: str, protocol: str, package: str | None, detail: str) -> None:
+        super().__init__(f"{url}: {protocol}:// needs the Python package {package}, which is "
+                         "not installed" if package else f"{url}: {detail}")
+        self.url, self.protocol, self.package = url, protocol, package
+
+    @classmethod
+    def of(cls, url: str, exc: ImportError) -> FilesystemMissing:
+        """The fsspec `ImportError` that opening `url` raised, told as which protocol of it
+        needs which package."""
+        cause = exc.__cause__
+        package = cause.name if isinstance(cause, ImportError) and cause.name else None
+        protocol = next((p for p in _protocols(url) if not _importable(p)), "this")
+        return cls(url, protocol, package and package.split(".")[0], str(exc))
+
+
+def _protocols(url: str) -> list[str]:
+    """The protocols of a (possibly chained, `zip://a::s3://b`) fsspec URL."""
+    found = (fsspec.core.split_protocol(part)[0] for part in url.split("::"))
+    return [p for p in found if p]
+
+
+def _importable(protocol: str) -> bool:
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError:
+        return False
+    except ValueError:  # not a protocol fsspec knows: not what failed to import
+        return True
+    return True
+
+
 class Sink:
     """A target folder (`target` is any fsspec URL or local path) seen through fsspec."""
 
@@ -41,7 +76,10 @@ class Sink:
         if not target:
             raise ValueError("empty output target")
         self.target = target
-        fs, root = fsspec.core.url_to_fs(target, **dict(storage_options or {}))
+        try:
+            fs, root = fsspec.core.url_to_fs(target, **dict(storage_options or {}))
+        except ImportError as exc:
+            raise FilesystemMissing.of(target, exc) from None
         self.fs: Any = fs
         self.root: str = root.rstrip("/") or root
         self.local = isinstance(fs, LocalFileSystem)

@@ -1,5 +1,6 @@
 """`pip install .` (not editable) gives one import name, `nbp`: the schema ships as package data,
-and a Prefect project with its own `flows/` package still imports and deploys nbp's flow."""
+and a Prefect project with its own `flows/` package still imports and deploys nbp's flow. A
+run needs nothing of the dev extras (`make demo` installs without them)."""
 
 from __future__ import annotations
 
@@ -122,3 +123,38 @@ def test_a_prefect_project_with_its_own_flows_package_deploys_nbp(
     assert Path(own) == project / "flows" / "catalog.py"
     assert entrypoint == "nbp.flows.orchestration.flow.nbp_run"
     assert name == "nbp-run"
+
+
+# The top-level modules that only `.[dev]` brings (tools, the s3 stack and what moto pulls
+# in): `make demo`'s venv has none of them.
+DEV_ONLY = ("pytest", "_pytest", "xdist", "pytest_timeout", "moto", "s3fs", "aiobotocore",
+            "botocore", "boto3", "aiohttp", "mypy", "ruff", "flask", "werkzeug", "sympy")
+
+WITHOUT_DEV_TOOLS = """
+import importlib.abc, sys
+BLOCKED = set(sys.argv[1].split(","))
+
+class NoDevTools(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (dev extras only)", name=name)
+        return None
+
+sys.meta_path.insert(0, NoDevTools())
+from nbp.flows.cli import main
+raise SystemExit(main(sys.argv[2:]))
+"""
+
+
+def test_a_run_needs_nothing_of_the_dev_extras(tmp_path: Path, prefect_api_url: str) -> None:
+    """The CLI as `make demo` uses it, with every module only `.[dev]` installs made
+    unimportable: the demo spec validates, plans and runs on the emulators."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url}
+    for args in (["--version"], ["validate", "specs/demo.yaml"],
+                 ["plan", "specs/demo.yaml", "--offline"],
+                 ["run", "specs/demo.yaml", "--emulate", "--target", str(tmp_path / "out")]):
+        done = subprocess.run(
+            [sys.executable, "-c", WITHOUT_DEV_TOOLS, ",".join(DEV_ONLY), *args],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{args}: {done.stderr[-3000:]}"
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 18

@@ -81,6 +81,15 @@ runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
 """
 
 
+class ApiUnreachable(RuntimeError):
+    """`PREFECT_API_URL` names a server that does not answer (stopped, or another machine's):
+    found before the run starts. `url` is the setting's value, `source` where it was set."""
+
+    def __init__(self, url: str, source: str, reason: str) -> None:
+        super().__init__(f"cannot reach the Prefect API at {url} ({source}): {reason}")
+        self.url, self.source, self.reason = url, source, reason
+
+
 class ServerDidNotStart(RuntimeError):
     """The server exited or did not answer `/health` in time; the message ends with the
     tail of its log."""
@@ -295,18 +304,48 @@ def use_api(
 @contextlib.contextmanager
 def prefect_api(env: MutableMapping[str, str] | None = None) -> Iterator[str]:
     """The Prefect API for a run: the user's own (`PREFECT_API_URL` in `env`, default
-    `os.environ`, or in Prefect's profile), untouched; otherwise a `TemporaryServer` for the
-    block, with `use_api` pointing this process at it (no UI links: it serves none, and it
-    is gone after the block)."""
+    `os.environ`, or in Prefect's profile), untouched once it answers (`ApiUnreachable`
+    otherwise); else a `TemporaryServer` for the block, with `use_api` pointing this process
+    at it (no UI links: it serves none, and it is gone after the block)."""
     from prefect.settings import PREFECT_API_URL
 
     environ = os.environ if env is None else env
     configured = environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
     if configured:
+        source = ("PREFECT_API_URL" if environ.get("PREFECT_API_URL")
+                  else "PREFECT_API_URL in Prefect's profile")
+        check_reachable(str(configured), source)
         yield str(configured)
         return
     with TemporaryServer() as server, use_api(server.api_url, environ, ui_url="") as url:
         yield url
+
+
+def check_reachable(url: str, source: str = "PREFECT_API_URL") -> None:
+    """`ApiUnreachable` unless something answers at `url` (one `GET /health` through
+    Prefect's own client: its TLS, proxy and auth settings). Any HTTP answer will do, an
+    error status included: this tells a stopped server from a running one, and Prefect
+    reports the rest itself. Without it a stale URL ends the run in Prefect's 119-line
+    traceback."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}), \
+            get_client(sync_client=True) as client:
+        failure = client.api_healthcheck()
+    if isinstance(failure, httpx.TransportError):
+        raise ApiUnreachable(url, source, _transport_reason(failure))
+
+
+def _transport_reason(exc: BaseException) -> str:
+    """The innermost cause's words ("Connection refused", not httpx's "All connection
+    attempts failed")."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def _drain_prefect_workers() -> None:

@@ -1,6 +1,6 @@
 """`secret_blocks`: a block is read only when its variable is unset, and only when it is named
 after its variable (the rule validation applies too), so a spec built in code cannot hand a
-provider a block that holds another secret."""
+provider a block that holds another secret; blocks the Prefect API lacks are named."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prefect.blocks.system import Secret
 
-from nbp.flows.orchestration.secrets import secret_blocks
+from nbp.flows.orchestration.secrets import SecretBlockMissing, check_secret_blocks, secret_blocks
 from nbp.flows.spec.loader import parse_spec
 from nbp.flows.spec.model import JobSpec
 
@@ -69,3 +69,25 @@ def test_a_block_named_after_another_variable_is_never_read(
     with pytest.raises(ValueError, match=r"KIE_API_KEY -> kie-api-key$"):
         asyncio.run(secret_blocks(built))
     assert loaded == []  # not even the well-named one
+
+
+@pytest.mark.prefect
+def test_blocks_the_api_lacks_are_named_all_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api_url: str,
+) -> None:
+    """On a real Prefect server: the one block there is read, the missing one is named
+    (`SecretBlockMissing`, which `nbp run` asks about before the flow run starts)."""
+    monkeypatch.delenv("KIE_API_KEY", raising=False)
+    monkeypatch.delenv("KIE_API_KEY_2", raising=False)
+    Secret(value="the-second-key").save("kie-api-key-2", overwrite=True)
+    try:
+        with pytest.raises(SecretBlockMissing) as raised:
+            asyncio.run(secret_blocks(spec(tmp_path)))
+        assert raised.value.missing == {"KIE_API_KEY": "kie-api-key"}
+        assert "the-second-key" not in str(raised.value)
+        with pytest.raises(SecretBlockMissing) as asked:
+            asyncio.run(check_secret_blocks(spec(tmp_path), ["KIE_API_KEY", "KIE_API_KEY_2"]))
+        assert asked.value.missing == raised.value.missing
+        asyncio.run(check_secret_blocks(spec(tmp_path), ["KIE_API_KEY_2"]))  # there: no error
+    finally:
+        Secret.delete("kie-api-key-2")

@@ -16,7 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nbp.flows.orchestration.server import ServerDidNotStart, TemporaryServer, prefect_api, use_api
+from nbp.flows.orchestration.server import (
+    ApiUnreachable,
+    ServerDidNotStart,
+    TemporaryServer,
+    prefect_api,
+    use_api,
+)
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
@@ -120,16 +126,49 @@ def test_a_flow_run_uses_the_temporary_server_and_prefect_starts_none_of_its_own
     assert "View at" not in done.stderr  # no links to a UI that is not served
 
 
-def test_a_users_own_api_url_is_used_as_it_is() -> None:
+@pytest.fixture
+def answering_url() -> Iterator[str]:
+    """A loopback URL where something answers (404 to everything): not Prefect, but up."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_users_own_api_url_is_used_as_it_is(answering_url: str) -> None:
     from prefect.settings import PREFECT_API_URL
 
-    env = {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    env = {"PREFECT_API_URL": answering_url}
     before, settings_before = children(), PREFECT_API_URL.value()
     with prefect_api(env) as url:
-        assert url == "http://127.0.0.1:9/api"
+        assert url == answering_url
         assert children() == before
         assert PREFECT_API_URL.value() == settings_before  # Prefect's settings untouched
-    assert env == {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    assert env == {"PREFECT_API_URL": answering_url}
+
+
+def test_a_users_api_url_that_does_not_answer_is_refused_before_the_run() -> None:
+    env = {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    before = children()
+    refused = (r"^cannot reach the Prefect API at http://127.0.0.1:9/api \(PREFECT_API_URL\): "
+               r"Connection refused$")
+    with pytest.raises(ApiUnreachable, match=refused), prefect_api(env):
+        raise AssertionError("the block must not run")
+    assert children() == before  # no server of nbp's own in its place
 
 
 @pytest.mark.parametrize(("options", "message"), [
