@@ -19,6 +19,9 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# A temporary server a test's `nbp` starts may take longer than the default 20 s on two busy
+# cores (the session's own server gets 60 s too, `prefect_api_url`).
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "60"
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -223,9 +223,14 @@ def running(pid: int) -> bool:
 
 
 def children() -> list[str]:
-    """This process's child process ids."""
-    return [pid for task in Path("/proc/self/task").iterdir()
-            for pid in (task / "children").read_text().split()]
+    """This process's child process ids (a thread that ends meanwhile has none)."""
+    found = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            found += (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
