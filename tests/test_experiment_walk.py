@@ -76,6 +76,10 @@ def test_the_readme_experiment(prefect_api_url: str, tmp_path: Path) -> None:
     assert by_axis.height == 2 * 2 * 4 and set(by_axis["len"]) == {4}
     rows = pl.read_parquet(manifest)
     assert set(rows["template"]) == {"t1", "t2"} and rows.schema["var_style"] == pl.String
+    one_request = rows.filter(pl.col("provider") == "gemini", pl.col("template") == "t1",
+                              pl.col("var_style") == "glass", pl.col("var_surface") == "oak",
+                              pl.col("replicate") == 0)
+    assert one_request.height == 2 and one_request["sha256"].n_unique() == 2  # two model ids
     sent = dict(rows.group_by("provider").agg(pl.col("seed_sent").all()).iter_rows())
     assert sent == {"kie": False, "runware": True, "gemini": True}
 

@@ -567,7 +567,7 @@ class ProviderEmulator:
         key = f"{self.name}-{_safe(task.task_id)}-{index}.{fmt}"
         pad_to = self.config.oversize_bytes if task.image == "oversize" else 0
         self.hub.files.register_generated(
-            key, width, height, fmt, seed_text=task.prompt, bomb=task.image == "bomb",
+            key, width, height, fmt, seed_text=picture_seed(task), bomb=task.image == "bomb",
             pad_to=pad_to,
         )
         url: str = f"{self.hub.url}/files/{key}"
@@ -749,6 +749,31 @@ def bomb_png(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
             + chunk(b"IEND", b""))
+
+
+def picture_seed(task: RemoteTask) -> str:
+    """What a task's picture is drawn from: its prompt and the model id it asked for (a
+    `model` in its create body, or one the emulator noted: Gemini's is in the URL), so two
+    model ids of one prompt draw two pictures, as real models would, and `nbp compare` sees
+    a model change as a change. Not the seed: replicates of a prompt share one picture, which
+    `render_image` draws once."""
+    model = task.extra.get("model") or _model_in(task.body)
+    return task.prompt if not model else f"{task.prompt}\x1f{model}"
+
+
+def _model_in(body: Any, depth: int = 0) -> str | None:
+    """The first `model` text in a create body (Runware's is a list of tasks)."""
+    if depth > 3:
+        return None
+    if isinstance(body, dict):
+        if isinstance(body.get("model"), str):
+            return str(body["model"])
+        values: Any = body.values()
+    elif isinstance(body, list):
+        values = body
+    else:
+        return None
+    return next((found for v in values if (found := _model_in(v, depth + 1))), None)
 
 
 @functools.lru_cache(maxsize=32)

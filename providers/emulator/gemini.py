@@ -63,6 +63,7 @@ from nbp.providers.emulator.core import (
     bomb_png,
     choice,
     oversize_body,
+    picture_seed,
     pixel_size,
     proxy_error,
     render_image,
@@ -1021,7 +1022,7 @@ def result_image(task: RemoteTask, oversize_bytes: int) -> FileBody:
         return FileBody(bomb_png(*BOMB_SIZE), "image/png", result=True)
     if task.image == "wrongsize":
         width, height = max(1, width // 2), max(1, height // 2)
-    data = render_image(width, height, "png", task.prompt)
+    data = render_image(width, height, "png", picture_seed(task))
     if task.image == "oversize" and oversize_bytes > len(data):
         return oversize_body(data, "image/png", oversize_bytes)
     return FileBody(data, "image/png", result=True)

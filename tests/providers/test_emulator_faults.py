@@ -220,3 +220,24 @@ def test_tasks_survive_into_a_fresh_emulator_and_foreign_entries_are_skipped() -
     assert after.import_tasks([*exported, *hostile]) == 1
     assert after.tasks["t1"] == task
     assert after.import_tasks({"not": "a list"}) == 0
+
+
+def test_a_picture_is_drawn_from_the_prompt_and_the_model_asked_for() -> None:
+    """Two model ids of one prompt draw two pictures, as real models would (`nbp compare`
+    then sees a model change); replicates of one request share one."""
+    from nbp.providers.emulator.core import RemoteTask, picture_seed
+
+    def task(body: object, **extra: str) -> RemoteTask:
+        made = RemoteTask("t", "a cup", "1:1", "1K", "png", 0.0, 1.0, "success", body)
+        made.extra.update(extra)
+        return made
+
+    kie_a, kie_b = task({"model": "a", "input": {}}), task({"model": "b", "input": {}})
+    runware = task([{"taskType": "authentication"}, {"taskType": "imageInference",
+                                                     "model": "google:4@2", "seed": 7}])
+    assert picture_seed(kie_a) != picture_seed(kie_b)
+    assert picture_seed(kie_a) == picture_seed(task({"model": "a", "input": {"seed": 1}}))
+    assert picture_seed(runware) == "a cup\x1fgoogle:4@2"
+    assert picture_seed(task({"contents": []}, model="gemini-3-pro-image")).endswith(
+        "gemini-3-pro-image")
+    assert picture_seed(task({"prompt": "a cup"})) == "a cup"  # no model named: the prompt

@@ -441,11 +441,12 @@ def test_detail_shape_through_the_life_of_a_task(
     hub: EmulatorHub, emulator: HiapiEmulator
 ) -> None:
     task_id = raw(hub, "POST", "/v1/tasks", json=body()).json()["data"]["taskId"]
+    emulator.tasks[task_id].latency_s = 60.0  # running until the test moves the clock
     running = raw(hub, "GET", f"/v1/tasks/{task_id}").json()["data"]
     assert running["status"] in ("queued", "handling", "archiving")
     assert running["completed"] == 0 and isinstance(running["created"], int)
     assert "output" not in running and "error" not in running
-    emulator.tasks[task_id].created -= LATENCY_S  # move the clock past the end
+    emulator.tasks[task_id].created -= 60.0  # move the clock past the end
     done = raw(hub, "GET", f"/v1/tasks/{task_id}").json()["data"]
     assert done["status"] == "success" and done["model"] == "Nano-Banana-Pro"
     assert done["completed"] >= done["created"] and "error" not in done
