@@ -56,6 +56,7 @@ from nbp.flows.engine.reference_check import (
 from nbp.flows.engine.refresh import TargetState, apply_patches, patches, read_state
 from nbp.flows.engine.routing import Router, make_lanes
 from nbp.flows.engine.runner import RunContext, Runner
+from nbp.flows.engine.spend_window import SpendWindow
 from nbp.flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
 from nbp.flows.spec.channels import (
     Channel,
@@ -696,8 +697,10 @@ def make_throttles(
 ) -> dict[str, AccountThrottle]:
     """One throttle per channel (provider account), paced by its provider's rules, by
     channel key; `rate_limiter` builds the create-rate window (shared across processes
-    through Prefect in orchestration). `used`: the channels (default: one per provider)."""
+    through Prefect in orchestration). `used`: the channels (default: one per provider).
+    A provider's spend window (`limits.<provider>.spend`) is one, shared by its channels."""
     throttles = {}
+    windows = {name: SpendWindow(rule.spend) for name, rule in rules.items() if rule.spend}
     for channel in used if used is not None else [Channel(p, p) for p in providers]:
         rule, provider = rules[channel.provider], providers[channel.key]
         throttles[channel.key] = AccountThrottle(
@@ -705,6 +708,7 @@ def make_throttles(
             rate=rate_limiter(rule.rate, provider) if rule.rate else None,
             in_flight=InFlightLimit(rule.max_in_flight),
             poll_interval_s=rule.poll_interval_s,
+            spend=windows.get(channel.provider),
         )
     return throttles
 

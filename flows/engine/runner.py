@@ -518,15 +518,18 @@ class Runner:
         throttle: AccountThrottle, rule: Resend, ticket: Ticket | None = None,
     ) -> Submitted:
         """Create the task; the intent is journalled right before each send, after the
-        rate token. A send that never left, or that the provider refused, moved the cell
-        back (`_sent`); one that may have reached the provider follows the resend rule."""
+        spend window and the rate token. A send that never left, or that the provider
+        refused, moved the cell back (`_sent`) and bills nothing; one that may have reached
+        the provider follows the resend rule."""
+        key = request.idempotency_key or ""
+        price = life.intent.price_usd if life.intent is not None else 0.0
 
         async def before_each() -> None:
             spent = ticket is not None and ticket.spent
             if spent:
                 assert ticket is not None
                 ticket.token_used()
-            await self._waiting(throttle.before_create(spent=spent))
+            await self._waiting(throttle.before_create(spent=spent, key=key, usd=price))
 
         async def send() -> Submitted:
             try:
@@ -539,6 +542,8 @@ class Runner:
                 return await self._sending(provider.submit(request))
             except Exception as exc:
                 await self._sent(life, exc)
+                if life.state in ("reserved", "unsent"):  # nothing was created
+                    throttle.not_billed(key)
                 raise
             finally:  # what a stop request waits for
                 progress.sending, progress.generating = (progress.sending - 1,
@@ -548,7 +553,7 @@ class Runner:
             try:
                 submitted = await with_retries(
                     send, Step.CREATE, throttle=throttle, policy=self.ctx.retry,
-                    before_each=before_each, after_each=throttle.after_create,
+                    before_each=before_each, after_each=lambda: throttle.after_create(key),
                 )
             except Exception as exc:
                 if life.state == "reserved":  # nothing left: never sent, or refused again
@@ -566,6 +571,8 @@ class Runner:
                     continue
                 submitted = found
             await life.created(submitted)
+            if submitted.finished is not None:  # a synchronous answer says what it cost
+                throttle.billed(key, submitted.finished.cost_usd)
             return submitted
         await life.uncertain("create answers kept getting lost; giving up")
         raise CreateUncertain(life.reason)
