@@ -24,6 +24,13 @@ RESOURCE_EXHAUSTED while quota remains) or "spend_cap" (429 RESOURCE_EXHAUSTED p
 billing account's 10-minute spend cap), each with a `google.rpc.RetryInfo` of
 `overload_retry_s` seconds or without one (None); "none" (the default) serves normally.
 No overload answer carries an image or creates (bills) anything.
+
+The billing account's spend cap (§10 [C RL2]) is a rolling window over every key the
+emulator accepts (extra keys share one billing account [I]): `configure(spend_cap_usd=10,
+spend_cap_window_s=600)` (`SpendCap`) bills each accepted generateContent at its token cost
+(§7) from its arrival until one window after its answer, and answers a request that would
+take the window past the cap 429 RESOURCE_EXHAUSTED with RetryInfo, creating nothing
+(`billing.refusals` counts them). None (the default): no cap.
 """
 
 from __future__ import annotations
@@ -289,6 +296,8 @@ class GeminiEmulator(ProviderEmulator):
 
     def __init__(self, config: FaultConfig | None = None, *, api_key: str | None = None) -> None:
         super().__init__(config, api_key=api_key or TEST_CREDENTIALS["GEMINI_API_KEY"])
+        self.spend_cap = SpendCap()
+        self.billing = BillingAccount()
         self.files: dict[str, StoredFile] = {}
         self.sessions: dict[str, UploadSession] = {}
         self.batches: dict[str, Batch] = {}
@@ -300,7 +309,7 @@ class GeminiEmulator(ProviderEmulator):
         self.readings = GeminiReadings()
 
     def switches(self) -> Sequence[Any]:
-        return (self.readings,)
+        return (self.readings, self.spend_cap)
 
     def reset(self) -> None:
         super().reset()
@@ -312,6 +321,8 @@ class GeminiEmulator(ProviderEmulator):
         self.batch_expiry_s = BATCH_EXPIRY_S
         self.max_page_size = MAX_PAGE_SIZE
         self.readings = GeminiReadings()
+        self.spend_cap = SpendCap()
+        self.billing = BillingAccount()
 
     def routes(self) -> Sequence[BaseRoute]:
         return [
@@ -417,9 +428,13 @@ class GeminiEmulator(ProviderEmulator):
             return overloaded
         if (limited := self.rate_limited(account)) is not None:
             return limited
-        response_id = uuid.uuid4().hex[:22]
         config = body.get("generationConfig") or {}
         image_config = config.get("imageConfig") or {}
+        cost = request_cost(body)
+        if (capped := self.billing.refusal(self.spend_cap, cost)) is not None:
+            return capped
+        bill = self.billing.bill(self.spend_cap, cost)
+        response_id = uuid.uuid4().hex[:22]
         task = self.new_task(
             response_id, prompt=prompt_of(body),
             aspect_ratio=image_config.get("aspectRatio", "1:1"),
@@ -429,7 +444,10 @@ class GeminiEmulator(ProviderEmulator):
         task.extra["model"] = model
         task.extra["modalities"] = [str(m).upper() for m in config.get("responseModalities")
                                     or ("TEXT", "IMAGE")]
-        await asyncio.sleep(task.latency_s)  # the answer comes when the image is done
+        try:
+            await asyncio.sleep(task.latency_s)  # the answer comes when the image is done
+        finally:
+            bill.answered()
         if (fault := self.created_fault()) is not None:
             return fault
         answer = self.answer_body(task)
@@ -822,6 +840,87 @@ class GeminiEmulator(ProviderEmulator):
         if start + size < len(mine):
             body["nextPageToken"] = str(start + size)
         return JSONResponse(body)
+
+
+# -- the billing account's spend cap (protocols-gemini.md §10) ---------------------------------
+
+USD_PER_INPUT_TOKEN = 2 / 1e6        # §7 [C PRC]
+USD_PER_IMAGE_TOKEN = 120 / 1e6      # §7 [C PRC]
+USD_PER_TEXT_TOKEN = 12 / 1e6        # §7 [C PRC]: text and thinking output
+
+
+@dataclass
+class SpendCap:
+    """The rolling spend cap of the billing account every key belongs to (§10 [C RL2]: Tier 1
+    $10, Tier 2 $50, Tier 3 $200 per 10 minutes); None: no cap."""
+
+    spend_cap_usd: float | None = None
+    spend_cap_window_s: float = 600.0
+
+
+@dataclass
+class Bill:
+    """One accepted generateContent's cost, billed from its arrival; `until`: its answer."""
+
+    usd: float
+    since: float
+    until: float | None = None
+
+    def answered(self) -> None:
+        self.until = time.monotonic()
+
+
+@dataclass
+class BillingAccount:
+    """What the account was billed, and the requests the cap refused."""
+
+    bills: list[Bill] = field(default_factory=list)
+    refusals: int = 0
+    peak_usd: float = 0.0      # the most any window held (a request's own cost included)
+
+    def in_window(self, window_s: float, now: float) -> float:
+        """USD a window ending now counts: every bill not answered more than a window ago
+        (one that is still generating counts from its arrival)."""
+        self.bills = [b for b in self.bills if b.until is None or now - b.until < window_s]
+        return sum(b.usd for b in self.bills)
+
+    def refusal(self, cap: SpendCap, cost: float) -> Response | None:
+        """429 RESOURCE_EXHAUSTED when `cost` more would take a window past the cap, with
+        RetryInfo until enough of the window's spend leaves (emulator's choice of wording)."""
+        if cap.spend_cap_usd is None:
+            return None
+        now = time.monotonic()
+        held = self.in_window(cap.spend_cap_window_s, now)
+        if held + cost <= cap.spend_cap_usd + 1e-9:
+            self.peak_usd = max(self.peak_usd, held + cost)
+            return None
+        self.refusals += 1
+        leaving = sorted(b.until for b in self.bills if b.until is not None)
+        wait = leaving[0] + cap.spend_cap_window_s - now if leaving else 1.0
+        _, message = OVERLOADS["spend_cap"]
+        return google_error(429, message, [
+            {"@type": RETRY_INFO, "retryDelay": f"{max(1, math.ceil(wait))}s"}])
+
+    def bill(self, cap: SpendCap, cost: float) -> Bill:
+        """A request accepted: billed from now (kept only while a cap counts bills)."""
+        bill = Bill(cost, time.monotonic())
+        if cap.spend_cap_usd is not None:
+            self.bills.append(bill)
+        return bill
+
+
+def request_cost(body: dict[str, Any]) -> float:
+    """What a generateContent bills (§7), from the usage the emulator will report for it."""
+    config = body.get("generationConfig") or {}
+    size = (config.get("imageConfig") or {}).get("imageSize", "1K")
+    probe = RemoteTask("", prompt_of(body), "1:1", size, "png", 0.0, 0.0, "success",
+                       references=references_of(body))
+    usage = usage_metadata(probe)
+    image = sum(d["tokenCount"] for d in usage["candidatesTokensDetails"]
+                if d["modality"] == "IMAGE")
+    text = usage["candidatesTokenCount"] - image + usage["thoughtsTokenCount"]
+    return float(usage["promptTokenCount"] * USD_PER_INPUT_TOKEN + image * USD_PER_IMAGE_TOKEN
+                 + text * USD_PER_TEXT_TOKEN)
 
 
 # -- requests ---------------------------------------------------------------------------------
