@@ -89,6 +89,7 @@ DEFAULT_WAIT_S = 600.0        # how long one run waits for its batches before le
 AGE_FRACTION = 0.1            # a batch is looked at again after a tenth of its age ...
 MAX_CHECK_INTERVAL_S = 1800.0  # ... and at least every half hour
 SPOOL_PREFIX = "spool:"
+EXPIRED_CODE = "batch_expired"  # the error code of a cell whose batch expired before it ran
 KEY_SEPARATOR = "|"
 
 # Where a group's create stands: members gather, the create is on its way, the batch exists,
@@ -336,7 +337,7 @@ class BatchChannel:
             if outcome is None:
                 raise TaskExpired(f"batch {job.name} expired before it ran this cell ("
                                   f"{job.error or 'pending or running for 48 h'}); nothing "
-                                  "was billed for it", code="batch_expired")
+                                  "was billed for it", code=EXPIRED_CODE)
         elif job.state != "succeeded":
             raise TaskFailed(f"batch {job.name} ended {job.state}: {job.error or 'no reason'}",
                              code=f"batch_{job.state}")

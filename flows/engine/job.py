@@ -38,7 +38,7 @@ from typing import Any
 
 import polars as pl
 
-from nbp.flows.engine.batching import DEFAULT_WAIT_S, channel_for
+from nbp.flows.engine.batching import DEFAULT_WAIT_S, EXPIRED_CODE, channel_for
 from nbp.flows.engine.budget import Budget
 from nbp.flows.engine.interrupt import Interrupt
 from nbp.flows.engine.journal import Journal
@@ -184,7 +184,7 @@ class RunResult:
     # Why cells did not succeed: `nbp status`'s groups of this run's rows, most common first.
     failures: tuple[dict[str, Any], ...] = ()
     failures_ok: bool = False           # the user asked for success despite failed cells
-    waiting: int = 0                    # pending cells whose batch is still running
+    waiting: int = 0                    # pending cells whose batch runs (or expired)
     emulated: bool = False              # the local emulators served it: nothing was paid
     products: str | None = None         # completeness per product (with a dataset key)
     written: Mapping[str, str] = field(default_factory=dict)  # after-write step -> its URI
@@ -193,7 +193,8 @@ class RunResult:
     def outcome(self) -> str:
         """interrupted | failed (some cell failed, is uncertain, was not sent, or its task
         could not be collected) | pending (only tasks that take their time are left: a
-        running Google batch, a cell another run holds) | succeeded."""
+        running Google batch, cells of an expired one that the next run creates anew, a cell
+        another run holds) | succeeded."""
         if self.interrupted_by is not None:
             return "interrupted"
         if any(self.counts.get(status) for status in NOT_DONE):
@@ -415,9 +416,11 @@ def claim_target_kind(sink: Sink, *, emulated: bool) -> None:
 
 def _waiting_in_groups(parts: ManifestParts) -> int:
     """This run's pending cells whose task travels in a remote job (`task_group`: a batch,
-    which takes hours): waiting, not a failure."""
+    which takes hours), or whose batch expired unrun with no other channel to take them
+    (the next run creates them anew): waiting, not a failure."""
     found = parts.scan().filter(
-        (pl.col("status") == "pending") & pl.col("task_group").is_not_null()
+        (pl.col("status") == "pending")
+        & (pl.col("task_group").is_not_null() | (pl.col("error_code") == EXPIRED_CODE))
     ).select(pl.len()).collect()
     return int(found.item())
 
