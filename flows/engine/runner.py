@@ -535,7 +535,7 @@ class Runner:
         spend window and the rate token. A send that never left, or that the provider
         refused, moved the cell back (`_sent`) and bills nothing; one that may have reached
         the provider follows the resend rule."""
-        key = request.idempotency_key or ""
+        key = request.idempotency_key  # what the spend window holds its price under
         price = life.intent.price_usd if life.intent is not None else 0.0
 
         async def before_each() -> None:
@@ -556,7 +556,7 @@ class Runner:
                 return await self._sending(provider.submit(request))
             except Exception as exc:
                 await self._sent(life, exc)
-                if life.state in ("reserved", "unsent"):  # nothing was created
+                if life.state in ("reserved", "unsent"):  # nothing was created: not billed
                     throttle.not_billed(key)
                 raise
             finally:  # what a stop request waits for

@@ -303,15 +303,15 @@ class AccountThrottle:
         if self.spend is not None and key is not None:
             self.spend.answered(key)
 
-    def billed(self, key: str, cost_usd: float | None) -> None:
+    def billed(self, key: str | None, cost_usd: float | None) -> None:
         """The create of `key` reported its cost (a synchronous answer): the spend window
         counts that instead of its price."""
-        if self.spend is not None:
+        if self.spend is not None and key is not None:
             self.spend.billed(key, cost_usd)
 
-    def not_billed(self, key: str) -> None:
+    def not_billed(self, key: str | None) -> None:
         """The create of `key` created nothing (refused, rate limited, never left)."""
-        if self.spend is not None:
+        if self.spend is not None and key is not None:
             self.spend.release(key)
 
     def rate_limited(self, retry_after: float | None, *, concurrency: bool = False) -> None:

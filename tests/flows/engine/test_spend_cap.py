@@ -5,6 +5,8 @@ emulator's: creates it accepted and the 429s its cap answered."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nbp.flows.engine.job import RunOptions, run_job
 from nbp.providers.emulator.gemini import GeminiEmulator
 from nbp.providers.emulator.hub import EmulatorHub
 from tests.flows.engine.emulated import manifest, run, serving
@@ -73,3 +76,34 @@ def test_without_the_window_the_cap_answers_429s_that_create_nothing(
     assert gemini.billing.refusals > 0
     assert result.counts["succeeded"] == CELLS
     assert len(gemini.creates) == CELLS
+
+
+def test_a_create_waits_for_the_window_before_its_intent_is_journalled(
+    gemini: GeminiEmulator, tmp_path: Path
+) -> None:
+    """One image a window: the second cell waits with nothing journalled as sent (a stop
+    then would leave it unsent, nothing to ask the provider about)."""
+    gemini.configure(spend_cap_usd=None)
+    spec = write_spec(tmp_path, {"spend": {"usd": 0.15, "window": 2.0}})
+    data = yaml.safe_load(spec.read_text())
+    data["matrix"]["prompt"] = ["a plum", "a pear"]
+    spec.write_text(yaml.safe_dump(data))
+    cells = tmp_path / "out" / ".nbp" / "cells"
+
+    def states() -> list[str]:
+        return [json.loads(p.read_text())["state"] for p in cells.glob("*.json")]
+
+    async def go() -> list[list[str]]:
+        task = asyncio.create_task(run_job(RunOptions(spec=str(spec))))
+        seen: list[list[str]] = []
+        while not task.done():
+            seen.append(sorted(states()))
+            await asyncio.sleep(0.05)
+        await task
+        return seen
+
+    seen = asyncio.run(go())
+    assert len(gemini.creates) == 2
+    waiting = [s for s in seen if s == ["succeeded"]]
+    assert len(waiting) > 10  # a second and more: one image done, the other not yet sent
+    assert all(s.count("create_sent") + s.count("created") <= 1 for s in seen)
