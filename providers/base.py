@@ -487,15 +487,18 @@ class BatchJob:
     created_at: float | None = None    # epoch seconds
     error: str | None = None           # why it failed, expired or was cancelled
     results: str | None = None         # where its results are (e.g. "files/xyz"), once done
+    failed_requests: int | None = None  # the requests the provider counts failed, if it says
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "display_name": self.display_name, "state": self.state,
-                "created_at": self.created_at, "error": self.error, "results": self.results}
+                "created_at": self.created_at, "error": self.error, "results": self.results,
+                "failed_requests": self.failed_requests}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BatchJob:
         return cls(str(data["name"]), str(data["display_name"]), data["state"],
-                   data.get("created_at"), data.get("error"), data.get("results"))
+                   data.get("created_at"), data.get("error"), data.get("results"),
+                   data.get("failed_requests"))
 
 
 @dataclass(frozen=True)
@@ -510,6 +513,9 @@ class BatchResult:
     # 0-based line of the results file (results keep request order): what identifies a
     # result whose key could not be read (a refused, oversized line), else None.
     line: int | None = None
+    # the line is the provider's error for the request (what its batch counts as failed),
+    # not a response that brought no image
+    failed: bool = False
 
 
 @runtime_checkable

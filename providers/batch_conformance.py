@@ -23,13 +23,17 @@ request and named; found again by its display name after its create's answer was
 not found when nothing was created); followed from pending to its end in the provider's own
 states mapped to `BatchState`; its results streamed one per request, in request order, each
 an image of the size asked or that request's own refusal; cancelled only when the provider
-confirms it; limits checked and credentials refused before anything is created.
+confirms it; limits checked and credentials refused before anything is created. Lifetimes:
+a batch that expires says so and holds results only for requests that ran; results the
+provider no longer serves are `ResultsExpired`; a batch counts its failed requests
+(`BatchJob.failed_requests`) as its results' error lines (`BatchResult.failed`); a priority
+option goes with the batch.
 
 Where the provider's documentation allows more than one reading of the batch API, the
 behaviours that depend on it run once per reading the emulator serves: `batch_readings`
 returns {point: {reading id: switch values}} for the points `BATCH_STATES` (how states are
-spelt) and `BATCH_LIST_PAGES` (how listings are paged), and `use_reading` applies one
-(default: `emulator.configure(**switches)`).
+spelt), `BATCH_LIST_PAGES` (how listings are paged) and `BATCH_EXPIRY` (what an expired
+batch holds), and `use_reading` applies one (default: `emulator.configure(**switches)`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import io
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import pytest
@@ -59,6 +64,7 @@ from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     LimitExceeded,
+    ResultsExpired,
     SubmitUncertain,
     TaskFailed,
     TaskNotFound,
@@ -68,6 +74,7 @@ from nbp.providers.model import pixel_size
 T = TypeVar("T")
 BATCH_STATES = "batch_states"          # how the provider spells a batch's states
 BATCH_LIST_PAGES = "batch_list_pages"  # how many batches a page of its listing holds
+BATCH_EXPIRY = "batch_expiry"          # what an expired batch holds: no results, or some
 _READING_POINT = "_nbp_reading_point"  # as `providers.conformance.under_readings` marks
 FINISH_WITHIN_S = 15.0
 
@@ -78,7 +85,9 @@ class BatchEmulatorControls(Protocol):
     `requests` one entry per request received, `configure` the `FaultConfig` knobs
     latency_s (a batch's turnaround), fail_prob (a whole batch fails), submit_5xx_prob (the
     create refused, nothing made), drop_after_create_prob and create_5xx_after_create_prob
-    (the batch made, its answer lost)."""
+    (the batch made, its answer lost); and the lifetime switches expire_after_s (a batch
+    whose turnaround is longer expires then) and results_gone (results files are no longer
+    served)."""
 
     @property
     def creates(self) -> Sequence[CreatedTask]: ...
@@ -95,6 +104,11 @@ class BatchProviderConformance:
     fail_marker: ClassVar[str] = FAIL_MARKER        # prompt text: that request fails
     content_marker: ClassVar[str] = CONTENT_MARKER  # ... is refused for its content
     unknown_batch: ClassVar[str] = "batches/nbp-conformance-unknown"
+    priority_option: ClassVar[str | None] = None  # the option that sets a batch's priority
+
+    def recorded_priority(self, emulator: BatchEmulatorControls, job: BatchJob) -> int | None:
+        """The priority the emulator received for `job` (with `priority_option`)."""
+        raise NotImplementedError
 
     def batch_readings(self) -> Readings:
         """The readings the emulator serves, per point (`BATCH_STATES`,
@@ -288,6 +302,10 @@ class BatchProviderConformance:
         assert isinstance(statue.error, ContentRejected) and statue.finished is None
         assert isinstance(pear.error, TaskFailed) and not isinstance(pear.error, ContentRejected)
         assert pear.finished is None
+        # the batch counts as failed the requests its results answer with an error line (a
+        # refused image is a response)
+        assert [r.failed for r in results] == [False, False, True, False]
+        assert job.failed_requests == 1
 
     def test_an_unknown_batch_is_not_found(
         self, provider_name: str, provider_environ: Mapping[str, str],
@@ -298,6 +316,83 @@ class BatchProviderConformance:
                 await provider.get_batch(self.unknown_batch)
 
         _run(provider_name, provider_environ, go)
+
+    # -- lifetimes ---------------------------------------------------------------------------
+
+    @under_readings(BATCH_EXPIRY)
+    def test_an_expired_batch_holds_results_only_for_what_ran(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: BatchEmulatorControls, reading: dict[str, Any],
+    ) -> None:
+        """A batch pending or running past its lifetime ends expired, saying why; results,
+        if the provider names any, only for some of its requests: the others never ran."""
+        self.use_reading(emulator, reading)
+        emulator.configure(latency_s=30.0, expire_after_s=0.2)
+        requests = self.requests_for(provider_name, ["a fig", "a pear", "a kiwi"])
+
+        async def go(provider: BatchProvider) -> tuple[BatchJob, list[BatchResult] | None]:
+            job = await _until_done(provider, await provider.create_batch(
+                _display_name("expired"), requests))
+            if not job.results:
+                with pytest.raises(TaskFailed) as caught:
+                    await _results(provider, job)
+                assert not isinstance(caught.value, ResultsExpired)
+                return job, None
+            return job, await _results(provider, job)
+
+        job, results = _run(provider_name, provider_environ, go)
+        assert job.state == "expired" and job.error
+        if results is not None:
+            keys = [r.key for r in results]
+            assert set(keys) < {key for key, _ in requests}, keys
+            assert all(r.finished is not None for r in results)
+        assert len(emulator.creates) == 1
+
+    def test_results_no_longer_served_are_results_expired(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: BatchEmulatorControls,
+    ) -> None:
+        """A succeeded batch whose results the provider no longer serves (kept for weeks):
+        `ResultsExpired` (billed, never to be created again), not a failed task."""
+        emulator.configure(latency_s=0.1, results_gone=True)
+
+        async def go(provider: BatchProvider) -> BatchJob:
+            job = await _until_done(provider, await provider.create_batch(
+                _display_name("gone"), self.requests_for(provider_name, ["a plum"])))
+            with pytest.raises(ResultsExpired) as caught:
+                await _results(provider, job)
+            assert caught.value.code == "results_expired"
+            return job
+
+        assert _run(provider_name, provider_environ, go).state == "succeeded"
+        assert len(emulator.creates) == 1
+
+    def test_a_priority_goes_with_the_batch(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: BatchEmulatorControls,
+    ) -> None:
+        """`priority_option` reaches the provider with the batch; one batch, one priority."""
+        option = self.priority_option
+        if option is None:
+            pytest.skip("this provider's batches take no priority")
+
+        def at(priority: int, prompts: Sequence[str]) -> list[tuple[str, ImageRequest]]:
+            return [(key, replace(request, options={option: priority}))
+                    for key, request in self.requests_for(provider_name, prompts)]
+
+        async def go(provider: BatchProvider) -> tuple[BatchJob, BatchJob]:
+            urgent = await provider.create_batch(_display_name("urgent"), at(7, ["a", "b"]))
+            plain = await provider.create_batch(_display_name("plain"),
+                                                self.requests_for(provider_name, ["later"]))
+            mixed = [*at(7, ["a"]), *[(f"x-{k}", r) for k, r in at(1, ["b"])]]
+            with pytest.raises(LimitExceeded):
+                await provider.create_batch(_display_name("mixed"), mixed)
+            return urgent, plain
+
+        urgent, plain = _run(provider_name, provider_environ, go)
+        assert self.recorded_priority(emulator, urgent) == 7
+        assert self.recorded_priority(emulator, plain) in (None, 0)
+        assert len(emulator.creates) == 2
 
     # -- cancel ------------------------------------------------------------------------------
 
@@ -412,5 +507,5 @@ async def _results(provider: BatchProvider, job: BatchJob) -> list[BatchResult]:
     return [result async for result in provider.batch_results(job)]
 
 
-__all__ = ["BATCH_LIST_PAGES", "BATCH_STATES", "BatchEmulatorControls",
+__all__ = ["BATCH_EXPIRY", "BATCH_LIST_PAGES", "BATCH_STATES", "BatchEmulatorControls",
            "BatchProviderConformance"]

@@ -16,9 +16,13 @@ these classes.
     │   └── LimitExceeded         fails a documented provider limit before anything is sent
     ├── SubmitUncertain           a create was sent but its answer was lost: it may exist
     ├── TaskFailed                the provider ran the task and it failed (code, message)
-    │   └── ContentRejected       a content/policy rejection: retrying or falling back won't help
+    │   ├── ContentRejected       a content/policy rejection: retrying or falling back won't help
+    │   └── TaskExpired           the provider dropped the task unrun (a batch past 48 h):
+    │                               nothing billed; another channel may run it
     ├── ResultMismatch            the image is not what was asked (format, size, undecodable)
     └── TaskNotFound              the provider does not know the remote task id
+        └── ResultsExpired        a finished task's results are no longer served (billed):
+                                    never created again
 
 Messages never contain credentials: adapters build them from response bodies and codes only.
 """
@@ -94,12 +98,22 @@ class ContentRejected(TaskFailed):
     """The provider refused the content (moderation / policy); no retry, no fallback."""
 
 
+class TaskExpired(TaskFailed):
+    """The provider gave up on the task before running it (a batch pending or running past
+    its lifetime): nothing was generated or billed for it."""
+
+
 class ResultMismatch(ProviderError):
     """The delivered image is not what was asked for (undecodable, wrong format or size)."""
 
 
 class TaskNotFound(ProviderError):
     """The provider does not know the remote task id (expired, other account, never created)."""
+
+
+class ResultsExpired(TaskNotFound):
+    """The task finished (and was billed), but the provider no longer serves its results
+    (a batch's results file past its retention): nothing to collect, nothing to redo."""
 
 
 __all__ = [
@@ -112,7 +126,9 @@ __all__ = [
     "Rejected",
     "RequestNotSent",
     "ResultMismatch",
+    "ResultsExpired",
     "SubmitUncertain",
+    "TaskExpired",
     "TaskFailed",
     "TaskNotFound",
     "TransientError",

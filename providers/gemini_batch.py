@@ -16,6 +16,14 @@ succeeded batch names its results file (`response.responsesFile`, also
 "error"}`. Creation is not idempotent; the display name is nbp's handle to find a batch again.
 Same host and key as `gemini` (`NBP_GEMINI_BASE_URL`, `GEMINI_API_KEY`).
 
+Lifetimes (§6, §10): a batch pending or running for 48 h ends `EXPIRED`, documented without
+results [C BAT]; should Google name a results file for one anyway (lines that ran before
+it expired [I]), those results are streamed like a succeeded batch's. Results are kept 6
+weeks [C BAT2]: a results file Google answers 404 for (or 403 "may not exist", §5, once the
+batch is older than that) is `ResultsExpired`. `options.gemini-batch.priority` goes out as
+`batch.priority` (int64, higher first [C BAT2, REF]); `batchStats.failedRequestCount` is read
+into `BatchJob.failed_requests`.
+
 Sources: /work/shared/protocols-gemini.md §4-§7 (Google's docs and SDKs: BAT, REF, FIL, RL,
 PRC, PY), no reseller seed: this is Google's own API.
 """
@@ -25,6 +33,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import IO, Any, ClassVar
@@ -45,6 +54,7 @@ from nbp.providers.errors import (
     ProviderError,
     Rejected,
     ResultMismatch,
+    ResultsExpired,
     SubmitUncertain,
     TaskFailed,
     TaskNotFound,
@@ -65,7 +75,7 @@ from nbp.providers.gemini import (
     request_body,
     version_of,
 )
-from nbp.providers.gemini_batch_facts import FACTS, MAX_INPUT_FILE_BYTES
+from nbp.providers.gemini_batch_facts import FACTS, MAX_INPUT_FILE_BYTES, RESULTS_KEPT_S
 from nbp.providers.gemini_facts import DEFAULT_API_VERSION
 
 # -- documented constants --------------------------------------------------------------------
@@ -116,7 +126,7 @@ class GeminiBatchProvider(HttpAdapter):
     ) -> BatchJob:
         """Upload the requests as JSONL and create the batch. A lost or 5xx answer to the
         create is `SubmitUncertain` (the batch may exist: `find_batch` first)."""
-        model, version = self._check_batch(display_name, requests)
+        model, version, priority = self._check_batch(display_name, requests)
         headers = self.auth_headers()
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
             size = write_jsonl(spool, requests)
@@ -124,8 +134,11 @@ class GeminiBatchProvider(HttpAdapter):
                 raise LimitExceeded(f"{self.name}: the batch's input file would have {size} "
                                     f"bytes, more than the {MAX_INPUT_FILE_BYTES} allowed")
             file_name = await self._upload(spool, size, display_name, version, headers)
-        body = {"batch": {"display_name": display_name,
-                          "input_config": {"file_name": file_name}}}
+        batch: dict[str, Any] = {"display_name": display_name,
+                                 "input_config": {"file_name": file_name}}
+        if priority is not None:
+            batch["priority"] = str(priority)  # int64: a string in proto3 JSON
+        body = {"batch": batch}
         url = self.url(f"/{version}/models/{model}:batchGenerateContent")
         response = await http.send(self.client, "POST", url, creates_task=True, json=body,
                                    headers=headers)
@@ -168,8 +181,11 @@ class GeminiBatchProvider(HttpAdapter):
 
     async def batch_results(self, job: BatchJob) -> AsyncIterator[BatchResult]:
         """One `BatchResult` per line of the results file, streamed; a line longer than the
-        answer cap is skipped unread and reported as `ResultMismatch` (`too_large`)."""
-        if job.state != "succeeded":
+        answer cap is skipped unread and reported as `ResultMismatch` (`too_large`). An
+        expired batch has results only if Google names a file for it (see the module
+        docstring); a results file no longer served is `ResultsExpired`."""
+        if job.state not in ("succeeded", "expired") or (job.state == "expired"
+                                                         and not job.results):
             raise TaskFailed(f"{self.name}: batch {job.name} is {job.state}: "
                              f"{job.error or 'it has no results'}", code=job.state)
         results = job.results or (await self.get_batch(job.name)).results
@@ -183,6 +199,11 @@ class GeminiBatchProvider(HttpAdapter):
                                headers=self.auth_headers()) as response:
             if response.status_code >= 300:
                 raw = await response.aread()
+                if results_gone(response.status_code, job):
+                    raise ResultsExpired(
+                        f"{self.name}: the results of batch {job.name} ({results}) are no "
+                        f"longer served (HTTP {response.status_code}; Google keeps them 6 "
+                        "weeks); its requests were billed", code="results_expired")
                 raise_for_error(response, parse_json(response, raw[:65536]))
             index = 0
             chunks = response.aiter_bytes(http.DOWNLOAD_CHUNK_BYTES)
@@ -219,15 +240,16 @@ class GeminiBatchProvider(HttpAdapter):
 
     def _check_batch(
         self, display_name: str, requests: Sequence[tuple[str, ImageRequest]]
-    ) -> tuple[str, str]:
-        """Every request within the documented limits, unique keys, one model and version."""
+    ) -> tuple[str, str, int | None]:
+        """Every request within the documented limits, unique keys, one model, version and
+        priority (None: Google's default)."""
         if not requests:
             raise LimitExceeded(f"{self.name}: a batch needs at least one request")
         if not display_name or len(display_name) > MAX_DISPLAY_NAME:
             raise LimitExceeded(f"{self.name}: a display name has 1 to {MAX_DISPLAY_NAME} "
                                 "characters")
         keys: set[str] = set()
-        targets: set[tuple[str, str]] = set()
+        targets: set[tuple[str, str, int | None]] = set()
         for key, request in requests:
             if not key or key in keys:
                 raise LimitExceeded(f"{self.name}: request keys must be unique and non-empty "
@@ -235,10 +257,13 @@ class GeminiBatchProvider(HttpAdapter):
             keys.add(key)
             self.check_limits(request)
             options = self.checked_options(request)
-            targets.add((model_of(options), version_of(options, self.api_version)))
+            priority = options.get("priority")
+            targets.add((model_of(options), version_of(options, self.api_version),
+                         int(priority) if priority is not None else None))
         if len(targets) > 1:
-            raise LimitExceeded(f"{self.name}: one batch runs one model; these requests name "
-                                f"{', '.join(sorted(m for m, _ in targets))}")
+            raise LimitExceeded(f"{self.name}: one batch runs one model at one priority; these "
+                                f"requests name {', '.join(sorted({m for m, _, _ in targets}))} "
+                                f"at {sorted({str(p) for _, _, p in targets})}")
         [target] = targets
         return target
 
@@ -301,7 +326,7 @@ class GeminiBatchProvider(HttpAdapter):
                                       else None) or "")
         error = data.get("error") or data.get("status")
         if isinstance(error, Mapping):
-            return BatchResult(key, error=line_error(error), line=index)
+            return BatchResult(key, error=line_error(error), line=index, failed=True)
         response = data.get("response")
         if not isinstance(response, Mapping):
             return BatchResult(key, error=TaskFailed(
@@ -365,7 +390,31 @@ def batch_job(operation: Mapping[str, Any]) -> BatchJob:
         created_at=timestamp(meta.get("createTime")),
         error=str(message) if message else None,
         results=results,
+        failed_requests=failed_requests(meta),
     )
+
+
+def failed_requests(meta: Mapping[str, Any]) -> int | None:
+    """`batchStats.failedRequestCount` (§10 [C REF]; int64 as a string, left out when zero
+    [I]); None when the batch reports no stats."""
+    stats = meta.get("batchStats") or meta.get("batch_stats")
+    if not isinstance(stats, Mapping) or not stats:
+        return None
+    value = stats.get("failedRequestCount", stats.get("failed_request_count", 0))
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def results_gone(status: int, job: BatchJob) -> bool:
+    """Whether a refused results download means the results are no longer kept: a 404, or
+    the 403 Google answers for a file that "may not exist" (§5 [I]) once the batch is older
+    than the 6 weeks results are kept (§10 [C BAT2])."""
+    if status == 404:
+        return True
+    old = job.created_at is not None and time.time() - job.created_at > RESULTS_KEPT_S
+    return status == 403 and old
 
 
 def timestamp(value: Any) -> float | None:

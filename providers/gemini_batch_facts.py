@@ -7,6 +7,8 @@ Sources: /work/shared/protocols-gemini.md (§ numbers; its source tags in bracke
 
 from __future__ import annotations
 
+from typing import Any
+
 from nbp.providers.base import BatchLimits, Capabilities, ProviderFacts
 from nbp.providers.gemini_facts import (
     API_KEY_ENV,
@@ -17,15 +19,21 @@ from nbp.providers.gemini_facts import (
     MAX_REFERENCES,
     MAX_SEED,
     MODELS,
-    OPTION_SCHEMA,
     OUTPUT_FORMATS,
     SEED,
 )
+from nbp.providers.gemini_facts import OPTION_SCHEMA as GEMINI_OPTION_SCHEMA
 from nbp.providers.model import ASPECT_RATIOS, RESOLUTIONS
 
 PRICES_USD: dict[str, float] = {"1K": 0.067, "2K": 0.067, "4K": 0.12}  # §7 batch, 50 % [C PRC]
 TURNAROUND_S = 24 * 3600.0             # §6 target turnaround [C BAT]
 EXPIRY_S = 48 * 3600.0                 # §6 pending or running longer: EXPIRED [C BAT]
+RESULTS_KEPT_S = 6 * 7 * 86400.0       # §10 results are kept 6 weeks [C BAT2]
+# §10 `batch.priority` [C BAT2; REF GenerateContentBatch: "Optional. The priority of the
+# batch. Batches with a higher priority value will be processed before batches with a lower
+# priority value. Negative values are allowed. Default is 0."]: an int64, written in JSON as
+# a string as proto3 writes every int64 (numbers are read too).
+PRIORITY_RANGE = (-(2**63), 2**63 - 1)
 MAX_INPUT_FILE_BYTES = 2 * 1000**3     # §4, §5 2 GB per file [C RL, FIL]
 MAX_INLINE_BATCH_BYTES = 20 * 1000**2  # §6 inline requests < 20 MB (nbp always uploads a file)
 ENQUEUED_TOKENS_TIER_1 = 2_000_000     # §4 Gemini 3 Pro Image Preview, Tier 1 [C RL]
@@ -41,8 +49,18 @@ BATCH_LIMITS = BatchLimits(
     expected_result_bytes={"1K": 3 * 2**20, "2K": 8 * 2**20, "4K": 30 * 2**20},
     turnaround_s=TURNAROUND_S,         # §6 [C BAT]
 )
-# Options: the same as `gemini` (model and api_version); a batch runs one model, so every
-# request of a batch must name the same one.
+# Options: those of `gemini` (model, api_version, ...) and the batch's own `priority`; a batch
+# runs one model at one priority, so every request of a batch names the same ones.
+OPTION_SCHEMA: dict[str, Any] = {
+    **GEMINI_OPTION_SCHEMA,
+    "properties": {
+        **GEMINI_OPTION_SCHEMA["properties"],
+        "priority": {
+            "type": "integer", "minimum": PRIORITY_RANGE[0], "maximum": PRIORITY_RANGE[1],
+            "description": "batch.priority: batches with a higher value run first (default 0)",
+        },
+    },
+}
 FACTS = ProviderFacts(
     name="gemini-batch",
     env_name="gemini",  # same host, same NBP_GEMINI_BASE_URL

@@ -26,9 +26,17 @@ same cells.
 Waiting. A batch takes up to a day. `poll` answers Pending from one shared `get_batch` per
 batch, asked again after the job's poll interval or a tenth of the batch's age, whichever is
 longer (at most every 30 min); after `wait_s` of this run it raises `TaskPending`, so the cell
-ends the run `pending` with its batch in the journal and the next run collects it. A failed,
-expired or cancelled batch is `TaskFailed` for each of its cells (nothing to collect: a new
-task may be created), a refused line is that cell's `ContentRejected` or `TaskFailed`.
+ends the run `pending` with its batch in the journal and the next run collects it. A failed
+or cancelled batch is `TaskFailed` for each of its cells (nothing to collect: a new task may
+be created), a refused line is that cell's `ContentRejected` or `TaskFailed`.
+
+Lifetimes. A batch that expired (48 h pending or running) ran none of its cells, or, should
+the provider serve results for it, those cells only: every other cell hears `TaskExpired`
+(nothing billed; the runner moves it to the next channel, else leaves it for the next run).
+A batch whose results the provider no longer serves (kept 6 weeks) is `ResultsExpired` for
+every cell, heard from one download: those images were billed and are never created again.
+When a succeeded batch's own count of failed requests (`BatchJob.failed_requests`) differs
+from the error lines its results hold, a warning names both: the results decide.
 
 Results are streamed line by line (`BatchProvider.batch_results`) into one spool file per
 cell on local disk, never held in memory; `download` reads a cell's file; the spool folder
@@ -66,7 +74,9 @@ from nbp.providers.base import (
 from nbp.providers.errors import (
     ProviderError,
     RequestNotSent,
+    ResultsExpired,
     SubmitUncertain,
+    TaskExpired,
     TaskFailed,
     TransientError,
 )
@@ -79,6 +89,7 @@ DEFAULT_WAIT_S = 600.0        # how long one run waits for its batches before le
 AGE_FRACTION = 0.1            # a batch is looked at again after a tenth of its age ...
 MAX_CHECK_INTERVAL_S = 1800.0  # ... and at least every half hour
 SPOOL_PREFIX = "spool:"
+EXPIRED_CODE = "batch_expired"  # the error code of a cell whose batch expired before it ran
 KEY_SEPARATOR = "|"
 
 # Where a group's create stands: members gather, the create is on its way, the batch exists,
@@ -132,6 +143,7 @@ class _Tracked:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # key -> its result (the image spooled to disk) or its refusal, once streamed
     outcomes: dict[str, Finished | BatchResult] | None = None
+    gone: ResultsExpired | None = None   # its results are no longer served: every cell's word
 
 
 class BatchChannel:
@@ -319,13 +331,21 @@ class BatchChannel:
                 raise TaskPending(f"batch {job.name} is still {job.state} (Google's target "
                                   "turnaround is 24 h); the next run collects it")
             return Pending(job.state)
-        if job.state != "succeeded":
+        cell = submitted.extra.get("cell") or _cell_of(submitted.task_id)
+        if job.state == "expired":
+            outcome = (await self._results(tracked)).get(cell) if job.results else None
+            if outcome is None:
+                raise TaskExpired(f"batch {job.name} expired before it ran this cell ("
+                                  f"{job.error or 'pending or running for 48 h'}); nothing "
+                                  "was billed for it", code=EXPIRED_CODE)
+        elif job.state != "succeeded":
             raise TaskFailed(f"batch {job.name} ended {job.state}: {job.error or 'no reason'}",
                              code=f"batch_{job.state}")
-        outcomes = await self._results(tracked)
-        outcome = outcomes.get(submitted.extra.get("cell") or _cell_of(submitted.task_id))
-        if outcome is None:
-            raise TaskFailed(f"batch {job.name} has no result for this cell", code="no_result")
+        else:
+            outcome = (await self._results(tracked)).get(cell)
+            if outcome is None:
+                raise TaskFailed(f"batch {job.name} has no result for this cell",
+                                 code="no_result")
         if isinstance(outcome, Finished):
             return outcome
         assert outcome.error is not None
@@ -388,15 +408,25 @@ class BatchChannel:
         return min(MAX_CHECK_INTERVAL_S, max(self.poll_interval_s, AGE_FRACTION * age))
 
     async def _results(self, tracked: _Tracked) -> dict[str, Finished | BatchResult]:
-        """Stream the batch's results once, each image to its own spool file."""
+        """Stream the batch's results once, each image to its own spool file; results no
+        longer served are said once, for every cell."""
         async with tracked.lock:
+            if tracked.gone is not None:
+                raise tracked.gone
             if tracked.outcomes is None:
                 outcomes: dict[str, Finished | BatchResult] = {}
                 folder = self._spool / tracked.job.name.replace("/", "_")
                 folder.mkdir(parents=True, exist_ok=True)
-                async for result in self.batches.batch_results(tracked.job):
-                    outcomes[result.key] = await self._spooled(folder, result)
+                failed = 0
+                try:
+                    async for result in self.batches.batch_results(tracked.job):
+                        failed += result.failed
+                        outcomes[result.key] = await self._spooled(folder, result)
+                except ResultsExpired as exc:
+                    tracked.gone = exc
+                    raise
                 tracked.outcomes = outcomes
+                check_failed_count(tracked.job, failed)
             return tracked.outcomes
 
     async def _spooled(self, folder: Path, result: BatchResult) -> Finished | BatchResult:
@@ -409,6 +439,17 @@ class BatchChannel:
         path = folder / f"{result.key}.img"
         await asyncio.to_thread(path.write_bytes, finished.images[0].data)
         return replace(finished, images=(ResultImage(url=f"{SPOOL_PREFIX}{path}"),))
+
+
+def check_failed_count(job: BatchJob, found: int) -> bool:
+    """Whether a succeeded batch's own count of failed requests is the error lines its
+    results held; a warning naming both when not (the results decide each cell)."""
+    if job.state != "succeeded" or job.failed_requests is None or job.failed_requests == found:
+        return True
+    log.warning("batch %s reports %d failed request(s) (batchStats.failedRequestCount) but "
+                "its results hold %d error line(s); each cell follows its own line",
+                job.name, job.failed_requests, found)
+    return False
 
 
 def input_bytes(request: ImageRequest) -> int:

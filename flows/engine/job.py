@@ -38,7 +38,7 @@ from typing import Any
 
 import polars as pl
 
-from nbp.flows.engine.batching import DEFAULT_WAIT_S, channel_for
+from nbp.flows.engine.batching import DEFAULT_WAIT_S, EXPIRED_CODE, channel_for
 from nbp.flows.engine.budget import Budget
 from nbp.flows.engine.interrupt import Interrupt
 from nbp.flows.engine.journal import Journal
@@ -56,6 +56,7 @@ from nbp.flows.engine.reference_check import (
 from nbp.flows.engine.refresh import TargetState, apply_patches, patches, read_state
 from nbp.flows.engine.routing import Router, make_lanes
 from nbp.flows.engine.runner import RunContext, Runner
+from nbp.flows.engine.spend_window import SpendWindow
 from nbp.flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
 from nbp.flows.spec.channels import (
     Channel,
@@ -183,7 +184,7 @@ class RunResult:
     # Why cells did not succeed: `nbp status`'s groups of this run's rows, most common first.
     failures: tuple[dict[str, Any], ...] = ()
     failures_ok: bool = False           # the user asked for success despite failed cells
-    waiting: int = 0                    # pending cells whose batch is still running
+    waiting: int = 0                    # pending cells whose batch runs (or expired)
     emulated: bool = False              # the local emulators served it: nothing was paid
     products: str | None = None         # completeness per product (with a dataset key)
     written: Mapping[str, str] = field(default_factory=dict)  # after-write step -> its URI
@@ -192,7 +193,8 @@ class RunResult:
     def outcome(self) -> str:
         """interrupted | failed (some cell failed, is uncertain, was not sent, or its task
         could not be collected) | pending (only tasks that take their time are left: a
-        running Google batch, a cell another run holds) | succeeded."""
+        running Google batch, cells of an expired one that the next run creates anew, a cell
+        another run holds) | succeeded."""
         if self.interrupted_by is not None:
             return "interrupted"
         if any(self.counts.get(status) for status in NOT_DONE):
@@ -414,9 +416,11 @@ def claim_target_kind(sink: Sink, *, emulated: bool) -> None:
 
 def _waiting_in_groups(parts: ManifestParts) -> int:
     """This run's pending cells whose task travels in a remote job (`task_group`: a batch,
-    which takes hours): waiting, not a failure."""
+    which takes hours), or whose batch expired unrun with no other channel to take them
+    (the next run creates them anew): waiting, not a failure."""
     found = parts.scan().filter(
-        (pl.col("status") == "pending") & pl.col("task_group").is_not_null()
+        (pl.col("status") == "pending")
+        & (pl.col("task_group").is_not_null() | (pl.col("error_code") == EXPIRED_CODE))
     ).select(pl.len()).collect()
     return int(found.item())
 
@@ -696,8 +700,10 @@ def make_throttles(
 ) -> dict[str, AccountThrottle]:
     """One throttle per channel (provider account), paced by its provider's rules, by
     channel key; `rate_limiter` builds the create-rate window (shared across processes
-    through Prefect in orchestration). `used`: the channels (default: one per provider)."""
+    through Prefect in orchestration). `used`: the channels (default: one per provider).
+    A provider's spend window (`limits.<provider>.spend`) is one, shared by its channels."""
     throttles = {}
+    windows = {name: SpendWindow(rule.spend) for name, rule in rules.items() if rule.spend}
     for channel in used if used is not None else [Channel(p, p) for p in providers]:
         rule, provider = rules[channel.provider], providers[channel.key]
         throttles[channel.key] = AccountThrottle(
@@ -705,6 +711,7 @@ def make_throttles(
             rate=rate_limiter(rule.rate, provider) if rule.rate else None,
             in_flight=InFlightLimit(rule.max_in_flight),
             poll_interval_s=rule.poll_interval_s,
+            spend=windows.get(channel.provider),
         )
     return throttles
 

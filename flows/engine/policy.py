@@ -30,6 +30,7 @@ When a step ends, the *cell* decides (`decide`), by the first matching row of `D
     Interrupted          stop where it stands: unsent cells are skipped, tasks left pending
     Unsubmittable        stop: budget or fail-fast, nothing more is submitted
     TaskPending          pending: the task is the provider's; the next run collects it
+    ResultsExpired       final: the task was billed, its results are gone; never again
     CreateUncertain, SubmitUncertain, TaskNotFound
                          uncertain: it may exist and be billed; never re-sent unless asked
     ContentRejected      final: the same content fails everywhere
@@ -39,6 +40,8 @@ When a step ends, the *cell* decides (`decide`), by the first matching row of `D
                          drop the account for the run (found at a create), the next provider
     Rejected             the next provider (this one cannot take the request)
     TransientError       the next provider (its creates stayed down, nothing was created)
+    TaskExpired          the next channel, no retry where it expired (nothing was billed);
+                         with none left, pending: the next run creates it again
     TaskFailed, ResultMismatch
                          a new task on the same provider, `retries` times, then the next
 
@@ -67,7 +70,9 @@ from nbp.providers.errors import (
     Rejected,
     RequestNotSent,
     ResultMismatch,
+    ResultsExpired,
     SubmitUncertain,
+    TaskExpired,
     TaskFailed,
     TaskNotFound,
     TransientError,
@@ -211,6 +216,8 @@ class Decision(enum.Enum):
     FINAL = "end the cell failed: no retry, no fallback"
     DROP_ACCOUNT = "no more cells on this account in this run; the next provider"
     NEXT_PROVIDER = "the next provider of the fallback list"
+    REROUTE = ("the next channel, never a new task where it expired; with none left the cell "
+               "is pending for the next run")
     RETRY_TASK = "a new task on the same provider (up to `retries`), then the next provider"
 
 
@@ -218,6 +225,7 @@ DECISIONS: tuple[tuple[type[BaseException], Decision], ...] = (
     (Interrupted, Decision.INTERRUPTED),
     (Unsubmittable, Decision.STOP),
     (TaskPending, Decision.PENDING),
+    (ResultsExpired, Decision.FINAL),
     (CreateUncertain, Decision.UNCERTAIN),
     (SubmitUncertain, Decision.UNCERTAIN),
     (TaskNotFound, Decision.UNCERTAIN),
@@ -228,6 +236,7 @@ DECISIONS: tuple[tuple[type[BaseException], Decision], ...] = (
     (InsufficientBalance, Decision.DROP_ACCOUNT),
     (Rejected, Decision.NEXT_PROVIDER),
     (TransientError, Decision.NEXT_PROVIDER),
+    (TaskExpired, Decision.REROUTE),
     (TaskFailed, Decision.RETRY_TASK),
     (ResultMismatch, Decision.RETRY_TASK),
 )

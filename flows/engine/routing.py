@@ -61,11 +61,17 @@ class Lane:
             return by_slots
         return min(by_slots, rate.usable / rate.window_s)
 
-    def ready_in(self) -> float:
-        """Seconds until this channel can take a cell (inf while its slots are full)."""
-        if not self.throttle.in_flight.has_room():
+    def ready_in(self, cell: Cell | None = None) -> float:
+        """Seconds until this channel can take a cell (inf while its slots are full): its
+        rate window, a pause after a rate signal, and its provider's spend window for the
+        cell's price."""
+        throttle = self.throttle
+        if not throttle.in_flight.has_room():
             return math.inf
-        return self.throttle.rate.wait_time() if self.throttle.rate else 0.0
+        wait = max(throttle.rate.wait_time() if throttle.rate else 0.0, throttle.pause_left())
+        if throttle.spend is not None and cell is not None:
+            wait = max(wait, throttle.spend.ready_in(self.price(cell)))
+        return wait
 
     def load(self) -> float:
         slots = self.throttle.in_flight
@@ -147,10 +153,10 @@ class Router:
             return await self._wait_for(candidates[0])
         while True:
             usable = self._admitted(candidates)
-            ticket = self._take_ready(usable)
+            ticket = self._take_ready(usable, cell)
             if ticket is not None:
                 return ticket
-            soonest = min(lane.ready_in() for lane in usable)
+            soonest = min(lane.ready_in(cell) for lane in usable)
             self._changed.clear()  # a slot freed from here on wakes us
             timeout = None if math.isinf(soonest) else max(soonest, 0.001)
             with contextlib.suppress(TimeoutError):
@@ -180,10 +186,10 @@ class Router:
 
         return self.policy.admit(ranked, until_deadline, self.waiting)
 
-    def _take_ready(self, lanes: list[Lane]) -> Ticket | None:
+    def _take_ready(self, lanes: list[Lane], cell: Cell | None = None) -> Ticket | None:
         """A ticket on a channel that can take the cell now, without waiting, tried in the
         policy's order of preference."""
-        ready = self.policy.prefer([lane for lane in lanes if lane.ready_in() == 0.0],
+        ready = self.policy.prefer([lane for lane in lanes if lane.ready_in(cell) == 0.0],
                                    Lane.load)
         for lane in ready:
             rate = lane.throttle.rate

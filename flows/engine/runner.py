@@ -352,6 +352,8 @@ class Runner:
                 return None  # never created: create afresh
             return await self._collect(life, cell, provider, ctx.throttles[life.channel])
         except HANDLED as exc:
+            if decide(exc) is Decision.REROUTE:  # its batch expired: the next channel
+                return await self._run_channels(life, cell, expired=exc)
             return await self._ended(life, cell, exc, decide(exc))
 
     async def _resend(self, life: CellLife, cell: Cell, provider: Provider) -> bool:
@@ -391,12 +393,15 @@ class Runner:
             lambda: provider.prepare(request), Step.PREPARE, policy=self.ctx.retry))
         return prepared.references
 
-    async def _run_channels(self, life: CellLife, cell: Cell) -> ManifestRow:
+    async def _run_channels(
+        self, life: CellLife, cell: Cell, *, expired: BaseException | None = None
+    ) -> ManifestRow:
         """Channels as the router hands them out; what each failure leads to is
-        `policy.decide`'s: a new task on the same channel, another channel, or the end."""
+        `policy.decide`'s: a new task on the same channel, another channel, or the end.
+        `expired`: the cell's task expired unrun on its channel (an earlier run's batch)."""
         spec = self.ctx.spec
-        last: BaseException | None = None
-        tried: set[str] = set()
+        last: BaseException | None = expired
+        tried: set[str] = {life.channel} if expired is not None else set()
         tasks_on: dict[str, int] = {}
         again: str | None = None  # the channel of a failed task that gets a new one
         try:
@@ -429,12 +434,16 @@ class Runner:
             if decision is Decision.DROP_ACCOUNT:
                 assert isinstance(last, ProviderError)
                 self.dead[ticket.key] = last  # every later cell of this account would hit it
+            if decision is Decision.REROUTE:
+                expired = last
             tasks_on[ticket.key] = tasks_on.get(ticket.key, 0) + 1
             again = None
             if decision is Decision.RETRY_TASK and tasks_on[ticket.key] <= spec.retries:
                 again = ticket.key
             else:
                 tried.add(ticket.key)
+        if expired is not None:  # no channel left: it may still run where it expired
+            return await self._ended(life, cell, expired, Decision.REROUTE)
         last = last or next(iter(self.dead.values()), None)
         if last is None:
             where = f"of {cell.provider} (the cell's pinned provider)" if cell.provider else (
@@ -457,6 +466,11 @@ class Runner:
                              error_message=f"{exc} ({_NEXT_RUN[status]})")
         if isinstance(exc, Unsubmittable):
             return self._final(life, cell, exc.status, exc.code, exc.message)
+        if decision is Decision.REROUTE:  # its task expired unrun and no channel is left
+            row = self._row(life, cell, "pending", error_code=getattr(exc, "code", None),
+                            error_message=f"{exc} (no other channel took it: the next run "
+                                          "creates it again)")
+            return dataclasses.replace(row, remote_task_id=None, task_group=None)
         if decision is Decision.PENDING:
             if life.live_task:
                 await life.pending(str(exc))
@@ -518,15 +532,18 @@ class Runner:
         throttle: AccountThrottle, rule: Resend, ticket: Ticket | None = None,
     ) -> Submitted:
         """Create the task; the intent is journalled right before each send, after the
-        rate token. A send that never left, or that the provider refused, moved the cell
-        back (`_sent`); one that may have reached the provider follows the resend rule."""
+        spend window and the rate token. A send that never left, or that the provider
+        refused, moved the cell back (`_sent`) and bills nothing; one that may have reached
+        the provider follows the resend rule."""
+        key = request.idempotency_key  # what the spend window holds its price under
+        price = life.intent.price_usd if life.intent is not None else 0.0
 
         async def before_each() -> None:
             spent = ticket is not None and ticket.spent
             if spent:
                 assert ticket is not None
                 ticket.token_used()
-            await self._waiting(throttle.before_create(spent=spent))
+            await self._waiting(throttle.before_create(spent=spent, key=key, usd=price))
 
         async def send() -> Submitted:
             try:
@@ -539,6 +556,8 @@ class Runner:
                 return await self._sending(provider.submit(request))
             except Exception as exc:
                 await self._sent(life, exc)
+                if life.state in ("reserved", "unsent"):  # nothing was created: not billed
+                    throttle.not_billed(key)
                 raise
             finally:  # what a stop request waits for
                 progress.sending, progress.generating = (progress.sending - 1,
@@ -548,7 +567,7 @@ class Runner:
             try:
                 submitted = await with_retries(
                     send, Step.CREATE, throttle=throttle, policy=self.ctx.retry,
-                    before_each=before_each, after_each=throttle.after_create,
+                    before_each=before_each, after_each=lambda: throttle.after_create(key),
                 )
             except Exception as exc:
                 if life.state == "reserved":  # nothing left: never sent, or refused again
@@ -566,6 +585,8 @@ class Runner:
                     continue
                 submitted = found
             await life.created(submitted)
+            if submitted.finished is not None:  # a synchronous answer says what it cost
+                throttle.billed(key, submitted.finished.cost_usd)
             return submitted
         await life.uncertain("create answers kept getting lost; giving up")
         raise CreateUncertain(life.reason)

@@ -13,8 +13,14 @@ ours even when a create travels slowly (bench/rate.py measured 6 rejections and 
 rate when every create counted from its token: the first burst left late).
 
 Adaptive: a rate-limit signal halves the usable tokens (never below one) and pauses creates
-for Retry-After when given; every quiet window gives one token back. A concurrency signal
+for Retry-After when given; every quiet window gives one token back. An account without a
+create-rate window (Gemini publishes none) is paused instead: Retry-After when given, else a
+pause that doubles with each signal that follows soon after another. A concurrency signal
 (`RateLimited.concurrency`) lowers the in-flight cap the same way.
+
+Spend: a provider with `limits.<provider>.spend` has one `SpendWindow`
+(`flows.engine.spend_window`) that all its accounts share; a create waits there for room for
+its price before it takes its rate token.
 
 Polling learns how long the account's tasks take (`PollSchedule`): the first poll near a low
 quantile of recent durations, then short intervals, so a typical task takes one or two polls
@@ -29,12 +35,18 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from nbp.flows.engine.spend_window import SpendWindow
 from nbp.flows.spec.rate import Rate
 
 # Server and client clocks see a create a few ms apart; leave that much room in each window.
 WINDOW_MARGIN_S = 0.05
 # How long a router waits to look again at a window another create is queued for.
 QUEUED_WAIT_S = 0.05
+# An account without a rate window: the pause after a rate signal without Retry-After, doubled
+# for each signal within `PAUSE_STREAK_S` of the last, at most `MAX_PAUSE_S`.
+FIRST_PAUSE_S = 1.0
+MAX_PAUSE_S = 60.0
+PAUSE_STREAK_S = 60.0
 
 
 class SlidingWindowLimiter:
@@ -242,37 +254,92 @@ class PollSchedule:
 
 @dataclass
 class AccountThrottle:
-    """Everything that paces one provider account."""
+    """Everything that paces one provider account. `spend`: its provider's spend window,
+    shared with the provider's other accounts (None: no spend limit)."""
 
     provider: str
     rate: SlidingWindowLimiter | None
     in_flight: InFlightLimit
     poll_interval_s: float
     max_poll_interval_s: float = 30.0
+    spend: SpendWindow | None = None
     polling: PollSchedule = field(init=False, repr=False)
+    paused_until: float = field(default=0.0, init=False)
+    signals: int = field(default=0, init=False)    # rate signals of an account without a window
+    _last_pause: tuple[float, float] = field(default=(0.0, 0.0), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.polling = PollSchedule(self.poll_interval_s, self.max_poll_interval_s)
 
-    async def before_create(self, spent: bool = False) -> None:
-        """Wait for a create in the rate window; `spent`: the router already spent it."""
-        if self.rate is None:
-            return
-        if spent:
-            await self.rate.acquire_spent()
-        else:
-            await self.rate.acquire()
+    async def before_create(
+        self, spent: bool = False, *, key: str | None = None, usd: float = 0.0
+    ) -> None:
+        """Wait out a pause, then for room in the spend window (`key` holds `usd` there from
+        now on), then for a create in the rate window; `spent`: the router already spent
+        the create's token. What this reserved goes back if it is cancelled."""
+        while (pause := self.paused_until - time.monotonic()) > 0:
+            await asyncio.sleep(pause)
+        holds = self.spend is not None and key is not None
+        if holds:
+            assert self.spend is not None and key is not None
+            await self.spend.reserve(key, usd)
+        try:
+            if self.rate is None:
+                return
+            if spent:
+                await self.rate.acquire_spent()
+            else:
+                await self.rate.acquire()
+        except BaseException:
+            if holds:
+                assert self.spend is not None and key is not None
+                self.spend.release(key)
+            raise
 
-    def after_create(self) -> None:
+    def after_create(self, key: str | None = None) -> None:
         """Every `before_create` is followed by this once the create answered or failed."""
         if self.rate is not None:
             self.rate.answered()
+        if self.spend is not None and key is not None:
+            self.spend.answered(key)
+
+    def billed(self, key: str | None, cost_usd: float | None) -> None:
+        """The create of `key` reported its cost (a synchronous answer): the spend window
+        counts that instead of its price."""
+        if self.spend is not None and key is not None:
+            self.spend.billed(key, cost_usd)
+
+    def not_billed(self, key: str | None) -> None:
+        """The create of `key` created nothing (refused, rate limited, never left)."""
+        if self.spend is not None and key is not None:
+            self.spend.release(key)
 
     def rate_limited(self, retry_after: float | None, *, concurrency: bool = False) -> None:
         if concurrency:
             self.in_flight.shrink()
         if self.rate is not None:
             self.rate.penalise(retry_after)
+        elif not concurrency:
+            self._pause(retry_after)
+
+    def pause_left(self) -> float:
+        """Seconds before this account may create again after a rate signal (0: now)."""
+        return max(0.0, self.paused_until - time.monotonic())
+
+    def _pause(self, retry_after: float | None) -> None:
+        """A rate signal to an account without a rate window: no create for Retry-After,
+        else for a pause that doubles while signals keep coming."""
+        now = time.monotonic()
+        self.signals += 1
+        last_at, last = self._last_pause
+        if retry_after is not None:
+            pause = retry_after
+        elif now - last_at < PAUSE_STREAK_S and last > 0:
+            pause = min(MAX_PAUSE_S, last * 2)
+        else:
+            pause = FIRST_PAUSE_S
+        self._last_pause = (now, pause)
+        self.paused_until = max(self.paused_until, now + pause)
 
     def next_poll_delay(self, polls_so_far: int, elapsed_s: float = 0.0) -> float:
         """Seconds until the next poll of a task created `elapsed_s` ago (`PollSchedule`)."""

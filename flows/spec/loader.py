@@ -81,7 +81,8 @@ from nbp.flows.spec.model import (
     SkippedRows,
 )
 from nbp.flows.spec.policies import DEADLINE_ROUTINGS, DEFAULT_ROUTING, ROUTINGS
-from nbp.flows.spec.rate import Rate, parse_duration
+from nbp.flows.spec.rate import Rate, SpendLimit, parse_duration
+from nbp.flows.spec.settings import provider_rules
 from nbp.flows.spec.templating import Template, TemplateError
 from nbp.flows.spec.yamlpos import JsonPath, LocatedDocument
 from nbp.providers import registry
@@ -881,6 +882,7 @@ class _Checker:
                     float(value["poll_interval"]) if _is_number(value.get("poll_interval"))
                     else None
                 ),
+                spend=_spend(value.get("spend")),
             )
             for name, value in _mapping(data.get("limits")).items() if isinstance(value, dict)
         }
@@ -976,6 +978,25 @@ class _Checker:
                 if caps is not None:
                     _LimitCheck(self, name, caps).run(spec, limits)
                     self.check_models(name, caps, limits.models, pinned=pin is not None)
+                    self.check_spend(spec, name, caps, limits)
+
+    def check_spend(
+        self, spec: JobSpec, name: str, caps: Capabilities, stats: cellmod.LimitStats
+    ) -> None:
+        """An image dearer than the provider's spend window holds could never be sent."""
+        limits = spec.limits.get(name)
+        if limits is None or limits.spend is None or not stats.resolutions:
+            return
+        rules = provider_rules(spec, name, caps)
+        references = stats.most_references
+        price, resolution = max((rules.price(res, references), res) for res in stats.resolutions)
+        if price > limits.spend.usd + 1e-9:
+            with_refs = f" with {references} reference images" if references else ""
+            self.add(("limits", name, "spend", "usd"),
+                     f"a {resolution} image{with_refs} costs ${price:.3f} on {name}, more than "
+                     f"the ${limits.spend.usd:g} this window allows: it could never be sent; "
+                     f"raise usd to at least ${price:.3f} (Google's tiers: $10, $50, $200 per "
+                     "600 s)")
 
     def offers_models(self, name: str) -> bool:
         try:
@@ -1085,6 +1106,16 @@ def _gallery_spec(raw: Mapping[str, Any]) -> GallerySpec:
 
 def _references_required(value: Any) -> str | None:
     return value if value in ("error", "skip") else None
+
+
+def _spend(value: Any) -> SpendLimit | None:
+    """`limits.<provider>.spend` when it is usable (the schema reports it otherwise)."""
+    if not isinstance(value, dict) or not all(_is_number(value.get(k)) for k in ("usd", "window")):
+        return None
+    try:
+        return SpendLimit(float(value["usd"]), float(value["window"]))
+    except ValueError:
+        return None
 
 
 def _usd(value: Any) -> float | None:

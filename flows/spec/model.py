@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from nbp.flows.spec.inputs import InputPolicy
 from nbp.flows.spec.policies import DEFAULT_ROUTING
+from nbp.flows.spec.rate import SpendLimit
 
 DEFAULT_OUTPUT_PATH = "{cell_id}.{ext}"
 NO_KEY: Mapping[str, Any] = MappingProxyType({})  # a cell without a dataset key
@@ -24,11 +25,13 @@ DEFAULT_MODEL = "default"
 
 @dataclass(frozen=True)
 class ProviderLimits:
-    """Throttle settings of one provider account; None means the documented default."""
+    """Throttle settings of one provider account; None means the documented default.
+    `spend` is the provider's, all of its accounts together (a billing account's cap)."""
 
     rate: str | None = None            # "20/10s": creates per window
     max_in_flight: int | None = None   # remote tasks not yet terminal
     poll_interval_s: float | None = None
+    spend: SpendLimit | None = None    # money per rolling window; None: no such limit
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,15 @@ the documented default; none means no create limit), at most m tasks in flight a
 generation latency L (about 20 s at 1K and 2K and 40 s at 4K: protocols.md §6.2 says image
 generation "can take 10–60+ s (4K slower)"):
 
-    T = max(W * (ceil(n / c) - 1), L * (ceil(n / m) - 1)) + L
+    T = max(W * (ceil(n / c) - 1), L * (ceil(n / m) - 1), S * (ceil(n / k) - 1)) + L
 
 The first term is when the last create can be sent under the rate window, the second when
-the last wave of m concurrent tasks can start; the last task then takes L. Polling adds up
-to one poll interval, ignored here.
+the last wave of m concurrent tasks can start, the third when the last create fits in the
+provider's spend window (`limits.<provider>.spend`: u USD per S seconds, so k = floor(u / p)
+images of mean price p per window; a provider's accounts share one window, so each channel
+plans with its share of u); the last task then takes L. Polling adds up to one poll
+interval, ignored here. When the spend window is the longest term, the plan says so: Tier 1
+($10 / 10 min) at $0.134 is ~74 images per 10 minutes, so 300 cells take at least 40 min.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from nbp.flows.spec.channels import Channel, channels
 from nbp.flows.spec.delta import TargetDelta
 from nbp.flows.spec.model import Cell, JobSpec
 from nbp.flows.spec.policies import DEADLINE_ROUTINGS, DEFAULT_ROUTING, ROUTINGS, routing_policy
+from nbp.flows.spec.rate import SpendLimit
 from nbp.flows.spec.settings import PriceSource, ProviderRules, provider_rules
 from nbp.providers import registry
 
@@ -114,15 +119,34 @@ class Timing:
     cost_usd: float = 0.0
     account: str = ""
     batch: bool = False           # a batch provider: `seconds` is its turnaround, at most
+    spend: SpendLimit | None = None  # the provider's spend window (all its accounts)
+    binding: str | None = None    # the limit that decides `seconds`: spend, rate, in_flight
+    images_per_window: int | None = None  # of the spend window, at these cells' mean price
+
+    @property
+    def spend_binds(self) -> bool:
+        return self.binding == "spend" and self.spend is not None
 
     def to_json(self) -> dict[str, Any]:
+        spend = self.spend
         return {
             "provider": self.provider, "account": self.account, "cells": self.cells,
             "batch": self.batch,
             "rate": self.rate, "max_in_flight": self.max_in_flight,
             "mean_latency_s": round(self.mean_latency_s, 3), "seconds": round(self.seconds, 1),
             "cost_usd": round(self.cost_usd, 6),
+            "spend": {"usd": spend.usd, "window_s": spend.window_s,
+                      "images_per_window": self.images_per_window} if spend else None,
+            "binding": self.binding,
         }
+
+    def spend_note(self) -> str | None:
+        """"spend window $10 / 10 min binds: ~74 images per 10 min", when it binds."""
+        if not self.spend_binds or self.spend is None:
+            return None
+        window = self.spend.render().partition(" / ")[2]
+        return (f"spend window {self.spend.render()} binds: ~{self.images_per_window} images "
+                f"per {window}")
 
 
 @dataclass(frozen=True)
@@ -274,6 +298,8 @@ class Plan:
                 f"{_duration(t.seconds)} (rate {rate}, {t.max_in_flight} in flight, "
                 f"~{t.mean_latency_s:.0f} s per image)"
             )
+            if (note := t.spend_note()) is not None:
+                lines.append(f"      {note}")
         if self.alternatives:
             lines.append("  other routings:      "
                          + " · ".join(a.render() for a in self.alternatives))
@@ -344,7 +370,8 @@ class _Route:
         rule = self.rules[load.channel.provider]
         cells = max(1, load.cells)
         return LaneEstimate(load.channel.key, load.cost_usd / cells, rule.rate,
-                            rule.max_in_flight, load.latency_s / cells)
+                            rule.max_in_flight, load.latency_s / cells,
+                            _spend_share(rule, self.found))
 
 
 @dataclass
@@ -418,12 +445,13 @@ def _route(spec: JobSpec, groups: dict[str | None, _Tally]) -> _Route:
     for pin, tally in groups.items():
         names = (pin,) if pin is not None else spec.routed
         mine = [channel for channel in found if channel.provider in names]
-        lanes[pin] = list(zip(mine, _lanes(mine, rules, tally), strict=True))
+        lanes[pin] = list(zip(mine, _lanes(mine, rules, tally, found), strict=True))
     return _Route(found, rules, groups, lanes)
 
 
 def _lanes(
-    found: Sequence[Channel], rules: Mapping[str, ProviderRules], tally: _Tally
+    found: Sequence[Channel], rules: Mapping[str, ProviderRules], tally: _Tally,
+    found_all: Sequence[Channel] = (),
 ) -> list[LaneEstimate]:
     """Each channel's mean price per cell of a group, its limits and mean latency."""
     by_resolution, references, total = tally.by_resolution, tally.references, tally.cells
@@ -435,8 +463,17 @@ def _lanes(
         cost = sum(rule.base_price(res) * n + rule.price_per_reference_usd * references[res]
                    for res, n in by_resolution.items())
         lanes.append(LaneEstimate(channel.key, cost / total if total else 0.0, rule.rate,
-                                  rule.max_in_flight, rule.turnaround_s or mean))
+                                  rule.max_in_flight, rule.turnaround_s or mean,
+                                  _spend_share(rule, found_all)))
     return lanes
+
+
+def _spend_share(rule: ProviderRules, found: Sequence[Channel]) -> SpendLimit | None:
+    """A channel's share of its provider's spend window: its accounts split one window."""
+    if rule.spend is None:
+        return None
+    accounts = max(1, sum(1 for channel in found if channel.provider == rule.provider))
+    return SpendLimit(rule.spend.usd / accounts, rule.spend.window_s)
 
 
 def _rows(route: _Route, load: Mapping[str, _Load]) -> tuple[PlanRow, ...]:
@@ -508,9 +545,12 @@ def _default_model(spec: JobSpec, provider: str) -> str:
 def _timing(channel: Channel, lane: LaneEstimate, rules: ProviderRules, cells: int) -> Timing:
     rate = rules.rate
     rate_text = f"{rate.count}/{rate.window_s:g}s" if rate else None
+    spend = rules.spend
     return Timing(channel.key, cells, rate_text, rules.max_in_flight, lane.latency_s,
                   lane.seconds(cells), cells * lane.price_usd, channel.account,
-                  batch=rules.turnaround_s is not None)
+                  batch=rules.turnaround_s is not None, spend=spend,
+                  binding=lane.binding(cells),
+                  images_per_window=spend.images_per_window(lane.price_usd) if spend else None)
 
 
 def _alternatives(spec: JobSpec, route: _Route) -> tuple[RoutingEstimate, ...]:

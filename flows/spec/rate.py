@@ -1,8 +1,10 @@
 """Time as specs and providers write it: a create rate ("20/10s" is 20 creates per 10
-seconds) and a duration ("1h30m", the `deadline` of cheapest routing)."""
+seconds), money per rolling window (`spend: {usd: 10, window: 600}`) and a duration ("1h30m",
+the `deadline` of cheapest routing)."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -46,3 +48,46 @@ class Rate:
     @property
     def per_second(self) -> float:
         return self.count / self.window_s
+
+
+# A spend window longer than a day is no throttle any more: `budget.max_usd` caps a run.
+MAX_SPEND_WINDOW_S = 86_400.0
+UNBOUNDED_IMAGES = 2**31
+
+
+@dataclass(frozen=True)
+class SpendLimit:
+    """At most `usd` of creates in any rolling `window_s` seconds, all accounts of a provider
+    together (Google caps a billing account: Tier 1 $10 per 10 minutes).
+
+        SpendLimit(10.0, 600.0).images_per_window(0.134)   # 74
+    """
+
+    usd: float
+    window_s: float
+
+    def __post_init__(self) -> None:
+        if not self.usd > 0:
+            raise ValueError(f"spend usd must be more than 0 (got {self.usd:g})")
+        if not 0 < self.window_s <= MAX_SPEND_WINDOW_S:
+            raise ValueError(f"spend window must be more than 0 and at most "
+                             f"{MAX_SPEND_WINDOW_S:g} seconds (got {self.window_s:g})")
+
+    def images_per_window(self, price_usd: float) -> int:
+        """Whole images of `price_usd` that fit in one window (0 when one does not)."""
+        if price_usd <= 0:
+            return UNBOUNDED_IMAGES  # a free image never fills the window
+        return math.floor(self.usd / price_usd + 1e-9)
+
+    def render(self) -> str:
+        """"$10 / 10 min", as `nbp plan` says it."""
+        usd = f"${self.usd:g}" if self.usd >= 1 else f"${self.usd:.2f}"
+        return f"{usd} / {_window(self.window_s)}"
+
+
+def _window(seconds: float) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"

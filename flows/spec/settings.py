@@ -4,6 +4,7 @@
     rules = provider_rules(spec, "runware")
     rules.price("2K", references=4)   # 0.1424: the plan's price and the budget's reservation
     rules.rate, rules.max_in_flight, rules.poll_interval_s   # what the throttle enforces
+    rules.spend                       # money per rolling window, all accounts together
 
 The plan, the budget and the throttles all call this, so a price or a limit cannot differ
 between what `nbp plan` promised and what `nbp run` reserves and paces.
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from nbp.flows.spec.model import JobSpec
-from nbp.flows.spec.rate import Rate
+from nbp.flows.spec.rate import Rate, SpendLimit
 from nbp.providers import registry
 from nbp.providers.base import Capabilities
 from nbp.providers.model import GOOGLE_STANDARD_PRICES_USD
@@ -48,6 +49,7 @@ class ProviderRules:
     max_in_flight: int
     poll_interval_s: float
     turnaround_s: float | None = None          # a batch provider's target turnaround
+    spend: SpendLimit | None = None            # money per rolling window (`limits.spend`)
 
     def price(self, resolution: str, references: int = 0) -> float:
         """USD for one image at `resolution` with `references` reference images."""
@@ -88,6 +90,7 @@ def provider_rules(
         max_in_flight=(limits.max_in_flight if limits else None) or _default_in_flight(caps),
         poll_interval_s=(limits.poll_interval_s if limits else None) or documented_poll,
         turnaround_s=caps.batch.turnaround_s if caps and caps.batch else None,
+        spend=limits.spend if limits else None,
     )
 
 

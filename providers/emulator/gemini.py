@@ -24,6 +24,22 @@ RESOURCE_EXHAUSTED while quota remains) or "spend_cap" (429 RESOURCE_EXHAUSTED p
 billing account's 10-minute spend cap), each with a `google.rpc.RetryInfo` of
 `overload_retry_s` seconds or without one (None); "none" (the default) serves normally.
 No overload answer carries an image or creates (bills) anything.
+
+The billing account's spend cap (§10 [C RL2]) is a rolling window over every key the
+emulator accepts (extra keys share one billing account [I]): `configure(spend_cap_usd=10,
+spend_cap_window_s=600)` (`SpendCap`) bills each accepted generateContent at its token cost
+(§7) from its arrival until one window after its answer, and answers a request that would
+take the window past the cap 429 RESOURCE_EXHAUSTED with RetryInfo, creating nothing
+(`billing.refusals` counts them). None (the default): no cap.
+
+Batch lifetimes (§6, §10; `BatchLifetimes`): `expire_after_s` expires every batch whose
+turnaround is longer after that many seconds (default: `batch_expiry_s`, the documented
+48 h); `expired_results` is a reading of what an expired batch holds: "none" (documented [C
+BAT]: no results) or "partial" (the lines that ran before it expired, the first half, come
+as a results file [I]); `results_gone` answers 404 NOT_FOUND for every results file (kept 6
+weeks [C BAT2]); `failed_count_skew` misreports `batchStats.failedRequestCount` by that
+much. A create's `batch.priority` (int64 [C REF]) is kept on the batch (`Batch.priority`)
+and echoed in its metadata.
 """
 
 from __future__ import annotations
@@ -260,10 +276,20 @@ class Batch:
     cancelled_at: float | None = None
     deleted: bool = False
     results_file: str | None = None
+    priority: int = 0       # `batch.priority` as created (§10 [C REF]; default 0)
 
     @property
     def name(self) -> str:
         return f"batches/{self.batch_id}"
+
+    def ran(self, state: str, reading: str) -> list[BatchLine]:
+        """The lines that have a result: all of a succeeded batch's; of an expired one,
+        none, or under the "partial" reading the first half (rounded up)."""
+        if state == "SUCCEEDED":
+            return self.lines
+        if state == "EXPIRED" and reading == "partial":
+            return self.lines[:math.ceil(len(self.lines) / 2)]
+        return []
 
     def state(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
@@ -290,6 +316,9 @@ class GeminiEmulator(ProviderEmulator):
 
     def __init__(self, config: FaultConfig | None = None, *, api_key: str | None = None) -> None:
         super().__init__(config, api_key=api_key or TEST_CREDENTIALS["GEMINI_API_KEY"])
+        self.spend_cap = SpendCap()
+        self.billing = BillingAccount()
+        self.lifetimes = BatchLifetimes()
         self.files: dict[str, StoredFile] = {}
         self.sessions: dict[str, UploadSession] = {}
         self.batches: dict[str, Batch] = {}
@@ -301,7 +330,7 @@ class GeminiEmulator(ProviderEmulator):
         self.readings = GeminiReadings()
 
     def switches(self) -> Sequence[Any]:
-        return (self.readings,)
+        return (self.readings, self.spend_cap, self.lifetimes)
 
     def reset(self) -> None:
         super().reset()
@@ -313,6 +342,9 @@ class GeminiEmulator(ProviderEmulator):
         self.batch_expiry_s = BATCH_EXPIRY_S
         self.max_page_size = MAX_PAGE_SIZE
         self.readings = GeminiReadings()
+        self.spend_cap = SpendCap()
+        self.billing = BillingAccount()
+        self.lifetimes = BatchLifetimes()
 
     def routes(self) -> Sequence[BaseRoute]:
         return [
@@ -418,9 +450,13 @@ class GeminiEmulator(ProviderEmulator):
             return overloaded
         if (limited := self.rate_limited(account)) is not None:
             return limited
-        response_id = uuid.uuid4().hex[:22]
         config = body.get("generationConfig") or {}
         image_config = config.get("imageConfig") or {}
+        cost = request_cost(body)
+        if (capped := self.billing.refusal(self.spend_cap, cost)) is not None:
+            return capped
+        bill = self.billing.bill(self.spend_cap, cost)
+        response_id = uuid.uuid4().hex[:22]
         task = self.new_task(
             response_id, prompt=prompt_of(body),
             aspect_ratio=image_config.get("aspectRatio", "1:1"),
@@ -430,7 +466,10 @@ class GeminiEmulator(ProviderEmulator):
         task.extra["model"] = model
         task.extra["modalities"] = [str(m).upper() for m in config.get("responseModalities")
                                     or ("TEXT", "IMAGE")]
-        await asyncio.sleep(task.latency_s)  # the answer comes when the image is done
+        try:
+            await asyncio.sleep(task.latency_s)  # the answer comes when the image is done
+        finally:
+            bill.answered()
         if (fault := self.created_fault()) is not None:
             return fault
         answer = self.answer_body(task)
@@ -581,6 +620,8 @@ class GeminiEmulator(ProviderEmulator):
             return self.no_file(file_id)
         if stored.source != "GENERATED":
             return google_error(400, "Only generated files can be downloaded.")  # wording [I]
+        if stored.batch and self.lifetimes.results_gone:  # past the 6 weeks kept [C BAT2]
+            return google_error(404, "Requested entity was not found.")
         if request.query_params.get("alt") != "media":
             return JSONResponse(stored.resource(self.base(), request.path_params["version"]))
         if (fault := self.download_fault()) is not None:
@@ -625,6 +666,9 @@ class GeminiEmulator(ProviderEmulator):
         lines, input_file, problem = self.batch_input(batch_spec.get("inputConfig"), account)
         if problem is not None:
             return problem
+        priority, refused = batch_priority(batch_spec.get("priority"))
+        if refused is not None:
+            return refused
         running = sum(1 for b in self.batches.values() if b.account == account
                       and not b.deleted and b.state() in ("PENDING", "RUNNING"))
         if running >= MAX_CONCURRENT_BATCHES:
@@ -633,6 +677,7 @@ class GeminiEmulator(ProviderEmulator):
         if (limited := self.rate_limited(account)) is not None:
             return limited
         batch = self.start_batch(display, model, lines, input_file, account, raw)
+        batch.priority = priority
         if (fault := self.created_fault()) is not None:
             return fault
         body = json.dumps(self.operation(batch, request.path_params["version"])).encode()
@@ -667,15 +712,16 @@ class GeminiEmulator(ProviderEmulator):
 
     def start_batch(self, display: str, model: str, lines: list[BatchLine],
                     input_file: str | None, account: str | None, raw: Any) -> Batch:
+        expiry_s = self.lifetimes.expire_after_s or self.batch_expiry_s
         if FAIL_MARKER in display or self.chance(self.config.fail_prob):
             outcome = "fail"
-        elif self.config.latency_s > self.batch_expiry_s:
+        elif self.config.latency_s > expiry_s:
             outcome = "expire"
         else:
             outcome = "success"
         now = time.time()
         batch = Batch(uuid.uuid4().hex[:16], display, model, account, now,
-                      self.config.latency_s, lines, input_file, outcome, self.batch_expiry_s)
+                      self.config.latency_s, lines, input_file, outcome, expiry_s)
         prompts = "\n".join(prompt_of(line.request) for line in lines
                             if isinstance(line.request, dict))
         with self._lock:
@@ -700,12 +746,14 @@ class GeminiEmulator(ProviderEmulator):
         }
         if batch.input_file:
             metadata["inputConfig"] = {"fileName": batch.input_file}
+        if batch.priority:
+            metadata["priority"] = str(batch.priority)  # int64: a string
         operation: dict[str, Any] = {"name": batch.name, "metadata": metadata}
         if state in ("PENDING", "RUNNING"):
             return operation
         operation["done"] = True
         metadata["endTime"] = _now_text(batch.created + min(batch.latency_s, batch.expiry_s))
-        if state == "SUCCEEDED":
+        if batch.ran(state, self.lifetimes.expired_results):
             results = self.results_file(batch, version)
             metadata["output"] = {"responsesFile": results}
             operation["response"] = {"@type": OUTPUT_TYPE, "responsesFile": results}
@@ -716,13 +764,15 @@ class GeminiEmulator(ProviderEmulator):
     def batch_stats(self, batch: Batch, state: str) -> dict[str, str]:
         """int64 counts as strings, zero counts left out (§6 [I])."""
         total = len(batch.lines)
-        failed = sum(1 for line in batch.lines if line.problem
-                     or FAIL_MARKER in prompt_of(line.request))
+        ran = batch.ran(state, self.lifetimes.expired_results)
+        failed = sum(1 for line in ran if line.problem or FAIL_MARKER in prompt_of(line.request))
         counts = {"requestCount": total}
         if state in ("PENDING", "RUNNING"):
             counts["pendingRequestCount"] = total
-        elif state == "SUCCEEDED":
-            counts.update(successfulRequestCount=total - failed, failedRequestCount=failed)
+        elif state in ("SUCCEEDED", "EXPIRED"):
+            counts.update(successfulRequestCount=len(ran) - failed,
+                          failedRequestCount=max(0, failed + self.lifetimes.failed_count_skew),
+                          pendingRequestCount=total - len(ran))
         return {k: str(v) for k, v in counts.items() if v}
 
     def results_file(self, batch: Batch, version: str) -> str:
@@ -737,9 +787,9 @@ class GeminiEmulator(ProviderEmulator):
             return batch.results_file
 
     async def results_lines(self, batch: Batch) -> AsyncIterator[bytes]:
-        """The results JSONL (§6 [C BAT]): a line per request, in input order, each
+        """The results JSONL (§6 [C BAT]): a line per request that ran, in input order, each
         `{"key", "response"}` or `{"key", "error"}`; images rendered as lines are sent."""
-        for index, line in enumerate(batch.lines):
+        for index, line in enumerate(batch.ran(batch.state(), self.lifetimes.expired_results)):
             for chunk in self.result_line(batch, index, line):
                 yield chunk
             await asyncio.sleep(0)
@@ -823,6 +873,121 @@ class GeminiEmulator(ProviderEmulator):
         if start + size < len(mine):
             body["nextPageToken"] = str(start + size)
         return JSONResponse(body)
+
+
+# -- the billing account's spend cap (protocols-gemini.md §10) ---------------------------------
+
+USD_PER_INPUT_TOKEN = 2 / 1e6        # §7 [C PRC]
+USD_PER_IMAGE_TOKEN = 120 / 1e6      # §7 [C PRC]
+USD_PER_TEXT_TOKEN = 12 / 1e6        # §7 [C PRC]: text and thinking output
+
+
+@dataclass
+class SpendCap:
+    """The rolling spend cap of the billing account every key belongs to (§10 [C RL2]: Tier 1
+    $10, Tier 2 $50, Tier 3 $200 per 10 minutes); None: no cap."""
+
+    spend_cap_usd: float | None = None
+    spend_cap_window_s: float = 600.0
+
+
+@dataclass
+class Bill:
+    """One accepted generateContent's cost, billed from its arrival; `until`: its answer."""
+
+    usd: float
+    since: float
+    until: float | None = None
+
+    def answered(self) -> None:
+        self.until = time.monotonic()
+
+
+@dataclass
+class BillingAccount:
+    """What the account was billed, and the requests the cap refused."""
+
+    bills: list[Bill] = field(default_factory=list)
+    refusals: int = 0
+    peak_usd: float = 0.0      # the most any window held (a request's own cost included)
+
+    def in_window(self, window_s: float, now: float) -> float:
+        """USD a window ending now counts: every bill not answered more than a window ago
+        (one that is still generating counts from its arrival)."""
+        self.bills = [b for b in self.bills if b.until is None or now - b.until < window_s]
+        return sum(b.usd for b in self.bills)
+
+    def refusal(self, cap: SpendCap, cost: float) -> Response | None:
+        """429 RESOURCE_EXHAUSTED when `cost` more would take a window past the cap, with
+        RetryInfo until enough of the window's spend leaves (emulator's choice of wording)."""
+        if cap.spend_cap_usd is None:
+            return None
+        now = time.monotonic()
+        held = self.in_window(cap.spend_cap_window_s, now)
+        if held + cost <= cap.spend_cap_usd + 1e-9:
+            self.peak_usd = max(self.peak_usd, held + cost)
+            return None
+        self.refusals += 1
+        leaving = sorted(b.until for b in self.bills if b.until is not None)
+        wait = leaving[0] + cap.spend_cap_window_s - now if leaving else 1.0
+        _, message = OVERLOADS["spend_cap"]
+        return google_error(429, message, [
+            {"@type": RETRY_INFO, "retryDelay": f"{max(1, math.ceil(wait))}s"}])
+
+    def bill(self, cap: SpendCap, cost: float) -> Bill:
+        """A request accepted: billed from now (kept only while a cap counts bills)."""
+        bill = Bill(cost, time.monotonic())
+        if cap.spend_cap_usd is not None:
+            self.bills.append(bill)
+        return bill
+
+
+def request_cost(body: dict[str, Any]) -> float:
+    """What a generateContent bills (§7), from the usage the emulator will report for it."""
+    config = body.get("generationConfig") or {}
+    size = (config.get("imageConfig") or {}).get("imageSize", "1K")
+    probe = RemoteTask("", prompt_of(body), "1:1", size, "png", 0.0, 0.0, "success",
+                       references=references_of(body))
+    usage = usage_metadata(probe)
+    image = sum(d["tokenCount"] for d in usage["candidatesTokensDetails"]
+                if d["modality"] == "IMAGE")
+    text = usage["candidatesTokenCount"] - image + usage["thoughtsTokenCount"]
+    return float(usage["promptTokenCount"] * USD_PER_INPUT_TOKEN + image * USD_PER_IMAGE_TOKEN
+                 + text * USD_PER_TEXT_TOKEN)
+
+
+# -- batch lifetimes (protocols-gemini.md §6, §10) --------------------------------------------
+
+INT64_RANGE = (-(2**63), 2**63 - 1)
+
+
+@dataclass
+class BatchLifetimes:
+    """How batches end and what they leave (see the module docstring)."""
+
+    expire_after_s: float | None = None
+    expired_results: str = choice("none", ("none", "partial"),
+                                  "what an expired batch holds: no results [C BAT], or the "
+                                  "results of the lines that ran [I]")
+    results_gone: bool = False
+    failed_count_skew: int = 0
+
+
+def batch_priority(value: Any) -> tuple[int, Response | None]:
+    """`batch.priority` (int64 [C REF]: proto JSON takes a number or its text; default 0),
+    or Google's 400 for anything else (wording [I])."""
+    if value is None:
+        return 0, None
+    number = value
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
+        number = int(value)
+    if isinstance(number, float) and number.is_integer():
+        number = int(number)
+    if isinstance(number, int) and not isinstance(number, bool) and (
+            INT64_RANGE[0] <= number <= INT64_RANGE[1]):
+        return number, None
+    return 0, google_error(400, f"Invalid value at 'batch.priority' (TYPE_INT64), "
+                                f"{json.dumps(value)}")
 
 
 # -- requests ---------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from nbp.providers.base import BatchJob
 from nbp.providers.batch_conformance import (
+    BATCH_EXPIRY,
     BATCH_LIST_PAGES,
     BATCH_STATES,
     BatchEmulatorControls,
@@ -31,18 +33,30 @@ GEMINI_BATCH_READINGS: Readings = {
         "pages-of-1": {"max_page_size": 1},
         "pages-of-100": {"max_page_size": 100},
     },
+    BATCH_EXPIRY: {  # §6 [C BAT]: no results; or the results of the lines that ran [I]
+        "expired-without-results": {"expired_results": "none"},
+        "expired-with-partial-results": {"expired_results": "partial"},
+    },
 }
 
 
 class TestGeminiBatch(BatchProviderConformance):
+    priority_option = "priority"  # options.gemini-batch.priority -> batch.priority
+
     def batch_readings(self) -> Readings:
         return GEMINI_BATCH_READINGS
 
     def use_reading(self, emulator: BatchEmulatorControls, switches: Mapping[str, Any]) -> None:
         assert isinstance(emulator, GeminiEmulator)
         for name, value in switches.items():
-            assert hasattr(emulator, name), name
-            setattr(emulator, name, value)
+            if hasattr(emulator, name):
+                setattr(emulator, name, value)
+            else:
+                emulator.configure(**{name: value})  # a switch of `switches()`
+
+    def recorded_priority(self, emulator: BatchEmulatorControls, job: BatchJob) -> int | None:
+        assert isinstance(emulator, GeminiEmulator)
+        return emulator.batches[job.name.removeprefix("batches/")].priority
 
     @pytest.fixture
     def provider_name(self) -> str:

@@ -896,3 +896,49 @@ output: {{target: out}}
         (5, "seed", "gemini takes seeds from 0 to 2147483647; this one is 2147483648 "
                     "(seed + replicate 2)")]
     assert validate_spec_file(write(tmp_path, text.format(provider="kie"), "kie.yaml")) == []
+
+
+# -- spend windows ---------------------------------------------------------------------
+
+
+def test_a_spend_window_is_read_for_its_provider(tmp_path: Path) -> None:
+    from nbp.flows.spec.rate import SpendLimit
+
+    spec = load_spec(write(tmp_path, """\
+        version: 1
+        name: capped
+        provider: gemini
+        matrix: {prompt: [a fox]}
+        limits:
+          gemini: {spend: {usd: 10, window: 600}, max_in_flight: 4}
+    """))
+    assert spec.limits == {"gemini": ProviderLimits(max_in_flight=4,
+                                                    spend=SpendLimit(10.0, 600.0))}
+
+
+def test_a_spend_window_out_of_bounds_or_below_one_image_is_a_located_problem(
+    tmp_path: Path,
+) -> None:
+    problems = validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: capped
+        provider: [gemini, kie]
+        matrix: {prompt: [a fox], resolution: ["1K", "4K"]}
+        limits:
+          gemini: {spend: {usd: 0.2, window: 600}}
+          kie: {spend: {usd: 0, window: 90000}}
+          runware: {spend: {usd: 5}}
+    """))
+    assert where(problems) == [
+        (6, 25, "limits.gemini.spend.usd"),
+        (7, 22, "limits.kie.spend.usd"),
+        (7, 33, "limits.kie.spend.window"),
+        (8, 20, "limits.runware.spend.window"),
+    ]
+    messages = {p.path: p.message for p in problems}
+    assert messages["limits.gemini.spend.usd"].startswith(
+        "a 4K image costs $0.240 on gemini, more than the $0.2 this window allows: it could "
+        "never be sent")
+    assert "greater than 0" in messages["limits.kie.spend.usd"]
+    assert "at most 86400" in messages["limits.kie.spend.window"]
+    assert "'window'" in messages["limits.runware.spend.window"]

@@ -330,3 +330,51 @@ def test_the_plan_prices_this_run_against_the_target(tmp_path: Path) -> None:
     (tmp_path / "out" / "manifest.parquet").write_text("not parquet")
     broken = run_nbp("plan", str(spec))
     assert broken.returncode == 2 and "--offline" in broken.stderr
+
+
+TIER_1 = """\
+    version: 1
+    name: tier-1
+    provider: gemini
+    matrix: {prompt: ["a fox {n}"], n: [1, 2, 3]}
+    repeat: 100
+    limits:
+      gemini: {spend: {usd: 10, window: 600}}
+"""
+
+
+def test_a_spend_window_that_binds_sets_the_duration_and_is_said(tmp_path: Path) -> None:
+    """Tier 1: $10 per 10 minutes at $0.134 is 74 images a window: 300 cells need five
+    windows, the last create leaves after four (40 min), then it takes ~20 s."""
+    plan = plan_for(tmp_path, TIER_1)
+    (timing,) = plan.to_json()["timing"]
+    assert timing["binding"] == "spend"
+    assert timing["spend"] == {"usd": 10.0, "window_s": 600.0, "images_per_window": 74}
+    assert plan.estimated_seconds == pytest.approx(4 * 600 + 20)
+    assert "spend window $10 / 10 min binds: ~74 images per 10 min" in plan.render()
+
+
+def test_accounts_share_their_providers_spend_window(tmp_path: Path) -> None:
+    """Two keys of one billing account are no faster under its cap."""
+    plan = plan_for(tmp_path, TIER_1 + "    accounts: {gemini: [GEMINI_API_KEY, GEMINI_API_KEY_2]}"
+                    "\n    routing: spread\n")
+    assert [t.cells for t in plan.timings] == [150, 150]
+    assert plan.estimated_seconds == pytest.approx(4 * 600 + 20)
+    assert all(t.spend_binds for t in plan.timings)
+
+
+def test_a_spend_window_that_does_not_bind_is_not_said(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, TIER_1.replace("repeat: 100", "repeat: 20"))  # 60 < 74 images
+    (timing,) = plan.timings
+    assert timing.binding == "in_flight" and not timing.spend_binds
+    assert plan.estimated_seconds == pytest.approx(5 * 20 + 20)  # six waves of 10 in flight
+    assert "binds" not in plan.render()
+
+
+def test_duration_with_a_spend_window() -> None:
+    from nbp.flows.spec.rate import SpendLimit
+
+    tier_1 = SpendLimit(10.0, 600.0)
+    assert duration_s(300, None, 10, 20.0, tier_1, 0.134) == pytest.approx(2420.0)
+    assert duration_s(74, None, 100, 20.0, tier_1, 0.134) == pytest.approx(20.0)
+    assert duration_s(75, None, 100, 20.0, tier_1, 0.134) == pytest.approx(620.0)
