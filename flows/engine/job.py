@@ -38,7 +38,7 @@ from typing import Any
 
 import polars as pl
 
-from nbp.flows.engine.batching import DEFAULT_WAIT_S, channel_for
+from nbp.flows.engine.batching import DEFAULT_WAIT_S, BatchChannel, channel_for
 from nbp.flows.engine.budget import Budget
 from nbp.flows.engine.interrupt import Interrupt
 from nbp.flows.engine.journal import Journal
@@ -700,11 +700,15 @@ def make_throttles(
     throttles = {}
     for channel in used if used is not None else [Channel(p, p) for p in providers]:
         rule, provider = rules[channel.provider], providers[channel.key]
+        longest = AccountThrottle.max_poll_interval_s
+        if isinstance(provider, BatchChannel):  # polls that see the end of --batch-wait
+            longest = min(longest, provider.poll_gap_s)
         throttles[channel.key] = AccountThrottle(
             provider=channel.key,
             rate=rate_limiter(rule.rate, provider) if rule.rate else None,
             in_flight=InFlightLimit(rule.max_in_flight),
             poll_interval_s=rule.poll_interval_s,
+            max_poll_interval_s=longest,
         )
     return throttles
 
