@@ -254,7 +254,7 @@ async def run_job(
                               await asyncio.to_thread(_fingerprints, all_cells, states))
     cells = select_shard(all_cells, options.shard, owners)
     progress = progress or Progress()
-    progress.total = len(cells)
+    progress.total, progress.job = len(cells), spec.name
     used = run_channels(spec, options)
     inputs = relative_inputs(((f.role, f.path, f.sha256) for f in job.inputs), spec.base_dir)
     record = RunRecord.start(run_id=options.run_id, job=spec.name,
