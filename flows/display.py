@@ -52,6 +52,17 @@ class TerminalDisplay:
         self._quieted = self.live and CONSOLE_LEVEL not in os.environ
         if self._quieted:
             os.environ[CONSOLE_LEVEL] = "WARNING"
+            self._quiet()  # ... and its handlers, when its logging is set up already
+
+    def _quiet(self) -> None:
+        """Prefect's console handlers at WARNING (unless the user set their level)."""
+        handlers = sys.modules.get("prefect.logging.handlers")
+        if not self._quieted or handlers is None:
+            return
+        for handler in _handlers():
+            if isinstance(handler, handlers.PrefectConsoleHandler) and (
+                    handler.level < logging.WARNING):
+                self._set(handler, "level", logging.WARNING)
 
     def update(self, progress: Progress) -> None:
         """A listener of the run's `Progress`: the first call puts the bar up; rich
@@ -77,11 +88,10 @@ class TerminalDisplay:
         write to `sys.stderr`, which is rich's proxy while the bar is up."""
         from prefect.logging.handlers import PrefectConsoleHandler
 
+        self._quiet()
         for handler in _handlers():
             if isinstance(handler, PrefectConsoleHandler):
                 self._set(handler, "console", console)
-                if self._quieted and handler.level < logging.WARNING:
-                    self._set(handler, "level", logging.WARNING)
             elif isinstance(handler, logging.StreamHandler) and handler.stream in (
                     self.stream, sys.__stderr__):
                 self._set(handler, "stream", _ProxyOf(self.stream))
