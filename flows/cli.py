@@ -454,19 +454,20 @@ def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A reader that quits on Ctrl-C with nbp (`| tee`) must not end the run before its manifest.
     guard_standard_streams()
+    from nbp.flows.display import TerminalDisplay
+
+    display = TerminalDisplay(sys.stderr)  # first: it quiets Prefect's console on a terminal
     from prefect.exceptions import TerminationSignal
 
-    from nbp.flows.display import TerminalDisplay
     from nbp.flows.engine.interrupt import Interrupt
     from nbp.flows.engine.policy import RunConfigurationError
     from nbp.flows.orchestration.flow import build_flow
     from nbp.flows.orchestration.secrets import check_secret_blocks
     from nbp.flows.orchestration.server import prefect_api
 
-    display = TerminalDisplay(sys.stderr)
     interrupt = Interrupt()  # Ctrl-C and SIGTERM while the flow runs: stop, don't crash
     interrupt.listeners.append(display.stopping)
-    nbp_run = build_flow(listeners=[display.update], interrupt=interrupt)
+    nbp_run = build_flow(listeners=[display.update], interrupt=interrupt, job=job.spec.name)
     try:
         # Without PREFECT_API_URL, a server of our own that the terminal's Ctrl-C (sent to
         # the whole foreground process group) does not reach: the run needs it to the end.

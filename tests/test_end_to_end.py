@@ -85,9 +85,9 @@ def test_the_flow_runs_a_spec_on_a_prefect_server(prefect_api_url: str, tmp_path
             return list(await client.read_artifacts(limit=200))
 
     mine = {a.key: a for a in asyncio.run(artifacts()) if a.flow_run_id == runs[0].id}
-    assert {"nbp-summary", "nbp-result"} <= set(mine)
-    assert "index.html" in str(mine["nbp-result"].data)
-    assert "manifest.parquet" in str(mine["nbp-result"].data)
+    assert {"nbp-summary-e2e", "nbp-result-e2e"} <= set(mine)
+    assert "index.html" in str(mine["nbp-result-e2e"].data)
+    assert "manifest.parquet" in str(mine["nbp-result-e2e"].data)
 
 
 @pytest.mark.prefect

@@ -26,7 +26,11 @@ same cells.
 Waiting. A batch takes up to a day. `poll` answers Pending from one shared `get_batch` per
 batch, asked again after the job's poll interval or a tenth of the batch's age, whichever is
 longer (at most every 30 min); after `wait_s` of this run it raises `TaskPending`, so the cell
-ends the run `pending` with its batch in the journal and the next run collects it. A failed
+ends the run `pending` with its batch in the journal and the next run collects it. The wait
+ends on time: the runner's polls of a batch cell come at most `LONGEST_POLL_GAP_S` (and
+`wait_s`) apart (`flows.engine.job.make_throttles`), and a poll within that gap of the end holds
+until the batch is done or the wait is over (`--batch-wait 5` waited 31 s when the first poll
+came after the runner's 30 s cap). A failed
 or cancelled batch is `TaskFailed` for each of its cells (nothing to collect: a new task may
 be created), a refused line is that cell's `ContentRejected` or `TaskFailed`.
 
@@ -88,6 +92,7 @@ GRACE_S = 2.0                 # ... waiting at most this for members still journ
 DEFAULT_WAIT_S = 600.0        # how long one run waits for its batches before leaving them
 AGE_FRACTION = 0.1            # a batch is looked at again after a tenth of its age ...
 MAX_CHECK_INTERVAL_S = 1800.0  # ... and at least every half hour
+LONGEST_POLL_GAP_S = 30.0     # the runner polls a batch cell at least this often
 SPOOL_PREFIX = "spool:"
 EXPIRED_CODE = "batch_expired"  # the error code of a cell whose batch expired before it ran
 KEY_SEPARATOR = "|"
@@ -168,6 +173,8 @@ class BatchChannel:
         self.poll_interval_s = caps.poll_interval_s if poll_interval_s is None else (
             poll_interval_s)
         self.model = getattr(provider, "model", provider.name)
+        # The longest the runner may wait between two polls of a cell (its throttle's cap).
+        self.poll_gap_s = min(LONGEST_POLL_GAP_S, wait_s)
         self._groups: dict[str, _Group] = {}
         self._creators: set[asyncio.Task[None]] = set()  # referenced until done
         # the group open for new cells, per model id asked (a batch runs one model)
@@ -326,11 +333,17 @@ class BatchChannel:
         tracked = await self._refresh(submitted.extra["batch"],
                                       submitted.extra.get("display_name", ""))
         job = tracked.job
-        if job.state not in BATCH_DONE:
-            if time.monotonic() - self._started > self.wait_s:
+        while job.state not in BATCH_DONE:
+            left = self._started + self.wait_s - time.monotonic()
+            if left <= 0:
                 raise TaskPending(f"batch {job.name} is still {job.state} (Google's target "
                                   "turnaround is 24 h); the next run collects it")
-            return Pending(job.state)
+            if left > self.poll_gap_s:  # the runner's next poll comes before the end
+                return Pending(job.state)
+            # The end of the wait is nearer than the runner's next poll: hold this one.
+            await asyncio.sleep(min(left, self.check_interval_s(job)))
+            tracked = await self._refresh(job.name, job.display_name)
+            job = tracked.job
         cell = submitted.extra.get("cell") or _cell_of(submitted.task_id)
         if job.state == "expired":
             outcome = (await self._results(tracked)).get(cell) if job.results else None

@@ -38,7 +38,7 @@ from typing import Any
 
 import polars as pl
 
-from nbp.flows.engine.batching import DEFAULT_WAIT_S, EXPIRED_CODE, channel_for
+from nbp.flows.engine.batching import DEFAULT_WAIT_S, EXPIRED_CODE, BatchChannel, channel_for
 from nbp.flows.engine.budget import Budget
 from nbp.flows.engine.interrupt import Interrupt
 from nbp.flows.engine.journal import Journal
@@ -256,7 +256,7 @@ async def run_job(
                               await asyncio.to_thread(_fingerprints, all_cells, states))
     cells = select_shard(all_cells, options.shard, owners)
     progress = progress or Progress()
-    progress.total = len(cells)
+    progress.total, progress.job = len(cells), spec.name
     used = run_channels(spec, options)
     inputs = relative_inputs(((f.role, f.path, f.sha256) for f in job.inputs), spec.base_dir)
     record = RunRecord.start(run_id=options.run_id, job=spec.name,
@@ -706,12 +706,16 @@ def make_throttles(
     windows = {name: SpendWindow(rule.spend) for name, rule in rules.items() if rule.spend}
     for channel in used if used is not None else [Channel(p, p) for p in providers]:
         rule, provider = rules[channel.provider], providers[channel.key]
+        longest = AccountThrottle.max_poll_interval_s
+        if isinstance(provider, BatchChannel):  # polls that see the end of --batch-wait
+            longest = min(longest, provider.poll_gap_s)
         throttles[channel.key] = AccountThrottle(
             provider=channel.key,
             rate=rate_limiter(rule.rate, provider) if rule.rate else None,
             in_flight=InFlightLimit(rule.max_in_flight),
             poll_interval_s=rule.poll_interval_s,
             spend=windows.get(channel.provider),
+            max_poll_interval_s=longest,
         )
     return throttles
 

@@ -1,15 +1,25 @@
-"""Counting a run as it goes: cells done / failed / in flight, spend, rate.
+"""Counting a run as it goes: cells done / failed / pending / in flight, spend, rate, ETA.
 
 The runner updates one `Progress`; whoever watches (the terminal bar, plain log lines, a
-Prefect progress artifact) reads `snapshot()` on its own schedule, so watching never slows
-the run down.
+Prefect progress artifact) reads it on its own schedule, so watching never slows the run
+down. A cell is done for this run when it ended one way or another: succeeded, failed,
+skipped, cancelled, uncertain, or pending (its task, a running Google batch say, is left for
+the next run to collect): pending is always shown as its own count, never as success.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+RATE_WINDOW = 64  # the ETA's rate: over the last this many cells ended by this run
+
+# Ends other than succeeded/failed, shown only when some cell has them.
+OTHER_ENDS = ("pending", "uncertain", "skipped", "cancelled")
+# Ends that take no time (nothing sent, or a stop): not in the rate nor the ETA's pace.
+UNWORKED = ("skipped", "cancelled")
 
 
 @dataclass
@@ -22,18 +32,27 @@ class Progress:
     pending: int = 0         # created tasks left for the next run to collect
     uncertain: int = 0       # creates that may have reached a provider; not re-sent
     reused: int = 0          # succeeded in an earlier run, not submitted again
+    worked: int = 0          # ended by this run's own work (not reused, skipped, cancelled)
     in_flight: int = 0
     sending: int = 0         # creates on the wire, waiting for their answer
     generating: int = 0      # ... of which synchronous: the answer is the image itself
     submitted: int = 0
     spent_usd: float = 0.0
+    job: str = ""            # the job's name, once its spec is loaded
     started: float = field(default_factory=time.monotonic)
     listeners: list[Callable[[Progress], None]] = field(default_factory=list)
+    # (when, cells this run ended itself): the recent rate, for the ETA
+    _ended: deque[tuple[float, int]] = field(
+        default_factory=lambda: deque(maxlen=RATE_WINDOW), init=False, repr=False)
 
     @property
     def done(self) -> int:
         return (self.succeeded + self.failed + self.skipped + self.cancelled + self.pending
                 + self.uncertain)
+
+    @property
+    def elapsed_s(self) -> float:
+        return max(1e-9, time.monotonic() - self.started)
 
     def finished(self, status: str, cost_usd: float, *, reused: bool = False) -> None:
         if status == "succeeded":
@@ -52,12 +71,34 @@ class Progress:
             self.reused += 1
         else:
             self.spent_usd += cost_usd
+            if status not in UNWORKED:
+                self.worked += 1
+                self._ended.append((time.monotonic(), self.worked))
         for listener in self.listeners:
             listener(self)
 
-    def snapshot(self) -> dict[str, float]:
-        elapsed = max(1e-9, time.monotonic() - self.started)
-        fresh = self.done - self.reused
+    def eta_s(self) -> float | None:
+        """Seconds until every cell is done at the recent pace (the last `RATE_WINDOW` cells
+        this run ended, up to now: a stall makes it grow); None before a pace is known."""
+        left = self.total - self.done
+        if left <= 0:
+            return 0.0
+        if not self._ended:
+            return None
+        since, ended = self._ended[0]
+        if len(self._ended) == 1:  # one cell: its pace from the start
+            since, ended = self.started, 0
+        cells = self.worked - ended
+        span = time.monotonic() - since
+        return left * span / cells if cells > 0 and span > 0 else None
+
+    @property
+    def per_min(self) -> float:
+        """Cells this run ended by its own work, per minute since it started."""
+        return 60 * self.worked / self.elapsed_s
+
+    def snapshot(self) -> dict[str, float | None]:
+        eta = self.eta_s()
         return {
             "total": self.total,
             "done": self.done,
@@ -69,15 +110,53 @@ class Progress:
             "uncertain": self.uncertain,
             "in_flight": self.in_flight,
             "spent_usd": round(self.spent_usd, 4),
-            "elapsed_s": round(elapsed, 1),
-            "cells_per_min": round(60 * fresh / elapsed, 1),
+            "elapsed_s": round(self.elapsed_s, 1),
+            "eta_s": None if eta is None else round(eta, 1),
+            "cells_per_min": round(self.per_min, 1),
         }
 
+    def ends(self) -> str:
+        """"6 ok, 1 failed, 2 pending": ok and failed always, the other ends when some cell
+        has them."""
+        parts = [f"{self.succeeded} ok", f"{self.failed} failed"]
+        parts += [f"{getattr(self, end)} {end}" for end in OTHER_ENDS if getattr(self, end)]
+        return ", ".join(parts)
+
     def line(self) -> str:
-        s = self.snapshot()
-        left = "".join(f", {s[k]} {k}" for k in ("pending", "uncertain") if s[k])
+        """One plain line: "7/18 done: 6 ok, 1 failed · 2 in flight · $0.63 spent · 83.0/min ·
+        elapsed 0:05 · ETA 0:08"."""
+        eta = self.eta_s()
         return (
-            f"{s['done']}/{s['total']} done ({s['succeeded']} ok, {s['failed']} failed, "
-            f"{s['skipped']} skipped{left}), {s['in_flight']} in flight, "
-            f"${s['spent_usd']:.2f} spent, {s['cells_per_min']}/min"
+            f"{self.done}/{self.total} done: {self.ends()} · {self.in_flight} in flight · "
+            f"${self.spent_usd:.2f} spent · {self.per_min:.1f}/min · "
+            f"elapsed {clock(self.elapsed_s)} · ETA {clock(eta)}"
         )
+
+
+def clock(seconds: float | None) -> str:
+    """0:05, 12:34, 1:02:03; "?" when unknown."""
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+@dataclass
+class Beat:
+    """When a plain progress line is due: every `every_s` seconds, or sooner when another
+    `step` of the cells is done (a 300-cell run prints about ten lines, not three hundred)."""
+
+    every_s: float = 10.0
+    step: float = 0.1
+    _at: float = field(default_factory=time.monotonic)
+    _done: int = 0
+
+    def due(self, progress: Progress) -> bool:
+        now = time.monotonic()
+        stepped = progress.total > 0 and (
+            progress.done - self._done >= max(1.0, self.step * progress.total))
+        if stepped or now - self._at >= self.every_s:
+            self._at, self._done = now, progress.done
+            return True
+        return False

@@ -97,8 +97,11 @@ def find_collisions(keys: CellKeys, *, ids_meaningful: bool, examples: int) -> C
     path, else it is an identical request (and its path is not checked again); every other
     cell collides with the first earlier one writing its path, and a cell whose path differs
     from the first path of its case-folded form collides with that path's first cell (`case`).
-    `ids_meaningful` is False when a malformed prompt stood in as plain text (ids then say
-    nothing: paths only)."""
+    `ids_meaningful` is False when a malformed prompt (a syntax error, an unknown
+    placeholder such as `{stlye}`) stood in as plain text: ids then say nothing, so paths
+    only, and two cells with one id sharing a path are not reported (the stand-in made them
+    one request, and `{cell_id}` one path: the spec's real problem is the prompt, reported
+    where it is)."""
     frame = keys.frame()
     merged: frozenset[int] = frozenset()
     identical = Pairs()
@@ -113,12 +116,17 @@ def find_collisions(keys: CellKeys, *, ids_meaningful: bool, examples: int) -> C
         identical = Pairs.of(frame.filter(repeated & ~same_path), examples)
         frame = frame.filter(~repeated)
     frame = frame.select(
-        "pos", "path",
+        "pos", "path", "id",
         first=pl.col("pos").first().over("path"),
+        first_id=pl.col("id").first().over("path"),
         first_folded=pl.col("pos").first().over("folded"),
+        folded_id=pl.col("id").first().over("folded"),
         folded_path=pl.col("path").first().over("folded"),
     )
     shared = frame.filter(pl.col("pos") != pl.col("first"))
-    case = frame.filter(pl.col("path") != pl.col("folded_path")).select(
-        "pos", first="first_folded")
+    case = frame.filter(pl.col("path") != pl.col("folded_path"))
+    if not ids_meaningful:  # one stand-in id, so one path: the typo is the problem, not this
+        shared = shared.filter(pl.col("id") != pl.col("first_id"))
+        case = case.filter(pl.col("id") != pl.col("folded_id"))
+    case = case.select("pos", first="first_folded")
     return Collisions(merged, identical, Pairs.of(shared, examples), Pairs.of(case, examples))

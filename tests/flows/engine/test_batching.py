@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -322,3 +323,22 @@ def test_cells_asking_for_two_models_travel_in_two_batches(
     models = sorted(batch.model for batch in hub["gemini"].batches.values())
     assert models == sorted(MODELS)  # a batch runs one model
     assert sorted(manifest(tmp_path)["model"]) == sorted([*MODELS, *MODELS])
+
+
+@pytest.mark.parametrize("poll_interval", [
+    pytest.param(None, id="documented-60s"), pytest.param(0.1, id="spec-0.1s"),
+])
+def test_batch_wait_ends_on_time_whatever_the_poll_interval(
+    hub: EmulatorHub, tmp_path: Path, poll_interval: float | None
+) -> None:
+    """`--batch-wait 2` leaves the batch pending after about 2 s: the runner's first poll
+    used to come at its 30 s cap (Gemini documents 60 s between looks), and a poll just
+    before the end was followed by one up to 30 s later."""
+    hub["gemini"].configure(latency_s=60.0)
+    limits = {"gemini-batch": {"poll_interval": poll_interval}} if poll_interval else {}
+    spec = write_spec(tmp_path, PROMPTS, limits=limits)
+    started = time.monotonic()
+    result = run(spec, batch_wait_s=2.0)
+    took = time.monotonic() - started
+    assert result.counts.get("pending") == 3 and result.waiting == 3
+    assert 2.0 <= took < 6.0, took

@@ -18,8 +18,8 @@ def pairwise(cells: list[tuple[int, str, str]], *, ids_meaningful: bool) -> Foun
     case) the way dicts of cells by id, by path and by case-folded path find them, one cell
     at a time in order."""
     by_id: dict[str, tuple[int, str]] = {}
-    by_path: dict[str, int] = {}
-    by_folded: dict[str, tuple[int, str]] = {}
+    by_path: dict[str, tuple[int, str]] = {}
+    by_folded: dict[str, tuple[int, str, str]] = {}
     merged: set[int] = set()
     identical: list[tuple[int, int]] = []
     shared: list[tuple[int, int]] = []
@@ -32,11 +32,14 @@ def pairwise(cells: list[tuple[int, str, str]], *, ids_meaningful: bool) -> Foun
             else:
                 identical.append((first[0], position))
             continue
-        owner = by_path.setdefault(path, position)
-        if owner != position:
+        # Without meaningful ids, a stand-in id proves nothing: the same id on one path
+        # is not reported.
+        owner, owner_id = by_path.setdefault(path, (position, cell_id))
+        if owner != position and (ids_meaningful or owner_id != cell_id):
             shared.append((owner, position))
-        folded_owner, folded_path = by_folded.setdefault(fold_case(path), (position, path))
-        if folded_path != path:
+        folded_owner, folded_path, folded_id = by_folded.setdefault(
+            fold_case(path), (position, path, cell_id))
+        if folded_path != path and (ids_meaningful or folded_id != cell_id):
             case.append((folded_owner, position))
     return merged, identical, shared, case
 

@@ -942,3 +942,44 @@ def test_a_spend_window_out_of_bounds_or_below_one_image_is_a_located_problem(
     assert "greater than 0" in messages["limits.kie.spend.usd"]
     assert "at most 86400" in messages["limits.kie.spend.window"]
     assert "'window'" in messages["limits.runware.spend.window"]
+
+
+@pytest.mark.parametrize(("where_", "path", "prompt"), [
+    pytest.param("output.path", "{stlye}/{cell_id}.png", "a cup", id="in-the-path"),
+    pytest.param("matrix.prompt[0]", "{cell_id}.png", "a cup in {stlye}", id="in-the-prompt"),
+    pytest.param("matrix.prompt[0]", "{prompt}.png", "a cup in {stlye}", id="prompt-in-path"),
+])
+def test_a_template_typo_is_reported_as_the_typo_not_as_a_collision(
+    tmp_path: Path, where_: str, path: str, prompt: str
+) -> None:
+    """`{stlye}` makes the prompt plain text (or the path `{cell_id}.{ext}`): every style
+    then has one id and one path. That stand-in is no collision of the spec's: the typo is
+    the one problem, with its "did you mean", even when output comes first in the file."""
+    problems = validate_spec_file(write(tmp_path, f"""\
+        version: 1
+        name: typo
+        provider: kie
+        output:
+          target: out
+          path: "{path}"
+        matrix:
+          prompt: ["{prompt}"]
+          style: [ink, oil]
+    """))
+    assert [(p.path, p.message.rpartition("; ")[2]) for p in problems] == [
+        (where_, "did you mean {style}?")], problems
+
+
+def test_a_real_collision_beside_a_typo_is_still_reported(tmp_path: Path) -> None:
+    """Two prompts writing one `{style}` path collide whatever the typo in them says."""
+    problems = validate_spec_file(write(tmp_path, """\
+        version: 1
+        name: typo
+        provider: kie
+        matrix:
+          prompt: ["a cup in {stlye}", "a bowl in {stlye}"]
+          style: [ink, oil]
+        output: {target: out, path: "{style}.png"}
+    """))
+    assert [p.path for p in problems] == ["matrix.prompt[0]", "matrix.prompt[1]", "output.path"]
+    assert "both write 'ink.png'" in problems[2].message
