@@ -45,8 +45,9 @@ from nbp.providers.gemini import (
     usage_of,
 )
 from nbp.providers.gemini_batch import GeminiBatchProvider
-from nbp.providers.gemini_facts import DOCUMENTED_BASE_URL, FLEX_TIMEOUT_S
+from nbp.providers.gemini_facts import DOCUMENTED_BASE_URL, FLEX_TIMEOUT_S, SERVICE_TIERS
 from nbp.providers.model import pixel_size
+from nbp.schemas import load_job_schema
 
 PROVIDER = "gemini"
 LATENCY_S = 0.05
@@ -651,3 +652,14 @@ def test_tiers_are_gemini_options_only(env: dict[str, str], emulator: GeminiEmul
     assert emulator.requests == []
     assert GeminiProvider.capabilities.price_factors == {
         "service_tier": {"standard": 1.0, "flex": 0.5, "priority": 2.0}}
+
+
+def test_the_job_schema_describes_the_tier_options_the_adapter_takes() -> None:
+    """For editors, the job schema describes `options.gemini.service_tier` and
+    `flex_fallback`; only the option schema checks them (one message per problem)."""
+    described = load_job_schema()["properties"]["options"]["properties"]["gemini"]["properties"]
+    taken = GeminiProvider.capabilities.option_schema["properties"]
+    assert set(described) <= set(taken) and {"service_tier", "flex_fallback"} <= set(described)
+    assert described["service_tier"]["examples"] == list(SERVICE_TIERS)
+    assert taken["service_tier"]["enum"] == list(SERVICE_TIERS)
+    assert all("enum" not in d and "type" not in d for d in described.values())
