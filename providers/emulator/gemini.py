@@ -24,6 +24,14 @@ RESOURCE_EXHAUSTED while quota remains) or "spend_cap" (429 RESOURCE_EXHAUSTED p
 billing account's 10-minute spend cap), each with a `google.rpc.RetryInfo` of
 `overload_retry_s` seconds or without one (None); "none" (the default) serves normally.
 No overload answer carries an image or creates (bills) anything.
+
+Model ids and service tiers (`GeminiServing`, switches of the same `configure`):
+`retired_models` answers 404 NOT_FOUND for those ids as Google does for a shut-down model;
+`serviceTier` is honoured and every answer names the tier that served in the
+`x-gemini-service-tier` header; `flex` "shed_429" / "shed_503" sheds flex requests (nothing
+made), `priority` "standard" serves priority as standard without a word but the header,
+`tier_field` "unknown" refuses the field (400 INVALID_ARGUMENT naming it); `bare_503` makes
+the image, then answers 503 with no body (a lost answer, not an overload).
 """
 
 from __future__ import annotations
