@@ -800,8 +800,13 @@ class Runner:
 
     def _model_gone(self, cell: Cell) -> ModelNotFound | None:
         """Why a cell has no channel left when its model id was dropped on one it could use."""
-        return next((exc for (channel, model), exc in self.dropped.items()
-                     if self._model_asked(channel, cell) == model), None)
+        router = self.ctx.router
+        for (channel, model), exc in self.dropped.items():
+            lane = router.lane(channel)
+            if lane is not None and router.serves(lane, cell) \
+                    and self._model_asked(channel, cell) == model:
+                return exc
+        return None
 
     def _drop_model(self, channel: str, exc: ModelNotFound) -> None:
         """No cell asks `channel` for `exc.model` again in this run; said once."""
