@@ -189,6 +189,12 @@ class ManifestRow:
         "seconds the task ran at the provider, as the provider reports them; null where it "
         "reports none. `latency_s` less both is nbp's share: sending, polling, downloading"
     )
+    service_tier: str | None = _column(
+        pl.String(),
+        "the service tier that served the image (`gemini`: standard, flex or priority, as "
+        "Google's `x-gemini-service-tier` header says, else the tier asked); its cost is that "
+        "tier's; null for other providers"
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ManifestRow:

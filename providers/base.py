@@ -159,6 +159,9 @@ class Finished:
     usage: Mapping[str, int] = field(default_factory=dict)
     queue_s: float | None = None
     generation_s: float | None = None
+    # The service tier that served the request as the provider reports it (Gemini's
+    # `x-gemini-service-tier`: "standard", "flex", "priority"); None where it has none.
+    service_tier: str | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,11 @@ class Capabilities:
     # there is no remote task to poll, and an answer that was not recorded is gone.
     synchronous: bool = False
     option_schema: Mapping[str, Any] = field(default_factory=dict)  # JSON Schema of options
+    # Options whose value changes the price of an image (Gemini's `service_tier`): option ->
+    # value -> factor on `prices_usd`. Such a factor is the provider's published discount or
+    # surcharge, not a price published for this model: the plan marks what it prices with
+    # one as an estimate.
+    price_factors: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     # The provider documents a seed for this model: the create carries `ImageRequest.seed`
     # (`sent_seed`). False: the documentation is silent or says it is ignored; nothing is sent.
     seed: bool = False

@@ -31,7 +31,11 @@ behaviours that depend on it run once per reading its emulator serves: `emulator
 returns the emulator's `READINGS` (point -> reading id -> switch values for `configure`), and
 each behaviour marked `@under_readings(point)` is parametrised by them (a test id such as
 `[code-400]`; `[documented]` where the emulator serves one reading only). A subclass whose
-emulator serves readings overrides `emulator_readings`.
+emulator serves readings overrides `emulator_readings`. Three points go beyond §11, named
+where Google's emulator serves them (`providers.emulator.gemini`): `RETIRED_MODEL` (model ids
+the provider no longer serves), `SERVICE_TIER` (how a price-changing option is served: as
+asked, downgraded, shed, refused) and `BARE_503` (a made image whose answer is lost as an
+empty 503); an emulator that serves none of them skips those behaviours.
 
 Credentials are checked against a pair of loopback servers (`RedirectPair`): the first
 redirects everything to the second, which records what it received.
@@ -84,10 +88,12 @@ from nbp.providers.emulator.core import (
     WRONG_SIZE_MARKER,
     Readings,
 )
+from nbp.providers.emulator.gemini import BARE_503, RETIRED_MODEL, SERVICE_TIER
 from nbp.providers.errors import (
     AuthError,
     ContentRejected,
     LimitExceeded,
+    ModelNotFound,
     ProviderError,
     RateLimited,
     Rejected,
@@ -560,6 +566,79 @@ class ProviderConformance:
         assert isinstance(outcome, RateLimited), outcome
         assert outcome.retry_after is None or outcome.retry_after >= 0
         assert list(emulator.creates) == []
+
+    @under_readings(BARE_503)
+    def test_a_5xx_without_the_providers_error_body_is_no_overload(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls, reading: dict[str, Any],
+    ) -> None:
+        """An empty 503 after the image was made says nothing of what was created: a
+        transient fault, never `RateLimited` (the engine sends an overload again, so this
+        create must stay one that may exist)."""
+        if not reading:
+            pytest.skip(f"{provider_name}'s emulator serves no bare 503")
+        emulator.configure(**reading)
+        outcome = self.one_submit(provider_name, provider_environ,
+                                  self.request_for(provider_name, "made, answer lost"))
+        assert isinstance(outcome, TransientError), outcome
+        assert not isinstance(outcome, RateLimited | RequestNotSent)
+        assert len(emulator.creates) == 1
+
+    @under_readings(RETIRED_MODEL)
+    def test_a_model_id_the_provider_does_not_serve_is_model_not_found(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls, reading: dict[str, Any],
+    ) -> None:
+        """With one documented model id retired, a request for it is `ModelNotFound` (code
+        `model_not_found`) naming it and the ids that remain, and creates nothing; the
+        others serve."""
+        caps = registry.capabilities(provider_name)
+        if not reading or len(caps.models) < 2:
+            pytest.skip(f"{provider_name} serves one model or its emulator retires none")
+        emulator.configure(latency_s=QUICK_LATENCY_S, **reading)
+        outcomes = {model: self.one_submit(provider_name, provider_environ, self.request_for(
+            provider_name, f"asking for {model}", options={"model": model}))
+            for model in caps.models}
+        gone = {m: o for m, o in outcomes.items() if isinstance(o, ModelNotFound)}
+        served = [o for o in outcomes.values() if isinstance(o, tuple)]
+        assert gone and served and len(gone) + len(served) == len(caps.models), outcomes
+        for model, error in gone.items():
+            assert (error.model, error.code) == (model, "model_not_found")
+            assert error.others and model not in error.others and model in str(error)
+        assert len(emulator.creates) == len(served)
+
+    @under_readings(SERVICE_TIER)
+    def test_an_option_that_changes_the_price_is_priced_by_the_tier_that_served(
+        self, provider_name: str, provider_environ: Mapping[str, str],
+        emulator: EmulatorControls, reading: dict[str, Any],
+    ) -> None:
+        """`Capabilities.price_factors`: each value of such an option is sent; the image
+        reports the tier that served it (`Finished.service_tier`, one of the option's
+        values) and costs the default tier's cost times that tier's factor, whatever was
+        asked; a tier shed under load is `RateLimited` and creates nothing."""
+        caps = registry.capabilities(provider_name)
+        if not caps.price_factors:
+            pytest.skip(f"{provider_name} has no option that changes the price")
+        emulator.configure(latency_s=QUICK_LATENCY_S, **reading)
+        prompt = "a lemon, at some price"
+        base = self.one_submit(provider_name, provider_environ,
+                               self.request_for(provider_name, prompt))
+        assert isinstance(base, tuple), base
+        base_cost = base[1].cost_usd
+        for option, factors in caps.price_factors.items():
+            for value in factors:
+                before = len(emulator.creates)
+                outcome = self.one_submit(provider_name, provider_environ, self.request_for(
+                    provider_name, prompt, options={option: value}))
+                if isinstance(outcome, RateLimited):
+                    assert len(emulator.creates) == before
+                    continue
+                assert isinstance(outcome, tuple), (value, outcome)
+                served = outcome[1].service_tier
+                assert served is not None and served in factors, (value, served)
+                cost = outcome[1].cost_usd
+                if base_cost is not None and cost is not None:
+                    assert cost == pytest.approx(base_cost * factors[served], abs=1e-5)
 
     def test_limits_are_checked_before_anything_is_sent(
         self, provider_name: str, provider_environ: Mapping[str, str],

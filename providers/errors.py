@@ -8,12 +8,17 @@ these classes.
     ├── TransientError            network fault, 5xx, timeout: retry with backoff
     │   ├── RequestNotSent        no connection was made: the provider saw nothing
     │   └── RateLimited           429 / body code 429: slow down, honour retry_after;
-    │                               `concurrency`: the provider refused for concurrency: fewer
-    │                               tasks in flight, not fewer creates (Wiro 96)
+    │       │                       `concurrency`: the provider refused for concurrency: fewer
+    │       │                       tasks in flight, not fewer creates (Wiro 96)
+    │       └── Overloaded        the model is overloaded and made nothing (Gemini's 503 with
+    │                               its error body, 429 "high demand"): wait, send again; after
+    │                               the run's patience another channel may take the cell
     ├── Rejected                  the request is invalid: never retried, never paid
     │   ├── AuthError             missing or wrong credentials
     │   ├── InsufficientBalance   the account cannot pay
-    │   └── LimitExceeded         fails a documented provider limit before anything is sent
+    │   ├── LimitExceeded         fails a documented provider limit before anything is sent
+    │   └── ModelNotFound         the provider does not know the model id (404): a setting of
+    │                               this channel and model is wrong; the model is dropped there
     ├── SubmitUncertain           a create was sent but its answer was lost: it may exist
     ├── TaskFailed                the provider ran the task and it failed (code, message)
     │   ├── ContentRejected       a content/policy rejection: retrying or falling back won't help
@@ -67,6 +72,13 @@ class RateLimited(TransientError):
         self.concurrency = concurrency
 
 
+class Overloaded(RateLimited):
+    """The model is overloaded and created nothing (Google's 503 UNAVAILABLE or
+    RESOURCE_EXHAUSTED with its error body, a 429 "experiencing high demand"): sending the
+    same request again later is safe. Not the account's quota: the channel backs off, and a
+    cell may move to another channel after the run's patience."""
+
+
 class Rejected(ProviderError):
     """The provider refused the request as invalid; sending it again cannot succeed."""
 
@@ -81,6 +93,25 @@ class InsufficientBalance(Rejected):
 
 class LimitExceeded(Rejected):
     """The request breaks a documented provider limit; raised before anything is sent."""
+
+
+class ModelNotFound(Rejected):
+    """The provider does not know the model id the request named (Google's 404 NOT_FOUND for
+    `models/...`): nothing was created, and no cell asking this channel for that model can
+    succeed in this run. `model` is the id sent, `others` the ids the provider documents
+    besides it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        others: tuple[str, ...] = (),
+        code: str | int | None = "model_not_found",
+    ) -> None:
+        super().__init__(message, code=code)
+        self.model = model
+        self.others = others
 
 
 class SubmitUncertain(ProviderError):
@@ -121,6 +152,8 @@ __all__ = [
     "ContentRejected",
     "InsufficientBalance",
     "LimitExceeded",
+    "ModelNotFound",
+    "Overloaded",
     "ProviderError",
     "RateLimited",
     "Rejected",

@@ -1,4 +1,4 @@
-"""Gemini API adapter for Nano Banana Pro (`gemini-3-pro-image-preview`), Google's own host.
+"""Gemini API adapter for Nano Banana Pro (`gemini-3-pro-image`), Google's own host.
 
 Wire format: `POST {base}/{version}/models/{model}:generateContent` with header
 `x-goog-api-key` and a GenerateContentRequest in lowerCamel JSON: `contents[0].parts` = the
@@ -6,12 +6,16 @@ prompt as a text part, then each reference as `inlineData` (base64 + mimeType) o
 http(s) URL, `fileData` (fileUri); `generationConfig.responseModalities` ["TEXT", "IMAGE"] and
 `generationConfig.imageConfig` {aspectRatio, imageSize "1K" | "2K" | "4K"}, and the request's
 seed as `generationConfig.seed` (documented for every generateContent request: best effort,
-`gemini_facts.SEED`). The answer is the finished GenerateContentResponse, synchronously: the
-image is the last `inlineData` image part that is not a thought (`thought: true` parts are
-interim images, skipped), its cost follows from `usageMetadata`; a refusal is HTTP 200 too
+`gemini_facts.SEED`), and `options.service_tier` flex or priority as the top-level
+`serviceTier` (`gemini_facts.TIER_FIELD`). The answer is the finished GenerateContentResponse,
+synchronously: the image is the last `inlineData` image part that is not a thought
+(`thought: true` parts are interim images, skipped), its cost follows from `usageMetadata`
+at the price of the tier the `x-gemini-service-tier` header names; a refusal is HTTP 200 too
 (`finishReason`, `promptFeedback.blockReason`).
 Errors are `{"error": {code, message, status, details}}`. There is no remote task: nothing to
-poll, nothing to cancel, no idempotency, so a lost answer is `SubmitUncertain` and stays so.
+poll, nothing to cancel, no idempotency, so a lost answer is `SubmitUncertain` and stays so;
+an answer that carries Google's error body made nothing (an overload, an unknown model id, a
+refused tier) and may be sent again.
 The wire helpers here (request body, response parsing, error mapping) serve
 `providers.gemini_batch` too: a batch line is the same request and the same response.
 
@@ -23,7 +27,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
+import logging
 import re
 import uuid
 from collections.abc import Mapping
@@ -50,6 +56,8 @@ from nbp.providers.errors import (
     ContentRejected,
     InsufficientBalance,
     LimitExceeded,
+    ModelNotFound,
+    Overloaded,
     ProviderError,
     RateLimited,
     Rejected,
@@ -65,11 +73,19 @@ from nbp.providers.gemini_facts import (
     DEFAULT_MODEL,
     FACTS,
     FALLBACK_KEY_ENV,
+    FLEX_TIMEOUT_S,
     MAX_SEED,
+    SENT_TIERS,
+    SERVICE_TIERS,
+    TIER_FIELD,
+    TIER_HEADER,
+    TIER_PRICE_FACTORS,
 )
 from nbp.providers.gemini_facts import (
     MODELS as MODELS,
 )
+
+log = logging.getLogger("nbp.providers.gemini")
 
 # -- documented constants --------------------------------------------------------------------
 # protocols-gemini.md (§ numbers below; its source tags in brackets).
@@ -100,7 +116,14 @@ FINISHED_OK = frozenset({"STOP", "FINISH_REASON_UNSPECIFIED", ""})
 # Error `status` values (§3 [C ERR]) and the ErrorInfo reason of a wrong key (§1 [C ERR]).
 KEY_INVALID_REASON = "API_KEY_INVALID"
 BILLING_STATUS = "FAILED_PRECONDITION"  # "free tier unavailable / billing needed"
-OVERLOADED_STATUS = "UNAVAILABLE"       # 503 "The model is overloaded" (§3 [I])
+# A create answered with one of these in Google's error body made nothing: 503 UNAVAILABLE
+# "The model is overloaded" (§3 [I]), RESOURCE_EXHAUSTED (429: quota, spend cap, "high
+# demand" §10 [C RL2, I]; also seen with 503 [I]).
+OVERLOAD_STATUSES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
+# A 429 that is the model's overload, not the account's quota or spend cap (§10 [I]).
+OVERLOAD_WORDS = re.compile(r"overloaded|high demand", re.IGNORECASE)
+# What a 400 that refuses the service tier names (the field in either casing, or the words).
+TIER_REFUSAL = re.compile(r"service[_ ]?tier", re.IGNORECASE)
 RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
 ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
 
@@ -136,32 +159,37 @@ class GeminiProvider(HttpAdapter):
     def __init__(self, settings: ProviderSettings, *, api_version: str | None = None) -> None:
         super().__init__(settings)
         self.api_version = api_version or DEFAULT_API_VERSION
+        # Google refused the service tier field once (`_drop_tier`): why, and no tier is sent
+        # from then on by this adapter (one channel, one run).
+        self.tier_refused: str | None = None
 
     async def submit(self, request: ImageRequest) -> Submitted:
+        """One generateContent. A tier Google refuses (400 naming it) is said once and not
+        sent again; a flex request Google sheds (429, or 503 with its error body: flex "may
+        be shed" [C OPT]) goes again at the standard tier at once only when
+        `options.flex_fallback` asks for it, else the engine waits as for any overload. Either
+        first answer carried Google's error body: nothing was created, so the second send
+        pays once."""
         self.check_limits(request)
         options = self.checked_options(request)
         body = request_body(request)
         check_inline_size(self.name, body)
-        headers = self.auth_headers()
-        url = self.url(f"/{version_of(options, self.api_version)}/models/"
-                       f"{model_of(options)}:generateContent")
-        response, raw = await http.send_bounded(
-            self.client, "POST", url, creates_task=True, json=body, headers=headers,
-            max_bytes=answer_cap(self.settings.max_image_bytes),
-            timeout=httpx.Timeout(max(GENERATE_TIMEOUT_S, self.settings.timeout_s),
-                                  connect=10.0),
-        )
-        answer = parse_json(response, raw, creating=True)
-        raise_for_error(response, answer, creating=True)
-        task_id = str(answer.get("responseId") or f"nbp-{uuid.uuid4().hex}")
+        model = model_of(options)
+        url = self.url(f"/{version_of(options, self.api_version)}/models/{model}:generateContent")
+        tier = None if self.tier_refused else tier_of(options)
         try:
-            finished = finished_of(answer, self.token_prices, self.settings.max_image_bytes)
-        except TaskFailed as exc:
-            # The model answered with a refusal: the task exists and ended, so it is named
-            # here and its end reported by `poll`, as the contract has it (and as a journal
-            # replays it: the outcome travels in `extra`, plain strings).
-            return Submitted(self.name, task_id, extra=failure_extra(exc))
-        return Submitted(self.name, task_id, finished=finished)
+            return await self._generate(url, model, body, tier)
+        except Rejected as exc:
+            if tier is None or isinstance(exc, ModelNotFound | AuthError) \
+                    or not TIER_REFUSAL.search(exc.message):
+                raise
+            self._drop_tier(tier, exc)
+        except RateLimited as exc:  # a 429 or a 503 with Google's body: flex was shed
+            if tier != "flex" or not options.get("flex_fallback"):
+                raise
+            log.info("%s: a flex request was shed (%s); sent again at the standard tier "
+                     "(options.%s.flex_fallback)", self.name, exc.code, self.name)
+        return await self._generate(url, model, body, None)
 
     async def poll(self, submitted: Submitted) -> Pending | Finished:
         """The answer `submit` got: its image, or the refusal it carried (`TaskFailed`,
@@ -178,6 +206,41 @@ class GeminiProvider(HttpAdapter):
 
     def auth_headers(self) -> dict[str, str]:
         return key_headers(self.name, self.settings)
+
+    async def _generate(
+        self, url: str, model: str, body: Mapping[str, Any], tier: str | None
+    ) -> Submitted:
+        """Send the request (with `serviceTier` when `tier` is given) and read its answer."""
+        sent = {**body, TIER_FIELD: tier} if tier else body
+        wait = FLEX_TIMEOUT_S if tier == "flex" else GENERATE_TIMEOUT_S
+        response, raw = await http.send_bounded(
+            self.client, "POST", url, creates_task=True, json=sent, headers=self.auth_headers(),
+            max_bytes=answer_cap(self.settings.max_image_bytes),
+            timeout=httpx.Timeout(max(wait, self.settings.timeout_s), connect=10.0),
+        )
+        answer = parse_json(response, raw, creating=True)
+        raise_for_error(response, answer, creating=True, model=model)
+        task_id = str(answer.get("responseId") or f"nbp-{uuid.uuid4().hex}")
+        served = served_tier(response.headers, tier)
+        prices = self.token_prices.scaled(TIER_PRICE_FACTORS.get(served, 1.0))
+        try:
+            finished = finished_of(answer, prices, self.settings.max_image_bytes)
+        except TaskFailed as exc:
+            # The model answered with a refusal: the task exists and ended, so it is named
+            # here and its end reported by `poll`, as the contract has it (and as a journal
+            # replays it: the outcome travels in `extra`, plain strings).
+            return Submitted(self.name, task_id, extra=failure_extra(exc))
+        return Submitted(self.name, task_id,
+                         finished=dataclasses.replace(finished, service_tier=served))
+
+    def _drop_tier(self, tier: str, refusal: Rejected) -> None:
+        """Google refused the tier field or value: said once, then no tier for the run."""
+        if self.tier_refused is not None:
+            return  # another request in flight heard it first
+        self.tier_refused = refusal.message
+        log.warning("%s: Google refuses service_tier %s (%s); this run sends no tier from now "
+                    "on: every image is made and priced at the standard tier", self.name, tier,
+                    refusal.message)
 
 
 # -- wire format -----------------------------------------------------------------------------
@@ -198,6 +261,22 @@ def model_of(options: Mapping[str, Any]) -> str:
 
 def version_of(options: Mapping[str, Any], default: str = DEFAULT_API_VERSION) -> str:
     return str(options.get("api_version") or default)
+
+
+def tier_of(options: Mapping[str, Any]) -> str | None:
+    """The `serviceTier` a request sends: flex or priority; None for standard (the tier an
+    omitted field means) and when no tier is asked."""
+    tier = str(options.get("service_tier") or "").lower()
+    return tier if tier in SENT_TIERS else None
+
+
+def served_tier(headers: Mapping[str, str], asked: str | None) -> str:
+    """The tier that served an answer: the `x-gemini-service-tier` header (lowercase, an
+    enum prefix dropped), else the tier asked (standard when none)."""
+    said = str(headers.get(TIER_HEADER) or "").strip().lower().removeprefix("service_tier_")
+    if said in SERVICE_TIERS:
+        return said
+    return asked or "standard"
 
 
 def request_body(request: ImageRequest) -> dict[str, Any]:
@@ -410,28 +489,34 @@ def _int(value: Any) -> int:
 
 
 def raise_for_error(
-    response: httpx.Response, body: Mapping[str, Any], *, creating: bool = False
+    response: httpx.Response, body: Mapping[str, Any], *, creating: bool = False,
+    model: str | None = None,
 ) -> None:
     """Translate Google's error body (§3) into `providers.errors`; 2xx returns quietly.
 
     The one place Google's `status` and `details` are read; statuses go to the shared ladder.
     400 with ErrorInfo reason API_KEY_INVALID is a wrong key (`AuthError`), 400
     FAILED_PRECONDITION is billing (`InsufficientBalance`), other 400s are `Rejected`; 403 is
-    `AuthError`; 404 of a create is an unknown model (`Rejected`), else `TaskNotFound`; 429
-    RESOURCE_EXHAUSTED (quota, "high demand", a spend cap), and a create's 503 UNAVAILABLE
-    ("overloaded"), are `RateLimited`, waiting `RetryInfo.retryDelay` when there is one (else
-    a Retry-After header, else the caller's own backoff): an overloaded model made no image
-    and bills nothing (protocols.md §11), which `RateLimited` tells the caller, where a plain
-    5xx of a create may have been generated; 499 and other 5xx are transient. Messages come
-    from the body only (it never echoes the key).
+    `AuthError`; 404 of a create is the model id `model` Google does not serve
+    (`ModelNotFound`, naming the other ids), else `TaskNotFound`. A 429 RESOURCE_EXHAUSTED is
+    `RateLimited` (quota, spend cap) or, when its message says the model is overloaded or in
+    "high demand", `Overloaded`; a create's 5xx that carries Google's error body with status
+    UNAVAILABLE or RESOURCE_EXHAUSTED is `Overloaded` too. Each waits `RetryInfo.retryDelay`
+    when there is one (else a Retry-After header, else the caller's own backoff). None of
+    them made an image or bills anything (§10): Google answered with its error and nothing
+    else. A 5xx without that body (a front end's page, an empty answer), other 5xx statuses
+    (INTERNAL, DEADLINE_EXCEEDED) and 499 are transient: for a create, the image may have
+    been generated (the engine treats the create as one that may exist). Messages come from
+    the body only (it never echoes the key).
     """
     if response.status_code < 300:
         return
-    raise error_of(response, body, creating=creating)
+    raise error_of(response, body, creating=creating, model=model)
 
 
 def error_of(
-    response: httpx.Response, body: Mapping[str, Any], *, creating: bool = False
+    response: httpx.Response, body: Mapping[str, Any], *, creating: bool = False,
+    model: str | None = None,
 ) -> ProviderError:
     error = body.get("error")
     error = error if isinstance(error, Mapping) else {}
@@ -446,18 +531,31 @@ def error_of(
         return AuthError(message, code=KEY_INVALID_REASON)
     if status == BILLING_STATUS:
         return InsufficientBalance(message, code=code)
-    if response.status_code == 429 or (creating and status == OVERLOADED_STATUS):
+    overloaded = creating and response.status_code >= 500 and status in OVERLOAD_STATUSES
+    if response.status_code == 429 or overloaded:
         delays = [retry_delay(d.get("retryDelay")) for d in details
                   if d.get("@type") == RETRY_INFO_TYPE]
         retry_after = next((d for d in delays if d is not None), None)
         if retry_after is None:
             retry_after = http.parse_retry_after(response.headers.get("Retry-After"))
+        if overloaded or OVERLOAD_WORDS.search(str(error.get("message") or "")):
+            return Overloaded(message, code=code, retry_after=retry_after)
         return RateLimited(message, code=code, retry_after=retry_after)
     if response.status_code == 404 and creating:
-        return Rejected(message, code=code)
+        return model_not_found(message, model or "?")
     if response.status_code == 499:
         return TransientError(message, code=code)
     return http.status_error(response, message, code=code)
+
+
+def model_not_found(message: str, model: str) -> ModelNotFound:
+    """A create's 404: Google does not serve `model` (§10: a retired preview id); the message
+    names it and the documented ids besides it."""
+    others = tuple(m for m in FACTS.capabilities.models if m != model)
+    hint = (f"; use {' or '.join(others)} (options.<provider>.model, or the model axis)"
+            if others else "")
+    return ModelNotFound(f"{message}: model {model} is not served here{hint}",
+                         model=model, others=others)
 
 
 def retry_delay(value: Any) -> float | None:
@@ -490,5 +588,7 @@ __all__ = [
     "raise_for_error",
     "request_body",
     "retry_delay",
+    "served_tier",
+    "tier_of",
     "usage_of",
 ]

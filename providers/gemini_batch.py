@@ -146,7 +146,7 @@ class GeminiBatchProvider(HttpAdapter):
             raise SubmitUncertain(f"{self.name}: batch {display_name!r}: the create answered "
                                   f"HTTP {response.status_code}; the batch may exist")
         answer = parse_json(response, response.content, creating=True)
-        raise_for_error(response, answer, creating=True)
+        raise_for_error(response, answer, creating=True, model=model)  # 404: `ModelNotFound`
         return batch_job(answer)
 
     async def find_batch(self, display_name: str) -> BatchJob | None:

@@ -17,10 +17,13 @@ DOCUMENTED_BASE_URL = "https://generativelanguage.googleapis.com"  # §1 [C IMG]
 # .api_version` chooses per request, `GeminiProvider(settings, api_version=)` per adapter.
 API_VERSIONS: tuple[str, ...] = ("v1beta", "v1")
 DEFAULT_API_VERSION = "v1beta"
-# Both ids are documented (§ head). The preview id is the one the image-generation guide, the
-# rate-limit table and the Batch quota ("Gemini 3 Pro Image Preview") name [C IMG, RL]; the
-# protocol notes recommend neither, so nbp defaults to what the docs' examples call.
-MODELS: tuple[str, ...] = ("gemini-3-pro-image-preview", "gemini-3-pro-image")
+# Both ids are documented (§ head). `gemini-3-pro-image` is GA since 2026-05-28 and the
+# preview id had an earliest shutdown date of 2026-06-25 (§10 [C DEP]; a third party says the
+# preview ids "were shut down" [I PF]), so the GA id is the default and the preview id stays
+# selectable (`options.gemini.model`, a `model` axis). An id Google no longer serves answers
+# 404 NOT_FOUND "models/... is not found" (§3 [C ERR]): `ModelNotFound`, and the engine drops
+# that model on that channel for the run.
+MODELS: tuple[str, ...] = ("gemini-3-pro-image", "gemini-3-pro-image-preview")
 DEFAULT_MODEL = MODELS[0]
 API_KEY_ENV = "GEMINI_API_KEY"
 FALLBACK_KEY_ENV = "GOOGLE_API_KEY"  # read when GEMINI_API_KEY is unset (google-genai's names)
@@ -32,6 +35,30 @@ MAX_REFERENCES = 14                     # §2 "up to 14" [C IMG]
 OUTPUT_FORMATS: tuple[str, ...] = ("png",)  # the Developer API has no outputMimeType (§2 [C PY])
 
 PRICES_USD: dict[str, float] = {"1K": 0.134, "2K": 0.134, "4K": 0.24}  # per image, §7 [C PRC]
+
+# Service tiers (§10 [C OPT]: ai.google.dev/gemini-api/docs/flex-inference and
+# .../priority-inference). The request field is top-level in the GenerateContentRequest:
+# google-genai writes `GenerateContentConfig.service_tier` to the request's `serviceTier`
+# [C PY models.py `_GenerateContentConfig_to_mldev`], Google's REST examples write
+# `"service_tier": "FLEX"` and `"service_tier": "priority"` beside `contents` [C OPT]; the
+# SDK's values are lowercase `flex`, `standard`, `priority` [C PY types.ServiceTier] and its
+# tests send both casings. nbp sends `serviceTier` in lowerCamel like the rest of the body,
+# lowercase like the SDK, and only for flex or priority (omitted is standard [C OPT]).
+SERVICE_TIERS: tuple[str, ...] = ("standard", "flex", "priority")
+SENT_TIERS: frozenset[str] = frozenset({"flex", "priority"})
+TIER_FIELD = "serviceTier"
+# Which tier served a request: response header, lowercase ("standard" when priority was over
+# its limit and fell back silently, billed at the standard rate) [C OPT priority-inference].
+TIER_HEADER = "x-gemini-service-tier"
+# Price factors on the standard price, ESTIMATES: Google publishes them as "50 % discount"
+# (flex) and "75-100 % more than Standard" (priority) [C OPT], not as prices of this model,
+# and does not confirm that flex serves it (priority-inference lists "Gemini 3 Pro Image
+# Preview"; a third party quotes flex at $0.067 per 1K/2K image [I]). Priority counts the top
+# of its range, so nbp never counts less than Google may bill.
+TIER_PRICE_FACTORS: dict[str, float] = {"standard": 1.0, "flex": 0.5, "priority": 2.0}
+# Flex has a target latency of 1-15 min and may be shed under load (429 or 503) [C OPT]: a
+# flex request is waited for those 15 minutes on top of the 5 any generation is given.
+FLEX_TIMEOUT_S = 20 * 60.0
 
 # `generationConfig.seed`: "Optional. Seed used in decoding. If not set, the request uses a
 # randomly generated seed." An int32 (GenerationConfig field 8 of the v1beta API, as Google's
@@ -60,6 +87,25 @@ OPTION_SCHEMA: dict[str, Any] = {
         "api_version": {"enum": list(API_VERSIONS)},
     },
 }
+# `gemini`'s options: the shared ones and the service tier (synchronous generateContent only;
+# a batch line has no tier, `gemini-batch` keeps `OPTION_SCHEMA`).
+TIER_OPTION_SCHEMA: dict[str, Any] = {
+    **OPTION_SCHEMA,
+    "properties": {
+        **OPTION_SCHEMA["properties"],
+        "service_tier": {
+            "enum": list(SERVICE_TIERS),
+            "description": "Google's service tier: standard (the default), flex (half price, "
+                           "up to 15 minutes, may be shed) or priority (75-100 % dearer, "
+                           "falls back to standard silently); tier prices are estimates",
+        },
+        "flex_fallback": {
+            "type": "boolean",
+            "description": "when Google sheds a flex request (429/503), send it again at the "
+                           "standard tier and price at once instead of waiting for flex",
+        },
+    },
+}
 
 FACTS = ProviderFacts(
     name="gemini",
@@ -81,7 +127,8 @@ FACTS = ProviderFacts(
         # No limit is published; RPM for preview image models is low (§4). Ten calls of
         # 10-60 s each stay near one create every few seconds, and a 429 slows nbp down.
         default_max_in_flight=10,
-        option_schema=OPTION_SCHEMA,
+        option_schema=TIER_OPTION_SCHEMA,
+        price_factors={"service_tier": TIER_PRICE_FACTORS},
         seed=SEED,
         max_seed=MAX_SEED,
         task_times=TASK_TIMES,

@@ -162,6 +162,12 @@ class Router:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
 
+    def open_channels(self, cell: Cell, exclude: Collection[str] = ()) -> list[str]:
+        """The channels the cell may still be created on, besides `exclude` (what an
+        overloaded channel asks before a cell leaves it)."""
+        return [lane.key for lane in self._ranked(cell)
+                if lane.key not in exclude and self.serves(lane, cell)]
+
     def serves(self, lane: Lane, cell: Cell) -> bool:
         """Whether the cell may run on this channel at all (see the module docstring)."""
         provider = lane.channel.provider

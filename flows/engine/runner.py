@@ -12,6 +12,14 @@ end, download, verify, write. Batch and direct channels are the same `Provider` 
 A cell's states and their journal entries are `flows.engine.lifecycle`'s (the runner calls
 its transitions); what each error does is `flows.engine.policy`'s; a stop request (Ctrl-C,
 SIGTERM) is `flows.engine.interrupt`'s.
+
+Two provider signals change what the run does with a channel beyond one cell. A model id the
+provider does not serve (`ModelNotFound`, a 404) drops that model on that channel for the run,
+said once: no later cell asks that channel for it, each goes on by the job's routing (another
+channel, or fails `model_not_found` where none is left). An overloaded model (`Overloaded`:
+nothing was created) is waited out on the same channel like a rate limit; once a cell has
+waited `RetryPolicy.patience_s` there and its routing has another channel for it, it moves
+(`ChannelOverloaded`).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -73,12 +81,25 @@ from nbp.providers.base import (
     Submitted,
     sent_seed,
 )
-from nbp.providers.errors import ProviderError, RequestNotSent, TaskFailed
+from nbp.providers.errors import (
+    ModelNotFound,
+    Overloaded,
+    ProviderError,
+    RequestNotSent,
+    TaskFailed,
+    TransientError,
+)
 from nbp.providers.model import pixel_size
 
 log = logging.getLogger("nbp.runner")
 
 T = TypeVar("T")
+
+
+class ChannelOverloaded(TransientError):
+    """A channel's model stayed overloaded for the run's patience and the cell's routing has
+    another channel: nothing was created here, the cell goes on there (`policy.decide`: the
+    next provider)."""
 
 
 @dataclass
@@ -122,6 +143,8 @@ class Runner:
         self.references = ReferenceLoader.for_spec(ctx.spec)
         self.stop: Unsubmittable | None = None               # fail-fast / budget: run-wide
         self.dead: dict[str, ProviderError] = {}             # account refused: per provider
+        # (channel, model id) the provider does not serve: dropped for the run
+        self.dropped: dict[tuple[str, str], ModelNotFound] = {}
         self.busy = 0                                        # cells another run holds
         self.not_started = 0                                 # cells a stop request left
         self._pledged: dict[str, float] = {}                 # cell -> its product's promise
@@ -415,7 +438,7 @@ class Runner:
             try:
                 self._check_writable(cell)
                 ticket = await self._waiting(
-                    self.ctx.router.take(cell, tried | self.dead.keys(), only=again))
+                    self.ctx.router.take(cell, self._excluded(cell, tried), only=again))
             except HANDLED as exc:
                 return await self._ended(life, cell, exc, decide(exc))
             if ticket is None and again is not None:  # that channel was dropped meanwhile
@@ -425,9 +448,11 @@ class Runner:
             if ticket is None:
                 break
             try:
-                return await self._attempt(life, cell, ticket, references)
+                return await self._attempt(life, cell, ticket, references, tried)
             except HANDLED as exc:
                 decision, last = decide(exc), exc
+            if isinstance(last, ModelNotFound):
+                self._drop_model(ticket.key, last)
             if decision in (Decision.INTERRUPTED, Decision.STOP, Decision.PENDING,
                             Decision.UNCERTAIN, Decision.FINAL):
                 return await self._ended(life, cell, last, decision)
@@ -444,7 +469,7 @@ class Runner:
                 tried.add(ticket.key)
         if expired is not None:  # no channel left: it may still run where it expired
             return await self._ended(life, cell, expired, Decision.REROUTE)
-        last = last or next(iter(self.dead.values()), None)
+        last = last or self._model_gone(cell) or next(iter(self.dead.values()), None)
         if last is None:
             where = f"of {cell.provider} (the cell's pinned provider)" if cell.provider else (
                 "of this job")
@@ -485,9 +510,11 @@ class Runner:
     # -- one create and its task ------------------------------------------------------------
 
     async def _attempt(
-        self, life: CellLife, cell: Cell, ticket: Ticket, references: tuple[Reference, ...]
+        self, life: CellLife, cell: Cell, ticket: Ticket, references: tuple[Reference, ...],
+        tried: set[str],
     ) -> ManifestRow:
-        """One create on the ticket's channel (its slot is held) and its task to the end."""
+        """One create on the ticket's channel (its slot is held) and its task to the end.
+        `tried`: the channels the cell is done with (an overload may move it elsewhere)."""
         ctx, channel = self.ctx, ticket.lane.channel
         provider, throttle = ctx.providers[ticket.key], ctx.throttles[ticket.key]
         ctx.asked.setdefault(ticket.key, set()).add(ctx.model_of(channel.provider, cell) or "")
@@ -495,7 +522,7 @@ class Runner:
         slot = _Slot(ticket, ctx.progress)
         try:
             try:
-                self._check_still_submittable(ticket.key)
+                self._check_still_submittable(ticket.key, cell)
                 await self._waiting(life.reserve(intent))
                 self._unpledge(cell)  # its own hold counts now
             except BudgetExhausted as exc:
@@ -505,7 +532,9 @@ class Runner:
                                           self._request(cell, channel.provider, intent.key,
                                                         references))
             await self._create(life, provider, request, throttle,
-                               resend_rule(provider.capabilities), ticket)
+                               resend_rule(provider.capabilities), ticket,
+                               elsewhere=lambda: bool(ctx.router.open_channels(
+                                   cell, self._excluded(cell, tried | {ticket.key}))))
             ctx.progress.submitted += 1
             return await self._collect(life, cell, provider, throttle, slot)
         finally:
@@ -530,13 +559,17 @@ class Runner:
     async def _create(
         self, life: CellLife, provider: Provider, request: ImageRequest,
         throttle: AccountThrottle, rule: Resend, ticket: Ticket | None = None,
+        *, elsewhere: Callable[[], bool] | None = None,
     ) -> Submitted:
         """Create the task; the intent is journalled right before each send, after the
         spend window and the rate token. A send that never left, or that the provider
         refused, moved the cell back (`_sent`) and bills nothing; one that may have reached
-        the provider follows the resend rule."""
+        the provider follows the resend rule. An overload (nothing created) is sent again
+        here until `patience_s` has passed since the first; then, when `elsewhere()` says the
+        cell has another channel, it ends the create as `ChannelOverloaded`."""
         key = request.idempotency_key  # what the spend window holds its price under
         price = life.intent.price_usd if life.intent is not None else 0.0
+        overloaded_since: float | None = None
 
         async def before_each() -> None:
             spent = ticket is not None and ticket.spent
@@ -558,10 +591,22 @@ class Runner:
                 await self._sent(life, exc)
                 if life.state in ("reserved", "unsent"):  # nothing was created: not billed
                     throttle.not_billed(key)
+                if isinstance(exc, Overloaded) and elsewhere is not None:
+                    moving(exc)
                 raise
             finally:  # what a stop request waits for
                 progress.sending, progress.generating = (progress.sending - 1,
                                                          progress.generating - sync)
+
+        def moving(exc: Overloaded) -> None:
+            nonlocal overloaded_since
+            now = time.monotonic()
+            overloaded_since = overloaded_since or now
+            if now - overloaded_since >= self.ctx.retry.patience_s and elsewhere is not None \
+                    and elsewhere():
+                raise ChannelOverloaded(
+                    f"{life.channel} stayed overloaded for {now - overloaded_since:.0f} s "
+                    f"({exc}); nothing was created there", code=exc.code) from exc
 
         for attempt in range(1, self.ctx.retry.max_attempts + 1):
             try:
@@ -727,6 +772,7 @@ class Runner:
             image_tokens=finished.usage.get("image"),
             thinking_tokens=finished.usage.get("thinking"),
             queue_s=finished.queue_s, generation_s=finished.generation_s,
+            service_tier=finished.service_tier,
         )
         await life.succeeded(row)
         return row
@@ -745,12 +791,50 @@ class Runner:
 
     # -- checks ---------------------------------------------------------------------------
 
-    def _check_still_submittable(self, channel: str) -> None:
+    def _check_still_submittable(self, channel: str, cell: Cell) -> None:
         """Cells that waited for a slot re-check what changed meanwhile."""
         if self.stop is not None:
             raise self.stop
         if channel in self.dead:
             raise self.dead[channel]
+        gone = self.dropped.get((channel, self._model_asked(channel, cell)))
+        if gone is not None:
+            raise gone
+
+    # -- models a channel does not serve --------------------------------------------------
+
+    def _model_asked(self, channel: str, cell: Cell) -> str:
+        """The model id a create of `cell` on `channel` names: the cell's pinned one, the
+        spec's `options.<provider>.model`, else the provider's default (as its adapter)."""
+        lane = self.ctx.router.lane(channel)
+        provider = lane.channel.provider if lane else channel.partition(":")[0]
+        options = request_options(self.ctx.spec.options.get(provider, {}), cell)
+        return str(options.get("model") or self.ctx.models.get(provider) or "")
+
+    def _excluded(self, cell: Cell, tried: set[str]) -> set[str]:
+        """The channels the cell may not use now: those it is done with, accounts refused
+        for the run, and channels where the model id it asks for was dropped."""
+        gone = {channel for channel, model in self.dropped
+                if self._model_asked(channel, cell) == model}
+        return tried | self.dead.keys() | gone
+
+    def _model_gone(self, cell: Cell) -> ModelNotFound | None:
+        """Why a cell has no channel left when its model id was dropped on one it could use."""
+        router = self.ctx.router
+        for (channel, model), exc in self.dropped.items():
+            lane = router.lane(channel)
+            if lane is not None and router.serves(lane, cell) \
+                    and self._model_asked(channel, cell) == model:
+                return exc
+        return None
+
+    def _drop_model(self, channel: str, exc: ModelNotFound) -> None:
+        """No cell asks `channel` for `exc.model` again in this run; said once."""
+        if (channel, exc.model) in self.dropped:
+            return
+        self.dropped[channel, exc.model] = exc
+        log.warning("%s: %s. Model %s is dropped on this channel for the run; its cells go "
+                    "on by the job's routing", channel, exc.message, exc.model)
 
     def _check_writable(self, cell: Cell) -> None:
         """Before paying: the output path is free, already this cell's, or held by a cell

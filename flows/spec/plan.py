@@ -15,7 +15,10 @@ first. One line per other routing shows what it would take and cost.
 
 Cost: cells x price per image, by resolution, plus per-reference charges where a provider
 makes them. Prices come from `flows.spec.settings.provider_rules`, the same resolver the
-budget reserves with; anything not published by the provider is marked as an estimate.
+budget reserves with; anything not published by the provider is marked as an estimate. An
+option that changes the price (`Capabilities.price_factors`: Gemini's `service_tier` flex or
+priority) scales the provider's own prices by its factor, marked as an estimate and named in
+`price_notes` (the budget still holds the unscaled price; prices the spec sets stay as set).
 
 Duration, per provider, for n cells, a create rate of c per W seconds (`limits.rate`, else
 the documented default; none means no create limit), at most m tasks in flight and a mean
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nbp.flows.spec.allocation import LaneEstimate, allocate, duration_s
@@ -187,6 +190,8 @@ class Plan:
     pinned: tuple[str, ...] = ()      # providers a `provider` matrix axis pins cells to
     target: TargetDelta | None = None  # the cells against the target (None: all priced)
     models: tuple[ModelRow, ...] = ()  # the priced cells by provider x model id
+    # Prices an option scaled (`_tiered`): "gemini: service_tier flex x0.5 ..." per provider
+    price_notes: tuple[str, ...] = ()
 
     @property
     def priced_cells(self) -> int:
@@ -235,6 +240,7 @@ class Plan:
             "priced_cells": self.priced_cells,
             "target": self.target.to_json() if self.target else None,
             "by_provider_model": [row.to_json() for row in self.models],
+            "price_notes": list(self.price_notes),
         }
 
     def render(self) -> str:
@@ -275,6 +281,7 @@ class Plan:
         if self.cost_is_estimate:
             lines.append("  * not published by the provider: an estimate (set `prices:` in the "
                          "spec to use yours)")
+        lines += [f"  * {note}" for note in self.price_notes]
         lines += self._model_lines(wide)
         lines.append("")
         cost = f"  estimated cost:      {_usd(self.estimated_cost_usd)}"
@@ -435,12 +442,15 @@ def make_plan(
         alternatives=_alternatives(spec, route) if total else (),
         pinned=tuple(name for name in spec.providers if name in groups), target=target,
         models=_model_rows(spec, route, load),
+        price_notes=tuple(note for name in spec.providers
+                          if (note := _price_note(spec, name)) and any(
+                              row.provider == name for row in plan_rows)),
     )
 
 
 def _route(spec: JobSpec, groups: dict[str | None, _Tally]) -> _Route:
     found = channels(spec)
-    rules = {name: provider_rules(spec, name) for name in spec.providers}
+    rules = {name: _tiered(spec, provider_rules(spec, name)) for name in spec.providers}
     lanes = {}
     for pin, tally in groups.items():
         names = (pin,) if pin is not None else spec.routed
@@ -528,6 +538,50 @@ def _model_rows(
                  for (name, model, pinned), n in sorted(
                      cells.items(), key=lambda item: (order.get(item[0][0], 0), item[0][2]))
                  if n)
+
+
+def _price_factors(spec: JobSpec, provider: str) -> dict[str, tuple[str, float]]:
+    """The options of the spec that change `provider`'s price: option -> (value, factor),
+    for factors other than 1 (`Capabilities.price_factors`; Gemini's service tiers)."""
+    try:
+        factors = registry.capabilities(provider).price_factors
+    except Exception:  # an adapter that cannot load: validation says so
+        return {}
+    options = spec.options.get(provider, {})
+    found = {}
+    for option, by_value in factors.items():
+        value = options.get(option)
+        factor = by_value.get(str(value)) if value is not None else None
+        if factor is not None and factor != 1.0:
+            found[option] = (str(value), factor)
+    return found
+
+
+def _tiered(spec: JobSpec, rule: ProviderRules) -> ProviderRules:
+    """`rule` with the provider's own prices scaled by the spec's price-changing options and
+    marked as estimates: a tier's discount or surcharge is published, its price for this
+    model is not. Prices the spec sets (`prices:`) stay as written."""
+    factor = 1.0
+    for _, scale in _price_factors(spec, rule.provider).values():
+        factor *= scale
+    if factor == 1.0:
+        return rule
+    own = [res for res in rule.prices_usd if rule.price_source(res) != "spec"]
+    return replace(
+        rule, prices_usd={**rule.prices_usd, **{r: rule.prices_usd[r] * factor for r in own}},
+        price_sources={**rule.price_sources, **{r: "estimate" for r in own}},
+    )
+
+
+def _price_note(spec: JobSpec, provider: str) -> str | None:
+    """What `_tiered` did to `provider`'s prices, for the plan's reader; None: nothing."""
+    found = _price_factors(spec, provider)
+    if not found:
+        return None
+    said = ", ".join(f"{option} {value} x{factor:g}"
+                     for option, (value, factor) in found.items())
+    return (f"{provider}: {said} on the standard price, an estimate (the provider has not "
+            "published it for this model); the budget holds the standard price")
 
 
 def _default_model(spec: JobSpec, provider: str) -> str:

@@ -40,6 +40,14 @@ as a results file [I]); `results_gone` answers 404 NOT_FOUND for every results f
 weeks [C BAT2]); `failed_count_skew` misreports `batchStats.failedRequestCount` by that
 much. A create's `batch.priority` (int64 [C REF]) is kept on the batch (`Batch.priority`)
 and echoed in its metadata.
+
+Model ids and service tiers (`GeminiServing`, switches of the same `configure`):
+`retired_models` answers 404 NOT_FOUND for those ids as Google does for a shut-down model;
+`serviceTier` is honoured and every answer names the tier that served in the
+`x-gemini-service-tier` header; `flex` "shed_429" / "shed_503" sheds flex requests (nothing
+made), `priority` "standard" serves priority as standard without a word but the header,
+`tier_field` "unknown" refuses the field (400 INVALID_ARGUMENT naming it); `bare_503` makes
+the image, then answers 503 with no body (a lost answer, not an overload).
 """
 
 from __future__ import annotations
@@ -199,9 +207,100 @@ def _now_text(at: float | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"  # nanoseconds, as Google prints
 
 
+# -- model ids and service tiers ------------------------------------------------------------
+# Switches beside the overload readings (`GeminiServing`, fields of `GeminiReadings`): model
+# ids Google no longer serves (§10 [C DEP]), answered 404 NOT_FOUND in Google's shape (§3
+# [C ERR]; wording [I]); the service tier (§10 [C OPT]): `serviceTier` (or `service_tier`)
+# top-level, flex, standard or priority in any case [C PY types.ServiceTier], the tier that
+# served in the `x-gemini-service-tier` header of every answer [C OPT], a flex request shed
+# under load with a 429 or 503 [C OPT], priority over its limit served as standard, silently
+# [C OPT], or the field refused as unknown (what an API without tiers answers [I]); and a 503
+# without a body after the image was made (a front end losing the answer [I]).
+
+# Points beyond protocols.md §11 that this emulator serves in more than one way (the
+# conformance suite reads them from `READINGS`; `providers.emulator.core.READING_POINTS` lists
+# §11's own).
+RETIRED_MODEL = "retired_model"
+SERVICE_TIER = "service_tier"
+BARE_503 = "bare_503"
+TIER_FIELD = "serviceTier"
+TIER_HEADER = "x-gemini-service-tier"
+TIER_VALUES = frozenset({"unspecified", "standard", "flex", "priority"})
+
+
 @dataclass
-class GeminiReadings:
-    """Which overload answer the emulator serves (see the module docstring)."""
+class GeminiServing:
+    """Which model ids answer 404, how service tiers are served, whether a made image's answer
+    is lost as a bare 503 (see the section comment)."""
+
+    retired_models: tuple[str, ...] = ()
+    tier_field: str = choice("known", ("known", "unknown"))
+    flex: str = choice("served", ("served", "shed_429", "shed_503"))
+    priority: str = choice("served", ("served", "standard"))
+    bare_503: bool = False
+
+
+SERVING_READINGS: Readings = {
+    RETIRED_MODEL: {f"{model.removeprefix('gemini-3-pro-image').strip('-') or 'ga'}-retired":
+                    {"retired_models": (model,)} for model in MODELS},
+    SERVICE_TIER: {"served": {}, "priority-as-standard": {"priority": "standard"},
+                   "flex-shed-429": {"flex": "shed_429"}, "flex-shed-503": {"flex": "shed_503"},
+                   "field-unknown": {"tier_field": "unknown"}},
+    BARE_503: {"bare-503": {"bare_503": True}},
+}
+
+
+def model_gone(model: str, version: str, method: str, retired: Sequence[str]) -> Response | None:
+    """404 NOT_FOUND for a model id Google does not serve (unknown, or `retired`), else None."""
+    if model in MODELS and model not in retired:
+        return None
+    return google_error(404, f"models/{model} is not found for API version {version}, or is "
+                             f"not supported for {method}. Call ListModels to see the list of "
+                             "available models and their supported methods.")
+
+
+def tier_asked(body: Mapping[str, Any]) -> str:
+    """The tier a (lowerCamel) request asks for: flex, priority or standard."""
+    tier = str(body.get(TIER_FIELD) or "standard").lower()
+    return "standard" if tier == "unspecified" else tier
+
+
+def tier_refusal(raw: Any, body: Mapping[str, Any], serving: GeminiServing) -> Response | None:
+    """400 INVALID_ARGUMENT for a tier field the API does not know (`tier_field` "unknown",
+    named as the request wrote it) or a value it has no tier for; None otherwise."""
+    if TIER_FIELD not in body:
+        return None
+    if serving.tier_field == "unknown":
+        name = next((k for k in raw if _camel_key(k) == TIER_FIELD), TIER_FIELD)
+        message = f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.'
+        return google_error(400, message, [{"@type": BAD_REQUEST, "fieldViolations": [
+            {"description": message}]}])
+    if str(body[TIER_FIELD]).lower() not in TIER_VALUES:
+        return google_error(400, f"Invalid value at 'service_tier' (type.googleapis.com/"
+                                 f"google.ai.generativelanguage.v1beta.ServiceTier), "
+                                 f"{json.dumps(body[TIER_FIELD])}")
+    return None
+
+
+def tier_shed(body: Mapping[str, Any], serving: GeminiServing) -> Response | None:
+    """A flex request shed under load (`flex` "shed_429" / "shed_503"): nothing is made."""
+    if tier_asked(body) != "flex" or serving.flex == "served":
+        return None
+    status, message = OVERLOADS["high_demand" if serving.flex == "shed_429" else "unavailable"]
+    return google_error(status, message)
+
+
+def tier_served(body: Mapping[str, Any], serving: GeminiServing) -> str:
+    """The tier that serves a request: the one asked, but priority over its limit
+    (`priority` "standard") is served as standard without a word."""
+    tier = tier_asked(body)
+    return "standard" if tier == "priority" and serving.priority == "standard" else tier
+
+
+@dataclass
+class GeminiReadings(GeminiServing):
+    """Which overload answer the emulator serves (see the module docstring), and the model
+    and tier switches of `GeminiServing`."""
 
     overload: str = choice("none", ("none", *OVERLOADS))
     overload_retry_s: float | None = None  # RetryInfo.retryDelay of the answer; None: none
@@ -312,7 +411,7 @@ class GeminiEmulator(ProviderEmulator):
     READINGS: ClassVar[Readings] = {OVERLOAD: {
         f"{kind.replace('_', '-')}{suffix}": {"overload": kind, "overload_retry_s": delay}
         for kind in OVERLOADS for suffix, delay in (("", None), ("-retry-info", 7.0))
-    }}
+    }, **SERVING_READINGS}
 
     def __init__(self, config: FaultConfig | None = None, *, api_key: str | None = None) -> None:
         super().__init__(config, api_key=api_key or TEST_CREDENTIALS["GEMINI_API_KEY"])
@@ -434,10 +533,9 @@ class GeminiEmulator(ProviderEmulator):
             return refusal
         if self.chance(self.config.submit_5xx_prob):
             return self.fault_response(500)  # a 503 is the overload: `overloaded`
-        if model not in MODELS:
-            return google_error(404, f"models/{model} is not found for API version "
-                                f"{request.path_params['version']}, or is not supported for "
-                                "generateContent.")
+        if (gone := model_gone(model, request.path_params["version"], "generateContent",
+                               self.readings.retired_models)) is not None:
+            return gone
         try:
             raw = json.loads(await request.body())
         except ValueError:
@@ -446,8 +544,12 @@ class GeminiEmulator(ProviderEmulator):
         refused = request_problem(body)
         if refused is not None:
             return google_error(400, *refused)
+        if (refused_tier := tier_refusal(raw, body, self.readings)) is not None:
+            return refused_tier
         if (overloaded := self.overloaded()) is not None:
             return overloaded
+        if (shed := tier_shed(body, self.readings)) is not None:
+            return shed
         if (limited := self.rate_limited(account)) is not None:
             return limited
         config = body.get("generationConfig") or {}
@@ -466,16 +568,21 @@ class GeminiEmulator(ProviderEmulator):
         task.extra["model"] = model
         task.extra["modalities"] = [str(m).upper() for m in config.get("responseModalities")
                                     or ("TEXT", "IMAGE")]
+        task.extra["service_tier"] = tier_served(body, self.readings)
         try:
             await asyncio.sleep(task.latency_s)  # the answer comes when the image is done
         finally:
             bill.answered()
         if (fault := self.created_fault()) is not None:
             return fault
+        if self.readings.bare_503:  # made, then lost on the way: no Google body
+            return Response(b"", 503)
         answer = self.answer_body(task)
         if self.chance(self.config.drop_after_create_prob):
             return self.dropped_connection(b"".join(answer.chunks()))
-        return self.stream_answer(answer)
+        response = self.stream_answer(answer)
+        response.headers[TIER_HEADER] = task.extra["service_tier"]
+        return response
 
     def answer_body(self, task: RemoteTask, *, prefix: bytes = b"") -> AnswerBody:
         """The GenerateContentResponse of a finished task (§2): thought parts, then text and
@@ -651,8 +758,9 @@ class GeminiEmulator(ProviderEmulator):
             return refusal
         if self.chance(self.config.submit_5xx_prob):
             return self.fault_response(503)
-        if model not in MODELS:
-            return google_error(404, f"models/{model} is not found.")
+        if (gone := model_gone(model, request.path_params["version"], "batchGenerateContent",
+                               self.readings.retired_models)) is not None:
+            return gone
         try:
             raw = json.loads(await request.body())
         except ValueError:

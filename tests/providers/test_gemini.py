@@ -1,7 +1,8 @@
 """Gemini-only behaviour (generateContent on Google's host): the key header and never `?key=`,
 the request body field by field, uppercase "1K", thought parts skipped, refusals as content
-rejections, Google's error body (RetryInfo, API_KEY_INVALID, billing), the answer that cannot
-be fetched again, and cost from usageMetadata. Generic behaviour is in the conformance suite."""
+rejections, Google's error body (RetryInfo, API_KEY_INVALID, billing, overloads, a retired
+model id), the answer that cannot be fetched again, cost from usageMetadata at the service
+tier that served it. Generic behaviour is in the conformance suite."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import base64
 import io
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -25,6 +27,8 @@ from nbp.providers.errors import (
     ContentRejected,
     InsufficientBalance,
     LimitExceeded,
+    ModelNotFound,
+    Overloaded,
     RateLimited,
     Rejected,
     SubmitUncertain,
@@ -40,8 +44,10 @@ from nbp.providers.gemini import (
     retry_delay,
     usage_of,
 )
-from nbp.providers.gemini_facts import DOCUMENTED_BASE_URL
+from nbp.providers.gemini_batch import GeminiBatchProvider
+from nbp.providers.gemini_facts import DOCUMENTED_BASE_URL, FLEX_TIMEOUT_S, SERVICE_TIERS
 from nbp.providers.model import pixel_size
+from nbp.schemas import load_job_schema
 
 PROVIDER = "gemini"
 LATENCY_S = 0.05
@@ -93,7 +99,7 @@ def test_the_key_goes_in_its_header_and_never_in_the_url() -> None:
     submitted = run(submit(provider, ImageRequest("a lemon", "4:5", "2K")))
     [request] = seen
     assert str(request.url) == (f"{DOCUMENTED_BASE_URL}/v1beta/models/"
-                                "gemini-3-pro-image-preview:generateContent")
+                                "gemini-3-pro-image:generateContent")  # the GA id
     assert request.headers["x-goog-api-key"] == "sekrit-key"
     assert "key=" not in str(request.url) and "sekrit" not in str(request.url)
     assert submitted.task_id == "r-1" and submitted.finished is not None
@@ -156,7 +162,7 @@ def test_image_size_is_sent_with_an_uppercase_k(resolution: str) -> None:
 
 
 def post(hub: EmulatorHub, body: Any, *, key: str | None = KEY,
-         path: str = "/v1beta/models/gemini-3-pro-image-preview:generateContent"
+         path: str = "/v1beta/models/gemini-3-pro-image:generateContent"
          ) -> httpx.Response:
     headers = {"x-goog-api-key": key} if key else {}
     return httpx.post(f"{hub.base_url('gemini')}{path}", json=body, headers=headers, timeout=30)
@@ -362,7 +368,8 @@ def _google(status: int, body: Any, **headers: str) -> httpx.Response:
         pytest.param(400, "FAILED_PRECONDITION", [], InsufficientBalance,
                      "FAILED_PRECONDITION", id="billing"),
         pytest.param(403, "PERMISSION_DENIED", [], AuthError, "PERMISSION_DENIED", id="403"),
-        pytest.param(404, "NOT_FOUND", [], Rejected, "NOT_FOUND", id="unknown-model"),
+        pytest.param(404, "NOT_FOUND", [], ModelNotFound, "model_not_found",
+                     id="unknown-model"),
         pytest.param(499, "CANCELLED", [], TransientError, "CANCELLED", id="499"),
         pytest.param(500, "INTERNAL", [], TransientError, "INTERNAL", id="500"),
         pytest.param(504, "DEADLINE_EXCEEDED", [], TransientError, "DEADLINE_EXCEEDED",
@@ -380,15 +387,55 @@ def test_googles_error_body_maps_to_the_tree(
 
 
 @pytest.mark.parametrize("creating", [True, False], ids=["create", "other-call"])
-def test_503_unavailable_is_an_overload_of_a_create_only(creating: bool) -> None:
-    """A create's 503 UNAVAILABLE made nothing (the model was overloaded): `RateLimited`, which
-    the engine knows created nothing; a plain 5xx of a create may have generated (uncertain).
-    Any other call's 503 is an ordinary transient fault."""
+@pytest.mark.parametrize("google_status", ["UNAVAILABLE", "RESOURCE_EXHAUSTED"])
+def test_a_503_with_googles_body_is_an_overload_of_a_create_only(
+    creating: bool, google_status: str
+) -> None:
+    """A create's 503 that carries Google's error body made nothing (the model was
+    overloaded): `Overloaded`, a rate signal the engine knows created nothing; a 5xx of a
+    create without that body may have generated (below). Any other call's 503 is an
+    ordinary transient fault."""
     body = {"error": {"code": 503, "message": "The model is overloaded. Please try again later.",
-                      "status": "UNAVAILABLE"}}
+                      "status": google_status}}
     error = error_of(_google(503, body), body, creating=creating)
-    assert isinstance(error, TransientError) and error.code == "UNAVAILABLE"
-    assert isinstance(error, RateLimited) is creating
+    assert isinstance(error, TransientError) and error.code == google_status
+    assert isinstance(error, Overloaded) is creating
+
+
+@pytest.mark.parametrize(
+    ("message", "details", "overloaded"),
+    [
+        pytest.param("The model is experiencing high demand. Please try again later.", [], True,
+                     id="high-demand"),
+        pytest.param("The model is overloaded. Please try again later.", [], True,
+                     id="overloaded"),
+        pytest.param("You exceeded your current quota, please check your plan and billing "
+                     "details.", [{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                                   "violations": []}], False, id="quota"),
+        pytest.param("Your billing account has exceeded its spending limit for the last 10 "
+                     "minutes.", [], False, id="spend-cap"),
+    ],
+)
+def test_a_429_is_a_rate_limit_and_an_overload_when_google_says_so(
+    message: str, details: list[Any], overloaded: bool
+) -> None:
+    """Every 429 made nothing; "high demand" / "overloaded" is the model's trouble
+    (`Overloaded`), quota and spend cap the account's (`RateLimited`, the throttle's)."""
+    body = {"error": {"code": 429, "message": message, "status": "RESOURCE_EXHAUSTED",
+                      "details": details}}
+    error = error_of(_google(429, body), body, creating=True)
+    assert isinstance(error, RateLimited) and error.code == "RESOURCE_EXHAUSTED"
+    assert isinstance(error, Overloaded) is overloaded
+
+
+def test_retry_info_wins_over_retry_after_and_retry_after_serves_without_it() -> None:
+    retry_info = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "12s"}]
+    for details, header, expected in ((retry_info, "3", 12.0), ([], "3", 3.0), ([], None, None)):
+        body = {"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE",
+                          "details": details}}
+        headers = {"Retry-After": header} if header else {}
+        error = error_of(_google(503, body, **headers), body, creating=True)
+        assert isinstance(error, Overloaded) and error.retry_after == expected
 
 
 @pytest.mark.parametrize("kind", ["unavailable", "high_demand", "spend_cap"])
@@ -396,17 +443,31 @@ def test_503_unavailable_is_an_overload_of_a_create_only(creating: bool) -> None
 def test_an_overload_creates_nothing_and_waits_what_retry_info_says(
     env: dict[str, str], emulator: GeminiEmulator, kind: str, retry_s: float | None
 ) -> None:
-    """protocols.md §11: 503 UNAVAILABLE or 429 RESOURCE_EXHAUSTED ("high demand", a spend
-    cap), with or without RetryInfo; none carries an image, none is billed."""
+    """protocols.md §11, §10: 503 UNAVAILABLE or 429 RESOURCE_EXHAUSTED ("high demand", a
+    spend cap), with or without RetryInfo; none carries an image, none is billed."""
     emulator.configure(overload=kind, overload_retry_s=retry_s)
     with pytest.raises(RateLimited) as caught:
         run(submit(provider_for(env), ImageRequest("too busy")))
     status = "UNAVAILABLE" if kind == "unavailable" else "RESOURCE_EXHAUSTED"
     assert caught.value.code == status
     assert caught.value.retry_after == retry_s
+    assert isinstance(caught.value, Overloaded) is (kind != "spend_cap")
     assert emulator.creates == [] and emulator.tasks == {}
     emulator.configure(overload="none")
     assert run(submit(provider_for(env), ImageRequest("calm again"))).finished is not None
+
+
+def test_a_503_without_googles_body_is_a_lost_answer(
+    env: dict[str, str], emulator: GeminiEmulator
+) -> None:
+    """The image was made and its answer lost on the way (an empty 503): nothing says it was
+    not generated, so it is no overload: a transient fault the engine treats as a create that
+    may exist (uncertain, never sent again)."""
+    emulator.configure(bare_503=True)
+    with pytest.raises(TransientError) as caught:
+        run(submit(provider_for(env), ImageRequest("made, then lost")))
+    assert not isinstance(caught.value, RateLimited)
+    assert len(emulator.creates) == 1
 
 
 def test_the_overload_switch_takes_only_its_readings(emulator: GeminiEmulator) -> None:
@@ -423,3 +484,182 @@ def test_a_proxy_page_goes_to_the_ladder(env: dict[str, str], emulator: GeminiEm
         run(submit(provider_for(env), ImageRequest("overloaded")))
     assert caught.value.code == "INTERNAL" and not isinstance(caught.value, RateLimited)
     assert emulator.creates == []
+
+
+# -- model ids -------------------------------------------------------------------------------
+
+GA, PREVIEW = "gemini-3-pro-image", "gemini-3-pro-image-preview"
+
+
+def test_the_ga_model_is_the_default_and_the_preview_stays_selectable() -> None:
+    caps = GeminiProvider.capabilities
+    assert GeminiProvider.model == caps.models[0] == GA and PREVIEW in caps.models
+    batch = GeminiBatchProvider
+    assert batch.model == GA and batch.capabilities.models == caps.models
+
+
+def test_a_retired_model_id_is_model_not_found_naming_the_other(
+    env: dict[str, str], emulator: GeminiEmulator, hub: EmulatorHub
+) -> None:
+    """Google's 404 NOT_FOUND for `models/...` (the emulator answers exactly its shape): a
+    setting of this channel and model, nothing created; the other ids still serve."""
+    emulator.configure(retired_models=(PREVIEW,))
+    answer = post(hub, a_body(), path=f"/v1beta/models/{PREVIEW}:generateContent")
+    error = answer.json()["error"]
+    assert answer.status_code == 404 and set(error) == {"code", "message", "status"}
+    assert (error["code"], error["status"]) == (404, "NOT_FOUND")
+    assert error["message"].startswith(f"models/{PREVIEW} is not found for API version v1beta")
+    with pytest.raises(ModelNotFound) as caught:
+        run(submit(provider_for(env), ImageRequest("old id", options={"model": PREVIEW})))
+    assert (caught.value.model, caught.value.others, caught.value.code) == (
+        PREVIEW, (GA,), "model_not_found")
+    assert PREVIEW in caught.value.message and f"use {GA}" in caught.value.message
+    assert emulator.creates == []
+    assert run(submit(provider_for(env), ImageRequest("new id"))).finished is not None
+
+
+def test_a_batch_of_a_retired_model_is_model_not_found(
+    env: dict[str, str], emulator: GeminiEmulator
+) -> None:
+    emulator.configure(retired_models=(PREVIEW,))
+
+    async def go() -> None:
+        provider = GeminiBatchProvider(GeminiBatchProvider.settings_from_env(env))
+        try:
+            with pytest.raises(ModelNotFound) as caught:
+                await provider.create_batch("nbp-retired", [
+                    ("a", ImageRequest("x", options={"model": PREVIEW}))])
+            assert caught.value.model == PREVIEW and caught.value.others == (GA,)
+        finally:
+            await provider.aclose()
+
+    run(go())
+    assert emulator.batches == {} and emulator.creates == []
+
+
+# -- service tiers ---------------------------------------------------------------------------
+
+
+def test_the_tier_goes_top_level_as_service_tier_and_standard_goes_unsaid(
+    env: dict[str, str], emulator: GeminiEmulator
+) -> None:
+    """`serviceTier` beside `contents` (google-genai's `_GenerateContentConfig_to_mldev`,
+    Google's REST examples), lowercase as the SDK sends; standard is what no field means."""
+    sent = {}
+    for tier in ("standard", "flex", "priority"):
+        submitted = run(submit(provider_for(env), ImageRequest(
+            f"tier {tier}", options={"service_tier": tier})))
+        sent[tier] = emulator.tasks[submitted.task_id].body.get("serviceTier")
+    assert sent == {"standard": None, "flex": "flex", "priority": "priority"}
+    assert "serviceTier" not in request_body(ImageRequest("x"))  # a batch line has no tier
+
+
+def test_the_tier_that_served_is_reported_and_priced(
+    env: dict[str, str], emulator: GeminiEmulator
+) -> None:
+    """Cost follows the `x-gemini-service-tier` header: flex half, priority twice (the top
+    of Google's "75-100 % more", an estimate); priority over its limit is served and billed
+    as standard without a word but the header."""
+    def served(tier: str) -> Finished:
+        finished = run(submit(provider_for(env), ImageRequest(
+            "the same lemon", options={"service_tier": tier}))).finished
+        assert finished is not None and finished.cost_usd is not None
+        return finished
+
+    standard = served("standard")
+    assert standard.service_tier == "standard"
+    flex, priority = served("flex"), served("priority")
+    assert flex.service_tier == "flex" and priority.service_tier == "priority"
+    assert flex.cost_usd == pytest.approx(standard.cost_usd / 2, abs=1e-6)
+    assert priority.cost_usd == pytest.approx(standard.cost_usd * 2, abs=1e-6)
+    emulator.configure(priority="standard")
+    fell_back = served("priority")
+    assert fell_back.service_tier == "standard"
+    assert fell_back.cost_usd == pytest.approx(standard.cost_usd)
+
+
+@pytest.mark.parametrize("shed", ["shed_429", "shed_503"])
+def test_a_shed_flex_request_waits_unless_the_fallback_is_asked_for(
+    env: dict[str, str], emulator: GeminiEmulator, shed: str
+) -> None:
+    """Flex "may be shed" under load: nothing was created, the engine waits as for any
+    overload; with `flex_fallback` the same request goes again at once at the standard tier
+    (and price), one image created."""
+    emulator.configure(flex=shed)
+    with pytest.raises(Overloaded):
+        run(submit(provider_for(env), ImageRequest("cheap", options={"service_tier": "flex"})))
+    assert emulator.creates == []
+    submitted = run(submit(provider_for(env), ImageRequest(
+        "cheap", options={"service_tier": "flex", "flex_fallback": True})))
+    assert submitted.finished is not None and submitted.finished.service_tier == "standard"
+    [created] = emulator.creates
+    assert "serviceTier" not in created.body
+    assert len(emulator.requests) == 3  # shed, shed, then the standard request
+
+
+def test_a_refused_tier_is_said_once_and_dropped_for_the_adapter(
+    env: dict[str, str], emulator: GeminiEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An API that does not know `serviceTier` answers 400 naming it: nothing was created,
+    the request goes again without it at once, and this adapter (the run's channel) sends no
+    tier again; one warning says so."""
+    emulator.configure(tier_field="unknown")
+
+    async def go() -> list[Submitted]:
+        provider = provider_for(env)
+        try:
+            return [await provider.submit(ImageRequest(
+                f"flex {n}", options={"service_tier": "flex"})) for n in range(3)]
+        finally:
+            await provider.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="nbp.providers.gemini"):
+        done = run(go())
+    assert [s.finished.service_tier for s in done if s.finished] == ["standard"] * 3
+    assert len(emulator.creates) == 3 and len(emulator.requests) == 4  # one refusal
+    warnings = [r for r in caplog.records if "refuses service_tier" in r.getMessage()]
+    assert len(warnings) == 1 and "serviceTier" in warnings[0].getMessage()
+
+
+def test_a_flex_request_is_waited_for_fifteen_minutes_and_more() -> None:
+    timeouts: dict[str | None, float] = {}
+    answer = {"candidates": [{"content": {"parts": [
+        {"inlineData": {"mimeType": "image/png", "data": b64(png())}}]},
+        "finishReason": "STOP"}]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        tier = json.loads(request.content).get("serviceTier")
+        timeouts[tier] = request.extensions["timeout"]["read"]
+        return httpx.Response(200, json=answer, headers={"x-gemini-service-tier": "FLEX"})
+
+    provider = GeminiProvider(GeminiProvider.settings_from_env({"GEMINI_API_KEY": "k"}))
+    provider.client = http.make_client(30, secret_headers=("x-goog-api-key",),
+                                       transport=httpx.MockTransport(handler))
+    flex = run(submit(provider, ImageRequest("slow", options={"service_tier": "flex"})))
+    assert flex.finished is not None and flex.finished.service_tier == "flex"  # any casing
+    provider.client = http.make_client(30, transport=httpx.MockTransport(handler))
+    run(submit(provider, ImageRequest("quick")))
+    assert timeouts == {"flex": FLEX_TIMEOUT_S, None: 300.0} and FLEX_TIMEOUT_S >= 15 * 60
+
+
+def test_tiers_are_gemini_options_only(env: dict[str, str], emulator: GeminiEmulator) -> None:
+    with pytest.raises(LimitExceeded, match="service_tier"):
+        run(submit(provider_for(env), ImageRequest("x", options={"service_tier": "gold"})))
+    batch = GeminiBatchProvider(GeminiBatchProvider.settings_from_env(env))
+    with pytest.raises(LimitExceeded, match="service_tier"):
+        batch.checked_options(ImageRequest("x", options={"service_tier": "flex"}))
+    run(batch.aclose())
+    assert emulator.requests == []
+    assert GeminiProvider.capabilities.price_factors == {
+        "service_tier": {"standard": 1.0, "flex": 0.5, "priority": 2.0}}
+
+
+def test_the_job_schema_describes_the_tier_options_the_adapter_takes() -> None:
+    """For editors, the job schema describes `options.gemini.service_tier` and
+    `flex_fallback`; only the option schema checks them (one message per problem)."""
+    described = load_job_schema()["properties"]["options"]["properties"]["gemini"]["properties"]
+    taken = GeminiProvider.capabilities.option_schema["properties"]
+    assert set(described) <= set(taken) and {"service_tier", "flex_fallback"} <= set(described)
+    assert described["service_tier"]["examples"] == list(SERVICE_TIERS)
+    assert taken["service_tier"]["enum"] == list(SERVICE_TIERS)
+    assert all("enum" not in d and "type" not in d for d in described.values())

@@ -119,15 +119,15 @@ def test_create_uploads_jsonl_resumably_then_creates_the_batch(
     # each line is a GenerateContentRequest: its seed goes as generateContent's does
     assert [line.request["generationConfig"]["seed"] for line in batch.lines] == [40, 41, 42]
     assert ("POST", "/gemini/upload/v1beta/files") in emulator.requests
-    assert ("POST", "/gemini/v1beta/models/gemini-3-pro-image-preview:batchGenerateContent") \
-        in emulator.requests
+    assert ("POST", "/gemini/v1beta/models/gemini-3-pro-image:batchGenerateContent") \
+        in emulator.requests  # the GA id by default
 
 
 def test_a_batch_runs_one_model_and_checks_limits_before_sending(
     env: dict[str, str], emulator: GeminiEmulator
 ) -> None:
     mixed = [("a", ImageRequest("x")),
-             ("b", ImageRequest("y", options={"model": "gemini-3-pro-image"}))]
+             ("b", ImageRequest("y", options={"model": "gemini-3-pro-image-preview"}))]
     twice = [("a", ImageRequest("x")), ("a", ImageRequest("y"))]
     too_many = [("a", ImageRequest("x", references=tuple(
         Reference(f"https://example.com/{i}.png") for i in range(15))))]

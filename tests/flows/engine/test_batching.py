@@ -18,6 +18,7 @@ import yaml
 from nbp.flows.engine.job import RunOptions, RunResult, run_job
 from nbp.providers.emulator.core import CONTENT_MARKER
 from nbp.providers.emulator.hub import EmulatorHub
+from nbp.providers.gemini_facts import DEFAULT_MODEL
 from tests.flows.engine.emulated import manifest, run, serving
 
 TURNAROUND_S = 0.5
@@ -111,7 +112,7 @@ def test_a_create_that_made_no_batch_is_sent_again_once_for_the_whole_group(
     """A 5xx answer to the create: uncertain, so the runner asks by the group's name; the
     listing shows none, so the members send again and the group becomes one batch."""
     hub["gemini"].configure(submit_5xx_prob=1.0)
-    create = "/gemini/v1beta/models/gemini-3-pro-image-preview:batchGenerateContent"
+    create = f"/gemini/v1beta/models/{DEFAULT_MODEL}:batchGenerateContent"
 
     async def heal() -> None:
         while ("POST", create) not in hub["gemini"].requests:
