@@ -26,6 +26,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Collection,
     Iterable,
     Iterator,
     Mapping,
@@ -282,7 +283,10 @@ async def run_job(
         budget = Budget(spec.max_usd, spec.max_total_usd, options.run_id,
                         Ledger(sink, heartbeat))
         await budget.start()  # the ledger reads, before anything is paid
-        throttles = make_throttles(rules, providers, hooks.rate_limiter, used)
+        throttles = make_throttles(
+            rules, providers, hooks.rate_limiter, used,
+            poll_floors={name for name, limits in spec.limits.items()
+                         if limits.poll_interval_s is not None})
         ctx = RunContext(
             spec=spec, run_id=options.run_id, sink=sink, journal=journal,
             providers=providers, rules=rules, throttles=throttles,
@@ -693,10 +697,13 @@ def missing_message(missing: Mapping[str, Sequence[str]]) -> str:
 def make_throttles(
     rules: Mapping[str, ProviderRules], providers: Mapping[str, Provider],
     rate_limiter: LimiterFactory = local_limiter, used: Sequence[Channel] | None = None,
+    poll_floors: Collection[str] = (),
 ) -> dict[str, AccountThrottle]:
     """One throttle per channel (provider account), paced by its provider's rules, by
     channel key; `rate_limiter` builds the create-rate window (shared across processes
-    through Prefect in orchestration). `used`: the channels (default: one per provider)."""
+    through Prefect in orchestration). `used`: the channels (default: one per provider);
+    `poll_floors`: the providers whose `poll_interval` the spec sets (no task of theirs is
+    polled more often)."""
     throttles = {}
     for channel in used if used is not None else [Channel(p, p) for p in providers]:
         rule, provider = rules[channel.provider], providers[channel.key]
@@ -705,6 +712,7 @@ def make_throttles(
             rate=rate_limiter(rule.rate, provider) if rule.rate else None,
             in_flight=InFlightLimit(rule.max_in_flight),
             poll_interval_s=rule.poll_interval_s,
+            poll_interval_is_floor=channel.provider in poll_floors,
         )
     return throttles
 
