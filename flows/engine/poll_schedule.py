@@ -214,10 +214,12 @@ class PollSchedule:
         if probe_hit:
             self._probed(finished_by_s)
         self._durations.append(max(0.0, estimate))
+        before, running_at = self._plan, self._running_at
         self._replan()
         if first:
             self._dissolve()
-        self._wake_earlier()
+        if first or running_at > 0.0 or _earlier(self._plan, before):
+            self._wake_earlier()
 
     # -- what it answers -------------------------------------------------------------------
 
@@ -377,6 +379,12 @@ class PollSchedule:
             if ticket._waiter is not None and (
                     self.due(ticket, now) < ticket._due - WAKE_EPSILON_S):
                 _wake(ticket._waiter)
+
+
+def _earlier(plan: tuple[float, ...], before: tuple[float, ...]) -> bool:
+    """Whether some task's next poll may come sooner on `plan` than on `before`."""
+    return len(plan) > len(before) or any(
+        new < old - WAKE_EPSILON_S for new, old in zip(plan, before, strict=False))
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
