@@ -181,15 +181,10 @@ class PollSchedule:
             self.observe(sent_at - ticket.created, lower, probe_hit=probe_hit)
 
     def leave(self, ticket: Ticket) -> None:
-        """The task is no longer polled (finished, failed, left for the next run)."""
-        if ticket.done:
-            return
-        cohort = ticket.cohort
-        self._forget(ticket)
-        if cohort is not None and cohort.members:
-            # A poll that failed says nothing about the others: each goes its own way.
-            for member in list(cohort.members):
-                self._own_cohort(member)
+        """The task is no longer polled (finished, failed, left for the next run); its
+        turn, if it had one, goes to the next member of its cohort at once."""
+        if not ticket.done:
+            self._forget(ticket)
 
     def limited(self, retry_after: float | None, now: float) -> None:
         """A poll was refused for rate: no poll of the channel before Retry-After (or the
@@ -340,16 +335,6 @@ class PollSchedule:
             cohort.holder = None
             if cohort.members:
                 self._next_turn(cohort, advance=False)
-
-    def _own_cohort(self, ticket: Ticket) -> None:
-        """`ticket` leaves its cohort for a ladder of its own."""
-        cohort = ticket.cohort
-        if cohort is not None:
-            cohort.members.remove(ticket)
-        ticket.pending_s = max(ticket.pending_s, (cohort.pending_at - ticket.created)
-                               if cohort is not None else 0.0)
-        ticket.cohort = None
-        _wake(ticket._waiter)
 
     def _next_turn(self, cohort: _Cohort, *, advance: bool = True) -> None:
         """Hand the turn to the member polled longest ago, one turn later."""

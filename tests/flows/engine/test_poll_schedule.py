@@ -181,13 +181,14 @@ def test_a_rate_limited_poll_pauses_the_channel() -> None:
     assert schedule.due(ticket, 100.5) == 104.5
 
 
-def test_a_failed_poll_sends_the_rest_of_its_cohort_to_ladders_of_their_own() -> None:
+def test_a_task_that_leaves_hands_its_turn_on_at_once() -> None:
     schedule = PollSchedule(1.5)
     tickets = [schedule.start(100.0) for _ in range(3)]
     schedule.pending(tickets[0], 101.5)
-    schedule.leave(tickets[1])  # its poll kept failing: the task is left for the next run
-    assert [schedule.due(t, 101.6) for t in (tickets[0], tickets[2])] == [
-        pytest.approx(103.375), pytest.approx(103.375)]
+    assert schedule.due(tickets[1], 101.5) == pytest.approx(101.5 + 1.875 / 3)
+    schedule.leave(tickets[1])  # its task failed, or its polls kept failing
+    assert schedule.due(tickets[2], 101.51) == pytest.approx(101.5 + 1.875 / 3)
+    assert math.isinf(schedule.due(tickets[0], 101.51))
 
 
 def test_a_task_an_earlier_run_created_teaches_nothing() -> None:
