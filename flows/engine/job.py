@@ -26,6 +26,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Collection,
     Iterable,
     Iterator,
     Mapping,
@@ -284,7 +285,10 @@ async def run_job(
         budget = Budget(spec.max_usd, spec.max_total_usd, options.run_id,
                         Ledger(sink, heartbeat))
         await budget.start()  # the ledger reads, before anything is paid
-        throttles = make_throttles(rules, providers, hooks.rate_limiter, used)
+        throttles = make_throttles(
+            rules, providers, hooks.rate_limiter, used,
+            poll_floors={name for name, limits in spec.limits.items()
+                         if limits.poll_interval_s is not None})
         ctx = RunContext(
             spec=spec, run_id=options.run_id, sink=sink, journal=journal,
             providers=providers, rules=rules, throttles=throttles,
@@ -697,11 +701,14 @@ def missing_message(missing: Mapping[str, Sequence[str]]) -> str:
 def make_throttles(
     rules: Mapping[str, ProviderRules], providers: Mapping[str, Provider],
     rate_limiter: LimiterFactory = local_limiter, used: Sequence[Channel] | None = None,
+    poll_floors: Collection[str] = (),
 ) -> dict[str, AccountThrottle]:
     """One throttle per channel (provider account), paced by its provider's rules, by
     channel key; `rate_limiter` builds the create-rate window (shared across processes
-    through Prefect in orchestration). `used`: the channels (default: one per provider).
-    A provider's spend window (`limits.<provider>.spend`) is one, shared by its channels."""
+    through Prefect in orchestration). `used`: the channels (default: one per provider);
+    `poll_floors`: the providers whose `poll_interval` the spec sets (no task of theirs is
+    polled more often). A provider's spend window (`limits.<provider>.spend`) is one, shared
+    by its channels."""
     throttles = {}
     windows = {name: SpendWindow(rule.spend) for name, rule in rules.items() if rule.spend}
     for channel in used if used is not None else [Channel(p, p) for p in providers]:
@@ -716,6 +723,7 @@ def make_throttles(
             poll_interval_s=rule.poll_interval_s,
             spend=windows.get(channel.provider),
             max_poll_interval_s=longest,
+            poll_interval_is_floor=channel.provider in poll_floors,
         )
     return throttles
 

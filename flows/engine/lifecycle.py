@@ -108,6 +108,8 @@ class CellLife:
         self.held_here = False                 # this process made `hold`
         self.submitted: Submitted | None = None
         self.submitted_at: float | None = None
+        # When this run's create reached the provider (monotonic; the poll schedule's clock).
+        self.accepted_at: float | None = None
         self.spent_usd = 0.0                   # settled tasks of this cell
         self.reason: str | None = None
         self.row: ManifestRow | None = None    # of a succeeded entry

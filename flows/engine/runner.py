@@ -85,6 +85,7 @@ from nbp.providers.errors import (
     ModelNotFound,
     Overloaded,
     ProviderError,
+    RateLimited,
     RequestNotSent,
     TaskFailed,
     TransientError,
@@ -585,8 +586,12 @@ class Runner:
                 raise RequestNotSent(f"its intent could not be journalled: {exc}") from exc
             progress, sync = self.ctx.progress, int(provider.capabilities.synchronous)
             progress.sending, progress.generating = progress.sending + 1, progress.generating + sync
+            leaving = time.monotonic()
             try:
-                return await self._sending(provider.submit(request))
+                submitted = await self._sending(provider.submit(request))
+                # The provider took the task somewhere between the send and its answer.
+                life.accepted_at = (leaving + time.monotonic()) / 2
+                return submitted
             except Exception as exc:
                 await self._sent(life, exc)
                 if life.state in ("reserved", "unsent"):  # nothing was created: not billed
@@ -691,7 +696,8 @@ class Runner:
         if life.state == "created":
             try:
                 finished = submitted.finished if submitted.finished is not None else (
-                    await self._waiting(self._wait(provider, submitted, throttle, until)))
+                    await self._waiting(self._wait(provider, submitted, throttle, until,
+                                                   life.accepted_at)))
             except Exception as exc:
                 end = step_end(Step.POLL, exc)
                 if end in (StepEnd.TASK_FAILED, StepEnd.CONTENT):
@@ -708,25 +714,35 @@ class Runner:
         return await self._deliver(life, cell, provider, finished, until)
 
     async def _wait(
-        self, provider: Provider, submitted: Submitted, throttle: AccountThrottle, until: float
+        self, provider: Provider, submitted: Submitted, throttle: AccountThrottle, until: float,
+        accepted_at: float | None = None,
     ) -> Finished:
-        """Poll until the task finishes, on the account's learnt schedule; each task seen done
-        teaches the schedule its duration (a resumed task's counts from this run's start)."""
-        started = time.monotonic()
-        polls, pending_at = 0, 0.0
-        while True:
-            await asyncio.sleep(
-                throttle.next_poll_delay(polls, time.monotonic() - started)
-            )
-            polls += 1
-            sent_at = time.monotonic() - started
-            outcome = await self._step(lambda: provider.poll(submitted), Step.POLL, until,
-                                       "poll")
-            if isinstance(outcome, Finished):
-                throttle.observe_duration(sent_at, pending_at)
-                return outcome
-            assert isinstance(outcome, Pending)
-            pending_at = sent_at
+        """Poll until the task finishes, when the account's schedule says it is likely done
+        (`flows.engine.poll_schedule`); each answer teaches the schedule. `accepted_at`: when
+        this run's create reached the provider (monotonic); None for a task an earlier run
+        created, whose age is unknown (it teaches nothing)."""
+        schedule = throttle.polling
+        ticket = schedule.start(accepted_at or time.monotonic(), learn=accepted_at is not None)
+
+        async def poll() -> Pending | Finished:
+            try:
+                return await provider.poll(submitted)
+            except RateLimited as exc:
+                schedule.limited(exc.retry_after, time.monotonic())
+                raise
+
+        try:
+            while True:
+                await schedule.wait(ticket)
+                sent_at = time.monotonic()
+                outcome = await self._step(poll, Step.POLL, until, "poll")
+                if isinstance(outcome, Finished):
+                    schedule.finished(ticket, sent_at)
+                    return outcome
+                assert isinstance(outcome, Pending)
+                schedule.pending(ticket, sent_at)
+        finally:
+            schedule.leave(ticket)
 
     async def _step(self, call: Any, step: Step, until: float, what: str) -> Any:
         """One step after the create, retried as `STEP_ENDS` says until `until`; then the task

@@ -22,9 +22,7 @@ Spend: a provider with `limits.<provider>.spend` has one `SpendWindow`
 (`flows.engine.spend_window`) that all its accounts share; a create waits there for room for
 its price before it takes its rate token.
 
-Polling learns how long the account's tasks take (`PollSchedule`): the first poll near a low
-quantile of recent durations, then short intervals, so a typical task takes one or two polls
-and is seen done within a few tens of milliseconds of finishing.
+Polls go when the account's tasks are likely done (`flows.engine.poll_schedule`).
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from nbp.flows.engine.poll_schedule import PollSchedule
 from nbp.flows.engine.spend_window import SpendWindow
 from nbp.flows.spec.rate import Rate
 
@@ -182,76 +181,6 @@ class InFlightLimit:
         self._finished_since_shrink = 0
 
 
-# Polling (flows.engine.runner `_wait`). Durations are measured from the create's answer to
-# the poll that saw the task finished; the values were chosen by simulating the schedule
-# against narrow (2 s +- 10 ms), wide (10-30 s) and shifting latency distributions.
-DURATION_WINDOW = 64          # recent tasks the schedule learns from
-FIRST_POLL_QUANTILE = 0.1     # first poll where one task in ten has finished
-SPREAD_QUANTILES = (0.1, 0.5)  # the short interval is half the distance between these
-MIN_SHORT_POLL_S = 0.05
-# A task seen done at its first poll finished at most then: count it a little earlier, or
-# the first poll could only ever move later (censored data), by loop lag and round trips.
-FIRST_POLL_HIT_SHRINK = 0.05
-POLL_GROWTH = 1.25
-
-
-class PollSchedule:
-    """When to poll a task of one account, learnt from the account's recent tasks.
-
-    Before any task finished: the provider's documented first interval, then 1.25x longer
-    each time (protocols.md §1.3, §4.3: poll often at first, then back off). After: the first
-    poll at a low quantile of the recent durations, then a short interval (half the spread
-    of the durations, at least `MIN_SHORT_POLL_S`, at most the documented interval) that
-    grows by 1.25x once the task is late by more than four intervals; always capped at
-    `max_interval_s`. Cheap: a bounded deque, one sort of 64 values per finished task.
-
-    Measured (bench/span.py: 300 tasks of 2 s, 50 at a time): 2.8 poll requests per task,
-    the first 50 on the backoff (5 each) and the rest ~2.3; the backoff alone took 5, a fixed
-    0.25 s interval 7; and the span went from 1.17x to 1.02x that of the fixed interval."""
-
-    def __init__(self, first_interval_s: float, max_interval_s: float = 30.0) -> None:
-        self.first_interval_s = first_interval_s
-        self.max_interval_s = max_interval_s
-        self._durations: deque[float] = deque(maxlen=DURATION_WINDOW)
-        self.expected_s: float | None = None   # when to send the first poll
-        self.short_s = min(first_interval_s, 0.25)
-
-    def observe(self, finished_by_s: float, pending_at_s: float = 0.0) -> None:
-        """A task was seen done by a poll sent `finished_by_s` after its create was answered;
-        the poll before it, if any, at `pending_at_s` still saw it running."""
-        if pending_at_s > 0.0:
-            estimate = (pending_at_s + finished_by_s) / 2
-        else:
-            estimate = finished_by_s * (1.0 - FIRST_POLL_HIT_SHRINK)
-        self._durations.append(max(0.0, estimate))
-        ordered = sorted(self._durations)
-        last = len(ordered) - 1
-        self.expected_s = ordered[int(FIRST_POLL_QUANTILE * last)]
-        low, high = (ordered[int(q * last)] for q in SPREAD_QUANTILES)
-        self.short_s = min(max(MIN_SHORT_POLL_S, (high - low) / 2),
-                           max(MIN_SHORT_POLL_S, self.first_interval_s))
-
-    @property
-    def typical_s(self) -> float | None:
-        """The median of the recent durations (None before any task finished): how long a
-        task of this account takes, for routing's throughput estimates."""
-        if not self._durations:
-            return None
-        ordered = sorted(self._durations)
-        return ordered[len(ordered) // 2]
-
-    def delay(self, polls_so_far: int, elapsed_s: float) -> float:
-        """Seconds to wait before the next poll of a task created `elapsed_s` ago that has
-        been polled `polls_so_far` times."""
-        if self.expected_s is None:
-            return float(min(self.max_interval_s,
-                             self.first_interval_s * POLL_GROWTH**polls_so_far))
-        if elapsed_s < self.expected_s:
-            return self.expected_s - elapsed_s
-        late = elapsed_s - self.expected_s
-        return float(min(self.max_interval_s, max(self.short_s, late * (POLL_GROWTH - 1))))
-
-
 @dataclass
 class AccountThrottle:
     """Everything that paces one provider account. `spend`: its provider's spend window,
@@ -262,6 +191,8 @@ class AccountThrottle:
     in_flight: InFlightLimit
     poll_interval_s: float
     max_poll_interval_s: float = 30.0
+    # The spec set `limits.<provider>.poll_interval`: no task is polled more often.
+    poll_interval_is_floor: bool = False
     spend: SpendWindow | None = None
     polling: PollSchedule = field(init=False, repr=False)
     paused_until: float = field(default=0.0, init=False)
@@ -269,7 +200,9 @@ class AccountThrottle:
     _last_pause: tuple[float, float] = field(default=(0.0, 0.0), init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.polling = PollSchedule(self.poll_interval_s, self.max_poll_interval_s)
+        self.polling = PollSchedule(
+            self.poll_interval_s, self.max_poll_interval_s,
+            floor_s=self.poll_interval_s if self.poll_interval_is_floor else 0.0)
 
     async def before_create(
         self, spent: bool = False, *, key: str | None = None, usd: float = 0.0
@@ -340,10 +273,6 @@ class AccountThrottle:
             pause = FIRST_PAUSE_S
         self._last_pause = (now, pause)
         self.paused_until = max(self.paused_until, now + pause)
-
-    def next_poll_delay(self, polls_so_far: int, elapsed_s: float = 0.0) -> float:
-        """Seconds until the next poll of a task created `elapsed_s` ago (`PollSchedule`)."""
-        return self.polling.delay(polls_so_far, elapsed_s)
 
     def observe_duration(self, finished_by_s: float, pending_at_s: float = 0.0) -> None:
         """A task of this account was seen done `finished_by_s` after its create's answer

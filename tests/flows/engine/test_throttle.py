@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 
 import pytest
 
-from nbp.flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
+from nbp.flows.engine.throttle import InFlightLimit, SlidingWindowLimiter
 from nbp.flows.spec.rate import Rate
 
 
@@ -104,14 +103,6 @@ def test_every_release_listener_hears_every_release() -> None:
     assert in_flight == 0
 
 
-def test_polling_backs_off_to_a_cap() -> None:
-    throttle = AccountThrottle("kie", None, InFlightLimit(1), poll_interval_s=2.0)
-    delays = [throttle.next_poll_delay(n) for n in range(30)]
-    assert delays[0] == 2.0
-    assert delays == sorted(delays)
-    assert delays[-1] == throttle.max_poll_interval_s
-
-
 def test_a_create_counts_from_its_answer_when_the_answer_comes_late() -> None:
     """The provider admits a create somewhere between sending and answering, so a slow
     create must not free its place in the window before the provider's copy does."""
@@ -128,74 +119,3 @@ def test_a_create_counts_from_its_answer_when_the_answer_comes_late() -> None:
         return time.monotonic() - start
 
     assert asyncio.run(go()) >= 0.2 + 0.3
-
-
-def throttle_polling(first: float = 1.5) -> AccountThrottle:
-    return AccountThrottle("runware", None, InFlightLimit(1), poll_interval_s=first)
-
-
-def polls_for(throttle: AccountThrottle, duration: float) -> tuple[int, float]:
-    """Polls a task of `duration` seconds takes on the throttle's schedule, and how late
-    the poll that saw it done came; the throttle learns from it as `Runner._wait` does."""
-    elapsed, polls, pending_at = 0.0, 0, 0.0
-    while True:
-        elapsed += throttle.next_poll_delay(polls, elapsed)
-        polls += 1
-        if elapsed >= duration:
-            throttle.observe_duration(elapsed, pending_at)
-            return polls, elapsed - duration
-        pending_at = elapsed
-
-
-def test_before_any_task_finished_polling_starts_at_the_documented_interval() -> None:
-    throttle = throttle_polling(first=1.5)
-    assert throttle.next_poll_delay(0, 0.0) == 1.5
-    assert throttle.next_poll_delay(1, 1.5) == pytest.approx(1.875)
-
-
-def test_polling_learns_the_accounts_latency_and_takes_two_or_three_polls() -> None:
-    rng = random.Random(7)
-    throttle = throttle_polling(first=0.25)
-    for _ in range(50):  # a first wave teaches the schedule
-        polls_for(throttle, 2.0 + rng.uniform(-0.01, 0.01))
-    results = [polls_for(throttle, 2.0 + rng.uniform(-0.01, 0.01)) for _ in range(300)]
-    polls = [p for p, _ in results]
-    late = [lag for _, lag in results]
-    assert sum(polls) / len(polls) <= 2.5  # a fixed 0.25 s interval needs 8
-    assert max(polls) <= 4
-    assert sum(late) / len(late) < 0.06   # a fixed 0.25 s interval: ~0.125 s on average
-    assert throttle.polling.expected_s == pytest.approx(2.0, abs=0.1)
-
-
-def test_the_first_poll_follows_the_latency_down_and_up() -> None:
-    throttle = throttle_polling()
-    for duration in [20.0] * 100:
-        polls_for(throttle, duration)
-    assert throttle.polling.expected_s == pytest.approx(20.0, rel=0.1)
-    for duration in [8.0] * 300:  # the provider got faster: first polls come earlier
-        polls_for(throttle, duration)
-    assert throttle.polling.expected_s == pytest.approx(8.0, rel=0.1)
-    for duration in [12.0] * 100:  # and slower again
-        polls_for(throttle, duration)
-    assert throttle.polling.expected_s == pytest.approx(12.0, rel=0.1)
-
-
-def test_wide_latencies_keep_polls_few_and_lateness_bounded() -> None:
-    rng = random.Random(3)
-    throttle = throttle_polling(first=3.0)
-    results = [polls_for(throttle, rng.uniform(10, 30)) for _ in range(1000)][200:]
-    assert sum(p for p, _ in results) / len(results) < 6      # the old backoff: ~5
-    assert sum(lag for _, lag in results) / len(results) < 2.5  # the old backoff: ~3.9 s
-
-
-def test_a_late_task_is_polled_ever_less_often_up_to_the_cap() -> None:
-    throttle = throttle_polling()
-    for _ in range(20):
-        polls_for(throttle, 2.0)
-    delays, elapsed = [], 0.0
-    for polls in range(60):
-        delays.append(throttle.next_poll_delay(polls, elapsed))
-        elapsed += delays[-1]
-    after_first = delays[1:]
-    assert after_first == sorted(after_first)
-    assert after_first[0] <= 0.25 and after_first[-1] == throttle.max_poll_interval_s
