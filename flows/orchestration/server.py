@@ -39,10 +39,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nbp.flows.orchestration.local_server import LocalServer, ServerRecord
 
 HOST = "127.0.0.1"
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL (Prefect's own server gets 5 s too)
@@ -301,24 +306,107 @@ def use_api(
             environ["PREFECT_API_URL"] = before
 
 
+class ApiStart:
+    """The Prefect API of one run, being found or started in a thread while the run gets
+    ready (Prefect's imports, the flow's set-up), so that nbp's own server starts in
+    parallel with them:
+
+        api = ApiStart()                # reads the settings; nbp's server: a thread begins
+        ...                             # imports, checks
+        with prefect_api(started=api) as url:
+            ...                         # the run
+
+    `configured`: the user's `PREFECT_API_URL` (environment or profile), used as it is.
+    Else `server` is nbp's kept server (`LocalServer`), which the thread finds or starts and
+    holds (its lease) until `close()`; with `NBP_SERVER_IDLE_TIMEOUT=0` both are None and
+    `prefect_api` starts a temporary server. `ServerSettingInvalid` for a bad timeout.
+    """
+
+    def __init__(self, env: MutableMapping[str, str] | None = None) -> None:
+        from prefect.settings import PREFECT_API_URL
+
+        from nbp.flows.orchestration.local_server import LocalServer, idle_timeout_setting
+
+        self.environ = os.environ if env is None else env
+        self.configured = str(self.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+                              or "")
+        self.server: LocalServer | None = None
+        idle = 0.0 if self.configured else idle_timeout_setting(self.environ)
+        if idle > 0:
+            self.server = LocalServer(idle_timeout_s=idle)
+        self._lease = contextlib.ExitStack()
+        self._record: ServerRecord | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._found = self._closed = False
+        self._thread: threading.Thread | None = None
+        if self.server is not None:
+            self._thread = threading.Thread(target=self._find, name="nbp-prefect-api",
+                                            daemon=True)
+            self._thread.start()
+
+    @property
+    def source(self) -> str:
+        """Where `configured` was set."""
+        return ("PREFECT_API_URL" if self.environ.get("PREFECT_API_URL")
+                else "PREFECT_API_URL in Prefect's profile")
+
+    def result(self) -> ServerRecord | None:
+        """nbp's server, once found or started (its error, raised, if it could not be)."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._record
+
+    def close(self) -> None:
+        """Release the lease: now, or when the thread is done (a run that ended before it
+        needed the server does not wait for it)."""
+        with self._lock:
+            self._closed = True
+            if self._found:
+                self._lease.close()
+
+    def _find(self) -> None:
+        assert self.server is not None
+        record = None
+        try:
+            record = self._lease.enter_context(self.server.lease())
+        except BaseException as exc:  # raised in the main thread by result()
+            self._error = exc
+        with self._lock:
+            self._record, self._found = record, True
+            if self._closed:
+                self._lease.close()
+
+
 @contextlib.contextmanager
-def prefect_api(env: MutableMapping[str, str] | None = None) -> Iterator[str]:
+def prefect_api(
+    env: MutableMapping[str, str] | None = None, *, started: ApiStart | None = None
+) -> Iterator[str]:
     """The Prefect API for a run: the user's own (`PREFECT_API_URL` in `env`, default
     `os.environ`, or in Prefect's profile), untouched once it answers (`ApiUnreachable`
-    otherwise); else a `TemporaryServer` for the block, with `use_api` pointing this process
-    at it (no UI links: it serves none, and it is gone after the block)."""
-    from prefect.settings import PREFECT_API_URL
-
-    environ = os.environ if env is None else env
-    configured = environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
-    if configured:
-        source = ("PREFECT_API_URL" if environ.get("PREFECT_API_URL")
-                  else "PREFECT_API_URL in Prefect's profile")
-        check_reachable(str(configured), source)
-        yield str(configured)
-        return
-    with TemporaryServer() as server, use_api(server.api_url, environ, ui_url="") as url:
-        yield url
+    otherwise); else nbp's kept server (`local_server.LocalServer`, started if none runs,
+    held for the block) or, with `NBP_SERVER_IDLE_TIMEOUT=0`, a `TemporaryServer` for the
+    block; `use_api` points this process at either. `started`: an `ApiStart` begun earlier
+    (it is closed at the end)."""
+    api = ApiStart(env) if started is None else started
+    try:
+        if api.configured:
+            check_reachable(api.configured, api.source)
+            yield api.configured
+            return
+        record = api.result()
+        if record is None:
+            with TemporaryServer() as server, \
+                    use_api(server.api_url, api.environ, ui_url="") as url:
+                yield url
+            return
+        with use_api(record.api_url, api.environ, ui_url=record.url if record.ui else "") \
+                as url:
+            yield url
+    finally:
+        api.close()
 
 
 def check_reachable(url: str, source: str = "PREFECT_API_URL") -> None:
