@@ -77,7 +77,7 @@ def expected_failure(exc: Exception, args: argparse.Namespace) -> tuple[str, str
         unset = ("prefect config unset PREFECT_API_URL" if "profile" in exc.source
                  else "unset PREFECT_API_URL")
         return str(exc), (f"start that server (prefect server start), or {unset}: nbp then "
-                          "runs on a temporary server of its own")
+                          "runs on a local server of its own")
     if isinstance(exc, ServerSettingInvalid):
         return str(exc), (f"unset {IDLE_TIMEOUT_ENV} (10 minutes), or give it seconds "
                           "(README: \"Prefect\")")

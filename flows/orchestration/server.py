@@ -1,12 +1,18 @@
-"""A temporary local Prefect API server that terminal signals never reach.
+"""The Prefect API of a run: the user's `PREFECT_API_URL`, nbp's kept server, or a temporary
+local server; none of nbp's own is reached by the terminal's signals.
 
-Without `PREFECT_API_URL`, Prefect starts its ephemeral server (`SubprocessASGIServer`) as a
-child in nbp's process group, so the terminal's Ctrl-C kills it together with nbp, while nbp
-still needs it to finish the run gracefully (issue 19). `TemporaryServer` runs the same app
-with the same command, but in a session (and process group) of its own; nbp stops it.
-
-    with prefect_api() as url:      # PREFECT_API_URL if set, else a TemporaryServer
+    with prefect_api() as url:      # PREFECT_API_URL if set, else nbp's kept server
         asyncio.run(nbp_run(...))   # every Prefect client of this process uses `url`
+
+Without `PREFECT_API_URL`, a run uses nbp's kept server (`local_server.LocalServer`: one per
+`PREFECT_HOME`, started by the first run that needs it, left for the next until it idles
+out), which `ApiStart` finds or starts in a thread while the run imports Prefect. With
+`NBP_SERVER_IDLE_TIMEOUT=0`, each run has a `TemporaryServer` of its own, as before.
+
+Prefect's own ephemeral server (`SubprocessASGIServer`) is a child in nbp's process group, so
+the terminal's Ctrl-C kills it together with nbp, while nbp still needs it to finish the run
+gracefully (issue 19). `TemporaryServer` runs the same app with the same command, but in a
+session (and process group) of its own; nbp stops it.
 
 To keep one server across several runs, start and stop it yourself and point each run at it:
 
@@ -25,7 +31,8 @@ makes happen however nbp ends (SIGKILL included; no pid polling, no pid reuse).
 Start-up is Prefect's own: on the shared 2-core dev box (Prefect 3.8.8, 5 alternating runs
 each, database already migrated) `start()` took 4.35-5.07 s, median 4.60 s, and
 `SubprocessASGIServer.start()` 4.50-4.80 s, median 4.61 s; both about 12 s on a new
-`PREFECT_HOME` (the migrations). A server kept across runs saves it every run but the first.
+`PREFECT_HOME` (the migrations). The kept server saves it every run but the first
+(BENCHMARKS.md, "Issue 24: start-up").
 """
 
 from __future__ import annotations
