@@ -533,7 +533,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from nbp.flows.orchestration.local_server import IDLE_TIMEOUT_ENV, LocalServer, ServerInUse
 
-    server = LocalServer()
+    server = LocalServer.of_settings()
     where = f"PREFECT_HOME={server.home}"
     if args.action == "stop":
         try:

@@ -30,19 +30,25 @@ user's own on 4200, say) is never stopped by nbp.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import http.client
+import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from nbp.flows.orchestration.server import ServerDidNotStart
 
@@ -53,6 +59,7 @@ DEFAULT_IDLE_TIMEOUT_S = 600.0
 # higher. A new PREFECT_HOME's migrations took 19-25 s on the shared 2-core box; a server
 # killed while it migrates would be started again by the next run, from the beginning.
 MIN_STARTUP_TIMEOUT_S = 60.0
+STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL: the services stop one by one
 WATCHDOG_GRACE_S = 10.0  # after the watchdog's own SIGTERM, its deadline to exit
 LOCK_POLL_S = 0.05
@@ -159,54 +166,51 @@ def idle_timeout_setting(env: Mapping[str, str] | None = None) -> float:
 
 
 class LocalServer:
-    """nbp's kept Prefect server of one `PREFECT_HOME` (`home`, default Prefect's setting).
+    """nbp's kept Prefect server of the `PREFECT_HOME` `home` (`LocalServer.of_settings()`:
+    Prefect's setting).
 
     `lease()` finds it (or starts it) and holds it for a block; `running()` says whether it
-    runs; `ensure()` starts it without holding it; `stop()` stops it. `idle_timeout_s`
-    (default `NBP_SERVER_IDLE_TIMEOUT`) applies to a server this object starts.
-    `startup_timeout_s` defaults to `MIN_STARTUP_TIMEOUT_S`, or Prefect's
-    `PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS` when higher; `extra_env` adds to the
-    server's environment.
+    runs; `ensure()` starts it without holding it; `stop()` stops it. None of them imports
+    Prefect, so a thread can run them while the main thread does (two threads importing one
+    package can deadlock). `idle_timeout_s` (default `NBP_SERVER_IDLE_TIMEOUT`) applies to a
+    server this object starts; `startup_timeout_s` defaults to `MIN_STARTUP_TIMEOUT_S`, or
+    `PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS` (environment) when higher;
+    `settings_env`: Prefect's settings as variables, for the server (`of_settings` passes
+    them; without, the server reads them where nbp would: the environment and the home's
+    profile); `extra_env` adds to the server's environment.
     """
 
     def __init__(
         self,
-        home: str | Path | None = None,
+        home: str | Path,
         *,
         idle_timeout_s: float | None = None,
         startup_timeout_s: float | None = None,
-        extra_env: dict[str, str] | None = None,
+        settings_env: Mapping[str, str] | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
-        # Prefect's settings are read here, once: `lease()`, `ensure()`, `running()` and
-        # `stop()` use the standard library only, so a thread can run them while the main
-        # thread imports Prefect (two threads importing one package can deadlock).
-        import prefect
-        from prefect.settings import (
-            PREFECT_HOME,
-            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-            PREFECT_UI_ENABLED,
-            get_current_settings,
-        )
-
-        self.home = Path(home or PREFECT_HOME.value()).expanduser().resolve()
+        self.home = Path(home).expanduser().resolve()
         self.folder = self.home / FOLDER
         self.idle_timeout_s = (idle_timeout_setting() if idle_timeout_s is None
                                else idle_timeout_s)
+        self.settings_env = dict(settings_env or {})
+        self.extra_env = dict(extra_env or {})
         self.startup_timeout_s, self._timeout_source = startup_timeout_s or 0.0, ""
         if startup_timeout_s is None:  # a first start migrates a new database: give it time
-            self.startup_timeout_s = max(MIN_STARTUP_TIMEOUT_S, float(
-                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
-            self._timeout_source = " (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"
-        self.extra_env = dict(extra_env or {})
-        self._settings_env = get_current_settings().to_environment_variables(
-            exclude_unset=True)
-        self._prefect_dir = str(prefect.__module_path__.parent)
-        self._prefect_version = str(prefect.__version__)
-        ui = self.extra_env.get("PREFECT_UI_ENABLED",
-                                self.extra_env.get("PREFECT_SERVER_UI_ENABLED"))
-        self._ui = (bool(PREFECT_UI_ENABLED.value()) if ui is None
-                    else ui.strip().lower() not in ("0", "false", "no", "off"))
+            given = {**os.environ, **self.settings_env}.get(STARTUP_TIMEOUT_ENV)
+            self.startup_timeout_s = max(MIN_STARTUP_TIMEOUT_S, float(given or 0))
+            self._timeout_source = f" ({STARTUP_TIMEOUT_ENV}, at least {MIN_STARTUP_TIMEOUT_S:g})"
+        # Read here, in the caller's thread: the thread of a BackgroundLease imports nothing.
+        self._prefect_dir, self._prefect_version = _prefect_dir(), _prefect_version()
         self.started_here = False  # the last lease() or ensure() started the server
+
+    @classmethod
+    def of_settings(cls, **options: Any) -> LocalServer:
+        """The server of Prefect's `PREFECT_HOME` (this imports Prefect)."""
+        from prefect.settings import PREFECT_HOME, get_current_settings
+
+        settings_env = get_current_settings().to_environment_variables(exclude_unset=True)
+        return cls(PREFECT_HOME.value(), settings_env=settings_env, **options)
 
     @property
     def log_path(self) -> Path:
@@ -361,11 +365,13 @@ class LocalServer:
             record = ServerRecord(
                 pid=process.pid, port=port,
                 started_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                idle_timeout_s=idle, prefect_version=self._prefect_version, ui=self._ui)
+                idle_timeout_s=idle, prefect_version=self._prefect_version, ui=False)
             self._write(record)  # at once: a run that dies now leaves a server to find
             deadline = time.monotonic() + timeout
             while process.poll() is None:
                 if _healthy(record.port):
+                    record = dataclasses.replace(record, ui=_get(port, "/") == 200)
+                    self._write(record)
                     return record
                 if time.monotonic() > deadline:
                     _terminate(process.pid)
@@ -393,7 +399,7 @@ class LocalServer:
         url = f"http://{HOST}:{port}"
         env = {
             **os.environ,
-            **self._settings_env,
+            **self.settings_env,
             "PREFECT__SERVER_FINAL": "1",
             "PREFECT_SERVER_API_HOST": HOST,
             "PREFECT_SERVER_API_PORT": str(port),
@@ -428,6 +434,78 @@ class LocalServer:
         return tail.decode("utf-8", "replace").strip() or "(empty)"
 
 
+class BackgroundLease:
+    """`server.lease()` taken in a thread, held from now until `close()`:
+
+        lease = BackgroundLease(server)     # the thread finds or starts the server
+        ...                                 # the main thread goes on meanwhile
+        record = lease.result()             # waits; raises the thread's error
+        lease.close()                       # now, or as soon as the thread is done
+    """
+
+    def __init__(self, server: LocalServer) -> None:
+        self.server = server
+        self._stack = contextlib.ExitStack()
+        self._record: ServerRecord | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._done = self._closed = False
+        self._thread = threading.Thread(target=self._take, name="nbp-prefect-server",
+                                        daemon=True)
+        self._thread.start()
+
+    def result(self) -> ServerRecord:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._record is not None
+        return self._record
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._done:
+                self._stack.close()
+
+    def _take(self) -> None:
+        try:
+            self._record = self._stack.enter_context(self.server.lease())
+        except BaseException as exc:  # raised in the caller's thread by result()
+            self._error = exc
+        with self._lock:
+            self._done = True
+            if self._closed:
+                self._stack.close()
+
+
+def environment_home(env: Mapping[str, str], cwd: Path | None = None) -> Path | None:
+    """The `PREFECT_HOME` of the kept server a run will use, when the environment alone
+    settles it, read without importing Prefect: no `PREFECT_API_URL` in `env` nor in the
+    active profile, and no settings file in the current folder that Prefect would read
+    (`.env`, `prefect.toml`, a `pyproject.toml` with `[tool.prefect]`). None: ask Prefect."""
+    if env.get("PREFECT_API_URL"):
+        return None
+    folder = Path.cwd() if cwd is None else cwd
+    if (folder / ".env").exists() or (folder / "prefect.toml").exists():
+        return None
+    with contextlib.suppress(OSError):
+        if "[tool.prefect" in (folder / "pyproject.toml").read_text(errors="replace"):
+            return None
+    home = Path(env.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    profiles = Path(env.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        data = tomllib.loads(profiles.read_text())
+    except FileNotFoundError:
+        data = {}
+    except (OSError, ValueError):
+        return None
+    active = env.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    profile = data.get("profiles", {}).get(active, {})
+    if not isinstance(profile, dict) or profile.get("PREFECT_API_URL"):
+        return None
+    return home.resolve()
+
+
 def _flock(handle: int, mode: int, timeout_s: float, path: Path) -> None:
     """flock, waiting at most `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -445,12 +523,17 @@ def _flock(handle: int, mode: int, timeout_s: float, path: Path) -> None:
 
 def _healthy(port: int) -> bool:
     """`GET /api/health` answers 200 (loopback, no proxy)."""
+    return _get(port, "/api/health") == 200
+
+
+def _get(port: int, path: str) -> int | None:
+    """The status of `GET path` on loopback, None when nothing answers."""
     connection = http.client.HTTPConnection(HOST, port, timeout=2.0)
     try:
-        connection.request("GET", "/api/health")
-        return connection.getresponse().status == 200
+        connection.request("GET", path)
+        return connection.getresponse().status
     except OSError:
-        return False
+        return None
     finally:
         connection.close()
 
@@ -508,3 +591,14 @@ def _free_port() -> int:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def _prefect_dir() -> str:
+    """The folder holding the `prefect` package (uvicorn's --app-dir), without importing it."""
+    spec = importlib.util.find_spec("prefect")
+    assert spec is not None and spec.origin is not None, "Prefect is not installed"
+    return str(Path(spec.origin).parent.parent)
+
+
+def _prefect_version() -> str:
+    return importlib.metadata.version("prefect")

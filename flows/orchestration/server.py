@@ -46,7 +46,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -314,43 +313,51 @@ def use_api(
 
 
 class ApiStart:
-    """The Prefect API of one run, being found or started in a thread while the run gets
-    ready (Prefect's imports, the flow's set-up), so that nbp's own server starts in
-    parallel with them:
+    """The Prefect API of one run, settled before the run needs it; nbp's own server is
+    found or started in a thread meanwhile, in parallel with Prefect's imports when the
+    environment alone says it is needed (`local_server.environment_home`), else once
+    Prefect's settings are read:
 
-        api = ApiStart()                # reads the settings; nbp's server: a thread begins
+        api = ApiStart()                # the settings; nbp's server: a thread begins
         ...                             # imports, checks
         with prefect_api(started=api) as url:
             ...                         # the run
 
     `configured`: the user's `PREFECT_API_URL` (environment or profile), used as it is.
-    Else `server` is nbp's kept server (`LocalServer`), which the thread finds or starts and
-    holds (its lease) until `close()`; with `NBP_SERVER_IDLE_TIMEOUT=0` both are None and
-    `prefect_api` starts a temporary server. `ServerSettingInvalid` for a bad timeout.
+    Else `lease` holds nbp's kept server (`LocalServer`) until `close()`; with
+    `NBP_SERVER_IDLE_TIMEOUT=0` both are empty and `prefect_api` starts a temporary server.
+    `ServerSettingInvalid` for a bad timeout.
     """
 
     def __init__(self, env: MutableMapping[str, str] | None = None) -> None:
-        from prefect.settings import PREFECT_API_URL
-
-        from nbp.flows.orchestration.local_server import LocalServer, idle_timeout_setting
+        from nbp.flows.orchestration.local_server import (
+            BackgroundLease,
+            LocalServer,
+            environment_home,
+            idle_timeout_setting,
+        )
 
         self.environ = os.environ if env is None else env
+        idle = 0.0 if self.environ.get("PREFECT_API_URL") else idle_timeout_setting(self.environ)
+        self.lease: BackgroundLease | None = None
+        early = environment_home(self.environ) if idle > 0 else None
+        if early is not None:  # begins now, while Prefect loads
+            self.lease = BackgroundLease(LocalServer(early, idle_timeout_s=idle))
+        from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
         self.configured = str(self.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
                               or "")
-        self.server: LocalServer | None = None
-        idle = 0.0 if self.configured else idle_timeout_setting(self.environ)
-        if idle > 0:
-            self.server = LocalServer(idle_timeout_s=idle)
-        self._lease = contextlib.ExitStack()
-        self._record: ServerRecord | None = None
-        self._error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._found = self._closed = False
-        self._thread: threading.Thread | None = None
-        if self.server is not None:
-            self._thread = threading.Thread(target=self._find, name="nbp-prefect-api",
-                                            daemon=True)
-            self._thread.start()
+        home = Path(PREFECT_HOME.value()).expanduser().resolve()
+        if self.lease is not None and (self.configured or self.lease.server.home != home):
+            self.lease.close()  # Prefect's settings say otherwise after all
+            self.lease = None
+        if self.lease is None and idle > 0 and not self.configured:
+            self.lease = BackgroundLease(LocalServer.of_settings(idle_timeout_s=idle))
+
+    @property
+    def server(self) -> LocalServer | None:
+        """nbp's kept server, when the run uses it."""
+        return None if self.lease is None else self.lease.server
 
     @property
     def source(self) -> str:
@@ -359,32 +366,15 @@ class ApiStart:
                 else "PREFECT_API_URL in Prefect's profile")
 
     def result(self) -> ServerRecord | None:
-        """nbp's server, once found or started (its error, raised, if it could not be)."""
-        if self._thread is not None:
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._record
+        """nbp's server, once found or started (raises why it could not be); None when
+        the run does not use it."""
+        return None if self.lease is None else self.lease.result()
 
     def close(self) -> None:
-        """Release the lease: now, or when the thread is done (a run that ended before it
-        needed the server does not wait for it)."""
-        with self._lock:
-            self._closed = True
-            if self._found:
-                self._lease.close()
-
-    def _find(self) -> None:
-        assert self.server is not None
-        record = None
-        try:
-            record = self._lease.enter_context(self.server.lease())
-        except BaseException as exc:  # raised in the main thread by result()
-            self._error = exc
-        with self._lock:
-            self._record, self._found = record, True
-            if self._closed:
-                self._lease.close()
+        """Release nbp's server: now, or as soon as it is found (a run that ends before it
+        needs the server does not wait for it)."""
+        if self.lease is not None:
+            self.lease.close()
 
 
 @contextlib.contextmanager
@@ -404,7 +394,7 @@ def prefect_api(
             yield api.configured
             return
         record = api.result()
-        if record is None:
+        if record is None:  # NBP_SERVER_IDLE_TIMEOUT=0
             with TemporaryServer() as server, \
                     use_api(server.api_url, api.environ, ui_url="") as url:
                 yield url

@@ -276,3 +276,34 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
             return True
         time.sleep(0.1)
     return condition()
+
+
+@pytest.mark.parametrize(("files", "env", "settled"), [
+    pytest.param({}, {}, True, id="nothing-set"),
+    pytest.param({}, {"PREFECT_API_URL": "http://127.0.0.1:4200/api"}, False, id="api-url"),
+    pytest.param({"cwd/.env": "PREFECT_HOME=/elsewhere\n"}, {}, False, id="dotenv"),
+    pytest.param({"cwd/prefect.toml": "[api]\n"}, {}, False, id="prefect-toml"),
+    pytest.param({"cwd/pyproject.toml": "[tool.prefect]\nhome = '/x'\n"}, {}, False,
+                 id="pyproject-tool-prefect"),
+    pytest.param({"cwd/pyproject.toml": "[project]\nname = 'x'\n"}, {}, True,
+                 id="pyproject-without-prefect"),
+    pytest.param({"home/profiles.toml": 'active = "team"\n[profiles.team]\n'
+                  'PREFECT_API_URL = "http://10.0.0.5:4200/api"\n'}, {}, False,
+                 id="profile-api-url"),
+    pytest.param({"home/profiles.toml": 'active = "team"\n[profiles.team]\n'
+                  'PREFECT_API_URL = "http://10.0.0.5:4200/api"\n'},
+                 {"PREFECT_PROFILE": "local"}, True, id="another-profile"),
+])
+def test_the_environment_alone_settles_the_home_only_when_prefect_would_agree(
+    tmp_path: Path, files: dict[str, str], env: dict[str, str], settled: bool
+) -> None:
+    """What lets nbp start its server before Prefect is imported; else it asks Prefect."""
+    from nbp.flows.orchestration.local_server import environment_home
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "cwd").mkdir(exist_ok=True)
+    found = environment_home({"PREFECT_HOME": str(tmp_path / "home"), **env},
+                             cwd=tmp_path / "cwd")
+    assert found == ((tmp_path / "home").resolve() if settled else None)
