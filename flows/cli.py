@@ -1,4 +1,4 @@
-"""`nbp`: validate, plan, run, emulate, status, compare, export, review, gallery.
+"""`nbp`: validate, plan, run, emulate, status, compare, export, review, gallery, server.
 
 Exit codes: 0 success; 1 some cells failed (run) or a runtime error; 2 invalid spec or
 configuration (nothing was submitted or written).

@@ -63,6 +63,9 @@ STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL: the services stop one by one
 WATCHDOG_GRACE_S = 10.0  # after the watchdog's own SIGTERM, its deadline to exit
 LOCK_POLL_S = 0.05
+# A server whose starter died before writing `server.json` (or whose file was never
+# written) leaves after this long.
+REGISTER_DEADLINE_S = 300
 LOG_TAIL_CHARS = 3000
 FOLDER = "nbp-server"
 # The first line of the server's `-c` program: how nbp knows its own server's command line.
@@ -88,15 +91,15 @@ def last_run(started):
     except OSError:
         return started
 
-def watch():
+def wait_for_the_end():
     started, seen, check = time.time(), False, max(0.1, min(1.0, idle / 4))
     runs = os.open(os.path.join(folder, "runs.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     while True:
         time.sleep(check)
         if names_me(started):
             seen = True
-        elif seen or time.time() - started > 300:
-            break  # stopped, replaced, its home removed; or never registered
+        elif seen or time.time() - started > {REGISTER_DEADLINE_S}:
+            return  # stopped, replaced, its home removed; or never registered
         else:
             continue
         try:
@@ -106,11 +109,16 @@ def watch():
         if time.time() - last_run(started) >= idle:
             if names_me(started):
                 os.unlink(os.path.join(folder, "server.json"))
-            break  # runs.lock stays taken until this process is gone
+            return  # runs.lock stays taken until this process is gone
         fcntl.flock(runs, fcntl.LOCK_UN)
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep({WATCHDOG_GRACE_S})
-    os._exit(70)
+
+def watch():
+    try:
+        wait_for_the_end()
+    finally:  # whatever ended the wait: a server nobody can find must not stay
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep({WATCHDOG_GRACE_S})
+        os._exit(70)
 
 threading.Thread(target=watch, name="nbp-idle-watchdog", daemon=True).start()
 sys.argv[0] = "uvicorn"
