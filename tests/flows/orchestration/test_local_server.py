@@ -164,23 +164,32 @@ def test_nbp_server_status_start_and_stop(stopped: Path) -> None:
     assert again.returncode == 0 and again.stdout.startswith("no nbp Prefect server was running")
 
 
-def test_runs_reuse_the_server_and_are_flow_runs_on_it(stopped: Path, tmp_path: Path) -> None:
+def test_runs_share_and_reuse_the_server_and_are_flow_runs_on_it(
+    stopped: Path, tmp_path: Path
+) -> None:
     env, spec = environ(stopped), one_cell_spec(tmp_path)
-    first = run_nbp("run", spec, "--emulate", "--emulator-latency", "0.05", "--target",
-                    str(tmp_path / "a"), env=env)
-    assert first.returncode == 0, first.stderr
+
+    def start(name: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "nbp.flows.cli", "run", spec, "--emulate",
+             "--emulator-latency", "0.05", "--target", str(tmp_path / name)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    together = [start("a"), start("b")]  # two runs at once, no server yet
+    said = [child.communicate(timeout=300)[1] for child in together]
+    assert [child.returncode for child in together] == [0, 0], said
     record = LocalServer(stopped).running()
     assert record is not None
-    assert f"nbp: started a Prefect server for this and later runs: {record.url}" \
-        in first.stderr
-    second = run_nbp("run", spec, "--emulate", "--emulator-latency", "0.05", "--target",
-                     str(tmp_path / "b"), env=env)
-    assert second.returncode == 0, second.stderr
-    assert "started a Prefect server" not in second.stderr
+    started = f"nbp: started a Prefect server for this and later runs: {record.url}"
+    assert sorted(started in stderr for stderr in said) == [False, True]
+    later = start("c")
+    assert later.communicate(timeout=300)[1].count("started a Prefect server") == 0
+    assert later.returncode == 0
     assert LocalServer(stopped).running() == record  # the same server, still up
+    assert kept_servers(stopped) == [record.pid]
     runs = httpx.post(f"{record.api_url}/flow_runs/filter", trust_env=False,
                       json={"flows": {"name": {"any_": ["nbp-run"]}}}).json()
-    assert sorted(run["state"]["type"] for run in runs) == ["COMPLETED", "COMPLETED"]
+    assert [run["state"]["type"] for run in runs] == ["COMPLETED"] * 3
 
 
 def test_a_bad_idle_timeout_is_one_line(tmp_path: Path) -> None:
