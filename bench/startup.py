@@ -164,15 +164,17 @@ def main() -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for side in sides:
         medians = {key: summarise(values) for key, values in side.figures.items()}
-        ratio = medians["wall_300"]["median"] / hand["median"]
-        figures[side.name] = {**medians, "wall_ratio_to_handwritten": round(ratio, 3)}
+        paired = summarise([wall / hand_wall for wall, hand_wall
+                            in zip(side.figures["wall_300"], handwritten_walls, strict=True)])
+        ratio = paired["median"]  # each round's wall over the same round's hand-written wall
+        figures[side.name] = {**medians, "wall_ratio_to_handwritten": paired}
         log(f"  {side.name:<7} first create: first run {medians['first']['median']:.2f} s, "
             f"second {medians['second']['median']:.2f} s, cold {medians['cold']['median']:.2f}"
-            f" s; {CELLS}-cell wall {medians['wall_300']['median']:.2f} s = {ratio:.3f} x the "
-            f"hand-written client's {hand['median']:.2f} s")
+            f" s; {CELLS}-cell wall {medians['wall_300']['median']:.2f} s, {ratio:.3f} x the "
+            f"hand-written client's (median of the rounds' ratios)")
     measured = figures["after"]
     goal_met = (measured["second"]["median"] <= GOAL_FIRST_CREATE_S
-                and measured["wall_ratio_to_handwritten"] <= GOAL_RATIO
+                and measured["wall_ratio_to_handwritten"]["median"] <= GOAL_RATIO
                 and ("before" not in figures
                      or measured["first"]["median"] <= figures["before"]["first"]["median"]))
     write_result("startup", {

@@ -443,6 +443,19 @@ def _spec_copy(recorded: Any, folder: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from nbp.flows.orchestration.server import ApiStart
+
+    # Without PREFECT_API_URL, nbp's own server (kept between runs) is found, or started in
+    # parallel with loading the spec and Prefect; a terminal's Ctrl-C never reaches it.
+    api = ApiStart()
+    try:
+        return _run_spec(args, api)
+    finally:
+        api.close()
+
+
+def _run_spec(args: argparse.Namespace, api: Any) -> int:
     policy = _policy_or_report(args, "run")
     job = None if policy is None else _load_or_report(args.spec, policy)
     if job is None:
@@ -467,12 +480,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"nbp run: {problem}", file=sys.stderr)
         return EXIT_INVALID
     from_blocks = [] if args.emulate else _credentials_from_blocks(job.spec, options)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from nbp.flows.orchestration.server import ApiStart, prefect_api
+    from nbp.flows.orchestration.server import prefect_api
 
-    # Without PREFECT_API_URL, nbp's own server (kept between runs) is found, or started in
-    # parallel with the imports and set-up below; a terminal's Ctrl-C never reaches it.
-    api = ApiStart()
     # A reader that quits on Ctrl-C with nbp (`| tee`) must not end the run before its manifest.
     guard_standard_streams()
     from prefect.exceptions import TerminationSignal

@@ -63,9 +63,9 @@ STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL: the services stop one by one
 WATCHDOG_GRACE_S = 10.0  # after the watchdog's own SIGTERM, its deadline to exit
 LOCK_POLL_S = 0.05
-# A server whose starter died before writing `server.json` (or whose file was never
-# written) leaves after this long.
-REGISTER_DEADLINE_S = 300
+# A server whose starter died before writing `server.json` (it does so right after the
+# spawn) leaves after this long.
+REGISTER_DEADLINE_S = 60
 LOG_TAIL_CHARS = 3000
 FOLDER = "nbp-server"
 # The first line of the server's `-c` program: how nbp knows its own server's command line.

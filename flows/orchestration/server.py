@@ -314,17 +314,18 @@ def use_api(
 
 class ApiStart:
     """The Prefect API of one run, settled before the run needs it; nbp's own server is
-    found or started in a thread meanwhile, in parallel with Prefect's imports when the
-    environment alone says it is needed (`local_server.environment_home`), else once
-    Prefect's settings are read:
+    found or started in a thread meanwhile: at once when the environment alone says the run
+    will use it (`local_server.environment_home`: in parallel with loading the spec and
+    Prefect's imports), else once `settle()` has read Prefect's settings:
 
-        api = ApiStart()                # the settings; nbp's server: a thread begins
-        ...                             # imports, checks
-        with prefect_api(started=api) as url:
+        api = ApiStart()                # nbp's server: a thread begins (no Prefect import)
+        ...                             # the spec, checks, imports
+        with prefect_api(started=api) as url:   # settles, waits for the server
             ...                         # the run
+        api.close()                     # (prefect_api closes it; so may an early exit)
 
-    `configured`: the user's `PREFECT_API_URL` (environment or profile), used as it is.
-    Else `lease` holds nbp's kept server (`LocalServer`) until `close()`; with
+    After `settle()`, `configured` is the user's `PREFECT_API_URL` (environment or profile),
+    used as it is; else `lease` holds nbp's kept server (`LocalServer`) until `close()`; with
     `NBP_SERVER_IDLE_TIMEOUT=0` both are empty and `prefect_api` starts a temporary server.
     `ServerSettingInvalid` for a bad timeout.
     """
@@ -338,12 +339,24 @@ class ApiStart:
         )
 
         self.environ = os.environ if env is None else env
-        idle = 0.0 if self.environ.get("PREFECT_API_URL") else idle_timeout_setting(self.environ)
+        self.configured = ""
+        self._settled = False
+        self._idle = 0.0 if self.environ.get("PREFECT_API_URL") \
+            else idle_timeout_setting(self.environ)
         self.lease: BackgroundLease | None = None
-        early = environment_home(self.environ) if idle > 0 else None
-        if early is not None:  # begins now, while Prefect loads
-            self.lease = BackgroundLease(LocalServer(early, idle_timeout_s=idle))
+        early = environment_home(self.environ) if self._idle > 0 else None
+        if early is not None:
+            self.lease = BackgroundLease(LocalServer(early, idle_timeout_s=self._idle))
+
+    def settle(self) -> None:
+        """Read Prefect's settings (this imports Prefect): the user's `PREFECT_API_URL`, or
+        the home of nbp's server (an early lease they contradict is let go). Once."""
+        if self._settled:
+            return
+        self._settled = True
         from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+        from nbp.flows.orchestration.local_server import BackgroundLease, LocalServer
 
         self.configured = str(self.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
                               or "")
@@ -351,8 +364,8 @@ class ApiStart:
         if self.lease is not None and (self.configured or self.lease.server.home != home):
             self.lease.close()  # Prefect's settings say otherwise after all
             self.lease = None
-        if self.lease is None and idle > 0 and not self.configured:
-            self.lease = BackgroundLease(LocalServer.of_settings(idle_timeout_s=idle))
+        if self.lease is None and self._idle > 0 and not self.configured:
+            self.lease = BackgroundLease(LocalServer.of_settings(idle_timeout_s=self._idle))
 
     @property
     def server(self) -> LocalServer | None:
@@ -389,6 +402,7 @@ def prefect_api(
     (it is closed at the end)."""
     api = ApiStart(env) if started is None else started
     try:
+        api.settle()
         if api.configured:
             check_reachable(api.configured, api.source)
             yield api.configured
