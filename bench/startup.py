@@ -18,8 +18,10 @@ launched. Per round:
   as `first`);
 - `cold`: a 1-cell spec on a new `PREFECT_HOME` (the database is created and migrated);
 - `wall_300`: span.py's shape — 300 cells, 50 in flight — with the spec a user writes (no
-  `poll_interval`), on the kept server; and the hand-written client (bench/handwritten_client.py,
-  0.25 s polls) once per round for the ratio of the wall-clocks.
+  `poll_interval`), on the kept server, split into time to first create, span (first create
+  to last image written) and tail (last image to exit); and the hand-written client
+  (bench/handwritten_client.py, 0.25 s polls) once per round for the ratio of the
+  wall-clocks (each round's nbp wall over the same round's hand-written wall).
 
 With `NBP_BENCH_BEFORE`, each round runs both checkouts, alternating which goes first, so
 the shared machine's load hits both alike. Goals (issue 24, item 1): `second` <= 3 s,
@@ -76,8 +78,10 @@ class Side:
         self.home.mkdir(parents=True)
         self.kept_server = kept_server
         self.figures: dict[str, list[float]] = {
-            k: [] for k in ("first", "second", "cold", "wall_300", "first_create_300")}
+            k: [] for k in ("first", "second", "cold", "wall_300", "first_create_300",
+                            "span_300", "tail_300")}
         self.runs = 0
+        self.last: dict[str, float] = {}
 
     def env(self, home: Path) -> dict[str, str]:
         # Prefect's 20 s default is too short for a new home's migrations on a busy machine:
@@ -95,7 +99,8 @@ class Side:
             self.nbp("server", "stop", "--force", home=home).check(f"{self.name}: server stop")
 
     def run(self, cells: int, home: Path | None = None) -> tuple[float, float]:
-        """(seconds from launch to the first create, wall) of one `nbp run`."""
+        """(seconds from launch to the first create, wall) of one `nbp run`; the span (first
+        create to last image) and the tail (last image to exit) go to `self.last`."""
         self.runs += 1
         target = self.work / f"out-{self.runs}"
         path = write_spec(self.work / f"spec-{self.runs}.yaml", spec(target, cells))
@@ -103,9 +108,11 @@ class Side:
         launched = time.time()
         child = self.nbp("run", str(path), home=home).check(f"{self.name}: nbp run")
         stats = self.emulator.stats()["providers"]["runware"]
-        images, _ = last_image_written(target)
+        images, last = last_image_written(target)
         if images != cells or stats["creates"] != cells:
             raise RuntimeError(f"{self.name}: {images} images, {stats['creates']} creates")
+        self.last = {"span": last - stats["first_create"],
+                     "tail": launched + child.wall_s - last}
         return stats["first_create"] - launched, child.wall_s
 
     def round(self, index: int) -> None:
@@ -119,18 +126,23 @@ class Side:
         first_create, wall = self.run(CELLS)
         self.figures["first_create_300"].append(first_create)
         self.figures["wall_300"].append(wall)
+        self.figures["span_300"].append(self.last["span"])
+        self.figures["tail_300"].append(self.last["tail"])
         log(f"  {self.name:<7} round {index}: first create cold {self.figures['cold'][-1]:5.2f} s"
             f", first {self.figures['first'][-1]:5.2f} s, second {self.figures['second'][-1]:5.2f}"
-            f" s; {CELLS} cells: first create {first_create:5.2f} s, wall {wall:5.2f} s")
+            f" s; {CELLS} cells: first create {first_create:5.2f} s, span "
+            f"{self.last['span']:5.2f} s, tail {self.last['tail']:4.2f} s, wall {wall:5.2f} s")
 
 
-def handwritten(emulator: EmulatorProcess, out: Path) -> float:
+def handwritten(emulator: EmulatorProcess, out: Path) -> tuple[float, float]:
+    """(wall, span) of the hand-written client."""
     emulator.reset()
     child = run_child(
         [PYTHON, "-m", "bench.handwritten_client", "--cells", str(CELLS), "--in-flight",
          str(IN_FLIGHT), "--poll", "0.25", "--backoff", "1", "--prompt", PROMPT,
          "--out", str(out)], env=quiet_env(**emulator.env)).check("hand-written client")
-    return child.wall_s
+    _, last = last_image_written(out)
+    return child.wall_s, last - emulator.stats()["providers"]["runware"]["first_create"]
 
 
 def main() -> dict[str, Any]:
@@ -138,6 +150,7 @@ def main() -> dict[str, Any]:
     log(f"startup: time to first create and {CELLS}-cell wall, no PREFECT_API_URL, "
         f"{ROUNDS} rounds" + (f", paired with {before}" if before else ""))
     handwritten_walls: list[float] = []
+    handwritten_spans: list[float] = []
     loads: list[float] = []
     with scratch("startup") as work, \
             EmulatorProcess(LATENCY_S, providers=("runware",)) as emulator:
@@ -155,8 +168,10 @@ def main() -> dict[str, Any]:
                 order = sides if index % 2 == 0 else sides[::-1]
                 for side in order:
                     side.round(index)
-                handwritten_walls.append(handwritten(emulator, work / f"handwritten-{index}"))
-                log(f"  hand-written round {index}: wall {handwritten_walls[-1]:5.2f} s")
+                wall, span = handwritten(emulator, work / f"handwritten-{index}")
+                handwritten_walls.append(wall)
+                handwritten_spans.append(span)
+                log(f"  hand-written round {index}: span {span:5.2f} s, wall {wall:5.2f} s")
         finally:
             for side in sides:
                 side.stop_server()
@@ -184,6 +199,7 @@ def main() -> dict[str, Any]:
                   "after": os.environ.get("NBP_BENCH_AFTER") or "this checkout",
                   "load_avg_1m_per_round": loads},
         "first_create_s_and_wall_s": figures, "handwritten_wall_s": hand,
+        "handwritten_span_s": summarise(handwritten_spans),
         "goal": f"second run's first create <= {GOAL_FIRST_CREATE_S} s; {CELLS}-cell wall <= "
                 f"{GOAL_RATIO} x the hand-written client's; first run no slower than before",
         "goal_met": goal_met,

@@ -1,7 +1,7 @@
 """nbp's own Prefect server, kept between runs: one per `PREFECT_HOME`, started by the first
 `nbp run` that needs one, reused by the next, gone after an idle timeout or `nbp server stop`.
 
-    server = LocalServer()                  # this PREFECT_HOME's; NBP_SERVER_IDLE_TIMEOUT
+    server = LocalServer.of_settings()      # this PREFECT_HOME's; NBP_SERVER_IDLE_TIMEOUT
     with server.lease() as record:          # found, or started; held for the block
         run_against(record.api_url)         # http://127.0.0.1:PORT/api (the UI at /)
 
@@ -314,7 +314,7 @@ class LocalServer:
 
     def _write(self, record: ServerRecord) -> None:
         path = self.folder / "server.json"
-        partial = path.with_name(f".server.json.{os.getpid()}")
+        partial = path.with_name(f".server.json.{os.getpid()}.{threading.get_ident()}")
         partial.write_text(json.dumps(asdict(record), indent=2) + "\n")
         os.replace(partial, path)
 
@@ -326,9 +326,7 @@ class LocalServer:
                 (self.folder / "server.json").unlink()
 
     def _touch_last_run(self) -> None:
-        path = self.folder / "last-run"
-        path.touch()
-        os.utime(path)
+        (self.folder / "last-run").touch()  # its mtime: when a run last started or ended
 
     @contextlib.contextmanager
     def _start_lock(self) -> Iterator[None]:
