@@ -1,4 +1,4 @@
-"""`nbp`: validate, plan, run, emulate, status, compare, export, review, gallery.
+"""`nbp`: validate, plan, run, emulate, status, compare, export, review, gallery, server.
 
 Exit codes: 0 success; 1 some cells failed (run) or a runtime error; 2 invalid spec or
 configuration (nothing was submitted or written).
@@ -68,6 +68,7 @@ def expected_failure(exc: Exception, args: argparse.Namespace) -> tuple[str, str
     """(what went wrong, a hint) for a failure that is the setting's or the input's, not
     nbp's: `main` prints the two lines and exits 2, with no traceback. None: a bug, which
     keeps its traceback. The one place that tells these apart."""
+    from nbp.flows.orchestration.local_server import IDLE_TIMEOUT_ENV, ServerSettingInvalid
     from nbp.flows.orchestration.secrets import SecretBlockMissing
     from nbp.flows.orchestration.server import ApiUnreachable
     from nbp.outputs.sink import FilesystemMissing
@@ -76,7 +77,10 @@ def expected_failure(exc: Exception, args: argparse.Namespace) -> tuple[str, str
         unset = ("prefect config unset PREFECT_API_URL" if "profile" in exc.source
                  else "unset PREFECT_API_URL")
         return str(exc), (f"start that server (prefect server start), or {unset}: nbp then "
-                          "runs on a temporary server of its own")
+                          "runs on a local server of its own")
+    if isinstance(exc, ServerSettingInvalid):
+        return str(exc), (f"unset {IDLE_TIMEOUT_ENV} (10 minutes), or give it seconds "
+                          "(README: \"Prefect\")")
     if isinstance(exc, SecretBlockMissing):
         var, block = next(iter(exc.missing.items()))
         return str(exc), (f"export {var}, or create the block on this Prefect API: "
@@ -255,6 +259,18 @@ def _parser() -> argparse.ArgumentParser:
                               "target's folder or a folder that holds it) instead of the "
                               "target's index.html")
     gallery.set_defaults(handler=cmd_gallery)
+
+    server = commands.add_parser("server", help="nbp's own Prefect server, kept between runs "
+                                                "(without PREFECT_API_URL): status, start, stop")
+    actions = server.add_subparsers(required=True, metavar="ACTION", dest="action")
+    server_status = actions.add_parser("status", help="where it runs, its idle timeout, "
+                                                      "database and log; exit 1 when none runs")
+    server_status.add_argument("--json", action="store_true")
+    actions.add_parser("start", help="start it now (or find it) and say where")
+    server_stop = actions.add_parser("stop", help="stop it (exit 1 while a run uses it)")
+    server_stop.add_argument("--force", action="store_true",
+                             help="stop it even while a run uses it (that run then fails)")
+    server.set_defaults(handler=cmd_server)
     return parser
 
 
@@ -427,6 +443,19 @@ def _spec_copy(recorded: Any, folder: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from nbp.flows.orchestration.server import ApiStart
+
+    # Without PREFECT_API_URL, nbp's own server (kept between runs) is found, or started in
+    # parallel with loading the spec and Prefect; a terminal's Ctrl-C never reaches it.
+    api = ApiStart()
+    try:
+        return _run_spec(args, api)
+    finally:
+        api.close()
+
+
+def _run_spec(args: argparse.Namespace, api: Any) -> int:
     policy = _policy_or_report(args, "run")
     job = None if policy is None else _load_or_report(args.spec, policy)
     if job is None:
@@ -451,7 +480,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"nbp run: {problem}", file=sys.stderr)
         return EXIT_INVALID
     from_blocks = [] if args.emulate else _credentials_from_blocks(job.spec, options)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from nbp.flows.orchestration.server import prefect_api
+
     # A reader that quits on Ctrl-C with nbp (`| tee`) must not end the run before its manifest.
     guard_standard_streams()
     from nbp.flows.display import TerminalDisplay
@@ -463,15 +493,14 @@ def _run(args: argparse.Namespace) -> int:
     from nbp.flows.engine.policy import RunConfigurationError
     from nbp.flows.orchestration.flow import build_flow
     from nbp.flows.orchestration.secrets import check_secret_blocks
-    from nbp.flows.orchestration.server import prefect_api
 
     interrupt = Interrupt()  # Ctrl-C and SIGTERM while the flow runs: stop, don't crash
     interrupt.listeners.append(display.stopping)
     nbp_run = build_flow(listeners=[display.update], interrupt=interrupt, job=job.spec.name)
     try:
-        # Without PREFECT_API_URL, a server of our own that the terminal's Ctrl-C (sent to
-        # the whole foreground process group) does not reach: the run needs it to the end.
-        with prefect_api():
+        with prefect_api(started=api):
+            if api.server is not None and api.server.started_here:
+                print(_server_started_line(api.result()), file=sys.stderr)
             if from_blocks:  # SecretBlockMissing: one line, not a failed flow run
                 asyncio.run(check_secret_blocks(job.spec, from_blocks))
             state: State[Any] = cast("State[Any]", asyncio.run(nbp_run(
@@ -492,6 +521,60 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(display.summary(result))
     return int(result["exit_code"])
+
+
+def _server_started_line(record: Any) -> str:
+    """What `nbp run` says when it started nbp's server (`record`: its `ServerRecord`)."""
+    return (f"nbp: started a Prefect server for this and later runs: {record.url} "
+            f"(stops after {_duration(record.idle_timeout_s)} without a run; "
+            "`nbp server stop` stops it now)")
+
+
+def _duration(seconds: float) -> str:
+    """`10 min`, `90 s`, `2 h`."""
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    """`nbp server status|start|stop`: nbp's kept Prefect server of this PREFECT_HOME."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from nbp.flows.orchestration.local_server import IDLE_TIMEOUT_ENV, LocalServer, ServerInUse
+
+    server = LocalServer.of_settings()
+    where = f"PREFECT_HOME={server.home}"
+    if args.action == "stop":
+        try:
+            stopped = server.stop(force=args.force)
+        except ServerInUse as exc:
+            print(f"nbp server stop: {exc}\nhint: let the run end (or stop it), or "
+                  "--force (the run then fails)", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"stopped nbp's Prefect server at {stopped.url} (pid {stopped.pid})" if stopped
+              else f"no nbp Prefect server was running ({where})")
+        return EXIT_OK
+    record = server.ensure() if args.action == "start" else server.running()
+    if record is None:
+        print(f"no nbp Prefect server runs ({where}); `nbp run` starts one when "
+              "PREFECT_API_URL is not set")
+        return EXIT_FAILED
+    facts = {**vars(record), "url": record.url, "api_url": record.api_url,
+             "database": server.database, "log": str(server.log_path)}
+    if getattr(args, "json", False):
+        print(json.dumps(facts, indent=2))
+        return EXIT_OK
+    print(f"nbp's Prefect server: {record.url}" + (" (its UI; the API at /api)" if record.ui
+                                                   else " (the API at /api; no UI)"))
+    print(f"  pid {record.pid}, started {record.started_at}, Prefect {record.prefect_version}")
+    print(f"  stops after {_duration(record.idle_timeout_s)} without a run "
+          f"({IDLE_TIMEOUT_ENV} when it started)")
+    print(f"  database {facts['database']}\n  log {facts['log']}")
+    if os.environ.get("PREFECT_API_URL"):
+        print(f"note: PREFECT_API_URL is set ({os.environ['PREFECT_API_URL']}): `nbp run` "
+              "uses that server, not this one")
+    return EXIT_OK
 
 
 def _credentials_problem(spec: Any, options: Any) -> str | None:

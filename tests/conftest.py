@@ -22,8 +22,21 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # A temporary server a test's `nbp` starts may take longer than the default 20 s on two busy
 # cores (the session's own server gets 60 s too, `prefect_api_url`).
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "60"
+# A test's `nbp run` without PREFECT_API_URL leaves nbp's kept Prefect server in this home:
+# stopped at exit (before the home is removed, which would also make it leave), and gone
+# by itself a minute after the last run should the tests be killed.
+os.environ["NBP_SERVER_IDLE_TIMEOUT"] = "60"
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _stop_kept_server() -> None:
+    if (Path(_PREFECT_HOME) / "nbp-server" / "server.json").exists():
+        subprocess.run([sys.executable, "-m", "nbp.flows.cli", "server", "stop", "--force"],
+                       cwd=ROOT, capture_output=True, timeout=60)
+
+
+atexit.register(_stop_kept_server)  # atexit runs last-registered first: before the rmtree
 
 
 @pytest.fixture(scope="session")

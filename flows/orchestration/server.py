@@ -1,12 +1,18 @@
-"""A temporary local Prefect API server that terminal signals never reach.
+"""The Prefect API of a run: the user's `PREFECT_API_URL`, nbp's kept server, or a temporary
+local server; none of nbp's own is reached by the terminal's signals.
 
-Without `PREFECT_API_URL`, Prefect starts its ephemeral server (`SubprocessASGIServer`) as a
-child in nbp's process group, so the terminal's Ctrl-C kills it together with nbp, while nbp
-still needs it to finish the run gracefully (issue 19). `TemporaryServer` runs the same app
-with the same command, but in a session (and process group) of its own; nbp stops it.
-
-    with prefect_api() as url:      # PREFECT_API_URL if set, else a TemporaryServer
+    with prefect_api() as url:      # PREFECT_API_URL if set, else nbp's kept server
         asyncio.run(nbp_run(...))   # every Prefect client of this process uses `url`
+
+Without `PREFECT_API_URL`, a run uses nbp's kept server (`local_server.LocalServer`: one per
+`PREFECT_HOME`, started by the first run that needs it, left for the next until it idles
+out), which `ApiStart` finds or starts in a thread while the run imports Prefect. With
+`NBP_SERVER_IDLE_TIMEOUT=0`, each run has a `TemporaryServer` of its own, as before.
+
+Prefect's own ephemeral server (`SubprocessASGIServer`) is a child in nbp's process group, so
+the terminal's Ctrl-C kills it together with nbp, while nbp still needs it to finish the run
+gracefully (issue 19). `TemporaryServer` runs the same app with the same command, but in a
+session (and process group) of its own; nbp stops it.
 
 To keep one server across several runs, start and stop it yourself and point each run at it:
 
@@ -25,7 +31,8 @@ makes happen however nbp ends (SIGKILL included; no pid polling, no pid reuse).
 Start-up is Prefect's own: on the shared 2-core dev box (Prefect 3.8.8, 5 alternating runs
 each, database already migrated) `start()` took 4.35-5.07 s, median 4.60 s, and
 `SubprocessASGIServer.start()` 4.50-4.80 s, median 4.61 s; both about 12 s on a new
-`PREFECT_HOME` (the migrations). A server kept across runs saves it every run but the first.
+`PREFECT_HOME` (the migrations). The kept server saves it every run but the first
+(BENCHMARKS.md, "Issue 24: start-up").
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ import time
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nbp.flows.orchestration.local_server import LocalServer, ServerRecord
 
 HOST = "127.0.0.1"
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL (Prefect's own server gets 5 s too)
@@ -301,24 +312,112 @@ def use_api(
             environ["PREFECT_API_URL"] = before
 
 
+class ApiStart:
+    """The Prefect API of one run, settled before the run needs it; nbp's own server is
+    found or started in a thread meanwhile: at once when the environment alone says the run
+    will use it (`local_server.environment_home`: in parallel with loading the spec and
+    Prefect's imports), else once `settle()` has read Prefect's settings:
+
+        api = ApiStart()                # nbp's server: a thread begins (no Prefect import)
+        ...                             # the spec, checks, imports
+        with prefect_api(started=api) as url:   # settles, waits for the server
+            ...                         # the run
+        api.close()                     # (prefect_api closes it; so may an early exit)
+
+    After `settle()`, `configured` is the user's `PREFECT_API_URL` (environment or profile),
+    used as it is; else `lease` holds nbp's kept server (`LocalServer`) until `close()`; with
+    `NBP_SERVER_IDLE_TIMEOUT=0` both are empty and `prefect_api` starts a temporary server.
+    `ServerSettingInvalid` for a bad timeout.
+    """
+
+    def __init__(self, env: MutableMapping[str, str] | None = None) -> None:
+        from nbp.flows.orchestration.local_server import (
+            BackgroundLease,
+            LocalServer,
+            environment_home,
+            idle_timeout_setting,
+        )
+
+        self.environ = os.environ if env is None else env
+        self.configured = ""
+        self._settled = False
+        self._idle = 0.0 if self.environ.get("PREFECT_API_URL") \
+            else idle_timeout_setting(self.environ)
+        self.lease: BackgroundLease | None = None
+        early = environment_home(self.environ) if self._idle > 0 else None
+        if early is not None:
+            self.lease = BackgroundLease(LocalServer(early, idle_timeout_s=self._idle))
+
+    def settle(self) -> None:
+        """Read Prefect's settings (this imports Prefect): the user's `PREFECT_API_URL`, or
+        the home of nbp's server (an early lease they contradict is let go). Once."""
+        if self._settled:
+            return
+        self._settled = True
+        from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+        from nbp.flows.orchestration.local_server import BackgroundLease, LocalServer
+
+        self.configured = str(self.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+                              or "")
+        home = Path(PREFECT_HOME.value()).expanduser().resolve()
+        if self.lease is not None and (self.configured or self.lease.server.home != home):
+            self.lease.close()  # Prefect's settings say otherwise after all
+            self.lease = None
+        if self.lease is None and self._idle > 0 and not self.configured:
+            self.lease = BackgroundLease(LocalServer.of_settings(idle_timeout_s=self._idle))
+
+    @property
+    def server(self) -> LocalServer | None:
+        """nbp's kept server, when the run uses it."""
+        return None if self.lease is None else self.lease.server
+
+    @property
+    def source(self) -> str:
+        """Where `configured` was set."""
+        return ("PREFECT_API_URL" if self.environ.get("PREFECT_API_URL")
+                else "PREFECT_API_URL in Prefect's profile")
+
+    def result(self) -> ServerRecord | None:
+        """nbp's server, once found or started (raises why it could not be); None when
+        the run does not use it."""
+        return None if self.lease is None else self.lease.result()
+
+    def close(self) -> None:
+        """Release nbp's server: now, or as soon as it is found (a run that ends before it
+        needs the server does not wait for it)."""
+        if self.lease is not None:
+            self.lease.close()
+
+
 @contextlib.contextmanager
-def prefect_api(env: MutableMapping[str, str] | None = None) -> Iterator[str]:
+def prefect_api(
+    env: MutableMapping[str, str] | None = None, *, started: ApiStart | None = None
+) -> Iterator[str]:
     """The Prefect API for a run: the user's own (`PREFECT_API_URL` in `env`, default
     `os.environ`, or in Prefect's profile), untouched once it answers (`ApiUnreachable`
-    otherwise); else a `TemporaryServer` for the block, with `use_api` pointing this process
-    at it (no UI links: it serves none, and it is gone after the block)."""
-    from prefect.settings import PREFECT_API_URL
-
-    environ = os.environ if env is None else env
-    configured = environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
-    if configured:
-        source = ("PREFECT_API_URL" if environ.get("PREFECT_API_URL")
-                  else "PREFECT_API_URL in Prefect's profile")
-        check_reachable(str(configured), source)
-        yield str(configured)
-        return
-    with TemporaryServer() as server, use_api(server.api_url, environ, ui_url="") as url:
-        yield url
+    otherwise); else nbp's kept server (`local_server.LocalServer`, started if none runs,
+    held for the block) or, with `NBP_SERVER_IDLE_TIMEOUT=0`, a `TemporaryServer` for the
+    block; `use_api` points this process at either. `started`: an `ApiStart` begun earlier
+    (it is closed at the end)."""
+    api = ApiStart(env) if started is None else started
+    try:
+        api.settle()
+        if api.configured:
+            check_reachable(api.configured, api.source)
+            yield api.configured
+            return
+        record = api.result()
+        if record is None:  # NBP_SERVER_IDLE_TIMEOUT=0
+            with TemporaryServer() as server, \
+                    use_api(server.api_url, api.environ, ui_url="") as url:
+                yield url
+            return
+        with use_api(record.api_url, api.environ, ui_url=record.url if record.ui else "") \
+                as url:
+            yield url
+    finally:
+        api.close()
 
 
 def check_reachable(url: str, source: str = "PREFECT_API_URL") -> None:

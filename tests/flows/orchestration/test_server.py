@@ -43,7 +43,7 @@ with TemporaryServer() as server:
         sys.stdin.readline()
 """
 
-# A flow run the way `nbp run` does it, with no PREFECT_API_URL.
+# A flow run the way `nbp run` does it, with no PREFECT_API_URL and no kept server.
 RUNS_A_FLOW = """\
 import asyncio, json, os
 from prefect import flow, get_run_logger
@@ -113,6 +113,7 @@ def test_the_server_exits_by_itself_when_nbp_is_killed() -> None:
 def test_a_flow_run_uses_the_temporary_server_and_prefect_starts_none_of_its_own() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_LOGGING_LEVEL"] = "INFO"
+    env["NBP_SERVER_IDLE_TIMEOUT"] = "0"  # no kept server: a temporary one for the run
     done = subprocess.run([sys.executable, "-c", RUNS_A_FLOW], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
