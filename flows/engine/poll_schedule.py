@@ -113,8 +113,10 @@ class PollSchedule:
 
     def __init__(self, first_interval_s: float, max_interval_s: float = 30.0, *,
                  floor_s: float = 0.0) -> None:
-        self.first_interval_s = max(first_interval_s, floor_s)
-        self.max_interval_s = max(max_interval_s, self.first_interval_s)
+        # The longest gap is a cap (a batch's `--batch-wait` lowers it) that only an explicit
+        # floor may raise; the documented first interval stays under it.
+        self.max_interval_s = max(max_interval_s, floor_s)
+        self.first_interval_s = min(max(first_interval_s, floor_s), self.max_interval_s)
         self.floor_s = floor_s
         self._durations: deque[float] = deque(maxlen=WINDOW)
         self._plan: tuple[float, ...] = ()        # elapsed times of the planned polls
