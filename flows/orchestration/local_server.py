@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nbp.flows.orchestration.server import ServerDidNotStart
+from nbp.flows.orchestration.server import ServerDidNotStart, log_tail, uvicorn_with_watchdog
 
 HOST = "127.0.0.1"
 IDLE_TIMEOUT_ENV = "NBP_SERVER_IDLE_TIMEOUT"
@@ -66,13 +66,12 @@ LOCK_POLL_S = 0.05
 # A server whose starter died before writing `server.json` (it does so right after the
 # spawn) leaves after this long.
 REGISTER_DEADLINE_S = 60
-LOG_TAIL_CHARS = 3000
 FOLDER = "nbp-server"
 # The first line of the server's `-c` program: how nbp knows its own server's command line.
 MARKER = "# nbp-kept-prefect-server"
 
 # `python -c PROGRAM FOLDER IDLE_S UVICORN_ARGS...`: uvicorn, plus the idle watchdog.
-_PROGRAM = f"""{MARKER}
+_PROGRAM = uvicorn_with_watchdog(f"""{MARKER}
 import fcntl, json, os, runpy, signal, sys, threading, time
 
 folder, idle = sys.argv[1], float(sys.argv[2])
@@ -111,19 +110,7 @@ def wait_for_the_end():
                 os.unlink(os.path.join(folder, "server.json"))
             return  # runs.lock stays taken until this process is gone
         fcntl.flock(runs, fcntl.LOCK_UN)
-
-def watch():
-    try:
-        wait_for_the_end()
-    finally:  # whatever ended the wait: a server nobody can find must not stay
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep({WATCHDOG_GRACE_S})
-        os._exit(70)
-
-threading.Thread(target=watch, name="nbp-idle-watchdog", daemon=True).start()
-sys.argv[0] = "uvicorn"
-runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
-"""
+""", wait="wait_for_the_end", thread="nbp-idle-watchdog", grace_s=WATCHDOG_GRACE_S)
 
 
 class ServerSettingInvalid(ValueError):
@@ -430,14 +417,7 @@ class LocalServer:
         return self.startup_timeout_s + STOP_GRACE_S + WATCHDOG_GRACE_S
 
     def _log_tail(self) -> str:
-        try:
-            data = self.log_path.read_bytes()
-        except OSError:
-            return "(no log)"
-        tail = data[-LOG_TAIL_CHARS:]
-        if len(tail) < len(data):
-            tail = tail.partition(b"\n")[2]  # from a line's start
-        return tail.decode("utf-8", "replace").strip() or "(empty)"
+        return log_tail(self.log_path)
 
 
 class BackgroundLease:

@@ -72,24 +72,39 @@ SERVER_ENV = {
 # of file means the parent died (a parent that stops the server closes it only afterwards).
 # The orphan removes its own folder (its log stays open) and lets uvicorn shut down.
 _WORKDIR_ENV = "NBP_PREFECT_SERVER_DIR"
-_SUPERVISED_UVICORN = f"""\
+
+
+def uvicorn_with_watchdog(program: str, *, wait: str, thread: str, grace_s: float) -> str:
+    """A `python -c` program that runs `program` (which imports os, runpy, signal, sys,
+    threading and time, and defines `wait`), then `python -m uvicorn ARGS` beside a daemon
+    thread calling `wait()`: whatever ends the wait, an error included, the server is told to
+    stop (SIGTERM) and leaves within `grace_s` (exit 70). Both of nbp's servers run so."""
+    return f"""{program}
+def watch():
+    try:
+        {wait}()
+    finally:  # whatever ended the wait: a server nobody watches must not stay
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep({grace_s})
+        os._exit(70)
+
+threading.Thread(target=watch, name="{thread}", daemon=True).start()
+sys.argv[0] = "uvicorn"
+runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
+"""
+
+
+_SUPERVISED_UVICORN = uvicorn_with_watchdog(f"""\
 import os, runpy, shutil, signal, sys, threading, time
 
-def watch_parent():
+def parent_gone():
     try:
         while os.read(0, 512):
             pass
     except OSError:
         pass
     shutil.rmtree(os.environ["{_WORKDIR_ENV}"], ignore_errors=True)
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep({WATCHDOG_GRACE_S})
-    os._exit(70)
-
-threading.Thread(target=watch_parent, name="nbp-parent-watchdog", daemon=True).start()
-sys.argv[0] = "uvicorn"
-runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
-"""
+""", wait="parent_gone", thread="nbp-parent-watchdog", grace_s=WATCHDOG_GRACE_S)
 
 
 class ApiUnreachable(RuntimeError):
@@ -263,13 +278,21 @@ class TemporaryServer:
         return code
 
     def _log_tail(self) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log)"
-        data = self.log_path.read_bytes()
-        tail = data[-LOG_TAIL_CHARS:]
-        if len(tail) < len(data):
-            tail = tail.partition(b"\n")[2]  # from a line's start
-        return tail.decode("utf-8", "replace").strip() or "(empty)"
+        return log_tail(self.log_path)
+
+
+def log_tail(path: Path | None) -> str:
+    """The end of a server's log (`LOG_TAIL_CHARS`, from a line's start), for a message."""
+    try:
+        data = path.read_bytes() if path is not None else None
+    except OSError:
+        data = None
+    if data is None:
+        return "(no log)"
+    tail = data[-LOG_TAIL_CHARS:]
+    if len(tail) < len(data):
+        tail = tail.partition(b"\n")[2]  # from a line's start
+    return tail.decode("utf-8", "replace").strip() or "(empty)"
 
 
 @contextlib.contextmanager
