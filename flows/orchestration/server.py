@@ -6,8 +6,8 @@ local server; none of nbp's own is reached by the terminal's signals.
 
 Without `PREFECT_API_URL`, a run uses nbp's kept server (`local_server.LocalServer`: one per
 `PREFECT_HOME`, started by the first run that needs it, left for the next until it idles
-out), which `ApiStart` finds or starts in a thread while the run imports Prefect. With
-`NBP_SERVER_IDLE_TIMEOUT=0`, each run has a `TemporaryServer` of its own, as before.
+out), which `ApiStart` finds or starts in a thread while the run loads its spec and Prefect.
+With `NBP_SERVER_IDLE_TIMEOUT=0`, each run has a `TemporaryServer` of its own, as before.
 
 Prefect's own ephemeral server (`SubprocessASGIServer`) is a child in nbp's process group, so
 the terminal's Ctrl-C kills it together with nbp, while nbp still needs it to finish the run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -107,6 +108,11 @@ def test_a_stale_record_is_replaced_and_a_foreign_pid_is_left_alone(stopped: Pat
     with LocalServer(stopped).lease() as fresh:
         assert fresh.pid != record.pid
     assert wait_until(lambda: kept_servers(stopped) == [fresh.pid], timeout_s=20)  # no orphan
+    os.kill(fresh.pid, signal.SIGKILL)  # a crashed server: its record stays behind
+    assert wait_until(lambda: kept_servers(stopped) == [], timeout_s=10)
+    with LocalServer(stopped).lease() as after_crash:
+        assert after_crash.pid != fresh.pid and health(after_crash) == 200
+    assert read_record(stopped)["pid"] == after_crash.pid
 
 
 def test_an_idle_server_leaves_by_itself_but_not_while_a_run_holds_it(stopped: Path) -> None:
@@ -123,7 +129,8 @@ def test_a_server_whose_record_is_gone_leaves(stopped: Path) -> None:
     with LocalServer(stopped).lease() as record:
         pass
     (stopped / "nbp-server" / "server.json").unlink()  # its home removed, or replaced
-    assert wait_until(lambda: kept_servers(stopped) == [], timeout_s=30)
+    assert wait_until(lambda: kept_servers(stopped) == [], timeout_s=60), \
+        (kept_servers(stopped), (stopped / "nbp-server" / "server.log").read_text()[-2000:])
     assert not running(record.pid)
 
 
