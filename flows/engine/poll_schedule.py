@@ -15,7 +15,7 @@ interval of its first task) take turns on one ladder: each step is cut into one 
 member (at least `MIN_TURN_S` long), a turn polls the member polled longest ago, and a
 pending answer stands for the whole cohort. So no task is polled more often than the ladder
 says, 50 tasks created at once cost one poll per turn instead of 50 per step, and the cohort
-sees its first task finish within a fiftieth of a step.
+sees its first task finish within a turn (a fiftieth of a step here, or 50 ms).
 
 **After**, every finished task gives an estimate of its duration: the middle between the
 last poll that saw it running (its own, or its cohort's) and the one that saw it done; seen
@@ -59,7 +59,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-GROWTH = 1.25                # each ladder step and each late follow-up: 1.25x the one before
+GROWTH = 1.25                # each ladder step: 1.25x as long as the one before
 MIN_TURN_S = 0.05            # a cohort's turns: one per member per ladder step, never closer
 COHORT_FRACTION = 0.25       # of the first interval: tasks created that close are one cohort
 WINDOW = 64                  # recent durations the plan is made of
@@ -127,7 +127,7 @@ class PollSchedule:
         self._started = 0                         # tasks started since the first finish
         self._probe_depth = PROBE_DEPTH           # the next probe's
         self._follow_up_s = self.first_interval_s
-        self._gap_s = 0.0                         # the widest group
+        self._gap_s = 0.0                         # how wide a group may be
         self._alike = False                       # the first group holds nearly every task
         self._running_at = 0.0                    # a first poll since the last finish found
                                                   # its task running this late (alike tasks)
