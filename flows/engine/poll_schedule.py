@@ -15,26 +15,32 @@ interval of its first task) take turns on one ladder: each step is cut into one 
 member (at least `MIN_TURN_S` long), a turn polls the member polled longest ago, and a
 pending answer stands for the whole cohort. So no task is polled more often than the ladder
 says, 50 tasks created at once cost one poll per turn instead of 50 per step, and the cohort
-sees its first task finish within a fiftieth of a step.
+sees its first task finish within a turn (a fiftieth of a step here, or 50 ms).
 
 **After**, every finished task gives an estimate of its duration: the middle between the
 last poll that saw it running (its own, or its cohort's) and the one that saw it done; seen
 done at its first poll, as far below that poll as the middle of the plan's first group is
 below its end. The last `WINDOW` estimates make the plan: sorted, cut into groups no wider
-than `GAP_FRACTION` of their median, one poll at the end of each group. Polls are densest
-where tasks finish, and none is spent to save less lateness than that: narrow latencies
-(2 s +- 20 ms) get one poll just after the slowest recent task, wide ones (10-30 s) one every
-few seconds across the range. Past the plan, follow-ups come `FOLLOW_UP_FRACTION` of a group
-apart (at least `MIN_FOLLOW_UP_S`), 1.25x further apart as the task gets late (an outlier),
-up to `max_interval_s`.
+than `GAP_FRACTION` of their median, one poll per group where `GROUP_END_SHARE` of its tasks
+had finished. Polls are densest where tasks finish, and none is spent to save less lateness
+than a group's width: alike latencies (2 s +- 20 ms) get one poll, just before the slowest
+recent tasks, spread ones (10-30 s) one every few seconds across their range. A task still
+running after a group's poll is looked at again `FOLLOW_UP_FRACTION` of a group's width
+later (at least `MIN_FOLLOW_UP_S`), then twice as far each time (a task that late is an
+outlier: it may take much longer), up to `max_interval_s`, and no later than the next group
+(straight to it when the two groups touch). Aiming before the slowest costs a task in five a
+second poll tens of milliseconds later and sees the rest done sooner: bench/span.py measured
+a shorter span that way than with one poll after the slowest (the estimates wander with the
+machine's load, and the slowest of 64 of them is late for most tasks).
 
 A finish is news for the tasks still waiting: each whose next poll moved earlier is woken
-(the first finish of a cohort sends the rest of it, just as old, to poll at once). A task
-seen done at its first poll only says it took *at most* that long, so one task in
-`PROBE_EVERY` is a probe, polled first `PROBE_DEPTH` earlier than the plan: a probe that finds
-its task done shows the provider got faster (alike durations longer than it are dropped) and
-the next task probes again, twice as deep, until one finds its task running. A provider that
-got slower shows itself in the follow-ups.
+(the first finish of a cohort sends the rest of it, just as old, to poll at once); when tasks
+are alike, one found running at its first poll holds back the first polls of the others
+until the next finish (its twins are running too). A task seen done at its first poll only
+says it took *at most* that long, so one task in `PROBE_EVERY` is a probe, polled first
+`PROBE_DEPTH` earlier than the plan: a probe that finds its task done shows the provider got
+faster (alike durations longer than it are dropped) and the next task probes again, twice as
+deep, until one finds its task running. A provider that got slower shows in the follow-ups.
 
 An explicit `limits.<provider>.poll_interval` (`floor_s`) is the ladder's first interval and
 the shortest time between two polls of one task. A rate-limit signal on a poll pauses every
@@ -48,19 +54,19 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import itertools
 import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-GROWTH = 1.25                # each ladder step and each late follow-up: 1.25x the one before
+GROWTH = 1.25                # each ladder step: 1.25x as long as the one before
 MIN_TURN_S = 0.05            # a cohort's turns: one per member per ladder step, never closer
 COHORT_FRACTION = 0.25       # of the first interval: tasks created that close are one cohort
 WINDOW = 64                  # recent durations the plan is made of
 GAP_FRACTION = 0.15          # of the median duration: the lateness one poll is worth
-MIN_FOLLOW_UP_S = 0.05       # follow-ups past the plan: never closer than this
-FOLLOW_UP_FRACTION = 0.25    # ... and at least this share of the plan's last gap
+GROUP_END_SHARE = 0.8        # a group's poll: where this share of its tasks had finished
+MIN_FOLLOW_UP_S = 0.03       # follow-ups past a group: never closer than this
+FOLLOW_UP_FRACTION = 0.1     # ... and at least this share of a group's width
 FIRST_HIT_FRACTION = 0.9     # seen done at its first poll, with nothing faster known yet
 WAKE_EPSILON_S = 0.005       # a plan that moved by less wakes nobody
 ALIKE_SHARE = 0.9            # of recent tasks in the plan's first group: tasks are alike
@@ -123,7 +129,7 @@ class PollSchedule:
         self._started = 0                         # tasks started since the first finish
         self._probe_depth = PROBE_DEPTH           # the next probe's
         self._follow_up_s = self.first_interval_s
-        self._gap_s = 0.0                         # the widest group
+        self._gap_s = 0.0                         # how wide a group may be
         self._alike = False                       # the first group holds nearly every task
         self._running_at = 0.0                    # a first poll since the last finish found
                                                   # its task running this late (alike tasks)
@@ -296,16 +302,14 @@ class PollSchedule:
     def _replan(self) -> None:
         ordered = sorted(self._durations)
         gap = GAP_FRACTION * ordered[len(ordered) // 2]
-        plan: list[float] = []
-        start = ordered[0]
-        for previous, value in itertools.pairwise(ordered):
-            if value - start > gap:
-                plan.append(previous)
-                start = value
-        plan.append(ordered[-1])
-        self._plan = tuple(plan)
+        groups: list[list[float]] = [[ordered[0]]]
+        for value in ordered[1:]:
+            if value - groups[-1][0] > gap:
+                groups.append([])
+            groups[-1].append(value)
+        self._plan = tuple(g[math.ceil(GROUP_END_SHARE * len(g)) - 1] for g in groups)
         self._gap_s = gap
-        self._alike = bisect.bisect_right(ordered, plan[0]) >= ALIKE_SHARE * len(ordered)
+        self._alike = len(groups[0]) >= ALIKE_SHARE * len(ordered)
         self._running_at = 0.0
         self._follow_up_s = min(self.first_interval_s, max(
             MIN_FOLLOW_UP_S, self.floor_s, FOLLOW_UP_FRACTION * gap))

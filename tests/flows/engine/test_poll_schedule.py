@@ -131,11 +131,11 @@ def test_alike_latencies_take_about_one_poll_each_and_are_seen_done_at_once(seed
     first interval, nothing learnt at first."""
     ours = simulate(two_seconds, seed=seed)
     every_quarter = simulate(two_seconds, fixed_s=0.25, seed=seed)
-    assert ours.polls_per_task <= 1.15 and every_quarter.polls_per_task >= 7.5
+    assert ours.polls_per_task <= 1.25 and every_quarter.polls_per_task >= 7.5
     # A 0.25 s interval sees a task done 0.125 s after it finished on average: 6 waves of
     # tasks lose 0.75 s. The first wave here is found by turns, the rest by the plan.
-    assert ours.mean_late_s < 0.06
-    assert ours.span_s < 6 * (2.0 + 0.06)
+    assert ours.mean_late_s < 0.04
+    assert ours.span_s < 6 * (2.0 + 0.05)
 
 
 def test_wide_latencies_keep_polls_few_and_lateness_bounded() -> None:
