@@ -83,6 +83,14 @@ def scratch(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def compile_bytecode(checkout: Path) -> None:
+    """nbp's bytecode in `checkout`, as `make demo` leaves it (the Makefile's `bytecode`):
+    a `git archive` has none, and this machine sets PYTHONDONTWRITEBYTECODE, so without it
+    every run would compile nbp's modules again — which a user's install does not."""
+    subprocess.run([PYTHON, "-m", "compileall", "-q", "flows", "providers", "outputs",
+                    "schemas"], cwd=checkout, check=True, stdout=subprocess.DEVNULL)
+
+
 def write_spec(path: Path, spec: Mapping[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(dict(spec), sort_keys=False))
     return path

@@ -39,6 +39,7 @@ from bench.common import (
     PYTHON,
     ROOT,
     EmulatorProcess,
+    compile_bytecode,
     last_image_written,
     log,
     quiet_env,
@@ -77,6 +78,7 @@ class Side:
         self.home = self.work / "prefect-home"
         self.home.mkdir(parents=True)
         self.kept_server = kept_server
+        compile_bytecode(checkout)
         self.figures: dict[str, list[float]] = {
             k: [] for k in ("first", "second", "cold", "wall_300", "first_create_300",
                             "span_300", "tail_300")}

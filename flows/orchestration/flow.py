@@ -22,6 +22,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -36,6 +37,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
 from prefect.runtime import flow_run as runtime_flow_run
+from prefect.settings import get_current_settings
 from prefect.states import Cancelled, Completed, Failed
 
 from nbp.flows.engine.interrupt import Interrupt
@@ -178,6 +180,10 @@ def build_flow(
         on_cancellation=[cancel_unless_stopped],
         on_crashed=[cancel_unless_stopped],
         persist_result=False,
+        # A path, not the default: Prefect would ask the server for its default result
+        # storage twice as the run starts (~0.1 s before the first create) for results it
+        # never writes (persist_result=False).
+        result_storage=Path(get_current_settings().results.local_storage_path),
         log_prints=False,
     )
     async def nbp_run(
