@@ -561,13 +561,14 @@ def test_the_tier_that_served_is_reported_and_priced(
     of Google's "75-100 % more", an estimate); priority over its limit is served and billed
     as standard without a word but the header."""
     def served(tier: str) -> Finished:
-        finished = run(submit(provider_for(env), ImageRequest(
-            "the same lemon", options={"service_tier": tier}))).finished
+        submitted: Submitted = run(submit(provider_for(env), ImageRequest(
+            "the same lemon", options={"service_tier": tier})))
+        finished = submitted.finished
         assert finished is not None and finished.cost_usd is not None
         return finished
 
     standard = served("standard")
-    assert standard.service_tier == "standard"
+    assert standard.service_tier == "standard" and standard.cost_usd is not None
     flex, priority = served("flex"), served("priority")
     assert flex.service_tier == "flex" and priority.service_tier == "priority"
     assert flex.cost_usd == pytest.approx(standard.cost_usd / 2, abs=1e-6)
