@@ -638,9 +638,11 @@ def make_router(
 ) -> Router:
     """The run's router over its channels, priced and timed as the plan does."""
     prices = {name: _cell_price(rule) for name, rule in rules.items()}
+    held = {name: _cell_hold(rule) for name, rule in rules.items() if rule.held_prices_usd}
     latency = {name: rule.turnaround_s or DEFAULT_LATENCY_S for name, rule in rules.items()}
     return Router(
-        spec.routing, make_lanes(used, throttles, prices, latency), deadline_s=spec.deadline_s,
+        spec.routing, make_lanes(used, throttles, prices, latency, held),
+        deadline_s=spec.deadline_s,
         routed=spec.routed,
         waiting=lambda: max(0, progress.total - progress.done - progress.in_flight),
     )
@@ -648,6 +650,10 @@ def make_router(
 
 def _cell_price(rule: ProviderRules) -> Callable[[Cell], float]:
     return lambda cell: rule.price(cell.resolution, len(cell.references))
+
+
+def _cell_hold(rule: ProviderRules) -> Callable[[Cell], float]:
+    return lambda cell: rule.hold(cell.resolution, len(cell.references))
 
 
 @contextlib.asynccontextmanager

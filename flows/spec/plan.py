@@ -18,7 +18,8 @@ makes them. Prices come from `flows.spec.settings.provider_rules`, the same reso
 budget reserves with; anything not published by the provider is marked as an estimate. An
 option that changes the price (`Capabilities.price_factors`: Gemini's `service_tier` flex or
 priority) scales the provider's own prices by its factor, marked as an estimate and named in
-`price_notes` (the budget still holds the unscaled price; prices the spec sets stay as set).
+`price_notes` with what the budget holds (`ProviderRules.hold`: priority's price, flex the
+standard one while in flight; prices the spec sets stay as set).
 
 Duration, per provider, for n cells, a create rate of c per W seconds (`limits.rate`, else
 the documented default; none means no create limit), at most m tasks in flight and a mean
@@ -38,9 +39,10 @@ interval, ignored here. When the spend window is the longest term, the plan says
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from nbp.flows.spec.allocation import LaneEstimate, allocate, duration_s
@@ -49,7 +51,7 @@ from nbp.flows.spec.delta import TargetDelta
 from nbp.flows.spec.model import Cell, JobSpec
 from nbp.flows.spec.policies import DEADLINE_ROUTINGS, DEFAULT_ROUTING, ROUTINGS, routing_policy
 from nbp.flows.spec.rate import SpendLimit
-from nbp.flows.spec.settings import PriceSource, ProviderRules, provider_rules
+from nbp.flows.spec.settings import PriceSource, ProviderRules, provider_rules, tier_factors
 from nbp.providers import registry
 
 __all__ = ["ModelRow", "Plan", "PlanRow", "RoutingEstimate", "Timing", "duration_s",
@@ -450,7 +452,7 @@ def make_plan(
 
 def _route(spec: JobSpec, groups: dict[str | None, _Tally]) -> _Route:
     found = channels(spec)
-    rules = {name: _tiered(spec, provider_rules(spec, name)) for name in spec.providers}
+    rules = {name: provider_rules(spec, name) for name in spec.providers}
     lanes = {}
     for pin, tally in groups.items():
         names = (pin,) if pin is not None else spec.routed
@@ -540,48 +542,20 @@ def _model_rows(
                  if n)
 
 
-def _price_factors(spec: JobSpec, provider: str) -> dict[str, tuple[str, float]]:
-    """The options of the spec that change `provider`'s price: option -> (value, factor),
-    for factors other than 1 (`Capabilities.price_factors`; Gemini's service tiers)."""
-    try:
-        factors = registry.capabilities(provider).price_factors
-    except Exception:  # an adapter that cannot load: validation says so
-        return {}
-    options = spec.options.get(provider, {})
-    found = {}
-    for option, by_value in factors.items():
-        value = options.get(option)
-        factor = by_value.get(str(value)) if value is not None else None
-        if factor is not None and factor != 1.0:
-            found[option] = (str(value), factor)
-    return found
-
-
-def _tiered(spec: JobSpec, rule: ProviderRules) -> ProviderRules:
-    """`rule` with the provider's own prices scaled by the spec's price-changing options and
-    marked as estimates: a tier's discount or surcharge is published, its price for this
-    model is not. Prices the spec sets (`prices:`) stay as written."""
-    factor = 1.0
-    for _, scale in _price_factors(spec, rule.provider).values():
-        factor *= scale
-    if factor == 1.0:
-        return rule
-    own = [res for res in rule.prices_usd if rule.price_source(res) != "spec"]
-    return replace(
-        rule, prices_usd={**rule.prices_usd, **{r: rule.prices_usd[r] * factor for r in own}},
-        price_sources={**rule.price_sources, **{r: "estimate" for r in own}},
-    )
-
-
 def _price_note(spec: JobSpec, provider: str) -> str | None:
-    """What `_tiered` did to `provider`'s prices, for the plan's reader; None: nothing."""
-    found = _price_factors(spec, provider)
+    """What a price-changing option did to `provider`'s prices (`settings.tier_factors`),
+    and what the budget holds for it, for the plan's reader; None: nothing."""
+    found = tier_factors(spec, provider)
     if not found:
         return None
     said = ", ".join(f"{option} {value} x{factor:g}"
                      for option, (value, factor) in found.items())
+    factor = math.prod(scale for _, scale in found.values())
+    held = ("the budget holds this price" if factor > 1.0 else
+            "the budget holds the standard price for each image in flight (it may be served "
+            "at standard), then counts what it cost")
     return (f"{provider}: {said} on the standard price, an estimate (the provider has not "
-            "published it for this model); the budget holds the standard price")
+            f"published it for this model); {held}")
 
 
 def _default_model(spec: JobSpec, provider: str) -> str:

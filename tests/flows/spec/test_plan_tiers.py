@@ -12,6 +12,7 @@ import pytest
 from nbp.flows.spec.cells import expand
 from nbp.flows.spec.loader import load_spec
 from nbp.flows.spec.plan import Plan, make_plan
+from nbp.flows.spec.settings import provider_rules
 
 SPEC = """\
     version: 1
@@ -59,4 +60,24 @@ def test_a_price_the_spec_sets_is_not_scaled(tmp_path: Path) -> None:
     plan = plan_for(tmp_path, text)
     rows = {row.resolution: row for row in plan.rows}
     assert (rows["1K"].price_usd, rows["1K"].price_source) == (0.07, "spec")
-    assert (rows["4K"].price_usd, rows["4K"].price_source) == (pytest.approx(0.12), "estimate")
+    assert rows["4K"].price_usd == pytest.approx(0.12) and rows["4K"].price_source == "estimate"
+
+
+@pytest.mark.parametrize(("tier", "held"), [("flex", 1.0), ("priority", 2.0), ("standard", 1.0)])
+def test_the_budget_holds_the_dearest_price_a_tier_may_bill_and_the_plan_says_so(
+    tmp_path: Path, tier: str, held: float
+) -> None:
+    """One rule (`settings.provider_rules`) for the plan's price and the budget's hold:
+    priority holds its own price; flex the standard one (Google may serve it at standard)."""
+    path = tmp_path / "job.yaml"
+    path.write_text(textwrap.dedent(SPEC.format(tier=tier)))
+    spec = load_spec(str(path))
+    rules = provider_rules(spec, "gemini")
+    assert rules.hold("1K") == pytest.approx(0.134 * held)
+    assert rules.hold("4K", references=2) == pytest.approx(0.24 * held)
+    plan = make_plan(spec, expand(spec))
+    if tier == "priority":
+        assert plan.price_notes[0].endswith("the budget holds this price")
+    elif tier == "flex":
+        assert "the budget holds the standard price for each image in flight" in (
+            plan.price_notes[0])
