@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from nbp.flows.spec.model import JobSpec
 from nbp.flows.spec.rate import Rate, SpendLimit
@@ -64,6 +64,10 @@ class ProviderRules:
     # resolution -> USD a create holds where it differs from `prices_usd` (a tier may bill
     # more than it is planned at: the module docstring)
     held_prices_usd: Mapping[str, float] = field(default_factory=dict)
+    # (least, most) seconds an image takes where an option of the spec sets it (Gemini's
+    # flex tier: 1-15 min, `Capabilities.latency_ranges_s`); None: the usual generation time
+    latency_range_s: tuple[float, float] | None = None
+    latency_note: str = ""                      # "service_tier flex": the option that sets it
 
     def price(self, resolution: str, references: int = 0) -> float:
         """USD for one image at `resolution` with `references` reference images."""
@@ -120,6 +124,7 @@ def provider_rules(
         turnaround_s=caps.batch.turnaround_s if caps and caps.batch else None,
         spend=limits.spend if limits else None,
         held_prices_usd={res: usd for res, usd in held.items() if usd != prices[res]},
+        **_latency(spec, provider, caps),
     )
 
 
@@ -140,6 +145,20 @@ def tier_factors(
         factor = by_value.get(str(value)) if value is not None else None
         if factor is not None and factor != 1.0:
             found[option] = (str(value), factor)
+    return found
+
+
+def _latency(spec: JobSpec, provider: str, caps: Capabilities | None) -> dict[str, Any]:
+    """`latency_range_s` and `latency_note` of the option of the spec that sets how long an
+    image takes (`Capabilities.latency_ranges_s`); the slowest when several do."""
+    options = spec.options.get(provider, {})
+    found: dict[str, Any] = {}
+    for option, by_value in (caps.latency_ranges_s if caps else {}).items():
+        value = options.get(option)
+        bounds = by_value.get(str(value)) if value is not None else None
+        if bounds is not None and bounds[1] > found.get("latency_range_s", (0.0, 0.0))[1]:
+            found = {"latency_range_s": (float(bounds[0]), float(bounds[1])),
+                     "latency_note": f"{option} {value}"}
     return found
 
 

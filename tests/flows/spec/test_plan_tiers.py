@@ -81,3 +81,31 @@ def test_the_budget_holds_the_dearest_price_a_tier_may_bill_and_the_plan_says_so
     elif tier == "flex":
         assert "the budget holds the standard price for each image in flight" in (
             plan.price_notes[0])
+
+
+def test_flex_is_timed_at_its_least_and_its_most_latency(tmp_path: Path) -> None:
+    """Flex's documented target is 1-15 min per image: the plan times its cells at 1 min
+    (never faster than the usual 20-40 s) and says what 15 min each would take."""
+    flex = plan_for(tmp_path, SPEC.format(tier="flex")).to_json()
+    standard = plan_for(tmp_path, SPEC.format(tier="standard")).to_json()
+    # 4 cells, 10 in flight: one wave, so the duration is one (mean) latency: 20 s and 40 s
+    assert standard["estimated_seconds"] == standard["estimated_seconds_max"] == 30.0
+    assert (flex["estimated_seconds"], flex["estimated_seconds_max"]) == (60.0, 900.0)
+    [timing] = flex["timing"]
+    assert timing["latency_range_s"] == [60.0, 900.0] and timing["seconds_max"] == 900.0
+    assert standard["timing"][0]["latency_range_s"] is None
+
+
+def test_the_plan_text_gives_flex_durations_as_a_range_and_judges_the_deadline(
+    tmp_path: Path
+) -> None:
+    text = SPEC.format(tier="flex").replace(
+        "    matrix:", "    routing: cheapest\n    deadline: 10m\n    matrix:")
+    plan = plan_for(tmp_path, text)
+    shown = plan.render()
+    assert "estimated duration:  1 min 00 s, up to 15 min 00 s if every image takes the " \
+           "longest (deadline 10 min 00 s: not met if every image takes the longest)" in shown
+    assert "1-15 min per image: service_tier flex, the provider's target" in shown
+    assert plan.meets_deadline is True
+    plain = plan_for(tmp_path, SPEC.format(tier="priority")).render()
+    assert "up to" not in plain and "~30 s per image" in plain
