@@ -162,7 +162,7 @@ class Timing:
         return max(self.seconds, self.seconds_max or 0.0)
 
     def latency_text(self) -> str:
-        """"~20 s per image", or "1-15 min per image (service_tier flex)"."""
+        """"~20 s per image", or "1-15 min per image: service_tier flex, ..."."""
         if self.latency_range_s is None:
             return f"~{self.mean_latency_s:.0f} s per image"
         low, high = self.latency_range_s
