@@ -218,6 +218,11 @@ class Capabilities:
     # surcharge, not a price published for this model: the plan marks what it prices with
     # one as an estimate.
     price_factors: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # Options whose value changes how long an image takes (Gemini's `service_tier` flex,
+    # "target 1-15 min"): option -> value -> (least, most) seconds per image, as documented.
+    # The plan times such cells with the least and says how long the most would take.
+    latency_ranges_s: Mapping[str, Mapping[str, tuple[float, float]]] = field(
+        default_factory=dict)
     # The provider documents a seed for this model: the create carries `ImageRequest.seed`
     # (`sent_seed`). False: the documentation is silent or says it is ignored; nothing is sent.
     seed: bool = False

@@ -7,11 +7,12 @@ Two caps, both optional:
 - `max_total_usd` caps everything ever spent on the target, across runs, shards and jobs,
   capped or not.
 
-Every create intent holds its price (`Hold`, the plan's price, `ProviderRules.price`) from
-before it is journalled until it is settled: at the provider's reported cost when its task
-finishes, at its price when it may have been billed (uncertain), at 0 when nothing was
-created or the provider failed the task. A created task whose cost is never reported
-(pending) stays held at its price: it may have been billed.
+Every create intent holds its price (`Hold`: `ProviderRules.hold`, the plan's price, or the
+dearer one a service tier may be billed at) from before it is journalled until it is
+settled: at the provider's reported cost when its task finishes, at its price when it may
+have been billed (uncertain), at 0 when nothing was created or the provider failed the task.
+A created task whose cost is never reported (pending) stays held at its price: it may have
+been billed.
 
 Every run records its spend on the target (`flows.engine.ledger`). With a cap, each hold is
 committed to the ledger under the target's lease before its create, against the ledger and

@@ -638,9 +638,11 @@ def make_router(
 ) -> Router:
     """The run's router over its channels, priced and timed as the plan does."""
     prices = {name: _cell_price(rule) for name, rule in rules.items()}
-    latency = {name: rule.turnaround_s or DEFAULT_LATENCY_S for name, rule in rules.items()}
+    held = {name: _cell_hold(rule) for name, rule in rules.items() if rule.held_prices_usd}
+    latency = {name: _planned_latency(rule) for name, rule in rules.items()}
     return Router(
-        spec.routing, make_lanes(used, throttles, prices, latency), deadline_s=spec.deadline_s,
+        spec.routing, make_lanes(used, throttles, prices, latency, held),
+        deadline_s=spec.deadline_s,
         routed=spec.routed,
         waiting=lambda: max(0, progress.total - progress.done - progress.in_flight),
     )
@@ -648,6 +650,19 @@ def make_router(
 
 def _cell_price(rule: ProviderRules) -> Callable[[Cell], float]:
     return lambda cell: rule.price(cell.resolution, len(cell.references))
+
+
+def _planned_latency(rule: ProviderRules) -> float:
+    """A task's time here until tasks are observed, as the plan has it: a batch's
+    turnaround, else the usual latency, no less than an option's least (flex: 1 min)."""
+    if rule.turnaround_s:
+        return rule.turnaround_s
+    least = rule.latency_range_s[0] if rule.latency_range_s else 0.0
+    return max(DEFAULT_LATENCY_S, least)
+
+
+def _cell_hold(rule: ProviderRules) -> Callable[[Cell], float]:
+    return lambda cell: rule.hold(cell.resolution, len(cell.references))
 
 
 @contextlib.asynccontextmanager

@@ -39,8 +39,9 @@ class Lane:
 
     channel: Channel
     throttle: AccountThrottle
-    price: Callable[[Cell], float]           # USD for one task of the cell
+    price: Callable[[Cell], float]           # USD for one task of the cell (ranks lanes)
     planned_latency_s: float                 # the plan's estimate, until tasks are observed
+    held: Callable[[Cell], float] | None = None  # what its create holds (else `price`)
 
     @property
     def key(self) -> str:
@@ -70,7 +71,7 @@ class Lane:
             return math.inf
         wait = max(throttle.rate.wait_time() if throttle.rate else 0.0, throttle.pause_left())
         if throttle.spend is not None and cell is not None:
-            wait = max(wait, throttle.spend.ready_in(self.price(cell)))
+            wait = max(wait, throttle.spend.ready_in((self.held or self.price)(cell)))
         return wait
 
     def load(self) -> float:
@@ -218,10 +219,13 @@ class Router:
 def make_lanes(
     found: Sequence[Channel], throttles: Mapping[str, AccountThrottle],
     prices: Mapping[str, Callable[[Cell], float]], latency_s: Mapping[str, float],
+    held: Mapping[str, Callable[[Cell], float]] | None = None,
 ) -> list[Lane]:
-    """One lane per channel; `prices` and `latency_s` by provider."""
+    """One lane per channel; `prices`, `latency_s` and `held` (what a create holds, where it
+    differs from its price) by provider."""
+    held = held or {}
     return [
         Lane(channel, throttles[channel.key], prices[channel.provider],
-             latency_s.get(channel.provider, 20.0))
+             latency_s.get(channel.provider, 20.0), held.get(channel.provider))
         for channel in found
     ]

@@ -913,8 +913,10 @@ class Runner:
     # -- money ----------------------------------------------------------------------------
 
     def price(self, provider: str, cell: Cell) -> float:
-        """What one task of `cell` costs on `provider`: the plan's price, held in full."""
-        return self.ctx.rules[provider].price(cell.resolution, len(cell.references))
+        """What one task of `cell` holds on `provider` until its cost is known: the dearest
+        price it may be billed at (`ProviderRules.hold`: a tier's, or the standard one a
+        cheaper tier may be served at), held in full."""
+        return self.ctx.rules[provider].hold(cell.resolution, len(cell.references))
 
     # -- rows -----------------------------------------------------------------------------
 

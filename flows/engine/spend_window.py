@@ -12,15 +12,15 @@ of its provider (`flows.engine.job.make_throttles`), in this process.
     window.billed(intent_key, 0.1375)         # ... at what the provider says it cost
     window.release(intent_key)                # nothing was created: nothing was billed
 
-A create holds its price (the plan's, as the budget does) from the moment it is sent: the
-throttle reserves it before the intent is journalled (`AccountThrottle.before_create`), so a
-create that waits here has no intent yet. It counts from then until one window after its
-answer: the provider bills it somewhere between the send and the answer, so whichever
-moment its window counts from, ours counts too. A create whose answer never comes stays
-counted. An answer that reports the cost replaces the price; and since Google bills
-thinking and text tokens besides the image (an image of $0.134 costs about $0.1375), later
-creates are held at their price times the largest cost/price ratio seen (`markup`), so the
-window does not fill past the cap on prices alone.
+A create holds its price (what the budget holds: `ProviderRules.hold`) from the moment it
+is sent: the throttle reserves it before the intent is journalled
+(`AccountThrottle.before_create`), so a create that waits here has no intent yet. It counts
+from then until one window after its answer: the provider bills it somewhere between the
+send and the answer, so whichever moment its window counts from, ours counts too. A create
+whose answer never comes stays counted. An answer that reports the cost replaces the price;
+and since Google bills thinking and text tokens besides the image (an image of $0.134 costs
+about $0.1375), later creates are held at their price times the largest cost/price ratio
+seen (`markup`), so the window does not fill past the cap on prices alone.
 """
 
 from __future__ import annotations

@@ -989,7 +989,7 @@ class _Checker:
             return
         rules = provider_rules(spec, name, caps)
         references = stats.most_references
-        price, resolution = max((rules.price(res, references), res) for res in stats.resolutions)
+        price, resolution = max((rules.hold(res, references), res) for res in stats.resolutions)
         if price > limits.spend.usd + 1e-9:
             with_refs = f" with {references} reference images" if references else ""
             self.add(("limits", name, "spend", "usd"),

@@ -18,7 +18,8 @@ makes them. Prices come from `flows.spec.settings.provider_rules`, the same reso
 budget reserves with; anything not published by the provider is marked as an estimate. An
 option that changes the price (`Capabilities.price_factors`: Gemini's `service_tier` flex or
 priority) scales the provider's own prices by its factor, marked as an estimate and named in
-`price_notes` (the budget still holds the unscaled price; prices the spec sets stay as set).
+`price_notes` with what the budget holds (`ProviderRules.hold`: priority's price, flex the
+standard one while in flight; prices the spec sets stay as set).
 
 Duration, per provider, for n cells, a create rate of c per W seconds (`limits.rate`, else
 the documented default; none means no create limit), at most m tasks in flight and a mean
@@ -32,12 +33,17 @@ the last wave of m concurrent tasks can start, the third when the last create fi
 provider's spend window (`limits.<provider>.spend`: u USD per S seconds, so k = floor(u / p)
 images of mean price p per window; a provider's accounts share one window, so each channel
 plans with its share of u); the last task then takes L. Polling adds up to one poll
-interval, ignored here. When the spend window is the longest term, the plan says so: Tier 1
-($10 / 10 min) at $0.134 is ~74 images per 10 minutes, so 300 cells take at least 40 min.
+interval, ignored here. An option that sets how long an image takes (`ProviderRules
+.latency_range_s`: Gemini's flex tier, "target 1-15 min") times those cells with its least
+L (never less than the usual one) and gives the duration with its most too
+(`Timing.seconds_max`, `estimated_seconds_max`): a range, shown as "up to". When the spend
+window is the longest term, the plan says so: Tier 1 ($10 / 10 min) at $0.134 is ~74 images
+per 10 minutes, so 300 cells take at least 40 min.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -49,7 +55,7 @@ from nbp.flows.spec.delta import TargetDelta
 from nbp.flows.spec.model import Cell, JobSpec
 from nbp.flows.spec.policies import DEADLINE_ROUTINGS, DEFAULT_ROUTING, ROUTINGS, routing_policy
 from nbp.flows.spec.rate import SpendLimit
-from nbp.flows.spec.settings import PriceSource, ProviderRules, provider_rules
+from nbp.flows.spec.settings import PriceSource, ProviderRules, provider_rules, tier_factors
 from nbp.providers import registry
 
 __all__ = ["ModelRow", "Plan", "PlanRow", "RoutingEstimate", "Timing", "duration_s",
@@ -125,6 +131,11 @@ class Timing:
     spend: SpendLimit | None = None  # the provider's spend window (all its accounts)
     binding: str | None = None    # the limit that decides `seconds`: spend, rate, in_flight
     images_per_window: int | None = None  # of the spend window, at these cells' mean price
+    # An option sets the latency (flex): its (least, most) seconds per image, what sets it,
+    # and `seconds` with the most
+    latency_range_s: tuple[float, float] | None = None
+    latency_note: str = ""
+    seconds_max: float | None = None
 
     @property
     def spend_binds(self) -> bool:
@@ -141,7 +152,21 @@ class Timing:
             "spend": {"usd": spend.usd, "window_s": spend.window_s,
                       "images_per_window": self.images_per_window} if spend else None,
             "binding": self.binding,
+            "latency_range_s": list(self.latency_range_s) if self.latency_range_s else None,
+            "seconds_max": round(self.worst_seconds, 1),
         }
+
+    @property
+    def worst_seconds(self) -> float:
+        """`seconds` when every image takes the longest its option allows."""
+        return max(self.seconds, self.seconds_max or 0.0)
+
+    def latency_text(self) -> str:
+        """"~20 s per image", or "1-15 min per image: service_tier flex, ..."."""
+        if self.latency_range_s is None:
+            return f"~{self.mean_latency_s:.0f} s per image"
+        low, high = self.latency_range_s
+        return f"{_span(low, high)} per image: {self.latency_note}, the provider's target"
 
     def spend_note(self) -> str | None:
         """"spend window $10 / 10 min binds: ~74 images per 10 min", when it binds."""
@@ -212,6 +237,11 @@ class Plan:
         return max((t.seconds for t in self.timings), default=0.0)
 
     @property
+    def estimated_seconds_max(self) -> float:
+        """The slowest channel when an option's latency takes its most (flex: 15 min)."""
+        return max((t.worst_seconds for t in self.timings), default=0.0)
+
+    @property
     def meets_deadline(self) -> bool | None:
         return None if self.deadline_s is None else self.estimated_seconds <= self.deadline_s
 
@@ -231,6 +261,7 @@ class Plan:
             "max_usd": self.max_usd,
             "within_budget": self.max_usd is None or self.estimated_cost_usd <= self.max_usd,
             "estimated_seconds": round(self.estimated_seconds, 1),
+            "estimated_seconds_max": round(self.estimated_seconds_max, 1),
             "timing": [t.to_json() for t in self.timings],
             "routing": self.routing,
             "deadline_s": self.deadline_s,
@@ -290,9 +321,14 @@ class Plan:
             cost += f" (budget {_usd(self.max_usd)}{': OVER, the run stops there' if over else ''})"
         lines.append(cost)
         duration = f"  estimated duration:  {_duration(self.estimated_seconds)}"
+        slowest = self.estimated_seconds_max
+        if slowest > self.estimated_seconds + 0.5:
+            duration += f", up to {_duration(slowest)} if every image takes the longest"
         if self.deadline_s is not None:
-            duration += (f" (deadline {_duration(self.deadline_s)}"
-                         f"{'' if self.meets_deadline else ': NOT MET'})")
+            late = "" if self.meets_deadline else ": NOT MET"
+            if not late and slowest > self.deadline_s:
+                late = ": not met if every image takes the longest"
+            duration += f" (deadline {_duration(self.deadline_s)}{late})"
         lines.append(duration)
         for t in self.timings:
             rate = t.rate or "no create limit"
@@ -300,10 +336,12 @@ class Plan:
                 lines.append(f"    {t.provider}: {t.cells} cells, {_usd(t.cost_usd)}, up to "
                              f"{_duration(t.seconds)} (batch turnaround)")
                 continue
+            span = _duration(t.seconds)
+            if t.worst_seconds > t.seconds + 0.5:
+                span += f" to {_duration(t.worst_seconds)}"
             lines.append(
                 f"    {t.provider}: {t.cells} cells, {_usd(t.cost_usd)}, "
-                f"{_duration(t.seconds)} (rate {rate}, {t.max_in_flight} in flight, "
-                f"~{t.mean_latency_s:.0f} s per image)"
+                f"{span} (rate {rate}, {t.max_in_flight} in flight, {t.latency_text()})"
             )
             if (note := t.spend_note()) is not None:
                 lines.append(f"      {note}")
@@ -450,7 +488,7 @@ def make_plan(
 
 def _route(spec: JobSpec, groups: dict[str | None, _Tally]) -> _Route:
     found = channels(spec)
-    rules = {name: _tiered(spec, provider_rules(spec, name)) for name in spec.providers}
+    rules = {name: provider_rules(spec, name) for name in spec.providers}
     lanes = {}
     for pin, tally in groups.items():
         names = (pin,) if pin is not None else spec.routed
@@ -472,8 +510,11 @@ def _lanes(
         rule = rules[channel.provider]
         cost = sum(rule.base_price(res) * n + rule.price_per_reference_usd * references[res]
                    for res, n in by_resolution.items())
+        latency_s = rule.turnaround_s or mean
+        if rule.latency_range_s is not None:  # flex: no faster than its least
+            latency_s = max(latency_s, rule.latency_range_s[0])
         lanes.append(LaneEstimate(channel.key, cost / total if total else 0.0, rule.rate,
-                                  rule.max_in_flight, rule.turnaround_s or mean,
+                                  rule.max_in_flight, latency_s,
                                   _spend_share(rule, found_all)))
     return lanes
 
@@ -540,48 +581,20 @@ def _model_rows(
                  if n)
 
 
-def _price_factors(spec: JobSpec, provider: str) -> dict[str, tuple[str, float]]:
-    """The options of the spec that change `provider`'s price: option -> (value, factor),
-    for factors other than 1 (`Capabilities.price_factors`; Gemini's service tiers)."""
-    try:
-        factors = registry.capabilities(provider).price_factors
-    except Exception:  # an adapter that cannot load: validation says so
-        return {}
-    options = spec.options.get(provider, {})
-    found = {}
-    for option, by_value in factors.items():
-        value = options.get(option)
-        factor = by_value.get(str(value)) if value is not None else None
-        if factor is not None and factor != 1.0:
-            found[option] = (str(value), factor)
-    return found
-
-
-def _tiered(spec: JobSpec, rule: ProviderRules) -> ProviderRules:
-    """`rule` with the provider's own prices scaled by the spec's price-changing options and
-    marked as estimates: a tier's discount or surcharge is published, its price for this
-    model is not. Prices the spec sets (`prices:`) stay as written."""
-    factor = 1.0
-    for _, scale in _price_factors(spec, rule.provider).values():
-        factor *= scale
-    if factor == 1.0:
-        return rule
-    own = [res for res in rule.prices_usd if rule.price_source(res) != "spec"]
-    return replace(
-        rule, prices_usd={**rule.prices_usd, **{r: rule.prices_usd[r] * factor for r in own}},
-        price_sources={**rule.price_sources, **{r: "estimate" for r in own}},
-    )
-
-
 def _price_note(spec: JobSpec, provider: str) -> str | None:
-    """What `_tiered` did to `provider`'s prices, for the plan's reader; None: nothing."""
-    found = _price_factors(spec, provider)
+    """What a price-changing option did to `provider`'s prices (`settings.tier_factors`),
+    and what the budget holds for it, for the plan's reader; None: nothing."""
+    found = tier_factors(spec, provider)
     if not found:
         return None
     said = ", ".join(f"{option} {value} x{factor:g}"
                      for option, (value, factor) in found.items())
+    factor = math.prod(scale for _, scale in found.values())
+    held = ("the budget holds this price" if factor > 1.0 else
+            "the budget holds the standard price for each image in flight (it may be served "
+            "at standard), then counts what it cost")
     return (f"{provider}: {said} on the standard price, an estimate (the provider has not "
-            "published it for this model); the budget holds the standard price")
+            f"published it for this model); {held}")
 
 
 def _default_model(spec: JobSpec, provider: str) -> str:
@@ -600,11 +613,15 @@ def _timing(channel: Channel, lane: LaneEstimate, rules: ProviderRules, cells: i
     rate = rules.rate
     rate_text = f"{rate.count}/{rate.window_s:g}s" if rate else None
     spend = rules.spend
+    bounds = rules.latency_range_s
+    slowest = replace(lane, latency_s=max(lane.latency_s, bounds[1])) if bounds else None
     return Timing(channel.key, cells, rate_text, rules.max_in_flight, lane.latency_s,
                   lane.seconds(cells), cells * lane.price_usd, channel.account,
                   batch=rules.turnaround_s is not None, spend=spend,
                   binding=lane.binding(cells),
-                  images_per_window=spend.images_per_window(lane.price_usd) if spend else None)
+                  images_per_window=spend.images_per_window(lane.price_usd) if spend else None,
+                  latency_range_s=bounds, latency_note=rules.latency_note,
+                  seconds_max=slowest.seconds(cells) if slowest else None)
 
 
 def _alternatives(spec: JobSpec, route: _Route) -> tuple[RoutingEstimate, ...]:
@@ -636,6 +653,13 @@ def _res_order(resolution: str) -> tuple[int, str]:
 
 def _usd(amount: float) -> str:
     return f"${amount:,.2f}"
+
+
+def _span(low_s: float, high_s: float) -> str:
+    """"1-15 min", or "20-40 s"."""
+    if low_s >= 60 and high_s >= 60:
+        return f"{low_s / 60:g}-{high_s / 60:g} min"
+    return f"{low_s:g}-{high_s:g} s"
 
 
 def _duration(seconds: float) -> str:

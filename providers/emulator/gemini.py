@@ -28,9 +28,12 @@ No overload answer carries an image or creates (bills) anything.
 The billing account's spend cap (§10 [C RL2]) is a rolling window over every key the
 emulator accepts (extra keys share one billing account [I]): `configure(spend_cap_usd=10,
 spend_cap_window_s=600)` (`SpendCap`) bills each accepted generateContent at its token cost
-(§7) from its arrival until one window after its answer, and answers a request that would
-take the window past the cap 429 RESOURCE_EXHAUSTED with RetryInfo, creating nothing
-(`billing.refusals` counts them). None (the default): no cap.
+(§7) at the price of the tier that serves it (§10 [C OPT]: flex 50 % off, priority 75-100 %
+more, `priority_price` "top" (the default, the dearest reading) or "bottom" of that range;
+standard for priority served as standard) from its arrival until one window after its
+answer, and answers a request that would take the window past the cap 429
+RESOURCE_EXHAUSTED with RetryInfo, creating nothing (`billing.refusals` counts them). None
+(the default): no cap.
 
 Batch lifetimes (§6, §10; `BatchLifetimes`): `expire_after_s` expires every batch whose
 turnaround is longer after that many seconds (default: `batch_expiry_s`, the documented
@@ -554,7 +557,8 @@ class GeminiEmulator(ProviderEmulator):
             return limited
         config = body.get("generationConfig") or {}
         image_config = config.get("imageConfig") or {}
-        cost = request_cost(body)
+        served = tier_served(body, self.readings)
+        cost = request_cost(body) * tier_price_factor(served, self.spend_cap)
         if (capped := self.billing.refusal(self.spend_cap, cost)) is not None:
             return capped
         bill = self.billing.bill(self.spend_cap, cost)
@@ -568,7 +572,7 @@ class GeminiEmulator(ProviderEmulator):
         task.extra["model"] = model
         task.extra["modalities"] = [str(m).upper() for m in config.get("responseModalities")
                                     or ("TEXT", "IMAGE")]
-        task.extra["service_tier"] = tier_served(body, self.readings)
+        task.extra["service_tier"] = served
         try:
             await asyncio.sleep(task.latency_s)  # the answer comes when the image is done
         finally:
@@ -988,6 +992,10 @@ class GeminiEmulator(ProviderEmulator):
 USD_PER_INPUT_TOKEN = 2 / 1e6        # §7 [C PRC]
 USD_PER_IMAGE_TOKEN = 120 / 1e6      # §7 [C PRC]
 USD_PER_TEXT_TOKEN = 12 / 1e6        # §7 [C PRC]: text and thinking output
+# §10 [C OPT]: flex "50 % discount"; priority "75-100 % more than Standard" (which end of the
+# range this model gets is not published: `SpendCap.priority_price` chooses).
+FLEX_DISCOUNT = 0.50
+PRIORITY_SURCHARGE = {"top": 1.00, "bottom": 0.75}
 
 
 @dataclass
@@ -997,6 +1005,16 @@ class SpendCap:
 
     spend_cap_usd: float | None = None
     spend_cap_window_s: float = 600.0
+    priority_price: str = choice("top", tuple(PRIORITY_SURCHARGE))  # of priority's range
+
+
+def tier_price_factor(served: str, cap: SpendCap) -> float:
+    """What the tier that served a request does to its standard price (§10 [C OPT])."""
+    if served == "flex":
+        return 1.0 - FLEX_DISCOUNT
+    if served == "priority":
+        return 1.0 + PRIORITY_SURCHARGE[cap.priority_price]
+    return 1.0
 
 
 @dataclass

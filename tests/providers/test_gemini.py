@@ -20,7 +20,7 @@ from PIL import Image
 from nbp.providers import http
 from nbp.providers.base import Finished, ImageRequest, Reference, Submitted
 from nbp.providers.emulator.core import CONTENT_MARKER, NO_IMAGE_MARKER
-from nbp.providers.emulator.gemini import BLOCK_MARKER, GeminiEmulator
+from nbp.providers.emulator.gemini import BLOCK_MARKER, GeminiEmulator, request_cost
 from nbp.providers.emulator.hub import TEST_CREDENTIALS, EmulatorHub
 from nbp.providers.errors import (
     AuthError,
@@ -561,13 +561,14 @@ def test_the_tier_that_served_is_reported_and_priced(
     of Google's "75-100 % more", an estimate); priority over its limit is served and billed
     as standard without a word but the header."""
     def served(tier: str) -> Finished:
-        finished = run(submit(provider_for(env), ImageRequest(
-            "the same lemon", options={"service_tier": tier}))).finished
+        submitted: Submitted = run(submit(provider_for(env), ImageRequest(
+            "the same lemon", options={"service_tier": tier})))
+        finished = submitted.finished
         assert finished is not None and finished.cost_usd is not None
         return finished
 
     standard = served("standard")
-    assert standard.service_tier == "standard"
+    assert standard.service_tier == "standard" and standard.cost_usd is not None
     flex, priority = served("flex"), served("priority")
     assert flex.service_tier == "flex" and priority.service_tier == "priority"
     assert flex.cost_usd == pytest.approx(standard.cost_usd / 2, abs=1e-6)
@@ -576,6 +577,50 @@ def test_the_tier_that_served_is_reported_and_priced(
     fell_back = served("priority")
     assert fell_back.service_tier == "standard"
     assert fell_back.cost_usd == pytest.approx(standard.cost_usd)
+
+
+@pytest.mark.parametrize(("tier", "reading", "factor"), [
+    ("standard", {}, 1.0),
+    ("flex", {}, 0.5),                                   # "50 % discount"
+    ("priority", {}, 2.0),                               # "100 % more": the top, by default
+    ("priority", {"priority_price": "bottom"}, 1.75),    # "75 % more": the bottom
+    ("priority", {"priority": "standard"}, 1.0),         # over its limit: served as standard
+])
+def test_the_spend_cap_counts_each_request_at_the_tier_that_served_it(
+    env: dict[str, str], emulator: GeminiEmulator, tier: str, reading: dict[str, str],
+    factor: float,
+) -> None:
+    """§10 [C OPT, RL2]: the billing account's rolling cap counts what Google bills, and a
+    tier changes that: flex half the standard price, priority 75-100 % more, priority that
+    fell back to standard at standard. The cap lets through as many requests as fit at that
+    price, then answers 429 creating nothing."""
+    cap = 0.5
+    emulator.configure(spend_cap_usd=cap, spend_cap_window_s=600.0, **reading)
+    one = request_cost(request_body(ImageRequest("a tiered quince"))) * factor
+
+    async def until_refused() -> int:
+        provider = provider_for(env)
+        try:
+            for sent in range(20):
+                try:
+                    await provider.submit(ImageRequest(
+                        "a tiered quince", options={"service_tier": tier}))
+                except RateLimited as exc:
+                    assert exc.code == "RESOURCE_EXHAUSTED"
+                    return sent
+            return 20
+        finally:
+            await provider.aclose()
+
+    accepted = run(until_refused())
+    assert accepted == int(cap // one) and len(emulator.creates) == accepted
+    assert [bill.usd for bill in emulator.billing.bills] == pytest.approx([one] * accepted)
+    assert emulator.billing.refusals == 1 and emulator.billing.peak_usd <= cap
+
+
+def test_the_priority_price_switch_takes_only_its_readings(emulator: GeminiEmulator) -> None:
+    with pytest.raises(ValueError, match="priority_price must be one of"):
+        emulator.configure(priority_price="middle")
 
 
 @pytest.mark.parametrize("shed", ["shed_429", "shed_503"])

@@ -7,10 +7,11 @@ import asyncio
 import pytest
 
 from nbp.flows.engine.routing import Lane, Router
+from nbp.flows.engine.spend_window import SpendWindow
 from nbp.flows.engine.throttle import AccountThrottle, InFlightLimit, SlidingWindowLimiter
 from nbp.flows.spec.channels import Channel
 from nbp.flows.spec.model import Cell
-from nbp.flows.spec.rate import Rate
+from nbp.flows.spec.rate import Rate, SpendLimit
 
 CELL = Cell("c0", 0, "a fig", "1:1", "1K", "png", (), {}, 0, "c0.png")
 
@@ -162,3 +163,21 @@ def test_the_router_follows_whatever_policy_it_is_given() -> None:
         return [t.key for t in taken if t]
 
     assert asyncio.run(go()) == ["dear", "cheap"]
+
+
+def test_a_lane_waits_for_room_for_what_its_create_holds_not_its_price() -> None:
+    """A flex image is priced at half the standard price but holds the standard one (it may
+    be served at standard): the spend window must have room for the hold."""
+    async def go() -> tuple[float, float]:
+        window = SpendWindow(SpendLimit(0.2, 60.0))
+        await window.reserve("earlier", 0.1)
+        window.answered("earlier")
+        throttle = AccountThrottle(provider="gemini", rate=None, in_flight=InFlightLimit(10),
+                                   poll_interval_s=0.1, spend=window)
+        priced = Lane(Channel("gemini", "GEMINI_API_KEY"), throttle, lambda cell: 0.067, 1.0)
+        held = Lane(Channel("gemini", "GEMINI_API_KEY"), throttle, lambda cell: 0.067, 1.0,
+                    held=lambda cell: 0.134)
+        return priced.ready_in(CELL), held.ready_in(CELL)
+
+    priced, held = asyncio.run(go())
+    assert priced == 0.0 and held > 50.0
