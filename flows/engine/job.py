@@ -258,6 +258,9 @@ async def run_job(
     cells = select_shard(all_cells, options.shard, owners)
     progress = progress or Progress()
     progress.total, progress.job = len(cells), spec.name
+    if hooks.interrupt is not None:  # the cells a stop leaves are "not started", not queued
+        progress.stopped = progress.stopped or hooks.interrupt.requested
+        hooks.interrupt.listeners.append(progress.stop)
     used = run_channels(spec, options)
     inputs = relative_inputs(((f.role, f.path, f.sha256) for f in job.inputs), spec.base_dir)
     record = RunRecord.start(run_id=options.run_id, job=spec.name,
@@ -333,7 +336,7 @@ async def run_job(
     signum = None
     if interrupt is not None and interrupt.requested:
         signum = interrupt.signals[0]
-        not_started = max(0, progress.total - progress.done)
+        not_started = max(0, progress.total - progress.ended)
         if not_started:
             counts["not_started"] = not_started  # the manifest keeps their earlier rows
         stop = f"stopped by {interrupt.signal_name}"
@@ -642,7 +645,7 @@ def make_router(
     return Router(
         spec.routing, make_lanes(used, throttles, prices, latency), deadline_s=spec.deadline_s,
         routed=spec.routed,
-        waiting=lambda: max(0, progress.total - progress.done - progress.in_flight),
+        waiting=lambda: progress.not_started,
     )
 
 

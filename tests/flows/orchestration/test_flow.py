@@ -144,8 +144,8 @@ def test_a_run_named_by_the_cli_and_a_pending_batch_shows_as_pending(
     run, artifacts = flow_run_and_artifacts(spec)
     assert run.name == f"cup-axes-v2-{result['run_id'][:8]}"
     progress = artifacts["nbp-progress-cup-axes-v2"]
-    assert progress.data == 100.0
-    assert "6/6 done: 0 ok, 0 failed, 6 pending" in progress.description
+    assert progress.data == 0.0  # no cell is done: each waits to be collected
+    assert "0/6 done: 0 ok, 0 failed · 6 pending" in progress.description
     (row,) = json.loads(artifacts["nbp-summary-cup-axes-v2"].data)
     assert (row["outcome"], row["succeeded"], row["pending"]) == ("pending", 0, 6)
     assert "- **pending**: 6 cell(s) keep their task for the next run" in (
