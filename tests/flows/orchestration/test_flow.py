@@ -102,7 +102,7 @@ def flow_run_and_artifacts(spec: Path) -> tuple[Any, dict[str, Any]]:
             runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=50)
             run = next(r for r in runs if r.parameters.get("spec") == str(spec))
             artifacts = await client.read_artifacts(limit=200)
-        return run, {a.key: a for a in artifacts if a.flow_run_id == run.id}
+        return run, {str(a.key): a for a in artifacts if a.flow_run_id == run.id}
 
     return asyncio.run(read())
 
