@@ -135,7 +135,7 @@ class TerminalDisplay:
                          "was paid")
         lines += [f"  {status:<{width}}  {count:>7}" for status, count in counts.items()]
         lines += [
-            f"  {spent:<{width}}  ${result['spent_usd']:>6.2f}",
+            f"  {spent:<{width}}  ${result['spent_usd']:>6.2f}{in_all(result)}",
             "",
             f"manifest: {result['manifest']}",
             f"gallery:  {result['gallery']}",
@@ -152,6 +152,14 @@ class TerminalDisplay:
             lines.append("remote tasks were left running: run the same command again to "
                          "collect them (nothing is paid twice)")
         return "\n".join(lines)
+
+
+def in_all(result: dict[str, Any]) -> str:
+    """"  this run; $8.05 in all on the target" when earlier runs spent on it too."""
+    total = result.get("target_spent_usd")
+    if total is None or total - result["spent_usd"] < 0.005:
+        return ""
+    return f"  this run; ${total:.2f} in all on the target"
 
 
 class _Bar:

@@ -134,6 +134,16 @@ def test_the_summary_table_names_counts_spend_and_where_things_are() -> None:
     })
     assert "succeeded       17" in summary and "failed           1" in summary
     assert "$  1.53" in summary and "/t/index.html" in summary and "budget" in summary
+    assert "in all" not in summary  # no figure for the target: nothing more to say
+
+
+def test_the_summary_names_the_target_s_spend_when_earlier_runs_spent_too() -> None:
+    result = {"job": "demo", "run_id": "abc", "counts": {"succeeded": 64}, "spent_usd": 3.02,
+              "target_spent_usd": 8.05, "manifest": "m", "gallery": "g"}
+    assert "  spent      $  3.02  this run; $8.05 in all on the target\n" in (
+        TerminalDisplay.summary(result))
+    alone = TerminalDisplay.summary({**result, "target_spent_usd": 3.02})
+    assert "  spent      $  3.02\n" in alone and "in all" not in alone
 
 
 # -- the real CLI ---------------------------------------------------------------------------

@@ -65,6 +65,10 @@ def test_the_summary_is_one_row_with_a_column_per_count_and_the_money_in_its_own
                    "spent_usd": 0.99}
     (emulated,) = summary_table(finished(emulated=True))
     assert "would_cost_usd" in emulated and "spent_usd" not in emulated
+    (rerun,) = summary_table(finished(spent_usd=3.02, target_spent_usd=8.05))
+    assert (rerun["spent_usd"], rerun["target_spent_usd"]) == (3.02, 8.05)
+    assert "- **spent**: $3.02 this run, $8.05 in all on the target" in result_markdown(
+        finished(spent_usd=3.02, target_spent_usd=8.05))
 
 
 def test_the_result_is_markdown_with_paths_as_code_and_reasons_in_a_table() -> None:
