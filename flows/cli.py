@@ -616,15 +616,16 @@ def _own_accounts_problem(spec: Any, shard: Any, args: argparse.Namespace) -> st
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
+    from nbp.flows.orchestration.emulation import shell_exports
     from nbp.providers.emulator.hub import EmulatorHub
 
     hub = EmulatorHub(latency_s=args.latency)
     hub.serve_in_thread(port=args.port)
-    print(f"nbp emulators serving on {hub.url}; point nbp at them with:")
-    for key, value in hub.environ().items():
-        if key.startswith("NBP_"):
-            print(f"  export {key}={value}")
-    print("  (test credentials: any of the emulated-*-key values; see README)")
+    print(f"nbp emulators serving on {hub.url} (Ctrl-C to stop). In the shell that runs "
+          "nbp, paste these (test keys the emulators accept, not secrets), then "
+          "`nbp run SPEC` without --emulate:", flush=True)
+    for line in shell_exports(hub.environ()):
+        print(line, flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -1,8 +1,9 @@
 """What a person sees while `nbp run` works, and the summary at the end.
 
 On a terminal: one line at the bottom, redrawn in place (rich's `Live`), that fits the
-terminal's width: the job, a bar, done/total, failed (and pending, uncertain, skipped,
-cancelled when some cell is), spend, rate, elapsed and ETA; the narrower the terminal, the
+terminal's width: the job, a bar, done/total (cells in a final state), failed (and
+uncertain, cancelled, then pending, skipped and, after a stop, not started when some cell
+is: never counted as done), spend, rate, elapsed and ETA; the narrower the terminal, the
 fewer of these (`bar_parts`). Every other line, nbp's or Prefect's, is printed above it:
 while the bar is up, Prefect's console handlers print through the bar's console and
 `sys.stderr` is rich's proxy. Prefect's routine INFO lines (flow run began, task run
@@ -29,7 +30,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from nbp.flows.engine.interrupt import Interrupt
-from nbp.flows.engine.progress import OTHER_ENDS, Progress, clock
+from nbp.flows.engine.progress import OTHER_DONE, Progress, clock
 
 REFRESH_PER_S = 4
 MIN_BAR = 10          # the bar itself is at least this wide, or it goes
@@ -134,7 +135,7 @@ class TerminalDisplay:
                          "was paid")
         lines += [f"  {status:<{width}}  {count:>7}" for status, count in counts.items()]
         lines += [
-            f"  {spent:<{width}}  ${result['spent_usd']:>6.2f}",
+            f"  {spent:<{width}}  ${result['spent_usd']:>6.2f}{in_all(result)}",
             "",
             f"manifest: {result['manifest']}",
             f"gallery:  {result['gallery']}",
@@ -151,6 +152,14 @@ class TerminalDisplay:
             lines.append("remote tasks were left running: run the same command again to "
                          "collect them (nothing is paid twice)")
         return "\n".join(lines)
+
+
+def in_all(result: dict[str, Any]) -> str:
+    """"  this run; $8.05 in all on the target" when earlier runs spent on it too."""
+    total = result.get("target_spent_usd")
+    if total is None or total - result["spent_usd"] < 0.005:
+        return ""
+    return f"  this run; ${total:.2f} in all on the target"
 
 
 class _Bar:
@@ -187,14 +196,15 @@ def bar_parts(
     progress: Progress, width: int, *, stopping: bool = False
 ) -> tuple[str, int, str]:
     """(the job's name or "", the bar's width or 0, the figures) for a line of `width`
-    cells: done/total, failed and the other ends, spend, rate, elapsed and ETA ("stopping"
+    cells: done/total, failed, the other final states, the cells not done (pending, skipped,
+    not started), spend, rate, elapsed and ETA ("stopping"
     after a stop request), with the least useful left out first when they do not fit (the
     job, rate, elapsed, the bar); never wider than `width`."""
     if not progress.total:
         figures = [("reading the spec" if not progress.job else "no cells to run", 0)]
     else:
-        ends = [f"{getattr(progress, end)} {end}" for end in OTHER_ENDS
-                if getattr(progress, end)]
+        ends = [f"{getattr(progress, end)} {end}" for end in OTHER_DONE
+                if getattr(progress, end)] + progress.not_done()
         eta = progress.eta_s()
         figures = [
             (f"{progress.done}/{progress.total}", 0),
@@ -214,7 +224,7 @@ def bar_parts(
         return text + (len(head) + 1 if keep_head else 0) + (MIN_BAR + 1 if keep_bar else 0)
 
     # What goes first when it does not fit: rank 8 the job, 7 rate, 5 elapsed, 4 the bar,
-    # 3 ETA, 2 spend, 1 the other ends; done/total and failed stay (cut at the width).
+    # 3 ETA, 2 spend, 1 the other counts; done/total and failed stay (cut at the width).
     for rank in range(8, 0, -1):
         if length() <= width:
             break

@@ -4,7 +4,9 @@ is what the emulator received: creates per cell, before and after the rerun."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,9 +57,11 @@ def spec_file(tmp_path: Path, names: list[str], **changes: Any) -> Path:
     return path
 
 
-def start(prefect_api_url: str, hub: EmulatorHub, *args: str) -> subprocess.Popen[str]:
+def start(
+    prefect_api_url: str, hub: EmulatorHub, *args: str, env_extra: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """`nbp` as a terminal would run it: the leader of its own process group."""
-    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, **hub.environ()}
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, **hub.environ(), **(env_extra or {})}
     env.pop("PYTEST_CURRENT_TEST", None)
     return subprocess.Popen(
         [sys.executable, "-m", "nbp.flows.cli", *args],
@@ -174,3 +178,64 @@ def test_a_kill_while_cells_wait_for_the_rate_window_leaves_them_unsent(
         else:
             assert (row["status"], created) == ("succeeded", 1), row["error_message"]
     assert again.returncode == (1 if uncertain.height else 0), err[-3000:]
+
+
+SPENT = re.compile(r"^  spent +\$ *([0-9.]+)(?:  this run; \$([0-9.]+) in all on the target)?$",
+                   re.MULTILINE)
+
+
+def summary_spend(out: str) -> tuple[str, float, float | None]:
+    """(the run id, "spent" and "in all") from the summary `nbp run` printed."""
+    run_id = re.search(r"^job \S+  run (\S+)", out, re.MULTILINE)
+    found = SPENT.search(out)
+    assert run_id and found, out
+    total = found.group(2)
+    return run_id.group(1), float(found.group(1)), None if total is None else float(total)
+
+
+@pytest.mark.parametrize("budget", [
+    pytest.param({"max_total_usd": 100}, id="capped"),
+    pytest.param({}, id="uncapped"),
+])
+def test_a_rerun_after_a_stop_reports_its_own_spend_as_the_ledger_counts_it(
+    prefect_api_url: str, kie: EmulatorHub, tmp_path: Path, budget: dict[str, float]
+) -> None:
+    """Seen: Ctrl-C, then the rerun said it spent $6.67 where the ledger had $3.02 for it
+    ($8.05 in all): it counted the tasks the stopped run had paid for and it collected. The
+    summary, the Prefect summary table and the run's record say the ledger's figure."""
+    from nbp.outputs.runs import read_records
+    from nbp.outputs.sink import Sink
+    from tests.flows.orchestration.test_flow import flow_run_and_artifacts
+
+    names = prompts(24)
+    spec = spec_file(tmp_path, names, limits={"kie": {"poll_interval": 0.2, "rate": "6/1s"}},
+                     **({"budget": budget} if budget else {}))
+    kie["kie"].configure(rate_limit=(6, 1.0))
+    child = start(prefect_api_url, kie, "run", str(spec))
+    wait_for(lambda: len(kie["kie"].creates) >= 9)
+    os.killpg(child.pid, signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err[-3000:]
+    assert set(rows(tmp_path)["status"]) >= {"pending"}  # tasks the rerun collects
+    first, first_spent, _ = summary_spend(out)
+
+    again = start(prefect_api_url, kie, "run", str(spec),
+                  env_extra={"PREFECT_LOGGING_LEVEL": "INFO"})  # its plain progress lines
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err[-3000:]
+    rerun, spent, total = summary_spend(out)
+    ledger = json.loads((tmp_path / "out" / ".nbp" / "budget.json").read_text())
+    assert first_spent == pytest.approx(ledger["runs"][first], abs=0.005)
+    assert spent == pytest.approx(ledger["runs"][rerun], abs=0.005)
+    assert spent == pytest.approx(0.09 * len(names) - ledger["runs"][first])
+    assert total == pytest.approx(ledger["total_usd"], abs=0.005)
+    assert ledger["total_usd"] == pytest.approx(0.09 * len(names))
+    assert f"${spent:.2f} spent" in [line for line in err.splitlines() if " done: " in line][-1]
+    _, artifacts = flow_run_and_artifacts(spec)
+    (row,) = json.loads(artifacts["nbp-summary-stop-and-go"].data)
+    assert row["spent_usd"] == pytest.approx(ledger["runs"][rerun])
+    assert row["target_spent_usd"] == pytest.approx(ledger["total_usd"])
+    records = {r.run_id: r for r in read_records(Sink(str(tmp_path / "out")))}
+    assert records[rerun].spent_usd == pytest.approx(ledger["runs"][rerun])
+    assert records[first].spent_usd == pytest.approx(ledger["runs"][first])
+

@@ -65,7 +65,7 @@ class Budget:
     max_total_usd: float | None = None
     run_id: str = ""
     ledger: Ledger | None = None          # required when a cap is set
-    spent_usd: float = 0.0                # this process: settled costs
+    spent_usd: float = 0.0                # this process: settled costs (earlier runs' too)
     reserved_usd: float = 0.0             # this process: holds of its creates in flight
     exhausted: bool = False
     _changed: asyncio.Condition | None = field(default=None, repr=False)
@@ -77,6 +77,31 @@ class Budget:
     # their price yet (`pledge`), so two products never both count on the same room.
     pledged_usd: float = 0.0
     _pledging: asyncio.Lock | None = field(default=None, repr=False)
+    # What this process changed in the ledger's entry for its run (`run_usd`).
+    _ledgered_usd: float = field(default=0.0, repr=False)
+
+    @property
+    def run_usd(self) -> float:
+        """This run's spend as the target's ledger counts it (this process's share of its
+        entry): the holds of its own creates, at what they settled for or still held at.
+        A task an earlier run created and paid for, collected now, is that run's spend: it
+        settles in the earlier run's entry and is not counted here."""
+        own = self._own.total_usd if self._own is not None else 0.0
+        return max(0.0, self._ledgered_usd + own)
+
+    async def target_usd(self) -> float | None:
+        """Everything spent on the target by every run, as its ledger and the spend files of
+        the uncapped runs beside it say; None when they cannot be read."""
+        if self.ledger is None:
+            return None
+        ledger = self.ledger
+        try:
+            data = await asyncio.to_thread(ledger.read)
+            others = await asyncio.to_thread(ledger.others_spend, ledger.heartbeat.holder)
+        except (OSError, ValueError):  # LedgerInvalid is a ValueError too
+            return None
+        own = self._own.total_usd if self._own is not None else 0.0
+        return float(data["total_usd"]) + others + own
 
     @property
     def capped(self) -> bool:
@@ -198,6 +223,7 @@ class Budget:
             data["total_usd"] = total + amount
             data["open"][intent] = {"usd": amount, "run": self.run_id}
             await asyncio.to_thread(ledger.write, data)
+            self._ledgered_usd += amount
             return True
 
     async def _settle_in_ledger(self, hold: Hold, actual_usd: float) -> None:
@@ -217,6 +243,8 @@ class Budget:
             data["runs"][run] = max(0.0, data["runs"].get(run, 0.0) + delta)
             data["total_usd"] = max(0.0, data["total_usd"] + delta)
             await asyncio.to_thread(ledger.write, data)
+            if run == self.run_id:
+                self._ledgered_usd += delta
 
     async def _flushing(self) -> None:
         while True:
@@ -234,6 +262,8 @@ class Budget:
             data = await asyncio.to_thread(ledger.read)
             ledger.fold(data, own)
             await asyncio.to_thread(ledger.write, data)
+            self._ledgered_usd += own.total_usd  # `run_usd` no longer counts the file
+            self._own = None
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(ledger.drop_spend, own.holder)
 

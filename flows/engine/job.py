@@ -179,7 +179,7 @@ class RunResult:
     manifest_uri: str
     gallery_uri: str | None             # `written["gallery"]`: what `nbp run` prints
     counts: dict[str, int]
-    spent_usd: float
+    spent_usd: float                    # this run's, as the target's ledger counts it
     stop_reason: str | None = None
     interrupted_by: int | None = None   # the signal that stopped the run, if one did
     # Why cells did not succeed: `nbp status`'s groups of this run's rows, most common first.
@@ -189,6 +189,7 @@ class RunResult:
     emulated: bool = False              # the local emulators served it: nothing was paid
     products: str | None = None         # completeness per product (with a dataset key)
     written: Mapping[str, str] = field(default_factory=dict)  # after-write step -> its URI
+    target_spent_usd: float | None = None  # every run's on the target (None: unreadable)
 
     @property
     def outcome(self) -> str:
@@ -229,6 +230,8 @@ class RunResult:
             "failures": list(self.failures), "waiting": self.waiting,
             "emulated": self.emulated, "products": self.products,
             "written": dict(self.written),
+            "target_spent_usd": None if self.target_spent_usd is None
+            else round(self.target_spent_usd, 4),
         }
 
 
@@ -258,6 +261,9 @@ async def run_job(
     cells = select_shard(all_cells, options.shard, owners)
     progress = progress or Progress()
     progress.total, progress.job = len(cells), spec.name
+    if hooks.interrupt is not None:  # the cells a stop leaves are "not started", not queued
+        progress.stopped = progress.stopped or hooks.interrupt.requested
+        hooks.interrupt.listeners.append(progress.stop)
     used = run_channels(spec, options)
     inputs = relative_inputs(((f.role, f.path, f.sha256) for f in job.inputs), spec.base_dir)
     record = RunRecord.start(run_id=options.run_id, job=spec.name,
@@ -311,6 +317,7 @@ async def run_job(
                 await run_chunks(runner, cells, options.chunk_size, hooks.chunk_runner, parts)
             finally:
                 await budget.close()  # this run's spend into the target's ledger
+            spent, target_spent = budget.run_usd, await budget.target_usd()
             counts = await asyncio.to_thread(parts.counts)
             failures, products = await asyncio.to_thread(_failure_groups, parts)
             waiting = await asyncio.to_thread(_waiting_in_groups, parts)
@@ -322,7 +329,7 @@ async def run_job(
                 await asyncio.to_thread(write_inputs, sink, options.run_id, inputs)
             manifest_uri, written = await write_outputs(
                 heartbeat, parts, all_cells if options.shard else None, title=spec.name,
-                record=record.ended(counts, budget.spent_usd + budget.reserved_usd),
+                record=record.ended(counts, spent),
                 gallery=spec.output.gallery, state=ctx.target,
                 archive_stale=options.archive_stale, steps=hooks.after_write,
             )
@@ -333,14 +340,15 @@ async def run_job(
     signum = None
     if interrupt is not None and interrupt.requested:
         signum = interrupt.signals[0]
-        not_started = max(0, progress.total - progress.done)
+        not_started = max(0, progress.total - progress.ended)
         if not_started:
             counts["not_started"] = not_started  # the manifest keeps their earlier rows
         stop = f"stopped by {interrupt.signal_name}"
     return RunResult(
         spec.name, options.run_id, spec.output.target, str(manifest_uri),
-        written.get("gallery"), counts, budget.spent_usd + budget.reserved_usd, stop, signum,
+        written.get("gallery"), counts, spent, stop, signum,
         failures, options.failures_ok, waiting, options.emulate, products, written,
+        target_spent,
     )
 
 
@@ -644,7 +652,7 @@ def make_router(
         spec.routing, make_lanes(used, throttles, prices, latency, held),
         deadline_s=spec.deadline_s,
         routed=spec.routed,
-        waiting=lambda: max(0, progress.total - progress.done - progress.in_flight),
+        waiting=lambda: progress.not_started,
     )
 
 

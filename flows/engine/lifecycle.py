@@ -111,6 +111,7 @@ class CellLife:
         # When this run's create reached the provider (monotonic; the poll schedule's clock).
         self.accepted_at: float | None = None
         self.spent_usd = 0.0                   # settled tasks of this cell
+        self.spent_here = 0.0                  # ... of them, holds this process made
         self.reason: str | None = None
         self.row: ManifestRow | None = None    # of a succeeded entry
         self.journalled = False                # the target has an entry for this cell
@@ -142,6 +143,13 @@ class CellLife:
     def cost_usd(self) -> float:
         """What the cell may have cost: settled tasks plus the live hold (pending)."""
         return round(self.spent_usd + (self.hold.usd if self.hold else 0.0), 6)
+
+    @property
+    def cost_here(self) -> float:
+        """What the cell cost this run (`Budget.run_usd`'s share): settled holds this process
+        made, plus its live hold if it made it; a task an earlier run paid for costs 0."""
+        held = self.hold.usd if self.hold is not None and self.held_here else 0.0
+        return round(self.spent_here + held, 6)
 
     @property
     def live_task(self) -> bool:
@@ -300,6 +308,8 @@ class CellLife:
         hold, here = self.hold, self.held_here
         self.hold, self.held_here = None, False
         self.spent_usd += actual_usd
+        if here:
+            self.spent_here += actual_usd
         if hold is not None:
             await self.budget.settle(hold, actual_usd, here=here)
 

@@ -2,9 +2,11 @@
 
 The runner updates one `Progress`; whoever watches (the terminal bar, plain log lines, a
 Prefect progress artifact) reads it on its own schedule, so watching never slows the run
-down. A cell is done for this run when it ended one way or another: succeeded, failed,
-skipped, cancelled, uncertain, or pending (its task, a running Google batch say, is left for
-the next run to collect): pending is always shown as its own count, never as success.
+down. A cell is *done* when it reached a final state: succeeded, failed, uncertain (not sent
+again unless asked) or cancelled. A cell can also end this run's work without being done:
+pending (its task, a running Google batch say, is left for the next run to collect) or
+skipped (nothing was sent; the next run sends it); after a stop request the cells never
+reached are *not started*. Each of these is its own count, never counted as done.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from dataclasses import dataclass, field
 
 RATE_WINDOW = 64  # the ETA's rate: over the last this many cells ended by this run
 
-# Ends other than succeeded/failed, shown only when some cell has them.
-OTHER_ENDS = ("pending", "uncertain", "skipped", "cancelled")
+# Final states other than succeeded/failed: done, shown only when some cell has them.
+OTHER_DONE = ("uncertain", "cancelled")
+# Ends of this run's work that are not done: shown on their own, only when some cell has them.
+NOT_DONE = ("pending", "skipped")
 # Ends that take no time (nothing sent, or a stop): not in the rate nor the ETA's pace.
 UNWORKED = ("skipped", "cancelled")
 
@@ -39,6 +43,7 @@ class Progress:
     submitted: int = 0
     spent_usd: float = 0.0
     job: str = ""            # the job's name, once its spec is loaded
+    stopped: bool = False    # a stop request came: the cells not reached stay not started
     started: float = field(default_factory=time.monotonic)
     listeners: list[Callable[[Progress], None]] = field(default_factory=list)
     # (when, cells this run ended itself): the recent rate, for the ETA
@@ -47,8 +52,24 @@ class Progress:
 
     @property
     def done(self) -> int:
-        return (self.succeeded + self.failed + self.skipped + self.cancelled + self.pending
-                + self.uncertain)
+        """Cells in a final state (module docstring): what the bar fills and "N/M done"
+        counts."""
+        return self.succeeded + self.failed + self.uncertain + self.cancelled
+
+    @property
+    def ended(self) -> int:
+        """Cells this run's work is over for: done, pending or skipped."""
+        return self.done + self.pending + self.skipped
+
+    @property
+    def not_started(self) -> int:
+        """Cells neither ended nor in flight: after a stop request, never to be reached by
+        this run (before one, still queued)."""
+        return max(0, self.total - self.ended - self.in_flight)
+
+    def stop(self, _: object = None) -> None:
+        """A stop request came (an `Interrupt` listener)."""
+        self.stopped = True
 
     @property
     def elapsed_s(self) -> float:
@@ -80,7 +101,7 @@ class Progress:
     def eta_s(self) -> float | None:
         """Seconds until every cell is done at the recent pace (the last `RATE_WINDOW` cells
         this run ended, up to now: a stall makes it grow); None before a pace is known."""
-        left = self.total - self.done
+        left = self.total - self.ended
         if left <= 0:
             return 0.0
         if not self._ended:
@@ -102,6 +123,7 @@ class Progress:
         return {
             "total": self.total,
             "done": self.done,
+            "ended": self.ended,
             "succeeded": self.succeeded,
             "failed": self.failed,
             "skipped": self.skipped,
@@ -109,6 +131,7 @@ class Progress:
             "pending": self.pending,
             "uncertain": self.uncertain,
             "in_flight": self.in_flight,
+            "not_started": self.not_started if self.stopped else 0,
             "spent_usd": round(self.spent_usd, 4),
             "elapsed_s": round(self.elapsed_s, 1),
             "eta_s": None if eta is None else round(eta, 1),
@@ -116,21 +139,29 @@ class Progress:
         }
 
     def ends(self) -> str:
-        """"6 ok, 1 failed, 2 pending": ok and failed always, the other ends when some cell
-        has them."""
+        """"6 ok, 1 failed": ok and failed always, uncertain and cancelled when some cell
+        is; the cells done."""
         parts = [f"{self.succeeded} ok", f"{self.failed} failed"]
-        parts += [f"{getattr(self, end)} {end}" for end in OTHER_ENDS if getattr(self, end)]
+        parts += [f"{getattr(self, end)} {end}" for end in OTHER_DONE if getattr(self, end)]
         return ", ".join(parts)
 
+    def not_done(self) -> list[str]:
+        """["2 pending", "3 skipped", "5 not started"]: the cells not done that this run
+        will not work on again, each when some cell is (not started: after a stop)."""
+        parts = [f"{getattr(self, end)} {end}" for end in NOT_DONE if getattr(self, end)]
+        if self.stopped and self.not_started:
+            parts.append(f"{self.not_started} not started")
+        return parts
+
     def line(self) -> str:
-        """One plain line: "7/18 done: 6 ok, 1 failed · 2 in flight · $0.63 spent · 83.0/min ·
-        elapsed 0:05 · ETA 0:08"."""
+        """One plain line: "7/18 done: 6 ok, 1 failed · 2 pending · 2 in flight · $0.63
+        spent · 83.0/min · elapsed 0:05 · ETA 0:08"."""
         eta = self.eta_s()
-        return (
-            f"{self.done}/{self.total} done: {self.ends()} · {self.in_flight} in flight · "
-            f"${self.spent_usd:.2f} spent · {self.per_min:.1f}/min · "
-            f"elapsed {clock(self.elapsed_s)} · ETA {clock(eta)}"
-        )
+        figures = [f"{self.done}/{self.total} done: {self.ends()}", *self.not_done(),
+                   f"{self.in_flight} in flight", f"${self.spent_usd:.2f} spent",
+                   f"{self.per_min:.1f}/min", f"elapsed {clock(self.elapsed_s)}",
+                   f"ETA {clock(eta)}"]
+        return " · ".join(figures)
 
 
 def clock(seconds: float | None) -> str:
@@ -150,13 +181,13 @@ class Beat:
     every_s: float = 10.0
     step: float = 0.1
     _at: float = field(default_factory=time.monotonic)
-    _done: int = 0
+    _done: int = 0  # cells ended at the last line
 
     def due(self, progress: Progress) -> bool:
         now = time.monotonic()
         stepped = progress.total > 0 and (
-            progress.done - self._done >= max(1.0, self.step * progress.total))
+            progress.ended - self._done >= max(1.0, self.step * progress.total))
         if stepped or now - self._at >= self.every_s:
-            self._at, self._done = now, progress.done
+            self._at, self._done = now, progress.ended
             return True
         return False

@@ -267,7 +267,7 @@ class Runner:
             except asyncio.CancelledError:
                 await self._on_cancel(life)
                 raise
-            ctx.progress.finished(str(row.status), row.cost_usd or 0.0)
+            ctx.progress.finished(str(row.status), life.cost_here)  # this run's, not the row's
             return row
         finally:
             if claim is not None:

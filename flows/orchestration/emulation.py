@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,15 @@ async def serve_emulators(
         await asyncio.to_thread(hub.stop)
         with contextlib.suppress(OSError):  # the next emulated run collects its tasks
             await asyncio.to_thread(target.put_json, EMULATED_TASKS, hub.export_tasks())
+
+
+def shell_exports(environ: Mapping[str, str]) -> list[str]:
+    """`export NAME=value` lines a shell takes as they are, for `nbp emulate` to print: the
+    emulators' base URLs first, then their test credentials. `environ` is the hub's own
+    (`EmulatorHub.environ`: constants, never the process's environment), so a real key the
+    user has exported is never printed."""
+    ordered = sorted(environ, key=lambda name: (not name.startswith("NBP_"), name))
+    return [f"export {name}={shlex.quote(environ[name])}" for name in ordered]
 
 
 def _remember_tasks(hub: EmulatorHub, target: Sink) -> None:

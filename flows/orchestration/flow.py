@@ -348,15 +348,18 @@ SUMMARY_COUNTS = ("succeeded", "failed", "pending", "skipped")
 
 
 def summary_table(result: RunResult) -> list[dict[str, Any]]:
-    """One row: the run, its outcome and its counts by status, and what it cost (a run's
-    table is one version of the job's `nbp-summary-<job>` key: the versions are its
-    history)."""
+    """One row: the run, its outcome and its counts by status, what it cost and what every
+    run on the target did (a run's table is one version of the job's `nbp-summary-<job>`
+    key: the versions are its history)."""
     counts = result.counts
     row: dict[str, Any] = {"run_id": result.run_id, "outcome": result.outcome,
                            "cells": sum(counts.values())}
     row.update({status: counts.get(status, 0) for status in SUMMARY_COUNTS})
     row.update({status: n for status, n in counts.items() if status not in row})
-    row["would_cost_usd" if result.emulated else "spent_usd"] = round(result.spent_usd, 4)
+    money = "would_cost_usd" if result.emulated else "spent_usd"
+    row[money] = round(result.spent_usd, 4)
+    if result.target_spent_usd is not None:  # every run's on the target
+        row[f"target_{money}"] = round(result.target_spent_usd, 4)
     return [row]
 
 
@@ -365,8 +368,12 @@ def result_markdown(result: RunResult) -> str:
     gallery and manifest are (a link only for an http(s) URL: a local or bucket path means
     nothing to a browser, so it is shown as code to copy), why cells did not succeed."""
     counts = ", ".join(f"{n} {status}" for status, n in result.counts.items() if n) or "none"
-    spent = (f"would cost ${result.spent_usd:.2f} (emulated: placeholder images, nothing "
-             "was paid)" if result.emulated else f"${result.spent_usd:.2f}")
+    spent = f"${result.spent_usd:.2f}"
+    total = result.target_spent_usd
+    if total is not None and total - result.spent_usd >= 0.005:
+        spent += f" this run, ${total:.2f} in all on the target"
+    if result.emulated:
+        spent = f"would cost {spent} (emulated: placeholder images, nothing was paid)"
     lines = [
         f"### {result.job} · run {code(result.run_id)} · {result.outcome}",
         "",

@@ -8,6 +8,7 @@ import fcntl
 import io
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def test_the_bar_fits_the_width_and_keeps_done_and_failed(width: int, pending: i
     head, bar, tail = bar_parts(counted(300, ok=120, failed=3, pending=pending), width)
     used = (len(head) + 1 if head else 0) + (bar + 1 if bar else 0) + len(tail)
     assert used <= width
-    assert tail.startswith(f"{123 + pending}/300 · 3 failed")
+    assert tail.startswith("123/300 · 3 failed")  # pending cells are not done
     if width == 160:
         assert head == "cup-axes" and bar >= 10 and "· elapsed" not in tail
         assert tail.endswith("/min") and " · ETA " in tail and " elapsed · " in tail
@@ -60,10 +61,30 @@ def test_the_bar_fits_the_width_and_keeps_done_and_failed(width: int, pending: i
         assert ("/min" in tail) == (not pending)
 
 
-def test_pending_cells_are_their_own_count_never_success() -> None:
+def test_pending_cells_are_their_own_count_never_success_nor_done() -> None:
     progress = counted(6, pending=6)
-    assert progress.line().startswith("6/6 done: 0 ok, 0 failed, 6 pending ·")
-    assert "6 pending" in bar_parts(progress, 120)[2]
+    assert progress.line().startswith("0/6 done: 0 ok, 0 failed · 6 pending ·")
+    assert bar_parts(progress, 120)[2].startswith("0/6 · 0 failed · 6 pending · ")
+
+
+def test_after_a_stop_done_counts_only_cells_in_a_final_state() -> None:
+    """Seen before: 64/64 done with 10 ok after a Ctrl-C (pending and skipped cells counted
+    as done, the cells never reached not shown at all)."""
+    progress = counted(64, ok=10, failed=1, pending=3)
+    for _ in range(40):
+        progress.finished("skipped", 0.0)
+    progress.finished("uncertain", 0.09)
+    progress.in_flight = 2
+    assert "not started" not in progress.line()  # before a stop: queued, not "not started"
+    progress.stop()
+    assert (progress.done, progress.not_started) == (12, 7)
+    assert progress.line().startswith(
+        "12/64 done: 10 ok, 1 failed, 1 uncertain · 3 pending · 40 skipped · 7 not started · "
+        "2 in flight · ")
+    counts = "12/64 · 1 failed · 1 uncertain · 3 pending · 40 skipped · 7 not started"
+    assert bar_parts(progress, 120, stopping=True)[2].startswith(counts + " · $1.35 · stopping")
+    head, bar, tail = bar_parts(progress, 78, stopping=True)  # 80 columns: the counts stay
+    assert (head, bar, tail) == ("", 0, counts)
 
 
 def test_a_pipe_gets_no_bar() -> None:
@@ -113,6 +134,16 @@ def test_the_summary_table_names_counts_spend_and_where_things_are() -> None:
     })
     assert "succeeded       17" in summary and "failed           1" in summary
     assert "$  1.53" in summary and "/t/index.html" in summary and "budget" in summary
+    assert "in all" not in summary  # no figure for the target: nothing more to say
+
+
+def test_the_summary_names_the_target_s_spend_when_earlier_runs_spent_too() -> None:
+    result = {"job": "demo", "run_id": "abc", "counts": {"succeeded": 64}, "spent_usd": 3.02,
+              "target_spent_usd": 8.05, "manifest": "m", "gallery": "g"}
+    assert "  spent      $  3.02  this run; $8.05 in all on the target\n" in (
+        TerminalDisplay.summary(result))
+    alone = TerminalDisplay.summary({**result, "target_spent_usd": 3.02})
+    assert "  spent      $  3.02\n" in alone and "in all" not in alone
 
 
 # -- the real CLI ---------------------------------------------------------------------------
@@ -273,9 +304,11 @@ def test_ctrl_c_on_the_terminal_stops_with_130_and_prints_above_the_bar(
 ) -> None:
     """^C typed on the terminal (SIGINT to nbp, and the terminal echoes "^C"): the stop
     message and Prefect's Cancelled line go above the bar, the bar is one line, the run
-    exits 130 with its manifest written."""
+    exits 130 with its manifest written. The bar's done counts only the cells that reached
+    a final state (it said 60/60 with 10 ok before): the created tasks left running are
+    pending, the cells never reached not started, each a count of its own."""
     spec = spec_file(tmp_path, 60, limits={"kie": {"rate": "6/1s"}})
-    term = PseudoTerminal(["run", str(spec), "--emulate", "--emulator-latency", "0.3"],
+    term = PseudoTerminal(["run", str(spec), "--emulate", "--emulator-latency", "2"],
                           cli_env(prefect_api_url))
     deadline = time.monotonic() + 90
     while not re.search(r"\b([3-9]|\d\d)/60 · ", term.text()):
@@ -288,9 +321,18 @@ def test_ctrl_c_on_the_terminal_stops_with_130_and_prints_above_the_bar(
     assert not [line for line in lines if BAR.search(line) and LOG.search(line)]
     stop = next(i for i, line in enumerate(lines) if line.startswith("nbp: SIGINT: stopping"))
     assert stop < lines.index(bar_lines(lines)[0])
-    assert "stopping" in bar_lines(lines)[0]
+    (bar,) = bar_lines(lines)
+    assert "stopping" in bar and len(bar) <= 78
     frame = pl.read_parquet(tmp_path / "out" / "manifest.parquet")
     assert frame.height == 60 and set(frame["status"]) <= {"succeeded", "pending", "skipped"}
+    ok, pending, skipped = (frame.filter(pl.col("status") == status).height
+                            for status in ("succeeded", "pending", "skipped"))
+    assert pending, "a stop leaves created tasks running: the test needs some"
+    counts = [f"{ok}/60", "0 failed", f"{pending} pending"]
+    counts += [f"{skipped} skipped"] if skipped else []  # queued: nothing was sent
+    left = 60 - ok - pending - skipped
+    counts += [f"{left} not started"] if left else []
+    assert " · ".join(counts) + " · " in bar
     assert "Traceback" not in term.text()
 
 
@@ -314,3 +356,48 @@ def test_output_that_is_not_a_terminal_gets_a_few_plain_lines(
     assert "100/100 done: 100 ok, 0 failed · 0 in flight · $9.00 spent" in progress[-1]
     assert len(done.stderr.splitlines()) <= 20, done.stderr
 
+
+
+@pytest.mark.prefect
+def test_after_ctrl_c_the_plain_lines_and_the_progress_artifact_count_only_final_cells(
+    prefect_api_url: str, tmp_path: Path
+) -> None:
+    """Output piped, Ctrl-C: the last plain line and Prefect's progress artifact say how
+    many cells are done (a final state), and pending, skipped and not started apart; the
+    artifact's share is of the cells done (it was 100 % with most cells pending before)."""
+    from tests.flows.orchestration.test_flow import flow_run_and_artifacts
+
+    spec = spec_file(tmp_path, 60, limits={"kie": {"rate": "6/1s"}})
+    child = subprocess.Popen(
+        [sys.executable, "-m", "nbp.flows.cli", "run", str(spec), "--emulate",
+         "--emulator-latency", "2"],
+        cwd=ROOT, env=cli_env(prefect_api_url), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    err: list[str] = []
+    stderr = child.stderr
+    assert stderr is not None
+    reader = threading.Thread(target=lambda: err.extend(stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 90
+    while not any("/60 done: " in line for line in err):  # the first plain line
+        assert time.monotonic() < deadline and child.poll() is None, "".join(err)[-2000:]
+        time.sleep(0.1)
+    os.killpg(child.pid, signal.SIGINT)  # as a terminal's ^C does
+    assert child.wait(timeout=90) == 130, "".join(err)[-3000:]
+    reader.join(timeout=10)
+    frame = pl.read_parquet(tmp_path / "out" / "manifest.parquet")
+    ok, pending, skipped = (frame.filter(pl.col("status") == status).height
+                            for status in ("succeeded", "pending", "skipped"))
+    assert pending, "a stop leaves created tasks running: the test needs some"
+    left = 60 - ok - pending - skipped
+    counts = [f"{ok}/60 done: {ok} ok, 0 failed", f"{pending} pending"]
+    counts += [f"{skipped} skipped"] if skipped else []
+    counts += [f"{left} not started"] if left else []
+    expected = " · ".join(counts) + " · 0 in flight · "
+    last = [line for line in err if "/60 done: " in line][-1]
+    assert expected in last, last
+    _, artifacts = flow_run_and_artifacts(spec)
+    progress = artifacts["nbp-progress-cup-axes"]
+    assert progress.description.startswith(f"stopped by SIGINT: {expected}")
+    assert progress.data == pytest.approx(100.0 * ok / 60)

@@ -65,6 +65,10 @@ def test_the_summary_is_one_row_with_a_column_per_count_and_the_money_in_its_own
                    "spent_usd": 0.99}
     (emulated,) = summary_table(finished(emulated=True))
     assert "would_cost_usd" in emulated and "spent_usd" not in emulated
+    (rerun,) = summary_table(finished(spent_usd=3.02, target_spent_usd=8.05))
+    assert (rerun["spent_usd"], rerun["target_spent_usd"]) == (3.02, 8.05)
+    assert "- **spent**: $3.02 this run, $8.05 in all on the target" in result_markdown(
+        finished(spent_usd=3.02, target_spent_usd=8.05))
 
 
 def test_the_result_is_markdown_with_paths_as_code_and_reasons_in_a_table() -> None:
@@ -102,7 +106,7 @@ def flow_run_and_artifacts(spec: Path) -> tuple[Any, dict[str, Any]]:
             runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=50)
             run = next(r for r in runs if r.parameters.get("spec") == str(spec))
             artifacts = await client.read_artifacts(limit=200)
-        return run, {a.key: a for a in artifacts if a.flow_run_id == run.id}
+        return run, {str(a.key): a for a in artifacts if a.flow_run_id == run.id}
 
     return asyncio.run(read())
 
@@ -144,8 +148,8 @@ def test_a_run_named_by_the_cli_and_a_pending_batch_shows_as_pending(
     run, artifacts = flow_run_and_artifacts(spec)
     assert run.name == f"cup-axes-v2-{result['run_id'][:8]}"
     progress = artifacts["nbp-progress-cup-axes-v2"]
-    assert progress.data == 100.0
-    assert "6/6 done: 0 ok, 0 failed, 6 pending" in progress.description
+    assert progress.data == 0.0  # no cell is done: each waits to be collected
+    assert "0/6 done: 0 ok, 0 failed · 6 pending" in progress.description
     (row,) = json.loads(artifacts["nbp-summary-cup-axes-v2"].data)
     assert (row["outcome"], row["succeeded"], row["pending"]) == ("pending", 0, 6)
     assert "- **pending**: 6 cell(s) keep their task for the next run" in (
