@@ -342,7 +342,7 @@ def test_output_that_is_not_a_terminal_gets_a_few_plain_lines(
 ) -> None:
     """A pipe (CI, `| tee`): no bar, no control characters; the flow's progress line every
     10 s or 10 % of the cells, not one per cell."""
-    spec = spec_file(tmp_path, 100)
+    spec = spec_file(tmp_path, 100, limits={"kie": {"rate": "50/1s"}})  # not Kie's 20/10 s
     done = subprocess.run(
         [sys.executable, "-m", "nbp.flows.cli", "run", str(spec), "--emulate",
          "--emulator-latency", "0.2"],
