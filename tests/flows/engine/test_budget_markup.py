@@ -7,6 +7,7 @@ is the emulator's creates and the target's ledger."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,3 +85,26 @@ def test_a_flat_priced_channel_fits_exactly_the_cap_in_prices(
     spent = ledger_spend(tmp_path, result)
     assert spent == pytest.approx(cap)
     assert spent <= cap + 1e-9
+
+
+def test_a_cost_above_its_hold_is_counted_as_billed_and_told_once(
+    hub: EmulatorHub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A price the spec sets too low ($0.10 for an image billed ~$0.1375): the first two
+    creates hold $0.11 each under a cap of $0.25 and are billed $0.275 together. The ledger
+    counts what Google billed (past the cap by the difference: the provider's word is final),
+    one warning says so, and the next create holds the ratio seen, so nothing more is sent."""
+    hub.reset()
+    spec = write_spec(tmp_path, "gemini", 0.25)
+    text = yaml.safe_load(spec.read_text())
+    text["prices"] = {"gemini": {"1K": 0.1}}
+    spec.write_text(yaml.safe_dump(text))
+    with caplog.at_level(logging.WARNING, logger="nbp.markup"):
+        result = run(spec)
+    assert len(hub["gemini"].creates) == result.counts["succeeded"] == 2
+    rows = manifest(tmp_path)
+    costs = rows.filter(rows["status"] == "succeeded")["cost_usd"].to_list()
+    assert ledger_spend(tmp_path, result) == pytest.approx(sum(costs)) == pytest.approx(0.275,
+                                                                                       abs=2e-3)
+    warnings = [r for r in caplog.records if r.name == "nbp.markup"]
+    assert len(warnings) == 1 and "held $0.1100" in warnings[0].getMessage()
