@@ -204,6 +204,12 @@ class Capabilities:
     prices_usd: Mapping[str, float] = field(default_factory=dict)  # resolution -> USD / image
     price_is_published: bool = True
     price_per_reference_usd: float = 0.0  # charged on top, per reference image sent
+    # What a create holds over its price until costs are seen, as a factor (1: the provider
+    # bills a flat price per image). Above 1 where the cost comes from usage tokens besides
+    # the image's (Gemini: input, thinking and text tokens): the budget and the spend window
+    # hold the price times this, then the largest cost/price ratio seen
+    # (`flows.engine.markup`).
+    initial_markup: float = 1.0
     default_rate: str | None = None      # "20/10s": creates per window, None when undocumented
     default_max_in_flight: int = 50
     poll_interval_s: float = 3.0         # documented polling guidance, first interval

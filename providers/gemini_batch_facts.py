@@ -15,6 +15,7 @@ from nbp.providers.gemini_facts import (
     DEFAULT_MODEL,
     DOCUMENTED_BASE_URL,
     FALLBACK_KEY_ENV,
+    INITIAL_MARKUP,
     MAX_PROMPT_CHARS,
     MAX_REFERENCES,
     MAX_SEED,
@@ -79,6 +80,8 @@ FACTS = ProviderFacts(
         recoverable_submit=False,
         can_cancel=True,               # §6 batches.cancel
         prices_usd=PRICES_USD,
+        # every token at half price (§7): the same allowance over the halved price
+        initial_markup=INITIAL_MARKUP,
         default_rate=None,             # §4: batch creation has no published rate
         default_max_in_flight=MAX_CONCURRENT_BATCHES,  # §4: concurrent batches
         poll_interval_s=60.0,          # hours of turnaround: a minute between looks

@@ -35,6 +35,16 @@ MAX_REFERENCES = 14                     # §2 "up to 14" [C IMG]
 OUTPUT_FORMATS: tuple[str, ...] = ("png",)  # the Developer API has no outputMimeType (§2 [C PY])
 
 PRICES_USD: dict[str, float] = {"1K": 0.134, "2K": 0.134, "4K": 0.24}  # per image, §7 [C PRC]
+# The price per image is its image output tokens (1120 at 1K/2K: $0.1344 at $120/M; 2000 at
+# 4K: $0.24), but Google bills every token of the answer (§7 [C PRC]): input at $2/M (560 per
+# input image, ~4 characters a text token), text and thinking output at $12/M, and thinking is
+# always on (§2 [C IMG]). So a create costs more than its price, and the budget holds the
+# price times this until answers say by how much (`Capabilities.initial_markup`). 10 % of
+# $0.134 is $0.0134: 1,000 thinking and text tokens ($0.012), 500 prompt tokens ($0.001) and
+# the image tokens' $0.0004 over the rounded price. The docs give no thinking-token count for
+# this model [I]: 1,000 is nbp's allowance (the emulator thinks 240); reference images add
+# $0.0011 each on top, which the markup learns from the first answers.
+INITIAL_MARKUP = 1.1
 
 # Service tiers (§10 [C OPT]: ai.google.dev/gemini-api/docs/flex-inference and
 # .../priority-inference). The request field is top-level in the GenerateContentRequest:
@@ -125,6 +135,7 @@ FACTS = ProviderFacts(
         can_cancel=False,
         synchronous=True,
         prices_usd=PRICES_USD,
+        initial_markup=INITIAL_MARKUP,  # billed by tokens: price + input and thinking
         default_rate=None,             # §4: no Nano Banana Pro numbers published
         # No limit is published; RPM for preview image models is low (§4). Ten calls of
         # 10-60 s each stay near one create every few seconds, and a 429 slows nbp down.

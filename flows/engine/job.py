@@ -45,6 +45,7 @@ from nbp.flows.engine.interrupt import Interrupt
 from nbp.flows.engine.journal import Journal
 from nbp.flows.engine.lease import Heartbeat, Lease
 from nbp.flows.engine.ledger import Ledger
+from nbp.flows.engine.markup import CostMarkup
 from nbp.flows.engine.policy import DEFAULT_RETRY, RetryPolicy, RunConfigurationError
 from nbp.flows.engine.progress import Progress
 from nbp.flows.engine.redo import Effective, effective, read_redos, record_redos
@@ -288,6 +289,7 @@ async def run_job(
                                              emulated=emulated)
             for channel in used
         }
+        markups = {name: CostMarkup(name, rule.initial_markup) for name, rule in rules.items()}
         budget = Budget(spec.max_usd, spec.max_total_usd, options.run_id,
                         Ledger(sink, heartbeat))
         await budget.start()  # the ledger reads, before anything is paid
@@ -299,7 +301,8 @@ async def run_job(
             spec=spec, run_id=options.run_id, sink=sink, journal=journal,
             providers=providers, rules=rules, throttles=throttles,
             budget=budget, progress=progress, heartbeat=heartbeat,
-            router=make_router(spec, used, rules, throttles, progress),
+            router=make_router(spec, used, rules, throttles, progress, markups),
+            markups=markups,
             journalled=await asyncio.to_thread(journal.cell_ids),
             target=await asyncio.to_thread(read_state, sink, spec.name, all_cells),
             force=options.force,
@@ -643,10 +646,12 @@ def run_channels(spec: JobSpec, options: RunOptions) -> tuple[Channel, ...]:
 def make_router(
     spec: JobSpec, used: Sequence[Channel], rules: Mapping[str, ProviderRules],
     throttles: Mapping[str, AccountThrottle], progress: Progress,
+    markups: Mapping[str, CostMarkup],
 ) -> Router:
-    """The run's router over its channels, priced and timed as the plan does."""
+    """The run's router over its channels, priced and timed as the plan does; a lane reads
+    a spend window for what its creates hold (`Runner.price`: the hold times `markups`)."""
     prices = {name: _cell_price(rule) for name, rule in rules.items()}
-    held = {name: _cell_hold(rule) for name, rule in rules.items() if rule.held_prices_usd}
+    held = {name: _cell_hold(rule, markups[name]) for name, rule in rules.items()}
     latency = {name: _planned_latency(rule) for name, rule in rules.items()}
     return Router(
         spec.routing, make_lanes(used, throttles, prices, latency, held),
@@ -669,8 +674,8 @@ def _planned_latency(rule: ProviderRules) -> float:
     return max(DEFAULT_LATENCY_S, least)
 
 
-def _cell_hold(rule: ProviderRules) -> Callable[[Cell], float]:
-    return lambda cell: rule.hold(cell.resolution, len(cell.references))
+def _cell_hold(rule: ProviderRules, markup: CostMarkup) -> Callable[[Cell], float]:
+    return lambda cell: markup.hold(rule.hold(cell.resolution, len(cell.references)))
 
 
 @contextlib.asynccontextmanager

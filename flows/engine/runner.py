@@ -41,6 +41,7 @@ from nbp.flows.engine.interrupt import Interrupt
 from nbp.flows.engine.journal import Journal, JournalEntry
 from nbp.flows.engine.lease import Heartbeat, Lease
 from nbp.flows.engine.lifecycle import CellLife, Intent
+from nbp.flows.engine.markup import CostMarkup
 from nbp.flows.engine.policy import (
     DEFAULT_RETRY,
     HANDLED,
@@ -128,6 +129,13 @@ class RunContext:
     asked: dict[str, set[str]] = field(default_factory=dict)
     interrupt: Interrupt | None = None          # Ctrl-C / SIGTERM: stop where cells stand
     emulated: bool = False                      # the providers are the local emulators
+    # by provider: what its creates hold over their price (`flows.engine.markup`); one for
+    # each of `rules` that is not given, from its `initial_markup`
+    markups: dict[str, CostMarkup] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for provider, rule in self.rules.items():
+            self.markups.setdefault(provider, CostMarkup(provider, rule.initial_markup))
 
     def model_of(self, provider: str, cell: Cell) -> str | None:
         """The model id a cell asks `provider` for: its pinned one, else the default."""
@@ -708,7 +716,10 @@ class Runner:
             finally:
                 if slot is not None:
                     await slot.release()
+            held = life.hold.usd if life.hold is not None and not life.paid_before else None
             await life.finished(finished)
+            if held is not None:  # its cost counted now: what it teaches the holds
+                self.billed(life.provider, cell, held, finished.cost_usd)
         else:
             finished = await self._waiting(self._wait(provider, submitted, throttle, until))
         return await self._deliver(life, cell, provider, finished, until)
@@ -915,8 +926,19 @@ class Runner:
     def price(self, provider: str, cell: Cell) -> float:
         """What one task of `cell` holds on `provider` until its cost is known: the dearest
         price it may be billed at (`ProviderRules.hold`: a tier's, or the standard one a
-        cheaper tier may be served at), held in full."""
-        return self.ctx.rules[provider].hold(cell.resolution, len(cell.references))
+        cheaper tier may be served at) times the provider's markup (tokens billed besides
+        the image: `flows.engine.markup`), held in full."""
+        rule = self.ctx.rules[provider]
+        return self.ctx.markups[provider].hold(rule.hold(cell.resolution, len(cell.references)))
+
+    def billed(self, provider: str | None, cell: Cell, held_usd: float,
+               cost_usd: float | None) -> None:
+        """A task of `cell` that held `held_usd` on `provider` reported `cost_usd`: the
+        provider's markup learns from it (`CostMarkup.seen`)."""
+        name = provider or ""
+        markup, rule = self.ctx.markups.get(name), self.ctx.rules.get(name)
+        if markup is not None and rule is not None:
+            markup.seen(rule.hold(cell.resolution, len(cell.references)), held_usd, cost_usd)
 
     # -- rows -----------------------------------------------------------------------------
 

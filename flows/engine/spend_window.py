@@ -12,15 +12,14 @@ of its provider (`flows.engine.job.make_throttles`), in this process.
     window.billed(intent_key, 0.1375)         # ... at what the provider says it cost
     window.release(intent_key)                # nothing was created: nothing was billed
 
-A create holds its price (what the budget holds: `ProviderRules.hold`) from the moment it
+A create holds what the budget holds for it (`Runner.price`: `ProviderRules.hold` times the
+provider's `flows.engine.markup.CostMarkup`, which covers the thinking and text tokens
+Google bills besides the image: an image of $0.134 costs about $0.1375) from the moment it
 is sent: the throttle reserves it before the intent is journalled
 (`AccountThrottle.before_create`), so a create that waits here has no intent yet. It counts
 from then until one window after its answer: the provider bills it somewhere between the
 send and the answer, so whichever moment its window counts from, ours counts too. A create
-whose answer never comes stays counted. An answer that reports the cost replaces the price;
-and since Google bills thinking and text tokens besides the image (an image of $0.134 costs
-about $0.1375), later creates are held at their price times the largest cost/price ratio
-seen (`markup`), so the window does not fill past the cap on prices alone.
+whose answer never comes stays counted. An answer that reports the cost replaces the hold.
 """
 
 from __future__ import annotations
@@ -36,9 +35,6 @@ from nbp.flows.spec.rate import SpendLimit
 
 # Server and client clocks see a create a few ms apart (as `throttle.WINDOW_MARGIN_S`).
 WINDOW_MARGIN_S = 0.05
-# The most a reported cost may exceed its price and still teach `markup` (anything more is a
-# price the spec got wrong, not thinking tokens).
-MAX_MARKUP = 1.5
 EPSILON_USD = 1e-9
 # How long a router waits to look again at a window another create is queued for.
 QUEUED_WAIT_S = 0.05
@@ -46,8 +42,7 @@ QUEUED_WAIT_S = 0.05
 
 @dataclass
 class _Held:
-    price: float       # the plan's price of the create
-    usd: float         # what it counts for: the price times the markup, then its cost
+    usd: float         # what it counts for: the create's hold, then its cost
     at: float          # when it was reserved; once answered, when the answer came
     answered: bool = False
 
@@ -58,7 +53,6 @@ class SpendWindow:
     def __init__(self, limit: SpendLimit, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.window_s = limit.window_s + WINDOW_MARGIN_S
-        self.markup = 1.0
         self.waits = 0                  # creates that had to wait for room
         self._clock = clock
         self._held: dict[str, _Held] = {}
@@ -96,7 +90,7 @@ class SpendWindow:
     # -- a create's life ------------------------------------------------------------------
 
     async def reserve(self, key: str, usd: float) -> None:
-        """Wait until `usd` (times `markup`) fits, then hold it under `key`. A key held
+        """Wait until `usd` fits, then hold it under `key`. A key held
         already (the same intent sent again) is counted once."""
         if key in self._held:
             return
@@ -129,14 +123,12 @@ class SpendWindow:
             self._changed.set()
 
     def billed(self, key: str, cost_usd: float | None) -> None:
-        """The provider reported what the create cost: the window counts that, and later
-        creates are held at their price times the largest cost/price ratio seen."""
+        """The provider reported what the create cost: the window counts that (what later
+        creates hold learns from it in `flows.engine.markup`, where the runner reports it)."""
         held = self._held.get(key)
         if held is None or cost_usd is None or cost_usd < 0:
             return
         held.usd = cost_usd
-        if held.price > 0:
-            self.markup = max(self.markup, min(MAX_MARKUP, cost_usd / held.price))
         self._changed.set()
 
     def release(self, key: str) -> None:
@@ -148,10 +140,10 @@ class SpendWindow:
 
     def _counted(self, usd: float) -> float:
         # Never more than the whole window: an image the window holds alone always goes.
-        return min(usd * self.markup, self.limit.usd)
+        return min(usd, self.limit.usd)
 
     def _hold(self, key: str, usd: float) -> None:
-        self._held[key] = _Held(usd, self._counted(usd), self._clock())
+        self._held[key] = _Held(self._counted(usd), self._clock())
 
     def _forget(self, now: float) -> None:
         gone = [key for key, h in self._held.items()

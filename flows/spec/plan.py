@@ -19,7 +19,9 @@ budget reserves with; anything not published by the provider is marked as an est
 option that changes the price (`Capabilities.price_factors`: Gemini's `service_tier` flex or
 priority) scales the provider's own prices by its factor, marked as an estimate and named in
 `price_notes` with what the budget holds (`ProviderRules.hold`: priority's price, flex the
-standard one while in flight; prices the spec sets stay as set).
+standard one while in flight; prices the spec sets stay as set). A provider that bills tokens
+besides the image (Gemini) is priced at its price per image; `price_notes` says that the
+budget holds each image with an allowance on top (`ProviderRules.initial_markup`).
 
 Duration, per provider, for n cells, a create rate of c per W seconds (`limits.rate`, else
 the documented default; none means no create limit), at most m tasks in flight and a mean
@@ -481,8 +483,8 @@ def make_plan(
         pinned=tuple(name for name in spec.providers if name in groups), target=target,
         models=_model_rows(spec, route, load),
         price_notes=tuple(note for name in spec.providers
-                          if (note := _price_note(spec, name)) and any(
-                              row.provider == name for row in plan_rows)),
+                          if any(row.provider == name for row in plan_rows)
+                          for note in _price_notes(spec, name, route.rules.get(name))),
     )
 
 
@@ -581,7 +583,21 @@ def _model_rows(
                  if n)
 
 
-def _price_note(spec: JobSpec, provider: str) -> str | None:
+def _price_notes(spec: JobSpec, provider: str, rule: ProviderRules | None) -> tuple[str, ...]:
+    """What the plan's reader should know of `provider`'s prices: a price-changing option
+    (`_tier_note`), and the allowance its holds carry where it bills tokens besides the
+    image (`ProviderRules.initial_markup`: the budget holds more than the plan's price)."""
+    notes = [note] if (note := _tier_note(spec, provider)) else []
+    if rule is not None and rule.initial_markup > 1.0:
+        notes.append(
+            f"{provider}: billed by tokens (input, thinking and text besides the image), so "
+            f"the budget holds each image at its price +{rule.initial_markup - 1:.0%} until "
+            "it is billed, then at the largest cost/price ratio seen; the cost above counts "
+            "prices only")
+    return tuple(notes)
+
+
+def _tier_note(spec: JobSpec, provider: str) -> str | None:
     """What a price-changing option did to `provider`'s prices (`settings.tier_factors`),
     and what the budget holds for it, for the plan's reader; None: nothing."""
     found = tier_factors(spec, provider)

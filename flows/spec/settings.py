@@ -3,7 +3,7 @@
 
     rules = provider_rules(spec, "runware")
     rules.price("2K", references=4)   # 0.1424: the plan's price of an image
-    rules.hold("2K", references=4)    # what the budget and the spend window hold for it
+    rules.hold("2K", references=4)    # the dearest it may be billed at (a tier's price)
     rules.rate, rules.max_in_flight, rules.poll_interval_s   # what the throttle enforces
     rules.spend                       # money per rolling window, all accounts together
 
@@ -24,6 +24,10 @@ tier may be served at standard, and the tier that served it is the provider's wo
 priority over its limit falls back silently, a shed flex request goes again at standard with
 `flex_fallback`, a tier Google refuses is dropped for the run; `x-gemini-service-tier` says
 which). So priority holds its own price and flex the standard one until its cost is known.
+
+A provider that bills usage tokens besides the image (Gemini) has an `initial_markup` over
+`hold`: what a create holds in the budget and the spend window is `hold` times the run's
+markup of that provider (`flows.engine.markup`), never what the plan prices.
 """
 
 from __future__ import annotations
@@ -68,14 +72,19 @@ class ProviderRules:
     # flex tier: 1-15 min, `Capabilities.latency_ranges_s`); None: the usual generation time
     latency_range_s: tuple[float, float] | None = None
     latency_note: str = ""                      # "service_tier flex": the option that sets it
+    # The factor over `hold` a create holds until costs are seen (`Capabilities
+    # .initial_markup`: a provider that bills usage tokens besides the image); the engine's
+    # `flows.engine.markup.CostMarkup` starts from it. The plan's prices never include it.
+    initial_markup: float = 1.0
 
     def price(self, resolution: str, references: int = 0) -> float:
         """USD for one image at `resolution` with `references` reference images."""
         return self.base_price(resolution) + references * self.price_per_reference_usd
 
     def hold(self, resolution: str, references: int = 0) -> float:
-        """USD one create of such an image holds against the budget and the spend window
-        until its cost is known: the dearest it may be billed at, never less than `price`."""
+        """The dearest USD one create of such an image may be billed at by its price, never
+        less than `price`: what it holds against the budget and the spend window until its
+        cost is known, times the run's markup of the provider (`flows.engine.markup`)."""
         base = self.held_prices_usd.get(resolution, self.base_price(resolution))
         return max(base, self.base_price(resolution)) + references * self.price_per_reference_usd
 
@@ -124,6 +133,7 @@ def provider_rules(
         turnaround_s=caps.batch.turnaround_s if caps and caps.batch else None,
         spend=limits.spend if limits else None,
         held_prices_usd={res: usd for res, usd in held.items() if usd != prices[res]},
+        initial_markup=caps.initial_markup if caps else 1.0,
         **_latency(spec, provider, caps),
     )
 

@@ -43,15 +43,36 @@ def test_a_tier_scales_the_price_and_marks_it_an_estimate(
     assert rows["4K"].price_usd == pytest.approx(0.24 * factor)
     assert {row.price_source for row in plan.rows} == {"estimate"} and plan.cost_is_estimate
     assert plan.estimated_cost_usd == pytest.approx(2 * (0.134 + 0.24) * factor)
-    [note] = plan.price_notes
+    note, allowance = plan.price_notes
     assert note.startswith(f"gemini: service_tier {tier} x{factor:g} on the standard price")
-    assert f"* {note}" in plan.render() and plan.to_json()["price_notes"] == [note]
+    assert allowance.startswith("gemini: billed by tokens")
+    assert f"* {note}" in plan.render() and plan.to_json()["price_notes"] == [note, allowance]
 
 
 def test_standard_is_the_published_price(tmp_path: Path) -> None:
     plan = plan_for(tmp_path, SPEC.format(tier="standard"))
     assert {row.price_source for row in plan.rows} == {"published"}
-    assert plan.price_notes == () and plan.estimated_cost_usd == pytest.approx(0.748)
+    assert plan.estimated_cost_usd == pytest.approx(0.748)
+
+
+def test_the_plan_prices_token_billing_at_the_price_and_says_what_the_budget_holds(
+    tmp_path: Path
+) -> None:
+    """Gemini bills input and thinking tokens besides the image: the plan's cost stays the
+    price per image, and a note says the budget holds each image with an allowance on top;
+    a provider billed a flat price per image has no such note."""
+    plan = plan_for(tmp_path, SPEC.format(tier="standard"))
+    [note] = plan.price_notes
+    assert note == ("gemini: billed by tokens (input, thinking and text besides the image), "
+                    "so the budget holds each image at its price +10% until it is billed, "
+                    "then at the largest cost/price ratio seen; the cost above counts prices "
+                    "only")
+    assert f"* {note}" in plan.render()
+    flat = plan_for(tmp_path, SPEC.format(tier="standard").replace(
+        "provider: gemini", "provider: kie").replace(
+        "    options: {gemini: {service_tier: standard}}\n", ""))
+    assert flat.price_notes == ()
+    assert flat.rows and all(row.provider == "kie" for row in flat.rows)
 
 
 def test_a_price_the_spec_sets_is_not_scaled(tmp_path: Path) -> None:
