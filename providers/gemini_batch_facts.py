@@ -27,6 +27,7 @@ from nbp.providers.gemini_facts import OPTION_SCHEMA as GEMINI_OPTION_SCHEMA
 from nbp.providers.model import ASPECT_RATIOS, RESOLUTIONS
 
 PRICES_USD: dict[str, float] = {"1K": 0.067, "2K": 0.067, "4K": 0.12}  # §7 batch, 50 % [C PRC]
+BATCH_PRICE_PER_REFERENCE_USD = 0.0006  # §7 [C IMG]: an input image in a batch line
 TURNAROUND_S = 24 * 3600.0             # §6 target turnaround [C BAT]
 EXPIRY_S = 48 * 3600.0                 # §6 pending or running longer: EXPIRED [C BAT]
 RESULTS_KEPT_S = 6 * 7 * 86400.0       # §10 results are kept 6 weeks [C BAT2]
@@ -80,6 +81,7 @@ FACTS = ProviderFacts(
         recoverable_submit=False,
         can_cancel=True,               # §6 batches.cancel
         prices_usd=PRICES_USD,
+        price_per_reference_usd=BATCH_PRICE_PER_REFERENCE_USD,  # §7 [C IMG]: batch input image
         # every token at half price (§7): the same allowance over the halved price
         initial_markup=INITIAL_MARKUP,
         default_rate=None,             # §4: batch creation has no published rate

@@ -42,9 +42,10 @@ PRICES_USD: dict[str, float] = {"1K": 0.134, "2K": 0.134, "4K": 0.24}  # per ima
 # price times this until answers say by how much (`Capabilities.initial_markup`). 10 % of
 # $0.134 is $0.0134: 1,000 thinking and text tokens ($0.012), 500 prompt tokens ($0.001) and
 # the image tokens' $0.0004 over the rounded price. The docs give no thinking-token count for
-# this model [I]: 1,000 is nbp's allowance (the emulator thinks 240); reference images add
-# $0.0011 each on top, which the markup learns from the first answers.
+# this model [I]: 1,000 is nbp's allowance (the emulator thinks 240). Reference images are
+# priced on their own: 560 input tokens each, $0.0011 (§7 [C IMG]).
 INITIAL_MARKUP = 1.1
+PRICE_PER_REFERENCE_USD = 0.0011
 
 # Service tiers (§10 [C OPT]: ai.google.dev/gemini-api/docs/flex-inference and
 # .../priority-inference). The request field is top-level in the GenerateContentRequest:
@@ -135,6 +136,7 @@ FACTS = ProviderFacts(
         can_cancel=False,
         synchronous=True,
         prices_usd=PRICES_USD,
+        price_per_reference_usd=PRICE_PER_REFERENCE_USD,
         initial_markup=INITIAL_MARKUP,  # billed by tokens: price + input and thinking
         default_rate=None,             # §4: no Nano Banana Pro numbers published
         # No limit is published; RPM for preview image models is low (§4). Ten calls of

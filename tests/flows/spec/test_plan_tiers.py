@@ -95,7 +95,8 @@ def test_the_budget_holds_the_dearest_price_a_tier_may_bill_and_the_plan_says_so
     spec = load_spec(str(path))
     rules = provider_rules(spec, "gemini")
     assert rules.hold("1K") == pytest.approx(0.134 * held)
-    assert rules.hold("4K", references=2) == pytest.approx(0.24 * held)
+    # a reference image is its input tokens, $0.0011 at any tier (the markup covers the rest)
+    assert rules.hold("4K", references=2) == pytest.approx(0.24 * held + 2 * 0.0011)
     plan = make_plan(spec, expand(spec))
     if tier == "priority":
         assert plan.price_notes[0].endswith("the budget holds this price")
