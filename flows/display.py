@@ -93,6 +93,7 @@ class TerminalDisplay:
         for handler in _handlers():
             if isinstance(handler, PrefectConsoleHandler):
                 self._set(handler, "console", console)
+                self._set(handler, "filters", [*handler.filters, _StoppedEcho(self)])
             elif isinstance(handler, logging.StreamHandler) and handler.stream in (
                     self.stream, sys.__stderr__):
                 self._set(handler, "stream", _ProxyOf(self.stream))
@@ -237,6 +238,20 @@ def bar_parts(
     tail = SEPARATOR.join(f for f, _ in shown)[: max(1, width)]
     bar_width = width - len(tail) - 1 - (len(head) + 1 if keep_head else 0) if keep_bar else 0
     return (head if keep_head else ""), max(0, bar_width), tail
+
+
+class _StoppedEcho(logging.Filter):
+    """Drops Prefect's "Finished in state Cancelled(...)" line, logged at ERROR, after a stop
+    request on the terminal: the stop message and the summary say what happened; the line
+    stays in the flow run's log in the UI."""
+
+    def __init__(self, display: TerminalDisplay) -> None:
+        super().__init__()
+        self.display = display
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.display.stopped
+                    and record.getMessage().startswith("Finished in state Cancelled"))
 
 
 def _handlers() -> Iterator[logging.Handler]:
