@@ -16,7 +16,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-RATE_WINDOW = 64  # the ETA's rate: over the last this many cells ended by this run
+# The ETA's pace: over at least the last RATE_WINDOW cells this run ended and at least the
+# last RATE_WINDOW_S seconds. Cells in flight together end together (50 tasks of 8 s end
+# within a second), so a window of cells alone measured the burst, not the pace: the first
+# wave's ETA was a few seconds for a minute's work.
+RATE_WINDOW = 64
+RATE_WINDOW_S = 30.0
+KEPT_ENDS = 4096  # ends remembered for the pace (a few per millisecond at most matter)
 
 # Final states other than succeeded/failed: done, shown only when some cell has them.
 OTHER_DONE = ("uncertain", "cancelled")
@@ -48,7 +54,7 @@ class Progress:
     listeners: list[Callable[[Progress], None]] = field(default_factory=list)
     # (when, cells this run ended itself): the recent rate, for the ETA
     _ended: deque[tuple[float, int]] = field(
-        default_factory=lambda: deque(maxlen=RATE_WINDOW), init=False, repr=False)
+        default_factory=lambda: deque(maxlen=KEPT_ENDS), init=False, repr=False)
 
     @property
     def done(self) -> int:
@@ -99,18 +105,21 @@ class Progress:
             listener(self)
 
     def eta_s(self) -> float | None:
-        """Seconds until every cell is done at the recent pace (the last `RATE_WINDOW` cells
-        this run ended, up to now: a stall makes it grow); None before a pace is known."""
+        """Seconds until every cell is done at the recent pace (see `RATE_WINDOW`; counted up
+        to now: a stall makes it grow); None before a cell ended by this run's work."""
         left = self.total - self.ended
         if left <= 0:
             return 0.0
         if not self._ended:
             return None
-        since, ended = self._ended[0]
-        if len(self._ended) == 1:  # one cell: its pace from the start
-            since, ended = self.started, 0
+        now = time.monotonic()
+        since, ended = self.started, 0  # a young run: its pace from the start
+        for at, worked in reversed(self._ended):
+            if self.worked - worked >= RATE_WINDOW and now - at >= RATE_WINDOW_S:
+                since, ended = at, worked
+                break
         cells = self.worked - ended
-        span = time.monotonic() - since
+        span = now - since
         return left * span / cells if cells > 0 and span > 0 else None
 
     @property
