@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -41,3 +42,11 @@ def run(spec: Path, *, shard: str | None = None, **options: Any) -> RunResult:
 
 def manifest(tmp_path: Path) -> pl.DataFrame:
     return pl.read_parquet(tmp_path / "out" / "manifest.parquet")
+
+
+def ledger_spend(tmp_path: Path, result: RunResult) -> float:
+    """What the target's ledger (`{tmp_path}/out/.nbp/budget.json`) says `result`'s run
+    spent, once every hold is settled."""
+    ledger = json.loads((tmp_path / "out" / ".nbp" / "budget.json").read_text())
+    assert ledger["open"] == {}  # every hold settled
+    return float(ledger["runs"][result.run_id])

@@ -6,7 +6,6 @@ is the emulator's creates and the target's ledger."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nbp.flows.engine.job import RunResult
 from nbp.flows.spec.loader import load_spec
 from nbp.flows.spec.settings import provider_rules
 from nbp.providers.emulator.hub import EmulatorHub
-from tests.flows.engine.emulated import manifest, run, serving
+from tests.flows.engine.emulated import ledger_spend, manifest, run, serving
 
 LATENCY_S = 0.1
 CELLS = 8
@@ -51,11 +49,6 @@ def capped(tmp_path: Path, provider: str) -> tuple[Path, float]:
     cap = round(IMAGES * price, 6)
     return write_spec(tmp_path, provider, cap), cap
 
-
-def ledger_spend(tmp_path: Path, result: RunResult) -> float:
-    ledger = json.loads((tmp_path / "out" / ".nbp" / "budget.json").read_text())
-    assert ledger["open"] == {}  # every hold settled
-    return float(ledger["runs"][result.run_id])
 
 
 def test_a_token_billed_channel_never_passes_the_cap_even_in_the_first_wave(

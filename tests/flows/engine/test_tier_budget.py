@@ -6,19 +6,17 @@ cost once known. The evidence is the emulator's creates and the target's ledger.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from nbp.flows.engine.job import RunResult
 from nbp.flows.spec.loader import load_spec
 from nbp.flows.spec.settings import provider_rules
 from nbp.providers.emulator.gemini import GeminiEmulator
 from nbp.providers.emulator.hub import EmulatorHub
-from tests.flows.engine.emulated import manifest, run, serving
+from tests.flows.engine.emulated import ledger_spend, manifest, run, serving
 
 LATENCY_S = 0.2
 CELLS = 8
@@ -52,11 +50,6 @@ def write_spec(tmp_path: Path, tier: str) -> Path:
     path.write_text(yaml.safe_dump(spec))
     return path
 
-
-def ledger_spend(tmp_path: Path, result: RunResult) -> float:
-    ledger = json.loads((tmp_path / "out" / ".nbp" / "budget.json").read_text())
-    assert ledger["open"] == {}  # every hold settled
-    return float(ledger["runs"][result.run_id])
 
 
 def test_priority_holds_its_own_price_so_max_usd_is_never_passed(
