@@ -19,6 +19,7 @@ from nbp.flows.spec.loader import validate_spec_file
 from nbp.providers.emulator.core import FAIL_MARKER
 from nbp.providers.emulator.gemini import GeminiEmulator
 from nbp.providers.emulator.hub import EmulatorHub
+from nbp.providers.gemini_facts import INITIAL_MARKUP
 from tests.flows.engine.emulated import manifest, run, serving
 
 LATENCY_S = 0.3
@@ -137,7 +138,8 @@ def test_results_no_longer_served_fail_their_cells_billed_and_are_never_created_
         assert result.counts["failed"] == 3 and result.exit_code == 1
         frame = manifest(tmp_path)
         assert set(frame["error_code"]) == {"results_expired"}
-        assert all(cost == pytest.approx(0.067) for cost in frame["cost_usd"])  # billed
+        # billed; their usage is gone: counted at what each line held
+        assert all(cost == pytest.approx(0.067 * INITIAL_MARKUP) for cost in frame["cost_usd"])
         assert (len(gemini.batches), generated(gemini)) == (1, 0)  # nowhere again
     downloads = [p for _, p in gemini.requests if p.endswith(":download")]
     assert len(downloads) == 2  # one per run, however many cells

@@ -18,6 +18,7 @@ import yaml
 
 from nbp.flows.engine.policy import RetryPolicy
 from nbp.providers.emulator.hub import EmulatorHub
+from nbp.providers.gemini_facts import INITIAL_MARKUP
 from tests.flows.engine.emulated import manifest, run, serving
 
 LATENCY_S = 0.1
@@ -129,7 +130,8 @@ def test_a_503_without_googles_body_stays_uncertain_and_is_never_sent_again(
     hub: EmulatorHub, tmp_path: Path
 ) -> None:
     """The emulator made each image, then lost its answer (an empty 503): the cell may be
-    billed, so it is uncertain at its price, and neither this run nor the next sends it."""
+    billed, so it is uncertain at what it held (the price times Gemini's markup: tokens on
+    top of the image), and neither this run nor the next sends it."""
     hub["gemini"].configure(bare_503=True)
     spec = write_spec(tmp_path, ["gemini", "kie"])
     first = run(spec, retry=QUICK)
@@ -137,7 +139,7 @@ def test_a_503_without_googles_body_stays_uncertain_and_is_never_sent_again(
     frame = manifest(tmp_path)
     assert seen(first.counts) == seen(again.counts) == {"uncertain": 3}
     assert len(hub["gemini"].creates) == 3 and hub["kie"].creates == []
-    assert frame["cost_usd"].to_list() == [pytest.approx(0.134)] * 3
+    assert frame["cost_usd"].to_list() == [pytest.approx(0.134 * INITIAL_MARKUP)] * 3
 
 
 # -- a model id Google does not serve -----------------------------------------------------------
