@@ -261,7 +261,7 @@ async def run_job(
                               await asyncio.to_thread(_fingerprints, all_cells, states))
     cells = select_shard(all_cells, options.shard, owners)
     progress = progress or Progress()
-    progress.total, progress.job = len(cells), spec.name
+    progress.total, progress.job, progress.emulated = len(cells), spec.name, options.emulate
     if hooks.interrupt is not None:  # the cells a stop leaves are "not started", not queued
         progress.stopped = progress.stopped or hooks.interrupt.requested
         hooks.interrupt.listeners.append(progress.stop)

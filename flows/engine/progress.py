@@ -49,6 +49,7 @@ class Progress:
     submitted: int = 0
     spent_usd: float = 0.0
     job: str = ""            # the job's name, once its spec is loaded
+    emulated: bool = False   # the local emulators serve it: the spend "would cost"
     stopped: bool = False    # a stop request came: the cells not reached stay not started
     started: float = field(default_factory=time.monotonic)
     listeners: list[Callable[[Progress], None]] = field(default_factory=list)
@@ -167,7 +168,8 @@ class Progress:
         spent · 83.0/min · elapsed 0:05 · ETA 0:08"."""
         eta = self.eta_s()
         figures = [f"{self.done}/{self.total} done: {self.ends()}", *self.not_done(),
-                   f"{self.in_flight} in flight", f"${self.spent_usd:.2f} spent",
+                   f"{self.in_flight} in flight",
+                   f"${self.spent_usd:.2f} {'would cost' if self.emulated else 'spent'}",
                    f"{self.per_min:.1f}/min", f"elapsed {clock(self.elapsed_s)}",
                    f"ETA {clock(eta)}"]
         return " · ".join(figures)
