@@ -187,7 +187,8 @@ def clock(seconds: float | None) -> str:
 @dataclass
 class Beat:
     """When a plain progress line is due: every `every_s` seconds, or sooner when another
-    `step` of the cells is done (a 300-cell run prints about ten lines, not three hundred)."""
+    `step` of the cells is done (a 300-cell run prints about ten lines, not three hundred);
+    never once every cell has ended: the run's last line says that (it came twice)."""
 
     every_s: float = 10.0
     step: float = 0.1
@@ -195,6 +196,8 @@ class Beat:
     _done: int = 0  # cells ended at the last line
 
     def due(self, progress: Progress) -> bool:
+        if progress.total and progress.ended >= progress.total:
+            return False
         now = time.monotonic()
         stepped = progress.total > 0 and (
             progress.ended - self._done >= max(1.0, self.step * progress.total))

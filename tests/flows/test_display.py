@@ -355,6 +355,7 @@ def test_output_that_is_not_a_terminal_gets_a_few_plain_lines(
     progress = [line for line in done.stderr.splitlines() if "/100 done: " in line]
     assert 1 <= len(progress) <= 12, done.stderr
     assert "100/100 done: 100 ok, 0 failed · 0 in flight · $9.00 would cost" in progress[-1]
+    assert [line for line in progress if "100/100 done" in line] == progress[-1:]  # said once
     assert len(done.stderr.splitlines()) <= 20, done.stderr
 
 

@@ -1,5 +1,5 @@
 """The ETA's pace (`Progress.eta_s`): waves of tasks in flight end together, and the ETA
-must follow the run's pace, not a burst's."""
+must follow the run's pace, not a burst's; and when a plain line is due (`Beat`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from nbp.flows.engine.progress import Progress
+from nbp.flows.engine.progress import Beat, Progress
 
 
 class Clock:
@@ -57,3 +57,13 @@ def test_a_long_run_follows_its_recent_pace(clock: Clock) -> None:
     eta = run.eta_s()
     left = 2000 - run.ended
     assert eta is not None and 0.8 * left * 16 / 50 < eta < 1.2 * left * 16 / 50
+
+
+def test_no_beat_once_every_cell_has_ended(clock: Clock) -> None:
+    """The flow's last line ("job: 18/18 done ...") says the end; a beat at the same moment
+    printed it twice (seen in `make demo`)."""
+    run, beat = Progress(total=18, started=clock.now), Beat()
+    wave(run, clock, 17, 1.0)
+    assert beat.due(run)                     # 17 of 18: a step of 10 % and more
+    wave(run, clock, 1, 20.0)
+    assert not beat.due(run)                 # 18 of 18, 20 s later: the last line's
