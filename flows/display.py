@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from nbp.flows.engine.interrupt import Interrupt
-from nbp.flows.engine.progress import OTHER_DONE, Progress, clock
+from nbp.flows.engine.progress import Progress, clock
 
 REFRESH_PER_S = 4
 MIN_BAR = 10          # the bar itself is at least this wide, or it goes
@@ -204,8 +204,7 @@ def bar_parts(
     if not progress.total:
         figures = [("reading the spec" if not progress.job else "no cells to run", 0)]
     else:
-        ends = [f"{getattr(progress, end)} {end}" for end in OTHER_DONE
-                if getattr(progress, end)] + progress.not_done()
+        ends = progress.other_done() + progress.not_done()
         eta = progress.eta_s()
         figures = [
             (f"{progress.done}/{progress.total}", 0),

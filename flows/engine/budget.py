@@ -11,10 +11,10 @@ Every create intent holds its price (`Hold`: `Runner.price`, `ProviderRules.hold
 price, or the dearer one a service tier may be billed at; times the provider's
 `flows.engine.markup.CostMarkup` where it bills tokens besides the image, so the first creates
 of a run cannot pass a cap on prices alone) from before it is journalled until it is
-settled: at the provider's reported cost when its task finishes, at its price when it may
-have been billed (uncertain), at 0 when nothing was created or the provider failed the task.
-A created task whose cost is never reported (pending) stays held at its price: it may have
-been billed. A reported cost above its hold is what the ledger counts (the provider's word);
+settled: at the provider's reported cost when its task finishes, at what it held when it
+may have been billed (uncertain), at 0 when nothing was created or the provider failed the
+task. A created task whose cost is never reported (pending) stays held: it may have been
+billed. A reported cost above its hold is what the ledger counts (the provider's word);
 the markup warns once and holds more from then on.
 
 Every run records its spend on the target (`flows.engine.ledger`). With a cap, each hold is

@@ -45,7 +45,7 @@ from nbp.flows.engine.interrupt import Interrupt
 from nbp.flows.engine.journal import Journal
 from nbp.flows.engine.lease import Heartbeat, Lease
 from nbp.flows.engine.ledger import Ledger
-from nbp.flows.engine.markup import CostMarkup
+from nbp.flows.engine.markup import CostMarkup, cell_hold, markups_for
 from nbp.flows.engine.policy import DEFAULT_RETRY, RetryPolicy, RunConfigurationError
 from nbp.flows.engine.progress import Progress
 from nbp.flows.engine.redo import Effective, effective, read_redos, record_redos
@@ -289,7 +289,7 @@ async def run_job(
                                              emulated=emulated)
             for channel in used
         }
-        markups = {name: CostMarkup(name, rule.initial_markup) for name, rule in rules.items()}
+        markups = markups_for(rules)
         budget = Budget(spec.max_usd, spec.max_total_usd, options.run_id,
                         Ledger(sink, heartbeat))
         await budget.start()  # the ledger reads, before anything is paid
@@ -675,7 +675,7 @@ def _planned_latency(rule: ProviderRules) -> float:
 
 
 def _cell_hold(rule: ProviderRules, markup: CostMarkup) -> Callable[[Cell], float]:
-    return lambda cell: markup.hold(rule.hold(cell.resolution, len(cell.references)))
+    return partial(cell_hold, rule, markup)
 
 
 @contextlib.asynccontextmanager

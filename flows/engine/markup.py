@@ -21,7 +21,11 @@ creates hold the higher ratio.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from nbp.flows.spec.model import Cell
+from nbp.flows.spec.settings import ProviderRules
 
 log = logging.getLogger("nbp.markup")
 
@@ -61,3 +65,14 @@ class CostMarkup:
                 "ledger counts what was billed, which may pass a budget cap by the "
                 "difference; later creates hold %.3f x their price", self.provider, cost_usd,
                 held_usd, price_usd, self.factor)
+
+
+def markups_for(rules: Mapping[str, ProviderRules]) -> dict[str, CostMarkup]:
+    """A run's markup of each provider, from its documented allowance."""
+    return {name: CostMarkup(name, rule.initial_markup) for name, rule in rules.items()}
+
+
+def cell_hold(rule: ProviderRules, markup: CostMarkup, cell: Cell) -> float:
+    """What a create of `cell` holds (the budget, the spend window, a router's lane): the
+    dearest price it may be billed at (`ProviderRules.hold`) times the provider's markup."""
+    return markup.hold(rule.hold(cell.resolution, len(cell.references)))

@@ -151,9 +151,11 @@ class Progress:
     def ends(self) -> str:
         """"6 ok, 1 failed": ok and failed always, uncertain and cancelled when some cell
         is; the cells done."""
-        parts = [f"{self.succeeded} ok", f"{self.failed} failed"]
-        parts += [f"{getattr(self, end)} {end}" for end in OTHER_DONE if getattr(self, end)]
-        return ", ".join(parts)
+        return ", ".join([f"{self.succeeded} ok", f"{self.failed} failed", *self.other_done()])
+
+    def other_done(self) -> list[str]:
+        """["1 uncertain"]: the final states besides ok and failed, each when some cell is."""
+        return [f"{getattr(self, end)} {end}" for end in OTHER_DONE if getattr(self, end)]
 
     def not_done(self) -> list[str]:
         """["2 pending", "3 skipped", "5 not started"]: the cells not done that this run

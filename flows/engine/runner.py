@@ -41,7 +41,7 @@ from nbp.flows.engine.interrupt import Interrupt
 from nbp.flows.engine.journal import Journal, JournalEntry
 from nbp.flows.engine.lease import Heartbeat, Lease
 from nbp.flows.engine.lifecycle import CellLife, Intent
-from nbp.flows.engine.markup import CostMarkup
+from nbp.flows.engine.markup import CostMarkup, cell_hold, markups_for
 from nbp.flows.engine.policy import (
     DEFAULT_RETRY,
     HANDLED,
@@ -134,8 +134,7 @@ class RunContext:
     markups: dict[str, CostMarkup] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for provider, rule in self.rules.items():
-            self.markups.setdefault(provider, CostMarkup(provider, rule.initial_markup))
+        self.markups = {**markups_for(self.rules), **self.markups}
 
     def model_of(self, provider: str, cell: Cell) -> str | None:
         """The model id a cell asks `provider` for: its pinned one, else the default."""
@@ -928,8 +927,7 @@ class Runner:
         price it may be billed at (`ProviderRules.hold`: a tier's, or the standard one a
         cheaper tier may be served at) times the provider's markup (tokens billed besides
         the image: `flows.engine.markup`), held in full."""
-        rule = self.ctx.rules[provider]
-        return self.ctx.markups[provider].hold(rule.hold(cell.resolution, len(cell.references)))
+        return cell_hold(self.ctx.rules[provider], self.ctx.markups[provider], cell)
 
     def billed(self, provider: str | None, cell: Cell, held_usd: float,
                cost_usd: float | None) -> None:

@@ -35,9 +35,9 @@ from nbp.flows.spec.rate import SpendLimit
 
 # Server and client clocks see a create a few ms apart (as `throttle.WINDOW_MARGIN_S`).
 WINDOW_MARGIN_S = 0.05
-EPSILON_USD = 1e-9
 # How long a router waits to look again at a window another create is queued for.
 QUEUED_WAIT_S = 0.05
+EPSILON_USD = 1e-9
 
 
 @dataclass

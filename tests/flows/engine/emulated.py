@@ -16,6 +16,7 @@ import polars as pl
 from nbp.flows.engine.job import RunHooks, RunOptions, RunResult, run_job
 from nbp.flows.orchestration.emulation import serve_emulators
 from nbp.flows.spec.shard import Shard
+from nbp.providers.emulator.gemini import GeminiEmulator
 from nbp.providers.emulator.hub import EmulatorHub
 
 
@@ -50,3 +51,13 @@ def ledger_spend(tmp_path: Path, result: RunResult) -> float:
     ledger = json.loads((tmp_path / "out" / ".nbp" / "budget.json").read_text())
     assert ledger["open"] == {}  # every hold settled
     return float(ledger["runs"][result.run_id])
+
+
+def fresh_gemini(hub: EmulatorHub, **settings: Any) -> GeminiEmulator:
+    """The hub's Google emulator, reset (every emulator's tasks and settings) and set up
+    with `settings` (`GeminiEmulator.configure`)."""
+    hub.reset()
+    found = hub["gemini"]
+    assert isinstance(found, GeminiEmulator)
+    found.configure(**settings)
+    return found

@@ -20,7 +20,7 @@ from nbp.providers.emulator.core import FAIL_MARKER
 from nbp.providers.emulator.gemini import GeminiEmulator
 from nbp.providers.emulator.hub import EmulatorHub
 from nbp.providers.gemini_facts import INITIAL_MARKUP
-from tests.flows.engine.emulated import manifest, run, serving
+from tests.flows.engine.emulated import fresh_gemini, manifest, run, serving
 
 LATENCY_S = 0.3
 PROMPTS = ["a plum on slate", "a pear on slate", "a fig on slate"]
@@ -34,12 +34,8 @@ def hub() -> Iterator[EmulatorHub]:
 
 @pytest.fixture
 def gemini(hub: EmulatorHub) -> GeminiEmulator:
-    hub.reset()
-    found = hub["gemini"]
-    assert isinstance(found, GeminiEmulator)
-    found.configure(latency_s=LATENCY_S, fail_prob=0.0, submit_5xx_prob=0.0,
-                    drop_after_create_prob=0.0, create_5xx_after_create_prob=0.0)
-    return found
+    return fresh_gemini(hub, latency_s=LATENCY_S, fail_prob=0.0, submit_5xx_prob=0.0,
+                        drop_after_create_prob=0.0, create_5xx_after_create_prob=0.0)
 
 
 def write_spec(tmp_path: Path, provider: Any, **top: Any) -> Path:

@@ -18,7 +18,7 @@ import yaml
 from nbp.flows.engine.job import RunOptions, run_job
 from nbp.providers.emulator.gemini import GeminiEmulator
 from nbp.providers.emulator.hub import EmulatorHub
-from tests.flows.engine.emulated import manifest, run, serving
+from tests.flows.engine.emulated import fresh_gemini, manifest, run, serving
 
 CAP_USD, WINDOW_S = 0.5, 1.5
 LATENCY_S = 0.2
@@ -33,11 +33,8 @@ def hub() -> Iterator[EmulatorHub]:
 
 @pytest.fixture
 def gemini(hub: EmulatorHub) -> GeminiEmulator:
-    hub.reset()
-    found = hub["gemini"]
-    assert isinstance(found, GeminiEmulator)
-    found.configure(latency_s=LATENCY_S, spend_cap_usd=CAP_USD, spend_cap_window_s=WINDOW_S)
-    return found
+    return fresh_gemini(hub, latency_s=LATENCY_S, spend_cap_usd=CAP_USD,
+                        spend_cap_window_s=WINDOW_S)
 
 
 def write_spec(tmp_path: Path, limits: dict[str, Any]) -> Path:

@@ -16,7 +16,7 @@ from nbp.flows.spec.loader import load_spec
 from nbp.flows.spec.settings import provider_rules
 from nbp.providers.emulator.gemini import GeminiEmulator
 from nbp.providers.emulator.hub import EmulatorHub
-from tests.flows.engine.emulated import ledger_spend, manifest, run, serving
+from tests.flows.engine.emulated import fresh_gemini, ledger_spend, manifest, run, serving
 
 LATENCY_S = 0.2
 CELLS = 8
@@ -31,11 +31,7 @@ def hub() -> Iterator[EmulatorHub]:
 
 @pytest.fixture
 def gemini(hub: EmulatorHub) -> GeminiEmulator:
-    hub.reset()
-    found = hub["gemini"]
-    assert isinstance(found, GeminiEmulator)
-    found.configure(latency_s=LATENCY_S)
-    return found
+    return fresh_gemini(hub, latency_s=LATENCY_S)
 
 
 def write_spec(tmp_path: Path, tier: str) -> Path:
